@@ -1,0 +1,380 @@
+//! The CPU reference: every op of the trait in f64, written to be read against
+//! ALGORITHMS.md. The GEMM-shaped parts go through `matrixmultiply` and rows run in parallel
+//! with rayon; nothing else is clever.
+
+pub mod linalg;
+pub mod obs;
+pub mod select;
+
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::ops::{
+    check, Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection,
+    ReconError, Score, GBLM_GRAD_SCALE,
+};
+use crate::tensor::{Mask, Matrix};
+use linalg::{gemm, View};
+
+/// A row-major f64 matrix: the reference keeps every intermediate in double precision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl CpuTensor {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+pub struct CpuBackend {
+    info: BackendInfo,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        let threads = rayon::current_num_threads() as u64;
+        Self {
+            info: BackendInfo {
+                backend: "cpu".into(),
+                device: format!("CPU reference (f64, {threads} threads)"),
+                vendor: String::new(),
+                api: "host".into(),
+                driver: String::new(),
+                device_type: "cpu".into(),
+                limits: vec![("threads".into(), threads)],
+            },
+        }
+    }
+}
+
+/// Σ over rows of X of x², per column, in f64.
+fn column_sumsq(x: &CpuTensor) -> Vec<f64> {
+    let cols = x.cols;
+    x.data
+        .par_chunks(cols.max(1) * 64)
+        .fold(
+            || vec![0.0; cols],
+            |mut acc, rows| {
+                for row in rows.chunks(cols) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v * v;
+                    }
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0; cols],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
+fn accumulate(acc: &mut [f64], g: &[f64], norm: GradNorm) {
+    let c = GBLM_GRAD_SCALE as f64;
+    acc.par_iter_mut().zip(g.par_iter()).for_each(|(a, g)| {
+        let v = c * g;
+        *a += match norm {
+            GradNorm::L2 => v * v,
+            GradNorm::L1 => v.abs(),
+        };
+    });
+}
+
+/// Σ_ij (D·H)_ij · D_ij = tr(D H Dᵀ) for D rows x n, H n x n.
+fn quadratic_trace(d: &[f64], rows: usize, h: &[f64], n: usize) -> f64 {
+    let mut dh = vec![0.0; rows * n];
+    gemm(
+        rows,
+        n,
+        n,
+        1.0,
+        d,
+        View::rows(0, n),
+        h,
+        View::rows(0, n),
+        0.0,
+        &mut dh,
+        View::rows(0, n),
+    );
+    dh.par_iter().zip(d.par_iter()).map(|(a, b)| a * b).sum()
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Mask = Mask;
+
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn upload(&self, m: &Matrix) -> Result<CpuTensor> {
+        Ok(CpuTensor {
+            rows: m.rows,
+            cols: m.cols,
+            data: m.data.iter().map(|&v| v as f64).collect(),
+        })
+    }
+
+    fn download(&self, t: &CpuTensor) -> Result<Matrix> {
+        Matrix::new(t.rows, t.cols, t.data.iter().map(|&v| v as f32).collect())
+    }
+
+    fn upload_mask(&self, m: &Mask) -> Result<Mask> {
+        Ok(m.clone())
+    }
+
+    fn download_mask(&self, m: &Mask) -> Result<Mask> {
+        Ok(m.clone())
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
+        Ok(CpuTensor::zeros(rows, cols))
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        t.shape()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn act_stat_update(
+        &self,
+        act: &mut CpuTensor,
+        seen: usize,
+        x: &CpuTensor,
+        batch: usize,
+    ) -> Result<()> {
+        check::act_stat(act.shape(), x.shape(), batch)?;
+        let total = (seen + batch) as f64;
+        let keep = seen as f64 / total;
+        for (a, s) in act.data.iter_mut().zip(column_sumsq(x)) {
+            *a = *a * keep + s / total;
+        }
+        Ok(())
+    }
+
+    fn grad_accumulate(&self, acc: &mut CpuTensor, g: &CpuTensor, norm: GradNorm) -> Result<()> {
+        check::same("gradient accumulator vs g", acc.shape(), g.shape())?;
+        accumulate(&mut acc.data, &g.data, norm);
+        Ok(())
+    }
+
+    fn grad_accumulate_fused(
+        &self,
+        acc: &mut CpuTensor,
+        dy: &CpuTensor,
+        x: &CpuTensor,
+        norm: GradNorm,
+    ) -> Result<()> {
+        check::fused_grad(acc.shape(), dy.shape(), x.shape())?;
+        // The reference materialises g = dYᵀX; only GPU kernels fuse.
+        let (t, rows, cols) = (x.rows, dy.cols, x.cols);
+        let mut g = vec![0.0; rows * cols];
+        gemm(
+            rows,
+            t,
+            cols,
+            1.0,
+            &dy.data,
+            View::transposed(0, rows),
+            &x.data,
+            View::rows(0, cols),
+            0.0,
+            &mut g,
+            View::rows(0, cols),
+        );
+        accumulate(&mut acc.data, &g, norm);
+        Ok(())
+    }
+
+    fn grad_finalize(&self, acc: &CpuTensor, norm: GradNorm) -> Result<CpuTensor> {
+        let mut g = acc.clone();
+        if norm == GradNorm::L2 {
+            g.data.par_iter_mut().for_each(|v| *v = v.sqrt());
+        }
+        Ok(g)
+    }
+
+    fn hessian_update(
+        &self,
+        h: &mut CpuTensor,
+        seen: usize,
+        x: &CpuTensor,
+        batch: usize,
+    ) -> Result<()> {
+        check::hessian(h.shape(), x.shape(), batch)?;
+        let n = x.cols;
+        let total = (seen + batch) as f64;
+        // H·n/(n+b) + Zᵀ Z with Z = sqrt(2/(n+b))·X, i.e. alpha = 2/(n+b) on XᵀX.
+        gemm(
+            n,
+            x.rows,
+            n,
+            2.0 / total,
+            &x.data,
+            View::transposed(0, n),
+            &x.data,
+            View::rows(0, n),
+            seen as f64 / total,
+            &mut h.data,
+            View::rows(0, n),
+        );
+        // Mirror the lower triangle so H is exactly symmetric whatever order GEMM summed in.
+        for i in 0..n {
+            for j in 0..i {
+                h.data[j * n + i] = h.data[i * n + j];
+            }
+        }
+        Ok(())
+    }
+
+    fn score(&self, w: &CpuTensor, score: Score<'_, CpuTensor>) -> Result<CpuTensor> {
+        check::score(w.shape(), &score, |t| t.shape())?;
+        let cols = w.cols;
+        let mut s = w.clone();
+        s.data
+            .par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (c, v) in row.iter_mut().enumerate() {
+                    let a = v.abs();
+                    *v = match score {
+                        Score::Magnitude => a,
+                        Score::Wanda { act } => a * act.data[c].sqrt(),
+                        Score::Gblm { act, grad } => {
+                            a * act.data[c].sqrt() + a * grad.data[r * cols + c]
+                        }
+                    };
+                }
+            });
+        Ok(s)
+    }
+
+    fn select_mask(&self, scores: &CpuTensor, pattern: MaskPattern) -> Result<Mask> {
+        check::pattern(&pattern, scores.cols)?;
+        Ok(select::select(
+            &scores.data,
+            scores.rows,
+            scores.cols,
+            pattern,
+        ))
+    }
+
+    fn apply_mask(&self, w: &mut CpuTensor, mask: &Mask) -> Result<()> {
+        check::same("mask vs W", (mask.rows, mask.cols), w.shape())?;
+        let cols = w.cols;
+        w.data
+            .par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (c, v) in row.iter_mut().enumerate() {
+                    if mask.get(r, c) {
+                        *v = 0.0;
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn hinv_factor(&self, h: &CpuTensor, percdamp: f64) -> Result<HinvFactor<CpuTensor>> {
+        check::same("Hessian", h.shape(), (h.cols, h.cols))?;
+        if !(percdamp >= 0.0 && percdamp.is_finite()) {
+            return Err(KernelError::InvalidArgument(format!(
+                "percdamp {percdamp} must be a finite non-negative number"
+            )));
+        }
+        let n = h.cols;
+        let mut a = h.data.clone();
+        if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+            return Err(KernelError::NonFinite {
+                what: "Hessian".into(),
+                row: i / n,
+                col: i % n,
+            });
+        }
+        let dead: Vec<usize> = (0..n).filter(|&j| a[j * n + j] == 0.0).collect();
+        for &j in &dead {
+            a[j * n + j] = 1.0;
+        }
+        let mean_diag = (0..n).map(|j| a[j * n + j]).sum::<f64>() / n.max(1) as f64;
+        let damp = percdamp * mean_diag;
+        for j in 0..n {
+            a[j * n + j] += damp;
+        }
+        linalg::cholesky_lower(&mut a, n)?;
+        let mut hinv = linalg::cholesky_inverse(&a, n);
+        linalg::cholesky_lower(&mut hinv, n)?;
+        let u = linalg::transpose(&hinv, n, n);
+        Ok(HinvFactor {
+            u: CpuTensor {
+                rows: n,
+                cols: n,
+                data: u,
+            },
+            dead,
+            damp,
+        })
+    }
+
+    fn obs_prune(
+        &self,
+        w: &mut CpuTensor,
+        factor: &HinvFactor<CpuTensor>,
+        selection: ObsSelection<'_, Mask>,
+        block: usize,
+    ) -> Result<ObsOutcome<Mask>> {
+        check::obs(w.shape(), factor.u.shape(), &selection, block)?;
+        if let ObsSelection::Given(m) = selection {
+            check::same("given mask vs W", (m.rows, m.cols), w.shape())?;
+        }
+        let (mask, loss) = obs::obs_prune(
+            &mut w.data,
+            w.rows,
+            w.cols,
+            &factor.u.data,
+            &factor.dead,
+            selection,
+            block,
+        );
+        Ok(ObsOutcome { mask, loss })
+    }
+
+    fn recon_error(&self, w: &CpuTensor, pruned: &CpuTensor, h: &CpuTensor) -> Result<ReconError> {
+        check::same("pruned vs original W", pruned.shape(), w.shape())?;
+        check::same("Hessian vs W columns", h.shape(), (w.cols, w.cols))?;
+        let delta: Vec<f64> = w
+            .data
+            .iter()
+            .zip(&pruned.data)
+            .map(|(a, b)| a - b)
+            .collect();
+        Ok(ReconError {
+            num: quadratic_trace(&delta, w.rows, &h.data, w.cols),
+            den: quadratic_trace(&w.data, w.rows, &h.data, w.cols),
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! The pruning op set of ALGORITHMS.md §1-§7, as one trait ([`ops::Backend`]), with a CPU
+//! reference that accumulates in f64 ([`cpu::CpuBackend`]) against which every GPU backend is
+//! verified, and the GPU backends themselves behind cargo features.
+
+pub mod error;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub mod cpu;
+
+pub use error::KernelError;
+pub use ops::{
+    Backend, BackendInfo, GradNorm, HinvFactor, MaskGroup, MaskPattern, ObsOutcome, ObsSelection,
+    ReconError, Score, Sparsity, TimeSource,
+};
+pub use tensor::{Mask, Matrix};

@@ -1,0 +1,474 @@
+//! The op set of ALGORITHMS.md §1-§7 as one trait, with the parameters every backend shares
+//! and the tolerance each GPU result is held to against the CPU reference.
+//!
+//! Tensors live on the backend's device between ops (`Backend::Tensor`), so a method can chain
+//! statistics, scores, masks and updates without host round trips; `upload`/`download` are the
+//! only crossings. All device tensors are f32 (the CPU reference holds f64).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{KernelError, Result};
+use crate::tensor::{Mask, Matrix};
+
+/// GBLM-Pruner's gradient scale `c` (§2): gradients are multiplied by 100 before squaring so
+/// that f16 accumulation in the original code does not underflow; we keep it for equal scores.
+pub const GBLM_GRAD_SCALE: f32 = 100.0;
+/// SparseGPT's column block size B (§7).
+pub const OBS_BLOCK: usize = 128;
+/// SparseGPT's Hessian dampening as a fraction of the mean diagonal (§6).
+pub const PERCDAMP: f64 = 0.01;
+
+/// Tolerances, as normalised squared error `sum((gpu-ref)^2) / sum(ref^2)` unless said.
+pub mod tolerance {
+    /// Elementwise ops (scores, apply, gradient accumulation given g): each output is one or
+    /// two f32 roundings away from the f64 value, relative error ~1e-7, squared ~1e-14.
+    pub const ELEMENTWISE: f64 = 1e-11;
+    /// Reductions over up to a few hundred thousand f32 terms (activation statistic, Hessian,
+    /// fused gradient): error grows like sqrt(K)·eps for blocked sums, ~1e-5 relative at worst.
+    pub const REDUCTION: f64 = 1e-8;
+    /// The damped inverse-Hessian factor U: f32 Cholesky loses about cond(H)·eps, and the 1%
+    /// damping bounds cond(H + λI) to roughly 100·max(diag)/mean(diag); heavy-tailed channels
+    /// make that 1e3-1e4, so ~1e-3 relative on U.
+    pub const HINV_FACTOR: f64 = 1e-5;
+    /// OBS-updated weights: a long chain of rank-1 updates in f32 on top of an f32 factor.
+    pub const OBS_WEIGHTS: f64 = 1e-4;
+    /// Relative difference of SparseGPT's summed OBS loss against the reference.
+    pub const OBS_LOSS_REL: f64 = 1e-2;
+    /// SparseGPT's own mask selection can flip a late decision on a rounding difference
+    /// (ALGORITHMS.md §7): at least this fraction of mask bits must agree.
+    pub const OBS_MASK_AGREEMENT: f64 = 0.999;
+    /// Reconstruction error figures (ratios of traces), relative.
+    pub const RECON_REL: f64 = 1e-3;
+}
+
+/// How the gradient accumulator combines samples (§2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradNorm {
+    /// A += (c·g)², G = sqrt(A) (GBLM-Pruner's default).
+    L2,
+    /// A += |c·g|, G = A.
+    L1,
+}
+
+/// Which entries compete for the pruned slots in unstructured masks (§5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskGroup {
+    /// Each output row prunes floor(p·cols) of its entries (Wanda, GBLM).
+    PerRow,
+    /// The whole matrix prunes floor(p·rows·cols) entries (magnitude, as its repositories do).
+    Matrix,
+}
+
+/// A validated sparsity target: `0.5` or `2:4` style.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sparsity {
+    Unstructured(f64),
+    NM { n: usize, m: usize },
+}
+
+impl Sparsity {
+    /// Parses `0.5` (unstructured, p in [0,1)) or `2:4` (N:M with 1 <= n < m).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| KernelError::InvalidArgument(format!("sparsity '{s}': {why}"));
+        if let Some((n, m)) = s.split_once(':') {
+            let n: usize = n.trim().parse().map_err(|_| bad("N in N:M is not a whole number"))?;
+            let m: usize = m.trim().parse().map_err(|_| bad("M in N:M is not a whole number"))?;
+            let sp = Sparsity::NM { n, m };
+            sp.validate().map_err(|e| bad(&e.to_string()))?;
+            Ok(sp)
+        } else {
+            let p: f64 = s
+                .trim()
+                .parse()
+                .map_err(|_| bad("expected a fraction like 0.5 or a pattern like 2:4"))?;
+            let sp = Sparsity::Unstructured(p);
+            sp.validate().map_err(|e| bad(&e.to_string()))?;
+            Ok(sp)
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Sparsity::Unstructured(p) if !(0.0..1.0).contains(&p) => Err(
+                KernelError::InvalidArgument(format!("fraction {p} is outside [0, 1)")),
+            ),
+            Sparsity::NM { n, m } if n == 0 || n >= m => Err(KernelError::InvalidArgument(
+                format!("N:M needs 1 <= N < M, got {n}:{m}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that a `rows x cols` matrix can take this pattern (N:M needs m | cols).
+    pub fn check_shape(&self, cols: usize) -> Result<()> {
+        match *self {
+            Sparsity::NM { n, m } if cols % m != 0 => Err(KernelError::InvalidArgument(format!(
+                "{n}:{m} sparsity needs the column count to be a multiple of {m}, got {cols}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The pruned fraction this pattern aims at.
+    pub fn fraction(&self) -> f64 {
+        match *self {
+            Sparsity::Unstructured(p) => p,
+            Sparsity::NM { n, m } => n as f64 / m as f64,
+        }
+    }
+}
+
+impl std::fmt::Display for Sparsity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sparsity::Unstructured(p) => write!(f, "{p}"),
+            Sparsity::NM { n, m } => write!(f, "{n}:{m}"),
+        }
+    }
+}
+
+/// Mask selection for a score matrix (§5).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskPattern {
+    Unstructured { sparsity: f64, group: MaskGroup },
+    NM { n: usize, m: usize },
+}
+
+impl MaskPattern {
+    pub fn new(sparsity: Sparsity, group: MaskGroup) -> Self {
+        match sparsity {
+            Sparsity::Unstructured(p) => MaskPattern::Unstructured { sparsity: p, group },
+            Sparsity::NM { n, m } => MaskPattern::NM { n, m },
+        }
+    }
+}
+
+/// Exactly how many entries an unstructured group of `group_size` prunes: floor(p·size).
+/// Every backend uses this one function so that k never differs by a rounding.
+pub fn unstructured_k(p: f64, group_size: usize) -> usize {
+    ((p * group_size as f64).floor() as usize).min(group_size)
+}
+
+/// The importance score of §4 and the statistics it needs (all on the device).
+#[derive(Clone, Copy, Debug)]
+pub enum Score<'a, T> {
+    /// |W|
+    Magnitude,
+    /// |W_ij|·sqrt(a_j), `act` is the 1 x cols activation statistic of §1.
+    Wanda { act: &'a T },
+    /// |W_ij|·sqrt(a_j) + |W_ij|·G_ij, `grad` the rows x cols finalised gradient G of §2.
+    Gblm { act: &'a T, grad: &'a T },
+}
+
+/// How SparseGPT's OBS prune chooses what to prune (§7).
+#[derive(Clone, Copy, Debug)]
+pub enum ObsSelection<'a, M> {
+    /// Adaptive per block: floor(p·rows·B) lowest W²/diag(U)² of each column block.
+    Unstructured(f64),
+    /// n lowest of every m consecutive columns per row, chosen on the updated weights.
+    NM { n: usize, m: usize },
+    /// A mask chosen elsewhere (magnitude, Wanda, GBLM); only the OBS updates run.
+    Given(&'a M),
+}
+
+/// The damped inverse-Hessian factor of §6.
+#[derive(Debug)]
+pub struct HinvFactor<T> {
+    /// Upper Cholesky factor U of (H + λI)⁻¹, cols x cols.
+    pub u: T,
+    /// Columns whose Hessian diagonal was zero: their weights are zeroed before pruning.
+    pub dead: Vec<usize>,
+    /// The damping λ that was added.
+    pub damp: f64,
+}
+
+/// What an OBS prune returns: the pruned set and the summed loss Σ (w−q)²/d²/2.
+#[derive(Debug)]
+pub struct ObsOutcome<M> {
+    pub mask: M,
+    pub loss: f64,
+}
+
+/// The reconstruction error of §9 as its two traces: error = num / den with
+/// num = tr(ΔW H ΔWᵀ), den = tr(W H Wᵀ).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReconError {
+    pub num: f64,
+    pub den: f64,
+}
+
+impl ReconError {
+    pub fn relative(&self) -> f64 {
+        if self.den == 0.0 {
+            0.0
+        } else {
+            self.num / self.den
+        }
+    }
+}
+
+/// Where a timing came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeSource {
+    /// GPU timestamp queries or the runtime's device-side profiler.
+    DeviceTimestamps,
+    /// Host wall clock around the work, with the device drained before and after.
+    WallClock,
+}
+
+/// What a backend says about itself and its device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// `cpu`, `wgpu`, `cubecl-wgpu`, `cubecl-cuda`.
+    pub backend: String,
+    /// The adapter or device name.
+    pub device: String,
+    pub vendor: String,
+    /// Vulkan, Metal, DX12, CUDA, host.
+    pub api: String,
+    pub driver: String,
+    /// `discrete`, `integrated`, `cpu`, `virtual`, `other`.
+    pub device_type: String,
+    /// Limits that bound what the backend can run, as name -> value.
+    pub limits: Vec<(String, u64)>,
+}
+
+/// The op set. Shapes: a weight W is rows x cols (out x in), a calibration batch X is
+/// (b·T) x cols, output gradients dY are T x rows, statistics `a` are 1 x cols, H is cols x cols.
+pub trait Backend {
+    /// A matrix resident on the backend's device.
+    type Tensor;
+    /// A bit-packed mask resident on the device (layout of [`Mask`]).
+    type Mask;
+
+    fn info(&self) -> &BackendInfo;
+
+    fn upload(&self, m: &Matrix) -> Result<Self::Tensor>;
+    fn download(&self, t: &Self::Tensor) -> Result<Matrix>;
+    fn upload_mask(&self, m: &Mask) -> Result<Self::Mask>;
+    fn download_mask(&self, m: &Self::Mask) -> Result<Mask>;
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// Waits until all submitted work has finished.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Runs `work` and says how long the device spent on it. The default drains the device
+    /// and uses the wall clock; GPU backends override it with timestamps where they have them.
+    fn timed(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<(f64, TimeSource)> {
+        self.synchronize()?;
+        let t0 = Instant::now();
+        work()?;
+        self.synchronize()?;
+        Ok((t0.elapsed().as_secs_f64(), TimeSource::WallClock))
+    }
+
+    /// §1: a ← a·n/(n+b) + ‖X[:, j]‖²/(n+b), with `seen` = n samples before and `batch` = b
+    /// samples whose tokens are stacked in `x`.
+    fn act_stat_update(
+        &self,
+        act: &mut Self::Tensor,
+        seen: usize,
+        x: &Self::Tensor,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// §2(a): A ← A + (c·g)² (l2) or A + |c·g| (l1) for one sample's gradient g (rows x cols).
+    fn grad_accumulate(&self, acc: &mut Self::Tensor, g: &Self::Tensor, norm: GradNorm)
+        -> Result<()>;
+
+    /// §2(b): the same for g = dYᵀ X of one sample (dY: T x rows, X: T x cols), without
+    /// materialising g.
+    fn grad_accumulate_fused(
+        &self,
+        acc: &mut Self::Tensor,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        norm: GradNorm,
+    ) -> Result<()>;
+
+    /// §2: G = sqrt(A) for l2, G = A for l1.
+    fn grad_finalize(&self, acc: &Self::Tensor, norm: GradNorm) -> Result<Self::Tensor>;
+
+    /// §3: H ← H·n/(n+b) + (2/(n+b))·XᵀX.
+    fn hessian_update(
+        &self,
+        h: &mut Self::Tensor,
+        seen: usize,
+        x: &Self::Tensor,
+        batch: usize,
+    ) -> Result<()>;
+
+    /// §4: the importance scores of W.
+    fn score(&self, w: &Self::Tensor, score: Score<'_, Self::Tensor>) -> Result<Self::Tensor>;
+
+    /// §5: the pruned set of a score matrix; ties go to the lower column (or linear) index.
+    fn select_mask(&self, scores: &Self::Tensor, pattern: MaskPattern) -> Result<Self::Mask>;
+
+    /// §5: W_ij ← 0 where the mask is set.
+    fn apply_mask(&self, w: &mut Self::Tensor, mask: &Self::Mask) -> Result<()>;
+
+    /// §4+§5 in one: score, select and apply. Backends fuse this where one pass can do it;
+    /// the result must equal the three ops run one after another.
+    fn prune_scored(
+        &self,
+        w: &mut Self::Tensor,
+        score: Score<'_, Self::Tensor>,
+        pattern: MaskPattern,
+    ) -> Result<Self::Mask> {
+        let s = self.score(w, score)?;
+        let mask = self.select_mask(&s, pattern)?;
+        self.apply_mask(w, &mask)?;
+        Ok(mask)
+    }
+
+    /// §6: dead columns, damping λ = percdamp·mean(diag H), and U = chol_upper((H+λI)⁻¹).
+    fn hinv_factor(&self, h: &Self::Tensor, percdamp: f64) -> Result<HinvFactor<Self::Tensor>>;
+
+    /// §7: blocked OBS prune of W in place with block size `block` (OBS_BLOCK in SparseGPT);
+    /// zeroes `factor.dead` columns first.
+    fn obs_prune(
+        &self,
+        w: &mut Self::Tensor,
+        factor: &HinvFactor<Self::Tensor>,
+        selection: ObsSelection<'_, Self::Mask>,
+        block: usize,
+    ) -> Result<ObsOutcome<Self::Mask>>;
+
+    /// §9: tr(ΔW H ΔWᵀ) and tr(W H Wᵀ) with ΔW = W − pruned.
+    fn recon_error(
+        &self,
+        w: &Self::Tensor,
+        pruned: &Self::Tensor,
+        h: &Self::Tensor,
+    ) -> Result<ReconError>;
+}
+
+/// Shape checks shared by every backend, so they all reject the same inputs the same way.
+pub mod check {
+    use super::*;
+
+    pub fn same(what: &str, a: (usize, usize), b: (usize, usize)) -> Result<()> {
+        if a != b {
+            return Err(KernelError::Shape(format!(
+                "{what}: {}x{} vs {}x{}",
+                a.0, a.1, b.0, b.1
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn act_stat(act: (usize, usize), x: (usize, usize), batch: usize) -> Result<()> {
+        same("activation statistic vs X columns", act, (1, x.1))?;
+        batch_tokens(x, batch)
+    }
+
+    pub fn hessian(h: (usize, usize), x: (usize, usize), batch: usize) -> Result<()> {
+        same("Hessian vs X columns", h, (x.1, x.1))?;
+        batch_tokens(x, batch)
+    }
+
+    fn batch_tokens(x: (usize, usize), batch: usize) -> Result<()> {
+        if batch == 0 || x.0 % batch != 0 {
+            return Err(KernelError::Shape(format!(
+                "X has {} token rows, not a whole number per sample for a batch of {batch}",
+                x.0
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn fused_grad(acc: (usize, usize), dy: (usize, usize), x: (usize, usize)) -> Result<()> {
+        if dy.0 != x.0 {
+            return Err(KernelError::Shape(format!(
+                "dY has {} tokens but X has {}",
+                dy.0, x.0
+            )));
+        }
+        same("gradient accumulator vs dYᵀX", acc, (dy.1, x.1))
+    }
+
+    pub fn score<T>(
+        w: (usize, usize),
+        score: &Score<'_, T>,
+        shape: impl Fn(&T) -> (usize, usize),
+    ) -> Result<()> {
+        match score {
+            Score::Magnitude => Ok(()),
+            Score::Wanda { act } => same("activation statistic vs W columns", shape(act), (1, w.1)),
+            Score::Gblm { act, grad } => {
+                same("activation statistic vs W columns", shape(act), (1, w.1))?;
+                same("gradient statistic vs W", shape(grad), w)
+            }
+        }
+    }
+
+    pub fn pattern(p: &MaskPattern, cols: usize) -> Result<()> {
+        match *p {
+            MaskPattern::Unstructured { sparsity, .. } => {
+                Sparsity::Unstructured(sparsity).validate()
+            }
+            MaskPattern::NM { n, m } => {
+                let s = Sparsity::NM { n, m };
+                s.validate()?;
+                s.check_shape(cols)
+            }
+        }
+    }
+
+    pub fn obs<M>(
+        w: (usize, usize),
+        u: (usize, usize),
+        sel: &ObsSelection<'_, M>,
+        block: usize,
+    ) -> Result<()> {
+        same("Hessian factor vs W columns", u, (w.1, w.1))?;
+        if block == 0 {
+            return Err(KernelError::InvalidArgument("OBS block size is 0".into()));
+        }
+        match *sel {
+            ObsSelection::Unstructured(p) => Sparsity::Unstructured(p).validate(),
+            ObsSelection::NM { n, m } => {
+                let s = Sparsity::NM { n, m };
+                s.validate()?;
+                s.check_shape(w.1)?;
+                if block % m != 0 {
+                    return Err(KernelError::InvalidArgument(format!(
+                        "OBS block size {block} is not a multiple of M = {m}"
+                    )));
+                }
+                Ok(())
+            }
+            ObsSelection::Given(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparsity_parses_and_rejects_impossible_targets() {
+        assert_eq!(Sparsity::parse("0.5").unwrap(), Sparsity::Unstructured(0.5));
+        assert_eq!(Sparsity::parse("2:4").unwrap(), Sparsity::NM { n: 2, m: 4 });
+        for bad in ["1.5", "1", "-0.1", "4:2", "2:2", "0:4", "x", "2:", "nan"] {
+            assert!(Sparsity::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        assert!(Sparsity::NM { n: 2, m: 4 }.check_shape(10).is_err());
+        assert!(Sparsity::NM { n: 2, m: 4 }.check_shape(12).is_ok());
+    }
+
+    #[test]
+    fn k_is_floor_of_fraction() {
+        assert_eq!(unstructured_k(0.5, 11), 5);
+        assert_eq!(unstructured_k(0.0, 11), 0);
+        assert_eq!(unstructured_k(0.999, 10), 9);
+    }
+}
