@@ -14,10 +14,16 @@ pub enum KernelError {
     )]
     NotPositiveDefinite { column: usize },
     #[error("non-finite value (NaN or Inf) in {what} at row {row}, column {col}")]
-    NonFinite { what: String, row: usize, col: usize },
+    NonFinite {
+        what: String,
+        row: usize,
+        col: usize,
+    },
     #[error("the device does not support this: {0}")]
     Unsupported(String),
-    #[error("not enough device memory: {what} needs {needed} bytes, the device allows {available}")]
+    #[error(
+        "not enough device memory: {what} needs {needed} bytes, the device allows {available}"
+    )]
     OutOfMemory {
         what: String,
         needed: u64,

@@ -8,10 +8,11 @@ pub mod rng;
 pub mod tensor;
 
 pub mod cpu;
+pub mod suite;
 
 pub use error::KernelError;
 pub use ops::{
     Backend, BackendInfo, GradNorm, HinvFactor, MaskGroup, MaskPattern, ObsOutcome, ObsSelection,
-    ReconError, Score, Sparsity, TimeSource,
+    ReconError, Score, ScoreKind, Sparsity, TimeSource,
 };
 pub use tensor::{Mask, Matrix};

@@ -25,6 +25,9 @@ pub mod tolerance {
     /// Elementwise ops (scores, apply, gradient accumulation given g): each output is one or
     /// two f32 roundings away from the f64 value, relative error ~1e-7, squared ~1e-14.
     pub const ELEMENTWISE: f64 = 1e-11;
+    /// The same ops, per entry: |gpu−ref| / |ref| after a few f32 roundings (and an f32 sqrt)
+    /// is a few 1e-7; a norm alone would hide one wrong entry among heavy-tailed large ones.
+    pub const ELEMENTWISE_MAX_REL: f64 = 1e-5;
     /// Reductions over up to a few hundred thousand f32 terms (activation statistic, Hessian,
     /// fused gradient): error grows like sqrt(K)·eps for blocked sums, ~1e-5 relative at worst.
     pub const REDUCTION: f64 = 1e-8;
@@ -76,8 +79,14 @@ impl Sparsity {
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| KernelError::InvalidArgument(format!("sparsity '{s}': {why}"));
         if let Some((n, m)) = s.split_once(':') {
-            let n: usize = n.trim().parse().map_err(|_| bad("N in N:M is not a whole number"))?;
-            let m: usize = m.trim().parse().map_err(|_| bad("M in N:M is not a whole number"))?;
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| bad("N in N:M is not a whole number"))?;
+            let m: usize = m
+                .trim()
+                .parse()
+                .map_err(|_| bad("M in N:M is not a whole number"))?;
             let sp = Sparsity::NM { n, m };
             sp.validate().map_err(|e| bad(&e.to_string()))?;
             Ok(sp)
@@ -107,7 +116,7 @@ impl Sparsity {
     /// Checks that a `rows x cols` matrix can take this pattern (N:M needs m | cols).
     pub fn check_shape(&self, cols: usize) -> Result<()> {
         match *self {
-            Sparsity::NM { n, m } if cols % m != 0 => Err(KernelError::InvalidArgument(format!(
+            Sparsity::NM { n, m } if !cols.is_multiple_of(m) => Err(KernelError::InvalidArgument(format!(
                 "{n}:{m} sparsity needs the column count to be a multiple of {m}, got {cols}"
             ))),
             _ => Ok(()),
@@ -141,6 +150,21 @@ pub enum MaskPattern {
 }
 
 impl MaskPattern {
+    /// A short canonical form: `row0.5`, `matrix0.3`, `2:4`.
+    pub fn label(&self) -> String {
+        match *self {
+            MaskPattern::Unstructured {
+                sparsity,
+                group: MaskGroup::PerRow,
+            } => format!("row{sparsity}"),
+            MaskPattern::Unstructured {
+                sparsity,
+                group: MaskGroup::Matrix,
+            } => format!("matrix{sparsity}"),
+            MaskPattern::NM { n, m } => format!("{n}:{m}"),
+        }
+    }
+
     pub fn new(sparsity: Sparsity, group: MaskGroup) -> Self {
         match sparsity {
             Sparsity::Unstructured(p) => MaskPattern::Unstructured { sparsity: p, group },
@@ -155,8 +179,27 @@ pub fn unstructured_k(p: f64, group_size: usize) -> usize {
     ((p * group_size as f64).floor() as usize).min(group_size)
 }
 
+/// Which importance score (§4), without its statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreKind {
+    Magnitude,
+    Wanda,
+    Gblm,
+}
+
+impl ScoreKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScoreKind::Magnitude => "magnitude",
+            ScoreKind::Wanda => "wanda",
+            ScoreKind::Gblm => "gblm",
+        }
+    }
+}
+
 /// The importance score of §4 and the statistics it needs (all on the device).
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub enum Score<'a, T> {
     /// |W|
     Magnitude,
@@ -166,8 +209,23 @@ pub enum Score<'a, T> {
     Gblm { act: &'a T, grad: &'a T },
 }
 
+// Hand-written so that a `Score` or `ObsSelection` is Copy whatever the tensor type: they
+// only hold references (derive would demand `T: Copy`).
+impl<T> Clone for Score<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Score<'_, T> {}
+impl<M> Clone for ObsSelection<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for ObsSelection<'_, M> {}
+
 /// How SparseGPT's OBS prune chooses what to prune (§7).
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub enum ObsSelection<'a, M> {
     /// Adaptive per block: floor(p·rows·B) lowest W²/diag(U)² of each column block.
     Unstructured(f64),
@@ -259,6 +317,12 @@ pub trait Backend {
     /// Waits until all submitted work has finished.
     fn synchronize(&self) -> Result<()>;
 
+    /// Device memory the backend may use, in bytes, where it knows; the harness checks a
+    /// layer's working set against it before any work starts.
+    fn memory_budget(&self) -> Option<u64> {
+        None
+    }
+
     /// Runs `work` and says how long the device spent on it. The default drains the device
     /// and uses the wall clock; GPU backends override it with timestamps where they have them.
     fn timed(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<(f64, TimeSource)> {
@@ -280,8 +344,12 @@ pub trait Backend {
     ) -> Result<()>;
 
     /// §2(a): A ← A + (c·g)² (l2) or A + |c·g| (l1) for one sample's gradient g (rows x cols).
-    fn grad_accumulate(&self, acc: &mut Self::Tensor, g: &Self::Tensor, norm: GradNorm)
-        -> Result<()>;
+    fn grad_accumulate(
+        &self,
+        acc: &mut Self::Tensor,
+        g: &Self::Tensor,
+        norm: GradNorm,
+    ) -> Result<()>;
 
     /// §2(b): the same for g = dYᵀ X of one sample (dY: T x rows, X: T x cols), without
     /// materialising g.
@@ -375,7 +443,7 @@ pub mod check {
     }
 
     fn batch_tokens(x: (usize, usize), batch: usize) -> Result<()> {
-        if batch == 0 || x.0 % batch != 0 {
+        if batch == 0 || !x.0.is_multiple_of(batch) {
             return Err(KernelError::Shape(format!(
                 "X has {} token rows, not a whole number per sample for a batch of {batch}",
                 x.0
@@ -438,7 +506,7 @@ pub mod check {
                 let s = Sparsity::NM { n, m };
                 s.validate()?;
                 s.check_shape(w.1)?;
-                if block % m != 0 {
+                if !block.is_multiple_of(m) {
                     return Err(KernelError::InvalidArgument(format!(
                         "OBS block size {block} is not a multiple of M = {m}"
                     )));

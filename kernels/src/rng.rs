@@ -53,7 +53,7 @@ impl Rng {
 
     /// Uniform integer in [0, n).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// Standard normal (Box-Muller; one value per call keeps the stream simple).
@@ -118,7 +118,10 @@ mod tests {
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "var {var}");
-        assert_ne!(Rng::derive(1, &[2]).next_u64(), Rng::derive(1, &[3]).next_u64());
+        assert_ne!(
+            Rng::derive(1, &[2]).next_u64(),
+            Rng::derive(1, &[3]).next_u64()
+        );
     }
 
     #[test]

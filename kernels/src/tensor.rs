@@ -116,7 +116,7 @@ impl Mask {
             )));
         }
         // Padding bits past `cols` must be clear, or counts would be wrong.
-        if cols % 32 != 0 {
+        if !cols.is_multiple_of(32) {
             let pad = !0u32 << (cols % 32);
             for r in 0..rows {
                 if bits[r * wpr + wpr - 1] & pad != 0 {

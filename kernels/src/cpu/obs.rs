@@ -68,8 +68,9 @@ pub fn obs_prune(
                 for i in 0..cnt {
                     if let ObsSelection::NM { n, m } = selection {
                         if i % m == 0 {
-                            let s: Vec<f64> =
-                                (i..i + m).map(|c| w1[c].powi(2) / diag(c).powi(2)).collect();
+                            let s: Vec<f64> = (i..i + m)
+                                .map(|c| w1[c].powi(2) / diag(c).powi(2))
+                                .collect();
                             for c in lowest_k(&s, n) {
                                 pruned[i + c as usize] = true;
                             }

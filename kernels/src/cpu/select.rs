@@ -127,6 +127,9 @@ mod tests {
             [false, true, false, false, true, true, false, true]
         );
         let nm = select(&s, 2, 4, MaskPattern::NM { n: 1, m: 2 });
-        assert_eq!(bits(&nm), [false, true, false, true, true, false, false, true]);
+        assert_eq!(
+            bits(&nm),
+            [false, true, false, true, true, false, false, true]
+        );
     }
 }

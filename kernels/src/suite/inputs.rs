@@ -1,0 +1,177 @@
+//! Deterministic inputs for each case: heavy-tailed, never zero (so an unwritten output is
+//! caught), with deliberate ties in the mask cases and a dead column in the Hessian cases.
+//! Statistics the op consumes (H, U) come from the reference, then travel as f32 like any
+//! input, so each backend is tested on exactly the same numbers.
+
+use super::case::{ObsKind, Op, OpCase};
+use crate::cpu::CpuBackend;
+use crate::error::Result;
+use crate::ops::{Backend, MaskGroup, MaskPattern, Score, PERCDAMP};
+use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
+use crate::tensor::{Mask, Matrix};
+
+/// The host inputs of one case, by role.
+#[derive(Clone, Debug, Default)]
+pub struct CaseInputs {
+    pub tensors: Vec<(&'static str, Matrix)>,
+    pub mask: Option<Mask>,
+    /// Samples already folded into a running statistic (act, H) before this update.
+    pub seen: usize,
+    pub dead: Vec<usize>,
+    pub damp: f64,
+}
+
+impl CaseInputs {
+    pub fn get(&self, name: &str) -> &Matrix {
+        &self
+            .tensors
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("case input '{name}' was never generated"))
+            .1
+    }
+
+    pub fn generate(case: &OpCase) -> Result<Self> {
+        let (r, c, s) = (case.rows, case.cols, case.seed);
+        let xrows = case.tokens * case.batch;
+        let mut inp = CaseInputs::default();
+        match case.op {
+            Op::ActStat => {
+                inp.seen = 3;
+                inp.tensors = vec![
+                    ("act", heavy_tailed_positive(1, c, s)),
+                    ("x", heavy_tailed(xrows, c, s + 1)),
+                ];
+            }
+            Op::Hessian => {
+                inp.seen = 2;
+                inp.tensors = vec![
+                    ("h", hessian_of(&correlated(case.tokens * 2, c, s), 2)?),
+                    ("x", heavy_tailed(xrows, c, s + 1)),
+                ];
+            }
+            Op::GradAccumulate(_) => {
+                inp.tensors = vec![
+                    ("acc", heavy_tailed_positive(r, c, s)),
+                    ("g", scaled(heavy_tailed(r, c, s + 1), 1e-3)),
+                ];
+            }
+            Op::GradFused(_) => {
+                inp.tensors = vec![
+                    ("acc", heavy_tailed_positive(r, c, s)),
+                    ("dy", scaled(heavy_tailed(case.tokens, r, s + 1), 1e-3)),
+                    ("x", heavy_tailed(case.tokens, c, s + 2)),
+                ];
+            }
+            Op::Score(_) | Op::Prune(..) => {
+                inp.tensors = vec![
+                    ("w", scaled(heavy_tailed(r, c, s), 0.02)),
+                    ("act", heavy_tailed_positive(1, c, s + 1)),
+                    ("grad", scaled(heavy_tailed_positive(r, c, s + 2), 1e-2)),
+                ];
+            }
+            Op::Mask(_) => inp.tensors = vec![("scores", tied_scores(r, c, s))],
+            Op::ApplyMask => {
+                let w = heavy_tailed(r, c, s);
+                inp.mask = Some(random_mask(r, c, s + 1));
+                inp.tensors = vec![("w", w)];
+            }
+            Op::HinvFactor => {
+                let mut x = correlated(case.tokens, c, s);
+                let dead = c / 2;
+                for t in 0..x.rows {
+                    x.data[t * c + dead] = 0.0;
+                }
+                inp.tensors = vec![("h", hessian_of(&x, 1)?)];
+            }
+            Op::Obs(kind) => {
+                let w = scaled(heavy_tailed(r, c, s), 0.02);
+                let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
+                let cpu = CpuBackend::new();
+                let f = cpu.hinv_factor(&cpu.upload(&h)?, PERCDAMP)?;
+                inp.dead = f.dead;
+                inp.damp = f.damp;
+                if let ObsKind::Given(p) = kind {
+                    let pattern = MaskPattern::Unstructured {
+                        sparsity: p,
+                        group: MaskGroup::PerRow,
+                    };
+                    let scores = cpu.score(&cpu.upload(&w)?, Score::Magnitude)?;
+                    inp.mask = Some(cpu.select_mask(&scores, pattern)?);
+                }
+                inp.tensors = vec![("w", w), ("u", cpu.download(&f.u)?)];
+            }
+            Op::ReconError => {
+                let w = scaled(heavy_tailed(r, c, s), 0.02);
+                let mut pruned = w.clone();
+                let mask = random_mask(r, c, s + 1);
+                for rr in 0..r {
+                    for cc in 0..c {
+                        if mask.get(rr, cc) {
+                            pruned.data[rr * c + cc] = 0.0;
+                        }
+                    }
+                }
+                let h = hessian_of(&correlated(case.tokens, c, s + 2), 1)?;
+                inp.tensors = vec![("w", w), ("pruned", pruned), ("h", h)];
+            }
+        }
+        Ok(inp)
+    }
+}
+
+fn scaled(mut m: Matrix, k: f32) -> Matrix {
+    for v in &mut m.data {
+        *v *= k;
+    }
+    m
+}
+
+/// Calibration-like rows: a low-rank mix of heavy-tailed latents plus heavy-tailed noise, so
+/// H has the correlated structure and spread diagonal that make the factor hard.
+fn correlated(tokens: usize, cols: usize, seed: u64) -> Matrix {
+    let rank = 8.min(cols);
+    let z = heavy_tailed(tokens, rank, seed);
+    let mix = heavy_tailed(rank, cols, seed + 100);
+    let mut x = heavy_tailed(tokens, cols, seed + 200);
+    for t in 0..tokens {
+        for k in 0..rank {
+            let zk = z.get(t, k);
+            for j in 0..cols {
+                x.data[t * cols + j] += zk * mix.get(k, j);
+            }
+        }
+    }
+    x
+}
+
+/// H of §3 from one batch of `samples` samples stacked in `x`, by the reference, as f32.
+fn hessian_of(x: &Matrix, samples: usize) -> Result<Matrix> {
+    let cpu = CpuBackend::new();
+    let mut h = cpu.zeros(x.cols, x.cols)?;
+    cpu.hessian_update(&mut h, 0, &cpu.upload(x)?, samples)?;
+    cpu.download(&h)
+}
+
+/// Positive scores where every third row is rounded to a few levels, so that many entries tie
+/// exactly and the tie rule decides.
+fn tied_scores(rows: usize, cols: usize, seed: u64) -> Matrix {
+    let mut m = heavy_tailed_positive(rows, cols, seed);
+    for r in (0..rows).step_by(3) {
+        for v in &mut m.data[r * cols..(r + 1) * cols] {
+            *v = (*v * 2.0).round().max(1.0) / 2.0;
+        }
+    }
+    m
+}
+
+fn random_mask(rows: usize, cols: usize, seed: u64) -> Mask {
+    let mut rng = Rng::new(seed);
+    let mut m = Mask::empty(rows, cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            m.set(r, c, rng.uniform() < 0.5);
+        }
+    }
+    m
+}

@@ -1,0 +1,291 @@
+//! Running a case on any backend in three steps, so benches can time `execute` alone:
+//! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
+//! is), `collect` downloads what the comparison needs.
+
+use super::case::{ObsKind, Op, OpCase};
+use super::inputs::CaseInputs;
+use crate::error::Result;
+use crate::ops::{
+    Backend, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score,
+    ScoreKind,
+};
+use crate::tensor::{Mask, Matrix};
+
+/// A case's device tensors, by op.
+pub enum Prepared<B: Backend> {
+    ActStat {
+        act: B::Tensor,
+        x: B::Tensor,
+        seen: usize,
+        batch: usize,
+    },
+    Hessian {
+        h: B::Tensor,
+        x: B::Tensor,
+        seen: usize,
+        batch: usize,
+    },
+    GradAccumulate {
+        acc: B::Tensor,
+        g: B::Tensor,
+        norm: GradNorm,
+    },
+    GradFused {
+        acc: B::Tensor,
+        dy: B::Tensor,
+        x: B::Tensor,
+        norm: GradNorm,
+    },
+    Score {
+        w: B::Tensor,
+        act: B::Tensor,
+        grad: B::Tensor,
+        kind: ScoreKind,
+        out: Option<B::Tensor>,
+    },
+    Mask {
+        scores: B::Tensor,
+        pattern: MaskPattern,
+        out: Option<B::Mask>,
+    },
+    ApplyMask {
+        w: B::Tensor,
+        mask: B::Mask,
+    },
+    Prune {
+        w: B::Tensor,
+        act: B::Tensor,
+        grad: B::Tensor,
+        kind: ScoreKind,
+        pattern: MaskPattern,
+        out: Option<B::Mask>,
+    },
+    HinvFactor {
+        h: B::Tensor,
+        out: Option<HinvFactor<B::Tensor>>,
+    },
+    Obs {
+        w: B::Tensor,
+        factor: HinvFactor<B::Tensor>,
+        given: Option<B::Mask>,
+        kind: ObsKind,
+        block: usize,
+        out: Option<ObsOutcome<B::Mask>>,
+    },
+    ReconError {
+        w: B::Tensor,
+        pruned: B::Tensor,
+        h: B::Tensor,
+        out: Option<ReconError>,
+    },
+}
+
+/// What a run produced, on the host.
+#[derive(Clone, Debug, Default)]
+pub struct CaseOutput {
+    pub values: Vec<(&'static str, Matrix)>,
+    pub mask: Option<Mask>,
+    pub loss: Option<f64>,
+    pub recon: Option<ReconError>,
+    pub dead: Option<Vec<usize>>,
+}
+
+impl CaseOutput {
+    pub fn value(&self, name: &str) -> Option<&Matrix> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, m)| m)
+    }
+}
+
+fn score_of<'a, T>(kind: ScoreKind, act: &'a T, grad: &'a T) -> Score<'a, T> {
+    match kind {
+        ScoreKind::Magnitude => Score::Magnitude,
+        ScoreKind::Wanda => Score::Wanda { act },
+        ScoreKind::Gblm => Score::Gblm { act, grad },
+    }
+}
+
+pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
+    let up = |name: &str| b.upload(inp.get(name));
+    Ok(match case.op {
+        Op::ActStat => Prepared::ActStat {
+            act: up("act")?,
+            x: up("x")?,
+            seen: inp.seen,
+            batch: case.batch,
+        },
+        Op::Hessian => Prepared::Hessian {
+            h: up("h")?,
+            x: up("x")?,
+            seen: inp.seen,
+            batch: case.batch,
+        },
+        Op::GradAccumulate(norm) => Prepared::GradAccumulate {
+            acc: up("acc")?,
+            g: up("g")?,
+            norm,
+        },
+        Op::GradFused(norm) => Prepared::GradFused {
+            acc: up("acc")?,
+            dy: up("dy")?,
+            x: up("x")?,
+            norm,
+        },
+        Op::Score(kind) => Prepared::Score {
+            w: up("w")?,
+            act: up("act")?,
+            grad: up("grad")?,
+            kind,
+            out: None,
+        },
+        Op::Mask(pattern) => Prepared::Mask {
+            scores: up("scores")?,
+            pattern,
+            out: None,
+        },
+        Op::ApplyMask => Prepared::ApplyMask {
+            w: up("w")?,
+            mask: b.upload_mask(inp.mask.as_ref().expect("apply case has a mask"))?,
+        },
+        Op::Prune(kind, pattern) => Prepared::Prune {
+            w: up("w")?,
+            act: up("act")?,
+            grad: up("grad")?,
+            kind,
+            pattern,
+            out: None,
+        },
+        Op::HinvFactor => Prepared::HinvFactor {
+            h: up("h")?,
+            out: None,
+        },
+        Op::Obs(kind) => Prepared::Obs {
+            w: up("w")?,
+            factor: HinvFactor {
+                u: up("u")?,
+                dead: inp.dead.clone(),
+                damp: inp.damp,
+            },
+            given: match &inp.mask {
+                Some(m) => Some(b.upload_mask(m)?),
+                None => None,
+            },
+            kind,
+            block: case.block,
+            out: None,
+        },
+        Op::ReconError => Prepared::ReconError {
+            w: up("w")?,
+            pruned: up("pruned")?,
+            h: up("h")?,
+            out: None,
+        },
+    })
+}
+
+/// Runs the op once; in-place ops update their state, so call `prepare` again for a fresh run.
+pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
+    match p {
+        Prepared::ActStat {
+            act,
+            x,
+            seen,
+            batch,
+        } => b.act_stat_update(act, *seen, x, *batch),
+        Prepared::Hessian { h, x, seen, batch } => b.hessian_update(h, *seen, x, *batch),
+        Prepared::GradAccumulate { acc, g, norm } => b.grad_accumulate(acc, g, *norm),
+        Prepared::GradFused { acc, dy, x, norm } => b.grad_accumulate_fused(acc, dy, x, *norm),
+        Prepared::Score {
+            w,
+            act,
+            grad,
+            kind,
+            out,
+        } => {
+            *out = Some(b.score(w, score_of(*kind, act, grad))?);
+            Ok(())
+        }
+        Prepared::Mask {
+            scores,
+            pattern,
+            out,
+        } => {
+            *out = Some(b.select_mask(scores, *pattern)?);
+            Ok(())
+        }
+        Prepared::ApplyMask { w, mask } => b.apply_mask(w, mask),
+        Prepared::Prune {
+            w,
+            act,
+            grad,
+            kind,
+            pattern,
+            out,
+        } => {
+            *out = Some(b.prune_scored(w, score_of(*kind, act, grad), *pattern)?);
+            Ok(())
+        }
+        Prepared::HinvFactor { h, out } => {
+            *out = Some(b.hinv_factor(h, crate::ops::PERCDAMP)?);
+            Ok(())
+        }
+        Prepared::Obs {
+            w,
+            factor,
+            given,
+            kind,
+            block,
+            out,
+        } => {
+            let sel = match (*kind, given.as_ref()) {
+                (ObsKind::Unstructured(p), _) => ObsSelection::Unstructured(p),
+                (ObsKind::NM { n, m }, _) => ObsSelection::NM { n, m },
+                (ObsKind::Given(_), Some(m)) => ObsSelection::Given(m),
+                (ObsKind::Given(_), None) => unreachable!("given-mask case without a mask"),
+            };
+            *out = Some(b.obs_prune(w, factor, sel, *block)?);
+            Ok(())
+        }
+        Prepared::ReconError { w, pruned, h, out } => {
+            *out = Some(b.recon_error(w, pruned, h)?);
+            Ok(())
+        }
+    }
+}
+
+pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
+    let mut o = CaseOutput::default();
+    let never_ran =
+        || crate::error::KernelError::InvalidArgument("collect called before execute".into());
+    match p {
+        Prepared::ActStat { act, .. } => o.values.push(("act", b.download(act)?)),
+        Prepared::Hessian { h, .. } => o.values.push(("h", b.download(h)?)),
+        Prepared::GradAccumulate { acc, .. } | Prepared::GradFused { acc, .. } => {
+            o.values.push(("acc", b.download(acc)?))
+        }
+        Prepared::Score { out, .. } => {
+            o.values
+                .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
+        Prepared::Mask { out, .. } => {
+            o.mask = Some(b.download_mask(out.as_ref().ok_or_else(never_ran)?)?);
+        }
+        Prepared::ApplyMask { w, .. } => o.values.push(("w", b.download(w)?)),
+        Prepared::Prune { w, out, .. } => {
+            o.values.push(("w", b.download(w)?));
+            o.mask = Some(b.download_mask(out.as_ref().ok_or_else(never_ran)?)?);
+        }
+        Prepared::HinvFactor { out, .. } => {
+            let f = out.as_ref().ok_or_else(never_ran)?;
+            o.values.push(("u", b.download(&f.u)?));
+            o.dead = Some(f.dead.clone());
+        }
+        Prepared::Obs { w, out, .. } => {
+            let r = out.as_ref().ok_or_else(never_ran)?;
+            o.values.push(("w", b.download(w)?));
+            o.mask = Some(b.download_mask(&r.mask)?);
+            o.loss = Some(r.loss);
+        }
+        Prepared::ReconError { out, .. } => o.recon = Some(out.ok_or_else(never_ran)?),
+    }
+    Ok(o)
+}

@@ -1,0 +1,99 @@
+//! Every op of the suite's small, odd-shaped cases on every backend compiled in, against the
+//! CPU reference. Written once; `conformance!` instantiates it per backend. A backend whose
+//! device cannot be found fails here with a message, never skips.
+
+use prunebench_kernels::cpu::CpuBackend;
+use prunebench_kernels::suite::{small_cases, verify_case, Outcome};
+use prunebench_kernels::Backend;
+
+/// Runs the small cases whose name starts with one of `prefixes` and fails listing every case
+/// that did not pass (an unsupported case is a failure here: these shapes are tiny).
+pub fn run_cases<B: Backend>(backend: &B, prefixes: &[&str]) {
+    let reference = CpuBackend::new();
+    let cases: Vec<_> = small_cases()
+        .into_iter()
+        .filter(|c| prefixes.iter().any(|p| c.op_name().starts_with(p)))
+        .collect();
+    assert!(!cases.is_empty(), "no case matches {prefixes:?}");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let r = verify_case(backend, &reference, case);
+        let figures: Vec<String> = r
+            .checks
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}={:.3e} (tol {:.1e})",
+                    c.what, c.metric, c.error, c.tolerance
+                )
+            })
+            .collect();
+        println!("{:<60} {:?} {}", r.case, r.outcome, figures.join(", "));
+        if r.outcome != Outcome::Pass {
+            failures.push(format!(
+                "{}: {:?} {}",
+                r.case,
+                r.outcome,
+                figures.join(", ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} on {}: {} of {} cases failed:\n{}",
+        backend.info().backend,
+        backend.info().device,
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// One test per op family for the backend `$make` builds.
+#[macro_export]
+macro_rules! conformance {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+            fn check(prefixes: &[&str]) {
+                let backend = $make;
+                run_cases(&backend, prefixes);
+            }
+            #[test]
+            fn statistics() {
+                check(&["ACT_STAT", "HESSIAN"]);
+            }
+            #[test]
+            fn gradients() {
+                check(&["GRAD_ACC", "GRAD_FUSED"]);
+            }
+            #[test]
+            fn scores() {
+                check(&["SCORE_"]);
+            }
+            #[test]
+            fn masks() {
+                check(&["MASK", "APPLY_MASK"]);
+            }
+            #[test]
+            fn fused_prune() {
+                check(&["PRUNE_"]);
+            }
+            #[test]
+            fn hinv_factor() {
+                check(&["HINV_FACTOR"]);
+            }
+            #[test]
+            fn obs() {
+                check(&["OBS_"]);
+            }
+            #[test]
+            fn recon_error() {
+                check(&["RECON_ERROR"]);
+            }
+        }
+    };
+}
+
+// The reference against itself: proves the cases, runner and comparisons hold together.
+conformance!(cpu, CpuBackend::new());
