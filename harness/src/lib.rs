@@ -1,1 +1,11 @@
-//! placeholder
+//! The pruning methods composed from the op set for whole LLaMA decoder layers, their
+//! verification against the CPU reference, and the records they report.
+
+pub mod error;
+pub mod method;
+pub mod prune;
+pub mod verify;
+
+pub use error::{HarnessError, Result};
+pub use method::Method;
+pub use prune::{prune_layer, Calibration, LayerRun, Progress, PruneConfig};

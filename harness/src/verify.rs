@@ -1,0 +1,115 @@
+//! Whole-layer verification: the same layer, calibration and method on a backend and on the
+//! CPU reference, compared per linear by pruned count, mask agreement and reconstruction error.
+
+use serde::{Deserialize, Serialize};
+
+use prunebench_kernels::cpu::CpuBackend;
+use prunebench_kernels::Backend;
+use prunebench_models::LayerWeights;
+
+use crate::error::Result;
+use crate::method::Method;
+use crate::prune::{prune_layer, Calibration, LayerReport, Progress, PruneConfig};
+
+/// Fraction of mask entries allowed to differ from the reference. The backend accumulates
+/// statistics in f32 (the reference in f64), so scores differ by ~1e-6 relative and only
+/// entries that close to a row's threshold can flip: far fewer than 1 in 10⁴.
+pub const LAYER_MASK_DISAGREEMENT: f64 = 1e-4;
+/// SparseGPT chooses masks on weights its own f32 updates produced, and a flip early in a
+/// block changes later updates of that row: allow 1 in 10³.
+pub const LAYER_MASK_DISAGREEMENT_SPARSEGPT: f64 = 1e-3;
+/// Relative difference of the reconstruction error figure.
+pub const LAYER_RECON_REL: f64 = 1e-3;
+pub const LAYER_RECON_REL_SPARSEGPT: f64 = 1e-2;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinearVerification {
+    pub linear: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub pruned_reference: usize,
+    pub pruned_backend: usize,
+    pub mask_disagreement: f64,
+    pub mask_tolerance: f64,
+    pub recon_reference: f64,
+    pub recon_backend: f64,
+    pub recon_relative_difference: f64,
+    pub recon_tolerance: f64,
+    pub pass: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerVerification {
+    pub method: Method,
+    pub sparsity: String,
+    pub linears: Vec<LinearVerification>,
+    pub backend_report: LayerReport,
+    pub reference_report: LayerReport,
+}
+
+impl LayerVerification {
+    pub fn pass(&self) -> bool {
+        self.linears.iter().all(|l| l.pass)
+    }
+}
+
+pub fn verify_layer<B: Backend>(
+    b: &B,
+    layer: &LayerWeights,
+    calib: &Calibration<'_>,
+    cfg: &PruneConfig,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<LayerVerification> {
+    let got = prune_layer(b, layer, calib, cfg, true, progress)?;
+    let want = prune_layer(&CpuBackend::new(), layer, calib, cfg, true, progress)?;
+    let sparsegpt = cfg.method == Method::Sparsegpt;
+    let (mask_tol, recon_tol) = if sparsegpt {
+        (LAYER_MASK_DISAGREEMENT_SPARSEGPT, LAYER_RECON_REL_SPARSEGPT)
+    } else {
+        (LAYER_MASK_DISAGREEMENT, LAYER_RECON_REL)
+    };
+    let mut linears = Vec::new();
+    for (i, (g, w)) in got
+        .report
+        .linears
+        .iter()
+        .zip(&want.report.linears)
+        .enumerate()
+    {
+        let (gm, wm) = (&got.masks[i], &want.masks[i]);
+        let differ: usize = gm
+            .bits
+            .iter()
+            .zip(&wm.bits)
+            .map(|(a, b)| (a ^ b).count_ones() as usize)
+            .sum();
+        let disagreement = differ as f64 / (g.rows * g.cols) as f64;
+        let rel = if w.recon_error == g.recon_error {
+            0.0
+        } else {
+            (g.recon_error - w.recon_error).abs() / w.recon_error.abs().max(f64::MIN_POSITIVE)
+        };
+        let pass = g.pruned == w.pruned && disagreement <= mask_tol && rel <= recon_tol;
+        linears.push(LinearVerification {
+            linear: g.name.clone(),
+            rows: g.rows,
+            cols: g.cols,
+            pruned_reference: w.pruned,
+            pruned_backend: g.pruned,
+            mask_disagreement: disagreement,
+            mask_tolerance: mask_tol,
+            recon_reference: w.recon_error,
+            recon_backend: g.recon_error,
+            recon_relative_difference: rel,
+            recon_tolerance: recon_tol,
+            pass,
+        });
+    }
+    Ok(LayerVerification {
+        method: cfg.method,
+        sparsity: cfg.sparsity.to_string(),
+        linears,
+        backend_report: got.report,
+        reference_report: want.report,
+    })
+}

@@ -1,0 +1,326 @@
+//! The LLaMA family as data: hidden and intermediate sizes, heads, and from them the seven
+//! linear shapes of a decoder layer and which linears share an input (ALGORITHMS.md §8).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{io, ModelError, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// The input a linear sees; linears with the same input share its statistics (a, H).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum InputGroup {
+    /// The post-attention-norm hidden state h: q, k, v.
+    AttnIn,
+    /// The attention output: o_proj.
+    AttnOut,
+    /// The post-MLP-norm hidden state: gate, up.
+    MlpIn,
+    /// silu(gate)·up: down_proj.
+    MlpAct,
+}
+
+impl InputGroup {
+    pub const ALL: [InputGroup; 4] = [
+        InputGroup::AttnIn,
+        InputGroup::AttnOut,
+        InputGroup::MlpIn,
+        InputGroup::MlpAct,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            InputGroup::AttnIn => "attn_in",
+            InputGroup::AttnOut => "attn_out",
+            InputGroup::MlpIn => "mlp_in",
+            InputGroup::MlpAct => "mlp_act",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.name() == s)
+    }
+}
+
+/// One linear: `rows x cols` = out_features x in_features, the HF/PyTorch layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LinearSpec {
+    pub name: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+    pub input: InputGroup,
+}
+
+impl LinearSpec {
+    pub fn hf_tensor_name(&self, layer: usize) -> String {
+        let block = match self.input {
+            InputGroup::AttnIn | InputGroup::AttnOut => "self_attn",
+            InputGroup::MlpIn | InputGroup::MlpAct => "mlp",
+        };
+        format!("model.layers.{layer}.{block}.{}.weight", self.name)
+    }
+}
+
+pub const LINEAR_NAMES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+fn llama(
+    name: &str,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv: usize,
+) -> ModelConfig {
+    ModelConfig {
+        name: name.into(),
+        hidden,
+        intermediate,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: kv,
+        head_dim: hidden / heads,
+    }
+}
+
+/// Every built-in model. `tiny` is LLaMA-shaped (GQA included) and small enough for tests
+/// and the default run on a CPU.
+pub fn known_models() -> Vec<ModelConfig> {
+    vec![
+        ModelConfig {
+            name: "tiny".into(),
+            hidden: 256,
+            intermediate: 688,
+            num_layers: 4,
+            num_heads: 8,
+            num_kv_heads: 4,
+            head_dim: 32,
+        },
+        llama("llama-7b", 4096, 11008, 32, 32, 32),
+        llama("llama-13b", 5120, 13824, 40, 40, 40),
+        llama("llama-30b", 6656, 17920, 60, 52, 52),
+        llama("llama-65b", 8192, 22016, 80, 64, 64),
+        llama("llama2-7b", 4096, 11008, 32, 32, 32),
+        llama("llama2-13b", 5120, 13824, 40, 40, 40),
+        llama("llama2-70b", 8192, 28672, 80, 64, 8),
+        llama("llama3-8b", 4096, 14336, 32, 32, 8),
+    ]
+}
+
+pub fn lookup(name: &str) -> Result<ModelConfig> {
+    let models = known_models();
+    models
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(name.trim()))
+        .cloned()
+        .ok_or_else(|| ModelError::UnknownModel {
+            name: name.to_string(),
+            known: models
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+impl ModelConfig {
+    /// Reads a Hugging Face `config.json`; the model is named after its folder.
+    pub fn from_hf_config(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let bad = |detail: String| ModelError::BadConfig {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let get = |key: &str| -> Result<Option<usize>> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| bad(format!("{key} is not a positive integer"))),
+            }
+        };
+        let need = |key: &str| get(key)?.ok_or_else(|| bad(format!("{key} is missing")));
+        let hidden = need("hidden_size")?;
+        let heads = need("num_attention_heads")?;
+        let name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "checkpoint".into());
+        Ok(ModelConfig {
+            name,
+            hidden,
+            intermediate: need("intermediate_size")?,
+            num_layers: need("num_hidden_layers")?,
+            num_heads: heads,
+            num_kv_heads: get("num_key_value_heads")?.unwrap_or(heads),
+            head_dim: get("head_dim")?.unwrap_or(hidden / heads),
+        })
+    }
+
+    /// The seven linears in HF order.
+    pub fn linears(&self) -> Vec<LinearSpec> {
+        let (h, i) = (self.hidden, self.intermediate);
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let l = |name, rows, cols, input| LinearSpec {
+            name,
+            rows,
+            cols,
+            input,
+        };
+        vec![
+            l("q_proj", q, h, InputGroup::AttnIn),
+            l("k_proj", kv, h, InputGroup::AttnIn),
+            l("v_proj", kv, h, InputGroup::AttnIn),
+            l("o_proj", h, q, InputGroup::AttnOut),
+            l("gate_proj", i, h, InputGroup::MlpIn),
+            l("up_proj", i, h, InputGroup::MlpIn),
+            l("down_proj", h, i, InputGroup::MlpAct),
+        ]
+    }
+
+    pub fn linear(&self, name: &str) -> Result<LinearSpec> {
+        self.linears()
+            .into_iter()
+            .find(|l| l.name == name.trim())
+            .ok_or_else(|| ModelError::UnknownLinear { name: name.into() })
+    }
+
+    /// Each distinct input and its width.
+    pub fn input_groups(&self) -> Vec<(InputGroup, usize)> {
+        let mut out: Vec<(InputGroup, usize)> = Vec::new();
+        for l in self.linears() {
+            if !out.iter().any(|(g, _)| *g == l.input) {
+                out.push((l.input, l.cols));
+            }
+        }
+        out
+    }
+
+    pub fn group_cols(&self, group: InputGroup) -> usize {
+        self.input_groups()
+            .into_iter()
+            .find(|(g, _)| *g == group)
+            .map_or(0, |(_, c)| c)
+    }
+
+    pub fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.num_layers {
+            return Err(ModelError::LayerOutOfRange {
+                layer,
+                model: self.name.clone(),
+                layers: self.num_layers,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `all`, or a comma-separated list of linear names, in the order given.
+pub fn parse_linears(cfg: &ModelConfig, list: &str) -> Result<Vec<LinearSpec>> {
+    if list.trim() == "all" {
+        return Ok(cfg.linears());
+    }
+    let mut out: Vec<LinearSpec> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let l = cfg.linear(name)?;
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    if out.is_empty() {
+        return Err(ModelError::UnknownLinear { name: list.into() });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes(name: &str) -> Vec<(&'static str, usize, usize)> {
+        lookup(name)
+            .unwrap()
+            .linears()
+            .into_iter()
+            .map(|l| (l.name, l.rows, l.cols))
+            .collect()
+    }
+
+    #[test]
+    fn llama_shapes_match_the_papers() {
+        assert_eq!(
+            shapes("llama-7b"),
+            vec![
+                ("q_proj", 4096, 4096),
+                ("k_proj", 4096, 4096),
+                ("v_proj", 4096, 4096),
+                ("o_proj", 4096, 4096),
+                ("gate_proj", 11008, 4096),
+                ("up_proj", 11008, 4096),
+                ("down_proj", 4096, 11008)
+            ]
+        );
+        let l70 = shapes("llama2-70b");
+        assert_eq!(l70[1], ("k_proj", 1024, 8192));
+        assert_eq!(l70[4], ("gate_proj", 28672, 8192));
+        assert_eq!(l70[6], ("down_proj", 8192, 28672));
+        let l3 = shapes("llama3-8b");
+        assert_eq!(l3[2], ("v_proj", 1024, 4096));
+        assert_eq!(l3[5], ("up_proj", 14336, 4096));
+        assert_eq!(l3[6], ("down_proj", 4096, 14336));
+        assert_eq!(shapes("tiny")[1], ("k_proj", 128, 256));
+    }
+
+    #[test]
+    fn names_and_groups() {
+        let cfg = lookup("llama-7b").unwrap();
+        assert_eq!(
+            cfg.linear("gate_proj").unwrap().hf_tensor_name(3),
+            "model.layers.3.mlp.gate_proj.weight"
+        );
+        assert_eq!(
+            cfg.linear("o_proj").unwrap().hf_tensor_name(0),
+            "model.layers.0.self_attn.o_proj.weight"
+        );
+        assert_eq!(cfg.input_groups().len(), 4);
+        assert_eq!(cfg.group_cols(InputGroup::MlpAct), 11008);
+        let sel = parse_linears(&cfg, "q_proj, k_proj,q_proj").unwrap();
+        assert_eq!(sel.len(), 2);
+    }
+
+    #[test]
+    fn unknown_names_are_clear_errors() {
+        let e = lookup("gpt-2").unwrap_err().to_string();
+        assert!(e.contains("gpt-2") && e.contains("llama-7b"), "{e}");
+        let cfg = lookup("tiny").unwrap();
+        assert!(parse_linears(&cfg, "q_proj,x_proj")
+            .unwrap_err()
+            .to_string()
+            .contains("x_proj"));
+        assert!(cfg.check_layer(4).unwrap_err().to_string().contains("0-3"));
+    }
+}

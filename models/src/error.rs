@@ -1,0 +1,64 @@
+//! Errors of models, checkpoints and calibration files, each naming the file or tensor at fault.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("unknown model '{name}': known models are {known}")]
+    UnknownModel { name: String, known: String },
+    #[error("unknown linear '{name}': expected all, or a list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")]
+    UnknownLinear { name: String },
+    #[error("layer {layer} is out of range: {model} has {layers} layers (0-{last})", last = layers.saturating_sub(1))]
+    LayerOutOfRange {
+        layer: usize,
+        model: String,
+        layers: usize,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file (truncated or corrupt?): {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    BadConfig { path: PathBuf, detail: String },
+    #[error("tensor {name} is missing (looked in {path})")]
+    MissingTensor { name: String, path: PathBuf },
+    #[error("tensor {name} in {path} has shape {actual:?}, expected {expected:?}")]
+    WrongShape {
+        name: String,
+        path: PathBuf,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("tensor {name} in {path} has dtype {dtype}; supported are F32, F16 and BF16")]
+    UnsupportedDtype {
+        name: String,
+        path: PathBuf,
+        dtype: String,
+    },
+    #[error(
+        "tensor {name} in {path} has a non-finite value (NaN or Inf) at row {row}, column {col}"
+    )]
+    NonFinite {
+        name: String,
+        path: PathBuf,
+        row: usize,
+        col: usize,
+    },
+    #[error("{0}")]
+    Calibration(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

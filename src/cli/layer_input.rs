@@ -1,0 +1,108 @@
+//! Turns the layer arguments into weights and calibration: a checkpoint or a seeded synthetic
+//! layer, a calibration file or synthetic LLaMA-like calibration.
+
+use anyhow::{bail, Context, Result};
+
+use prunebench_harness::Calibration;
+use prunebench_models::calibration::CalibrationFile;
+use prunebench_models::checkpoint::Checkpoint;
+use prunebench_models::config::{self, parse_linears, ModelConfig};
+use prunebench_models::synthetic::{synthetic_layer, SyntheticCalibration};
+use prunebench_models::LayerWeights;
+
+use super::LayerArgs;
+
+pub struct LayerInput {
+    pub layer: LayerWeights,
+    synthetic: Option<SyntheticCalibration>,
+    file: Option<CalibrationFile>,
+}
+
+impl LayerInput {
+    pub fn model(args: &LayerArgs) -> Result<(ModelConfig, Option<Checkpoint>)> {
+        match &args.checkpoint {
+            Some(dir) => {
+                let ck = Checkpoint::open(dir)
+                    .with_context(|| format!("opening checkpoint {}", dir.display()))?;
+                let cfg = ck.config().clone();
+                if let Some(name) = &args.model {
+                    let named = config::lookup(name)?;
+                    if (named.hidden, named.intermediate, named.num_kv_heads)
+                        != (cfg.hidden, cfg.intermediate, cfg.num_kv_heads)
+                    {
+                        bail!(
+                            "--model {name} (hidden {}, intermediate {}) does not match the checkpoint's config.json (hidden {}, intermediate {})",
+                            named.hidden, named.intermediate, cfg.hidden, cfg.intermediate
+                        );
+                    }
+                }
+                Ok((cfg, Some(ck)))
+            }
+            None => Ok((
+                config::lookup(args.model.as_deref().unwrap_or("tiny"))?,
+                None,
+            )),
+        }
+    }
+
+    pub fn load(args: &LayerArgs) -> Result<Self> {
+        let (cfg, checkpoint) = Self::model(args)?;
+        if args.layer >= cfg.num_layers {
+            bail!(
+                "layer {} is out of range: {} has {} layers (0-{})",
+                args.layer,
+                cfg.name,
+                cfg.num_layers,
+                cfg.num_layers - 1
+            );
+        }
+        let linears = parse_linears(&cfg, &args.linears)?;
+        let layer = match &checkpoint {
+            Some(ck) => ck.read_layer(args.layer, &linears)?,
+            None => synthetic_layer(&cfg, args.layer, &linears, args.seed),
+        };
+        let (synthetic, file) = match &args.calibration {
+            Some(path) => (
+                None,
+                Some(
+                    CalibrationFile::open(path, &cfg)
+                        .with_context(|| format!("opening calibration {}", path.display()))?,
+                ),
+            ),
+            None => {
+                if args.samples == 0 || args.tokens == 0 {
+                    bail!("--samples and --tokens must be at least 1");
+                }
+                (
+                    Some(SyntheticCalibration::new(
+                        &cfg,
+                        args.layer,
+                        args.samples,
+                        args.tokens,
+                        args.seed,
+                    )),
+                    None,
+                )
+            }
+        };
+        Ok(Self {
+            layer,
+            synthetic,
+            file,
+        })
+    }
+
+    pub fn calibration(&self) -> Calibration<'_> {
+        match (&self.file, &self.synthetic) {
+            (Some(f), _) => Calibration {
+                source: f,
+                ready: Some(f),
+            },
+            (None, Some(s)) => Calibration {
+                source: s,
+                ready: None,
+            },
+            (None, None) => unreachable!("load always sets one calibration"),
+        }
+    }
+}

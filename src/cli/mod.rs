@@ -1,0 +1,132 @@
+//! The command line: argument definitions and dispatch to one module per subcommand.
+
+mod backends;
+mod devices;
+mod layer_input;
+mod progress;
+mod prune;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "prunebench", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Prune one LLaMA decoder layer (synthetic by default) and report time, sparsity and
+    /// reconstruction error per linear.
+    Prune(PruneArgs),
+    /// Run every op, then whole layers, on a backend and on the CPU reference, and compare.
+    Verify(VerifyArgs),
+    /// List the backends and adapters prunebench can see.
+    Devices,
+}
+
+/// Which layer, from where, with what calibration.
+#[derive(Args, Debug, Clone)]
+pub struct LayerArgs {
+    /// Model shape: tiny, llama-7b, llama-13b, llama-30b, llama-65b, llama2-7b, llama2-13b,
+    /// llama2-70b, llama3-8b. With --checkpoint, defaults to the checkpoint's config.json.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Decoder layer index.
+    #[arg(long, default_value_t = 0)]
+    pub layer: usize,
+    /// A Hugging Face model folder (config.json and safetensors, single or sharded); without
+    /// it a seeded synthetic layer is used.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// A calibration safetensors file (see README); without it synthetic LLaMA-like
+    /// activations and gradients are generated.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Synthetic calibration samples (the papers use 128).
+    #[arg(long, default_value_t = 16)]
+    pub samples: usize,
+    /// Tokens per synthetic calibration sample (the papers use 2048).
+    #[arg(long, default_value_t = 256)]
+    pub tokens: usize,
+    /// Seed of the synthetic layer and calibration.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Linears to prune: all, or a list such as q_proj,k_proj,v_proj.
+    #[arg(long, default_value = "all")]
+    pub linears: String,
+}
+
+/// Where to run.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// auto (a GPU if present, else the CPU reference), cpu, wgpu, cubecl-wgpu, cubecl-cuda.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Pick the adapter whose name contains this (wgpu backends), e.g. llvmpipe or h200.
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// magnitude, wanda, gblm or sparsegpt.
+    #[arg(long, default_value = "sparsegpt")]
+    pub method: String,
+    /// A fraction in [0, 1) (unstructured) or N:M such as 2:4.
+    #[arg(long, default_value = "0.5")]
+    pub sparsity: String,
+    /// Unstructured comparison group: row or matrix (default: matrix for magnitude, row for
+    /// wanda and gblm, as in their papers' code).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// GBLM gradient norm: l2 or l1.
+    #[arg(long, default_value = "l2")]
+    pub grad_norm: String,
+    /// Write the pruned linears to this safetensors file (in the input dtype).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Only ops whose canonical name contains this (e.g. PRUNE_WANDA, MASK, OBS_NM).
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Methods whose whole-layer results are compared: all, none, or a list.
+    #[arg(long, default_value = "all")]
+    pub methods: String,
+    /// Sparsity patterns for the whole-layer comparison.
+    #[arg(long, default_value = "0.5,2:4")]
+    pub sparsities: String,
+    /// Skip the per-op checks (whole layers only).
+    #[arg(long)]
+    pub skip_ops: bool,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Prune(a) => prune::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Devices => devices::run(),
+    }
+}

@@ -1,0 +1,212 @@
+//! `prunebench verify`: every op (the suite's odd shapes and the model's shapes), then whole
+//! layers per method and sparsity, on a backend against the CPU reference. Exit status 1 if
+//! anything failed.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use prunebench_harness::verify::{verify_layer, LayerVerification};
+use prunebench_harness::{Method, PruneConfig};
+use prunebench_kernels::cpu::CpuBackend;
+use prunebench_kernels::suite::{model_cases, small_cases, verify_case, CaseReport, Outcome};
+use prunebench_kernels::{Backend, BackendInfo, Sparsity};
+
+use super::backends::{dispatch, resolve, BackendJob};
+use super::layer_input::LayerInput;
+use super::progress::Bar;
+use super::VerifyArgs;
+
+#[derive(Serialize)]
+struct VerifyOutput {
+    backend: BackendInfo,
+    ops: Vec<CaseReport>,
+    layers: Vec<LayerVerification>,
+}
+
+struct VerifyJob<'a> {
+    args: &'a VerifyArgs,
+    input: &'a LayerInput,
+    methods: Vec<Method>,
+    sparsities: Vec<Sparsity>,
+}
+
+fn parse_methods(s: &str) -> Result<Vec<Method>> {
+    match s.trim() {
+        "all" => Ok(Method::ALL.to_vec()),
+        "none" => Ok(vec![]),
+        list => list
+            .split(',')
+            .map(|m| super::prune::parse_method(m.trim()))
+            .collect(),
+    }
+}
+
+impl BackendJob for VerifyJob<'_> {
+    type Output = VerifyOutput;
+    fn run<B: Backend>(self, b: &B) -> Result<VerifyOutput> {
+        let reference = CpuBackend::new();
+        let quiet = self.args.json;
+        let mut ops = Vec::new();
+        if !self.args.skip_ops {
+            let mut shapes: Vec<(usize, usize)> = self
+                .input
+                .layer
+                .linears
+                .iter()
+                .map(|(l, _)| (l.rows, l.cols))
+                .collect();
+            shapes.dedup();
+            shapes.sort_unstable();
+            shapes.dedup();
+            let tokens = self.args.layer.tokens;
+            let filter = self.args.op.as_deref().map(str::to_ascii_uppercase);
+            let cases: Vec<_> = small_cases()
+                .into_iter()
+                .chain(model_cases(&shapes, tokens))
+                .filter(|c| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| c.name().contains(f.as_str()))
+                })
+                .collect();
+            if cases.is_empty() {
+                bail!(
+                    "no op case matches --op {}",
+                    self.args.op.as_deref().unwrap_or("")
+                );
+            }
+            if !quiet {
+                println!(
+                    "ops on {} ({}): {} cases",
+                    b.info().backend,
+                    b.info().device,
+                    cases.len()
+                );
+            }
+            for case in &cases {
+                let r = verify_case(b, &reference, case);
+                if !quiet {
+                    print_case(&r);
+                }
+                ops.push(r);
+            }
+        }
+        let mut layers = Vec::new();
+        for &method in &self.methods {
+            for &sparsity in &self.sparsities {
+                let cfg = PruneConfig::new(method, sparsity);
+                let bar = Bar::new(&format!("verify {method} {sparsity}"));
+                let v = verify_layer(
+                    b,
+                    &self.input.layer,
+                    &self.input.calibration(),
+                    &cfg,
+                    &|p| bar.update(p),
+                );
+                bar.finish();
+                let v = v?;
+                if !quiet {
+                    print_layer(&v);
+                }
+                layers.push(v);
+            }
+        }
+        Ok(VerifyOutput {
+            backend: b.info().clone(),
+            ops,
+            layers,
+        })
+    }
+}
+
+fn print_case(r: &CaseReport) {
+    let status = match &r.outcome {
+        Outcome::Pass => "ok".to_string(),
+        Outcome::Fail => "FAIL".to_string(),
+        Outcome::Unsupported(why) => format!("unsupported ({why})"),
+        Outcome::Error(e) => format!("ERROR {e}"),
+    };
+    let figures: Vec<String> = r
+        .checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {:.2e} <= {:.1e}",
+                c.what, c.metric, c.error, c.tolerance
+            )
+        })
+        .collect();
+    println!("  {:<64} {:<6} {}", r.case, status, figures.join("; "));
+}
+
+fn print_layer(v: &LayerVerification) {
+    println!(
+        "layer {} {} {} at {}: {}",
+        v.backend_report.model,
+        v.backend_report.layer,
+        v.method,
+        v.sparsity,
+        if v.pass() { "ok" } else { "FAIL" }
+    );
+    for l in &v.linears {
+        println!(
+            "  {:<10} {:>12} pruned {}/{} mask disagreement {:.2e} <= {:.0e}, recon {:.4e} vs {:.4e} (rel {:.1e} <= {:.0e}) {}",
+            l.linear,
+            format!("{}x{}", l.rows, l.cols),
+            l.pruned_backend,
+            l.pruned_reference,
+            l.mask_disagreement,
+            l.mask_tolerance,
+            l.recon_backend,
+            l.recon_reference,
+            l.recon_relative_difference,
+            l.recon_tolerance,
+            if l.pass { "ok" } else { "FAIL" }
+        );
+    }
+}
+
+pub fn run(a: VerifyArgs) -> Result<ExitCode> {
+    let choice = resolve(&a.backend.backend)?;
+    let methods = parse_methods(&a.methods)?;
+    let sparsities = a
+        .sparsities
+        .split(',')
+        .map(|s| Sparsity::parse(s.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let input = LayerInput::load(&a.layer)?;
+    let job = VerifyJob {
+        args: &a,
+        input: &input,
+        methods,
+        sparsities,
+    };
+    let out = dispatch(choice, a.backend.adapter.as_deref(), job)?;
+    let failed_ops = out.ops.iter().filter(|r| r.failed()).count();
+    let unsupported = out
+        .ops
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Unsupported(_)))
+        .count();
+    let failed_layers = out.layers.iter().filter(|l| !l.pass()).count();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{}: ops {} passed, {} failed, {} unsupported; layers {} passed, {} failed",
+            out.backend.backend,
+            out.ops.len() - failed_ops - unsupported,
+            failed_ops,
+            unsupported,
+            out.layers.len() - failed_layers,
+            failed_layers
+        );
+    }
+    Ok(if failed_ops + failed_layers > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
