@@ -7,12 +7,9 @@ use prunebench_models::ModelError;
 
 #[derive(Debug, Error)]
 pub enum HarnessError {
-    #[error("{context}: {source}")]
-    Kernel {
-        context: String,
-        #[source]
-        source: KernelError,
-    },
+    // The source is part of the message, so it is not also reported as a cause.
+    #[error("{context}: {error}")]
+    Kernel { context: String, error: KernelError },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{0}")]
@@ -28,9 +25,9 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, KernelError> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| HarnessError::Kernel {
+        self.map_err(|error| HarnessError::Kernel {
             context: what(),
-            source,
+            error,
         })
     }
 }

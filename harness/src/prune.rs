@@ -242,7 +242,7 @@ pub fn prune_layer<B: Backend>(
         if need > budget {
             return Err(HarnessError::Kernel {
                 context: at("memory check"),
-                source: prunebench_kernels::KernelError::OutOfMemory {
+                error: prunebench_kernels::KernelError::OutOfMemory {
                     what: format!(
                         "pruning {} with {} ({} samples x {} tokens)",
                         layer.model.name, cfg.method, samples, tokens
@@ -278,6 +278,8 @@ pub fn prune_layer<B: Backend>(
         let cols = members[0].0.cols;
         let gname = g.name();
         let mut stages = Stages(Vec::new());
+        // Per-linear stage times start here, since GBLM's gradients accumulate in this pass.
+        let mut member_stages: Vec<Stages> = members.iter().map(|_| Stages(Vec::new())).collect();
         let mut ready = Vec::new();
 
         // Statistics: ready-made where the calibration file has them, else accumulated.
@@ -391,8 +393,8 @@ pub fn prune_layer<B: Backend>(
                             .context(|| at(l.name))?;
                         let dyt = b.upload(&dy).context(|| at(l.name))?;
                         let acc = grads[i].as_mut().expect("accumulator allocated");
-                        stages
-                            .time(b, &format!("grad.{}", l.name), Purpose::Prune, &mut || {
+                        member_stages[i]
+                            .time(b, "grad_accumulate", Purpose::Prune, &mut || {
                                 b.grad_accumulate_fused(acc, &dyt, &xt, cfg.grad_norm)
                             })
                             .context(|| at(l.name))?;
@@ -418,8 +420,7 @@ pub fn prune_layer<B: Backend>(
         };
         let dead = factor.as_ref().map_or(0, |f| f.dead.len());
 
-        for (i, (l, w)) in members.iter().enumerate() {
-            let mut lst = Stages(Vec::new());
+        for ((i, (l, w)), mut lst) in members.iter().enumerate().zip(member_stages) {
             let orig = b.upload(w).context(|| at(l.name))?;
             let mut wt = b.upload(w).context(|| at(l.name))?;
             let mut mask = None;
@@ -440,23 +441,21 @@ pub fn prune_layer<B: Backend>(
                     .context(|| at(l.name))?;
                 }
                 _ => {
-                    let g_final = match &grads[i] {
-                        Some(acc) => {
+                    // A ready G from the calibration file is final; an accumulated A is
+                    // finalised (sqrt for l2) here.
+                    let finalised = match &grads[i] {
+                        Some(acc) if !grads_ready[i] => {
                             let mut out = None;
                             lst.time(b, "grad_finalize", Purpose::Prune, &mut || {
-                                out = Some(if grads_ready[i] {
-                                    // Ready G is already final; scoring reads it as is.
-                                    b.grad_finalize(acc, GradNorm::L1)?
-                                } else {
-                                    b.grad_finalize(acc, cfg.grad_norm)?
-                                });
+                                out = Some(b.grad_finalize(acc, cfg.grad_norm)?);
                                 Ok(())
                             })
                             .context(|| at(l.name))?;
                             out
                         }
-                        None => None,
+                        _ => None,
                     };
+                    let g_final = finalised.as_ref().or(grads[i].as_ref());
                     let score = match method {
                         Method::Magnitude => Score::Magnitude,
                         Method::Wanda => Score::Wanda {
@@ -464,7 +463,7 @@ pub fn prune_layer<B: Backend>(
                         },
                         _ => Score::Gblm {
                             act: act.as_ref().expect("act for gblm"),
-                            grad: g_final.as_ref().expect("G for gblm"),
+                            grad: g_final.expect("G for gblm"),
                         },
                     };
                     let pattern = method.mask_pattern(cfg.sparsity, cfg.group);

@@ -78,7 +78,7 @@ impl Sparsity {
     /// Parses `0.5` (unstructured, p in [0,1)) or `2:4` (N:M with 1 <= n < m).
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| KernelError::InvalidArgument(format!("sparsity '{s}': {why}"));
-        if let Some((n, m)) = s.split_once(':') {
+        let sp = if let Some((n, m)) = s.split_once(':') {
             let n: usize = n
                 .trim()
                 .parse()
@@ -87,29 +87,37 @@ impl Sparsity {
                 .trim()
                 .parse()
                 .map_err(|_| bad("M in N:M is not a whole number"))?;
-            let sp = Sparsity::NM { n, m };
-            sp.validate().map_err(|e| bad(&e.to_string()))?;
-            Ok(sp)
+            Sparsity::NM { n, m }
         } else {
             let p: f64 = s
                 .trim()
                 .parse()
                 .map_err(|_| bad("expected a fraction like 0.5 or a pattern like 2:4"))?;
-            let sp = Sparsity::Unstructured(p);
-            sp.validate().map_err(|e| bad(&e.to_string()))?;
-            Ok(sp)
+            Sparsity::Unstructured(p)
+        };
+        match sp.problem() {
+            Some(why) => Err(bad(&why)),
+            None => Ok(sp),
+        }
+    }
+
+    /// Why this target is impossible, if it is.
+    fn problem(&self) -> Option<String> {
+        match *self {
+            Sparsity::Unstructured(p) if !(0.0..1.0).contains(&p) => {
+                Some(format!("fraction {p} is outside [0, 1)"))
+            }
+            Sparsity::NM { n, m } if n == 0 || n >= m => {
+                Some(format!("N:M needs 1 <= N < M, got {n}:{m}"))
+            }
+            _ => None,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        match *self {
-            Sparsity::Unstructured(p) if !(0.0..1.0).contains(&p) => Err(
-                KernelError::InvalidArgument(format!("fraction {p} is outside [0, 1)")),
-            ),
-            Sparsity::NM { n, m } if n == 0 || n >= m => Err(KernelError::InvalidArgument(
-                format!("N:M needs 1 <= N < M, got {n}:{m}"),
-            )),
-            _ => Ok(()),
+        match self.problem() {
+            Some(why) => Err(KernelError::InvalidArgument(why)),
+            None => Ok(()),
         }
     }
 

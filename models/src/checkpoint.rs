@@ -29,7 +29,7 @@ impl Checkpoint {
         if !dir.is_dir() {
             return Err(ModelError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
             });
         }
         let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;

@@ -16,11 +16,11 @@ pub enum ModelError {
         model: String,
         layers: usize,
     },
-    #[error("{path}: {source}")]
+    // The source is part of the message, so it is not also reported as a cause.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a valid safetensors file (truncated or corrupt?): {detail}")]
     Corrupt { path: PathBuf, detail: String },
@@ -57,8 +57,8 @@ pub enum ModelError {
 pub type Result<T> = std::result::Result<T, ModelError>;
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io {
+    move |error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }

@@ -173,9 +173,9 @@ pub fn write_atomic(
         })
         .and_then(|views| {
             safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| match e {
-                safetensors::SafeTensorError::IoError(source) => ModelError::Io {
+                safetensors::SafeTensorError::IoError(error) => ModelError::Io {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 },
                 other => ModelError::Corrupt {
                     path: path.to_path_buf(),

@@ -210,10 +210,7 @@ fn calibration_files_round_trip_and_check_shapes() {
 
     // The same file read against a model of another width is a shape error.
     let other = lookup("llama-7b").unwrap();
-    let e = expect_err(
-        CalibrationFile::open(&path, &other).map(|_| ()),
-        "expected",
-    );
+    let e = expect_err(CalibrationFile::open(&path, &other).map(|_| ()), "expected");
     assert!(matches!(e, ModelError::WrongShape { .. }), "{e}");
 
     // A safetensors file without the format marker is refused.

@@ -121,7 +121,6 @@ fn print_table(r: &LayerReport) {
         let stages: Vec<String> = g
             .stages
             .iter()
-            .filter(|s| !s.stage.starts_with("grad."))
             .map(|s| format!("{} {} ({}x)", s.stage, ms(s.seconds), s.calls))
             .collect();
         let ready = if g.ready.is_empty() {

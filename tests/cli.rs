@@ -1,0 +1,305 @@
+//! The command line end to end: every method and sparsity on the default layer, a sharded
+//! bf16 checkpoint pruned and written back, and every kind of bad input giving one clear
+//! message, a non-zero exit, no panic and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use prunebench_models::checkpoint::write_checkpoint;
+use prunebench_models::config::{lookup, ModelConfig};
+use prunebench_models::synthetic::synthetic_layer;
+use prunebench_models::{DType, LayerWeights};
+
+fn prunebench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args(args)
+        .output()
+        .expect("run prunebench")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn every_method_and_pattern_prunes_the_default_layer() {
+    for method in ["magnitude", "wanda", "gblm", "sparsegpt"] {
+        for sparsity in ["0.5", "2:4"] {
+            let out = prunebench(&[
+                "prune",
+                "--backend",
+                "cpu",
+                "--method",
+                method,
+                "--sparsity",
+                sparsity,
+                "--samples",
+                "4",
+                "--tokens",
+                "64",
+                "--json",
+            ]);
+            let r = json(&out);
+            let linears = r["linears"].as_array().unwrap();
+            assert_eq!(linears.len(), 7, "{method} {sparsity}");
+            for l in linears {
+                let s = l["sparsity"].as_f64().unwrap();
+                assert!((s - 0.5).abs() < 1e-9, "{method} {sparsity}: {l}");
+                assert!(l["recon_error"].as_f64().unwrap() > 0.0);
+            }
+            assert_eq!(r["method"], method);
+            assert_eq!(r["backend"]["backend"], "cpu");
+        }
+    }
+}
+
+#[test]
+fn the_default_command_runs() {
+    let out = prunebench(&["prune", "--backend", "cpu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("down_proj") && text.contains("50.00%"),
+        "{text}"
+    );
+    let out = prunebench(&["devices"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cpu:"));
+}
+
+fn tiny_layers(cfg: &ModelConfig, layers: usize) -> Vec<LayerWeights> {
+    (0..layers)
+        .map(|i| synthetic_layer(cfg, i, &cfg.linears(), 9))
+        .collect()
+}
+
+fn checkpoint(
+    dir: &Path,
+    cfg: &ModelConfig,
+    layers: &[LayerWeights],
+    dtype: DType,
+    shards: usize,
+) -> PathBuf {
+    write_checkpoint(dir, cfg, layers, dtype, shards).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_sharded_bf16_checkpoint_round_trips_through_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lookup("tiny").unwrap();
+    cfg.num_layers = 2;
+    let layers = tiny_layers(&cfg, 2);
+    let ck = checkpoint(&dir.path().join("model"), &cfg, &layers, DType::BF16, 3);
+    let out_file = dir.path().join("pruned.safetensors");
+    let out = prunebench(&[
+        "prune",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--layer",
+        "1",
+        "--method",
+        "wanda",
+        "--sparsity",
+        "2:4",
+        "--backend",
+        "cpu",
+        "--samples",
+        "4",
+        "--tokens",
+        "32",
+        "--out",
+        out_file.to_str().unwrap(),
+        "--json",
+    ]);
+    let r = json(&out);
+    assert_eq!(r["layer"], 1);
+    let bytes = std::fs::read(&out_file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), 7);
+    for (spec, original) in &layers[1].linears {
+        let name = spec.hf_tensor_name(1);
+        let t = st
+            .tensor(&name)
+            .unwrap_or_else(|_| panic!("{name} missing"));
+        assert_eq!(t.dtype(), safetensors::Dtype::BF16);
+        assert_eq!(t.shape(), &[spec.rows, spec.cols]);
+        let got = DType::BF16.decode(t.data());
+        let orig = DType::BF16.decode(&DType::BF16.encode(&original.data));
+        for r in 0..spec.rows {
+            for g in (0..spec.cols).step_by(4) {
+                let idx = r * spec.cols + g;
+                let zeros = (idx..idx + 4).filter(|&i| got[i] == 0.0).count();
+                assert_eq!(zeros, 2, "{name} row {r} group {g}");
+                for i in idx..idx + 4 {
+                    assert!(
+                        got[i] == 0.0 || got[i] == orig[i],
+                        "{name} changed a kept weight"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Runs a failing command: non-zero exit, the message on stderr, no panic, no output file.
+fn fails(args: &[&str], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.safetensors");
+    let mut all: Vec<&str> = args.to_vec();
+    let out_str = out_file.to_str().unwrap().to_string();
+    all.extend(["--out", &out_str]);
+    let out = prunebench(&all);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr '{err}' should mention '{needle}'"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "{args:?} left a file behind"
+    );
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let base = [
+        "prune",
+        "--backend",
+        "cpu",
+        "--samples",
+        "2",
+        "--tokens",
+        "8",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    fails(&with(&["--model", "gpt-9"]), "unknown model 'gpt-9'");
+    fails(&with(&["--layer", "99"]), "out of range");
+    fails(&with(&["--sparsity", "1.5"]), "outside [0, 1)");
+    fails(&with(&["--sparsity", "4:2"]), "1 <= N < M");
+    fails(&with(&["--linears", "q_proj,x_proj"]), "x_proj");
+    fails(&with(&["--method", "obs"]), "unknown method");
+    fails(&["prune", "--backend", "tpu"], "unknown backend 'tpu'");
+}
+
+#[test]
+fn bad_checkpoints_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lookup("tiny").unwrap();
+    cfg.num_layers = 1;
+    let layers = tiny_layers(&cfg, 1);
+    let run = |ck: &Path, extra: &[&str], needle: &str| {
+        let mut args = vec![
+            "prune",
+            "--backend",
+            "cpu",
+            "--samples",
+            "2",
+            "--tokens",
+            "8",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, needle);
+    };
+
+    let mut missing = layers.clone();
+    missing[0].linears.remove(3);
+    run(
+        &checkpoint(&dir.path().join("missing"), &cfg, &missing, DType::BF16, 2),
+        &[],
+        "o_proj.weight is missing",
+    );
+
+    let mut wrong = layers.clone();
+    wrong[0].linears[4].1 = prunebench_kernels::Matrix::zeros(10, 256);
+    run(
+        &checkpoint(&dir.path().join("shape"), &cfg, &wrong, DType::F16, 1),
+        &[],
+        "has shape [10, 256], expected [688, 256]",
+    );
+
+    let mut nan = layers.clone();
+    nan[0].linears[0].1.data[3] = f32::NAN;
+    run(
+        &checkpoint(&dir.path().join("nan"), &cfg, &nan, DType::F32, 1),
+        &[],
+        "non-finite",
+    );
+
+    let trunc = checkpoint(&dir.path().join("trunc"), &cfg, &layers, DType::BF16, 1);
+    let f = trunc.join("model.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    run(&trunc, &[], "truncated");
+
+    run(&dir.path().join("nowhere"), &[], "nowhere");
+
+    // 2:4 on a model whose hidden size (250) is not a multiple of 4.
+    let odd = ModelConfig {
+        name: "odd".into(),
+        hidden: 250,
+        intermediate: 688,
+        num_layers: 1,
+        num_heads: 5,
+        num_kv_heads: 5,
+        head_dim: 50,
+    };
+    let odd_layers = tiny_layers(&odd, 1);
+    run(
+        &checkpoint(&dir.path().join("odd"), &odd, &odd_layers, DType::BF16, 1),
+        &["--sparsity", "2:4"],
+        "multiple of 4",
+    );
+}
+
+#[test]
+fn verify_on_the_reference_passes_and_reports() {
+    let out = prunebench(&[
+        "verify",
+        "--backend",
+        "cpu",
+        "--op",
+        "MASK",
+        "--methods",
+        "wanda",
+        "--sparsities",
+        "2:4",
+        "--samples",
+        "2",
+        "--tokens",
+        "16",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("MASK(pattern=2:4,rows=13,cols=300)"),
+        "{text}"
+    );
+    assert!(text.contains("layers 1 passed, 0 failed"), "{text}");
+}
