@@ -1,9 +1,12 @@
 //! The pruning methods composed from the op set for whole LLaMA decoder layers, their
 //! verification against the CPU reference, and the records they report.
 
+pub mod bench;
 pub mod error;
 pub mod method;
 pub mod prune;
+pub mod report;
+pub mod results;
 pub mod verify;
 
 pub use error::{HarnessError, Result};

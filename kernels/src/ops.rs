@@ -281,6 +281,18 @@ impl ReconError {
     }
 }
 
+/// The FMA probe's constants: a contraction towards 1, so values stay bounded however many
+/// iterations run.
+pub const FMA_PROBE_MUL: f32 = 0.999;
+pub const FMA_PROBE_ADD: f32 = 0.001;
+
+/// The FMA probe's result for start value `x` after `iters` steps, in f64 closed form:
+/// v_n = m^n (x − 1) + 1 for v ← m·v + (1 − m).
+pub fn fma_probe_expected(x: f32, iters: u32) -> f64 {
+    let m = FMA_PROBE_MUL as f64;
+    m.powi(iters as i32) * (x as f64 - 1.0) + 1.0
+}
+
 /// Where a timing came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -418,6 +430,26 @@ pub trait Backend {
         selection: ObsSelection<'_, Self::Mask>,
         block: usize,
     ) -> Result<ObsOutcome<Self::Mask>>;
+
+    /// Ceiling probe for bandwidth: dst ← src (same shape), each element read and written
+    /// once, as a device-to-device copy.
+    fn copy(&self, _dst: &mut Self::Tensor, _src: &Self::Tensor) -> Result<()> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no copy probe",
+            self.info().backend
+        )))
+    }
+
+    /// Ceiling probe for arithmetic: every element v of `t` runs
+    /// `v ← v·FMA_PROBE_MUL + FMA_PROBE_ADD` `iters` times (2·iters flops per element; the
+    /// elements are independent chains, so a GPU can overlap them). Compare with
+    /// [`fma_probe_expected`].
+    fn fma_probe(&self, _t: &mut Self::Tensor, _iters: u32) -> Result<()> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no FMA probe",
+            self.info().backend
+        )))
+    }
 
     /// §9: tr(ΔW H ΔWᵀ) and tr(W H Wᵀ) with ΔW = W − pruned.
     fn recon_error(

@@ -1,10 +1,12 @@
 //! The command line: argument definitions and dispatch to one module per subcommand.
 
 mod backends;
+mod bench;
 mod devices;
 mod layer_input;
 mod progress;
 mod prune;
+mod report;
 mod verify;
 
 use std::path::PathBuf;
@@ -26,6 +28,11 @@ enum Command {
     Prune(PruneArgs),
     /// Run every op, then whole layers, on a backend and on the CPU reference, and compare.
     Verify(VerifyArgs),
+    /// Measure the device's ceilings, time every op and whole layers, verify them against
+    /// the CPU reference, and write one results JSON.
+    Bench(BenchArgs),
+    /// Render results JSON files (several devices and backends) as Markdown and HTML.
+    Report(ReportArgs),
     /// List the backends and adapters prunebench can see.
     Devices,
 }
@@ -123,10 +130,57 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Only ops whose canonical name contains this.
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Methods timed on whole layers: all, none, or a list.
+    #[arg(long, default_value = "all")]
+    pub methods: String,
+    /// Sparsity patterns for the whole-layer timings.
+    #[arg(long, default_value = "0.5,2:4")]
+    pub sparsities: String,
+    /// Timed repetitions per op (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Independent input sets rotated between repetitions (defeats caches).
+    #[arg(long, default_value_t = 3)]
+    pub input_sets: usize,
+    /// Whole-layer repetitions per method and sparsity.
+    #[arg(long, default_value_t = 3)]
+    pub layer_repeats: usize,
+    /// Time without comparing against the CPU reference (for sizes where it is too slow).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Results file (default results/<backend>-<device>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Results JSON files, from `prunebench bench` or the PyTorch baseline.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Folder for report.md, report.html and the charts.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prune(a) => prune::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Report(a) => report::run(a),
         Command::Devices => devices::run(),
     }
 }

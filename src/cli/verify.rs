@@ -32,7 +32,7 @@ struct VerifyJob<'a> {
     sparsities: Vec<Sparsity>,
 }
 
-fn parse_methods(s: &str) -> Result<Vec<Method>> {
+pub fn parse_methods(s: &str) -> Result<Vec<Method>> {
     match s.trim() {
         "all" => Ok(Method::ALL.to_vec()),
         "none" => Ok(vec![]),

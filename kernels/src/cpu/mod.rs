@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::ops::{
     check, Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection,
-    ReconError, Score, GBLM_GRAD_SCALE,
+    ReconError, Score, FMA_PROBE_ADD, FMA_PROBE_MUL, GBLM_GRAD_SCALE,
 };
 use crate::tensor::{Mask, Matrix};
 use linalg::{gemm, View};
@@ -61,6 +61,48 @@ impl CpuBackend {
                 limits: vec![("threads".into(), threads)],
             },
         }
+    }
+}
+
+/// Independent FMA chains per call: enough to fill a core's vector registers, few enough to
+/// stay in them.
+const FMA_LANES: usize = 64;
+
+/// The FMA probe on one block of chains, with hardware FMA where the CPU has it (the default
+/// x86-64 target lacks it, and `mul_add` would then be a library call).
+fn fma_chains(v: &mut [f32; FMA_LANES], iters: u32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were just detected.
+        unsafe { fma_chains_avx2(v, iters) };
+        return;
+    }
+    for _ in 0..iters {
+        for x in v.iter_mut() {
+            *x = *x * FMA_PROBE_MUL + FMA_PROBE_ADD;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(v: &mut [f32; FMA_LANES], iters: u32) {
+    use std::arch::x86_64::*;
+    // Eight 8-wide registers: eight independent FMA chains in flight per core.
+    let m = _mm256_set1_ps(FMA_PROBE_MUL);
+    let a = _mm256_set1_ps(FMA_PROBE_ADD);
+    let p = v.as_mut_ptr();
+    let mut r: [__m256; 8] = [_mm256_setzero_ps(); 8];
+    for (k, reg) in r.iter_mut().enumerate() {
+        *reg = _mm256_loadu_ps(p.add(8 * k));
+    }
+    for _ in 0..iters {
+        for reg in r.iter_mut() {
+            *reg = _mm256_fmadd_ps(*reg, m, a);
+        }
+    }
+    for (k, reg) in r.iter().enumerate() {
+        _mm256_storeu_ps(p.add(8 * k), *reg);
     }
 }
 
@@ -361,6 +403,29 @@ impl Backend for CpuBackend {
             block,
         );
         Ok(ObsOutcome { mask, loss })
+    }
+
+    fn copy(&self, dst: &mut CpuTensor, src: &CpuTensor) -> Result<()> {
+        check::same("copy destination vs source", dst.shape(), src.shape())?;
+        dst.data
+            .par_chunks_mut(1 << 16)
+            .zip(src.data.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        Ok(())
+    }
+
+    fn fma_probe(&self, t: &mut CpuTensor, iters: u32) -> Result<()> {
+        t.data.par_chunks_mut(FMA_LANES).for_each(|chunk| {
+            let mut v = [0.0f32; FMA_LANES];
+            for (x, d) in v.iter_mut().zip(chunk.iter()) {
+                *x = *d as f32;
+            }
+            fma_chains(&mut v, iters);
+            for (d, x) in chunk.iter_mut().zip(v) {
+                *d = x as f64;
+            }
+        });
+        Ok(())
     }
 
     fn recon_error(&self, w: &CpuTensor, pruned: &CpuTensor, h: &CpuTensor) -> Result<ReconError> {

@@ -1,0 +1,374 @@
+//! Timing on any backend: the device ceilings (copy bandwidth, FMA rate), each op case of the
+//! suite's table, and whole layers per method. Every timing comes from `Backend::timed`
+//! (device timestamps where the backend has them), after warm-up, rotating independent input
+//! sets so that caches do not flatter the result, and is reported as a median with the bytes
+//! and flops it moved.
+
+use std::collections::BTreeMap;
+
+use prunebench_kernels::cpu::CpuBackend;
+use prunebench_kernels::ops::{fma_probe_expected, FMA_PROBE_ADD};
+use prunebench_kernels::rng::heavy_tailed;
+use prunebench_kernels::suite::{self, CaseInputs, OpCase, Outcome};
+use prunebench_kernels::{Backend, KernelError, Matrix, TimeSource};
+
+use crate::error::Result;
+use crate::prune::{prune_layer, Calibration, Progress, PruneConfig, Purpose};
+use crate::results::{summarize, Bound, Ceilings, Record, RecordKind, Status};
+use prunebench_models::LayerWeights;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub warmup: usize,
+    pub repeats: usize,
+    pub input_sets: usize,
+    /// Compare each op with the CPU reference in the same run.
+    pub verify: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            warmup: 2,
+            repeats: 10,
+            input_sets: 3,
+            verify: true,
+        }
+    }
+}
+
+pub fn source_name(s: TimeSource) -> &'static str {
+    match s {
+        TimeSource::DeviceTimestamps => "device_timestamps",
+        TimeSource::WallClock => "wall_clock",
+    }
+}
+
+/// Times `work` `warmup + repeats` times and keeps the last `repeats`.
+fn time_repeated<B: Backend>(
+    b: &B,
+    opts: &BenchOptions,
+    work: &mut dyn FnMut(usize) -> prunebench_kernels::error::Result<()>,
+) -> prunebench_kernels::error::Result<(Vec<f64>, TimeSource)> {
+    let mut times = Vec::new();
+    let mut source = TimeSource::WallClock;
+    for i in 0..opts.warmup + opts.repeats {
+        let (t, s) = b.timed(&mut || work(i))?;
+        if i >= opts.warmup {
+            times.push(t);
+            source = s;
+        }
+    }
+    Ok((times, source))
+}
+
+/// Sizes of the ceiling probes: large enough to leave every cache on a GPU (1 GiB copied,
+/// 16M chains of FMAs), smaller on CPUs and software rasterisers where that would take long.
+pub fn probe_sizes(device_type: &str) -> (usize, usize, u32) {
+    if device_type == "cpu" {
+        (4096, 4096, 256) // 64 MiB copy; 16M elements x 256 FMAs
+    } else {
+        (65_536, 4096, 4096) // 1 GiB copy; 268M elements x 4096 FMAs
+    }
+}
+
+/// Measures the copy bandwidth and FMA rate of the backend's device, each verified.
+pub fn measure_ceilings<B: Backend>(b: &B, opts: &BenchOptions) -> Ceilings {
+    let (rows, cols, iters) = probe_sizes(&b.info().device_type);
+    let mut c = Ceilings::default();
+    let src_host = heavy_tailed(rows, cols, 1);
+    let copy = (|| -> prunebench_kernels::error::Result<(f64, u64)> {
+        let src = b.upload(&src_host)?;
+        let mut dst = b.zeros(rows, cols)?;
+        let (times, _) = time_repeated(b, opts, &mut |_| b.copy(&mut dst, &src))?;
+        if b.download(&dst)? != src_host {
+            return Err(KernelError::Device(
+                "the copy probe did not copy exactly".into(),
+            ));
+        }
+        let bytes = 2 * 4 * (rows * cols) as u64;
+        let (median, _, _) = summarize(&times).expect("repeats > 0");
+        Ok((bytes as f64 / median / 1e9, bytes))
+    })();
+    match copy {
+        Ok((gbps, bytes)) => {
+            c.copy_gbps = Some(gbps);
+            c.copy_bytes = bytes;
+        }
+        Err(e) => c.notes.push(format!("copy ceiling not measured: {e}")),
+    }
+    // Start values spread over [0, 2) so that every chain is different.
+    let fma_host = Matrix::from_fn(rows / 4, cols, |r, col| {
+        ((r * 7 + col) % 1000) as f32 / 500.0
+    });
+    let fma = (|| -> prunebench_kernels::error::Result<(f64, u64)> {
+        let mut t = b.upload(&fma_host)?;
+        let (times, _) = time_repeated(b, opts, &mut |_| b.fma_probe(&mut t, iters))?;
+        // Each call continues from the last: check the total against the closed form.
+        let total = iters * (opts.warmup + opts.repeats) as u32;
+        let got = b.download(&t)?;
+        for i in (0..got.data.len()).step_by(997) {
+            let want = fma_probe_expected(fma_host.data[i], total);
+            if ((got.data[i] as f64 - want) / want.abs().max(FMA_PROBE_ADD as f64)).abs() > 1e-3 {
+                return Err(KernelError::Device(format!(
+                    "the FMA probe computed {} at element {i}, expected {want}",
+                    got.data[i]
+                )));
+            }
+        }
+        let flops = 2 * iters as u64 * fma_host.data.len() as u64;
+        let (median, _, _) = summarize(&times).expect("repeats > 0");
+        Ok((flops as f64 / median / 1e12, flops))
+    })();
+    match fma {
+        Ok((tflops, flops)) => {
+            c.fma_tflops = Some(tflops);
+            c.fma_flops = flops;
+        }
+        Err(e) => c.notes.push(format!("FMA ceiling not measured: {e}")),
+    }
+    c
+}
+
+fn op_record(case: &OpCase, backend: &str, device: &str) -> Record {
+    let params = case
+        .name()
+        .split_once('(')
+        .map(|(_, p)| p.trim_end_matches(')'))
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Record {
+        key: case.name(),
+        kind: RecordKind::Op,
+        op: case.op_name(),
+        params,
+        backend: backend.into(),
+        device: device.into(),
+        status: Status::Unverified,
+        detail: String::new(),
+        median_s: None,
+        min_s: None,
+        max_s: None,
+        repeats: 0,
+        time_source: String::new(),
+        bytes: case.bytes(),
+        flops: case.flops(),
+        gbps: None,
+        tflops: None,
+        bound: if case.compute_bound() {
+            Bound::Compute
+        } else {
+            Bound::Memory
+        },
+        peak_fraction: None,
+        checks: Vec::new(),
+        stages: BTreeMap::new(),
+    }
+}
+
+/// Verifies (when asked) and times one op case.
+pub fn bench_case<B: Backend>(
+    b: &B,
+    case: &OpCase,
+    opts: &BenchOptions,
+    ceilings: &Ceilings,
+) -> Record {
+    let info = b.info();
+    let mut rec = op_record(case, &info.backend, &info.device);
+    if opts.verify {
+        let v = suite::verify_case(b, &CpuBackend::new(), case);
+        rec.checks = v.checks;
+        match v.outcome {
+            Outcome::Pass => rec.status = Status::Pass,
+            Outcome::Fail => rec.status = Status::Fail,
+            Outcome::Unsupported(why) => {
+                rec.status = Status::Unsupported;
+                rec.detail = why;
+                return rec;
+            }
+            Outcome::Error(e) => {
+                rec.status = Status::Error;
+                rec.detail = e;
+                return rec;
+            }
+        }
+    }
+    match time_case(b, case, opts) {
+        Ok((times, source)) => {
+            if let Some((median, min, max)) = summarize(&times) {
+                rec.median_s = Some(median);
+                rec.min_s = Some(min);
+                rec.max_s = Some(max);
+            }
+            rec.repeats = times.len();
+            rec.time_source = source_name(source).into();
+            rec.derive_rates(ceilings);
+        }
+        Err(KernelError::Unsupported(why)) => {
+            rec.status = Status::Unsupported;
+            rec.detail = why;
+        }
+        Err(e @ KernelError::OutOfMemory { .. }) => {
+            rec.status = Status::Unsupported;
+            rec.detail = e.to_string();
+        }
+        Err(e) => {
+            rec.status = Status::Error;
+            rec.detail = e.to_string();
+        }
+    }
+    rec
+}
+
+/// Device times of `repeats` executions of `case`, rotating `input_sets` prepared input sets.
+pub fn time_case<B: Backend>(
+    b: &B,
+    case: &OpCase,
+    opts: &BenchOptions,
+) -> prunebench_kernels::error::Result<(Vec<f64>, TimeSource)> {
+    let mut sets = Vec::new();
+    for k in 0..opts.input_sets.max(1) {
+        let mut c = *case;
+        c.seed = case.seed.wrapping_add(1000 * k as u64);
+        let inputs = CaseInputs::generate(&c)?;
+        sets.push(suite::prepare(b, &c, &inputs)?);
+    }
+    let n = sets.len();
+    time_repeated(b, opts, &mut |i| suite::execute(b, &mut sets[i % n]))
+}
+
+/// Times a whole layer per method: `repeats` runs, per-stage medians, the prune time (every
+/// stage that prunes, statistics included) as the record's time.
+pub fn bench_layer<B: Backend>(
+    b: &B,
+    layer: &LayerWeights,
+    calib: &Calibration<'_>,
+    cfg: &PruneConfig,
+    repeats: usize,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<Record> {
+    let info = b.info();
+    let samples = calib.source.samples();
+    let tokens = calib.source.tokens();
+    let mut params = BTreeMap::new();
+    params.insert("model".to_string(), layer.model.name.clone());
+    params.insert("method".into(), cfg.method.name().into());
+    params.insert("sparsity".into(), cfg.sparsity.to_string());
+    params.insert("samples".into(), samples.to_string());
+    params.insert("tokens".into(), tokens.to_string());
+    let names: Vec<&str> = layer.linears.iter().map(|(l, _)| l.name).collect();
+    let linears = if names.len() == layer.model.linears().len() {
+        "all".to_string()
+    } else {
+        names.join("+")
+    };
+    params.insert("linears".into(), linears.clone());
+    let key = format!(
+        "LAYER(model={},method={},sparsity={},samples={samples},tokens={tokens},linears={linears})",
+        layer.model.name, cfg.method, cfg.sparsity,
+    );
+    let mut prune_times = Vec::new();
+    let mut stage_times: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut source = String::new();
+    let mut flops = 0u64;
+    let mut bytes = 0u64;
+    for _ in 0..repeats.max(1) {
+        let run = prune_layer(b, layer, calib, cfg, false, progress)?;
+        let r = &run.report;
+        prune_times.push(r.prune_seconds);
+        let stages = r
+            .groups
+            .iter()
+            .flat_map(|g| g.stages.iter())
+            .chain(r.linears.iter().flat_map(|l| l.stages.iter()))
+            .filter(|s| s.purpose == Purpose::Prune);
+        let mut per_stage: BTreeMap<String, f64> = BTreeMap::new();
+        for s in stages {
+            *per_stage.entry(s.stage.clone()).or_default() += s.seconds;
+            source = source_name(s.source).into();
+        }
+        for (k, v) in per_stage {
+            stage_times.entry(k).or_default().push(v);
+        }
+        (bytes, flops) = layer_work(layer, cfg, samples, tokens);
+    }
+    let (median, min, max) = summarize(&prune_times).expect("at least one run");
+    let mut rec = Record {
+        key,
+        kind: RecordKind::Layer,
+        op: format!("LAYER_{}", cfg.method.name().to_uppercase()),
+        params,
+        backend: info.backend.clone(),
+        device: info.device.clone(),
+        status: Status::Unverified,
+        detail: "time of the pruning stages (statistics included); see `stages`".into(),
+        median_s: Some(median),
+        min_s: Some(min),
+        max_s: Some(max),
+        repeats: prune_times.len(),
+        time_source: source,
+        bytes,
+        flops,
+        gbps: None,
+        tflops: None,
+        bound: Bound::Compute,
+        peak_fraction: None,
+        checks: Vec::new(),
+        stages: stage_times
+            .into_iter()
+            .map(|(k, v)| (k, summarize(&v).expect("non-empty").0))
+            .collect(),
+    };
+    rec.derive_rates(&Ceilings::default());
+    Ok(rec)
+}
+
+/// Bytes and flops of a layer's pruning stages, summed from the op work model.
+fn layer_work(
+    layer: &LayerWeights,
+    cfg: &PruneConfig,
+    samples: usize,
+    tokens: usize,
+) -> (u64, u64) {
+    use crate::method::Method;
+    use prunebench_kernels::suite::{ObsKind, Op};
+    let mut cases: Vec<OpCase> = Vec::new();
+    let mut seen_groups = Vec::new();
+    for (l, _) in &layer.linears {
+        let first = !seen_groups.contains(&l.input);
+        seen_groups.push(l.input);
+        let c = |op| OpCase::new(op, l.rows, l.cols).tokens(tokens, 1);
+        match cfg.method {
+            Method::Sparsegpt => {
+                if first {
+                    cases.extend(std::iter::repeat_n(c(Op::Hessian), samples));
+                    cases.push(c(Op::HinvFactor));
+                }
+                cases.push(c(Op::Obs(match cfg.sparsity {
+                    prunebench_kernels::Sparsity::Unstructured(p) => ObsKind::Unstructured(p),
+                    prunebench_kernels::Sparsity::NM { n, m } => ObsKind::NM { n, m },
+                })));
+            }
+            m => {
+                if first && m.needs_act_stat() {
+                    cases.extend(std::iter::repeat_n(c(Op::ActStat), samples));
+                }
+                if m.needs_grads() {
+                    cases.extend(std::iter::repeat_n(
+                        c(Op::GradFused(cfg.grad_norm)),
+                        samples,
+                    ));
+                }
+                let kind = m.score_kind().expect("mask method");
+                cases.push(c(Op::Prune(kind, m.mask_pattern(cfg.sparsity, cfg.group))));
+            }
+        }
+    }
+    (
+        cases.iter().map(|c| c.bytes()).sum(),
+        cases.iter().map(|c| c.flops()).sum(),
+    )
+}

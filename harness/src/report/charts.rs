@@ -1,0 +1,253 @@
+//! SVG charts drawn with plotters: per op, the fraction of peak per shape and run (per layer
+//! method, the time); per run with ceilings, a roofline of every op it timed.
+
+use plotters::prelude::*;
+
+use super::markdown::chart_value;
+use super::{params_of, trusted, Report, Run};
+use crate::results::Record;
+
+pub struct Chart {
+    /// `op` or `roofline`.
+    pub kind: &'static str,
+    pub title: String,
+    pub file: String,
+    pub svg: String,
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+pub fn all(report: &Report) -> Vec<Chart> {
+    let mut charts = Vec::new();
+    for (i, run) in report.runs.iter().enumerate() {
+        if let Some(svg) = roofline(run) {
+            charts.push(Chart {
+                kind: "roofline",
+                title: format!("Roofline: {}", run.label),
+                file: format!("roofline-{}-{}.svg", i + 1, slug(&run.label)),
+                svg,
+            });
+        }
+    }
+    for (op, keys) in &report.ops {
+        let layer = op.starts_with("LAYER_");
+        if let Some(svg) = bars(report, op, keys, layer) {
+            charts.push(Chart {
+                kind: "op",
+                title: op.clone(),
+                file: format!("op-{}.svg", slug(op)),
+                svg,
+            });
+        }
+    }
+    charts
+}
+
+/// Grouped bars: x = parameter sets, one bar per run; y = % of peak (ops) or seconds (layers).
+fn bars(report: &Report, op: &str, keys: &[String], layer: bool) -> Option<String> {
+    let value = |r: &Record| -> Option<f64> {
+        if layer {
+            r.median_s.filter(|_| trusted(r))
+        } else {
+            chart_value(r).map(|f| 100.0 * f)
+        }
+    };
+    let data: Vec<Vec<Option<f64>>> = keys
+        .iter()
+        .map(|k| {
+            report
+                .runs
+                .iter()
+                .map(|run| run.record(k).and_then(value))
+                .collect()
+        })
+        .collect();
+    let ymax = data.iter().flatten().flatten().cloned().fold(0.0, f64::max);
+    if ymax <= 0.0 {
+        return None;
+    }
+    let ymax = if layer {
+        ymax * 1.15
+    } else {
+        ymax.max(100.0) * 1.1
+    };
+    let mut svg = String::new();
+    {
+        let width = (220 + 120 * keys.len()).clamp(600, 1400) as u32;
+        let root = SVGBackend::with_string(&mut svg, (width, 420)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let n = keys.len();
+        let labels: Vec<String> = keys.iter().map(|k| params_of(k).to_string()).collect();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(op, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
+            .ok()?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n.max(1))
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 0.26 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(if layer {
+                "seconds (prune stages)"
+            } else {
+                "% of measured peak"
+            })
+            .draw()
+            .ok()?;
+        let runs = report.runs.len();
+        let width = 0.8 / runs as f64;
+        for (j, run) in report.runs.iter().enumerate() {
+            let color = Palette99::pick(j).to_rgba();
+            let rects: Vec<Rectangle<(f64, f64)>> = data
+                .iter()
+                .enumerate()
+                .filter_map(|(i, row)| {
+                    row[j].map(|y| {
+                        let x0 = i as f64 + 0.1 + j as f64 * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width * 0.9, y)], color.filled())
+                    })
+                })
+                .collect();
+            chart
+                .draw_series(rects)
+                .ok()?
+                .label(run.label.clone())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+        }
+        if !layer {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, 100.0), (n as f64, 100.0)],
+                    BLACK.stroke_width(1),
+                ))
+                .ok()?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
+/// Achieved GFLOP/s against arithmetic intensity, under the run's measured roofs.
+fn roofline(run: &Run) -> Option<String> {
+    let c = &run.file.ceilings;
+    let (bw, peak) = (c.copy_gbps?, c.fma_tflops? * 1e3);
+    let points: Vec<(f64, f64, String)> = run
+        .file
+        .records
+        .iter()
+        .filter(|r| {
+            trusted(r) && r.flops > 0 && r.bytes > 0 && r.kind == crate::results::RecordKind::Op
+        })
+        .filter_map(|r| {
+            let t = r.median_s?;
+            Some((
+                r.flops as f64 / r.bytes as f64,
+                r.flops as f64 / t / 1e9,
+                r.op.clone(),
+            ))
+        })
+        .collect();
+    if points.is_empty() {
+        return None;
+    }
+    let xs = points.iter().map(|p| p.0);
+    let (xmin, xmax) = (
+        xs.clone().fold(f64::INFINITY, f64::min).min(0.1) / 2.0,
+        xs.fold(0.0, f64::max).max(2.0 * peak / bw) * 2.0,
+    );
+    let ys = points.iter().map(|p| p.1);
+    let (ymin, ymax) = (
+        ys.clone().fold(f64::INFINITY, f64::min).min(bw * xmin) / 2.0,
+        ys.fold(0.0, f64::max).max(peak) * 2.0,
+    );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("Roofline: {}", run.label), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d((xmin..xmax).log_scale(), (ymin..ymax).log_scale())
+            .ok()?;
+        chart
+            .configure_mesh()
+            .x_desc("arithmetic intensity (flop/byte)")
+            .y_desc("GFLOP/s")
+            .draw()
+            .ok()?;
+        let roof: Vec<(f64, f64)> = (0..=200)
+            .map(|i| {
+                let x = xmin * (xmax / xmin).powf(i as f64 / 200.0);
+                (x, (bw * x).min(peak))
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(roof, BLACK.stroke_width(2)))
+            .ok()?
+            .label(format!(
+                "roof: {bw:.1} GB/s copy, {:.2} TFLOP/s FMA",
+                peak / 1e3
+            ))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK.stroke_width(2)));
+        let mut ops: Vec<&String> = points.iter().map(|p| &p.2).collect();
+        ops.sort();
+        ops.dedup();
+        for (j, op) in ops.iter().enumerate() {
+            let color = Palette99::pick(j).to_rgba();
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .filter(|p| &&p.2 == op)
+                        .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
+                )
+                .ok()?
+                .label(op.as_str())
+                .legend(move |(x, y)| Circle::new((x + 5, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}

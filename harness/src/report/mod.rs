@@ -1,0 +1,126 @@
+//! Reports from results files: a Markdown page and a self-contained HTML page with SVG charts,
+//! putting every device and backend side by side per op, with speedups against the CPU
+//! reference and the PyTorch baseline where those ran on the same device.
+
+mod charts;
+mod markdown;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{HarnessError, Result};
+use crate::results::{write_atomic_text, Record, ResultsFile, Status};
+
+/// One results file as a column of the report.
+pub struct Run {
+    pub label: String,
+    pub file: ResultsFile,
+}
+
+impl Run {
+    pub fn record(&self, key: &str) -> Option<&Record> {
+        self.file.records.iter().find(|r| r.key == key)
+    }
+}
+
+pub struct Report {
+    pub runs: Vec<Run>,
+    /// Op (or layer) name -> keys in a stable order.
+    pub ops: BTreeMap<String, Vec<String>>,
+}
+
+impl Report {
+    pub fn load(paths: &[impl AsRef<Path>]) -> Result<Report> {
+        if paths.is_empty() {
+            return Err(HarnessError::Config("no results files given".into()));
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for p in paths {
+            let file = ResultsFile::read(p.as_ref())?;
+            let mut label = format!("{} · {}", file.device.device, file.device.backend);
+            if runs.iter().any(|r| r.label == label) {
+                label = format!("{label} ({})", file.date);
+            }
+            runs.push(Run { label, file });
+        }
+        let mut ops: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for run in &runs {
+            for r in &run.file.records {
+                let keys = ops.entry(r.op.clone()).or_default();
+                if !keys.contains(&r.key) {
+                    keys.push(r.key.clone());
+                }
+            }
+        }
+        Ok(Report { runs, ops })
+    }
+
+    /// The CPU reference's time for `key` (any run with backend cpu).
+    fn cpu_time(&self, key: &str) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.file.device.backend == "cpu")
+            .filter_map(|r| r.record(key))
+            .filter(|r| trusted(r))
+            .find_map(|r| r.median_s)
+    }
+
+    /// The PyTorch baseline's time for `key` on the same device as `run`.
+    fn baseline_time(&self, run: &Run, key: &str) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.file.device.backend == "pytorch" && same_device(r, run))
+            .filter_map(|r| r.record(key))
+            .find_map(|r| r.median_s)
+    }
+
+    /// Writes `report.md` (with its charts as SVG files beside it) and `report.html` into
+    /// `dir`, creating it if needed.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::Config(format!("{}: {e}", dir.display())))?;
+        let charts = charts::all(self);
+        for c in &charts {
+            write_atomic_text(&dir.join(&c.file), &c.svg)?;
+        }
+        write_atomic_text(&dir.join("report.md"), &markdown::render(self, &charts))?;
+        write_atomic_text(
+            &dir.join("report.html"),
+            &markdown::render_html(self, &charts),
+        )?;
+        Ok(())
+    }
+}
+
+/// A time to compare against: verified, or a baseline that has no verification of its own.
+pub fn trusted(r: &Record) -> bool {
+    matches!(r.status, Status::Pass | Status::Unverified) && r.median_s.is_some()
+}
+
+fn same_device(a: &Run, b: &Run) -> bool {
+    let norm = |s: &str| {
+        s.to_ascii_lowercase()
+            .replace("nvidia", "")
+            .trim()
+            .to_string()
+    };
+    let (x, y) = (norm(&a.file.device.device), norm(&b.file.device.device));
+    !x.is_empty() && (x.contains(&y) || y.contains(&x))
+}
+
+/// The parameters of a key, e.g. `rows=4096,cols=11008`, for table rows.
+pub fn params_of(key: &str) -> &str {
+    key.split_once('(')
+        .map(|(_, p)| p.trim_end_matches(')'))
+        .unwrap_or(key)
+}
+
+pub fn fmt_time(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}

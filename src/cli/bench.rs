@@ -1,0 +1,223 @@
+//! `prunebench bench`: the device's ceilings, every op of the table on the model's shapes, and
+//! whole layers per method, timed on one backend and verified against the CPU reference in the
+//! same run; one results JSON per run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+use prunebench_harness::bench::{bench_case, bench_layer, measure_ceilings, BenchOptions};
+use prunebench_harness::results::{
+    utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
+};
+use prunebench_harness::PruneConfig;
+use prunebench_kernels::suite::model_cases;
+use prunebench_kernels::{Backend, Sparsity};
+
+use super::backends::{dispatch, resolve, BackendJob};
+use super::layer_input::LayerInput;
+use super::progress::Bar;
+use super::verify::parse_methods;
+use super::BenchArgs;
+
+struct BenchJob<'a> {
+    args: &'a BenchArgs,
+    input: &'a LayerInput,
+    opts: BenchOptions,
+    methods: Vec<prunebench_harness::Method>,
+    sparsities: Vec<Sparsity>,
+}
+
+impl BackendJob for BenchJob<'_> {
+    type Output = ResultsFile;
+    fn run<B: Backend>(self, b: &B) -> Result<ResultsFile> {
+        let info = b.info().clone();
+        eprintln!(
+            "measuring the ceilings of {} ({})",
+            info.device, info.backend
+        );
+        let ceilings = measure_ceilings(b, &self.opts);
+        let mut shapes: Vec<(usize, usize)> = self
+            .input
+            .layer
+            .linears
+            .iter()
+            .map(|(l, _)| (l.rows, l.cols))
+            .collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        let filter = self.args.op.as_deref().map(str::to_ascii_uppercase);
+        let cases: Vec<_> = model_cases(&shapes, self.args.layer.tokens)
+            .into_iter()
+            .filter(|c| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| c.name().contains(f.as_str()))
+            })
+            .collect();
+        let mut records: Vec<Record> = Vec::new();
+        let bar = Bar::new("bench ops");
+        for (i, case) in cases.iter().enumerate() {
+            bar.update(prunebench_harness::Progress {
+                what: &case.name(),
+                done: i as u64,
+                total: cases.len() as u64,
+            });
+            records.push(bench_case(b, case, &self.opts, &ceilings));
+        }
+        bar.finish();
+        for &method in &self.methods {
+            for &sparsity in &self.sparsities {
+                let cfg = PruneConfig::new(method, sparsity);
+                let bar = Bar::new(&format!("bench layer {method} {sparsity}"));
+                let rec = bench_layer(
+                    b,
+                    &self.input.layer,
+                    &self.input.calibration(),
+                    &cfg,
+                    self.args.layer_repeats,
+                    &|p| bar.update(p),
+                );
+                bar.finish();
+                let mut rec = rec?;
+                rec.derive_rates(&ceilings);
+                records.push(rec);
+            }
+        }
+        let source = records
+            .iter()
+            .find(|r| !r.time_source.is_empty())
+            .map_or("none", |r| r.time_source.as_str())
+            .to_string();
+        Ok(ResultsFile {
+            schema: SCHEMA.into(),
+            tool: ToolInfo {
+                name: "prunebench".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: env!("PRUNEBENCH_GIT_COMMIT").into(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            },
+            date: utc_now(),
+            device: info,
+            ceilings,
+            timing: TimingPolicy {
+                warmup: self.opts.warmup,
+                repeats: self.opts.repeats,
+                input_sets: self.opts.input_sets,
+                source,
+            },
+            records,
+        })
+    }
+}
+
+fn default_out(backend: &str, device: &str) -> PathBuf {
+    let slug: String = device
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let slug = slug
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    PathBuf::from(format!("results/{backend}-{slug}.json"))
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let choice = resolve(&a.backend.backend)?;
+    let methods = parse_methods(&a.methods)?;
+    let sparsities = a
+        .sparsities
+        .split(',')
+        .map(|s| Sparsity::parse(s.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    if let Some(out) = &a.out {
+        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                bail!(
+                    "--out {}: folder {} does not exist",
+                    out.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    let input = LayerInput::load(&a.layer)?;
+    let job = BenchJob {
+        args: &a,
+        input: &input,
+        opts: BenchOptions {
+            warmup: a.warmup,
+            repeats: a.repeats,
+            input_sets: a.input_sets,
+            verify: !a.no_verify,
+        },
+        methods,
+        sparsities,
+    };
+    let results = dispatch(choice, a.backend.adapter.as_deref(), job)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&results.device.backend, &results.device.device));
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    results.write(&out)?;
+    print_summary(&results);
+    println!("results written to {}", out.display());
+    let failed = results
+        .records
+        .iter()
+        .filter(|r| matches!(r.status, Status::Fail | Status::Error))
+        .count();
+    Ok(if failed > 0 {
+        eprintln!("{failed} record(s) failed verification or errored");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_summary(r: &ResultsFile) {
+    let c = &r.ceilings;
+    println!(
+        "{} ({}): copy {} GB/s, FMA {} TFLOP/s{}",
+        r.device.device,
+        r.device.backend,
+        c.copy_gbps.map_or("–".into(), |v| format!("{v:.1}")),
+        c.fma_tflops.map_or("–".into(), |v| format!("{v:.3}")),
+        if c.notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.notes.join("; "))
+        }
+    );
+    println!(
+        "{:<72} {:>8} {:>12} {:>10} {:>10} {:>7}",
+        "case", "status", "median", "GB/s", "TFLOP/s", "% peak"
+    );
+    for rec in &r.records {
+        let f = |v: Option<f64>, d: usize| v.map_or("–".into(), |x| format!("{x:.d$}"));
+        println!(
+            "{:<72} {:>8} {:>12} {:>10} {:>10} {:>7}",
+            rec.key,
+            format!("{:?}", rec.status).to_lowercase(),
+            rec.median_s.map_or("–".into(), super::prune::ms),
+            f(rec.gbps, 1),
+            f(rec.tflops, 3),
+            f(rec.peak_fraction.map(|p| 100.0 * p), 0)
+        );
+    }
+}
