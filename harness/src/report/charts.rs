@@ -2,6 +2,7 @@
 //! method, the time); per run with ceilings, a roofline of every op it timed.
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::markdown::chart_value;
 use super::{params_of, trusted, Report, Run};
@@ -102,15 +103,7 @@ fn bars(report: &Report, op: &str, keys: &[String], layer: bool) -> Option<Strin
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(n.max(1))
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.26 {
-                    labels.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
             .y_desc(if layer {
                 "seconds (prune stages)"
             } else {
@@ -118,6 +111,17 @@ fn bars(report: &Report, op: &str, keys: &[String], layer: bool) -> Option<Strin
             })
             .draw()
             .ok()?;
+        // Category labels under each group of bars, placed in pixels (the f64 axis would
+        // otherwise put its own round numbers there).
+        let style = ("sans-serif", 12)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, label) in labels.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+            root.draw(&Text::new(label.clone(), (px, py + 6), style.clone()))
+                .ok()?;
+        }
         let runs = report.runs.len();
         let width = 0.8 / runs as f64;
         for (j, run) in report.runs.iter().enumerate() {
@@ -244,7 +248,7 @@ fn roofline(run: &Run) -> Option<String> {
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .ok()?;
         root.present().ok()?;

@@ -1,0 +1,69 @@
+//! Whole LLaMA layers pruned per method and sparsity on every backend present: the time of
+//! the pruning stages on the device (statistics accumulation included), per
+//! `PRUNEBENCH_BENCH_MODEL` with synthetic weights and calibration.
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use common::{env_or, env_usize, for_each_backend, Visit};
+use prunebench_harness::{prune_layer, Calibration, Method, PruneConfig};
+use prunebench_kernels::{Backend, Sparsity};
+use prunebench_models::config::lookup;
+use prunebench_models::synthetic::{synthetic_layer, SyntheticCalibration};
+use prunebench_models::LayerWeights;
+
+struct Layers<'a> {
+    c: &'a mut Criterion,
+    layer: LayerWeights,
+    calib: SyntheticCalibration,
+}
+
+impl Visit for Layers<'_> {
+    fn visit<B: Backend>(&mut self, b: &B) {
+        let name = b.info().backend.clone();
+        let mut group = self.c.benchmark_group(format!("layers/{name}"));
+        let calib = Calibration {
+            source: &self.calib,
+            ready: None,
+        };
+        for method in Method::ALL {
+            for sparsity in [Sparsity::Unstructured(0.5), Sparsity::NM { n: 2, m: 4 }] {
+                let cfg = PruneConfig::new(method, sparsity);
+                let id = format!("{}/{method}/{sparsity}", self.layer.model.name);
+                group.bench_function(id, |bench| {
+                    bench.iter_custom(|iters| {
+                        let mut total = 0.0;
+                        for _ in 0..iters {
+                            let run = prune_layer(b, &self.layer, &calib, &cfg, false, &|_| {})
+                                .expect("layer pruning failed");
+                            total += run.report.prune_seconds;
+                        }
+                        std::time::Duration::from_secs_f64(total)
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn layers(c: &mut Criterion) {
+    let model = lookup(&env_or("PRUNEBENCH_BENCH_MODEL", "tiny")).expect("PRUNEBENCH_BENCH_MODEL");
+    let samples = env_usize("PRUNEBENCH_BENCH_SAMPLES", 4);
+    let tokens = env_usize("PRUNEBENCH_BENCH_TOKENS", 64);
+    let layer = synthetic_layer(&model, 0, &model.linears(), 0);
+    let calib = SyntheticCalibration::new(&model, 0, samples, tokens, 0);
+    for_each_backend(&mut Layers { c, layer, calib });
+}
+
+criterion_group! {
+    name = benches;
+    // Short windows: the default shapes must finish in minutes even on a software rasteriser.
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    targets = layers
+}
+criterion_main!(benches);

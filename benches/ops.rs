@@ -1,0 +1,89 @@
+//! Every op of the suite's table on every backend present, on a model's shapes. Time is the
+//! backend's own (GPU timestamps where available) via `iter_custom`; throughput is the op's
+//! work model: elements = flops, bytes = bytes moved. Independent input sets are rotated so
+//! that a weight small enough for the last-level cache is not timed warm.
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use common::{device_time, env_or, env_usize, for_each_backend, Visit};
+use prunebench_kernels::suite::{self, model_cases, CaseInputs, OpCase};
+use prunebench_kernels::Backend;
+use prunebench_models::config::lookup;
+
+const INPUT_SETS: usize = 3;
+
+struct Ops<'a> {
+    c: &'a mut Criterion,
+    cases: Vec<OpCase>,
+}
+
+impl Visit for Ops<'_> {
+    fn visit<B: Backend>(&mut self, b: &B) {
+        let name = b.info().backend.clone();
+        let mut group = self.c.benchmark_group(format!("ops/{name}"));
+        for case in &self.cases {
+            let mut sets = Vec::new();
+            for k in 0..INPUT_SETS {
+                let mut c = *case;
+                c.seed += 1000 * k as u64;
+                let inputs = CaseInputs::generate(&c).expect("inputs");
+                match suite::prepare(b, &c, &inputs) {
+                    Ok(p) => sets.push(p),
+                    Err(e) => {
+                        eprintln!("{name} {}: skipped, {e}", case.name());
+                        break;
+                    }
+                }
+            }
+            if sets.len() < INPUT_SETS {
+                continue;
+            }
+            group.throughput(Throughput::ElementsAndBytes {
+                elements: case.flops(),
+                bytes: case.bytes(),
+            });
+            group.bench_function(case.name(), |bench| {
+                bench.iter_custom(|iters| {
+                    device_time(b, iters, |i| {
+                        suite::execute(b, &mut sets[i as usize % INPUT_SETS])
+                    })
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn ops(c: &mut Criterion) {
+    let model = lookup(&env_or("PRUNEBENCH_BENCH_MODEL", "tiny")).expect("PRUNEBENCH_BENCH_MODEL");
+    let tokens = env_usize("PRUNEBENCH_BENCH_TOKENS", 64);
+    let filter = std::env::var("PRUNEBENCH_BENCH_OPS")
+        .ok()
+        .map(|f| f.to_ascii_uppercase());
+    let mut shapes: Vec<(usize, usize)> =
+        model.linears().iter().map(|l| (l.rows, l.cols)).collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    let cases = model_cases(&shapes, tokens)
+        .into_iter()
+        .filter(|c| {
+            filter
+                .as_ref()
+                .is_none_or(|f| c.name().contains(f.as_str()))
+        })
+        .collect();
+    for_each_backend(&mut Ops { c, cases });
+}
+
+criterion_group! {
+    name = benches;
+    // Short windows: the default shapes must finish in minutes even on a software rasteriser.
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    targets = ops
+}
+criterion_main!(benches);

@@ -1,0 +1,211 @@
+//! Results files and reports: the schema round-trips, a report built from fixture results of
+//! several devices and backends names every op and device and computes speedups, and bad
+//! results files give clear errors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use prunebench_harness::report::Report;
+use prunebench_harness::results::{
+    Bound, Ceilings, Record, RecordKind, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
+};
+use prunebench_kernels::BackendInfo;
+
+fn record(key: &str, op: &str, backend: &str, device: &str, median: f64, bound: Bound) -> Record {
+    let mut r = Record {
+        key: key.into(),
+        kind: if op.starts_with("LAYER_") {
+            RecordKind::Layer
+        } else {
+            RecordKind::Op
+        },
+        op: op.into(),
+        params: BTreeMap::new(),
+        backend: backend.into(),
+        device: device.into(),
+        status: Status::Pass,
+        detail: String::new(),
+        median_s: Some(median),
+        min_s: Some(median * 0.9),
+        max_s: Some(median * 1.2),
+        repeats: 5,
+        time_source: "device_timestamps".into(),
+        bytes: 64 << 20,
+        flops: 1 << 30,
+        gbps: None,
+        tflops: None,
+        bound,
+        peak_fraction: None,
+        checks: vec![],
+        stages: BTreeMap::new(),
+    };
+    if r.kind == RecordKind::Layer {
+        r.stages.insert("obs_prune".into(), median * 0.7);
+    }
+    r
+}
+
+fn fixture(backend: &str, device: &str, scale: f64, copy: f64, fma: f64) -> ResultsFile {
+    let ceilings = Ceilings {
+        copy_gbps: Some(copy),
+        copy_bytes: 1 << 30,
+        fma_tflops: Some(fma),
+        fma_flops: 1 << 40,
+        notes: vec![],
+    };
+    let mut records = vec![
+        record(
+            "PRUNE_WANDA(pattern=2:4,rows=4096,cols=11008)",
+            "PRUNE_WANDA",
+            backend,
+            device,
+            1e-3 * scale,
+            Bound::Memory,
+        ),
+        record(
+            "HESSIAN(cols=4096,tokens=2048,batch=1)",
+            "HESSIAN",
+            backend,
+            device,
+            5e-3 * scale,
+            Bound::Compute,
+        ),
+        record(
+            "LAYER(model=llama-7b,method=sparsegpt,sparsity=0.5,samples=16,tokens=256,linears=all)",
+            "LAYER_SPARSEGPT",
+            backend,
+            device,
+            2.0 * scale,
+            Bound::Compute,
+        ),
+    ];
+    for r in &mut records {
+        r.derive_rates(&ceilings);
+    }
+    ResultsFile {
+        schema: SCHEMA.into(),
+        tool: ToolInfo {
+            name: if backend == "pytorch" {
+                "pytorch".into()
+            } else {
+                "prunebench".into()
+            },
+            version: "0.1.0".into(),
+            git_commit: "abc123".into(),
+            command: format!("prunebench bench --backend {backend}"),
+        },
+        date: "2026-11-28T12:00:00Z".into(),
+        device: BackendInfo {
+            backend: backend.into(),
+            device: device.into(),
+            api: "test".into(),
+            device_type: "discrete".into(),
+            ..Default::default()
+        },
+        ceilings,
+        timing: TimingPolicy {
+            warmup: 2,
+            repeats: 5,
+            input_sets: 3,
+            source: "device_timestamps".into(),
+        },
+        records,
+    }
+}
+
+fn write(dir: &Path, name: &str, f: &ResultsFile) -> std::path::PathBuf {
+    let p = dir.join(name);
+    f.write(&p).unwrap();
+    p
+}
+
+#[test]
+fn results_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture("wgpu", "NVIDIA H200", 1.0, 4000.0, 50.0);
+    let p = write(dir.path(), "r.json", &f);
+    assert_eq!(ResultsFile::read(&p).unwrap(), f);
+    // Rates follow from the median: 64 MiB in 1 ms against a 4000 GB/s copy.
+    let r = &f.records[0];
+    let gbps = (64u64 << 20) as f64 / 1e-3 / 1e9;
+    assert!((r.gbps.unwrap() - gbps).abs() < 1e-9);
+    assert!((r.peak_fraction.unwrap() - gbps / 4000.0).abs() < 1e-12);
+}
+
+#[test]
+fn a_report_puts_every_op_and_device_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        write(
+            dir.path(),
+            "cuda.json",
+            &fixture("cubecl-cuda", "NVIDIA H200", 1.0, 4000.0, 50.0),
+        ),
+        write(
+            dir.path(),
+            "torch.json",
+            &fixture("pytorch", "NVIDIA H200", 4.0, 4000.0, 50.0),
+        ),
+        write(
+            dir.path(),
+            "cpu.json",
+            &fixture("cpu", "CPU reference (f64, 2 threads)", 100.0, 14.0, 0.16),
+        ),
+    ];
+    let out = dir.path().join("report");
+    Report::load(&files).unwrap().write(&out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "NVIDIA H200 · cubecl-cuda",
+        "NVIDIA H200 · pytorch",
+        "CPU reference (f64, 2 threads) · cpu",
+        "### PRUNE_WANDA",
+        "### HESSIAN",
+        "### LAYER_SPARSEGPT",
+        "pattern=2:4,rows=4096,cols=11008",
+        "100.0× cpu",
+        "4.00× pytorch",
+        "obs_prune",
+    ] {
+        assert!(md.contains(needle), "report.md lacks '{needle}':\n{md}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Roofline: NVIDIA H200 · cubecl-cuda"));
+    assert!(html.matches("<table>").count() >= 4);
+    // Each chart the Markdown links to exists.
+    for line in md.lines().filter(|l| l.starts_with("![")) {
+        let file = line.split("](").nth(1).unwrap().trim_end_matches(')');
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+}
+
+#[test]
+fn bad_results_files_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str, needle: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let e = match Report::load(&[&p]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{name} should be refused"),
+        };
+        assert!(e.contains(needle) && e.contains(name), "{e}");
+        let out = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+            .args(["report", p.to_str().unwrap(), "--out"])
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
+        assert!(!dir.path().join("out").exists(), "no report for bad input");
+    };
+    check("garbage.json", "{ not json", "not valid JSON");
+    check("other.json", r#"{"schema": "something/9"}"#, "something/9");
+    check("noschema.json", r#"{"results": []}"#, "no \"schema\" field");
+    check(
+        "partial.json",
+        &format!(r#"{{"schema": "{SCHEMA}", "records": []}}"#),
+        "does not match",
+    );
+}
