@@ -276,3 +276,52 @@ pub fn write_calibration(
     let meta = HashMap::from([(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string())]);
     write_atomic(path, tensors, meta)
 }
+
+/// Statistics computed elsewhere, to be stored as `stat.*` tensors.
+#[derive(Default)]
+pub struct ReadyStatistics {
+    pub act: Vec<(InputGroup, Matrix)>,
+    pub hessian: Vec<(InputGroup, Matrix)>,
+    pub grad: Vec<(LinearSpec, Matrix)>,
+}
+
+/// Writes a calibration file holding only ready statistics (f32), checked against `cfg`.
+pub fn write_statistics(path: &Path, cfg: &ModelConfig, stats: &ReadyStatistics) -> Result<()> {
+    let mut tensors = Vec::new();
+    let bad = |name: String, expected: Vec<usize>, m: &Matrix| ModelError::WrongShape {
+        name,
+        path: path.to_path_buf(),
+        expected,
+        actual: vec![m.rows, m.cols],
+    };
+    for (g, m) in &stats.act {
+        let c = cfg.group_cols(*g);
+        let name = format!("stat.act.{}", g.name());
+        if m.shape() != (1, c) {
+            return Err(bad(name, vec![1, c], m));
+        }
+        tensors.push(OwnedTensor::from_f32(name, DType::F32, vec![c], &m.data));
+    }
+    for (g, m) in &stats.hessian {
+        let c = cfg.group_cols(*g);
+        let name = format!("stat.hessian.{}", g.name());
+        if m.shape() != (c, c) {
+            return Err(bad(name, vec![c, c], m));
+        }
+        tensors.push(OwnedTensor::from_f32(name, DType::F32, vec![c, c], &m.data));
+    }
+    for (l, m) in &stats.grad {
+        let name = format!("stat.grad.{}", l.name);
+        if m.shape() != (l.rows, l.cols) {
+            return Err(bad(name, vec![l.rows, l.cols], m));
+        }
+        tensors.push(OwnedTensor::from_f32(
+            name,
+            DType::F32,
+            vec![l.rows, l.cols],
+            &m.data,
+        ));
+    }
+    let meta = HashMap::from([(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string())]);
+    write_atomic(path, tensors, meta)
+}
