@@ -97,3 +97,11 @@ macro_rules! conformance {
 
 // The reference against itself: proves the cases, runner and comparisons hold together.
 conformance!(cpu, CpuBackend::new());
+
+#[cfg(feature = "cubecl")]
+conformance!(
+    cubecl_wgpu,
+    prunebench_kernels::cube::cube_wgpu(None).expect(
+        "no Vulkan adapter for CubeCL: install mesa-vulkan-drivers (lavapipe) or a GPU driver"
+    )
+);
