@@ -131,14 +131,21 @@ pub fn f32_bytes(rows: usize, cols: usize) -> u64 {
 }
 
 impl<R: Runtime> CubeBackend<R> {
-    /// Refuses, before any allocation, work whose device memory exceeds the budget.
+    /// Refuses, before any allocation, work whose device memory exceeds what the budget has
+    /// left beside the tensors already on the device.
     pub(crate) fn check_memory(&self, what: &str, needed: u64) -> Result<()> {
         if let Some(budget) = self.budget {
-            if needed > budget {
+            let in_use = self
+                .client
+                .memory_usage()
+                .map(|u| u.bytes_in_use)
+                .unwrap_or(0);
+            let available = budget.saturating_sub(in_use);
+            if needed > available {
                 return Err(KernelError::OutOfMemory {
                     what: what.to_string(),
                     needed,
-                    available: budget,
+                    available,
                 });
             }
         }
@@ -185,11 +192,11 @@ impl<R: Runtime> CubeBackend<R> {
 
     /// A new tensor whose contents the caller's kernels will write (poisoned if asked).
     pub(crate) fn alloc_tensor(&self, rows: usize, cols: usize) -> Result<CubeTensor> {
-        let slabs = self.slabs_for(rows, cols)?;
         self.check_memory(
             &format!("a {rows}x{cols} f32 tensor"),
             f32_bytes(rows, cols),
         )?;
+        let slabs = self.slabs_for(rows, cols)?;
         let handles = (0..slabs.count())
             .map(|s| {
                 let n = slabs.range(s).1 * cols;
@@ -249,11 +256,11 @@ impl<R: Runtime> CubeBackend<R> {
     }
 
     pub(crate) fn upload_matrix(&self, m: &Matrix) -> Result<CubeTensor> {
-        let slabs = self.slabs_for(m.rows, m.cols)?;
         self.check_memory(
             &format!("a {}x{} f32 tensor", m.rows, m.cols),
             f32_bytes(m.rows, m.cols),
         )?;
+        let slabs = self.slabs_for(m.rows, m.cols)?;
         let handles = (0..slabs.count())
             .map(|s| {
                 let (r0, n) = slabs.range(s);
