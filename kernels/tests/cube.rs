@@ -83,11 +83,19 @@ fn multi_slab_cases() -> Vec<OpCase> {
     ] {
         v.push(OpCase::new(Op::Obs(kind), 150, 200).tokens(300, 1));
     }
-    // A block that does not divide the columns and straddles slabs of U.
+    // Patterns whose groups straddle mask words (each thread then owns lcm(32, m) columns).
+    v.push(OpCase::new(Op::Mask(nm(3, 12)), 150, 288));
+    v.push(OpCase::new(Op::Prune(Wanda, nm(2, 6)), 150, 300));
+    // Blocks that do not divide the columns and straddle slabs of U and mask words.
     v.push(
         OpCase::new(Op::Obs(ObsKind::Unstructured(0.4)), 150, 200)
             .tokens(300, 1)
             .block(96),
+    );
+    v.push(
+        OpCase::new(Op::Obs(ObsKind::NM { n: 4, m: 8 }), 150, 200)
+            .tokens(300, 1)
+            .block(40),
     );
     v
 }
@@ -234,18 +242,33 @@ fn adapters_are_chosen_by_name() {
 fn timing_reads_the_device_clock() {
     let b = backend();
     let w = b
-        .upload(&Matrix::from_fn(64, 256, |r, c| (r + c) as f32))
+        .upload(&Matrix::from_fn(512, 1024, |r, c| (r + c) as f32))
         .unwrap();
-    let mut out = None;
-    let (secs, source) = b
-        .timed(&mut || {
-            out = Some(b.score(&w, Score::Magnitude)?);
-            Ok(())
-        })
-        .unwrap();
-    assert!(out.is_some() && secs > 0.0 && secs < 10.0, "{secs}");
-    // lavapipe and GPUs with timestamp queries time on the device.
-    assert_eq!(source, TimeSource::DeviceTimestamps);
+    // More launches than fit one submission, with a read-back in the middle: the clock must
+    // cover all of them (CubeCL 0.10's wgpu profiler would stop at the first compute pass).
+    let time = |launches: usize| {
+        let (secs, source) = b
+            .timed(&mut || {
+                for i in 0..launches {
+                    let s = b.score(&w, Score::Magnitude)?;
+                    if i == launches / 2 {
+                        b.download(&s)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        // lavapipe and GPUs with timestamp queries time on the device.
+        assert_eq!(source, TimeSource::DeviceTimestamps);
+        secs
+    };
+    time(4);
+    let (t1, t2) = (time(40), time(80));
+    println!("{t1} s, {t2} s");
+    assert!(
+        t1 > 0.0 && t2 / t1 > 1.5 && t2 / t1 < 2.7,
+        "{t1} s then {t2} s"
+    );
     let info = b.info();
     assert!(info
         .limits

@@ -17,6 +17,16 @@ struct Opened {
     device: WgpuDevice,
     info: BackendInfo,
     budget: Option<u64>,
+    wgpu: (wgpu::Device, wgpu::Queue),
+}
+
+/// What opening an adapter gives a backend.
+pub struct WgpuOpened {
+    pub device: WgpuDevice,
+    pub info: BackendInfo,
+    pub budget: Option<u64>,
+    /// The wgpu device and queue under CubeCL's, for the timestamp clock.
+    pub wgpu: (wgpu::Device, wgpu::Queue),
 }
 
 static OPENED: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
@@ -85,7 +95,7 @@ fn vulkan_budget(_adapter: &wgpu::Adapter) -> Option<u64> {
 /// The wgpu device for the adapter whose name contains `name` (case-insensitive), or the best
 /// adapter (discrete, integrated, virtual, then CPU) when `name` is None. OpenGL adapters are
 /// not considered: CubeCL's compute path targets Vulkan, Metal and DX12.
-pub fn wgpu_device(name: Option<&str>) -> Result<(WgpuDevice, BackendInfo, Option<u64>)> {
+pub fn wgpu_device(name: Option<&str>) -> Result<WgpuOpened> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::PRIMARY,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -122,7 +132,12 @@ pub fn wgpu_device(name: Option<&str>) -> Result<(WgpuDevice, BackendInfo, Optio
         .lock()
         .map_err(|_| KernelError::Device("the device registry was poisoned".into()))?;
     if let Some(o) = opened.iter().find(|o| o.key == key) {
-        return Ok((o.device.clone(), o.info.clone(), o.budget));
+        return Ok(WgpuOpened {
+            device: o.device.clone(),
+            info: o.info.clone(),
+            budget: o.budget,
+            wgpu: o.wgpu.clone(),
+        });
     }
     let budget = vulkan_budget(&adapter);
     // The same request CubeCL makes for its own adapters: every feature the adapter has (less
@@ -152,6 +167,7 @@ pub fn wgpu_device(name: Option<&str>) -> Result<(WgpuDevice, BackendInfo, Optio
         device_type: device_type(ai.device_type).into(),
         limits: Vec::new(),
     };
+    let handles = (device.clone(), queue.clone());
     let setup = WgpuSetup {
         instance,
         adapter,
@@ -165,8 +181,14 @@ pub fn wgpu_device(name: Option<&str>) -> Result<(WgpuDevice, BackendInfo, Optio
         device: wd.clone(),
         info: info.clone(),
         budget,
+        wgpu: handles.clone(),
     });
-    Ok((wd, info, budget))
+    Ok(WgpuOpened {
+        device: wd,
+        info,
+        budget,
+        wgpu: handles,
+    })
 }
 
 #[cfg(feature = "cuda")]

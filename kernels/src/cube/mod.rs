@@ -7,6 +7,7 @@
 //! the traces of §9, the Cholesky failure flag). Tensors larger than the device's largest
 //! binding are split into row slabs (see [`storage`]), and every kernel works slab by slab.
 
+mod clock;
 mod device;
 pub mod kernels;
 mod storage;
@@ -40,6 +41,8 @@ pub struct CubeBackend<R: Runtime> {
     pub(crate) plane: bool,
     /// Fill every newly allocated output and scratch buffer with NaN (all bits set).
     pub(crate) poison: bool,
+    /// The device clock on wgpu (see [`clock`]); None where CubeCL's profiler is used.
+    clock: Option<clock::WgpuClock>,
 }
 
 /// CubeCL's wgpu runtime (Vulkan, Metal, DX12).
@@ -53,9 +56,11 @@ pub type CubeCudaBackend = CubeBackend<cubecl::cuda::CudaRuntime>;
 /// DX12 adapter whose name contains `name` (case-insensitive); with `None`, the best adapter
 /// (discrete, integrated, virtual, then CPU). `info().device` names the adapter used.
 pub fn cube_wgpu(adapter: Option<&str>) -> Result<CubeWgpuBackend> {
-    let (device, info, budget) = device::wgpu_device(adapter)?;
-    let client = cubecl::wgpu::WgpuRuntime::client(&device);
-    Ok(CubeBackend::from_client(client, info, budget))
+    let opened = device::wgpu_device(adapter)?;
+    let client = cubecl::wgpu::WgpuRuntime::client(&opened.device);
+    let mut b = CubeBackend::from_client(client, opened.info, opened.budget);
+    b.clock = clock::WgpuClock::new(opened.wgpu.0, opened.wgpu.1);
+    Ok(b)
 }
 
 /// The CubeCL backend on CUDA device `device_index`. Looks for the driver (and NVRTC) first, so
@@ -110,6 +115,7 @@ impl<R: Runtime> CubeBackend<R> {
             max_binding,
             plane,
             poison: false,
+            clock: None,
         }
     }
 
@@ -193,11 +199,21 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         self.budget
     }
 
-    /// Times `work` with CubeCL's profiler: the device's own clock where the runtime has one
-    /// (timestamp queries on wgpu, events on CUDA), the host clock around a drained device
-    /// otherwise, and says which.
+    /// Times `work` on the device's clock where there is one: on wgpu, timestamps bracketing
+    /// every submission of the work (see [`clock`]; CubeCL 0.10's wgpu profiler stops at the
+    /// first compute pass); elsewhere CubeCL's profiler, which says whether it used device
+    /// events or the host clock around a drained device (CubeCL 0.10's CUDA runtime does the
+    /// latter), and that is what is reported.
     fn timed(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<(f64, TimeSource)> {
         self.synchronize()?;
+        if let Some(clock) = &self.clock {
+            let secs = clock.time(work, || {
+                self.client
+                    .flush()
+                    .map_err(|e| KernelError::Device(format!("flushing: {e:?}")))
+            })?;
+            return Ok((secs, TimeSource::DeviceTimestamps));
+        }
         let job = AssertSend(work);
         let (result, duration) = self
             .client

@@ -209,7 +209,7 @@ pub fn hinv_factor<R: Runtime>(
     // Working set beyond H: the factor (returned as U) and the inverse, plus thin panels.
     b.check_memory(
         &format!("the inverse-Hessian factor of a {n}x{n} Hessian"),
-        3 * f32_bytes(n, n) + f32_bytes(n, 4 * NB),
+        2 * f32_bytes(n, n) + f32_bytes(n, 4 * NB),
     )?;
     if let Some((row, col)) = first_nonfinite(b, h)? {
         return Err(KernelError::NonFinite {
