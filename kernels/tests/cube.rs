@@ -119,7 +119,14 @@ fn split_tensors_match_the_reference() {
 #[test]
 fn poisoned_outputs_are_fully_written() {
     let b = backend().with_poisoned_outputs(true);
-    run(&b, &small_cases());
+    let mut cases = small_cases();
+    // Rows long enough that the per-row selection cannot keep them in 32 KiB of shared
+    // memory (lavapipe's) and recomputes keys from global memory, and one that just fits.
+    for cols in [5632, 6000] {
+        cases.push(OpCase::new(Op::Mask(ROW(0.3)), 12, cols));
+        cases.push(OpCase::new(Op::Prune(ScoreKind::Gblm, ROW(0.5)), 12, cols));
+    }
+    run(&b, &cases);
     let w = b
         .upload(&Matrix::from_fn(9, 70, |r, c| ((r * 70 + c) as f32).sin()))
         .unwrap();
@@ -245,29 +252,28 @@ fn timing_reads_the_device_clock() {
         .upload(&Matrix::from_fn(512, 1024, |r, c| (r + c) as f32))
         .unwrap();
     // More launches than fit one submission, with a read-back in the middle: the clock must
-    // cover all of them (CubeCL 0.10's wgpu profiler would stop at the first compute pass).
-    let time = |launches: usize| {
-        let (secs, source) = b
-            .timed(&mut || {
-                for i in 0..launches {
-                    let s = b.score(&w, Score::Magnitude)?;
-                    if i == launches / 2 {
-                        b.download(&s)?;
-                    }
+    // cover all of them (CubeCL 0.10's wgpu profiler stops at the first compute pass and
+    // reports a small fraction of this), so device time is most of the host's time around it.
+    let launches = 80;
+    let start = std::time::Instant::now();
+    let (secs, source) = b
+        .timed(&mut || {
+            for i in 0..launches {
+                let s = b.score(&w, Score::Magnitude)?;
+                if i == launches / 2 {
+                    b.download(&s)?;
                 }
-                Ok(())
-            })
-            .unwrap();
-        // lavapipe and GPUs with timestamp queries time on the device.
-        assert_eq!(source, TimeSource::DeviceTimestamps);
-        secs
-    };
-    time(4);
-    let (t1, t2) = (time(40), time(80));
-    println!("{t1} s, {t2} s");
+            }
+            Ok(())
+        })
+        .unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    // lavapipe and GPUs with timestamp queries time on the device.
+    assert_eq!(source, TimeSource::DeviceTimestamps);
+    println!("device {secs} s, host {wall} s");
     assert!(
-        t1 > 0.0 && t2 / t1 > 1.5 && t2 / t1 < 2.7,
-        "{t1} s then {t2} s"
+        secs > 0.3 * wall && secs <= wall,
+        "device {secs} s, host {wall} s"
     );
     let info = b.info();
     assert!(info

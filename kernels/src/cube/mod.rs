@@ -39,6 +39,8 @@ pub struct CubeBackend<R: Runtime> {
     pub(crate) max_binding: u64,
     /// Whether plane (warp/subgroup) operations are available: reductions use them then.
     pub(crate) plane: bool,
+    /// Shared memory per cube, in bytes.
+    pub(crate) max_shared: usize,
     /// Fill every newly allocated output and scratch buffer with NaN (all bits set).
     pub(crate) poison: bool,
     /// The device clock on wgpu (see [`clock`]); None where CubeCL's profiler is used.
@@ -83,6 +85,7 @@ impl<R: Runtime> CubeBackend<R> {
         let props = client.properties();
         let hw = &props.hardware;
         let max_binding = props.memory.max_page_size.min(MAX_SLAB_BYTES);
+        let max_shared = hw.max_shared_memory_size;
         let plane = client
             .features()
             .plane
@@ -114,6 +117,7 @@ impl<R: Runtime> CubeBackend<R> {
             slab_limit: max_binding,
             max_binding,
             plane,
+            max_shared,
             poison: false,
             clock: None,
         }

@@ -206,6 +206,14 @@ pub fn hinv_factor<R: Runtime>(
         });
     }
     let nblocks = n.div_ceil(NB);
+    // The diagonal-block kernel holds a 64x64 block and its diagonal inverse in shared memory.
+    let shared = 4 * (NB * NB + NB);
+    if shared > b.max_shared {
+        return Err(KernelError::Unsupported(format!(
+            "the Cholesky block kernel needs {shared} bytes of shared memory, the device has {}",
+            b.max_shared
+        )));
+    }
     // Working set beyond H: the factor (returned as U) and the inverse, plus thin panels.
     b.check_memory(
         &format!("the inverse-Hessian factor of a {n}x{n} Hessian"),

@@ -295,6 +295,23 @@ pub fn obs_prune<R: Runtime>(
             "N:M with M = {m} and OBS block {block} stages more than {NM_STAGE} weights per cube"
         )));
     }
+    // What the in-block kernel keeps in shared memory (U chunk, diag, errors, mask words,
+    // staged N:M weights, the loss reduction): refuse rather than exceed the device's limit.
+    let rp = lay.rows_per_cube as usize;
+    let shared = 4
+        * (lay.chunk as usize * block
+            + block
+            + rp
+            + rp * lay.words as usize
+            + if nm { rp * m } else { 1 }
+            + CUBE as usize);
+    if shared > b.max_shared {
+        return Err(KernelError::Unsupported(format!(
+            "the OBS block kernel for block {block} needs {shared} bytes of shared memory, the \
+             device has {}",
+            b.max_shared
+        )));
+    }
     let mask = match selection {
         ObsSelection::Given(given) => {
             let out = b.alloc_mask(rows, cols)?;
@@ -311,7 +328,6 @@ pub fn obs_prune<R: Runtime>(
     }
 
     let nblocks = cols.div_ceil(block);
-    let rp = lay.rows_per_cube as usize;
     let cubes: Vec<usize> = (0..w.handles.len())
         .map(|s| w.slabs.range(s).1.div_ceil(rp))
         .collect();

@@ -47,11 +47,12 @@ pub fn cube_sum(v: f32, #[comptime] plane: bool) -> f32 {
 }
 
 /// Exclusive prefix sum of `v` over the cube's 256 threads in thread order, and the total.
-/// A Hillis-Steele scan in shared memory (8 steps); scans here run once per mask word round,
-/// so simplicity wins over a work-efficient scan.
+/// A Hillis-Steele scan (8 steps) in `sh`, 256 words of shared memory the caller allocates
+/// once per kernel (each `SharedMemory::new` is its own allocation, even in a loop body that
+/// is unrolled); scans here run once per mask word round, so simplicity wins over a
+/// work-efficient scan.
 #[cube]
-pub fn cube_exclusive_scan(v: u32) -> (u32, u32) {
-    let mut sh = SharedMemory::<u32>::new(CUBE as usize);
+pub fn cube_exclusive_scan(v: u32, sh: &mut SharedMemory<u32>) -> (u32, u32) {
     let t = UNIT_POS as usize;
     sh[t] = v;
     sync_cube();

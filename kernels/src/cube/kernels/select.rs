@@ -30,6 +30,9 @@ pub const SRC_PLAIN: u32 = 3;
 pub const SRC_OBS: u32 = 4;
 
 const BINS: u32 = 2048;
+/// Shared memory the per-row selection needs beside a cached row: the histogram, the scan and
+/// some slack for the runtime's own use.
+const SELECT_SHARED: usize = BINS as usize * 4 + CUBE as usize * 4 + 1024;
 
 /// Maps f32 bits to a u32 whose unsigned order is the IEEE total order (what `total_cmp`, the
 /// reference's comparison, uses): negative values flip all bits, others set the sign bit.
@@ -73,6 +76,28 @@ fn load_key(
     key_of(u32::reinterpret(s))
 }
 
+/// The key of local column `c` of a row view: from the row's shared-memory copy when the row
+/// was cached (`cached`), else recomputed from global memory.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn row_key(
+    x: &Array<f32>,
+    aux: &Array<f32>,
+    grad: &Array<f32>,
+    keys: &SharedMemory<u32>,
+    base: u32,
+    c: u32,
+    col0: u32,
+    #[comptime] src: u32,
+    #[comptime] cached: bool,
+) -> u32 {
+    if comptime![cached] {
+        keys[c as usize]
+    } else {
+        load_key(x, aux, grad, base + c, col0 + c, col0, src)
+    }
+}
+
 /// The bit position and width of radix pass `pass` (0, 1, 2): bits 31..21, 20..10, 9..0.
 fn digit(pass: u32) -> (u32, u32) {
     match pass {
@@ -86,14 +111,19 @@ fn digit(pass: u32) -> (u32, u32) {
 /// smallest key and the rank of that key inside the bin, written to `res` by the one thread
 /// that finds it (every thread must call this).
 #[cube]
-fn find_bin(hist: &SharedMemory<Atomic<u32>>, res: &mut SharedMemory<u32>, krem: u32) {
+fn find_bin(
+    hist: &SharedMemory<Atomic<u32>>,
+    res: &mut SharedMemory<u32>,
+    scan: &mut SharedMemory<u32>,
+    krem: u32,
+) {
     let t = UNIT_POS;
     let mut local = 0u32;
     #[unroll]
     for q in 0..8u32 {
         local += hist[(t * 8 + q) as usize].load();
     }
-    let (excl, _total) = cube_exclusive_scan(local);
+    let (excl, _total) = cube_exclusive_scan(local, scan);
     if excl < krem && krem <= excl + local {
         let mut before = excl;
         let mut found = false;
@@ -119,11 +149,14 @@ fn row_threshold(
     x: &Array<f32>,
     aux: &Array<f32>,
     grad: &Array<f32>,
+    keys: &SharedMemory<u32>,
+    scan: &mut SharedMemory<u32>,
     base: u32,
     col0: u32,
     ncols: u32,
     k: u32,
     #[comptime] src: u32,
+    #[comptime] cached: bool,
 ) -> (u32, u32) {
     let t = UNIT_POS;
     let hist = SharedMemory::<Atomic<u32>>::new(BINS as usize);
@@ -140,7 +173,7 @@ fn row_threshold(
         sync_cube();
         let mut c = t;
         while c < ncols {
-            let key = load_key(x, aux, grad, base + c, col0 + c, col0, src);
+            let key = row_key(x, aux, grad, keys, base, c, col0, src, cached);
             let mut hit = true;
             if comptime![pass > 0] {
                 hit = key >> comptime![shift + width] == prefix;
@@ -151,7 +184,7 @@ fn row_threshold(
             c += CUBE;
         }
         sync_cube();
-        find_bin(&hist, &mut res, krem);
+        find_bin(&hist, &mut res, scan, krem);
         prefix = (prefix << width) | res[0];
         krem = res[1];
         sync_cube();
@@ -170,6 +203,8 @@ fn write_row_mask(
     aux: &Array<f32>,
     grad: &Array<f32>,
     mask: &mut Array<u32>,
+    keys: &SharedMemory<u32>,
+    scan: &mut SharedMemory<u32>,
     base: u32,
     mask_base: u32,
     col0: u32,
@@ -179,6 +214,7 @@ fn write_row_mask(
     #[comptime] src: u32,
     #[comptime] apply: bool,
     #[comptime] partial: bool,
+    #[comptime] cached: bool,
 ) {
     let t = UNIT_POS;
     let end = col0 + ncols;
@@ -195,7 +231,7 @@ fn write_row_mask(
             for bit in 0..32u32 {
                 let c = word * 32 + bit;
                 if c >= col0 && c < end {
-                    let key = load_key(x, aux, grad, base + c - col0, c, col0, src);
+                    let key = row_key(x, aux, grad, keys, base, c - col0, col0, src, cached);
                     if key < v {
                         less |= 1u32 << bit;
                     } else if key == v {
@@ -205,7 +241,7 @@ fn write_row_mask(
             }
         }
         let cnt = u32::count_ones(eq);
-        let (excl, total) = cube_exclusive_scan(cnt);
+        let (excl, total) = cube_exclusive_scan(cnt, scan);
         let before = carry + excl;
         let mut take = 0u32;
         if need > before {
@@ -277,13 +313,38 @@ fn row_select_kernel(
     k: u32,
     #[comptime] src: u32,
     #[comptime] apply: bool,
+    #[comptime] cache: u32,
 ) {
     let r = cube_index();
+    let cached = comptime![cache > 0];
+    let mut keys = SharedMemory::<u32>::new(comptime![cache.max(1) as usize]);
+    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
     if r < rows {
+        if comptime![cached] {
+            // One read of the row (and its statistics) from global memory for all passes.
+            let mut c = UNIT_POS;
+            while c < cols {
+                keys[c as usize] = load_key(x, aux, grad, r * cols + c, c, 0u32, src);
+                c += CUBE;
+            }
+            sync_cube();
+        }
         let mut v = 0u32;
         let mut need = 0u32;
         if k > 0 {
-            let (vv, nn) = row_threshold(x, aux, grad, r * cols, 0u32, cols, k, src);
+            let (vv, nn) = row_threshold(
+                x,
+                aux,
+                grad,
+                &keys,
+                &mut scan,
+                r * cols,
+                0u32,
+                cols,
+                k,
+                src,
+                cached,
+            );
             v = vv;
             need = nn;
         }
@@ -292,6 +353,8 @@ fn row_select_kernel(
             aux,
             grad,
             mask,
+            &keys,
+            &mut scan,
             r * cols,
             r * wpr,
             0u32,
@@ -301,6 +364,7 @@ fn row_select_kernel(
             src,
             apply,
             false,
+            cached,
         );
     }
 }
@@ -370,6 +434,7 @@ fn matrix_scan_kernel(
     let (_shift, width) = comptime![digit(pass)];
     let sh = SharedMemory::<Atomic<u32>>::new(BINS as usize);
     let mut res = SharedMemory::<u32>::new(2usize);
+    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
     #[unroll]
     for q in 0..8u32 {
         let b = t * 8 + q;
@@ -378,7 +443,7 @@ fn matrix_scan_kernel(
     let krem = state[1];
     let prefix = state[0];
     sync_cube();
-    find_bin(&sh, &mut res, krem);
+    find_bin(&sh, &mut res, &mut scan, krem);
     if t == 0 {
         let mut p = res[0];
         if comptime![pass > 0] {
@@ -420,7 +485,8 @@ fn row_eq_count_kernel(
             }
             c += CUBE;
         }
-        let (_excl, total) = cube_exclusive_scan(cnt);
+        let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+        let (_excl, total) = cube_exclusive_scan(cnt, &mut scan);
         if UNIT_POS == 0 {
             eqcnt[(row_base + r) as usize] = total;
         }
@@ -433,6 +499,7 @@ fn row_eq_count_kernel(
 fn rows_need_kernel(eqcnt: &Array<u32>, state: &Array<u32>, need_row: &mut Array<u32>, rows: u32) {
     let need = state[1];
     let mut carry = 0u32;
+    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
     let rounds = (rows + CUBE - 1) / CUBE;
     for round in 0..rounds {
         let r = round * CUBE + UNIT_POS;
@@ -440,7 +507,7 @@ fn rows_need_kernel(eqcnt: &Array<u32>, state: &Array<u32>, need_row: &mut Array
         if r < rows {
             c = eqcnt[r as usize];
         }
-        let (excl, total) = cube_exclusive_scan(c);
+        let (excl, total) = cube_exclusive_scan(c, &mut scan);
         let before = carry + excl;
         let mut nr = 0u32;
         if need > before {
@@ -479,11 +546,15 @@ fn row_mask_kernel(
     if r < rows {
         let v = state[0];
         let need = need_row[(row_base + r) as usize];
+        let keys = SharedMemory::<u32>::new(1usize);
+        let mut scan = SharedMemory::<u32>::new(CUBE as usize);
         write_row_mask(
             x,
             aux,
             grad,
             mask,
+            &keys,
+            &mut scan,
             r * ld + col0,
             r * wpr,
             col0,
@@ -493,6 +564,7 @@ fn row_mask_kernel(
             src,
             false,
             partial,
+            false,
         );
     }
 }
@@ -614,6 +686,14 @@ fn per_row<R: Runtime>(
 ) -> Result<CubeMask> {
     let x = s.x;
     let mask = b.alloc_mask(x.rows, x.cols)?;
+    // Rows whose keys fit in shared memory beside the histogram are read from global memory
+    // once instead of four times (3 digit passes and the mask pass).
+    let capacity = b.max_shared.saturating_sub(SELECT_SHARED) / 4 / CUBE as usize * CUBE as usize;
+    let cache = if x.cols <= capacity {
+        x.cols.next_multiple_of(CUBE as usize) as u32
+    } else {
+        0
+    };
     for slab in 0..x.handles.len() {
         let rows = x.slabs.range(slab).1;
         if rows == 0 || x.cols == 0 {
@@ -637,6 +717,7 @@ fn per_row<R: Runtime>(
                 k as u32,
                 s.src,
                 apply,
+                cache,
             );
         }
     }
