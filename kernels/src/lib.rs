@@ -10,6 +10,9 @@ pub mod tensor;
 pub mod cpu;
 pub mod suite;
 
+#[cfg(feature = "cubecl")]
+pub mod cube;
+
 pub use error::KernelError;
 pub use ops::{
     Backend, BackendInfo, GradNorm, HinvFactor, MaskGroup, MaskPattern, ObsOutcome, ObsSelection,

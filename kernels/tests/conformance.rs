@@ -97,3 +97,32 @@ macro_rules! conformance {
 
 // The reference against itself: proves the cases, runner and comparisons hold together.
 conformance!(cpu, CpuBackend::new());
+
+#[cfg(feature = "cubecl")]
+conformance!(
+    cubecl_wgpu,
+    prunebench_kernels::cube::cube_wgpu(None).expect(
+        "no Vulkan adapter for CubeCL: install mesa-vulkan-drivers (lavapipe) or a GPU driver"
+    )
+);
+
+/// CUDA where a driver is installed: every small case on device 0. Without one (CI), the
+/// backend must say so in one clear error, without panicking.
+#[cfg(feature = "cuda")]
+#[test]
+fn cubecl_cuda() {
+    use prunebench_kernels::cube::{cube_cuda, cuda_status};
+    use prunebench_kernels::KernelError;
+    let status = cuda_status();
+    println!("{status}");
+    match cube_cuda(0) {
+        Ok(backend) => {
+            assert_eq!(backend.info().backend, "cubecl-cuda");
+            run_cases(&backend, &[""]);
+        }
+        Err(KernelError::Unsupported(msg)) if status == "CUDA: no driver found" => {
+            assert_eq!(msg, "CUDA: no driver found (libcuda could not be loaded)");
+        }
+        Err(e) => panic!("CUDA is present ({status}) but the backend failed: {e}"),
+    }
+}

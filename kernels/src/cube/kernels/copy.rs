@@ -1,0 +1,141 @@
+//! Strided 2D copies between bindings (panels of the Cholesky, diagonal blocks of the
+//! triangular inverse, the rows of U an OBS block needs), and the non-finite scan.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::storage::{arg, CubeTensor};
+use super::super::CubeBackend;
+use super::fill::{grid, BLOCK};
+use crate::error::Result;
+
+/// dst[d_off + i·d_ld + j] = src[s_off + i·s_ld + j] for i < rows, j < cols.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn copy2d_kernel(
+    src: &Array<f32>,
+    dst: &mut Array<f32>,
+    s_off: u32,
+    s_ld: u32,
+    d_off: u32,
+    d_ld: u32,
+    rows: u32,
+    cols: u32,
+) {
+    let idx = ABSOLUTE_POS as u32;
+    if idx < rows * cols {
+        let i = idx / cols;
+        let j = idx % cols;
+        dst[(d_off + i * d_ld + j) as usize] = src[(s_off + i * s_ld + j) as usize];
+    }
+}
+
+/// A rectangle inside a binding: `off` of its first element, `ld` between rows.
+pub struct Rect<'a> {
+    pub h: &'a Handle,
+    pub len: usize,
+    pub off: usize,
+    pub ld: usize,
+}
+
+/// Copies a `rows x cols` rectangle.
+pub fn copy2d<R: Runtime>(
+    b: &CubeBackend<R>,
+    src: Rect<'_>,
+    dst: Rect<'_>,
+    rows: usize,
+    cols: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // SAFETY: the callers' rectangles lie inside their bindings; one thread per element.
+    unsafe {
+        copy2d_kernel::launch_unchecked::<R>(
+            &b.client,
+            grid(rows * cols, BLOCK),
+            CubeDim::new_1d(BLOCK),
+            arg(src.h, src.len),
+            arg(dst.h, dst.len),
+            src.off as u32,
+            src.ld as u32,
+            dst.off as u32,
+            dst.ld as u32,
+            rows as u32,
+            cols as u32,
+        );
+    }
+}
+
+/// Copies rows [r0, r1) of `t` (any slabs) into a contiguous `(r1 − r0) x cols` buffer.
+pub fn gather_rows<R: Runtime>(
+    b: &CubeBackend<R>,
+    t: &CubeTensor,
+    r0: usize,
+    r1: usize,
+    dst: &Handle,
+) {
+    let cols = t.cols;
+    let len = (r1 - r0) * cols;
+    for (s, lo, hi) in t.slabs.covering(r0, r1) {
+        let local = lo - t.slabs.range(s).0;
+        copy2d(
+            b,
+            Rect {
+                h: &t.handles[s],
+                len: t.slab_len(s),
+                off: local * cols,
+                ld: cols,
+            },
+            Rect {
+                h: dst,
+                len,
+                off: (lo - r0) * cols,
+                ld: cols,
+            },
+            hi - lo,
+            cols,
+        );
+    }
+}
+
+/// Records the smallest linear index (plus `base`) whose value is NaN or ±Inf.
+#[cube(launch_unchecked)]
+fn nonfinite_kernel(x: &Array<f32>, first: &mut Array<Atomic<u32>>, n: u32, base: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n {
+        let bits = u32::reinterpret(x[i as usize]);
+        if bits & 0x7F80_0000u32 == 0x7F80_0000u32 {
+            first[0].fetch_min(base + i);
+        }
+    }
+}
+
+/// The (row, col) of the first non-finite entry of `t`, if any.
+pub fn first_nonfinite<R: Runtime>(
+    b: &CubeBackend<R>,
+    t: &CubeTensor,
+) -> Result<Option<(usize, usize)>> {
+    let first = b.scratch_from(&[u32::MAX])?;
+    for s in 0..t.handles.len() {
+        let (r0, rn) = t.slabs.range(s);
+        let n = rn * t.cols;
+        if n == 0 {
+            continue;
+        }
+        // SAFETY: one thread per element of the slab.
+        unsafe {
+            nonfinite_kernel::launch_unchecked::<R>(
+                &b.client,
+                grid(n, BLOCK),
+                CubeDim::new_1d(BLOCK),
+                arg(&t.handles[s], n),
+                arg(&first, 1),
+                n as u32,
+                (r0 * t.cols) as u32,
+            );
+        }
+    }
+    let i = b.read_u32(&first, 1)?[0];
+    Ok((i != u32::MAX).then(|| (i as usize / t.cols.max(1), i as usize % t.cols.max(1))))
+}

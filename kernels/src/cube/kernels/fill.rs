@@ -1,0 +1,77 @@
+//! Filling buffers with a 32-bit pattern (zeros, NaN poison, all-ones masks) and the launch
+//! geometry shared by the elementwise kernels.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::storage::arg;
+use super::super::CubeBackend;
+
+/// Threads per cube of the elementwise kernels.
+pub const BLOCK: u32 = 256;
+
+/// A cube count covering `units` threads of `BLOCK` per cube; rows of cubes wrap at the
+/// per-dimension limit, and kernels index with `ABSOLUTE_POS`, which spans every dimension.
+pub fn grid(units: usize, per_cube: u32) -> CubeCount {
+    let cubes = units.div_ceil(per_cube as usize).max(1) as u64;
+    let x = cubes.min(65_535);
+    let y = cubes.div_ceil(x);
+    CubeCount::Static(x as u32, y as u32, 1)
+}
+
+/// The widest vector (4, 2 or 1 f32) that divides `n`, for the memory-bound kernels.
+pub fn vector_width(n: usize) -> usize {
+    if n.is_multiple_of(4) {
+        4
+    } else if n.is_multiple_of(2) {
+        2
+    } else {
+        1
+    }
+}
+
+#[cube(launch_unchecked)]
+fn fill_kernel<N: Size>(out: &mut Array<Vector<u32, N>>, value: u32) {
+    let i = ABSOLUTE_POS;
+    if i < out.len() {
+        out[i] = Vector::new(value);
+    }
+}
+
+/// Sets the first `n` words of `h` to `value`.
+pub fn fill_u32<R: Runtime>(b: &CubeBackend<R>, h: &Handle, n: usize, value: u32) {
+    let v = vector_width(n);
+    // SAFETY: one thread per vector of the n words, guarded by the array length.
+    unsafe {
+        fill_kernel::launch_unchecked::<R>(
+            &b.client,
+            grid(n / v, BLOCK),
+            CubeDim::new_1d(BLOCK),
+            v,
+            arg(h, n),
+            value,
+        );
+    }
+}
+
+#[cube(launch_unchecked)]
+fn copy_u32_kernel(src: &Array<u32>, dst: &mut Array<u32>) {
+    let i = ABSOLUTE_POS;
+    if i < dst.len() {
+        dst[i] = src[i];
+    }
+}
+
+/// Copies `n` words bit for bit (masks must not pass through f32 registers).
+pub fn copy_u32<R: Runtime>(b: &CubeBackend<R>, src: &Handle, dst: &Handle, n: usize) {
+    // SAFETY: one thread per word of two buffers holding at least n words.
+    unsafe {
+        copy_u32_kernel::launch_unchecked::<R>(
+            &b.client,
+            grid(n, BLOCK),
+            CubeDim::new_1d(BLOCK),
+            arg(src, n),
+            arg(dst, n),
+        );
+    }
+}

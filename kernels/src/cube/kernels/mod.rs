@@ -1,0 +1,18 @@
+//! The `#[cube]` kernels of the CubeCL backend, by op family, each with the host code that
+//! launches it over a tensor's slabs.
+
+// Kernel bodies are CubeCL's language, not plain Rust: a comptime branch must stay a separate
+// `if` from the runtime condition inside it (folding them would make the test a runtime one),
+// and integer `div_ceil` is not among the operations CubeCL expands.
+#![allow(clippy::collapsible_if, clippy::manual_div_ceil)]
+
+pub mod copy;
+pub mod elementwise;
+pub mod factor;
+pub mod fill;
+pub mod gemm;
+pub mod obs;
+pub mod recon;
+pub mod reduce;
+pub mod select;
+pub mod stats;

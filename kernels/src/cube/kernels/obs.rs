@@ -1,0 +1,431 @@
+//! SparseGPT's blocked OBS prune (§7). Per column block [i1, i2):
+//!
+//! 1. the block's rows of U are gathered into one contiguous scratch buffer (U may be split
+//!    into slabs; a block may straddle two), and diag(U1) out of it;
+//! 2. unstructured: the block's floor(p·rows·B) lowest W²/d² are chosen by the global radix
+//!    select over the rows x B view (ties by linear index r·B + c, as the reference);
+//! 3. one launch runs the sequential column loop: each cube owns a few rows, each row's B
+//!    weights live in the registers of `lanes` threads, U1 streams through shared memory a
+//!    chunk of rows at a time (the whole 128x128 block, 64 KiB, would not fit everywhere), the
+//!    error of column i is published through shared memory and every lane applies the rank-1
+//!    update to its columns; N:M decisions are taken on the current weights when i % m == 0;
+//! 4. the lazy update W[:, i2:] −= Err1 · U[i1:i2, i2:] is the tiled GEMM.
+//!
+//! The loss is reduced per cube and summed on the device at the end.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::storage::{arg, CubeMask, CubeTensor};
+use super::super::CubeBackend;
+use super::copy::{copy2d, gather_rows, Rect};
+use super::elementwise::zero_columns;
+use super::fill::copy_u32;
+use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::reduce::{cube_sum, sum, CUBE};
+use super::select::{select_global, SRC_OBS};
+use crate::error::{KernelError, Result};
+use crate::ops::{check, unstructured_k, HinvFactor, ObsOutcome, ObsSelection};
+
+/// Largest OBS block the in-block kernel takes (its diag and U chunks live in shared memory).
+pub const MAX_BLOCK: usize = 1024;
+/// f32 of U1 held in shared memory at a time.
+const U_CHUNK: usize = 2048;
+/// f32 of current weights an N:M decision may stage in shared memory.
+const NM_STAGE: usize = 2048;
+
+/// How the in-block kernel maps a block of width `block` onto 256 threads.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    lanes: u32,
+    slots: u32,
+    rows_per_cube: u32,
+    chunk: u32,
+    words: u32,
+}
+
+impl Layout {
+    fn new(block: usize) -> Self {
+        // At most 16 weights per thread in registers: enough lanes per row to cover the block.
+        let lanes = block.div_ceil(16).next_power_of_two().min(CUBE as usize);
+        Self {
+            lanes: lanes as u32,
+            slots: block.div_ceil(lanes) as u32,
+            rows_per_cube: CUBE / lanes as u32,
+            chunk: (U_CHUNK / block).clamp(1, block) as u32,
+            words: (block / 32 + 2) as u32,
+        }
+    }
+}
+
+#[cube]
+fn obs_key(w: f32, d: f32) -> u32 {
+    // Scores are non-negative, so their bits order them; the tie rule is applied separately.
+    u32::reinterpret((w * w) / (d * d))
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn obs_block_kernel(
+    w: &mut Array<f32>,
+    ub: &Array<f32>,
+    mask: &mut Array<u32>,
+    err: &mut Array<f32>,
+    dg: &Array<f32>,
+    loss: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    wpr: u32,
+    i1: u32,
+    cnt: u32,
+    loss_off: u32,
+    #[comptime] lanes: u32,
+    #[comptime] slots: u32,
+    #[comptime] bmax: u32,
+    #[comptime] chunk: u32,
+    #[comptime] words: u32,
+    #[comptime] nm: bool,
+    #[comptime] n: u32,
+    #[comptime] m: u32,
+    #[comptime] plane: bool,
+) {
+    let rp = comptime![CUBE / lanes];
+    let t = UNIT_POS;
+    let rl = t / lanes;
+    let lane = t % lanes;
+    let r = CUBE_POS_X * rp + rl;
+    let valid = r < rows;
+    let wbase = i1 / 32;
+    let nw = (i1 + cnt + 31) / 32 - wbase;
+
+    let mut uch = SharedMemory::<f32>::new(comptime![(chunk * bmax) as usize]);
+    let mut dsh = SharedMemory::<f32>::new(comptime![bmax as usize]);
+    let mut errs = SharedMemory::<f32>::new(comptime![rp as usize]);
+    let mut pm = SharedMemory::<u32>::new(comptime![(rp * words) as usize]);
+    let mut cur = SharedMemory::<f32>::new(comptime![if nm { (rp * m) as usize } else { 1usize }]);
+
+    let mut q = t;
+    while q < cnt {
+        dsh[q as usize] = dg[q as usize];
+        q += CUBE;
+    }
+    // The block's mask words of this row: fixed decisions (given or chosen before the loop),
+    // or empty for N:M, which decides as it goes.
+    let mut qw = lane;
+    while qw < nw {
+        let mut v = 0u32;
+        if valid && !nm {
+            v = mask[(r * wpr + wbase + qw) as usize];
+        }
+        pm[(rl * words + qw) as usize] = v;
+        qw += lanes;
+    }
+    let mut wr = Array::<f32>::new(comptime![slots as usize]);
+    #[unroll]
+    for s in 0..slots {
+        let c = lane + s * lanes;
+        let mut v = 0.0f32;
+        if valid && c < cnt {
+            v = w[(r * cols + i1 + c) as usize];
+        }
+        wr[s as usize] = v;
+    }
+    let mut lacc = 0.0f32;
+    let mut base = 0u32;
+    sync_cube();
+
+    for i in 0..cnt {
+        if i % chunk == 0 {
+            base = i;
+            let total = chunk * bmax;
+            let mut q = t;
+            while q < total {
+                let rr = q / bmax;
+                let c = q % bmax;
+                let mut v = 0.0f32;
+                if i + rr < cnt && c < cnt {
+                    v = ub[((i + rr) * cols + i1 + c) as usize];
+                }
+                uch[q as usize] = v;
+                q += CUBE;
+            }
+            sync_cube();
+        }
+        if comptime![nm] {
+            if i % m == 0 {
+                #[unroll]
+                for s in 0..slots {
+                    let c = lane + s * lanes;
+                    if c >= i && c < i + m {
+                        cur[(rl * m + c - i) as usize] = wr[s as usize];
+                    }
+                }
+                sync_cube();
+                if lane == 0 && valid {
+                    for j in 0..m {
+                        let kj = obs_key(cur[(rl * m + j) as usize], dsh[(i + j) as usize]);
+                        let mut rank: u32 = 0u32;
+                        for o in 0..m {
+                            let ko = obs_key(cur[(rl * m + o) as usize], dsh[(i + o) as usize]);
+                            let before = ko < kj || (ko == kj && o < j);
+                            if before {
+                                rank += 1u32;
+                            }
+                        }
+                        if rank < n {
+                            let gc = i1 + i + j;
+                            let pi = (rl * words + gc / 32 - wbase) as usize;
+                            pm[pi] = pm[pi] | (1u32 << (gc % 32));
+                        }
+                    }
+                }
+                sync_cube();
+            }
+        }
+        if lane == i % lanes {
+            let oslot = i / lanes;
+            let mut wi = 0.0f32;
+            #[unroll]
+            for s in 0..slots {
+                if s == oslot {
+                    wi = wr[s as usize];
+                }
+            }
+            let gc = i1 + i;
+            let bit = (pm[(rl * words + gc / 32 - wbase) as usize] >> (gc % 32)) & 1;
+            let mut qv = wi;
+            if bit == 1 {
+                qv = 0.0;
+            }
+            let d = dsh[i as usize];
+            let e = (wi - qv) / d;
+            errs[rl as usize] = e;
+            if valid {
+                err[(r * bmax + i) as usize] = e;
+                lacc += (wi - qv) * (wi - qv) / (d * d) / 2.0;
+            }
+            #[unroll]
+            for s in 0..slots {
+                if s == oslot {
+                    wr[s as usize] = qv;
+                }
+            }
+        }
+        sync_cube();
+        let e = errs[rl as usize];
+        let urow = (i - base) * bmax;
+        #[unroll]
+        for s in 0..slots {
+            let c = lane + s * lanes;
+            if c > i && c < cnt {
+                wr[s as usize] -= e * uch[(urow + c) as usize];
+            }
+        }
+        sync_cube();
+    }
+
+    #[unroll]
+    for s in 0..slots {
+        let c = lane + s * lanes;
+        if valid && c < cnt {
+            w[(r * cols + i1 + c) as usize] = wr[s as usize];
+        }
+    }
+    if comptime![nm] {
+        let mut qw = lane;
+        while qw < nw {
+            if valid {
+                let word = wbase + qw;
+                let mut lo = word * 32;
+                if lo < i1 {
+                    lo = i1;
+                }
+                let mut hi = word * 32 + 32;
+                if hi > i1 + cnt {
+                    hi = i1 + cnt;
+                }
+                let mut inside = 0xFFFF_FFFFu32;
+                if hi - lo < 32 {
+                    inside = ((1u32 << (hi - lo)) - 1) << (lo - word * 32);
+                }
+                let mi = (r * wpr + word) as usize;
+                mask[mi] = (mask[mi] & !inside) | pm[(rl * words + qw) as usize];
+            }
+            qw += lanes;
+        }
+    }
+    let total = cube_sum(lacc, plane);
+    if t == 0 {
+        loss[(loss_off + CUBE_POS_X) as usize] = total;
+    }
+}
+
+pub fn obs_prune<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    factor: &HinvFactor<CubeTensor>,
+    selection: ObsSelection<'_, CubeMask>,
+    block: usize,
+) -> Result<ObsOutcome<CubeMask>> {
+    let u = &factor.u;
+    check::obs(w.shape(), u.shape(), &selection, block)?;
+    if let ObsSelection::Given(m) = selection {
+        check::same("given mask vs W", (m.rows, m.cols), w.shape())?;
+    }
+    if let Some(&j) = factor.dead.iter().find(|&&j| j >= w.cols) {
+        return Err(KernelError::InvalidArgument(format!(
+            "dead column {j} is outside W's {} columns",
+            w.cols
+        )));
+    }
+    let (rows, cols) = w.shape();
+    let block = block.min(cols.max(1));
+    if block > MAX_BLOCK {
+        return Err(KernelError::Unsupported(format!(
+            "OBS block size {block} is above this backend's {MAX_BLOCK}"
+        )));
+    }
+    let lay = Layout::new(block);
+    let (nm, n, m) = match selection {
+        ObsSelection::NM { n, m } => (true, n, m),
+        _ => (false, 0, 1),
+    };
+    if nm && lay.rows_per_cube as usize * m > NM_STAGE {
+        return Err(KernelError::Unsupported(format!(
+            "N:M with M = {m} and OBS block {block} stages more than {NM_STAGE} weights per cube"
+        )));
+    }
+    // What the in-block kernel keeps in shared memory (U chunk, diag, errors, mask words,
+    // staged N:M weights, the loss reduction): refuse rather than exceed the device's limit.
+    let rp = lay.rows_per_cube as usize;
+    let shared = 4
+        * (lay.chunk as usize * block
+            + block
+            + rp
+            + rp * lay.words as usize
+            + if nm { rp * m } else { 1 }
+            + CUBE as usize);
+    if shared > b.max_shared {
+        return Err(KernelError::Unsupported(format!(
+            "the OBS block kernel for block {block} needs {shared} bytes of shared memory, the \
+             device has {}",
+            b.max_shared
+        )));
+    }
+    let mask = match selection {
+        ObsSelection::Given(given) => {
+            let out = b.alloc_mask(rows, cols)?;
+            for s in 0..given.handles.len() {
+                copy_u32(b, &given.handles[s], &out.handles[s], given.slab_len(s));
+            }
+            out
+        }
+        _ => b.empty_mask(rows, cols)?,
+    };
+    zero_columns(b, w, &factor.dead)?;
+    if rows == 0 || cols == 0 {
+        return Ok(ObsOutcome { mask, loss: 0.0 });
+    }
+
+    let nblocks = cols.div_ceil(block);
+    let cubes: Vec<usize> = (0..w.handles.len())
+        .map(|s| w.slabs.range(s).1.div_ceil(rp))
+        .collect();
+    let per_block: usize = cubes.iter().sum();
+    let loss = b.scratch(nblocks * per_block)?;
+    let ub = b.scratch(block * cols)?;
+    let dg = b.scratch(block)?;
+    let errs: Vec<Handle> = (0..w.handles.len())
+        .map(|s| b.scratch(w.slabs.range(s).1 * block))
+        .collect::<Result<_>>()?;
+    let wpr = mask.words_per_row();
+
+    let mut loss_off = 0;
+    for kb in 0..nblocks {
+        let i1 = kb * block;
+        let i2 = (i1 + block).min(cols);
+        let cnt = i2 - i1;
+        gather_rows(b, u, i1, i2, &ub);
+        // diag(U1): the diagonal of the gathered rows, stride cols + 1 from column i1.
+        copy2d(
+            b,
+            Rect {
+                h: &ub,
+                len: block * cols,
+                off: i1,
+                ld: cols + 1,
+            },
+            Rect {
+                h: &dg,
+                len: block,
+                off: 0,
+                ld: 1,
+            },
+            cnt,
+            1,
+        );
+        if let ObsSelection::Unstructured(p) = selection {
+            let k = unstructured_k(p, rows * cnt);
+            select_global(b, w, Some((&dg, block)), i1, cnt, k, SRC_OBS, &mask, true)?;
+        }
+        for s in 0..w.handles.len() {
+            let srows = w.slabs.range(s).1;
+            if srows == 0 {
+                continue;
+            }
+            // SAFETY: each cube owns rows [x·rp, x·rp + rp) of the slab (checked against
+            // srows) and columns [i1, i2) of W, its mask words and its error rows; U1 comes
+            // from the gathered block rows; the loss slot loss_off + x is this cube's own.
+            unsafe {
+                obs_block_kernel::launch_unchecked::<R>(
+                    &b.client,
+                    CubeCount::Static(cubes[s] as u32, 1, 1),
+                    CubeDim::new_1d(CUBE),
+                    arg(&w.handles[s], w.slab_len(s)),
+                    arg(&ub, block * cols),
+                    arg(&mask.handles[s], mask.slab_len(s)),
+                    arg(&errs[s], srows * block),
+                    arg(&dg, block),
+                    arg(&loss, nblocks * per_block),
+                    srows as u32,
+                    cols as u32,
+                    wpr as u32,
+                    i1 as u32,
+                    cnt as u32,
+                    loss_off as u32,
+                    lay.lanes,
+                    lay.slots,
+                    block as u32,
+                    lay.chunk,
+                    lay.words,
+                    nm,
+                    n as u32,
+                    m as u32,
+                    b.plane,
+                );
+            }
+            loss_off += cubes[s];
+            if i2 < cols {
+                gemm(
+                    b,
+                    &Gemm {
+                        m: srows,
+                        n: cols - i2,
+                        k: cnt,
+                        a: View::rows(&errs[s], srows * block, 0, block),
+                        b: View::rows(&ub, block * cols, i2, cols),
+                        c: View::rows(&w.handles[s], w.slab_len(s), i2, cols),
+                        alpha: -1.0,
+                        beta: Some(1.0),
+                        lower: None,
+                        b_lower: None,
+                        epi: EPI_STORE,
+                        dot: None,
+                    },
+                );
+            }
+        }
+    }
+    let total = sum(b, &loss, loss_off)?;
+    Ok(ObsOutcome { mask, loss: total })
+}

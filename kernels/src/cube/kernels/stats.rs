@@ -1,0 +1,345 @@
+//! Calibration statistics: the activation statistic of §1 (a tiled column reduction), the
+//! Hessian of §3 (a SYRK on the tiled GEMM with the running-mean rescale in its epilogue, then
+//! a mirror of the lower triangle) and the fused gradient accumulation of §2(b).
+
+use cubecl::prelude::*;
+
+use super::super::storage::{arg, CubeTensor, Slabs};
+use super::super::CubeBackend;
+use super::elementwise::grad_accumulate_slab;
+use super::gemm::{gemm, Gemm, View, EPI_GRAD_L1, EPI_GRAD_L2, EPI_STORE};
+use crate::error::Result;
+use crate::ops::{check, GradNorm, GBLM_GRAD_SCALE};
+
+/// Σ x² per column over one chunk of rows: 32 columns x 8 row lanes per cube, coalesced along
+/// the row, then the 8 lanes reduced in shared memory.
+#[cube(launch_unchecked)]
+fn colsumsq_kernel(
+    x: &Array<f32>,
+    partial: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    chunk: u32,
+    part_row0: u32,
+) {
+    let c = CUBE_POS_X * 32 + UNIT_POS_X;
+    let r0 = CUBE_POS_Y * chunk;
+    let mut r1 = r0 + chunk;
+    if r1 > rows {
+        r1 = rows;
+    }
+    let mut s = 0.0f32;
+    if c < cols {
+        let mut r = r0 + UNIT_POS_Y;
+        while r < r1 {
+            let v = x[(r * cols + c) as usize];
+            s += v * v;
+            r += 8;
+        }
+    }
+    let mut sh = SharedMemory::<f32>::new(256usize);
+    sh[(UNIT_POS_Y * 32 + UNIT_POS_X) as usize] = s;
+    sync_cube();
+    if UNIT_POS_Y == 0 && c < cols {
+        let mut total = 0.0f32;
+        #[unroll]
+        for q in 0..8u32 {
+            total += sh[(q * 32 + UNIT_POS_X) as usize];
+        }
+        partial[((part_row0 + CUBE_POS_Y) * cols + c) as usize] = total;
+    }
+}
+
+/// a ← a·keep + (Σ partials)/total, one thread per column.
+#[cube(launch_unchecked)]
+fn act_update_kernel(
+    partial: &Array<f32>,
+    act: &mut Array<f32>,
+    parts: u32,
+    cols: u32,
+    keep: f32,
+    total: f32,
+    #[comptime] read_act: bool,
+) {
+    let c = ABSOLUTE_POS as u32;
+    if c < cols {
+        let mut s = 0.0f32;
+        for p in 0..parts {
+            s += partial[(p * cols + c) as usize];
+        }
+        let mut a = s / total;
+        if comptime![read_act] {
+            a += act[c as usize] * keep;
+        }
+        act[c as usize] = a;
+    }
+}
+
+pub fn act_stat_update<R: Runtime>(
+    b: &CubeBackend<R>,
+    act: &CubeTensor,
+    seen: usize,
+    x: &CubeTensor,
+    batch: usize,
+) -> Result<()> {
+    check::act_stat(act.shape(), x.shape(), batch)?;
+    let cols = x.cols;
+    if cols == 0 {
+        return Ok(());
+    }
+    // Enough row chunks for parallelism, few enough that the partials stay small.
+    let chunk = 256.max(x.rows.div_ceil(64));
+    let chunks: Vec<usize> = (0..x.handles.len())
+        .map(|s| x.slabs.range(s).1.div_ceil(chunk))
+        .collect();
+    let parts: usize = chunks.iter().sum();
+    let partial = b.scratch(parts.max(1) * cols)?;
+    let mut row0 = 0;
+    for (s, h) in x.handles.iter().enumerate() {
+        let rows = x.slabs.range(s).1;
+        if rows == 0 {
+            continue;
+        }
+        // SAFETY: each cube reads rows of its chunk below `rows` and columns below `cols` of
+        // this slab, and writes one partial row inside the `parts x cols` buffer.
+        unsafe {
+            colsumsq_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static(cols.div_ceil(32) as u32, chunks[s] as u32, 1),
+                CubeDim::new_2d(32, 8),
+                arg(h, x.slab_len(s)),
+                arg(&partial, parts * cols),
+                rows as u32,
+                cols as u32,
+                chunk as u32,
+                row0 as u32,
+            );
+        }
+        row0 += chunks[s];
+    }
+    let total = (seen + batch) as f64;
+    // SAFETY: one thread per column of the 1 x cols statistic.
+    unsafe {
+        act_update_kernel::launch_unchecked::<R>(
+            &b.client,
+            CubeCount::Static(cols.div_ceil(256) as u32, 1, 1),
+            CubeDim::new_1d(256),
+            arg(&partial, parts * cols),
+            arg(&act.handles[0], cols),
+            parts as u32,
+            cols as u32,
+            (seen as f64 / total) as f32,
+            total as f32,
+            seen > 0,
+        );
+    }
+    Ok(())
+}
+
+/// Copies the lower triangle of a symmetric matrix onto its upper triangle for the block of
+/// rows `dst` (one slab) and columns given by the rows of `src` (another or the same slab):
+/// H[r][c] = H[c][r] for c > r, through a padded 32x32 shared tile so reads and writes are both
+/// coalesced. Both bindings are mutable because they may be the same buffer.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn mirror_kernel(
+    dst: &mut Array<f32>,
+    src: &mut Array<f32>,
+    n: u32,
+    dst_row0: u32,
+    dst_rows: u32,
+    src_row0: u32,
+    src_rows: u32,
+) {
+    let tx = UNIT_POS_X;
+    let ty = UNIT_POS_Y;
+    let tr0 = CUBE_POS_Y * 32;
+    let tc0 = CUBE_POS_X * 32;
+    let mut sh = SharedMemory::<f32>::new(32usize * 33);
+    #[unroll]
+    for q in 0..4u32 {
+        let sr = tc0 + ty + 8 * q;
+        let dc = tr0 + tx;
+        if sr < src_rows && dc < dst_rows {
+            sh[((ty + 8 * q) * 33 + tx) as usize] = src[(sr * n + dst_row0 + dc) as usize];
+        }
+    }
+    sync_cube();
+    #[unroll]
+    for q in 0..4u32 {
+        let dr = tr0 + ty + 8 * q;
+        let sc = tc0 + tx;
+        let row = dst_row0 + dr;
+        let col = src_row0 + sc;
+        if dr < dst_rows && sc < src_rows && col > row {
+            dst[(dr * n + col) as usize] = sh[(tx * 33 + ty + 8 * q) as usize];
+        }
+    }
+}
+
+/// Mirrors the lower triangle of `h` (n x n, any slabs) onto the upper one.
+pub fn mirror_lower<R: Runtime>(b: &CubeBackend<R>, h: &CubeTensor) {
+    let n = h.cols;
+    for a in 0..h.handles.len() {
+        let (a0, an) = h.slabs.range(a);
+        for s in a..h.handles.len() {
+            let (s0, sn) = h.slabs.range(s);
+            if an == 0 || sn == 0 {
+                continue;
+            }
+            // SAFETY: reads rows below src_rows of `src` and writes rows below dst_rows of
+            // `dst`, at columns below n.
+            unsafe {
+                mirror_kernel::launch_unchecked::<R>(
+                    &b.client,
+                    CubeCount::Static(sn.div_ceil(32) as u32, an.div_ceil(32) as u32, 1),
+                    CubeDim::new_2d(32, 8),
+                    arg(&h.handles[a], h.slab_len(a)),
+                    arg(&h.handles[s], h.slab_len(s)),
+                    n as u32,
+                    a0 as u32,
+                    an as u32,
+                    s0 as u32,
+                    sn as u32,
+                );
+            }
+        }
+    }
+}
+
+pub fn hessian_update<R: Runtime>(
+    b: &CubeBackend<R>,
+    h: &CubeTensor,
+    seen: usize,
+    x: &CubeTensor,
+    batch: usize,
+) -> Result<()> {
+    check::hessian(h.shape(), x.shape(), batch)?;
+    let n = x.cols;
+    let total = (seen + batch) as f64;
+    let keep = (seen as f64 / total) as f32;
+    let alpha = (2.0 / total) as f32;
+    for xs in 0..x.handles.len() {
+        let xrows = x.slabs.range(xs).1;
+        if xrows == 0 {
+            continue;
+        }
+        let xv = x.slab_len(xs);
+        // The rescale applies once, with the first slab of tokens; n = 0 samples so far means
+        // H is not read at all (as BLAS treats beta = 0).
+        let beta = match (xs, seen) {
+            (0, 0) => None,
+            (0, _) => Some(keep),
+            _ => Some(1.0),
+        };
+        for hs in 0..h.handles.len() {
+            let (h0, hn) = h.slabs.range(hs);
+            // Lower triangle only: this slab's rows need the columns up to its last row.
+            gemm(
+                b,
+                &Gemm {
+                    m: hn,
+                    n: h0 + hn,
+                    k: xrows,
+                    a: View::transposed(&x.handles[xs], xv, h0, n),
+                    b: View::rows(&x.handles[xs], xv, 0, n),
+                    c: View::rows(&h.handles[hs], h.slab_len(hs), 0, n),
+                    alpha,
+                    beta,
+                    lower: Some(h0 as i64),
+                    b_lower: None,
+                    epi: EPI_STORE,
+                    dot: None,
+                },
+            );
+        }
+    }
+    mirror_lower(b, h);
+    Ok(())
+}
+
+/// Token ranges that lie inside one slab of each of two row partitions of the same rows:
+/// (first row, length, slab of a, its local row, slab of b, its local row).
+fn segments(a: &Slabs, b: &Slabs, total: usize) -> Vec<(usize, usize, usize, usize, usize, usize)> {
+    let mut v = Vec::new();
+    let mut t = 0;
+    while t < total {
+        let (sa, la) = a.locate(t);
+        let (sb, lb) = b.locate(t);
+        let len = (a.slab_rows - la).min(b.slab_rows - lb).min(total - t);
+        v.push((t, len, sa, la, sb, lb));
+        t += len;
+    }
+    v
+}
+
+pub fn grad_accumulate_fused<R: Runtime>(
+    b: &CubeBackend<R>,
+    acc: &CubeTensor,
+    dy: &CubeTensor,
+    x: &CubeTensor,
+    norm: GradNorm,
+) -> Result<()> {
+    check::fused_grad(acc.shape(), dy.shape(), x.shape())?;
+    let (rows, cols, tokens) = (dy.cols, x.cols, x.rows);
+    if tokens == 0 {
+        return Ok(());
+    }
+    let segs = segments(&dy.slabs, &x.slabs, tokens);
+    let epi = match norm {
+        GradNorm::L2 => EPI_GRAD_L2,
+        GradNorm::L1 => EPI_GRAD_L1,
+    };
+    for s in 0..acc.handles.len() {
+        let (r0, rn) = acc.slabs.range(s);
+        if rn == 0 {
+            continue;
+        }
+        let c = View::rows(&acc.handles[s], acc.slab_len(s), 0, cols);
+        if let [(_, len, sa, la, sb, lb)] = segs[..] {
+            // The fused path: g = dYᵀX tile by tile, squared (or abs) into A, never stored.
+            gemm(
+                b,
+                &Gemm {
+                    m: rn,
+                    n: cols,
+                    k: len,
+                    a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
+                    b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
+                    c,
+                    alpha: GBLM_GRAD_SCALE,
+                    beta: None,
+                    lower: None,
+                    b_lower: None,
+                    epi,
+                    dot: None,
+                },
+            );
+        } else {
+            // dY or X spans several bindings: the square needs the whole sum over tokens, so g
+            // is accumulated for this slab of rows in a scratch buffer first, then squared in.
+            let g = b.scratch(acc.slab_len(s))?;
+            for (i, &(_, len, sa, la, sb, lb)) in segs.iter().enumerate() {
+                gemm(
+                    b,
+                    &Gemm {
+                        m: rn,
+                        n: cols,
+                        k: len,
+                        a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
+                        b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
+                        c: View::rows(&g, acc.slab_len(s), 0, cols),
+                        alpha: 1.0,
+                        beta: if i == 0 { None } else { Some(1.0) },
+                        lower: None,
+                        b_lower: None,
+                        epi: EPI_STORE,
+                        dot: None,
+                    },
+                );
+            }
+            grad_accumulate_slab(b, acc, s, &g, norm);
+        }
+    }
+    Ok(())
+}

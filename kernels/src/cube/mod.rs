@@ -1,0 +1,319 @@
+//! The CubeCL backend: every op of ALGORITHMS.md §1-§9 as `#[cube]` kernels, generic over
+//! `cubecl::Runtime`, run on CubeCL's wgpu runtime (`cubecl-wgpu`: Vulkan, Metal, DX12) and on
+//! CUDA (`cubecl-cuda`, with the `cuda` feature).
+//!
+//! Everything runs on the device; the host only orchestrates launches and reads back the
+//! handful of scalars the trait returns (the dead-column list and damping of §6, the OBS loss,
+//! the traces of §9, the Cholesky failure flag). Tensors larger than the device's largest
+//! binding are split into row slabs (see [`storage`]), and every kernel works slab by slab.
+
+mod clock;
+mod device;
+pub mod kernels;
+mod storage;
+
+use cubecl::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::ops::{
+    Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
+    Score, TimeSource,
+};
+use crate::tensor::{Mask, Matrix};
+use kernels::{elementwise, factor, obs, recon, select, stats};
+pub use storage::{CubeMask, CubeTensor, Slabs, ROW_ALIGN};
+
+/// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
+/// index inside a binding fits the kernels' 32-bit address arithmetic.
+const MAX_SLAB_BYTES: u64 = 1 << 31;
+
+/// A CubeCL backend over runtime `R`.
+pub struct CubeBackend<R: Runtime> {
+    pub(crate) client: ComputeClient<R>,
+    info: BackendInfo,
+    /// Device memory the backend may use, where known.
+    pub(crate) budget: Option<u64>,
+    /// Largest slab of a tensor, in bytes (the binding limit unless lowered for testing).
+    pub(crate) slab_limit: u64,
+    /// The device's largest binding, in bytes: the bound for scratch buffers.
+    pub(crate) max_binding: u64,
+    /// Whether plane (warp/subgroup) operations are available: reductions use them then.
+    pub(crate) plane: bool,
+    /// Shared memory per cube, in bytes.
+    pub(crate) max_shared: usize,
+    /// Fill every newly allocated output and scratch buffer with NaN (all bits set).
+    pub(crate) poison: bool,
+    /// The device clock on wgpu (see [`clock`]); None where CubeCL's profiler is used.
+    clock: Option<clock::WgpuClock>,
+}
+
+/// CubeCL's wgpu runtime (Vulkan, Metal, DX12).
+pub type CubeWgpuBackend = CubeBackend<cubecl::wgpu::WgpuRuntime>;
+
+/// CubeCL's CUDA runtime.
+#[cfg(feature = "cuda")]
+pub type CubeCudaBackend = CubeBackend<cubecl::cuda::CudaRuntime>;
+
+/// The CubeCL backend on CubeCL's wgpu runtime. With `Some(name)`, the first Vulkan, Metal or
+/// DX12 adapter whose name contains `name` (case-insensitive); with `None`, the best adapter
+/// (discrete, integrated, virtual, then CPU). `info().device` names the adapter used.
+pub fn cube_wgpu(adapter: Option<&str>) -> Result<CubeWgpuBackend> {
+    let opened = device::wgpu_device(adapter)?;
+    let client = cubecl::wgpu::WgpuRuntime::client(&opened.device);
+    let mut b = CubeBackend::from_client(client, opened.info, opened.budget);
+    b.clock = clock::WgpuClock::new(opened.wgpu.0, opened.wgpu.1);
+    Ok(b)
+}
+
+/// The CubeCL backend on CUDA device `device_index`. Looks for the driver (and NVRTC) first, so
+/// a machine without them gets one clear `Unsupported` error instead of a panic.
+#[cfg(feature = "cuda")]
+pub fn cube_cuda(device_index: usize) -> Result<CubeCudaBackend> {
+    let (info, memory) = device::cuda::probe(device_index)?;
+    let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice::new(device_index));
+    Ok(CubeBackend::from_client(client, info, Some(memory)))
+}
+
+/// One line per CUDA device (name, driver, compute capability, memory), or why there is none.
+#[cfg(feature = "cuda")]
+pub fn cuda_status() -> String {
+    device::cuda::status()
+}
+
+impl<R: Runtime> CubeBackend<R> {
+    fn from_client(client: ComputeClient<R>, mut info: BackendInfo, budget: Option<u64>) -> Self {
+        let props = client.properties();
+        let hw = &props.hardware;
+        let max_binding = props.memory.max_page_size.min(MAX_SLAB_BYTES);
+        let max_shared = hw.max_shared_memory_size;
+        let plane = client
+            .features()
+            .plane
+            .contains(cubecl::features::Plane::Ops);
+        info.limits.extend([
+            ("max_binding_bytes".to_string(), max_binding),
+            (
+                "max_shared_memory_bytes".to_string(),
+                hw.max_shared_memory_size as u64,
+            ),
+            (
+                "max_units_per_cube".to_string(),
+                hw.max_units_per_cube as u64,
+            ),
+            ("max_cube_count_x".to_string(), hw.max_cube_count.0 as u64),
+            ("plane_size_min".to_string(), hw.plane_size_min as u64),
+            ("plane_size_max".to_string(), hw.plane_size_max as u64),
+            ("plane_ops".to_string(), plane as u64),
+        ]);
+        if let Some(b) = budget {
+            if !info.limits.iter().any(|(k, _)| k == "memory_bytes") {
+                info.limits.push(("memory_bytes".to_string(), b));
+            }
+        }
+        Self {
+            client,
+            info,
+            budget,
+            slab_limit: max_binding,
+            max_binding,
+            plane,
+            max_shared,
+            poison: false,
+            clock: None,
+        }
+    }
+
+    /// Splits tensors into slabs of at most `bytes` (never above the device's binding limit):
+    /// the large-tensor path, exercised on small tensors. Tensors made before the change keep
+    /// their slabs, so do this before uploading anything.
+    pub fn with_slab_limit(mut self, bytes: u64) -> Self {
+        self.slab_limit = bytes.clamp(4 * ROW_ALIGN as u64, self.max_binding);
+        self
+    }
+
+    /// Fills every output and scratch buffer with NaN (all bits set) when it is allocated, so
+    /// that any element a kernel fails to write shows up in the result.
+    pub fn with_poisoned_outputs(mut self, on: bool) -> Self {
+        self.poison = on;
+        self
+    }
+
+    pub fn client(&self) -> &ComputeClient<R> {
+        &self.client
+    }
+
+    /// The row partition this backend gives a `rows x cols` tensor.
+    pub fn slabs(&self, rows: usize, cols: usize) -> Result<Slabs> {
+        self.slabs_for(rows, cols)
+    }
+}
+
+/// Lets a borrowed, non-`Send` closure cross into CubeCL's profiler.
+struct AssertSend<'a>(&'a mut dyn FnMut() -> Result<()>);
+
+// SAFETY: `ComputeClient::profile` blocks the calling thread until the closure has run on the
+// device thread (like a scoped thread), so the borrow stays valid and is never used by two
+// threads at once; the closure only drives this backend, whose client is thread-safe.
+unsafe impl Send for AssertSend<'_> {}
+
+impl AssertSend<'_> {
+    fn run(self) -> Result<()> {
+        (self.0)()
+    }
+}
+
+impl<R: Runtime> Backend for CubeBackend<R> {
+    type Tensor = CubeTensor;
+    type Mask = CubeMask;
+
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn upload(&self, m: &Matrix) -> Result<CubeTensor> {
+        self.upload_matrix(m)
+    }
+
+    fn download(&self, t: &CubeTensor) -> Result<Matrix> {
+        self.download_matrix(t)
+    }
+
+    fn upload_mask(&self, m: &Mask) -> Result<CubeMask> {
+        self.upload_packed_mask(m)
+    }
+
+    fn download_mask(&self, m: &CubeMask) -> Result<Mask> {
+        self.download_packed_mask(m)
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<CubeTensor> {
+        self.filled_tensor(rows, cols, 0.0)
+    }
+
+    fn shape(&self, t: &CubeTensor) -> (usize, usize) {
+        t.shape()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        cubecl::future::block_on(self.client.sync())
+            .map_err(|e| KernelError::Device(format!("waiting for the device: {e:?}")))
+    }
+
+    fn memory_budget(&self) -> Option<u64> {
+        self.budget
+    }
+
+    /// Times `work` on the device's clock where there is one: on wgpu, timestamps bracketing
+    /// every submission of the work (see [`clock`]; CubeCL 0.10's wgpu profiler stops at the
+    /// first compute pass); elsewhere CubeCL's profiler, which says whether it used device
+    /// events or the host clock around a drained device (CubeCL 0.10's CUDA runtime does the
+    /// latter), and that is what is reported.
+    fn timed(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<(f64, TimeSource)> {
+        self.synchronize()?;
+        if let Some(clock) = &self.clock {
+            let secs = clock.time(work, || {
+                self.client
+                    .flush()
+                    .map_err(|e| KernelError::Device(format!("flushing: {e:?}")))
+            })?;
+            return Ok((secs, TimeSource::DeviceTimestamps));
+        }
+        let job = AssertSend(work);
+        let (result, duration) = self
+            .client
+            .profile(move || job.run(), "prunebench")
+            .map_err(|e| KernelError::Device(format!("profiling: {e:?}")))?;
+        result?;
+        let source = match duration.timing_method() {
+            cubecl::profile::TimingMethod::Device => TimeSource::DeviceTimestamps,
+            cubecl::profile::TimingMethod::System => TimeSource::WallClock,
+        };
+        let ticks = cubecl::future::block_on(duration.resolve());
+        Ok((ticks.duration().as_secs_f64(), source))
+    }
+
+    fn act_stat_update(
+        &self,
+        act: &mut CubeTensor,
+        seen: usize,
+        x: &CubeTensor,
+        batch: usize,
+    ) -> Result<()> {
+        stats::act_stat_update(self, act, seen, x, batch)
+    }
+
+    fn grad_accumulate(&self, acc: &mut CubeTensor, g: &CubeTensor, norm: GradNorm) -> Result<()> {
+        elementwise::grad_accumulate(self, acc, g, norm)
+    }
+
+    fn grad_accumulate_fused(
+        &self,
+        acc: &mut CubeTensor,
+        dy: &CubeTensor,
+        x: &CubeTensor,
+        norm: GradNorm,
+    ) -> Result<()> {
+        stats::grad_accumulate_fused(self, acc, dy, x, norm)
+    }
+
+    fn grad_finalize(&self, acc: &CubeTensor, norm: GradNorm) -> Result<CubeTensor> {
+        elementwise::grad_finalize(self, acc, norm)
+    }
+
+    fn hessian_update(
+        &self,
+        h: &mut CubeTensor,
+        seen: usize,
+        x: &CubeTensor,
+        batch: usize,
+    ) -> Result<()> {
+        stats::hessian_update(self, h, seen, x, batch)
+    }
+
+    fn score(&self, w: &CubeTensor, score: Score<'_, CubeTensor>) -> Result<CubeTensor> {
+        elementwise::score(self, w, score)
+    }
+
+    fn select_mask(&self, scores: &CubeTensor, pattern: MaskPattern) -> Result<CubeMask> {
+        select::select_mask(self, scores, pattern)
+    }
+
+    fn apply_mask(&self, w: &mut CubeTensor, mask: &CubeMask) -> Result<()> {
+        elementwise::apply_mask(self, w, mask)
+    }
+
+    /// Per-row and N:M patterns: one kernel scores, selects and zeroes (scores are never
+    /// stored). Whole-matrix selection needs every score before any row can be decided, so it
+    /// runs score, select and apply one after another.
+    fn prune_scored(
+        &self,
+        w: &mut CubeTensor,
+        score: Score<'_, CubeTensor>,
+        pattern: MaskPattern,
+    ) -> Result<CubeMask> {
+        select::prune_scored(self, w, score, pattern)
+    }
+
+    fn hinv_factor(&self, h: &CubeTensor, percdamp: f64) -> Result<HinvFactor<CubeTensor>> {
+        factor::hinv_factor(self, h, percdamp)
+    }
+
+    fn obs_prune(
+        &self,
+        w: &mut CubeTensor,
+        factor: &HinvFactor<CubeTensor>,
+        selection: ObsSelection<'_, CubeMask>,
+        block: usize,
+    ) -> Result<ObsOutcome<CubeMask>> {
+        obs::obs_prune(self, w, factor, selection, block)
+    }
+
+    fn recon_error(
+        &self,
+        w: &CubeTensor,
+        pruned: &CubeTensor,
+        h: &CubeTensor,
+    ) -> Result<ReconError> {
+        recon::recon_error(self, w, pruned, h)
+    }
+}

@@ -1,0 +1,354 @@
+//! Device storage of the CubeCL backend: matrices and masks split into row slabs so that no
+//! binding exceeds the device's limit (128 MiB on some Vulkan drivers), and the helpers that
+//! allocate, fill, upload and download them.
+//!
+//! The split depends only on (rows, cols) and the backend's slab limit, so every tensor or mask
+//! of one shape has the same slabs: elementwise kernels pair slab i with slab i. Slab heights are
+//! multiples of [`ROW_ALIGN`] so that a GEMM tile or a Cholesky block never straddles two slabs.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::kernels::fill;
+use super::CubeBackend;
+use crate::error::{KernelError, Result};
+use crate::tensor::{Mask, Matrix};
+
+/// Slab heights are multiples of this (the GEMM tile and the Cholesky block size).
+pub const ROW_ALIGN: usize = 64;
+
+/// How a `rows x row_bytes` array is cut into slabs of whole rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slabs {
+    pub rows: usize,
+    /// Rows per slab (the last one may have fewer).
+    pub slab_rows: usize,
+}
+
+impl Slabs {
+    /// The partition for `rows` rows of `cols` f32 under `limit` bytes per slab.
+    pub fn new(rows: usize, cols: usize, limit: u64) -> Result<Self> {
+        let row_bytes = (cols.max(1) * 4) as u64;
+        if rows as u64 * row_bytes <= limit {
+            return Ok(Self {
+                rows,
+                slab_rows: rows.max(1),
+            });
+        }
+        let fit = (limit / row_bytes) as usize / ROW_ALIGN * ROW_ALIGN;
+        if fit == 0 {
+            return Err(KernelError::Unsupported(format!(
+                "{ROW_ALIGN} rows of {cols} columns exceed the device's largest binding \
+                 ({limit} bytes)"
+            )));
+        }
+        Ok(Self {
+            rows,
+            slab_rows: fit,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.rows.div_ceil(self.slab_rows).max(1)
+    }
+
+    /// First row and row count of slab `s`.
+    pub fn range(&self, s: usize) -> (usize, usize) {
+        let r0 = s * self.slab_rows;
+        (r0, self.slab_rows.min(self.rows.saturating_sub(r0)))
+    }
+
+    /// The slab holding row `r` and the row's index inside it.
+    pub fn locate(&self, r: usize) -> (usize, usize) {
+        (r / self.slab_rows, r % self.slab_rows)
+    }
+
+    /// Slabs intersecting rows [r0, r1), as (slab, first global row, last global row + 1).
+    pub fn covering(&self, r0: usize, r1: usize) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
+        let mut r = r0;
+        while r < r1 {
+            let s = r / self.slab_rows;
+            let end = ((s + 1) * self.slab_rows).min(r1);
+            v.push((s, r, end));
+            r = end;
+        }
+        v
+    }
+}
+
+/// A device f32 matrix: row-major, split into row slabs (one handle each).
+#[derive(Clone, Debug)]
+pub struct CubeTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub slabs: Slabs,
+    pub handles: Vec<Handle>,
+}
+
+impl CubeTensor {
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Number of f32 in slab `s`.
+    pub fn slab_len(&self, s: usize) -> usize {
+        self.slabs.range(s).1 * self.cols
+    }
+}
+
+/// A device bit-packed mask (layout of [`Mask`]), split like an f32 tensor of its shape so that
+/// mask slab i holds exactly the rows of tensor slab i.
+#[derive(Clone, Debug)]
+pub struct CubeMask {
+    pub rows: usize,
+    pub cols: usize,
+    pub slabs: Slabs,
+    pub handles: Vec<Handle>,
+}
+
+impl CubeMask {
+    pub fn words_per_row(&self) -> usize {
+        Mask::words_per_row(self.cols)
+    }
+
+    /// Number of u32 words in slab `s`.
+    pub fn slab_len(&self, s: usize) -> usize {
+        self.slabs.range(s).1 * self.words_per_row()
+    }
+}
+
+/// An ArrayArg over `len` scalars of `h` (CubeCL counts scalars, not vectors).
+pub fn arg<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
+    // SAFETY: every caller passes the element count the handle was allocated with (or fewer);
+    // kernels index below the lengths they are given.
+    unsafe { ArrayArg::from_raw_parts(h.clone(), len.max(1)) }
+}
+
+/// Bytes of a `rows x cols` f32 array.
+pub fn f32_bytes(rows: usize, cols: usize) -> u64 {
+    rows as u64 * cols as u64 * 4
+}
+
+impl<R: Runtime> CubeBackend<R> {
+    /// Refuses, before any allocation, work whose device memory exceeds what the budget has
+    /// left beside the tensors already on the device.
+    pub(crate) fn check_memory(&self, what: &str, needed: u64) -> Result<()> {
+        if let Some(budget) = self.budget {
+            let in_use = self
+                .client
+                .memory_usage()
+                .map(|u| u.bytes_in_use)
+                .unwrap_or(0);
+            let available = budget.saturating_sub(in_use);
+            if needed > available {
+                return Err(KernelError::OutOfMemory {
+                    what: what.to_string(),
+                    needed,
+                    available,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The slab partition of a `rows x cols` f32 array on this backend.
+    pub(crate) fn slabs_for(&self, rows: usize, cols: usize) -> Result<Slabs> {
+        Slabs::new(rows, cols, self.slab_limit)
+    }
+
+    /// An uninitialised buffer of `n` f32 (or u32) for scratch use; at least one element. It is
+    /// filled with NaN (all bits set) when output poisoning is on, so a kernel that leaves part
+    /// of its output unwritten is caught.
+    pub(crate) fn scratch(&self, n: usize) -> Result<Handle> {
+        let bytes = n.max(1) as u64 * 4;
+        if bytes > self.max_binding {
+            return Err(KernelError::Unsupported(format!(
+                "a scratch buffer of {bytes} bytes exceeds the device's largest binding ({} \
+                 bytes)",
+                self.max_binding
+            )));
+        }
+        let h = self.client.empty(bytes as usize);
+        if self.poison {
+            fill::fill_u32(self, &h, n.max(1), u32::MAX);
+        }
+        Ok(h)
+    }
+
+    /// A scratch buffer holding `data`.
+    pub(crate) fn scratch_from(&self, data: &[u32]) -> Result<Handle> {
+        let bytes = (data.len().max(1) * 4) as u64;
+        if bytes > self.max_binding {
+            return Err(KernelError::Unsupported(format!(
+                "a buffer of {bytes} bytes exceeds the device's largest binding"
+            )));
+        }
+        if data.is_empty() {
+            return Ok(self.client.create_from_slice(&[0u8; 4]));
+        }
+        Ok(self.client.create_from_slice(bytemuck::cast_slice(data)))
+    }
+
+    /// A new tensor whose contents the caller's kernels will write (poisoned if asked).
+    pub(crate) fn alloc_tensor(&self, rows: usize, cols: usize) -> Result<CubeTensor> {
+        self.check_memory(
+            &format!("a {rows}x{cols} f32 tensor"),
+            f32_bytes(rows, cols),
+        )?;
+        let slabs = self.slabs_for(rows, cols)?;
+        let handles = (0..slabs.count())
+            .map(|s| {
+                let n = slabs.range(s).1 * cols;
+                let h = self.client.empty(n.max(1) * 4);
+                if self.poison {
+                    fill::fill_u32(self, &h, n.max(1), u32::MAX);
+                }
+                h
+            })
+            .collect();
+        Ok(CubeTensor {
+            rows,
+            cols,
+            slabs,
+            handles,
+        })
+    }
+
+    /// A new tensor filled with `value`.
+    pub(crate) fn filled_tensor(&self, rows: usize, cols: usize, value: f32) -> Result<CubeTensor> {
+        let t = self.alloc_tensor(rows, cols)?;
+        for (s, h) in t.handles.iter().enumerate() {
+            fill::fill_u32(self, h, t.slab_len(s).max(1), value.to_bits());
+        }
+        Ok(t)
+    }
+
+    /// A new mask with every bit clear.
+    pub(crate) fn empty_mask(&self, rows: usize, cols: usize) -> Result<CubeMask> {
+        let m = self.alloc_mask(rows, cols)?;
+        for (s, h) in m.handles.iter().enumerate() {
+            fill::fill_u32(self, h, m.slab_len(s).max(1), 0);
+        }
+        Ok(m)
+    }
+
+    /// A new mask whose words the caller's kernels will all write (poisoned if asked).
+    pub(crate) fn alloc_mask(&self, rows: usize, cols: usize) -> Result<CubeMask> {
+        let slabs = self.slabs_for(rows, cols)?;
+        let wpr = Mask::words_per_row(cols);
+        let handles = (0..slabs.count())
+            .map(|s| {
+                let n = slabs.range(s).1 * wpr;
+                let h = self.client.empty(n.max(1) * 4);
+                if self.poison {
+                    fill::fill_u32(self, &h, n.max(1), u32::MAX);
+                }
+                h
+            })
+            .collect();
+        Ok(CubeMask {
+            rows,
+            cols,
+            slabs,
+            handles,
+        })
+    }
+
+    pub(crate) fn upload_matrix(&self, m: &Matrix) -> Result<CubeTensor> {
+        self.check_memory(
+            &format!("a {}x{} f32 tensor", m.rows, m.cols),
+            f32_bytes(m.rows, m.cols),
+        )?;
+        let slabs = self.slabs_for(m.rows, m.cols)?;
+        let handles = (0..slabs.count())
+            .map(|s| {
+                let (r0, n) = slabs.range(s);
+                let part = &m.data[r0 * m.cols..(r0 + n) * m.cols];
+                if part.is_empty() {
+                    self.client.create_from_slice(&[0u8; 4])
+                } else {
+                    self.client.create_from_slice(bytemuck::cast_slice(part))
+                }
+            })
+            .collect();
+        Ok(CubeTensor {
+            rows: m.rows,
+            cols: m.cols,
+            slabs,
+            handles,
+        })
+    }
+
+    /// Reads `len` u32 from the device.
+    pub(crate) fn read_u32(&self, h: &Handle, len: usize) -> Result<Vec<u32>> {
+        let bytes = self
+            .client
+            .read_one(h.clone())
+            .map_err(|e| KernelError::Device(format!("reading a buffer back: {e:?}")))?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes[..len * 4]);
+        Ok(words.to_vec())
+    }
+
+    pub(crate) fn read_f32(&self, h: &Handle, len: usize) -> Result<Vec<f32>> {
+        Ok(self
+            .read_u32(h, len)?
+            .into_iter()
+            .map(f32::from_bits)
+            .collect())
+    }
+
+    pub(crate) fn download_matrix(&self, t: &CubeTensor) -> Result<Matrix> {
+        let mut data = Vec::with_capacity(t.rows * t.cols);
+        for (s, h) in t.handles.iter().enumerate() {
+            data.extend(self.read_f32(h, t.slab_len(s))?);
+        }
+        Matrix::new(t.rows, t.cols, data)
+    }
+
+    pub(crate) fn upload_packed_mask(&self, m: &Mask) -> Result<CubeMask> {
+        let slabs = self.slabs_for(m.rows, m.cols)?;
+        let wpr = Mask::words_per_row(m.cols);
+        let handles = (0..slabs.count())
+            .map(|s| {
+                let (r0, n) = slabs.range(s);
+                let part = &m.bits[r0 * wpr..(r0 + n) * wpr];
+                if part.is_empty() {
+                    self.client.create_from_slice(&[0u8; 4])
+                } else {
+                    self.client.create_from_slice(bytemuck::cast_slice(part))
+                }
+            })
+            .collect();
+        Ok(CubeMask {
+            rows: m.rows,
+            cols: m.cols,
+            slabs,
+            handles,
+        })
+    }
+
+    pub(crate) fn download_packed_mask(&self, m: &CubeMask) -> Result<Mask> {
+        let mut bits = Vec::with_capacity(m.rows * m.words_per_row());
+        for (s, h) in m.handles.iter().enumerate() {
+            bits.extend(self.read_u32(h, m.slab_len(s))?);
+        }
+        Mask::from_bits(m.rows, m.cols, bits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slabs_split_on_whole_aligned_rows() {
+        let s = Slabs::new(200, 100, 64 * 400 * 2).unwrap();
+        assert_eq!(s.slab_rows, 128);
+        assert_eq!(s.count(), 2);
+        assert_eq!(s.range(1), (128, 72));
+        assert_eq!(s.covering(100, 200), vec![(0, 100, 128), (1, 128, 200)]);
+        assert_eq!(Slabs::new(10, 10, 1 << 20).unwrap().count(), 1);
+        assert!(Slabs::new(1000, 1 << 20, 1 << 20).is_err());
+    }
+}

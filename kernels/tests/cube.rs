@@ -1,0 +1,284 @@
+//! The CubeCL backend beyond the shared conformance cases: the slab path for tensors larger
+//! than one binding (forced on small shapes, and once for real above 128 MiB), outputs
+//! poisoned with NaN before the kernels run, device limits refused before any work, numerical
+//! failures reported as errors, adapter choice and device timing.
+#![cfg(feature = "cubecl")]
+
+use prunebench_kernels::cpu::CpuBackend;
+use prunebench_kernels::cube::{cube_wgpu, CubeWgpuBackend};
+use prunebench_kernels::suite::{small_cases, verify_case, ObsKind, Op, OpCase, Outcome};
+use prunebench_kernels::{
+    Backend, GradNorm, KernelError, MaskGroup, MaskPattern, Matrix, Score, ScoreKind, TimeSource,
+};
+
+fn backend() -> CubeWgpuBackend {
+    cube_wgpu(None).expect(
+        "no Vulkan adapter for CubeCL: install mesa-vulkan-drivers (lavapipe) or a GPU driver",
+    )
+}
+
+/// Runs `cases` and fails listing every case that did not pass.
+fn run(b: &CubeWgpuBackend, cases: &[OpCase]) {
+    let reference = CpuBackend::new();
+    let mut failures = Vec::new();
+    for case in cases {
+        let r = verify_case(b, &reference, case);
+        let figures: Vec<String> = r
+            .checks
+            .iter()
+            .map(|c| format!("{} {}={:.3e}", c.what, c.metric, c.error))
+            .collect();
+        println!("{:<62} {:?} {}", r.case, r.outcome, figures.join(", "));
+        if r.outcome != Outcome::Pass {
+            failures.push(format!(
+                "{}: {:?} {}",
+                r.case,
+                r.outcome,
+                figures.join(", ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+const ROW: fn(f64) -> MaskPattern = |p| MaskPattern::Unstructured {
+    sparsity: p,
+    group: MaskGroup::PerRow,
+};
+
+/// Shapes with more rows than one 64-row slab, so that every op meets several slabs.
+fn multi_slab_cases() -> Vec<OpCase> {
+    use ScoreKind::{Gblm, Magnitude, Wanda};
+    let matrix = |p| MaskPattern::Unstructured {
+        sparsity: p,
+        group: MaskGroup::Matrix,
+    };
+    let nm = |n, m| MaskPattern::NM { n, m };
+    let mut v = vec![
+        OpCase::new(Op::ActStat, 1, 296).tokens(150, 2),
+        OpCase::new(Op::Hessian, 1, 200).tokens(150, 2),
+        OpCase::new(Op::GradAccumulate(GradNorm::L2), 150, 296),
+        OpCase::new(Op::GradFused(GradNorm::L2), 150, 296).tokens(140, 1),
+        OpCase::new(Op::GradFused(GradNorm::L1), 150, 200).tokens(70, 1),
+        OpCase::new(Op::Score(Gblm), 150, 296),
+        OpCase::new(Op::Mask(ROW(0.5)), 150, 300),
+        OpCase::new(Op::Mask(matrix(0.3)), 150, 300),
+        OpCase::new(Op::Mask(nm(2, 4)), 150, 296),
+        OpCase::new(Op::ApplyMask, 150, 300),
+        OpCase::new(Op::Prune(Wanda, ROW(0.5)), 150, 296),
+        OpCase::new(Op::Prune(Gblm, nm(2, 4)), 150, 296),
+        OpCase::new(Op::Prune(Magnitude, matrix(0.5)), 150, 296),
+        OpCase::new(Op::HinvFactor, 1, 200).tokens(300, 1),
+        OpCase::new(Op::ReconError, 150, 200).tokens(300, 1),
+    ];
+    for kind in [
+        ObsKind::Unstructured(0.5),
+        ObsKind::NM { n: 2, m: 4 },
+        ObsKind::Given(0.5),
+    ] {
+        v.push(OpCase::new(Op::Obs(kind), 150, 200).tokens(300, 1));
+    }
+    // Patterns whose groups straddle mask words (each thread then owns lcm(32, m) columns).
+    v.push(OpCase::new(Op::Mask(nm(3, 12)), 150, 288));
+    v.push(OpCase::new(Op::Prune(Wanda, nm(2, 6)), 150, 300));
+    // Blocks that do not divide the columns and straddle slabs of U and mask words.
+    v.push(
+        OpCase::new(Op::Obs(ObsKind::Unstructured(0.4)), 150, 200)
+            .tokens(300, 1)
+            .block(96),
+    );
+    v.push(
+        OpCase::new(Op::Obs(ObsKind::NM { n: 4, m: 8 }), 150, 200)
+            .tokens(300, 1)
+            .block(40),
+    );
+    v
+}
+
+/// Every op through the slab path: bindings capped at 64 rows of 300 columns, so that W, X,
+/// H and U of these shapes are each split in two to four slabs, with outputs poisoned.
+#[test]
+fn split_tensors_match_the_reference() {
+    let b = backend()
+        .with_slab_limit(64 * 300 * 4)
+        .with_poisoned_outputs(true);
+    assert!(b.slabs(150, 296).unwrap().count() >= 3);
+    assert!(b.slabs(200, 200).unwrap().count() >= 3);
+    let mut cases = multi_slab_cases();
+    cases.extend(small_cases());
+    run(&b, &cases);
+}
+
+/// Outputs start as NaN (all bits set, also in mask words); every small case must still
+/// pass, and the new tensors must hold no NaN at all.
+#[test]
+fn poisoned_outputs_are_fully_written() {
+    let b = backend().with_poisoned_outputs(true);
+    let mut cases = small_cases();
+    // Rows long enough that the per-row selection cannot keep them in 32 KiB of shared
+    // memory (lavapipe's) and recomputes keys from global memory, and one that just fits.
+    for cols in [5632, 6000] {
+        cases.push(OpCase::new(Op::Mask(ROW(0.3)), 12, cols));
+        cases.push(OpCase::new(Op::Prune(ScoreKind::Gblm, ROW(0.5)), 12, cols));
+    }
+    run(&b, &cases);
+    let w = b
+        .upload(&Matrix::from_fn(9, 70, |r, c| ((r * 70 + c) as f32).sin()))
+        .unwrap();
+    let act = b
+        .upload(&Matrix::from_fn(1, 70, |_, c| 1.0 + c as f32))
+        .unwrap();
+    let s = b
+        .download(&b.score(&w, Score::Wanda { act: &act }).unwrap())
+        .unwrap();
+    assert!(
+        s.data.iter().all(|v| v.is_finite()),
+        "unwritten score entries"
+    );
+    let g = b
+        .download(&b.grad_finalize(&act, GradNorm::L2).unwrap())
+        .unwrap();
+    assert!(
+        g.data.iter().all(|v| v.is_finite()),
+        "unwritten gradient entries"
+    );
+    println!("memory budget {:?}", b.memory_budget());
+    for (pattern, pruned) in [(ROW(0.5), 9 * 35), (MaskPattern::NM { n: 2, m: 5 }, 9 * 28)] {
+        // A poisoned, unwritten word would set padding bits and be rejected here.
+        let m = b
+            .download_mask(&b.select_mask(&w, pattern).unwrap())
+            .unwrap();
+        assert_eq!(m.count(), pruned);
+    }
+}
+
+/// A weight above 128 MiB is split for real (on lavapipe that is its binding limit; other
+/// devices are capped to it) and still gives the reference's result.
+#[test]
+fn tensor_above_128_mib_is_split_and_correct() {
+    let limit = 128u64 << 20;
+    let b = backend().with_slab_limit(limit);
+    let (rows, cols) = (8256, 4096);
+    assert!(rows as u64 * cols as u64 * 4 > limit);
+    assert_eq!(b.slabs(rows, cols).unwrap().count(), 2);
+    run(
+        &b,
+        &[
+            OpCase::new(Op::Prune(ScoreKind::Wanda, ROW(0.5)), rows, cols),
+            OpCase::new(
+                Op::Prune(ScoreKind::Gblm, MaskPattern::NM { n: 2, m: 4 }),
+                rows,
+                cols,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn too_large_for_the_device_is_refused_before_any_work() {
+    let b = backend();
+    let budget = b
+        .memory_budget()
+        .expect("a Vulkan adapter reports its memory heaps");
+    let (rows, cols) = (budget as usize / 4096 + 1, 1024);
+    match b.zeros(rows, cols) {
+        Err(KernelError::OutOfMemory {
+            needed, available, ..
+        }) => {
+            assert_eq!(needed, (rows * cols * 4) as u64);
+            assert!(available <= budget);
+        }
+        other => panic!("expected OutOfMemory, got {:?}", other.map(|t| t.shape())),
+    }
+}
+
+#[test]
+fn indefinite_or_non_finite_hessians_are_errors() {
+    let b = backend();
+    // Eigenvalues −1 and 3; 1% damping cannot fix that.
+    let h = b
+        .upload(&Matrix::new(2, 2, vec![1.0, 2.0, 2.0, 1.0]).unwrap())
+        .unwrap();
+    match b.hinv_factor(&h, 0.01) {
+        Err(KernelError::NotPositiveDefinite { .. }) => {}
+        other => panic!(
+            "expected NotPositiveDefinite, got {:?}",
+            other.map(|f| f.damp)
+        ),
+    }
+    // A larger one, failing in a later block: a rank-one matrix minus a bit of the identity.
+    let n = 150;
+    let m = Matrix::from_fn(n, n, |i, j| if i == j { 0.5 } else { 1.0 });
+    let h = b.upload(&m).unwrap();
+    assert!(matches!(
+        b.hinv_factor(&h, 0.0),
+        Err(KernelError::NotPositiveDefinite { .. })
+    ));
+    let mut bad = Matrix::from_fn(3, 3, |i, j| if i == j { 2.0 } else { 0.0 });
+    bad.data[5] = f32::NAN;
+    let h = b.upload(&bad).unwrap();
+    match b.hinv_factor(&h, 0.01) {
+        Err(KernelError::NonFinite { row, col, .. }) => assert_eq!((row, col), (1, 2)),
+        other => panic!("expected NonFinite, got {:?}", other.map(|f| f.damp)),
+    }
+    assert!(b.hinv_factor(&h, -1.0).is_err());
+}
+
+#[test]
+fn adapters_are_chosen_by_name() {
+    let default = backend();
+    let name = default.info().device.clone();
+    let named = cube_wgpu(Some(&name.to_uppercase())).unwrap();
+    assert_eq!(named.info().device, name);
+    assert_eq!(named.info().backend, "cubecl-wgpu");
+    match cube_wgpu(Some("no adapter is called this")) {
+        Err(KernelError::Unsupported(msg)) => assert!(msg.contains(&name), "{msg}"),
+        other => panic!(
+            "expected Unsupported, got {:?}",
+            other.map(|b| b.info().device.clone())
+        ),
+    }
+}
+
+#[test]
+fn timing_reads_the_device_clock() {
+    let b = backend();
+    let w = b
+        .upload(&Matrix::from_fn(512, 1024, |r, c| (r + c) as f32))
+        .unwrap();
+    // More launches than fit one submission, with a read-back in the middle: the clock must
+    // cover all of them (CubeCL 0.10's wgpu profiler stops at the first compute pass and
+    // reports a small fraction of this), so device time is most of the host's time around it.
+    let launches = 80;
+    let start = std::time::Instant::now();
+    let (secs, source) = b
+        .timed(&mut || {
+            for i in 0..launches {
+                let s = b.score(&w, Score::Magnitude)?;
+                if i == launches / 2 {
+                    b.download(&s)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    // lavapipe and GPUs with timestamp queries time on the device.
+    assert_eq!(source, TimeSource::DeviceTimestamps);
+    println!("device {secs} s, host {wall} s");
+    assert!(
+        secs > 0.3 * wall && secs <= wall,
+        "device {secs} s, host {wall} s"
+    );
+    let info = b.info();
+    assert!(info
+        .limits
+        .iter()
+        .any(|(k, v)| k == "max_binding_bytes" && *v > 0));
+    println!("{info:?}");
+}
