@@ -97,3 +97,10 @@ macro_rules! conformance {
 
 // The reference against itself: proves the cases, runner and comparisons hold together.
 conformance!(cpu, CpuBackend::new());
+
+#[cfg(feature = "wgpu")]
+conformance!(
+    wgpu,
+    prunebench_kernels::wgpu::WgpuBackend::new(None)
+        .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver")
+);
