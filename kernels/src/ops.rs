@@ -116,9 +116,11 @@ impl Sparsity {
     /// Checks that a `rows x cols` matrix can take this pattern (N:M needs m | cols).
     pub fn check_shape(&self, cols: usize) -> Result<()> {
         match *self {
-            Sparsity::NM { n, m } if !cols.is_multiple_of(m) => Err(KernelError::InvalidArgument(format!(
-                "{n}:{m} sparsity needs the column count to be a multiple of {m}, got {cols}"
-            ))),
+            Sparsity::NM { n, m } if !cols.is_multiple_of(m) => {
+                Err(KernelError::InvalidArgument(format!(
+                    "{n}:{m} sparsity needs the column count to be a multiple of {m}, got {cols}"
+                )))
+            }
             _ => Ok(()),
         }
     }

@@ -22,12 +22,19 @@ fn every_shader_parses_and_validates() {
             )
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
-            assert!(!module.entry_points.is_empty(), "{}: no entry point", path.display());
+            assert!(
+                !module.entry_points.is_empty(),
+                "{}: no entry point",
+                path.display()
+            );
         }
     }
     let compiled: HashSet<String> = prunebench_kernels::wgpu::shader_sources()
         .into_iter()
         .map(|(name, _)| name.to_string())
         .collect();
-    assert_eq!(on_disk, compiled, "every .wgsl file is compiled into the backend and vice versa");
+    assert_eq!(
+        on_disk, compiled,
+        "every .wgsl file is compiled into the backend and vice versa"
+    );
 }

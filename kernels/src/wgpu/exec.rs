@@ -105,7 +105,16 @@ pub(crate) struct Ctx {
     /// The largest storage binding we create (the device's limit, or a smaller test limit).
     pub max_binding: u64,
     pub timestamps: bool,
-    modules: Mutex<HashMap<Module, (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    modules: Mutex<
+        HashMap<
+            Module,
+            (
+                wgpu::ShaderModule,
+                wgpu::BindGroupLayout,
+                wgpu::PipelineLayout,
+            ),
+        >,
+    >,
     pipelines: Mutex<HashMap<(Module, &'static str), wgpu::ComputePipeline>>,
     dummy_ro: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,
@@ -224,7 +233,11 @@ impl Ctx {
         Ok(())
     }
 
-    fn pipeline(&self, m: Module, entry: &'static str) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+    fn pipeline(
+        &self,
+        m: Module,
+        entry: &'static str,
+    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
         self.module(m)?;
         let mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         let (shader, bgl, pl) = &mods[&m];
@@ -338,8 +351,16 @@ impl<'c> Batch<'c> {
         slots: &[Slot<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
-        assert!(params.len() as u64 <= PARAM_SLOT, "parameter block too large");
-        assert_eq!(slots.len(), m.storage().len(), "{}::{entry}: slot count", m.name());
+        assert!(
+            params.len() as u64 <= PARAM_SLOT,
+            "parameter block too large"
+        );
+        assert_eq!(
+            slots.len(),
+            m.storage().len(),
+            "{}::{entry}: slot count",
+            m.name()
+        );
         if groups.contains(&0) {
             return Ok(());
         }
@@ -389,11 +410,13 @@ impl<'c> Batch<'c> {
             let enc = self.encoder.as_mut().expect("batch already submitted");
             let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: writes.as_ref().map(|(qs, i)| wgpu::ComputePassTimestampWrites {
-                    query_set: qs,
-                    beginning_of_pass_write_index: Some(*i),
-                    end_of_pass_write_index: Some(*i + 1),
-                }),
+                timestamp_writes: writes
+                    .as_ref()
+                    .map(|(qs, i)| wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: Some(*i),
+                        end_of_pass_write_index: Some(*i + 1),
+                    }),
             });
             self.pass = Some(pass.forget_lifetime());
         }

@@ -89,7 +89,14 @@ pub(crate) struct Gemm<'a> {
 }
 
 impl<'a> Gemm<'a> {
-    pub fn new(entry: &'static str, m: (usize, usize), n: (usize, usize), k: (usize, usize), a: Operand<'a>, b: Operand<'a>) -> Self {
+    pub fn new(
+        entry: &'static str,
+        m: (usize, usize),
+        n: (usize, usize),
+        k: (usize, usize),
+        a: Operand<'a>,
+        b: Operand<'a>,
+    ) -> Self {
         Self {
             entry,
             m,

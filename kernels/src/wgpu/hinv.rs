@@ -41,12 +41,25 @@ struct Bufs<'a> {
 }
 
 impl Bufs<'_> {
-    fn slots<'a>(&self, a: Option<Win<'a>>, a2: Option<Win<'a>>, h: Option<Win<'a>>) -> [Slot<'a>; 7]
+    fn slots<'a>(
+        &self,
+        a: Option<Win<'a>>,
+        a2: Option<Win<'a>>,
+        h: Option<Win<'a>>,
+    ) -> [Slot<'a>; 7]
     where
         Self: 'a,
     {
         let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
-        [s(a), s(a2), s(h), Slot::Win(self.small), Slot::Win(self.panel), Slot::Win(self.dvec), Slot::Win(self.stat)]
+        [
+            s(a),
+            s(a2),
+            s(h),
+            Slot::Win(self.small),
+            Slot::Win(self.panel),
+            Slot::Win(self.dvec),
+            Slot::Win(self.stat),
+        ]
     }
 }
 
@@ -65,12 +78,26 @@ impl Ctx {
         let mut b = self.batch();
         for (r0, r1) in self.row_slabs(n, n, 1, usize::MAX)? {
             let hw = self.rows_win(&a.buf, n, r0, r1)?;
-            let p = CholParams { n: n as u32, rows: (r1 - r0) as u32, row0: r0 as u32, h_base: hw.base(0), ..Default::default() };
+            let p = CholParams {
+                n: n as u32,
+                rows: (r1 - r0) as u32,
+                row0: r0 as u32,
+                h_base: hw.base(0),
+                ..Default::default()
+            };
             b.dispatch(
                 Module::Cholesky,
                 "diag_extract",
                 bytemuck::bytes_of(&p),
-                &[Slot::Unused, Slot::Unused, Slot::Win(hw), Slot::Unused, Slot::Unused, Slot::Win(dw), Slot::Unused],
+                &[
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(hw),
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(dw),
+                    Slot::Unused,
+                ],
                 [(r1 - r0).div_ceil(256) as u32, 1, 1],
             )?;
         }
@@ -78,7 +105,11 @@ impl Ctx {
         Ok(d)
     }
 
-    pub(crate) fn hinv_factor(&self, h: &WgpuTensor, percdamp: f64) -> Result<HinvFactor<WgpuTensor>> {
+    pub(crate) fn hinv_factor(
+        &self,
+        h: &WgpuTensor,
+        percdamp: f64,
+    ) -> Result<HinvFactor<WgpuTensor>> {
         check::same("Hessian", (h.rows, h.cols), (h.cols, h.cols))?;
         if !(percdamp >= 0.0 && percdamp.is_finite()) {
             return Err(KernelError::InvalidArgument(format!(
@@ -88,7 +119,11 @@ impl Ctx {
         let n = h.cols;
         let u = self.tensor("inverse-Hessian factor", n, n)?;
         if n == 0 {
-            return Ok(HinvFactor { u, dead: vec![], damp: 0.0 });
+            return Ok(HinvFactor {
+                u,
+                dead: vec![],
+                damp: 0.0,
+            });
         }
         let small = self.scratch("Cholesky block", NB * NB)?;
         let panel = self.scratch("Cholesky panel", n.saturating_sub(NB).max(1) * NB)?;
@@ -113,18 +148,45 @@ impl Ctx {
             ..Default::default()
         };
         let mut b = self.batch();
-        let chol = |b: &mut Batch<'_>, entry: &'static str, p: &CholParams, slots: [Slot<'_>; 7], g: [u32; 3]| {
+        let chol = |b: &mut Batch<'_>,
+                    entry: &'static str,
+                    p: &CholParams,
+                    slots: [Slot<'_>; 7],
+                    g: [u32; 3]| {
             b.dispatch(Module::Cholesky, entry, bytemuck::bytes_of(p), &slots, g)
         };
 
         // Dead columns, λ, non-finite entries.
         for &(r0, r1) in &slabs {
             let hw = self.rows_win(&h.buf, n, r0, r1)?;
-            let p = CholParams { rows: (r1 - r0) as u32, row0: r0 as u32, h_base: hw.base(0), ..base };
-            chol(&mut b, "diag_extract", &p, bufs.slots(None, None, Some(hw)), [(r1 - r0).div_ceil(256) as u32, 1, 1])?;
-            chol(&mut b, "nonfinite_scan", &p, bufs.slots(None, None, Some(hw)), grid(((r1 - r0) * n).div_ceil(4096) as u64, maxg))?;
+            let p = CholParams {
+                rows: (r1 - r0) as u32,
+                row0: r0 as u32,
+                h_base: hw.base(0),
+                ..base
+            };
+            chol(
+                &mut b,
+                "diag_extract",
+                &p,
+                bufs.slots(None, None, Some(hw)),
+                [(r1 - r0).div_ceil(256) as u32, 1, 1],
+            )?;
+            chol(
+                &mut b,
+                "nonfinite_scan",
+                &p,
+                bufs.slots(None, None, Some(hw)),
+                grid(((r1 - r0) * n).div_ceil(4096) as u64, maxg),
+            )?;
         }
-        chol(&mut b, "damp_stats", &base, bufs.slots(None, None, None), [1, 1, 1])?;
+        chol(
+            &mut b,
+            "damp_stats",
+            &base,
+            bufs.slots(None, None, None),
+            [1, 1, 1],
+        )?;
 
         // A = J (H + λI) J, lower triangle, from H's lower triangle: A rows [p0, p1) read H
         // rows n-1-y for the columns y whose mirror row lies in the H window [q0, q1).
@@ -142,8 +204,18 @@ impl Ctx {
                     chi: y1 as u32,
                     ..base
                 };
-                let g = [(y1 - y0).div_ceil(32) as u32, (p1 - p0).div_ceil(32) as u32, 1];
-                chol(&mut b, "copy_in", &p, bufs.slots(Some(aw), None, Some(hw)), g)?;
+                let g = [
+                    (y1 - y0).div_ceil(32) as u32,
+                    (p1 - p0).div_ceil(32) as u32,
+                    1,
+                ];
+                chol(
+                    &mut b,
+                    "copy_in",
+                    &p,
+                    bufs.slots(Some(aw), None, Some(hw)),
+                    g,
+                )?;
             }
         }
 
@@ -151,23 +223,56 @@ impl Ctx {
         for k0 in (0..n).step_by(NB) {
             let k1 = (k0 + NB).min(n);
             let dw = self.rows_win(&u.buf, n, k0, k1)?;
-            let p = CholParams { a_base: dw.base(0), k0: k0 as u32, nb: (k1 - k0) as u32, ..base };
-            chol(&mut b, "chol_diag", &p, bufs.slots(Some(dw), None, None), [1, 1, 1])?;
+            let p = CholParams {
+                a_base: dw.base(0),
+                k0: k0 as u32,
+                nb: (k1 - k0) as u32,
+                ..base
+            };
+            chol(
+                &mut b,
+                "chol_diag",
+                &p,
+                bufs.slots(Some(dw), None, None),
+                [1, 1, 1],
+            )?;
             if k1 == n {
                 break;
             }
             for &s in &slabs {
-                let Some((r0, r1)) = intersect(s, (k1, n)) else { continue };
+                let Some((r0, r1)) = intersect(s, (k1, n)) else {
+                    continue;
+                };
                 let aw = self.rows_win(&u.buf, n, r0, r1)?;
-                let pp = CholParams { rows: (r1 - r0) as u32, row0: r0 as u32, a_base: aw.base(0), ..p };
-                chol(&mut b, "chol_panel", &pp, bufs.slots(Some(aw), None, None), grid((r1 - r0).div_ceil(64) as u64, maxg))?;
+                let pp = CholParams {
+                    rows: (r1 - r0) as u32,
+                    row0: r0 as u32,
+                    a_base: aw.base(0),
+                    ..p
+                };
+                chol(
+                    &mut b,
+                    "chol_panel",
+                    &pp,
+                    bufs.slots(Some(aw), None, None),
+                    grid((r1 - r0).div_ceil(64) as u64, maxg),
+                )?;
             }
             for &s in &slabs {
-                let Some((r0, r1)) = intersect(s, (k1, n)) else { continue };
+                let Some((r0, r1)) = intersect(s, (k1, n)) else {
+                    continue;
+                };
                 let aw = self.rows_win(&u.buf, n, r0, r1)?;
                 // Logical (i, j) is A(k1 + i, k1 + j); the panel holds L21 with stride 64.
                 let panel_op = Operand::new(bufs.panel, 0, NB);
-                let mut g = Gemm::new("gemm_update", (r0 - k1, r1 - k1), (0, r1 - k1), (0, k1 - k0), panel_op, panel_op.t());
+                let mut g = Gemm::new(
+                    "gemm_update",
+                    (r0 - k1, r1 - k1),
+                    (0, r1 - k1),
+                    (0, k1 - k0),
+                    panel_op,
+                    panel_op.t(),
+                );
                 g.c = Some(Operand::new(aw, (k1 * n + k1) as u64, n));
                 g.flags = F_LOWER;
                 g.alpha = -1.0;
@@ -181,14 +286,27 @@ impl Ctx {
         for i0 in (0..n).step_by(NB) {
             let i1 = (i0 + NB).min(n);
             let rw = self.rows_win(&u.buf, n, i0, i1)?;
-            let p = CholParams { a_base: rw.base(0), k0: i0 as u32, nb: (i1 - i0) as u32, ..base };
-            chol(&mut b, "trinv_diag", &p, bufs.slots(Some(rw), None, None), [1, 1, 1])?;
+            let p = CholParams {
+                a_base: rw.base(0),
+                k0: i0 as u32,
+                nb: (i1 - i0) as u32,
+                ..base
+            };
+            chol(
+                &mut b,
+                "trinv_diag",
+                &p,
+                bufs.slots(Some(rw), None, None),
+                [1, 1, 1],
+            )?;
             if i0 == 0 {
                 continue;
             }
             let mut first = true;
             for &s in &slabs {
-                let Some((k_lo, k_hi)) = intersect(s, (0, i0)) else { continue };
+                let Some((k_lo, k_hi)) = intersect(s, (0, i0)) else {
+                    continue;
+                };
                 let kw = self.rows_win(&u.buf, n, k_lo, k_hi)?;
                 // Logical rows 0..nb are A rows i0..; columns and k are A's own.
                 let mut g = Gemm::new(
@@ -205,7 +323,14 @@ impl Ctx {
                 g.record(&mut b)?;
                 first = false;
             }
-            let mut g = Gemm::new("gemm_update", (0, i1 - i0), (0, i0), (0, i1 - i0), Operand::new(bufs.small, 0, NB), Operand::new(temp_w, 0, n));
+            let mut g = Gemm::new(
+                "gemm_update",
+                (0, i1 - i0),
+                (0, i0),
+                (0, i1 - i0),
+                Operand::new(bufs.small, 0, NB),
+                Operand::new(temp_w, 0, n),
+            );
             g.c = Some(Operand::new(rw, (i0 * n) as u64, n));
             g.alpha = -1.0;
             g.record(&mut b)?;
@@ -214,11 +339,15 @@ impl Ctx {
         // U = J M J: row x of the top half swaps with row n-1-x.
         let half = n.div_ceil(2);
         for &s in &slabs {
-            let Some((x0, x1)) = intersect(s, (0, half)) else { continue };
+            let Some((x0, x1)) = intersect(s, (0, half)) else {
+                continue;
+            };
             let aw = self.rows_win(&u.buf, n, x0, x1)?;
             for &q in &slabs {
                 // Rows x whose mirror n-1-x lies in q.
-                let Some((y0, y1)) = intersect((x0, x1), (n - q.1, n - q.0)) else { continue };
+                let Some((y0, y1)) = intersect((x0, x1), (n - q.1, n - q.0)) else {
+                    continue;
+                };
                 let a2w = self.rows_win(&u.buf, n, q.0, q.1)?;
                 let p = CholParams {
                     a_base: aw.base(0),
@@ -227,7 +356,13 @@ impl Ctx {
                     hi: y1 as u32,
                     ..base
                 };
-                chol(&mut b, "reverse_out", &p, bufs.slots(Some(aw), Some(a2w), None), [n.div_ceil(256) as u32, (y1 - y0) as u32, 1])?;
+                chol(
+                    &mut b,
+                    "reverse_out",
+                    &p,
+                    bufs.slots(Some(aw), Some(a2w), None),
+                    [n.div_ceil(256) as u32, (y1 - y0) as u32, 1],
+                )?;
             }
         }
         b.submit()?;
@@ -242,7 +377,9 @@ impl Ctx {
             });
         }
         if words[0] != 0 {
-            return Err(KernelError::NotPositiveDefinite { column: words[0] as usize - 1 });
+            return Err(KernelError::NotPositiveDefinite {
+                column: words[0] as usize - 1,
+            });
         }
         let dead = (0..n).filter(|&j| words[4 + j] != 0).collect();
         Ok(HinvFactor {
@@ -252,4 +389,3 @@ impl Ctx {
         })
     }
 }
-

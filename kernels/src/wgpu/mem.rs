@@ -36,7 +36,12 @@ const F32_NAN_BITS: u32 = 0x7fc0_0001;
 impl Ctx {
     /// A storage buffer of `elems` 4-byte words, checked against the device's limits first.
     /// `fill` is what a test's poison run puts in it (outputs and scratch); otherwise zeros.
-    pub(crate) fn alloc(&self, what: &str, elems: usize, fill: Option<u32>) -> Result<wgpu::Buffer> {
+    pub(crate) fn alloc(
+        &self,
+        what: &str,
+        elems: usize,
+        fill: Option<u32>,
+    ) -> Result<wgpu::Buffer> {
         let bytes = (elems.max(4) as u64 * 4).next_multiple_of(16);
         let max = self.limits.max_buffer_size;
         if bytes > max {
@@ -71,7 +76,8 @@ impl Ctx {
         }
         if let Some(v) = fill.filter(|_| self.poison.load(Ordering::Relaxed)) {
             let words = vec![v; (bytes / 4) as usize];
-            self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&words));
+            self.queue
+                .write_buffer(&buf, 0, bytemuck::cast_slice(&words));
         }
         Ok(buf)
     }
@@ -113,7 +119,8 @@ impl Ctx {
     pub(crate) fn upload_matrix(&self, m: &Matrix) -> Result<WgpuTensor> {
         let buf = self.alloc("tensor", m.data.len(), None)?;
         if !m.data.is_empty() {
-            self.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&m.data));
+            self.queue
+                .write_buffer(&buf, 0, bytemuck::cast_slice(&m.data));
         }
         self.check()?;
         Ok(WgpuTensor {
@@ -157,7 +164,8 @@ impl Ctx {
 
     /// A window over elements [e0, e1) of `buf`, its start aligned down as bindings require.
     pub(crate) fn win<'a>(&self, buf: &'a wgpu::Buffer, e0: u64, e1: u64) -> Result<Win<'a>> {
-        let align = (self.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+        // At least 16 bytes, so vec4 views of a window stay aligned.
+        let align = (self.limits.min_storage_buffer_offset_alignment as u64).max(16) / 4;
         let start = e0 / align * align;
         let bytes = ((e1.max(e0 + 1) - start) * 4)
             .next_multiple_of(16)
@@ -195,12 +203,23 @@ impl Ctx {
     /// Bytes a window may cover, leaving room for the alignment of its start.
     fn binding_room(&self) -> u64 {
         self.max_binding
-            .saturating_sub(self.limits.min_storage_buffer_offset_alignment as u64 + 16)
+            .saturating_sub(self.limits.min_storage_buffer_offset_alignment.max(16) as u64 + 16)
+    }
+
+    /// How many rows of `cols` values one binding holds.
+    pub(crate) fn rows_fitting(&self, cols: usize) -> usize {
+        (self.binding_room() / (cols.max(1) * 4) as u64) as usize
     }
 
     /// Row ranges of a `rows x cols` matrix, each fitting one binding, each a multiple of
     /// `align` rows (but the last), at most `max_rows` rows.
-    pub(crate) fn row_slabs(&self, rows: usize, cols: usize, align: usize, max_rows: usize) -> Result<Vec<(usize, usize)>> {
+    pub(crate) fn row_slabs(
+        &self,
+        rows: usize,
+        cols: usize,
+        align: usize,
+        max_rows: usize,
+    ) -> Result<Vec<(usize, usize)>> {
         let row_bytes = (cols.max(1) * 4) as u64;
         let fit = (self.binding_room() / row_bytes) as usize;
         let mut per = fit.min(max_rows);

@@ -26,8 +26,8 @@ pub use mem::{WgpuMask, WgpuTensor};
 
 use crate::error::{KernelError, Result};
 use crate::ops::{
-    Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection,
-    ReconError, Score, TimeSource,
+    Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
+    Score, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -38,6 +38,9 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         .map(|m| (m.name(), m.source()))
         .collect()
 }
+
+/// The smallest binding limit `with_max_binding` accepts.
+pub const MIN_BINDING: u64 = 8 << 10;
 
 pub struct WgpuBackend {
     ctx: exec::Ctx,
@@ -59,9 +62,12 @@ impl WgpuBackend {
     }
 
     /// Caps storage bindings at `bytes` (below the device's limit), so the paths that split
-    /// large tensors across bindings can be exercised with small ones.
+    /// large tensors across bindings can be exercised with small ones. At least 8 KiB: the
+    /// selection histogram (2048 counters) is always bound whole.
     pub fn with_max_binding(mut self, bytes: u64) -> Self {
-        self.ctx.max_binding = bytes.min(self.ctx.limits.max_storage_buffer_binding_size);
+        self.ctx.max_binding = bytes
+            .max(MIN_BINDING)
+            .min(self.ctx.limits.max_storage_buffer_binding_size);
         self
     }
 
@@ -99,7 +105,12 @@ impl Backend for WgpuBackend {
 
     fn upload(&self, m: &Matrix) -> Result<WgpuTensor> {
         if m.data.len() != m.rows * m.cols {
-            return Err(KernelError::Shape(format!("{}x{} matrix with {} values", m.rows, m.cols, m.data.len())));
+            return Err(KernelError::Shape(format!(
+                "{}x{} matrix with {} values",
+                m.rows,
+                m.cols,
+                m.data.len()
+            )));
         }
         self.ctx.upload_matrix(m)
     }
@@ -167,7 +178,13 @@ impl Backend for WgpuBackend {
         Ok((t?, TimeSource::DeviceTimestamps))
     }
 
-    fn act_stat_update(&self, act: &mut WgpuTensor, seen: usize, x: &WgpuTensor, batch: usize) -> Result<()> {
+    fn act_stat_update(
+        &self,
+        act: &mut WgpuTensor,
+        seen: usize,
+        x: &WgpuTensor,
+        batch: usize,
+    ) -> Result<()> {
         self.ctx.act_stat_update(act, seen, x, batch)
     }
 
@@ -175,7 +192,13 @@ impl Backend for WgpuBackend {
         self.ctx.grad_accumulate(acc, g, norm)
     }
 
-    fn grad_accumulate_fused(&self, acc: &mut WgpuTensor, dy: &WgpuTensor, x: &WgpuTensor, norm: GradNorm) -> Result<()> {
+    fn grad_accumulate_fused(
+        &self,
+        acc: &mut WgpuTensor,
+        dy: &WgpuTensor,
+        x: &WgpuTensor,
+        norm: GradNorm,
+    ) -> Result<()> {
         self.ctx.grad_accumulate_fused(acc, dy, x, norm)
     }
 
@@ -183,7 +206,13 @@ impl Backend for WgpuBackend {
         self.ctx.grad_finalize(acc, norm)
     }
 
-    fn hessian_update(&self, h: &mut WgpuTensor, seen: usize, x: &WgpuTensor, batch: usize) -> Result<()> {
+    fn hessian_update(
+        &self,
+        h: &mut WgpuTensor,
+        seen: usize,
+        x: &WgpuTensor,
+        batch: usize,
+    ) -> Result<()> {
         self.ctx.hessian_update(h, seen, x, batch)
     }
 
@@ -199,7 +228,12 @@ impl Backend for WgpuBackend {
         self.ctx.apply_mask(w, mask)
     }
 
-    fn prune_scored(&self, w: &mut WgpuTensor, score: Score<'_, WgpuTensor>, pattern: MaskPattern) -> Result<WgpuMask> {
+    fn prune_scored(
+        &self,
+        w: &mut WgpuTensor,
+        score: Score<'_, WgpuTensor>,
+        pattern: MaskPattern,
+    ) -> Result<WgpuMask> {
         self.ctx.prune_scored(w, score, pattern)
     }
 
@@ -217,8 +251,12 @@ impl Backend for WgpuBackend {
         self.ctx.obs_prune(w, factor, selection, block)
     }
 
-    fn recon_error(&self, w: &WgpuTensor, pruned: &WgpuTensor, h: &WgpuTensor) -> Result<ReconError> {
+    fn recon_error(
+        &self,
+        w: &WgpuTensor,
+        pruned: &WgpuTensor,
+        h: &WgpuTensor,
+    ) -> Result<ReconError> {
         self.ctx.recon_error(w, pruned, h)
     }
 }
-

@@ -53,16 +53,25 @@ impl Ctx {
             check::same("given mask vs W", (m.rows, m.cols), (rows, cols))?;
         }
         if let Some(&j) = factor.dead.iter().find(|&&j| j >= cols) {
-            return Err(KernelError::InvalidArgument(format!("dead column {j} is outside W's {cols} columns")));
+            return Err(KernelError::InvalidArgument(format!(
+                "dead column {j} is outside W's {cols} columns"
+            )));
         }
-        // Sub-blocks must hold whole N:M groups.
+        // Sub-blocks hold whole N:M groups, and their rows of U fit one binding (always, but
+        // for artificially small binding limits).
+        let width = SUB.min(self.rows_fitting(cols));
         let sub = match selection {
-            ObsSelection::NM { m, .. } if m > SUB => {
-                return Err(KernelError::Unsupported(format!("N:M with M = {m} > {SUB} in the OBS loop")))
-            }
-            ObsSelection::NM { m, .. } => SUB / m * m,
-            _ => SUB,
+            ObsSelection::NM { m, .. } => width / m * m,
+            _ => width,
         };
+        if sub == 0 {
+            return Err(KernelError::Unsupported(format!(
+                "the OBS loop needs a group of M columns (at most {SUB}) whose rows of U fit one binding; {width} fit"
+            )));
+        }
+        if sub < SUB.min(block) {
+            self.split_noted(2);
+        }
         let mask = self.mask(rows, cols)?;
         let wpr = mask.wpr();
         let diag = self.diag_of(u)?;
@@ -92,12 +101,25 @@ impl Ctx {
         if !factor.dead.is_empty() {
             for &(r0, r1) in &slabs {
                 let ww = self.rows_win(&w.buf, cols, r0, r1)?;
-                let p = ObsParams { rows: (r1 - r0) as u32, cols: cols as u32, w_base: ww.base((r0 * cols) as u64), ..Default::default() };
+                let p = ObsParams {
+                    rows: (r1 - r0) as u32,
+                    cols: cols as u32,
+                    w_base: ww.base((r0 * cols) as u64),
+                    ..Default::default()
+                };
                 b.dispatch(
                     Module::Obs,
                     "zero_dead",
                     bytemuck::bytes_of(&p),
-                    &[Slot::Win(ww), Slot::Unused, Slot::Unused, Slot::Unused, Slot::Win(loss_w), Slot::Win(diag_w), Slot::Win(dead_w)],
+                    &[
+                        Slot::Win(ww),
+                        Slot::Unused,
+                        Slot::Unused,
+                        Slot::Unused,
+                        Slot::Win(loss_w),
+                        Slot::Win(diag_w),
+                        Slot::Win(dead_w),
+                    ],
                     [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
                 )?;
             }
@@ -105,8 +127,23 @@ impl Ctx {
         for i1 in (0..cols).step_by(block) {
             let i2 = (i1 + block).min(cols);
             if let (ObsSelection::Unstructured(p), Some(sc)) = (selection, &sc) {
-                let ks = KeySource { src: w, kind: KeyKind::Obs, aux: Some(&diag), grad: None, write_w: false };
-                self.select_group(&mut b, &ks, &mask, sc, i1, i2, unstructured_k(p, rows * (i2 - i1)), false)?;
+                let ks = KeySource {
+                    src: w,
+                    kind: KeyKind::Obs,
+                    aux: Some(&diag),
+                    grad: None,
+                    write_w: false,
+                };
+                self.select_group(
+                    &mut b,
+                    &ks,
+                    &mask,
+                    sc,
+                    i1,
+                    i2,
+                    unstructured_k(p, rows * (i2 - i1)),
+                    false,
+                )?;
             }
             let (nm, n, m) = match selection {
                 ObsSelection::NM { n, m } => (1, n, m),
@@ -138,7 +175,15 @@ impl Ctx {
                         Module::Obs,
                         "obs_block",
                         bytemuck::bytes_of(&p),
-                        &[Slot::Win(ww), Slot::Win(uw), Slot::Win(mw), Slot::Win(ew), Slot::Win(loss_w), Slot::Win(diag_w), Slot::Win(dead_w)],
+                        &[
+                            Slot::Win(ww),
+                            Slot::Win(uw),
+                            Slot::Win(mw),
+                            Slot::Win(ew),
+                            Slot::Win(loss_w),
+                            Slot::Win(diag_w),
+                            Slot::Win(dead_w),
+                        ],
                         grid((r1 - r0).div_ceil(ROWS_PER_GROUP) as u64, maxg),
                     )?;
                     if j2 < cols {

@@ -10,8 +10,17 @@ use super::gemm::{Gemm, GemmParams, Operand};
 use super::mem::WgpuTensor;
 
 impl Ctx {
-    pub(crate) fn recon_error(&self, w: &WgpuTensor, pruned: &WgpuTensor, h: &WgpuTensor) -> Result<ReconError> {
-        check::same("pruned vs original W", (pruned.rows, pruned.cols), (w.rows, w.cols))?;
+    pub(crate) fn recon_error(
+        &self,
+        w: &WgpuTensor,
+        pruned: &WgpuTensor,
+        h: &WgpuTensor,
+    ) -> Result<ReconError> {
+        check::same(
+            "pruned vs original W",
+            (pruned.rows, pruned.cols),
+            (w.rows, w.cols),
+        )?;
         check::same("Hessian vs W columns", (h.rows, h.cols), (w.cols, w.cols))?;
         let (rows, cols) = (w.rows, w.cols);
         if rows == 0 || cols == 0 {
@@ -19,7 +28,11 @@ impl Ctx {
         }
         let w_slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
         let h_slabs = self.row_slabs(cols, cols, 1, usize::MAX)?;
-        let tiles: usize = w_slabs.iter().map(|s| (s.1 - s.0).div_ceil(64) * cols.div_ceil(64)).sum::<usize>() * h_slabs.len();
+        let tiles: usize = w_slabs
+            .iter()
+            .map(|s| (s.1 - s.0).div_ceil(64) * cols.div_ceil(64))
+            .sum::<usize>()
+            * h_slabs.len();
         let result = self.scratch("traces", 2)?;
         let result_w = self.whole(&result, 2)?;
         let mut b = self.batch();
@@ -32,7 +45,14 @@ impl Ctx {
                 let qw = self.rows_win(&pruned.buf, cols, r0, r1)?;
                 for &(k0, k1) in &h_slabs {
                     let hw = self.rows_win(&h.buf, cols, k0, k1)?;
-                    let mut g = Gemm::new("gemm_recon", (r0, r1), (0, cols), (k0, k1), Operand::new(ww, 0, cols), Operand::new(hw, 0, cols));
+                    let mut g = Gemm::new(
+                        "gemm_recon",
+                        (r0, r1),
+                        (0, cols),
+                        (k0, k1),
+                        Operand::new(ww, 0, cols),
+                        Operand::new(hw, 0, cols),
+                    );
                     if minus {
                         g.a2 = Some(Operand::new(qw, 0, cols));
                     }
@@ -51,7 +71,14 @@ impl Ctx {
                 Module::Gemm,
                 "reduce_parts",
                 bytemuck::bytes_of(&p),
-                &[Slot::Unused, Slot::Unused, Slot::Unused, Slot::Win(result_w), Slot::Unused, Slot::Win(pw)],
+                &[
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(result_w),
+                    Slot::Unused,
+                    Slot::Win(pw),
+                ],
                 [1, 1, 1],
             )?;
         }

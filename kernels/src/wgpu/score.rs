@@ -64,7 +64,13 @@ impl Ctx {
                 Module::Score,
                 "score",
                 bytemuck::bytes_of(&p),
-                &[Slot::Win(ww), act_slot, grad_slot, Slot::Win(ow), Slot::Unused],
+                &[
+                    Slot::Win(ww),
+                    act_slot,
+                    grad_slot,
+                    Slot::Win(ow),
+                    Slot::Unused,
+                ],
                 [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
             )?;
         }
@@ -72,7 +78,12 @@ impl Ctx {
         Ok(out)
     }
 
-    pub(crate) fn apply_mask_rec(&self, b: &mut super::exec::Batch<'_>, w: &WgpuTensor, mask: &WgpuMask) -> Result<()> {
+    pub(crate) fn apply_mask_rec(
+        &self,
+        b: &mut super::exec::Batch<'_>,
+        w: &WgpuTensor,
+        mask: &WgpuMask,
+    ) -> Result<()> {
         let (rows, cols) = (w.rows, w.cols);
         let wpr = mask.wpr();
         for (r0, r1) in self.row_slabs(rows, cols, 1, MAX_GRID_ROWS)? {
@@ -90,7 +101,13 @@ impl Ctx {
                 Module::Score,
                 "apply_mask",
                 bytemuck::bytes_of(&p),
-                &[Slot::Win(ww), Slot::Unused, Slot::Unused, Slot::Unused, Slot::Win(mw)],
+                &[
+                    Slot::Win(ww),
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(mw),
+                ],
                 [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
             )?;
         }

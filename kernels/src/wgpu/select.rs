@@ -116,7 +116,13 @@ impl Ctx {
     }
 
     /// Per row: the k lowest keys of every row, one workgroup per row.
-    pub(crate) fn select_rows(&self, b: &mut Batch<'_>, ks: &KeySource<'_>, mask: &WgpuMask, k: usize) -> Result<()> {
+    pub(crate) fn select_rows(
+        &self,
+        b: &mut Batch<'_>,
+        ks: &KeySource<'_>,
+        mask: &WgpuMask,
+        k: usize,
+    ) -> Result<()> {
         let aux = self.aux_slot(ks)?;
         let cols = ks.src.cols;
         for (r0, r1) in self.row_slabs(ks.src.rows, cols, 1, usize::MAX)? {
@@ -127,7 +133,10 @@ impl Ctx {
                 ..Default::default()
             };
             let [s, g, m] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
-            let g2 = grid((r1 - r0) as u64, self.limits.max_compute_workgroups_per_dimension);
+            let g2 = grid(
+                (r1 - r0) as u64,
+                self.limits.max_compute_workgroups_per_dimension,
+            );
             b.dispatch(
                 Module::Select,
                 "row_select",
@@ -140,7 +149,14 @@ impl Ctx {
     }
 
     /// N:M: the n lowest keys of every m consecutive columns of each row.
-    pub(crate) fn select_nm(&self, b: &mut Batch<'_>, ks: &KeySource<'_>, mask: &WgpuMask, n: usize, m: usize) -> Result<()> {
+    pub(crate) fn select_nm(
+        &self,
+        b: &mut Batch<'_>,
+        ks: &KeySource<'_>,
+        mask: &WgpuMask,
+        n: usize,
+        m: usize,
+    ) -> Result<()> {
         let aux = self.aux_slot(ks)?;
         let cols = ks.src.cols;
         for (r0, r1) in self.row_slabs(ks.src.rows, cols, 1, MAX_GRID_ROWS)? {
@@ -194,7 +210,11 @@ impl Ctx {
             nrows: rows as u32,
             ..Default::default()
         };
-        let one = |b: &mut Batch<'_>, entry: &'static str, p: &SelParams, groups: [u32; 3], s: [Slot<'_>; 3]| {
+        let one = |b: &mut Batch<'_>,
+                   entry: &'static str,
+                   p: &SelParams,
+                   groups: [u32; 3],
+                   s: [Slot<'_>; 3]| {
             b.dispatch(
                 Module::Select,
                 entry,
@@ -213,7 +233,13 @@ impl Ctx {
                     let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
                     let nelem = (r1 - r0) * width;
                     p.nelem = nelem as u32;
-                    one(b, "hist_pass", &p, grid(nelem.div_ceil(4096) as u64, maxg), s)?;
+                    one(
+                        b,
+                        "hist_pass",
+                        &p,
+                        grid(nelem.div_ceil(4096) as u64, maxg),
+                        s,
+                    )?;
                 }
                 let p = SelParams { shift, ..base };
                 one(b, "pick", &p, [1, 1, 1], first)?;
@@ -234,7 +260,11 @@ impl Ctx {
         Ok(())
     }
 
-    pub(crate) fn select_mask(&self, scores: &WgpuTensor, pattern: MaskPattern) -> Result<WgpuMask> {
+    pub(crate) fn select_mask(
+        &self,
+        scores: &WgpuTensor,
+        pattern: MaskPattern,
+    ) -> Result<WgpuMask> {
         check::pattern(&pattern, scores.cols)?;
         let mask = self.mask(scores.rows, scores.cols)?;
         let ks = KeySource {
@@ -261,7 +291,16 @@ impl Ctx {
                 group: MaskGroup::Matrix,
             } => {
                 let sc = self.group_scratch(rows)?;
-                self.select_group(&mut b, ks, mask, &sc, 0, cols, unstructured_k(sparsity, rows * cols), true)?;
+                self.select_group(
+                    &mut b,
+                    ks,
+                    mask,
+                    &sc,
+                    0,
+                    cols,
+                    unstructured_k(sparsity, rows * cols),
+                    true,
+                )?;
                 return b.submit();
             }
             MaskPattern::NM { n, m } => self.select_nm(&mut b, ks, mask, n, m)?,
@@ -271,7 +310,12 @@ impl Ctx {
 
     /// Score, select and apply fused: the keys are the scores computed on the fly from W
     /// (never stored) and the selecting kernel zeroes the pruned weights itself.
-    pub(crate) fn prune_scored(&self, w: &mut WgpuTensor, score: Score<'_, WgpuTensor>, pattern: MaskPattern) -> Result<WgpuMask> {
+    pub(crate) fn prune_scored(
+        &self,
+        w: &mut WgpuTensor,
+        score: Score<'_, WgpuTensor>,
+        pattern: MaskPattern,
+    ) -> Result<WgpuMask> {
         check::score((w.rows, w.cols), &score, |t: &WgpuTensor| (t.rows, t.cols))?;
         check::pattern(&pattern, w.cols)?;
         let mask = self.mask(w.rows, w.cols)?;

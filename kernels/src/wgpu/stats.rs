@@ -26,7 +26,13 @@ struct StatParams {
 const CHUNK_ROWS: usize = 256;
 
 impl Ctx {
-    pub(crate) fn act_stat_update(&self, act: &mut WgpuTensor, seen: usize, x: &WgpuTensor, batch: usize) -> Result<()> {
+    pub(crate) fn act_stat_update(
+        &self,
+        act: &mut WgpuTensor,
+        seen: usize,
+        x: &WgpuTensor,
+        batch: usize,
+    ) -> Result<()> {
         check::act_stat((act.rows, act.cols), (x.rows, x.cols), batch)?;
         let cols = x.cols;
         let total = (seen + batch) as f64;
@@ -52,13 +58,31 @@ impl Ctx {
             };
             let slots = [Slot::Win(xw), Slot::Win(part_w), Slot::Win(act_w)];
             let bytes = bytemuck::bytes_of(&p);
-            b.dispatch(Module::Stats, "colsq_partial", bytes, &slots, [cols.div_ceil(64) as u32, nchunks as u32, 1])?;
-            b.dispatch(Module::Stats, "act_finish", bytes, &slots, [cols.div_ceil(256) as u32, 1, 1])?;
+            b.dispatch(
+                Module::Stats,
+                "colsq_partial",
+                bytes,
+                &slots,
+                [cols.div_ceil(64) as u32, nchunks as u32, 1],
+            )?;
+            b.dispatch(
+                Module::Stats,
+                "act_finish",
+                bytes,
+                &slots,
+                [cols.div_ceil(256) as u32, 1, 1],
+            )?;
         }
         b.submit()
     }
 
-    pub(crate) fn hessian_update(&self, h: &mut WgpuTensor, seen: usize, x: &WgpuTensor, batch: usize) -> Result<()> {
+    pub(crate) fn hessian_update(
+        &self,
+        h: &mut WgpuTensor,
+        seen: usize,
+        x: &WgpuTensor,
+        batch: usize,
+    ) -> Result<()> {
         check::hessian((h.rows, h.cols), (x.rows, x.cols), batch)?;
         let n = x.cols;
         let total = (seen + batch) as f64;

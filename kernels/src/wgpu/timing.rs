@@ -25,11 +25,12 @@ impl Timing {
     /// The query set and first of two indices for the next pass.
     pub fn next_pass(&mut self, device: &wgpu::Device) -> (wgpu::QuerySet, u32) {
         if self.sets.is_empty() || self.used + 2 > QUERIES_PER_SET {
-            self.sets.push(device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("pass timestamps"),
-                ty: wgpu::QueryType::Timestamp,
-                count: QUERIES_PER_SET,
-            }));
+            self.sets
+                .push(device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("pass timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: QUERIES_PER_SET,
+                }));
             self.used = 0;
         }
         let i = self.used;
@@ -56,7 +57,11 @@ impl Ctx {
         let mut ticks = 0u64;
         let n_sets = t.sets.len();
         for (si, qs) in t.sets.iter().enumerate() {
-            let count = if si + 1 == n_sets { t.used } else { QUERIES_PER_SET };
+            let count = if si + 1 == n_sets {
+                t.used
+            } else {
+                QUERIES_PER_SET
+            };
             if count == 0 {
                 continue;
             }
