@@ -51,6 +51,9 @@ var<workgroup> words: array<atomic<u32>, 8>;
 var<workgroup> pick_digit: u32;
 var<workgroup> pick_kk: u32;
 var<workgroup> carry: u32;
+var<workgroup> eqcount: atomic<u32>;
+var<workgroup> chunk_eq: u32;
+var<workgroup> quota: u32;
 
 // Orders f32 bit patterns as total_cmp does: negatives reversed below positives.
 fn flip(bits: u32) -> u32 {
@@ -130,6 +133,8 @@ fn clear_hist(t: u32) {
 }
 
 // Prunes, in row r, every key < T and the first `ties` keys == T by column, over [c0, c1).
+// Chunks of 256 columns; ties are ranked by a workgroup scan only in the chunk where the
+// quota of ties runs out (before it every tie is pruned, after it none).
 fn write_row(r: u32, t: u32, T: u32, ties: u32) {
     var running = 0u;
     let start = (P.c0 / 32u) * 32u;
@@ -144,12 +149,20 @@ fn write_row(r: u32, t: u32, T: u32, ties: u32) {
             lt = kv < T;
         }
         if (t < 8u) { atomicStore(&words[t], 0u); }
-        scan[t] = eq;
+        if (t == 0u) { atomicStore(&eqcount, 0u); }
         workgroupBarrier();
-        scan256(t);
-        let before = scan[t] - eq;
-        let total = scan[255];
-        let prune = inr && (lt || (eq == 1u && running + before < ties));
+        if (eq == 1u) { atomicAdd(&eqcount, 1u); }
+        workgroupBarrier();
+        if (t == 0u) { chunk_eq = atomicLoad(&eqcount); }
+        let total = workgroupUniformLoad(&chunk_eq);
+        var take_tie = running + total <= ties;
+        if (running < ties && running + total > ties) {
+            scan[t] = eq;
+            workgroupBarrier();
+            scan256(t);
+            take_tie = running + (scan[t] - eq) < ties;
+        }
+        let prune = inr && (lt || (eq == 1u && take_tie));
         if (prune) {
             atomicOr(&words[t / 32u], 1u << (t % 32u));
             if (P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
@@ -304,10 +317,15 @@ fn row_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let r = row_of(wid, nwg);
     if (r >= P.rows) { return; }
-    let kk = state[1];
-    let before = rowcnt[P.row0 + r];
-    var ties = 0u;
-    if (kk > before) { ties = kk - before; }
+    // The tie quota decides where the ranking scan runs, so it must be workgroup-uniform.
+    if (lid.x == 0u) {
+        let kk = state[1];
+        let before = rowcnt[P.row0 + r];
+        var q = 0u;
+        if (kk > before) { q = kk - before; }
+        quota = q;
+    }
+    let ties = workgroupUniformLoad(&quota);
     write_row(r, lid.x, state[0], ties);
 }
 
