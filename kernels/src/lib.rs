@@ -9,6 +9,8 @@ pub mod tensor;
 
 pub mod cpu;
 pub mod suite;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 #[cfg(feature = "cubecl")]
 pub mod cube;

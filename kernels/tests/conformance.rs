@@ -126,3 +126,10 @@ fn cubecl_cuda() {
         Err(e) => panic!("CUDA is present ({status}) but the backend failed: {e}"),
     }
 }
+
+#[cfg(feature = "wgpu")]
+conformance!(
+    wgpu,
+    prunebench_kernels::wgpu::WgpuBackend::new(None)
+        .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver")
+);

@@ -248,6 +248,18 @@ pub fn small_cases() -> Vec<OpCase> {
         v.push(OpCase::new(Op::Obs(kind), 13, 200).tokens(300, 1));
     }
     v.push(OpCase::new(Op::Obs(ObsKind::Unstructured(0.5)), 1, 200).tokens(300, 1));
+    // Rows over several GPU workgroups with a block that is not a whole number of 32-column
+    // mask words; a block wider than a GPU kernel's 128-column tile.
+    v.push(
+        OpCase::new(Op::Obs(ObsKind::Unstructured(0.5)), 37, 200)
+            .tokens(300, 1)
+            .block(48),
+    );
+    v.push(
+        OpCase::new(Op::Obs(ObsKind::NM { n: 2, m: 4 }), 20, 300)
+            .tokens(400, 1)
+            .block(256),
+    );
     v
 }
 

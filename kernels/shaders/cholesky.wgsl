@@ -1,0 +1,258 @@
+// The damped inverse-Hessian factor (ALGORITHMS.md §6) on the device, by the direct route:
+// with J the index reversal, the lower Cholesky factor L of A = J (H + λI) J gives
+// H + λI = R Rᵀ with R = J L J upper, so (H + λI)⁻¹ = R⁻ᵀ R⁻¹ and the upper Cholesky factor
+// of the inverse is U = R⁻¹ = J L⁻¹ J (Cholesky factors with a positive diagonal are unique,
+// so this is the U of the three-step recipe, at half its flops). Steps, all in one buffer:
+//   diag_extract/nonfinite_scan/damp_stats: dead columns, λ = percdamp·mean(diag);
+//   copy_in: A = J (H + λI) J from H's lower triangle (a transposing tile copy);
+//   per 64-column block: chol_diag (the block, one workgroup, in workgroup memory),
+//   chol_panel (L21 = A21 L11⁻ᵀ, a thread per row) and the trailing SYRK (gemm.wgsl);
+//   per 64-row block: trinv_diag (L_ii⁻¹) and two GEMMs for the block row of L⁻¹;
+//   reverse_out: U = J L⁻¹ J, an in-place swap of mirrored entries.
+// A non-positive or non-finite pivot stops the factorisation and is reported through `stat`
+// (the host turns it into an error), so no NaN ever leaves.
+
+struct Params {
+    n: u32,
+    rows: u32,        // rows of the window this dispatch covers
+    row0: u32,        // first (global) row of that window
+    a_base: u32,      // logical origin of A in the a binding (index of A(0,0))
+    a2_base: u32,
+    h_base: u32,
+    k0: u32,          // block start (chol_diag, chol_panel, trinv_diag)
+    nb: u32,          // block width (<= 64)
+    lo: u32,          // copy_in: A rows [lo, hi) x columns [clo, chi); reverse_out: rows [lo, hi)
+    hi: u32,
+    clo: u32,
+    chi: u32,
+    percdamp: f32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> a2: array<f32>;
+@group(0) @binding(3) var<storage, read> h: array<f32>;
+@group(0) @binding(4) var<storage, read_write> small: array<f32>;  // 64 x 64 block
+@group(0) @binding(5) var<storage, read_write> panel: array<f32>;  // (n - k1) x 64
+@group(0) @binding(6) var<storage, read_write> dvec: array<f32>;   // H's diagonal, n
+// [0] failed pivot column + 1, [1] first non-finite linear index of H (or 0xffffffff),
+// [2] λ as f32 bits, [3] unused, [4..4+n) dead-column flags.
+@group(0) @binding(7) var<storage, read_write> stat: array<atomic<u32>>;
+
+const NB: u32 = 64u;
+
+fn finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn diag_extract(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= P.rows) { return; }
+    let g = P.row0 + r;
+    dvec[g] = h[P.h_base + g * P.n + g];
+}
+
+// The whole window, 16 entries per thread: the lowest linear index of a NaN or Inf.
+@compute @workgroup_size(256, 1, 1)
+fn nonfinite_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let total = P.rows * P.n;
+    let first = (wid.y * nwg.x + wid.x) * 4096u;
+    for (var i = 0u; i < 16u; i++) {
+        let e = first + i * 256u + lid.x;
+        if (e < total && !finite(h[P.h_base + P.row0 * P.n + e])) {
+            atomicMin(&stat[1], P.row0 * P.n + e);
+        }
+    }
+}
+
+var<workgroup> red: array<f32, 256>;
+
+// Dead columns (H_jj == 0 -> 1) and λ = percdamp · mean(diag), one workgroup.
+@compute @workgroup_size(256, 1, 1)
+fn damp_stats(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    var s = 0.0;
+    for (var j = t; j < P.n; j += 256u) {
+        var d = dvec[j];
+        if (d == 0.0) {
+            atomicStore(&stat[4u + j], 1u);
+            d = 1.0;
+            dvec[j] = d;
+        }
+        s += d;
+    }
+    red[t] = s;
+    workgroupBarrier();
+    for (var off = 128u; off > 0u; off = off / 2u) {
+        if (t < off) { red[t] = red[t] + red[t + off]; }
+        workgroupBarrier();
+    }
+    if (t == 0u) { atomicStore(&stat[2], bitcast<u32>(P.percdamp * (red[0] / f32(P.n)))); }
+}
+
+var<workgroup> tile: array<f32, 1056>; // 32 x 33
+
+// A(x, y) = H(n-1-y, n-1-x) for x > y (H's lower triangle), the damped diagonal for x == y,
+// 0 above. Tiles of 32x32 through workgroup memory so that both sides are read and written
+// along rows.
+@compute @workgroup_size(32, 8, 1)
+fn copy_in(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let x0 = P.lo + wid.y * 32u;   // A rows
+    let y0 = P.clo + wid.x * 32u;  // A columns
+    let damp = bitcast<f32>(atomicLoad(&stat[2]));
+    // Read: H row n-1-y (y = y0 + ty..), columns n-1-x (x = x0 + tx).
+    for (var q = lid.y; q < 32u; q += 8u) {
+        let x = x0 + lid.x;
+        let y = y0 + q;
+        var v = 0.0;
+        if (x < P.hi && y < P.chi && x > y) {
+            v = h[P.h_base + (P.n - 1u - y) * P.n + (P.n - 1u - x)];
+        }
+        tile[q * 33u + lid.x] = v;
+    }
+    workgroupBarrier();
+    for (var q = lid.y; q < 32u; q += 8u) {
+        let x = x0 + q;
+        let y = y0 + lid.x;
+        if (x < P.hi && y < P.chi) {
+            var v = tile[lid.x * 33u + q];
+            if (x == y) { v = dvec[P.n - 1u - x] + damp; }
+            a[P.a_base + x * P.n + y] = v;
+        }
+    }
+}
+
+var<workgroup> L: array<f32, 4096>; // 64 x 64
+var<workgroup> failed: u32;
+var<workgroup> skip: u32;
+
+// Cholesky of the diagonal block [k0, k0+nb) in workgroup memory (right-looking, a column at
+// a time); the factor goes back to A and to `small` for the panel solve.
+@compute @workgroup_size(256, 1, 1)
+fn chol_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let nb = P.nb;
+    let k0 = P.k0;
+    if (t == 0u) {
+        skip = select(0u, 1u, atomicLoad(&stat[0]) != 0u);
+        failed = 0u;
+    }
+    if (workgroupUniformLoad(&skip) != 0u) { return; }
+    for (var e = t; e < NB * NB; e += 256u) {
+        let i = e / NB;
+        let j = e % NB;
+        var v = 0.0;
+        if (i < nb && j <= i) { v = a[P.a_base + (k0 + i) * P.n + k0 + j]; }
+        L[e] = v;
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < nb; j++) {
+        if (t == 0u) {
+            let d = L[j * NB + j];
+            if (!(d > 0.0) || !finite(d)) {
+                failed = 1u;
+                // A's column k0+j is H's column n-1-(k0+j).
+                atomicStore(&stat[0], P.n - (k0 + j));
+            } else {
+                L[j * NB + j] = sqrt(d);
+            }
+        }
+        if (workgroupUniformLoad(&failed) != 0u) { return; }
+        let piv = L[j * NB + j];
+        for (var i = j + 1u + t; i < nb; i += 256u) { L[i * NB + j] = L[i * NB + j] / piv; }
+        workgroupBarrier();
+        let w = nb - j - 1u;
+        for (var e = t; e < w * w; e += 256u) {
+            let i = j + 1u + e / w;
+            let l = j + 1u + e % w;
+            if (l <= i) { L[i * NB + l] = L[i * NB + l] - L[i * NB + j] * L[l * NB + j]; }
+        }
+        workgroupBarrier();
+    }
+    for (var e = t; e < NB * NB; e += 256u) {
+        let i = e / NB;
+        let j = e % NB;
+        small[e] = L[e];
+        if (i < nb && j < nb) { a[P.a_base + (k0 + i) * P.n + k0 + j] = L[e]; }
+    }
+}
+
+// L21 = A21 · L11⁻ᵀ for this window's rows below the block: one thread per row, a forward
+// solve against `small`; the result goes to A and to `panel` (stride 64) for the SYRK.
+@compute @workgroup_size(64, 1, 1)
+fn chol_panel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.y * nwg.x * 64u + gid.x;
+    if (r >= P.rows) { return; }
+    let i = P.row0 + r;
+    let k1 = P.k0 + P.nb;
+    var x: array<f32, 64>;
+    for (var j = 0u; j < P.nb; j++) {
+        var s = a[P.a_base + i * P.n + P.k0 + j];
+        for (var q = 0u; q < j; q++) { s -= x[q] * small[j * NB + q]; }
+        x[j] = s / small[j * NB + j];
+    }
+    for (var j = 0u; j < P.nb; j++) {
+        a[P.a_base + i * P.n + P.k0 + j] = x[j];
+        panel[(i - k1) * NB + j] = x[j];
+    }
+}
+
+// L_ii⁻¹ of the diagonal block [k0, k0+nb): thread j solves column j; to A and `small`.
+@compute @workgroup_size(64, 1, 1)
+fn trinv_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let nb = P.nb;
+    let k0 = P.k0;
+    for (var e = t; e < NB * NB; e += 64u) {
+        let i = e / NB;
+        let j = e % NB;
+        var v = 0.0;
+        if (i < nb && j <= i) { v = a[P.a_base + (k0 + i) * P.n + k0 + j]; }
+        L[e] = v;
+    }
+    workgroupBarrier();
+    let j = t;
+    var x: array<f32, 64>;
+    if (j < nb) {
+        x[j] = 1.0 / L[j * NB + j];
+        for (var i = j + 1u; i < nb; i++) {
+            var s = 0.0;
+            for (var p = j; p < i; p++) { s = fma(L[i * NB + p], x[p], s); }
+            x[i] = -s / L[i * NB + i];
+        }
+    }
+    workgroupBarrier();
+    if (j < nb) {
+        for (var i = 0u; i < nb; i++) {
+            var v = 0.0;
+            if (i >= j) { v = x[i]; }
+            small[i * NB + j] = v;
+            a[P.a_base + (k0 + i) * P.n + k0 + j] = v;
+        }
+    }
+}
+
+// U = J M J with M = L⁻¹ lower: swaps A(x, y) and A(n-1-x, n-1-y) for rows x in [lo, hi)
+// of the top half (their mirrors live in the a2 window), keeping the upper triangle.
+@compute @workgroup_size(256, 1, 1)
+fn reverse_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let y = wid.x * 256u + lid.x;
+    let x = P.lo + wid.y;
+    if (y >= P.n || x >= P.hi) { return; }
+    let xm = P.n - 1u - x;
+    let ym = P.n - 1u - y;
+    if (x < xm) {
+        let v = a[P.a_base + x * P.n + y];
+        let vm = a2[P.a2_base + xm * P.n + ym];
+        a[P.a_base + x * P.n + y] = select(0.0, vm, x <= y);
+        a2[P.a2_base + xm * P.n + ym] = select(0.0, v, xm <= ym);
+    } else if (x == xm && y < ym) {
+        // The middle row of an odd n is its own mirror.
+        let v = a[P.a_base + x * P.n + y];
+        let vm = a[P.a_base + x * P.n + ym];
+        a[P.a_base + x * P.n + y] = select(0.0, vm, x <= y);
+        a[P.a_base + x * P.n + ym] = select(0.0, v, x <= ym);
+    }
+}

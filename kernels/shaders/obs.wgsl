@@ -1,0 +1,155 @@
+// SparseGPT's blocked OBS prune (ALGORITHMS.md §7), the in-block part: the sequential loop
+// over the columns of one block runs with rows in parallel. A workgroup owns 16 rows; their
+// block of W (16 x 128) stays in workgroup memory for the whole loop, the rows of U1 arrive
+// 8 at a time as the loop reaches them (so B = 128 needs 12 KiB, not U1's 64 KiB), and each
+// step is a rank-1 update spread over 16 threads per row. The lazy update of the columns to
+// the right of the block is a GEMM (gemm.wgsl). Decisions come from the mask (given, or
+// chosen for the block by select.wgsl's whole-group selection) or, for N:M, are made in the
+// loop on the current weights.
+
+struct Params {
+    rows: u32,        // rows in this window
+    cols: u32,
+    j1: u32,          // the (sub-)block's first column
+    cnt: u32,         // its width (<= 128)
+    w_base: u32,
+    u_base: u32,      // logical origin of U (index of U(0,0)) in the u binding
+    m_base: u32,
+    wpr: u32,
+    err_base: u32,    // Err1(r, i) = err[err_base + r*128 + i]
+    row0: u32,        // global row of the window's first row (loss)
+    nm: u32,          // 1: N:M selection in the loop; 0: decisions from the mask
+    n: u32,
+    m: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> w: array<f32>;
+@group(0) @binding(2) var<storage, read> u: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mask: array<u32>;
+@group(0) @binding(4) var<storage, read_write> err: array<f32>;
+@group(0) @binding(5) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(6) var<storage, read> dg: array<f32>;      // diag(U), cols
+@group(0) @binding(7) var<storage, read> dead: array<u32>;    // dead-column flags, cols
+
+const SB: u32 = 128u;
+const RB: u32 = 16u;
+const UC: u32 = 8u;
+
+var<workgroup> w1: array<f32, 2048>;        // RB x SB
+var<workgroup> uc: array<f32, 1024>;        // UC x SB rows of U1
+var<workgroup> pr: array<atomic<u32>, 64>;  // RB x 4 words of pruned flags
+var<workgroup> ev: array<f32, 16>;          // this step's error per row
+
+// W[:, dead] = 0 before anything else.
+@compute @workgroup_size(256, 1, 1)
+fn zero_dead(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = wid.x * 256u + lid.x;
+    let r = wid.y;
+    if (c >= P.cols || r >= P.rows) { return; }
+    if (dead[c] != 0u) { w[P.w_base + r * P.cols + c] = 0.0; }
+}
+
+fn is_pruned(rl: u32, c: u32) -> bool {
+    return ((atomicLoad(&pr[rl * 4u + c / 32u]) >> (c % 32u)) & 1u) != 0u;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let lane = t % 16u;
+    let rl = t / 16u;
+    let r = (wid.y * nwg.x + wid.x) * RB + rl;
+    let live = r < P.rows;
+    let cnt = P.cnt;
+    if (t < 64u) { atomicStore(&pr[t], 0u); }
+    workgroupBarrier();
+    for (var c = lane; c < cnt; c += 16u) {
+        var v = 0.0;
+        if (live) {
+            v = w[P.w_base + r * P.cols + P.j1 + c];
+            if (P.nm == 0u) {
+                let g = P.j1 + c;
+                if (((mask[P.m_base + r * P.wpr + g / 32u] >> (g % 32u)) & 1u) != 0u) {
+                    atomicOr(&pr[rl * 4u + c / 32u], 1u << (c % 32u));
+                }
+            }
+        }
+        w1[rl * SB + c] = v;
+    }
+    var lsum = 0.0;
+    for (var i = 0u; i < cnt; i++) {
+        if (i % UC == 0u) {
+            workgroupBarrier();
+            for (var e = t; e < UC * SB; e += 256u) {
+                let q = i + e / SB;
+                let c = e % SB;
+                var v = 0.0;
+                if (q < cnt && c < cnt) { v = u[P.u_base + (P.j1 + q) * P.cols + P.j1 + c]; }
+                uc[e] = v;
+            }
+        }
+        if (P.nm != 0u && i % P.m == 0u) {
+            workgroupBarrier();
+            // N:M on the current weights of columns i..i+m: lane 0 of each row ranks them.
+            if (lane == 0u && live) {
+                for (var c = i; c < i + P.m; c++) {
+                    let d = dg[P.j1 + c];
+                    let sc = (w1[rl * SB + c] * w1[rl * SB + c]) / (d * d);
+                    var rank = 0u;
+                    for (var q = i; q < i + P.m; q++) {
+                        let dq = dg[P.j1 + q];
+                        let sq = (w1[rl * SB + q] * w1[rl * SB + q]) / (dq * dq);
+                        if (sq < sc || (sq == sc && q < c)) { rank += 1u; }
+                    }
+                    if (rank < P.n) { atomicOr(&pr[rl * 4u + c / 32u], 1u << (c % 32u)); }
+                }
+            }
+        }
+        workgroupBarrier();
+        let ui = (i % UC) * SB;
+        if (lane == 0u) {
+            let wi = w1[rl * SB + i];
+            var q = wi;
+            if (is_pruned(rl, i)) { q = 0.0; }
+            let d = uc[ui + i];
+            let e = (wi - q) / d;
+            ev[rl] = e;
+            w1[rl * SB + i] = q;
+            if (live) {
+                err[P.err_base + r * SB + i] = e;
+                lsum += (wi - q) * (wi - q) / (d * d) / 2.0;
+            }
+        }
+        workgroupBarrier();
+        let e = ev[rl];
+        for (var c = i + 1u + lane; c < cnt; c += 16u) {
+            w1[rl * SB + c] = w1[rl * SB + c] - e * uc[ui + c];
+        }
+    }
+    workgroupBarrier();
+    if (!live) { return; }
+    for (var c = lane; c < cnt; c += 16u) {
+        w[P.w_base + r * P.cols + P.j1 + c] = w1[rl * SB + c];
+    }
+    if (lane == 0u) { loss[P.row0 + r] = loss[P.row0 + r] + lsum; }
+    if (P.nm != 0u) {
+        // This block's bits into the mask words it overlaps (the words past it are kept).
+        let wfirst = P.j1 / 32u;
+        let wlast = (P.j1 + cnt - 1u) / 32u;
+        for (var wd = wfirst + lane; wd <= wlast; wd += 16u) {
+            var bits = 0u;
+            var inr = 0u;
+            for (var b = 0u; b < 32u; b++) {
+                let g = wd * 32u + b;
+                if (g >= P.j1 && g < P.j1 + cnt) {
+                    inr = inr | (1u << b);
+                    if (is_pruned(rl, g - P.j1)) { bits = bits | (1u << b); }
+                }
+            }
+            let idx = P.m_base + r * P.wpr + wd;
+            mask[idx] = (mask[idx] & ~inr) | bits;
+        }
+    }
+}

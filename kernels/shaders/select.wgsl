@@ -1,0 +1,360 @@
+// Mask selection (ALGORITHMS.md §5) without sorting: radix select on order-preserving u32
+// keys of the scores, in three digit passes of 11, 11 and 10 bits (2048-bin histograms).
+//
+// * row_select: one workgroup (256 threads) per row: per pass a workgroup-memory histogram of
+//   the keys that still match the prefix, then a scan finds the digit holding the k-th lowest;
+//   after three passes the k-th key T is exact. A last pass prunes every key < T and, among
+//   keys == T, the first ones by column (a running workgroup scan), as a stable sort would.
+// * Whole-group selection (magnitude over the matrix, SparseGPT's adaptive block): the same
+//   passes split across workgroups (hist_pass merges workgroup histograms into a global one;
+//   pick, one workgroup, finds the digit), then per-row tie counts (row_ties), their
+//   exclusive scan over rows (scan_rows) and the write (row_write), so ties go to the lower
+//   linear index.
+// * nm_select: n lowest of every m consecutive columns, one thread per column.
+// Keys are computed on the fly from the source (kind), so the fused prune reads W once per
+// pass and never stores scores; with write_w it also zeroes the pruned weights.
+
+struct Params {
+    rows: u32,        // rows in this window
+    cols: u32,        // row length of the source
+    c0: u32,          // the group's columns [c0, c1)
+    c1: u32,
+    kind: u32,        // 0 raw f32 order, 1 |w|, 2 wanda, 3 gblm, 4 w^2/d^2 (SparseGPT)
+    s_base: u32,
+    g_base: u32,
+    m_base: u32,
+    wpr: u32,
+    k: u32,           // row_select: entries to prune per row; sel_init: for the group; nm: n
+    m: u32,
+    shift: u32,       // hist_pass/pick: the digit's lowest bit
+    row0: u32,        // global row of the window's first row (row_ties, row_write)
+    full_words: u32,  // 1: write whole mask words (clears padding); 0: keep bits outside [c0, c1)
+    write_w: u32,     // 1: zero the pruned source entries (fused prune)
+    nelem: u32,       // hist_pass: entries in this window's part of the group
+    nrows: u32,       // scan_rows: rows of the whole group
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> src: array<f32>;
+@group(0) @binding(2) var<storage, read> aux: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mask: array<u32>;
+@group(0) @binding(5) var<storage, read_write> ghist: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> state: array<u32>; // [T or prefix, kk]
+@group(0) @binding(7) var<storage, read_write> rowcnt: array<u32>;
+
+const BINS: u32 = 2048u;
+
+var<workgroup> hist: array<atomic<u32>, 2048>;
+var<workgroup> scan: array<u32, 256>;
+var<workgroup> words: array<atomic<u32>, 8>;
+var<workgroup> pick_digit: u32;
+var<workgroup> pick_kk: u32;
+var<workgroup> carry: u32;
+var<workgroup> eqcount: atomic<u32>;
+var<workgroup> chunk_eq: u32;
+var<workgroup> quota: u32;
+
+// Orders f32 bit patterns as total_cmp does: negatives reversed below positives.
+fn flip(bits: u32) -> u32 {
+    if ((bits & 0x80000000u) != 0u) { return ~bits; }
+    return bits | 0x80000000u;
+}
+
+fn key(r: u32, c: u32) -> u32 {
+    let v = src[P.s_base + r * P.cols + c];
+    switch P.kind {
+        case 0u: { return flip(bitcast<u32>(v)); }
+        case 1u: { return flip(bitcast<u32>(abs(v))); }
+        case 2u: { let a = abs(v); return flip(bitcast<u32>(a * sqrt(aux[c]))); }
+        case 3u: {
+            let a = abs(v);
+            return flip(bitcast<u32>(a * sqrt(aux[c]) + a * grad[P.g_base + r * P.cols + c]));
+        }
+        default: { let d = aux[c]; return flip(bitcast<u32>((v * v) / (d * d))); }
+    }
+}
+
+fn pass_shift(p: u32) -> u32 {
+    if (p == 0u) { return 21u; }
+    if (p == 1u) { return 10u; }
+    return 0u;
+}
+
+// Bits above the digit of a pass must equal the prefix found so far.
+fn matches(kv: u32, prefix: u32, shift: u32) -> bool {
+    let hi = shift + select(11u, 10u, shift == 0u);
+    if (hi >= 32u) { return true; }
+    return (kv >> hi) == (prefix >> hi);
+}
+
+fn digit(kv: u32, shift: u32) -> u32 {
+    return (kv >> shift) & select(0x7ffu, 0x3ffu, shift == 0u);
+}
+
+// Inclusive scan of scan[0..256) in place; every thread must call it.
+fn scan256(t: u32) {
+    for (var off = 1u; off < 256u; off = off * 2u) {
+        var v = 0u;
+        if (t >= off) { v = scan[t - off]; }
+        workgroupBarrier();
+        scan[t] = scan[t] + v;
+        workgroupBarrier();
+    }
+}
+
+// With `hist` filled: finds the bin holding the kk-th lowest key; sets pick_digit and
+// pick_kk (kk within that bin).
+fn find_digit(t: u32, kk: u32) {
+    var s = 0u;
+    for (var i = 0u; i < 8u; i++) { s += atomicLoad(&hist[t * 8u + i]); }
+    scan[t] = s;
+    workgroupBarrier();
+    scan256(t);
+    let incl = scan[t];
+    let excl = incl - s;
+    if (excl < kk && kk <= incl) {
+        var cum = excl;
+        for (var i = 0u; i < 8u; i++) {
+            let h = atomicLoad(&hist[t * 8u + i]);
+            if (cum + h >= kk) {
+                pick_digit = t * 8u + i;
+                pick_kk = kk - cum;
+                break;
+            }
+            cum += h;
+        }
+    }
+    workgroupBarrier();
+}
+
+fn clear_hist(t: u32) {
+    for (var i = 0u; i < 8u; i++) { atomicStore(&hist[t * 8u + i], 0u); }
+}
+
+// Prunes, in row r, every key < T and the first `ties` keys == T by column, over [c0, c1).
+// Chunks of 256 columns; ties are ranked by a workgroup scan only in the chunk where the
+// quota of ties runs out (before it every tie is pruned, after it none).
+fn write_row(r: u32, t: u32, T: u32, ties: u32) {
+    var running = 0u;
+    let start = (P.c0 / 32u) * 32u;
+    for (var base = start; base < P.c1; base += 256u) {
+        let c = base + t;
+        let inr = c >= P.c0 && c < P.c1;
+        var eq = 0u;
+        var lt = false;
+        if (inr) {
+            let kv = key(r, c);
+            eq = select(0u, 1u, kv == T);
+            lt = kv < T;
+        }
+        if (t < 8u) { atomicStore(&words[t], 0u); }
+        if (t == 0u) { atomicStore(&eqcount, 0u); }
+        workgroupBarrier();
+        if (eq == 1u) { atomicAdd(&eqcount, 1u); }
+        workgroupBarrier();
+        if (t == 0u) { chunk_eq = atomicLoad(&eqcount); }
+        let total = workgroupUniformLoad(&chunk_eq);
+        var take_tie = running + total <= ties;
+        if (running < ties && running + total > ties) {
+            scan[t] = eq;
+            workgroupBarrier();
+            scan256(t);
+            take_tie = running + (scan[t] - eq) < ties;
+        }
+        let prune = inr && (lt || (eq == 1u && take_tie));
+        if (prune) {
+            atomicOr(&words[t / 32u], 1u << (t % 32u));
+            if (P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
+        }
+        workgroupBarrier();
+        if (t < 8u) {
+            let wcol = base + t * 32u;
+            if (wcol < P.c1) {
+                let idx = P.m_base + r * P.wpr + wcol / 32u;
+                let bits = atomicLoad(&words[t]);
+                if (P.full_words != 0u) {
+                    mask[idx] = bits;
+                } else {
+                    let lo = max(P.c0, wcol) - wcol;
+                    let hi = min(P.c1, wcol + 32u) - wcol;
+                    var inmask = 0xffffffffu;
+                    if (hi < 32u) { inmask = (1u << hi) - 1u; }
+                    inmask = inmask & ~((1u << lo) - 1u);
+                    mask[idx] = (mask[idx] & ~inmask) | (bits & inmask);
+                }
+            }
+        }
+        running += total;
+        workgroupBarrier();
+    }
+}
+
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn row_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = row_of(wid, nwg);
+    if (r >= P.rows) { return; }
+    let t = lid.x;
+    var prefix = 0u;
+    var kk = P.k;
+    if (kk > 0u) {
+        for (var ps = 0u; ps < 3u; ps++) {
+            let shift = pass_shift(ps);
+            clear_hist(t);
+            workgroupBarrier();
+            for (var c = P.c0 + t; c < P.c1; c += 256u) {
+                let kv = key(r, c);
+                if (matches(kv, prefix, shift)) { atomicAdd(&hist[digit(kv, shift)], 1u); }
+            }
+            workgroupBarrier();
+            find_digit(t, kk);
+            prefix = prefix | (workgroupUniformLoad(&pick_digit) << shift);
+            kk = workgroupUniformLoad(&pick_kk);
+        }
+    }
+    write_row(r, t, prefix, kk);
+}
+
+// Resets the global histogram and the selection state: prefix 0, k entries to find.
+@compute @workgroup_size(256, 1, 1)
+fn sel_init(@builtin(local_invocation_id) lid: vec3<u32>) {
+    for (var i = lid.x; i < BINS; i += 256u) { atomicStore(&ghist[i], 0u); }
+    if (lid.x == 0u) {
+        state[0] = 0u;
+        state[1] = P.k;
+    }
+}
+
+// One digit pass over this window's part of the group: 16 entries per thread.
+@compute @workgroup_size(256, 1, 1)
+fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let prefix = state[0];
+    let width = P.c1 - P.c0;
+    clear_hist(t);
+    workgroupBarrier();
+    let first = (wid.y * nwg.x + wid.x) * 4096u;
+    for (var i = 0u; i < 16u; i++) {
+        let e = first + i * 256u + t;
+        if (e < P.nelem) {
+            let kv = key(e / width, P.c0 + e % width);
+            if (matches(kv, prefix, P.shift)) { atomicAdd(&hist[digit(kv, P.shift)], 1u); }
+        }
+    }
+    workgroupBarrier();
+    for (var i = 0u; i < 8u; i++) {
+        let h = atomicLoad(&hist[t * 8u + i]);
+        if (h != 0u) { atomicAdd(&ghist[t * 8u + i], h); }
+    }
+}
+
+// Finds the digit of this pass in the global histogram and clears it for the next pass.
+@compute @workgroup_size(256, 1, 1)
+fn pick(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    for (var i = 0u; i < 8u; i++) {
+        atomicStore(&hist[t * 8u + i], atomicLoad(&ghist[t * 8u + i]));
+        atomicStore(&ghist[t * 8u + i], 0u);
+    }
+    if (t == 0u) { pick_kk = state[1]; }
+    workgroupBarrier();
+    let kk = workgroupUniformLoad(&pick_kk);
+    find_digit(t, kk);
+    if (t == 0u) {
+        state[0] = state[0] | (pick_digit << P.shift);
+        state[1] = pick_kk;
+    }
+}
+
+// Per row: how many keys equal the threshold T.
+@compute @workgroup_size(256, 1, 1)
+fn row_ties(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = row_of(wid, nwg);
+    if (r >= P.rows) { return; }
+    let t = lid.x;
+    let T = state[0];
+    var n = 0u;
+    for (var c = P.c0 + t; c < P.c1; c += 256u) {
+        if (key(r, c) == T) { n += 1u; }
+    }
+    scan[t] = n;
+    workgroupBarrier();
+    scan256(t);
+    if (t == 0u) { rowcnt[P.row0 + r] = scan[255]; }
+}
+
+// Exclusive scan of rowcnt over the group's rows, one workgroup.
+@compute @workgroup_size(256, 1, 1)
+fn scan_rows(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    if (t == 0u) { carry = 0u; }
+    workgroupBarrier();
+    for (var base = 0u; base < P.nrows; base += 256u) {
+        let i = base + t;
+        var v = 0u;
+        if (i < P.nrows) { v = rowcnt[i]; }
+        scan[t] = v;
+        workgroupBarrier();
+        scan256(t);
+        let c = carry;
+        if (i < P.nrows) { rowcnt[i] = c + scan[t] - v; }
+        workgroupBarrier();
+        if (t == 0u) { carry = c + scan[255]; }
+        workgroupBarrier();
+    }
+}
+
+// The group's mask bits in this window's rows, ties by linear index across rows.
+@compute @workgroup_size(256, 1, 1)
+fn row_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = row_of(wid, nwg);
+    if (r >= P.rows) { return; }
+    // The tie quota decides where the ranking scan runs, so it must be workgroup-uniform.
+    if (lid.x == 0u) {
+        let kk = state[1];
+        let before = rowcnt[P.row0 + r];
+        var q = 0u;
+        if (kk > before) { q = kk - before; }
+        quota = q;
+    }
+    let ties = workgroupUniformLoad(&quota);
+    write_row(r, lid.x, state[0], ties);
+}
+
+// N:M: thread per column; its rank in its group of m (lower key, then lower column, first).
+@compute @workgroup_size(256, 1, 1)
+fn nm_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let c = wid.x * 256u + t;
+    let r = wid.y;
+    let live = c < P.cols && r < P.rows;
+    if (t < 8u) { atomicStore(&words[t], 0u); }
+    workgroupBarrier();
+    var prune = false;
+    if (live) {
+        let g0 = c - c % P.m;
+        let kc = key(r, c);
+        var rank = 0u;
+        for (var j = g0; j < g0 + P.m; j++) {
+            let kj = key(r, j);
+            if (kj < kc || (kj == kc && j < c)) { rank += 1u; }
+        }
+        prune = rank < P.k;
+        if (prune) { atomicOr(&words[t / 32u], 1u << (t % 32u)); }
+    }
+    // Every thread of the group has read its neighbours' weights before any is zeroed.
+    workgroupBarrier();
+    if (prune && P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
+    let wcol = wid.x * 256u + t * 32u;
+    if (t < 8u && r < P.rows && wcol < P.cols) {
+        mask[P.m_base + r * P.wpr + wcol / 32u] = atomicLoad(&words[t]);
+    }
+}

@@ -1,0 +1,448 @@
+//! The device context every op runs through: shader modules and pipelines (built on first
+//! use and cached, since compiling all of them up front costs seconds on a software adapter),
+//! and `Batch`, which records an op's dispatches into one compute pass with a uniform
+//! parameter block per dispatch carved out of a shared arena buffer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{KernelError, Result};
+
+use super::timing::Timing;
+
+/// The shader families, one .wgsl file each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Module {
+    Gemm,
+    Stats,
+    Grad,
+    Score,
+    Select,
+    Cholesky,
+    Obs,
+}
+
+impl Module {
+    pub const ALL: [Module; 7] = [
+        Module::Gemm,
+        Module::Stats,
+        Module::Grad,
+        Module::Score,
+        Module::Select,
+        Module::Cholesky,
+        Module::Obs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::Gemm => "gemm",
+            Module::Stats => "stats",
+            Module::Grad => "grad",
+            Module::Score => "score",
+            Module::Select => "select",
+            Module::Cholesky => "cholesky",
+            Module::Obs => "obs",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Module::Gemm => include_str!("../../shaders/gemm.wgsl"),
+            Module::Stats => include_str!("../../shaders/stats.wgsl"),
+            Module::Grad => include_str!("../../shaders/grad.wgsl"),
+            Module::Score => include_str!("../../shaders/score.wgsl"),
+            Module::Select => include_str!("../../shaders/select.wgsl"),
+            Module::Cholesky => include_str!("../../shaders/cholesky.wgsl"),
+            Module::Obs => include_str!("../../shaders/obs.wgsl"),
+        }
+    }
+
+    /// Storage bindings 1.. of the module, `true` where read-only (binding 0 is the uniform
+    /// parameter block). Must match the .wgsl declarations.
+    pub fn storage(self) -> &'static [bool] {
+        match self {
+            Module::Gemm => &[true, true, true, false, false, false],
+            Module::Stats => &[true, false, false],
+            Module::Grad => &[false, true],
+            Module::Score => &[false, true, true, false, true],
+            Module::Select => &[false, true, true, false, false, false, false],
+            Module::Cholesky => &[false, false, true, false, false, false, false],
+            Module::Obs => &[false, true, false, false, false, true, true],
+        }
+    }
+}
+
+/// A range of a buffer bound as one storage binding: elements [start, start + len) of f32 or
+/// u32. Kernels address it with bases relative to `start` (u32 wrap-around arithmetic).
+#[derive(Clone, Copy)]
+pub(crate) struct Win<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub start: u64,
+    pub bytes: u64,
+}
+
+impl Win<'_> {
+    /// The index, inside this window, of global element `origin` (which may lie before the
+    /// window: the kernels only ever add offsets that land inside it).
+    pub fn base(&self, origin: u64) -> u32 {
+        (origin as u32).wrapping_sub(self.start as u32)
+    }
+}
+
+/// What a storage binding of a dispatch gets.
+#[derive(Clone, Copy)]
+pub(crate) enum Slot<'a> {
+    Win(Win<'a>),
+    /// The binding is unused by this entry point.
+    Unused,
+}
+
+pub(crate) struct Ctx {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    /// The largest storage binding we create (the device's limit, or a smaller test limit).
+    pub max_binding: u64,
+    pub timestamps: bool,
+    modules: Mutex<
+        HashMap<
+            Module,
+            (
+                wgpu::ShaderModule,
+                wgpu::BindGroupLayout,
+                wgpu::PipelineLayout,
+            ),
+        >,
+    >,
+    pipelines: Mutex<HashMap<(Module, &'static str), wgpu::ComputePipeline>>,
+    dummy_ro: wgpu::Buffer,
+    dummy_rw: wgpu::Buffer,
+    /// The first validation or device error wgpu reported, turned into an error by `check`.
+    pub errors: Arc<Mutex<Option<String>>>,
+    pub timing: Mutex<Option<Timing>>,
+    /// Tests: fresh outputs and scratch are filled with NaN (masks with all bits set), so an
+    /// entry a kernel forgets to write shows up.
+    pub poison: AtomicBool,
+    /// How many ops had to split a tensor across several bindings (tests check the path ran).
+    pub splits: AtomicUsize,
+}
+
+const PARAM_SLOT: u64 = 256;
+const ARENA_SLOTS: u64 = 256;
+
+impl Ctx {
+    pub fn new(device: wgpu::Device, queue: wgpu::Queue, limits: wgpu::Limits) -> Self {
+        let errors: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let dummy = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let timestamps = device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        Self {
+            dummy_ro: dummy("unused read-only binding"),
+            dummy_rw: dummy("unused read-write binding"),
+            max_binding: limits.max_storage_buffer_binding_size,
+            timestamps,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            errors,
+            timing: Mutex::new(None),
+            poison: AtomicBool::new(false),
+            splits: AtomicUsize::new(0),
+            device,
+            queue,
+            limits,
+        }
+    }
+
+    /// Turns an error wgpu reported since the last check into a `KernelError`.
+    pub fn check(&self) -> Result<()> {
+        let mut slot = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            None => Ok(()),
+            Some(e) if e.to_lowercase().contains("out of memory") => {
+                Err(KernelError::OutOfMemory {
+                    what: format!("a device allocation ({e})"),
+                    needed: 0,
+                    available: 0,
+                })
+            }
+            Some(e) => Err(KernelError::Device(e)),
+        }
+    }
+
+    fn module(&self, m: Module) -> Result<()> {
+        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if mods.contains_key(&m) {
+            return Ok(());
+        }
+        let shader = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(m.name()),
+                source: wgpu::ShaderSource::Wgsl(m.source().into()),
+            });
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, &read_only) in m.storage().iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let bgl = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(m.name()),
+                entries: &entries,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(m.name()),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+        mods.insert(m, (shader, bgl, pl));
+        Ok(())
+    }
+
+    fn pipeline(
+        &self,
+        m: Module,
+        entry: &'static str,
+    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+        self.module(m)?;
+        let mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let (shader, bgl, pl) = &mods[&m];
+        let pipes = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pipes.get(&(m, entry)) {
+            return Ok((p.clone(), bgl.clone()));
+        }
+        let p = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(pl),
+                module: shader,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        drop(pipes);
+        // A shader the device rejects (e.g. more workgroup memory than it has) is reported
+        // here rather than at the first dispatch.
+        if let Err(e) = self.check() {
+            return Err(KernelError::Unsupported(format!(
+                "kernel {}::{entry} does not build on this device: {e}",
+                m.name()
+            )));
+        }
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((m, entry), p.clone());
+        Ok((p, bgl.clone()))
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            ctx: self,
+            encoder: Some(self.device.create_command_encoder(&Default::default())),
+            pass: None,
+            arenas: Vec::new(),
+        }
+    }
+
+    pub fn split_noted(&self, parts: usize) {
+        if parts > 1 {
+            self.splits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Arena {
+    buf: wgpu::Buffer,
+    data: Vec<u8>,
+}
+
+/// One op's recorded work: dispatches go into compute passes (timed when a timing scope is
+/// open), copies and clears between them; `submit` sends it all at once.
+pub(crate) struct Batch<'c> {
+    ctx: &'c Ctx,
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    arenas: Vec<Arena>,
+}
+
+/// Splits a workgroup count over x and y so neither exceeds the per-dimension limit; kernels
+/// rebuild the linear index from workgroup_id and num_workgroups.
+pub(crate) fn grid(n: u64, max: u32) -> [u32; 3] {
+    let n = n.max(1);
+    let x = n.min(max as u64);
+    [x as u32, n.div_ceil(x) as u32, 1]
+}
+
+impl<'c> Batch<'c> {
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder.as_mut().expect("batch already submitted")
+    }
+
+    fn params_slot(&mut self, bytes: &[u8]) -> (usize, u64) {
+        let need_new = match self.arenas.last() {
+            None => true,
+            Some(a) => a.data.len() as u64 >= PARAM_SLOT * ARENA_SLOTS,
+        };
+        if need_new {
+            let slot = PARAM_SLOT.max(self.ctx.limits.min_uniform_buffer_offset_alignment as u64);
+            let buf = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params"),
+                size: slot * ARENA_SLOTS,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.arenas.push(Arena {
+                buf,
+                data: Vec::new(),
+            });
+        }
+        let slot = PARAM_SLOT.max(self.ctx.limits.min_uniform_buffer_offset_alignment as u64);
+        let idx = self.arenas.len() - 1;
+        let a = &mut self.arenas[idx];
+        let off = a.data.len() as u64;
+        a.data.extend_from_slice(bytes);
+        a.data.resize((off + slot) as usize, 0);
+        (idx, off)
+    }
+
+    /// Records one dispatch of `entry` in module `m`.
+    pub fn dispatch(
+        &mut self,
+        m: Module,
+        entry: &'static str,
+        params: &[u8],
+        slots: &[Slot<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        assert!(
+            params.len() as u64 <= PARAM_SLOT,
+            "parameter block too large"
+        );
+        assert_eq!(
+            slots.len(),
+            m.storage().len(),
+            "{}::{entry}: slot count",
+            m.name()
+        );
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(KernelError::Unsupported(format!(
+                "{}::{entry} needs a grid of {groups:?} workgroups, the device allows {max} per dimension",
+                m.name()
+            )));
+        }
+        let (pipeline, bgl) = self.ctx.pipeline(m, entry)?;
+        let (ai, off) = self.params_slot(params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.arenas[ai].buf,
+                offset: off,
+                size: wgpu::BufferSize::new(PARAM_SLOT),
+            }),
+        }];
+        for (i, (slot, &ro)) in slots.iter().zip(m.storage()).enumerate() {
+            let (buffer, offset, size) = match slot {
+                Slot::Win(w) => (w.buf, w.start * 4, w.bytes),
+                Slot::Unused if ro => (&self.ctx.dummy_ro, 0, 256),
+                Slot::Unused => (&self.ctx.dummy_rw, 0, 256),
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size: wgpu::BufferSize::new(size),
+                }),
+            });
+        }
+        let bg = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &bgl,
+                entries: &entries,
+            });
+        if self.pass.is_none() {
+            let mut timing = self.ctx.timing.lock().unwrap_or_else(|p| p.into_inner());
+            let writes = timing.as_mut().map(|t| t.next_pass(&self.ctx.device));
+            let enc = self.encoder.as_mut().expect("batch already submitted");
+            let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: writes
+                    .as_ref()
+                    .map(|(qs, i)| wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: Some(*i),
+                        end_of_pass_write_index: Some(*i + 1),
+                    }),
+            });
+            self.pass = Some(pass.forget_lifetime());
+        }
+        let pass = self.pass.as_mut().expect("pass just opened");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    pub fn clear(&mut self, buf: &wgpu::Buffer) {
+        self.encoder().clear_buffer(buf, 0, None);
+    }
+
+    pub fn copy(&mut self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        self.encoder().copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+    }
+
+    /// Sends everything recorded; errors wgpu reported while recording come back here.
+    pub fn submit(mut self) -> Result<()> {
+        self.pass = None;
+        for a in &self.arenas {
+            self.ctx.queue.write_buffer(&a.buf, 0, &a.data);
+        }
+        let enc = self.encoder.take().expect("batch already submitted");
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.check()
+    }
+}

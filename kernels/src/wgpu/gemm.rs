@@ -1,0 +1,177 @@
+//! Recording one dispatch of gemm.wgsl: operands as windows plus the global index of their
+//! logical origin, the output-tile grid over the covered rows and columns.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+
+use super::exec::{Batch, Module, Slot, Win};
+
+pub(crate) const F_LOWER: u32 = 1;
+pub(crate) const F_MIRROR: u32 = 2;
+pub(crate) const F_B_LOWER: u32 = 4;
+pub(crate) const F_A_MINUS_P: u32 = 8;
+pub(crate) const F_L1: u32 = 16;
+
+const TILE: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+pub(crate) struct GemmParams {
+    pub m_lo: u32,
+    pub m_hi: u32,
+    pub n_lo: u32,
+    pub n_hi: u32,
+    pub k_lo: u32,
+    pub k_hi: u32,
+    pub a_base: u32,
+    pub lda: u32,
+    pub a_trans: u32,
+    pub b_base: u32,
+    pub ldb: u32,
+    pub b_trans: u32,
+    pub c_base: u32,
+    pub ldc: u32,
+    pub c2_base: u32,
+    pub p_base: u32,
+    pub flags: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub part_off: u32,
+    pub count: u32,
+}
+
+/// A GEMM operand: a window, the global element index of its logical (0,0) (wrapping, so it
+/// may be "negative"), its leading dimension, and whether it is stored transposed.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub win: Win<'a>,
+    pub origin: u64,
+    pub ld: usize,
+    pub trans: bool,
+}
+
+impl<'a> Operand<'a> {
+    pub fn new(win: Win<'a>, origin: u64, ld: usize) -> Self {
+        Self {
+            win,
+            origin,
+            ld,
+            trans: false,
+        }
+    }
+    pub fn t(mut self) -> Self {
+        self.trans = true;
+        self
+    }
+}
+
+/// A logical origin before the start of the buffer, as the wrapping offset the kernels use.
+pub(crate) fn before(elems: usize) -> u64 {
+    0u64.wrapping_sub(elems as u64)
+}
+
+/// One GEMM-shaped dispatch; `m`, `n`, `k` are the covered ranges in logical coordinates.
+pub(crate) struct Gemm<'a> {
+    pub entry: &'static str,
+    pub m: (usize, usize),
+    pub n: (usize, usize),
+    pub k: (usize, usize),
+    pub a: Operand<'a>,
+    pub a2: Option<Operand<'a>>,
+    pub b: Operand<'a>,
+    pub c: Option<Operand<'a>>,
+    pub c2: Option<Operand<'a>>,
+    pub part: Option<(Win<'a>, u32)>,
+    pub flags: u32,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl<'a> Gemm<'a> {
+    pub fn new(
+        entry: &'static str,
+        m: (usize, usize),
+        n: (usize, usize),
+        k: (usize, usize),
+        a: Operand<'a>,
+        b: Operand<'a>,
+    ) -> Self {
+        Self {
+            entry,
+            m,
+            n,
+            k,
+            a,
+            a2: None,
+            b,
+            c: None,
+            c2: None,
+            part: None,
+            flags: 0,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+
+    /// Workgroups this dispatch launches (one per 64x64 output tile).
+    pub fn tiles(&self) -> (u32, u32) {
+        let w = (self.n.1 - self.n.0) as u32;
+        let h = (self.m.1 - self.m.0) as u32;
+        (w.div_ceil(TILE), h.div_ceil(TILE))
+    }
+
+    pub fn record(&self, batch: &mut Batch<'_>) -> Result<()> {
+        if self.m.1 <= self.m.0 || self.n.1 <= self.n.0 {
+            return Ok(());
+        }
+        let mut p = GemmParams {
+            m_lo: self.m.0 as u32,
+            m_hi: self.m.1 as u32,
+            n_lo: self.n.0 as u32,
+            n_hi: self.n.1 as u32,
+            k_lo: self.k.0 as u32,
+            k_hi: self.k.1 as u32,
+            a_base: self.a.win.base(self.a.origin),
+            lda: self.a.ld as u32,
+            a_trans: self.a.trans as u32,
+            b_base: self.b.win.base(self.b.origin),
+            ldb: self.b.ld as u32,
+            b_trans: self.b.trans as u32,
+            flags: self.flags,
+            alpha: self.alpha,
+            beta: self.beta,
+            ..Default::default()
+        };
+        if let Some(c) = &self.c {
+            p.c_base = c.win.base(c.origin);
+            p.ldc = c.ld as u32;
+        }
+        if let Some(c2) = &self.c2 {
+            p.c2_base = c2.win.base(c2.origin);
+        }
+        if let Some(a2) = &self.a2 {
+            p.p_base = a2.win.base(a2.origin);
+            p.flags |= F_A_MINUS_P;
+        }
+        if let Some((_, off)) = self.part {
+            p.part_off = off;
+        }
+        let slot = |o: &Option<Operand<'a>>| o.map_or(Slot::Unused, |o| Slot::Win(o.win));
+        let (gx, gy) = self.tiles();
+        batch.dispatch(
+            Module::Gemm,
+            self.entry,
+            bytemuck::bytes_of(&p),
+            &[
+                Slot::Win(self.a.win),
+                slot(&self.a2),
+                Slot::Win(self.b.win),
+                slot(&self.c),
+                slot(&self.c2),
+                self.part.map_or(Slot::Unused, |(w, _)| Slot::Win(w)),
+            ],
+            [gx, gy, 1],
+        )
+    }
+}

@@ -1,0 +1,391 @@
+//! The damped inverse-Hessian factor (§6) on the device; the algorithm is described at the
+//! top of cholesky.wgsl. Everything runs on the GPU; the host only reads back the status
+//! words (failed pivot, first non-finite entry), λ and the dead-column flags at the end.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{KernelError, Result};
+use crate::ops::{check, HinvFactor};
+
+use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
+use super::gemm::{Gemm, Operand, F_B_LOWER, F_LOWER};
+use super::mem::WgpuTensor;
+
+/// The Cholesky block width (cholesky.wgsl's NB): a 64x64 f32 block is 16 KiB of workgroup
+/// memory.
+const NB: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+pub(crate) struct CholParams {
+    n: u32,
+    rows: u32,
+    row0: u32,
+    a_base: u32,
+    a2_base: u32,
+    h_base: u32,
+    k0: u32,
+    nb: u32,
+    lo: u32,
+    hi: u32,
+    clo: u32,
+    chi: u32,
+    percdamp: f32,
+}
+
+struct Bufs<'a> {
+    small: Win<'a>,
+    panel: Win<'a>,
+    dvec: Win<'a>,
+    stat: Win<'a>,
+}
+
+impl Bufs<'_> {
+    fn slots<'a>(
+        &self,
+        a: Option<Win<'a>>,
+        a2: Option<Win<'a>>,
+        h: Option<Win<'a>>,
+    ) -> [Slot<'a>; 7]
+    where
+        Self: 'a,
+    {
+        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
+        [
+            s(a),
+            s(a2),
+            s(h),
+            Slot::Win(self.small),
+            Slot::Win(self.panel),
+            Slot::Win(self.dvec),
+            Slot::Win(self.stat),
+        ]
+    }
+}
+
+fn intersect(a: (usize, usize), b: (usize, usize)) -> Option<(usize, usize)> {
+    let lo = a.0.max(b.0);
+    let hi = a.1.min(b.1);
+    (lo < hi).then_some((lo, hi))
+}
+
+impl Ctx {
+    /// diag(A) of an n x n matrix into a vector (SparseGPT's diag(U)).
+    pub(crate) fn diag_of(&self, a: &WgpuTensor) -> Result<wgpu::Buffer> {
+        let n = a.cols;
+        let d = self.scratch("diagonal", n)?;
+        let dw = self.whole(&d, n)?;
+        let mut b = self.batch();
+        for (r0, r1) in self.row_slabs(n, n, 1, usize::MAX)? {
+            let hw = self.rows_win(&a.buf, n, r0, r1)?;
+            let p = CholParams {
+                n: n as u32,
+                rows: (r1 - r0) as u32,
+                row0: r0 as u32,
+                h_base: hw.base(0),
+                ..Default::default()
+            };
+            b.dispatch(
+                Module::Cholesky,
+                "diag_extract",
+                bytemuck::bytes_of(&p),
+                &[
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(hw),
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(dw),
+                    Slot::Unused,
+                ],
+                [(r1 - r0).div_ceil(256) as u32, 1, 1],
+            )?;
+        }
+        b.submit()?;
+        Ok(d)
+    }
+
+    pub(crate) fn hinv_factor(
+        &self,
+        h: &WgpuTensor,
+        percdamp: f64,
+    ) -> Result<HinvFactor<WgpuTensor>> {
+        check::same("Hessian", (h.rows, h.cols), (h.cols, h.cols))?;
+        if !(percdamp >= 0.0 && percdamp.is_finite()) {
+            return Err(KernelError::InvalidArgument(format!(
+                "percdamp {percdamp} must be a finite non-negative number"
+            )));
+        }
+        let n = h.cols;
+        let u = self.tensor("inverse-Hessian factor", n, n)?;
+        if n == 0 {
+            return Ok(HinvFactor {
+                u,
+                dead: vec![],
+                damp: 0.0,
+            });
+        }
+        let small = self.scratch("Cholesky block", NB * NB)?;
+        let panel = self.scratch("Cholesky panel", n.saturating_sub(NB).max(1) * NB)?;
+        let dvec = self.scratch("Hessian diagonal", n)?;
+        let temp = self.scratch("inverse block row", NB * n)?;
+        let mut header = vec![0u32; 4 + n];
+        header[1] = u32::MAX;
+        let stat = self.upload_words("factor status", &header)?;
+        let bufs = Bufs {
+            small: self.whole(&small, NB * NB)?,
+            panel: self.whole(&panel, n.saturating_sub(NB).max(1) * NB)?,
+            dvec: self.whole(&dvec, n)?,
+            stat: self.whole(&stat, 4 + n)?,
+        };
+        let temp_w = self.whole(&temp, NB * n)?;
+        // Windows are whole 64-row blocks, so a diagonal block never straddles two.
+        let slabs = self.row_slabs(n, n, NB, usize::MAX)?;
+        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let base = CholParams {
+            n: n as u32,
+            percdamp: percdamp as f32,
+            ..Default::default()
+        };
+        let mut b = self.batch();
+        let chol = |b: &mut Batch<'_>,
+                    entry: &'static str,
+                    p: &CholParams,
+                    slots: [Slot<'_>; 7],
+                    g: [u32; 3]| {
+            b.dispatch(Module::Cholesky, entry, bytemuck::bytes_of(p), &slots, g)
+        };
+
+        // Dead columns, λ, non-finite entries.
+        for &(r0, r1) in &slabs {
+            let hw = self.rows_win(&h.buf, n, r0, r1)?;
+            let p = CholParams {
+                rows: (r1 - r0) as u32,
+                row0: r0 as u32,
+                h_base: hw.base(0),
+                ..base
+            };
+            chol(
+                &mut b,
+                "diag_extract",
+                &p,
+                bufs.slots(None, None, Some(hw)),
+                [(r1 - r0).div_ceil(256) as u32, 1, 1],
+            )?;
+            chol(
+                &mut b,
+                "nonfinite_scan",
+                &p,
+                bufs.slots(None, None, Some(hw)),
+                grid(((r1 - r0) * n).div_ceil(4096) as u64, maxg),
+            )?;
+        }
+        chol(
+            &mut b,
+            "damp_stats",
+            &base,
+            bufs.slots(None, None, None),
+            [1, 1, 1],
+        )?;
+
+        // A = J (H + λI) J, lower triangle, from H's lower triangle: A rows [p0, p1) read H
+        // rows n-1-y for the columns y whose mirror row lies in the H window [q0, q1).
+        for &(p0, p1) in &slabs {
+            let aw = self.rows_win(&u.buf, n, p0, p1)?;
+            for &(q0, q1) in &slabs {
+                let (y0, y1) = (n - q1, n - q0);
+                let hw = self.rows_win(&h.buf, n, q0, q1)?;
+                let p = CholParams {
+                    a_base: aw.base(0),
+                    h_base: hw.base(0),
+                    lo: p0 as u32,
+                    hi: p1 as u32,
+                    clo: y0 as u32,
+                    chi: y1 as u32,
+                    ..base
+                };
+                let g = [
+                    (y1 - y0).div_ceil(32) as u32,
+                    (p1 - p0).div_ceil(32) as u32,
+                    1,
+                ];
+                chol(
+                    &mut b,
+                    "copy_in",
+                    &p,
+                    bufs.slots(Some(aw), None, Some(hw)),
+                    g,
+                )?;
+            }
+        }
+
+        // Blocked right-looking Cholesky of A in place.
+        for k0 in (0..n).step_by(NB) {
+            let k1 = (k0 + NB).min(n);
+            let dw = self.rows_win(&u.buf, n, k0, k1)?;
+            let p = CholParams {
+                a_base: dw.base(0),
+                k0: k0 as u32,
+                nb: (k1 - k0) as u32,
+                ..base
+            };
+            chol(
+                &mut b,
+                "chol_diag",
+                &p,
+                bufs.slots(Some(dw), None, None),
+                [1, 1, 1],
+            )?;
+            if k1 == n {
+                break;
+            }
+            for &s in &slabs {
+                let Some((r0, r1)) = intersect(s, (k1, n)) else {
+                    continue;
+                };
+                let aw = self.rows_win(&u.buf, n, r0, r1)?;
+                let pp = CholParams {
+                    rows: (r1 - r0) as u32,
+                    row0: r0 as u32,
+                    a_base: aw.base(0),
+                    ..p
+                };
+                chol(
+                    &mut b,
+                    "chol_panel",
+                    &pp,
+                    bufs.slots(Some(aw), None, None),
+                    grid((r1 - r0).div_ceil(64) as u64, maxg),
+                )?;
+            }
+            for &s in &slabs {
+                let Some((r0, r1)) = intersect(s, (k1, n)) else {
+                    continue;
+                };
+                let aw = self.rows_win(&u.buf, n, r0, r1)?;
+                // Logical (i, j) is A(k1 + i, k1 + j); the panel holds L21 with stride 64.
+                let panel_op = Operand::new(bufs.panel, 0, NB);
+                let mut g = Gemm::new(
+                    "gemm_update",
+                    (r0 - k1, r1 - k1),
+                    (0, r1 - k1),
+                    (0, k1 - k0),
+                    panel_op,
+                    panel_op.t(),
+                );
+                g.c = Some(Operand::new(aw, (k1 * n + k1) as u64, n));
+                g.flags = F_LOWER;
+                g.alpha = -1.0;
+                g.beta = 1.0;
+                g.record(&mut b)?;
+            }
+        }
+
+        // M = L⁻¹ in place, a block row at a time: M_ii = L_ii⁻¹, then
+        // M[i, :i] = -M_ii (L[i, :i] M[:i, :i]).
+        for i0 in (0..n).step_by(NB) {
+            let i1 = (i0 + NB).min(n);
+            let rw = self.rows_win(&u.buf, n, i0, i1)?;
+            let p = CholParams {
+                a_base: rw.base(0),
+                k0: i0 as u32,
+                nb: (i1 - i0) as u32,
+                ..base
+            };
+            chol(
+                &mut b,
+                "trinv_diag",
+                &p,
+                bufs.slots(Some(rw), None, None),
+                [1, 1, 1],
+            )?;
+            if i0 == 0 {
+                continue;
+            }
+            let mut first = true;
+            for &s in &slabs {
+                let Some((k_lo, k_hi)) = intersect(s, (0, i0)) else {
+                    continue;
+                };
+                let kw = self.rows_win(&u.buf, n, k_lo, k_hi)?;
+                // Logical rows 0..nb are A rows i0..; columns and k are A's own.
+                let mut g = Gemm::new(
+                    "gemm_update",
+                    (0, i1 - i0),
+                    (0, i0),
+                    (k_lo, k_hi),
+                    Operand::new(rw, (i0 * n) as u64, n),
+                    Operand::new(kw, 0, n),
+                );
+                g.c = Some(Operand::new(temp_w, 0, n));
+                g.flags = F_B_LOWER;
+                g.beta = if first { 0.0 } else { 1.0 };
+                g.record(&mut b)?;
+                first = false;
+            }
+            let mut g = Gemm::new(
+                "gemm_update",
+                (0, i1 - i0),
+                (0, i0),
+                (0, i1 - i0),
+                Operand::new(bufs.small, 0, NB),
+                Operand::new(temp_w, 0, n),
+            );
+            g.c = Some(Operand::new(rw, (i0 * n) as u64, n));
+            g.alpha = -1.0;
+            g.record(&mut b)?;
+        }
+
+        // U = J M J: row x of the top half swaps with row n-1-x.
+        let half = n.div_ceil(2);
+        for &s in &slabs {
+            let Some((x0, x1)) = intersect(s, (0, half)) else {
+                continue;
+            };
+            let aw = self.rows_win(&u.buf, n, x0, x1)?;
+            for &q in &slabs {
+                // Rows x whose mirror n-1-x lies in q.
+                let Some((y0, y1)) = intersect((x0, x1), (n - q.1, n - q.0)) else {
+                    continue;
+                };
+                let a2w = self.rows_win(&u.buf, n, q.0, q.1)?;
+                let p = CholParams {
+                    a_base: aw.base(0),
+                    a2_base: a2w.base(0),
+                    lo: y0 as u32,
+                    hi: y1 as u32,
+                    ..base
+                };
+                chol(
+                    &mut b,
+                    "reverse_out",
+                    &p,
+                    bufs.slots(Some(aw), Some(a2w), None),
+                    [n.div_ceil(256) as u32, (y1 - y0) as u32, 1],
+                )?;
+            }
+        }
+        b.submit()?;
+
+        let words = self.read_words(&stat, 4 + n)?;
+        if words[1] != u32::MAX {
+            let i = words[1] as usize;
+            return Err(KernelError::NonFinite {
+                what: "Hessian".into(),
+                row: i / n,
+                col: i % n,
+            });
+        }
+        if words[0] != 0 {
+            return Err(KernelError::NotPositiveDefinite {
+                column: words[0] as usize - 1,
+            });
+        }
+        let dead = (0..n).filter(|&j| words[4 + j] != 0).collect();
+        Ok(HinvFactor {
+            u,
+            dead,
+            damp: f32::from_bits(words[2]) as f64,
+        })
+    }
+}

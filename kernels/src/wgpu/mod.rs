@@ -1,0 +1,262 @@
+//! The wgpu backend: every op of the set as hand-written WGSL compute shaders (one file per
+//! kernel family in `kernels/shaders/`), run through wgpu on Vulkan, Metal or DX12.
+//!
+//! Tensors stay on the device between ops. A tensor larger than one storage binding is bound
+//! as several windows (row slabs, or flat chunks for elementwise kernels) and each kernel runs
+//! once per window, so the only hard size limits are the device's buffer size and memory.
+
+mod device;
+mod exec;
+mod gemm;
+mod grad;
+mod hinv;
+mod mem;
+mod obs;
+mod recon;
+mod score;
+mod select;
+mod stats;
+mod timing;
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+pub use device::list_adapters;
+pub use mem::{WgpuMask, WgpuTensor};
+
+use crate::error::{KernelError, Result};
+use crate::ops::{
+    Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
+    Score, TimeSource,
+};
+use crate::tensor::{Mask, Matrix};
+
+/// Every shader family as (file name, WGSL source), for validation without a device.
+pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
+    exec::Module::ALL
+        .iter()
+        .map(|m| (m.name(), m.source()))
+        .collect()
+}
+
+/// The smallest binding limit `with_max_binding` accepts.
+pub const MIN_BINDING: u64 = 8 << 10;
+
+pub struct WgpuBackend {
+    ctx: exec::Ctx,
+    info: BackendInfo,
+}
+
+impl WgpuBackend {
+    /// Opens a Vulkan, Metal or DX12 adapter: the first whose name contains `adapter`
+    /// (case-insensitive), or with `None` the best kind available (discrete, integrated,
+    /// virtual, then CPU).
+    pub fn new(adapter: Option<&str>) -> Result<Self> {
+        let opened = device::open(adapter)?;
+        let limits = opened.device.limits();
+        let info = device::describe(&opened.adapter, &limits);
+        Ok(Self {
+            ctx: exec::Ctx::new(opened.device, opened.queue, limits),
+            info,
+        })
+    }
+
+    /// Caps storage bindings at `bytes` (below the device's limit), so the paths that split
+    /// large tensors across bindings can be exercised with small ones. At least 8 KiB: the
+    /// selection histogram (2048 counters) is always bound whole.
+    pub fn with_max_binding(mut self, bytes: u64) -> Self {
+        self.ctx.max_binding = bytes
+            .max(MIN_BINDING)
+            .min(self.ctx.limits.max_storage_buffer_binding_size);
+        self
+    }
+
+    /// The storage-binding size in force.
+    pub fn max_binding(&self) -> u64 {
+        self.ctx.max_binding
+    }
+
+    /// Test support: fills every fresh output and scratch buffer with NaN (masks with all
+    /// bits set) instead of zeros, so that an entry a kernel forgets to write is caught.
+    #[doc(hidden)]
+    pub fn set_poison(&self, on: bool) {
+        self.ctx.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Test support: how many ops so far had to split a tensor across several bindings.
+    #[doc(hidden)]
+    pub fn split_ops(&self) -> usize {
+        self.ctx.splits.load(Ordering::Relaxed)
+    }
+
+    /// Whether `timed` measures with GPU timestamps on this adapter.
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.timestamps
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = WgpuTensor;
+    type Mask = WgpuMask;
+
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn upload(&self, m: &Matrix) -> Result<WgpuTensor> {
+        if m.data.len() != m.rows * m.cols {
+            return Err(KernelError::Shape(format!(
+                "{}x{} matrix with {} values",
+                m.rows,
+                m.cols,
+                m.data.len()
+            )));
+        }
+        self.ctx.upload_matrix(m)
+    }
+
+    fn download(&self, t: &WgpuTensor) -> Result<Matrix> {
+        let words = self.ctx.read_words(&t.buf, t.rows * t.cols)?;
+        mem::matrix_from_words(t.rows, t.cols, words)
+    }
+
+    fn upload_mask(&self, m: &Mask) -> Result<WgpuMask> {
+        let m = Mask::from_bits(m.rows, m.cols, m.bits.clone())?;
+        Ok(WgpuMask {
+            buf: self.ctx.upload_words("mask", &m.bits)?,
+            rows: m.rows,
+            cols: m.cols,
+        })
+    }
+
+    fn download_mask(&self, m: &WgpuMask) -> Result<Mask> {
+        let words = self.ctx.read_words(&m.buf, m.rows * m.wpr())?;
+        Mask::from_bits(m.rows, m.cols, words)
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<WgpuTensor> {
+        let elems = rows
+            .checked_mul(cols)
+            .ok_or_else(|| KernelError::Shape(format!("{rows}x{cols} overflows")))?;
+        Ok(WgpuTensor {
+            buf: self.ctx.alloc("zeros", elems, None)?,
+            rows,
+            cols,
+        })
+    }
+
+    fn shape(&self, t: &WgpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| KernelError::Device(format!("waiting for the device: {e}")))?;
+        self.ctx.check()
+    }
+
+    /// Wgpu has no portable query for free device memory; allocations past the driver's
+    /// budget fail as out-of-memory instead (see `device::instance`).
+    fn memory_budget(&self) -> Option<u64> {
+        None
+    }
+
+    fn timed(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<(f64, TimeSource)> {
+        self.synchronize()?;
+        if !self.ctx.timestamps {
+            let t0 = Instant::now();
+            work()?;
+            self.synchronize()?;
+            return Ok((t0.elapsed().as_secs_f64(), TimeSource::WallClock));
+        }
+        self.ctx.begin_timing();
+        let r = work();
+        let t = self.ctx.end_timing();
+        r?;
+        Ok((t?, TimeSource::DeviceTimestamps))
+    }
+
+    fn act_stat_update(
+        &self,
+        act: &mut WgpuTensor,
+        seen: usize,
+        x: &WgpuTensor,
+        batch: usize,
+    ) -> Result<()> {
+        self.ctx.act_stat_update(act, seen, x, batch)
+    }
+
+    fn grad_accumulate(&self, acc: &mut WgpuTensor, g: &WgpuTensor, norm: GradNorm) -> Result<()> {
+        self.ctx.grad_accumulate(acc, g, norm)
+    }
+
+    fn grad_accumulate_fused(
+        &self,
+        acc: &mut WgpuTensor,
+        dy: &WgpuTensor,
+        x: &WgpuTensor,
+        norm: GradNorm,
+    ) -> Result<()> {
+        self.ctx.grad_accumulate_fused(acc, dy, x, norm)
+    }
+
+    fn grad_finalize(&self, acc: &WgpuTensor, norm: GradNorm) -> Result<WgpuTensor> {
+        self.ctx.grad_finalize(acc, norm)
+    }
+
+    fn hessian_update(
+        &self,
+        h: &mut WgpuTensor,
+        seen: usize,
+        x: &WgpuTensor,
+        batch: usize,
+    ) -> Result<()> {
+        self.ctx.hessian_update(h, seen, x, batch)
+    }
+
+    fn score(&self, w: &WgpuTensor, score: Score<'_, WgpuTensor>) -> Result<WgpuTensor> {
+        self.ctx.score(w, score)
+    }
+
+    fn select_mask(&self, scores: &WgpuTensor, pattern: MaskPattern) -> Result<WgpuMask> {
+        self.ctx.select_mask(scores, pattern)
+    }
+
+    fn apply_mask(&self, w: &mut WgpuTensor, mask: &WgpuMask) -> Result<()> {
+        self.ctx.apply_mask(w, mask)
+    }
+
+    fn prune_scored(
+        &self,
+        w: &mut WgpuTensor,
+        score: Score<'_, WgpuTensor>,
+        pattern: MaskPattern,
+    ) -> Result<WgpuMask> {
+        self.ctx.prune_scored(w, score, pattern)
+    }
+
+    fn hinv_factor(&self, h: &WgpuTensor, percdamp: f64) -> Result<HinvFactor<WgpuTensor>> {
+        self.ctx.hinv_factor(h, percdamp)
+    }
+
+    fn obs_prune(
+        &self,
+        w: &mut WgpuTensor,
+        factor: &HinvFactor<WgpuTensor>,
+        selection: ObsSelection<'_, WgpuMask>,
+        block: usize,
+    ) -> Result<ObsOutcome<WgpuMask>> {
+        self.ctx.obs_prune(w, factor, selection, block)
+    }
+
+    fn recon_error(
+        &self,
+        w: &WgpuTensor,
+        pruned: &WgpuTensor,
+        h: &WgpuTensor,
+    ) -> Result<ReconError> {
+        self.ctx.recon_error(w, pruned, h)
+    }
+}

@@ -1,0 +1,346 @@
+//! Mask selection (§5) and the fused prune: radix select per row, whole-group radix select
+//! (magnitude over the matrix; SparseGPT's per-block selection reuses it), N:M in one pass.
+//! See select.wgsl for the kernels.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
+
+use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
+use super::mem::{WgpuMask, WgpuTensor};
+use super::score::MAX_GRID_ROWS;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct SelParams {
+    rows: u32,
+    cols: u32,
+    c0: u32,
+    c1: u32,
+    kind: u32,
+    s_base: u32,
+    g_base: u32,
+    m_base: u32,
+    wpr: u32,
+    k: u32,
+    m: u32,
+    shift: u32,
+    row0: u32,
+    full_words: u32,
+    write_w: u32,
+    nelem: u32,
+    nrows: u32,
+}
+
+/// How keys are made from the source values (select.wgsl's `key`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// The values as they are (a score matrix).
+    Raw = 0,
+    Magnitude = 1,
+    Wanda = 2,
+    Gblm = 3,
+    /// SparseGPT's w²/d², with d = diag(U) in `aux`.
+    Obs = 4,
+}
+
+/// Where the keys come from: the source matrix and, by kind, a column vector and a second
+/// matrix of the same shape.
+pub(crate) struct KeySource<'a> {
+    pub src: &'a WgpuTensor,
+    pub kind: KeyKind,
+    pub aux: Option<&'a wgpu::Buffer>,
+    pub grad: Option<&'a WgpuTensor>,
+    /// Zero the pruned source entries (the fused prune).
+    pub write_w: bool,
+}
+
+/// Scratch of the whole-group selection: the global histogram, the state, per-row counts.
+pub(crate) struct GroupScratch {
+    hist: wgpu::Buffer,
+    state: wgpu::Buffer,
+    rowcnt: wgpu::Buffer,
+    rows: usize,
+}
+
+const DIGIT_SHIFTS: [u32; 3] = [21, 10, 0];
+
+impl Ctx {
+    pub(crate) fn group_scratch(&self, rows: usize) -> Result<GroupScratch> {
+        Ok(GroupScratch {
+            hist: self.alloc("selection histogram", 2048, None)?,
+            state: self.alloc("selection state", 4, None)?,
+            rowcnt: self.scratch("selection row counts", rows)?,
+            rows,
+        })
+    }
+
+    /// Windows and bases of the source rows [r0, r1) (and of `grad`, `mask`).
+    fn sel_slots<'a>(
+        &self,
+        ks: &KeySource<'a>,
+        mask: &'a WgpuMask,
+        r0: usize,
+        r1: usize,
+        p: &mut SelParams,
+    ) -> Result<[Slot<'a>; 3]> {
+        let cols = ks.src.cols;
+        let wpr = mask.wpr();
+        let sw = self.rows_win(&ks.src.buf, cols, r0, r1)?;
+        let mw = self.rows_win(&mask.buf, wpr, r0, r1)?;
+        p.rows = (r1 - r0) as u32;
+        p.cols = cols as u32;
+        p.kind = ks.kind as u32;
+        p.s_base = sw.base((r0 * cols) as u64);
+        p.m_base = mw.base((r0 * wpr) as u64);
+        p.wpr = wpr as u32;
+        p.row0 = r0 as u32;
+        p.write_w = ks.write_w as u32;
+        let grad = match ks.grad {
+            Some(g) => {
+                let gw = self.rows_win(&g.buf, cols, r0, r1)?;
+                p.g_base = gw.base((r0 * cols) as u64);
+                Slot::Win(gw)
+            }
+            None => Slot::Unused,
+        };
+        Ok([Slot::Win(sw), grad, Slot::Win(mw)])
+    }
+
+    fn aux_slot<'a>(&self, ks: &KeySource<'a>) -> Result<Slot<'a>> {
+        Ok(match ks.aux {
+            Some(a) => Slot::Win(self.whole(a, ks.src.cols)?),
+            None => Slot::Unused,
+        })
+    }
+
+    /// Per row: the k lowest keys of every row, one workgroup per row.
+    pub(crate) fn select_rows(
+        &self,
+        b: &mut Batch<'_>,
+        ks: &KeySource<'_>,
+        mask: &WgpuMask,
+        k: usize,
+    ) -> Result<()> {
+        let aux = self.aux_slot(ks)?;
+        let cols = ks.src.cols;
+        for (r0, r1) in self.row_slabs(ks.src.rows, cols, 1, usize::MAX)? {
+            let mut p = SelParams {
+                c1: cols as u32,
+                k: k as u32,
+                full_words: 1,
+                ..Default::default()
+            };
+            let [s, g, m] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
+            let g2 = grid(
+                (r1 - r0) as u64,
+                self.limits.max_compute_workgroups_per_dimension,
+            );
+            b.dispatch(
+                Module::Select,
+                "row_select",
+                bytemuck::bytes_of(&p),
+                &[s, aux, g, m, Slot::Unused, Slot::Unused, Slot::Unused],
+                g2,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// N:M: the n lowest keys of every m consecutive columns of each row.
+    pub(crate) fn select_nm(
+        &self,
+        b: &mut Batch<'_>,
+        ks: &KeySource<'_>,
+        mask: &WgpuMask,
+        n: usize,
+        m: usize,
+    ) -> Result<()> {
+        let aux = self.aux_slot(ks)?;
+        let cols = ks.src.cols;
+        for (r0, r1) in self.row_slabs(ks.src.rows, cols, 1, MAX_GRID_ROWS)? {
+            let mut p = SelParams {
+                c1: cols as u32,
+                k: n as u32,
+                m: m as u32,
+                full_words: 1,
+                ..Default::default()
+            };
+            let [s, g, mk] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
+            b.dispatch(
+                Module::Select,
+                "nm_select",
+                bytemuck::bytes_of(&p),
+                &[s, aux, g, mk, Slot::Unused, Slot::Unused, Slot::Unused],
+                [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The k lowest keys of the block rows x [c0, c1) as one group, ties to the lower linear
+    /// index within the block. `full_words` writes whole mask words (a fresh mask over all
+    /// columns); otherwise only the bits of [c0, c1) change.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn select_group(
+        &self,
+        b: &mut Batch<'_>,
+        ks: &KeySource<'_>,
+        mask: &WgpuMask,
+        sc: &GroupScratch,
+        c0: usize,
+        c1: usize,
+        k: usize,
+        full_words: bool,
+    ) -> Result<()> {
+        let aux = self.aux_slot(ks)?;
+        let rows = ks.src.rows;
+        let cols = ks.src.cols;
+        let width = c1 - c0;
+        let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
+        let hist = Slot::Win(self.whole(&sc.hist, 2048)?);
+        let state = Slot::Win(self.whole(&sc.state, 4)?);
+        let rowcnt: Win<'_> = self.whole(&sc.rowcnt, sc.rows)?;
+        let base = SelParams {
+            c0: c0 as u32,
+            c1: c1 as u32,
+            k: k as u32,
+            full_words: full_words as u32,
+            nrows: rows as u32,
+            ..Default::default()
+        };
+        let one = |b: &mut Batch<'_>,
+                   entry: &'static str,
+                   p: &SelParams,
+                   groups: [u32; 3],
+                   s: [Slot<'_>; 3]| {
+            b.dispatch(
+                Module::Select,
+                entry,
+                bytemuck::bytes_of(p),
+                &[s[0], aux, s[1], s[2], hist, state, Slot::Win(rowcnt)],
+                groups,
+            )
+        };
+        let first = self.sel_slots(ks, mask, slabs[0].0, slabs[0].1, &mut base.clone())?;
+        one(b, "sel_init", &base, [1, 1, 1], first)?;
+        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        if k > 0 {
+            for shift in DIGIT_SHIFTS {
+                for &(r0, r1) in &slabs {
+                    let mut p = SelParams { shift, ..base };
+                    let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
+                    let nelem = (r1 - r0) * width;
+                    p.nelem = nelem as u32;
+                    one(
+                        b,
+                        "hist_pass",
+                        &p,
+                        grid(nelem.div_ceil(4096) as u64, maxg),
+                        s,
+                    )?;
+                }
+                let p = SelParams { shift, ..base };
+                one(b, "pick", &p, [1, 1, 1], first)?;
+            }
+            for &(r0, r1) in &slabs {
+                let mut p = base;
+                let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
+                one(b, "row_ties", &p, grid((r1 - r0) as u64, maxg), s)?;
+            }
+            one(b, "scan_rows", &base, [1, 1, 1], first)?;
+        }
+        for &(r0, r1) in &slabs {
+            // With k == 0 the ties bound is 0, so the (unwritten) row counts do not matter.
+            let mut p = base;
+            let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
+            one(b, "row_write", &p, grid((r1 - r0) as u64, maxg), s)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn select_mask(
+        &self,
+        scores: &WgpuTensor,
+        pattern: MaskPattern,
+    ) -> Result<WgpuMask> {
+        check::pattern(&pattern, scores.cols)?;
+        let mask = self.mask(scores.rows, scores.cols)?;
+        let ks = KeySource {
+            src: scores,
+            kind: KeyKind::Raw,
+            aux: None,
+            grad: None,
+            write_w: false,
+        };
+        self.select_into(&ks, &mask, pattern)?;
+        Ok(mask)
+    }
+
+    fn select_into(&self, ks: &KeySource<'_>, mask: &WgpuMask, pattern: MaskPattern) -> Result<()> {
+        let (rows, cols) = (ks.src.rows, ks.src.cols);
+        let mut b = self.batch();
+        match pattern {
+            MaskPattern::Unstructured {
+                sparsity,
+                group: MaskGroup::PerRow,
+            } => self.select_rows(&mut b, ks, mask, unstructured_k(sparsity, cols))?,
+            MaskPattern::Unstructured {
+                sparsity,
+                group: MaskGroup::Matrix,
+            } => {
+                let sc = self.group_scratch(rows)?;
+                self.select_group(
+                    &mut b,
+                    ks,
+                    mask,
+                    &sc,
+                    0,
+                    cols,
+                    unstructured_k(sparsity, rows * cols),
+                    true,
+                )?;
+                return b.submit();
+            }
+            MaskPattern::NM { n, m } => self.select_nm(&mut b, ks, mask, n, m)?,
+        }
+        b.submit()
+    }
+
+    /// Score, select and apply fused: the keys are the scores computed on the fly from W
+    /// (never stored) and the selecting kernel zeroes the pruned weights itself.
+    pub(crate) fn prune_scored(
+        &self,
+        w: &mut WgpuTensor,
+        score: Score<'_, WgpuTensor>,
+        pattern: MaskPattern,
+    ) -> Result<WgpuMask> {
+        check::score((w.rows, w.cols), &score, |t: &WgpuTensor| (t.rows, t.cols))?;
+        check::pattern(&pattern, w.cols)?;
+        let mask = self.mask(w.rows, w.cols)?;
+        let (kind, aux, grad) = match score {
+            Score::Magnitude => (KeyKind::Magnitude, None, None),
+            Score::Wanda { act } => (KeyKind::Wanda, Some(&act.buf), None),
+            Score::Gblm { act, grad } => (KeyKind::Gblm, Some(&act.buf), Some(grad)),
+        };
+        // N:M zeroes in place only when no group straddles two workgroups' columns (then a
+        // neighbour could still be reading the weight); otherwise select, then apply.
+        let in_place = match pattern {
+            MaskPattern::NM { m, .. } => 256 % m == 0,
+            _ => true,
+        };
+        let ks = KeySource {
+            src: w,
+            kind,
+            aux,
+            grad,
+            write_w: in_place,
+        };
+        self.select_into(&ks, &mask, pattern)?;
+        if !in_place {
+            self.apply_mask(w, &mask)?;
+        }
+        Ok(mask)
+    }
+}
