@@ -77,9 +77,9 @@ fn auto() -> Choice {
         return Choice::CubeCuda;
     }
     #[cfg(feature = "wgpu")]
-    if prunebench_kernels::wgpu::list_adapters()
+    if prunebench_kernels::wgpu::list_compute_adapters()
         .iter()
-        .any(|a| is_hardware(a) && a.api != "GL")
+        .any(is_hardware)
     {
         return Choice::Wgpu;
     }

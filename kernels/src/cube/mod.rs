@@ -74,6 +74,13 @@ pub fn cube_cuda(device_index: usize) -> Result<CubeCudaBackend> {
     Ok(CubeBackend::from_client(client, info, Some(memory)))
 }
 
+/// Whether a CUDA driver with at least one device (and NVRTC) can be used, without creating a
+/// CubeCL client.
+#[cfg(feature = "cuda")]
+pub fn cuda_driver_present() -> bool {
+    device::cuda::probe(0).is_ok()
+}
+
 /// One line per CUDA device (name, driver, compute capability, memory), or why there is none.
 #[cfg(feature = "cuda")]
 pub fn cuda_status() -> String {

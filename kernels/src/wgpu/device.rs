@@ -115,6 +115,16 @@ pub fn list_adapters() -> Vec<BackendInfo> {
         .collect()
 }
 
+/// The adapters the wgpu backend can compute on (Vulkan, Metal, DX12), without probing GL,
+/// which on some systems prints display warnings: what `auto` backend choice looks at.
+pub fn list_compute_adapters() -> Vec<BackendInfo> {
+    let instance = instance();
+    pollster::block_on(instance.enumerate_adapters(COMPUTE_BACKENDS))
+        .iter()
+        .map(|a| describe(a, &a.limits()))
+        .collect()
+}
+
 pub(crate) struct Opened {
     pub adapter: wgpu::Adapter,
     pub device: wgpu::Device,

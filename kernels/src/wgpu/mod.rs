@@ -21,7 +21,7 @@ mod timing;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-pub use device::list_adapters;
+pub use device::{list_adapters, list_compute_adapters};
 pub use mem::{WgpuMask, WgpuTensor};
 
 use crate::error::{KernelError, Result};
