@@ -1,6 +1,6 @@
 //! The calibration file: one safetensors file holding, for one layer, calibration inputs per
 //! input group, output gradients per linear, and optionally ready statistics that replace
-//! accumulating them. The format is documented in the README ("Calibration files").
+//! accumulating them. The format is specified in CALIBRATION.md next to this crate.
 //!
 //! | tensor                   | shape                   | meaning                          |
 //! |--------------------------|-------------------------|----------------------------------|
@@ -20,7 +20,7 @@ use prunebench_kernels::Matrix;
 use crate::config::{InputGroup, LinearSpec, ModelConfig};
 use crate::dtype::DType;
 use crate::error::{ModelError, Result};
-use crate::mapped::{write_atomic, MappedFile, OwnedTensor};
+use crate::mapped::{write_matrices, write_streamed, MappedFile, TensorHeader};
 use crate::synthetic::CalibrationSource;
 
 pub const FORMAT_KEY: &str = "prunebench.calibration";
@@ -34,7 +34,21 @@ pub struct CalibrationFile {
     has_grads: bool,
 }
 
+impl std::fmt::Debug for CalibrationFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CalibrationFile")
+            .field("path", &self.file.path)
+            .field("samples", &self.samples)
+            .field("tokens", &self.tokens)
+            .field("has_grads", &self.has_grads)
+            .finish()
+    }
+}
+
 impl CalibrationFile {
+    /// Opens a calibration file and checks every tensor's name and shape against `cfg`, and
+    /// that all inputs and gradients agree on samples and tokens; values are read (and checked
+    /// for NaN/Inf) only when a sample or statistic is asked for.
     pub fn open(path: &Path, cfg: &ModelConfig) -> Result<CalibrationFile> {
         let file = MappedFile::open(path)?;
         let bad = |detail: String| ModelError::BadConfig {
@@ -61,31 +75,39 @@ impl CalibrationFile {
         for name in &names {
             let (kind, rest) = name.split_once('.').unwrap_or((name.as_str(), ""));
             let width = match kind {
-                "x" => {
-                    let g = InputGroup::parse(rest)
-                        .ok_or_else(|| bad(format!("{name}: unknown input group '{rest}'")))?;
-                    cfg.group_cols(g)
-                }
+                "x" => cfg.group_cols(parse_group(rest).ok_or_else(|| {
+                    bad(format!(
+                        "{name}: unknown input group '{rest}' (expected attn_in, attn_out, mlp_in or mlp_act)"
+                    ))
+                })?),
                 "dy" => {
                     has_grads = true;
-                    cfg.linear(rest)?.rows
+                    known_linear(cfg, rest)
+                        .ok_or_else(|| bad(format!("{name}: {}", unknown_linear(rest))))?
+                        .rows
                 }
                 "stat" => {
                     check_stat(&file, cfg, name, rest)?;
                     continue;
                 }
-                _ => return Err(bad(format!("unexpected tensor {name}"))),
+                _ => {
+                    return Err(bad(format!(
+                        "unexpected tensor {name} (calibration tensors are x.*, dy.* and stat.*)"
+                    )))
+                }
             };
             let t = file.require(name)?;
-            if t.shape.len() != 3 || t.shape[2] != width {
+            if t.shape.len() != 3 {
+                return Err(bad(format!(
+                    "{name} has shape {:?}; expected [samples, tokens, {width}]",
+                    t.shape
+                )));
+            }
+            if t.shape[2] != width {
                 return Err(ModelError::WrongShape {
                     name: name.clone(),
                     path: path.to_path_buf(),
-                    expected: vec![
-                        t.shape.first().copied().unwrap_or(0),
-                        t.shape.get(1).copied().unwrap_or(0),
-                        width,
-                    ],
+                    expected: vec![t.shape[0], t.shape[1], width],
                     actual: t.shape.clone(),
                 });
             }
@@ -93,7 +115,8 @@ impl CalibrationFile {
                 None => dims = Some((t.shape[0], t.shape[1], name.clone())),
                 Some((s, tk, first)) if (*s, *tk) != (t.shape[0], t.shape[1]) => {
                     return Err(bad(format!(
-                        "{name} has {} samples x {} tokens but {first} has {s} x {tk}",
+                        "{name} has {} samples x {} tokens, {first} has {s} samples x {tk} tokens: \
+                         all x.* and dy.* tensors must agree",
                         t.shape[0], t.shape[1]
                     )))
                 }
@@ -121,10 +144,28 @@ impl CalibrationFile {
             return Ok(None);
         };
         let start = sample.map_or(0, |s| s * rows * cols);
-        let data = t.read_f32(&self.file.path, start, rows * cols, cols)?;
-        Ok(Some(
-            Matrix::new(rows, cols, data).expect("shape checked at open"),
-        ))
+        let data = t
+            .read_f32(&self.file.path, start, rows * cols, cols)
+            .map_err(|e| match (e, sample) {
+                // Report a position within the sample rather than the flattened row.
+                (
+                    ModelError::NonFinite {
+                        name,
+                        path,
+                        row,
+                        col,
+                    },
+                    Some(s),
+                ) => ModelError::NonFiniteInput {
+                    name,
+                    path,
+                    sample: s,
+                    token: row - s * rows,
+                    col,
+                },
+                (e, _) => e,
+            })?;
+        Ok(Some(Matrix { rows, cols, data }))
     }
 
     pub fn ready_act_stat(&self, group: InputGroup) -> Result<Option<Matrix>> {
@@ -138,24 +179,58 @@ impl CalibrationFile {
     }
 
     pub fn ready_grad(&self, linear: &LinearSpec) -> Result<Option<Matrix>> {
-        self.matrix(
-            &format!("stat.grad.{}", linear.name),
-            linear.rows,
-            linear.cols,
-            None,
-        )
+        let l = self.own_linear(linear)?;
+        self.matrix(&format!("stat.grad.{}", l.name), l.rows, l.cols, None)
+    }
+
+    /// The file was checked against this model's shapes; a linear of another shape asked for
+    /// is a caller mixing models, reported as such rather than as a misread tensor.
+    fn own_linear(&self, linear: &LinearSpec) -> Result<LinearSpec> {
+        match known_linear(&self.cfg, linear.name) {
+            Some(own) if own == *linear => Ok(own),
+            Some(own) => Err(ModelError::Calibration(format!(
+                "{}: {} asked for as {}x{}, but the file was opened for model {}, where it is {}x{}",
+                self.file.path.display(),
+                linear.name,
+                linear.rows,
+                linear.cols,
+                self.cfg.name,
+                own.rows,
+                own.cols
+            ))),
+            None => Err(ModelError::UnknownLinear {
+                name: linear.name.to_string(),
+            }),
+        }
     }
 
     fn sample_check(&self, sample: usize) -> Result<()> {
         if sample >= self.samples {
             return Err(ModelError::Calibration(format!(
-                "{}: sample {sample} requested, the file has {}",
+                "{}: sample {sample} requested, but the file holds {} samples",
                 self.file.path.display(),
                 self.samples
             )));
         }
         Ok(())
     }
+}
+
+/// Tensor names are exact: `InputGroup::parse` and `ModelConfig::linear` also accept
+/// surrounding spaces, which a name in a file must not have.
+fn parse_group(s: &str) -> Option<InputGroup> {
+    InputGroup::parse(s).filter(|g| g.name() == s)
+}
+
+fn known_linear(cfg: &ModelConfig, name: &str) -> Option<LinearSpec> {
+    cfg.linears().into_iter().find(|l| l.name == name)
+}
+
+fn unknown_linear(name: &str) -> String {
+    format!(
+        "unknown linear '{name}' (expected one of {})",
+        crate::config::LINEAR_NAMES.join(", ")
+    )
 }
 
 fn check_stat(file: &MappedFile, cfg: &ModelConfig, name: &str, rest: &str) -> Result<()> {
@@ -168,7 +243,7 @@ fn check_stat(file: &MappedFile, cfg: &ModelConfig, name: &str, rest: &str) -> R
         .ok_or_else(|| bad(format!("{name}: expected stat.<act|hessian|grad>.<name>")))?;
     let expected = match which {
         "act" | "hessian" => {
-            let g = InputGroup::parse(target)
+            let g = parse_group(target)
                 .ok_or_else(|| bad(format!("{name}: unknown input group '{target}'")))?;
             let c = cfg.group_cols(g);
             if which == "act" {
@@ -178,7 +253,8 @@ fn check_stat(file: &MappedFile, cfg: &ModelConfig, name: &str, rest: &str) -> R
             }
         }
         "grad" => {
-            let l = cfg.linear(target)?;
+            let l = known_linear(cfg, target)
+                .ok_or_else(|| bad(format!("{name}: {}", unknown_linear(target))))?;
             vec![l.rows, l.cols]
         }
         _ => return Err(bad(format!("{name}: unknown statistic '{which}'"))),
@@ -207,8 +283,9 @@ impl CalibrationSource for CalibrationFile {
 
     fn output_grad(&self, linear: &LinearSpec, sample: usize) -> Result<Matrix> {
         self.sample_check(sample)?;
-        let name = format!("dy.{}", linear.name);
-        self.matrix(&name, self.tokens, linear.rows, Some(sample))?
+        let l = self.own_linear(linear)?;
+        let name = format!("dy.{}", l.name);
+        self.matrix(&name, self.tokens, l.rows, Some(sample))?
             .ok_or_else(|| ModelError::MissingTensor {
                 name,
                 path: self.file.path.clone(),
@@ -230,7 +307,7 @@ impl CalibrationSource for CalibrationFile {
 }
 
 /// Writes the calibration `source` gives for `linears` (their input groups, and their output
-/// gradients when `with_grads`) as a calibration file in f32.
+/// gradients when `with_grads`) as a calibration file in f32. See `write_calibration_as`.
 pub fn write_calibration(
     path: &Path,
     source: &dyn CalibrationSource,
@@ -238,43 +315,100 @@ pub fn write_calibration(
     linears: &[LinearSpec],
     with_grads: bool,
 ) -> Result<()> {
-    let (s, t) = (source.samples(), source.tokens());
-    let mut tensors = Vec::new();
+    write_calibration_as(path, source, cfg, linears, with_grads, DType::F32)
+}
+
+/// Like `write_calibration`, storing the values as `dtype` (f16 or bf16 halve the file).
+/// Streams one sample at a time, so the file may be far larger than memory. The linears must
+/// be `cfg`'s, and the source must give finite values of the shapes `cfg` implies.
+pub fn write_calibration_as(
+    path: &Path,
+    source: &dyn CalibrationSource,
+    cfg: &ModelConfig,
+    linears: &[LinearSpec],
+    with_grads: bool,
+    dtype: DType,
+) -> Result<()> {
+    let fail = |detail: String| ModelError::Write {
+        path: path.to_path_buf(),
+        detail,
+    };
+    for l in linears {
+        match known_linear(cfg, l.name) {
+            Some(own) if own == *l => {}
+            Some(own) => {
+                return Err(fail(format!(
+                    "{} is {}x{}, but model {} has it {}x{}",
+                    l.name, l.rows, l.cols, cfg.name, own.rows, own.cols
+                )))
+            }
+            None => return Err(fail(unknown_linear(l.name))),
+        }
+    }
+    if with_grads && !source.has_output_grads() {
+        return Err(fail(format!(
+            "output gradients requested, but {} has none",
+            source.describe()
+        )));
+    }
+    let (samples, tokens) = (source.samples(), source.tokens());
     let mut groups: Vec<InputGroup> = Vec::new();
     for l in linears {
         if !groups.contains(&l.input) {
             groups.push(l.input);
         }
     }
-    for g in groups {
-        let cols = cfg.group_cols(g);
-        let mut data = Vec::with_capacity(s * t * cols);
-        for i in 0..s {
-            data.extend(source.input(g, i)?.data);
-        }
-        tensors.push(OwnedTensor::from_f32(
-            format!("x.{}", g.name()),
-            DType::F32,
-            vec![s, t, cols],
-            &data,
-        ));
+    // What each tensor holds: an input group, or a linear's output gradient.
+    enum Part<'a> {
+        X(InputGroup),
+        Dy(&'a LinearSpec),
     }
+    let mut parts: Vec<(Part, TensorHeader)> = groups
+        .iter()
+        .map(|&g| {
+            let name = format!("x.{}", g.name());
+            let shape = vec![samples, tokens, cfg.group_cols(g)];
+            (Part::X(g), TensorHeader::new(name, dtype, shape))
+        })
+        .collect();
     if with_grads {
         for l in linears {
-            let mut data = Vec::with_capacity(s * t * l.rows);
-            for i in 0..s {
-                data.extend(source.output_grad(l, i)?.data);
-            }
-            tensors.push(OwnedTensor::from_f32(
-                format!("dy.{}", l.name),
-                DType::F32,
-                vec![s, t, l.rows],
-                &data,
-            ));
+            let name = format!("dy.{}", l.name);
+            let shape = vec![samples, tokens, l.rows];
+            parts.push((Part::Dy(l), TensorHeader::new(name, dtype, shape)));
         }
     }
+    let (parts, headers): (Vec<Part>, Vec<TensorHeader>) = parts.into_iter().unzip();
     let meta = HashMap::from([(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string())]);
-    write_atomic(path, tensors, meta)
+    write_streamed(path, &headers, meta, |i, sink| {
+        let name = &headers[i].name;
+        let width = headers[i].shape[2];
+        for s in 0..samples {
+            let m = match parts[i] {
+                Part::X(g) => source.input(g, s)?,
+                Part::Dy(l) => source.output_grad(l, s)?,
+            };
+            if m.shape() != (tokens, width) || m.data.len() != tokens * width {
+                return Err(fail(format!(
+                    "{} gave {name} sample {s} as {}x{}, expected {tokens}x{width}",
+                    source.describe(),
+                    m.rows,
+                    m.cols
+                )));
+            }
+            if let Some(j) = m.data.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::NonFiniteInput {
+                    name: name.clone(),
+                    path: path.to_path_buf(),
+                    sample: s,
+                    token: j / width.max(1),
+                    col: j % width.max(1),
+                });
+            }
+            sink.put(&m.data)?;
+        }
+        Ok(())
+    })
 }
 
 /// Statistics computed elsewhere, to be stored as `stat.*` tensors.
@@ -287,41 +421,67 @@ pub struct ReadyStatistics {
 
 /// Writes a calibration file holding only ready statistics (f32), checked against `cfg`.
 pub fn write_statistics(path: &Path, cfg: &ModelConfig, stats: &ReadyStatistics) -> Result<()> {
-    let mut tensors = Vec::new();
-    let bad = |name: String, expected: Vec<usize>, m: &Matrix| ModelError::WrongShape {
-        name,
-        path: path.to_path_buf(),
-        expected,
-        actual: vec![m.rows, m.cols],
-    };
+    /// One statistic: its name, its stored shape, and the matrix shape it comes as.
+    struct Entry<'a> {
+        name: String,
+        shape: Vec<usize>,
+        rows: usize,
+        cols: usize,
+        m: &'a Matrix,
+    }
+    let mut entries: Vec<Entry> = Vec::new();
     for (g, m) in &stats.act {
         let c = cfg.group_cols(*g);
         let name = format!("stat.act.{}", g.name());
-        if m.shape() != (1, c) {
-            return Err(bad(name, vec![1, c], m));
-        }
-        tensors.push(OwnedTensor::from_f32(name, DType::F32, vec![c], &m.data));
+        entries.push(Entry {
+            name,
+            shape: vec![c],
+            rows: 1,
+            cols: c,
+            m,
+        });
     }
     for (g, m) in &stats.hessian {
         let c = cfg.group_cols(*g);
         let name = format!("stat.hessian.{}", g.name());
-        if m.shape() != (c, c) {
-            return Err(bad(name, vec![c, c], m));
-        }
-        tensors.push(OwnedTensor::from_f32(name, DType::F32, vec![c, c], &m.data));
+        entries.push(Entry {
+            name,
+            shape: vec![c, c],
+            rows: c,
+            cols: c,
+            m,
+        });
     }
     for (l, m) in &stats.grad {
+        let own = known_linear(cfg, l.name).ok_or_else(|| ModelError::Write {
+            path: path.to_path_buf(),
+            detail: unknown_linear(l.name),
+        })?;
+        let (rows, cols) = (own.rows, own.cols);
         let name = format!("stat.grad.{}", l.name);
-        if m.shape() != (l.rows, l.cols) {
-            return Err(bad(name, vec![l.rows, l.cols], m));
-        }
-        tensors.push(OwnedTensor::from_f32(
+        entries.push(Entry {
             name,
-            DType::F32,
-            vec![l.rows, l.cols],
-            &m.data,
+            shape: vec![rows, cols],
+            rows,
+            cols,
+            m,
+        });
+    }
+    let mut tensors: Vec<(TensorHeader, &[f32])> = Vec::new();
+    for e in entries {
+        if e.m.shape() != (e.rows, e.cols) || e.m.data.len() != e.rows * e.cols {
+            return Err(ModelError::WrongShape {
+                name: e.name,
+                path: path.to_path_buf(),
+                expected: vec![e.rows, e.cols],
+                actual: vec![e.m.rows, e.m.cols],
+            });
+        }
+        tensors.push((
+            TensorHeader::new(e.name, DType::F32, e.shape),
+            &e.m.data[..],
         ));
     }
     let meta = HashMap::from([(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string())]);
-    write_atomic(path, tensors, meta)
+    write_matrices(path, tensors, meta)
 }

@@ -10,7 +10,7 @@ use prunebench_kernels::Matrix;
 use crate::config::{LinearSpec, ModelConfig};
 use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
-use crate::mapped::{write_atomic, MappedFile, OwnedTensor};
+use crate::mapped::{write_matrices, MappedFile, TensorHeader};
 use crate::LayerWeights;
 
 const INDEX: &str = "model.safetensors.index.json";
@@ -22,9 +22,25 @@ pub struct Checkpoint {
     files: Vec<MappedFile>,
     /// Tensor name -> index into `files`.
     weight_map: HashMap<String, usize>,
+    /// Where the tensor names come from (the index, or the single file), for error messages.
+    map_source: PathBuf,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("files", &self.files.len())
+            .field("tensors", &self.weight_map.len())
+            .finish()
+    }
 }
 
 impl Checkpoint {
+    /// Opens `dir`: `config.json` plus `model.safetensors.index.json` and the shards it names,
+    /// or a single `model.safetensors`. Every file is mapped and its header checked here, so a
+    /// truncated or missing shard is reported at once rather than midway through a run.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         if !dir.is_dir() {
             return Err(ModelError::Io {
@@ -34,54 +50,36 @@ impl Checkpoint {
         }
         let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
         let index_path = dir.join(INDEX);
-        let mut files = Vec::new();
-        let mut weight_map = HashMap::new();
-        if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(io(&index_path))?;
-            let bad = |detail: String| ModelError::BadConfig {
-                path: index_path.clone(),
-                detail,
-            };
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| bad("no weight_map object".into()))?;
-            let mut shard_index: BTreeMap<String, usize> = BTreeMap::new();
-            for (name, file) in map {
-                let file = file
-                    .as_str()
-                    .ok_or_else(|| bad(format!("weight_map entry {name} is not a file name")))?;
-                let next = shard_index.len();
-                let i = *shard_index.entry(file.to_string()).or_insert(next);
-                weight_map.insert(name.clone(), i);
-            }
-            let mut shards: Vec<(usize, String)> =
-                shard_index.into_iter().map(|(f, i)| (i, f)).collect();
-            shards.sort();
-            for (_, f) in shards {
-                files.push(MappedFile::open(&dir.join(f))?);
-            }
+        let (files, weight_map, map_source) = if index_path.exists() {
+            let (files, weight_map) = open_sharded(dir, &index_path)?;
+            (files, weight_map, index_path)
         } else {
             let single = dir.join(SINGLE);
             if !single.exists() {
+                // Older checkpoints ship only PyTorch pickles, which this reader does not
+                // load (unpickling runs arbitrary code); say so rather than "not found".
+                let hint = if dir.join("pytorch_model.bin").exists()
+                    || dir.join("pytorch_model.bin.index.json").exists()
+                {
+                    "; only PyTorch .bin weights are there: convert them to safetensors first"
+                } else {
+                    ""
+                };
                 return Err(ModelError::BadConfig {
                     path: dir.to_path_buf(),
-                    detail: format!("neither {SINGLE} nor {INDEX} is there"),
+                    detail: format!("neither {SINGLE} nor {INDEX} is there{hint}"),
                 });
             }
             let f = MappedFile::open(&single)?;
-            for name in f.names() {
-                weight_map.insert(name, 0);
-            }
-            files.push(f);
-        }
+            let weight_map = f.names().into_iter().map(|name| (name, 0)).collect();
+            (vec![f], weight_map, single)
+        };
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             config,
             files,
             weight_map,
+            map_source,
         })
     }
 
@@ -89,7 +87,14 @@ impl Checkpoint {
         &self.config
     }
 
+    /// The checkpoint's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The selected linears of one layer as f32, checked for shape, dtype and finiteness.
+    /// The layer's dtype is that of its first tensor (HF checkpoints use one dtype throughout);
+    /// `write_layer` writes in it.
     pub fn read_layer(&self, layer: usize, linears: &[LinearSpec]) -> Result<LayerWeights> {
         self.config.check_layer(layer)?;
         let mut out = Vec::new();
@@ -102,7 +107,7 @@ impl Checkpoint {
                 .map(|&i| &self.files[i])
                 .ok_or_else(|| ModelError::MissingTensor {
                     name: name.clone(),
-                    path: self.dir.clone(),
+                    path: self.map_source.clone(),
                 })?;
             let t = file.require(&name)?;
             t.expect_shape(&file.path, &[l.rows, l.cols])?;
@@ -110,7 +115,11 @@ impl Checkpoint {
             dtype.get_or_insert(t.dtype);
             out.push((
                 l.clone(),
-                Matrix::new(l.rows, l.cols, data).expect("shape checked"),
+                Matrix {
+                    rows: l.rows,
+                    cols: l.cols,
+                    data,
+                },
             ));
         }
         Ok(LayerWeights {
@@ -122,26 +131,76 @@ impl Checkpoint {
     }
 }
 
+/// Maps every shard the index names (each once) and the tensor name -> shard table.
+fn open_sharded(
+    dir: &Path,
+    index_path: &Path,
+) -> Result<(Vec<MappedFile>, HashMap<String, usize>)> {
+    let text = std::fs::read_to_string(index_path).map_err(io(index_path))?;
+    let bad = |detail: String| ModelError::BadConfig {
+        path: index_path.to_path_buf(),
+        detail,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut shard_index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut weight_map = HashMap::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map entry {name} is not a file name")))?;
+        let next = shard_index.len();
+        let i = *shard_index.entry(file.to_string()).or_insert(next);
+        weight_map.insert(name.clone(), i);
+    }
+    let mut shards: Vec<(usize, String)> = shard_index.into_iter().map(|(f, i)| (i, f)).collect();
+    shards.sort();
+    let files = shards
+        .into_iter()
+        .map(|(_, f)| MappedFile::open(&dir.join(f)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((files, weight_map))
+}
+
 /// Writes pruned linears of one layer to `path` as one safetensors file, HF tensor names, in
-/// the layer's dtype. Atomic: nothing is left at `path` if anything fails.
+/// the layer's dtype, metadata {"format": "pt"}. Each matrix must have its linear's shape and
+/// finite values (a NaN here is a bug upstream, better refused than shipped), and each linear
+/// may appear once. Atomic: nothing is left at `path` if anything fails.
 pub fn write_layer(
     path: &Path,
     layer: &LayerWeights,
     pruned: &[(LinearSpec, Matrix)],
 ) -> Result<()> {
-    let tensors = pruned
-        .iter()
-        .map(|(l, m)| {
-            OwnedTensor::from_f32(
-                l.hf_tensor_name(layer.layer),
-                layer.dtype,
-                vec![m.rows, m.cols],
-                &m.data,
-            )
-        })
-        .collect();
+    let mut tensors: Vec<(TensorHeader, &[f32])> = Vec::with_capacity(pruned.len());
+    for (l, m) in pruned {
+        let name = l.hf_tensor_name(layer.layer);
+        if m.shape() != (l.rows, l.cols) || m.data.len() != l.rows * l.cols {
+            return Err(ModelError::WrongShape {
+                name,
+                path: path.to_path_buf(),
+                expected: vec![l.rows, l.cols],
+                actual: vec![m.rows, m.cols],
+            });
+        }
+        if let Some(i) = m.data.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite {
+                name,
+                path: path.to_path_buf(),
+                row: i / l.cols.max(1),
+                col: i % l.cols.max(1),
+            });
+        }
+        tensors.push((
+            TensorHeader::new(name, layer.dtype, vec![l.rows, l.cols]),
+            &m.data[..],
+        ));
+    }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_atomic(path, tensors, meta)
+    write_matrices(path, tensors, meta)
 }
 
 fn dtype_name(d: DType) -> &'static str {
@@ -176,15 +235,13 @@ pub fn write_checkpoint(
     let cpath = dir.join("config.json");
     std::fs::write(&cpath, serde_json::to_string_pretty(&config).expect("json"))
         .map_err(io(&cpath))?;
-    let all: Vec<OwnedTensor> = layers
+    let all: Vec<(TensorHeader, &[f32])> = layers
         .iter()
         .flat_map(|lw| {
             lw.linears.iter().map(move |(l, m)| {
-                OwnedTensor::from_f32(
-                    l.hf_tensor_name(lw.layer),
-                    dtype,
-                    vec![m.rows, m.cols],
-                    &m.data,
+                (
+                    TensorHeader::new(l.hf_tensor_name(lw.layer), dtype, vec![m.rows, m.cols]),
+                    &m.data[..],
                 )
             })
         })
@@ -192,25 +249,31 @@ pub fn write_checkpoint(
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let shards = shards.max(1);
     if shards == 1 {
-        return write_atomic(&dir.join(SINGLE), all, meta);
+        // An index left from an earlier sharded write would take precedence when reading.
+        let index = dir.join(INDEX);
+        if index.exists() {
+            std::fs::remove_file(&index).map_err(io(&index))?;
+        }
+        return write_matrices(&dir.join(SINGLE), all, meta);
     }
-    let total: usize = all.iter().map(|t| t.bytes.len()).sum();
-    let mut buckets: Vec<Vec<OwnedTensor>> = (0..shards).map(|_| Vec::new()).collect();
+    let total: usize = all.iter().map(|(_, d)| d.len() * dtype.size()).sum();
+    let mut buckets: Vec<Vec<(TensorHeader, &[f32])>> = (0..shards).map(|_| Vec::new()).collect();
     for (i, t) in all.into_iter().enumerate() {
         buckets[i % shards].push(t);
     }
     let mut weight_map = serde_json::Map::new();
     for (i, bucket) in buckets.into_iter().enumerate() {
         let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
-        for t in &bucket {
+        for (t, _) in &bucket {
             weight_map.insert(t.name.clone(), serde_json::Value::String(file.clone()));
         }
-        write_atomic(&dir.join(&file), bucket, meta.clone())?;
+        write_matrices(&dir.join(&file), bucket, meta.clone())?;
     }
     let index = serde_json::json!({
         "metadata": {"total_size": total},
         "weight_map": weight_map,
     });
     let ipath = dir.join(INDEX);
+    // Serialising a `Value` built from strings and numbers cannot fail.
     std::fs::write(&ipath, serde_json::to_string_pretty(&index).expect("json")).map_err(io(&ipath))
 }

@@ -164,10 +164,27 @@ impl ModelConfig {
         let need = |key: &str| get(key)?.ok_or_else(|| bad(format!("{key} is missing")));
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
+        let kv_heads = get("num_key_value_heads")?.unwrap_or(heads);
+        if heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            )));
+        }
+        let head_dim = match get("head_dim")? {
+            Some(d) => d,
+            None if hidden % heads == 0 => hidden / heads,
+            None => {
+                return Err(bad(format!(
+                    "head_dim is missing and hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+                )))
+            }
+        };
+        // A relative "config.json" has an empty parent: name the model after the folder it
+        // resolves to.
         let name = path
             .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()))
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "checkpoint".into());
         Ok(ModelConfig {
             name,
@@ -175,8 +192,8 @@ impl ModelConfig {
             intermediate: need("intermediate_size")?,
             num_layers: need("num_hidden_layers")?,
             num_heads: heads,
-            num_kv_heads: get("num_key_value_heads")?.unwrap_or(heads),
-            head_dim: get("head_dim")?.unwrap_or(hidden / heads),
+            num_kv_heads: kv_heads,
+            head_dim,
         })
     }
 
@@ -284,15 +301,61 @@ mod tests {
                 ("down_proj", 4096, 11008)
             ]
         );
-        let l70 = shapes("llama2-70b");
-        assert_eq!(l70[1], ("k_proj", 1024, 8192));
-        assert_eq!(l70[4], ("gate_proj", 28672, 8192));
-        assert_eq!(l70[6], ("down_proj", 8192, 28672));
-        let l3 = shapes("llama3-8b");
-        assert_eq!(l3[2], ("v_proj", 1024, 4096));
-        assert_eq!(l3[5], ("up_proj", 14336, 4096));
-        assert_eq!(l3[6], ("down_proj", 4096, 14336));
-        assert_eq!(shapes("tiny")[1], ("k_proj", 128, 256));
+        assert_eq!(
+            shapes("llama2-70b"),
+            vec![
+                ("q_proj", 8192, 8192),
+                ("k_proj", 1024, 8192),
+                ("v_proj", 1024, 8192),
+                ("o_proj", 8192, 8192),
+                ("gate_proj", 28672, 8192),
+                ("up_proj", 28672, 8192),
+                ("down_proj", 8192, 28672)
+            ]
+        );
+        assert_eq!(
+            shapes("llama3-8b"),
+            vec![
+                ("q_proj", 4096, 4096),
+                ("k_proj", 1024, 4096),
+                ("v_proj", 1024, 4096),
+                ("o_proj", 4096, 4096),
+                ("gate_proj", 14336, 4096),
+                ("up_proj", 14336, 4096),
+                ("down_proj", 4096, 14336)
+            ]
+        );
+        assert_eq!(
+            shapes("tiny"),
+            vec![
+                ("q_proj", 256, 256),
+                ("k_proj", 128, 256),
+                ("v_proj", 128, 256),
+                ("o_proj", 256, 256),
+                ("gate_proj", 688, 256),
+                ("up_proj", 688, 256),
+                ("down_proj", 256, 688)
+            ]
+        );
+        // The other sizes of ALGORITHMS.md §8: (hidden, intermediate, layers).
+        for (name, h, i, n) in [
+            ("llama-13b", 5120, 13824, 40),
+            ("llama-30b", 6656, 17920, 60),
+            ("llama-65b", 8192, 22016, 80),
+            ("llama2-7b", 4096, 11008, 32),
+            ("llama2-13b", 5120, 13824, 40),
+            ("llama2-70b", 8192, 28672, 80),
+            ("llama3-8b", 4096, 14336, 32),
+        ] {
+            let c = lookup(name).unwrap();
+            assert_eq!(
+                (c.hidden, c.intermediate, c.num_layers),
+                (h, i, n),
+                "{name}"
+            );
+            assert_eq!(c.num_heads * c.head_dim, h, "{name}");
+        }
+        assert_eq!(known_models().len(), 9);
     }
 
     #[test]
@@ -306,21 +369,104 @@ mod tests {
             cfg.linear("o_proj").unwrap().hf_tensor_name(0),
             "model.layers.0.self_attn.o_proj.weight"
         );
-        assert_eq!(cfg.input_groups().len(), 4);
-        assert_eq!(cfg.group_cols(InputGroup::MlpAct), 11008);
+        assert_eq!(
+            cfg.input_groups(),
+            vec![
+                (InputGroup::AttnIn, 4096),
+                (InputGroup::AttnOut, 4096),
+                (InputGroup::MlpIn, 4096),
+                (InputGroup::MlpAct, 11008)
+            ]
+        );
+        let inputs: Vec<&str> = cfg.linears().iter().map(|l| l.input.name()).collect();
+        assert_eq!(
+            inputs,
+            ["attn_in", "attn_in", "attn_in", "attn_out", "mlp_in", "mlp_in", "mlp_act"]
+        );
+        for g in InputGroup::ALL {
+            assert_eq!(InputGroup::parse(g.name()), Some(g));
+        }
+        assert_eq!(InputGroup::parse("mlp"), None);
         let sel = parse_linears(&cfg, "q_proj, k_proj,q_proj").unwrap();
-        assert_eq!(sel.len(), 2);
+        let names: Vec<&str> = sel.iter().map(|l| l.name).collect();
+        assert_eq!(names, ["q_proj", "k_proj"]);
+        assert_eq!(parse_linears(&cfg, "all").unwrap(), cfg.linears());
     }
 
     #[test]
     fn unknown_names_are_clear_errors() {
-        let e = lookup("gpt-2").unwrap_err().to_string();
-        assert!(e.contains("gpt-2") && e.contains("llama-7b"), "{e}");
+        let e = lookup("gpt-2").unwrap_err();
+        assert!(matches!(e, ModelError::UnknownModel { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("gpt-2") && e.contains("llama-7b") && e.contains("tiny"),
+            "{e}"
+        );
         let cfg = lookup("tiny").unwrap();
-        assert!(parse_linears(&cfg, "q_proj,x_proj")
-            .unwrap_err()
-            .to_string()
-            .contains("x_proj"));
-        assert!(cfg.check_layer(4).unwrap_err().to_string().contains("0-3"));
+        let e = parse_linears(&cfg, "q_proj,x_proj").unwrap_err();
+        assert!(matches!(e, ModelError::UnknownLinear { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("x_proj") && e.contains("down_proj"), "{e}");
+        assert!(matches!(
+            cfg.linear("lm_head"),
+            Err(ModelError::UnknownLinear { .. })
+        ));
+        assert!(parse_linears(&cfg, " , ").is_err());
+        let e = cfg.check_layer(4).unwrap_err();
+        assert!(matches!(e, ModelError::LayerOutOfRange { .. }));
+        assert!(e.to_string().contains("0-3"), "{e}");
+        assert!(cfg.check_layer(3).is_ok());
+    }
+
+    fn config_from(json: &str) -> Result<ModelConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("my-llama");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), json).unwrap();
+        ModelConfig::from_hf_config(&model.join("config.json"))
+    }
+
+    #[test]
+    fn hf_configs_are_read_with_their_defaults() {
+        // LLaMA-1 configs have neither num_key_value_heads nor head_dim.
+        let c = config_from(
+            r#"{"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "torch_dtype": "float16"}"#,
+        )
+        .unwrap();
+        let mut want = lookup("llama-7b").unwrap();
+        want.name = "my-llama".into();
+        assert_eq!(c, want);
+        let c = config_from(
+            r#"{"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128}"#,
+        )
+        .unwrap();
+        assert_eq!(c.linear("k_proj").unwrap().rows, 1024);
+
+        for (json, needle) in [
+            (r#"{"hidden_size": 64}"#, "num_attention_heads is missing"),
+            (
+                r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": -4}"#,
+                "num_attention_heads is not a positive integer",
+            ),
+            (
+                r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 6}"#,
+                "head_dim is missing",
+            ),
+            (
+                r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 3}"#,
+                "not a multiple of num_key_value_heads 3",
+            ),
+            ("{not json", "not valid JSON"),
+        ] {
+            let e = config_from(json).unwrap_err();
+            assert!(matches!(e, ModelError::BadConfig { .. }), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(needle) && e.contains("config.json"), "{e}");
+        }
     }
 }

@@ -50,6 +50,18 @@ pub enum ModelError {
         row: usize,
         col: usize,
     },
+    #[error(
+        "tensor {name} in {path} has a non-finite value (NaN or Inf) at sample {sample}, token {token}, column {col}"
+    )]
+    NonFiniteInput {
+        name: String,
+        path: PathBuf,
+        sample: usize,
+        token: usize,
+        col: usize,
+    },
+    #[error("{path}: cannot write: {detail}")]
+    Write { path: PathBuf, detail: String },
     #[error("{0}")]
     Calibration(String),
 }

@@ -1,10 +1,15 @@
-//! A memory-mapped safetensors file whose header is parsed once; tensors are read by name as
-//! byte slices, so a layer or a calibration sample is read without loading the file.
+//! Safetensors files, read and written without holding them in memory: a memory-mapped file
+//! whose header is parsed once, tensors read by name as byte slices (so a layer or a
+//! calibration sample is read without loading the file), and an atomic streaming writer.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memmap2::Mmap;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::SafeTensors;
 
 use crate::dtype::DType;
@@ -47,7 +52,7 @@ impl MappedFile {
         self.meta.tensors().into_keys().collect()
     }
 
-    pub fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+    pub fn metadata(&self) -> Option<&HashMap<String, String>> {
         self.meta.metadata().as_ref()
     }
 
@@ -104,7 +109,22 @@ impl TensorRef<'_> {
     /// matrix of `cols` columns.
     pub fn read_f32(&self, path: &Path, start: usize, len: usize, cols: usize) -> Result<Vec<f32>> {
         let s = self.dtype.size();
-        let v = self.dtype.decode(&self.bytes[start * s..(start + len) * s]);
+        // The header was validated against the file size and callers check shapes first, so
+        // the range is in bounds; still, a wrong caller gets an error, not a panic.
+        let bytes = start
+            .checked_add(len)
+            .and_then(|end| Some((start.checked_mul(s)?, end.checked_mul(s)?)))
+            .and_then(|(a, b)| self.bytes.get(a..b))
+            .ok_or_else(|| ModelError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "tensor {} holds {} values, {} requested from {start}",
+                    self.name,
+                    self.bytes.len() / s,
+                    len
+                ),
+            })?;
+        let v = self.dtype.decode(bytes);
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(ModelError::NonFinite {
                 name: self.name.into(),
@@ -117,75 +137,153 @@ impl TensorRef<'_> {
     }
 }
 
-/// A tensor to write: its name, dtype, shape and little-endian bytes.
-pub struct OwnedTensor {
+/// A tensor to write: its name, the dtype it is stored in, and its shape.
+pub struct TensorHeader {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
-    pub bytes: Vec<u8>,
 }
 
-impl OwnedTensor {
-    pub fn from_f32(name: String, dtype: DType, shape: Vec<usize>, values: &[f32]) -> Self {
-        Self {
-            name,
-            dtype,
-            shape,
-            bytes: dtype.encode(values),
-        }
+impl TensorHeader {
+    pub fn new(name: String, dtype: DType, shape: Vec<usize>) -> Self {
+        Self { name, dtype, shape }
+    }
+
+    fn elements(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
     }
 }
 
-/// Writes tensors to `path` atomically: a temporary file in the
-/// same folder, renamed over `path` only once complete, removed on any failure.
-pub fn write_atomic(
+/// Receives one tensor's values in order, as f32, and stores them in the tensor's dtype.
+pub struct TensorSink<'a> {
+    out: &'a mut BufWriter<File>,
+    dtype: DType,
+    remaining: usize,
+    name: &'a str,
+    path: &'a Path,
+}
+
+impl TensorSink<'_> {
+    pub fn put(&mut self, values: &[f32]) -> Result<()> {
+        if values.len() > self.remaining {
+            return Err(ModelError::Write {
+                path: self.path.to_path_buf(),
+                detail: format!(
+                    "{}: {} more values given than its shape holds",
+                    self.name,
+                    values.len() - self.remaining
+                ),
+            });
+        }
+        self.remaining -= values.len();
+        self.out
+            .write_all(&self.dtype.encode(values))
+            .map_err(io(self.path))
+    }
+}
+
+/// Distinguishes temporary files of concurrent writers in one process.
+static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes a safetensors file, streaming each tensor's values from `fill(i, sink)` so that a
+/// file larger than memory (a full calibration set) can be written one sample at a time.
+/// The header is built by the safetensors crate itself, so the layout is the reference one.
+/// Atomic: the data goes to a temporary file in the same folder, renamed over `path` only
+/// once complete and synced, and removed on any failure.
+pub fn write_streamed(
     path: &Path,
-    tensors: Vec<OwnedTensor>,
-    metadata: std::collections::HashMap<String, String>,
+    tensors: &[TensorHeader],
+    metadata: HashMap<String, String>,
+    mut fill: impl FnMut(usize, &mut TensorSink) -> Result<()>,
 ) -> Result<()> {
+    let fail = |detail: String| ModelError::Write {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| fail("not a file path".into()))?
+        .to_string_lossy();
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut offset = 0usize;
+    for (i, t) in tensors.iter().enumerate() {
+        if tensors[..i].iter().any(|u| u.name == t.name) {
+            return Err(fail(format!("tensor {} is given twice", t.name)));
+        }
+        let bytes = t
+            .elements()
+            .and_then(|n| n.checked_mul(t.dtype.size()))
+            .ok_or_else(|| {
+                fail(format!(
+                    "tensor {} shape {:?} is too large",
+                    t.name, t.shape
+                ))
+            })?;
+        infos.push((
+            t.name.clone(),
+            TensorInfo {
+                dtype: t.dtype.to_safetensors(),
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + bytes),
+            },
+        ));
+        offset += bytes;
+    }
+    let header = Metadata::new(Some(metadata), infos)
+        .map_err(|e| fail(e.to_string()))
+        .and_then(|m| serde_json::to_string(&m).map_err(|e| fail(e.to_string())))?;
+    let mut header = header.into_bytes();
+    // The reference writer pads the header with spaces to 8 bytes, so the data is aligned.
+    header.resize(header.len().next_multiple_of(8), b' ');
+
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| ModelError::BadConfig {
-            path: path.to_path_buf(),
-            detail: "not a file path".into(),
-        })?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
-    let views: std::result::Result<Vec<_>, _> = tensors
-        .iter()
-        .map(|t| {
-            safetensors::tensor::TensorView::new(
-                t.dtype.to_safetensors(),
-                t.shape.clone(),
-                &t.bytes,
-            )
-            .map(|v| (t.name.clone(), v))
-        })
-        .collect();
-    let result = views
-        .map_err(|e| ModelError::Corrupt {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })
-        .and_then(|views| {
-            safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| match e {
-                safetensors::SafeTensorError::IoError(error) => ModelError::Io {
-                    path: path.to_path_buf(),
-                    error,
-                },
-                other => ModelError::Corrupt {
-                    path: path.to_path_buf(),
-                    detail: other.to_string(),
-                },
-            })
-        })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
+    let tmp = dir.join(format!(
+        ".{file_name}.partial-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut write = || -> Result<()> {
+        let file = File::create(&tmp).map_err(io(path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .and_then(|()| out.write_all(&header))
+            .map_err(io(path))?;
+        for (i, t) in tensors.iter().enumerate() {
+            let mut sink = TensorSink {
+                out: &mut out,
+                dtype: t.dtype,
+                remaining: t.elements().unwrap_or(0),
+                name: &t.name,
+                path,
+            };
+            fill(i, &mut sink)?;
+            if sink.remaining != 0 {
+                return Err(fail(format!(
+                    "tensor {}: {} values missing",
+                    t.name, sink.remaining
+                )));
+            }
+        }
+        let file = out.into_inner().map_err(|e| io(path)(e.into_error()))?;
+        file.sync_all().map_err(io(path))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    };
+    let result = write();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes in-memory f32 tensors, each converted to its header's dtype.
+pub fn write_matrices(
+    path: &Path,
+    tensors: Vec<(TensorHeader, &[f32])>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let (headers, data): (Vec<TensorHeader>, Vec<&[f32]>) = tensors.into_iter().unzip();
+    write_streamed(path, &headers, metadata, |i, sink| sink.put(data[i]))
 }
