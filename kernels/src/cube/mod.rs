@@ -9,7 +9,7 @@
 
 mod clock;
 mod device;
-pub mod kernels;
+mod kernels;
 mod storage;
 
 use cubecl::prelude::*;

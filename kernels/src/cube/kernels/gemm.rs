@@ -254,13 +254,6 @@ pub struct Gemm<'a> {
     pub dot: Option<(&'a Handle, usize, usize)>,
 }
 
-impl Gemm<'_> {
-    /// Output tiles of this launch (one partial each for `EPI_DOT`).
-    pub fn tiles(&self) -> usize {
-        self.m.div_ceil(TILE as usize) * self.n.div_ceil(TILE as usize)
-    }
-}
-
 pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
     if g.m == 0 || g.n == 0 {
         return;
