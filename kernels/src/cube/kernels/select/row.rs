@@ -93,7 +93,8 @@ pub fn per_row<R: Runtime>(
     // once instead of four times (3 digit passes and the mask pass).
     let capacity = b.max_shared.saturating_sub(SELECT_SHARED) / 4 / CUBE as usize * CUBE as usize;
     let cache = if x.cols <= capacity {
-        x.cols.next_multiple_of(CUBE as usize) as u32
+        // Coarse sizes, so that a few kernel variants serve every row length.
+        x.cols.next_multiple_of(1024).min(capacity) as u32
     } else {
         0
     };
