@@ -16,7 +16,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::super::storage::{CubeMask, CubeTensor};
+use super::super::storage::{same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::elementwise::{apply_mask, score, score_parts, SCORE_GBLM};
 use super::reduce::CUBE;
@@ -107,6 +107,9 @@ pub fn prune_scored<R: Runtime>(
     check::score(w.shape(), &sc, |t| t.shape())?;
     check::pattern(&pattern, w.cols)?;
     let (kind, act, grad) = score_parts(&sc);
+    if let Some(g) = grad {
+        same_slabs("gradient statistic vs W", &g.slabs, &w.slabs)?;
+    }
     let src = Source {
         x: w,
         src: kind,
