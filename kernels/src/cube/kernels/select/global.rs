@@ -10,7 +10,7 @@ use super::super::super::CubeBackend;
 use super::super::reduce::{cube_exclusive_scan, CUBE};
 use super::keys::{cube_index, digit, find_bin, load_key, write_row_mask};
 use super::{row_grid, BINS};
-use crate::error::Result;
+use crate::error::{KernelError, Result};
 
 /// One digit pass of the global selection: a shared histogram per cube over a grid-stride of
 /// the view's entries whose keys match the digits decided so far, added into the global one.
@@ -230,6 +230,11 @@ pub fn select_global<R: Runtime>(
     let rows = x.rows;
     if rows == 0 || ncols == 0 {
         return Ok(());
+    }
+    if (rows * ncols) as u64 > u32::MAX as u64 {
+        return Err(KernelError::Unsupported(format!(
+            "selecting over {rows}x{ncols} entries at once: counts are 32-bit on the device"
+        )));
     }
     let ld = x.cols;
     let state = b.scratch_from(&[0, k as u32])?;
