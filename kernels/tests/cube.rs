@@ -8,7 +8,8 @@ use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::cube::{cube_wgpu, CubeWgpuBackend};
 use prunebench_kernels::suite::{small_cases, verify_case, ObsKind, Op, OpCase, Outcome};
 use prunebench_kernels::{
-    Backend, GradNorm, KernelError, MaskGroup, MaskPattern, Matrix, Score, ScoreKind, TimeSource,
+    Backend, GradNorm, KernelError, Mask, MaskGroup, MaskPattern, Matrix, Score, ScoreKind,
+    TimeSource,
 };
 
 fn backend() -> CubeWgpuBackend {
@@ -195,6 +196,22 @@ fn too_large_for_the_device_is_refused_before_any_work() {
         }
         other => panic!("expected OutOfMemory, got {:?}", other.map(|t| t.shape())),
     }
+}
+
+/// Operands split differently (made by backends with different slab limits) are refused, not
+/// paired slab by slab.
+#[test]
+fn operands_with_different_slabs_are_refused() {
+    let split = backend().with_slab_limit(64 * 300 * 4);
+    let whole = backend();
+    let mut w = split
+        .upload(&Matrix::from_fn(150, 300, |r, c| (r * c) as f32))
+        .unwrap();
+    let mask = whole.upload_mask(&Mask::empty(150, 300)).unwrap();
+    assert!(matches!(
+        split.apply_mask(&mut w, &mask),
+        Err(KernelError::InvalidArgument(_))
+    ));
 }
 
 #[test]

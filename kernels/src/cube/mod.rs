@@ -2,14 +2,17 @@
 //! `cubecl::Runtime`, run on CubeCL's wgpu runtime (`cubecl-wgpu`: Vulkan, Metal, DX12) and on
 //! CUDA (`cubecl-cuda`, with the `cuda` feature).
 //!
-//! Everything runs on the device; the host only orchestrates launches and reads back the
-//! handful of scalars the trait returns (the dead-column list and damping of §6, the OBS loss,
-//! the traces of §9, the Cholesky failure flag). Tensors larger than the device's largest
-//! binding are split into row slabs (see [`storage`]), and every kernel works slab by slab.
+//! Everything runs on the device; the host only orchestrates launches, does scalar arithmetic
+//! on launch parameters (k = floor(p·n), the running-mean factors, λ = percdamp·sum/n from a
+//! device-side sum of the diagonal) and reads back the handful of values the trait returns or
+//! that decide an error: the dead-column flags of §6, the Cholesky failure flag and the first
+//! non-finite index, the OBS loss and the traces of §9 (each summed on the device first).
+//! Tensors larger than the device's largest binding are split into row slabs (see
+//! [`storage`]), and every kernel works slab by slab.
 
 mod clock;
 mod device;
-pub mod kernels;
+mod kernels;
 mod storage;
 
 use cubecl::prelude::*;

@@ -4,7 +4,8 @@
 //!
 //! The split depends only on (rows, cols) and the backend's slab limit, so every tensor or mask
 //! of one shape has the same slabs: elementwise kernels pair slab i with slab i. Slab heights are
-//! multiples of [`ROW_ALIGN`] so that a GEMM tile or a Cholesky block never straddles two slabs.
+//! multiples of [`ROW_ALIGN`] so that a 64-row block of the Cholesky factorisation or of the
+//! triangular inverse never straddles two slabs.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -14,7 +15,7 @@ use super::CubeBackend;
 use crate::error::{KernelError, Result};
 use crate::tensor::{Mask, Matrix};
 
-/// Slab heights are multiples of this (the GEMM tile and the Cholesky block size).
+/// Slab heights are multiples of this (the Cholesky and triangular-inverse block size).
 pub const ROW_ALIGN: usize = 64;
 
 /// How a `rows x row_bytes` array is cut into slabs of whole rows.
@@ -75,6 +76,19 @@ impl Slabs {
         }
         v
     }
+}
+
+/// Kernels pair slab i of one operand with slab i of another: operands split differently
+/// (made by backends with different slab limits) are refused rather than misread.
+pub fn same_slabs(what: &str, a: &Slabs, b: &Slabs) -> Result<()> {
+    if a != b {
+        return Err(KernelError::InvalidArgument(format!(
+            "{what}: the operands are split into different slabs ({} vs {} rows per slab); \
+             use tensors made by one backend",
+            a.slab_rows, b.slab_rows
+        )));
+    }
+    Ok(())
 }
 
 /// A device f32 matrix: row-major, split into row slabs (one handle each).

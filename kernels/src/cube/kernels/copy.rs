@@ -99,14 +99,14 @@ pub fn gather_rows<R: Runtime>(
     }
 }
 
-/// Records the smallest linear index (plus `base`) whose value is NaN or ±Inf.
+/// Records in `first[slot]` the smallest index of the slab whose value is NaN or ±Inf.
 #[cube(launch_unchecked)]
-fn nonfinite_kernel(x: &Array<f32>, first: &mut Array<Atomic<u32>>, n: u32, base: u32) {
+fn nonfinite_kernel(x: &Array<f32>, first: &mut Array<Atomic<u32>>, n: u32, slot: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         let bits = u32::reinterpret(x[i as usize]);
         if bits & 0x7F80_0000u32 == 0x7F80_0000u32 {
-            first[0].fetch_min(base + i);
+            first[slot as usize].fetch_min(i);
         }
     }
 }
@@ -116,9 +116,11 @@ pub fn first_nonfinite<R: Runtime>(
     b: &CubeBackend<R>,
     t: &CubeTensor,
 ) -> Result<Option<(usize, usize)>> {
-    let first = b.scratch_from(&[u32::MAX])?;
-    for s in 0..t.handles.len() {
-        let (r0, rn) = t.slabs.range(s);
+    // One slot per slab: indices stay inside a slab, below 2^32 whatever the tensor's size.
+    let slots = t.handles.len();
+    let first = b.scratch_from(&vec![u32::MAX; slots])?;
+    for s in 0..slots {
+        let rn = t.slabs.range(s).1;
         let n = rn * t.cols;
         if n == 0 {
             continue;
@@ -130,12 +132,16 @@ pub fn first_nonfinite<R: Runtime>(
                 grid(n, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&t.handles[s], n),
-                arg(&first, 1),
+                arg(&first, slots),
                 n as u32,
-                (r0 * t.cols) as u32,
+                s as u32,
             );
         }
     }
-    let i = b.read_u32(&first, 1)?[0];
-    Ok((i != u32::MAX).then(|| (i as usize / t.cols.max(1), i as usize % t.cols.max(1))))
+    let cols = t.cols.max(1);
+    Ok(b.read_u32(&first, slots)?
+        .iter()
+        .enumerate()
+        .find(|(_, &i)| i != u32::MAX)
+        .map(|(s, &i)| (t.slabs.range(s).0 + i as usize / cols, i as usize % cols)))
 }

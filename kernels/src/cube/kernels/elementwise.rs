@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::super::storage::{arg, CubeMask, CubeTensor};
+use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::{grid, vector_width, BLOCK};
 use crate::error::Result;
@@ -158,6 +158,9 @@ pub fn score<R: Runtime>(
 ) -> Result<CubeTensor> {
     check::score(w.shape(), &score, |t| t.shape())?;
     let (kind, act, grad) = score_parts(&score);
+    if let Some(g) = grad {
+        same_slabs("gradient statistic vs W", &g.slabs, &w.slabs)?;
+    }
     let out = b.alloc_tensor(w.rows, w.cols)?;
     let v = vector_width(w.cols);
     for s in 0..w.handles.len() {
@@ -197,6 +200,7 @@ pub fn grad_accumulate<R: Runtime>(
     norm: GradNorm,
 ) -> Result<()> {
     check::same("gradient accumulator vs g", acc.shape(), g.shape())?;
+    same_slabs("gradient accumulator vs g", &acc.slabs, &g.slabs)?;
     let v = vector_width(acc.cols);
     for s in 0..acc.handles.len() {
         let n = acc.slab_len(s);
@@ -275,6 +279,7 @@ pub fn grad_finalize<R: Runtime>(
 
 pub fn apply_mask<R: Runtime>(b: &CubeBackend<R>, w: &CubeTensor, mask: &CubeMask) -> Result<()> {
     check::same("mask vs W", (mask.rows, mask.cols), w.shape())?;
+    same_slabs("mask vs W", &mask.slabs, &w.slabs)?;
     let v = vector_width(w.cols);
     for s in 0..w.handles.len() {
         let n = w.slab_len(s);
@@ -301,6 +306,7 @@ pub fn apply_mask<R: Runtime>(b: &CubeBackend<R>, w: &CubeTensor, mask: &CubeMas
 /// a − b into a new tensor of the same shape.
 pub fn sub<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor) -> Result<CubeTensor> {
     check::same("difference operands", x.shape(), y.shape())?;
+    same_slabs("difference operands", &x.slabs, &y.slabs)?;
     let out = b.alloc_tensor(x.rows, x.cols)?;
     let v = vector_width(x.cols);
     for s in 0..x.handles.len() {

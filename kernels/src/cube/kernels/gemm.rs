@@ -1,6 +1,7 @@
 //! The one tiled GEMM behind every GEMM-shaped part of the op set: C (op)= alpha·A·B with
-//! 64x64 output tiles, 16-deep K steps staged in shared memory (8 KiB), 256 threads each
-//! holding a 4x4 block of accumulators in registers, and a comptime epilogue:
+//! 64 or 128 square-or-oblong output tiles (comptime), 16-deep K steps staged in shared memory
+//! (8-16 KiB), 256 threads each holding a 4x4 to 8x8 block of accumulators in registers, and
+//! a comptime epilogue:
 //!
 //! - `EPI_STORE`: C = alpha·acc (+ beta·C) — Hessian, Cholesky panels and trailing updates,
 //!   triangular inverse, OBS lazy updates;
@@ -20,8 +21,14 @@ use super::super::storage::arg;
 use super::super::CubeBackend;
 use super::reduce::cube_sum;
 
-pub const TILE: u32 = 64;
 const BK: u32 = 16;
+
+/// The output tile of a launch: 128 rows or columns where the problem has that many (twice
+/// the work per shared-memory load), 64 otherwise.
+pub fn tile_shape(m: usize, n: usize) -> (usize, usize) {
+    let side = |x: usize| if x >= 128 { 128 } else { 64 };
+    (side(m), side(n))
+}
 
 pub const EPI_STORE: u32 = 0;
 pub const EPI_GRAD_L2: u32 = 1;
@@ -58,17 +65,23 @@ fn gemm_kernel(
     #[comptime] flags: u32,
     #[comptime] epi: u32,
     #[comptime] plane: bool,
+    #[comptime] tm: u32,
+    #[comptime] tn: u32,
 ) {
+    // 16 x 16 threads; each holds an rm x rn block of the tm x tn output tile, strided by 16
+    // so that shared-memory reads are broadcast (A) and conflict-free (B).
+    let rm = comptime![tm / 16];
+    let rn = comptime![tn / 16];
     let tx = UNIT_POS_X;
     let ty = UNIT_POS_Y;
     let t = ty * 16 + tx;
-    let i0 = CUBE_POS_Y * TILE;
-    let j0 = CUBE_POS_X * TILE;
+    let i0 = CUBE_POS_Y * tm;
+    let j0 = CUBE_POS_X * tn;
 
     // A SYRK tile wholly above the diagonal has nothing to compute (uniform per cube).
     let mut active = true;
     if comptime![flags & LOWER != 0] {
-        if (i0 + TILE - 1) as i32 + diag_shift < j0 as i32 {
+        if (i0 + tm - 1) as i32 + diag_shift < j0 as i32 {
             active = false;
         }
     }
@@ -84,23 +97,23 @@ fn gemm_kernel(
         kb = k;
     }
 
-    let mut sa = SharedMemory::<f32>::new((BK * TILE) as usize);
-    let mut sb = SharedMemory::<f32>::new((BK * TILE) as usize);
-    let mut acc = Array::<f32>::new(16usize);
+    let mut sa = SharedMemory::<f32>::new(comptime![(BK * tm) as usize]);
+    let mut sb = SharedMemory::<f32>::new(comptime![(BK * tn) as usize]);
+    let mut acc = Array::<f32>::new(comptime![(rm * rn) as usize]);
     #[unroll]
-    for q in 0..16usize {
-        acc[q] = 0.0;
+    for q in 0..rm * rn {
+        acc[q as usize] = 0.0;
     }
 
     while kb < k {
         #[unroll]
-        for l in 0..4u32 {
+        for l in 0..rm {
             let idx = t + l * 256;
             let mut ii = idx / BK;
             let mut kk = idx % BK;
             if comptime![flags & A_TRANS != 0] {
-                ii = idx % TILE;
-                kk = idx / TILE;
+                ii = idx % tm;
+                kk = idx / tm;
             }
             let gi = i0 + ii;
             let gk = kb + kk;
@@ -112,13 +125,13 @@ fn gemm_kernel(
                     v = a[(a_off + gi * a_ld + gk) as usize];
                 }
             }
-            sa[(kk * TILE + ii) as usize] = v;
+            sa[(kk * tm + ii) as usize] = v;
         }
         #[unroll]
-        for l in 0..4u32 {
+        for l in 0..rn {
             let idx = t + l * 256;
-            let mut jj = idx % TILE;
-            let mut kk = idx / TILE;
+            let mut jj = idx % tn;
+            let mut kk = idx / tn;
             if comptime![flags & B_TRANS != 0] {
                 jj = idx / BK;
                 kk = idx % BK;
@@ -133,23 +146,26 @@ fn gemm_kernel(
                     v = b[(b_off + gk * b_ld + gj) as usize];
                 }
             }
-            sb[(kk * TILE + jj) as usize] = v;
+            sb[(kk * tn + jj) as usize] = v;
         }
         sync_cube();
         #[unroll]
         for kk in 0..BK {
-            let mut ar = Array::<f32>::new(4usize);
-            let mut br = Array::<f32>::new(4usize);
+            let mut ar = Array::<f32>::new(comptime![rm as usize]);
+            let mut br = Array::<f32>::new(comptime![rn as usize]);
             #[unroll]
-            for q in 0..4u32 {
-                ar[q as usize] = sa[(kk * TILE + ty + 16 * q) as usize];
-                br[q as usize] = sb[(kk * TILE + tx + 16 * q) as usize];
+            for q in 0..rm {
+                ar[q as usize] = sa[(kk * tm + ty + 16 * q) as usize];
             }
             #[unroll]
-            for ii in 0..4usize {
+            for q in 0..rn {
+                br[q as usize] = sb[(kk * tn + tx + 16 * q) as usize];
+            }
+            #[unroll]
+            for ii in 0..rm {
                 #[unroll]
-                for jj in 0..4usize {
-                    acc[ii * 4 + jj] += ar[ii] * br[jj];
+                for jj in 0..rn {
+                    acc[(ii * rn + jj) as usize] += ar[ii as usize] * br[jj as usize];
                 }
             }
         }
@@ -160,9 +176,9 @@ fn gemm_kernel(
     let mut part = 0.0f32;
     if active {
         #[unroll]
-        for ii in 0..4u32 {
+        for ii in 0..rm {
             #[unroll]
-            for jj in 0..4u32 {
+            for jj in 0..rn {
                 let i = i0 + ty + 16 * ii;
                 let j = j0 + tx + 16 * jj;
                 let mut valid = i < m && j < n;
@@ -171,7 +187,7 @@ fn gemm_kernel(
                 }
                 if valid {
                     let ci = (c_off + i * c_ld + j) as usize;
-                    let v = acc[(ii * 4 + jj) as usize];
+                    let v = acc[(ii * rn + jj) as usize];
                     if comptime![epi == EPI_STORE] {
                         let mut r = alpha * v;
                         if comptime![flags & READ_C != 0] {
@@ -250,15 +266,9 @@ pub struct Gemm<'a> {
     /// B(k, j) is zero for k + shift < j (B lower triangular): K starts at each tile's column.
     pub b_lower: Option<i64>,
     pub epi: u32,
-    /// For `EPI_DOT`: the partials buffer and where this launch's tiles start in it.
+    /// For `EPI_DOT`: the partials buffer and where this launch's tiles (see [`tile_shape`])
+    /// start in it.
     pub dot: Option<(&'a Handle, usize, usize)>,
-}
-
-impl Gemm<'_> {
-    /// Output tiles of this launch (one partial each for `EPI_DOT`).
-    pub fn tiles(&self) -> usize {
-        self.m.div_ceil(TILE as usize) * self.n.div_ceil(TILE as usize)
-    }
 }
 
 pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
@@ -282,11 +292,8 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         flags |= B_LOWER;
     }
     let (dot_h, dot_len, dot_base) = g.dot.unwrap_or((g.c.h, g.c.len, 0));
-    let count = CubeCount::Static(
-        g.n.div_ceil(TILE as usize) as u32,
-        g.m.div_ceil(TILE as usize) as u32,
-        1,
-    );
+    let (tm, tn) = tile_shape(g.m, g.n);
+    let count = CubeCount::Static(g.n.div_ceil(tn) as u32, g.m.div_ceil(tm) as u32, 1);
     // SAFETY: every load and store is guarded by m, n and k against the views, which the
     // callers build inside their bindings; the dot partial index is below tiles().
     unsafe {
@@ -315,6 +322,8 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
             flags,
             g.epi,
             b.plane,
+            tm as u32,
+            tn as u32,
         );
     }
 }

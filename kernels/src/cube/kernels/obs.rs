@@ -16,7 +16,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::super::storage::{arg, CubeMask, CubeTensor};
+use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, gather_rows, Rect};
 use super::elementwise::zero_columns;
@@ -271,6 +271,7 @@ pub fn obs_prune<R: Runtime>(
     check::obs(w.shape(), u.shape(), &selection, block)?;
     if let ObsSelection::Given(m) = selection {
         check::same("given mask vs W", (m.rows, m.cols), w.shape())?;
+        same_slabs("given mask vs W", &m.slabs, &w.slabs)?;
     }
     if let Some(&j) = factor.dead.iter().find(|&&j| j >= w.cols) {
         return Err(KernelError::InvalidArgument(format!(

@@ -7,7 +7,7 @@ use cubecl::prelude::*;
 use super::super::storage::CubeTensor;
 use super::super::CubeBackend;
 use super::elementwise::sub;
-use super::gemm::{gemm, Gemm, View, EPI_DOT};
+use super::gemm::{gemm, tile_shape, Gemm, View, EPI_DOT};
 use super::reduce::sum;
 use crate::error::Result;
 use crate::ops::{check, ReconError};
@@ -26,7 +26,8 @@ fn quadratic_trace<R: Runtime>(b: &CubeBackend<R>, d: &CubeTensor, h: &CubeTenso
             if rows == 0 || hn == 0 {
                 continue;
             }
-            let tiles = rows.div_ceil(64) * n.div_ceil(64);
+            let (tm, tn) = tile_shape(rows, n);
+            let tiles = rows.div_ceil(tm) * n.div_ceil(tn);
             launches.push((ds, hs, rows, h0, hn, total));
             total += tiles;
         }
