@@ -326,4 +326,12 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     ) -> Result<ReconError> {
         recon::recon_error(self, w, pruned, h)
     }
+
+    fn copy(&self, dst: &mut CubeTensor, src: &CubeTensor) -> Result<()> {
+        kernels::probe::copy(self, dst, src)
+    }
+
+    fn fma_probe(&self, t: &mut CubeTensor, iters: u32) -> Result<()> {
+        kernels::probe::fma_probe(self, t, iters)
+    }
 }

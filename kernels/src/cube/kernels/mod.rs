@@ -12,6 +12,7 @@ pub mod factor;
 pub mod fill;
 pub mod gemm;
 pub mod obs;
+pub mod probe;
 pub mod recon;
 pub mod reduce;
 pub mod select;

@@ -1,0 +1,70 @@
+//! `prunebench bench` end to end on the CPU reference: ceilings measured, every selected case
+//! verified and timed with its work and fraction of peak, a layer record with stage medians,
+//! and a results file that `report` renders.
+
+use std::process::Command;
+
+use prunebench_harness::results::{ResultsFile, Status};
+
+#[test]
+fn bench_writes_a_results_file_report_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpu.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args([
+            "bench",
+            "--backend",
+            "cpu",
+            "--op",
+            "SCORE_WANDA",
+            "--methods",
+            "wanda",
+            "--sparsities",
+            "2:4",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--layer-repeats",
+            "1",
+            "--samples",
+            "2",
+            "--tokens",
+            "16",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r = ResultsFile::read(&out).unwrap();
+    assert!(r.ceilings.copy_gbps.unwrap() > 0.0, "{:?}", r.ceilings);
+    assert!(r.ceilings.fma_tflops.unwrap() > 0.0, "{:?}", r.ceilings);
+    assert_eq!(r.device.backend, "cpu");
+    assert!(!r.tool.git_commit.is_empty());
+    let ops: Vec<_> = r.records.iter().filter(|x| x.op == "SCORE_WANDA").collect();
+    assert_eq!(ops.len(), 4, "one per distinct tiny shape");
+    for rec in ops {
+        assert_eq!(rec.status, Status::Pass, "{}", rec.key);
+        assert_eq!(rec.repeats, 3);
+        assert!(rec.median_s.unwrap() > 0.0 && rec.bytes > 0 && rec.flops > 0);
+        assert!(rec.peak_fraction.unwrap() > 0.0);
+        assert!(!rec.checks.is_empty());
+    }
+    let layer = r.records.iter().find(|x| x.op == "LAYER_WANDA").unwrap();
+    assert!(layer.stages.contains_key("act_stat") && layer.stages.contains_key("prune_scored"));
+    let report = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args(["report"])
+        .arg(&out)
+        .arg("--out")
+        .arg(dir.path().join("report"))
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+    let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
+    assert!(md.contains("SCORE_WANDA") && md.contains("LAYER_WANDA"));
+}
