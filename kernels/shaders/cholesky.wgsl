@@ -6,7 +6,9 @@
 //   diag_extract/nonfinite_scan/damp_stats: dead columns, λ = percdamp·mean(diag);
 //   copy_in: A = J (H + λI) J from H's lower triangle (a transposing tile copy);
 //   per 64-column block: chol_diag (the block, one workgroup, in workgroup memory),
-//   chol_panel (L21 = A21 L11⁻ᵀ, a thread per row) and the trailing SYRK (gemm.wgsl);
+//   chol_panel (L21 = A21 L11⁻ᵀ, a thread per row), and a SYRK (gemm.wgsl) on the rest of
+//   its outer block of up to 256 columns; per outer block, one SYRK of depth 256 on the whole
+//   trailing matrix (so the trailing matrix is read and written n/256 times, not n/64);
 //   per 64-row block: trinv_diag (L_ii⁻¹) and two GEMMs for the block row of L⁻¹;
 //   reverse_out: U = J L⁻¹ J, an in-place swap of mirrored entries.
 // A non-positive or non-finite pivot stops the factorisation and is reported through `stat`
@@ -26,6 +28,9 @@ struct Params {
     clo: u32,
     chi: u32,
     percdamp: f32,
+    plo: u32,         // chol_panel: panel row p holds A row plo + p ...
+    pld: u32,         // ... with this stride ...
+    pcol: u32,        // ... and the block's columns from this panel column on
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -33,7 +38,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> a2: array<f32>;
 @group(0) @binding(3) var<storage, read> h: array<f32>;
 @group(0) @binding(4) var<storage, read_write> small: array<f32>;  // 64 x 64 block
-@group(0) @binding(5) var<storage, read_write> panel: array<f32>;  // (n - k1) x 64
+@group(0) @binding(5) var<storage, read_write> panel: array<f32>;  // L21 of an outer block
 @group(0) @binding(6) var<storage, read_write> dvec: array<f32>;   // H's diagonal, n
 // [0] failed pivot column + 1, [1] first non-finite linear index of H (or 0xffffffff),
 // [2] λ as f32 bits, [3] unused, [4..4+n) dead-column flags.
@@ -180,13 +185,12 @@ fn chol_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
 }
 
 // L21 = A21 · L11⁻ᵀ for this window's rows below the block: one thread per row, a forward
-// solve against `small`; the result goes to A and to `panel` (stride 64) for the SYRK.
+// solve against `small`; the result goes to A and to the outer block's `panel` for the SYRKs.
 @compute @workgroup_size(64, 1, 1)
 fn chol_panel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = gid.y * nwg.x * 64u + gid.x;
     if (r >= P.rows) { return; }
     let i = P.row0 + r;
-    let k1 = P.k0 + P.nb;
     var x: array<f32, 64>;
     for (var j = 0u; j < P.nb; j++) {
         var s = a[P.a_base + i * P.n + P.k0 + j];
@@ -195,7 +199,7 @@ fn chol_panel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     for (var j = 0u; j < P.nb; j++) {
         a[P.a_base + i * P.n + P.k0 + j] = x[j];
-        panel[(i - k1) * NB + j] = x[j];
+        panel[(i - P.plo) * P.pld + P.pcol + j] = x[j];
     }
 }
 

@@ -41,8 +41,9 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> As: array<f32, 1024>; // [k][m]
-var<workgroup> Bs: array<f32, 1024>; // [k][n]
+// [k][m] and [k][n] as vec4s, so the inner loop reads a thread's 4 rows (4 columns) at once.
+var<workgroup> As: array<vec4<f32>, 256>;
+var<workgroup> Bs: array<vec4<f32>, 256>;
 
 fn a_at(i: u32, k: u32) -> f32 {
     var off: u32;
@@ -80,21 +81,19 @@ fn mainloop(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
             let gk = kt + kk;
             var v = 0.0;
             if (gi < P.m_hi && gk < P.k_hi) { v = a_at(gi, gk); }
-            As[kk * TM + mi] = v;
+            As[(kk * TM + mi) / 4u][mi % 4u] = v;
             var nj: u32;
             if (P.b_trans != 0u) { nj = e / TK; kk = e % TK; } else { kk = e / TN; nj = e % TN; }
             let gj = o.y + nj;
             let gk2 = kt + kk;
             var w = 0.0;
             if (gj < P.n_hi && gk2 < P.k_hi) { w = b_at(gk2, gj); }
-            Bs[kk * TN + nj] = w;
+            Bs[(kk * TN + nj) / 4u][nj % 4u] = w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let av = vec4<f32>(As[kk * TM + lid.y * 4u], As[kk * TM + lid.y * 4u + 1u],
-                               As[kk * TM + lid.y * 4u + 2u], As[kk * TM + lid.y * 4u + 3u]);
-            let bv = vec4<f32>(Bs[kk * TN + lid.x * 4u], Bs[kk * TN + lid.x * 4u + 1u],
-                               Bs[kk * TN + lid.x * 4u + 2u], Bs[kk * TN + lid.x * 4u + 3u]);
+            let av = As[kk * (TM / 4u) + lid.y];
+            let bv = Bs[kk * (TN / 4u) + lid.x];
             for (var r = 0u; r < 4u; r++) {
                 acc[r * 4u] = fma(av[r], bv.x, acc[r * 4u]);
                 acc[r * 4u + 1u] = fma(av[r], bv.y, acc[r * 4u + 1u]);

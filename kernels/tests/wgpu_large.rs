@@ -3,7 +3,8 @@
 //! backend's time for each. Run with
 //! `cargo test -p prunebench-kernels --features wgpu --test wgpu_large -- --ignored --nocapture`;
 //! `PRUNEBENCH_OPS=HESSIAN,OBS_` restricts it to ops whose names start with those prefixes,
-//! `PRUNEBENCH_SHAPE=4096x11008` changes the shape.
+//! `PRUNEBENCH_SHAPE=4096x11008` changes the shape, `PRUNEBENCH_PROFILE=1` adds the time per
+//! kernel (each dispatch then runs in a pass of its own).
 
 #![cfg(feature = "wgpu")]
 
@@ -29,6 +30,7 @@ fn llama_shapes_against_the_reference() {
         b.info().api,
         b.info().driver
     );
+    let profile = std::env::var("PRUNEBENCH_PROFILE").is_ok_and(|v| v == "1");
     let mut failed = Vec::new();
     for case in model_cases(&[shape], 128) {
         if !filter.is_empty()
@@ -42,6 +44,19 @@ fn llama_shapes_against_the_reference() {
         let inputs = CaseInputs::generate(&case).expect("inputs");
         let mut p = prepare(&b, &case, &inputs).expect("prepare");
         let (secs, source) = b.timed(&mut || execute(&b, &mut p)).expect("timed run");
+        let kernels = if profile {
+            let mut p = prepare(&b, &case, &inputs).expect("prepare");
+            b.set_profile(true);
+            b.timed(&mut || execute(&b, &mut p)).expect("profiled run");
+            b.set_profile(false);
+            b.kernel_profile()
+                .iter()
+                .map(|(k, s)| format!("{k} {s:.3}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            String::new()
+        };
         let rate = if case.compute_bound() {
             format!("{:8.1} GFLOP/s", case.flops() as f64 / secs / 1e9)
         } else {
@@ -59,6 +74,9 @@ fn llama_shapes_against_the_reference() {
             secs,
             figures.join(", ")
         );
+        if profile {
+            println!("    kernels: {kernels}");
+        }
         if r.outcome != Outcome::Pass {
             failed.push(r.case);
         }

@@ -217,6 +217,8 @@ pub fn small_cases() -> Vec<OpCase> {
         OpCase::new(Op::ApplyMask, 13, 300),
         OpCase::new(Op::HinvFactor, 1, 37).tokens(80, 1),
         OpCase::new(Op::HinvFactor, 1, 200).tokens(300, 1),
+        // Past 256 columns: a GPU factor's second outer block.
+        OpCase::new(Op::HinvFactor, 1, 300).tokens(400, 1),
         OpCase::new(Op::ReconError, 13, 200).tokens(300, 1),
     ];
     for k in [Magnitude, Wanda, Gblm] {

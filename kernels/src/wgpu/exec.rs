@@ -126,6 +126,10 @@ pub(crate) struct Ctx {
     pub poison: AtomicBool,
     /// How many ops had to split a tensor across several bindings (tests check the path ran).
     pub splits: AtomicUsize,
+    /// Profile mode: every dispatch in its own timed pass (slower; for finding hot kernels).
+    pub profile: AtomicBool,
+    /// Seconds per kernel of the last timing scope, in profile mode.
+    pub last_profile: Mutex<Vec<(String, f64)>>,
 }
 
 const PARAM_SLOT: u64 = 256;
@@ -161,6 +165,8 @@ impl Ctx {
             timing: Mutex::new(None),
             poison: AtomicBool::new(false),
             splits: AtomicUsize::new(0),
+            profile: AtomicBool::new(false),
+            last_profile: Mutex::new(Vec::new()),
             device,
             queue,
             limits,
@@ -351,6 +357,20 @@ impl<'c> Batch<'c> {
         slots: &[Slot<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
+        self.dispatch_as(entry, m, entry, params, slots, groups)
+    }
+
+    /// `dispatch`, named `label` in kernel profiles (GEMM steps of different ops share one
+    /// entry point).
+    pub fn dispatch_as(
+        &mut self,
+        label: &'static str,
+        m: Module,
+        entry: &'static str,
+        params: &[u8],
+        slots: &[Slot<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
         assert!(
             params.len() as u64 <= PARAM_SLOT,
             "parameter block too large"
@@ -404,9 +424,14 @@ impl<'c> Batch<'c> {
                 layout: &bgl,
                 entries: &entries,
             });
+        if self.ctx.profile.load(Ordering::Relaxed) {
+            self.pass = None;
+        }
         if self.pass.is_none() {
             let mut timing = self.ctx.timing.lock().unwrap_or_else(|p| p.into_inner());
-            let writes = timing.as_mut().map(|t| t.next_pass(&self.ctx.device));
+            let writes = timing
+                .as_mut()
+                .map(|t| t.next_pass(&self.ctx.device, label));
             let enc = self.encoder.as_mut().expect("batch already submitted");
             let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,

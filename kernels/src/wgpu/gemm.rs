@@ -86,6 +86,8 @@ pub(crate) struct Gemm<'a> {
     pub flags: u32,
     pub alpha: f32,
     pub beta: f32,
+    /// The step's name in kernel profiles.
+    pub label: &'static str,
 }
 
 impl<'a> Gemm<'a> {
@@ -111,7 +113,13 @@ impl<'a> Gemm<'a> {
             flags: 0,
             alpha: 1.0,
             beta: 0.0,
+            label: entry,
         }
+    }
+
+    pub fn named(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 
     /// Workgroups this dispatch launches (one per 64x64 output tile).
@@ -159,7 +167,8 @@ impl<'a> Gemm<'a> {
         }
         let slot = |o: &Option<Operand<'a>>| o.map_or(Slot::Unused, |o| Slot::Win(o.win));
         let (gx, gy) = self.tiles();
-        batch.dispatch(
+        batch.dispatch_as(
+            self.label,
             Module::Gemm,
             self.entry,
             bytemuck::bytes_of(&p),

@@ -129,7 +129,8 @@ impl Ctx {
                     (0, t),
                     Operand::new(dyw, 0, rows).t(),
                     Operand::new(xw, 0, cols),
-                );
+                )
+                .named("grad_fused");
                 g.c = Some(Operand::new(cw, 0, cols));
                 g.flags = flags;
                 g.alpha = GBLM_GRAD_SCALE;
@@ -157,7 +158,8 @@ impl Ctx {
                     (t0, t1),
                     Operand::new(dyw, 0, rows).t(),
                     Operand::new(xw, 0, cols),
-                );
+                )
+                .named("grad_fallback_gemm");
                 g.c = Some(Operand::new(gw, before(r0 * cols), cols));
                 g.beta = if ti == 0 { 0.0 } else { 1.0 };
                 g.record(&mut b)?;

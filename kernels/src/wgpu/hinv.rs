@@ -14,6 +14,9 @@ use super::mem::WgpuTensor;
 /// The Cholesky block width (cholesky.wgsl's NB): a 64x64 f32 block is 16 KiB of workgroup
 /// memory.
 const NB: usize = 64;
+/// The outer block: updates of the columns right of it are deferred and applied as one SYRK
+/// of this depth, which a GPU runs near its arithmetic peak (depth 64 is memory-bound).
+const OUTER: usize = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
@@ -31,6 +34,9 @@ pub(crate) struct CholParams {
     clo: u32,
     chi: u32,
     percdamp: f32,
+    plo: u32,
+    pld: u32,
+    pcol: u32,
 }
 
 struct Bufs<'a> {
@@ -126,7 +132,10 @@ impl Ctx {
             });
         }
         let small = self.scratch("Cholesky block", NB * NB)?;
-        let panel = self.scratch("Cholesky panel", n.saturating_sub(NB).max(1) * NB)?;
+        // The outer block narrows (down to one block) if its panel would not fit a binding.
+        let outer = (OUTER.min(self.rows_fitting(n) / NB * NB)).max(NB);
+        let panel_len = n * outer;
+        let panel = self.scratch("Cholesky panel", panel_len)?;
         let dvec = self.scratch("Hessian diagonal", n)?;
         let temp = self.scratch("inverse block row", NB * n)?;
         let mut header = vec![0u32; 4 + n];
@@ -134,7 +143,7 @@ impl Ctx {
         let stat = self.upload_words("factor status", &header)?;
         let bufs = Bufs {
             small: self.whole(&small, NB * NB)?,
-            panel: self.whole(&panel, n.saturating_sub(NB).max(1) * NB)?,
+            panel: self.whole(&panel, panel_len)?,
             dvec: self.whole(&dvec, n)?,
             stat: self.whole(&stat, 4 + n)?,
         };
@@ -219,65 +228,93 @@ impl Ctx {
             }
         }
 
-        // Blocked right-looking Cholesky of A in place.
-        for k0 in (0..n).step_by(NB) {
-            let k1 = (k0 + NB).min(n);
-            let dw = self.rows_win(&u.buf, n, k0, k1)?;
-            let p = CholParams {
-                a_base: dw.base(0),
-                k0: k0 as u32,
-                nb: (k1 - k0) as u32,
-                ..base
-            };
-            chol(
-                &mut b,
-                "chol_diag",
-                &p,
-                bufs.slots(Some(dw), None, None),
-                [1, 1, 1],
-            )?;
-            if k1 == n {
-                break;
-            }
+        // Blocked right-looking Cholesky of A in place, in outer blocks [o0, o1) of 64-column
+        // blocks: updates inside the outer block are applied at once, those right of it once
+        // per outer block from its panel (rows from o0, stride `outer`).
+        let syrk = |b: &mut Batch<'_>,
+                    c0: usize,
+                    cols_to: usize,
+                    pcol: usize,
+                    depth: usize,
+                    o0: usize|
+         -> Result<()> {
+            // A(c0 + i, c0 + j) -= sum_k P(c0 + i, k) P(c0 + j, k), j < cols_to - c0, lower.
             for &s in &slabs {
-                let Some((r0, r1)) = intersect(s, (k1, n)) else {
+                let Some((r0, r1)) = intersect(s, (c0, n)) else {
                     continue;
                 };
                 let aw = self.rows_win(&u.buf, n, r0, r1)?;
-                let pp = CholParams {
-                    rows: (r1 - r0) as u32,
-                    row0: r0 as u32,
-                    a_base: aw.base(0),
-                    ..p
-                };
-                chol(
-                    &mut b,
-                    "chol_panel",
-                    &pp,
-                    bufs.slots(Some(aw), None, None),
-                    grid((r1 - r0).div_ceil(64) as u64, maxg),
-                )?;
-            }
-            for &s in &slabs {
-                let Some((r0, r1)) = intersect(s, (k1, n)) else {
-                    continue;
-                };
-                let aw = self.rows_win(&u.buf, n, r0, r1)?;
-                // Logical (i, j) is A(k1 + i, k1 + j); the panel holds L21 with stride 64.
-                let panel_op = Operand::new(bufs.panel, 0, NB);
+                let panel_op = Operand::new(bufs.panel, ((c0 - o0) * outer + pcol) as u64, outer);
                 let mut g = Gemm::new(
                     "gemm_update",
-                    (r0 - k1, r1 - k1),
-                    (0, r1 - k1),
-                    (0, k1 - k0),
+                    (r0 - c0, r1 - c0),
+                    (0, (r1 - c0).min(cols_to - c0)),
+                    (0, depth),
                     panel_op,
                     panel_op.t(),
-                );
-                g.c = Some(Operand::new(aw, (k1 * n + k1) as u64, n));
+                )
+                .named(if depth > NB {
+                    "chol_outer_syrk"
+                } else {
+                    "chol_inner_syrk"
+                });
+                g.c = Some(Operand::new(aw, (c0 * n + c0) as u64, n));
                 g.flags = F_LOWER;
                 g.alpha = -1.0;
                 g.beta = 1.0;
-                g.record(&mut b)?;
+                g.record(b)?;
+            }
+            Ok(())
+        };
+        for o0 in (0..n).step_by(outer) {
+            let o1 = (o0 + outer).min(n);
+            for k0 in (o0..o1).step_by(NB) {
+                let k1 = (k0 + NB).min(n);
+                let dw = self.rows_win(&u.buf, n, k0, k1)?;
+                let p = CholParams {
+                    a_base: dw.base(0),
+                    k0: k0 as u32,
+                    nb: (k1 - k0) as u32,
+                    plo: o0 as u32,
+                    pld: outer as u32,
+                    pcol: (k0 - o0) as u32,
+                    ..base
+                };
+                chol(
+                    &mut b,
+                    "chol_diag",
+                    &p,
+                    bufs.slots(Some(dw), None, None),
+                    [1, 1, 1],
+                )?;
+                if k1 == n {
+                    break;
+                }
+                for &s in &slabs {
+                    let Some((r0, r1)) = intersect(s, (k1, n)) else {
+                        continue;
+                    };
+                    let aw = self.rows_win(&u.buf, n, r0, r1)?;
+                    let pp = CholParams {
+                        rows: (r1 - r0) as u32,
+                        row0: r0 as u32,
+                        a_base: aw.base(0),
+                        ..p
+                    };
+                    chol(
+                        &mut b,
+                        "chol_panel",
+                        &pp,
+                        bufs.slots(Some(aw), None, None),
+                        grid((r1 - r0).div_ceil(64) as u64, maxg),
+                    )?;
+                }
+                if k1 < o1 {
+                    syrk(&mut b, k1, o1, k0 - o0, k1 - k0, o0)?;
+                }
+            }
+            if o1 < n {
+                syrk(&mut b, o1, n, 0, o1 - o0, o0)?;
             }
         }
 
@@ -316,7 +353,8 @@ impl Ctx {
                     (k_lo, k_hi),
                     Operand::new(rw, (i0 * n) as u64, n),
                     Operand::new(kw, 0, n),
-                );
+                )
+                .named("trinv_row_gemm");
                 g.c = Some(Operand::new(temp_w, 0, n));
                 g.flags = F_B_LOWER;
                 g.beta = if first { 0.0 } else { 1.0 };
@@ -330,7 +368,8 @@ impl Ctx {
                 (0, i1 - i0),
                 Operand::new(bufs.small, 0, NB),
                 Operand::new(temp_w, 0, n),
-            );
+            )
+            .named("trinv_scale_gemm");
             g.c = Some(Operand::new(rw, (i0 * n) as u64, n));
             g.alpha = -1.0;
             g.record(&mut b)?;

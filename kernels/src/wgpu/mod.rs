@@ -89,6 +89,23 @@ impl WgpuBackend {
         self.ctx.splits.load(Ordering::Relaxed)
     }
 
+    /// Profile mode: each dispatch runs in a timed pass of its own, and after a `timed` call
+    /// `kernel_profile` gives the seconds spent per kernel. Costs pass overhead; for finding
+    /// hot kernels, not for reported timings.
+    pub fn set_profile(&self, on: bool) {
+        self.ctx.profile.store(on, Ordering::Relaxed);
+    }
+
+    /// Seconds per kernel (entry point) of the last `timed` call in profile mode, largest
+    /// first; empty without timestamps or profile mode.
+    pub fn kernel_profile(&self) -> Vec<(String, f64)> {
+        self.ctx
+            .last_profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Whether `timed` measures with GPU timestamps on this adapter.
     pub fn has_timestamps(&self) -> bool {
         self.ctx.timestamps

@@ -195,7 +195,8 @@ impl Ctx {
                             (0, j2 - j1),
                             Operand::new(ew, before(r0 * SUB), SUB),
                             Operand::new(uw, (j1 * cols + j2) as u64, cols),
-                        );
+                        )
+                        .named("obs_lazy_update");
                         g.c = Some(Operand::new(ww, j2 as u64, cols));
                         g.alpha = -1.0;
                         g.beta = 1.0;

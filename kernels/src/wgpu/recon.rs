@@ -52,7 +52,8 @@ impl Ctx {
                         (k0, k1),
                         Operand::new(ww, 0, cols),
                         Operand::new(hw, 0, cols),
-                    );
+                    )
+                    .named("recon_trace");
                     if minus {
                         g.a2 = Some(Operand::new(qw, 0, cols));
                     }

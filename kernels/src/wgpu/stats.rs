@@ -104,7 +104,8 @@ impl Ctx {
                         (k0, k1),
                         Operand::new(xw, 0, n).t(),
                         Operand::new(xw, 0, n),
-                    );
+                    )
+                    .named("hessian_syrk");
                     g.c = Some(Operand::new(cw, 0, n));
                     g.c2 = Some(Operand::new(c2w, 0, n));
                     g.flags = F_LOWER | F_MIRROR;
