@@ -49,6 +49,39 @@ pub fn run_cases<B: Backend>(backend: &B, prefixes: &[&str]) {
     );
 }
 
+/// The ceiling probes: the copy is exact, the FMA chains match their closed form (a chain of
+/// n f32 steps is within ~n ulp of it; 1e-4 relative leaves room), on shapes that are not
+/// multiples of any vector or workgroup width.
+pub fn check_probes<B: Backend>(backend: &B) {
+    use prunebench_kernels::ops::fma_probe_expected;
+    use prunebench_kernels::rng::heavy_tailed;
+    for (rows, cols) in [(1, 37), (13, 300), (129, 33)] {
+        let src_host = heavy_tailed(rows, cols, 5);
+        let src = backend.upload(&src_host).unwrap();
+        let mut dst = backend.zeros(rows, cols).unwrap();
+        backend.copy(&mut dst, &src).unwrap();
+        assert_eq!(
+            backend.download(&dst).unwrap(),
+            src_host,
+            "copy {rows}x{cols}"
+        );
+        let start = prunebench_kernels::Matrix::from_fn(rows, cols, |r, c| {
+            ((r * 31 + c) % 200) as f32 / 100.0
+        });
+        let mut t = backend.upload(&start).unwrap();
+        backend.fma_probe(&mut t, 50).unwrap();
+        backend.fma_probe(&mut t, 30).unwrap();
+        let got = backend.download(&t).unwrap();
+        for (i, (&x, &g)) in start.data.iter().zip(&got.data).enumerate() {
+            let want = fma_probe_expected(x, 80);
+            assert!(
+                ((g as f64 - want) / want).abs() < 1e-4,
+                "fma {rows}x{cols} [{i}]: {g} vs {want}"
+            );
+        }
+    }
+}
+
 /// One test per op family for the backend `$make` builds.
 #[macro_export]
 macro_rules! conformance {
@@ -90,6 +123,10 @@ macro_rules! conformance {
             #[test]
             fn recon_error() {
                 check(&["RECON_ERROR"]);
+            }
+            #[test]
+            fn ceiling_probes() {
+                check_probes(&$make);
             }
         }
     };

@@ -21,10 +21,11 @@ pub(crate) enum Module {
     Select,
     Cholesky,
     Obs,
+    Probe,
 }
 
 impl Module {
-    pub const ALL: [Module; 7] = [
+    pub const ALL: [Module; 8] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -32,6 +33,7 @@ impl Module {
         Module::Select,
         Module::Cholesky,
         Module::Obs,
+        Module::Probe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +45,7 @@ impl Module {
             Module::Select => "select",
             Module::Cholesky => "cholesky",
             Module::Obs => "obs",
+            Module::Probe => "probe",
         }
     }
 
@@ -55,6 +58,7 @@ impl Module {
             Module::Select => include_str!("../../shaders/select.wgsl"),
             Module::Cholesky => include_str!("../../shaders/cholesky.wgsl"),
             Module::Obs => include_str!("../../shaders/obs.wgsl"),
+            Module::Probe => include_str!("../../shaders/probe.wgsl"),
         }
     }
 
@@ -69,6 +73,7 @@ impl Module {
             Module::Select => &[false, true, true, false, false, false, false],
             Module::Cholesky => &[false, false, true, false, false, false, false],
             Module::Obs => &[false, true, false, false, false, true, true],
+            Module::Probe => &[false, true],
         }
     }
 }

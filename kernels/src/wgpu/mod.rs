@@ -12,6 +12,7 @@ mod grad;
 mod hinv;
 mod mem;
 mod obs;
+mod probe;
 mod recon;
 mod score;
 mod select;
@@ -275,5 +276,13 @@ impl Backend for WgpuBackend {
         h: &WgpuTensor,
     ) -> Result<ReconError> {
         self.ctx.recon_error(w, pruned, h)
+    }
+
+    fn copy(&self, dst: &mut WgpuTensor, src: &WgpuTensor) -> Result<()> {
+        self.ctx.copy(dst, src)
+    }
+
+    fn fma_probe(&self, t: &mut WgpuTensor, iters: u32) -> Result<()> {
+        self.ctx.fma_probe(t, iters)
     }
 }
