@@ -4,7 +4,7 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 
 use common::{env_or, env_usize, for_each_backend, Visit};
 use prunebench_harness::{prune_layer, Calibration, Method, PruneConfig};
@@ -23,6 +23,9 @@ impl Visit for Layers<'_> {
     fn visit<B: Backend>(&mut self, b: &B) {
         let name = b.info().backend.clone();
         let mut group = self.c.benchmark_group(format!("layers/{name}"));
+        // Flat sampling: ten samples of equal iteration counts, so a slow case (a layer on a
+        // software rasteriser) costs tens of iterations, not the hundreds linear sampling needs.
+        group.sampling_mode(SamplingMode::Flat);
         let calib = Calibration {
             source: &self.calib,
             ready: None,

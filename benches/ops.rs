@@ -5,7 +5,7 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 use common::{device_time, env_or, env_usize, for_each_backend, Visit};
 use prunebench_kernels::suite::{self, model_cases, CaseInputs, OpCase};
@@ -23,6 +23,9 @@ impl Visit for Ops<'_> {
     fn visit<B: Backend>(&mut self, b: &B) {
         let name = b.info().backend.clone();
         let mut group = self.c.benchmark_group(format!("ops/{name}"));
+        // Flat sampling: ten samples of equal iteration counts, so a slow case (a layer on a
+        // software rasteriser) costs tens of iterations, not the hundreds linear sampling needs.
+        group.sampling_mode(SamplingMode::Flat);
         for case in &self.cases {
             let mut sets = Vec::new();
             for k in 0..INPUT_SETS {

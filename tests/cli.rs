@@ -303,3 +303,72 @@ fn verify_on_the_reference_passes_and_reports() {
     );
     assert!(text.contains("layers 1 passed, 0 failed"), "{text}");
 }
+
+/// The GPU backends through the command line (on lavapipe where there is no GPU): the same
+/// layer, the same pruned counts, reconstruction errors within the layer tolerance of the
+/// reference's.
+#[cfg(all(feature = "wgpu", feature = "cubecl"))]
+#[test]
+fn gpu_backends_prune_like_the_reference() {
+    let run = |backend: &str| {
+        let r = json(&prunebench(&[
+            "prune",
+            "--backend",
+            backend,
+            "--method",
+            "sparsegpt",
+            "--sparsity",
+            "2:4",
+            "--samples",
+            "2",
+            "--tokens",
+            "32",
+            "--linears",
+            "q_proj,down_proj",
+            "--json",
+        ]));
+        assert_eq!(r["backend"]["backend"], backend);
+        r["linears"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["pruned"].as_u64().unwrap(),
+                    l["recon_error"].as_f64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = run("cpu");
+    for backend in ["wgpu", "cubecl-wgpu"] {
+        for ((pw, ew), (pg, eg)) in want.iter().zip(run(backend)) {
+            assert_eq!(*pw, pg, "{backend}");
+            assert!(
+                (ew - eg).abs() <= 1e-2 * ew,
+                "{backend}: recon {eg} vs reference {ew}"
+            );
+        }
+    }
+    let out = prunebench(&[
+        "verify",
+        "--backend",
+        "wgpu",
+        "--op",
+        "PRUNE_GBLM(pattern=2:4",
+        "--methods",
+        "gblm",
+        "--sparsities",
+        "0.5",
+        "--samples",
+        "2",
+        "--tokens",
+        "16",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("wgpu: ops") && text.contains("0 failed"),
+        "{text}"
+    );
+}

@@ -53,7 +53,7 @@ impl BackendJob for BenchJob<'_> {
             .filter(|c| {
                 filter
                     .as_ref()
-                    .is_none_or(|f| c.name().contains(f.as_str()))
+                    .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
             })
             .collect();
         let mut records: Vec<Record> = Vec::new();
@@ -131,7 +131,54 @@ fn default_out(backend: &str, device: &str) -> PathBuf {
     PathBuf::from(format!("results/{backend}-{slug}.json"))
 }
 
+/// The work model of every case the arguments select, and the roofline's prediction.
+fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
+    let (cfg, _) = LayerInput::model(&a.layer)?;
+    let linears = prunebench_models::config::parse_linears(&cfg, &a.layer.linears)?;
+    let mut shapes: Vec<(usize, usize)> = linears.iter().map(|l| (l.rows, l.cols)).collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    let filter = a.op.as_deref().map(str::to_ascii_uppercase);
+    println!(
+        "{:<66} {:>10} {:>12} {:>8} {:>7} {:>11}",
+        "case", "MB", "GFLOP", "flop/B", "bound", "predicted"
+    );
+    for c in model_cases(&shapes, a.layer.tokens)
+        .into_iter()
+        .filter(|c| {
+            filter
+                .as_ref()
+                .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
+        })
+    {
+        let (b, f) = (c.bytes() as f64, c.flops() as f64);
+        let memory = a.copy_gbps.map(|g| b / (g * 1e9));
+        let compute = a.fma_tflops.map(|t| f / (t * 1e12));
+        let predicted = match (memory, compute) {
+            (Some(m), Some(c)) => Some(m.max(c)),
+            (m, c) => m.or(c),
+        };
+        println!(
+            "{:<66} {:>10.1} {:>12.3} {:>8.2} {:>7} {:>11}",
+            c.name(),
+            b / 1e6,
+            f / 1e9,
+            f / b,
+            if c.compute_bound() {
+                "compute"
+            } else {
+                "memory"
+            },
+            predicted.map_or("–".into(), super::prune::ms)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if a.dry_run {
+        return dry_run(&a);
+    }
     let choice = resolve(&a.backend.backend)?;
     let methods = parse_methods(&a.methods)?;
     let sparsities = a

@@ -163,6 +163,16 @@ pub struct BenchArgs {
     /// Results file (default results/<backend>-<device>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run nothing: print each case's bytes, flops and arithmetic intensity, and the time the
+    /// roofline predicts from --copy-gbps and --fma-tflops.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Copy bandwidth for --dry-run predictions, GB/s.
+    #[arg(long, requires = "dry_run")]
+    pub copy_gbps: Option<f64>,
+    /// f32 FMA rate for --dry-run predictions, TFLOP/s.
+    #[arg(long, requires = "dry_run")]
+    pub fma_tflops: Option<f64>,
 }
 
 #[derive(Args, Debug)]

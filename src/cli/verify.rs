@@ -68,7 +68,7 @@ impl BackendJob for VerifyJob<'_> {
                 .filter(|c| {
                     filter
                         .as_ref()
-                        .is_none_or(|f| c.name().contains(f.as_str()))
+                        .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
                 })
                 .collect();
             if cases.is_empty() {

@@ -97,15 +97,22 @@ pub fn trusted(r: &Record) -> bool {
     matches!(r.status, Status::Pass | Status::Unverified) && r.median_s.is_some()
 }
 
+/// Whether two runs used the same silicon: the same GPU by name (vendors spell it differently
+/// across APIs: "NVIDIA H200" in Vulkan, "H200" elsewhere), or both the host CPU (the CPU
+/// reference, a CPU PyTorch and a software rasteriser such as lavapipe all run there).
 fn same_device(a: &Run, b: &Run) -> bool {
+    let (da, db) = (&a.file.device, &b.file.device);
+    if da.device_type == "cpu" && db.device_type == "cpu" {
+        return true;
+    }
     let norm = |s: &str| {
         s.to_ascii_lowercase()
             .replace("nvidia", "")
             .trim()
             .to_string()
     };
-    let (x, y) = (norm(&a.file.device.device), norm(&b.file.device.device));
-    !x.is_empty() && (x.contains(&y) || y.contains(&x))
+    let (x, y) = (norm(&da.device), norm(&db.device));
+    !x.is_empty() && !y.is_empty() && (x.contains(&y) || y.contains(&x))
 }
 
 /// The parameters of a key, e.g. `rows=4096,cols=11008`, for table rows.
