@@ -199,9 +199,11 @@ fn roofline(run: &Run) -> Option<String> {
     );
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1000, 520)).into_drawing_area();
         root.fill(&WHITE).ok()?;
-        let mut chart = ChartBuilder::on(&root)
+        // The legend gets its own column, so it never hides a point.
+        let (plot, legend) = root.split_horizontally(760);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(format!("Roofline: {}", run.label), ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(45)
@@ -222,12 +224,18 @@ fn roofline(run: &Run) -> Option<String> {
             .collect();
         chart
             .draw_series(LineSeries::new(roof, BLACK.stroke_width(2)))
-            .ok()?
-            .label(format!(
-                "roof: {bw:.1} GB/s copy, {:.2} TFLOP/s FMA",
-                peak / 1e3
+            .ok()?;
+        let text = ("sans-serif", 12).into_font().color(&BLACK);
+        let roof_label = format!("roof: {bw:.1} GB/s, {:.3} TFLOP/s", peak / 1e3);
+        legend
+            .draw(&PathElement::new(
+                [(5, 50), (25, 50)],
+                BLACK.stroke_width(2),
             ))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK.stroke_width(2)));
+            .ok()?;
+        legend
+            .draw(&Text::new(roof_label, (32, 44), text.clone()))
+            .ok()?;
         let mut ops: Vec<&String> = points.iter().map(|p| &p.2).collect();
         ops.sort();
         ops.dedup();
@@ -240,17 +248,15 @@ fn roofline(run: &Run) -> Option<String> {
                         .filter(|p| &&p.2 == op)
                         .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
                 )
-                .ok()?
-                .label(op.as_str())
-                .legend(move |(x, y)| Circle::new((x + 5, y), 4, color.filled()));
+                .ok()?;
+            let y = 72 + 18 * j as i32;
+            legend
+                .draw(&Circle::new((15, y + 6), 4, color.filled()))
+                .ok()?;
+            legend
+                .draw(&Text::new(op.to_string(), (32, y), text.clone()))
+                .ok()?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .ok()?;
         root.present().ok()?;
     }
     Some(svg)
