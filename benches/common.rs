@@ -22,6 +22,22 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or_else(|_| panic!("{name} must be a whole number"))
 }
 
+/// Short windows: the default shapes must finish in minutes even on a software rasteriser.
+pub fn config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+}
+
+/// The model whose shapes the benches run, and the calibration tokens per sample.
+pub fn model_and_tokens() -> (prunebench_models::ModelConfig, usize) {
+    let name = env_or("PRUNEBENCH_BENCH_MODEL", "tiny");
+    let model = prunebench_models::config::lookup(&name)
+        .unwrap_or_else(|e| panic!("PRUNEBENCH_BENCH_MODEL: {e}"));
+    (model, env_usize("PRUNEBENCH_BENCH_TOKENS", 64))
+}
+
 pub fn wanted(backend: &str) -> bool {
     match std::env::var("PRUNEBENCH_BENCH_BACKENDS") {
         Ok(list) => list.split(',').any(|b| b.trim() == backend),

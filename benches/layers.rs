@@ -6,10 +6,9 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 
-use common::{env_or, env_usize, for_each_backend, Visit};
+use common::{env_usize, for_each_backend, Visit};
 use prunebench_harness::{prune_layer, Calibration, Method, PruneConfig};
 use prunebench_kernels::{Backend, Sparsity};
-use prunebench_models::config::lookup;
 use prunebench_models::synthetic::{synthetic_layer, SyntheticCalibration};
 use prunebench_models::LayerWeights;
 
@@ -52,9 +51,8 @@ impl Visit for Layers<'_> {
 }
 
 fn layers(c: &mut Criterion) {
-    let model = lookup(&env_or("PRUNEBENCH_BENCH_MODEL", "tiny")).expect("PRUNEBENCH_BENCH_MODEL");
+    let (model, tokens) = common::model_and_tokens();
     let samples = env_usize("PRUNEBENCH_BENCH_SAMPLES", 4);
-    let tokens = env_usize("PRUNEBENCH_BENCH_TOKENS", 64);
     let layer = synthetic_layer(&model, 0, &model.linears(), 0);
     let calib = SyntheticCalibration::new(&model, 0, samples, tokens, 0);
     for_each_backend(&mut Layers { c, layer, calib });
@@ -62,11 +60,7 @@ fn layers(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    // Short windows: the default shapes must finish in minutes even on a software rasteriser.
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(std::time::Duration::from_millis(300))
-        .measurement_time(std::time::Duration::from_secs(1));
+    config = common::config();
     targets = layers
 }
 criterion_main!(benches);

@@ -7,10 +7,9 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
-use common::{device_time, env_or, env_usize, for_each_backend, Visit};
+use common::{device_time, for_each_backend, Visit};
 use prunebench_kernels::suite::{self, model_cases, CaseInputs, OpCase};
 use prunebench_kernels::Backend;
-use prunebench_models::config::lookup;
 
 const INPUT_SETS: usize = 3;
 
@@ -60,8 +59,7 @@ impl Visit for Ops<'_> {
 }
 
 fn ops(c: &mut Criterion) {
-    let model = lookup(&env_or("PRUNEBENCH_BENCH_MODEL", "tiny")).expect("PRUNEBENCH_BENCH_MODEL");
-    let tokens = env_usize("PRUNEBENCH_BENCH_TOKENS", 64);
+    let (model, tokens) = common::model_and_tokens();
     let filter = std::env::var("PRUNEBENCH_BENCH_OPS")
         .ok()
         .map(|f| f.to_ascii_uppercase());
@@ -82,11 +80,7 @@ fn ops(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    // Short windows: the default shapes must finish in minutes even on a software rasteriser.
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(std::time::Duration::from_millis(300))
-        .measurement_time(std::time::Duration::from_secs(1));
+    config = common::config();
     targets = ops
 }
 criterion_main!(benches);

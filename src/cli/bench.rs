@@ -18,7 +18,6 @@ use prunebench_kernels::{Backend, Sparsity};
 use super::backends::{dispatch, resolve, BackendJob};
 use super::layer_input::LayerInput;
 use super::progress::Bar;
-use super::verify::parse_methods;
 use super::BenchArgs;
 
 struct BenchJob<'a> {
@@ -38,24 +37,10 @@ impl BackendJob for BenchJob<'_> {
             info.device, info.backend
         );
         let ceilings = measure_ceilings(b, &self.opts);
-        let mut shapes: Vec<(usize, usize)> = self
-            .input
-            .layer
-            .linears
-            .iter()
-            .map(|(l, _)| (l.rows, l.cols))
-            .collect();
-        shapes.sort_unstable();
-        shapes.dedup();
-        let filter = self.args.op.as_deref().map(str::to_ascii_uppercase);
-        let cases: Vec<_> = model_cases(&shapes, self.args.layer.tokens)
-            .into_iter()
-            .filter(|c| {
-                filter
-                    .as_ref()
-                    .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
-            })
-            .collect();
+        let cases = self
+            .args
+            .select
+            .filter(model_cases(&self.input.shapes(), self.args.layer.tokens));
         let mut records: Vec<Record> = Vec::new();
         let bar = Bar::new("bench ops");
         for (i, case) in cases.iter().enumerate() {
@@ -135,22 +120,12 @@ fn default_out(backend: &str, device: &str) -> PathBuf {
 fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
     let (cfg, _) = LayerInput::model(&a.layer)?;
     let linears = prunebench_models::config::parse_linears(&cfg, &a.layer.linears)?;
-    let mut shapes: Vec<(usize, usize)> = linears.iter().map(|l| (l.rows, l.cols)).collect();
-    shapes.sort_unstable();
-    shapes.dedup();
-    let filter = a.op.as_deref().map(str::to_ascii_uppercase);
+    let shapes = super::layer_input::distinct_shapes(&linears);
     println!(
         "{:<66} {:>10} {:>12} {:>8} {:>7} {:>11}",
         "case", "MB", "GFLOP", "flop/B", "bound", "predicted"
     );
-    for c in model_cases(&shapes, a.layer.tokens)
-        .into_iter()
-        .filter(|c| {
-            filter
-                .as_ref()
-                .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
-        })
-    {
+    for c in a.select.filter(model_cases(&shapes, a.layer.tokens)) {
         let (b, f) = (c.bytes() as f64, c.flops() as f64);
         let memory = a.copy_gbps.map(|g| b / (g * 1e9));
         let compute = a.fma_tflops.map(|t| f / (t * 1e12));
@@ -180,26 +155,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         return dry_run(&a);
     }
     let choice = resolve(&a.backend.backend)?;
-    let methods = parse_methods(&a.methods)?;
-    let sparsities = a
-        .sparsities
-        .split(',')
-        .map(|s| Sparsity::parse(s.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let methods = a.select.methods()?;
+    let sparsities = a.select.sparsities()?;
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    if let Some(out) = &a.out {
-        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                bail!(
-                    "--out {}: folder {} does not exist",
-                    out.display(),
-                    dir.display()
-                );
-            }
-        }
-    }
+    super::check_out_dir(a.out.as_deref())?;
     let input = LayerInput::load(&a.layer)?;
     let job = BenchJob {
         args: &a,

@@ -92,6 +92,11 @@ impl LayerInput {
         })
     }
 
+    /// The distinct (rows, cols) of the selected linears: the shapes op cases run on.
+    pub fn shapes(&self) -> Vec<(usize, usize)> {
+        distinct_shapes(self.layer.linears.iter().map(|(l, _)| l))
+    }
+
     pub fn calibration(&self) -> Calibration<'_> {
         match (&self.file, &self.synthetic) {
             (Some(f), _) => Calibration {
@@ -105,4 +110,13 @@ impl LayerInput {
             (None, None) => unreachable!("load always sets one calibration"),
         }
     }
+}
+
+pub fn distinct_shapes<'a>(
+    linears: impl IntoIterator<Item = &'a prunebench_models::LinearSpec>,
+) -> Vec<(usize, usize)> {
+    let mut shapes: Vec<(usize, usize)> = linears.into_iter().map(|l| (l.rows, l.cols)).collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    shapes
 }

@@ -107,21 +107,80 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
+/// Which op cases and which whole-layer runs (`verify` and `bench`).
+#[derive(Args, Debug, Clone)]
+pub struct SelectionArgs {
+    /// Only ops whose canonical name contains this, any case (e.g. PRUNE_WANDA, MASK(pattern=2:4).
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Methods run on whole layers: all, none, or a list such as wanda,sparsegpt.
+    #[arg(long, default_value = "all")]
+    pub methods: String,
+    /// Sparsity patterns of the whole-layer runs.
+    #[arg(long, default_value = "0.5,2:4")]
+    pub sparsities: String,
+}
+
+impl SelectionArgs {
+    pub fn methods(&self) -> anyhow::Result<Vec<prunebench_harness::Method>> {
+        match self.methods.trim() {
+            "all" => Ok(prunebench_harness::Method::ALL.to_vec()),
+            "none" => Ok(vec![]),
+            list => list
+                .split(',')
+                .map(|m| prune::parse_method(m.trim()))
+                .collect(),
+        }
+    }
+
+    pub fn sparsities(&self) -> anyhow::Result<Vec<prunebench_kernels::Sparsity>> {
+        Ok(self
+            .sparsities
+            .split(',')
+            .map(|s| prunebench_kernels::Sparsity::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The cases among `cases` that `--op` selects.
+    pub fn filter(
+        &self,
+        cases: impl IntoIterator<Item = prunebench_kernels::suite::OpCase>,
+    ) -> Vec<prunebench_kernels::suite::OpCase> {
+        let f = self.op.as_deref().map(str::to_ascii_uppercase);
+        cases
+            .into_iter()
+            .filter(|c| {
+                f.as_ref()
+                    .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
+            })
+            .collect()
+    }
+}
+
+/// Fails before any work if the folder an output file goes into does not exist.
+pub fn check_out_dir(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "--out {}: folder {} does not exist",
+                    out.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub layer: LayerArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Only ops whose canonical name contains this (e.g. PRUNE_WANDA, MASK, OBS_NM).
-    #[arg(long)]
-    pub op: Option<String>,
-    /// Methods whose whole-layer results are compared: all, none, or a list.
-    #[arg(long, default_value = "all")]
-    pub methods: String,
-    /// Sparsity patterns for the whole-layer comparison.
-    #[arg(long, default_value = "0.5,2:4")]
-    pub sparsities: String,
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// Skip the per-op checks (whole layers only).
     #[arg(long)]
     pub skip_ops: bool,
@@ -136,15 +195,8 @@ pub struct BenchArgs {
     pub layer: LayerArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Only ops whose canonical name contains this.
-    #[arg(long)]
-    pub op: Option<String>,
-    /// Methods timed on whole layers: all, none, or a list.
-    #[arg(long, default_value = "all")]
-    pub methods: String,
-    /// Sparsity patterns for the whole-layer timings.
-    #[arg(long, default_value = "0.5,2:4")]
-    pub sparsities: String,
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// Timed repetitions per op (the median is reported).
     #[arg(long, default_value_t = 10)]
     pub repeats: usize,

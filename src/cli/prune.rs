@@ -69,18 +69,7 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
     cfg.group = parse_group(a.group.as_deref())?;
     cfg.grad_norm = parse_norm(&a.grad_norm)?;
     let choice = resolve(&a.backend.backend)?;
-    if let Some(out) = &a.out {
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            if !dir.is_dir() {
-                bail!(
-                    "--out {}: folder {} does not exist",
-                    out.display(),
-                    dir.display()
-                );
-            }
-        }
-    }
+    super::check_out_dir(a.out.as_deref())?;
     let input = LayerInput::load(&a.layer)?;
     let job = PruneJob {
         input: &input,

@@ -32,17 +32,6 @@ struct VerifyJob<'a> {
     sparsities: Vec<Sparsity>,
 }
 
-pub fn parse_methods(s: &str) -> Result<Vec<Method>> {
-    match s.trim() {
-        "all" => Ok(Method::ALL.to_vec()),
-        "none" => Ok(vec![]),
-        list => list
-            .split(',')
-            .map(|m| super::prune::parse_method(m.trim()))
-            .collect(),
-    }
-}
-
 impl BackendJob for VerifyJob<'_> {
     type Output = VerifyOutput;
     fn run<B: Backend>(self, b: &B) -> Result<VerifyOutput> {
@@ -50,31 +39,16 @@ impl BackendJob for VerifyJob<'_> {
         let quiet = self.args.json;
         let mut ops = Vec::new();
         if !self.args.skip_ops {
-            let mut shapes: Vec<(usize, usize)> = self
-                .input
-                .layer
-                .linears
-                .iter()
-                .map(|(l, _)| (l.rows, l.cols))
-                .collect();
-            shapes.dedup();
-            shapes.sort_unstable();
-            shapes.dedup();
-            let tokens = self.args.layer.tokens;
-            let filter = self.args.op.as_deref().map(str::to_ascii_uppercase);
-            let cases: Vec<_> = small_cases()
-                .into_iter()
-                .chain(model_cases(&shapes, tokens))
-                .filter(|c| {
-                    filter
-                        .as_ref()
-                        .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
-                })
-                .collect();
+            let shapes = self.input.shapes();
+            let cases = self.args.select.filter(
+                small_cases()
+                    .into_iter()
+                    .chain(model_cases(&shapes, self.args.layer.tokens)),
+            );
             if cases.is_empty() {
                 bail!(
                     "no op case matches --op {}",
-                    self.args.op.as_deref().unwrap_or("")
+                    self.args.select.op.as_deref().unwrap_or("")
                 );
             }
             if !quiet {
@@ -170,12 +144,8 @@ fn print_layer(v: &LayerVerification) {
 
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let choice = resolve(&a.backend.backend)?;
-    let methods = parse_methods(&a.methods)?;
-    let sparsities = a
-        .sparsities
-        .split(',')
-        .map(|s| Sparsity::parse(s.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let methods = a.select.methods()?;
+    let sparsities = a.select.sparsities()?;
     let input = LayerInput::load(&a.layer)?;
     let job = VerifyJob {
         args: &a,
