@@ -5,7 +5,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
-use super::fill::{grid, vector_width, BLOCK};
+use super::fill::{grid, vector_slabs, vector_width, BLOCK};
 use crate::error::Result;
 use crate::ops::{check, GradNorm, Score, GBLM_GRAD_SCALE};
 
@@ -163,11 +163,7 @@ pub fn score<R: Runtime>(
     }
     let out = b.alloc_tensor(w.rows, w.cols)?;
     let v = vector_width(w.cols);
-    for s in 0..w.handles.len() {
-        let n = w.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(w, v) {
         // Unused statistics are bound to W: the kernel of that kind never reads them.
         let act_h = act.map_or(&w.handles[s], |a| &a.handles[0]);
         let act_n = act.map_or(n, |a| a.cols);
@@ -177,7 +173,7 @@ pub fn score<R: Runtime>(
         unsafe {
             score_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&w.handles[s], n),
@@ -202,16 +198,12 @@ pub fn grad_accumulate<R: Runtime>(
     check::same("gradient accumulator vs g", acc.shape(), g.shape())?;
     same_slabs("gradient accumulator vs g", &acc.slabs, &g.slabs)?;
     let v = vector_width(acc.cols);
-    for s in 0..acc.handles.len() {
-        let n = acc.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(acc, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             grad_acc_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&acc.handles[s], n),
@@ -256,16 +248,12 @@ pub fn grad_finalize<R: Runtime>(
 ) -> Result<CubeTensor> {
     let out = b.alloc_tensor(acc.rows, acc.cols)?;
     let v = vector_width(acc.cols);
-    for s in 0..acc.handles.len() {
-        let n = acc.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(acc, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             grad_finalize_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&acc.handles[s], n),
@@ -281,16 +269,12 @@ pub fn apply_mask<R: Runtime>(b: &CubeBackend<R>, w: &CubeTensor, mask: &CubeMas
     check::same("mask vs W", (mask.rows, mask.cols), w.shape())?;
     same_slabs("mask vs W", &mask.slabs, &w.slabs)?;
     let v = vector_width(w.cols);
-    for s in 0..w.handles.len() {
-        let n = w.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(w, v) {
         // SAFETY: one thread per vector; its row and word lie inside the matching mask slab.
         unsafe {
             apply_mask_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&w.handles[s], n),
@@ -309,16 +293,12 @@ pub fn sub<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor) -> Re
     same_slabs("difference operands", &x.slabs, &y.slabs)?;
     let out = b.alloc_tensor(x.rows, x.cols)?;
     let v = vector_width(x.cols);
-    for s in 0..x.handles.len() {
-        let n = x.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(x, v) {
         // SAFETY: one thread per vector of three slabs of equal length.
         unsafe {
             sub_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&x.handles[s], n),

@@ -4,7 +4,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::super::storage::arg;
+use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
 
 /// Threads per cube of the elementwise kernels.
@@ -17,6 +17,18 @@ pub fn grid(units: usize, per_cube: u32) -> CubeCount {
     let x = cubes.min(65_535);
     let y = cubes.div_ceil(x);
     CubeCount::Static(x as u32, y as u32, 1)
+}
+
+/// The non-empty slabs of `t` as (slab, scalar length, cube count covering it in vectors of
+/// `v`): what every vectorised elementwise launch loops over.
+pub fn vector_slabs(
+    t: &CubeTensor,
+    v: usize,
+) -> impl Iterator<Item = (usize, usize, CubeCount)> + '_ {
+    (0..t.handles.len())
+        .map(move |s| (s, t.slab_len(s)))
+        .filter(|&(_, n)| n > 0)
+        .map(move |(s, n)| (s, n, grid(n / v, BLOCK)))
 }
 
 /// The widest vector (4, 2 or 1 f32) that divides `n`, for the memory-bound kernels.

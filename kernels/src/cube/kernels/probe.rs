@@ -5,7 +5,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::{arg, same_slabs, CubeTensor};
 use super::super::CubeBackend;
-use super::fill::{grid, vector_width, BLOCK};
+use super::fill::{vector_slabs, vector_width, BLOCK};
 use crate::error::Result;
 use crate::ops::{check, FMA_PROBE_ADD, FMA_PROBE_MUL};
 
@@ -36,16 +36,12 @@ pub fn copy<R: Runtime>(b: &CubeBackend<R>, dst: &CubeTensor, src: &CubeTensor) 
     check::same("copy destination vs source", dst.shape(), src.shape())?;
     same_slabs("copy destination vs source", &dst.slabs, &src.slabs)?;
     let v = vector_width(src.cols);
-    for s in 0..src.handles.len() {
-        let n = src.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(src, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             copy_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&src.handles[s], n),
@@ -58,16 +54,12 @@ pub fn copy<R: Runtime>(b: &CubeBackend<R>, dst: &CubeTensor, src: &CubeTensor) 
 
 pub fn fma_probe<R: Runtime>(b: &CubeBackend<R>, t: &CubeTensor, iters: u32) -> Result<()> {
     let v = vector_width(t.cols);
-    for s in 0..t.handles.len() {
-        let n = t.slab_len(s);
-        if n == 0 {
-            continue;
-        }
+    for (s, n, cubes) in vector_slabs(t, v) {
         // SAFETY: one thread per vector of the slab, guarded by its length.
         unsafe {
             fma_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n / v, BLOCK),
+                cubes,
                 CubeDim::new_1d(BLOCK),
                 v,
                 arg(&t.handles[s], n),
