@@ -22,7 +22,9 @@ pub enum KernelError {
     #[error("the device does not support this: {0}")]
     Unsupported(String),
     #[error(
-        "not enough device memory: {what} needs {needed} bytes, the device allows {available}"
+        "not enough device memory: {what} needs {:.2} GiB, the device allows {:.2} GiB",
+        *needed as f64 / (1u64 << 30) as f64,
+        *available as f64 / (1u64 << 30) as f64
     )]
     OutOfMemory {
         what: String,

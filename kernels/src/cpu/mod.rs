@@ -203,6 +203,21 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// A third of the memory the system reports available: the harness sizes its working set
+    /// in f32, the reference holds f64 (twice that), and the factor's Cholesky inverse keeps
+    /// further cols² temporaries. Unknown off Linux.
+    fn memory_budget(&self) -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kb: u64 = info
+            .lines()
+            .find(|l| l.starts_with("MemAvailable:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024 / 3)
+    }
+
     fn act_stat_update(
         &self,
         act: &mut CpuTensor,
