@@ -7,6 +7,8 @@ pub mod ops;
 pub mod rng;
 pub mod tensor;
 
+#[cfg(any(feature = "wgpu", feature = "cubecl"))]
+mod adapter;
 pub mod cpu;
 pub mod suite;
 #[cfg(feature = "wgpu")]

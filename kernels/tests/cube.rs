@@ -254,9 +254,9 @@ fn adapters_are_chosen_by_name() {
     assert_eq!(named.info().device, name);
     assert_eq!(named.info().backend, "cubecl-wgpu");
     match cube_wgpu(Some("no adapter is called this")) {
-        Err(KernelError::Unsupported(msg)) => assert!(msg.contains(&name), "{msg}"),
+        Err(KernelError::Device(msg)) => assert!(msg.contains(&name), "{msg}"),
         other => panic!(
-            "expected Unsupported, got {:?}",
+            "expected a device error, got {:?}",
             other.map(|b| b.info().device.clone())
         ),
     }

@@ -84,6 +84,17 @@ fn every_output_entry_is_written() {
 #[test]
 fn too_large_a_tensor_is_out_of_memory_before_any_work() {
     let b = backend();
+    // On Vulkan the device-local memory is known, so a whole layer is checked against it
+    // before it starts; a single allocation past the driver's budget is refused regardless.
+    if b.info().api == "Vulkan" {
+        let memory = b.memory_budget().expect("Vulkan reports its memory heaps");
+        assert!(memory >= 1 << 20, "{memory} bytes of device-local memory");
+        assert!(b
+            .info()
+            .limits
+            .iter()
+            .any(|(k, v)| k == "memory_bytes" && *v == memory));
+    }
     match b.zeros(1 << 20, 1 << 20) {
         Err(KernelError::OutOfMemory {
             needed, available, ..

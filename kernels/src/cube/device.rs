@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use cubecl::wgpu::{RuntimeOptions, WgpuDevice, WgpuSetup};
 
+use crate::adapter;
 use crate::error::{KernelError, Result};
 use crate::ops::BackendInfo;
 
@@ -31,101 +32,12 @@ pub struct WgpuOpened {
 
 static OPENED: Mutex<Vec<Opened>> = Mutex::new(Vec::new());
 
-fn vendor_name(id: u32) -> String {
-    match id {
-        0x10de => "NVIDIA".into(),
-        0x1002 | 0x1022 => "AMD".into(),
-        0x8086 => "Intel".into(),
-        0x106b => "Apple".into(),
-        0x13b5 => "ARM".into(),
-        0x5143 => "Qualcomm".into(),
-        0x10005 => "Mesa".into(),
-        0 => String::new(),
-        other => format!("{other:#x}"),
-    }
-}
-
-fn device_type(t: wgpu::DeviceType) -> &'static str {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => "discrete",
-        wgpu::DeviceType::IntegratedGpu => "integrated",
-        wgpu::DeviceType::VirtualGpu => "virtual",
-        wgpu::DeviceType::Cpu => "cpu",
-        wgpu::DeviceType::Other => "other",
-    }
-}
-
-/// Preference when no name is given: real GPUs before software rasterisers.
-fn rank(t: wgpu::DeviceType) -> u8 {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Other => 3,
-        wgpu::DeviceType::Cpu => 4,
-    }
-}
-
-/// The largest device-local Vulkan memory heap behind `adapter`, where the platform has Vulkan.
-#[cfg(any(target_os = "linux", target_os = "windows", target_os = "android"))]
-fn vulkan_budget(adapter: &wgpu::Adapter) -> Option<u64> {
-    use ash::vk;
-    // SAFETY: the hal adapter is only read (its instance and physical device handles), while
-    // the wgpu adapter that owns it is alive.
-    unsafe {
-        let hal = adapter.as_hal::<wgpu::hal::api::Vulkan>()?;
-        let props = hal
-            .shared_instance()
-            .raw_instance()
-            .get_physical_device_memory_properties(hal.raw_physical_device());
-        props
-            .memory_heaps_as_slice()
-            .iter()
-            .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
-            .map(|h| h.size)
-            .max()
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "windows", target_os = "android")))]
-fn vulkan_budget(_adapter: &wgpu::Adapter) -> Option<u64> {
-    None
-}
-
 /// The wgpu device for the adapter whose name contains `name` (case-insensitive), or the best
 /// adapter (discrete, integrated, virtual, then CPU) when `name` is None. OpenGL adapters are
 /// not considered: CubeCL's compute path targets Vulkan, Metal and DX12.
 pub fn wgpu_device(name: Option<&str>) -> Result<WgpuOpened> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::PRIMARY,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    if adapters.is_empty() {
-        return Err(KernelError::Unsupported(
-            "no Vulkan, Metal or DX12 adapter found for CubeCL's wgpu runtime".into(),
-        ));
-    }
-    let adapter = match name {
-        Some(want) => {
-            let lower = want.to_lowercase();
-            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-            let pos = adapters
-                .iter()
-                .position(|a| a.get_info().name.to_lowercase().contains(&lower))
-                .ok_or_else(|| {
-                    KernelError::Unsupported(format!(
-                        "no adapter named like '{want}' (found: {})",
-                        names.join(", ")
-                    ))
-                })?;
-            adapters.swap_remove(pos)
-        }
-        None => {
-            adapters.sort_by_key(|a| rank(a.get_info().device_type));
-            adapters.swap_remove(0)
-        }
-    };
+    let instance = adapter::instance();
+    let adapter = adapter::choose(&instance, name)?;
     let ai = adapter.get_info();
     let key = format!("{:?}/{}/{}", ai.backend, ai.name, ai.device);
     let mut opened = OPENED
@@ -139,7 +51,7 @@ pub fn wgpu_device(name: Option<&str>) -> Result<WgpuOpened> {
             wgpu: o.wgpu.clone(),
         });
     }
-    let budget = vulkan_budget(&adapter);
+    let budget = adapter::device_local_memory(&adapter);
     // The same request CubeCL makes for its own adapters: every feature the adapter has (less
     // mappable primary buffers) and its full limits.
     let (device, queue) = pollster::block_on(
@@ -159,12 +71,12 @@ pub fn wgpu_device(name: Option<&str>) -> Result<WgpuOpened> {
     let info = BackendInfo {
         backend: "cubecl-wgpu".into(),
         device: ai.name.clone(),
-        vendor: vendor_name(ai.vendor),
+        vendor: adapter::vendor_name(ai.vendor),
         api: format!("{:?}", ai.backend),
         driver: format!("{} {}", ai.driver, ai.driver_info)
             .trim()
             .to_string(),
-        device_type: device_type(ai.device_type).into(),
+        device_type: adapter::device_type(ai.device_type).into(),
         limits: Vec::new(),
     };
     let handles = (device.clone(), queue.clone());

@@ -46,6 +46,8 @@ pub const MIN_BINDING: u64 = 8 << 10;
 pub struct WgpuBackend {
     ctx: exec::Ctx,
     info: BackendInfo,
+    /// Device-local memory, where the API tells it (Vulkan).
+    memory: Option<u64>,
 }
 
 impl WgpuBackend {
@@ -56,9 +58,11 @@ impl WgpuBackend {
         let opened = device::open(adapter)?;
         let limits = opened.device.limits();
         let info = device::describe(&opened.adapter, &limits);
+        let memory = crate::adapter::device_local_memory(&opened.adapter);
         Ok(Self {
             ctx: exec::Ctx::new(opened.device, opened.queue, limits),
             info,
+            memory,
         })
     }
 
@@ -175,10 +179,11 @@ impl Backend for WgpuBackend {
         self.ctx.check()
     }
 
-    /// Wgpu has no portable query for free device memory; allocations past the driver's
-    /// budget fail as out-of-memory instead (see `device::instance`).
+    /// The device-local memory on Vulkan, checked before a layer starts; elsewhere wgpu has
+    /// no portable query, and allocations past the driver's budget fail as out-of-memory
+    /// instead (see `adapter::instance`).
     fn memory_budget(&self) -> Option<u64> {
-        None
+        self.memory
     }
 
     fn timed(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<(f64, TimeSource)> {
