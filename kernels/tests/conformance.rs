@@ -3,41 +3,18 @@
 //! device cannot be found fails here with a message, never skips.
 
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::suite::{small_cases, verify_case, Outcome};
+use prunebench_kernels::suite::{small_cases, verify_cases};
 use prunebench_kernels::Backend;
 
 /// Runs the small cases whose name starts with one of `prefixes` and fails listing every case
 /// that did not pass (an unsupported case is a failure here: these shapes are tiny).
 pub fn run_cases<B: Backend>(backend: &B, prefixes: &[&str]) {
-    let reference = CpuBackend::new();
     let cases: Vec<_> = small_cases()
         .into_iter()
         .filter(|c| prefixes.iter().any(|p| c.op_name().starts_with(p)))
         .collect();
     assert!(!cases.is_empty(), "no case matches {prefixes:?}");
-    let mut failures = Vec::new();
-    for case in &cases {
-        let r = verify_case(backend, &reference, case);
-        let figures: Vec<String> = r
-            .checks
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {}={:.3e} (tol {:.1e})",
-                    c.what, c.metric, c.error, c.tolerance
-                )
-            })
-            .collect();
-        println!("{:<60} {:?} {}", r.case, r.outcome, figures.join(", "));
-        if r.outcome != Outcome::Pass {
-            failures.push(format!(
-                "{}: {:?} {}",
-                r.case,
-                r.outcome,
-                figures.join(", ")
-            ));
-        }
-    }
+    let failures = verify_cases(backend, &cases);
     assert!(
         failures.is_empty(),
         "{} on {}: {} of {} cases failed:\n{}",

@@ -4,9 +4,8 @@
 //! failures reported as errors, adapter choice and device timing.
 #![cfg(feature = "cubecl")]
 
-use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::cube::{cube_wgpu, CubeWgpuBackend};
-use prunebench_kernels::suite::{small_cases, verify_case, ObsKind, Op, OpCase, Outcome};
+use prunebench_kernels::suite::{small_cases, verify_cases, ObsKind, Op, OpCase};
 use prunebench_kernels::{
     Backend, GradNorm, KernelError, Mask, MaskGroup, MaskPattern, Matrix, Score, ScoreKind,
     TimeSource,
@@ -20,25 +19,7 @@ fn backend() -> CubeWgpuBackend {
 
 /// Runs `cases` and fails listing every case that did not pass.
 fn run(b: &CubeWgpuBackend, cases: &[OpCase]) {
-    let reference = CpuBackend::new();
-    let mut failures = Vec::new();
-    for case in cases {
-        let r = verify_case(b, &reference, case);
-        let figures: Vec<String> = r
-            .checks
-            .iter()
-            .map(|c| format!("{} {}={:.3e}", c.what, c.metric, c.error))
-            .collect();
-        println!("{:<62} {:?} {}", r.case, r.outcome, figures.join(", "));
-        if r.outcome != Outcome::Pass {
-            failures.push(format!(
-                "{}: {:?} {}",
-                r.case,
-                r.outcome,
-                figures.join(", ")
-            ));
-        }
-    }
+    let failures = verify_cases(b, cases);
     assert!(
         failures.is_empty(),
         "{} cases failed:\n{}",
