@@ -485,7 +485,7 @@ def main():
     out = {
         "schema": SCHEMA,
         "tool": {"name": "pytorch", "version": torch.__version__, "git_commit": "",
-                 "command": " ".join(["python3"] + sys.argv)},
+                 "command": " ".join(["python3", os.path.basename(sys.argv[0])] + sys.argv[1:])},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": {"backend": "pytorch", "device": dev_name, "vendor": "", "api": api, "driver": driver,
                    "device_type": dtype, "limits": []},

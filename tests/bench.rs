@@ -46,6 +46,13 @@ fn bench_writes_a_results_file_report_reads() {
     assert!(r.ceilings.fma_tflops.unwrap() > 0.0, "{:?}", r.ceilings);
     assert_eq!(r.device.backend, "cpu");
     assert!(!r.tool.git_commit.is_empty());
+    // The program by name: the test runs it by its full path, which a results file shared
+    // between machines should not carry.
+    assert!(
+        r.tool.command.starts_with("prunebench bench --backend cpu"),
+        "{}",
+        r.tool.command
+    );
     let ops: Vec<_> = r.records.iter().filter(|x| x.op == "SCORE_WANDA").collect();
     assert_eq!(ops.len(), 4, "one per distinct tiny shape");
     for rec in ops {

@@ -81,7 +81,7 @@ impl BackendJob for BenchJob<'_> {
                 name: "prunebench".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 git_commit: env!("PRUNEBENCH_GIT_COMMIT").into(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: command_line(),
             },
             date: utc_now(),
             device: info,
@@ -228,4 +228,19 @@ fn print_summary(r: &ResultsFile) {
             f(rec.peak_fraction.map(|p| 100.0 * p), 0)
         );
     }
+}
+
+/// The command line as the user would type it again: the program by its file name, not by
+/// the path it was started from (results files are shared between machines).
+fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    let program = args.first().and_then(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    });
+    if let Some(name) = program {
+        args[0] = name;
+    }
+    args.join(" ")
 }
