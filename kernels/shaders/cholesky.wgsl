@@ -133,6 +133,18 @@ var<workgroup> L: array<f32, 4096>; // 64 x 64
 var<workgroup> failed: u32;
 var<workgroup> skip: u32;
 
+// The lower triangle of the diagonal block at (k0, k0) into L, zero above it and past nb;
+// thread t of `threads` takes every threads-th entry.
+fn load_diag_block(t: u32, threads: u32) {
+    for (var e = t; e < NB * NB; e += threads) {
+        let i = e / NB;
+        let j = e % NB;
+        var v = 0.0;
+        if (i < P.nb && j <= i) { v = a[P.a_base + (P.k0 + i) * P.n + P.k0 + j]; }
+        L[e] = v;
+    }
+}
+
 // Cholesky of the diagonal block [k0, k0+nb) in workgroup memory (right-looking, a column at
 // a time); the factor goes back to A and to `small` for the panel solve.
 @compute @workgroup_size(256, 1, 1)
@@ -145,13 +157,7 @@ fn chol_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
         failed = 0u;
     }
     if (workgroupUniformLoad(&skip) != 0u) { return; }
-    for (var e = t; e < NB * NB; e += 256u) {
-        let i = e / NB;
-        let j = e % NB;
-        var v = 0.0;
-        if (i < nb && j <= i) { v = a[P.a_base + (k0 + i) * P.n + k0 + j]; }
-        L[e] = v;
-    }
+    load_diag_block(t, 256u);
     workgroupBarrier();
     for (var j = 0u; j < nb; j++) {
         if (t == 0u) {
@@ -209,13 +215,7 @@ fn trinv_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
     let nb = P.nb;
     let k0 = P.k0;
-    for (var e = t; e < NB * NB; e += 64u) {
-        let i = e / NB;
-        let j = e % NB;
-        var v = 0.0;
-        if (i < nb && j <= i) { v = a[P.a_base + (k0 + i) * P.n + k0 + j]; }
-        L[e] = v;
-    }
+    load_diag_block(t, 64u);
     workgroupBarrier();
     let j = t;
     var x: array<f32, 64>;
