@@ -4,11 +4,12 @@
 pub mod bench;
 pub mod error;
 pub mod method;
+mod methods;
 pub mod prune;
 pub mod report;
 pub mod results;
 pub mod verify;
 
 pub use error::{HarnessError, Result};
-pub use method::Method;
+pub use method::{Method, Needs};
 pub use prune::{prune_layer, Calibration, LayerRun, Progress, PruneConfig};

@@ -1,8 +1,23 @@
-//! The four pruning methods and what each needs from calibration.
+//! The pruning methods by name and what each needs from calibration; each method's work is
+//! its own module under `crate::methods`.
 
 use serde::{Deserialize, Serialize};
 
 use prunebench_kernels::{MaskGroup, MaskPattern, ScoreKind, Sparsity};
+
+use crate::methods;
+
+/// The calibration statistics a method prunes with (ALGORITHMS.md §1-§3). The statistics pass
+/// gathers these and H, which the evaluation always needs; `hessian` says H is also the
+/// method's own input, so its time counts as pruning rather than evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// §1's activation statistic a.
+    pub act: bool,
+    /// §2's gradient statistic G per linear (needs output gradients).
+    pub grads: bool,
+    pub hessian: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,12 +51,22 @@ impl Method {
             .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
     }
 
+    /// The statistics the method's module declares it needs.
+    pub fn needs(&self) -> Needs {
+        match self {
+            Method::Magnitude => methods::magnitude::NEEDS,
+            Method::Wanda => methods::wanda::NEEDS,
+            Method::Gblm => methods::gblm::NEEDS,
+            Method::Sparsegpt => methods::sparsegpt::NEEDS,
+        }
+    }
+
     pub fn needs_act_stat(&self) -> bool {
-        matches!(self, Method::Wanda | Method::Gblm)
+        self.needs().act
     }
 
     pub fn needs_grads(&self) -> bool {
-        matches!(self, Method::Gblm)
+        self.needs().grads
     }
 
     /// The score a mask-based method ranks by; SparseGPT selects inside its OBS loop.

@@ -53,6 +53,20 @@ impl DType {
         }
     }
 
+    /// Each value as this dtype stores it: rounded to nearest even, as `encode` writes it
+    /// and `decode` reads it back (f32 is unchanged).
+    pub fn round_trip(self, values: &mut [f32]) {
+        match self {
+            DType::F32 => {}
+            DType::F16 => values
+                .iter_mut()
+                .for_each(|v| *v = f16::from_f32(*v).to_f32()),
+            DType::BF16 => values
+                .iter_mut()
+                .for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+        }
+    }
+
     /// f32 to little-endian bytes of this dtype (round to nearest even).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {

@@ -1,0 +1,219 @@
+//! A whole LLaMA decoder layer pruned by one method on one backend (ALGORITHMS.md §1-§9), as
+//! three steps, each in a module of its own:
+//! 1. the statistics pass (`stats`): per input group, one pass over the calibration samples
+//!    gathers what the method declares it needs (each shared input's statistics once);
+//! 2. the method's step (`crate::methods`, one module per method) over the group's linears;
+//! 3. the evaluation (`evaluate`): each linear's reconstruction error against the same H.
+//!
+//! One group's statistics and linears are on the device at a time, which bounds the peak.
+
+pub(crate) mod context;
+mod evaluate;
+pub(crate) mod records;
+pub(crate) mod stages;
+pub(crate) mod stats;
+
+pub use records::{
+    Calibration, GroupReport, LayerReport, LayerRun, LinearReport, Progress, PruneConfig, Purpose,
+    StageTime,
+};
+
+use prunebench_kernels::{Backend, Matrix};
+use prunebench_models::config::{InputGroup, LinearSpec};
+use prunebench_models::LayerWeights;
+
+use crate::error::{Context, HarnessError, Result};
+use crate::method::Method;
+use crate::methods::{group_step, sparsegpt};
+
+use context::{LayerCx, Ticker};
+use evaluate::{evaluate_linear, LinearOnDevice};
+use stats::GroupStats;
+
+fn ordered_groups(linears: &[(LinearSpec, Matrix)]) -> Vec<InputGroup> {
+    let mut groups: Vec<InputGroup> = Vec::new();
+    for (l, _) in linears {
+        if !groups.contains(&l.input) {
+            groups.push(l.input);
+        }
+    }
+    groups
+}
+
+/// Device bytes the layer needs at its peak: one input group's statistics and linears at a time.
+pub fn working_set_bytes(layer: &LayerWeights, cfg: &PruneConfig, tokens: usize) -> u64 {
+    let f = 4u64;
+    ordered_groups(&layer.linears)
+        .into_iter()
+        .map(|g| {
+            let ls: Vec<&LinearSpec> = layer
+                .linears
+                .iter()
+                .map(|(l, _)| l)
+                .filter(|l| l.input == g)
+                .collect();
+            let cols = ls.first().map_or(0, |l| l.cols) as u64;
+            let factor = if cfg.method.needs().hessian { 2 } else { 1 };
+            let group = f * (factor * cols * cols + cols + tokens as u64 * cols);
+            let grads: u64 = if cfg.method.needs_grads() {
+                ls.iter().map(|l| f * (l.rows * l.cols) as u64).sum()
+            } else {
+                0
+            };
+            // Original and pruned W, plus a score matrix, for the largest linear at a time.
+            let per_linear = ls
+                .iter()
+                .map(|l| f * (3 * l.rows * l.cols + tokens * l.rows) as u64)
+                .max()
+                .unwrap_or(0);
+            group + grads + per_linear
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Prunes every linear of `layer` with `cfg` on backend `b`. `keep` asks for the pruned
+/// weights back on the host (for writing or verification).
+pub fn prune_layer<B: Backend>(
+    b: &B,
+    layer: &LayerWeights,
+    calib: &Calibration<'_>,
+    cfg: &PruneConfig,
+    keep: bool,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<LayerRun> {
+    let t_wall = std::time::Instant::now();
+    let cx = LayerCx {
+        layer: layer.layer,
+        cfg,
+    };
+    check_layer(&cx, layer)?;
+    check_memory(b, &cx, layer, calib)?;
+
+    let groups = ordered_groups(&layer.linears);
+    let samples = calib.source.samples() as u64;
+    let total = groups.len() as u64 * samples + layer.linears.len() as u64;
+    let mut ticker = Ticker::new(total, progress);
+    let mut group_reports = Vec::new();
+    let mut linear_reports = Vec::new();
+    let (mut pruned_out, mut masks) = (Vec::new(), Vec::new());
+
+    for g in groups {
+        let members: Vec<&(LinearSpec, Matrix)> =
+            layer.linears.iter().filter(|(l, _)| l.input == g).collect();
+        let mut stats: GroupStats<B> =
+            stats::gather(b, &cx, g, &members, cfg.method.needs(), calib, &mut ticker)?;
+        let mut step = group_step::<B>(cfg.method);
+        step.prepare(b, &cx, &mut stats)?;
+        let member_stages = std::mem::take(&mut stats.member_stages);
+        for ((i, (l, w)), stages) in members.iter().enumerate().zip(member_stages) {
+            let original = b.upload(w).context(|| cx.at(l.name))?;
+            let mut wt = b.upload(w).context(|| cx.at(l.name))?;
+            let mut stages = stages;
+            let outcome = step.prune_linear(b, &cx, &stats, (i, l), &mut wt, &mut stages)?;
+            let linear = LinearOnDevice {
+                spec: l,
+                original: &original,
+                pruned: &wt,
+                dtype: layer.dtype,
+            };
+            let done = evaluate_linear(b, &cx, linear, outcome, &stats.hessian, stages, keep)?;
+            if let Some((w, mask)) = done.kept {
+                pruned_out.push(((*l).clone(), w));
+                masks.push(mask);
+            }
+            linear_reports.push(done.report);
+            ticker.tick(&format!("{}: pruned", l.name));
+        }
+        group_reports.push(GroupReport {
+            group: g.name().to_string(),
+            cols: stats.cols,
+            samples: calib.source.samples(),
+            tokens: calib.source.tokens(),
+            ready: stats.ready,
+            stages: stats.stages.0,
+            dead_columns: step.dead_columns(),
+        });
+    }
+
+    let sum = |p: Purpose| -> f64 {
+        group_reports
+            .iter()
+            .flat_map(|g| g.stages.iter())
+            .chain(linear_reports.iter().flat_map(|l| l.stages.iter()))
+            .filter(|s| s.purpose == p)
+            .map(|s| s.seconds)
+            .sum()
+    };
+    let report = LayerReport {
+        model: layer.model.name.clone(),
+        layer: layer.layer,
+        method: cfg.method,
+        sparsity: cfg.sparsity.to_string(),
+        backend: b.info().clone(),
+        calibration: calib.source.describe(),
+        prune_seconds: sum(Purpose::Prune),
+        evaluate_seconds: sum(Purpose::Evaluate),
+        groups: group_reports,
+        linears: linear_reports,
+        wall_seconds: t_wall.elapsed().as_secs_f64(),
+    };
+    Ok(LayerRun {
+        report,
+        pruned: pruned_out,
+        masks,
+    })
+}
+
+/// Shapes, sparsity and finiteness of the weights, and the method's own configuration, all
+/// before any work.
+fn check_layer(cx: &LayerCx<'_>, layer: &LayerWeights) -> Result<()> {
+    let cfg = cx.cfg;
+    cfg.sparsity.validate().context(|| cx.at("sparsity"))?;
+    for (l, w) in &layer.linears {
+        if w.shape() != (l.rows, l.cols) {
+            return Err(HarnessError::Config(format!(
+                "layer {} {}: weight is {}x{}, the model says {}x{}",
+                layer.layer, l.name, w.rows, w.cols, l.rows, l.cols
+            )));
+        }
+        cfg.sparsity.check_shape(l.cols).context(|| cx.at(l.name))?;
+        w.check_finite(&format!("{} weight", l.name))
+            .context(|| cx.at(l.name))?;
+    }
+    if cfg.method == Method::Sparsegpt {
+        sparsegpt::check_config(cfg)?;
+    }
+    Ok(())
+}
+
+/// Refuses a layer whose working set exceeds the backend's memory, before any work.
+fn check_memory<B: Backend>(
+    b: &B,
+    cx: &LayerCx<'_>,
+    layer: &LayerWeights,
+    calib: &Calibration<'_>,
+) -> Result<()> {
+    let Some(budget) = b.memory_budget() else {
+        return Ok(());
+    };
+    let src = calib.source;
+    let need = working_set_bytes(layer, cx.cfg, src.tokens());
+    if need <= budget {
+        return Ok(());
+    }
+    Err(HarnessError::Kernel {
+        context: cx.at("memory check"),
+        error: prunebench_kernels::KernelError::OutOfMemory {
+            what: format!(
+                "pruning {} with {} ({} samples x {} tokens)",
+                layer.model.name,
+                cx.cfg.method,
+                src.samples(),
+                src.tokens()
+            ),
+            needed: need,
+            available: budget,
+        },
+    })
+}

@@ -1,0 +1,233 @@
+//! The statistics pass (ALGORITHMS.md §1-§3): one pass over the calibration samples of one
+//! input group accumulates what the method declares it needs, each statistic of the shared
+//! input computed once for all the group's linears. Statistics the calibration file has
+//! ready are uploaded instead. H is always there: the evaluation measures every method by it.
+
+use prunebench_kernels::{Backend, Matrix};
+use prunebench_models::config::{InputGroup, LinearSpec};
+
+use crate::error::{Context, HarnessError, Result};
+use crate::method::Needs;
+
+use super::context::{LayerCx, Ticker};
+use super::records::{Calibration, Purpose};
+use super::stages::Stages;
+
+/// A gradient statistic of one linear (§2): final G read from the calibration file, or the
+/// accumulator A that the method finalises.
+pub(crate) enum GradStat<T> {
+    Ready(T),
+    Accumulated(T),
+}
+
+pub(crate) struct GroupStats<B: Backend> {
+    pub group: InputGroup,
+    pub cols: usize,
+    /// §1's activation statistic a, where the method needs it.
+    pub act: Option<B::Tensor>,
+    /// §3's H.
+    pub hessian: B::Tensor,
+    /// Per member linear, in member order, where the method needs gradients.
+    pub grads: Vec<Option<GradStat<B::Tensor>>>,
+    /// Statistics read ready-made from the calibration file.
+    pub ready: Vec<String>,
+    /// Group-level stage times (the shared statistics, the method's group work).
+    pub stages: Stages,
+    /// Per member linear: stage times that start in this pass (gradient accumulation).
+    pub member_stages: Vec<Stages>,
+}
+
+type Member = (LinearSpec, Matrix);
+
+/// Uploads what is ready, allocates what must be accumulated, then runs the pass.
+pub(crate) fn gather<B: Backend>(
+    b: &B,
+    cx: &LayerCx<'_>,
+    group: InputGroup,
+    members: &[&Member],
+    needs: Needs,
+    calib: &Calibration<'_>,
+    ticker: &mut Ticker<'_>,
+) -> Result<GroupStats<B>> {
+    let cols = members[0].0.cols;
+    let gname = group.name();
+    let mut ready = Vec::new();
+
+    let ready_act = match (needs.act, calib.ready) {
+        (true, Some(f)) => f.ready_act_stat(group)?,
+        _ => None,
+    };
+    let ready_h = match calib.ready {
+        Some(f) => f.ready_hessian(group)?,
+        None => None,
+    };
+    let act = match &ready_act {
+        Some(a) => {
+            ready.push("act".to_string());
+            Some(b.upload(a).context(|| cx.at(gname))?)
+        }
+        None if needs.act => Some(b.zeros(1, cols).context(|| cx.at(gname))?),
+        None => None,
+    };
+    let hessian = match &ready_h {
+        Some(m) => {
+            ready.push("hessian".to_string());
+            b.upload(m).context(|| cx.at(gname))?
+        }
+        None => b.zeros(cols, cols).context(|| cx.at(gname))?,
+    };
+    let mut grads = Vec::new();
+    for (l, _) in members {
+        let r = match (needs.grads, calib.ready) {
+            (true, Some(f)) => f.ready_grad(l)?,
+            _ => None,
+        };
+        grads.push(match r {
+            Some(m) => {
+                ready.push(format!("grad.{}", l.name));
+                Some(GradStat::Ready(b.upload(&m).context(|| cx.at(l.name))?))
+            }
+            None if needs.grads => Some(GradStat::Accumulated(
+                b.zeros(l.rows, l.cols).context(|| cx.at(l.name))?,
+            )),
+            None => None,
+        });
+    }
+    let mut stats = GroupStats {
+        group,
+        cols,
+        act,
+        hessian,
+        grads,
+        ready,
+        stages: Stages::default(),
+        member_stages: members.iter().map(|_| Stages::default()).collect(),
+    };
+    let pass = Pass {
+        act: ready_act.is_none() && stats.act.is_some(),
+        hessian: ready_h.is_none(),
+        grads: stats
+            .grads
+            .iter()
+            .any(|g| matches!(g, Some(GradStat::Accumulated(_)))),
+        hessian_purpose: if needs.hessian {
+            Purpose::Prune
+        } else {
+            Purpose::Evaluate
+        },
+    };
+    accumulate(b, cx, members, calib, &pass, &mut stats, ticker)?;
+    Ok(stats)
+}
+
+/// Which statistics the samples must still give.
+struct Pass {
+    act: bool,
+    hessian: bool,
+    grads: bool,
+    hessian_purpose: Purpose,
+}
+
+fn accumulate<B: Backend>(
+    b: &B,
+    cx: &LayerCx<'_>,
+    members: &[&Member],
+    calib: &Calibration<'_>,
+    pass: &Pass,
+    stats: &mut GroupStats<B>,
+    ticker: &mut Ticker<'_>,
+) -> Result<()> {
+    let src = calib.source;
+    let (samples, tokens) = (src.samples(), src.tokens());
+    let (group, cols) = (stats.group, stats.cols);
+    let gname = group.name();
+    if pass.grads && !src.has_output_grads() {
+        return Err(HarnessError::Config(format!(
+            "{} needs output gradients (dY) for layer {} {gname}, and the calibration ({}) has none",
+            cx.cfg.method,
+            cx.layer,
+            src.describe()
+        )));
+    }
+    if !(pass.act || pass.hessian || pass.grads) {
+        ticker.skip(samples as u64);
+        return Ok(());
+    }
+    if samples == 0 || tokens == 0 {
+        return Err(HarnessError::Config(format!(
+            "layer {} {gname}: statistics must be accumulated but the calibration ({}) has no samples",
+            cx.layer,
+            src.describe()
+        )));
+    }
+    for s in 0..samples {
+        let x = src.input(group, s)?;
+        if x.shape() != (tokens, cols) {
+            return Err(HarnessError::Config(format!(
+                "calibration input {gname} sample {s} is {}x{}, expected {tokens}x{cols}",
+                x.rows, x.cols
+            )));
+        }
+        x.check_finite(&format!("calibration input {gname} sample {s}"))
+            .context(|| cx.at(gname))?;
+        let xt = b.upload(&x).context(|| cx.at(gname))?;
+        if pass.act {
+            let a = stats.act.as_mut().expect("act allocated when needed");
+            stats
+                .stages
+                .time(b, "act_stat", Purpose::Prune, &mut || {
+                    b.act_stat_update(a, s, &xt, 1)
+                })
+                .context(|| cx.at(gname))?;
+        }
+        if pass.hessian {
+            let h = &mut stats.hessian;
+            stats
+                .stages
+                .time(b, "hessian", pass.hessian_purpose, &mut || {
+                    b.hessian_update(h, s, &xt, 1)
+                })
+                .context(|| cx.at(gname))?;
+        }
+        if pass.grads {
+            accumulate_grads(b, cx, members, calib, s, &xt, stats)?;
+        }
+        ticker.tick(&format!("{gname}: calibration sample {}", s + 1));
+    }
+    Ok(())
+}
+
+/// §2(b) for every member whose gradient statistic is accumulated, from sample `s`.
+fn accumulate_grads<B: Backend>(
+    b: &B,
+    cx: &LayerCx<'_>,
+    members: &[&Member],
+    calib: &Calibration<'_>,
+    s: usize,
+    xt: &B::Tensor,
+    stats: &mut GroupStats<B>,
+) -> Result<()> {
+    let tokens = calib.source.tokens();
+    for (i, (l, _)) in members.iter().enumerate() {
+        let Some(GradStat::Accumulated(acc)) = stats.grads[i].as_mut() else {
+            continue;
+        };
+        let dy = calib.source.output_grad(l, s)?;
+        if dy.shape() != (tokens, l.rows) {
+            return Err(HarnessError::Config(format!(
+                "output gradient of {} sample {s} is {}x{}, expected {tokens}x{}",
+                l.name, dy.rows, dy.cols, l.rows
+            )));
+        }
+        dy.check_finite(&format!("output gradient of {} sample {s}", l.name))
+            .context(|| cx.at(l.name))?;
+        let dyt = b.upload(&dy).context(|| cx.at(l.name))?;
+        let norm = cx.cfg.grad_norm;
+        stats.member_stages[i]
+            .time(b, "grad_accumulate", Purpose::Prune, &mut || {
+                b.grad_accumulate_fused(acc, &dyt, xt, norm)
+            })
+            .context(|| cx.at(l.name))?;
+    }
+    Ok(())
+}
