@@ -3,7 +3,9 @@
 //! message, a non-zero exit, no panic and no output file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use prunebench_models::checkpoint::write_checkpoint;
 use prunebench_models::config::{lookup, ModelConfig};
@@ -152,21 +154,47 @@ fn a_sharded_bf16_checkpoint_round_trips_through_prune() {
     }
 }
 
-/// Runs a failing command: non-zero exit, the message on stderr, no panic, no output file.
+/// Runs prunebench, failing the test if it has not finished within `limit` (an input it
+/// blocks on, such as a FIFO, would otherwise hang the test run).
+fn prunebench_within(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prunebench");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("run prunebench"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("{args:?} did not finish within {limit:?}: blocked on an input?")
+        }
+    }
+}
+
+/// Runs a failing command: exit status 2, the message on stderr, no panic.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = prunebench_within(args, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?} should fail: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr '{err}' should mention '{needle}'"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+/// Like `fails_with` for a command writing --out, which must leave no output file.
 fn fails(args: &[&str], needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.safetensors");
     let mut all: Vec<&str> = args.to_vec();
     let out_str = out_file.to_str().unwrap().to_string();
     all.extend(["--out", &out_str]);
-    let out = prunebench(&all);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(
-        err.contains(needle),
-        "{args:?}: stderr '{err}' should mention '{needle}'"
-    );
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    fails_with(&all, needle);
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
@@ -272,6 +300,179 @@ fn bad_checkpoints_fail_cleanly() {
         &["--sparsity", "2:4"],
         "multiple of 4",
     );
+}
+
+/// Replaces `path` (a file, or nothing) with what `make` puts there.
+#[cfg(unix)]
+fn replace(path: &Path, make: impl FnOnce(&Path)) {
+    let _ = std::fs::remove_file(path);
+    make(path);
+}
+
+#[cfg(unix)]
+fn make_dir(p: &Path) {
+    std::fs::create_dir(p).unwrap();
+}
+
+#[cfg(unix)]
+fn make_loop(p: &Path) {
+    // p -> p.other -> p
+    let other = p.with_extension("other");
+    std::os::unix::fs::symlink(&other, p).unwrap();
+    std::os::unix::fs::symlink(p, &other).unwrap();
+}
+
+#[cfg(unix)]
+fn make_fifo(p: &Path) {
+    let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+/// Each input of a checkpoint run replaced by something that is not a regular file: the
+/// error says what stands there and what was expected, and nothing blocks.
+#[cfg(unix)]
+#[test]
+fn inputs_that_are_not_regular_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lookup("tiny").unwrap();
+    cfg.num_layers = 1;
+    let layers = tiny_layers(&cfg, 1);
+    let mut n = 0;
+    let mut case = |shards: usize, file: &str, make: fn(&Path), needle: &str| {
+        n += 1;
+        let ck = checkpoint(
+            &dir.path().join(format!("ck{n}")),
+            &cfg,
+            &layers,
+            DType::F32,
+            shards,
+        );
+        replace(&ck.join(file), make);
+        fails(
+            &[
+                "prune",
+                "--backend",
+                "cpu",
+                "--samples",
+                "2",
+                "--tokens",
+                "8",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+            ],
+            needle,
+        );
+    };
+    let st = "model.safetensors";
+    let shard = "model-00002-of-00002.safetensors";
+    let index = "model.safetensors.index.json";
+    case(
+        1,
+        st,
+        make_dir,
+        "model.safetensors is a directory, expected a safetensors file",
+    );
+    case(
+        2,
+        shard,
+        make_dir,
+        "of-00002.safetensors is a directory, expected a safetensors shard",
+    );
+    case(
+        1,
+        "config.json",
+        make_dir,
+        "config.json is a directory, expected a JSON model config",
+    );
+    case(
+        2,
+        index,
+        make_dir,
+        "index.json is a directory, expected a JSON shard index",
+    );
+    case(
+        1,
+        st,
+        make_loop,
+        "model.safetensors is a symbolic link loop",
+    );
+    case(
+        2,
+        shard,
+        make_loop,
+        "of-00002.safetensors is a symbolic link loop",
+    );
+    case(
+        1,
+        "config.json",
+        make_loop,
+        "config.json is a symbolic link loop",
+    );
+    case(2, index, make_loop, "index.json is a symbolic link loop");
+    case(
+        1,
+        st,
+        make_fifo,
+        "model.safetensors is a FIFO (named pipe), expected a safetensors file",
+    );
+    case(
+        2,
+        shard,
+        make_fifo,
+        "of-00002.safetensors is a FIFO (named pipe)",
+    );
+    case(
+        1,
+        "config.json",
+        make_fifo,
+        "config.json is a FIFO (named pipe)",
+    );
+    case(2, index, make_fifo, "index.json is a FIFO (named pipe)");
+    case(
+        1,
+        st,
+        |p| std::os::unix::fs::symlink(p.with_extension("gone"), p).unwrap(),
+        "model.safetensors is a symbolic link to a missing file",
+    );
+
+    // The checkpoint folder itself, and the calibration file.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let base = [
+        "prune",
+        "--backend",
+        "cpu",
+        "--samples",
+        "2",
+        "--tokens",
+        "8",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>, needle: &str| {
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
+    run(
+        with(&["--checkpoint", file.to_str().unwrap()]),
+        "plain is a regular file, expected a checkpoint folder",
+    );
+    for (make, needle) in [
+        (
+            make_dir as fn(&Path),
+            "calib is a directory, expected a calibration safetensors file",
+        ),
+        (make_loop, "calib is a symbolic link loop"),
+        (
+            make_fifo,
+            "calib is a FIFO (named pipe), expected a calibration safetensors file",
+        ),
+    ] {
+        let calib = dir.path().join("calib");
+        let _ = std::fs::remove_dir(&calib);
+        replace(&calib, make);
+        run(with(&["--calibration", calib.to_str().unwrap()]), needle);
+    }
 }
 
 #[test]

@@ -50,7 +50,7 @@ impl CalibrationFile {
     /// that all inputs and gradients agree on samples and tokens; values are read (and checked
     /// for NaN/Inf) only when a sample or statistic is asked for.
     pub fn open(path: &Path, cfg: &ModelConfig) -> Result<CalibrationFile> {
-        let file = MappedFile::open(path)?;
+        let file = MappedFile::open(path, "a calibration safetensors file")?;
         let bad = |detail: String| ModelError::BadConfig {
             path: path.to_path_buf(),
             detail,

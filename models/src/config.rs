@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{io, ModelError, Result};
+use crate::error::{ModelError, Result};
+use crate::input::read_input_text;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelConfig {
@@ -144,7 +145,7 @@ pub fn lookup(name: &str) -> Result<ModelConfig> {
 impl ModelConfig {
     /// Reads a Hugging Face `config.json`; the model is named after its folder.
     pub fn from_hf_config(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let text = read_input_text(path, "a JSON model config")?;
         let bad = |detail: String| ModelError::BadConfig {
             path: path.to_path_buf(),
             detail,
