@@ -475,6 +475,94 @@ fn inputs_that_are_not_regular_files_are_named() {
     }
 }
 
+/// A ready statistic no accumulation could give is refused, naming the tensor and where the
+/// offending value is, instead of producing NaN scores.
+#[test]
+fn impossible_ready_statistics_are_refused() {
+    use prunebench_kernels::Matrix;
+    use prunebench_models::calibration::{write_statistics, ReadyStatistics};
+    use prunebench_models::InputGroup;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lookup("tiny").unwrap();
+    let identity = Matrix::from_fn(256, 256, |i, j| if i == j { 1.0 } else { 0.0 });
+    let act = |bad: Option<usize>| {
+        Matrix::from_fn(1, 256, |_, j| if Some(j) == bad { -0.5 } else { 1.0 })
+    };
+    let run = |stats: ReadyStatistics, method: &str, needles: &[&str]| {
+        let path = dir.path().join("stats.safetensors");
+        write_statistics(&path, &cfg, &stats).unwrap();
+        for needle in needles {
+            fails(
+                &[
+                    "prune",
+                    "--backend",
+                    "cpu",
+                    "--method",
+                    method,
+                    "--linears",
+                    "q_proj",
+                    "--calibration",
+                    path.to_str().unwrap(),
+                ],
+                needle,
+            );
+        }
+    };
+    let g = InputGroup::AttnIn;
+    run(
+        ReadyStatistics {
+            act: vec![(g, act(Some(3)))],
+            hessian: vec![(g, identity.clone())],
+            ..Default::default()
+        },
+        "wanda",
+        &[
+            "tensor stat.act.attn_in in",
+            "not a valid activation statistic: -0.5 at column 3 is negative",
+        ],
+    );
+    let mut asym = identity.clone();
+    asym.data[2 * 256 + 7] = 0.5;
+    run(
+        ReadyStatistics {
+            hessian: vec![(g, asym)],
+            ..Default::default()
+        },
+        "sparsegpt",
+        &[
+            "tensor stat.hessian.attn_in in",
+            "not symmetric: row 2, column 7 holds 0.5 but row 7, column 2 holds 0",
+        ],
+    );
+    let mut neg = identity.clone();
+    neg.data[5 * 256 + 5] = -1.0;
+    run(
+        ReadyStatistics {
+            hessian: vec![(g, neg)],
+            ..Default::default()
+        },
+        "sparsegpt",
+        &[
+            "tensor stat.hessian.attn_in in",
+            "diagonal value -1 at row 5, column 5 is negative",
+        ],
+    );
+    let q = cfg.linear("q_proj").unwrap();
+    let grad = Matrix::from_fn(256, 256, |i, j| if (i, j) == (4, 9) { -2.0 } else { 1.0 });
+    run(
+        ReadyStatistics {
+            act: vec![(g, act(None))],
+            hessian: vec![(g, identity)],
+            grad: vec![(q, grad)],
+        },
+        "gblm",
+        &[
+            "tensor stat.grad.q_proj in",
+            "not a valid gradient statistic: -2 at row 4, column 9 is negative",
+        ],
+    );
+}
+
 #[test]
 fn verify_on_the_reference_passes_and_reports() {
     let out = prunebench(&[

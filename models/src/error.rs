@@ -68,6 +68,14 @@ pub enum ModelError {
         token: usize,
         col: usize,
     },
+    /// A ready statistic whose values no accumulation could have produced.
+    #[error("tensor {name} in {path} is not a valid {statistic}: {detail}")]
+    InvalidStatistic {
+        name: String,
+        path: PathBuf,
+        statistic: &'static str,
+        detail: String,
+    },
     #[error("{path}: cannot write: {detail}")]
     Write { path: PathBuf, detail: String },
     #[error("{0}")]
