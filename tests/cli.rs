@@ -563,6 +563,81 @@ fn impossible_ready_statistics_are_refused() {
     );
 }
 
+/// Sizes in config.json too large for any model are refused naming the field, not carried
+/// into shape arithmetic that overflows.
+#[test]
+fn oversized_config_sizes_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lookup("tiny").unwrap();
+    cfg.num_layers = 1;
+    let ck = checkpoint(
+        &dir.path().join("big"),
+        &cfg,
+        &tiny_layers(&cfg, 1),
+        DType::F32,
+        1,
+    );
+    let base = serde_json::json!({
+        "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 1,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32,
+    });
+    for (key, value, needle) in [
+        (
+            "num_attention_heads",
+            1u64 << 32,
+            "num_attention_heads 4294967296 is larger than the limit",
+        ),
+        (
+            "num_key_value_heads",
+            1 << 32,
+            "num_key_value_heads 4294967296 is larger than the limit",
+        ),
+        (
+            "head_dim",
+            1 << 32,
+            "head_dim 4294967296 is larger than the limit",
+        ),
+        (
+            "hidden_size",
+            1 << 32,
+            "hidden_size 4294967296 is larger than the limit",
+        ),
+        (
+            "intermediate_size",
+            u64::MAX,
+            "intermediate_size 18446744073709551615 is larger than the limit",
+        ),
+        (
+            "num_hidden_layers",
+            1 << 40,
+            "num_hidden_layers 1099511627776 is larger than the limit",
+        ),
+        (
+            "head_dim",
+            1 << 18,
+            "num_attention_heads x head_dim = 8 x 262144 = 2097152 is larger than the limit",
+        ),
+    ] {
+        let mut c = base.clone();
+        c[key] = value.into();
+        std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
+        fails(
+            &[
+                "prune",
+                "--backend",
+                "cpu",
+                "--samples",
+                "2",
+                "--tokens",
+                "8",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+            ],
+            needle,
+        );
+    }
+}
+
 #[test]
 fn verify_on_the_reference_passes_and_reports() {
     let out = prunebench(&[
