@@ -220,9 +220,49 @@ fn bad_arguments_fail_cleanly() {
     fails(&with(&["--layer", "99"]), "out of range");
     fails(&with(&["--sparsity", "1.5"]), "outside [0, 1)");
     fails(&with(&["--sparsity", "4:2"]), "1 <= N < M");
+    // Negative values are values, not unknown flags.
+    fails(&with(&["--sparsity", "-0.1"]), "outside [0, 1)");
+    fails(&with(&["--sparsity", "-1"]), "outside [0, 1)");
+    fails(&with(&["--layer", "-1"]), "must not be negative");
+    // (`base` sets --samples and --tokens already.)
+    let cpu = ["prune", "--backend", "cpu"];
+    fails(
+        &[&cpu[..], &["--samples", "-2"]].concat(),
+        "must not be negative",
+    );
+    fails(
+        &[&cpu[..], &["--tokens", "-8"]].concat(),
+        "must not be negative",
+    );
+    fails(&with(&["--seed", "-3"]), "must not be negative");
     fails(&with(&["--linears", "q_proj,x_proj"]), "x_proj");
     fails(&with(&["--method", "obs"]), "unknown method");
     fails(&["prune", "--backend", "tpu"], "unknown backend 'tpu'");
+}
+
+#[test]
+fn negative_numbers_in_verify_and_bench_are_reported_as_values() {
+    let skip = ["--backend", "cpu", "--skip-ops", "--methods", "wanda"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["verify"];
+        v.extend(skip);
+        v.extend(extra);
+        v
+    };
+    fails_with(&with(&["--sparsities", "-0.1"]), "outside [0, 1)");
+    fails_with(&with(&["--sparsities", "-0.5,2:4"]), "outside [0, 1)");
+    let bench = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["bench", "--backend", "cpu", "--dry-run"];
+        v.extend(extra);
+        v
+    };
+    fails_with(&bench(&["--repeats", "-1"]), "must not be negative");
+    fails_with(&bench(&["--warmup", "-1"]), "must not be negative");
+    fails_with(&bench(&["--input-sets", "-1"]), "must not be negative");
+    fails_with(&bench(&["--layer-repeats", "-1"]), "must not be negative");
+    fails_with(&bench(&["--copy-gbps", "-5"]), "above 0");
+    fails_with(&bench(&["--fma-tflops", "-0.5"]), "above 0");
+    fails_with(&bench(&["--fma-tflops", "0"]), "above 0");
 }
 
 #[test]
