@@ -3,7 +3,9 @@
 //! message, a non-zero exit, no panic and no output file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use prunebench_models::checkpoint::write_checkpoint;
 use prunebench_models::config::{lookup, ModelConfig};
@@ -152,21 +154,47 @@ fn a_sharded_bf16_checkpoint_round_trips_through_prune() {
     }
 }
 
-/// Runs a failing command: non-zero exit, the message on stderr, no panic, no output file.
+/// Runs prunebench, failing the test if it has not finished within `limit` (an input it
+/// blocks on, such as a FIFO, would otherwise hang the test run).
+fn prunebench_within(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prunebench");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("run prunebench"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("{args:?} did not finish within {limit:?}: blocked on an input?")
+        }
+    }
+}
+
+/// Runs a failing command: exit status 2, the message on stderr, no panic.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = prunebench_within(args, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?} should fail: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr '{err}' should mention '{needle}'"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+/// Like `fails_with` for a command writing --out, which must leave no output file.
 fn fails(args: &[&str], needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.safetensors");
     let mut all: Vec<&str> = args.to_vec();
     let out_str = out_file.to_str().unwrap().to_string();
     all.extend(["--out", &out_str]);
-    let out = prunebench(&all);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(
-        err.contains(needle),
-        "{args:?}: stderr '{err}' should mention '{needle}'"
-    );
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    fails_with(&all, needle);
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
@@ -192,9 +220,49 @@ fn bad_arguments_fail_cleanly() {
     fails(&with(&["--layer", "99"]), "out of range");
     fails(&with(&["--sparsity", "1.5"]), "outside [0, 1)");
     fails(&with(&["--sparsity", "4:2"]), "1 <= N < M");
+    // Negative values are values, not unknown flags.
+    fails(&with(&["--sparsity", "-0.1"]), "outside [0, 1)");
+    fails(&with(&["--sparsity", "-1"]), "outside [0, 1)");
+    fails(&with(&["--layer", "-1"]), "must not be negative");
+    // (`base` sets --samples and --tokens already.)
+    let cpu = ["prune", "--backend", "cpu"];
+    fails(
+        &[&cpu[..], &["--samples", "-2"]].concat(),
+        "must not be negative",
+    );
+    fails(
+        &[&cpu[..], &["--tokens", "-8"]].concat(),
+        "must not be negative",
+    );
+    fails(&with(&["--seed", "-3"]), "must not be negative");
     fails(&with(&["--linears", "q_proj,x_proj"]), "x_proj");
     fails(&with(&["--method", "obs"]), "unknown method");
     fails(&["prune", "--backend", "tpu"], "unknown backend 'tpu'");
+}
+
+#[test]
+fn negative_numbers_in_verify_and_bench_are_reported_as_values() {
+    let skip = ["--backend", "cpu", "--skip-ops", "--methods", "wanda"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["verify"];
+        v.extend(skip);
+        v.extend(extra);
+        v
+    };
+    fails_with(&with(&["--sparsities", "-0.1"]), "outside [0, 1)");
+    fails_with(&with(&["--sparsities", "-0.5,2:4"]), "outside [0, 1)");
+    let bench = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["bench", "--backend", "cpu", "--dry-run"];
+        v.extend(extra);
+        v
+    };
+    fails_with(&bench(&["--repeats", "-1"]), "must not be negative");
+    fails_with(&bench(&["--warmup", "-1"]), "must not be negative");
+    fails_with(&bench(&["--input-sets", "-1"]), "must not be negative");
+    fails_with(&bench(&["--layer-repeats", "-1"]), "must not be negative");
+    fails_with(&bench(&["--copy-gbps", "-5"]), "above 0");
+    fails_with(&bench(&["--fma-tflops", "-0.5"]), "above 0");
+    fails_with(&bench(&["--fma-tflops", "0"]), "above 0");
 }
 
 #[test]
@@ -272,6 +340,342 @@ fn bad_checkpoints_fail_cleanly() {
         &["--sparsity", "2:4"],
         "multiple of 4",
     );
+}
+
+/// Replaces `path` (a file, or nothing) with what `make` puts there.
+#[cfg(unix)]
+fn replace(path: &Path, make: impl FnOnce(&Path)) {
+    let _ = std::fs::remove_file(path);
+    make(path);
+}
+
+#[cfg(unix)]
+fn make_dir(p: &Path) {
+    std::fs::create_dir(p).unwrap();
+}
+
+#[cfg(unix)]
+fn make_loop(p: &Path) {
+    // p -> p.other -> p
+    let other = p.with_extension("other");
+    std::os::unix::fs::symlink(&other, p).unwrap();
+    std::os::unix::fs::symlink(p, &other).unwrap();
+}
+
+#[cfg(unix)]
+fn make_fifo(p: &Path) {
+    let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+/// Each input of a checkpoint run replaced by something that is not a regular file: the
+/// error says what stands there and what was expected, and nothing blocks.
+#[cfg(unix)]
+#[test]
+fn inputs_that_are_not_regular_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lookup("tiny").unwrap();
+    cfg.num_layers = 1;
+    let layers = tiny_layers(&cfg, 1);
+    let mut n = 0;
+    let mut case = |shards: usize, file: &str, make: fn(&Path), needle: &str| {
+        n += 1;
+        let ck = checkpoint(
+            &dir.path().join(format!("ck{n}")),
+            &cfg,
+            &layers,
+            DType::F32,
+            shards,
+        );
+        replace(&ck.join(file), make);
+        fails(
+            &[
+                "prune",
+                "--backend",
+                "cpu",
+                "--samples",
+                "2",
+                "--tokens",
+                "8",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+            ],
+            needle,
+        );
+    };
+    let st = "model.safetensors";
+    let shard = "model-00002-of-00002.safetensors";
+    let index = "model.safetensors.index.json";
+    case(
+        1,
+        st,
+        make_dir,
+        "model.safetensors is a directory, expected a safetensors file",
+    );
+    case(
+        2,
+        shard,
+        make_dir,
+        "of-00002.safetensors is a directory, expected a safetensors shard",
+    );
+    case(
+        1,
+        "config.json",
+        make_dir,
+        "config.json is a directory, expected a JSON model config",
+    );
+    case(
+        2,
+        index,
+        make_dir,
+        "index.json is a directory, expected a JSON shard index",
+    );
+    case(
+        1,
+        st,
+        make_loop,
+        "model.safetensors is a symbolic link loop",
+    );
+    case(
+        2,
+        shard,
+        make_loop,
+        "of-00002.safetensors is a symbolic link loop",
+    );
+    case(
+        1,
+        "config.json",
+        make_loop,
+        "config.json is a symbolic link loop",
+    );
+    case(2, index, make_loop, "index.json is a symbolic link loop");
+    case(
+        1,
+        st,
+        make_fifo,
+        "model.safetensors is a FIFO (named pipe), expected a safetensors file",
+    );
+    case(
+        2,
+        shard,
+        make_fifo,
+        "of-00002.safetensors is a FIFO (named pipe)",
+    );
+    case(
+        1,
+        "config.json",
+        make_fifo,
+        "config.json is a FIFO (named pipe)",
+    );
+    case(2, index, make_fifo, "index.json is a FIFO (named pipe)");
+    case(
+        1,
+        st,
+        |p| std::os::unix::fs::symlink(p.with_extension("gone"), p).unwrap(),
+        "model.safetensors is a symbolic link to a missing file",
+    );
+
+    // The checkpoint folder itself, and the calibration file.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let base = [
+        "prune",
+        "--backend",
+        "cpu",
+        "--samples",
+        "2",
+        "--tokens",
+        "8",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>, needle: &str| {
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
+    run(
+        with(&["--checkpoint", file.to_str().unwrap()]),
+        "plain is a regular file, expected a checkpoint folder",
+    );
+    for (make, needle) in [
+        (
+            make_dir as fn(&Path),
+            "calib is a directory, expected a calibration safetensors file",
+        ),
+        (make_loop, "calib is a symbolic link loop"),
+        (
+            make_fifo,
+            "calib is a FIFO (named pipe), expected a calibration safetensors file",
+        ),
+    ] {
+        let calib = dir.path().join("calib");
+        let _ = std::fs::remove_dir(&calib);
+        replace(&calib, make);
+        run(with(&["--calibration", calib.to_str().unwrap()]), needle);
+    }
+}
+
+/// A ready statistic no accumulation could give is refused, naming the tensor and where the
+/// offending value is, instead of producing NaN scores.
+#[test]
+fn impossible_ready_statistics_are_refused() {
+    use prunebench_kernels::Matrix;
+    use prunebench_models::calibration::{write_statistics, ReadyStatistics};
+    use prunebench_models::InputGroup;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lookup("tiny").unwrap();
+    let identity = Matrix::from_fn(256, 256, |i, j| if i == j { 1.0 } else { 0.0 });
+    let act = |bad: Option<usize>| {
+        Matrix::from_fn(1, 256, |_, j| if Some(j) == bad { -0.5 } else { 1.0 })
+    };
+    let run = |stats: ReadyStatistics, method: &str, needles: &[&str]| {
+        let path = dir.path().join("stats.safetensors");
+        write_statistics(&path, &cfg, &stats).unwrap();
+        for needle in needles {
+            fails(
+                &[
+                    "prune",
+                    "--backend",
+                    "cpu",
+                    "--method",
+                    method,
+                    "--linears",
+                    "q_proj",
+                    "--calibration",
+                    path.to_str().unwrap(),
+                ],
+                needle,
+            );
+        }
+    };
+    let g = InputGroup::AttnIn;
+    run(
+        ReadyStatistics {
+            act: vec![(g, act(Some(3)))],
+            hessian: vec![(g, identity.clone())],
+            ..Default::default()
+        },
+        "wanda",
+        &[
+            "tensor stat.act.attn_in in",
+            "not a valid activation statistic: -0.5 at column 3 is negative",
+        ],
+    );
+    let mut asym = identity.clone();
+    asym.data[2 * 256 + 7] = 0.5;
+    run(
+        ReadyStatistics {
+            hessian: vec![(g, asym)],
+            ..Default::default()
+        },
+        "sparsegpt",
+        &[
+            "tensor stat.hessian.attn_in in",
+            "not symmetric: row 2, column 7 holds 0.5 but row 7, column 2 holds 0",
+        ],
+    );
+    let mut neg = identity.clone();
+    neg.data[5 * 256 + 5] = -1.0;
+    run(
+        ReadyStatistics {
+            hessian: vec![(g, neg)],
+            ..Default::default()
+        },
+        "sparsegpt",
+        &[
+            "tensor stat.hessian.attn_in in",
+            "diagonal value -1 at row 5, column 5 is negative",
+        ],
+    );
+    let q = cfg.linear("q_proj").unwrap();
+    let grad = Matrix::from_fn(256, 256, |i, j| if (i, j) == (4, 9) { -2.0 } else { 1.0 });
+    run(
+        ReadyStatistics {
+            act: vec![(g, act(None))],
+            hessian: vec![(g, identity)],
+            grad: vec![(q, grad)],
+        },
+        "gblm",
+        &[
+            "tensor stat.grad.q_proj in",
+            "not a valid gradient statistic: -2 at row 4, column 9 is negative",
+        ],
+    );
+}
+
+/// Sizes in config.json too large for any model are refused naming the field, not carried
+/// into shape arithmetic that overflows.
+#[test]
+fn oversized_config_sizes_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = lookup("tiny").unwrap();
+    cfg.num_layers = 1;
+    let ck = checkpoint(
+        &dir.path().join("big"),
+        &cfg,
+        &tiny_layers(&cfg, 1),
+        DType::F32,
+        1,
+    );
+    let base = serde_json::json!({
+        "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 1,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32,
+    });
+    for (key, value, needle) in [
+        (
+            "num_attention_heads",
+            1u64 << 32,
+            "num_attention_heads 4294967296 is larger than the limit",
+        ),
+        (
+            "num_key_value_heads",
+            1 << 32,
+            "num_key_value_heads 4294967296 is larger than the limit",
+        ),
+        (
+            "head_dim",
+            1 << 32,
+            "head_dim 4294967296 is larger than the limit",
+        ),
+        (
+            "hidden_size",
+            1 << 32,
+            "hidden_size 4294967296 is larger than the limit",
+        ),
+        (
+            "intermediate_size",
+            u64::MAX,
+            "intermediate_size 18446744073709551615 is larger than the limit",
+        ),
+        (
+            "num_hidden_layers",
+            1 << 40,
+            "num_hidden_layers 1099511627776 is larger than the limit",
+        ),
+        (
+            "head_dim",
+            1 << 18,
+            "num_attention_heads x head_dim = 8 x 262144 = 2097152 is larger than the limit",
+        ),
+    ] {
+        let mut c = base.clone();
+        c[key] = value.into();
+        std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
+        fails(
+            &[
+                "prune",
+                "--backend",
+                "cpu",
+                "--samples",
+                "2",
+                "--tokens",
+                "8",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+            ],
+            needle,
+        );
+    }
 }
 
 #[test]

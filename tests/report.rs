@@ -209,3 +209,48 @@ fn bad_results_files_are_refused_clearly() {
         "does not match",
     );
 }
+
+/// A results path that is a directory or a FIFO is named as such (a FIFO without a writer
+/// would otherwise block the report forever), with exit status 2.
+#[cfg(unix)]
+#[test]
+fn results_paths_that_are_not_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder.json");
+    std::fs::create_dir(&folder).unwrap();
+    let fifo = dir.path().join("fifo.json");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (p, needle) in [
+        (
+            &folder,
+            "folder.json is a directory, expected a results JSON file",
+        ),
+        (
+            &fifo,
+            "fifo.json is a FIFO (named pipe), expected a results JSON file",
+        ),
+    ] {
+        // In a thread, so that a load blocked on the FIFO fails the test instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = p.clone();
+        std::thread::spawn(move || tx.send(Report::load(&[&path]).err().map(|e| e.to_string())));
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("loading {} blocked", p.display()))
+            .unwrap_or_else(|| panic!("{} should be refused", p.display()));
+        assert!(e.contains(needle), "{e}");
+        // The command line reads it the same way (so, having passed above, does not block).
+        let out = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+            .args(["report", p.to_str().unwrap(), "--out"])
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
+        assert!(!dir.path().join("out").exists(), "no report for bad input");
+    }
+}

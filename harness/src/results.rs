@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use prunebench_kernels::suite::Check;
 use prunebench_kernels::BackendInfo;
+use prunebench_models::input::read_input_text;
 
 use crate::error::{HarnessError, Result};
 
@@ -154,7 +155,7 @@ pub fn summarize(times: &[f64]) -> Option<(f64, f64, f64)> {
 impl ResultsFile {
     pub fn read(path: &Path) -> Result<ResultsFile> {
         let bad = |why: String| HarnessError::Config(format!("{}: {why}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text = read_input_text(path, "a results JSON file")?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         match v.get("schema").and_then(|s| s.as_str()) {

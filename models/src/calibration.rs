@@ -50,7 +50,7 @@ impl CalibrationFile {
     /// that all inputs and gradients agree on samples and tokens; values are read (and checked
     /// for NaN/Inf) only when a sample or statistic is asked for.
     pub fn open(path: &Path, cfg: &ModelConfig) -> Result<CalibrationFile> {
-        let file = MappedFile::open(path)?;
+        let file = MappedFile::open(path, "a calibration safetensors file")?;
         let bad = |detail: String| ModelError::BadConfig {
             path: path.to_path_buf(),
             detail,
@@ -168,19 +168,49 @@ impl CalibrationFile {
         Ok(Some(Matrix { rows, cols, data }))
     }
 
+    /// Wanda's a, checked to be non-negative (it is a sum of squares).
     pub fn ready_act_stat(&self, group: InputGroup) -> Result<Option<Matrix>> {
         let cols = self.cfg.group_cols(group);
-        self.matrix(&format!("stat.act.{}", group.name()), 1, cols, None)
+        let name = format!("stat.act.{}", group.name());
+        let m = self.matrix(&name, 1, cols, None)?;
+        self.checked(&name, "activation statistic", m, stats::non_negative)
     }
 
+    /// SparseGPT's H, checked to be symmetric with a non-negative diagonal.
     pub fn ready_hessian(&self, group: InputGroup) -> Result<Option<Matrix>> {
         let cols = self.cfg.group_cols(group);
-        self.matrix(&format!("stat.hessian.{}", group.name()), cols, cols, None)
+        let name = format!("stat.hessian.{}", group.name());
+        let m = self.matrix(&name, cols, cols, None)?;
+        self.checked(&name, "Hessian", m, stats::hessian)
     }
 
+    /// GBLM's G, checked to be non-negative (it is a norm of gradients).
     pub fn ready_grad(&self, linear: &LinearSpec) -> Result<Option<Matrix>> {
         let l = self.own_linear(linear)?;
-        self.matrix(&format!("stat.grad.{}", l.name), l.rows, l.cols, None)
+        let name = format!("stat.grad.{}", l.name);
+        let m = self.matrix(&name, l.rows, l.cols, None)?;
+        self.checked(&name, "gradient statistic", m, stats::non_negative)
+    }
+
+    /// Applies `check` to a statistic read (and so already found finite): a value no
+    /// accumulation can give (a negative sum of squares) would otherwise flow into the
+    /// scores as NaN and give a mask without meaning.
+    fn checked(
+        &self,
+        name: &str,
+        statistic: &'static str,
+        m: Option<Matrix>,
+        check: fn(&Matrix) -> std::result::Result<(), String>,
+    ) -> Result<Option<Matrix>> {
+        if let Some(m) = &m {
+            check(m).map_err(|detail| ModelError::InvalidStatistic {
+                name: name.to_string(),
+                path: self.file.path.clone(),
+                statistic,
+                detail,
+            })?;
+        }
+        Ok(m)
     }
 
     /// The file was checked against this model's shapes; a linear of another shape asked for
@@ -484,4 +514,76 @@ pub fn write_statistics(path: &Path, cfg: &ModelConfig, stats: &ReadyStatistics)
     }
     let meta = HashMap::from([(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string())]);
     write_matrices(path, tensors, meta)
+}
+
+/// The value checks of ready statistics; each error says where the offending value is.
+mod stats {
+    use prunebench_kernels::Matrix;
+
+    /// How far H may be from symmetric, relative to the scale of the entry. A writer that
+    /// computes both triangles (a PyTorch `X.T @ X`) gets them in different summation orders,
+    /// a relative difference of about 1e-5 in f32 at the papers' 128 x 2048 tokens; stored as
+    /// bf16 (8 significant bits) the two may then round to neighbouring values, 2^-8 = 0.4%
+    /// apart. 1% accepts both with room, while a matrix that is not a Hessian at all (a
+    /// transposed or mis-shaped tensor, random data) is off by order 1.
+    pub const SYMMETRY_RTOL: f64 = 1e-2;
+
+    /// Every value ≥ 0: a and G are sums of squares and norms, which round to non-negative
+    /// numbers in any precision, so no tolerance is needed.
+    pub fn non_negative(m: &Matrix) -> Result<(), String> {
+        match m.data.iter().position(|&v| v < 0.0) {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "{} at {} is negative",
+                m.data[i],
+                position(m, i / m.cols.max(1), i % m.cols.max(1))
+            )),
+        }
+    }
+
+    /// A non-negative diagonal (each entry a sum of squares, exact as above) and symmetry
+    /// within `SYMMETRY_RTOL`.
+    pub fn hessian(h: &Matrix) -> Result<(), String> {
+        let n = h.cols;
+        let at = |i: usize, j: usize| h.data[i * n + j] as f64;
+        if let Some(i) = (0..n).find(|&i| at(i, i) < 0.0) {
+            let d = h.data[i * n + i];
+            return Err(format!(
+                "diagonal value {d} at row {i}, column {i} is negative"
+            ));
+        }
+        // Tiles, so that the transposed reads stay in cache at the 28672-wide MLP Hessians.
+        const TILE: usize = 64;
+        for bi in (0..n).step_by(TILE) {
+            for bj in (bi..n).step_by(TILE) {
+                for i in bi..(bi + TILE).min(n) {
+                    for j in (i + 1).max(bj)..(bj + TILE).min(n) {
+                        let (a, b) = (at(i, j), at(j, i));
+                        // The rounding error of a computed dot product scales with the norms
+                        // of its two columns, sqrt(H_ii H_jj), not with the (possibly
+                        // cancelled) result, so small off-diagonal entries are judged by it.
+                        let scale = a.abs().max(b.abs()).max((at(i, i) * at(j, j)).sqrt());
+                        if (a - b).abs() > SYMMETRY_RTOL * scale {
+                            return Err(format!(
+                                "not symmetric: row {i}, column {j} holds {} but row {j}, \
+                                 column {i} holds {} (relative tolerance {SYMMETRY_RTOL})",
+                                h.data[i * n + j],
+                                h.data[j * n + i]
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A vector statistic (one row) is located by its column alone.
+    fn position(m: &Matrix, row: usize, col: usize) -> String {
+        if m.rows == 1 {
+            format!("column {col}")
+        } else {
+            format!("row {row}, column {col}")
+        }
+    }
 }

@@ -10,6 +10,7 @@ use prunebench_kernels::Matrix;
 use crate::config::{LinearSpec, ModelConfig};
 use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
+use crate::input::{check_input_dir, input_present, read_input_text};
 use crate::mapped::{write_matrices, MappedFile, TensorHeader};
 use crate::LayerWeights;
 
@@ -42,20 +43,15 @@ impl Checkpoint {
     /// or a single `model.safetensors`. Every file is mapped and its header checked here, so a
     /// truncated or missing shard is reported at once rather than midway through a run.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
-        if !dir.is_dir() {
-            return Err(ModelError::Io {
-                path: dir.to_path_buf(),
-                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
-            });
-        }
+        check_input_dir(dir, "a checkpoint folder")?;
         let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
         let index_path = dir.join(INDEX);
-        let (files, weight_map, map_source) = if index_path.exists() {
+        let (files, weight_map, map_source) = if input_present(&index_path)? {
             let (files, weight_map) = open_sharded(dir, &index_path)?;
             (files, weight_map, index_path)
         } else {
             let single = dir.join(SINGLE);
-            if !single.exists() {
+            if !input_present(&single)? {
                 // Older checkpoints ship only PyTorch pickles, which this reader does not
                 // load (unpickling runs arbitrary code); say so rather than "not found".
                 let hint = if dir.join("pytorch_model.bin").exists()
@@ -70,7 +66,7 @@ impl Checkpoint {
                     detail: format!("neither {SINGLE} nor {INDEX} is there{hint}"),
                 });
             }
-            let f = MappedFile::open(&single)?;
+            let f = MappedFile::open(&single, "a safetensors file")?;
             let weight_map = f.names().into_iter().map(|name| (name, 0)).collect();
             (vec![f], weight_map, single)
         };
@@ -136,7 +132,7 @@ fn open_sharded(
     dir: &Path,
     index_path: &Path,
 ) -> Result<(Vec<MappedFile>, HashMap<String, usize>)> {
-    let text = std::fs::read_to_string(index_path).map_err(io(index_path))?;
+    let text = read_input_text(index_path, "a JSON shard index")?;
     let bad = |detail: String| ModelError::BadConfig {
         path: index_path.to_path_buf(),
         detail,
@@ -161,7 +157,12 @@ fn open_sharded(
     shards.sort();
     let files = shards
         .into_iter()
-        .map(|(_, f)| MappedFile::open(&dir.join(f)))
+        .map(|(_, f)| {
+            MappedFile::open(
+                &dir.join(f),
+                &format!("a safetensors shard ({INDEX} lists it)"),
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((files, weight_map))
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{io, ModelError, Result};
+use crate::error::{ModelError, Result};
+use crate::input::read_input_text;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelConfig {
@@ -141,10 +142,34 @@ pub fn lookup(name: &str) -> Result<ModelConfig> {
         })
 }
 
+/// The largest size (hidden_size, intermediate_size, a head count, head_dim, and the widths
+/// heads x head_dim) read from a config.json. The largest LLaMA-family models are 16384 wide
+/// with a 53248 intermediate size and 128 heads (LLaMA 3.1 405B): 2^20 leaves 20x room, while
+/// a matrix of two such sizes (2^40 values, 2^42 bytes in f32) is still far from overflowing
+/// a 64-bit size, so the shape arithmetic downstream cannot wrap. A larger value is a typo or
+/// a corrupt file, refused here rather than reported later as a nonsense shape.
+pub const MAX_SIZE: usize = 1 << 20;
+
+/// The most decoder layers read from a config.json: the largest LLaMA has 126; 2^16 is as
+/// generous, and keeps layer indices printable and tensor names short.
+pub const MAX_LAYERS: usize = 1 << 16;
+
+/// `num_attention_heads x head_dim` is q_proj's output width: it must stay within
+/// `MAX_SIZE`, and is computed without overflow.
+fn width_within_limit(heads: usize, head_dim: usize) -> std::result::Result<(), String> {
+    match heads.checked_mul(head_dim) {
+        Some(w) if w <= MAX_SIZE => Ok(()),
+        w => Err(format!(
+            "num_attention_heads x head_dim = {heads} x {head_dim} = {} is larger than the limit {MAX_SIZE}",
+            w.map_or_else(|| "more than a usize holds".to_string(), |w| w.to_string())
+        )),
+    }
+}
+
 impl ModelConfig {
     /// Reads a Hugging Face `config.json`; the model is named after its folder.
     pub fn from_hf_config(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let text = read_input_text(path, "a JSON model config")?;
         let bad = |detail: String| ModelError::BadConfig {
             path: path.to_path_buf(),
             detail,
@@ -152,13 +177,21 @@ impl ModelConfig {
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let get = |key: &str| -> Result<Option<usize>> {
-            match v.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .filter(|&n| n > 0)
-                    .map(|n| Some(n as usize))
-                    .ok_or_else(|| bad(format!("{key} is not a positive integer"))),
+            let Some(x) = v.get(key).filter(|x| !x.is_null()) else {
+                return Ok(None);
+            };
+            let n = x
+                .as_u64()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| bad(format!("{key} is not a positive integer")))?;
+            let max = if key == "num_hidden_layers" {
+                MAX_LAYERS
+            } else {
+                MAX_SIZE
+            };
+            match usize::try_from(n) {
+                Ok(n) if n <= max => Ok(Some(n)),
+                _ => Err(bad(format!("{key} {n} is larger than the limit {max}"))),
             }
         };
         let need = |key: &str| get(key)?.ok_or_else(|| bad(format!("{key} is missing")));
@@ -186,6 +219,8 @@ impl ModelConfig {
             .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()))
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "checkpoint".into());
+        // num_key_value_heads divides num_attention_heads, so its product is no larger.
+        width_within_limit(heads, head_dim).map_err(bad)?;
         Ok(ModelConfig {
             name,
             hidden,
@@ -468,5 +503,34 @@ mod tests {
             let e = e.to_string();
             assert!(e.contains(needle) && e.contains("config.json"), "{e}");
         }
+    }
+
+    #[test]
+    fn sizes_are_bounded_at_the_limit() {
+        let json = |hidden: usize, heads: usize, head_dim: usize| {
+            format!(
+                r#"{{"hidden_size": {hidden}, "intermediate_size": 64, "num_hidden_layers": 1,
+                    "num_attention_heads": {heads}, "head_dim": {head_dim}}}"#
+            )
+        };
+        assert_eq!(
+            config_from(&json(MAX_SIZE, 1, MAX_SIZE)).unwrap().hidden,
+            MAX_SIZE
+        );
+        let e = config_from(&json(MAX_SIZE + 1, 1, 64))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hidden_size 1048577 is larger than the limit 1048576"),
+            "{e}"
+        );
+        let e = config_from(&json(64, 2, MAX_SIZE)).unwrap_err().to_string();
+        assert!(
+            e.contains("num_attention_heads x head_dim = 2 x 1048576"),
+            "{e}"
+        );
+        assert!(width_within_limit(usize::MAX, 2)
+            .unwrap_err()
+            .contains("more than a usize holds"));
     }
 }

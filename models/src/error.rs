@@ -22,6 +22,14 @@ pub enum ModelError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// Something other than the expected kind of file stands at an input path: a directory,
+    /// a FIFO, a device, a symbolic-link loop or a dangling link.
+    #[error("{path} is {found}, expected {expected}")]
+    NotAFile {
+        path: PathBuf,
+        found: &'static str,
+        expected: String,
+    },
     #[error("{path}: not a valid safetensors file (truncated or corrupt?): {detail}")]
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
@@ -59,6 +67,14 @@ pub enum ModelError {
         sample: usize,
         token: usize,
         col: usize,
+    },
+    /// A ready statistic whose values no accumulation could have produced.
+    #[error("tensor {name} in {path} is not a valid {statistic}: {detail}")]
+    InvalidStatistic {
+        name: String,
+        path: PathBuf,
+        statistic: &'static str,
+        detail: String,
     },
     #[error("{path}: cannot write: {detail}")]
     Write { path: PathBuf, detail: String },

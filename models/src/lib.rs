@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 mod dtype;
 pub mod error;
+pub mod input;
 mod mapped;
 pub mod synthetic;
 

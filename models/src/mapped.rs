@@ -14,6 +14,7 @@ use safetensors::SafeTensors;
 
 use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
+use crate::input::open_input_file;
 
 pub struct MappedFile {
     pub path: PathBuf,
@@ -30,8 +31,10 @@ pub struct TensorRef<'a> {
 }
 
 impl MappedFile {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(io(path))?;
+    /// Maps `path`, which must be a regular file; `expected` names it in errors
+    /// ("a safetensors file").
+    pub fn open(path: &Path, expected: &str) -> Result<Self> {
+        let file = open_input_file(path, expected)?;
         // SAFETY: the map is read-only; a file changed underneath while we read it would give
         // wrong values, as any reader would, but cannot break memory safety of our code beyond
         // what memmap2 documents for read-only maps.

@@ -279,6 +279,81 @@ fn a_nan_in_an_input_is_located_by_sample_and_token() {
     );
 }
 
+/// A positive definite matrix with unit diagonal, as a (normalised) Hessian is:
+/// 1 / (1 + |i - j|), a Toeplitz matrix of a convex decreasing sequence.
+fn hessian_like(n: usize) -> Matrix {
+    Matrix::from_fn(n, n, |i, j| 1.0 / (1.0 + i.abs_diff(j) as f32))
+}
+
+#[test]
+fn ready_statistics_are_checked_for_values_no_accumulation_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lookup("tiny").unwrap();
+    let path = dir.path().join("stats.safetensors");
+    let g = InputGroup::AttnOut;
+    let with_h = |h: Matrix| {
+        let stats = ReadyStatistics {
+            hessian: vec![(g, h)],
+            ..Default::default()
+        };
+        write_statistics(&path, &cfg, &stats).unwrap();
+        CalibrationFile::open(&path, &cfg).unwrap().ready_hessian(g)
+    };
+    // Off by 0.5% of the entries' scale (the unit diagonal), as the two triangles of a
+    // bf16-stored X^T X may be: accepted.
+    let mut near = hessian_like(256);
+    near.data[3 * 256 + 200] += 0.005;
+    assert!(with_h(near).is_ok());
+    // Off by 5%: not a Hessian.
+    let mut far = hessian_like(256);
+    far.data[3 * 256 + 200] += 0.05;
+    let e = expect_err(
+        with_h(far),
+        &[
+            "stat.hessian.attn_out",
+            "stats.safetensors",
+            "not symmetric",
+            "row 3, column 200",
+        ],
+    );
+    assert!(matches!(e, ModelError::InvalidStatistic { .. }), "{e}");
+    // A tiny off-diagonal entry (a dot product that cancelled) is judged against its
+    // columns' scale, not its own: twice its transpose, yet accepted.
+    let mut cancelled = hessian_like(256);
+    cancelled.data[256 + 2] = 1e-3;
+    cancelled.data[2 * 256 + 1] = 2e-3;
+    assert!(with_h(cancelled).is_ok());
+    let mut neg = hessian_like(256);
+    neg.data[7 * 256 + 7] = -0.25;
+    expect_err(with_h(neg), &["diagonal value -0.25 at row 7, column 7"]);
+
+    // Each statistic is also refused with NaN or Inf, located.
+    write_raw(&path, &[("stat.act.mlp_act", vec![688])], Some(40));
+    let f = CalibrationFile::open(&path, &cfg).unwrap();
+    expect_err(
+        f.ready_act_stat(InputGroup::MlpAct),
+        &["stat.act.mlp_act", "non-finite", "column 40"],
+    );
+    // Zero is a valid a (a dead input column), a negative one is not.
+    let stats = ReadyStatistics {
+        act: vec![(
+            g,
+            Matrix::from_fn(1, 256, |_, j| if j == 9 { -1e-6 } else { 0.0 }),
+        )],
+        ..Default::default()
+    };
+    write_statistics(&path, &cfg, &stats).unwrap();
+    let f = CalibrationFile::open(&path, &cfg).unwrap();
+    expect_err(
+        f.ready_act_stat(g),
+        &[
+            "stat.act.attn_out",
+            "activation statistic",
+            "column 9 is negative",
+        ],
+    );
+}
+
 #[test]
 fn ready_statistics_round_trip_and_are_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +363,7 @@ fn ready_statistics_round_trip_and_are_checked() {
     let fill = |r, c, k: f32| Matrix::from_fn(r, c, |i, j| k + (i * c + j) as f32);
     let stats = ReadyStatistics {
         act: vec![(InputGroup::MlpAct, fill(1, 688, 1.0))],
-        hessian: vec![(InputGroup::AttnIn, fill(256, 256, 2.0))],
+        hessian: vec![(InputGroup::AttnIn, hessian_like(256))],
         grad: vec![(up.clone(), fill(688, 256, 3.0))],
     };
     write_statistics(&path, &cfg, &stats).unwrap();

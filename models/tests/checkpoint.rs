@@ -411,3 +411,52 @@ fn an_unsupported_dtype_is_named() {
     );
     assert!(matches!(e, ModelError::UnsupportedDtype { .. }), "{e}");
 }
+
+/// What stands where a checkpoint file should be is named, with what was expected; a
+/// dangling or looping link is not taken for an absent file (which would send the reader
+/// looking for another one).
+#[cfg(unix)]
+#[test]
+fn inputs_that_are_not_regular_files_are_named() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    tiny_checkpoint(&ck, DType::F32, 1);
+    let st = ck.join("model.safetensors");
+    let index = ck.join("model.safetensors.index.json");
+
+    std::fs::remove_file(&st).unwrap();
+    std::fs::create_dir(&st).unwrap();
+    let e = expect_err(
+        Checkpoint::open(&ck),
+        &["model.safetensors is a directory, expected a safetensors file"],
+    );
+    assert!(matches!(e, ModelError::NotAFile { .. }), "{e}");
+    std::fs::remove_dir(&st).unwrap();
+
+    // An index that loops is reported, not skipped for a missing model.safetensors.
+    symlink(&index, &index).unwrap();
+    expect_err(
+        Checkpoint::open(&ck),
+        &[
+            "model.safetensors.index.json is a symbolic link loop",
+            "expected a JSON shard index",
+        ],
+    );
+    std::fs::remove_file(&index).unwrap();
+    symlink(ck.join("elsewhere.json"), &index).unwrap();
+    expect_err(
+        Checkpoint::open(&ck),
+        &["index.json is a symbolic link to a missing file"],
+    );
+    std::fs::remove_file(&index).unwrap();
+
+    // A link to a good file is followed.
+    tiny_checkpoint(&dir.path().join("real"), DType::F32, 1);
+    symlink(dir.path().join("real/model.safetensors"), &st).unwrap();
+    assert_eq!(Checkpoint::open(&ck).unwrap().config().hidden, 256);
+
+    // Neither file present is still reported as such.
+    std::fs::remove_file(&st).unwrap();
+    expect_err(Checkpoint::open(&ck), &["neither model.safetensors nor"]);
+}

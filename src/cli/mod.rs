@@ -45,7 +45,7 @@ pub struct LayerArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Decoder layer index.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub layer: usize,
     /// A Hugging Face model folder (config.json and safetensors, single or sharded); without
     /// it a seeded synthetic layer is used.
@@ -56,13 +56,13 @@ pub struct LayerArgs {
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Synthetic calibration samples (the papers use 128).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub samples: usize,
     /// Tokens per synthetic calibration sample (the papers use 2048).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub tokens: usize,
     /// Seed of the synthetic layer and calibration.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
     pub seed: u64,
     /// Linears to prune: all, or a list such as q_proj,k_proj,v_proj.
     #[arg(long, default_value = "all")]
@@ -90,7 +90,7 @@ pub struct PruneArgs {
     #[arg(long, default_value = "sparsegpt")]
     pub method: String,
     /// A fraction in [0, 1) (unstructured) or N:M such as 2:4.
-    #[arg(long, default_value = "0.5")]
+    #[arg(long, default_value = "0.5", allow_negative_numbers = true)]
     pub sparsity: String,
     /// Unstructured comparison group: row or matrix (default: matrix for magnitude, row for
     /// wanda and gblm, as in their papers' code).
@@ -117,7 +117,7 @@ pub struct SelectionArgs {
     #[arg(long, default_value = "all")]
     pub methods: String,
     /// Sparsity patterns of the whole-layer runs.
-    #[arg(long, default_value = "0.5,2:4")]
+    #[arg(long, default_value = "0.5,2:4", allow_hyphen_values = true)]
     pub sparsities: String,
 }
 
@@ -154,6 +154,31 @@ impl SelectionArgs {
                     .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
             })
             .collect()
+    }
+}
+
+// Numeric options accept negative-looking values (`allow_negative_numbers`), so that "-1"
+// reaches these parsers and gets a message about the value, rather than clap taking it for an
+// unknown flag ("unexpected argument '-1' found").
+
+/// A count, index or seed: a whole number, 0 or more.
+fn whole_number<T: std::str::FromStr<Err = std::num::ParseIntError>>(s: &str) -> Result<T, String> {
+    if s.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    s.parse()
+        .map_err(|e: std::num::ParseIntError| match e.kind() {
+            std::num::IntErrorKind::PosOverflow => "too large".into(),
+            _ => "expected a whole number, 0 or more".into(),
+        })
+}
+
+/// A rate: a finite number above 0.
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err("must be a finite number above 0".into()),
+        Err(_) => Err("expected a number above 0".into()),
     }
 }
 
@@ -198,16 +223,16 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub select: SelectionArgs,
     /// Timed repetitions per op (the median is reported).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub repeats: usize,
     /// Untimed runs before timing.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub warmup: usize,
     /// Independent input sets rotated between repetitions (defeats caches).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub input_sets: usize,
     /// Whole-layer repetitions per method and sparsity.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
     pub layer_repeats: usize,
     /// Time without comparing against the CPU reference (for sizes where it is too slow).
     #[arg(long)]
@@ -220,10 +245,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Copy bandwidth for --dry-run predictions, GB/s.
-    #[arg(long, requires = "dry_run")]
+    #[arg(long, requires = "dry_run", allow_negative_numbers = true, value_parser = positive_number)]
     pub copy_gbps: Option<f64>,
     /// f32 FMA rate for --dry-run predictions, TFLOP/s.
-    #[arg(long, requires = "dry_run")]
+    #[arg(long, requires = "dry_run", allow_negative_numbers = true, value_parser = positive_number)]
     pub fma_tflops: Option<f64>,
 }
 
