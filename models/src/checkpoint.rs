@@ -149,6 +149,17 @@ fn open_sharded(
         let file = file
             .as_str()
             .ok_or_else(|| bad(format!("weight_map entry {name} is not a file name")))?;
+        // A shard is a file of the checkpoint folder: an absolute path or `..` would read
+        // weights from elsewhere, and the output checks only guard the folder itself.
+        let mut parts = Path::new(file).components();
+        if !matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ) {
+            return Err(bad(format!(
+                "weight_map entry {name} names '{file}', which is not a file name in the checkpoint folder"
+            )));
+        }
         let next = shard_index.len();
         let i = *shard_index.entry(file.to_string()).or_insert(next);
         weight_map.insert(name.clone(), i);

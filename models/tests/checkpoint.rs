@@ -388,6 +388,31 @@ fn an_index_pointing_to_a_missing_shard_is_named() {
     }
 }
 
+/// A shard named by an absolute path or through `..` would read weights from outside the
+/// checkpoint folder, even though the shard file itself exists.
+#[test]
+fn an_index_naming_a_shard_outside_the_folder_is_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("model");
+    tiny_checkpoint(&dir, DType::BF16, 2);
+    let shard = "model-00001-of-00002.safetensors";
+    std::fs::copy(dir.join(shard), outer.path().join(shard)).unwrap();
+    let index = dir.join("model.safetensors.index.json");
+    let original = std::fs::read_to_string(&index).unwrap();
+    let absolute = outer.path().join(shard);
+    for name in [
+        format!("../{shard}"),
+        absolute.to_string_lossy().into_owned(),
+    ] {
+        std::fs::write(&index, original.replace(shard, &name)).unwrap();
+        let e = expect_err(
+            Checkpoint::open(&dir),
+            &["not a file name in the checkpoint folder", &name],
+        );
+        assert!(matches!(e, ModelError::BadConfig { .. }), "{e}");
+    }
+}
+
 #[test]
 fn an_unsupported_dtype_is_named() {
     let dir = tempfile::tempdir().unwrap();
