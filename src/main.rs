@@ -9,6 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    remove_temporaries_on_signals();
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -19,5 +20,29 @@ fn main() -> ExitCode {
             }
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(not(unix))]
+fn remove_temporaries_on_signals() {}
+
+/// A signal would end the process with a write's temporary still on disk: on SIGINT, SIGTERM
+/// or SIGHUP every live temporary is removed first, then the process exits as a shell reports
+/// a signal (128 + its number).
+#[cfg(unix)]
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    eprintln!("interrupted (signal {sig}); unfinished outputs removed");
+                    prunebench_models::output::remove_temporaries_and_exit(128 + sig);
+                }
+            });
+        }
+        Err(e) => eprintln!(
+            "warning: cannot handle signals ({e}); an interrupted write may leave a temporary file"
+        ),
     }
 }

@@ -11,6 +11,7 @@ use prunebench_harness::results::{
     Bound, Ceilings, Record, RecordKind, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
 use prunebench_kernels::BackendInfo;
+use prunebench_models::output::Inputs;
 
 fn record(key: &str, op: &str, backend: &str, device: &str, median: f64, bound: Bound) -> Record {
     let mut r = Record {
@@ -154,7 +155,10 @@ fn a_report_puts_every_op_and_device_side_by_side() {
         ),
     ];
     let out = dir.path().join("report");
-    Report::load(&files).unwrap().write(&out).unwrap();
+    Report::load(&files)
+        .unwrap()
+        .write(&out, &Inputs::new())
+        .unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     for needle in [
         "NVIDIA H200 · cubecl-cuda",
@@ -253,4 +257,69 @@ fn results_paths_that_are_not_files_are_named() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
         assert!(!dir.path().join("out").exists(), "no report for bad input");
     }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A report that cannot be completed leaves no part of itself: before, the charts were
+/// written one by one into the target and stayed there when a later file failed.
+#[test]
+fn a_failed_report_leaves_no_part_of_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = write(
+        dir.path(),
+        "wgpu.json",
+        &fixture("wgpu", "NVIDIA H200", 1.0, 4000.0, 50.0),
+    );
+    // The last file the report writes cannot replace a folder of the same name.
+    let out = dir.path().join("report");
+    std::fs::create_dir_all(out.join("report.html")).unwrap();
+    std::fs::write(out.join("notes.txt"), "kept").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args(["report", results.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("report.html") && err.contains("it is a folder"),
+        "{err}"
+    );
+    assert_eq!(names_in(&out), ["notes.txt", "report.html"]);
+    assert_eq!(
+        names_in(dir.path()),
+        ["report", "wgpu.json"],
+        "a temporary was left"
+    );
+
+    // A results file inside the target, named like one of the report's files, is an input.
+    std::fs::remove_dir(out.join("report.html")).unwrap();
+    let inside = write(&out, "report.md", &fixture("cpu", "CPU", 100.0, 14.0, 0.16));
+    let mut inputs = Inputs::new();
+    inputs.file(&inside, "the results file");
+    let e = Report::load(&[&inside])
+        .unwrap()
+        .write(&out, &inputs)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refusing to overwrite an input"), "{e}");
+    assert_eq!(names_in(&out), ["notes.txt", "report.md"]);
+    assert_eq!(ResultsFile::read(&inside).unwrap().device.backend, "cpu");
+
+    // Into a new folder, the complete report appears at once, and the folder is nothing else.
+    let fresh = dir.path().join("fresh");
+    Report::load(&[&results])
+        .unwrap()
+        .write(&fresh, &Inputs::new())
+        .unwrap();
+    assert!(names_in(&fresh).contains(&"report.html".to_string()));
+    assert_eq!(names_in(dir.path()), ["fresh", "report", "wgpu.json"]);
 }

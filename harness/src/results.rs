@@ -181,23 +181,12 @@ impl ResultsFile {
     }
 }
 
+/// Writes `text` to `path` through the one output path (a temporary renamed when complete).
 pub fn write_atomic_text(path: &Path, text: &str) -> Result<()> {
-    let bad = |why: String| HarnessError::Config(format!("{}: {why}", path.display()));
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| bad("not a file path".into()))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(bad(e.to_string()));
-    }
-    Ok(())
+    Ok(prunebench_models::output::write_file(
+        path,
+        text.as_bytes(),
+    )?)
 }
 
 /// The current UTC time as RFC 3339 (no external clock crate needed for one format).

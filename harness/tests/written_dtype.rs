@@ -15,7 +15,7 @@ fn a_bf16_layer_reports_the_error_of_its_written_weights() {
     let linears = cfg.linears();
     let mut layer = synthetic_layer(&cfg, 0, &linears[..3], 4);
     // A bf16 checkpoint's weights: bf16-exact values, read into f32.
-    layer.dtype = DType::BF16;
+    layer.dtypes = vec![DType::BF16; layer.linears.len()];
     for (_, w) in &mut layer.linears {
         DType::BF16.round_trip(&mut w.data);
     }

@@ -12,6 +12,7 @@ use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
 use crate::input::{check_input_dir, input_present, read_input_text};
 use crate::mapped::{write_matrices, MappedFile, TensorHeader};
+use crate::output::write_file;
 use crate::LayerWeights;
 
 const INDEX: &str = "model.safetensors.index.json";
@@ -88,13 +89,12 @@ impl Checkpoint {
         &self.dir
     }
 
-    /// The selected linears of one layer as f32, checked for shape, dtype and finiteness.
-    /// The layer's dtype is that of its first tensor (HF checkpoints use one dtype throughout);
-    /// `write_layer` writes in it.
+    /// The selected linears of one layer as f32, checked for shape, dtype and finiteness, each
+    /// with the dtype it is stored in (`write_layer` writes it back in that one).
     pub fn read_layer(&self, layer: usize, linears: &[LinearSpec]) -> Result<LayerWeights> {
         self.config.check_layer(layer)?;
         let mut out = Vec::new();
-        let mut dtype = None;
+        let mut dtypes = Vec::new();
         for l in linears {
             let name = l.hf_tensor_name(layer);
             let file = self
@@ -108,7 +108,7 @@ impl Checkpoint {
             let t = file.require(&name)?;
             t.expect_shape(&file.path, &[l.rows, l.cols])?;
             let data = t.read_f32(&file.path, 0, l.rows * l.cols, l.cols)?;
-            dtype.get_or_insert(t.dtype);
+            dtypes.push(t.dtype);
             out.push((
                 l.clone(),
                 Matrix {
@@ -121,7 +121,7 @@ impl Checkpoint {
         Ok(LayerWeights {
             model: self.config.clone(),
             layer,
-            dtype: dtype.unwrap_or(DType::F32),
+            dtypes,
             linears: out,
         })
     }
@@ -178,10 +178,12 @@ fn open_sharded(
     Ok((files, weight_map))
 }
 
-/// Writes pruned linears of one layer to `path` as one safetensors file, HF tensor names, in
-/// the layer's dtype, metadata {"format": "pt"}. Each matrix must have its linear's shape and
-/// finite values (a NaN here is a bug upstream, better refused than shipped), and each linear
-/// may appear once. Atomic: nothing is left at `path` if anything fails.
+/// Writes pruned linears of one layer to `path` as one safetensors file, HF tensor names, each
+/// in the dtype its linear came in, metadata {"format": "pt"}. Each matrix must have its
+/// linear's shape and finite values (a NaN here is a bug upstream, better refused than
+/// shipped), finite also once stored (the writer refuses, say, a SparseGPT update beyond f16's
+/// range), and each linear may appear once. Atomic: nothing is left at
+/// `path` if anything fails.
 pub fn write_layer(
     path: &Path,
     layer: &LayerWeights,
@@ -207,7 +209,7 @@ pub fn write_layer(
             });
         }
         tensors.push((
-            TensorHeader::new(name, layer.dtype, vec![l.rows, l.cols]),
+            TensorHeader::new(name, layer.dtype_of(l.name), vec![l.rows, l.cols]),
             &m.data[..],
         ));
     }
@@ -245,8 +247,12 @@ pub fn write_checkpoint(
         "torch_dtype": dtype_name(dtype),
     });
     let cpath = dir.join("config.json");
-    std::fs::write(&cpath, serde_json::to_string_pretty(&config).expect("json"))
-        .map_err(io(&cpath))?;
+    write_file(
+        &cpath,
+        serde_json::to_string_pretty(&config)
+            .expect("json")
+            .as_bytes(),
+    )?;
     let all: Vec<(TensorHeader, &[f32])> = layers
         .iter()
         .flat_map(|lw| {
@@ -287,5 +293,10 @@ pub fn write_checkpoint(
     });
     let ipath = dir.join(INDEX);
     // Serialising a `Value` built from strings and numbers cannot fail.
-    std::fs::write(&ipath, serde_json::to_string_pretty(&index).expect("json")).map_err(io(&ipath))
+    write_file(
+        &ipath,
+        serde_json::to_string_pretty(&index)
+            .expect("json")
+            .as_bytes(),
+    )
 }

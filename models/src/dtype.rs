@@ -67,6 +67,33 @@ impl DType {
         }
     }
 
+    /// Like `encode`, but fails with the index of the first finite value that would not be
+    /// finite once stored: beyond the dtype's range (f16 ends at 65504), rounding makes it Inf.
+    /// NaN and Inf given are stored as they are (test inputs are made with them).
+    pub fn encode_in_range(self, values: &[f32]) -> Result<Vec<u8>, usize> {
+        let overflows = |v: f32| {
+            v.is_finite()
+                && match self {
+                    DType::F32 => false,
+                    DType::F16 => f16::from_f32(v).is_infinite(),
+                    DType::BF16 => bf16::from_f32(v).is_infinite(),
+                }
+        };
+        match values.iter().position(|&v| overflows(v)) {
+            Some(i) => Err(i),
+            None => Ok(self.encode(values)),
+        }
+    }
+
+    /// The name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
     /// f32 to little-endian bytes of this dtype (round to nearest even).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {

@@ -76,6 +76,17 @@ pub enum ModelError {
         statistic: &'static str,
         detail: String,
     },
+    #[error(
+        "{path}: cannot write: tensor {name} has {value} at row {row}, column {col}, beyond the range of {dtype} (it would be stored as Inf); nothing was written"
+    )]
+    OutOfRange {
+        name: String,
+        path: PathBuf,
+        dtype: &'static str,
+        value: f32,
+        row: usize,
+        col: usize,
+    },
     #[error("{path}: cannot write: {detail}")]
     Write { path: PathBuf, detail: String },
     #[error("{0}")]

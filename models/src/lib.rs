@@ -9,6 +9,7 @@ mod dtype;
 pub mod error;
 pub mod input;
 mod mapped;
+pub mod output;
 pub mod synthetic;
 
 pub use config::{InputGroup, LinearSpec, ModelConfig};
@@ -18,11 +19,24 @@ pub use synthetic::CalibrationSource;
 
 use prunebench_kernels::Matrix;
 
-/// One decoder layer's weights (those selected), converted to f32, with the dtype they came in.
+/// One decoder layer's weights (those selected), converted to f32, with the dtype each came in.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
     pub model: ModelConfig,
     pub layer: usize,
-    pub dtype: DType,
+    /// The dtype of each linear, in the order of `linears`: a checkpoint may mix them, and each
+    /// is written back in its own.
+    pub dtypes: Vec<DType>,
     pub linears: Vec<(LinearSpec, Matrix)>,
+}
+
+impl LayerWeights {
+    /// The dtype linear `name` came in (f32 for one this layer does not hold).
+    pub fn dtype_of(&self, name: &str) -> DType {
+        self.linears
+            .iter()
+            .zip(&self.dtypes)
+            .find(|((l, _), _)| l.name == name)
+            .map_or(DType::F32, |(_, &d)| d)
+    }
 }

@@ -3,10 +3,8 @@
 //! calibration sample is read without loading the file), and an atomic streaming writer.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -15,6 +13,7 @@ use safetensors::SafeTensors;
 use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
 use crate::input::open_input_file;
+use crate::output::PartialFile;
 
 pub struct MappedFile {
     pub path: PathBuf,
@@ -157,10 +156,14 @@ impl TensorHeader {
     }
 }
 
-/// Receives one tensor's values in order, as f32, and stores them in the tensor's dtype.
+/// Receives one tensor's values in order, as f32, and stores them in the tensor's dtype,
+/// refusing a finite value the dtype cannot hold (it would be stored as Inf).
 pub struct TensorSink<'a> {
-    out: &'a mut BufWriter<File>,
+    out: &'a mut PartialFile,
     dtype: DType,
+    /// Values received so far, and the matrix width they are placed in, for error positions.
+    done: usize,
+    cols: usize,
     remaining: usize,
     name: &'a str,
     path: &'a Path,
@@ -178,21 +181,33 @@ impl TensorSink<'_> {
                 ),
             });
         }
+        let bytes = self
+            .dtype
+            .encode_in_range(values)
+            .map_err(|i| self.out_of_range(values[i], self.done + i))?;
         self.remaining -= values.len();
-        self.out
-            .write_all(&self.dtype.encode(values))
-            .map_err(io(self.path))
+        self.done += values.len();
+        self.out.write_all(&bytes).map_err(io(self.path))
+    }
+
+    /// The error for `value` at flat index `at`, placed as row and column of the matrix.
+    fn out_of_range(&self, value: f32, at: usize) -> ModelError {
+        ModelError::OutOfRange {
+            name: self.name.to_string(),
+            path: self.path.to_path_buf(),
+            dtype: self.dtype.name(),
+            value,
+            row: at / self.cols,
+            col: at % self.cols,
+        }
     }
 }
-
-/// Distinguishes temporary files of concurrent writers in one process.
-static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Writes a safetensors file, streaming each tensor's values from `fill(i, sink)` so that a
 /// file larger than memory (a full calibration set) can be written one sample at a time.
 /// The header is built by the safetensors crate itself, so the layout is the reference one.
-/// Atomic: the data goes to a temporary file in the same folder, renamed over `path` only
-/// once complete and synced, and removed on any failure.
+/// Atomic, through `output::PartialFile`: nothing is left at or beside `path` if anything
+/// fails, a value overflowing its dtype included.
 pub fn write_streamed(
     path: &Path,
     tensors: &[TensorHeader],
@@ -203,25 +218,48 @@ pub fn write_streamed(
         path: path.to_path_buf(),
         detail,
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| fail("not a file path".into()))?
-        .to_string_lossy();
+    let header = header_bytes(tensors, metadata).map_err(fail)?;
+    let mut out = PartialFile::create(path)?;
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&header))
+        .map_err(io(path))?;
+    for (i, t) in tensors.iter().enumerate() {
+        let mut sink = TensorSink {
+            out: &mut out,
+            dtype: t.dtype,
+            done: 0,
+            cols: t.shape.last().copied().unwrap_or(1).max(1),
+            remaining: t.elements().unwrap_or(0),
+            name: &t.name,
+            path,
+        };
+        fill(i, &mut sink)?;
+        if sink.remaining != 0 {
+            return Err(fail(format!(
+                "tensor {}: {} values missing",
+                t.name, sink.remaining
+            )));
+        }
+    }
+    out.commit()
+}
+
+/// The safetensors header of `tensors`, padded with spaces to 8 bytes as the reference writer
+/// does, so the data is aligned.
+fn header_bytes(
+    tensors: &[TensorHeader],
+    metadata: HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
     let mut infos = Vec::with_capacity(tensors.len());
     let mut offset = 0usize;
     for (i, t) in tensors.iter().enumerate() {
         if tensors[..i].iter().any(|u| u.name == t.name) {
-            return Err(fail(format!("tensor {} is given twice", t.name)));
+            return Err(format!("tensor {} is given twice", t.name));
         }
         let bytes = t
             .elements()
             .and_then(|n| n.checked_mul(t.dtype.size()))
-            .ok_or_else(|| {
-                fail(format!(
-                    "tensor {} shape {:?} is too large",
-                    t.name, t.shape
-                ))
-            })?;
+            .ok_or_else(|| format!("tensor {} shape {:?} is too large", t.name, t.shape))?;
         infos.push((
             t.name.clone(),
             TensorInfo {
@@ -233,52 +271,11 @@ pub fn write_streamed(
         offset += bytes;
     }
     let header = Metadata::new(Some(metadata), infos)
-        .map_err(|e| fail(e.to_string()))
-        .and_then(|m| serde_json::to_string(&m).map_err(|e| fail(e.to_string())))?;
+        .map_err(|e| e.to_string())
+        .and_then(|m| serde_json::to_string(&m).map_err(|e| e.to_string()))?;
     let mut header = header.into_bytes();
-    // The reference writer pads the header with spaces to 8 bytes, so the data is aligned.
     header.resize(header.len().next_multiple_of(8), b' ');
-
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{file_name}.partial-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut write = || -> Result<()> {
-        let file = File::create(&tmp).map_err(io(path))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&(header.len() as u64).to_le_bytes())
-            .and_then(|()| out.write_all(&header))
-            .map_err(io(path))?;
-        for (i, t) in tensors.iter().enumerate() {
-            let mut sink = TensorSink {
-                out: &mut out,
-                dtype: t.dtype,
-                remaining: t.elements().unwrap_or(0),
-                name: &t.name,
-                path,
-            };
-            fill(i, &mut sink)?;
-            if sink.remaining != 0 {
-                return Err(fail(format!(
-                    "tensor {}: {} values missing",
-                    t.name, sink.remaining
-                )));
-            }
-        }
-        let file = out.into_inner().map_err(|e| io(path)(e.into_error()))?;
-        file.sync_all().map_err(io(path))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
-    };
-    let result = write();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    Ok(header)
 }
 
 /// Writes in-memory f32 tensors, each converted to its header's dtype.

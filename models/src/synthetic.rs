@@ -117,11 +117,11 @@ pub fn synthetic_layer(
                 },
             )
         })
-        .collect();
+        .collect::<Vec<_>>();
     LayerWeights {
         model: cfg.clone(),
         layer,
-        dtype: DType::F32,
+        dtypes: vec![DType::F32; linears.len()],
         linears,
     }
 }

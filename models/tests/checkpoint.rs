@@ -81,7 +81,7 @@ fn checkpoints_round_trip_in_every_dtype() {
         assert_eq!(ck.config(), &want_cfg);
         let linears = ck.config().linears();
         let got = ck.read_layer(1, &linears).unwrap();
-        assert_eq!((got.layer, got.dtype), (1, dtype));
+        assert_eq!((got.layer, &got.dtypes[..]), (1, &[dtype; 7][..]));
         assert_eq!(got.linears.len(), 7);
         let mut changed_by_rounding = 0;
         for ((l, m), (wl, want)) in got.linears.iter().zip(&layers[1].linears) {
@@ -187,9 +187,9 @@ fn write_layer_refuses_bad_input_and_leaves_nothing() {
     let target = dir.path().join("nope").join("out.safetensors");
     let e = expect_err(
         write_layer(&target, &layer, &layer.linears),
-        &["out.safetensors"],
+        &["out.safetensors", "does not exist"],
     );
-    assert!(matches!(e, ModelError::Io { .. }), "{e}");
+    assert!(matches!(e, ModelError::Write { .. }), "{e}");
     assert!(files_in(dir.path()).is_empty());
 
     // A matrix of the wrong shape for its linear.
@@ -215,6 +215,23 @@ fn write_layer_refuses_bad_input_and_leaves_nothing() {
         "{e}"
     );
 
+    // A value f32 holds and f16 does not: refused after conversion, with its position.
+    let mut half = layer.clone();
+    half.dtypes[1] = DType::F16;
+    let mut big = layer.linears.clone();
+    big[1].1.data[2 * 256 + 5] = -70000.0;
+    let e = expect_err(
+        write_layer(&target, &half, &big),
+        &["k_proj", "row 2, column 5", "-70000", "f16"],
+    );
+    assert!(matches!(e, ModelError::OutOfRange { .. }), "{e}");
+    // The same value is fine in f32 and bf16.
+    for d in [DType::F32, DType::BF16] {
+        half.dtypes[1] = d;
+        write_layer(&target, &half, &big[1..2]).unwrap();
+        std::fs::remove_file(&target).unwrap();
+    }
+
     // The same linear twice.
     let twice = [layer.linears[0].clone(), layer.linears[0].clone()];
     let e = expect_err(write_layer(&target, &layer, &twice), &["q_proj", "twice"]);
@@ -225,6 +242,25 @@ fn write_layer_refuses_bad_input_and_leaves_nothing() {
         "{:?}",
         files_in(dir.path())
     );
+}
+
+#[test]
+fn each_linear_is_written_in_the_dtype_it_came_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lookup("tiny").unwrap();
+    let mut layer = synthetic_layer(&cfg, 0, &cfg.linears(), 1);
+    let dtypes = [DType::BF16, DType::F32, DType::F16];
+    for (i, d) in layer.dtypes.iter_mut().enumerate() {
+        *d = dtypes[i % 3];
+    }
+    let target = dir.path().join("out.safetensors");
+    // Written in another order than read: the dtype follows the linear, not the position.
+    let pruned: Vec<_> = layer.linears.iter().rev().cloned().collect();
+    write_layer(&target, &layer, &pruned).unwrap();
+    let (tensors, _) = read_raw(&target);
+    for (i, (l, _)) in layer.linears.iter().enumerate() {
+        assert_eq!(tensors[&l.hf_tensor_name(0)].0, dtypes[i % 3], "{}", l.name);
+    }
 }
 
 #[test]

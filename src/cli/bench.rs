@@ -2,7 +2,7 @@
 //! whole layers per method, timed on one backend and verified against the CPU reference in the
 //! same run; one results JSON per run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -12,7 +12,7 @@ use prunebench_harness::results::{
     utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
 use prunebench_harness::PruneConfig;
-use prunebench_kernels::suite::model_cases;
+use prunebench_kernels::suite::{model_cases, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
 
 use super::backends::{dispatch, resolve, BackendJob};
@@ -23,6 +23,7 @@ use super::BenchArgs;
 struct BenchJob<'a> {
     args: &'a BenchArgs,
     input: &'a LayerInput,
+    cases: Vec<OpCase>,
     opts: BenchOptions,
     methods: Vec<prunebench_harness::Method>,
     sparsities: Vec<Sparsity>,
@@ -37,10 +38,7 @@ impl BackendJob for BenchJob<'_> {
             info.device, info.backend
         );
         let ceilings = measure_ceilings(b, &self.opts);
-        let cases = self
-            .args
-            .select
-            .filter(model_cases(&self.input.shapes(), self.args.layer.tokens));
+        let cases = &self.cases;
         let mut records: Vec<Record> = Vec::new();
         let bar = Bar::new("bench ops");
         for (i, case) in cases.iter().enumerate() {
@@ -97,6 +95,9 @@ impl BackendJob for BenchJob<'_> {
     }
 }
 
+/// The folder of results files when `--out` is not given.
+const DEFAULT_DIR: &str = "results";
+
 fn default_out(backend: &str, device: &str) -> PathBuf {
     let slug: String = device
         .chars()
@@ -113,7 +114,7 @@ fn default_out(backend: &str, device: &str) -> PathBuf {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("-");
-    PathBuf::from(format!("results/{backend}-{slug}.json"))
+    Path::new(DEFAULT_DIR).join(format!("{backend}-{slug}.json"))
 }
 
 /// The work model of every case the arguments select, and the roofline's prediction.
@@ -125,7 +126,7 @@ fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
         "{:<66} {:>10} {:>12} {:>8} {:>7} {:>11}",
         "case", "MB", "GFLOP", "flop/B", "bound", "predicted"
     );
-    for c in a.select.filter(model_cases(&shapes, a.layer.tokens)) {
+    for c in a.select.filter(model_cases(&shapes, a.layer.tokens))? {
         let (b, f) = (c.bytes() as f64, c.flops() as f64);
         let memory = a.copy_gbps.map(|g| b / (g * 1e9));
         let compute = a.fma_tflops.map(|t| f / (t * 1e12));
@@ -160,11 +161,24 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    super::check_out_dir(a.out.as_deref())?;
+    let inputs = a.layer.inputs();
+    match &a.out {
+        Some(out) => super::check_out_file(out, &inputs)?,
+        // The default file's name depends on the device, known only after the run; its
+        // folder can be checked now (and is created at the end).
+        None => super::check_out_folder(Path::new(DEFAULT_DIR), &inputs)?,
+    }
     let input = LayerInput::load(&a.layer)?;
+    let cases = a
+        .select
+        .filter(model_cases(&input.shapes(), a.layer.tokens))?;
+    if cases.is_empty() && methods.is_empty() {
+        bail!("nothing to bench: no op case selected and --methods none");
+    }
     let job = BenchJob {
         args: &a,
         input: &input,
+        cases,
         opts: BenchOptions {
             warmup: a.warmup,
             repeats: a.repeats,
@@ -179,8 +193,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| default_out(&results.device.backend, &results.device.device));
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    if a.out.is_none() {
+        std::fs::create_dir_all(DEFAULT_DIR)
+            .map_err(|e| super::out_error(format!("{DEFAULT_DIR}: {e}")))?;
+        super::check_out_file(&out, &inputs)?;
     }
     results.write(&out)?;
     print_summary(&results);

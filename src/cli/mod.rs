@@ -9,10 +9,11 @@ mod prune;
 mod report;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use prunebench_models::output::{self, Inputs};
 
 #[derive(Parser, Debug)]
 #[command(name = "prunebench", version, about, long_about = None)]
@@ -99,7 +100,7 @@ pub struct PruneArgs {
     /// GBLM gradient norm: l2 or l1.
     #[arg(long, default_value = "l2")]
     pub grad_norm: String,
-    /// Write the pruned linears to this safetensors file (in the input dtype).
+    /// Write the pruned linears to this safetensors file (each in the dtype it came in).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the results as JSON on stdout.
@@ -141,19 +142,24 @@ impl SelectionArgs {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// The cases among `cases` that `--op` selects.
+    /// The cases among `cases` that `--op` selects; an `--op` that selects none is refused
+    /// (it is a typo, and a run of nothing would pass).
     pub fn filter(
         &self,
         cases: impl IntoIterator<Item = prunebench_kernels::suite::OpCase>,
-    ) -> Vec<prunebench_kernels::suite::OpCase> {
+    ) -> anyhow::Result<Vec<prunebench_kernels::suite::OpCase>> {
         let f = self.op.as_deref().map(str::to_ascii_uppercase);
-        cases
+        let selected: Vec<_> = cases
             .into_iter()
             .filter(|c| {
                 f.as_ref()
                     .is_none_or(|f| c.name().to_ascii_uppercase().contains(f.as_str()))
             })
-            .collect()
+            .collect();
+        if let (Some(op), true) = (&self.op, selected.is_empty()) {
+            anyhow::bail!("no op case matches --op {op}");
+        }
+        Ok(selected)
     }
 }
 
@@ -182,20 +188,35 @@ fn positive_number(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Fails before any work if the folder an output file goes into does not exist.
-pub fn check_out_dir(out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if let Some(out) = out {
-        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                anyhow::bail!(
-                    "--out {}: folder {} does not exist",
-                    out.display(),
-                    dir.display()
-                );
-            }
+impl LayerArgs {
+    /// The files and folders this layer is read from, which no output may replace.
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::new();
+        if let Some(dir) = &self.checkpoint {
+            inputs.folder(dir, &format!("the checkpoint folder {}", dir.display()));
         }
+        if let Some(f) = &self.calibration {
+            inputs.file(f, &format!("the --calibration file {}", f.display()));
+        }
+        inputs
     }
-    Ok(())
+}
+
+/// Fails before any work unless `out` can be written: its folder exists and is writable, it
+/// is not a folder, device or FIFO, and it is none of `inputs`. The same check every output
+/// goes through again when it is written.
+pub fn check_out_file(out: &Path, inputs: &Inputs) -> anyhow::Result<()> {
+    output::check_file(out, inputs).map_err(out_error)
+}
+
+/// Like `check_out_file`, for an output folder (`report`).
+pub fn check_out_folder(out: &Path, inputs: &Inputs) -> anyhow::Result<()> {
+    output::check_folder(out, inputs).map_err(out_error)
+}
+
+/// An output error as one line that says which argument it is about (the error names the path).
+pub fn out_error(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("--out {e}")
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use prunebench_harness::prune::{LayerReport, Purpose};
 use prunebench_harness::{prune_layer, LayerRun, Method, PruneConfig};
@@ -69,7 +69,10 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
     cfg.group = parse_group(a.group.as_deref())?;
     cfg.grad_norm = parse_norm(&a.grad_norm)?;
     let choice = resolve(&a.backend.backend)?;
-    super::check_out_dir(a.out.as_deref())?;
+    let inputs = a.layer.inputs();
+    if let Some(out) = &a.out {
+        super::check_out_file(out, &inputs)?;
+    }
     let input = LayerInput::load(&a.layer)?;
     let job = PruneJob {
         input: &input,
@@ -78,8 +81,7 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
     };
     let run = dispatch(choice, a.backend.adapter.as_deref(), job)?;
     if let Some(out) = &a.out {
-        write_layer(out, &input.layer, &run.pruned)
-            .with_context(|| format!("writing {}", out.display()))?;
+        write_layer(out, &input.layer, &run.pruned).map_err(super::out_error)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&run.report)?);

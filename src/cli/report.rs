@@ -5,12 +5,18 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use prunebench_harness::report::Report;
+use prunebench_models::output::Inputs;
 
 use super::ReportArgs;
 
 pub fn run(a: ReportArgs) -> Result<ExitCode> {
+    let mut inputs = Inputs::new();
+    for r in &a.results {
+        inputs.file(r, &format!("the results file {}", r.display()));
+    }
+    super::check_out_folder(&a.out, &inputs)?;
     let report = Report::load(&a.results)?;
-    report.write(&a.out)?;
+    report.write(&a.out, &inputs).map_err(super::out_error)?;
     println!(
         "report of {} run(s) written to {} (report.md, report.html)",
         report.runs.len(),

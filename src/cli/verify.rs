@@ -10,7 +10,9 @@ use serde::Serialize;
 use prunebench_harness::verify::{verify_layer, LayerVerification};
 use prunebench_harness::{Method, PruneConfig};
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::suite::{model_cases, small_cases, verify_case, CaseReport, Outcome};
+use prunebench_kernels::suite::{
+    model_cases, small_cases, verify_case, CaseReport, OpCase, Outcome,
+};
 use prunebench_kernels::{Backend, BackendInfo, Sparsity};
 
 use super::backends::{dispatch, resolve, BackendJob};
@@ -28,6 +30,7 @@ struct VerifyOutput {
 struct VerifyJob<'a> {
     args: &'a VerifyArgs,
     input: &'a LayerInput,
+    cases: Vec<OpCase>,
     methods: Vec<Method>,
     sparsities: Vec<Sparsity>,
 }
@@ -38,19 +41,8 @@ impl BackendJob for VerifyJob<'_> {
         let reference = CpuBackend::new();
         let quiet = self.args.json;
         let mut ops = Vec::new();
-        if !self.args.skip_ops {
-            let shapes = self.input.shapes();
-            let cases = self.args.select.filter(
-                small_cases()
-                    .into_iter()
-                    .chain(model_cases(&shapes, self.args.layer.tokens)),
-            );
-            if cases.is_empty() {
-                bail!(
-                    "no op case matches --op {}",
-                    self.args.select.op.as_deref().unwrap_or("")
-                );
-            }
+        let cases = self.cases;
+        if !cases.is_empty() {
             if !quiet {
                 println!(
                     "ops on {} ({}): {} cases",
@@ -147,9 +139,22 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let methods = a.select.methods()?;
     let sparsities = a.select.sparsities()?;
     let input = LayerInput::load(&a.layer)?;
+    let cases = if a.skip_ops {
+        vec![]
+    } else {
+        a.select.filter(
+            small_cases()
+                .into_iter()
+                .chain(model_cases(&input.shapes(), a.layer.tokens)),
+        )?
+    };
+    if cases.is_empty() && methods.is_empty() {
+        bail!("nothing to verify: --skip-ops with --methods none");
+    }
     let job = VerifyJob {
         args: &a,
         input: &input,
+        cases,
         methods,
         sparsities,
     };

@@ -115,7 +115,7 @@ pub fn prune_layer<B: Backend>(
                 spec: l,
                 original: &original,
                 pruned: &wt,
-                dtype: layer.dtype,
+                dtype: layer.dtype_of(l.name),
             };
             let done = evaluate_linear(b, &cx, linear, outcome, &stats.hessian, stages, keep)?;
             if let Some((w, mask)) = done.kept {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{HarnessError, Result};
-use crate::results::{write_atomic_text, Record, ResultsFile, Status};
+use prunebench_models::output::{Inputs, PartialDir};
+
+use crate::results::{Record, ResultsFile, Status};
 
 /// One results file as a column of the report.
 pub struct Run {
@@ -75,20 +77,24 @@ impl Report {
     }
 
     /// Writes `report.md` (with its charts as SVG files beside it) and `report.html` into
-    /// `dir`, creating it if needed.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HarnessError::Config(format!("{}: {e}", dir.display())))?;
+    /// `dir`, creating it if needed. Everything is written into a temporary folder beside `dir`
+    /// first and moved in only once complete, so a failure (a full disk) leaves no part of a
+    /// report; no file may replace one of `inputs`.
+    pub fn write(&self, dir: &Path, inputs: &Inputs) -> Result<()> {
+        let partial = PartialDir::create(dir)?;
+        // Inside the temporary folder, which is removed whole on failure, the files need no
+        // temporaries of their own.
+        let put = |name: &str, text: &str| {
+            std::fs::write(partial.path().join(name), text)
+                .map_err(|e| HarnessError::Config(format!("{}: {e}", dir.join(name).display())))
+        };
         let charts = charts::all(self);
         for c in &charts {
-            write_atomic_text(&dir.join(&c.file), &c.svg)?;
+            put(&c.file, &c.svg)?;
         }
-        write_atomic_text(&dir.join("report.md"), &markdown::render(self, &charts))?;
-        write_atomic_text(
-            &dir.join("report.html"),
-            &markdown::render_html(self, &charts),
-        )?;
-        Ok(())
+        put("report.md", &markdown::render(self, &charts))?;
+        put("report.html", &markdown::render_html(self, &charts))?;
+        Ok(partial.commit(inputs)?)
     }
 }
 
