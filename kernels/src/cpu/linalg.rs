@@ -1,11 +1,12 @@
 //! Dense f64 linear algebra for the reference, through `faer`. Matrices are row-major slices.
 //!
 //! Why faer: the reference verifies every GPU result, and at LLaMA sizes verification waits on
-//! these few ops. Our own blocked Cholesky and column-by-column triangular inverse on
-//! `matrixmultiply` ran at about half of OpenBLAS's rate; faer (pure Rust, so no system BLAS to
-//! find or link, and well kept) has a packed, runtime-dispatched SIMD GEMM and recursive
-//! Cholesky and triangular inversion built on it, on rayon's pool as the rest of the
-//! reference. What the reference means by each op (which triangle is read, which pivot fails,
+//! these few ops. With our own blocked Cholesky and column-by-column triangular inverse on
+//! `matrixmultiply`, the factor took 1.7x and the error 1.9x numpy's time on OpenBLAS at
+//! LLaMA-7B shapes (docs/PERFORMANCE.md); faer (pure Rust, so no system BLAS to find or link,
+//! and well kept) has a packed, runtime-dispatched SIMD GEMM (AVX-512 where the CPU has it)
+//! and recursive Cholesky and triangular inversion built on it, on rayon's pool as the rest of
+//! the reference. What the reference means by each op (which triangle is read, which pivot fails,
 //! how the factor is formed) stays here, written out; faer only does the arithmetic.
 //!
 //! faer is fastest on column-major data. A row-major buffer read column-major is the
