@@ -1,6 +1,6 @@
 //! The CPU reference: every op of the trait in f64, written to be read against
-//! ALGORITHMS.md. The GEMM-shaped parts go through `matrixmultiply` and rows run in parallel
-//! with rayon; nothing else is clever.
+//! ALGORITHMS.md. The dense linear algebra (GEMM, Cholesky, triangular inverse) goes through
+//! `faer` (see `linalg`) and rows run in parallel with rayon; nothing else is clever.
 
 pub mod linalg;
 pub mod obs;
@@ -144,23 +144,13 @@ fn accumulate(acc: &mut [f64], g: &[f64], norm: GradNorm) {
     });
 }
 
-/// Σ_ij (D·H)_ij · D_ij = tr(D H Dᵀ) for D rows x n, H n x n.
+/// tr(D H Dᵀ) for D rows x n, H n x n, as ⟨H, DᵀD⟩ = Σ_ab H_ab·(DᵀD)_ab (the trace is
+/// cyclic): the Gram matrix DᵀD is symmetric, so only one triangle of it is computed, rows·n²
+/// flops against the 2·rows·n² of forming D·H. Holds for any H, symmetric or not.
 fn quadratic_trace(d: &[f64], rows: usize, h: &[f64], n: usize) -> f64 {
-    let mut dh = vec![0.0; rows * n];
-    gemm(
-        rows,
-        n,
-        n,
-        1.0,
-        d,
-        View::rows(0, n),
-        h,
-        View::rows(0, n),
-        0.0,
-        &mut dh,
-        View::rows(0, n),
-    );
-    dh.par_iter().zip(d.par_iter()).map(|(a, b)| a * b).sum()
+    let mut g = vec![0.0; n * n];
+    linalg::gram_update(&mut g, n, d, rows, 1.0, 0.0);
+    g.par_iter().zip(h.par_iter()).map(|(a, b)| a * b).sum()
 }
 
 impl Backend for CpuBackend {
@@ -204,8 +194,8 @@ impl Backend for CpuBackend {
     }
 
     /// A third of the memory the system reports available: the harness sizes its working set
-    /// in f32, the reference holds f64 (twice that), and the factor's Cholesky inverse keeps
-    /// further cols² temporaries. Unknown off Linux.
+    /// in f32, the reference holds f64 (twice that), and the factor (two) and the
+    /// reconstruction error (one) keep further cols² temporaries. Unknown off Linux.
     fn memory_budget(&self) -> Option<u64> {
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;
         let kb: u64 = info
@@ -286,26 +276,16 @@ impl Backend for CpuBackend {
         check::hessian(h.shape(), x.shape(), batch)?;
         let n = x.cols;
         let total = (seen + batch) as f64;
-        // H·n/(n+b) + Zᵀ Z with Z = sqrt(2/(n+b))·X, i.e. alpha = 2/(n+b) on XᵀX.
-        gemm(
-            n,
-            x.rows,
-            n,
-            2.0 / total,
-            &x.data,
-            View::transposed(0, n),
-            &x.data,
-            View::rows(0, n),
-            seen as f64 / total,
+        // H·n/(n+b) + Zᵀ Z with Z = sqrt(2/(n+b))·X, i.e. alpha = 2/(n+b) on XᵀX; one
+        // triangle is computed and mirrored, so H is exactly symmetric.
+        linalg::gram_update(
             &mut h.data,
-            View::rows(0, n),
+            n,
+            &x.data,
+            x.rows,
+            2.0 / total,
+            seen as f64 / total,
         );
-        // Mirror the lower triangle so H is exactly symmetric whatever order GEMM summed in.
-        for i in 0..n {
-            for j in 0..i {
-                h.data[j * n + i] = h.data[i * n + j];
-            }
-        }
         Ok(())
     }
 
@@ -382,10 +362,25 @@ impl Backend for CpuBackend {
         for j in 0..n {
             a[j * n + j] += damp;
         }
-        linalg::cholesky_lower(&mut a, n)?;
-        let mut hinv = linalg::cholesky_inverse(&a, n);
-        linalg::cholesky_lower(&mut hinv, n)?;
-        let u = linalg::transpose(&hinv, n, n);
+        // L = cholesky(H), Hinv = (L Lᵀ)⁻¹, U = cholesky(Hinv, upper), formed as U = J L⁻¹ J
+        // from the lower Cholesky L of J(H + λI)J (J the reversal; see
+        // `linalg::inverse_upper_cholesky`): the same U, without forming Hinv.
+        let u = match linalg::inverse_upper_cholesky(&a, n) {
+            Ok(u) => u,
+            Err(reversed_column) => {
+                // Name the column the direct elimination (the spec's first Cholesky) fails at,
+                // as the reference always has; the reversed one meets its failure elsewhere.
+                linalg::cholesky_lower(&mut a, n)?;
+                return Err(KernelError::NotPositiveDefinite {
+                    column: reversed_column,
+                });
+            }
+        };
+        // The spec's second Cholesky rejected an inverse that overflowed; U = J L⁻¹ J holds
+        // the same overflow, so reject it the same way rather than return NaN weights.
+        if let Some(i) = (0..n).find(|&i| !u[i * n..(i + 1) * n].iter().all(|v| v.is_finite())) {
+            return Err(KernelError::NotPositiveDefinite { column: i });
+        }
         Ok(HinvFactor {
             u: CpuTensor {
                 rows: n,
@@ -456,5 +451,33 @@ impl Backend for CpuBackend {
             num: quadratic_trace(&delta, w.rows, &h.data, w.cols),
             den: quadratic_trace(&w.data, w.rows, &h.data, w.cols),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn quadratic_trace_is_the_trace_of_d_h_dt() {
+        let (rows, n) = (23, 40);
+        let mut r = Rng::new(3);
+        let d: Vec<f64> = (0..rows * n).map(|_| r.normal()).collect();
+        // Not symmetric: the Gram form must not rely on it.
+        let h: Vec<f64> = (0..n * n).map(|_| r.normal()).collect();
+        let mut want = 0.0;
+        for i in 0..rows {
+            for a in 0..n {
+                for b in 0..n {
+                    want += d[i * n + a] * h[a * n + b] * d[i * n + b];
+                }
+            }
+        }
+        let got = quadratic_trace(&d, rows, &h, n);
+        assert!(
+            (got - want).abs() < 1e-10 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
 }
