@@ -459,7 +459,9 @@ mod tests {
         fs::write(d.path().join("chart.svg"), "<svg/>").unwrap();
         drop(d);
         assert!(entries(dir.path()).is_empty());
-        assert!(live().is_empty());
+        // Other tests in this process register their own temporaries meanwhile: only this
+        // test's must be gone from the registry.
+        assert!(!live().iter().any(|p| p.starts_with(dir.path())));
     }
 
     #[test]
