@@ -29,6 +29,21 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// A quick prune on the CPU reference: 2 samples of 8 tokens.
+const QUICK: [&str; 7] = [
+    "prune",
+    "--backend",
+    "cpu",
+    "--samples",
+    "2",
+    "--tokens",
+    "8",
+];
+
+fn quick_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    QUICK.iter().copied().chain(extra.iter().copied()).collect()
+}
+
 #[test]
 fn every_method_and_pattern_prunes_the_default_layer() {
     for method in ["magnitude", "wanda", "gblm", "sparsegpt"] {
@@ -388,20 +403,7 @@ fn inputs_that_are_not_regular_files_are_named() {
             shards,
         );
         replace(&ck.join(file), make);
-        fails(
-            &[
-                "prune",
-                "--backend",
-                "cpu",
-                "--samples",
-                "2",
-                "--tokens",
-                "8",
-                "--checkpoint",
-                ck.to_str().unwrap(),
-            ],
-            needle,
-        );
+        fails(&quick_with(&["--checkpoint", ck.to_str().unwrap()]), needle);
     };
     let st = "model.safetensors";
     let shard = "model-00002-of-00002.safetensors";
@@ -661,20 +663,7 @@ fn oversized_config_sizes_are_refused_naming_the_field() {
         let mut c = base.clone();
         c[key] = value.into();
         std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
-        fails(
-            &[
-                "prune",
-                "--backend",
-                "cpu",
-                "--samples",
-                "2",
-                "--tokens",
-                "8",
-                "--checkpoint",
-                ck.to_str().unwrap(),
-            ],
-            needle,
-        );
+        fails(&quick_with(&["--checkpoint", ck.to_str().unwrap()]), needle);
     }
 }
 
@@ -809,20 +798,6 @@ fn refused(args: &[&str], needle: &str) -> String {
     );
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     err
-}
-
-const QUICK: [&str; 7] = [
-    "prune",
-    "--backend",
-    "cpu",
-    "--samples",
-    "2",
-    "--tokens",
-    "8",
-];
-
-fn quick_with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    QUICK.iter().copied().chain(extra.iter().copied()).collect()
 }
 
 #[test]
