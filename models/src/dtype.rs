@@ -67,10 +67,10 @@ impl DType {
         }
     }
 
-    /// Like `encode`, but fails with the index of the first finite value that would not be
-    /// finite once stored: beyond the dtype's range (f16 ends at 65504), rounding makes it Inf.
-    /// NaN and Inf given are stored as they are (test inputs are made with them).
-    pub fn encode_in_range(self, values: &[f32]) -> Result<Vec<u8>, usize> {
+    /// The index of the first finite value that would not be finite once stored: beyond the
+    /// dtype's range (f16 ends at 65504), rounding makes it Inf. NaN and Inf given are not
+    /// counted (they are stored as they are; test inputs are made with them).
+    pub fn first_out_of_range(self, values: &[f32]) -> Option<usize> {
         let overflows = |v: f32| {
             v.is_finite()
                 && match self {
@@ -79,7 +79,12 @@ impl DType {
                     DType::BF16 => bf16::from_f32(v).is_infinite(),
                 }
         };
-        match values.iter().position(|&v| overflows(v)) {
+        values.iter().position(|&v| overflows(v))
+    }
+
+    /// Like `encode`, but fails with the index `first_out_of_range` finds.
+    pub fn encode_in_range(self, values: &[f32]) -> Result<Vec<u8>, usize> {
+        match self.first_out_of_range(values) {
             Some(i) => Err(i),
             None => Ok(self.encode(values)),
         }

@@ -52,9 +52,8 @@ pub(crate) fn evaluate_linear<B: Backend>(
         (recon(linear.pruned, &mut stages)?, None, None)
     } else {
         let mut w = b.download(linear.pruned).context(|| cx.at(l.name))?;
-        let unrounded = w.data.clone();
+        check_in_range(cx, l, linear.dtype, &w.data)?;
         linear.dtype.round_trip(&mut w.data);
-        check_in_range(cx, l, linear.dtype, &unrounded, &w.data)?;
         let on_device = b.upload(&w).context(|| cx.at(l.name))?;
         let f32_error = recon(linear.pruned, &mut stages)?;
         (recon(&on_device, &mut stages)?, Some(f32_error), Some(w))
@@ -86,22 +85,15 @@ pub(crate) fn evaluate_linear<B: Backend>(
 /// A weight the method moved beyond the dtype's range (SparseGPT's updates on f16 weights near
 /// 65504) would be stored as Inf: the layer cannot be written or measured, so it is refused
 /// with the position, rather than reported with an infinite error.
-fn check_in_range(
-    cx: &LayerCx<'_>,
-    l: &LinearSpec,
-    dtype: DType,
-    unrounded: &[f32],
-    rounded: &[f32],
-) -> Result<()> {
-    let Some(i) = (0..rounded.len()).find(|&i| unrounded[i].is_finite() && !rounded[i].is_finite())
-    else {
+fn check_in_range(cx: &LayerCx<'_>, l: &LinearSpec, dtype: DType, values: &[f32]) -> Result<()> {
+    let Some(i) = dtype.first_out_of_range(values) else {
         return Ok(());
     };
     Err(HarnessError::Config(format!(
         "{}: tensor {}: the pruned weight {} at row {}, column {} is beyond the range of {} (it would be stored as Inf)",
         cx.at(l.name),
         l.hf_tensor_name(cx.layer),
-        unrounded[i],
+        values[i],
         i / l.cols,
         i % l.cols,
         dtype.name()

@@ -106,10 +106,9 @@ pub fn prune_layer<B: Backend>(
         let mut step = group_step::<B>(cfg.method);
         step.prepare(b, &cx, &mut stats)?;
         let member_stages = std::mem::take(&mut stats.member_stages);
-        for ((i, (l, w)), stages) in members.iter().enumerate().zip(member_stages) {
+        for ((i, (l, w)), mut stages) in members.iter().enumerate().zip(member_stages) {
             let original = b.upload(w).context(|| cx.at(l.name))?;
             let mut wt = b.upload(w).context(|| cx.at(l.name))?;
-            let mut stages = stages;
             let outcome = step.prune_linear(b, &cx, &stats, (i, l), &mut wt, &mut stages)?;
             let linear = LinearOnDevice {
                 spec: l,
