@@ -3,6 +3,7 @@
 //! verified, and the GPU backends themselves behind cargo features.
 
 pub mod error;
+pub mod formats;
 pub mod ops;
 pub mod rng;
 pub mod tensor;
@@ -18,6 +19,7 @@ pub mod wgpu;
 pub mod cube;
 
 pub use error::KernelError;
+pub use formats::{PackedWeight, WeightFormat};
 pub use ops::{
     Backend, BackendInfo, GradNorm, HinvFactor, MaskGroup, MaskPattern, ObsOutcome, ObsSelection,
     ReconError, Score, ScoreKind, Sparsity, TimeSource,

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KernelError, Result};
+use crate::formats::{PackedWeight, WeightFormat};
 use crate::tensor::{Mask, Matrix};
 
 /// GBLM-Pruner's gradient scale `c` (§2): gradients are multiplied by 100 before squaring so
@@ -44,6 +45,15 @@ pub mod tolerance {
     pub const OBS_MASK_AGREEMENT: f64 = 0.999;
     /// Reconstruction error figures (ratios of traces), relative.
     pub const RECON_REL: f64 = 1e-3;
+    /// A product Y = X·Wᵀ from a compressed weight (§13), per output: |gpu−ref| / Σ|w·x|. The
+    /// f16 weights are decoded exactly, so only the f32 accumulation differs: a chain of L
+    /// terms is off by at most L·2⁻²⁴ of Σ|w·x| and typically by √L·2⁻²⁴ (about 3e-6 for a
+    /// lane's 1800 terms at 14336 columns). A wrong or dropped value moves an output by its
+    /// own |w·x|, on average Σ|w·x|/cols: far above this on the test shapes.
+    pub const SPARSE_MATMUL_BOUND: f64 = 1e-4;
+    /// The same products as a whole, normalised squared error: f32 accumulation is ~1e-7
+    /// relative per output, 1e-14 squared; a decoding error in one row stands out.
+    pub const SPARSE_MATMUL_NMSE: f64 = 1e-10;
 }
 
 /// How the gradient accumulator combines samples (§2).
@@ -327,6 +337,8 @@ pub trait Backend {
     type Tensor;
     /// A bit-packed mask resident on the device (layout of [`Mask`]).
     type Mask;
+    /// A compressed weight resident on the device (layout of [`PackedWeight`]).
+    type Packed;
 
     fn info(&self) -> &BackendInfo;
 
@@ -458,6 +470,53 @@ pub trait Backend {
         pruned: &Self::Tensor,
         h: &Self::Tensor,
     ) -> Result<ReconError>;
+
+    /// §13: W under its mask (set = pruned; the mask decides, never a zero value) in `format`,
+    /// kept values rounded to f16. Refuses a weight that is not 2:4 for the 2:4 format and a
+    /// kept value f16 cannot hold, with the errors of [`crate::formats`].
+    fn compress(
+        &self,
+        _w: &Self::Tensor,
+        _mask: &Self::Mask,
+        format: WeightFormat,
+    ) -> Result<Self::Packed> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no {} compression",
+            self.info().backend,
+            format.name()
+        )))
+    }
+
+    /// §13: the dense weight back from its compressed form (zeros where nothing is stored).
+    fn decompress(&self, _p: &Self::Packed) -> Result<Self::Tensor> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no decompression",
+            self.info().backend
+        )))
+    }
+
+    fn upload_packed(&self, _p: &PackedWeight) -> Result<Self::Packed> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no compressed weights",
+            self.info().backend
+        )))
+    }
+
+    fn download_packed(&self, _p: &Self::Packed) -> Result<PackedWeight> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no compressed weights",
+            self.info().backend
+        )))
+    }
+
+    /// §13: Y = X·Wᵀ for X [N, cols] and a compressed W [rows, cols]: Y [N, rows], f32
+    /// accumulation of the f16 values.
+    fn sparse_matmul(&self, _x: &Self::Tensor, _w: &Self::Packed) -> Result<Self::Tensor> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no compressed-weight product",
+            self.info().backend
+        )))
+    }
 }
 
 /// Shape checks shared by every backend, so they all reject the same inputs the same way.

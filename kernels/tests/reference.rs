@@ -5,7 +5,10 @@ use prunebench_kernels::cpu::{CpuBackend, CpuTensor};
 use prunebench_kernels::ops::{unstructured_k, PERCDAMP};
 use prunebench_kernels::rng::{heavy_tailed, heavy_tailed_positive};
 use prunebench_kernels::suite::{small_cases, verify_case, Outcome};
-use prunebench_kernels::{Backend, GradNorm, MaskGroup, MaskPattern, Matrix, ObsSelection, Score};
+use prunebench_kernels::{
+    Backend, GradNorm, MaskGroup, MaskPattern, Matrix, ObsSelection, PackedWeight, Score,
+    WeightFormat,
+};
 
 fn cpu() -> CpuBackend {
     CpuBackend::new()
@@ -378,6 +381,7 @@ struct Faulty(CpuBackend);
 impl Backend for Faulty {
     type Tensor = CpuTensor;
     type Mask = prunebench_kernels::Mask;
+    type Packed = PackedWeight;
     fn info(&self) -> &prunebench_kernels::BackendInfo {
         self.0.info()
     }
@@ -508,6 +512,38 @@ impl Backend for Faulty {
     ) -> prunebench_kernels::error::Result<prunebench_kernels::ReconError> {
         self.0.recon_error(w, p, h)
     }
+    /// Two neighbouring bitmap values swapped: an off-by-one in a kernel's value index.
+    fn compress(
+        &self,
+        w: &CpuTensor,
+        m: &Self::Mask,
+        f: WeightFormat,
+    ) -> prunebench_kernels::error::Result<PackedWeight> {
+        let mut p = self.0.compress(w, m, f)?;
+        if f == WeightFormat::Bitmap {
+            p.values[0] = p.values[0].rotate_left(16);
+        }
+        Ok(p)
+    }
+    fn decompress(&self, p: &PackedWeight) -> prunebench_kernels::error::Result<CpuTensor> {
+        self.0.decompress(p)
+    }
+    fn upload_packed(&self, p: &PackedWeight) -> prunebench_kernels::error::Result<PackedWeight> {
+        self.0.upload_packed(p)
+    }
+    fn download_packed(&self, p: &PackedWeight) -> prunebench_kernels::error::Result<PackedWeight> {
+        self.0.download_packed(p)
+    }
+    /// The first two stored values of row 0 dropped from the product.
+    fn sparse_matmul(
+        &self,
+        x: &CpuTensor,
+        w: &PackedWeight,
+    ) -> prunebench_kernels::error::Result<CpuTensor> {
+        let mut p = w.clone();
+        p.values[0] = 0;
+        self.0.sparse_matmul(x, &p)
+    }
 }
 
 #[test]
@@ -529,6 +565,15 @@ fn verification_fails_a_faulty_backend() {
     // Ties broken the wrong way on rows full of exact ties.
     assert_eq!(
         verdict("MASK(pattern=2:4,rows=13,cols=300)").outcome,
+        Outcome::Fail
+    );
+    // A swapped pair of compressed values, and a product missing two terms of one row.
+    assert_eq!(
+        verdict("COMPRESS(format=bitmap,mask=wanda0.5,rows=13,cols=300)").outcome,
+        Outcome::Fail
+    );
+    assert_eq!(
+        verdict("MATMUL(format=bitmap,mask=holes0.6,n=3,rows=13,cols=300)").outcome,
         Outcome::Fail
     );
     // Unaffected ops still pass.

@@ -9,6 +9,7 @@ pub mod select;
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
+use crate::formats::{self, PackedWeight, WeightFormat};
 use crate::ops::{
     check, Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection,
     ReconError, Score, FMA_PROBE_ADD, FMA_PROBE_MUL, GBLM_GRAD_SCALE,
@@ -156,6 +157,7 @@ fn quadratic_trace(d: &[f64], rows: usize, h: &[f64], n: usize) -> f64 {
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Mask = Mask;
+    type Packed = PackedWeight;
 
     fn info(&self) -> &BackendInfo {
         &self.info
@@ -451,6 +453,45 @@ impl Backend for CpuBackend {
             num: quadratic_trace(&delta, w.rows, &h.data, w.cols),
             den: quadratic_trace(&w.data, w.rows, &h.data, w.cols),
         })
+    }
+
+    fn compress(&self, w: &CpuTensor, mask: &Mask, format: WeightFormat) -> Result<PackedWeight> {
+        formats::compress(&self.download(w)?, mask, format)
+    }
+
+    fn decompress(&self, p: &PackedWeight) -> Result<CpuTensor> {
+        self.upload(&formats::decompress(p)?)
+    }
+
+    fn upload_packed(&self, p: &PackedWeight) -> Result<PackedWeight> {
+        p.check_layout()?;
+        Ok(p.clone())
+    }
+
+    fn download_packed(&self, p: &PackedWeight) -> Result<PackedWeight> {
+        Ok(p.clone())
+    }
+
+    /// The product in f64 from the decoded f16 values, row by row of W.
+    fn sparse_matmul(&self, x: &CpuTensor, w: &PackedWeight) -> Result<CpuTensor> {
+        formats::check_matmul(x.shape(), (w.rows, w.cols))?;
+        let dense = self.decompress(w)?;
+        let (n, rows, cols) = (x.rows, w.rows, w.cols);
+        let mut yt = vec![0.0; rows * n];
+        yt.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
+            let wr = &dense.data[r * cols..(r + 1) * cols];
+            for (t, o) in out.iter_mut().enumerate() {
+                let xt = &x.data[t * cols..(t + 1) * cols];
+                *o = wr.iter().zip(xt).map(|(a, b)| a * b).sum();
+            }
+        });
+        let mut y = CpuTensor::zeros(n, rows);
+        for r in 0..rows {
+            for t in 0..n {
+                y.data[t * rows + r] = yt[r * n + t];
+            }
+        }
+        Ok(y)
     }
 }
 

@@ -175,6 +175,7 @@ impl AssertSend<'_> {
 impl<R: Runtime> Backend for CubeBackend<R> {
     type Tensor = CubeTensor;
     type Mask = CubeMask;
+    type Packed = crate::formats::PackedWeight;
 
     fn info(&self) -> &BackendInfo {
         &self.info

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{GradNorm, MaskGroup, MaskPattern, ScoreKind, OBS_BLOCK};
+use crate::formats::{self, WeightFormat};
+use crate::ops::{
+    unstructured_k, GradNorm, MaskGroup, MaskPattern, ScoreKind, Sparsity, OBS_BLOCK,
+};
 
 /// How an OBS case selects (ALGORITHMS.md §7).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,6 +18,122 @@ pub enum ObsKind {
     },
     /// A per-row magnitude mask at this sparsity is given; only the updates run.
     Given(f64),
+}
+
+/// Where a compressed-weight case's mask comes from (§13): the suite's own pruners, whose
+/// masks differ in how evenly rows are pruned, which a bitmap kernel feels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSource {
+    /// Nothing pruned: the dense baseline, a fully dense bitmap.
+    None,
+    /// Wanda's score, per row (or N:M).
+    Wanda(Sparsity),
+    /// |W| over the whole matrix (or N:M), as the magnitude repositories prune.
+    Magnitude(Sparsity),
+    /// SparseGPT's adaptive per-block selection with its OBS updates (the weights it leaves).
+    SparseGpt(Sparsity),
+    /// Random at this fraction with the middle row pruned whole (a row with no kept entry):
+    /// for the correctness cases.
+    Holes(f64),
+}
+
+impl MaskSource {
+    pub fn label(&self) -> String {
+        match self {
+            MaskSource::None => "none".into(),
+            MaskSource::Wanda(s) => format!("wanda{s}"),
+            MaskSource::Magnitude(s) => format!("magnitude{s}"),
+            MaskSource::SparseGpt(s) => format!("sparsegpt{s}"),
+            MaskSource::Holes(p) => format!("holes{p}"),
+        }
+    }
+
+    /// Entries a mask of this source keeps in a rows x cols weight, from the pruners' own
+    /// counting rules (`None` for the random one, whose count depends on its draws).
+    pub fn kept(&self, rows: usize, cols: usize) -> Option<usize> {
+        let all = rows * cols;
+        let nm = |n: usize, m: usize| all - rows * (cols / m) * n;
+        Some(match *self {
+            MaskSource::None => all,
+            MaskSource::Wanda(Sparsity::Unstructured(p)) => all - rows * unstructured_k(p, cols),
+            MaskSource::Magnitude(Sparsity::Unstructured(p)) => all - unstructured_k(p, all),
+            MaskSource::SparseGpt(Sparsity::Unstructured(p)) => {
+                let blocks = (0..cols).step_by(OBS_BLOCK);
+                all - blocks
+                    .map(|i| unstructured_k(p, rows * OBS_BLOCK.min(cols - i)))
+                    .sum::<usize>()
+            }
+            MaskSource::Wanda(Sparsity::NM { n, m })
+            | MaskSource::Magnitude(Sparsity::NM { n, m })
+            | MaskSource::SparseGpt(Sparsity::NM { n, m }) => nm(n, m),
+            MaskSource::Holes(_) => return None,
+        })
+    }
+}
+
+/// The weight format a product case runs: a device format, or structured pruning's compacted
+/// dense weight (the intermediate dimension kept at this fraction, dense f16).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseFormat {
+    Dense,
+    TwoFour,
+    Bitmap,
+    Structured(f64),
+}
+
+impl CaseFormat {
+    /// The format the weight is stored in on the device.
+    pub fn storage(&self) -> WeightFormat {
+        match self {
+            CaseFormat::Dense | CaseFormat::Structured(_) => WeightFormat::Dense,
+            CaseFormat::TwoFour => WeightFormat::TwoFour,
+            CaseFormat::Bitmap => WeightFormat::Bitmap,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            CaseFormat::Structured(_) => "structured",
+            f => f.storage().name(),
+        }
+    }
+
+    /// The stored weight's shape for a rows x cols linear: structured pruning removes FFN
+    /// channels or heads, which shrinks the wider side (up/gate/q/k/v lose rows, down and o
+    /// lose columns).
+    pub fn stored_shape(&self, rows: usize, cols: usize) -> (usize, usize) {
+        match *self {
+            CaseFormat::Structured(keep) => {
+                let shrink = |n: usize| ((keep * n as f64).round() as usize).clamp(1, n);
+                if cols > rows {
+                    (rows, shrink(cols))
+                } else {
+                    (shrink(rows), cols)
+                }
+            }
+            _ => (rows, cols),
+        }
+    }
+}
+
+/// Bytes of a compressed weight in `format` with `kept` kept entries: every buffer of the
+/// layout in `formats`.
+pub fn packed_bytes(format: WeightFormat, rows: usize, cols: usize, kept: usize) -> u64 {
+    4 * match format {
+        WeightFormat::Dense => rows * formats::dense_words_per_row(cols),
+        WeightFormat::TwoFour => {
+            rows * (formats::two_four_value_words_per_row(cols)
+                + formats::two_four_code_words_per_row(cols))
+        }
+        WeightFormat::Bitmap => {
+            rows * formats::bitmap_words_per_row(cols)
+                + rows
+                + 1
+                + formats::bitmap_value_words(kept)
+        }
+    } as u64
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +151,14 @@ pub enum Op {
     HinvFactor,
     Obs(ObsKind),
     ReconError,
+    /// §13: compress a pruned f32 weight under its mask (the case also checks decompression).
+    Compress(WeightFormat, MaskSource),
+    /// §13: Y = X·Wᵀ for `n` tokens from a compressed weight.
+    Matmul {
+        format: CaseFormat,
+        mask: MaskSource,
+        n: usize,
+    },
 }
 
 /// One op on one shape. `rows x cols` is the weight (out x in); `tokens` is T per sample and
@@ -94,6 +221,8 @@ impl OpCase {
             Op::Obs(ObsKind::NM { .. }) => "OBS_NM".into(),
             Op::Obs(ObsKind::Given(_)) => "OBS_GIVEN".into(),
             Op::ReconError => "RECON_ERROR".into(),
+            Op::Compress(..) => "COMPRESS".into(),
+            Op::Matmul { .. } => "MATMUL".into(),
         }
     }
 
@@ -112,6 +241,17 @@ impl OpCase {
                     ObsKind::NM { n, m } => format!("pattern={n}:{m}"),
                 };
                 format!("{sel},rows={r},cols={c},block={}", self.block)
+            }
+            Op::Compress(f, m) => {
+                format!("format={},mask={},rows={r},cols={c}", f.name(), m.label())
+            }
+            Op::Matmul { format, mask, n } => {
+                let how = match (format, mask) {
+                    (CaseFormat::Structured(keep), _) => format!(",keep={keep}"),
+                    (_, MaskSource::None) => String::new(),
+                    (_, m) => format!(",mask={}", m.label()),
+                };
+                format!("format={}{how},n={n},rows={r},cols={c}", format.name())
             }
             _ => format!("rows={r},cols={c}"),
         };
@@ -146,6 +286,44 @@ impl OpCase {
             Op::HinvFactor => f * 2 * c * c,
             Op::Obs(_) => f * (2 * r * c + c * c) + mask,
             Op::ReconError => f * (2 * r * c + c * c),
+            Op::Compress(format, _) => {
+                let kept = self.kept().unwrap_or(self.rows * self.cols);
+                f * r * c + mask + packed_bytes(format, self.rows, self.cols, kept)
+            }
+            Op::Matmul { format, n, .. } => {
+                let (sr, sc) = format.stored_shape(self.rows, self.cols);
+                let kept = self.kept().unwrap_or(sr * sc);
+                packed_bytes(format.storage(), sr, sc, kept) + f * (n * (sr + sc)) as u64
+            }
+        }
+    }
+
+    /// Entries a compressed-weight case keeps (structured: every entry of the smaller
+    /// weight); `None` for other ops and random masks.
+    pub fn kept(&self) -> Option<usize> {
+        match self.op {
+            Op::Compress(_, m) => m.kept(self.rows, self.cols),
+            Op::Matmul { format, mask, .. } => {
+                let (sr, sc) = format.stored_shape(self.rows, self.cols);
+                mask.kept(sr, sc)
+            }
+            _ => None,
+        }
+    }
+
+    /// The product's weight bytes if it were stored dense f16 at the linear's full shape: the
+    /// numerator of the bandwidth bound S_max (§13).
+    pub fn dense_equivalent(&self) -> Option<OpCase> {
+        match self.op {
+            Op::Matmul { n, .. } => Some(OpCase {
+                op: Op::Matmul {
+                    format: CaseFormat::Dense,
+                    mask: MaskSource::None,
+                    n,
+                },
+                ..*self
+            }),
+            _ => None,
         }
     }
 
@@ -167,16 +345,27 @@ impl OpCase {
             // Lazy updates ~ r·c² in all, plus the in-block rank-1 updates r·B·c.
             Op::Obs(_) => r * c * c + r * self.block as u64 * c,
             Op::ReconError => 4 * r * c * c,
+            Op::Compress(..) => 0,
+            // Useful multiply-adds only: a sparse format skips the pruned entries.
+            Op::Matmul { format, n, .. } => {
+                let (sr, sc) = format.stored_shape(self.rows, self.cols);
+                2 * n as u64 * self.kept().unwrap_or(sr * sc) as u64
+            }
         }
     }
 
     /// Whether the op's cost is dominated by arithmetic (scored against the FMA peak) rather
     /// than memory traffic (scored against bandwidth).
     pub fn compute_bound(&self) -> bool {
-        matches!(
-            self.op,
-            Op::Hessian | Op::GradFused(_) | Op::HinvFactor | Op::Obs(_) | Op::ReconError
-        )
+        match self.op {
+            // From 64 tokens a dense f16 product does 64 flops per weight byte: past the
+            // balance point of current GPUs' f32 units.
+            Op::Matmul { n, .. } => n >= 64,
+            op => matches!(
+                op,
+                Op::Hessian | Op::GradFused(_) | Op::HinvFactor | Op::Obs(_) | Op::ReconError
+            ),
+        }
     }
 }
 
@@ -197,6 +386,11 @@ fn matrix(p: f64) -> MaskPattern {
 }
 
 const NM24: MaskPattern = MaskPattern::NM { n: 2, m: 4 };
+const S24: Sparsity = Sparsity::NM { n: 2, m: 4 };
+
+fn matmul(format: CaseFormat, mask: MaskSource, n: usize, rows: usize, cols: usize) -> OpCase {
+    OpCase::new(Op::Matmul { format, mask, n }, rows, cols)
+}
 const NM48: MaskPattern = MaskPattern::NM { n: 4, m: 8 };
 
 /// Small odd shapes for correctness: a single row, sizes that are not multiples of any
@@ -262,6 +456,82 @@ pub fn small_cases() -> Vec<OpCase> {
             .tokens(400, 1)
             .block(256),
     );
+    v.extend(small_sparse_cases());
+    v
+}
+
+/// The compressed formats on odd shapes: columns that are not a multiple of a kernel unit,
+/// a single row, N = 3 and N past one token block, a row with no kept entry, a fully dense
+/// bitmap, 2:4 groups that keep fewer than two (kept zeros), each pruner's mask.
+pub fn small_sparse_cases() -> Vec<OpCase> {
+    use CaseFormat::{Bitmap, Dense, Structured, TwoFour};
+    use MaskSource::{Holes, Magnitude, None, SparseGpt, Wanda};
+    let half = Sparsity::Unstructured(0.5);
+    let s34 = Sparsity::NM { n: 3, m: 4 };
+    let mut v = vec![
+        OpCase::new(Op::Compress(WeightFormat::Dense, Wanda(half)), 13, 37),
+        OpCase::new(Op::Compress(WeightFormat::Dense, None), 1, 300),
+        OpCase::new(Op::Compress(WeightFormat::TwoFour, Wanda(S24)), 13, 36),
+        OpCase::new(Op::Compress(WeightFormat::TwoFour, Wanda(s34)), 13, 300),
+        OpCase::new(Op::Compress(WeightFormat::TwoFour, Magnitude(S24)), 1, 40),
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, Wanda(half)), 13, 300),
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, Holes(0.6)), 13, 37),
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, None), 13, 300),
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, Magnitude(half)), 1, 37),
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, SparseGpt(half)), 13, 200),
+    ];
+    v.extend([
+        matmul(Dense, None, 1, 13, 37),
+        matmul(Dense, None, 3, 13, 300),
+        matmul(Dense, None, 17, 1, 300),
+        matmul(TwoFour, Wanda(S24), 3, 13, 300),
+        matmul(TwoFour, Wanda(s34), 1, 1, 36),
+        matmul(TwoFour, Magnitude(S24), 17, 13, 40),
+        matmul(Bitmap, Holes(0.6), 3, 13, 300),
+        matmul(Bitmap, None, 1, 13, 37),
+        matmul(Bitmap, Magnitude(half), 17, 1, 300),
+        matmul(Bitmap, SparseGpt(half), 3, 13, 200),
+        matmul(Structured(0.5), None, 3, 13, 300),
+    ]);
+    v
+}
+
+/// Token counts of the product cases: decode (1-16) and small batches (§13).
+pub const MATMUL_TOKENS: [usize; 7] = [1, 2, 4, 8, 16, 64, 256];
+
+/// Every format on each weight shape at every token count: the dense baseline, 2:4 from Wanda,
+/// bitmaps from Wanda and magnitude at 50/60/70% and from SparseGPT at 50% (its mask costs an
+/// OBS run on the reference per input set), structured at half the intermediate dimension.
+pub fn matmul_cases(shapes: &[(usize, usize)]) -> Vec<OpCase> {
+    use CaseFormat::{Bitmap, Dense, Structured, TwoFour};
+    use MaskSource::{Magnitude, None, SparseGpt, Wanda};
+    let mut v = Vec::new();
+    for &(r, c) in shapes {
+        for n in MATMUL_TOKENS {
+            v.push(matmul(Dense, None, n, r, c));
+            if c % 4 == 0 {
+                v.push(matmul(TwoFour, Wanda(S24), n, r, c));
+            }
+            for p in [0.5, 0.6, 0.7] {
+                v.push(matmul(Bitmap, Wanda(Sparsity::Unstructured(p)), n, r, c));
+                v.push(matmul(
+                    Bitmap,
+                    Magnitude(Sparsity::Unstructured(p)),
+                    n,
+                    r,
+                    c,
+                ));
+            }
+            v.push(matmul(
+                Bitmap,
+                SparseGpt(Sparsity::Unstructured(0.5)),
+                n,
+                r,
+                c,
+            ));
+            v.push(matmul(Structured(0.5), None, n, r, c));
+        }
+    }
     v
 }
 
@@ -298,7 +568,28 @@ pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
             v.push(OpCase::new(Op::Obs(kind), r, c).tokens(tokens, 1));
         }
         v.push(OpCase::new(Op::ReconError, r, c).tokens(tokens, 1));
+        let half = Sparsity::Unstructured(0.5);
+        v.push(OpCase::new(
+            Op::Compress(WeightFormat::Dense, MaskSource::None),
+            r,
+            c,
+        ));
+        if c % 4 == 0 {
+            let two_four = MaskSource::Wanda(S24);
+            v.push(OpCase::new(
+                Op::Compress(WeightFormat::TwoFour, two_four),
+                r,
+                c,
+            ));
+        }
+        let bitmap = MaskSource::Wanda(half);
+        v.push(OpCase::new(
+            Op::Compress(WeightFormat::Bitmap, bitmap),
+            r,
+            c,
+        ));
     }
+    v.extend(matmul_cases(shapes));
     v
 }
 

@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::case::{ObsKind, Op, OpCase};
-use super::inputs::CaseInputs;
+use super::inputs::{compress_input, CaseInputs};
 use super::run::CaseOutput;
 use crate::cpu::CpuBackend;
+use crate::formats;
 use crate::ops::{tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind};
 use crate::tensor::{Mask, Matrix};
 
@@ -282,7 +283,88 @@ pub fn compare(
                 tol::RECON_REL,
             )],
         },
+        Op::Compress(..) => compress_checks(inputs, want, got),
+        Op::Matmul { .. } => matmul_checks(inputs, want, got),
     }
+}
+
+/// Compression is exact: the device buffers equal the reference's word for word, and the
+/// backend's own decompression gives the masked f16 weight bit for bit.
+fn compress_checks(inputs: &CaseInputs, want: &CaseOutput, got: &CaseOutput) -> Vec<Check> {
+    let words = match (&want.packed, &got.packed) {
+        (Some(a), Some(b)) if a.format == b.format && (a.rows, a.cols) == (b.rows, b.cols) => {
+            let differ = |x: &[u32], y: &[u32]| {
+                if x.len() != y.len() {
+                    f64::INFINITY
+                } else {
+                    x.iter().zip(y).filter(|(p, q)| p != q).count() as f64
+                }
+            };
+            differ(&a.values, &b.values) + differ(&a.meta, &b.meta) + differ(&a.offsets, &b.offsets)
+        }
+        _ => f64::INFINITY,
+    };
+    let (w, mask) = compress_input(inputs);
+    let truth = formats::masked_f16(w, mask);
+    let bits = match got.value("w") {
+        Some(d) if d.shape() == truth.shape() => d
+            .data
+            .iter()
+            .zip(&truth.data)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count() as f64,
+        _ => f64::INFINITY,
+    };
+    vec![
+        Check::new("packed words", "mismatches", words, 0.0),
+        Check::new("decompressed w", "mismatches", bits, 0.0),
+    ]
+}
+
+/// The product against the f64 reference: per output, the error over Σ|w·x| (the scale of
+/// the f32 accumulation's rounding), and as a whole.
+fn matmul_checks(inputs: &CaseInputs, want: &CaseOutput, got: &CaseOutput) -> Vec<Check> {
+    let scale = inputs
+        .packed
+        .as_ref()
+        .and_then(|p| formats::decompress(p).ok())
+        .map(|w| abs_product(inputs.get("x"), &w));
+    let bound = match (want.value("y"), got.value("y"), &scale) {
+        (Some(a), Some(b), Some(sc)) if a.shape() == b.shape() && a.shape() == sc.shape() => a
+            .data
+            .iter()
+            .zip(&b.data)
+            .zip(&sc.data)
+            .map(|((&a, &b), &s)| (b as f64 - a as f64).abs() / (s as f64).max(f64::MIN_POSITIVE))
+            .fold(0.0, |m: f64, e| {
+                if e.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(e)
+                }
+            }),
+        _ => f64::INFINITY,
+    };
+    vec![
+        Check::new(
+            "y",
+            "max_error_over_sum_abs",
+            bound,
+            tol::SPARSE_MATMUL_BOUND,
+        ),
+        value_check("y", want, got, tol::SPARSE_MATMUL_NMSE),
+    ]
+}
+
+/// Σ_k |x_tk·w_rk| for every output (t, r), in f64.
+fn abs_product(x: &Matrix, w: &Matrix) -> Matrix {
+    Matrix::from_fn(x.rows, w.rows, |t, r| {
+        x.row(t)
+            .iter()
+            .zip(w.row(r))
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum::<f64>() as f32
+    })
 }
 
 /// The reference's scores for a prune case, to judge ties.

@@ -3,10 +3,16 @@
 //! Statistics the op consumes (H, U) come from the reference, then travel as f32 like any
 //! input, so each backend is tested on exactly the same numbers.
 
-use super::case::{ObsKind, Op, OpCase};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::case::{MaskSource, ObsKind, Op, OpCase};
 use crate::cpu::CpuBackend;
 use crate::error::Result;
-use crate::ops::{Backend, MaskGroup, MaskPattern, Score, PERCDAMP};
+use crate::formats::{self, PackedWeight};
+use crate::ops::{
+    Backend, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, OBS_BLOCK, PERCDAMP,
+};
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use crate::tensor::{Mask, Matrix};
 
@@ -19,6 +25,9 @@ pub struct CaseInputs {
     pub seen: usize,
     pub dead: Vec<usize>,
     pub damp: f64,
+    /// The reference's compression of `w` under `mask`, for the product cases (so a backend's
+    /// product is tested on exactly the reference's encoding).
+    pub packed: Option<PackedWeight>,
 }
 
 impl CaseInputs {
@@ -115,9 +124,95 @@ impl CaseInputs {
                 let h = hessian_of(&correlated(case.tokens, c, s + 2), 1)?;
                 inp.tensors = vec![("w", w), ("pruned", pruned), ("h", h)];
             }
+            Op::Compress(_, source) => {
+                let (w, mask) = pruned_weight(source, r, c, s)?;
+                inp.mask = Some((*mask).clone());
+                inp.tensors = vec![("w", (*w).clone())];
+            }
+            Op::Matmul { format, mask, n } => {
+                let (sr, sc) = format.stored_shape(r, c);
+                let (w, m) = pruned_weight(mask, sr, sc, s)?;
+                inp.packed = Some(formats::compress(&w, &m, format.storage())?);
+                inp.tensors = vec![("x", heavy_tailed(n, sc, s + 2))];
+            }
         }
         Ok(inp)
     }
+}
+
+type PrunedWeight = (Arc<Matrix>, Arc<Mask>);
+
+/// A weight pruned by `source`, its values exactly f16 (so compression round trips bit for
+/// bit). SparseGPT's costs an OBS run on the reference, so every weight is kept for the
+/// process: the product cases at every token count share it.
+fn pruned_weight(source: MaskSource, rows: usize, cols: usize, seed: u64) -> Result<PrunedWeight> {
+    static CACHE: OnceLock<Mutex<HashMap<String, PrunedWeight>>> = OnceLock::new();
+    let key = format!("{}/{rows}x{cols}/{seed}", source.label());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().expect("cache lock").get(&key) {
+        return Ok(hit.clone());
+    }
+    let made = make_pruned_weight(source, rows, cols, seed)?;
+    let made = (Arc::new(made.0), Arc::new(made.1));
+    // Only SparseGPT's weights are costly enough to keep; the rest regenerate in moments.
+    if matches!(source, MaskSource::SparseGpt(_)) {
+        cache.lock().expect("cache lock").insert(key, made.clone());
+    }
+    Ok(made)
+}
+
+fn make_pruned_weight(
+    source: MaskSource,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<(Matrix, Mask)> {
+    let cpu = CpuBackend::new();
+    let mut w = formats::round_to_f16(&scaled(heavy_tailed(rows, cols, seed), 0.02));
+    let scored = |score: Score<'_, _>, sp: Sparsity, group: MaskGroup| -> Result<Mask> {
+        let s = cpu.score(&cpu.upload(&w)?, score)?;
+        cpu.select_mask(&s, MaskPattern::new(sp, group))
+    };
+    let mask = match source {
+        MaskSource::None => Mask::empty(rows, cols),
+        MaskSource::Wanda(sp) => {
+            let act = cpu.upload(&heavy_tailed_positive(1, cols, seed + 1))?;
+            scored(Score::Wanda { act: &act }, sp, MaskGroup::PerRow)?
+        }
+        MaskSource::Magnitude(sp) => scored(Score::Magnitude, sp, MaskGroup::Matrix)?,
+        MaskSource::SparseGpt(sp) => {
+            // 256 calibration-like tokens: H is damped to full rank by the 1% of §6.
+            let h = hessian_of(&correlated(256, cols, seed + 1), 1)?;
+            let factor = cpu.hinv_factor(&cpu.upload(&h)?, PERCDAMP)?;
+            let selection = match sp {
+                Sparsity::Unstructured(p) => ObsSelection::Unstructured(p),
+                Sparsity::NM { n, m } => ObsSelection::NM { n, m },
+            };
+            let mut wt = cpu.upload(&w)?;
+            let out = cpu.obs_prune(&mut wt, &factor, selection, OBS_BLOCK)?;
+            w = formats::round_to_f16(&cpu.download(&wt)?);
+            out.mask
+        }
+        MaskSource::Holes(p) => {
+            let mut rng = Rng::new(seed + 1);
+            let mut m = Mask::empty(rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    m.set(r, c, rng.uniform() < p || (rows > 1 && r == rows / 2));
+                }
+            }
+            m
+        }
+    };
+    Ok((w, mask))
+}
+
+/// The weight a case compresses, for the comparison: the mask's kept entries, exactly f16.
+pub fn compress_input(inp: &CaseInputs) -> (&Matrix, &Mask) {
+    (
+        inp.get("w"),
+        inp.mask.as_ref().expect("a compression case has a mask"),
+    )
 }
 
 fn scaled(mut m: Matrix, k: f32) -> Matrix {

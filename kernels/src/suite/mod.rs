@@ -8,7 +8,10 @@ mod compare;
 mod inputs;
 mod run;
 
-pub use case::{model_cases, small_cases, ObsKind, Op, OpCase};
+pub use case::{
+    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases, CaseFormat,
+    MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
+};
 pub use compare::{compare, tie_aware_mask_mismatches, Check};
 pub use inputs::CaseInputs;
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};

@@ -5,6 +5,7 @@
 use super::case::{ObsKind, Op, OpCase};
 use super::inputs::CaseInputs;
 use crate::error::Result;
+use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
     Backend, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score,
     ScoreKind,
@@ -78,6 +79,17 @@ pub enum Prepared<B: Backend> {
         h: B::Tensor,
         out: Option<ReconError>,
     },
+    Compress {
+        w: B::Tensor,
+        mask: B::Mask,
+        format: WeightFormat,
+        out: Option<B::Packed>,
+    },
+    Matmul {
+        x: B::Tensor,
+        w: B::Packed,
+        out: Option<B::Tensor>,
+    },
 }
 
 /// What a run produced, on the host.
@@ -88,6 +100,7 @@ pub struct CaseOutput {
     pub loss: Option<f64>,
     pub recon: Option<ReconError>,
     pub dead: Option<Vec<usize>>,
+    pub packed: Option<PackedWeight>,
 }
 
 impl CaseOutput {
@@ -179,6 +192,17 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
             h: up("h")?,
             out: None,
         },
+        Op::Compress(format, _) => Prepared::Compress {
+            w: up("w")?,
+            mask: b.upload_mask(inp.mask.as_ref().expect("compress case has a mask"))?,
+            format,
+            out: None,
+        },
+        Op::Matmul { .. } => Prepared::Matmul {
+            x: up("x")?,
+            w: b.upload_packed(inp.packed.as_ref().expect("product case has a weight"))?,
+            out: None,
+        },
     })
 }
 
@@ -249,6 +273,19 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             *out = Some(b.recon_error(w, pruned, h)?);
             Ok(())
         }
+        Prepared::Compress {
+            w,
+            mask,
+            format,
+            out,
+        } => {
+            *out = Some(b.compress(w, mask, *format)?);
+            Ok(())
+        }
+        Prepared::Matmul { x, w, out } => {
+            *out = Some(b.sparse_matmul(x, w)?);
+            Ok(())
+        }
     }
 }
 
@@ -286,6 +323,16 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
             o.loss = Some(r.loss);
         }
         Prepared::ReconError { out, .. } => o.recon = Some(out.ok_or_else(never_ran)?),
+        Prepared::Compress { out, .. } => {
+            let packed = out.as_ref().ok_or_else(never_ran)?;
+            o.packed = Some(b.download_packed(packed)?);
+            // The round trip on the same backend: decompression is checked here too.
+            o.values.push(("w", b.download(&b.decompress(packed)?)?));
+        }
+        Prepared::Matmul { out, .. } => {
+            o.values
+                .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
     }
     Ok(o)
 }

@@ -120,6 +120,7 @@ impl WgpuBackend {
 impl Backend for WgpuBackend {
     type Tensor = WgpuTensor;
     type Mask = WgpuMask;
+    type Packed = crate::formats::PackedWeight;
 
     fn info(&self) -> &BackendInfo {
         &self.info
