@@ -40,6 +40,7 @@ fn record(key: &str, op: &str, backend: &str, device: &str, median: f64, bound: 
         peak_fraction: None,
         checks: vec![],
         stages: BTreeMap::new(),
+        payoff: None,
     };
     if r.kind == RecordKind::Layer {
         r.stages.insert("obs_prune".into(), median * 0.7);

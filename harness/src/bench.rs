@@ -14,7 +14,7 @@ use prunebench_kernels::{Backend, KernelError, Matrix, TimeSource};
 
 use crate::error::Result;
 use crate::prune::{prune_layer, Calibration, Progress, PruneConfig, Purpose};
-use crate::results::{summarize, Bound, Ceilings, Record, RecordKind, Status};
+use crate::results::{summarize, Bound, Ceilings, Payoff, Record, RecordKind, Status};
 use prunebench_models::LayerWeights;
 
 #[derive(Clone, Debug)]
@@ -166,6 +166,52 @@ fn op_record(case: &OpCase, backend: &str, device: &str) -> Record {
         peak_fraction: None,
         checks: Vec::new(),
         stages: BTreeMap::new(),
+        payoff: None,
+    }
+}
+
+/// The dense baselines a list of product cases needs, added where the selection left them out,
+/// so every sparse product can be set against dense on the same device.
+pub fn with_dense_baselines(mut cases: Vec<OpCase>) -> Vec<OpCase> {
+    let mut have: std::collections::BTreeSet<String> = cases.iter().map(|c| c.name()).collect();
+    let missing: Vec<OpCase> = cases
+        .iter()
+        .filter_map(|c| c.dense_equivalent())
+        .filter(|d| have.insert(d.name()))
+        .collect();
+    cases.extend(missing);
+    cases
+}
+
+/// Fills each product record's payoff from the dense record of the same linear and token
+/// count. `records[i]` must be the record of `cases[i]`.
+pub fn attach_payoff(records: &mut [Record], cases: &[OpCase]) {
+    let medians: BTreeMap<String, Option<f64>> = records
+        .iter()
+        .map(|r| (r.key.clone(), r.median_s))
+        .collect();
+    for (rec, case) in records.iter_mut().zip(cases) {
+        let (Some(dense), Some(weights)) = (case.dense_equivalent(), case.weight_bytes()) else {
+            continue;
+        };
+        let dense_key = dense.name();
+        if dense_key == rec.key {
+            continue;
+        }
+        let dense_median_s = medians.get(&dense_key).copied().flatten();
+        let speedup = dense_median_s
+            .zip(rec.median_s)
+            .filter(|(_, t)| *t > 0.0)
+            .map(|(d, t)| d / t);
+        let s_max = dense.bytes() as f64 / case.bytes() as f64;
+        rec.payoff = Some(Payoff {
+            dense_key,
+            dense_median_s,
+            speedup,
+            s_max,
+            efficiency: speedup.map(|s| s / s_max),
+            memory_ratio: weights as f64 / dense.weight_bytes().unwrap_or(1) as f64,
+        });
     }
 }
 
@@ -321,6 +367,7 @@ pub fn bench_layer<B: Backend>(
             .into_iter()
             .map(|(k, v)| (k, summarize(&v).expect("non-empty").0))
             .collect(),
+        payoff: None,
     };
     rec.derive_rates(&Ceilings::default());
     Ok(rec)

@@ -119,6 +119,27 @@ pub struct Record {
     pub checks: Vec<Check>,
     /// Per-stage medians for layer records, seconds.
     pub stages: BTreeMap<String, f64>,
+    /// For a product from a compressed weight (§13): what it buys over dense on this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payoff: Option<Payoff>,
+}
+
+/// A compressed-weight product against the dense f16 product of the same linear and token
+/// count, timed in the same run on the same device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Payoff {
+    /// The dense record's key.
+    pub dense_key: String,
+    pub dense_median_s: Option<f64>,
+    /// Dense time over this time.
+    pub speedup: Option<f64>,
+    /// The bandwidth bound on the speedup: the dense product's bytes over this one's
+    /// (weights, X and Y), what a purely memory-bound kernel could gain.
+    pub s_max: f64,
+    /// Speedup over S_max.
+    pub efficiency: Option<f64>,
+    /// This format's weight bytes over dense f16's.
+    pub memory_ratio: f64,
 }
 
 impl Record {

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use prunebench_harness::bench::{bench_case, bench_layer, measure_ceilings, BenchOptions};
+use prunebench_harness::bench::{
+    attach_payoff, bench_case, bench_layer, measure_ceilings, with_dense_baselines, BenchOptions,
+};
 use prunebench_harness::results::{
     utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
@@ -50,6 +52,7 @@ impl BackendJob for BenchJob<'_> {
             records.push(bench_case(b, case, &self.opts, &ceilings));
         }
         bar.finish();
+        attach_payoff(&mut records, cases);
         for &method in &self.methods {
             for &sparsity in &self.sparsities {
                 let cfg = PruneConfig::new(method, sparsity);
@@ -169,9 +172,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         None => super::check_out_folder(Path::new(DEFAULT_DIR), &inputs)?,
     }
     let input = LayerInput::load(&a.layer)?;
-    let cases = a
-        .select
-        .filter(model_cases(&input.shapes(), a.layer.tokens))?;
+    let cases = with_dense_baselines(
+        a.select
+            .filter(model_cases(&input.shapes(), a.layer.tokens))?,
+    );
     if cases.is_empty() && methods.is_empty() {
         bail!("nothing to bench: no op case selected and --methods none");
     }
@@ -229,19 +233,23 @@ fn print_summary(r: &ResultsFile) {
         }
     );
     println!(
-        "{:<72} {:>8} {:>12} {:>10} {:>10} {:>7}",
-        "case", "status", "median", "GB/s", "TFLOP/s", "% peak"
+        "{:<72} {:>8} {:>12} {:>10} {:>10} {:>7} {:>15}",
+        "case", "status", "median", "GB/s", "TFLOP/s", "% peak", "x dense (S_max)"
     );
     for rec in &r.records {
         let f = |v: Option<f64>, d: usize| v.map_or("–".into(), |x| format!("{x:.d$}"));
+        let payoff = rec.payoff.as_ref().map_or(String::new(), |p| {
+            format!("{} ({:.2})", f(p.speedup, 2), p.s_max)
+        });
         println!(
-            "{:<72} {:>8} {:>12} {:>10} {:>10} {:>7}",
+            "{:<72} {:>8} {:>12} {:>10} {:>10} {:>7} {:>15}",
             rec.key,
             format!("{:?}", rec.status).to_lowercase(),
             rec.median_s.map_or("–".into(), super::prune::ms),
             f(rec.gbps, 1),
             f(rec.tflops, 3),
-            f(rec.peak_fraction.map(|p| 100.0 * p), 0)
+            f(rec.peak_fraction.map(|p| 100.0 * p), 0),
+            payoff
         );
     }
 }

@@ -311,8 +311,20 @@ impl OpCase {
         }
     }
 
-    /// The product's weight bytes if it were stored dense f16 at the linear's full shape: the
-    /// numerator of the bandwidth bound S_max (§13).
+    /// The stored weight's bytes of a product case.
+    pub fn weight_bytes(&self) -> Option<u64> {
+        match self.op {
+            Op::Matmul { format, .. } => {
+                let (sr, sc) = format.stored_shape(self.rows, self.cols);
+                let kept = self.kept().unwrap_or(sr * sc);
+                Some(packed_bytes(format.storage(), sr, sc, kept))
+            }
+            _ => None,
+        }
+    }
+
+    /// The dense f16 product of the same linear and token count: the baseline of a product
+    /// case's speedup, and its bytes the numerator of the bandwidth bound S_max (§13).
     pub fn dense_equivalent(&self) -> Option<OpCase> {
         match self.op {
             Op::Matmul { n, .. } => Some(OpCase {
