@@ -158,3 +158,67 @@ fn bad_input_is_refused_with_where_and_why() {
     bad.offsets.pop();
     assert!(b.upload_packed(&bad).is_err());
 }
+
+#[test]
+fn the_work_model_counts_what_the_masks_keep() {
+    use prunebench_kernels::suite::{small_sparse_cases, CaseInputs, Op};
+    for case in small_sparse_cases() {
+        let Some(kept) = case.kept() else { continue };
+        let inputs = CaseInputs::generate(&case).unwrap();
+        let stored = match case.op {
+            Op::Compress(..) => {
+                let m = inputs.mask.as_ref().unwrap();
+                m.rows * m.cols - m.count()
+            }
+            _ => {
+                let p = inputs.packed.as_ref().unwrap();
+                let dense = formats::decompress(p).unwrap();
+                // Stored entries: the bitmap's bits, or every entry of a dense weight.
+                match p.format {
+                    WeightFormat::Bitmap => p.offsets[p.rows] as usize,
+                    WeightFormat::TwoFour => p.rows * p.cols / 2,
+                    WeightFormat::Dense => dense.data.len(),
+                }
+            }
+        };
+        let expect = match case.op {
+            Op::Matmul { format, .. } if format.storage() == WeightFormat::TwoFour => {
+                let (r, c) = format.stored_shape(case.rows, case.cols);
+                r * c / 2
+            }
+            _ => kept,
+        };
+        assert_eq!(stored, expect, "{}", case.name());
+    }
+}
+
+#[test]
+fn the_bandwidth_bound_matches_the_spec() {
+    use prunebench_kernels::ops::Sparsity;
+    use prunebench_kernels::suite::{CaseFormat, MaskSource, Op, OpCase};
+    let case = |format, mask| OpCase::new(Op::Matmul { format, mask, n: 1 }, 11008, 4096);
+    let dense = case(CaseFormat::Dense, MaskSource::None);
+    let two_four = case(
+        CaseFormat::TwoFour,
+        MaskSource::Wanda(Sparsity::NM { n: 2, m: 4 }),
+    );
+    let bitmap = case(
+        CaseFormat::Bitmap,
+        MaskSource::Wanda(Sparsity::Unstructured(0.5)),
+    );
+    let structured = case(CaseFormat::Structured(0.5), MaskSource::None);
+    assert!((dense.weight_bytes().unwrap() as f64 / 1e6 - 90.2).abs() < 0.05);
+    assert!((two_four.weight_bytes().unwrap() as f64 / 1e6 - 50.7).abs() < 0.05);
+    let s_max = |c: &OpCase| dense.bytes() as f64 / c.bytes() as f64;
+    assert!(
+        (s_max(&two_four) - 1.78).abs() < 0.01,
+        "{}",
+        s_max(&two_four)
+    );
+    assert!((s_max(&bitmap) - 1.78).abs() < 0.01, "{}", s_max(&bitmap));
+    assert!(
+        (s_max(&structured) - 2.0).abs() < 0.01,
+        "{}",
+        s_max(&structured)
+    );
+}
