@@ -243,7 +243,7 @@ pub fn compress(w: &Matrix, mask: &Mask, format: WeightFormat) -> Result<PackedW
     for r in 0..rows {
         for c in 0..cols {
             let v = w.get(r, c);
-            if !mask.get(r, c) && !(v.abs() < F16_LIMIT) {
+            if !mask.get(r, c) && (v.is_nan() || v.abs() >= F16_LIMIT) {
                 return Err(outside_f16(r, c));
             }
         }
