@@ -1,15 +1,18 @@
 //! Results files and reports: the schema round-trips, a report built from fixture results of
-//! several devices and backends names every op and device and computes speedups, and bad
-//! results files give clear errors.
+//! several devices and backends names every op and device and computes speedups, compressed-
+//! weight products get their "What pruning buys" section, and bad results files give clear
+//! errors.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use prunebench_harness::bench::attach_payoff;
 use prunebench_harness::report::Report;
 use prunebench_harness::results::{
     Bound, Ceilings, Record, RecordKind, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
+use prunebench_kernels::suite::{matmul_cases, OpCase};
 use prunebench_kernels::BackendInfo;
 use prunebench_models::output::Inputs;
 
@@ -183,6 +186,196 @@ fn a_report_puts_every_op_and_device_side_by_side() {
         let file = line.split("](").nth(1).unwrap().trim_end_matches(')');
         assert!(out.join(file).exists(), "{file} missing");
     }
+}
+
+/// Compressed-weight products on one 256 x 688 weight as `bench` records them: dense, 2:4 and a
+/// Wanda 50% bitmap at N = 1, 16 and 256, each sparse one with its payoff against dense. 2:4
+/// is 1.5x, 1.2x and 0.9x dense; the bitmap 1.25x, 2x (failed verification) and 0.5x.
+fn products(backend: &str, device: &str, device_type: &str) -> ResultsFile {
+    let cases: Vec<OpCase> = matmul_cases(&[(256, 688)])
+        .into_iter()
+        .filter(|c| {
+            let k = c.name();
+            ["format=dense,", "format=2:4,", "mask=wanda0.5,"]
+                .iter()
+                .any(|f| k.contains(f))
+                && [",n=1,", ",n=16,", ",n=256,"].iter().any(|n| k.contains(n))
+        })
+        .collect();
+    assert_eq!(cases.len(), 9);
+    let mut records: Vec<Record> = cases
+        .iter()
+        .map(|c| {
+            let key = c.name();
+            let n: f64 = key
+                .split(",n=")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let dense = 1e-4 * (1.0 + n / 16.0);
+            let speedup = match (key.split_once(",n=").unwrap().0, n as usize) {
+                ("MATMUL(format=dense", _) => 1.0,
+                ("MATMUL(format=2:4,mask=wanda2:4", 1) => 1.5,
+                ("MATMUL(format=2:4,mask=wanda2:4", 16) => 1.2,
+                ("MATMUL(format=2:4,mask=wanda2:4", _) => 0.9,
+                (_, 1) => 1.25,
+                (_, 16) => 2.0,
+                _ => 0.5,
+            };
+            let mut r = record(
+                &key,
+                "MATMUL",
+                backend,
+                device,
+                dense / speedup,
+                Bound::Memory,
+            );
+            r.params = key
+                .trim_end_matches(')')
+                .split_once('(')
+                .unwrap()
+                .1
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            r.bytes = c.bytes();
+            if key.contains("mask=wanda0.5,n=16,") {
+                r.status = Status::Fail;
+            }
+            r
+        })
+        .collect();
+    attach_payoff(&mut records, &cases);
+    let mut f = fixture(backend, device, 1.0, 4000.0, 50.0);
+    f.device.device_type = device_type.into();
+    f.records = records;
+    f
+}
+
+#[test]
+fn compressed_weight_products_get_what_pruning_buys() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = products("wgpu", "NVIDIA H200", "discrete");
+    let files = [
+        write(dir.path(), "gpu.json", &gpu),
+        write(
+            dir.path(),
+            "lavapipe.json",
+            &products("wgpu", "llvmpipe (LLVM 15.0.7, 256 bits)", "cpu"),
+        ),
+        // A run without products has no part in the section.
+        write(
+            dir.path(),
+            "cpu.json",
+            &fixture("cpu", "CPU reference", 100.0, 14.0, 0.16),
+        ),
+    ];
+    let out = dir.path().join("report");
+    Report::load(&files)
+        .unwrap()
+        .write(&out, &Inputs::new())
+        .unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let section = md
+        .split("## What pruning buys")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section:\n{md}"))
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let payoff = |key: &str| {
+        gpu.records
+            .iter()
+            .find(|r| r.key == key)
+            .unwrap()
+            .payoff
+            .clone()
+            .unwrap()
+    };
+    let two_four = payoff("MATMUL(format=2:4,mask=wanda2:4,n=1,rows=256,cols=688)");
+    let bitmap = payoff("MATMUL(format=bitmap,mask=wanda0.5,n=1,rows=256,cols=688)");
+    assert!((two_four.speedup.unwrap() - 1.5).abs() < 1e-9);
+    for needle in [
+        "### NVIDIA H200 · wgpu".to_string(),
+        "### llvmpipe (LLVM 15.0.7, 256 bits) · wgpu".into(),
+        "#### 256 x 688 weight (rows x cols)".into(),
+        "| format · mask | memory ratio | S_max (N=1) | N=1 | N=16 | N=256 | efficiency (N=1) |"
+            .into(),
+        format!(
+            "| 2:4 · wanda2:4 | {:.2} | {:.2} | 1.50× | 1.20× | 0.90× | {:.0}% |",
+            two_four.memory_ratio,
+            two_four.s_max,
+            100.0 * 1.5 / two_four.s_max
+        ),
+        format!(
+            "| bitmap · wanda0.5 | {:.2} | {:.2} | 1.25× | 2.00× **FAIL** | 0.50× | {:.0}% |",
+            bitmap.memory_ratio,
+            bitmap.s_max,
+            100.0 * 1.25 / bitmap.s_max
+        ),
+        "S_max = the bandwidth bound".into(),
+    ] {
+        assert!(
+            section.contains(&needle),
+            "the section lacks '{needle}':\n{section}"
+        );
+    }
+    // The dense baseline has no row of its own, and the run without products no part.
+    assert!(!section.contains("| dense"), "{section}");
+    assert!(!section.contains("CPU reference"), "{section}");
+    // The software rasteriser's figures are called pipeline checks; the GPU's are not.
+    assert_eq!(section.matches("pipeline checks, not GPU speed").count(), 1);
+    let lavapipe = section.split("### llvmpipe").nth(1).unwrap();
+    assert!(
+        lavapipe.contains("pipeline checks, not GPU speed"),
+        "{section}"
+    );
+    // One chart per run and shape, linked beside report.md and embedded in the HTML.
+    let charts: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("![What pruning buys: "))
+        .map(|l| l.split("](").nth(1).unwrap().trim_end_matches(')'))
+        .collect();
+    assert_eq!(
+        charts,
+        [
+            "payoff-1-nvidia-h200-wgpu-256x688.svg",
+            "payoff-2-llvmpipe-llvm-15-0-7-256-bits-wgpu-256x688.svg"
+        ]
+    );
+    for file in charts {
+        let svg = std::fs::read_to_string(out.join(file)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("S_max"), "{file}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<h2>What pruning buys</h2>"));
+    assert!(html.contains("<figcaption>What pruning buys: NVIDIA H200 · wgpu, 256 x 688"));
+    assert!(html.contains("<td>2.00× <b>FAIL</b></td>"));
+}
+
+#[test]
+fn without_products_there_is_no_what_pruning_buys() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [write(
+        dir.path(),
+        "gpu.json",
+        &fixture("wgpu", "NVIDIA H200", 1.0, 4000.0, 50.0),
+    )];
+    let out = dir.path().join("report");
+    Report::load(&files)
+        .unwrap()
+        .write(&out, &Inputs::new())
+        .unwrap();
+    for name in ["report.md", "report.html"] {
+        let text = std::fs::read_to_string(out.join(name)).unwrap();
+        assert!(!text.contains("What pruning buys"), "{name}:\n{text}");
+    }
+    assert!(!names_in(&out).iter().any(|f| f.starts_with("payoff-")));
 }
 
 #[test]

@@ -1,15 +1,18 @@
 //! SVG charts drawn with plotters: per op, the fraction of peak per shape and run (per layer
-//! method, the time); per run with ceilings, a roofline of every op it timed.
+//! method, the time); per run with ceilings, a roofline of every op it timed; per run and weight
+//! shape with compressed-weight products, their speedup over dense against N.
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::markdown::chart_value;
+use super::payoff::{self, Shape};
 use super::{params_of, trusted, Report, Run};
 use crate::results::Record;
 
 pub struct Chart {
-    /// `op` or `roofline`.
+    /// `op`, `roofline` or `payoff`.
     pub kind: &'static str,
     pub title: String,
     pub file: String,
@@ -42,6 +45,25 @@ pub fn all(report: &Report) -> Vec<Chart> {
                 file: format!("roofline-{}-{}.svg", i + 1, slug(&run.label)),
                 svg,
             });
+        }
+    }
+    for (i, run) in report.runs.iter().enumerate() {
+        for shape in payoff::shapes(run) {
+            if let Some(svg) = speedups(run, &shape) {
+                let title = payoff::chart_title(run, &shape);
+                charts.push(Chart {
+                    kind: "payoff",
+                    file: format!(
+                        "payoff-{}-{}-{}x{}.svg",
+                        i + 1,
+                        slug(&run.label),
+                        shape.rows,
+                        shape.cols
+                    ),
+                    title,
+                    svg,
+                });
+            }
         }
     }
     for (op, keys) in &report.ops {
@@ -255,6 +277,149 @@ fn roofline(run: &Run) -> Option<String> {
                 .ok()?;
             legend
                 .draw(&Text::new(op.to_string(), (32, y), text.clone()))
+                .ok()?;
+        }
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
+/// Speedup over dense against the token count N (log scale), a line per format and mask, and
+/// each one's bandwidth bound S_max dashed in the same colour; y = 1 is dense.
+fn speedups(run: &Run, shape: &Shape) -> Option<String> {
+    type Points = Vec<(f64, f64)>;
+    // Per line: the trusted speedups, and S_max, at each N.
+    let lines: Vec<(Points, Points)> = shape
+        .lines
+        .iter()
+        .map(|line| {
+            let at = |f: &dyn Fn(&Record) -> Option<f64>| -> Points {
+                line.by_n
+                    .iter()
+                    .filter_map(|(n, r)| f(r).map(|y| (*n as f64, y)))
+                    .collect()
+            };
+            (
+                at(&|r| payoff::trusted_speedup(run, r)),
+                at(&|r| r.payoff.as_ref().map(|p| p.s_max)),
+            )
+        })
+        .collect();
+    if lines.iter().all(|(s, _)| s.is_empty()) {
+        return None;
+    }
+    let ys = lines
+        .iter()
+        .flat_map(|(s, m)| s.iter().chain(m))
+        .map(|p| p.1);
+    let ymax = ys.fold(1.0, f64::max) * 1.1;
+    let nmax = shape.tokens.last().copied().unwrap_or(1).max(256) as f64;
+    let (xmin, xmax) = (0.8, nmax * 1.25);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 460)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        // The legend gets its own column, as on the roofline.
+        let (plot, legend) = root.split_horizontally(760);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(payoff::chart_title(run, shape), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..ymax)
+            .ok()?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .x_label_formatter(&|_| String::new())
+            .y_desc("speedup over dense f16")
+            .draw()
+            .ok()?;
+        // N labels at the token counts timed, placed in pixels (a log axis would put its own
+        // round numbers there), with a light rule above each.
+        let style = ("sans-serif", 12)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top));
+        for n in &shape.tokens {
+            let x = *n as f64;
+            chart
+                .draw_series(LineSeries::new(
+                    [(x, 0.0), (x, ymax)],
+                    BLACK.mix(0.1).stroke_width(1),
+                ))
+                .ok()?;
+            let (px, py) = chart.backend_coord(&(x, 0.0));
+            plot.draw(&Text::new(format!("{n}"), (px, py + 6), style.clone()))
+                .ok()?;
+        }
+        let (px, py) = chart.backend_coord(&(xmax.sqrt() * xmin.sqrt(), 0.0));
+        plot.draw(&Text::new(
+            "N (tokens)".to_string(),
+            (px, py + 24),
+            style.clone(),
+        ))
+        .ok()?;
+        chart
+            .draw_series(LineSeries::new(
+                [(xmin, 1.0), (xmax, 1.0)],
+                BLACK.stroke_width(1),
+            ))
+            .ok()?;
+        let text = ("sans-serif", 12).into_font().color(&BLACK);
+        legend
+            .draw(&PathElement::new(
+                [(5, 50), (25, 50)],
+                BLACK.stroke_width(1),
+            ))
+            .ok()?;
+        legend
+            .draw(&Text::new("dense (1×)".to_string(), (32, 44), text.clone()))
+            .ok()?;
+        legend
+            .draw(&DashedPathElement::new(
+                [(5, 68), (25, 68)],
+                4,
+                3,
+                BLACK.stroke_width(1),
+            ))
+            .ok()?;
+        legend
+            .draw(&Text::new(
+                "S_max, the bandwidth bound".to_string(),
+                (32, 62),
+                text.clone(),
+            ))
+            .ok()?;
+        for (j, (line, (speedup, s_max))) in shape.lines.iter().zip(&lines).enumerate() {
+            let color = Palette99::pick(j).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    speedup.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .ok()?;
+            chart
+                .draw_series(speedup.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .ok()?;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    s_max.iter().copied(),
+                    6,
+                    4,
+                    color.stroke_width(1),
+                ))
+                .ok()?;
+            let y = 90 + 18 * j as i32;
+            legend
+                .draw(&PathElement::new(
+                    [(5, y + 6), (25, y + 6)],
+                    color.stroke_width(2),
+                ))
+                .ok()?;
+            legend
+                .draw(&Text::new(line.label.clone(), (32, y), text.clone()))
                 .ok()?;
         }
         root.present().ok()?;

@@ -1,6 +1,7 @@
 //! The report's content as a list of blocks, rendered to Markdown and to self-contained HTML.
 
 use super::charts::Chart;
+use super::payoff;
 use super::{fmt_time, params_of, trusted, Report, Run};
 use crate::results::{Bound, Record, Status};
 
@@ -120,6 +121,7 @@ fn build(report: &Report, charts: &[Chart]) -> Vec<Block> {
             b.push(Block::Chart(i));
         }
     }
+    b.extend(payoff_section(report, charts));
     for (section, layer) in [("Ops", false), ("Whole layers", true)] {
         let ops: Vec<(&String, &Vec<String>)> = report
             .ops
@@ -157,6 +159,59 @@ fn build(report: &Report, charts: &[Chart]) -> Vec<Block> {
             "{}: `{}` ({} {}, {})",
             r.label, r.file.tool.command, r.file.tool.name, r.file.tool.version, r.file.date
         )));
+    }
+    b
+}
+
+/// "What pruning buys": per run and weight shape, a chart and a table of each compressed
+/// format's speedup over dense; nothing when no run timed a compressed-weight product.
+fn payoff_section(report: &Report, charts: &[Chart]) -> Vec<Block> {
+    if !payoff::any(report) {
+        return Vec::new();
+    }
+    let mut b = vec![
+        Block::Heading(2, "What pruning buys".into()),
+        Block::Para(
+            "Each compressed weight format's product Y = X·Wᵀ for N tokens against the dense \
+             f16 product of the same weight and N: speedup (the N= columns) = dense f16 time / \
+             this format's time, on the same device with the same kernel design; S_max = the \
+             bandwidth bound, the dense product's bytes over this format's (weight, X and Y); \
+             efficiency = speedup / S_max; memory ratio = this format's weight bytes over dense \
+             f16's. A memory-bound kernel at its best reaches S_max at small N; at large N the \
+             product becomes compute-bound and sparse formats lose their edge. † and **FAIL** \
+             mark the product or its dense baseline as in the tables below; the charts draw \
+             trusted speedups only, with each format's S_max dashed in the same colour."
+                .into(),
+        ),
+    ];
+    for run in &report.runs {
+        let shapes = payoff::shapes(run);
+        if shapes.is_empty() {
+            continue;
+        }
+        b.push(Block::Heading(3, run.label.clone()));
+        if let Some(what) = payoff::not_a_gpu(run) {
+            b.push(Block::Para(format!(
+                "**Note:** this run's device is {what} (`{}`, device type `{}`): its figures \
+                 are pipeline checks, not GPU speed.",
+                run.file.device.device, run.file.device.device_type
+            )));
+        }
+        for shape in &shapes {
+            b.push(Block::Heading(
+                4,
+                format!("{} x {} weight (rows x cols)", shape.rows, shape.cols),
+            ));
+            let title = payoff::chart_title(run, shape);
+            if let Some(i) = charts
+                .iter()
+                .position(|c| c.kind == "payoff" && c.title == title)
+            {
+                b.push(Block::Chart(i));
+            }
+            let (header, rows) = payoff::table(run, shape);
+            b.push(Block::Table(header, rows));
+        }
     }
     b
 }
