@@ -209,14 +209,18 @@ fn matmul_bitmap(@builtin(workgroup_id) wid: vec3<u32>,
             total += n;
         }
         var kk = k + before;
+        // Each value word is loaded once: at an even index, or first if the lane starts odd.
+        var h = vec2<f32>();
+        if ((kk & 1u) == 1u && mine != 0u) { h = unpack2x16float(vals[P.v_base + kk / 2u]); }
         for (var j = 0u; j < UPL; j++) {
             var b = bw[j];
             let unit = 32u * (l.lane * UPL + j);
             while (b != 0u) {
                 let c = unit + firstTrailingBit(b);
                 b &= b - 1u;
-                let h = unpack2x16float(vals[P.v_base + kk / 2u]);
-                let wk = select(h.x, h.y, (kk & 1u) == 1u);
+                let odd = (kk & 1u) == 1u;
+                if (!odd) { h = unpack2x16float(vals[P.v_base + kk / 2u]); }
+                let wk = select(h.x, h.y, odd);
                 for (var t = 0u; t < TB; t++) { acc[t] = fma(wk, xv(t, c), acc[t]); }
                 kk += 1u;
             }
