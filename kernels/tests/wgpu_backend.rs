@@ -5,9 +5,13 @@
 #![cfg(feature = "wgpu")]
 
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::suite::{small_cases, verify_case, Outcome};
+use prunebench_kernels::formats;
+use prunebench_kernels::rng::heavy_tailed;
+use prunebench_kernels::suite::{
+    small_cases, small_sparse_cases, verify_case, CaseFormat, MaskSource, Op, OpCase, Outcome,
+};
 use prunebench_kernels::wgpu::{list_adapters, WgpuBackend};
-use prunebench_kernels::{Backend, KernelError, Matrix, TimeSource};
+use prunebench_kernels::{Backend, KernelError, Mask, Matrix, TimeSource, WeightFormat};
 
 fn backend() -> WgpuBackend {
     WgpuBackend::new(None)
@@ -51,7 +55,11 @@ const ROW_SPLIT: &[&str] = &[
     "PRUNE_",
     "OBS_",
     "RECON_",
+    "COMPRESS",
+    "MATMUL",
 ];
+
+const SPARSE: &[&str] = &["COMPRESS", "MATMUL"];
 
 #[test]
 fn tensors_split_across_bindings_match_the_reference() {
@@ -64,7 +72,8 @@ fn tensors_split_across_bindings_match_the_reference() {
         "no op split a tensor at a 128 KiB binding limit"
     );
     // 8 KiB: weights of 13 x 300 in slabs of 6 rows, the fused gradient's tokens in windows,
-    // H in slabs of 15 rows, OBS sub-blocks of 9 columns (N:M: 8).
+    // H in slabs of 15 rows, OBS sub-blocks of 9 columns (N:M: 8), products' tokens in
+    // windows of 6.
     let b = backend().with_max_binding(8 << 10);
     assert_eq!(b.max_binding(), 8 << 10);
     assert!(run(&b, ROW_SPLIT) > 0);
@@ -193,5 +202,210 @@ fn adapters_are_listed_and_chosen_by_name() {
             "expected an error, got {:?}",
             other.map(|b| b.info().clone())
         ),
+    }
+}
+
+#[test]
+fn every_sparse_case_runs_and_matches_the_reference() {
+    let b = backend();
+    assert_eq!(run(&b, SPARSE), small_sparse_cases().len());
+}
+
+/// Weights of 40 x 300 at an 8 KiB binding limit: W (f32) in slabs of 6 rows, packed
+/// weights in slabs of 13 (dense, bitmap) or 25 rows (2:4), bitmap values in windows that
+/// start mid-word.
+#[test]
+fn compressed_weights_split_across_bindings_match_the_reference() {
+    let b = backend().with_max_binding(8 << 10);
+    let reference = CpuBackend::new();
+    let holes = MaskSource::Holes(0.6);
+    let two_four = MaskSource::Wanda(prunebench_kernels::Sparsity::NM { n: 2, m: 4 });
+    let mut cases = Vec::new();
+    for (f, cf, m) in [
+        (WeightFormat::Dense, CaseFormat::Dense, holes),
+        (WeightFormat::TwoFour, CaseFormat::TwoFour, two_four),
+        (WeightFormat::Bitmap, CaseFormat::Bitmap, holes),
+    ] {
+        cases.push(OpCase::new(Op::Compress(f, m), 40, 300));
+        for n in [3, 17] {
+            let op = Op::Matmul {
+                format: cf,
+                mask: m,
+                n,
+            };
+            cases.push(OpCase::new(op, 40, 300));
+        }
+    }
+    for case in cases {
+        let r = verify_case(&b, &reference, &case);
+        assert_eq!(r.outcome, Outcome::Pass, "{}: {:?}", r.case, r.checks);
+    }
+    assert!(b.split_ops() > 0);
+}
+
+const FORMATS: [WeightFormat; 3] = [
+    WeightFormat::Dense,
+    WeightFormat::TwoFour,
+    WeightFormat::Bitmap,
+];
+
+/// A mask keeping columns 4g + (r mod 3) and 4g + 3 of every group: 2:4 everywhere.
+fn two_four_mask(rows: usize, cols: usize) -> Mask {
+    let mut m = Mask::empty(rows, cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            m.set(r, c, c % 4 != r % 3 && c % 4 != 3);
+        }
+    }
+    m
+}
+
+/// Compresses on both backends; both must fail with the same error, which is returned.
+fn same_error(w: &Matrix, mask: &Mask, format: WeightFormat) -> KernelError {
+    let (cpu, gpu) = (CpuBackend::new(), backend());
+    let want = cpu
+        .compress(&cpu.upload(w).unwrap(), mask, format)
+        .expect_err("the reference refuses");
+    let got = match gpu.compress(
+        &gpu.upload(w).unwrap(),
+        &gpu.upload_mask(mask).unwrap(),
+        format,
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!(
+            "{}: compressed what the reference refuses ({want})",
+            format.name()
+        ),
+    };
+    assert_eq!(got.to_string(), want.to_string(), "{}", format.name());
+    assert_eq!(
+        std::mem::discriminant(&got),
+        std::mem::discriminant(&want),
+        "{}",
+        format.name()
+    );
+    got
+}
+
+#[test]
+fn bad_input_to_compression_gives_the_references_errors() {
+    let w = formats::round_to_f16(&heavy_tailed(6, 16, 1));
+    // Not 2:4: row 3 keeps 3 of group 2, row 4 all of group 0; the first is reported.
+    let mut mask = two_four_mask(6, 16);
+    mask.set(3, 8 + 1, false);
+    mask.set(3, 8 + 2, false);
+    for c in 0..4 {
+        mask.set(4, c, false);
+    }
+    let e = same_error(&w, &mask, WeightFormat::TwoFour);
+    assert!(e.to_string().contains("not 2:4: row 3, group 2"), "{e}");
+
+    let w10 = formats::round_to_f16(&heavy_tailed(3, 10, 2));
+    let e = same_error(&w10, &Mask::empty(3, 10), WeightFormat::TwoFour);
+    assert!(matches!(e, KernelError::InvalidArgument(_)), "{e}");
+
+    for f in FORMATS {
+        let e = same_error(&w, &Mask::empty(6, 20), f);
+        assert!(matches!(e, KernelError::Shape(_)), "{e}");
+    }
+
+    // Kept values f16 cannot hold: the first in row order is named, a pruned one is ignored,
+    // and it comes before a 2:4 error earlier in the matrix.
+    let mut bad = w.clone();
+    let mut mask = two_four_mask(6, 16);
+    bad.data[16 + 4 * 2] = 1e6; // row 1: pruned
+    bad.data[2 * 16 + 6] = 1e6; // row 2, column 6: kept
+    bad.data[4 * 16 + 3] = f32::NAN; // kept, later
+    bad.data[5 * 16 + 7] = f32::INFINITY; // kept, later
+    assert!(mask.get(1, 8) && !mask.get(2, 6) && !mask.get(4, 3) && !mask.get(5, 7));
+    for f in FORMATS {
+        let e = same_error(&bad, &mask, f);
+        assert!(e.to_string().contains("row 2, column 6"), "{e}");
+    }
+    mask.set(0, 0, false);
+    mask.set(0, 1, false);
+    assert!(!mask.get(0, 3));
+    let e = same_error(&bad, &mask, WeightFormat::TwoFour);
+    assert!(e.to_string().contains("row 2, column 6"), "{e}");
+    // NaN alone.
+    let mut nan = w.clone();
+    nan.data[4 * 16 + 3] = f32::NAN;
+    let e = same_error(&nan, &Mask::empty(6, 16), WeightFormat::Bitmap);
+    assert!(e.to_string().contains("row 4, column 3"), "{e}");
+}
+
+/// Values that are not f16 round to the nearest (ties to even) as on the reference, the
+/// largest finite ones and subnormals included.
+#[test]
+fn compression_rounds_as_the_reference() {
+    let edge = [
+        65519.0,
+        -65519.0,
+        65504.0,
+        1.0 + 1.0 / 2048.0,              // a tie: to even (1.0)
+        1.0 + 3.0 / 2048.0,              // a tie: to even (1 + 2/1024)
+        2f32.powi(-25),                  // a tie with zero: 0
+        3.0 * 2f32.powi(-26),            // just above: the smallest subnormal
+        2f32.powi(-14) - 2f32.powi(-26), // rounds up to the smallest normal
+        1e-30,
+        -0.0,
+        0.0,
+        1e-40,
+    ];
+    let rows = 7;
+    let cols = 36;
+    let mut w = heavy_tailed(rows, cols, 5);
+    for (i, v) in w.data.iter_mut().enumerate() {
+        *v *= 10f32.powi((i % 10) as i32 - 8);
+    }
+    w.data[..edge.len()].copy_from_slice(&edge);
+    let mask = two_four_mask(rows, cols);
+    let cpu = CpuBackend::new();
+    let b = backend();
+    let wt = b.upload(&w).unwrap();
+    for (f, mask) in [
+        (WeightFormat::Dense, Mask::empty(rows, cols)),
+        (WeightFormat::TwoFour, mask.clone()),
+        (WeightFormat::Bitmap, Mask::empty(rows, cols)),
+        (WeightFormat::Bitmap, mask),
+    ] {
+        let want = cpu.compress(&cpu.upload(&w).unwrap(), &mask, f).unwrap();
+        let p = b.compress(&wt, &b.upload_mask(&mask).unwrap(), f).unwrap();
+        assert_eq!(b.download_packed(&p).unwrap(), want, "{}", f.name());
+        let back = b.download(&b.decompress(&p).unwrap()).unwrap();
+        let truth = formats::masked_f16(&w, &mask);
+        let bits = |m: &Matrix| m.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&truth), "{}", f.name());
+    }
+}
+
+#[test]
+fn bad_input_to_the_product_is_an_error() {
+    let b = backend();
+    let w = formats::round_to_f16(&heavy_tailed(5, 16, 3));
+    let p = formats::compress(&w, &Mask::empty(5, 16), WeightFormat::Bitmap).unwrap();
+    let packed = b.upload_packed(&p).unwrap();
+    let none = b.zeros(0, 16).unwrap();
+    match b.sparse_matmul(&none, &packed) {
+        Err(KernelError::Shape(msg)) => assert!(msg.contains("N = 0"), "{msg}"),
+        other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
+    }
+    let x = b.upload(&heavy_tailed(2, 15, 4)).unwrap();
+    assert!(matches!(
+        b.sparse_matmul(&x, &packed),
+        Err(KernelError::Shape(_))
+    ));
+    // A layout that does not add up is refused before anything reads it.
+    let mut short = p.clone();
+    short.values.pop();
+    assert!(matches!(
+        b.upload_packed(&short),
+        Err(KernelError::Shape(_))
+    ));
+    let mut moved = p;
+    moved.offsets[2] += 1;
+    match b.upload_packed(&moved) {
+        Err(KernelError::InvalidArgument(msg)) => assert!(msg.contains("bitmap row 1"), "{msg}"),
+        other => panic!("expected an error, got {:?}", other.map(|_| ())),
     }
 }

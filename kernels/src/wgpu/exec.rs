@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{KernelError, Result};
 
@@ -22,10 +22,17 @@ pub(crate) enum Module {
     Cholesky,
     Obs,
     Probe,
+    SparsePack,
+    /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), and decompression.
+    SparseMatmul(u32),
 }
 
+/// The token-block sizes sparse_matmul.wgsl is built for.
+pub(crate) const TOKEN_BLOCKS: [u32; 4] = [1, 2, 4, 8];
+
 impl Module {
-    pub const ALL: [Module; 8] = [
+    /// Every module as built, each token-block variant of the product included.
+    pub const ALL: [Module; 13] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -34,6 +41,11 @@ impl Module {
         Module::Cholesky,
         Module::Obs,
         Module::Probe,
+        Module::SparsePack,
+        Module::SparseMatmul(1),
+        Module::SparseMatmul(2),
+        Module::SparseMatmul(4),
+        Module::SparseMatmul(8),
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +58,8 @@ impl Module {
             Module::Cholesky => "cholesky",
             Module::Obs => "obs",
             Module::Probe => "probe",
+            Module::SparsePack => "sparse_pack",
+            Module::SparseMatmul(_) => "sparse_matmul",
         }
     }
 
@@ -59,6 +73,8 @@ impl Module {
             Module::Cholesky => include_str!("../../shaders/cholesky.wgsl"),
             Module::Obs => include_str!("../../shaders/obs.wgsl"),
             Module::Probe => include_str!("../../shaders/probe.wgsl"),
+            Module::SparsePack => include_str!("../../shaders/sparse_pack.wgsl"),
+            Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
         }
     }
 
@@ -74,8 +90,30 @@ impl Module {
             Module::Cholesky => &[false, false, true, false, false, false, false],
             Module::Obs => &[false, true, false, false, false, true, true],
             Module::Probe => &[false, true],
+            Module::SparsePack => &[true, true, false, false, false, false, false],
+            Module::SparseMatmul(_) => &[true, true, true, true, true, false],
         }
     }
+}
+
+/// sparse_matmul.wgsl with its token block `TB` set to `tokens`: a constant rather than a
+/// loop bound, so the accumulators stay in registers and one token does not pay for eight.
+fn sparse_matmul_source(tokens: u32) -> &'static str {
+    const SRC: &str = include_str!("../../shaders/sparse_matmul.wgsl");
+    const LINE: &str = "const TB: u32 = 8u;";
+    static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
+    let all = VARIANTS.get_or_init(|| {
+        assert!(SRC.contains(LINE), "sparse_matmul.wgsl declares `{LINE}`");
+        TOKEN_BLOCKS
+            .iter()
+            .map(|t| SRC.replacen(LINE, &format!("const TB: u32 = {t}u;"), 1))
+            .collect()
+    });
+    let i = TOKEN_BLOCKS
+        .iter()
+        .position(|&t| t == tokens)
+        .unwrap_or_else(|| panic!("no sparse_matmul variant for {tokens} tokens"));
+    &all[i]
 }
 
 /// A range of a buffer bound as one storage binding: elements [start, start + len) of f32 or

@@ -16,6 +16,7 @@ mod probe;
 mod recon;
 mod score;
 mod select;
+mod sparse;
 mod stats;
 mod timing;
 
@@ -24,15 +25,18 @@ use std::time::Instant;
 
 pub use device::{list_adapters, list_compute_adapters};
 pub use mem::{WgpuMask, WgpuTensor};
+pub use sparse::WgpuPacked;
 
 use crate::error::{KernelError, Result};
+use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
     Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
     Score, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
 
-/// Every shader family as (file name, WGSL source), for validation without a device.
+/// Every shader family as (file name, WGSL source), for validation without a device (the
+/// product once per token block).
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
     exec::Module::ALL
         .iter()
@@ -120,7 +124,7 @@ impl WgpuBackend {
 impl Backend for WgpuBackend {
     type Tensor = WgpuTensor;
     type Mask = WgpuMask;
-    type Packed = crate::formats::PackedWeight;
+    type Packed = WgpuPacked;
 
     fn info(&self) -> &BackendInfo {
         &self.info
@@ -290,5 +294,30 @@ impl Backend for WgpuBackend {
 
     fn fma_probe(&self, t: &mut WgpuTensor, iters: u32) -> Result<()> {
         self.ctx.fma_probe(t, iters)
+    }
+
+    fn compress(
+        &self,
+        w: &WgpuTensor,
+        mask: &WgpuMask,
+        format: WeightFormat,
+    ) -> Result<WgpuPacked> {
+        self.ctx.compress(w, mask, format)
+    }
+
+    fn decompress(&self, p: &WgpuPacked) -> Result<WgpuTensor> {
+        self.ctx.decompress(p)
+    }
+
+    fn upload_packed(&self, p: &PackedWeight) -> Result<WgpuPacked> {
+        self.ctx.upload_packed(p)
+    }
+
+    fn download_packed(&self, p: &WgpuPacked) -> Result<PackedWeight> {
+        self.ctx.download_packed(p)
+    }
+
+    fn sparse_matmul(&self, x: &WgpuTensor, w: &WgpuPacked) -> Result<WgpuTensor> {
+        self.ctx.sparse_matmul(x, w)
     }
 }

@@ -1,0 +1,308 @@
+// Reading a compressed weight (ALGORITHMS.md §13, layouts of formats.rs): the product
+// Y = X·Wᵀ in each format, and decompression back to dense f32.
+//
+// Product: a workgroup of 128 lanes computes RPW = 16 weight rows for a block of TB tokens;
+// 8 lanes share a row. The block's X passes through workgroup memory in column chunks of
+// 2048 / TB columns (8 KiB whatever TB), zero past the last token and column, so padding and
+// absent tokens contribute nothing. Within a chunk the lanes of a row take:
+// * dense: every 8th vec4 of values (8 columns each), so the row's loads are contiguous;
+// * 2:4: every 8th vec4 of values (4 groups, 16 columns) and the code word holding them;
+// * bitmap: 8 / TB consecutive bit words (32-column units); a lane's first value is the
+//   row's offset plus the kept counts of the row's earlier chunks and of its lower lanes,
+//   which the lanes exchange through workgroup memory.
+// Weights are decoded in registers (unpack2x16float), products accumulate in f32 per lane,
+// and the 8 partial sums of a row are added in workgroup memory. TB (tokens per block) is
+// substituted by the host per pipeline (1, 2, 4 or 8), so a single token does not pay for 8.
+//
+// Decompression decodes f16 on the bits (exact for subnormals and signed zeros, which must
+// come back bit for bit).
+
+struct Params {
+    rows: u32,        // weight rows in this window
+    cols: u32,
+    ntok: u32,        // tokens in this window
+    x_base: u32,      // X at the window's first token
+    y_base: u32,      // Y (or the dense output) at the window's first token and weight row
+    ldy: u32,         // row length of Y (the weight's rows; decompression: cols)
+    v_base: u32,      // values at the window's first row (dense, 2:4) or at value 0 (bitmap)
+    vpr: u32,         // value words per row (dense, 2:4)
+    c_base: u32,      // codes / kept-bits at the window's first row
+    cpr: u32,         // code / bit words per row
+    row0: u32,        // global row of the window's first row (bitmap offsets)
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> vals4: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> vals: array<u32>;
+@group(0) @binding(4) var<storage, read> codes: array<u32>;
+@group(0) @binding(5) var<storage, read> offs: array<u32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+
+const TB: u32 = 8u;
+const LANES: u32 = 8u;
+const RPW: u32 = 16u;
+const WG: u32 = 128u;
+const CHUNK: u32 = 2048u / TB;
+const UPL: u32 = CHUNK / 256u;  // 32-column units per lane and chunk
+
+var<workgroup> xs: array<vec4<f32>, 512>;  // [TB][CHUNK]
+var<workgroup> red: array<f32, WG * TB>;   // [TB][WG]
+var<workgroup> cnt: array<u32, WG>;
+
+struct Lane {
+    tid: u32,
+    lane: u32,
+    row: u32,     // in the window
+    live: bool,   // the row exists
+    tok0: u32,
+}
+
+fn lane_of(wid: vec3<u32>, tid: u32) -> Lane {
+    let row = wid.x * RPW + tid / LANES;
+    return Lane(tid, tid % LANES, row, row < P.rows, wid.y * TB);
+}
+
+// xs <- X[tok0 .. tok0 + TB, c0 .. c0 + CHUNK).
+fn stage(c0: u32, tok0: u32, tid: u32) {
+    for (var e = tid; e < TB * CHUNK; e += WG) {
+        let t = e / CHUNK;
+        let c = c0 + e % CHUNK;
+        var v = 0.0;
+        if (tok0 + t < P.ntok && c < P.cols) { v = x[P.x_base + (tok0 + t) * P.cols + c]; }
+        xs[e / 4u][e % 4u] = v;
+    }
+}
+
+// X[tok0 + t, c0 + c] from the staged chunk.
+fn xv(t: u32, c: u32) -> f32 {
+    let i = t * CHUNK + c;
+    return xs[i / 4u][i % 4u];
+}
+
+// Adds the row's 8 partial sums per token and writes the tokens that exist.
+fn finish(l: Lane, acc: array<f32, TB>) {
+    for (var t = 0u; t < TB; t++) { red[t * WG + l.tid] = acc[t]; }
+    workgroupBarrier();
+    let first = l.tid - l.lane;
+    for (var t = l.lane; t < TB; t += LANES) {
+        var s = 0.0;
+        for (var j = 0u; j < LANES; j++) { s += red[t * WG + first + j]; }
+        let tok = l.tok0 + t;
+        if (l.live && tok < P.ntok) { y[P.y_base + tok * P.ldy + l.row] = s; }
+    }
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn matmul_dense(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(local_invocation_index) tid: u32) {
+    let l = lane_of(wid, tid);
+    var acc: array<f32, TB>;
+    let vrow = P.v_base / 4u + l.row * (P.vpr / 4u);
+    for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
+        stage(c0, l.tok0, tid);
+        workgroupBarrier();
+        if (l.live) {
+            for (var k = 0u; k < 4u * UPL; k++) {
+                let q = l.lane + LANES * k;  // the chunk's q-th 8 columns
+                let col = c0 + 8u * q;
+                // Rows are padded to 8 columns only: a vec4 past the end is the next row's.
+                if (col < P.cols) {
+                    let wv = vals4[vrow + col / 8u];
+                    let w0 = unpack2x16float(wv.x);
+                    let w1 = unpack2x16float(wv.y);
+                    let w2 = unpack2x16float(wv.z);
+                    let w3 = unpack2x16float(wv.w);
+                    for (var t = 0u; t < TB; t++) {
+                        let xa = xs[t * (CHUNK / 4u) + 2u * q];
+                        let xb = xs[t * (CHUNK / 4u) + 2u * q + 1u];
+                        var s = acc[t];
+                        s = fma(w0.x, xa.x, s);
+                        s = fma(w0.y, xa.y, s);
+                        s = fma(w1.x, xa.z, s);
+                        s = fma(w1.y, xa.w, s);
+                        s = fma(w2.x, xb.x, s);
+                        s = fma(w2.y, xb.y, s);
+                        s = fma(w3.x, xb.z, s);
+                        s = fma(w3.y, xb.w, s);
+                        acc[t] = s;
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    finish(l, acc);
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn matmul_two_four(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(local_invocation_index) tid: u32) {
+    let l = lane_of(wid, tid);
+    var acc: array<f32, TB>;
+    let vrow = P.v_base / 4u + l.row * (P.vpr / 4u);
+    let crow = P.c_base + l.row * P.cpr;
+    for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
+        stage(c0, l.tok0, tid);
+        workgroupBarrier();
+        if (l.live) {
+            for (var k = 0u; k < 2u * UPL; k++) {
+                let q = l.lane + LANES * k;  // the chunk's q-th 4 groups
+                let col = c0 + 16u * q;
+                if (col < P.cols) {
+                    let wv = vals4[vrow + col / 16u];
+                    // The 4 groups' codes: half of a code word.
+                    let cw = codes[crow + col / 32u] >> (4u * ((col / 4u) % 8u));
+                    for (var j = 0u; j < 4u; j++) {
+                        let code = (cw >> (4u * j)) & 0xfu;
+                        let h = unpack2x16float(wv[j]);
+                        let a = 16u * q + 4u * j + (code & 3u);
+                        let b = 16u * q + 4u * j + (code >> 2u);
+                        for (var t = 0u; t < TB; t++) {
+                            acc[t] = fma(h.y, xv(t, b), fma(h.x, xv(t, a), acc[t]));
+                        }
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    finish(l, acc);
+}
+
+// The bits of columns [c, c + 32) that lie inside the row (a malformed upload's padding
+// bits must not count).
+fn in_row(c: u32) -> u32 {
+    let n = P.cols - c;
+    if (n >= 32u) { return 0xffffffffu; }
+    return (1u << n) - 1u;
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn matmul_bitmap(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(local_invocation_index) tid: u32) {
+    let l = lane_of(wid, tid);
+    var acc: array<f32, TB>;
+    let brow = P.c_base + l.row * P.cpr;
+    var k = 0u;  // the row's first value in this chunk
+    if (l.live) { k = offs[P.row0 + l.row]; }
+    for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
+        stage(c0, l.tok0, tid);
+        var bw: array<u32, UPL>;
+        var mine = 0u;
+        if (l.live) {
+            for (var j = 0u; j < UPL; j++) {
+                let col = c0 + 32u * (l.lane * UPL + j);
+                if (col < P.cols) {
+                    bw[j] = codes[brow + col / 32u] & in_row(col);
+                    mine += countOneBits(bw[j]);
+                }
+            }
+        }
+        cnt[tid] = mine;
+        workgroupBarrier();
+        var before = 0u;
+        var total = 0u;
+        for (var j = 0u; j < LANES; j++) {
+            let n = cnt[tid - l.lane + j];
+            if (j < l.lane) { before += n; }
+            total += n;
+        }
+        var kk = k + before;
+        // Each value word is loaded once: at an even index, or first if the lane starts odd.
+        var h = vec2<f32>();
+        if ((kk & 1u) == 1u && mine != 0u) { h = unpack2x16float(vals[P.v_base + kk / 2u]); }
+        for (var j = 0u; j < UPL; j++) {
+            var b = bw[j];
+            let unit = 32u * (l.lane * UPL + j);
+            while (b != 0u) {
+                let c = unit + firstTrailingBit(b);
+                b &= b - 1u;
+                let odd = (kk & 1u) == 1u;
+                if (!odd) { h = unpack2x16float(vals[P.v_base + kk / 2u]); }
+                let wk = select(h.x, h.y, odd);
+                for (var t = 0u; t < TB; t++) { acc[t] = fma(wk, xv(t, c), acc[t]); }
+                kk += 1u;
+            }
+        }
+        k += total;
+        workgroupBarrier();
+    }
+    finish(l, acc);
+}
+
+// The exact f32 value of f16 bits.
+fn f16_value(h: u32) -> f32 {
+    let s = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0u) { return bitcast<f32>(s | bitcast<u32>(f32(m) * 5.9604644775390625e-8)); }
+    if (e == 31u) { return bitcast<f32>(s | 0x7f800000u | (m << 13u)); }
+    return bitcast<f32>(s | ((e + 112u) << 23u) | (m << 13u));
+}
+
+fn half_at(k: u32) -> f32 {
+    return f16_value((vals[P.v_base + k / 2u] >> (16u * (k & 1u))) & 0xffffu);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn unpack_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = wid.x * 256u + lid.x;
+    let r = wid.y;
+    if (c >= P.cols || r >= P.rows) { return; }
+    y[P.y_base + r * P.ldy + c] = half_at(r * 2u * P.vpr + c);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn unpack_two_four(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = wid.x * 256u + lid.x;
+    let r = wid.y;
+    if (c >= P.cols || r >= P.rows) { return; }
+    let g = c / 4u;
+    let code = (codes[P.c_base + r * P.cpr + g / 8u] >> (4u * (g % 8u))) & 0xfu;
+    let i = c % 4u;
+    var v = 0.0;
+    // The second index wins if both name the same column (the reference writes it last).
+    if (i == code >> 2u) {
+        v = half_at(2u * (r * P.vpr + g) + 1u);
+    } else if (i == (code & 3u)) {
+        v = half_at(2u * (r * P.vpr + g));
+    }
+    y[P.y_base + r * P.ldy + c] = v;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn unpack_bitmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = wid.y * nwg.x + wid.x;
+    if (r >= P.rows) { return; }
+    let t = lid.x;
+    let brow = P.c_base + r * P.cpr;
+    var k = offs[P.row0 + r];
+    // Chunks of 256 columns: each thread counts the chunk's (at most 8) bit words itself.
+    for (var c0 = 0u; c0 < P.cols; c0 += 256u) {
+        let c = c0 + t;
+        var before = 0u;
+        var total = 0u;
+        var mine = 0u;
+        for (var j = 0u; j < 8u; j++) {
+            let wc = c0 + 32u * j;
+            if (wc < P.cols) {
+                let bits = codes[brow + wc / 32u] & in_row(wc);
+                let n = countOneBits(bits);
+                if (j < t / 32u) { before += n; }
+                if (j == t / 32u) { mine = bits; }
+                total += n;
+            }
+        }
+        if (c < P.cols) {
+            let bit = c % 32u;
+            var v = 0.0;
+            if (((mine >> bit) & 1u) == 1u) {
+                v = half_at(k + before + countOneBits(mine & ((1u << bit) - 1u)));
+            }
+            y[P.y_base + r * P.ldy + c] = v;
+        }
+        k += total;
+    }
+}
