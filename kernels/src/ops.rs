@@ -54,6 +54,12 @@ pub mod tolerance {
     /// The same products as a whole, normalised squared error: f32 accumulation is ~1e-7
     /// relative per output, 1e-14 squared; a decoding error in one row stands out.
     pub const SPARSE_MATMUL_NMSE: f64 = 1e-10;
+    /// Re-fit GEMM-shaped results (ΔH, D·H and the gradients built on them, the norm system):
+    /// f32 sums over cols terms, as the Hessian.
+    pub const REFIT_GEMM: f64 = 1e-8;
+    /// Re-fit losses and solved scales, relative: a trace of f32 products, and a damped solve
+    /// whose condition the 1% damping bounds as for the Hinv factor.
+    pub const REFIT_REL: f64 = 1e-3;
 }
 
 /// How the gradient accumulator combines samples (§2).
@@ -291,6 +297,86 @@ impl ReconError {
     }
 }
 
+/// The two LoRA forms PERP merges without losing the sparsity (§12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraForm {
+    /// Ŵ = W_p + s·M̄ ⊙ (B·A).
+    Mask,
+    /// Ŵ = W_p ⊙ (B·A).
+    Scale,
+}
+
+impl LoraForm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LoraForm::Mask => "masklora",
+            LoraForm::Scale => "scalelora",
+        }
+    }
+}
+
+/// What one LoRA gradient evaluation of §12 reads. With P = M̄ (the kept entries of `mask`,
+/// mask form) or W_p (scale form) and D = P ⊙ (B·A): E = Δ + s·D, E·H = ΔH + s·D·H,
+/// L = norm/2 · Σ E ⊙ EH, Ḡ = s·norm · P ⊙ EH, ∂B = Ḡ·Aᵀ, ∂A = Bᵀ·Ḡ. Δ = W_p − W for the
+/// mask form and −W for the scale form (whose s is 1); `norm` = 1/(T·rows).
+#[derive(Debug)]
+pub struct LoraInputs<'a, T, M> {
+    pub form: LoraForm,
+    pub wp: &'a T,
+    pub mask: &'a M,
+    pub delta: &'a T,
+    pub delta_h: &'a T,
+    pub h: &'a T,
+    /// rows x r
+    pub b: &'a T,
+    /// r x cols
+    pub a: &'a T,
+    pub s: f64,
+    pub norm: f64,
+}
+
+/// ∂L/∂B, ∂L/∂A and L at the current B, A.
+#[derive(Debug)]
+pub struct LoraGrad<T> {
+    pub db: T,
+    pub da: T,
+    pub loss: f64,
+}
+
+/// One AdamW step's scalars (PyTorch's AdamW, no weight decay); `t` counts from 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub t: u32,
+}
+
+impl AdamStep {
+    pub fn new(lr: f64, t: u32) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            t,
+        }
+    }
+}
+
+/// The linear warm-up / linear decay schedule of §12 (transformers'
+/// `get_linear_schedule_with_warmup`): the learning rate of step `i` (from 0) of `steps`.
+pub fn scheduled_lr(lr: f64, i: usize, steps: usize) -> f64 {
+    let warmup = steps / 10;
+    if i < warmup {
+        lr * i as f64 / warmup as f64
+    } else {
+        lr * (steps - i) as f64 / (steps - warmup).max(1) as f64
+    }
+}
+
 /// The FMA probe's constants: a contraction towards 1, so values stay bounded however many
 /// iterations run.
 pub const FMA_PROBE_MUL: f32 = 0.999;
@@ -470,6 +556,105 @@ pub trait Backend {
         pruned: &Self::Tensor,
         h: &Self::Tensor,
     ) -> Result<ReconError>;
+
+    /// §12: Δ = W_p − W (or −W without `wp`) and Δ·H, the constant part of every re-fit
+    /// gradient, once per linear.
+    fn refit_base(
+        &self,
+        _wp: Option<&Self::Tensor>,
+        _w: &Self::Tensor,
+        _h: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no re-fit",
+            self.info().backend
+        )))
+    }
+
+    /// §12: one LoRA gradient (see [`LoraInputs`]); D is formed on the fly, never stored.
+    fn lora_grad(
+        &self,
+        _inp: LoraInputs<'_, Self::Tensor, Self::Mask>,
+    ) -> Result<LoraGrad<Self::Tensor>> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no LoRA re-fit",
+            self.info().backend
+        )))
+    }
+
+    /// §12: AdamW on `param` in place with its moments `m`, `v`.
+    fn adamw_step(
+        &self,
+        _param: &mut Self::Tensor,
+        _grad: &Self::Tensor,
+        _m: &mut Self::Tensor,
+        _v: &mut Self::Tensor,
+        _step: AdamStep,
+    ) -> Result<()> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no AdamW",
+            self.info().backend
+        )))
+    }
+
+    /// §12: the merged weight, W_p + s·M̄ ⊙ (B·A) or W_p ⊙ (B·A), zero wherever the mask is set
+    /// (the explicit mask, whatever the product gives there).
+    fn lora_merge(
+        &self,
+        _wp: &Self::Tensor,
+        _mask: &Self::Mask,
+        _b: &Self::Tensor,
+        _a: &Self::Tensor,
+        _form: LoraForm,
+        _s: f64,
+    ) -> Result<Self::Tensor> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no LoRA merge",
+            self.info().backend
+        )))
+    }
+
+    /// §12 `rowscale`: s_i = (ŵ_i H w_iᵀ)/(ŵ_i H ŵ_iᵀ) (1 where the denominator is 0), Ŵ_i ←
+    /// s_i·ŵ_i in place; returns s (1 x rows).
+    fn row_scale(
+        &self,
+        _w_hat: &mut Self::Tensor,
+        _w: &Self::Tensor,
+        _h: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no row scale",
+            self.info().backend
+        )))
+    }
+
+    /// §12 `norm`: the system Σ_l (Ŵ_lᵀŴ_l) ⊙ H (cols x cols) and the right-hand side
+    /// Σ_l diag(Ŵ_lᵀ (W_l − Ŵ_l) H) (1 x cols) over the (Ŵ_l, W_l) pairs that share the input:
+    /// the normal equations for c − 1, so damping pulls towards the unchanged norm.
+    fn norm_system(
+        &self,
+        _pairs: &[(&Self::Tensor, &Self::Tensor)],
+        _h: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no norm re-fit",
+            self.info().backend
+        )))
+    }
+
+    /// (M + λI)⁻¹·rhs for symmetric positive semi-definite M and a 1 x n rhs, λ = percdamp ·
+    /// mean(diag M) as §6 damps, through the §6 factor.
+    fn spd_solve(
+        &self,
+        _m: &Self::Tensor,
+        _rhs: &Self::Tensor,
+        _percdamp: f64,
+    ) -> Result<Self::Tensor> {
+        Err(KernelError::Unsupported(format!(
+            "{}: no solve",
+            self.info().backend
+        )))
+    }
 
     /// §13: W under its mask (set = pruned; the mask decides, never a zero value) in `format`,
     /// kept values rounded to f16. Refuses a weight that is not 2:4 for the 2:4 format and a

@@ -4,6 +4,7 @@
 
 pub mod linalg;
 pub mod obs;
+pub mod refit;
 pub mod select;
 
 use rayon::prelude::*;
@@ -11,8 +12,9 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::formats::{self, PackedWeight, WeightFormat};
 use crate::ops::{
-    check, Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection,
-    ReconError, Score, FMA_PROBE_ADD, FMA_PROBE_MUL, GBLM_GRAD_SCALE,
+    check, AdamStep, Backend, BackendInfo, GradNorm, HinvFactor, LoraForm, LoraGrad, LoraInputs,
+    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, FMA_PROBE_ADD, FMA_PROBE_MUL,
+    GBLM_GRAD_SCALE,
 };
 use crate::tensor::{Mask, Matrix};
 use linalg::{gemm, View};
@@ -453,6 +455,59 @@ impl Backend for CpuBackend {
             num: quadratic_trace(&delta, w.rows, &h.data, w.cols),
             den: quadratic_trace(&w.data, w.rows, &h.data, w.cols),
         })
+    }
+
+    fn refit_base(
+        &self,
+        wp: Option<&CpuTensor>,
+        w: &CpuTensor,
+        h: &CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        refit::refit_base(wp, w, h)
+    }
+
+    fn lora_grad(&self, inp: LoraInputs<'_, CpuTensor, Mask>) -> Result<LoraGrad<CpuTensor>> {
+        let (db, da, loss) = refit::lora_grad(&inp)?;
+        Ok(LoraGrad { db, da, loss })
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut CpuTensor,
+        grad: &CpuTensor,
+        m: &mut CpuTensor,
+        v: &mut CpuTensor,
+        step: AdamStep,
+    ) -> Result<()> {
+        refit::adamw_step(param, grad, m, v, step)
+    }
+
+    fn lora_merge(
+        &self,
+        wp: &CpuTensor,
+        mask: &Mask,
+        b: &CpuTensor,
+        a: &CpuTensor,
+        form: LoraForm,
+        s: f64,
+    ) -> Result<CpuTensor> {
+        refit::lora_merge(wp, mask, b, a, form, s)
+    }
+
+    fn row_scale(&self, w_hat: &mut CpuTensor, w: &CpuTensor, h: &CpuTensor) -> Result<CpuTensor> {
+        refit::row_scale(w_hat, w, h)
+    }
+
+    fn norm_system(
+        &self,
+        pairs: &[(&CpuTensor, &CpuTensor)],
+        h: &CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        refit::norm_system(pairs, h)
+    }
+
+    fn spd_solve(&self, m: &CpuTensor, rhs: &CpuTensor, percdamp: f64) -> Result<CpuTensor> {
+        refit::spd_solve(m, rhs, percdamp)
     }
 
     fn compress(&self, w: &CpuTensor, mask: &Mask, format: WeightFormat) -> Result<PackedWeight> {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::formats::{self, WeightFormat};
 use crate::ops::{
-    unstructured_k, GradNorm, MaskGroup, MaskPattern, ScoreKind, Sparsity, OBS_BLOCK,
+    unstructured_k, GradNorm, LoraForm, MaskGroup, MaskPattern, ScoreKind, Sparsity, OBS_BLOCK,
 };
 
 /// How an OBS case selects (ALGORITHMS.md §7).
@@ -159,6 +159,20 @@ pub enum Op {
         mask: MaskSource,
         n: usize,
     },
+    /// §12: Δ and Δ·H of a pruned linear.
+    RefitBase,
+    /// §12: one LoRA gradient at this rank.
+    LoraGrad(LoraForm, usize),
+    /// §12: one AdamW step over a rows x cols parameter.
+    AdamW,
+    /// §12: the merge at this rank, with the mask epilogue.
+    LoraMerge(LoraForm, usize),
+    /// §12: the closed-form row scales.
+    RowScale,
+    /// §12: the norm system over two linears sharing the input (as gate and up).
+    NormSystem,
+    /// §12: the damped solve of a cols x cols system.
+    SpdSolve,
 }
 
 /// One op on one shape. `rows x cols` is the weight (out x in); `tokens` is T per sample and
@@ -181,7 +195,24 @@ fn norm_name(n: GradNorm) -> &'static str {
     }
 }
 
+/// The LoRA scale s of a re-fit case: α/r with PERP's α = 2r for the mask form, 1 for the
+/// scale form.
+pub fn lora_scale(form: LoraForm) -> f64 {
+    match form {
+        LoraForm::Mask => 2.0,
+        LoraForm::Scale => 1.0,
+    }
+}
+
+/// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
+pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
+
 impl OpCase {
+    /// 1/(T·rows), the mean-squared error's normalisation (§12).
+    pub fn refit_norm(&self) -> f64 {
+        1.0 / (self.tokens * self.rows) as f64
+    }
+
     pub fn new(op: Op, rows: usize, cols: usize) -> Self {
         Self {
             op,
@@ -223,6 +254,13 @@ impl OpCase {
             Op::ReconError => "RECON_ERROR".into(),
             Op::Compress(..) => "COMPRESS".into(),
             Op::Matmul { .. } => "MATMUL".into(),
+            Op::RefitBase => "REFIT_BASE".into(),
+            Op::LoraGrad(f, _) => format!("LORA_GRAD_{}", f.name().to_uppercase()),
+            Op::AdamW => "ADAMW".into(),
+            Op::LoraMerge(f, _) => format!("LORA_MERGE_{}", f.name().to_uppercase()),
+            Op::RowScale => "ROW_SCALE".into(),
+            Op::NormSystem => "NORM_SYSTEM".into(),
+            Op::SpdSolve => "SPD_SOLVE".into(),
         }
     }
 
@@ -253,6 +291,10 @@ impl OpCase {
                 };
                 format!("format={}{how},n={n},rows={r},cols={c}", format.name())
             }
+            Op::LoraGrad(_, rank) | Op::LoraMerge(_, rank) => {
+                format!("rank={rank},rows={r},cols={c}")
+            }
+            Op::SpdSolve => format!("cols={c}"),
             _ => format!("rows={r},cols={c}"),
         };
         format!("{}({params})", self.op_name())
@@ -295,6 +337,18 @@ impl OpCase {
                 let kept = self.kept().unwrap_or(sr * sc);
                 packed_bytes(format.storage(), sr, sc, kept) + f * (n * (sr + sc)) as u64
             }
+            Op::RefitBase => f * (4 * r * c + c * c),
+            // W_p or the mask, Δ, ΔH, H, B, A in; ∂B, ∂A out (Ḡ stays in the kernel's tiles or
+            // makes one round trip, which the model does not count).
+            Op::LoraGrad(_, k) => {
+                let k = k as u64;
+                f * (3 * r * c + c * c + 2 * k * (r + c)) + mask
+            }
+            Op::AdamW => f * 7 * r * c,
+            Op::LoraMerge(_, k) => f * (2 * r * c + k as u64 * (r + c)) + mask,
+            Op::RowScale => f * (3 * r * c + c * c + r),
+            Op::NormSystem => f * (4 * r * c + 2 * c * c + c),
+            Op::SpdSolve => f * (c * c + 2 * c),
         }
     }
 
@@ -363,6 +417,16 @@ impl OpCase {
                 let (sr, sc) = format.stored_shape(self.rows, self.cols);
                 2 * n as u64 * self.kept().unwrap_or(sr * sc) as u64
             }
+            Op::RefitBase => 2 * r * c * c,
+            // B·A, D·H, ∂B and ∂A.
+            Op::LoraGrad(_, k) => 2 * r * c * c + 6 * k as u64 * r * c,
+            Op::AdamW => 12 * r * c,
+            Op::LoraMerge(_, k) => 2 * k as u64 * r * c,
+            Op::RowScale => 2 * r * c * c + 4 * r * c,
+            // Two linears: ŴᵀŴ (a SYRK, half a GEMM) and (W − Ŵ)·H each.
+            Op::NormSystem => 2 * (r * c * c + 2 * r * c * c),
+            // Cholesky c³/3 and two triangular solves.
+            Op::SpdSolve => c * c * c / 3 + 2 * c * c,
         }
     }
 
@@ -375,7 +439,16 @@ impl OpCase {
             Op::Matmul { n, .. } => n >= 64,
             op => matches!(
                 op,
-                Op::Hessian | Op::GradFused(_) | Op::HinvFactor | Op::Obs(_) | Op::ReconError
+                Op::Hessian
+                    | Op::GradFused(_)
+                    | Op::HinvFactor
+                    | Op::Obs(_)
+                    | Op::ReconError
+                    | Op::RefitBase
+                    | Op::LoraGrad(..)
+                    | Op::RowScale
+                    | Op::NormSystem
+                    | Op::SpdSolve
             ),
         }
     }
@@ -469,6 +542,57 @@ pub fn small_cases() -> Vec<OpCase> {
             .block(256),
     );
     v.extend(small_sparse_cases());
+    v.extend(small_refit_cases());
+    v
+}
+
+/// The re-fit ops on odd shapes: a single row, widths that are not a multiple of any tile, a
+/// rank above a tile's width, rank 1.
+pub fn small_refit_cases() -> Vec<OpCase> {
+    let mut v = vec![
+        OpCase::new(Op::RefitBase, 13, 200).tokens(300, 1),
+        OpCase::new(Op::RefitBase, 1, 37).tokens(80, 1),
+        OpCase::new(Op::AdamW, 13, 37),
+        OpCase::new(Op::AdamW, 1, 300),
+        OpCase::new(Op::RowScale, 13, 200).tokens(300, 1),
+        OpCase::new(Op::RowScale, 1, 37).tokens(80, 1),
+        OpCase::new(Op::NormSystem, 13, 200).tokens(300, 1),
+        OpCase::new(Op::NormSystem, 1, 37).tokens(80, 1),
+        OpCase::new(Op::SpdSolve, 1, 37).tokens(80, 1),
+        OpCase::new(Op::SpdSolve, 1, 300).tokens(400, 1),
+    ];
+    for form in [LoraForm::Mask, LoraForm::Scale] {
+        for (rank, rows, cols) in [(4, 13, 200), (1, 1, 37), (17, 37, 130)] {
+            v.push(OpCase::new(Op::LoraGrad(form, rank), rows, cols).tokens(300, 1));
+            v.push(OpCase::new(Op::LoraMerge(form, rank), rows, cols));
+        }
+    }
+    v
+}
+
+/// The re-fit ops on a model's linear shapes at PERP's rank 16.
+pub fn refit_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
+    let mut v = Vec::new();
+    let mut input_cols: Vec<usize> = shapes.iter().map(|s| s.1).collect();
+    input_cols.sort_unstable();
+    input_cols.dedup();
+    for &c in &input_cols {
+        v.push(OpCase::new(Op::SpdSolve, 1, c).tokens(tokens, 1));
+    }
+    for &(r, c) in shapes {
+        v.push(OpCase::new(Op::RefitBase, r, c).tokens(tokens, 1));
+        v.push(OpCase::new(Op::AdamW, r, 16));
+        v.push(OpCase::new(Op::AdamW, 16, c));
+        v.push(OpCase::new(Op::RowScale, r, c).tokens(tokens, 1));
+        v.push(OpCase::new(Op::NormSystem, r, c).tokens(tokens, 1));
+        for form in [LoraForm::Mask, LoraForm::Scale] {
+            v.push(OpCase::new(Op::LoraGrad(form, 16), r, c).tokens(tokens, 1));
+            v.push(OpCase::new(Op::LoraMerge(form, 16), r, c));
+        }
+    }
+    // Shapes with the same rows share their AdamW case over B.
+    let mut seen = std::collections::BTreeSet::new();
+    v.retain(|c| seen.insert(c.name()));
     v
 }
 
@@ -602,6 +726,7 @@ pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
         ));
     }
     v.extend(matmul_cases(shapes));
+    v.extend(refit_cases(shapes, tokens));
     v
 }
 

@@ -285,6 +285,52 @@ pub fn compare(
         },
         Op::Compress(..) => compress_checks(inputs, want, got),
         Op::Matmul { .. } => matmul_checks(inputs, want, got),
+        Op::RefitBase => vec![
+            value_check("delta", want, got, tol::ELEMENTWISE),
+            value_check("delta_h", want, got, tol::REFIT_GEMM),
+        ],
+        Op::LoraGrad(..) => vec![
+            value_check("db", want, got, tol::REFIT_GEMM),
+            value_check("da", want, got, tol::REFIT_GEMM),
+            Check::new(
+                "loss",
+                "relative",
+                match (want.loss, got.loss) {
+                    (Some(a), Some(b)) => relative(a, b),
+                    _ => f64::INFINITY,
+                },
+                tol::REFIT_REL,
+            ),
+        ],
+        Op::AdamW => ["param", "m", "v"]
+            .into_iter()
+            .map(|w| value_check(w, want, got, tol::ELEMENTWISE))
+            .collect(),
+        Op::LoraMerge(..) => {
+            let mask = inputs.mask.as_ref().expect("merge case has a mask");
+            // The mask survives bit for bit: no pruned entry written, no kept entry dropped.
+            let broken = got.value("w").map_or(f64::INFINITY, |w| {
+                (0..w.data.len())
+                    .filter(|&i| {
+                        let pruned = mask.get(i / w.cols, i % w.cols);
+                        (w.data[i] != 0.0) == pruned
+                    })
+                    .count() as f64
+            });
+            vec![
+                value_check("w", want, got, tol::ELEMENTWISE),
+                Check::new("mask kept", "mismatches", broken, 0.0),
+            ]
+        }
+        Op::RowScale => vec![
+            value_check("scales", want, got, tol::REFIT_GEMM),
+            value_check("w", want, got, tol::REFIT_GEMM),
+        ],
+        Op::NormSystem => vec![
+            value_check("m", want, got, tol::REFIT_GEMM),
+            value_check("rhs", want, got, tol::REFIT_GEMM),
+        ],
+        Op::SpdSolve => vec![value_check("x", want, got, tol::HINV_FACTOR)],
     }
 }
 

@@ -2,13 +2,13 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{ObsKind, Op, OpCase};
+use super::case::{lora_scale, ObsKind, Op, OpCase, ADAMW_CASE_STEP};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    Backend, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score,
-    ScoreKind,
+    AdamStep, Backend, GradNorm, HinvFactor, LoraForm, LoraGrad, LoraInputs, MaskPattern,
+    ObsOutcome, ObsSelection, ReconError, Score, ScoreKind,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -88,6 +88,55 @@ pub enum Prepared<B: Backend> {
     Matmul {
         x: B::Tensor,
         w: B::Packed,
+        out: Option<B::Tensor>,
+    },
+    RefitBase {
+        wp: B::Tensor,
+        w: B::Tensor,
+        h: B::Tensor,
+        out: Option<(B::Tensor, B::Tensor)>,
+    },
+    LoraGrad {
+        form: LoraForm,
+        wp: B::Tensor,
+        mask: B::Mask,
+        delta: B::Tensor,
+        delta_h: B::Tensor,
+        h: B::Tensor,
+        b: B::Tensor,
+        a: B::Tensor,
+        s: f64,
+        norm: f64,
+        out: Option<LoraGrad<B::Tensor>>,
+    },
+    AdamW {
+        param: B::Tensor,
+        grad: B::Tensor,
+        m: B::Tensor,
+        v: B::Tensor,
+    },
+    LoraMerge {
+        form: LoraForm,
+        wp: B::Tensor,
+        mask: B::Mask,
+        b: B::Tensor,
+        a: B::Tensor,
+        out: Option<B::Tensor>,
+    },
+    RowScale {
+        w_hat: B::Tensor,
+        w: B::Tensor,
+        h: B::Tensor,
+        out: Option<B::Tensor>,
+    },
+    NormSystem {
+        pairs: Vec<(B::Tensor, B::Tensor)>,
+        h: B::Tensor,
+        out: Option<(B::Tensor, B::Tensor)>,
+    },
+    SpdSolve {
+        m: B::Tensor,
+        rhs: B::Tensor,
         out: Option<B::Tensor>,
     },
 }
@@ -203,6 +252,55 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
             w: b.upload_packed(inp.packed.as_ref().expect("product case has a weight"))?,
             out: None,
         },
+        Op::RefitBase => Prepared::RefitBase {
+            wp: up("wp")?,
+            w: up("w")?,
+            h: up("h")?,
+            out: None,
+        },
+        Op::LoraGrad(form, _) => Prepared::LoraGrad {
+            form,
+            wp: up("wp")?,
+            mask: b.upload_mask(inp.mask.as_ref().expect("re-fit case has a mask"))?,
+            delta: up("delta")?,
+            delta_h: up("delta_h")?,
+            h: up("h")?,
+            b: up("b")?,
+            a: up("a")?,
+            s: lora_scale(form),
+            norm: case.refit_norm(),
+            out: None,
+        },
+        Op::AdamW => Prepared::AdamW {
+            param: up("param")?,
+            grad: up("grad")?,
+            m: up("m")?,
+            v: up("v")?,
+        },
+        Op::LoraMerge(form, _) => Prepared::LoraMerge {
+            form,
+            wp: up("wp")?,
+            mask: b.upload_mask(inp.mask.as_ref().expect("re-fit case has a mask"))?,
+            b: up("b")?,
+            a: up("a")?,
+            out: None,
+        },
+        Op::RowScale => Prepared::RowScale {
+            w_hat: up("wp")?,
+            w: up("w")?,
+            h: up("h")?,
+            out: None,
+        },
+        Op::NormSystem => Prepared::NormSystem {
+            pairs: vec![(up("wp1")?, up("w1")?), (up("wp2")?, up("w2")?)],
+            h: up("h")?,
+            out: None,
+        },
+        Op::SpdSolve => Prepared::SpdSolve {
+            m: up("m")?,
+            rhs: up("rhs")?,
+            out: None,
+        },
     })
 }
 
@@ -286,6 +384,65 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             *out = Some(b.sparse_matmul(x, w)?);
             Ok(())
         }
+        Prepared::RefitBase { wp, w, h, out } => {
+            *out = Some(b.refit_base(Some(wp), w, h)?);
+            Ok(())
+        }
+        Prepared::LoraGrad {
+            form,
+            wp,
+            mask,
+            delta,
+            delta_h,
+            h,
+            b: lb,
+            a,
+            s,
+            norm,
+            out,
+        } => {
+            *out = Some(b.lora_grad(LoraInputs {
+                form: *form,
+                wp,
+                mask,
+                delta,
+                delta_h,
+                h,
+                b: lb,
+                a,
+                s: *s,
+                norm: *norm,
+            })?);
+            Ok(())
+        }
+        Prepared::AdamW { param, grad, m, v } => {
+            let (lr, t) = ADAMW_CASE_STEP;
+            b.adamw_step(param, grad, m, v, AdamStep::new(lr, t))
+        }
+        Prepared::LoraMerge {
+            form,
+            wp,
+            mask,
+            b: lb,
+            a,
+            out,
+        } => {
+            *out = Some(b.lora_merge(wp, mask, lb, a, *form, lora_scale(*form))?);
+            Ok(())
+        }
+        Prepared::RowScale { w_hat, w, h, out } => {
+            *out = Some(b.row_scale(w_hat, w, h)?);
+            Ok(())
+        }
+        Prepared::NormSystem { pairs, h, out } => {
+            let refs: Vec<(&B::Tensor, &B::Tensor)> = pairs.iter().map(|(a, c)| (a, c)).collect();
+            *out = Some(b.norm_system(&refs, h)?);
+            Ok(())
+        }
+        Prepared::SpdSolve { m, rhs, out } => {
+            *out = Some(b.spd_solve(m, rhs, crate::ops::PERCDAMP)?);
+            Ok(())
+        }
     }
 }
 
@@ -332,6 +489,39 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Matmul { out, .. } => {
             o.values
                 .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
+        Prepared::RefitBase { out, .. } | Prepared::NormSystem { out, .. } => {
+            let (x, y) = out.as_ref().ok_or_else(never_ran)?;
+            let names = match p {
+                Prepared::RefitBase { .. } => ("delta", "delta_h"),
+                _ => ("m", "rhs"),
+            };
+            o.values.push((names.0, b.download(x)?));
+            o.values.push((names.1, b.download(y)?));
+        }
+        Prepared::LoraGrad { out, .. } => {
+            let g = out.as_ref().ok_or_else(never_ran)?;
+            o.values.push(("db", b.download(&g.db)?));
+            o.values.push(("da", b.download(&g.da)?));
+            o.loss = Some(g.loss);
+        }
+        Prepared::AdamW { param, m, v, .. } => {
+            o.values.push(("param", b.download(param)?));
+            o.values.push(("m", b.download(m)?));
+            o.values.push(("v", b.download(v)?));
+        }
+        Prepared::LoraMerge { out, .. } => {
+            o.values
+                .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
+        Prepared::RowScale { w_hat, out, .. } => {
+            o.values.push(("w", b.download(w_hat)?));
+            o.values
+                .push(("scales", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
+        Prepared::SpdSolve { out, .. } => {
+            o.values
+                .push(("x", b.download(out.as_ref().ok_or_else(never_ran)?)?));
         }
     }
     Ok(o)
