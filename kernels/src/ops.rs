@@ -314,6 +314,14 @@ impl LoraForm {
             LoraForm::Scale => "scalelora",
         }
     }
+
+    /// s = α/r with PERP's α = 2r for MaskLoRA, so s = 2 at every rank; ScaleLoRA has none.
+    pub fn scale(&self) -> f64 {
+        match self {
+            LoraForm::Mask => 2.0,
+            LoraForm::Scale => 1.0,
+        }
+    }
 }
 
 /// What one LoRA gradient evaluation of §12 reads. With P = M̄ (the kept entries of `mask`,

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use prunebench_kernels::Matrix;
 
-use crate::config::{LinearSpec, ModelConfig};
+use crate::config::{InputGroup, LinearSpec, ModelConfig};
 use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
 use crate::input::{check_input_dir, input_present, read_input_text};
 use crate::mapped::{write_matrices, MappedFile, TensorHeader};
 use crate::output::write_file;
 use crate::LayerWeights;
+use crate::NormWeight;
 
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
@@ -118,11 +119,30 @@ impl Checkpoint {
                 },
             ));
         }
+        let mut norms = Vec::new();
+        for group in [InputGroup::AttnIn, InputGroup::MlpIn] {
+            let Some(name) = NormWeight::hf_tensor_name(group, layer) else {
+                continue;
+            };
+            // Optional: only the `norm` re-fit needs them, and it says so when they are absent.
+            let Some(file) = self.weight_map.get(&name).map(|&i| &self.files[i]) else {
+                continue;
+            };
+            let t = file.require(&name)?;
+            t.expect_shape(&file.path, &[self.config.hidden])?;
+            let data = t.read_f32(&file.path, 0, self.config.hidden, self.config.hidden)?;
+            norms.push(NormWeight {
+                group,
+                data,
+                dtype: t.dtype,
+            });
+        }
         Ok(LayerWeights {
             model: self.config.clone(),
             layer,
             dtypes,
             linears: out,
+            norms,
         })
     }
 }
@@ -189,7 +209,44 @@ pub fn write_layer(
     layer: &LayerWeights,
     pruned: &[(LinearSpec, Matrix)],
 ) -> Result<()> {
+    write_layer_with_norms(path, layer, pruned, &[])
+}
+
+/// `write_layer` with re-fitted RMSNorm weights besides the linears, each under its HF name in
+/// the dtype it came in, checked for length and finiteness.
+pub fn write_layer_with_norms(
+    path: &Path,
+    layer: &LayerWeights,
+    pruned: &[(LinearSpec, Matrix)],
+    norms: &[NormWeight],
+) -> Result<()> {
     let mut tensors: Vec<(TensorHeader, &[f32])> = Vec::with_capacity(pruned.len());
+    for n in norms {
+        let name = NormWeight::hf_tensor_name(n.group, layer.layer).ok_or_else(|| {
+            ModelError::BadConfig {
+                path: path.to_path_buf(),
+                detail: format!("the {} input has no norm weight", n.group.name()),
+            }
+        })?;
+        let hidden = layer.model.hidden;
+        if n.data.len() != hidden {
+            return Err(ModelError::WrongShape {
+                name,
+                path: path.to_path_buf(),
+                expected: vec![hidden],
+                actual: vec![n.data.len()],
+            });
+        }
+        if let Some(i) = n.data.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite {
+                name,
+                path: path.to_path_buf(),
+                row: 0,
+                col: i,
+            });
+        }
+        tensors.push((TensorHeader::new(name, n.dtype, vec![hidden]), &n.data[..]));
+    }
     for (l, m) in pruned {
         let name = l.hf_tensor_name(layer.layer);
         if m.shape() != (l.rows, l.cols) || m.data.len() != l.rows * l.cols {
@@ -256,12 +313,22 @@ pub fn write_checkpoint(
     let all: Vec<(TensorHeader, &[f32])> = layers
         .iter()
         .flat_map(|lw| {
-            lw.linears.iter().map(move |(l, m)| {
-                (
-                    TensorHeader::new(l.hf_tensor_name(lw.layer), dtype, vec![m.rows, m.cols]),
-                    &m.data[..],
-                )
-            })
+            let norms = lw.norms.iter().filter_map(move |n| {
+                let name = NormWeight::hf_tensor_name(n.group, lw.layer)?;
+                Some((
+                    TensorHeader::new(name, dtype, vec![n.data.len()]),
+                    &n.data[..],
+                ))
+            });
+            lw.linears
+                .iter()
+                .map(move |(l, m)| {
+                    (
+                        TensorHeader::new(l.hf_tensor_name(lw.layer), dtype, vec![m.rows, m.cols]),
+                        &m.data[..],
+                    )
+                })
+                .chain(norms)
         })
         .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);

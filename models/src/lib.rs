@@ -28,6 +28,33 @@ pub struct LayerWeights {
     /// is written back in its own.
     pub dtypes: Vec<DType>,
     pub linears: Vec<(LinearSpec, Matrix)>,
+    /// The RMSNorm weights in front of the groups that have one (q/k/v, gate/up), where the
+    /// source holds them: the `norm` re-fit rescales them.
+    pub norms: Vec<NormWeight>,
+}
+
+/// One RMSNorm weight γ of a layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormWeight {
+    /// The input group whose columns γ scales.
+    pub group: InputGroup,
+    pub data: Vec<f32>,
+    pub dtype: DType,
+}
+
+impl NormWeight {
+    /// `input_layernorm` (before attention) or `post_attention_layernorm` (before the MLP).
+    pub fn hf_name(group: InputGroup) -> Option<&'static str> {
+        match group {
+            InputGroup::AttnIn => Some("input_layernorm"),
+            InputGroup::MlpIn => Some("post_attention_layernorm"),
+            InputGroup::AttnOut | InputGroup::MlpAct => None,
+        }
+    }
+
+    pub fn hf_tensor_name(group: InputGroup, layer: usize) -> Option<String> {
+        Self::hf_name(group).map(|n| format!("model.layers.{layer}.{n}.weight"))
+    }
 }
 
 impl LayerWeights {
@@ -38,5 +65,10 @@ impl LayerWeights {
             .zip(&self.dtypes)
             .find(|((l, _), _)| l.name == name)
             .map_or(DType::F32, |(_, &d)| d)
+    }
+
+    /// The norm weight in front of `group`, if the layer has it.
+    pub fn norm(&self, group: InputGroup) -> Option<&NormWeight> {
+        self.norms.iter().find(|n| n.group == group)
     }
 }

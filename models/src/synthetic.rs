@@ -13,7 +13,7 @@ use prunebench_kernels::Matrix;
 use crate::config::{InputGroup, LinearSpec, ModelConfig};
 use crate::dtype::DType;
 use crate::error::{ModelError, Result};
-use crate::LayerWeights;
+use crate::{LayerWeights, NormWeight};
 
 /// Calibration inputs and output gradients, one sample at a time.
 pub trait CalibrationSource: Send + Sync {
@@ -48,6 +48,7 @@ const TAG_STRUCTURE: u64 = 2;
 const TAG_INPUT: u64 = 3;
 const TAG_GRAD_ROWS: u64 = 4;
 const TAG_GRAD: u64 = 5;
+const TAG_NORMS: u64 = 6;
 
 fn stream(seed: u64, parts: &[u64]) -> Rng {
     Rng::derive(seed, parts)
@@ -118,11 +119,26 @@ pub fn synthetic_layer(
             )
         })
         .collect::<Vec<_>>();
+    // γ as trained LLaMA norms look: positive, spread around a common level.
+    let norms = [InputGroup::AttnIn, InputGroup::MlpIn]
+        .into_iter()
+        .map(|group| {
+            let mut rng = stream(seed, &[TAG_NORMS, layer as u64, group as u64]);
+            NormWeight {
+                group,
+                data: (0..cfg.hidden)
+                    .map(|_| (0.3 * rng.normal()).exp() as f32)
+                    .collect(),
+                dtype: DType::F32,
+            }
+        })
+        .collect();
     LayerWeights {
         model: cfg.clone(),
         layer,
         dtypes: vec![DType::F32; linears.len()],
         linears,
+        norms,
     }
 }
 

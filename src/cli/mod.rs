@@ -100,7 +100,22 @@ pub struct PruneArgs {
     /// GBLM gradient norm: l2 or l1.
     #[arg(long, default_value = "l2")]
     pub grad_norm: String,
-    /// Write the pruned linears to this safetensors file (each in the dtype it came in).
+    /// Re-fit after pruning (PERP), in order: a list of norm, rowscale, masklora:R,
+    /// scalelora:R (e.g. norm,masklora:16), or none.
+    #[arg(long, default_value = "none")]
+    pub refit: String,
+    /// AdamW steps of each LoRA re-fit.
+    #[arg(long, default_value_t = prunebench_harness::refit::DEFAULT_STEPS, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub refit_steps: usize,
+    /// Peak learning rate of the LoRA re-fits (linear warm-up over 10% of the steps, then
+    /// linear decay to 0).
+    #[arg(long, default_value_t = prunebench_harness::refit::DEFAULT_LR, allow_negative_numbers = true)]
+    pub refit_lr: f64,
+    /// Seed of MaskLoRA's initial A.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    pub refit_seed: u64,
+    /// Write the pruned linears to this safetensors file (each in the dtype it came in), with
+    /// the re-fitted norm weights when `--refit norm` ran.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the results as JSON on stdout.

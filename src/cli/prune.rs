@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Result};
 
 use prunebench_harness::prune::{LayerReport, Purpose};
-use prunebench_harness::{prune_layer, LayerRun, Method, PruneConfig};
+use prunebench_harness::{prune_layer, LayerRun, Method, PruneConfig, RefitConfig};
 use prunebench_kernels::{Backend, GradNorm, MaskGroup, Sparsity};
-use prunebench_models::checkpoint::write_layer;
+use prunebench_models::checkpoint::write_layer_with_norms;
 
 use super::backends::{dispatch, resolve, BackendJob};
 use super::layer_input::LayerInput;
@@ -68,6 +68,12 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
     let mut cfg = PruneConfig::new(method, sparsity);
     cfg.group = parse_group(a.group.as_deref())?;
     cfg.grad_norm = parse_norm(&a.grad_norm)?;
+    cfg.refit = RefitConfig {
+        items: RefitConfig::parse_items(&a.refit)?,
+        steps: a.refit_steps,
+        lr: a.refit_lr,
+        seed: a.refit_seed,
+    };
     let choice = resolve(&a.backend.backend)?;
     let inputs = a.layer.inputs();
     if let Some(out) = &a.out {
@@ -81,7 +87,8 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
     };
     let run = dispatch(choice, a.backend.adapter.as_deref(), job)?;
     if let Some(out) = &a.out {
-        write_layer(out, &input.layer, &run.pruned).map_err(super::out_error)?;
+        write_layer_with_norms(out, &input.layer, &run.pruned, &run.norms)
+            .map_err(super::out_error)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&run.report)?);

@@ -26,6 +26,9 @@ pub(crate) struct LinearOnDevice<'t, B: Backend> {
     pub pruned: &'t B::Tensor,
     /// The dtype the weights are stored in.
     pub dtype: DType,
+    /// The column scale c of a `norm` re-fit: the layer computes with Ŵ·diag(c), so that is
+    /// what is measured, while Ŵ is what is written.
+    pub col_scale: Option<&'t [f32]>,
 }
 
 pub(crate) fn evaluate_linear<B: Backend>(
@@ -48,7 +51,15 @@ pub(crate) fn evaluate_linear<B: Backend>(
             .context(|| cx.at(l.name))?;
         Ok(recon.expect("recon computed").relative())
     };
-    let (recon_error, recon_error_f32, written) = if linear.dtype == DType::F32 {
+    let (recon_error, recon_error_f32, written) = if let Some(c) = linear.col_scale {
+        let mut w = b.download(linear.pruned).context(|| cx.at(l.name))?;
+        check_in_range(cx, l, linear.dtype, &w.data)?;
+        linear.dtype.round_trip(&mut w.data);
+        let mut effective = w.clone();
+        crate::refit::scale_columns(&mut effective, c, false);
+        let on_device = b.upload(&effective).context(|| cx.at(l.name))?;
+        (recon(&on_device, &mut stages)?, None, Some(w))
+    } else if linear.dtype == DType::F32 {
         (recon(linear.pruned, &mut stages)?, None, None)
     } else {
         let mut w = b.download(linear.pruned).context(|| cx.at(l.name))?;
@@ -76,6 +87,7 @@ pub(crate) fn evaluate_linear<B: Backend>(
             recon_error,
             recon_error_f32,
             obs_loss: outcome.obs_loss,
+            refit: None,
             stages: stages.0,
         },
         kept,

@@ -25,6 +25,7 @@ use prunebench_models::LayerWeights;
 use crate::error::{Context, HarnessError, Result};
 use crate::method::Method;
 use crate::methods::{group_step, sparsegpt};
+use crate::refit::{refit_group, Member};
 
 use context::{LayerCx, Ticker};
 use evaluate::{evaluate_linear, LinearOnDevice};
@@ -60,13 +61,16 @@ pub fn working_set_bytes(layer: &LayerWeights, cfg: &PruneConfig, tokens: usize)
             } else {
                 0
             };
-            // Original and pruned W, plus a score matrix, for the largest linear at a time.
+            // Original and pruned W of every member (all are pruned before the evaluation),
+            // plus a score matrix for one at a time; a re-fit adds Δ, ΔH and Ḡ per linear.
+            let resident: u64 = ls.iter().map(|l| f * 2 * (l.rows * l.cols) as u64).sum();
+            let refit = if cfg.refit.items.is_empty() { 0 } else { 3 };
             let per_linear = ls
                 .iter()
-                .map(|l| f * (3 * l.rows * l.cols + tokens * l.rows) as u64)
+                .map(|l| f * ((1 + refit) * l.rows * l.cols + tokens * l.rows) as u64)
                 .max()
                 .unwrap_or(0);
-            group + grads + per_linear
+            group + grads + resident + per_linear
         })
         .max()
         .unwrap_or(0)
@@ -98,6 +102,8 @@ pub fn prune_layer<B: Backend>(
     let mut linear_reports = Vec::new();
     let (mut pruned_out, mut masks) = (Vec::new(), Vec::new());
 
+    let layer_parameters: usize = layer.linears.iter().map(|(l, _)| l.rows * l.cols).sum();
+    let mut norms_out = Vec::new();
     for g in groups {
         let members: Vec<&(LinearSpec, Matrix)> =
             layer.linears.iter().filter(|(l, _)| l.input == g).collect();
@@ -106,23 +112,67 @@ pub fn prune_layer<B: Backend>(
         let mut step = group_step::<B>(cfg.method);
         step.prepare(b, &cx, &mut stats)?;
         let member_stages = std::mem::take(&mut stats.member_stages);
+        // Every member is pruned before any is evaluated: the re-fit's `norm` spans them all.
+        let mut done_members = Vec::new();
         for ((i, (l, w)), mut stages) in members.iter().enumerate().zip(member_stages) {
             let original = b.upload(w).context(|| cx.at(l.name))?;
             let mut wt = b.upload(w).context(|| cx.at(l.name))?;
             let outcome = step.prune_linear(b, &cx, &stats, (i, l), &mut wt, &mut stages)?;
+            done_members.push((l, original, wt, outcome, stages));
+        }
+        let refitted = if cfg.refit.items.is_empty() {
+            None
+        } else {
+            let mut refit_members: Vec<Member<'_, B>> = done_members
+                .iter_mut()
+                .map(|(l, original, wt, outcome, stages)| Member {
+                    spec: l,
+                    original,
+                    pruned: wt,
+                    mask: &outcome.mask,
+                    stages,
+                })
+                .collect();
+            Some(refit_group(
+                b,
+                &cx,
+                g,
+                &mut refit_members,
+                &stats.hessian,
+                layer.norm(g),
+                calib.source.tokens(),
+                layer_parameters,
+            )?)
+        };
+        let col_scale = refitted.as_ref().and_then(|r| r.col_scale.clone());
+        let mut linear_refits = refitted.as_ref().map(|r| r.linears.clone());
+        for (k, (l, original, wt, outcome, stages)) in done_members.into_iter().enumerate() {
             let linear = LinearOnDevice {
                 spec: l,
                 original: &original,
                 pruned: &wt,
                 dtype: layer.dtype_of(l.name),
+                col_scale: col_scale.as_deref(),
             };
-            let done = evaluate_linear(b, &cx, linear, outcome, &stats.hessian, stages, keep)?;
+            let mut done = evaluate_linear(b, &cx, linear, outcome, &stats.hessian, stages, keep)?;
+            done.report.refit = linear_refits.as_mut().map(|r| r[k].clone());
             if let Some((w, mask)) = done.kept {
                 pruned_out.push(((*l).clone(), w));
                 masks.push(mask);
             }
             linear_reports.push(done.report);
             ticker.tick(&format!("{}: pruned", l.name));
+        }
+        let (norm_refit, refit_skipped) = match refitted {
+            Some(r) => (r.norm, r.skipped),
+            None => (None, Vec::new()),
+        };
+        if let (Some(n), Some(orig)) = (&norm_refit, layer.norm(g)) {
+            norms_out.push(prunebench_models::NormWeight {
+                group: g,
+                data: n.weights.clone(),
+                dtype: orig.dtype,
+            });
         }
         group_reports.push(GroupReport {
             group: g.name().to_string(),
@@ -132,6 +182,8 @@ pub fn prune_layer<B: Backend>(
             ready: stats.ready,
             stages: stats.stages.0,
             dead_columns: step.dead_columns(),
+            norm_refit,
+            refit_skipped,
         });
     }
 
@@ -161,6 +213,7 @@ pub fn prune_layer<B: Backend>(
         report,
         pruned: pruned_out,
         masks,
+        norms: norms_out,
     })
 }
 
@@ -183,6 +236,7 @@ fn check_layer(cx: &LayerCx<'_>, layer: &LayerWeights) -> Result<()> {
     if cfg.method == Method::Sparsegpt {
         sparsegpt::check_config(cfg)?;
     }
+    cfg.refit.check(layer)?;
     Ok(())
 }
 

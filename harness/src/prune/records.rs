@@ -10,6 +10,7 @@ use prunebench_models::config::LinearSpec;
 use prunebench_models::synthetic::CalibrationSource;
 
 use crate::method::Method;
+use crate::refit::{LinearRefit, NormRefit, RefitConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PruneConfig {
@@ -20,6 +21,9 @@ pub struct PruneConfig {
     pub grad_norm: GradNorm,
     pub percdamp: f64,
     pub block: usize,
+    /// The re-fit stage after the method (§12); no items, no stage.
+    #[serde(default)]
+    pub refit: RefitConfig,
 }
 
 impl PruneConfig {
@@ -31,6 +35,7 @@ impl PruneConfig {
             grad_norm: GradNorm::L2,
             percdamp: PERCDAMP,
             block: OBS_BLOCK,
+            refit: RefitConfig::default(),
         }
     }
 }
@@ -78,6 +83,12 @@ pub struct GroupReport {
     pub stages: Vec<StageTime>,
     /// Columns whose Hessian diagonal was zero (SparseGPT).
     pub dead_columns: usize,
+    /// The `norm` re-fit of the group's RMSNorm weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_refit: Option<NormRefit>,
+    /// Re-fit items the group skipped, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refit_skipped: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +108,9 @@ pub struct LinearReport {
     pub recon_error_f32: Option<f64>,
     /// SparseGPT's summed OBS loss.
     pub obs_loss: Option<f64>,
+    /// The re-fit after the method: errors before and after, what was trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit: Option<LinearRefit>,
     pub stages: Vec<StageTime>,
 }
 
@@ -122,4 +136,6 @@ pub struct LayerRun {
     pub report: LayerReport,
     pub pruned: Vec<(LinearSpec, Matrix)>,
     pub masks: Vec<prunebench_kernels::Mask>,
+    /// Re-fitted RMSNorm weights (`norm`), in the dtype they came in.
+    pub norms: Vec<prunebench_models::NormWeight>,
 }

@@ -198,10 +198,7 @@ fn norm_name(n: GradNorm) -> &'static str {
 /// The LoRA scale s of a re-fit case: α/r with PERP's α = 2r for the mask form, 1 for the
 /// scale form.
 pub fn lora_scale(form: LoraForm) -> f64 {
-    match form {
-        LoraForm::Mask => 2.0,
-        LoraForm::Scale => 1.0,
-    }
+    form.scale()
 }
 
 /// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
