@@ -312,8 +312,15 @@ pub fn bench_layer<B: Backend>(
         names.join("+")
     };
     params.insert("linears".into(), linears.clone());
+    let refit = if cfg.refit.items.is_empty() {
+        String::new()
+    } else {
+        let items: Vec<String> = cfg.refit.items.iter().map(|i| i.label()).collect();
+        params.insert("refit".into(), items.join("+"));
+        format!(",refit={}", items.join("+"))
+    };
     let key = format!(
-        "LAYER(model={},method={},sparsity={},samples={samples},tokens={tokens},linears={linears})",
+        "LAYER(model={},method={},sparsity={},samples={samples},tokens={tokens},linears={linears}{refit})",
         layer.model.name, cfg.method, cfg.sparsity,
     );
     let mut prune_times = Vec::new();

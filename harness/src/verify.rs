@@ -21,6 +21,12 @@ pub const LAYER_MASK_DISAGREEMENT_SPARSEGPT: f64 = 1e-3;
 /// Relative difference of the reconstruction error figure.
 pub const LAYER_RECON_REL: f64 = 1e-3;
 pub const LAYER_RECON_REL_SPARSEGPT: f64 = 1e-2;
+/// After a LoRA re-fit: AdamW divides each update by the root of the second moment, so f32
+/// rounding in early gradients moves every later step a little; over the default 100 steps the
+/// final error differs from the f64 run by well under 1%; allow 2%.
+pub const LAYER_RECON_REL_REFIT: f64 = 2e-2;
+/// The LoRA loss at step 0, before any update: one f32 trace against f64.
+pub const REFIT_FIRST_LOSS_REL: f64 = 1e-3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinearVerification {
@@ -35,6 +41,9 @@ pub struct LinearVerification {
     pub recon_backend: f64,
     pub recon_relative_difference: f64,
     pub recon_tolerance: f64,
+    /// The re-fit's first LoRA loss against the reference's, relative, where a LoRA ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit_first_loss_relative_difference: Option<f64>,
     pub pass: bool,
 }
 
@@ -63,11 +72,14 @@ pub fn verify_layer<B: Backend>(
     let got = prune_layer(b, layer, calib, cfg, true, progress)?;
     let want = prune_layer(&CpuBackend::new(), layer, calib, cfg, true, progress)?;
     let sparsegpt = cfg.method == Method::Sparsegpt;
-    let (mask_tol, recon_tol) = if sparsegpt {
+    let (mask_tol, mut recon_tol) = if sparsegpt {
         (LAYER_MASK_DISAGREEMENT_SPARSEGPT, LAYER_RECON_REL_SPARSEGPT)
     } else {
         (LAYER_MASK_DISAGREEMENT, LAYER_RECON_REL)
     };
+    if !cfg.refit.items.is_empty() {
+        recon_tol = recon_tol.max(LAYER_RECON_REL_REFIT);
+    }
     let mut linears = Vec::new();
     for (i, (g, w)) in got
         .report
@@ -89,7 +101,16 @@ pub fn verify_layer<B: Backend>(
         } else {
             (g.recon_error - w.recon_error).abs() / w.recon_error.abs().max(f64::MIN_POSITIVE)
         };
-        let pass = g.pruned == w.pruned && disagreement <= mask_tol && rel <= recon_tol;
+        let first_loss = |r: &crate::prune::LinearReport| {
+            r.refit.as_ref().and_then(|f| f.lora_loss).map(|l| l.0)
+        };
+        let loss_rel = first_loss(g)
+            .zip(first_loss(w))
+            .map(|(a, b)| (a - b).abs() / b.abs().max(f64::MIN_POSITIVE));
+        let pass = g.pruned == w.pruned
+            && disagreement <= mask_tol
+            && rel <= recon_tol
+            && loss_rel.is_none_or(|r| r <= REFIT_FIRST_LOSS_REL);
         linears.push(LinearVerification {
             linear: g.name.clone(),
             rows: g.rows,
@@ -102,6 +123,7 @@ pub fn verify_layer<B: Backend>(
             recon_backend: g.recon_error,
             recon_relative_difference: rel,
             recon_tolerance: recon_tol,
+            refit_first_loss_relative_difference: loss_rel,
             pass,
         });
     }

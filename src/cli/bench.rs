@@ -13,7 +13,6 @@ use prunebench_harness::bench::{
 use prunebench_harness::results::{
     utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
-use prunebench_harness::PruneConfig;
 use prunebench_kernels::suite::{model_cases, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
 
@@ -55,7 +54,7 @@ impl BackendJob for BenchJob<'_> {
         attach_payoff(&mut records, cases);
         for &method in &self.methods {
             for &sparsity in &self.sparsities {
-                let cfg = PruneConfig::new(method, sparsity);
+                let cfg = self.args.select.layer_config(method, sparsity)?;
                 let bar = Bar::new(&format!("bench layer {method} {sparsity}"));
                 let rec = bench_layer(
                     b,
@@ -161,6 +160,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let choice = resolve(&a.backend.backend)?;
     let methods = a.select.methods()?;
     let sparsities = a.select.sparsities()?;
+    prunebench_harness::RefitConfig::parse_items(&a.select.refit)?;
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }

@@ -135,6 +135,10 @@ pub struct SelectionArgs {
     /// Sparsity patterns of the whole-layer runs.
     #[arg(long, default_value = "0.5,2:4", allow_hyphen_values = true)]
     pub sparsities: String,
+    /// A re-fit after every whole-layer run, as `prune --refit` (e.g. norm,masklora:16), with
+    /// its default steps and learning rate; none by default.
+    #[arg(long, default_value = "none")]
+    pub refit: String,
 }
 
 impl SelectionArgs {
@@ -147,6 +151,17 @@ impl SelectionArgs {
                 .map(|m| prune::parse_method(m.trim()))
                 .collect(),
         }
+    }
+
+    /// The whole-layer runs' configuration for `method` at `sparsity`, re-fit included.
+    pub fn layer_config(
+        &self,
+        method: prunebench_harness::Method,
+        sparsity: prunebench_kernels::Sparsity,
+    ) -> anyhow::Result<prunebench_harness::PruneConfig> {
+        let mut cfg = prunebench_harness::PruneConfig::new(method, sparsity);
+        cfg.refit.items = prunebench_harness::RefitConfig::parse_items(&self.refit)?;
+        Ok(cfg)
     }
 
     pub fn sparsities(&self) -> anyhow::Result<Vec<prunebench_kernels::Sparsity>> {

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use prunebench_harness::verify::{verify_layer, LayerVerification};
-use prunebench_harness::{Method, PruneConfig};
+use prunebench_harness::Method;
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::suite::{
     model_cases, small_cases, verify_case, CaseReport, OpCase, Outcome,
@@ -62,7 +62,7 @@ impl BackendJob for VerifyJob<'_> {
         let mut layers = Vec::new();
         for &method in &self.methods {
             for &sparsity in &self.sparsities {
-                let cfg = PruneConfig::new(method, sparsity);
+                let cfg = self.args.select.layer_config(method, sparsity)?;
                 let bar = Bar::new(&format!("verify {method} {sparsity}"));
                 let v = verify_layer(
                     b,
@@ -138,6 +138,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let choice = resolve(&a.backend.backend)?;
     let methods = a.select.methods()?;
     let sparsities = a.select.sparsities()?;
+    prunebench_harness::RefitConfig::parse_items(&a.select.refit)?;
     let input = LayerInput::load(&a.layer)?;
     let cases = if a.skip_ops {
         vec![]
