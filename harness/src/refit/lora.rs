@@ -144,7 +144,20 @@ pub(crate) fn train<B: Backend>(
             Ok(())
         })
         .context(at)?;
-    *lin.pruned = merged.expect("merged");
+    let merged = merged.expect("merged");
+    // The f32 weights as written: an update that overflowed them is refused here, naming where.
+    let host = b.download(&merged).context(at)?;
+    if let Some(i) = host.data.iter().position(|v| !v.is_finite()) {
+        return Err(HarnessError::Config(format!(
+            "{}: the {}:{rank} re-fit left a non-finite weight at row {}, column {} after {} steps; nothing is written",
+            at(),
+            form.name(),
+            i / cols,
+            i % cols,
+            cfg.steps
+        )));
+    }
+    *lin.pruned = merged;
     Ok(Trained {
         seconds_per_step: step_seconds / cfg.steps.max(1) as f64,
         first_loss: first,
