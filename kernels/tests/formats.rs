@@ -132,12 +132,10 @@ fn bad_input_is_refused_with_where_and_why() {
         "{e}"
     );
     let e = message(
-        formats::compress(&weight(2, 6, 1), &Mask::empty(2, 6), WeightFormat::TwoFour)
-            .unwrap_err(),
+        formats::compress(&weight(2, 6, 1), &Mask::empty(2, 6), WeightFormat::TwoFour).unwrap_err(),
     );
     assert!(e.contains("multiple of 4, got 6"), "{e}");
-    let e =
-        message(formats::compress(&w, &Mask::empty(4, 9), WeightFormat::Bitmap).unwrap_err());
+    let e = message(formats::compress(&w, &Mask::empty(4, 9), WeightFormat::Bitmap).unwrap_err());
     assert!(e.contains("mask is 4x9 but the weight is 4x8"), "{e}");
     let mut big = w.clone();
     big.data[13] = 1e6;
