@@ -1,17 +1,19 @@
 //! The CubeCL backend beyond the shared conformance cases: the slab path for tensors larger
 //! than one binding (forced on small shapes, and once for real above 128 MiB), outputs
 //! poisoned with NaN before the kernels run, device limits refused before any work, numerical
-//! failures reported as errors, adapter choice and device timing, and the f16 conversions of
-//! the compressed formats.
+//! failures reported as errors, adapter choice and device timing, and the compressed formats'
+//! f16 conversions, rounding and refusals.
 #![cfg(feature = "cubecl")]
 
 use half::f16;
+use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::cube::{cube_wgpu, CubeWgpuBackend};
+use prunebench_kernels::formats;
 use prunebench_kernels::rng::Rng;
-use prunebench_kernels::suite::{small_cases, verify_cases, ObsKind, Op, OpCase};
+use prunebench_kernels::suite::{small_cases, verify_cases, MaskSource, ObsKind, Op, OpCase};
 use prunebench_kernels::{
     Backend, GradNorm, KernelError, Mask, MaskGroup, MaskPattern, Matrix, Score, ScoreKind,
-    TimeSource,
+    Sparsity, TimeSource, WeightFormat,
 };
 
 fn backend() -> CubeWgpuBackend {
@@ -82,6 +84,23 @@ fn multi_slab_cases() -> Vec<OpCase> {
             .tokens(300, 1)
             .block(40),
     );
+    // Compression of a split W.
+    let s24 = Sparsity::NM { n: 2, m: 4 };
+    v.push(OpCase::new(
+        Op::Compress(WeightFormat::Dense, MaskSource::None),
+        150,
+        300,
+    ));
+    v.push(OpCase::new(
+        Op::Compress(WeightFormat::TwoFour, MaskSource::Wanda(s24)),
+        150,
+        296,
+    ));
+    v.push(OpCase::new(
+        Op::Compress(WeightFormat::Bitmap, MaskSource::Holes(0.6)),
+        150,
+        300,
+    ));
     v
 }
 
@@ -371,4 +390,164 @@ fn device_f16_conversions_are_the_half_crates() {
             g.to_bits()
         );
     }
+}
+
+/// Weights that are not f16 values (every exponent from f16 subnormals to the largest finite
+/// f16, exact ties, kept zeros) compress to the reference's words in every format, and
+/// decompress to the masked f16 weight bit for bit.
+#[test]
+fn compression_rounds_and_packs_like_the_reference() {
+    let b = backend().with_poisoned_outputs(true);
+    let cpu = CpuBackend::new();
+    let (rows, cols) = (7, 100);
+    let mut rng = Rng::new(11);
+    let mut w = Matrix::from_fn(rows, cols, |_, _| {
+        let e = rng.uniform() * 42.0 - 27.0;
+        let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+        (sign * 2f64.powf(e)).clamp(-65519.0, 65519.0) as f32
+    });
+    w.data[3] = 1.0 + 1.0 / 2048.0;
+    w.data[5] = 65519.99;
+    w.data[8] = 0.0;
+    w.data[9] = -0.0;
+    w.data[10] = 2.980_232_2e-8;
+    // Pruned entries may hold anything: they are dropped by the mask, never read as values.
+    w.data[2 * cols + 1] = f32::NAN;
+    w.data[2 * cols + 2] = 1e30;
+    let mut mask = Mask::empty(rows, cols);
+    let mut two_four = Mask::empty(rows, cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            mask.set(r, c, rng.uniform() < 0.4);
+            // Groups keeping 0, 1 or 2 entries, in every arrangement.
+            let g = (r * cols + c) / 4;
+            let kept = [
+                [false; 4],
+                [true, false, false, false],
+                [false, false, true, true],
+            ][g % 3];
+            two_four.set(r, c, !kept[(c + g) % 4]);
+        }
+    }
+    for (r, c) in [(2, 1), (2, 2)] {
+        mask.set(r, c, true);
+        two_four.set(r, c, true);
+    }
+    for (format, m) in [
+        (WeightFormat::Dense, &mask),
+        (WeightFormat::TwoFour, &two_four),
+        (WeightFormat::Bitmap, &mask),
+    ] {
+        let want = formats::compress(&w, m, format).unwrap();
+        let p = b
+            .compress(&b.upload(&w).unwrap(), &b.upload_mask(m).unwrap(), format)
+            .unwrap();
+        assert_eq!(b.download_packed(&p).unwrap(), want, "{}", format.name());
+        let d = b.download(&b.decompress(&p).unwrap()).unwrap();
+        let truth = formats::masked_f16(&w, m);
+        let same = d
+            .data
+            .iter()
+            .zip(&truth.data)
+            .all(|(a, t)| a.to_bits() == t.to_bits());
+        assert!(same, "{} decompression", format.name());
+        // The uploaded reference decodes the same way.
+        let up = b.upload_packed(&want).unwrap();
+        assert_eq!(b.download(&b.decompress(&up).unwrap()).unwrap(), d);
+        let cpu_p = cpu.compress(&cpu.upload(&w).unwrap(), m, format).unwrap();
+        assert_eq!(cpu_p, want);
+    }
+}
+
+/// Bad compressions and products are refused with the reference's errors: the first group
+/// keeping more than 2 of 4 (after any value error), columns not a multiple of 4, a mask of
+/// another shape, a kept value outside f16, malformed uploads.
+#[test]
+fn bad_compressions_and_products_get_the_reference_errors() {
+    let b = backend();
+    let cpu = CpuBackend::new();
+    let (rows, cols) = (5, 40);
+    let w = Matrix::from_fn(rows, cols, |r, c| ((r * cols + c) as f32 * 0.37).sin());
+    let both = |w: &Matrix, m: &Mask, format: WeightFormat| {
+        let dev = b
+            .compress(&b.upload(w).unwrap(), &b.upload_mask(m).unwrap(), format)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        let reference = cpu
+            .compress(&cpu.upload(w).unwrap(), m, format)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(dev, reference, "{}", format.name());
+        dev
+    };
+    // 2:4 everywhere but row 3 group 6 (3 kept) and row 4 group 1 (4 kept).
+    let mut m = Mask::empty(rows, cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            m.set(r, c, c % 4 < 2);
+        }
+    }
+    m.set(3, 25, false);
+    m.set(4, 4, false);
+    m.set(4, 5, false);
+    let e = both(&w, &m, WeightFormat::TwoFour);
+    assert_eq!(e, formats::not_two_four(3, 6).to_string());
+    assert!(e.contains("row 3, group 6 (columns 24..=27)"), "{e}");
+
+    // A kept 1e6 (after the bad group in row order) is reported first; so is NaN; a pruned
+    // one is not an error.
+    let mut big = w.clone();
+    big.data[4 * cols + 34] = 1e6;
+    let e = both(&big, &m, WeightFormat::TwoFour);
+    assert_eq!(e, formats::outside_f16(4, 34).to_string());
+    for format in [WeightFormat::Dense, WeightFormat::Bitmap] {
+        let e = both(&big, &Mask::empty(rows, cols), format);
+        assert_eq!(e, formats::outside_f16(4, 34).to_string());
+    }
+    let mut nan = w.clone();
+    nan.data[2 * cols + 7] = f32::NAN;
+    nan.data[3 * cols + 1] = f32::INFINITY;
+    let e = both(&nan, &Mask::empty(rows, cols), WeightFormat::Bitmap);
+    assert_eq!(e, formats::outside_f16(2, 7).to_string());
+    let mut pruned = Mask::empty(rows, cols);
+    pruned.set(4, 34, true);
+    assert!(b
+        .compress(
+            &b.upload(&big).unwrap(),
+            &b.upload_mask(&pruned).unwrap(),
+            WeightFormat::Dense
+        )
+        .is_ok());
+
+    // Columns not a multiple of 4, a mask of another shape.
+    let odd = Matrix::from_fn(3, 38, |r, c| (r + c) as f32);
+    let e = both(&odd, &Mask::empty(3, 38), WeightFormat::TwoFour);
+    assert!(e.contains("multiple of 4, got 38"), "{e}");
+    for format in [
+        WeightFormat::Dense,
+        WeightFormat::TwoFour,
+        WeightFormat::Bitmap,
+    ] {
+        let e = both(&w, &Mask::empty(rows, cols + 4), format);
+        assert!(e.contains("mask is 5x44 but the weight is 5x40"), "{e}");
+    }
+
+    // Uploads whose buffers do not fit the layout, and a bitmap whose offsets disagree
+    // with its bits.
+    let mut short = formats::compress(&w, &Mask::empty(rows, cols), WeightFormat::Dense).unwrap();
+    short.values.pop();
+    assert!(matches!(
+        b.upload_packed(&short),
+        Err(KernelError::Shape(_))
+    ));
+    let bitmap = formats::compress(&w, &m, WeightFormat::Bitmap).unwrap();
+    let mut wrong = bitmap.clone();
+    wrong.offsets[2] += 1;
+    assert!(matches!(
+        b.upload_packed(&wrong),
+        Err(KernelError::InvalidArgument(_))
+    ));
+    assert!(b.upload_packed(&bitmap).is_ok());
 }
