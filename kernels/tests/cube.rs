@@ -10,7 +10,9 @@ use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::cube::{cube_wgpu, CubeWgpuBackend};
 use prunebench_kernels::formats;
 use prunebench_kernels::rng::Rng;
-use prunebench_kernels::suite::{small_cases, verify_cases, MaskSource, ObsKind, Op, OpCase};
+use prunebench_kernels::suite::{
+    small_cases, verify_cases, CaseFormat, MaskSource, ObsKind, Op, OpCase,
+};
 use prunebench_kernels::{
     Backend, GradNorm, KernelError, Mask, MaskGroup, MaskPattern, Matrix, Score, ScoreKind,
     Sparsity, TimeSource, WeightFormat,
@@ -84,8 +86,9 @@ fn multi_slab_cases() -> Vec<OpCase> {
             .tokens(300, 1)
             .block(40),
     );
-    // Compression of a split W.
+    // Compression of a split W, and products whose X (and Y) are split at other rows.
     let s24 = Sparsity::NM { n: 2, m: 4 };
+    let half = Sparsity::Unstructured(0.5);
     v.push(OpCase::new(
         Op::Compress(WeightFormat::Dense, MaskSource::None),
         150,
@@ -98,6 +101,23 @@ fn multi_slab_cases() -> Vec<OpCase> {
     ));
     v.push(OpCase::new(
         Op::Compress(WeightFormat::Bitmap, MaskSource::Holes(0.6)),
+        150,
+        300,
+    ));
+    let matmul =
+        |format, mask, n, rows, cols| OpCase::new(Op::Matmul { format, mask, n }, rows, cols);
+    v.push(matmul(CaseFormat::Dense, MaskSource::None, 70, 150, 300));
+    v.push(matmul(
+        CaseFormat::TwoFour,
+        MaskSource::Wanda(s24),
+        150,
+        150,
+        296,
+    ));
+    v.push(matmul(
+        CaseFormat::Bitmap,
+        MaskSource::Magnitude(half),
+        150,
         150,
         300,
     ));
@@ -303,6 +323,34 @@ fn timing_reads_the_device_clock() {
     println!("{info:?}");
 }
 
+/// Shapes past one of each kernel's internal blocks: rows longer than one staged chunk of X
+/// (4096 columns at one token, 512 at eight) and than one round of 256 units per cube, more
+/// rows than one thread of the offsets scan takes (rows > 256), token counts that leave a
+/// partial block.
+#[test]
+fn long_rows_and_many_rows_match_the_reference() {
+    use CaseFormat::{Bitmap, Dense, TwoFour};
+    use MaskSource::{Holes, None, Wanda};
+    let b = backend().with_poisoned_outputs(true);
+    let s24 = Sparsity::NM { n: 2, m: 4 };
+    let p = |x| Sparsity::Unstructured(x);
+    let matmul =
+        |format, mask, n, rows, cols| OpCase::new(Op::Matmul { format, mask, n }, rows, cols);
+    let cases = vec![
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, Holes(0.3)), 3, 8300),
+        OpCase::new(Op::Compress(WeightFormat::TwoFour, Wanda(s24)), 3, 8300),
+        OpCase::new(Op::Compress(WeightFormat::Bitmap, Wanda(p(0.5))), 600, 40),
+        matmul(Bitmap, Wanda(p(0.7)), 1, 70, 4500),
+        matmul(Bitmap, Holes(0.5), 9, 70, 4500),
+        matmul(Bitmap, None, 5, 3, 8300),
+        matmul(TwoFour, Wanda(s24), 2, 40, 4500),
+        matmul(TwoFour, Wanda(s24), 12, 40, 1100),
+        matmul(Dense, None, 8, 33, 4500),
+        matmul(Dense, None, 1, 300, 4200),
+    ];
+    run(&b, &cases);
+}
+
 /// f32 -> f16 on the device equals `half`'s `f16::from_f32` bit for bit, and f16 -> f32 equals
 /// `to_f32` on all 65536 patterns (NaN as NaN).
 #[test]
@@ -461,7 +509,8 @@ fn compression_rounds_and_packs_like_the_reference() {
 
 /// Bad compressions and products are refused with the reference's errors: the first group
 /// keeping more than 2 of 4 (after any value error), columns not a multiple of 4, a mask of
-/// another shape, a kept value outside f16, malformed uploads.
+/// another shape, a kept value outside f16, N = 0 tokens, X of other columns, malformed
+/// uploads.
 #[test]
 fn bad_compressions_and_products_get_the_reference_errors() {
     let b = backend();
@@ -550,4 +599,32 @@ fn bad_compressions_and_products_get_the_reference_errors() {
         Err(KernelError::InvalidArgument(_))
     ));
     assert!(b.upload_packed(&bitmap).is_ok());
+
+    // Products: N = 0 and X with other columns.
+    let p = b
+        .compress(
+            &b.upload(&w).unwrap(),
+            &b.upload_mask(&Mask::empty(rows, cols)).unwrap(),
+            WeightFormat::Dense,
+        )
+        .unwrap();
+    let host = b.download_packed(&p).unwrap();
+    for x in [Matrix::zeros(0, cols), Matrix::zeros(2, cols + 1)] {
+        let dev = b
+            .sparse_matmul(&b.upload(&x).unwrap(), &p)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        let reference = cpu
+            .sparse_matmul(&cpu.upload(&x).unwrap(), &host)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(dev, reference);
+    }
+    let e = b
+        .sparse_matmul(&b.upload(&Matrix::zeros(0, cols)).unwrap(), &p)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.to_string().contains("N = 0 tokens"), "{e}");
 }

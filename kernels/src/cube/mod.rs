@@ -360,4 +360,8 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     fn download_packed(&self, p: &CubePacked) -> Result<PackedWeight> {
         self.download_packed_weight(p)
     }
+
+    fn sparse_matmul(&self, x: &CubeTensor, w: &CubePacked) -> Result<CubeTensor> {
+        sparse::matmul::sparse_matmul(self, x, w)
+    }
 }

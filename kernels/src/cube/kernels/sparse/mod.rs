@@ -7,6 +7,7 @@ use cubecl::prelude::*;
 
 pub mod compress;
 pub mod half;
+pub mod matmul;
 
 /// Linear cube index over a 2D grid of cubes (one cube per row, rows past 65535).
 #[cube]
