@@ -2,6 +2,9 @@
 //! `cubecl::Runtime`, run on CubeCL's wgpu runtime (`cubecl-wgpu`: Vulkan, Metal, DX12) and on
 //! CUDA (`cubecl-cuda`, with the `cuda` feature).
 //!
+//! The compressed weight formats of §13 are stored in the host layout of [`crate::formats`]
+//! ([`CubePacked`]), converted to and from f16 in integer arithmetic inside the kernels.
+//!
 //! Everything runs on the device; the host only orchestrates launches, does scalar arithmetic
 //! on launch parameters (k = floor(p·n), the running-mean factors, λ = percdamp·sum/n from a
 //! device-side sum of the diagonal) and reads back the handful of values the trait returns or
@@ -18,13 +21,14 @@ mod storage;
 use cubecl::prelude::*;
 
 use crate::error::{KernelError, Result};
+use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
     Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
     Score, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
-use kernels::{elementwise, factor, obs, recon, select, stats};
-pub use storage::{CubeMask, CubeTensor, Slabs, ROW_ALIGN};
+use kernels::{elementwise, factor, obs, recon, select, sparse, stats};
+pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
 /// index inside a binding fits the kernels' 32-bit address arithmetic.
@@ -175,7 +179,7 @@ impl AssertSend<'_> {
 impl<R: Runtime> Backend for CubeBackend<R> {
     type Tensor = CubeTensor;
     type Mask = CubeMask;
-    type Packed = crate::formats::PackedWeight;
+    type Packed = CubePacked;
 
     fn info(&self) -> &BackendInfo {
         &self.info
@@ -334,5 +338,30 @@ impl<R: Runtime> Backend for CubeBackend<R> {
 
     fn fma_probe(&self, t: &mut CubeTensor, iters: u32) -> Result<()> {
         kernels::probe::fma_probe(self, t, iters)
+    }
+
+    fn compress(
+        &self,
+        w: &CubeTensor,
+        mask: &CubeMask,
+        format: WeightFormat,
+    ) -> Result<CubePacked> {
+        sparse::compress::compress(self, w, mask, format)
+    }
+
+    fn decompress(&self, p: &CubePacked) -> Result<CubeTensor> {
+        sparse::compress::decompress(self, p)
+    }
+
+    fn upload_packed(&self, p: &PackedWeight) -> Result<CubePacked> {
+        self.upload_packed_weight(p)
+    }
+
+    fn download_packed(&self, p: &CubePacked) -> Result<PackedWeight> {
+        self.download_packed_weight(p)
+    }
+
+    fn sparse_matmul(&self, x: &CubeTensor, w: &CubePacked) -> Result<CubeTensor> {
+        sparse::matmul::sparse_matmul(self, x, w)
     }
 }

@@ -13,6 +13,7 @@ use cubecl::server::Handle;
 use super::kernels::fill;
 use super::CubeBackend;
 use crate::error::{KernelError, Result};
+use crate::formats::{self, PackedWeight, WeightFormat};
 use crate::tensor::{Mask, Matrix};
 
 /// Slab heights are multiples of this (the Cholesky and triangular-inverse block size).
@@ -129,6 +130,33 @@ impl CubeMask {
     /// Number of u32 words in slab `s`.
     pub fn slab_len(&self, s: usize) -> usize {
         self.slabs.range(s).1 * self.words_per_row()
+    }
+}
+
+/// A device array of `len` u32 words (the buffer holds at least one word, so an empty array
+/// still has a handle to bind).
+#[derive(Clone, Debug)]
+pub struct Words {
+    pub handle: Handle,
+    pub len: usize,
+}
+
+/// A compressed weight on the device: the buffers of [`PackedWeight`] in the same layout
+/// (see [`crate::formats`]), each in one binding. `meta` is empty for dense, `offsets` for
+/// all but bitmap.
+#[derive(Clone, Debug)]
+pub struct CubePacked {
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Words,
+    pub meta: Words,
+    pub offsets: Words,
+}
+
+impl CubePacked {
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 }
 
@@ -342,6 +370,65 @@ impl<R: Runtime> CubeBackend<R> {
         })
     }
 
+    /// A device array of `n` words for a compressed weight's buffer `what`, checked against
+    /// the binding limit and the memory budget (poisoned if asked; kernels write every word).
+    pub(crate) fn alloc_words(&self, what: &str, n: usize) -> Result<Words> {
+        self.check_memory(what, n as u64 * 4)?;
+        if n as u64 * 4 > self.max_binding {
+            return Err(KernelError::Unsupported(format!(
+                "{what}: {n} words exceed the device's largest binding ({} bytes)",
+                self.max_binding
+            )));
+        }
+        Ok(Words {
+            handle: self.scratch(n)?,
+            len: n,
+        })
+    }
+
+    fn upload_words(&self, what: &str, data: &[u32]) -> Result<Words> {
+        self.check_memory(what, data.len() as u64 * 4)?;
+        Ok(Words {
+            handle: self.scratch_from(data)?,
+            len: data.len(),
+        })
+    }
+
+    fn download_words(&self, w: &Words) -> Result<Vec<u32>> {
+        if w.len == 0 {
+            return Ok(Vec::new());
+        }
+        self.read_u32(&w.handle, w.len)
+    }
+
+    /// Uploads a compressed weight after checking its buffer sizes and, for a bitmap, that
+    /// every row's offsets span as many values as its bits keep (kernels trust both).
+    pub(crate) fn upload_packed_weight(&self, p: &PackedWeight) -> Result<CubePacked> {
+        p.check_layout()?;
+        if p.format == WeightFormat::Bitmap {
+            check_bitmap_offsets(p)?;
+        }
+        Ok(CubePacked {
+            format: p.format,
+            rows: p.rows,
+            cols: p.cols,
+            values: self.upload_words("compressed values", &p.values)?,
+            meta: self.upload_words("compressed metadata", &p.meta)?,
+            offsets: self.upload_words("bitmap offsets", &p.offsets)?,
+        })
+    }
+
+    pub(crate) fn download_packed_weight(&self, p: &CubePacked) -> Result<PackedWeight> {
+        Ok(PackedWeight {
+            format: p.format,
+            rows: p.rows,
+            cols: p.cols,
+            values: self.download_words(&p.values)?,
+            meta: self.download_words(&p.meta)?,
+            offsets: self.download_words(&p.offsets)?,
+        })
+    }
+
     pub(crate) fn download_packed_mask(&self, m: &CubeMask) -> Result<Mask> {
         let mut bits = Vec::with_capacity(m.rows * m.words_per_row());
         for (s, h) in m.handles.iter().enumerate() {
@@ -349,6 +436,44 @@ impl<R: Runtime> CubeBackend<R> {
         }
         Mask::from_bits(m.rows, m.cols, bits)
     }
+}
+
+/// A bitmap whose offsets disagree with its bits is refused (with the reference
+/// decompression's error where it has one; bits past the last column do not count, as there),
+/// and so is one whose rows are not stored one after another.
+fn check_bitmap_offsets(p: &PackedWeight) -> Result<()> {
+    let bpr = formats::bitmap_words_per_row(p.cols);
+    let tail = p.cols % 32;
+    let mut k = 0u64;
+    for r in 0..p.rows {
+        let row = &p.meta[r * bpr..(r + 1) * bpr];
+        let kept: u64 = row
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let w = if i + 1 == bpr && tail != 0 {
+                    w & ((1u32 << tail) - 1)
+                } else {
+                    w
+                };
+                w.count_ones() as u64
+            })
+            .sum();
+        let (lo, hi) = (p.offsets[r] as u64, p.offsets[r + 1] as u64);
+        if lo != k {
+            return Err(KernelError::InvalidArgument(format!(
+                "bitmap row {r}: its values start at {lo}, the rows before it end at {k}"
+            )));
+        }
+        if hi < lo || hi - lo != kept {
+            return Err(KernelError::InvalidArgument(format!(
+                "bitmap row {r}: its bits count {kept} kept values, its offsets {}",
+                hi as i64 - lo as i64
+            )));
+        }
+        k = hi;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,4 +16,5 @@ pub mod probe;
 pub mod recon;
 pub mod reduce;
 pub mod select;
+pub mod sparse;
 pub mod stats;

@@ -1,0 +1,481 @@
+//! Y = X·Wᵀ from a compressed weight (§13), one kernel per format of one design:
+//!
+//! - a cube of 256 threads takes 256/L rows of W and a block of TB tokens (TB = 1, 2, 4 or 8,
+//!   comptime, from N: decode at N = 1 does no work for absent tokens);
+//! - the block's X is staged in shared memory in column chunks (4096 values, 4096/TB columns;
+//!   half that where a cube has only 16 KiB), zero past the last column and the last token,
+//!   so padding needs no tests;
+//! - L lanes share a row, each taking whole 32-column units of the chunk (one bitmap or code
+//!   word, 4 vec4 of dense values, 2 vec4 of 2:4 values); dense and 2:4 lanes interleave
+//!   units so that neighbouring lanes load neighbouring words, bitmap lanes take consecutive
+//!   units so that a lane's values are consecutive: its first value index is the row's offset
+//!   plus the popcounts before it (the earlier chunks' and the lanes before it in this one,
+//!   through shared memory);
+//! - weights are decoded to f32 in registers, products accumulate in f32 per token, and the
+//!   L lanes of a row are summed through shared memory; tokens past N are not written.
+//!
+//! X and Y may each be split into slabs of tokens: a launch covers the tokens one X slab and
+//! one Y slab share.
+
+use cubecl::prelude::*;
+
+use super::super::super::storage::{arg, CubePacked, CubeTensor};
+use super::super::super::CubeBackend;
+use super::super::reduce::CUBE;
+use super::half::f16_to_f32;
+use super::{half_at, valid_bits};
+use crate::error::Result;
+use crate::formats::{self, WeightFormat};
+
+/// X values staged per chunk, for every token block: 16 KiB of shared memory, or half of it
+/// on devices with WebGPU's minimum of 16 KiB per cube.
+const STAGE: u32 = 4096;
+const SMALL_STAGE: u32 = 2048;
+
+/// The largest token block.
+const MAX_TB: usize = 8;
+
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_x(
+    x: &Array<f32>,
+    xs: &mut SharedMemory<f32>,
+    x_base: u32,
+    nt: u32,
+    cols: u32,
+    c0: u32,
+    #[comptime] tb: u32,
+    #[comptime] stage: u32,
+) {
+    let ch = comptime![stage / tb];
+    #[unroll]
+    for l in 0..comptime![stage / CUBE] {
+        let i = l * CUBE + UNIT_POS;
+        let t = i / ch;
+        let c = c0 + i % ch;
+        let mut v = 0.0f32;
+        if t < nt && c < cols {
+            v = x[(x_base + t * cols + c) as usize];
+        }
+        xs[i as usize] = v;
+    }
+}
+
+/// Sums the L lanes of each row through shared memory (reusing the staging buffer) and
+/// writes the row's outputs for the block's tokens below `nt`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_rows(
+    acc: &Array<f32>,
+    xs: &mut SharedMemory<f32>,
+    y: &mut Array<f32>,
+    y_base: u32,
+    rows: u32,
+    r: u32,
+    nt: u32,
+    #[comptime] tb: u32,
+    #[comptime] lanes: u32,
+) {
+    sync_cube();
+    #[unroll]
+    for t in 0..tb {
+        xs[(t * CUBE + UNIT_POS) as usize] = acc[t as usize];
+    }
+    sync_cube();
+    let lane = UNIT_POS % lanes;
+    let first = UNIT_POS - lane;
+    let mut t = lane;
+    while t < tb {
+        let mut s = 0.0f32;
+        #[unroll]
+        for j in 0..lanes {
+            s += xs[(t * CUBE + first + j) as usize];
+        }
+        if r < rows && t < nt {
+            y[(y_base + t * rows + r) as usize] = s;
+        }
+        t += lanes;
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul_dense_kernel<N: Size>(
+    x: &Array<f32>,
+    vals: &Array<Vector<u32, N>>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    x_off: u32,
+    y_off: u32,
+    #[comptime] tb: u32,
+    #[comptime] lanes: u32,
+    #[comptime] stage: u32,
+) {
+    let ch = comptime![stage / tb];
+    let per_lane = comptime![stage / tb / 32 / lanes];
+    let mut xs = SharedMemory::<f32>::new(stage as usize);
+    let mut acc = Array::<f32>::new(comptime![tb as usize]);
+    #[unroll]
+    for t in 0..tb {
+        acc[t as usize] = 0.0;
+    }
+    let lane = UNIT_POS % lanes;
+    let r = CUBE_POS_X * comptime![CUBE / lanes] + UNIT_POS / lanes;
+    let tb0 = CUBE_POS_Y * tb;
+    let mut nt = ntok - tb0;
+    if nt > tb {
+        nt = tb;
+    }
+    // Vec4 words per row: 8 columns each.
+    let gpr = (cols + 7u32) / 8u32;
+    let chunks = (cols + ch - 1u32) / ch;
+    for chunk in 0..chunks {
+        let c0 = chunk * ch;
+        sync_cube();
+        stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
+        sync_cube();
+        if r < rows {
+            for jj in 0..per_lane {
+                let j = lane + jj * lanes;
+                #[unroll]
+                for q in 0..4u32 {
+                    let g = c0 / 8u32 + j * 4u32 + q;
+                    if g < gpr {
+                        let v = vals[(r * gpr + g) as usize];
+                        #[unroll]
+                        for e in 0..4u32 {
+                            let word = v[e as usize];
+                            let lo = f16_to_f32(word & 0xFFFFu32);
+                            let hi = f16_to_f32(word >> 16u32);
+                            let cl = j * 32u32 + q * 8u32 + e * 2u32;
+                            #[unroll]
+                            for t in 0..tb {
+                                let xi = t * ch + cl;
+                                acc[t as usize] += lo * xs[xi as usize];
+                                acc[t as usize] += hi * xs[(xi + 1u32) as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul_two_four_kernel<N: Size>(
+    x: &Array<f32>,
+    vals: &Array<Vector<u32, N>>,
+    codes: &Array<u32>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    x_off: u32,
+    y_off: u32,
+    #[comptime] tb: u32,
+    #[comptime] lanes: u32,
+    #[comptime] stage: u32,
+) {
+    let ch = comptime![stage / tb];
+    let per_lane = comptime![stage / tb / 32 / lanes];
+    let mut xs = SharedMemory::<f32>::new(stage as usize);
+    let mut acc = Array::<f32>::new(comptime![tb as usize]);
+    #[unroll]
+    for t in 0..tb {
+        acc[t as usize] = 0.0;
+    }
+    let lane = UNIT_POS % lanes;
+    let r = CUBE_POS_X * comptime![CUBE / lanes] + UNIT_POS / lanes;
+    let tb0 = CUBE_POS_Y * tb;
+    let mut nt = ntok - tb0;
+    if nt > tb {
+        nt = tb;
+    }
+    let units = (cols + 31u32) / 32u32;
+    let chunks = (cols + ch - 1u32) / ch;
+    for chunk in 0..chunks {
+        let c0 = chunk * ch;
+        sync_cube();
+        stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
+        sync_cube();
+        if r < rows {
+            for jj in 0..per_lane {
+                let j = lane + jj * lanes;
+                let u = c0 / 32u32 + j;
+                if u < units {
+                    let cw = codes[(r * units + u) as usize];
+                    let v0 = vals[(r * units * 2u32 + u * 2u32) as usize];
+                    let v1 = vals[(r * units * 2u32 + u * 2u32 + 1u32) as usize];
+                    #[unroll]
+                    for g in 0..8u32 {
+                        let word = if comptime![g < 4] {
+                            v0[comptime![(g % 4) as usize]]
+                        } else {
+                            v1[comptime![(g % 4) as usize]]
+                        };
+                        let code = (cw >> (g * 4u32)) & 0xFu32;
+                        let lo = f16_to_f32(word & 0xFFFFu32);
+                        let hi = f16_to_f32(word >> 16u32);
+                        let cl = j * 32u32 + g * 4u32;
+                        let c_lo = cl + (code & 3u32);
+                        let c_hi = cl + (code >> 2u32);
+                        #[unroll]
+                        for t in 0..tb {
+                            acc[t as usize] += lo * xs[(t * ch + c_lo) as usize];
+                            acc[t as usize] += hi * xs[(t * ch + c_hi) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul_bitmap_kernel(
+    x: &Array<f32>,
+    vals: &Array<u32>,
+    meta: &Array<u32>,
+    offsets: &Array<u32>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    x_off: u32,
+    y_off: u32,
+    #[comptime] tb: u32,
+    #[comptime] lanes: u32,
+    #[comptime] stage: u32,
+) {
+    let ch = comptime![stage / tb];
+    let per_lane = comptime![stage / tb / 32 / lanes];
+    let mut xs = SharedMemory::<f32>::new(stage as usize);
+    let mut counts = SharedMemory::<u32>::new(CUBE as usize);
+    let mut acc = Array::<f32>::new(comptime![tb as usize]);
+    #[unroll]
+    for t in 0..tb {
+        acc[t as usize] = 0.0;
+    }
+    let lane = UNIT_POS % lanes;
+    let first = UNIT_POS - lane;
+    let r = CUBE_POS_X * comptime![CUBE / lanes] + UNIT_POS / lanes;
+    let tb0 = CUBE_POS_Y * tb;
+    let mut nt = ntok - tb0;
+    if nt > tb {
+        nt = tb;
+    }
+    let units = (cols + 31u32) / 32u32;
+    // The index of the row's first value not yet consumed by an earlier chunk.
+    let mut base = 0u32;
+    if r < rows {
+        base = offsets[r as usize];
+    }
+    let chunks = (cols + ch - 1u32) / ch;
+    for chunk in 0..chunks {
+        let c0 = chunk * ch;
+        let u0 = c0 / 32u32 + lane * per_lane;
+        sync_cube();
+        stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
+        let mut mine = 0u32;
+        if r < rows {
+            for i in 0..per_lane {
+                let u = u0 + i;
+                if u < units {
+                    mine += u32::count_ones(meta[(r * units + u) as usize] & valid_bits(u, cols));
+                }
+            }
+        }
+        counts[UNIT_POS as usize] = mine;
+        sync_cube();
+        let mut before = 0u32;
+        let mut all = 0u32;
+        #[unroll]
+        for j in 0..lanes {
+            let n = counts[(first + j) as usize];
+            if j < lane {
+                before += n;
+            }
+            all += n;
+        }
+        if r < rows {
+            let mut k = base + before;
+            for i in 0..per_lane {
+                let u = u0 + i;
+                if u < units {
+                    let mut bits = meta[(r * units + u) as usize] & valid_bits(u, cols);
+                    let cl = (lane * per_lane + i) * 32u32;
+                    while bits != 0u32 {
+                        let b = u32::trailing_zeros(bits);
+                        bits &= bits - 1u32;
+                        let wv = f16_to_f32(half_at(vals, k));
+                        #[unroll]
+                        for t in 0..tb {
+                            acc[t as usize] += wv * xs[(t * ch + cl + b) as usize];
+                        }
+                        k += 1u32;
+                    }
+                }
+            }
+        }
+        base += all;
+    }
+    store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
+}
+
+/// Lanes per row: up to 32, no more than a chunk has units or than a row has units.
+fn lanes_for(units: usize, tb: usize, stage: u32) -> u32 {
+    let max = (stage as usize / 32 / tb).min(32);
+    let mut l = 1;
+    while l * 2 <= max && l * 2 <= units {
+        l *= 2;
+    }
+    l as u32
+}
+
+/// The token block for `n` tokens: the smallest of 1, 2, 4, 8 holding them, at most 8.
+fn token_block(n: usize) -> usize {
+    n.next_power_of_two().min(MAX_TB)
+}
+
+/// One launch: `n` tokens from one X slab into one Y slab.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    x: (&'a cubecl::server::Handle, usize),
+    y: (&'a cubecl::server::Handle, usize),
+    /// The first token's row inside the X slab and inside the Y slab.
+    x_row: usize,
+    y_row: usize,
+    n: usize,
+}
+
+fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: usize) {
+    let (rows, cols) = w.shape();
+    let units = formats::bitmap_words_per_row(cols);
+    // The staged X, the bitmap's lane counts and some room for the runtime.
+    let stage = if b.max_shared >= 4 * (STAGE + CUBE) as usize + 1024 {
+        STAGE
+    } else {
+        SMALL_STAGE
+    };
+    let lanes = lanes_for(units, tb, stage);
+    let count = CubeCount::Static(
+        rows.div_ceil(CUBE as usize / lanes as usize) as u32,
+        part.n.div_ceil(tb) as u32,
+        1,
+    );
+    let dim = CubeDim::new_1d(CUBE);
+    let x = arg(part.x.0, part.x.1);
+    let y = arg(part.y.0, part.y.1);
+    let (x_off, y_off) = ((part.x_row * cols) as u32, (part.y_row * rows) as u32);
+    let (tb, n) = (tb as u32, part.n as u32);
+    let vals = arg(&w.values.handle, w.values.len);
+    // SAFETY: X reads are guarded by the launch's token count and the column count inside
+    // the X slab; Y writes by the rows and token count inside the Y slab; weight reads stay
+    // in rows < rows of buffers checked against the layout (bitmap offsets against the bits).
+    unsafe {
+        match w.format {
+            WeightFormat::Dense => matmul_dense_kernel::launch_unchecked::<R>(
+                &b.client,
+                count,
+                dim,
+                4,
+                x,
+                vals,
+                y,
+                rows as u32,
+                cols as u32,
+                n,
+                x_off,
+                y_off,
+                tb,
+                lanes,
+                stage,
+            ),
+            WeightFormat::TwoFour => matmul_two_four_kernel::launch_unchecked::<R>(
+                &b.client,
+                count,
+                dim,
+                4,
+                x,
+                vals,
+                arg(&w.meta.handle, w.meta.len),
+                y,
+                rows as u32,
+                cols as u32,
+                n,
+                x_off,
+                y_off,
+                tb,
+                lanes,
+                stage,
+            ),
+            WeightFormat::Bitmap => matmul_bitmap_kernel::launch_unchecked::<R>(
+                &b.client,
+                count,
+                dim,
+                x,
+                vals,
+                arg(&w.meta.handle, w.meta.len),
+                arg(&w.offsets.handle, w.offsets.len),
+                y,
+                rows as u32,
+                cols as u32,
+                n,
+                x_off,
+                y_off,
+                tb,
+                lanes,
+                stage,
+            ),
+        }
+    }
+}
+
+pub fn sparse_matmul<R: Runtime>(
+    b: &CubeBackend<R>,
+    x: &CubeTensor,
+    w: &CubePacked,
+) -> Result<CubeTensor> {
+    formats::check_matmul(x.shape(), w.shape())?;
+    let (n, rows) = (x.rows, w.rows);
+    let y = b.alloc_tensor(n, rows)?;
+    for xs in 0..x.handles.len() {
+        let (xr0, xn) = x.slabs.range(xs);
+        for (ys, lo, hi) in y.slabs.covering(xr0, xr0 + xn) {
+            let part = Part {
+                x: (&x.handles[xs], x.slab_len(xs)),
+                y: (&y.handles[ys], y.slab_len(ys)),
+                x_row: lo - xr0,
+                y_row: lo - y.slabs.range(ys).0,
+                n: hi - lo,
+            };
+            // Whole blocks of 8 tokens, then the rest in the smallest block that holds it.
+            let full = part.n / MAX_TB * MAX_TB;
+            if full > 0 {
+                launch(b, w, &Part { n: full, ..part }, MAX_TB);
+            }
+            let rest = part.n - full;
+            if rest > 0 {
+                launch(
+                    b,
+                    w,
+                    &Part {
+                        x_row: part.x_row + full,
+                        y_row: part.y_row + full,
+                        n: rest,
+                        ..part
+                    },
+                    token_block(rest),
+                );
+            }
+        }
+    }
+    Ok(y)
+}

@@ -1,0 +1,34 @@
+//! The compressed weight formats of §13 on the device: compression with its validation,
+//! decompression, and the product Y = X·Wᵀ from each format. Buffers have exactly the host
+//! layout of [`crate::formats`] (f16 values two to a u32, rows padded to whole units), so the
+//! device and the reference exchange them word for word.
+
+use cubecl::prelude::*;
+
+pub mod compress;
+pub mod half;
+pub mod matmul;
+
+/// Linear cube index over a 2D grid of cubes (one cube per row, rows past 65535).
+#[cube]
+pub fn row_cube() -> u32 {
+    CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X
+}
+
+/// The bits of 32-column unit `u` that lie inside the row (bits past the last column of a
+/// stored bitmap are ignored, as the reference does).
+#[cube]
+pub fn valid_bits(u: u32, cols: u32) -> u32 {
+    let left = cols - u * 32u32;
+    let mut v = 0xFFFF_FFFFu32;
+    if left < 32u32 {
+        v = (1u32 << left) - 1u32;
+    }
+    v
+}
+
+/// The value at half index `k` of a packed f16 array, as f16 bits.
+#[cube]
+pub fn half_at(vals: &Array<u32>, k: u32) -> u32 {
+    (vals[(k >> 1u32) as usize] >> ((k & 1u32) * 16u32)) & 0xFFFFu32
+}
