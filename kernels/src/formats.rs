@@ -237,8 +237,6 @@ pub fn round_to_f16(m: &Matrix) -> Matrix {
 
 /// The reference compression of W under `mask` (true = pruned): pruned entries are dropped by
 /// the mask, never by their value, and kept values round to the nearest f16.
-// The range test is negated so that NaN fails it too.
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn compress(w: &Matrix, mask: &Mask, format: WeightFormat) -> Result<PackedWeight> {
     check_compress(w.shape(), (mask.rows, mask.cols), format)?;
     let (rows, cols) = w.shape();
