@@ -7,7 +7,7 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 
 use common::{env_usize, for_each_backend, Visit};
-use prunebench_harness::{prune_layer, Calibration, Method, PruneConfig};
+use prunebench_harness::{prune_layer, Calibration, Method, PruneConfig, RefitConfig};
 use prunebench_kernels::{Backend, Sparsity};
 use prunebench_models::synthetic::{synthetic_layer, SyntheticCalibration};
 use prunebench_models::LayerWeights;
@@ -29,10 +29,29 @@ impl Visit for Layers<'_> {
             source: &self.calib,
             ready: None,
         };
+        // Each method at both patterns, and magnitude with PERP's re-fit (§12) after it.
+        let refit = RefitConfig {
+            items: RefitConfig::parse_items("norm,masklora:16").expect("a valid list"),
+            ..RefitConfig::default()
+        };
+        let mut runs: Vec<(PruneConfig, String)> = Vec::new();
         for method in Method::ALL {
             for sparsity in [Sparsity::Unstructured(0.5), Sparsity::NM { n: 2, m: 4 }] {
-                let cfg = PruneConfig::new(method, sparsity);
                 let id = format!("{}/{method}/{sparsity}", self.layer.model.name);
+                runs.push((PruneConfig::new(method, sparsity), id));
+            }
+        }
+        let mut cfg = PruneConfig::new(Method::Magnitude, Sparsity::Unstructured(0.5));
+        cfg.refit = refit;
+        runs.push((
+            cfg,
+            format!(
+                "{}/magnitude/0.5/refit=norm+masklora:16",
+                self.layer.model.name
+            ),
+        ));
+        {
+            for (cfg, id) in runs {
                 group.bench_function(id, |bench| {
                     bench.iter_custom(|iters| {
                         let mut total = 0.0;
