@@ -15,5 +15,6 @@ pub mod obs;
 pub mod probe;
 pub mod recon;
 pub mod reduce;
+pub mod refit;
 pub mod select;
 pub mod stats;
