@@ -180,7 +180,7 @@ fn whole<R: Runtime>(b: &CubeBackend<R>, t: &CubeTensor) -> Result<(Handle, usiz
     Ok((h, len))
 }
 
-fn launch_1d<R: Runtime>(n: usize) -> (CubeCount, CubeDim) {
+fn launch_1d(n: usize) -> (CubeCount, CubeDim) {
     (grid(n, BLOCK), CubeDim::new_1d(BLOCK))
 }
 
@@ -298,7 +298,7 @@ pub fn lora_grad<R: Runtime>(
     let total: usize = per_launch.iter().sum::<usize>() * h.handles.len();
     let partials = b.scratch(total)?;
     let mut base = 0;
-    for s in 0..wp.handles.len() {
+    for (s, &tiles_s) in per_launch.iter().enumerate() {
         let (r0, rn) = wp.slabs.range(s);
         if rn == 0 {
             continue;
@@ -345,7 +345,7 @@ pub fn lora_grad<R: Runtime>(
                     epi: tile::E_LORA,
                 },
             );
-            base += per_launch[s];
+            base += tiles_s;
         }
         // ∂B[r0.., :] = Ḡ·Aᵀ, split by the slabs of ∂B.
         for (ds, lo, hi) in db.slabs.covering(r0, r0 + rn) {
@@ -467,7 +467,7 @@ pub fn lora_merge<R: Runtime>(
         if len == 0 {
             continue;
         }
-        let (cubes, dim) = launch_1d::<R>(len);
+        let (cubes, dim) = launch_1d(len);
         // SAFETY: one thread per element of the slab; its mask word, B row and A column exist.
         unsafe {
             merge_kernel::launch_unchecked::<R>(
@@ -557,7 +557,7 @@ pub fn row_scale<R: Runtime>(
             );
         }
     }
-    let (cubes, dim) = launch_1d::<R>(rows);
+    let (cubes, dim) = launch_1d(rows);
     // SAFETY: one thread per row; the partials hold `slots` pairs per row.
     unsafe {
         row_scales_kernel::launch_unchecked::<R>(
@@ -576,7 +576,7 @@ pub fn row_scale<R: Runtime>(
         if len == 0 {
             continue;
         }
-        let (cubes, dim) = launch_1d::<R>(len);
+        let (cubes, dim) = launch_1d(len);
         // SAFETY: one thread per element of the slab; its row's scale exists.
         unsafe {
             scale_rows_kernel::launch_unchecked::<R>(
@@ -707,7 +707,7 @@ pub fn norm_system<R: Runtime>(
             },
         );
     }
-    let (cubes, dim) = launch_1d::<R>(cols);
+    let (cubes, dim) = launch_1d(cols);
     // SAFETY: one thread per column; the partials hold `slots` rows of `cols`.
     unsafe {
         col_sums_kernel::launch_unchecked::<R>(
@@ -738,7 +738,7 @@ pub fn spd_solve<R: Runtime>(
     let d = b.scratch(n)?;
     for s in 0..m.handles.len() {
         let (r0, rn) = m.slabs.range(s);
-        let (cubes, dim) = launch_1d::<R>(rn);
+        let (cubes, dim) = launch_1d(rn);
         // SAFETY: one thread per row of the slab, reading its diagonal element.
         unsafe {
             diag_kernel::launch_unchecked::<R>(
@@ -763,7 +763,7 @@ pub fn spd_solve<R: Runtime>(
     for s in 0..m.handles.len() {
         let (r0, rn) = m.slabs.range(s);
         let len = rn * n;
-        let (cubes, dim) = launch_1d::<R>(len);
+        let (cubes, dim) = launch_1d(len);
         // SAFETY: one thread per element of two slabs of equal length.
         unsafe {
             damp_kernel::launch_unchecked::<R>(
