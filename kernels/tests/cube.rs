@@ -628,3 +628,96 @@ fn bad_compressions_and_products_get_the_reference_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("N = 0 tokens"), "{e}");
 }
+
+/// The re-fit ops through the slab path: W, H, Ŵ, the norm system and the moments split in
+/// 64-row slabs, and at rank 130 the LoRA factors too (B in 128-row slabs, unlike W's), with
+/// outputs poisoned. (The small re-fit cases run in the two tests above.)
+#[test]
+fn refit_ops_on_split_tensors_match_the_reference() {
+    use prunebench_kernels::ops::LoraForm::{Mask as MaskForm, Scale};
+    let b = backend()
+        .with_slab_limit(64 * 300 * 4)
+        .with_poisoned_outputs(true);
+    assert!(b.slabs(150, 130).unwrap().count() == 2);
+    let mut cases = vec![
+        OpCase::new(Op::RefitBase, 150, 200).tokens(300, 1),
+        OpCase::new(Op::AdamW, 150, 300),
+        OpCase::new(Op::RowScale, 150, 200).tokens(300, 1),
+        OpCase::new(Op::NormSystem, 150, 200).tokens(300, 1),
+        OpCase::new(Op::SpdSolve, 1, 200).tokens(300, 1),
+    ];
+    for (form, rank) in [(MaskForm, 16), (Scale, 16), (MaskForm, 130), (Scale, 130)] {
+        cases.push(OpCase::new(Op::LoraGrad(form, rank), 150, 200).tokens(300, 1));
+        cases.push(OpCase::new(Op::LoraMerge(form, rank), 150, 200));
+    }
+    run(&b, &cases);
+}
+
+/// The re-fit ops refuse mismatched shapes with the reference's errors.
+#[test]
+fn refit_shape_errors_match_the_reference() {
+    use prunebench_kernels::cpu::CpuBackend;
+    use prunebench_kernels::ops::{AdamStep, LoraForm, LoraInputs};
+
+    fn errors<B: Backend>(b: &B) -> Vec<String> {
+        let up = |r, c| {
+            b.upload(&Matrix::from_fn(r, c, |i, j| (i + j) as f32))
+                .unwrap()
+        };
+        let text = |e: Option<KernelError>| e.map_or("accepted".into(), |e| e.to_string());
+        let (w, short, h, h7, lb, la, la3) = (
+            up(5, 8),
+            up(4, 8),
+            up(8, 8),
+            up(7, 7),
+            up(5, 2),
+            up(2, 8),
+            up(3, 8),
+        );
+        let mask = b.upload_mask(&Mask::empty(5, 8)).unwrap();
+        let mask4 = b.upload_mask(&Mask::empty(4, 8)).unwrap();
+        let lora = |delta: &B::Tensor, a: &B::Tensor| {
+            b.lora_grad(LoraInputs {
+                form: LoraForm::Mask,
+                wp: &w,
+                mask: &mask,
+                delta,
+                delta_h: &w,
+                h: &h,
+                b: &lb,
+                a,
+                s: 2.0,
+                norm: 1.0,
+            })
+            .err()
+        };
+        let (mut p, mut m, mut v) = (up(5, 8), up(5, 8), up(5, 8));
+        let mut w_hat = up(5, 8);
+        vec![
+            text(b.refit_base(Some(&short), &w, &h).err()),
+            text(b.refit_base(None, &w, &h7).err()),
+            text(lora(&short, &la)),
+            text(lora(&w, &la3)),
+            text(
+                b.adamw_step(&mut p, &short, &mut m, &mut v, AdamStep::new(1e-3, 1))
+                    .err(),
+            ),
+            text(
+                b.lora_merge(&w, &mask4, &lb, &la, LoraForm::Scale, 1.0)
+                    .err(),
+            ),
+            text(
+                b.lora_merge(&w, &mask, &lb, &la3, LoraForm::Mask, 2.0)
+                    .err(),
+            ),
+            text(b.row_scale(&mut w_hat, &short, &h).err()),
+            text(b.norm_system(&[(&w, &w), (&w, &short)], &h).err()),
+            text(b.norm_system(&[(&w, &w)], &h7).err()),
+            text(b.spd_solve(&h, &up(1, 7), 0.01).err()),
+            text(b.spd_solve(&lb, &up(1, 5), 0.01).err()),
+        ]
+    }
+    let got = errors(&backend());
+    assert!(got.iter().all(|e| e != "accepted"), "{got:?}");
+    assert_eq!(got, errors(&CpuBackend::new()));
+}

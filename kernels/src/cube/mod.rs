@@ -332,6 +332,67 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         recon::recon_error(self, w, pruned, h)
     }
 
+    // §12, the re-fit ops: see [`kernels::refit`].
+    fn refit_base(
+        &self,
+        wp: Option<&CubeTensor>,
+        w: &CubeTensor,
+        h: &CubeTensor,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        kernels::refit::refit_base(self, wp, w, h)
+    }
+
+    fn lora_grad(
+        &self,
+        inp: crate::ops::LoraInputs<'_, CubeTensor, CubeMask>,
+    ) -> Result<crate::ops::LoraGrad<CubeTensor>> {
+        kernels::refit::lora_grad(self, inp)
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut CubeTensor,
+        grad: &CubeTensor,
+        m: &mut CubeTensor,
+        v: &mut CubeTensor,
+        step: crate::ops::AdamStep,
+    ) -> Result<()> {
+        kernels::refit::adamw_step(self, param, grad, m, v, step)
+    }
+
+    fn lora_merge(
+        &self,
+        wp: &CubeTensor,
+        mask: &CubeMask,
+        b: &CubeTensor,
+        a: &CubeTensor,
+        form: crate::ops::LoraForm,
+        s: f64,
+    ) -> Result<CubeTensor> {
+        kernels::refit::lora_merge(self, wp, mask, b, a, form, s)
+    }
+
+    fn row_scale(
+        &self,
+        w_hat: &mut CubeTensor,
+        w: &CubeTensor,
+        h: &CubeTensor,
+    ) -> Result<CubeTensor> {
+        kernels::refit::row_scale(self, w_hat, w, h)
+    }
+
+    fn norm_system(
+        &self,
+        pairs: &[(&CubeTensor, &CubeTensor)],
+        h: &CubeTensor,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        kernels::refit::norm_system(self, pairs, h)
+    }
+
+    fn spd_solve(&self, m: &CubeTensor, rhs: &CubeTensor, percdamp: f64) -> Result<CubeTensor> {
+        kernels::refit::spd_solve(self, m, rhs, percdamp)
+    }
+
     fn copy(&self, dst: &mut CubeTensor, src: &CubeTensor) -> Result<()> {
         kernels::probe::copy(self, dst, src)
     }

@@ -15,6 +15,7 @@ pub mod obs;
 pub mod probe;
 pub mod recon;
 pub mod reduce;
+pub mod refit;
 pub mod select;
 pub mod sparse;
 pub mod stats;
