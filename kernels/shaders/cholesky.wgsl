@@ -31,6 +31,7 @@ struct Params {
     plo: u32,         // chol_panel: panel row p holds A row plo + p ...
     pld: u32,         // ... with this stride ...
     pcol: u32,        // ... and the block's columns from this panel column on
+    keep_dead: u32,   // 1: zero diagonal entries stay (a plain damped solve), 0: they become 1
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -41,7 +42,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> panel: array<f32>;  // L21 of an outer block
 @group(0) @binding(6) var<storage, read_write> dvec: array<f32>;   // H's diagonal, n
 // [0] failed pivot column + 1, [1] first non-finite linear index of H (or 0xffffffff),
-// [2] λ as f32 bits, [3] unused, [4..4+n) dead-column flags.
+// [2] λ as f32 bits, [3] mean(diag) as f32 bits, [4..4+n) dead-column flags.
 @group(0) @binding(7) var<storage, read_write> stat: array<atomic<u32>>;
 
 const NB: u32 = 64u;
@@ -74,14 +75,15 @@ fn nonfinite_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 
 var<workgroup> red: array<f32, 256>;
 
-// Dead columns (H_jj == 0 -> 1) and λ = percdamp · mean(diag), one workgroup.
+// Dead columns (H_jj == 0 -> 1, unless keep_dead) and λ = percdamp · mean(diag), one
+// workgroup.
 @compute @workgroup_size(256, 1, 1)
 fn damp_stats(@builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
     var s = 0.0;
     for (var j = t; j < P.n; j += 256u) {
         var d = dvec[j];
-        if (d == 0.0) {
+        if (d == 0.0 && P.keep_dead == 0u) {
             atomicStore(&stat[4u + j], 1u);
             d = 1.0;
             dvec[j] = d;
@@ -94,7 +96,11 @@ fn damp_stats(@builtin(local_invocation_id) lid: vec3<u32>) {
         if (t < off) { red[t] = red[t] + red[t + off]; }
         workgroupBarrier();
     }
-    if (t == 0u) { atomicStore(&stat[2], bitcast<u32>(P.percdamp * (red[0] / f32(P.n)))); }
+    if (t == 0u) {
+        let mean = red[0] / f32(P.n);
+        atomicStore(&stat[2], bitcast<u32>(P.percdamp * mean));
+        atomicStore(&stat[3], bitcast<u32>(mean));
+    }
 }
 
 var<workgroup> tile: array<f32, 1056>; // 32 x 33

@@ -1,6 +1,6 @@
 // The GEMM family: C(i,j) <- epilogue(alpha * sum_k A(i,k) B(k,j)) for every GEMM-shaped step
 // of the op set (fused gradient, Hessian SYRK, Cholesky trailing update, triangular inverse,
-// OBS lazy update, reconstruction traces).
+// OBS lazy update, reconstruction traces, the re-fit products of §12).
 //
 // A 64x64 output tile per workgroup of 16x16 threads, each thread a 4x4 register tile; A and
 // B pass through workgroup memory in K steps of 16. Operands are addressed in "logical"
@@ -21,6 +21,12 @@ struct Params {
     alpha: f32, beta: f32,
     part_off: u32,             // recon: first slot of this dispatch's partial sums
     count: u32,                // reduce_parts: number of partials
+    ld2: u32,                  // leading dimension of a2 where an epilogue reads it directly
+    aux_base: u32, aux_ld: u32, // the aux operand (mask words, W_p or H values as bits)
+    rank: u32,                 // LoRA rank r
+    s: f32,                    // LoRA scale s
+    gscale: f32,               // LoRA gradient scale s * norm
+    pld: u32,                  // row/column partials: stride between partial rows
 }
 
 const F_LOWER: u32 = 1u;       // only C(i,j) with i >= j (SYRK); tiles above the diagonal exit
@@ -28,6 +34,9 @@ const F_MIRROR: u32 = 2u;      // also write C(j,i) into c2 (a second window of 
 const F_B_LOWER: u32 = 4u;     // B(k,j) == 0 for k < j (lower triangular B): skip those k
 const F_A_MINUS_P: u32 = 8u;
 const F_L1: u32 = 16u;         // gradient epilogue: |g| instead of g^2
+const F_DELTA: u32 = 32u;      // gemm_delta: also write alpha * A(i,j) into c2
+const F_FINAL: u32 = 64u;      // the last dispatch of a split reduction applies the epilogue
+const F_P_MASK: u32 = 128u;    // aux holds mask words (P = kept flag), else W_p's values
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -36,6 +45,8 @@ const F_L1: u32 = 16u;         // gradient epilogue: |g| instead of g^2
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c2: array<f32>;
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
+// Mask words, or f32 values as bits, read by the re-fit epilogues (§12).
+@group(0) @binding(7) var<storage, read> aux: array<u32>;
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
@@ -188,4 +199,317 @@ fn reduce_parts(@builtin(local_invocation_id) lid: vec3<u32>) {
         workgroupBarrier();
     }
     if (t == 0u) { c[P.c_base] = red[0]; }
+}
+
+// ---- The re-fit products of ALGORITHMS.md §12 ----
+
+const F_MERGE_SCALE: u32 = 256u; // gemm_merge: the scale form W_p ⊙ (B·A)
+
+// P(i,k) of the LoRA forms: the kept flag of the mask (a set bit is pruned) or W_p(i,k).
+fn p_at(i: u32, k: u32) -> f32 {
+    if ((P.flags & F_P_MASK) != 0u) {
+        let w = aux[P.aux_base + i * P.aux_ld + k / 32u];
+        return select(1.0, 0.0, ((w >> (k % 32u)) & 1u) != 0u);
+    }
+    return bitcast<f32>(aux[P.aux_base + i * P.aux_ld + k]);
+}
+
+// (B·A)(i,k) of the LoRA factors: B is the a operand (rows x rank, lda), A is a2 (rank x
+// cols, ld2); summed in the order the loads of mainloop_lora sum it.
+fn lora_ba(i: u32, k: u32) -> f32 {
+    var v = 0.0;
+    for (var q = 0u; q < P.rank; q++) {
+        v = fma(a[P.a_base + i * P.lda + q], a2[P.p_base + q * P.ld2 + k], v);
+    }
+    return v;
+}
+
+// The sum of v over the 16 threads sharing this thread's lid.y (its four rows of the tile),
+// valid where lid.x == 0. Called in uniform control flow.
+fn sum_over_x(lid: vec3<u32>, v: f32) -> f32 {
+    let t = lid.y * 16u + lid.x;
+    workgroupBarrier();
+    red[t] = v;
+    workgroupBarrier();
+    var s = 0.0;
+    if (lid.x == 0u) {
+        for (var x = 0u; x < 16u; x++) { s += red[lid.y * 16u + x]; }
+    }
+    return s;
+}
+
+// The same over the 16 threads sharing lid.x (four columns of the tile), valid where
+// lid.y == 0.
+fn sum_over_y(lid: vec3<u32>, v: f32) -> f32 {
+    let t = lid.y * 16u + lid.x;
+    workgroupBarrier();
+    red[t] = v;
+    workgroupBarrier();
+    var s = 0.0;
+    if (lid.y == 0u) {
+        for (var y = 0u; y < 16u; y++) { s += red[y * 16u + lid.x]; }
+    }
+    return s;
+}
+
+// The whole workgroup's sum of v, valid in thread 0.
+fn sum_tile(lid: vec3<u32>, v: f32) -> f32 {
+    let t = lid.y * 16u + lid.x;
+    workgroupBarrier();
+    red[t] = v;
+    workgroupBarrier();
+    for (var off = 128u; off > 0u; off = off / 2u) {
+        if (t < off) { red[t] = red[t] + red[t + off]; }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+// Rank chunks of the LoRA factors for one K step: B's 64 rows of the tile x 16 ranks, and A's
+// 16 ranks x 16 columns of the step.
+var<workgroup> Ls: array<f32, 1024>;
+var<workgroup> Las: array<f32, 256>;
+
+// mainloop with the A operand D = P ⊙ (B·A) (rows x cols) formed in the loads: per K step each
+// thread builds the four entries of the 64 x 16 tile it would have loaded (rows t/16 + 16l,
+// column t%16) from rank chunks staged in workgroup memory; D never reaches memory. B is row
+// major (not transposed).
+fn mainloop_lora(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
+    var acc: array<f32, 16>;
+    let t = lid.y * 16u + lid.x;
+    let kk = t % TK;
+    let mi0 = t / TK;
+    for (var kt = P.k_lo; kt < P.k_hi; kt += TK) {
+        var d = vec4<f32>(0.0);
+        for (var q0 = 0u; q0 < P.rank; q0 += 16u) {
+            for (var l = 0u; l < 4u; l++) {
+                let e = t + l * 256u;
+                let gi = o.x + e / 16u;
+                let q = q0 + e % 16u;
+                var v = 0.0;
+                if (gi < P.m_hi && q < P.rank) { v = a[P.a_base + gi * P.lda + q]; }
+                Ls[e] = v;
+            }
+            let q = q0 + t / 16u;
+            let gk = kt + t % 16u;
+            var w = 0.0;
+            if (q < P.rank && gk < P.k_hi) { w = a2[P.p_base + q * P.ld2 + gk]; }
+            Las[t] = w;
+            workgroupBarrier();
+            for (var qq = 0u; qq < 16u; qq++) {
+                let la = Las[qq * 16u + kk];
+                d.x = fma(Ls[mi0 * 16u + qq], la, d.x);
+                d.y = fma(Ls[(mi0 + 16u) * 16u + qq], la, d.y);
+                d.z = fma(Ls[(mi0 + 32u) * 16u + qq], la, d.z);
+                d.w = fma(Ls[(mi0 + 48u) * 16u + qq], la, d.w);
+            }
+            workgroupBarrier();
+        }
+        let gk = kt + kk;
+        for (var l = 0u; l < 4u; l++) {
+            let mi = mi0 + l * 16u;
+            let gi = o.x + mi;
+            var v = 0.0;
+            if (gi < P.m_hi && gk < P.k_hi) { v = p_at(gi, gk) * d[l]; }
+            As[(kk * TM + mi) / 4u][mi % 4u] = v;
+        }
+        for (var l = 0u; l < 4u; l++) {
+            let e = t + l * 256u;
+            let kb = e / TN;
+            let nj = e % TN;
+            let gj = o.y + nj;
+            let gk2 = kt + kb;
+            var w = 0.0;
+            if (gj < P.n_hi && gk2 < P.k_hi) { w = b_at(gk2, gj); }
+            Bs[(kb * TN + nj) / 4u][nj % 4u] = w;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < TK; k++) {
+            let av = As[k * (TM / 4u) + lid.y];
+            let bv = Bs[k * (TN / 4u) + lid.x];
+            for (var r = 0u; r < 4u; r++) {
+                acc[r * 4u] = fma(av[r], bv.x, acc[r * 4u]);
+                acc[r * 4u + 1u] = fma(av[r], bv.y, acc[r * 4u + 1u]);
+                acc[r * 4u + 2u] = fma(av[r], bv.z, acc[r * 4u + 2u]);
+                acc[r * 4u + 3u] = fma(av[r], bv.w, acc[r * 4u + 3u]);
+            }
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// refit_base: C = alpha*AB + beta*C as gemm_update (A = a, or a - a2); with F_DELTA also
+// c2(i,j) = alpha*A(i,j) at the output's coordinates (A has C's shape), so Δ comes out of the
+// pass that forms Δ·H.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = tile_origin(wid);
+    let acc = mainloop(o, lid);
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i >= P.m_hi || j >= P.n_hi) { continue; }
+            let ci = P.c_base + i * P.ldc + j;
+            var v = P.alpha * acc[r * 4u + q];
+            if (P.beta != 0.0) { v = P.beta * c[ci] + v; }
+            c[ci] = v;
+            if ((P.flags & F_DELTA) != 0u) { c2[P.c2_base + i * P.ldc + j] = P.alpha * a_at(i, j); }
+        }
+    }
+}
+
+// One LoRA gradient (§12) for a window of H's rows (the K range): the A operand is
+// D = P ⊙ (B·A), formed in the loads; c holds ΔH plus the earlier K windows' terms and c2
+// holds Δ. Before the last window: c += alpha·D·H (alpha = s). The last (F_FINAL) forms
+// EH = c + s·D·H and E = Δ + s·D, writes Ḡ = gscale·P ⊙ EH over c (gscale = s·norm) and one
+// partial sum of E ⊙ EH per workgroup into part.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_lora(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = tile_origin(wid);
+    let acc = mainloop_lora(o, lid);
+    let fin = (P.flags & F_FINAL) != 0u;
+    var s = 0.0;
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i >= P.m_hi || j >= P.n_hi) { continue; }
+            let ci = P.c_base + i * P.ldc + j;
+            let eh = c[ci] + P.alpha * acc[r * 4u + q];
+            if (!fin) {
+                c[ci] = eh;
+                continue;
+            }
+            let p = p_at(i, j);
+            let e = c2[P.c2_base + i * P.ldc + j] + P.s * (p * lora_ba(i, j));
+            s = fma(e, eh, s);
+            c[ci] = P.gscale * p * eh;
+        }
+    }
+    if (!fin) { return; }
+    let total = sum_tile(lid, s);
+    if (lid.x == 0u && lid.y == 0u) { part[P.part_off + wid.y * nwg.x + wid.x] = total; }
+}
+
+// The merged weight (§12): with AB = B·A (k = the rank), C = W_p + s·AB (mask form) or
+// W_p ⊙ AB (F_MERGE_SCALE), W_p read from a2; exactly 0 wherever the mask (aux words) is set.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = tile_origin(wid);
+    let acc = mainloop(o, lid);
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i >= P.m_hi || j >= P.n_hi) { continue; }
+            let wp = a2[P.p_base + i * P.ld2 + j];
+            let ab = acc[r * 4u + q];
+            var v = wp + P.s * ab;
+            if ((P.flags & F_MERGE_SCALE) != 0u) { v = wp * ab; }
+            let word = aux[P.aux_base + i * P.aux_ld + j / 32u];
+            if (((word >> (j % 32u)) & 1u) != 0u) { v = 0.0; }
+            c[P.c_base + i * P.ldc + j] = v;
+        }
+    }
+}
+
+// The norm system's matrix (§12): a SYRK into the lower triangle (F_LOWER) accumulated over
+// the pairs and windows of rows; the last dispatch (F_FINAL) takes the Hadamard product with
+// H and mirrors: C(i,j) = G(i,j)·H(i,j) with H's rows of this window in a2, and
+// C(j,i) = G(i,j)·H(j,i) into c2 with H's rows of the mirror window in aux (as bits).
+@compute @workgroup_size(16, 16, 1)
+fn gemm_gram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = tile_origin(wid);
+    if (above_diagonal(o)) { return; }
+    let acc = mainloop(o, lid);
+    let fin = (P.flags & F_FINAL) != 0u;
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i >= P.m_hi || j >= P.n_hi || i < j) { continue; }
+            let ci = P.c_base + i * P.ldc + j;
+            var v = P.alpha * acc[r * 4u + q];
+            if (P.beta != 0.0) { v = P.beta * c[ci] + v; }
+            if (!fin) {
+                c[ci] = v;
+                continue;
+            }
+            c[ci] = v * a2[P.p_base + i * P.ld2 + j];
+            if (i > j) {
+                c2[P.c2_base + j * P.ldc + i] = v * bitcast<f32>(aux[P.aux_base + j * P.aux_ld + i]);
+            }
+        }
+    }
+}
+
+// Row scales (§12): per row i of C = Ŵ·H (never stored), the partial dot products over this
+// tile's columns with W (a2, read directly) and with Ŵ (the A operand): numerators into part,
+// denominators into c, both at [wid.x * pld + i - m_lo]; beta != 0 adds to what is there
+// (the later windows of H's rows).
+@compute @workgroup_size(16, 16, 1)
+fn gemm_rowdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = tile_origin(wid);
+    let acc = mainloop(o, lid);
+    var num: array<f32, 4>;
+    var den: array<f32, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i < P.m_hi && j < P.n_hi) {
+                let v = acc[r * 4u + q];
+                num[r] = fma(v, a2[P.p_base + i * P.ld2 + j], num[r]);
+                den[r] = fma(v, a_at(i, j), den[r]);
+            }
+        }
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let sn = sum_over_x(lid, num[r]);
+        let sd = sum_over_x(lid, den[r]);
+        let i = o.x + lid.y * 4u + r;
+        if (lid.x == 0u && i < P.m_hi) {
+            let pi = wid.x * P.pld + i - P.m_lo;
+            var pn = sn;
+            var pd = sd;
+            if (P.beta != 0.0) {
+                pn += part[pi];
+                pd += c[P.c_base + pi];
+            }
+            part[pi] = pn;
+            c[P.c_base + pi] = pd;
+        }
+    }
+}
+
+// The norm system's right-hand side (§12): per column j of C = (W − Ŵ)·H (a − a2, never
+// stored), the partial sum over this tile's rows of Ŵ(i,j)·C(i,j) (Ŵ read from a2
+// directly), into part[(part_off + wid.y) * pld + j]; beta != 0 adds to what is there.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_coldot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = tile_origin(wid);
+    let acc = mainloop(o, lid);
+    var cs: array<f32, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i < P.m_hi && j < P.n_hi) {
+                cs[q] = fma(acc[r * 4u + q], a2[P.p_base + i * P.ld2 + j], cs[q]);
+            }
+        }
+    }
+    for (var q = 0u; q < 4u; q++) {
+        let s = sum_over_y(lid, cs[q]);
+        let j = o.y + lid.x * 4u + q;
+        if (lid.y == 0u && j < P.n_hi) {
+            let pi = (P.part_off + wid.y) * P.pld + j;
+            var v = s;
+            if (P.beta != 0.0) { v += part[pi]; }
+            part[pi] = v;
+        }
+    }
 }

@@ -784,6 +784,94 @@ pub mod check {
         }
     }
 
+    /// §12 `refit_base`: H is cols x cols, W_p (when given) has W's shape.
+    pub fn refit_base(
+        wp: Option<(usize, usize)>,
+        w: (usize, usize),
+        h: (usize, usize),
+    ) -> Result<()> {
+        same("Hessian vs W columns", h, (w.1, w.1))?;
+        if let Some(p) = wp {
+            same("pruned vs original W", p, w)?;
+        }
+        Ok(())
+    }
+
+    /// §12 `lora_grad`: every operand against W_p (rows x cols); the rank is B's column
+    /// count. Returns (rows, cols, rank).
+    pub fn lora(
+        wp: (usize, usize),
+        mask: (usize, usize),
+        delta: (usize, usize),
+        delta_h: (usize, usize),
+        h: (usize, usize),
+        b: (usize, usize),
+        a: (usize, usize),
+    ) -> Result<(usize, usize, usize)> {
+        let (rows, cols) = wp;
+        let r = b.1;
+        same("mask vs W_p", mask, (rows, cols))?;
+        same("Δ vs W_p", delta, (rows, cols))?;
+        same("ΔH vs W_p", delta_h, (rows, cols))?;
+        same("Hessian vs W columns", h, (cols, cols))?;
+        same("B vs rows x rank", b, (rows, r))?;
+        same("A vs rank x cols", a, (r, cols))?;
+        Ok((rows, cols, r))
+    }
+
+    /// §12 `adamw_step`: gradient and moments have the parameter's shape.
+    pub fn adamw(
+        param: (usize, usize),
+        grad: (usize, usize),
+        m: (usize, usize),
+        v: (usize, usize),
+    ) -> Result<()> {
+        same("gradient vs parameter", grad, param)?;
+        same("first moment vs parameter", m, param)?;
+        same("second moment vs parameter", v, param)
+    }
+
+    /// §12 `lora_merge`: the mask has W_p's shape, B is rows x r, A is r x cols. Returns
+    /// (rows, cols, rank).
+    pub fn lora_merge(
+        wp: (usize, usize),
+        mask: (usize, usize),
+        b: (usize, usize),
+        a: (usize, usize),
+    ) -> Result<(usize, usize, usize)> {
+        let (rows, cols) = wp;
+        let r = b.1;
+        same("mask vs W_p", mask, (rows, cols))?;
+        same("B vs rows x rank", b, (rows, r))?;
+        same("A vs rank x cols", a, (r, cols))?;
+        Ok((rows, cols, r))
+    }
+
+    /// §12 `row_scale`: W has Ŵ's shape, H is cols x cols.
+    pub fn row_scale(w_hat: (usize, usize), w: (usize, usize), h: (usize, usize)) -> Result<()> {
+        same("W vs Ŵ", w, w_hat)?;
+        same("Hessian vs W columns", h, (w_hat.1, w_hat.1))
+    }
+
+    /// §12 `norm_system`: H is square.
+    pub fn norm_hessian(h: (usize, usize)) -> Result<()> {
+        same("Hessian", h, (h.1, h.1))
+    }
+
+    /// §12 `norm_system`: one (Ŵ, W) pair against the Hessian's `cols`.
+    pub fn norm_pair(cols: usize, w_hat: (usize, usize), w: (usize, usize)) -> Result<()> {
+        same("Ŵ vs Hessian columns", w_hat, (w_hat.0, cols))?;
+        same("W vs Ŵ", w, w_hat)
+    }
+
+    /// `spd_solve`: a square system and a 1 x n right-hand side. Returns n.
+    pub fn spd_solve(m: (usize, usize), rhs: (usize, usize)) -> Result<usize> {
+        let n = m.0;
+        same("system", m, (n, n))?;
+        same("right-hand side", rhs, (1, n))?;
+        Ok(n)
+    }
+
     pub fn obs<M>(
         w: (usize, usize),
         u: (usize, usize),

@@ -6,9 +6,11 @@
 
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::formats;
+use prunebench_kernels::ops::{AdamStep, LoraForm, LoraInputs};
 use prunebench_kernels::rng::heavy_tailed;
 use prunebench_kernels::suite::{
-    small_cases, small_sparse_cases, verify_case, CaseFormat, MaskSource, Op, OpCase, Outcome,
+    small_cases, small_refit_cases, small_sparse_cases, verify_case, CaseFormat, MaskSource, Op,
+    OpCase, Outcome,
 };
 use prunebench_kernels::wgpu::{list_adapters, WgpuBackend};
 use prunebench_kernels::{Backend, KernelError, Mask, Matrix, TimeSource, WeightFormat};
@@ -44,7 +46,8 @@ fn run(b: &WgpuBackend, prefixes: &[&str]) -> usize {
 }
 
 const ALL: &[&str] = &[""];
-/// All but the factor, whose 64-row Cholesky blocks of a 200-column H need 51 KB.
+/// All but the factor, whose 64-row Cholesky blocks of a 200-column H need 51 KB (and so the
+/// damped solve built on it), and the LoRA ops, whose A (rank x cols) is bound whole.
 const ROW_SPLIT: &[&str] = &[
     "ACT_STAT",
     "HESSIAN",
@@ -57,9 +60,22 @@ const ROW_SPLIT: &[&str] = &[
     "RECON_",
     "COMPRESS",
     "MATMUL",
+    "REFIT_BASE",
+    "ADAMW",
+    "ROW_SCALE",
+    "NORM_SYSTEM",
 ];
 
 const SPARSE: &[&str] = &["COMPRESS", "MATMUL"];
+
+const REFIT: &[&str] = &[
+    "REFIT_BASE",
+    "LORA_",
+    "ADAMW",
+    "ROW_SCALE",
+    "NORM_SYSTEM",
+    "SPD_SOLVE",
+];
 
 #[test]
 fn tensors_split_across_bindings_match_the_reference() {
@@ -158,6 +174,130 @@ fn shape_errors_are_errors() {
     assert!(b.select_mask(&w, bad).is_err());
 }
 
+/// The LoRA ops at an 8 KiB binding limit, on shapes whose A (rank x cols, bound whole) fits
+/// one binding: W-shaped tensors in slabs of about 10 rows, H in windows of rows (the K
+/// range of D·H), so the gradient's epilogue runs on the last window only.
+#[test]
+fn lora_ops_split_across_bindings_match_the_reference() {
+    let b = backend().with_max_binding(8 << 10);
+    b.set_poison(true);
+    let reference = CpuBackend::new();
+    for form in [LoraForm::Mask, LoraForm::Scale] {
+        for (rank, rows, cols) in [(4, 40, 200), (17, 37, 100)] {
+            for case in [
+                OpCase::new(Op::LoraGrad(form, rank), rows, cols).tokens(300, 1),
+                OpCase::new(Op::LoraMerge(form, rank), rows, cols),
+            ] {
+                let r = verify_case(&b, &reference, &case);
+                assert_eq!(r.outcome, Outcome::Pass, "{}: {:?}", r.case, r.checks);
+            }
+        }
+    }
+    assert!(b.split_ops() > 0);
+}
+
+/// Every re-fit op given one wrong shape, as the error message it returns.
+fn refit_shape_errors<B: Backend>(b: &B) -> Vec<String> {
+    let t = |r: usize, c: usize| {
+        b.upload(&Matrix::from_fn(r, c, |i, j| (i + 2 * j) as f32 / 10.0))
+            .unwrap()
+    };
+    let mask = b.upload_mask(&Mask::empty(4, 8)).unwrap();
+    let (w, h, lb, la) = (t(4, 8), t(8, 8), t(4, 2), t(2, 8));
+    macro_rules! lora {
+        ($a:expr) => {
+            LoraInputs {
+                form: LoraForm::Mask,
+                wp: &w,
+                mask: &mask,
+                delta: &w,
+                delta_h: &w,
+                h: &h,
+                b: &lb,
+                a: $a,
+                s: 2.0,
+                norm: 1.0,
+            }
+        };
+    }
+    let (mut p, mut m, mut v) = (t(4, 8), t(4, 8), t(4, 8));
+    let results = [
+        b.refit_base(Some(&t(4, 7)), &w, &h).map(drop),
+        b.refit_base(None, &w, &t(7, 8)).map(drop),
+        b.lora_grad(lora!(&t(3, 8))).map(drop),
+        b.lora_grad(lora!(&t(2, 7))).map(drop),
+        b.adamw_step(&mut p, &t(4, 7), &mut m, &mut v, AdamStep::new(1e-3, 1)),
+        b.lora_merge(&w, &mask, &t(3, 2), &la, LoraForm::Scale, 1.0)
+            .map(drop),
+        b.row_scale(&mut p, &t(4, 7), &h).map(drop),
+        b.norm_system(&[(&w, &t(4, 7))], &h).map(drop),
+        b.norm_system(&[(&w, &w)], &t(8, 7)).map(drop),
+        b.spd_solve(&h, &t(1, 7), 0.01).map(drop),
+    ];
+    results
+        .into_iter()
+        .map(|r| match r {
+            Err(e @ KernelError::Shape(_)) => e.to_string(),
+            other => panic!("expected a shape error, got {:?}", other),
+        })
+        .collect()
+}
+
+#[test]
+fn refit_shape_errors_are_the_references() {
+    let got = refit_shape_errors(&backend());
+    assert_eq!(got, refit_shape_errors(&CpuBackend::new()));
+}
+
+/// The damped solve as the reference solves it where the Hessian factor would not: a zero
+/// column stays zero (damped by λ, not replaced by 1 as a dead column), and a zero system
+/// gives zeros.
+#[test]
+fn damped_solve_keeps_zero_columns_and_solves_a_zero_system_to_zeros() {
+    let b = backend();
+    let cpu = CpuBackend::new();
+    let n = 70;
+    let zero = |i: usize| i == 5 || i == 66;
+    let m = Matrix::from_fn(n, n, |i, j| {
+        if zero(i) || zero(j) {
+            0.0
+        } else if i == j {
+            2.0 + (i % 7) as f32
+        } else {
+            0.1 / (1.0 + (i as f32 - j as f32).abs()).powi(2)
+        }
+    });
+    let rhs = Matrix::from_fn(1, n, |_, j| (j as f32 - 30.0) / 10.0);
+    let solve = |m: &Matrix| {
+        let got = b
+            .download(
+                &b.spd_solve(&b.upload(m).unwrap(), &b.upload(&rhs).unwrap(), 0.01)
+                    .unwrap(),
+            )
+            .unwrap();
+        let want = cpu
+            .download(
+                &cpu.spd_solve(&cpu.upload(m).unwrap(), &cpu.upload(&rhs).unwrap(), 0.01)
+                    .unwrap(),
+            )
+            .unwrap();
+        (got, want)
+    };
+    let (got, want) = solve(&m);
+    for j in 0..n {
+        let (g, w) = (got.get(0, j) as f64, want.get(0, j) as f64);
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(1e-3),
+            "x[{j}]: {g} vs {w}"
+        );
+    }
+    // λ = 1% of the mean diagonal: a zero column solves to rhs_j / λ.
+    let lambda = 0.01 * (0..n).map(|i| m.get(i, i) as f64).sum::<f64>() / n as f64;
+    assert!((got.get(0, 5) as f64 - rhs.get(0, 5) as f64 / lambda).abs() < 1e-3);
+    let (got, want) = solve(&Matrix::from_fn(n, n, |_, _| 0.0));
+    assert!(got.data.iter().all(|&x| x == 0.0) && got == want);
+}
+
 #[test]
 fn timing_uses_gpu_timestamps_where_the_adapter_has_them() {
     let b = backend();
@@ -203,6 +343,12 @@ fn adapters_are_listed_and_chosen_by_name() {
             other.map(|b| b.info().clone())
         ),
     }
+}
+
+#[test]
+fn every_refit_case_runs_and_matches_the_reference() {
+    let b = backend();
+    assert_eq!(run(&b, REFIT), small_refit_cases().len());
 }
 
 #[test]

@@ -34,12 +34,9 @@ pub fn refit_base(
     h: &CpuTensor,
 ) -> Result<(CpuTensor, CpuTensor)> {
     let (rows, cols) = (w.rows, w.cols);
-    check::same("Hessian vs W columns", h.shape(), (cols, cols))?;
+    check::refit_base(wp.map(|p| p.shape()), w.shape(), h.shape())?;
     let delta: Vec<f64> = match wp {
-        Some(p) => {
-            check::same("pruned vs original W", p.shape(), w.shape())?;
-            p.data.iter().zip(&w.data).map(|(a, b)| a - b).collect()
-        }
+        Some(p) => p.data.iter().zip(&w.data).map(|(a, b)| a - b).collect(),
         None => w.data.iter().map(|v| -v).collect(),
     };
     let dh = matmul(&delta, &h.data, rows, cols, cols);
@@ -75,15 +72,15 @@ fn p_of(form: LoraForm, wp: &CpuTensor, mask: &Mask) -> Vec<f64> {
 }
 
 pub fn check_lora(inp: &LoraInputs<'_, CpuTensor, Mask>) -> Result<(usize, usize, usize)> {
-    let (rows, cols) = inp.wp.shape();
-    let r = inp.b.cols;
-    check::same("mask vs W_p", (inp.mask.rows, inp.mask.cols), (rows, cols))?;
-    check::same("Δ vs W_p", inp.delta.shape(), (rows, cols))?;
-    check::same("ΔH vs W_p", inp.delta_h.shape(), (rows, cols))?;
-    check::same("Hessian vs W columns", inp.h.shape(), (cols, cols))?;
-    check::same("B vs rows x rank", inp.b.shape(), (rows, r))?;
-    check::same("A vs rank x cols", inp.a.shape(), (r, cols))?;
-    Ok((rows, cols, r))
+    check::lora(
+        inp.wp.shape(),
+        (inp.mask.rows, inp.mask.cols),
+        inp.delta.shape(),
+        inp.delta_h.shape(),
+        inp.h.shape(),
+        inp.b.shape(),
+        inp.a.shape(),
+    )
 }
 
 pub fn lora_grad(inp: &LoraInputs<'_, CpuTensor, Mask>) -> Result<(CpuTensor, CpuTensor, f64)> {
@@ -151,9 +148,7 @@ pub fn adamw_step(
     v: &mut CpuTensor,
     st: AdamStep,
 ) -> Result<()> {
-    check::same("gradient vs parameter", grad.shape(), param.shape())?;
-    check::same("first moment vs parameter", m.shape(), param.shape())?;
-    check::same("second moment vs parameter", v.shape(), param.shape())?;
+    check::adamw(param.shape(), grad.shape(), m.shape(), v.shape())?;
     let bc1 = 1.0 - st.beta1.powi(st.t as i32);
     let bc2 = 1.0 - st.beta2.powi(st.t as i32);
     for i in 0..param.data.len() {
@@ -174,11 +169,8 @@ pub fn lora_merge(
     form: LoraForm,
     s: f64,
 ) -> Result<CpuTensor> {
-    let (rows, cols) = wp.shape();
-    let r = b.cols;
-    check::same("mask vs W_p", (mask.rows, mask.cols), (rows, cols))?;
-    check::same("B vs rows x rank", b.shape(), (rows, r))?;
-    check::same("A vs rank x cols", a.shape(), (r, cols))?;
+    let (rows, cols, r) =
+        check::lora_merge(wp.shape(), (mask.rows, mask.cols), b.shape(), a.shape())?;
     let ba = matmul(&b.data, &a.data, rows, r, cols);
     let data = (0..rows * cols)
         .map(|i| {
@@ -197,8 +189,7 @@ pub fn lora_merge(
 
 pub fn row_scale(w_hat: &mut CpuTensor, w: &CpuTensor, h: &CpuTensor) -> Result<CpuTensor> {
     let (rows, cols) = w_hat.shape();
-    check::same("W vs Ŵ", w.shape(), (rows, cols))?;
-    check::same("Hessian vs W columns", h.shape(), (cols, cols))?;
+    check::row_scale(w_hat.shape(), w.shape(), h.shape())?;
     let wh = matmul(&w_hat.data, &h.data, rows, cols, cols);
     let scales: Vec<f64> = (0..rows)
         .into_par_iter()
@@ -238,13 +229,12 @@ pub fn norm_system(
     h: &CpuTensor,
 ) -> Result<(CpuTensor, CpuTensor)> {
     let cols = h.cols;
-    check::same("Hessian", h.shape(), (cols, cols))?;
+    check::norm_hessian(h.shape())?;
     let mut m = vec![0.0; cols * cols];
     let mut rhs = vec![0.0; cols];
     for (w_hat, w) in pairs {
         let rows = w_hat.rows;
-        check::same("Ŵ vs Hessian columns", w_hat.shape(), (rows, cols))?;
-        check::same("W vs Ŵ", w.shape(), w_hat.shape())?;
+        check::norm_pair(cols, w_hat.shape(), w.shape())?;
         linalg::gram_update(&mut m, cols, &w_hat.data, rows, 1.0, 1.0);
         let diff: Vec<f64> = w.data.iter().zip(&w_hat.data).map(|(a, b)| a - b).collect();
         let dh = matmul(&diff, &h.data, rows, cols, cols);
@@ -272,9 +262,7 @@ pub fn norm_system(
 }
 
 pub fn spd_solve(m: &CpuTensor, rhs: &CpuTensor, percdamp: f64) -> Result<CpuTensor> {
-    let n = m.rows;
-    check::same("system", m.shape(), (n, n))?;
-    check::same("right-hand side", rhs.shape(), (1, n))?;
+    let n = check::spd_solve(m.shape(), rhs.shape())?;
     let mean = (0..n).map(|i| m.data[i * n + i]).sum::<f64>() / n.max(1) as f64;
     if mean == 0.0 {
         return Ok(CpuTensor::zeros(1, n));

@@ -9,8 +9,8 @@ mod inputs;
 mod run;
 
 pub use case::{
-    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases, CaseFormat,
-    MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
+    matmul_cases, model_cases, packed_bytes, refit_cases, small_cases, small_refit_cases,
+    small_sparse_cases, CaseFormat, MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
 };
 pub use compare::{compare, tie_aware_mask_mismatches, Check};
 pub use inputs::CaseInputs;

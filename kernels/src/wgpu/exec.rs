@@ -23,6 +23,8 @@ pub(crate) enum Module {
     Obs,
     Probe,
     SparsePack,
+    /// The re-fit ops' elementwise steps and small reductions (§12).
+    Refit,
     /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), and decompression.
     SparseMatmul(u32),
 }
@@ -32,7 +34,7 @@ pub(crate) const TOKEN_BLOCKS: [u32; 4] = [1, 2, 4, 8];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 13] = [
+    pub const ALL: [Module; 14] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -42,6 +44,7 @@ impl Module {
         Module::Obs,
         Module::Probe,
         Module::SparsePack,
+        Module::Refit,
         Module::SparseMatmul(1),
         Module::SparseMatmul(2),
         Module::SparseMatmul(4),
@@ -59,6 +62,7 @@ impl Module {
             Module::Obs => "obs",
             Module::Probe => "probe",
             Module::SparsePack => "sparse_pack",
+            Module::Refit => "refit",
             Module::SparseMatmul(_) => "sparse_matmul",
         }
     }
@@ -74,6 +78,7 @@ impl Module {
             Module::Obs => include_str!("../../shaders/obs.wgsl"),
             Module::Probe => include_str!("../../shaders/probe.wgsl"),
             Module::SparsePack => include_str!("../../shaders/sparse_pack.wgsl"),
+            Module::Refit => include_str!("../../shaders/refit.wgsl"),
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
         }
     }
@@ -82,7 +87,7 @@ impl Module {
     /// parameter block). Must match the .wgsl declarations.
     pub fn storage(self) -> &'static [bool] {
         match self {
-            Module::Gemm => &[true, true, true, false, false, false],
+            Module::Gemm => &[true, true, true, false, false, false, true],
             Module::Stats => &[true, false, false],
             Module::Grad => &[false, true],
             Module::Score => &[false, true, true, false, true],
@@ -91,6 +96,7 @@ impl Module {
             Module::Obs => &[false, true, false, false, false, true, true],
             Module::Probe => &[false, true],
             Module::SparsePack => &[true, true, false, false, false, false, false],
+            Module::Refit => &[false, true, false, false, false, true, true],
             Module::SparseMatmul(_) => &[true, true, true, true, true, false],
         }
     }

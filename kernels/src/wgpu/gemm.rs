@@ -12,6 +12,10 @@ pub(crate) const F_MIRROR: u32 = 2;
 pub(crate) const F_B_LOWER: u32 = 4;
 pub(crate) const F_A_MINUS_P: u32 = 8;
 pub(crate) const F_L1: u32 = 16;
+pub(crate) const F_DELTA: u32 = 32;
+pub(crate) const F_FINAL: u32 = 64;
+pub(crate) const F_P_MASK: u32 = 128;
+pub(crate) const F_MERGE_SCALE: u32 = 256;
 
 const TILE: u32 = 64;
 
@@ -39,6 +43,13 @@ pub(crate) struct GemmParams {
     pub beta: f32,
     pub part_off: u32,
     pub count: u32,
+    pub ld2: u32,
+    pub aux_base: u32,
+    pub aux_ld: u32,
+    pub rank: u32,
+    pub s: f32,
+    pub gscale: f32,
+    pub pld: u32,
 }
 
 /// A GEMM operand: a window, the global element index of its logical (0,0) (wrapping, so it
@@ -78,7 +89,13 @@ pub(crate) struct Gemm<'a> {
     pub n: (usize, usize),
     pub k: (usize, usize),
     pub a: Operand<'a>,
+    /// Subtracted from A in the loads (A = a − a2).
     pub a2: Option<Operand<'a>>,
+    /// Bound where a2 is, but read as it is by the loads or epilogues that use it (the
+    /// re-fit epilogues); exclusive with `a2`.
+    pub side: Option<Operand<'a>>,
+    /// Words read by the re-fit epilogues: mask bits, or f32 values as bits.
+    pub aux: Option<Operand<'a>>,
     pub b: Operand<'a>,
     pub c: Option<Operand<'a>>,
     pub c2: Option<Operand<'a>>,
@@ -86,6 +103,12 @@ pub(crate) struct Gemm<'a> {
     pub flags: u32,
     pub alpha: f32,
     pub beta: f32,
+    /// The LoRA rank, scale s and gradient scale s·norm (§12).
+    pub rank: usize,
+    pub s: f32,
+    pub gscale: f32,
+    /// The stride between rows of row or column partials.
+    pub pld: usize,
     /// The step's name in kernel profiles.
     pub label: &'static str,
 }
@@ -106,6 +129,8 @@ impl<'a> Gemm<'a> {
             k,
             a,
             a2: None,
+            side: None,
+            aux: None,
             b,
             c: None,
             c2: None,
@@ -113,6 +138,10 @@ impl<'a> Gemm<'a> {
             flags: 0,
             alpha: 1.0,
             beta: 0.0,
+            rank: 0,
+            s: 0.0,
+            gscale: 0.0,
+            pld: 0,
             label: entry,
         }
     }
@@ -149,6 +178,10 @@ impl<'a> Gemm<'a> {
             flags: self.flags,
             alpha: self.alpha,
             beta: self.beta,
+            rank: self.rank as u32,
+            s: self.s,
+            gscale: self.gscale,
+            pld: self.pld as u32,
             ..Default::default()
         };
         if let Some(c) = &self.c {
@@ -158,9 +191,23 @@ impl<'a> Gemm<'a> {
         if let Some(c2) = &self.c2 {
             p.c2_base = c2.win.base(c2.origin);
         }
+        assert!(
+            self.a2.is_none() || self.side.is_none(),
+            "{}: a2 and side share a binding",
+            self.label
+        );
         if let Some(a2) = &self.a2 {
             p.p_base = a2.win.base(a2.origin);
+            p.ld2 = a2.ld as u32;
             p.flags |= F_A_MINUS_P;
+        }
+        if let Some(sd) = &self.side {
+            p.p_base = sd.win.base(sd.origin);
+            p.ld2 = sd.ld as u32;
+        }
+        if let Some(x) = &self.aux {
+            p.aux_base = x.win.base(x.origin);
+            p.aux_ld = x.ld as u32;
         }
         if let Some((_, off)) = self.part {
             p.part_off = off;
@@ -174,11 +221,12 @@ impl<'a> Gemm<'a> {
             bytemuck::bytes_of(&p),
             &[
                 Slot::Win(self.a.win),
-                slot(&self.a2),
+                slot(&self.a2.or(self.side)),
                 Slot::Win(self.b.win),
                 slot(&self.c),
                 slot(&self.c2),
                 self.part.map_or(Slot::Unused, |(w, _)| Slot::Win(w)),
+                slot(&self.aux),
             ],
             [gx, gy, 1],
         )

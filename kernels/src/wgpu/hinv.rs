@@ -37,6 +37,7 @@ pub(crate) struct CholParams {
     plo: u32,
     pld: u32,
     pcol: u32,
+    keep_dead: u32,
 }
 
 struct Bufs<'a> {
@@ -66,6 +67,63 @@ impl Bufs<'_> {
             Slot::Win(self.dvec),
             Slot::Win(self.stat),
         ]
+    }
+}
+
+/// A factorisation recorded into a batch: U = chol_upper((H + λI)⁻¹) in `u` once it has run,
+/// and the status words `stat` (see cholesky.wgsl).
+pub(crate) struct FactorRun {
+    pub u: WgpuTensor,
+    stat: wgpu::Buffer,
+    n: usize,
+}
+
+/// The status words of a factorisation that has run.
+pub(crate) struct FactorStatus {
+    words: Vec<u32>,
+}
+
+impl FactorStatus {
+    /// A non-finite input or a failed pivot as the error it is.
+    pub fn check(&self, n: usize) -> Result<()> {
+        let words = &self.words;
+        if words[1] != u32::MAX {
+            let i = words[1] as usize;
+            return Err(KernelError::NonFinite {
+                what: "Hessian".into(),
+                row: i / n,
+                col: i % n,
+            });
+        }
+        if words[0] != 0 {
+            return Err(KernelError::NotPositiveDefinite {
+                column: words[0] as usize - 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// mean(diag(H)) (after dead columns became 1, unless they were kept).
+    pub fn mean(&self) -> f32 {
+        f32::from_bits(self.words[3])
+    }
+
+    pub fn damp(&self) -> f64 {
+        f32::from_bits(self.words[2]) as f64
+    }
+
+    pub fn dead(&self) -> Vec<usize> {
+        (0..self.words.len() - 4)
+            .filter(|&j| self.words[4 + j] != 0)
+            .collect()
+    }
+}
+
+impl FactorRun {
+    pub fn status(&self, ctx: &Ctx) -> Result<FactorStatus> {
+        Ok(FactorStatus {
+            words: ctx.read_words(&self.stat, 4 + self.n)?,
+        })
     }
 }
 
@@ -123,14 +181,37 @@ impl Ctx {
             )));
         }
         let n = h.cols;
-        let u = self.tensor("inverse-Hessian factor", n, n)?;
         if n == 0 {
             return Ok(HinvFactor {
-                u,
+                u: self.tensor("inverse-Hessian factor", n, n)?,
                 dead: vec![],
                 damp: 0.0,
             });
         }
+        let mut b = self.batch();
+        let run = self.record_factor(&mut b, h, percdamp, false)?;
+        b.submit()?;
+        let status = run.status(self)?;
+        status.check(n)?;
+        Ok(HinvFactor {
+            dead: status.dead(),
+            damp: status.damp(),
+            u: run.u,
+        })
+    }
+
+    /// Records the §6 factorisation of the square `h` (n >= 1) into `b`. With `keep_dead`
+    /// zero diagonal entries are not replaced by 1, so the factor is that of the plain
+    /// (H + λI)⁻¹; percdamp is taken as it is.
+    pub(crate) fn record_factor(
+        &self,
+        b: &mut Batch<'_>,
+        h: &WgpuTensor,
+        percdamp: f64,
+        keep_dead: bool,
+    ) -> Result<FactorRun> {
+        let n = h.cols;
+        let u = self.tensor("inverse-Hessian factor", n, n)?;
         let small = self.scratch("Cholesky block", NB * NB)?;
         // The outer block narrows (down to one block) if its panel would not fit a binding.
         let outer = (OUTER.min(self.rows_fitting(n) / NB * NB)).max(NB);
@@ -154,9 +235,9 @@ impl Ctx {
         let base = CholParams {
             n: n as u32,
             percdamp: percdamp as f32,
+            keep_dead: keep_dead as u32,
             ..Default::default()
         };
-        let mut b = self.batch();
         let chol = |b: &mut Batch<'_>,
                     entry: &'static str,
                     p: &CholParams,
@@ -175,14 +256,14 @@ impl Ctx {
                 ..base
             };
             chol(
-                &mut b,
+                b,
                 "diag_extract",
                 &p,
                 bufs.slots(None, None, Some(hw)),
                 [(r1 - r0).div_ceil(256) as u32, 1, 1],
             )?;
             chol(
-                &mut b,
+                b,
                 "nonfinite_scan",
                 &p,
                 bufs.slots(None, None, Some(hw)),
@@ -190,7 +271,7 @@ impl Ctx {
             )?;
         }
         chol(
-            &mut b,
+            b,
             "damp_stats",
             &base,
             bufs.slots(None, None, None),
@@ -218,13 +299,7 @@ impl Ctx {
                     (p1 - p0).div_ceil(32) as u32,
                     1,
                 ];
-                chol(
-                    &mut b,
-                    "copy_in",
-                    &p,
-                    bufs.slots(Some(aw), None, Some(hw)),
-                    g,
-                )?;
+                chol(b, "copy_in", &p, bufs.slots(Some(aw), None, Some(hw)), g)?;
             }
         }
 
@@ -281,7 +356,7 @@ impl Ctx {
                     ..base
                 };
                 chol(
-                    &mut b,
+                    b,
                     "chol_diag",
                     &p,
                     bufs.slots(Some(dw), None, None),
@@ -302,7 +377,7 @@ impl Ctx {
                         ..p
                     };
                     chol(
-                        &mut b,
+                        b,
                         "chol_panel",
                         &pp,
                         bufs.slots(Some(aw), None, None),
@@ -310,11 +385,11 @@ impl Ctx {
                     )?;
                 }
                 if k1 < o1 {
-                    syrk(&mut b, k1, o1, k0 - o0, k1 - k0, o0)?;
+                    syrk(b, k1, o1, k0 - o0, k1 - k0, o0)?;
                 }
             }
             if o1 < n {
-                syrk(&mut b, o1, n, 0, o1 - o0, o0)?;
+                syrk(b, o1, n, 0, o1 - o0, o0)?;
             }
         }
 
@@ -330,7 +405,7 @@ impl Ctx {
                 ..base
             };
             chol(
-                &mut b,
+                b,
                 "trinv_diag",
                 &p,
                 bufs.slots(Some(rw), None, None),
@@ -358,7 +433,7 @@ impl Ctx {
                 g.c = Some(Operand::new(temp_w, 0, n));
                 g.flags = F_B_LOWER;
                 g.beta = if first { 0.0 } else { 1.0 };
-                g.record(&mut b)?;
+                g.record(b)?;
                 first = false;
             }
             let mut g = Gemm::new(
@@ -372,7 +447,7 @@ impl Ctx {
             .named("trinv_scale_gemm");
             g.c = Some(Operand::new(rw, (i0 * n) as u64, n));
             g.alpha = -1.0;
-            g.record(&mut b)?;
+            g.record(b)?;
         }
 
         // U = J M J: row x of the top half swaps with row n-1-x.
@@ -396,7 +471,7 @@ impl Ctx {
                     ..base
                 };
                 chol(
-                    &mut b,
+                    b,
                     "reverse_out",
                     &p,
                     bufs.slots(Some(aw), Some(a2w), None),
@@ -404,27 +479,6 @@ impl Ctx {
                 )?;
             }
         }
-        b.submit()?;
-
-        let words = self.read_words(&stat, 4 + n)?;
-        if words[1] != u32::MAX {
-            let i = words[1] as usize;
-            return Err(KernelError::NonFinite {
-                what: "Hessian".into(),
-                row: i / n,
-                col: i % n,
-            });
-        }
-        if words[0] != 0 {
-            return Err(KernelError::NotPositiveDefinite {
-                column: words[0] as usize - 1,
-            });
-        }
-        let dead = (0..n).filter(|&j| words[4 + j] != 0).collect();
-        Ok(HinvFactor {
-            u,
-            dead,
-            damp: f32::from_bits(words[2]) as f64,
-        })
+        Ok(FactorRun { u, stat, n })
     }
 }

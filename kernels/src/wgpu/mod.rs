@@ -14,6 +14,7 @@ mod mem;
 mod obs;
 mod probe;
 mod recon;
+mod refit;
 mod score;
 mod select;
 mod sparse;
@@ -30,8 +31,8 @@ pub use sparse::WgpuPacked;
 use crate::error::{KernelError, Result};
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
-    Score, TimeSource,
+    AdamStep, Backend, BackendInfo, GradNorm, HinvFactor, LoraForm, LoraGrad, LoraInputs,
+    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -286,6 +287,63 @@ impl Backend for WgpuBackend {
         h: &WgpuTensor,
     ) -> Result<ReconError> {
         self.ctx.recon_error(w, pruned, h)
+    }
+
+    fn refit_base(
+        &self,
+        wp: Option<&WgpuTensor>,
+        w: &WgpuTensor,
+        h: &WgpuTensor,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        self.ctx.refit_base(wp, w, h)
+    }
+
+    fn lora_grad(&self, inp: LoraInputs<'_, WgpuTensor, WgpuMask>) -> Result<LoraGrad<WgpuTensor>> {
+        self.ctx.lora_grad(inp)
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut WgpuTensor,
+        grad: &WgpuTensor,
+        m: &mut WgpuTensor,
+        v: &mut WgpuTensor,
+        step: AdamStep,
+    ) -> Result<()> {
+        self.ctx.adamw_step(param, grad, m, v, step)
+    }
+
+    fn lora_merge(
+        &self,
+        wp: &WgpuTensor,
+        mask: &WgpuMask,
+        b: &WgpuTensor,
+        a: &WgpuTensor,
+        form: LoraForm,
+        s: f64,
+    ) -> Result<WgpuTensor> {
+        self.ctx.lora_merge(wp, mask, b, a, form, s)
+    }
+
+    fn row_scale(
+        &self,
+        w_hat: &mut WgpuTensor,
+        w: &WgpuTensor,
+        h: &WgpuTensor,
+    ) -> Result<WgpuTensor> {
+        self.ctx.row_scale(w_hat, w, h)
+    }
+
+    fn norm_system(
+        &self,
+        pairs: &[(&WgpuTensor, &WgpuTensor)],
+        h: &WgpuTensor,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        self.ctx.norm_system(pairs, h)
+    }
+
+    fn spd_solve(&self, m: &WgpuTensor, rhs: &WgpuTensor, percdamp: f64) -> Result<WgpuTensor> {
+        self.ctx.spd_solve(m, rhs, percdamp)
     }
 
     fn copy(&self, dst: &mut WgpuTensor, src: &WgpuTensor) -> Result<()> {

@@ -79,6 +79,7 @@ impl Ctx {
                     Slot::Win(result_w),
                     Slot::Unused,
                     Slot::Win(pw),
+                    Slot::Unused,
                 ],
                 [1, 1, 1],
             )?;
