@@ -186,3 +186,67 @@ fn norm_needs_the_norm_tensors() {
     assert_eq!(read.norms.len(), 1);
     assert_eq!(read.norms[0].dtype, DType::BF16);
 }
+
+/// The GPU backends re-fit like the reference (on lavapipe where there is no GPU): the same
+/// errors within the layer tolerance of `verify --refit`, the same norm weights.
+#[cfg(all(feature = "wgpu", feature = "cubecl"))]
+#[test]
+fn gpu_backends_refit_like_the_reference() {
+    let run = |backend: &str| {
+        let o = prunebench(&[
+            "prune",
+            "--backend",
+            backend,
+            "--method",
+            "wanda",
+            "--sparsity",
+            "2:4",
+            "--samples",
+            "2",
+            "--tokens",
+            "32",
+            "--linears",
+            "q_proj,k_proj,down_proj",
+            "--refit",
+            "norm,masklora:4,rowscale",
+            "--refit-steps",
+            "10",
+            "--json",
+        ]);
+        assert!(
+            o.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let errors: Vec<f64> = r["linears"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["refit"]["error_after"].as_f64().unwrap())
+            .collect();
+        let gamma: Vec<f64> = r["groups"][0]["norm_refit"]["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        (errors, gamma)
+    };
+    let (want, want_gamma) = run("cpu");
+    for backend in ["wgpu", "cubecl-wgpu"] {
+        let (got, gamma) = run(backend);
+        for (w, g) in want.iter().zip(&got) {
+            assert!(
+                (w - g).abs() <= 2e-2 * w,
+                "{backend}: error {g} vs reference {w}"
+            );
+        }
+        for (w, g) in want_gamma.iter().zip(&gamma) {
+            assert!(
+                (w - g).abs() <= 1e-3 * w.abs(),
+                "{backend}: γ' {g} vs reference {w}"
+            );
+        }
+    }
+}
