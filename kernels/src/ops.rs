@@ -424,6 +424,14 @@ pub struct BackendInfo {
     pub limits: Vec<(String, u64)>,
 }
 
+/// What a backend without an op answers: the op is refused by name, never faked.
+fn unsupported<T>(info: &BackendInfo, what: &str) -> Result<T> {
+    Err(KernelError::Unsupported(format!(
+        "{}: {what}",
+        info.backend
+    )))
+}
+
 /// The op set. Shapes: a weight W is rows x cols (out x in), a calibration batch X is
 /// (b·T) x cols, output gradients dY are T x rows, statistics `a` are 1 x cols, H is cols x cols.
 pub trait Backend {
@@ -540,10 +548,7 @@ pub trait Backend {
     /// Ceiling probe for bandwidth: dst ← src (same shape), each element read and written
     /// once, as a device-to-device copy.
     fn copy(&self, _dst: &mut Self::Tensor, _src: &Self::Tensor) -> Result<()> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no copy probe",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no copy probe")
     }
 
     /// Ceiling probe for arithmetic: every element v of `t` runs
@@ -551,10 +556,7 @@ pub trait Backend {
     /// elements are independent chains, so a GPU can overlap them). Compare with
     /// [`fma_probe_expected`].
     fn fma_probe(&self, _t: &mut Self::Tensor, _iters: u32) -> Result<()> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no FMA probe",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no FMA probe")
     }
 
     /// §9: tr(ΔW H ΔWᵀ) and tr(W H Wᵀ) with ΔW = W − pruned.
@@ -573,10 +575,7 @@ pub trait Backend {
         _w: &Self::Tensor,
         _h: &Self::Tensor,
     ) -> Result<(Self::Tensor, Self::Tensor)> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no re-fit",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no re-fit")
     }
 
     /// §12: one LoRA gradient (see [`LoraInputs`]); D is formed on the fly, never stored.
@@ -584,10 +583,7 @@ pub trait Backend {
         &self,
         _inp: LoraInputs<'_, Self::Tensor, Self::Mask>,
     ) -> Result<LoraGrad<Self::Tensor>> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no LoRA re-fit",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no LoRA re-fit")
     }
 
     /// §12: AdamW on `param` in place with its moments `m`, `v`.
@@ -599,10 +595,7 @@ pub trait Backend {
         _v: &mut Self::Tensor,
         _step: AdamStep,
     ) -> Result<()> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no AdamW",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no AdamW")
     }
 
     /// §12: the merged weight, W_p + s·M̄ ⊙ (B·A) or W_p ⊙ (B·A), zero wherever the mask is set
@@ -616,10 +609,7 @@ pub trait Backend {
         _form: LoraForm,
         _s: f64,
     ) -> Result<Self::Tensor> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no LoRA merge",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no LoRA merge")
     }
 
     /// §12 `rowscale`: s_i = (ŵ_i H w_iᵀ)/(ŵ_i H ŵ_iᵀ) (1 where the denominator is 0), Ŵ_i ←
@@ -630,10 +620,7 @@ pub trait Backend {
         _w: &Self::Tensor,
         _h: &Self::Tensor,
     ) -> Result<Self::Tensor> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no row scale",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no row scale")
     }
 
     /// §12 `norm`: the system Σ_l (Ŵ_lᵀŴ_l) ⊙ H (cols x cols) and the right-hand side
@@ -644,10 +631,7 @@ pub trait Backend {
         _pairs: &[(&Self::Tensor, &Self::Tensor)],
         _h: &Self::Tensor,
     ) -> Result<(Self::Tensor, Self::Tensor)> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no norm re-fit",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no norm re-fit")
     }
 
     /// (M + λI)⁻¹·rhs for symmetric positive semi-definite M and a 1 x n rhs, λ = percdamp ·
@@ -658,10 +642,7 @@ pub trait Backend {
         _rhs: &Self::Tensor,
         _percdamp: f64,
     ) -> Result<Self::Tensor> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no solve",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no solve")
     }
 
     /// §13: W under its mask (set = pruned; the mask decides, never a zero value) in `format`,
@@ -673,42 +654,26 @@ pub trait Backend {
         _mask: &Self::Mask,
         format: WeightFormat,
     ) -> Result<Self::Packed> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no {} compression",
-            self.info().backend,
-            format.name()
-        )))
+        unsupported(self.info(), &format!("no {} compression", format.name()))
     }
 
     /// §13: the dense weight back from its compressed form (zeros where nothing is stored).
     fn decompress(&self, _p: &Self::Packed) -> Result<Self::Tensor> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no decompression",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no decompression")
     }
 
     fn upload_packed(&self, _p: &PackedWeight) -> Result<Self::Packed> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no compressed weights",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no compressed weights")
     }
 
     fn download_packed(&self, _p: &Self::Packed) -> Result<PackedWeight> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no compressed weights",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no compressed weights")
     }
 
     /// §13: Y = X·Wᵀ for X [N, cols] and a compressed W [rows, cols]: Y [N, rows], f32
     /// accumulation of the f16 values.
     fn sparse_matmul(&self, _x: &Self::Tensor, _w: &Self::Packed) -> Result<Self::Tensor> {
-        Err(KernelError::Unsupported(format!(
-            "{}: no compressed-weight product",
-            self.info().backend
-        )))
+        unsupported(self.info(), "no compressed-weight product")
     }
 }
 
