@@ -86,7 +86,7 @@ fn grad(
         LoraForm::Scale => None,
     };
     let (delta, delta_h) = cpu.refit_base(base, &s.w, &s.h).unwrap();
-    let sc = if form == LoraForm::Mask { 2.0 } else { 1.0 };
+    let sc = form.scale();
     cpu.lora_grad(LoraInputs {
         form,
         wp: &s.wp,
@@ -103,7 +103,7 @@ fn grad(
 }
 
 fn merged(s: &Setup, form: LoraForm, b: &CpuTensor, a: &CpuTensor) -> CpuTensor {
-    let sc = if form == LoraForm::Mask { 2.0 } else { 1.0 };
+    let sc = form.scale();
     CpuBackend::new()
         .lora_merge(&s.wp, &s.mask, b, a, form, sc)
         .unwrap()

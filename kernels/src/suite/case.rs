@@ -195,12 +195,6 @@ fn norm_name(n: GradNorm) -> &'static str {
     }
 }
 
-/// The LoRA scale s of a re-fit case: α/r with PERP's α = 2r for the mask form, 1 for the
-/// scale form.
-pub fn lora_scale(form: LoraForm) -> f64 {
-    form.scale()
-}
-
 /// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
 pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
 

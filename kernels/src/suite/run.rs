@@ -2,7 +2,7 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{lora_scale, ObsKind, Op, OpCase, ADAMW_CASE_STEP};
+use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
@@ -267,7 +267,7 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
             h: up("h")?,
             b: up("b")?,
             a: up("a")?,
-            s: lora_scale(form),
+            s: form.scale(),
             norm: case.refit_norm(),
             out: None,
         },
@@ -427,7 +427,7 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             a,
             out,
         } => {
-            *out = Some(b.lora_merge(wp, mask, lb, a, *form, lora_scale(*form))?);
+            *out = Some(b.lora_merge(wp, mask, lb, a, *form, form.scale())?);
             Ok(())
         }
         Prepared::RowScale { w_hat, w, h, out } => {

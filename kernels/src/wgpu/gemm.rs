@@ -232,3 +232,34 @@ impl<'a> Gemm<'a> {
         )
     }
 }
+
+/// Records `reduce_parts`: the `tiles` per-workgroup partial sums in `parts` added into element
+/// `slot` of `result` (the second pass of the reducing epilogues, as WGSL has no f32 atomics).
+pub(crate) fn reduce_parts(
+    b: &mut Batch<'_>,
+    result: Win<'_>,
+    slot: u64,
+    parts: Win<'_>,
+    tiles: usize,
+) -> Result<()> {
+    let p = GemmParams {
+        c_base: result.base(slot),
+        count: tiles as u32,
+        ..Default::default()
+    };
+    b.dispatch(
+        Module::Gemm,
+        "reduce_parts",
+        bytemuck::bytes_of(&p),
+        &[
+            Slot::Unused,
+            Slot::Unused,
+            Slot::Unused,
+            Slot::Win(result),
+            Slot::Unused,
+            Slot::Win(parts),
+            Slot::Unused,
+        ],
+        [1, 1, 1],
+    )
+}

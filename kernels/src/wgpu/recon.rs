@@ -5,8 +5,8 @@
 use crate::error::Result;
 use crate::ops::{check, ReconError};
 
-use super::exec::{Ctx, Module, Slot};
-use super::gemm::{Gemm, GemmParams, Operand};
+use super::exec::Ctx;
+use super::gemm::{reduce_parts, Gemm, Operand};
 use super::mem::WgpuTensor;
 
 impl Ctx {
@@ -63,26 +63,7 @@ impl Ctx {
                     off += gx * gy;
                 }
             }
-            let p = GemmParams {
-                c_base: result_w.base(slot),
-                count: tiles as u32,
-                ..Default::default()
-            };
-            b.dispatch(
-                Module::Gemm,
-                "reduce_parts",
-                bytemuck::bytes_of(&p),
-                &[
-                    Slot::Unused,
-                    Slot::Unused,
-                    Slot::Unused,
-                    Slot::Win(result_w),
-                    Slot::Unused,
-                    Slot::Win(pw),
-                    Slot::Unused,
-                ],
-                [1, 1, 1],
-            )?;
+            reduce_parts(&mut b, result_w, slot, pw, tiles)?;
         }
         b.submit()?;
         let v = self.read_words(&result, 2)?;

@@ -15,7 +15,7 @@ use crate::ops::{check, AdamStep, LoraForm, LoraGrad, LoraInputs};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::gemm::{
-    Gemm, GemmParams, Operand, F_B_LOWER, F_DELTA, F_FINAL, F_LOWER, F_MERGE_SCALE, F_P_MASK,
+    reduce_parts, Gemm, Operand, F_B_LOWER, F_DELTA, F_FINAL, F_LOWER, F_MERGE_SCALE, F_P_MASK,
 };
 use super::mem::{WgpuMask, WgpuTensor};
 
@@ -214,26 +214,7 @@ impl Ctx {
                 }
             }
         }
-        let p = GemmParams {
-            c_base: result_w.base(0),
-            count: tiles as u32,
-            ..Default::default()
-        };
-        b.dispatch(
-            Module::Gemm,
-            "reduce_parts",
-            bytemuck::bytes_of(&p),
-            &[
-                Slot::Unused,
-                Slot::Unused,
-                Slot::Unused,
-                Slot::Win(result_w),
-                Slot::Unused,
-                Slot::Win(parts_w),
-                Slot::Unused,
-            ],
-            [1, 1, 1],
-        )?;
+        reduce_parts(&mut b, result_w, 0, parts_w, tiles)?;
         // ∂B = Ḡ·Aᵀ per slab of rows; ∂A = Bᵀ·Ḡ summed over the slabs.
         for (si, &(r0, r1)) in slabs.iter().enumerate() {
             let gw = self.rows_win(&g.buf, cols, r0, r1)?;
