@@ -21,7 +21,8 @@ pub mod cube;
 pub use error::KernelError;
 pub use formats::{PackedWeight, WeightFormat};
 pub use ops::{
-    Backend, BackendInfo, GradNorm, HinvFactor, MaskGroup, MaskPattern, ObsOutcome, ObsSelection,
-    ReconError, Score, ScoreKind, Sparsity, TimeSource,
+    Backend, BackendInfo, GradNorm, HinvExplicit, HinvFactor, MaskGroup, MaskPattern, ObsOutcome,
+    ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, Sparsity, TaylorInputs, TaylorKind,
+    TimeSource,
 };
 pub use tensor::{Mask, Matrix};

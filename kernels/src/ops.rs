@@ -54,6 +54,16 @@ pub mod tolerance {
     /// The same products as a whole, normalised squared error: f32 accumulation is ~1e-7
     /// relative per output, 1e-14 squared; a decoding error in one row stands out.
     pub const SPARSE_MATMUL_NMSE: f64 = 1e-10;
+    /// §11's explicit Hinv: the §6 factor's accuracy, and UᵀU (or the solve that forms Hinv)
+    /// adds only an f32 sum over cols terms on top.
+    pub const HINV_EXPLICIT: f64 = 1e-5;
+    /// §11's saliencies and removal losses, relative per score: an f32 Cholesky of Hinv[S,S]
+    /// (whose condition the 1% damping bounds, as for §6) and a sum of squares over rows·|S|
+    /// terms; a score of the wrong group is off by far more than this.
+    pub const SALIENCY_REL: f64 = 1e-3;
+    /// §11's compensated weights and downdated Hinv: one f32 solve and two f32 GEMMs on an
+    /// f32 Hinv, as the OBS weights of §7 but with no long chain of rank-1 updates.
+    pub const STRUCTURED_UPDATE: f64 = 1e-5;
     /// Re-fit GEMM-shaped results (ΔH, D·H and the gradients built on them, the norm system):
     /// f32 sums over cols terms, as the Hessian.
     pub const REFIT_GEMM: f64 = 1e-8;
@@ -295,6 +305,82 @@ impl ReconError {
             self.num / self.den
         }
     }
+}
+
+/// §11's Taylor saliencies (LLM-Pruner's `param_first`, `param_second`, `param_mix`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaylorKind {
+    /// |W·Ḡ|.
+    Taylor1,
+    /// |W·F·W|.
+    Taylor2,
+    /// |W·Ḡ − ½·W·F·W|.
+    TaylorMix,
+}
+
+impl TaylorKind {
+    pub const ALL: [TaylorKind; 3] = [
+        TaylorKind::Taylor1,
+        TaylorKind::Taylor2,
+        TaylorKind::TaylorMix,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaylorKind::Taylor1 => "taylor1",
+            TaylorKind::Taylor2 => "taylor2",
+            TaylorKind::TaylorMix => "taylor_mix",
+        }
+    }
+
+    /// Whether the kind reads the mean gradient Ḡ (the plain sum of §11).
+    pub fn needs_mean_grad(&self) -> bool {
+        !matches!(self, TaylorKind::Taylor2)
+    }
+
+    /// Whether the kind reads the diagonal Fisher F (§2's l2 accumulator).
+    pub fn needs_fisher(&self) -> bool {
+        !matches!(self, TaylorKind::Taylor1)
+    }
+}
+
+/// Which way a segmented sum runs over a weight: a group's rows (its producers) or its columns
+/// (its consumer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentAxis {
+    Rows,
+    Cols,
+}
+
+/// One matrix's share of §11's Taylor saliency: per segment k of `width` rows (or columns),
+/// Σ over its entries of the kind's term, with Ḡ = `grad_scale`·`grad_sum` and
+/// F = `fisher_scale`·`grad_sq`.
+pub struct TaylorInputs<'a, T> {
+    pub w: &'a T,
+    /// Σ_s g_s, for the kinds that read Ḡ.
+    pub grad_sum: Option<&'a T>,
+    /// §2's l2 accumulator Σ_s (c·g_s)², for the kinds that read F.
+    pub grad_sq: Option<&'a T>,
+    /// 1/N: Ḡ from the plain sum.
+    pub grad_scale: f64,
+    /// 1/(c²·N): F from the l2 accumulator.
+    pub fisher_scale: f64,
+    pub kind: TaylorKind,
+    pub axis: SegmentAxis,
+    pub width: usize,
+}
+
+/// §11's explicit damped inverse Hessian, from §6's factor.
+#[derive(Debug)]
+pub struct HinvExplicit<T> {
+    /// Hinv = (H + λI)⁻¹ (dead diagonals set to 1 first), cols x cols.
+    pub hinv: T,
+    /// Columns whose Hessian diagonal was zero.
+    pub dead: Vec<usize>,
+    /// The damping λ that was added.
+    pub damp: f64,
 }
 
 /// The two LoRA forms PERP merges without losing the sparsity (§12).
@@ -645,6 +731,67 @@ pub trait Backend {
         unsupported(self.info(), "no solve")
     }
 
+    /// §11: A ← A + dYᵀX for one sample (the plain sum whose mean is Ḡ), without
+    /// materialising dYᵀX: the fused GEMM of §2(b) with a plain-sum epilogue.
+    fn grad_sum_fused(
+        &self,
+        _acc: &mut Self::Tensor,
+        _dy: &Self::Tensor,
+        _x: &Self::Tensor,
+    ) -> Result<()> {
+        unsupported(self.info(), "no mean-gradient accumulation")
+    }
+
+    /// §11: Hinv = (H + λI)⁻¹ written out, from §6's factor (dead diagonals to 1, the same λ).
+    fn hinv_explicit(
+        &self,
+        _h: &Self::Tensor,
+        _percdamp: f64,
+    ) -> Result<HinvExplicit<Self::Tensor>> {
+        unsupported(self.info(), "no explicit inverse Hessian")
+    }
+
+    /// §11 `obs`: for each listed group g (columns [g·width, (g+1)·width) of the consumer W),
+    /// ε_g = ½·tr(W[:,S] (Hinv[S,S])⁻¹ W[:,S]ᵀ); 1 x groups.len().
+    fn obs_saliency(
+        &self,
+        _w: &Self::Tensor,
+        _hinv: &Self::Tensor,
+        _width: usize,
+        _groups: &[usize],
+    ) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no OBS saliency")
+    }
+
+    /// §11 Taylor saliency: one matrix's segmented sums (see [`TaylorInputs`]), 1 x segments.
+    fn taylor_saliency(&self, _inp: TaylorInputs<'_, Self::Tensor>) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no Taylor saliency")
+    }
+
+    /// §11 compensation for the removed column set S (sorted, distinct):
+    /// W ← W − W[:,S]·(Hinv[S,S])⁻¹·Hinv[S,:] and Hinv ← Hinv − Hinv[:,S]·(Hinv[S,S])⁻¹·Hinv[S,:],
+    /// with W[:,S] and Hinv's rows and columns S exactly 0 after. Returns ε_S, the loss the
+    /// removal adds (`obs_saliency` of S as one group).
+    fn structured_update(
+        &self,
+        _w: &mut Self::Tensor,
+        _hinv: &mut Self::Tensor,
+        _removed: &[usize],
+    ) -> Result<f64> {
+        unsupported(self.info(), "no structured OBS update")
+    }
+
+    /// §11 compaction: the kept rows (all when `None`) and kept columns (all when `None`) of
+    /// W, each list sorted ascending, as a smaller dense tensor.
+    fn compact(
+        &self,
+        _w: &Self::Tensor,
+        _rows: Option<&[usize]>,
+        _cols: Option<&[usize]>,
+    ) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no compaction")
+    }
+
     /// §13: W under its mask (set = pruned; the mask decides, never a zero value) in `format`,
     /// kept values rounded to f16. Refuses a weight that is not 2:4 for the 2:4 format and a
     /// kept value f16 cannot hold, with the errors of [`crate::formats`].
@@ -835,6 +982,118 @@ pub mod check {
         same("system", m, (n, n))?;
         same("right-hand side", rhs, (1, n))?;
         Ok(n)
+    }
+
+    /// `obs_saliency`: W's columns and Hinv agree, the groups fit. Returns the group count.
+    pub fn obs_saliency(
+        w: (usize, usize),
+        hinv: (usize, usize),
+        width: usize,
+        groups: &[usize],
+    ) -> Result<usize> {
+        same("inverse Hessian vs W columns", hinv, (w.1, w.1))?;
+        let n = segments(w.1, width, "columns")?;
+        if let Some(&g) = groups.iter().find(|&&g| g >= n) {
+            return Err(KernelError::InvalidArgument(format!(
+                "group {g} is past the {n} groups of width {width}"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// `len` split into segments of `width`: their count.
+    pub fn segments(len: usize, width: usize, what: &str) -> Result<usize> {
+        if width == 0 || !len.is_multiple_of(width) {
+            return Err(KernelError::InvalidArgument(format!(
+                "{len} {what} do not split into groups of width {width}"
+            )));
+        }
+        Ok(len / width)
+    }
+
+    /// `taylor_saliency`: the statistics the kind reads are there with W's shape. Returns the
+    /// segment count.
+    pub fn taylor<T>(
+        inp: &TaylorInputs<'_, T>,
+        shape: impl Fn(&T) -> (usize, usize),
+    ) -> Result<usize> {
+        let w = shape(inp.w);
+        for (need, stat, what) in [
+            (inp.kind.needs_mean_grad(), inp.grad_sum, "gradient sum"),
+            (
+                inp.kind.needs_fisher(),
+                inp.grad_sq,
+                "squared-gradient accumulator",
+            ),
+        ] {
+            match stat {
+                Some(t) => same(what, shape(t), w)?,
+                None if need => {
+                    return Err(KernelError::InvalidArgument(format!(
+                        "{} saliency needs the {what}",
+                        inp.kind.name()
+                    )))
+                }
+                None => {}
+            }
+        }
+        match inp.axis {
+            SegmentAxis::Rows => segments(w.0, inp.width, "rows"),
+            SegmentAxis::Cols => segments(w.1, inp.width, "columns"),
+        }
+    }
+
+    /// `structured_update`: shapes agree; S is sorted, distinct, inside W and not everything.
+    pub fn structured_update(
+        w: (usize, usize),
+        hinv: (usize, usize),
+        removed: &[usize],
+    ) -> Result<()> {
+        same("inverse Hessian vs W columns", hinv, (w.1, w.1))?;
+        indices(removed, w.1, "removed column")?;
+        if removed.is_empty() {
+            return Err(KernelError::InvalidArgument("no columns to remove".into()));
+        }
+        Ok(())
+    }
+
+    /// Indices sorted ascending, distinct, each below `len`.
+    pub fn indices(idx: &[usize], len: usize, what: &str) -> Result<()> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= len) {
+            return Err(KernelError::InvalidArgument(format!(
+                "{what} {i} is past the {len} there are"
+            )));
+        }
+        if idx.windows(2).any(|p| p[0] >= p[1]) {
+            return Err(KernelError::InvalidArgument(format!(
+                "{what}s must be sorted and distinct"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `compact`: the kept indices are valid and leave something. Returns the new shape.
+    pub fn compact(
+        w: (usize, usize),
+        rows: Option<&[usize]>,
+        cols: Option<&[usize]>,
+    ) -> Result<(usize, usize)> {
+        let mut shape = w;
+        if let Some(r) = rows {
+            indices(r, w.0, "kept row")?;
+            shape.0 = r.len();
+        }
+        if let Some(c) = cols {
+            indices(c, w.1, "kept column")?;
+            shape.1 = c.len();
+        }
+        if shape.0 == 0 || shape.1 == 0 {
+            return Err(KernelError::InvalidArgument(format!(
+                "compaction of a {}x{} weight keeps nothing",
+                w.0, w.1
+            )));
+        }
+        Ok(shape)
     }
 
     pub fn obs<M>(

@@ -6,15 +6,16 @@ pub mod linalg;
 pub mod obs;
 pub mod refit;
 pub mod select;
+pub mod structured;
 
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
 use crate::formats::{self, PackedWeight, WeightFormat};
 use crate::ops::{
-    check, AdamStep, Backend, BackendInfo, GradNorm, HinvFactor, LoraForm, LoraGrad, LoraInputs,
-    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, FMA_PROBE_ADD, FMA_PROBE_MUL,
-    GBLM_GRAD_SCALE,
+    check, AdamStep, Backend, BackendInfo, GradNorm, HinvExplicit, HinvFactor, LoraForm, LoraGrad,
+    LoraInputs, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, TaylorInputs,
+    FMA_PROBE_ADD, FMA_PROBE_MUL, GBLM_GRAD_SCALE,
 };
 use crate::tensor::{Mask, Matrix};
 use linalg::{gemm, View};
@@ -508,6 +509,66 @@ impl Backend for CpuBackend {
 
     fn spd_solve(&self, m: &CpuTensor, rhs: &CpuTensor, percdamp: f64) -> Result<CpuTensor> {
         refit::spd_solve(m, rhs, percdamp)
+    }
+
+    fn grad_sum_fused(&self, acc: &mut CpuTensor, dy: &CpuTensor, x: &CpuTensor) -> Result<()> {
+        check::fused_grad(acc.shape(), dy.shape(), x.shape())?;
+        let (t, rows, cols) = (x.rows, dy.cols, x.cols);
+        gemm(
+            rows,
+            t,
+            cols,
+            1.0,
+            &dy.data,
+            View::transposed(0, rows),
+            &x.data,
+            View::rows(0, cols),
+            1.0,
+            &mut acc.data,
+            View::rows(0, cols),
+        );
+        Ok(())
+    }
+
+    fn hinv_explicit(&self, h: &CpuTensor, percdamp: f64) -> Result<HinvExplicit<CpuTensor>> {
+        let f = self.hinv_factor(h, percdamp)?;
+        Ok(HinvExplicit {
+            hinv: structured::hinv_from_factor(&f),
+            dead: f.dead,
+            damp: f.damp,
+        })
+    }
+
+    fn obs_saliency(
+        &self,
+        w: &CpuTensor,
+        hinv: &CpuTensor,
+        width: usize,
+        groups: &[usize],
+    ) -> Result<CpuTensor> {
+        structured::obs_saliency(w, hinv, width, groups)
+    }
+
+    fn taylor_saliency(&self, inp: TaylorInputs<'_, CpuTensor>) -> Result<CpuTensor> {
+        structured::taylor_saliency(inp)
+    }
+
+    fn structured_update(
+        &self,
+        w: &mut CpuTensor,
+        hinv: &mut CpuTensor,
+        removed: &[usize],
+    ) -> Result<f64> {
+        structured::structured_update(w, hinv, removed)
+    }
+
+    fn compact(
+        &self,
+        w: &CpuTensor,
+        rows: Option<&[usize]>,
+        cols: Option<&[usize]>,
+    ) -> Result<CpuTensor> {
+        structured::compact(w, rows, cols)
     }
 
     fn compress(&self, w: &CpuTensor, mask: &Mask, format: WeightFormat) -> Result<PackedWeight> {
