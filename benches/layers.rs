@@ -29,7 +29,8 @@ impl Visit for Layers<'_> {
             source: &self.calib,
             ready: None,
         };
-        // Each method at both patterns, and magnitude with PERP's re-fit (§12) after it.
+        // Each mask method at both patterns, structured pruning, and magnitude with PERP's re-fit
+        // (§12) after it.
         let refit = RefitConfig {
             items: RefitConfig::parse_items("norm,masklora:16").expect("a valid list"),
             ..RefitConfig::default()
@@ -41,6 +42,12 @@ impl Visit for Layers<'_> {
                 runs.push((PruneConfig::new(method, sparsity), id));
             }
         }
+        // Structured pruning (§11) at 30% of the layer's parameters, the default obs saliency
+        // and compensation.
+        runs.push((
+            PruneConfig::new(Method::Structured, Sparsity::Unstructured(0.3)),
+            format!("{}/structured/0.3", self.layer.model.name),
+        ));
         let mut cfg = PruneConfig::new(Method::Magnitude, Sparsity::Unstructured(0.5));
         cfg.refit = refit;
         runs.push((

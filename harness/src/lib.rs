@@ -13,5 +13,9 @@ pub mod verify;
 
 pub use error::{HarnessError, Result};
 pub use method::{Method, Needs};
+pub use methods::structured::config as structured;
+pub use methods::structured::{
+    AttnUnit, Budget, Compensate, ConfigDelta, Saliency, StructuredConfig, StructuredReport,
+};
 pub use prune::{prune_layer, Calibration, LayerRun, Progress, PruneConfig};
 pub use refit::{RefitConfig, RefitItem};

@@ -16,7 +16,12 @@ pub struct Needs {
     pub act: bool,
     /// §2's gradient statistic G per linear (needs output gradients).
     pub grads: bool,
+    /// §11's plain gradient sum Σ_s dY_sᵀX_s per linear, whose mean is Ḡ.
+    pub mean_grad: bool,
     pub hessian: bool,
+    /// Whether a calibration file's ready final G may stand in for accumulating §2's
+    /// statistic (GBLM's G; the structured Taylor scores need the accumulator itself).
+    pub ready_grads: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,6 +31,8 @@ pub enum Method {
     Wanda,
     Gblm,
     Sparsegpt,
+    /// Whole FFN channels and attention groups (§11); configured by `PruneConfig::structured`.
+    Structured,
 }
 
 impl Method {
@@ -36,17 +43,27 @@ impl Method {
         Method::Sparsegpt,
     ];
 
+    /// Every method `--method` accepts: the mask methods of [`Method::ALL`] and structured.
+    pub const EVERY: [Method; 5] = [
+        Method::Magnitude,
+        Method::Wanda,
+        Method::Gblm,
+        Method::Sparsegpt,
+        Method::Structured,
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             Method::Magnitude => "magnitude",
             Method::Wanda => "wanda",
             Method::Gblm => "gblm",
             Method::Sparsegpt => "sparsegpt",
+            Method::Structured => "structured",
         }
     }
 
     pub fn parse(s: &str) -> Option<Method> {
-        Method::ALL
+        Method::EVERY
             .into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
     }
@@ -58,6 +75,7 @@ impl Method {
             Method::Wanda => methods::wanda::NEEDS,
             Method::Gblm => methods::gblm::NEEDS,
             Method::Sparsegpt => methods::sparsegpt::NEEDS,
+            Method::Structured => methods::structured::needs(&Default::default()),
         }
     }
 
@@ -75,7 +93,7 @@ impl Method {
             Method::Magnitude => Some(ScoreKind::Magnitude),
             Method::Wanda => Some(ScoreKind::Wanda),
             Method::Gblm => Some(ScoreKind::Gblm),
-            Method::Sparsegpt => None,
+            Method::Sparsegpt | Method::Structured => None,
         }
     }
 

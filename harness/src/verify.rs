@@ -27,6 +27,10 @@ pub const LAYER_RECON_REL_SPARSEGPT: f64 = 1e-2;
 pub const LAYER_RECON_REL_REFIT: f64 = 2e-2;
 /// The LoRA loss at step 0, before any update: one f32 trace against f64.
 pub const REFIT_FIRST_LOSS_REL: f64 = 1e-3;
+/// Structured pruning's compacted weights against the reference's, normalised squared error:
+/// the consumer carries up to `rounds` f32 structured updates (each within
+/// `tolerance::STRUCTURED_UPDATE`), the producers are copied exactly.
+pub const LAYER_COMPACT_NMSE: f64 = 1e-4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinearVerification {
@@ -44,6 +48,10 @@ pub struct LinearVerification {
     /// The re-fit's first LoRA loss against the reference's, relative, where a LoRA ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refit_first_loss_relative_difference: Option<f64>,
+    /// Structured pruning: the compacted weight's normalised squared error against the
+    /// reference's, where both kept the same indices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_nmse: Option<f64>,
     pub pass: bool,
 }
 
@@ -72,7 +80,13 @@ pub fn verify_layer<B: Backend>(
     let got = prune_layer(b, layer, calib, cfg, true, progress)?;
     let want = prune_layer(&CpuBackend::new(), layer, calib, cfg, true, progress)?;
     let sparsegpt = cfg.method == Method::Sparsegpt;
-    let (mask_tol, mut recon_tol) = if sparsegpt {
+    let structured = cfg.method == Method::Structured;
+    // Structured kept sets must agree exactly, unless the reference's own cut came within the
+    // saliency tolerance of a tie: then either side of it is right.
+    let tie = structured_tie(&got.report, &want.report);
+    let (mask_tol, mut recon_tol) = if structured {
+        (if tie { 1.0 } else { 0.0 }, LAYER_RECON_REL_SPARSEGPT)
+    } else if sparsegpt {
         (LAYER_MASK_DISAGREEMENT_SPARSEGPT, LAYER_RECON_REL_SPARSEGPT)
     } else {
         (LAYER_MASK_DISAGREEMENT, LAYER_RECON_REL)
@@ -107,7 +121,13 @@ pub fn verify_layer<B: Backend>(
         let loss_rel = first_loss(g)
             .zip(first_loss(w))
             .map(|(a, b)| (a - b).abs() / b.abs().max(f64::MIN_POSITIVE));
-        let pass = g.pruned == w.pruned
+        let compacted_nmse = structured
+            .then(|| got.compacted.get(i).zip(want.compacted.get(i)))
+            .flatten()
+            .filter(|((gs, _), (ws, _))| gs == ws && disagreement == 0.0)
+            .map(|((_, gm), (_, wm))| nmse(&gm.data, &wm.data));
+        let pass = (g.pruned == w.pruned || tie)
+            && compacted_nmse.is_none_or(|e| e <= LAYER_COMPACT_NMSE)
             && disagreement <= mask_tol
             && rel <= recon_tol
             && loss_rel.is_none_or(|r| r <= REFIT_FIRST_LOSS_REL);
@@ -124,6 +144,7 @@ pub fn verify_layer<B: Backend>(
             recon_relative_difference: rel,
             recon_tolerance: recon_tol,
             refit_first_loss_relative_difference: loss_rel,
+            compacted_nmse,
             pass,
         });
     }
@@ -134,4 +155,36 @@ pub fn verify_layer<B: Backend>(
         backend_report: got.report,
         reference_report: want.report,
     })
+}
+
+/// Whether the reference's structured cut was within the saliency tolerance of a tie in a
+/// kind whose kept set the backend chose differently.
+fn structured_tie(got: &LayerReport, want: &LayerReport) -> bool {
+    let (Some(g), Some(w)) = (&got.structured, &want.structured) else {
+        return false;
+    };
+    let close = |kind: &str| {
+        w.cut_margins
+            .iter()
+            .any(|(k, m)| k == kind && *m <= prunebench_kernels::ops::tolerance::SALIENCY_REL)
+    };
+    let (gc, wc) = (&g.config, &w.config);
+    (gc.kept_ffn_channels != wc.kept_ffn_channels && close("ffn"))
+        || ((gc.kept_query_heads != wc.kept_query_heads || gc.kept_kv_heads != wc.kept_kv_heads)
+            && close("attention"))
+}
+
+/// Σ(a−b)² / Σb² (0 for two zero tensors).
+fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    if num == 0.0 {
+        0.0
+    } else {
+        num / den.max(f64::MIN_POSITIVE)
+    }
 }

@@ -220,6 +220,18 @@ pub fn write_layer_with_norms(
     pruned: &[(LinearSpec, Matrix)],
     norms: &[NormWeight],
 ) -> Result<()> {
+    write_layer_with_meta(path, layer, pruned, norms, &[])
+}
+
+/// [`write_layer_with_norms`] with `extra` entries in the safetensors metadata (structured
+/// pruning's new sizes); each linear is written at the shape its spec gives.
+pub fn write_layer_with_meta(
+    path: &Path,
+    layer: &LayerWeights,
+    pruned: &[(LinearSpec, Matrix)],
+    norms: &[NormWeight],
+    extra: &[(String, String)],
+) -> Result<()> {
     let mut tensors: Vec<(TensorHeader, &[f32])> = Vec::with_capacity(pruned.len());
     for n in norms {
         let name = NormWeight::hf_tensor_name(n.group, layer.layer).ok_or_else(|| {
@@ -270,7 +282,8 @@ pub fn write_layer_with_norms(
             &m.data[..],
         ));
     }
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    meta.extend(extra.iter().cloned());
     write_matrices(path, tensors, meta)
 }
 

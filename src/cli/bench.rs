@@ -52,23 +52,25 @@ impl BackendJob for BenchJob<'_> {
         }
         bar.finish();
         attach_payoff(&mut records, cases);
-        for &method in &self.methods {
-            for &sparsity in &self.sparsities {
-                let cfg = self.args.select.layer_config(method, sparsity)?;
-                let bar = Bar::new(&format!("bench layer {method} {sparsity}"));
-                let rec = bench_layer(
-                    b,
-                    &self.input.layer,
-                    &self.input.calibration(),
-                    &cfg,
-                    self.args.layer_repeats,
-                    &|p| bar.update(p),
-                );
-                bar.finish();
-                let mut rec = rec?;
-                rec.derive_rates(&ceilings);
-                records.push(rec);
-            }
+        for cfg in self
+            .args
+            .select
+            .layer_configs(&self.methods, &self.sparsities)?
+        {
+            let (method, sparsity) = (cfg.method, cfg.sparsity);
+            let bar = Bar::new(&format!("bench layer {method} {sparsity}"));
+            let rec = bench_layer(
+                b,
+                &self.input.layer,
+                &self.input.calibration(),
+                &cfg,
+                self.args.layer_repeats,
+                &|p| bar.update(p),
+            );
+            bar.finish();
+            let mut rec = rec?;
+            rec.derive_rates(&ceilings);
+            records.push(rec);
         }
         let source = records
             .iter()

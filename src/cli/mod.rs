@@ -87,10 +87,11 @@ pub struct PruneArgs {
     pub layer: LayerArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// magnitude, wanda, gblm or sparsegpt.
+    /// magnitude, wanda, gblm, sparsegpt or structured.
     #[arg(long, default_value = "sparsegpt")]
     pub method: String,
-    /// A fraction in [0, 1) (unstructured) or N:M such as 2:4.
+    /// A fraction in [0, 1) (unstructured) or N:M such as 2:4. For structured: the fraction
+    /// of the layer's linear parameters to remove.
     #[arg(long, default_value = "0.5", allow_negative_numbers = true)]
     pub sparsity: String,
     /// Unstructured comparison group: row or matrix (default: matrix for magnitude, row for
@@ -114,13 +115,42 @@ pub struct PruneArgs {
     /// Seed of MaskLoRA's initial A.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
     pub refit_seed: u64,
+    #[command(flatten)]
+    pub structured: StructuredArgs,
     /// Write the pruned linears to this safetensors file (each in the dtype it came in), with
-    /// the re-fitted norm weights when `--refit norm` ran.
+    /// the re-fitted norm weights when `--refit norm` ran. Structured pruning writes the
+    /// compacted linears, and the layer's new sizes to FILE.config.json beside it.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--method structured`'s options (ALGORITHMS.md §11).
+#[derive(Args, Debug, Clone)]
+pub struct StructuredArgs {
+    /// Prune each kind by its own fraction instead of one --sparsity budget, e.g.
+    /// ffn=0.5,attn=0.25.
+    #[arg(long)]
+    pub structure: Option<String>,
+    /// The attention group removed whole: kv_group (a KV head and its query heads) or
+    /// query_head (the same number from every KV group).
+    #[arg(long, default_value = "kv_group")]
+    pub attn_unit: String,
+    /// How groups are ranked: obs, taylor1, taylor2 or taylor_mix (the Taylor scores need
+    /// output gradients).
+    #[arg(long, default_value = "obs")]
+    pub saliency: String,
+    /// The consumer's update for the removed columns: obs or none.
+    #[arg(long, default_value = "obs")]
+    pub compensate: String,
+    /// Greedy rounds; each re-scores the remaining groups after the last update.
+    #[arg(long, default_value_t = prunebench_harness::structured::DEFAULT_ROUNDS, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub rounds: usize,
+    /// The kept FFN width is rounded to a multiple of this (1 disables).
+    #[arg(long, default_value_t = prunebench_harness::structured::DEFAULT_ROUND_TO, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub round_to: usize,
 }
 
 /// Which op cases and which whole-layer runs (`verify` and `bench`).
@@ -144,7 +174,7 @@ pub struct SelectionArgs {
 impl SelectionArgs {
     pub fn methods(&self) -> anyhow::Result<Vec<prunebench_harness::Method>> {
         match self.methods.trim() {
-            "all" => Ok(prunebench_harness::Method::ALL.to_vec()),
+            "all" => Ok(prunebench_harness::Method::EVERY.to_vec()),
             "none" => Ok(vec![]),
             list => list
                 .split(',')
@@ -162,6 +192,26 @@ impl SelectionArgs {
         let mut cfg = prunebench_harness::PruneConfig::new(method, sparsity);
         cfg.refit.items = prunebench_harness::RefitConfig::parse_items(&self.refit)?;
         Ok(cfg)
+    }
+
+    /// Every whole-layer run: each method at each sparsity, except that structured pruning
+    /// takes only the fractions (an N:M pattern says nothing about whole groups).
+    pub fn layer_configs(
+        &self,
+        methods: &[prunebench_harness::Method],
+        sparsities: &[prunebench_kernels::Sparsity],
+    ) -> anyhow::Result<Vec<prunebench_harness::PruneConfig>> {
+        let mut out = Vec::new();
+        for &method in methods {
+            for &sparsity in sparsities {
+                let nm = matches!(sparsity, prunebench_kernels::Sparsity::NM { .. });
+                if method == prunebench_harness::Method::Structured && nm {
+                    continue;
+                }
+                out.push(self.layer_config(method, sparsity)?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn sparsities(&self) -> anyhow::Result<Vec<prunebench_kernels::Sparsity>> {

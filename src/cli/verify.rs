@@ -60,24 +60,26 @@ impl BackendJob for VerifyJob<'_> {
             }
         }
         let mut layers = Vec::new();
-        for &method in &self.methods {
-            for &sparsity in &self.sparsities {
-                let cfg = self.args.select.layer_config(method, sparsity)?;
-                let bar = Bar::new(&format!("verify {method} {sparsity}"));
-                let v = verify_layer(
-                    b,
-                    &self.input.layer,
-                    &self.input.calibration(),
-                    &cfg,
-                    &|p| bar.update(p),
-                );
-                bar.finish();
-                let v = v?;
-                if !quiet {
-                    print_layer(&v);
-                }
-                layers.push(v);
+        for cfg in self
+            .args
+            .select
+            .layer_configs(&self.methods, &self.sparsities)?
+        {
+            let (method, sparsity) = (cfg.method, cfg.sparsity);
+            let bar = Bar::new(&format!("verify {method} {sparsity}"));
+            let v = verify_layer(
+                b,
+                &self.input.layer,
+                &self.input.calibration(),
+                &cfg,
+                &|p| bar.update(p),
+            );
+            bar.finish();
+            let v = v?;
+            if !quiet {
+                print_layer(&v);
             }
+            layers.push(v);
         }
         Ok(VerifyOutput {
             backend: b.info().clone(),

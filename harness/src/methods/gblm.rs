@@ -17,6 +17,8 @@ pub(crate) const NEEDS: Needs = Needs {
     act: true,
     grads: true,
     hessian: false,
+    mean_grad: false,
+    ready_grads: true,
 };
 
 pub(crate) struct Gblm;

@@ -15,6 +15,8 @@ pub(crate) const NEEDS: Needs = Needs {
     act: false,
     grads: false,
     hessian: false,
+    mean_grad: false,
+    ready_grads: true,
 };
 
 pub(crate) struct Magnitude;

@@ -6,6 +6,7 @@
 pub(crate) mod gblm;
 pub(crate) mod magnitude;
 pub(crate) mod sparsegpt;
+pub mod structured;
 pub(crate) mod wanda;
 
 use prunebench_kernels::{Backend, MaskPattern, Score};
@@ -56,6 +57,7 @@ pub(crate) fn group_step<'s, B: Backend + 's>(method: Method) -> Box<dyn GroupSt
         Method::Wanda => Box::new(wanda::Wanda),
         Method::Gblm => Box::new(gblm::Gblm),
         Method::Sparsegpt => Box::new(sparsegpt::SparseGpt::<B>::default()),
+        Method::Structured => unreachable!("structured pruning runs over the whole layer"),
     }
 }
 

@@ -17,6 +17,8 @@ pub(crate) const NEEDS: Needs = Needs {
     act: false,
     grads: false,
     hessian: true,
+    mean_grad: false,
+    ready_grads: true,
 };
 
 /// An N:M pattern is chosen within each OBS block, so the block must hold whole groups of M.

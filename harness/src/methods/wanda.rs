@@ -15,6 +15,8 @@ pub(crate) const NEEDS: Needs = Needs {
     act: true,
     grads: false,
     hessian: false,
+    mean_grad: false,
+    ready_grads: true,
 };
 
 pub(crate) struct Wanda;

@@ -88,6 +88,7 @@ pub(crate) fn evaluate_linear<B: Backend>(
             recon_error_f32,
             obs_loss: outcome.obs_loss,
             refit: None,
+            kept_shape: None,
             stages: stages.0,
         },
         kept,

@@ -8,7 +8,7 @@
 //! One group's statistics and linears are on the device at a time, which bounds the peak.
 
 pub(crate) mod context;
-mod evaluate;
+pub(crate) mod evaluate;
 pub(crate) mod records;
 pub(crate) mod stages;
 pub(crate) mod stats;
@@ -44,36 +44,45 @@ fn ordered_groups(linears: &[(LinearSpec, Matrix)]) -> Vec<InputGroup> {
 /// Device bytes the layer needs at its peak: one input group's statistics and linears at a time.
 pub fn working_set_bytes(layer: &LayerWeights, cfg: &PruneConfig, tokens: usize) -> u64 {
     let f = 4u64;
-    ordered_groups(&layer.linears)
-        .into_iter()
-        .map(|g| {
-            let ls: Vec<&LinearSpec> = layer
-                .linears
-                .iter()
-                .map(|(l, _)| l)
-                .filter(|l| l.input == g)
-                .collect();
-            let cols = ls.first().map_or(0, |l| l.cols) as u64;
-            let factor = if cfg.method.needs().hessian { 2 } else { 1 };
-            let group = f * (factor * cols * cols + cols + tokens as u64 * cols);
-            let grads: u64 = if cfg.method.needs_grads() {
-                ls.iter().map(|l| f * (l.rows * l.cols) as u64).sum()
-            } else {
-                0
-            };
-            // Original and pruned W of every member (all are pruned before the evaluation),
-            // plus a score matrix for one at a time; a re-fit adds Δ, ΔH and Ḡ per linear.
-            let resident: u64 = ls.iter().map(|l| f * 2 * (l.rows * l.cols) as u64).sum();
-            let refit = if cfg.refit.items.is_empty() { 0 } else { 3 };
-            let per_linear = ls
-                .iter()
-                .map(|l| f * ((1 + refit) * l.rows * l.cols + tokens * l.rows) as u64)
-                .max()
-                .unwrap_or(0);
-            group + grads + resident + per_linear
-        })
-        .max()
-        .unwrap_or(0)
+    let structured = cfg.method == Method::Structured;
+    let per_group = ordered_groups(&layer.linears).into_iter().map(|g| {
+        let ls: Vec<&LinearSpec> = layer
+            .linears
+            .iter()
+            .map(|(l, _)| l)
+            .filter(|l| l.input == g)
+            .collect();
+        let cols = ls.first().map_or(0, |l| l.cols) as u64;
+        let factor = if cfg.needs().hessian { 2 } else { 1 };
+        let group = f * (factor * cols * cols + cols + tokens as u64 * cols);
+        let grads: u64 = if cfg.needs().grads || cfg.needs().mean_grad {
+            ls.iter().map(|l| f * (l.rows * l.cols) as u64).sum()
+        } else {
+            0
+        };
+        // Original and pruned W of every member (all are pruned before the evaluation),
+        // plus a score matrix for one at a time; a re-fit adds Δ, ΔH and Ḡ per linear.
+        let resident: u64 = ls.iter().map(|l| f * 2 * (l.rows * l.cols) as u64).sum();
+        let refit = if cfg.refit.items.is_empty() { 0 } else { 3 };
+        let per_linear = ls
+            .iter()
+            .map(|l| f * ((1 + refit) * l.rows * l.cols + tokens * l.rows) as u64)
+            .max()
+            .unwrap_or(0);
+        // Structured pruning also holds the consumer's explicit Hinv.
+        let hinv = if structured && matches!(g, InputGroup::AttnOut | InputGroup::MlpAct) {
+            f * cols * cols
+        } else {
+            0
+        };
+        group + grads + resident + per_linear + hinv
+    });
+    // Structured pruning keeps every group's statistics until the whole layer is planned.
+    if structured {
+        per_group.sum()
+    } else {
+        per_group.max().unwrap_or(0)
+    }
 }
 
 /// Prunes every linear of `layer` with `cfg` on backend `b`. `keep` asks for the pruned
@@ -86,6 +95,14 @@ pub fn prune_layer<B: Backend>(
     keep: bool,
     progress: &dyn Fn(Progress<'_>),
 ) -> Result<LayerRun> {
+    if cfg.method == Method::Structured {
+        let cx = LayerCx {
+            layer: layer.layer,
+            cfg,
+        };
+        check_memory(b, &cx, layer, calib)?;
+        return crate::methods::structured::prune_layer(b, layer, calib, cfg, keep, progress);
+    }
     let t_wall = std::time::Instant::now();
     let cx = LayerCx {
         layer: layer.layer,
@@ -108,7 +125,7 @@ pub fn prune_layer<B: Backend>(
         let members: Vec<&(LinearSpec, Matrix)> =
             layer.linears.iter().filter(|(l, _)| l.input == g).collect();
         let mut stats: GroupStats<B> =
-            stats::gather(b, &cx, g, &members, cfg.method.needs(), calib, &mut ticker)?;
+            stats::gather(b, &cx, g, &members, cfg.needs(), calib, &mut ticker)?;
         let mut step = group_step::<B>(cfg.method);
         step.prepare(b, &cx, &mut stats)?;
         let member_stages = std::mem::take(&mut stats.member_stages);
@@ -208,12 +225,14 @@ pub fn prune_layer<B: Backend>(
         groups: group_reports,
         linears: linear_reports,
         wall_seconds: t_wall.elapsed().as_secs_f64(),
+        structured: None,
     };
     Ok(LayerRun {
         report,
         pruned: pruned_out,
         masks,
         norms: norms_out,
+        compacted: Vec::new(),
     })
 }
 

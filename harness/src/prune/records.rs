@@ -10,6 +10,7 @@ use prunebench_models::config::LinearSpec;
 use prunebench_models::synthetic::CalibrationSource;
 
 use crate::method::Method;
+use crate::methods::structured::{StructuredConfig, StructuredReport};
 use crate::refit::{LinearRefit, NormRefit, RefitConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,19 @@ pub struct PruneConfig {
     /// The re-fit stage after the method (§12); no items, no stage.
     #[serde(default)]
     pub refit: RefitConfig,
+    /// `--method structured`'s options (§11); the other methods ignore them.
+    #[serde(default)]
+    pub structured: StructuredConfig,
+}
+
+impl PruneConfig {
+    /// The statistics this configuration's method needs.
+    pub fn needs(&self) -> crate::method::Needs {
+        match self.method {
+            Method::Structured => crate::methods::structured::needs(&self.structured),
+            m => m.needs(),
+        }
+    }
 }
 
 impl PruneConfig {
@@ -36,6 +50,7 @@ impl PruneConfig {
             percdamp: PERCDAMP,
             block: OBS_BLOCK,
             refit: RefitConfig::default(),
+            structured: StructuredConfig::default(),
         }
     }
 }
@@ -111,6 +126,9 @@ pub struct LinearReport {
     /// The re-fit after the method: errors before and after, what was trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refit: Option<LinearRefit>,
+    /// Structured pruning: the [rows, cols] of the compacted weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_shape: Option<[usize; 2]>,
     pub stages: Vec<StageTime>,
 }
 
@@ -129,6 +147,9 @@ pub struct LayerReport {
     pub evaluate_seconds: f64,
     /// Wall-clock time of the whole layer, host work (data generation, transfers) included.
     pub wall_seconds: f64,
+    /// Structured pruning: the new sizes, kept indices, parameters removed and OBS loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<StructuredReport>,
 }
 
 /// A pruned layer: the report, and the pruned weights when asked for.
@@ -138,4 +159,7 @@ pub struct LayerRun {
     pub masks: Vec<prunebench_kernels::Mask>,
     /// Re-fitted RMSNorm weights (`norm`), in the dtype they came in.
     pub norms: Vec<prunebench_models::NormWeight>,
+    /// Structured pruning: the compacted linears at their new shapes (rounded to their dtype),
+    /// when the weights were asked for; `pruned` then holds the masked-dense ones.
+    pub compacted: Vec<(LinearSpec, Matrix)>,
 }

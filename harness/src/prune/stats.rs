@@ -29,6 +29,8 @@ pub(crate) struct GroupStats<B: Backend> {
     pub hessian: B::Tensor,
     /// Per member linear, in member order, where the method needs gradients.
     pub grads: Vec<Option<GradStat<B::Tensor>>>,
+    /// Per member linear, §11's plain gradient sum, where the method needs the mean gradient.
+    pub grad_sums: Vec<Option<B::Tensor>>,
     /// Statistics read ready-made from the calibration file.
     pub ready: Vec<String>,
     /// Group-level stage times (the shared statistics, the method's group work).
@@ -78,7 +80,7 @@ pub(crate) fn gather<B: Backend>(
     };
     let mut grads = Vec::new();
     for (l, _) in members {
-        let r = match (needs.grads, calib.ready) {
+        let r = match (needs.grads && needs.ready_grads, calib.ready) {
             (true, Some(f)) => f.ready_grad(l)?,
             _ => None,
         };
@@ -93,12 +95,22 @@ pub(crate) fn gather<B: Backend>(
             None => None,
         });
     }
+    let grad_sums = members
+        .iter()
+        .map(|(l, _)| {
+            needs
+                .mean_grad
+                .then(|| b.zeros(l.rows, l.cols).context(|| cx.at(l.name)))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut stats = GroupStats {
         group,
         cols,
         act,
         hessian,
         grads,
+        grad_sums,
         ready,
         stages: Stages::default(),
         member_stages: members.iter().map(|_| Stages::default()).collect(),
@@ -109,7 +121,8 @@ pub(crate) fn gather<B: Backend>(
         grads: stats
             .grads
             .iter()
-            .any(|g| matches!(g, Some(GradStat::Accumulated(_)))),
+            .any(|g| matches!(g, Some(GradStat::Accumulated(_))))
+            || needs.mean_grad,
         hessian_purpose: if needs.hessian {
             Purpose::Prune
         } else {
@@ -209,9 +222,14 @@ fn accumulate_grads<B: Backend>(
 ) -> Result<()> {
     let tokens = calib.source.tokens();
     for (i, (l, _)) in members.iter().enumerate() {
-        let Some(GradStat::Accumulated(acc)) = stats.grads[i].as_mut() else {
-            continue;
+        let acc = match stats.grads[i].as_mut() {
+            Some(GradStat::Accumulated(acc)) => Some(acc),
+            _ => None,
         };
+        let sum = stats.grad_sums[i].as_mut();
+        if acc.is_none() && sum.is_none() {
+            continue;
+        }
         let dy = calib.source.output_grad(l, s)?;
         if dy.shape() != (tokens, l.rows) {
             return Err(HarnessError::Config(format!(
@@ -223,11 +241,20 @@ fn accumulate_grads<B: Backend>(
             .context(|| cx.at(l.name))?;
         let dyt = b.upload(&dy).context(|| cx.at(l.name))?;
         let norm = cx.cfg.grad_norm;
-        stats.member_stages[i]
-            .time(b, "grad_accumulate", Purpose::Prune, &mut || {
-                b.grad_accumulate_fused(acc, &dyt, xt, norm)
-            })
-            .context(|| cx.at(l.name))?;
+        if let Some(acc) = acc {
+            stats.member_stages[i]
+                .time(b, "grad_accumulate", Purpose::Prune, &mut || {
+                    b.grad_accumulate_fused(acc, &dyt, xt, norm)
+                })
+                .context(|| cx.at(l.name))?;
+        }
+        if let Some(sum) = sum {
+            stats.member_stages[i]
+                .time(b, "grad_sum", Purpose::Prune, &mut || {
+                    b.grad_sum_fused(sum, &dyt, xt)
+                })
+                .context(|| cx.at(l.name))?;
+        }
     }
     Ok(())
 }
