@@ -157,3 +157,41 @@ pub(crate) fn complement(n: usize, removed: &[usize]) -> Vec<usize> {
     }
     (0..n).filter(|&i| !gone[i]).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prunebench_models::config::lookup;
+
+    /// At the real GQA shapes: KV group g spans its e rows of k and v, the r·e rows of q of
+    /// its r heads and the same o columns; a query head spans e rows of q and e columns of o
+    /// and leaves k and v whole.
+    #[test]
+    fn gqa_groups_span_their_heads_at_llama3_8b_and_llama2_70b_shapes() {
+        for name in ["llama3-8b", "llama2-70b"] {
+            let m = lookup(name).unwrap();
+            let (e, r) = (m.head_dim, m.num_heads / m.num_kv_heads);
+            let g = Geometry::new(&m, AttnUnit::KvGroup);
+            assert_eq!(g.groups(Kind::Attn), m.num_kv_heads);
+            let kv = 3;
+            assert_eq!(
+                g.producer_rows(Kind::Attn, "k_proj", &[kv]),
+                (kv * e..(kv + 1) * e).collect::<Vec<_>>()
+            );
+            let heads: Vec<usize> = (kv * r * e..(kv + 1) * r * e).collect();
+            assert_eq!(g.producer_rows(Kind::Attn, "q_proj", &[kv]), heads);
+            assert_eq!(g.consumer_cols(Kind::Attn, &[kv]), heads);
+            assert_eq!(g.params(Kind::Attn), (2 + 2 * r) * e * m.hidden);
+            let q = Geometry::new(&m, AttnUnit::QueryHead);
+            let h = kv * r + 1;
+            assert_eq!(q.kv_group_of(h), kv);
+            assert!(q.producer_rows(Kind::Attn, "v_proj", &[h]).is_empty());
+            assert_eq!(
+                q.consumer_cols(Kind::Attn, &[h]),
+                (h * e..(h + 1) * e).collect::<Vec<_>>()
+            );
+            let total: usize = m.linears().iter().map(|l| l.rows * l.cols).sum();
+            assert_eq!(g.total_params(), total);
+        }
+    }
+}

@@ -224,3 +224,35 @@ pub(crate) fn margin(
         .map(|(l, h)| (h - l) / l.abs().max(f64::MIN_POSITIVE))
         .fold(f64::INFINITY, f64::min)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prunebench_models::config::lookup;
+
+    #[test]
+    fn kept_ffn_widths_round_to_the_nearest_unit_and_never_to_zero() {
+        let g = Geometry::new(&lookup("tiny").unwrap(), AttnUnit::KvGroup);
+        // 688 channels: keeping 405 rounds to 384, keeping 10 to one unit of 64.
+        assert_eq!(round_ffn(&g, 283, 64), 688 - 384);
+        assert_eq!(round_ffn(&g, 678, 64), 688 - 64);
+        assert_eq!(round_ffn(&g, 0, 64), 0);
+        assert_eq!(round_ffn(&g, 5, 1), 5);
+    }
+
+    #[test]
+    fn rounds_spread_the_removals_and_query_heads_go_per_kv_group() {
+        assert_eq!(round_take(10, 8, 0, 1), 2);
+        assert_eq!(round_take(1, 8, 7, 1), 1);
+        assert_eq!(round_take(8, 8, 0, 4), 4);
+        let mut m = lookup("tiny").unwrap();
+        m.num_heads = 6;
+        m.num_kv_heads = 3;
+        let g = Geometry::new(&m, AttnUnit::QueryHead);
+        // Heads 0-5 in KV groups {0,1}, {2,3}, {4,5}: the lowest of each goes.
+        let scores = [0.5, 0.1, 0.2, 0.3, 0.9, 0.8];
+        let all: Vec<usize> = (0..6).collect();
+        assert_eq!(choose(&g, Kind::Attn, &all, &scores, 3), vec![1, 2, 5]);
+        assert!((margin(&g, Kind::Attn, &all, &scores, &[1, 2, 5]) - 0.125).abs() < 1e-12);
+    }
+}
