@@ -6,8 +6,8 @@ use prunebench_kernels::ops::{unstructured_k, PERCDAMP};
 use prunebench_kernels::rng::{heavy_tailed, heavy_tailed_positive};
 use prunebench_kernels::suite::{small_cases, verify_case, Outcome};
 use prunebench_kernels::{
-    Backend, GradNorm, MaskGroup, MaskPattern, Matrix, ObsSelection, PackedWeight, Score,
-    WeightFormat,
+    Backend, GradNorm, HinvExplicit, MaskGroup, MaskPattern, Matrix, ObsSelection, PackedWeight,
+    Score, TaylorInputs, TaylorKind, WeightFormat,
 };
 
 fn cpu() -> CpuBackend {
@@ -544,6 +544,78 @@ impl Backend for Faulty {
         p.values[0] = 0;
         self.0.sparse_matmul(x, &p)
     }
+    /// The last token of the sample left out (a loop bound off by one).
+    fn grad_sum_fused(
+        &self,
+        acc: &mut CpuTensor,
+        dy: &CpuTensor,
+        x: &CpuTensor,
+    ) -> prunebench_kernels::error::Result<()> {
+        let drop_last = |t: &CpuTensor| CpuTensor {
+            rows: t.rows - 1,
+            cols: t.cols,
+            data: t.data[..(t.rows - 1) * t.cols].to_vec(),
+        };
+        self.0.grad_sum_fused(acc, &drop_last(dy), &drop_last(x))
+    }
+    /// The damping forgotten.
+    fn hinv_explicit(
+        &self,
+        h: &CpuTensor,
+        _percdamp: f64,
+    ) -> prunebench_kernels::error::Result<HinvExplicit<CpuTensor>> {
+        self.0.hinv_explicit(h, 0.0)
+    }
+    /// W's last row left out of every group's sum.
+    fn obs_saliency(
+        &self,
+        w: &CpuTensor,
+        hinv: &CpuTensor,
+        width: usize,
+        groups: &[usize],
+    ) -> prunebench_kernels::error::Result<CpuTensor> {
+        let rows: Vec<usize> = (0..w.rows.max(2) - 1).collect();
+        let short = self.0.compact(w, Some(&rows), None)?;
+        self.0.obs_saliency(&short, hinv, width, groups)
+    }
+    /// taylor_mix without its Fisher term; the other kinds right.
+    fn taylor_saliency(
+        &self,
+        inp: TaylorInputs<'_, CpuTensor>,
+    ) -> prunebench_kernels::error::Result<CpuTensor> {
+        match inp.kind {
+            TaylorKind::TaylorMix => self.0.taylor_saliency(TaylorInputs {
+                kind: TaylorKind::Taylor1,
+                ..inp
+            }),
+            _ => self.0.taylor_saliency(inp),
+        }
+    }
+    /// A rounding residue left in one removed entry of W.
+    fn structured_update(
+        &self,
+        w: &mut CpuTensor,
+        hinv: &mut CpuTensor,
+        removed: &[usize],
+    ) -> prunebench_kernels::error::Result<f64> {
+        let loss = self.0.structured_update(w, hinv, removed)?;
+        w.data[removed[0]] = 1e-30;
+        Ok(loss)
+    }
+    /// Kept rows gathered in reverse order; column-only compaction right.
+    fn compact(
+        &self,
+        w: &CpuTensor,
+        rows: Option<&[usize]>,
+        cols: Option<&[usize]>,
+    ) -> prunebench_kernels::error::Result<CpuTensor> {
+        let mut out = self.0.compact(w, rows, cols)?;
+        if rows.is_some() {
+            let reversed: Vec<f64> = out.data.chunks(out.cols).rev().flatten().copied().collect();
+            out.data = reversed;
+        }
+        Ok(out)
+    }
 }
 
 #[test]
@@ -581,4 +653,42 @@ fn verification_fails_a_faulty_backend() {
         verdict("MASK(pattern=row0.5,rows=13,cols=300)").outcome,
         Outcome::Pass
     );
+}
+
+#[test]
+fn verification_fails_faulty_structured_ops() {
+    let faulty = Faulty(cpu());
+    let reference = cpu();
+    let verdict = |name: &str| {
+        let case = small_cases()
+            .into_iter()
+            .find(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("no small case {name}"));
+        verify_case(&faulty, &reference, &case).outcome
+    };
+    for name in [
+        // One token of seven missing from dYᵀX.
+        "GRAD_SUM(rows=13,cols=37,tokens=7)",
+        // Hinv without the 1% damping: about 1% off.
+        "HINV_EXPLICIT(cols=130)",
+        // A thirteenth of each group's loss missing.
+        "OBS_SALIENCY(width=24,rows=13,cols=72)",
+        // The mix's ½·W·F·W term dropped: the case's statistics make it count.
+        "TAYLOR_SALIENCY(kind=taylor_mix,axis=rows,width=24,rows=72,cols=130)",
+        "TAYLOR_SALIENCY(kind=taylor_mix,axis=cols,width=37,rows=13,cols=37)",
+        // 1e-30 left where W must be exactly 0: no norm would see it.
+        "STRUCTURED_UPDATE(width=24,removed=1,rows=13,cols=72)",
+        // Rows in the wrong order.
+        "COMPACT(kept_rows=5,kept_cols=all,width=1,rows=13,cols=37)",
+    ] {
+        assert_eq!(verdict(name), Outcome::Fail, "{name}");
+    }
+    // Unaffected kinds and axes still pass.
+    for name in [
+        "TAYLOR_SALIENCY(kind=taylor1,axis=cols,width=24,rows=13,cols=72)",
+        "TAYLOR_SALIENCY(kind=taylor2,axis=cols,width=1,rows=1,cols=300)",
+        "COMPACT(kept_rows=all,kept_cols=20,width=1,rows=13,cols=37)",
+    ] {
+        assert_eq!(verdict(name), Outcome::Pass, "{name}");
+    }
 }

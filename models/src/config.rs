@@ -254,6 +254,17 @@ impl ModelConfig {
         ]
     }
 
+    /// The sizes §11's structured groups are cut from, for the suite's structured op cases.
+    pub fn layer_dims(&self) -> prunebench_kernels::suite::LayerDims {
+        prunebench_kernels::suite::LayerDims {
+            hidden: self.hidden,
+            intermediate: self.intermediate,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     pub fn linear(&self, name: &str) -> Result<LinearSpec> {
         self.linears()
             .into_iter()

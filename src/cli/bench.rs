@@ -13,7 +13,7 @@ use prunebench_harness::bench::{
 use prunebench_harness::results::{
     utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
-use prunebench_kernels::suite::{model_cases, OpCase};
+use prunebench_kernels::suite::{model_cases, structured_cases, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
 
 use super::backends::{dispatch, resolve, BackendJob};
@@ -130,7 +130,10 @@ fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
         "{:<66} {:>10} {:>12} {:>8} {:>7} {:>11}",
         "case", "MB", "GFLOP", "flop/B", "bound", "predicted"
     );
-    for c in a.select.filter(model_cases(&shapes, a.layer.tokens))? {
+    let cases = model_cases(&shapes, a.layer.tokens)
+        .into_iter()
+        .chain(structured_cases(&cfg.layer_dims(), a.layer.tokens));
+    for c in a.select.filter(cases)? {
         let (b, f) = (c.bytes() as f64, c.flops() as f64);
         let memory = a.copy_gbps.map(|g| b / (g * 1e9));
         let compute = a.fma_tflops.map(|t| f / (t * 1e12));
@@ -175,8 +178,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     let input = LayerInput::load(&a.layer)?;
     let cases = with_dense_baselines(
-        a.select
-            .filter(model_cases(&input.shapes(), a.layer.tokens))?,
+        a.select.filter(
+            model_cases(&input.shapes(), a.layer.tokens)
+                .into_iter()
+                .chain(structured_cases(
+                    &input.layer.model.layer_dims(),
+                    a.layer.tokens,
+                )),
+        )?,
     );
     if cases.is_empty() && methods.is_empty() {
         bail!("nothing to bench: no op case selected and --methods none");

@@ -10,7 +10,8 @@ mod run;
 
 pub use case::{
     matmul_cases, model_cases, packed_bytes, refit_cases, small_cases, small_refit_cases,
-    small_sparse_cases, CaseFormat, MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
+    small_sparse_cases, small_structured_cases, structured_cases, CaseFormat, LayerDims,
+    MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS, TAYLOR_CASE_SAMPLES,
 };
 pub use compare::{compare, tie_aware_mask_mismatches, Check};
 pub use inputs::CaseInputs;

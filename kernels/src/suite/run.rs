@@ -2,13 +2,14 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP};
+use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP, TAYLOR_CASE_SAMPLES};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    AdamStep, Backend, GradNorm, HinvFactor, LoraForm, LoraGrad, LoraInputs, MaskPattern,
-    ObsOutcome, ObsSelection, ReconError, Score, ScoreKind,
+    AdamStep, Backend, GradNorm, HinvExplicit, HinvFactor, LoraForm, LoraGrad, LoraInputs,
+    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, TaylorInputs,
+    TaylorKind, GBLM_GRAD_SCALE,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -139,6 +140,47 @@ pub enum Prepared<B: Backend> {
         rhs: B::Tensor,
         out: Option<B::Tensor>,
     },
+    GradSum {
+        acc: B::Tensor,
+        dy: B::Tensor,
+        x: B::Tensor,
+    },
+    HinvExplicit {
+        h: B::Tensor,
+        out: Option<HinvExplicit<B::Tensor>>,
+    },
+    ObsSaliency {
+        w: B::Tensor,
+        hinv: B::Tensor,
+        width: usize,
+        groups: Vec<usize>,
+        out: Option<B::Tensor>,
+    },
+    TaylorSaliency {
+        w: B::Tensor,
+        grad_sum: Option<B::Tensor>,
+        grad_sq: Option<B::Tensor>,
+        kind: TaylorKind,
+        axis: SegmentAxis,
+        width: usize,
+        out: Option<B::Tensor>,
+    },
+    /// The update zeroes Hinv[S,S], so a second run on its own output would fail: from the
+    /// second run on (the benches' repeats), W and Hinv are first restored from `start` by a
+    /// device copy, which those timings include.
+    StructuredUpdate {
+        w: B::Tensor,
+        hinv: B::Tensor,
+        start: (B::Tensor, B::Tensor),
+        removed: Vec<usize>,
+        out: Option<f64>,
+    },
+    Compact {
+        w: B::Tensor,
+        rows: Option<Vec<usize>>,
+        cols: Option<Vec<usize>>,
+        out: Option<B::Tensor>,
+    },
 }
 
 /// What a run produced, on the host.
@@ -168,6 +210,7 @@ fn score_of<'a, T>(kind: ScoreKind, act: &'a T, grad: &'a T) -> Score<'a, T> {
 
 pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
     let up = |name: &str| b.upload(inp.get(name));
+    let up_if = |name: &str, present: bool| present.then(|| up(name)).transpose();
     Ok(match case.op {
         Op::ActStat => Prepared::ActStat {
             act: up("act")?,
@@ -299,6 +342,47 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
         Op::SpdSolve => Prepared::SpdSolve {
             m: up("m")?,
             rhs: up("rhs")?,
+            out: None,
+        },
+        Op::GradSum => Prepared::GradSum {
+            acc: up("acc")?,
+            dy: up("dy")?,
+            x: up("x")?,
+        },
+        Op::HinvExplicit => Prepared::HinvExplicit {
+            h: up("h")?,
+            out: None,
+        },
+        Op::ObsSaliency { width } => Prepared::ObsSaliency {
+            w: up("w")?,
+            hinv: up("hinv")?,
+            width,
+            groups: (0..case.cols / width.max(1)).collect(),
+            out: None,
+        },
+        Op::TaylorSaliency { kind, axis, width } => Prepared::TaylorSaliency {
+            w: up("w")?,
+            grad_sum: up_if("grad_sum", kind.needs_mean_grad())?,
+            grad_sq: up_if("grad_sq", kind.needs_fisher())?,
+            kind,
+            axis,
+            width,
+            out: None,
+        },
+        Op::StructuredUpdate { .. } => Prepared::StructuredUpdate {
+            w: up("w")?,
+            hinv: up("hinv")?,
+            start: (up("w")?, up("hinv")?),
+            removed: inp
+                .index("removed")
+                .expect("an update case has removed columns")
+                .to_vec(),
+            out: None,
+        },
+        Op::Compact { .. } => Prepared::Compact {
+            w: up("w")?,
+            rows: inp.index("rows").map(<[usize]>::to_vec),
+            cols: inp.index("cols").map(<[usize]>::to_vec),
             out: None,
         },
     })
@@ -443,6 +527,62 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             *out = Some(b.spd_solve(m, rhs, crate::ops::PERCDAMP)?);
             Ok(())
         }
+        Prepared::GradSum { acc, dy, x } => b.grad_sum_fused(acc, dy, x),
+        Prepared::HinvExplicit { h, out } => {
+            *out = Some(b.hinv_explicit(h, crate::ops::PERCDAMP)?);
+            Ok(())
+        }
+        Prepared::ObsSaliency {
+            w,
+            hinv,
+            width,
+            groups,
+            out,
+        } => {
+            *out = Some(b.obs_saliency(w, hinv, *width, groups)?);
+            Ok(())
+        }
+        Prepared::TaylorSaliency {
+            w,
+            grad_sum,
+            grad_sq,
+            kind,
+            axis,
+            width,
+            out,
+        } => {
+            let n = TAYLOR_CASE_SAMPLES as f64;
+            let c = GBLM_GRAD_SCALE as f64;
+            *out = Some(b.taylor_saliency(TaylorInputs {
+                w,
+                grad_sum: grad_sum.as_ref(),
+                grad_sq: grad_sq.as_ref(),
+                grad_scale: 1.0 / n,
+                fisher_scale: 1.0 / (c * c * n),
+                kind: *kind,
+                axis: *axis,
+                width: *width,
+            })?);
+            Ok(())
+        }
+        Prepared::StructuredUpdate {
+            w,
+            hinv,
+            start,
+            removed,
+            out,
+        } => {
+            if out.is_some() {
+                b.copy(w, &start.0)?;
+                b.copy(hinv, &start.1)?;
+            }
+            *out = Some(b.structured_update(w, hinv, removed)?);
+            Ok(())
+        }
+        Prepared::Compact { w, rows, cols, out } => {
+            *out = Some(b.compact(w, rows.as_deref(), cols.as_deref())?);
+            Ok(())
+        }
     }
 }
 
@@ -522,6 +662,25 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::SpdSolve { out, .. } => {
             o.values
                 .push(("x", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
+        Prepared::GradSum { acc, .. } => o.values.push(("acc", b.download(acc)?)),
+        Prepared::HinvExplicit { out, .. } => {
+            let f = out.as_ref().ok_or_else(never_ran)?;
+            o.values.push(("hinv", b.download(&f.hinv)?));
+            o.dead = Some(f.dead.clone());
+        }
+        Prepared::ObsSaliency { out, .. } | Prepared::TaylorSaliency { out, .. } => {
+            o.values
+                .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
+        }
+        Prepared::StructuredUpdate { w, hinv, out, .. } => {
+            o.loss = Some(out.ok_or_else(never_ran)?);
+            o.values.push(("w", b.download(w)?));
+            o.values.push(("hinv", b.download(hinv)?));
+        }
+        Prepared::Compact { out, .. } => {
+            o.values
+                .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
         }
     }
     Ok(o)
