@@ -9,7 +9,8 @@
 //! on launch parameters (k = floor(p·n), the running-mean factors, λ = percdamp·sum/n from a
 //! device-side sum of the diagonal) and reads back the handful of values the trait returns or
 //! that decide an error: the dead-column flags of §6, the Cholesky failure flag and the first
-//! non-finite index, the OBS loss and the traces of §9 (each summed on the device first).
+//! non-finite index, the OBS loss, the traces of §9 and the structured removal loss of §11 (each
+//! summed on the device first).
 //! Tensors larger than the device's largest binding are split into row slabs (see
 //! [`storage`]), and every kernel works slab by slab.
 
@@ -23,11 +24,11 @@ use cubecl::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    Backend, BackendInfo, GradNorm, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError,
-    Score, TimeSource,
+    Backend, BackendInfo, GradNorm, HinvExplicit, HinvFactor, MaskPattern, ObsOutcome,
+    ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
-use kernels::{elementwise, factor, obs, recon, select, sparse, stats};
+use kernels::{elementwise, factor, obs, recon, select, sparse, stats, structured};
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
@@ -391,6 +392,47 @@ impl<R: Runtime> Backend for CubeBackend<R> {
 
     fn spd_solve(&self, m: &CubeTensor, rhs: &CubeTensor, percdamp: f64) -> Result<CubeTensor> {
         kernels::refit::spd_solve(self, m, rhs, percdamp)
+    }
+
+    // §11, the structured-pruning ops: see [`kernels::structured`].
+    fn grad_sum_fused(&self, acc: &mut CubeTensor, dy: &CubeTensor, x: &CubeTensor) -> Result<()> {
+        structured::grad_sum_fused(self, acc, dy, x)
+    }
+
+    fn hinv_explicit(&self, h: &CubeTensor, percdamp: f64) -> Result<HinvExplicit<CubeTensor>> {
+        structured::hinv_explicit(self, h, percdamp)
+    }
+
+    fn obs_saliency(
+        &self,
+        w: &CubeTensor,
+        hinv: &CubeTensor,
+        width: usize,
+        groups: &[usize],
+    ) -> Result<CubeTensor> {
+        structured::obs_saliency(self, w, hinv, width, groups)
+    }
+
+    fn taylor_saliency(&self, inp: TaylorInputs<'_, CubeTensor>) -> Result<CubeTensor> {
+        structured::taylor_saliency(self, inp)
+    }
+
+    fn structured_update(
+        &self,
+        w: &mut CubeTensor,
+        hinv: &mut CubeTensor,
+        removed: &[usize],
+    ) -> Result<f64> {
+        structured::structured_update(self, w, hinv, removed)
+    }
+
+    fn compact(
+        &self,
+        w: &CubeTensor,
+        rows: Option<&[usize]>,
+        cols: Option<&[usize]>,
+    ) -> Result<CubeTensor> {
+        structured::compact(self, w, rows, cols)
     }
 
     fn copy(&self, dst: &mut CubeTensor, src: &CubeTensor) -> Result<()> {

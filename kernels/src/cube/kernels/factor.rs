@@ -13,6 +13,7 @@
 //! (the first skips the zero upper triangle of X), with L_ii⁻¹ kept from the Cholesky.
 
 use cubecl::prelude::*;
+use cubecl::server::Handle;
 
 use super::super::storage::{arg, f32_bytes, CubeTensor};
 use super::super::CubeBackend;
@@ -87,7 +88,7 @@ fn reverse_kernel(
 
 /// Factors the 64 x 64 diagonal block at (k0, k0) in shared memory (rows past `w` padded with
 /// the identity), writes L11 back and L11⁻¹ to `dinv` block `kb`. Pivots that are not positive
-/// and finite record their column in `fail` (atomic min) and continue as 1.
+/// and finite record their column in `fail[slot]` (atomic min) and continue as 1.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn chol_block_kernel(
@@ -99,6 +100,7 @@ fn chol_block_kernel(
     w: u32,
     n: u32,
     kb: u32,
+    slot: u32,
 ) {
     let t = UNIT_POS;
     let mut sh = SharedMemory::<f32>::new(4096usize);
@@ -124,7 +126,7 @@ fn chol_block_kernel(
             let mut d = sh[(j * 65) as usize];
             if !(d > 0.0 && d <= 3.4e38) {
                 if j < w {
-                    fail[0].fetch_min(k0 + j);
+                    fail[slot as usize].fetch_min(k0 + j);
                 }
                 d = 1.0;
             }
@@ -205,15 +207,7 @@ pub fn hinv_factor<R: Runtime>(
             damp: 0.0,
         });
     }
-    let nblocks = n.div_ceil(NB);
-    // The diagonal-block kernel holds a 64x64 block and its diagonal inverse in shared memory.
-    let shared = 4 * (NB * NB + NB);
-    if shared > b.max_shared {
-        return Err(KernelError::Unsupported(format!(
-            "the Cholesky block kernel needs {shared} bytes of shared memory, the device has {}",
-            b.max_shared
-        )));
-    }
+    check_shared(b)?;
     // Working set beyond H: the factor (returned as U) and the inverse, plus thin panels.
     b.check_memory(
         &format!("the inverse-Hessian factor of a {n}x{n} Hessian"),
@@ -262,6 +256,54 @@ pub fn hinv_factor<R: Runtime>(
 
     // Blocked Cholesky of A in place.
     let fail = b.scratch_from(&[u32::MAX])?;
+    let dinv = cholesky_in_place(b, &a, &fail, 1, 0)?;
+    let failed = b.read_u32(&fail, 1)?[0];
+    if failed != u32::MAX {
+        // The elimination ran on the reversed matrix: name the column of H itself.
+        return Err(KernelError::NotPositiveDefinite {
+            column: n - 1 - failed as usize,
+        });
+    }
+    // X = L⁻¹; its strict upper triangle stays zero.
+    let x = invert_lower(b, &a, &dinv)?;
+
+    // U = J X J into A's storage.
+    reverse(b, &x, &a, None);
+    if let Some((_, col)) = first_nonfinite(b, &a)? {
+        // Finite pivots can still give an inverse that overflows f32.
+        return Err(KernelError::NotPositiveDefinite { column: col });
+    }
+    Ok(HinvFactor { u: a, dead, damp })
+}
+
+/// The Cholesky block kernel holds a 64x64 block and its diagonal inverse in shared memory.
+fn check_shared<R: Runtime>(b: &CubeBackend<R>) -> Result<()> {
+    let shared = 4 * (NB * NB + NB);
+    if shared > b.max_shared {
+        return Err(KernelError::Unsupported(format!(
+            "the Cholesky block kernel needs {shared} bytes of shared memory, the device has {}",
+            b.max_shared
+        )));
+    }
+    Ok(())
+}
+
+/// The blocked right-looking Cholesky A = L Lᵀ of the lower triangle of `a` (n x n, any
+/// slabs), in place; the strict upper triangle is neither read nor written. The first column
+/// whose pivot is not positive and finite is recorded in `fail[slot]` (atomic min, so the
+/// caller initialises it to `u32::MAX`) and the elimination goes on with a pivot of 1, so that
+/// nothing turns NaN and the caller can read the flag once, after all its work. Returns the
+/// inverses of the 64 x 64 diagonal blocks of L, which [`invert_lower`] reuses.
+pub fn cholesky_in_place<R: Runtime>(
+    b: &CubeBackend<R>,
+    a: &CubeTensor,
+    fail: &Handle,
+    fail_len: usize,
+    slot: usize,
+) -> Result<Handle> {
+    check_shared(b)?;
+    let n = a.cols;
+    let nblocks = n.div_ceil(NB);
     let dinv = b.scratch(nblocks * NB * NB)?;
     let panel = b.scratch(n * NB)?;
     for kb in 0..nblocks {
@@ -278,12 +320,13 @@ pub fn hinv_factor<R: Runtime>(
                 CubeDim::new_1d(CUBE),
                 arg(&a.handles[s], a.slab_len(s)),
                 arg(&dinv, nblocks * NB * NB),
-                arg(&fail, 1),
+                arg(fail, fail_len),
                 local as u32,
                 k0 as u32,
                 w as u32,
                 n as u32,
                 kb as u32,
+                slot as u32,
             );
         }
         if k1 == n {
@@ -353,14 +396,19 @@ pub fn hinv_factor<R: Runtime>(
             );
         }
     }
-    let failed = b.read_u32(&fail, 1)?[0];
-    if failed != u32::MAX {
-        // The elimination ran on the reversed matrix: name the column of H itself.
-        return Err(KernelError::NotPositiveDefinite {
-            column: n - 1 - failed as usize,
-        });
-    }
+    Ok(dinv)
+}
 
+/// X = L⁻¹ for the lower triangular L in `a` after [`cholesky_in_place`] (its strict upper
+/// triangle is not read), from the diagonal-block inverses `dinv` it returned. X is a new
+/// n x n tensor, lower triangular with exact zeros above the diagonal.
+pub fn invert_lower<R: Runtime>(
+    b: &CubeBackend<R>,
+    a: &CubeTensor,
+    dinv: &Handle,
+) -> Result<CubeTensor> {
+    let n = a.cols;
+    let nblocks = n.div_ceil(NB);
     // X = L⁻¹, block row by block row; its strict upper triangle stays zero.
     let x = b.filled_tensor(n, n, 0.0)?;
     let tmp = b.scratch(NB * n)?;
@@ -371,7 +419,7 @@ pub fn hinv_factor<R: Runtime>(
         copy2d(
             b,
             Rect {
-                h: &dinv,
+                h: dinv,
                 len: nblocks * NB * NB,
                 off: kb * NB * NB,
                 ld: NB,
@@ -417,7 +465,7 @@ pub fn hinv_factor<R: Runtime>(
                 m: w,
                 n: r0,
                 k: w,
-                a: View::rows(&dinv, nblocks * NB * NB, kb * NB * NB, NB),
+                a: View::rows(dinv, nblocks * NB * NB, kb * NB * NB, NB),
                 b: View::rows(&tmp, NB * n, 0, n),
                 c: View::rows(&x.handles[xs], x.slab_len(xs), xlocal * n, n),
                 alpha: -1.0,
@@ -429,14 +477,7 @@ pub fn hinv_factor<R: Runtime>(
             },
         );
     }
-
-    // U = J X J into A's storage.
-    reverse(b, &x, &a, None);
-    if let Some((_, col)) = first_nonfinite(b, &a)? {
-        // Finite pivots can still give an inverse that overflows f32.
-        return Err(KernelError::NotPositiveDefinite { column: col });
-    }
-    Ok(HinvFactor { u: a, dead, damp })
+    Ok(x)
 }
 
 /// dst = J src J for n x n matrices with any slabs: with `prep = Some((d, λ))` the damped,

@@ -4,7 +4,7 @@
 //! a comptime epilogue:
 //!
 //! - `EPI_STORE`: C = alpha·acc (+ beta·C) — Hessian, Cholesky panels and trailing updates,
-//!   triangular inverse, OBS lazy updates;
+//!   triangular inverse, OBS lazy updates, and with beta = 1 the plain gradient sum of §11;
 //! - `EPI_GRAD_L2` / `EPI_GRAD_L1`: C += (alpha·acc)² or |alpha·acc| — the fused gradient
 //!   accumulation of §2(b), which never writes g;
 //! - `EPI_DOT`: Σ acc_ij·D_ij per tile into a partials buffer — the traces of §9.

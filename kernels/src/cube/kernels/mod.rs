@@ -19,3 +19,4 @@ pub mod refit;
 pub mod select;
 pub mod sparse;
 pub mod stats;
+pub mod structured;

@@ -1,0 +1,1139 @@
+//! The structured-pruning ops of §11 on the device: the plain gradient sum (the fused GEMM with
+//! a C += acc epilogue), the explicit Hinv = UᵀU, the OBS and Taylor saliencies, the structured
+//! OBS update and the compaction.
+//!
+//! Every solve with Hinv[S,S] goes through its lower Cholesky factor L and L⁻¹, on the blocked
+//! kernels of [`factor`], so ε_S = ½‖W[:,S]·L⁻ᵀ‖², Y = L⁻¹·Hinv[S,:] and the update is two
+//! GEMMs, as the reference states it. Gathers by index lists move the bits (u32), so the
+//! compaction is exact. The host reads back the failure flags of the Cholesky (which decide an
+//! error) and the summed removal loss, nothing else.
+//!
+//! Large operands are split as the tensors are: the k x k block, Hinv[S,:] and Y are tensors
+//! with their own slabs, W is worked slab by slab (W[:,S] and Q of one slab are no larger than
+//! the slab), and every GEMM's K or N is split by the slabs of the operand it walks.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::storage::{arg, same_slabs, CubeTensor, Slabs};
+use super::super::CubeBackend;
+use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
+use super::fill::{grid, BLOCK};
+use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::reduce::{cube_sum, sum, CUBE};
+use super::stats::mirror_lower;
+use crate::error::{KernelError, Result};
+use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
+
+/// Cubes of one sum-of-squares launch: enough to spread a slab over the device, few enough
+/// that the partials of every slab stay a short list for the final sum.
+const SUMSQ_CUBES: usize = 64;
+
+/// Row (or column) `i` of a selection: `idx[first + i]` from a list, or `first + i`.
+#[cube]
+fn pick(idx: &Array<u32>, first: u32, i: u32, #[comptime] listed: bool) -> u32 {
+    let mut v = first + i;
+    if comptime![listed] {
+        v = idx[(first + i) as usize];
+    }
+    v
+}
+
+/// dst[d_off + i·d_ld + j] = src[(row(i) − s_row0)·s_ld + col(j)] for i < rows, j < cols, with
+/// row(i) and col(j) picked from the lists or ranges (see [`pick`]). Words, not floats, so a
+/// gathered value is the stored value bit for bit.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn gather_kernel(
+    src: &Array<u32>,
+    dst: &mut Array<u32>,
+    ridx: &Array<u32>,
+    cidx: &Array<u32>,
+    r_first: u32,
+    c_first: u32,
+    s_row0: u32,
+    s_ld: u32,
+    d_off: u32,
+    d_ld: u32,
+    rows: u32,
+    cols: u32,
+    #[comptime] by_row: bool,
+    #[comptime] by_col: bool,
+) {
+    let idx = ABSOLUTE_POS as u32;
+    if idx < rows * cols {
+        let i = idx / cols;
+        let j = idx % cols;
+        let r = pick(ridx, r_first, i, by_row);
+        let c = pick(cidx, c_first, j, by_col);
+        dst[(d_off + i * d_ld + j) as usize] = src[((r - s_row0) * s_ld + c) as usize];
+    }
+}
+
+/// t[(row(i) − row0)·ld + col(j)] = 0 for i < rows, j < cols (rows and columns as the gather).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn zero_kernel(
+    t: &mut Array<f32>,
+    ridx: &Array<u32>,
+    cidx: &Array<u32>,
+    r_first: u32,
+    c_first: u32,
+    row0: u32,
+    ld: u32,
+    rows: u32,
+    cols: u32,
+    #[comptime] by_row: bool,
+    #[comptime] by_col: bool,
+) {
+    let idx = ABSOLUTE_POS as u32;
+    if idx < rows * cols {
+        let r = pick(ridx, r_first, idx / cols, by_row);
+        let c = pick(cidx, c_first, idx % cols, by_col);
+        t[((r - row0) * ld + c) as usize] = 0.0;
+    }
+}
+
+/// part[slot0 + cube] = Σ x² over a grid-strided share of the first n values.
+#[cube(launch_unchecked)]
+fn sumsq_kernel(
+    x: &Array<f32>,
+    part: &mut Array<f32>,
+    n: u32,
+    slot0: u32,
+    #[comptime] plane: bool,
+) {
+    let stride = CUBE_COUNT as u32 * CUBE;
+    let mut i = CUBE_POS as u32 * CUBE + UNIT_POS;
+    let mut s = 0.0f32;
+    while i < n {
+        let v = x[i as usize];
+        s += v * v;
+        i += stride;
+    }
+    let total = cube_sum(s, plane);
+    if UNIT_POS == 0 {
+        part[(slot0 + CUBE_POS as u32) as usize] = total;
+    }
+}
+
+/// out[slot] = scale · Σ of the first n values, in one cube.
+#[cube(launch_unchecked)]
+fn sum_into_kernel(
+    input: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    slot: u32,
+    scale: f32,
+    #[comptime] plane: bool,
+) {
+    let mut s = 0.0f32;
+    let mut i = UNIT_POS;
+    while i < n {
+        s += input[i as usize];
+        i += CUBE;
+    }
+    let total = cube_sum(s, plane);
+    if UNIT_POS == 0 {
+        out[slot as usize] = scale * total;
+    }
+}
+
+/// d[first + i] = H(c, c) for c = cols[first + i], i < cnt, whose rows lie in this slab.
+#[cube(launch_unchecked)]
+fn diag_at_kernel(
+    h: &Array<f32>,
+    d: &mut Array<f32>,
+    cidx: &Array<u32>,
+    first: u32,
+    cnt: u32,
+    row0: u32,
+    n: u32,
+) {
+    let i = ABSOLUTE_POS as u32;
+    if i < cnt {
+        let c = cidx[(first + i) as usize];
+        d[(first + i) as usize] = h[((c - row0) * n + c) as usize];
+    }
+}
+
+/// Σ W(r, c)² over one chunk of a slab's rows for the listed columns c = cols[g]: 32 groups x
+/// 8 row lanes per cube, the lanes reduced in shared memory, one partial row per chunk.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn colsumsq_at_kernel(
+    w: &Array<f32>,
+    cidx: &Array<u32>,
+    partial: &mut Array<f32>,
+    rows: u32,
+    ld: u32,
+    groups: u32,
+    chunk: u32,
+    part_row0: u32,
+) {
+    let g = CUBE_POS_X * 32 + UNIT_POS_X;
+    let r0 = CUBE_POS_Y * chunk;
+    let mut r1 = r0 + chunk;
+    if r1 > rows {
+        r1 = rows;
+    }
+    let mut s = 0.0f32;
+    if g < groups {
+        let c = cidx[g as usize];
+        let mut r = r0 + UNIT_POS_Y;
+        while r < r1 {
+            let v = w[(r * ld + c) as usize];
+            s += v * v;
+            r += 8;
+        }
+    }
+    let mut sh = SharedMemory::<f32>::new(256usize);
+    sh[(UNIT_POS_Y * 32 + UNIT_POS_X) as usize] = s;
+    sync_cube();
+    if UNIT_POS_Y == 0 && g < groups {
+        let mut total = 0.0f32;
+        #[unroll]
+        for q in 0..8u32 {
+            total += sh[(q * 32 + UNIT_POS_X) as usize];
+        }
+        partial[((part_row0 + CUBE_POS_Y) * groups + g) as usize] = total;
+    }
+}
+
+/// Width-1 OBS saliency: ε_g = ½·Σ_p partial(p, g) / Hinv(c, c). A pivot that is not positive
+/// and finite (the 1 x 1 Cholesky failing) records g in `fail` and scores 0.
+#[cube(launch_unchecked)]
+fn obs1_kernel(
+    partial: &Array<f32>,
+    d: &Array<f32>,
+    out: &mut Array<f32>,
+    fail: &mut Array<Atomic<u32>>,
+    parts: u32,
+    groups: u32,
+) {
+    let g = ABSOLUTE_POS as u32;
+    if g < groups {
+        let mut s = 0.0f32;
+        for p in 0..parts {
+            s += partial[(p * groups + g) as usize];
+        }
+        let h = d[g as usize];
+        let mut v = 0.0f32;
+        if h > 0.0 && h <= 3.4e38 {
+            v = 0.5 * s / h;
+        } else {
+            fail[0].fetch_min(g);
+        }
+        out[g as usize] = v;
+    }
+}
+
+/// Taylor kinds as comptime codes.
+const TAYLOR1: u32 = 0;
+const TAYLOR2: u32 = 1;
+const TAYLOR_MIX: u32 = 2;
+
+/// The kind's term for one weight entry, from the raw statistics and their scales (the
+/// reference's `taylor_term`).
+#[cube]
+fn taylor_term(w: f32, gs: f32, gq: f32, gscale: f32, fscale: f32, #[comptime] kind: u32) -> f32 {
+    let mut t = 0.0f32;
+    if comptime![kind == TAYLOR1] {
+        t = f32::abs(w * (gscale * gs));
+    }
+    if comptime![kind == TAYLOR2] {
+        t = f32::abs(w * (fscale * gq) * w);
+    }
+    if comptime![kind == TAYLOR_MIX] {
+        t = f32::abs(w * (gscale * gs) - 0.5 * w * (fscale * gq) * w);
+    }
+    t
+}
+
+/// The term of entry i of one slab (reading only the statistics the kind needs).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn taylor_at(
+    w: &Array<f32>,
+    gs: &Array<f32>,
+    gq: &Array<f32>,
+    i: u32,
+    gscale: f32,
+    fscale: f32,
+    #[comptime] kind: u32,
+) -> f32 {
+    let mut g = 0.0f32;
+    let mut f = 0.0f32;
+    if comptime![kind != TAYLOR2] {
+        g = gs[i as usize];
+    }
+    if comptime![kind != TAYLOR1] {
+        f = gq[i as usize];
+    }
+    taylor_term(w[i as usize], g, f, gscale, fscale, kind)
+}
+
+/// Σ over one row of a slab of the Taylor term, one cube per row: part[row0 + r].
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn taylor_rows_kernel(
+    w: &Array<f32>,
+    gs: &Array<f32>,
+    gq: &Array<f32>,
+    part: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    gscale: f32,
+    fscale: f32,
+    #[comptime] kind: u32,
+    #[comptime] plane: bool,
+) {
+    // The row is uniform per cube, so the early-out never splits a cube at its barriers.
+    let r = CUBE_POS as u32;
+    if r < rows {
+        let mut s = 0.0f32;
+        let mut c = UNIT_POS;
+        while c < cols {
+            s += taylor_at(w, gs, gq, r * cols + c, gscale, fscale, kind);
+            c += CUBE;
+        }
+        let total = cube_sum(s, plane);
+        if UNIT_POS == 0 {
+            part[(row0 + r) as usize] = total;
+        }
+    }
+}
+
+/// Σ over one chunk of a slab's rows of the Taylor term per column: 32 columns x 8 row lanes
+/// per cube, coalesced along the row, one partial row per chunk.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn taylor_cols_kernel(
+    w: &Array<f32>,
+    gs: &Array<f32>,
+    gq: &Array<f32>,
+    partial: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    chunk: u32,
+    part_row0: u32,
+    gscale: f32,
+    fscale: f32,
+    #[comptime] kind: u32,
+) {
+    let c = CUBE_POS_X * 32 + UNIT_POS_X;
+    let r0 = CUBE_POS_Y * chunk;
+    let mut r1 = r0 + chunk;
+    if r1 > rows {
+        r1 = rows;
+    }
+    let mut s = 0.0f32;
+    if c < cols {
+        let mut r = r0 + UNIT_POS_Y;
+        while r < r1 {
+            s += taylor_at(w, gs, gq, r * cols + c, gscale, fscale, kind);
+            r += 8;
+        }
+    }
+    let mut sh = SharedMemory::<f32>::new(256usize);
+    sh[(UNIT_POS_Y * 32 + UNIT_POS_X) as usize] = s;
+    sync_cube();
+    if UNIT_POS_Y == 0 && c < cols {
+        let mut total = 0.0f32;
+        #[unroll]
+        for q in 0..8u32 {
+            total += sh[(q * 32 + UNIT_POS_X) as usize];
+        }
+        partial[((part_row0 + CUBE_POS_Y) * cols + c) as usize] = total;
+    }
+}
+
+/// out[k] = Σ_{p < parts} Σ_{j < width} part[p·ld + k·width + j], one cube per segment.
+#[cube(launch_unchecked)]
+fn segment_sum_kernel(
+    part: &Array<f32>,
+    out: &mut Array<f32>,
+    segments: u32,
+    parts: u32,
+    width: u32,
+    ld: u32,
+    #[comptime] plane: bool,
+) {
+    let k = CUBE_POS as u32;
+    if k < segments {
+        let mut s = 0.0f32;
+        let mut i = UNIT_POS;
+        while i < parts * width {
+            s += part[((i / width) * ld + k * width + i % width) as usize];
+            i += CUBE;
+        }
+        let total = cube_sum(s, plane);
+        if UNIT_POS == 0 {
+            out[k as usize] = total;
+        }
+    }
+}
+
+/// A choice of rows or columns: a range, or a list (on the host and uploaded) of indices.
+#[derive(Clone, Copy)]
+enum Sel<'a> {
+    Range { first: usize, len: usize },
+    List { idx: &'a [usize], dev: &'a Handle },
+}
+
+impl Sel<'_> {
+    fn len(&self) -> usize {
+        match *self {
+            Sel::Range { len, .. } => len,
+            Sel::List { idx, .. } => idx.len(),
+        }
+    }
+
+    fn at(&self, i: usize) -> usize {
+        match *self {
+            Sel::Range { first, .. } => first + i,
+            Sel::List { idx, .. } => idx[i],
+        }
+    }
+
+    fn listed(&self) -> bool {
+        matches!(self, Sel::List { .. })
+    }
+
+    /// The kernel's (index binding, its length, first): a list is read from its start, a range
+    /// binds `spare` (never read).
+    fn kernel_args<'b>(&'b self, spare: &'b Handle, i0: usize) -> (&'b Handle, usize, usize) {
+        match *self {
+            Sel::Range { first, .. } => (spare, 1, first + i0),
+            Sel::List { idx, dev } => (dev, idx.len(), i0),
+        }
+    }
+}
+
+/// Entries [lo, hi) of a selection of rows as runs whose rows lie in one slab of `slabs`:
+/// (slab, first entry, entry count).
+fn runs(slabs: &Slabs, sel: &Sel<'_>, lo: usize, hi: usize) -> Vec<(usize, usize, usize)> {
+    let mut v: Vec<(usize, usize, usize)> = Vec::new();
+    for i in lo..hi {
+        let s = slabs.locate(sel.at(i)).0;
+        match v.last_mut() {
+            Some(last) if last.0 == s && last.1 + last.2 == i => last.2 += 1,
+            _ => v.push((s, i, 1)),
+        }
+    }
+    v
+}
+
+/// Indices as a device list of u32 (each is below a tensor dimension, so it fits).
+fn upload_indices<R: Runtime>(b: &CubeBackend<R>, idx: &[usize]) -> Result<Handle> {
+    let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+    b.scratch_from(&words)
+}
+
+/// dst = src[rows, cols] for a dst of shape rows.len() x cols.len() (any slabs on both).
+fn gather<R: Runtime>(
+    b: &CubeBackend<R>,
+    src: &CubeTensor,
+    rows: Sel<'_>,
+    cols: Sel<'_>,
+    dst: &CubeTensor,
+) -> Result<()> {
+    let nc = cols.len();
+    if nc == 0 {
+        return Ok(());
+    }
+    // A range binds this in place of a list: never the output, which a read-only binding of
+    // the same buffer would conflict with.
+    let spare = b.scratch_from(&[0])?;
+    for ds in 0..dst.handles.len() {
+        let (d0, dn) = dst.slabs.range(ds);
+        for (ss, i0, cnt) in runs(&src.slabs, &rows, d0, d0 + dn) {
+            let (rh, rlen, r_first) = rows.kernel_args(&spare, i0);
+            let (ch, clen, c_first) = cols.kernel_args(&spare, 0);
+            // SAFETY: rows [i0, i0+cnt) of the selection lie in source slab ss and in
+            // destination slab ds; columns are below src.cols; one thread per element.
+            unsafe {
+                gather_kernel::launch_unchecked::<R>(
+                    &b.client,
+                    grid(cnt * nc, BLOCK),
+                    CubeDim::new_1d(BLOCK),
+                    arg(&src.handles[ss], src.slab_len(ss)),
+                    arg(&dst.handles[ds], dst.slab_len(ds)),
+                    arg(rh, rlen),
+                    arg(ch, clen),
+                    r_first as u32,
+                    c_first as u32,
+                    src.slabs.range(ss).0 as u32,
+                    src.cols as u32,
+                    ((i0 - d0) * nc) as u32,
+                    nc as u32,
+                    cnt as u32,
+                    nc as u32,
+                    rows.listed(),
+                    cols.listed(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// t[rows, cols] = 0 (any slabs).
+fn zero<R: Runtime>(
+    b: &CubeBackend<R>,
+    t: &CubeTensor,
+    rows: Sel<'_>,
+    cols: Sel<'_>,
+) -> Result<()> {
+    let nc = cols.len();
+    if nc == 0 {
+        return Ok(());
+    }
+    let spare = b.scratch_from(&[0])?;
+    for (s, i0, cnt) in runs(&t.slabs, &rows, 0, rows.len()) {
+        let (rh, rlen, r_first) = rows.kernel_args(&spare, i0);
+        let (ch, clen, c_first) = cols.kernel_args(&spare, 0);
+        // SAFETY: rows [i0, i0+cnt) of the selection lie in slab s, columns below t.cols.
+        unsafe {
+            zero_kernel::launch_unchecked::<R>(
+                &b.client,
+                grid(cnt * nc, BLOCK),
+                CubeDim::new_1d(BLOCK),
+                arg(&t.handles[s], t.slab_len(s)),
+                arg(rh, rlen),
+                arg(ch, clen),
+                r_first as u32,
+                c_first as u32,
+                t.slabs.range(s).0 as u32,
+                t.cols as u32,
+                cnt as u32,
+                nc as u32,
+                rows.listed(),
+                cols.listed(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// part[slot0 .. slot0 + SUMSQ_CUBES] = partial sums of squares of the first n values of x.
+fn sumsq<R: Runtime>(b: &CubeBackend<R>, x: &Handle, n: usize, part: &Handle, slot0: usize) {
+    // SAFETY: SUMSQ_CUBES cubes stride over n values and write their own slot, which the
+    // caller's partials buffer holds.
+    unsafe {
+        sumsq_kernel::launch_unchecked::<R>(
+            &b.client,
+            CubeCount::Static(SUMSQ_CUBES as u32, 1, 1),
+            CubeDim::new_1d(CUBE),
+            arg(x, n),
+            arg(part, slot0 + SUMSQ_CUBES),
+            n as u32,
+            slot0 as u32,
+            b.plane,
+        );
+    }
+}
+
+/// Q (m x k, contiguous with leading dimension k) = A·Xᵀ for the lower triangular X = L⁻¹
+/// (k x k, any slabs) and A (m x k) given as a view: N is split by the slabs of X, and K stops
+/// at each slab's last row since X(j, l) = 0 for l > j.
+fn times_linv_t<R: Runtime>(
+    b: &CubeBackend<R>,
+    a: View<'_>,
+    m: usize,
+    x: &CubeTensor,
+    q: &Handle,
+    q_len: usize,
+) {
+    let k = x.cols;
+    for s in 0..x.handles.len() {
+        let (x0, xn) = x.slabs.range(s);
+        if xn == 0 {
+            continue;
+        }
+        gemm(
+            b,
+            &Gemm {
+                m,
+                n: xn,
+                k: x0 + xn,
+                a,
+                b: View::transposed(&x.handles[s], x.slab_len(s), 0, k),
+                c: View::rows(q, q_len, x0, k),
+                alpha: 1.0,
+                beta: None,
+                lower: None,
+                b_lower: None,
+                epi: EPI_STORE,
+                dot: None,
+            },
+        );
+    }
+}
+
+/// The gathered block Hinv[S,S] factored in place, and X = L⁻¹. A failing pivot is recorded
+/// in `fail[slot]`.
+fn block_inverse<R: Runtime>(
+    b: &CubeBackend<R>,
+    hinv: &CubeTensor,
+    s: Sel<'_>,
+    fail: &Handle,
+    fail_len: usize,
+    slot: usize,
+) -> Result<CubeTensor> {
+    let k = s.len();
+    let a = b.alloc_tensor(k, k)?;
+    gather(b, hinv, s, s, &a)?;
+    let dinv = cholesky_in_place(b, &a, fail, fail_len, slot)?;
+    invert_lower(b, &a, &dinv)
+}
+
+pub fn grad_sum_fused<R: Runtime>(
+    b: &CubeBackend<R>,
+    acc: &CubeTensor,
+    dy: &CubeTensor,
+    x: &CubeTensor,
+) -> Result<()> {
+    check::fused_grad(acc.shape(), dy.shape(), x.shape())?;
+    let (rows, cols, tokens) = (dy.cols, x.cols, x.rows);
+    if tokens == 0 {
+        return Ok(());
+    }
+    // A plain sum is linear in the product, so unlike the squared accumulations every share
+    // of the tokens (one per pair of dY and X slabs) adds straight into A: g is never stored.
+    let segs = token_segments(&dy.slabs, &x.slabs, tokens);
+    for s in 0..acc.handles.len() {
+        let (r0, rn) = acc.slabs.range(s);
+        if rn == 0 {
+            continue;
+        }
+        for &(len, sa, la, sb, lb) in &segs {
+            gemm(
+                b,
+                &Gemm {
+                    m: rn,
+                    n: cols,
+                    k: len,
+                    a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
+                    b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
+                    c: View::rows(&acc.handles[s], acc.slab_len(s), 0, cols),
+                    alpha: 1.0,
+                    beta: Some(1.0),
+                    lower: None,
+                    b_lower: None,
+                    epi: EPI_STORE,
+                    dot: None,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Row ranges lying inside one slab of each of two partitions of the same rows:
+/// (length, slab of a, its local row, slab of b, its local row).
+fn token_segments(a: &Slabs, b: &Slabs, total: usize) -> Vec<(usize, usize, usize, usize, usize)> {
+    let mut v = Vec::new();
+    let mut t = 0;
+    while t < total {
+        let (sa, la) = a.locate(t);
+        let (sb, lb) = b.locate(t);
+        let len = (a.slab_rows - la).min(b.slab_rows - lb).min(total - t);
+        v.push((len, sa, la, sb, lb));
+        t += len;
+    }
+    v
+}
+
+pub fn hinv_explicit<R: Runtime>(
+    b: &CubeBackend<R>,
+    h: &CubeTensor,
+    percdamp: f64,
+) -> Result<HinvExplicit<CubeTensor>> {
+    let f = hinv_factor(b, h, percdamp)?;
+    let n = f.u.cols;
+    let hinv = b.alloc_tensor(n, n)?;
+    let u = &f.u;
+    // Hinv = UᵀU on the lower triangle (SYRK), then mirrored: slab rows [h0, h0+hn) of Hinv
+    // are columns of U, so K (rows of U) runs over U's slabs, up to the slab's last row since
+    // U(l, i) = 0 for l > i.
+    for hs in 0..hinv.handles.len() {
+        let (h0, hn) = hinv.slabs.range(hs);
+        if hn == 0 {
+            continue;
+        }
+        for us in 0..u.handles.len() {
+            let (u0, un) = u.slabs.range(us);
+            if un == 0 || u0 >= h0 + hn {
+                continue;
+            }
+            gemm(
+                b,
+                &Gemm {
+                    m: hn,
+                    n: h0 + hn,
+                    k: un.min(h0 + hn - u0),
+                    a: View::transposed(&u.handles[us], u.slab_len(us), h0, n),
+                    b: View::rows(&u.handles[us], u.slab_len(us), 0, n),
+                    c: View::rows(&hinv.handles[hs], hinv.slab_len(hs), 0, n),
+                    alpha: 1.0,
+                    beta: if us == 0 { None } else { Some(1.0) },
+                    lower: Some(h0 as i64),
+                    b_lower: None,
+                    epi: EPI_STORE,
+                    dot: None,
+                },
+            );
+        }
+    }
+    mirror_lower(b, &hinv);
+    Ok(HinvExplicit {
+        hinv,
+        dead: f.dead,
+        damp: f.damp,
+    })
+}
+
+pub fn obs_saliency<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    hinv: &CubeTensor,
+    width: usize,
+    groups: &[usize],
+) -> Result<CubeTensor> {
+    check::obs_saliency(w.shape(), hinv.shape(), width, groups)?;
+    let ng = groups.len();
+    let out = b.alloc_tensor(1, ng)?;
+    if ng == 0 {
+        return Ok(out);
+    }
+    if width == 1 {
+        return obs_saliency_columns(b, w, hinv, groups, out);
+    }
+    let n = w.cols;
+    // One failure slot per group, read once after every group's work is queued.
+    let fail = b.scratch_from(&vec![u32::MAX; ng])?;
+    let part = b.scratch(w.handles.len() * SUMSQ_CUBES)?;
+    for (gi, &g) in groups.iter().enumerate() {
+        let c0 = g * width;
+        let x = block_inverse(
+            b,
+            hinv,
+            Sel::Range {
+                first: c0,
+                len: width,
+            },
+            &fail,
+            ng,
+            gi,
+        )?;
+        // Q = W[:,S]·L⁻ᵀ slab by slab (W[:,S] is a view: S is contiguous), its squares summed.
+        for s in 0..w.handles.len() {
+            let rn = w.slabs.range(s).1;
+            let q = b.scratch(rn * width)?;
+            if rn > 0 {
+                let a = View::rows(&w.handles[s], w.slab_len(s), c0, n);
+                times_linv_t(b, a, rn, &x, &q, rn * width);
+            }
+            sumsq(b, &q, rn * width, &part, s * SUMSQ_CUBES);
+        }
+        // SAFETY: one cube sums the partials of every slab into slot gi of the 1 x ng output.
+        unsafe {
+            sum_into_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(CUBE),
+                arg(&part, w.handles.len() * SUMSQ_CUBES),
+                arg(&out.handles[0], ng),
+                (w.handles.len() * SUMSQ_CUBES) as u32,
+                gi as u32,
+                0.5,
+                b.plane,
+            );
+        }
+    }
+    if let Some(column) = b.read_u32(&fail, ng)?.into_iter().find(|&c| c != u32::MAX) {
+        return Err(KernelError::NotPositiveDefinite {
+            column: column as usize,
+        });
+    }
+    Ok(out)
+}
+
+/// Width 1: ε_c = ½‖W[:,c]‖² / Hinv[c,c] for every listed column at once (a 1 x 1 Cholesky is
+/// its square root, so this is the general formula).
+fn obs_saliency_columns<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    hinv: &CubeTensor,
+    groups: &[usize],
+    out: CubeTensor,
+) -> Result<CubeTensor> {
+    let (ng, n) = (groups.len(), w.cols);
+    let cols = upload_indices(b, groups)?;
+    let sel = Sel::List {
+        idx: groups,
+        dev: &cols,
+    };
+    let d = b.scratch(ng)?;
+    for (s, i0, cnt) in runs(&hinv.slabs, &sel, 0, ng) {
+        // SAFETY: listed columns [i0, i0+cnt) have their diagonal rows in slab s.
+        unsafe {
+            diag_at_kernel::launch_unchecked::<R>(
+                &b.client,
+                grid(cnt, BLOCK),
+                CubeDim::new_1d(BLOCK),
+                arg(&hinv.handles[s], hinv.slab_len(s)),
+                arg(&d, ng),
+                arg(&cols, ng),
+                i0 as u32,
+                cnt as u32,
+                hinv.slabs.range(s).0 as u32,
+                n as u32,
+            );
+        }
+    }
+    // Row chunks as the activation statistic cuts them: parallel, with few partials.
+    let chunk = 256.max(w.rows.div_ceil(64));
+    let chunks: Vec<usize> = (0..w.handles.len())
+        .map(|s| w.slabs.range(s).1.div_ceil(chunk))
+        .collect();
+    let parts: usize = chunks.iter().sum();
+    let partial = b.scratch(parts.max(1) * ng)?;
+    let mut row0 = 0;
+    for (s, &slab_chunks) in chunks.iter().enumerate() {
+        let rn = w.slabs.range(s).1;
+        if rn == 0 {
+            continue;
+        }
+        // SAFETY: each cube reads rows of its chunk below rn at the listed columns (below n)
+        // and writes one partial row inside the parts x ng buffer.
+        unsafe {
+            colsumsq_at_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static(ng.div_ceil(32) as u32, slab_chunks as u32, 1),
+                CubeDim::new_2d(32, 8),
+                arg(&w.handles[s], w.slab_len(s)),
+                arg(&cols, ng),
+                arg(&partial, parts.max(1) * ng),
+                rn as u32,
+                n as u32,
+                ng as u32,
+                chunk as u32,
+                row0 as u32,
+            );
+        }
+        row0 += slab_chunks;
+    }
+    let fail = b.scratch_from(&[u32::MAX])?;
+    // SAFETY: one thread per group, reading its partials column and diagonal entry.
+    unsafe {
+        obs1_kernel::launch_unchecked::<R>(
+            &b.client,
+            grid(ng, BLOCK),
+            CubeDim::new_1d(BLOCK),
+            arg(&partial, parts.max(1) * ng),
+            arg(&d, ng),
+            arg(&out.handles[0], ng),
+            arg(&fail, 1),
+            parts as u32,
+            ng as u32,
+        );
+    }
+    if b.read_u32(&fail, 1)?[0] != u32::MAX {
+        // The 1 x 1 block's only column.
+        return Err(KernelError::NotPositiveDefinite { column: 0 });
+    }
+    Ok(out)
+}
+
+pub fn taylor_saliency<R: Runtime>(
+    b: &CubeBackend<R>,
+    inp: TaylorInputs<'_, CubeTensor>,
+) -> Result<CubeTensor> {
+    let segments = check::taylor(&inp, |t: &CubeTensor| t.shape())?;
+    let w = inp.w;
+    for (t, what) in [
+        (inp.grad_sum, "gradient sum"),
+        (inp.grad_sq, "squared gradients"),
+    ] {
+        if let Some(t) = t {
+            same_slabs(&format!("Taylor saliency ({what})"), &w.slabs, &t.slabs)?;
+        }
+    }
+    let kind = match inp.kind {
+        TaylorKind::Taylor1 => TAYLOR1,
+        TaylorKind::Taylor2 => TAYLOR2,
+        TaylorKind::TaylorMix => TAYLOR_MIX,
+    };
+    let (rows, cols) = w.shape();
+    if segments == 0 || cols == 0 {
+        // Segments without entries sum to 0.
+        return b.filled_tensor(1, segments, 0.0);
+    }
+    let out = b.alloc_tensor(1, segments)?;
+    let (gscale, fscale) = (inp.grad_scale as f32, inp.fisher_scale as f32);
+    // A statistic the kind does not read binds W (never read).
+    let stat = |t: Option<&CubeTensor>, s: usize| t.unwrap_or(w).handles[s].clone();
+    // Partial sums (per row, or per row chunk and column) of the term, then one cube per
+    // segment: no float atomics, and the same order of additions on every run.
+    let (part, parts, ld) = match inp.axis {
+        SegmentAxis::Rows => {
+            let part = b.scratch(rows)?;
+            for s in 0..w.handles.len() {
+                let (r0, rn) = w.slabs.range(s);
+                if rn == 0 {
+                    continue;
+                }
+                let len = w.slab_len(s);
+                // SAFETY: one cube per row of the slab, each thread striding over its columns;
+                // writes entry r0 + r of the rows-long partials.
+                unsafe {
+                    taylor_rows_kernel::launch_unchecked::<R>(
+                        &b.client,
+                        grid(rn, 1),
+                        CubeDim::new_1d(CUBE),
+                        arg(&w.handles[s], len),
+                        arg(&stat(inp.grad_sum, s), len),
+                        arg(&stat(inp.grad_sq, s), len),
+                        arg(&part, rows),
+                        rn as u32,
+                        cols as u32,
+                        r0 as u32,
+                        gscale,
+                        fscale,
+                        kind,
+                        b.plane,
+                    );
+                }
+            }
+            (part, 1, 0)
+        }
+        SegmentAxis::Cols => {
+            let chunk = 256.max(rows.div_ceil(64));
+            let chunks: Vec<usize> = (0..w.handles.len())
+                .map(|s| w.slabs.range(s).1.div_ceil(chunk))
+                .collect();
+            let parts: usize = chunks.iter().sum();
+            let part = b.scratch(parts.max(1) * cols)?;
+            let mut row0 = 0;
+            for (s, &slab_chunks) in chunks.iter().enumerate() {
+                let rn = w.slabs.range(s).1;
+                if rn == 0 {
+                    continue;
+                }
+                let len = w.slab_len(s);
+                // SAFETY: each cube reads rows of its chunk below rn and columns below cols of
+                // this slab, and writes one partial row inside the parts x cols buffer.
+                unsafe {
+                    taylor_cols_kernel::launch_unchecked::<R>(
+                        &b.client,
+                        CubeCount::Static(cols.div_ceil(32) as u32, slab_chunks as u32, 1),
+                        CubeDim::new_2d(32, 8),
+                        arg(&w.handles[s], len),
+                        arg(&stat(inp.grad_sum, s), len),
+                        arg(&stat(inp.grad_sq, s), len),
+                        arg(&part, parts.max(1) * cols),
+                        rn as u32,
+                        cols as u32,
+                        chunk as u32,
+                        row0 as u32,
+                        gscale,
+                        fscale,
+                        kind,
+                    );
+                }
+                row0 += slab_chunks;
+            }
+            (part, parts, cols)
+        }
+    };
+    let part_len = match inp.axis {
+        SegmentAxis::Rows => rows,
+        SegmentAxis::Cols => parts.max(1) * cols,
+    };
+    // SAFETY: one cube per segment reads its width entries of each partial row.
+    unsafe {
+        segment_sum_kernel::launch_unchecked::<R>(
+            &b.client,
+            grid(segments, 1),
+            CubeDim::new_1d(CUBE),
+            arg(&part, part_len),
+            arg(&out.handles[0], segments),
+            segments as u32,
+            parts as u32,
+            inp.width as u32,
+            ld as u32,
+            b.plane,
+        );
+    }
+    Ok(out)
+}
+
+pub fn structured_update<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    hinv: &CubeTensor,
+    removed: &[usize],
+) -> Result<f64> {
+    check::structured_update(w.shape(), hinv.shape(), removed)?;
+    let (n, k) = (w.cols, removed.len());
+    let idx = upload_indices(b, removed)?;
+    let s_sel = Sel::List {
+        idx: removed,
+        dev: &idx,
+    };
+    let all = |len| Sel::Range { first: 0, len };
+
+    // X = L⁻¹ of Hinv[S,S]; nothing is changed before the factor is known to exist.
+    let fail = b.scratch_from(&[u32::MAX])?;
+    let x = block_inverse(b, hinv, s_sel, &fail, 1, 0)?;
+    let failed = b.read_u32(&fail, 1)?[0];
+    if failed != u32::MAX {
+        return Err(KernelError::NotPositiveDefinite {
+            column: failed as usize,
+        });
+    }
+
+    // Y = L⁻¹·Hinv[S,:] (k x n): rows of Y in one slab of Y and of X at a time, K over the
+    // slabs of Hinv[S,:] and only up to the last row (X is lower triangular).
+    let hs = b.alloc_tensor(k, n)?;
+    gather(b, hinv, s_sel, all(n), &hs)?;
+    let y = b.alloc_tensor(k, n)?;
+    let mut r = 0;
+    while r < k {
+        let (ys, yl) = y.slabs.locate(r);
+        let (xs, xl) = x.slabs.locate(r);
+        let len = (y.slabs.slab_rows - yl)
+            .min(x.slabs.slab_rows - xl)
+            .min(k - r);
+        let (lo, hi) = (r, r + len);
+        for ss in 0..hs.handles.len() {
+            let (h0, hn) = hs.slabs.range(ss);
+            if hn == 0 || h0 >= hi {
+                continue;
+            }
+            gemm(
+                b,
+                &Gemm {
+                    m: hi - lo,
+                    n,
+                    k: hn.min(hi - h0),
+                    a: View::rows(&x.handles[xs], x.slab_len(xs), xl * k + h0, k),
+                    b: View::rows(&hs.handles[ss], hs.slab_len(ss), 0, n),
+                    c: View::rows(&y.handles[ys], y.slab_len(ys), yl * n, n),
+                    alpha: 1.0,
+                    beta: if ss == 0 { None } else { Some(1.0) },
+                    lower: None,
+                    b_lower: None,
+                    epi: EPI_STORE,
+                    dot: None,
+                },
+            );
+        }
+        r = hi;
+    }
+    drop(hs);
+
+    // Per slab of W: Q = W[:,S]·L⁻ᵀ, its squares summed, W −= Q·Y (K over Y's slabs).
+    let part = b.scratch(w.handles.len() * SUMSQ_CUBES)?;
+    for s in 0..w.handles.len() {
+        let (r0, rn) = w.slabs.range(s);
+        let q = b.scratch(rn * k)?;
+        if rn > 0 {
+            let ws = b.alloc_tensor(rn, k)?;
+            gather(b, w, Sel::Range { first: r0, len: rn }, s_sel, &ws)?;
+            let a = View::rows(&ws.handles[0], rn * k, 0, k);
+            times_linv_t(b, a, rn, &x, &q, rn * k);
+            for ys in 0..y.handles.len() {
+                let (y0, yn) = y.slabs.range(ys);
+                if yn == 0 {
+                    continue;
+                }
+                gemm(
+                    b,
+                    &Gemm {
+                        m: rn,
+                        n,
+                        k: yn,
+                        a: View::rows(&q, rn * k, y0, k),
+                        b: View::rows(&y.handles[ys], y.slab_len(ys), 0, n),
+                        c: View::rows(&w.handles[s], w.slab_len(s), 0, n),
+                        alpha: -1.0,
+                        beta: Some(1.0),
+                        lower: None,
+                        b_lower: None,
+                        epi: EPI_STORE,
+                        dot: None,
+                    },
+                );
+            }
+        }
+        sumsq(b, &q, rn * k, &part, s * SUMSQ_CUBES);
+    }
+
+    // Hinv −= YᵀY in full (the same products in the same order for (i, j) and (j, i), so a
+    // symmetric Hinv stays exactly symmetric): K over Y's slabs.
+    for hs_ in 0..hinv.handles.len() {
+        let (h0, hn) = hinv.slabs.range(hs_);
+        if hn == 0 {
+            continue;
+        }
+        for ys in 0..y.handles.len() {
+            let (_, yn) = y.slabs.range(ys);
+            if yn == 0 {
+                continue;
+            }
+            gemm(
+                b,
+                &Gemm {
+                    m: hn,
+                    n,
+                    k: yn,
+                    a: View::transposed(&y.handles[ys], y.slab_len(ys), h0, n),
+                    b: View::rows(&y.handles[ys], y.slab_len(ys), 0, n),
+                    c: View::rows(&hinv.handles[hs_], hinv.slab_len(hs_), 0, n),
+                    alpha: -1.0,
+                    beta: Some(1.0),
+                    lower: None,
+                    b_lower: None,
+                    epi: EPI_STORE,
+                    dot: None,
+                },
+            );
+        }
+    }
+
+    // What the algebra makes zero is zero, not a rounding residue.
+    zero(b, w, all(w.rows), s_sel)?;
+    zero(b, hinv, all(n), s_sel)?;
+    zero(b, hinv, s_sel, all(n))?;
+    Ok(0.5 * sum(b, &part, w.handles.len() * SUMSQ_CUBES)?)
+}
+
+pub fn compact<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    rows: Option<&[usize]>,
+    cols: Option<&[usize]>,
+) -> Result<CubeTensor> {
+    let (nr, nc) = check::compact(w.shape(), rows, cols)?;
+    let out = b.alloc_tensor(nr, nc)?;
+    let rdev = rows.map(|r| upload_indices(b, r)).transpose()?;
+    let cdev = cols.map(|c| upload_indices(b, c)).transpose()?;
+    fn sel<'a>(list: Option<&'a [usize]>, dev: &'a Option<Handle>, len: usize) -> Sel<'a> {
+        match (list, dev) {
+            (Some(idx), Some(dev)) => Sel::List { idx, dev },
+            _ => Sel::Range { first: 0, len },
+        }
+    }
+    gather(
+        b,
+        w,
+        sel(rows, &rdev, w.rows),
+        sel(cols, &cdev, w.cols),
+        &out,
+    )?;
+    Ok(out)
+}
