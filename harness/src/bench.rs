@@ -346,7 +346,7 @@ pub fn bench_layer<B: Backend>(
         for (k, v) in per_stage {
             stage_times.entry(k).or_default().push(v);
         }
-        (bytes, flops) = layer_work(layer, cfg, samples, tokens);
+        (bytes, flops) = layer_work(layer, cfg, r, samples, tokens);
     }
     let (median, min, max) = summarize(&prune_times).expect("at least one run");
     let mut rec = Record {
@@ -384,11 +384,19 @@ pub fn bench_layer<B: Backend>(
 fn layer_work(
     layer: &LayerWeights,
     cfg: &PruneConfig,
+    report: &crate::prune::LayerReport,
     samples: usize,
     tokens: usize,
 ) -> (u64, u64) {
     use crate::method::Method;
     use prunebench_kernels::suite::{ObsKind, Op};
+    if let Some(s) = &report.structured {
+        let cases = crate::methods::structured::work_cases(&layer.model, cfg, s, samples, tokens);
+        return (
+            cases.iter().map(|c| c.bytes()).sum(),
+            cases.iter().map(|c| c.flops()).sum(),
+        );
+    }
     let mut cases: Vec<OpCase> = Vec::new();
     let mut seen_groups = Vec::new();
     for (l, _) in &layer.linears {

@@ -93,7 +93,7 @@ fn check(
                 .context(|| cx.at(l.name))?;
         }
     }
-    if geom.heads % geom.kv_heads != 0 {
+    if !geom.heads.is_multiple_of(geom.kv_heads) {
         return Err(HarnessError::Config(format!(
             "{} heads do not split into {} KV groups",
             geom.heads, geom.kv_heads
@@ -491,11 +491,13 @@ pub(crate) fn prune_layer<B: Backend>(
         &geom,
         s,
         layer.layer,
-        &attn_removed,
-        &ffn_removed,
-        obs_loss,
-        rounds_run,
-        margins,
+        Removals {
+            attn: attn_removed,
+            ffn: ffn_removed,
+            obs_loss,
+            rounds_run,
+            margins,
+        },
     );
 
     let sum = |p: Purpose| -> f64 {
@@ -581,16 +583,29 @@ fn cut_block<'t, B: Backend>(
     Ok(cuts)
 }
 
+/// What both blocks' rounds removed, for the report.
+struct Removals {
+    attn: Vec<usize>,
+    ffn: Vec<usize>,
+    obs_loss: Option<f64>,
+    rounds_run: Vec<(String, usize)>,
+    margins: Vec<(String, f64)>,
+}
+
 fn structured_report(
     geom: &Geometry,
     s: &StructuredConfig,
     layer: usize,
-    attn_removed: &[usize],
-    ffn_removed: &[usize],
-    obs_loss: Option<f64>,
-    rounds_run: Vec<(String, usize)>,
-    margins: Vec<(String, f64)>,
+    r: Removals,
 ) -> StructuredReport {
+    let Removals {
+        attn: attn_removed,
+        ffn: ffn_removed,
+        obs_loss,
+        rounds_run,
+        margins,
+    } = r;
+    let (attn_removed, ffn_removed) = (&attn_removed[..], &ffn_removed[..]);
     let kept_ffn = complement(geom.intermediate, ffn_removed);
     let (kept_heads, kept_kv) = match geom.unit {
         super::config::AttnUnit::KvGroup => {

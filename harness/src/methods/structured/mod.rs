@@ -8,10 +8,12 @@ mod geometry;
 mod layer;
 mod report;
 mod select;
+mod work;
 
 pub use config::{AttnUnit, Budget, Compensate, Saliency, StructuredConfig};
 pub(crate) use layer::prune_layer;
 pub use report::{ConfigDelta, StructuredReport};
+pub(crate) use work::work_cases;
 
 use crate::method::Needs;
 
