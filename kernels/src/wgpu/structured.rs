@@ -380,8 +380,8 @@ impl Ctx {
     }
 
     /// §11: Hinv = UᵀU from §6's factor, a GEMM per window of output rows summed over
-    /// windows of U's rows. Every entry and its mirror are summed in the same order, so the
-    /// result is symmetric to the bit, as the reference's.
+    /// windows of U's rows. Every entry and its mirror sum the same products in the same
+    /// order, so the result is exactly symmetric, as the reference's.
     pub(crate) fn hinv_explicit(
         &self,
         h: &WgpuTensor,
