@@ -265,6 +265,31 @@ fn sum_tile(lid: vec3<u32>, v: f32) -> f32 {
     return red[0];
 }
 
+const F_STORE: u32 = 512u;      // gemm_sumsq: also write C = alpha*AB
+
+// §11's removal loss ½·‖Q‖² with Q = alpha*AB: one partial Σ Q(i,j)² per workgroup into
+// part[part_off + tile], Q itself into c only with F_STORE (the structured update needs it,
+// the saliency does not), so Q need never reach memory just to be squared.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = tile_origin(wid);
+    let acc = mainloop(o, lid);
+    var s = 0.0;
+    for (var r = 0u; r < 4u; r++) {
+        let i = o.x + lid.y * 4u + r;
+        for (var q = 0u; q < 4u; q++) {
+            let j = o.y + lid.x * 4u + q;
+            if (i >= P.m_hi || j >= P.n_hi) { continue; }
+            let v = P.alpha * acc[r * 4u + q];
+            s = fma(v, v, s);
+            if ((P.flags & F_STORE) != 0u) { c[P.c_base + i * P.ldc + j] = v; }
+        }
+    }
+    let total = sum_tile(lid, s);
+    if (lid.x == 0u && lid.y == 0u) { part[P.part_off + wid.y * nwg.x + wid.x] = total; }
+}
+
 // Rank chunks of the LoRA factors for one K step: B's 64 rows of the tile x 16 ranks, and A's
 // 16 ranks x 16 columns of the step.
 var<workgroup> Ls: array<f32, 1024>;

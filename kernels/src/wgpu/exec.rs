@@ -25,6 +25,8 @@ pub(crate) enum Module {
     SparsePack,
     /// The re-fit ops' elementwise steps and small reductions (§12).
     Refit,
+    /// The structured-pruning gathers, zeros and segmented sums (§11).
+    Structured,
     /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), and decompression.
     SparseMatmul(u32),
 }
@@ -34,7 +36,7 @@ pub(crate) const TOKEN_BLOCKS: [u32; 4] = [1, 2, 4, 8];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 14] = [
+    pub const ALL: [Module; 15] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -45,6 +47,7 @@ impl Module {
         Module::Probe,
         Module::SparsePack,
         Module::Refit,
+        Module::Structured,
         Module::SparseMatmul(1),
         Module::SparseMatmul(2),
         Module::SparseMatmul(4),
@@ -63,6 +66,7 @@ impl Module {
             Module::Probe => "probe",
             Module::SparsePack => "sparse_pack",
             Module::Refit => "refit",
+            Module::Structured => "structured",
             Module::SparseMatmul(_) => "sparse_matmul",
         }
     }
@@ -79,6 +83,7 @@ impl Module {
             Module::Probe => include_str!("../../shaders/probe.wgsl"),
             Module::SparsePack => include_str!("../../shaders/sparse_pack.wgsl"),
             Module::Refit => include_str!("../../shaders/refit.wgsl"),
+            Module::Structured => include_str!("../../shaders/structured.wgsl"),
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
         }
     }
@@ -97,6 +102,7 @@ impl Module {
             Module::Probe => &[false, true],
             Module::SparsePack => &[true, true, false, false, false, false, false],
             Module::Refit => &[false, true, false, false, false, true, true],
+            Module::Structured => &[true, false, true, true, true, true, false, false],
             Module::SparseMatmul(_) => &[true, true, true, true, true, false],
         }
     }

@@ -16,6 +16,7 @@ pub(crate) const F_DELTA: u32 = 32;
 pub(crate) const F_FINAL: u32 = 64;
 pub(crate) const F_P_MASK: u32 = 128;
 pub(crate) const F_MERGE_SCALE: u32 = 256;
+pub(crate) const F_STORE: u32 = 512;
 
 const TILE: u32 = 64;
 

@@ -19,6 +19,7 @@ mod score;
 mod select;
 mod sparse;
 mod stats;
+mod structured;
 mod timing;
 
 use std::sync::atomic::Ordering;
@@ -31,8 +32,8 @@ pub use sparse::WgpuPacked;
 use crate::error::{KernelError, Result};
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    AdamStep, Backend, BackendInfo, GradNorm, HinvFactor, LoraForm, LoraGrad, LoraInputs,
-    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, TimeSource,
+    AdamStep, Backend, BackendInfo, GradNorm, HinvExplicit, HinvFactor, LoraForm, LoraGrad,
+    LoraInputs, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -344,6 +345,46 @@ impl Backend for WgpuBackend {
 
     fn spd_solve(&self, m: &WgpuTensor, rhs: &WgpuTensor, percdamp: f64) -> Result<WgpuTensor> {
         self.ctx.spd_solve(m, rhs, percdamp)
+    }
+
+    fn grad_sum_fused(&self, acc: &mut WgpuTensor, dy: &WgpuTensor, x: &WgpuTensor) -> Result<()> {
+        self.ctx.grad_sum_fused(acc, dy, x)
+    }
+
+    fn hinv_explicit(&self, h: &WgpuTensor, percdamp: f64) -> Result<HinvExplicit<WgpuTensor>> {
+        self.ctx.hinv_explicit(h, percdamp)
+    }
+
+    fn obs_saliency(
+        &self,
+        w: &WgpuTensor,
+        hinv: &WgpuTensor,
+        width: usize,
+        groups: &[usize],
+    ) -> Result<WgpuTensor> {
+        self.ctx.obs_saliency(w, hinv, width, groups)
+    }
+
+    fn taylor_saliency(&self, inp: TaylorInputs<'_, WgpuTensor>) -> Result<WgpuTensor> {
+        self.ctx.taylor_saliency(inp)
+    }
+
+    fn structured_update(
+        &self,
+        w: &mut WgpuTensor,
+        hinv: &mut WgpuTensor,
+        removed: &[usize],
+    ) -> Result<f64> {
+        self.ctx.structured_update(w, hinv, removed)
+    }
+
+    fn compact(
+        &self,
+        w: &WgpuTensor,
+        rows: Option<&[usize]>,
+        cols: Option<&[usize]>,
+    ) -> Result<WgpuTensor> {
+        self.ctx.compact(w, rows, cols)
     }
 
     fn copy(&self, dst: &mut WgpuTensor, src: &WgpuTensor) -> Result<()> {

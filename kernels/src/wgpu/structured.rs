@@ -1,0 +1,828 @@
+//! The structured-pruning ops of §11 on the device. Every matrix product is a gemm.wgsl
+//! dispatch (the plain-sum gradient, UᵀU, Q = W[:,S]·Uᵀ with its squared sum, Y = U·Hinv[S,:]
+//! and the two downdates); gathers, zeros, the Taylor sums and the batched factors of narrow
+//! groups are structured.wgsl. Solves with Hinv[S,S] go through a triangular factor of its
+//! inverse: U from §6's factorisation (cholesky.wgsl) of the gathered block, undamped and with
+//! zero diagonals kept, so that Hinv[S,S]⁻¹ = UᵀU; then Q = W[:,S]·Uᵀ and Y = U·Hinv[S,:] give
+//! ε_S = ½‖Q‖², Q·Y = W[:,S]·Hinv[S,S]⁻¹·Hinv[S,:] and YᵀY = Hinv[:,S]·Hinv[S,S]⁻¹·Hinv[S,:]
+//! (the reference's L⁻¹ is another such factor: the products are the same). Groups of at most
+//! 64 columns are factored many at once, one workgroup each, with L⁻¹ of Hinv[S,S] = LLᵀ.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{KernelError, Result};
+use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
+
+use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
+use super::gemm::{Gemm, Operand, F_B_LOWER, F_STORE};
+use super::mem::WgpuTensor;
+
+/// The widest group factored in one workgroup (structured.wgsl's NB): a 64x64 f32 block is
+/// 16 KiB of workgroup memory.
+const SMALL_GROUP: usize = 64;
+/// Entries per workgroup of taylor_part (structured.wgsl's CHUNK).
+const CHUNK: usize = 4096;
+/// Rows per workgroup of group_sumsq, and the GEMM's output tile.
+const SUMSQ_ROWS: usize = 256;
+const TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    src_base: u32,
+    src_ld: u32,
+    dst_base: u32,
+    dst_ld: u32,
+    ridx_on: u32,
+    cidx_on: u32,
+    r_off: u32,
+    c_off: u32,
+    aux1_base: u32,
+    aux2_base: u32,
+    kind: u32,
+    axis: u32,
+    width: u32,
+    seg_lo: u32,
+    nseg: u32,
+    chunks: u32,
+    part_off: u32,
+    part_ld: u32,
+    has_g: u32,
+    has_f: u32,
+    gscale: f32,
+    fscale: f32,
+    scale: f32,
+    count: u32,
+}
+
+/// The storage bindings of structured.wgsl, unused where `None`.
+#[derive(Default)]
+struct Bind<'a> {
+    src: Option<Win<'a>>,
+    dst: Option<Win<'a>>,
+    ridx: Option<Win<'a>>,
+    cidx: Option<Win<'a>>,
+    aux1: Option<Win<'a>>,
+    aux2: Option<Win<'a>>,
+    part: Option<Win<'a>>,
+    stat: Option<Win<'a>>,
+}
+
+impl<'a> Bind<'a> {
+    fn slots(&self) -> [Slot<'a>; 8] {
+        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
+        [
+            s(self.src),
+            s(self.dst),
+            s(self.ridx),
+            s(self.cidx),
+            s(self.aux1),
+            s(self.aux2),
+            s(self.part),
+            s(self.stat),
+        ]
+    }
+}
+
+/// Which rows or columns a gather takes.
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    /// `len` consecutive indices from `start`.
+    Range { start: usize, len: usize },
+    /// A sorted list, on the host (to plan windows) and on the device.
+    List(&'a [usize], &'a wgpu::Buffer),
+}
+
+impl<'a> Pick<'a> {
+    fn all(len: usize) -> Self {
+        Pick::Range { start: 0, len }
+    }
+
+    /// A kept-index list where there is one, else all `len`.
+    fn kept(idx: Option<&'a [usize]>, buf: Option<&'a wgpu::Buffer>, len: usize) -> Self {
+        match (idx, buf) {
+            (Some(v), Some(buf)) => Pick::List(v, buf),
+            _ => Pick::all(len),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match *self {
+            Pick::Range { len, .. } => len,
+            Pick::List(v, _) => v.len(),
+        }
+    }
+
+    /// The positions [p0, p1) of the picks whose index lies in [lo, hi).
+    fn within(&self, lo: usize, hi: usize) -> (usize, usize) {
+        match *self {
+            Pick::Range { start, len } => {
+                let end = start + len;
+                (lo.clamp(start, end) - start, hi.clamp(start, end) - start)
+            }
+            Pick::List(v, _) => (
+                v.partition_point(|&i| i < lo),
+                v.partition_point(|&i| i < hi),
+            ),
+        }
+    }
+}
+
+fn shape(t: &WgpuTensor) -> (usize, usize) {
+    (t.rows, t.cols)
+}
+
+fn taylor_kind(k: TaylorKind) -> u32 {
+    match k {
+        TaylorKind::Taylor1 => 0,
+        TaylorKind::Taylor2 => 1,
+        TaylorKind::TaylorMix => 2,
+    }
+}
+
+impl Ctx {
+    fn structured(
+        &self,
+        b: &mut Batch<'_>,
+        entry: &'static str,
+        p: &Params,
+        bind: Bind<'_>,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        b.dispatch(
+            Module::Structured,
+            entry,
+            bytemuck::bytes_of(p),
+            &bind.slots(),
+            groups,
+        )
+    }
+
+    fn max_groups(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// An index list as u32 words on the device (the checks keep every index below 2³²).
+    fn index_list(&self, idx: &[usize]) -> Result<wgpu::Buffer> {
+        let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        self.upload_words("index list", &words)
+    }
+
+    fn pick_win<'a>(&self, p: &Pick<'a>) -> Result<Option<Win<'a>>> {
+        match *p {
+            Pick::Range { .. } => Ok(None),
+            Pick::List(v, buf) => Ok(Some(self.whole(buf, v.len())?)),
+        }
+    }
+
+    /// Records dst = src[rows, cols] for a `src_shape` source (dst is rows.len() x
+    /// cols.len()): per window of source rows, the output rows they feed, in windows of
+    /// their own.
+    fn record_gather(
+        &self,
+        b: &mut Batch<'_>,
+        src: &wgpu::Buffer,
+        (src_rows, src_cols): (usize, usize),
+        rows: Pick<'_>,
+        cols: Pick<'_>,
+        dst: &wgpu::Buffer,
+    ) -> Result<()> {
+        let nc = cols.len();
+        if rows.len() == 0 || nc == 0 {
+            return Ok(());
+        }
+        let (ridx, cidx) = (self.pick_win(&rows)?, self.pick_win(&cols)?);
+        let offset = |p: &Pick<'_>| match *p {
+            Pick::Range { start, .. } => start as u32,
+            Pick::List(..) => 0,
+        };
+        let max_rows = self.max_groups() as usize * 4;
+        for (s0, s1) in self.row_slabs(src_rows, src_cols, 1, usize::MAX)? {
+            let (p0, p1) = rows.within(s0, s1);
+            if p0 == p1 {
+                continue;
+            }
+            let sw = self.rows_win(src, src_cols, s0, s1)?;
+            for (d0, d1) in self.row_slabs(p1 - p0, nc, 1, max_rows)? {
+                let (d0, d1) = (p0 + d0, p0 + d1);
+                let dw = self.rows_win(dst, nc, d0, d1)?;
+                let p = Params {
+                    rows: (d1 - d0) as u32,
+                    cols: nc as u32,
+                    row0: d0 as u32,
+                    src_base: sw.base(0),
+                    src_ld: src_cols as u32,
+                    dst_base: dw.base(0),
+                    dst_ld: nc as u32,
+                    ridx_on: ridx.is_some() as u32,
+                    cidx_on: cidx.is_some() as u32,
+                    r_off: offset(&rows),
+                    c_off: offset(&cols),
+                    ..Default::default()
+                };
+                let bind = Bind {
+                    src: Some(sw),
+                    dst: Some(dw),
+                    ridx,
+                    cidx,
+                    ..Default::default()
+                };
+                let g = [nc.div_ceil(64) as u32, (d1 - d0).div_ceil(4) as u32, 1];
+                self.structured(b, "gather", &p, bind, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records M[:, idx] = 0 for the `shape` matrix M (idx on the device, `k` entries).
+    fn record_zero_cols(
+        &self,
+        b: &mut Batch<'_>,
+        m: &wgpu::Buffer,
+        (rows, cols): (usize, usize),
+        idx: &wgpu::Buffer,
+        k: usize,
+    ) -> Result<()> {
+        let cw = self.whole(idx, k)?;
+        let max_rows = self.max_groups() as usize * 4;
+        for (r0, r1) in self.row_slabs(rows, cols, 1, max_rows)? {
+            if r0 == r1 {
+                continue;
+            }
+            let mw = self.rows_win(m, cols, r0, r1)?;
+            let p = Params {
+                rows: (r1 - r0) as u32,
+                cols: k as u32,
+                row0: r0 as u32,
+                dst_base: mw.base(0),
+                dst_ld: cols as u32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                dst: Some(mw),
+                cidx: Some(cw),
+                ..Default::default()
+            };
+            let g = [k.div_ceil(64) as u32, (r1 - r0).div_ceil(4) as u32, 1];
+            self.structured(b, "zero_cols", &p, bind, g)?;
+        }
+        Ok(())
+    }
+
+    /// Records M[idx, :] = 0 for the `shape` matrix M (idx sorted, also on the device).
+    fn record_zero_rows(
+        &self,
+        b: &mut Batch<'_>,
+        m: &wgpu::Buffer,
+        (rows, cols): (usize, usize),
+        idx: &[usize],
+        buf: &wgpu::Buffer,
+    ) -> Result<()> {
+        let rw = self.whole(buf, idx.len())?;
+        let pick = Pick::List(idx, buf);
+        for (r0, r1) in self.row_slabs(rows, cols, 1, usize::MAX)? {
+            let (p0, p1) = pick.within(r0, r1);
+            if p0 == p1 {
+                continue;
+            }
+            let mw = self.rows_win(m, cols, r0, r1)?;
+            let p = Params {
+                rows: (p1 - p0) as u32,
+                cols: cols as u32,
+                row0: p0 as u32,
+                dst_base: mw.base(0),
+                dst_ld: cols as u32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                dst: Some(mw),
+                ridx: Some(rw),
+                ..Default::default()
+            };
+            let g = [cols.div_ceil(64) as u32, (p1 - p0).div_ceil(4) as u32, 1];
+            self.structured(b, "zero_rows", &p, bind, g)?;
+        }
+        Ok(())
+    }
+
+    /// Records out[s] = scale · Σ_c part(s, c) for the `nseg` x `count` partials in `part`,
+    /// in windows of its rows.
+    fn record_seg_reduce(
+        &self,
+        b: &mut Batch<'_>,
+        part: &wgpu::Buffer,
+        nseg: usize,
+        count: usize,
+        out: Win<'_>,
+        scale: f32,
+    ) -> Result<()> {
+        for (p0, p1) in self.row_slabs(nseg, count.max(1), 1, usize::MAX)? {
+            let pw = self.rows_win(part, count.max(1), p0, p1)?;
+            let p = Params {
+                seg_lo: p0 as u32,
+                nseg: (p1 - p0) as u32,
+                part_off: pw.base(0),
+                part_ld: count as u32,
+                count: count as u32,
+                scale,
+                dst_base: out.base(0),
+                ..Default::default()
+            };
+            let bind = Bind {
+                dst: Some(out),
+                part: Some(pw),
+                ..Default::default()
+            };
+            let g = grid((p1 - p0) as u64, self.max_groups());
+            self.structured(b, "seg_reduce", &p, bind, g)?;
+        }
+        Ok(())
+    }
+
+    /// §11: A ← A + dYᵀX. The plain sum is linear in the tokens, so (unlike §2's squared
+    /// epilogue) a batch too large for one binding just adds its token windows one by one.
+    pub(crate) fn grad_sum_fused(
+        &self,
+        acc: &mut WgpuTensor,
+        dy: &WgpuTensor,
+        x: &WgpuTensor,
+    ) -> Result<()> {
+        check::fused_grad(shape(acc), shape(dy), shape(x))?;
+        let (t, rows, cols) = (x.rows, dy.cols, x.cols);
+        if t == 0 {
+            return Ok(());
+        }
+        let t_slabs = self.row_slabs(t, rows.max(cols), 1, usize::MAX)?;
+        let mut b = self.batch();
+        for (r0, r1) in self.row_slabs(rows, cols, 1, usize::MAX)? {
+            let cw = self.rows_win(&acc.buf, cols, r0, r1)?;
+            for &(t0, t1) in &t_slabs {
+                let dyw = self.rows_win(&dy.buf, rows, t0, t1)?;
+                let xw = self.rows_win(&x.buf, cols, t0, t1)?;
+                let mut g = Gemm::new(
+                    "gemm_update",
+                    (r0, r1),
+                    (0, cols),
+                    (t0, t1),
+                    Operand::new(dyw, 0, rows).t(),
+                    Operand::new(xw, 0, cols),
+                )
+                .named("grad_sum_fused");
+                g.c = Some(Operand::new(cw, 0, cols));
+                g.beta = 1.0;
+                g.record(&mut b)?;
+            }
+        }
+        b.submit()
+    }
+
+    /// §11: Hinv = UᵀU from §6's factor, a GEMM per window of output rows summed over
+    /// windows of U's rows. Every entry and its mirror sum the same products in the same
+    /// order, so the result is exactly symmetric, as the reference's.
+    pub(crate) fn hinv_explicit(
+        &self,
+        h: &WgpuTensor,
+        percdamp: f64,
+    ) -> Result<HinvExplicit<WgpuTensor>> {
+        let f = self.hinv_factor(h, percdamp)?;
+        let n = h.cols;
+        let hinv = self.tensor("inverse Hessian", n, n)?;
+        if n > 0 {
+            let slabs = self.row_slabs(n, n, 1, usize::MAX)?;
+            let mut b = self.batch();
+            for &(r0, r1) in &slabs {
+                let cw = self.rows_win(&hinv.buf, n, r0, r1)?;
+                // U is upper triangular: its rows from r1 on add only zeros to rows below r1.
+                for (ki, &(k0, k1)) in slabs.iter().take_while(|s| s.0 < r1).enumerate() {
+                    let uw = self.rows_win(&f.u.buf, n, k0, k1)?;
+                    let mut g = Gemm::new(
+                        "gemm_update",
+                        (r0, r1),
+                        (0, n),
+                        (k0, k1),
+                        Operand::new(uw, 0, n).t(),
+                        Operand::new(uw, 0, n),
+                    )
+                    .named("hinv_explicit");
+                    g.c = Some(Operand::new(cw, 0, n));
+                    g.beta = if ki == 0 { 0.0 } else { 1.0 };
+                    g.record(&mut b)?;
+                }
+            }
+            b.submit()?;
+        }
+        Ok(HinvExplicit {
+            hinv,
+            dead: f.dead,
+            damp: f.damp,
+        })
+    }
+
+    /// §11 `obs` saliency of the listed groups of `width` consumer columns.
+    pub(crate) fn obs_saliency(
+        &self,
+        w: &WgpuTensor,
+        hinv: &WgpuTensor,
+        width: usize,
+        groups: &[usize],
+    ) -> Result<WgpuTensor> {
+        check::obs_saliency(shape(w), shape(hinv), width, groups)?;
+        let out = self.tensor("OBS saliency", 1, groups.len())?;
+        if groups.is_empty() {
+            return Ok(out);
+        }
+        if width <= SMALL_GROUP {
+            self.saliency_narrow(w, hinv, width, groups, &out)?;
+        } else {
+            self.saliency_wide(w, hinv, width, groups, &out)?;
+        }
+        Ok(out)
+    }
+
+    /// Groups of at most 64 columns: group_factor writes every group's L⁻¹ at once, then
+    /// group_sumsq squares W[r,S]·L⁻ᵀ a row per thread (no GEMM tile would be filled).
+    fn saliency_narrow(
+        &self,
+        w: &WgpuTensor,
+        hinv: &WgpuTensor,
+        k: usize,
+        groups: &[usize],
+        out: &WgpuTensor,
+    ) -> Result<()> {
+        let (rows, n, ng) = (w.rows, w.cols, groups.len());
+        let gbuf = self.index_list(groups)?;
+        let linv = self.scratch("group factors", ng * k * k)?;
+        let stat = self.upload_words("factor status", &[u32::MAX])?;
+        let (gw, lw, sw) = (
+            self.whole(&gbuf, ng)?,
+            self.whole(&linv, ng * k * k)?,
+            self.whole(&stat, 1)?,
+        );
+        let mut b = self.batch();
+        // Windows of whole groups of rows, so that no block straddles two.
+        for (r0, r1) in self.row_slabs(n, n, k, usize::MAX)? {
+            let hw = self.rows_win(&hinv.buf, n, r0, r1)?;
+            let p = Params {
+                rows: (r1 - r0) as u32,
+                cols: k as u32,
+                row0: r0 as u32,
+                src_base: hw.base(0),
+                src_ld: n as u32,
+                nseg: ng as u32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                src: Some(hw),
+                dst: Some(lw),
+                ridx: Some(gw),
+                stat: Some(sw),
+                ..Default::default()
+            };
+            self.structured(
+                &mut b,
+                "group_factor",
+                &p,
+                bind,
+                grid(ng as u64, self.max_groups()),
+            )?;
+        }
+        let wslabs = self.row_slabs(rows, n, 1, usize::MAX)?;
+        let total: usize = wslabs
+            .iter()
+            .map(|s| (s.1 - s.0).div_ceil(SUMSQ_ROWS))
+            .sum();
+        let part = self.scratch("saliency partials", ng * total.max(1))?;
+        let mut off = 0;
+        for &(r0, r1) in &wslabs {
+            let blocks = (r1 - r0).div_ceil(SUMSQ_ROWS);
+            if blocks == 0 {
+                continue;
+            }
+            let ww = self.rows_win(&w.buf, n, r0, r1)?;
+            for (p0, p1) in self.row_slabs(ng, total, 1, usize::MAX)? {
+                let pw = self.rows_win(&part, total, p0, p1)?;
+                let p = Params {
+                    rows: (r1 - r0) as u32,
+                    cols: k as u32,
+                    row0: r0 as u32,
+                    src_base: ww.base(0),
+                    src_ld: n as u32,
+                    aux1_base: lw.base(0),
+                    seg_lo: p0 as u32,
+                    nseg: (p1 - p0) as u32,
+                    chunks: blocks as u32,
+                    part_off: pw.base(off as u64),
+                    part_ld: total as u32,
+                    ..Default::default()
+                };
+                let bind = Bind {
+                    src: Some(ww),
+                    ridx: Some(gw),
+                    aux1: Some(lw),
+                    part: Some(pw),
+                    ..Default::default()
+                };
+                let g = grid(((p1 - p0) * blocks) as u64, self.max_groups());
+                self.structured(&mut b, "group_sumsq", &p, bind, g)?;
+            }
+            off += blocks;
+        }
+        let ow = self.whole(&out.buf, ng)?;
+        self.record_seg_reduce(&mut b, &part, ng, total, ow, 0.5)?;
+        b.submit()?;
+        let failed = self.read_words(&stat, 1)?[0];
+        if failed != u32::MAX {
+            return Err(KernelError::NotPositiveDefinite {
+                column: failed as usize % k,
+            });
+        }
+        Ok(())
+    }
+
+    /// Wider groups: per group the blocked §6 factorisation of the gathered Hinv[S,S] and
+    /// one GEMM for Q = W[:,S]·Uᵀ whose epilogue keeps only partial sums of Q².
+    fn saliency_wide(
+        &self,
+        w: &WgpuTensor,
+        hinv: &WgpuTensor,
+        k: usize,
+        groups: &[usize],
+        out: &WgpuTensor,
+    ) -> Result<()> {
+        let (rows, n, ng) = (w.rows, w.cols, groups.len());
+        let wslabs = self.row_slabs(rows, n, 1, usize::MAX)?;
+        let tiles: Vec<usize> = wslabs
+            .iter()
+            .map(|s| (s.1 - s.0).div_ceil(TILE) * k.div_ceil(TILE))
+            .collect();
+        let total: usize = tiles.iter().sum();
+        let part = self.scratch("saliency partials", ng * total.max(1))?;
+        let pslabs = self.row_slabs(ng, total.max(1), 1, usize::MAX)?;
+        let mut runs = Vec::with_capacity(ng);
+        let mut b = self.batch();
+        for (gi, &g) in groups.iter().enumerate() {
+            let block = self.tensor("inverse-Hessian block", k, k)?;
+            let s = Pick::Range {
+                start: g * k,
+                len: k,
+            };
+            self.record_gather(&mut b, &hinv.buf, (n, n), s, s, &block.buf)?;
+            let run = self.record_factor(&mut b, &block, 0.0, true)?;
+            let &(p0, p1) = pslabs
+                .iter()
+                .find(|s| s.0 <= gi && gi < s.1)
+                .expect("the slabs cover every group");
+            let pw = self.rows_win(&part, total.max(1), p0, p1)?;
+            let uw = self.whole(&run.u.buf, k * k)?;
+            let mut off = gi * total;
+            for (&(r0, r1), &t) in wslabs.iter().zip(&tiles) {
+                let ww = self.rows_win(&w.buf, n, r0, r1)?;
+                let mut gm = Gemm::new(
+                    "gemm_sumsq",
+                    (r0, r1),
+                    (0, k),
+                    (0, k),
+                    Operand::new(ww, (g * k) as u64, n),
+                    Operand::new(uw, 0, k).t(),
+                )
+                .named("obs_saliency");
+                // B(kk, j) = U(j, kk) is 0 for kk < j.
+                gm.flags = F_B_LOWER;
+                gm.part = Some((pw, pw.base(off as u64)));
+                gm.record(&mut b)?;
+                off += t;
+            }
+            runs.push(run);
+        }
+        let ow = self.whole(&out.buf, ng)?;
+        self.record_seg_reduce(&mut b, &part, ng, total, ow, 0.5)?;
+        b.submit()?;
+        for run in &runs {
+            run.status(self)?.check(k)?;
+        }
+        Ok(())
+    }
+
+    /// §11 Taylor saliency: per window of W's rows, a partial sum per (segment, chunk of its
+    /// entries in the window), then one sum per segment.
+    pub(crate) fn taylor_saliency(&self, inp: TaylorInputs<'_, WgpuTensor>) -> Result<WgpuTensor> {
+        let nseg = check::taylor(&inp, shape)?;
+        let (rows, cols) = shape(inp.w);
+        let width = inp.width;
+        let out = self.tensor("Taylor saliency", 1, nseg)?;
+        if nseg == 0 {
+            return Ok(out);
+        }
+        // Only the statistics the kind reads are bound (the reference ignores the others).
+        let g = inp.grad_sum.filter(|_| inp.kind.needs_mean_grad());
+        let f = inp.grad_sq.filter(|_| inp.kind.needs_fisher());
+        let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
+        // Per window: its segments [k0, k1), chunks per segment, first partial column.
+        let mut plan = Vec::with_capacity(slabs.len());
+        let mut total = 0;
+        for &(r0, r1) in &slabs {
+            let (k0, k1, most) = match inp.axis {
+                SegmentAxis::Rows => (r0 / width, r1.div_ceil(width), width.min(r1 - r0) * cols),
+                SegmentAxis::Cols => (0, nseg, (r1 - r0) * width),
+            };
+            let chunks = most.div_ceil(CHUNK).max(1);
+            plan.push((r0, r1, k0, k1, chunks, total));
+            total += chunks;
+        }
+        // Rows segments leave the partials of the windows they miss unwritten: zeros.
+        let part = self.scratch("Taylor partials", nseg * total)?;
+        let pslabs = self.row_slabs(nseg, total, 1, usize::MAX)?;
+        let mut b = self.batch();
+        b.clear(&part);
+        for &(r0, r1, k0, k1, chunks, off) in &plan {
+            let ww = self.rows_win(&inp.w.buf, cols, r0, r1)?;
+            let gw = g.map(|t| self.rows_win(&t.buf, cols, r0, r1)).transpose()?;
+            let fw = f.map(|t| self.rows_win(&t.buf, cols, r0, r1)).transpose()?;
+            for &(p0, p1) in &pslabs {
+                let (s0, s1) = (k0.max(p0), k1.min(p1));
+                if s0 >= s1 {
+                    continue;
+                }
+                let pw = self.rows_win(&part, total, p0, p1)?;
+                let p = Params {
+                    rows: (r1 - r0) as u32,
+                    row0: r0 as u32,
+                    src_base: ww.base(0),
+                    src_ld: cols as u32,
+                    aux1_base: gw.map_or(0, |w| w.base(0)),
+                    aux2_base: fw.map_or(0, |w| w.base(0)),
+                    kind: taylor_kind(inp.kind),
+                    axis: (inp.axis == SegmentAxis::Cols) as u32,
+                    width: width as u32,
+                    seg_lo: s0 as u32,
+                    nseg: (s1 - s0) as u32,
+                    chunks: chunks as u32,
+                    part_off: pw.base(off as u64),
+                    part_ld: total as u32,
+                    has_g: gw.is_some() as u32,
+                    has_f: fw.is_some() as u32,
+                    gscale: inp.grad_scale as f32,
+                    fscale: inp.fisher_scale as f32,
+                    ..Default::default()
+                };
+                let bind = Bind {
+                    src: Some(ww),
+                    aux1: gw,
+                    aux2: fw,
+                    part: Some(pw),
+                    ..Default::default()
+                };
+                let wgs = grid(((s1 - s0) * chunks) as u64, self.max_groups());
+                self.structured(&mut b, "taylor_part", &p, bind, wgs)?;
+            }
+        }
+        let ow = self.whole(&out.buf, nseg)?;
+        self.record_seg_reduce(&mut b, &part, nseg, total, ow, 1.0)?;
+        b.submit()?;
+        Ok(out)
+    }
+
+    /// §11 compensation for the removed columns S. The factor runs (and is checked) first,
+    /// so W and Hinv stay as they were when Hinv[S,S] is not positive definite.
+    pub(crate) fn structured_update(
+        &self,
+        w: &mut WgpuTensor,
+        hinv: &mut WgpuTensor,
+        removed: &[usize],
+    ) -> Result<f64> {
+        check::structured_update(shape(w), shape(hinv), removed)?;
+        let (rows, n, k) = (w.rows, w.cols, removed.len());
+        let sbuf = self.index_list(removed)?;
+        let s = Pick::List(removed, &sbuf);
+        let block = self.tensor("inverse-Hessian block", k, k)?;
+        let mut b = self.batch();
+        self.record_gather(&mut b, &hinv.buf, (n, n), s, s, &block.buf)?;
+        let run = self.record_factor(&mut b, &block, 0.0, true)?;
+        b.submit()?;
+        run.status(self)?.check(k)?;
+
+        let ws = self.scratch("removed weight columns", rows * k)?;
+        let hs = self.scratch("removed inverse-Hessian rows", k * n)?;
+        let y = self.scratch("Y = U·Hinv[S,:]", k * n)?;
+        let q = self.scratch("Q = W[:,S]·Uᵀ", rows * k)?;
+        let (uw, hsw, yw) = (
+            self.whole(&run.u.buf, k * k)?,
+            self.whole(&hs, k * n)?,
+            self.whole(&y, k * n)?,
+        );
+        let mut b = self.batch();
+        self.record_gather(&mut b, &w.buf, (rows, n), Pick::all(rows), s, &ws)?;
+        self.record_gather(&mut b, &hinv.buf, (n, n), s, Pick::all(n), &hs)?;
+        let mut g = Gemm::new(
+            "gemm_update",
+            (0, k),
+            (0, n),
+            (0, k),
+            Operand::new(uw, 0, k),
+            Operand::new(hsw, 0, n),
+        )
+        .named("structured_y");
+        g.c = Some(Operand::new(yw, 0, n));
+        g.record(&mut b)?;
+
+        // Q in the row windows of W (Q's rows are shorter, so they fit where W's do), and the
+        // loss from the same pass.
+        let wslabs = self.row_slabs(rows, n, 1, usize::MAX)?;
+        let tiles: usize = wslabs
+            .iter()
+            .map(|s| (s.1 - s.0).div_ceil(TILE) * k.div_ceil(TILE))
+            .sum();
+        let part = self.scratch("loss partials", tiles.max(1))?;
+        let loss = self.scratch("loss", 1)?;
+        let pw = self.whole(&part, tiles.max(1))?;
+        let mut off = 0;
+        for &(r0, r1) in &wslabs {
+            let wsw = self.rows_win(&ws, k, r0, r1)?;
+            let qw = self.rows_win(&q, k, r0, r1)?;
+            let mut g = Gemm::new(
+                "gemm_sumsq",
+                (r0, r1),
+                (0, k),
+                (0, k),
+                Operand::new(wsw, 0, k),
+                Operand::new(uw, 0, k).t(),
+            )
+            .named("structured_q");
+            g.flags = F_B_LOWER | F_STORE;
+            g.c = Some(Operand::new(qw, 0, k));
+            g.part = Some((pw, off as u32));
+            off += g.tiles().0 as usize * g.tiles().1 as usize;
+            g.record(&mut b)?;
+        }
+        let lw = self.whole(&loss, 1)?;
+        self.record_seg_reduce(&mut b, &part, 1, tiles, lw, 0.5)?;
+
+        // W ← W − Q·Y and Hinv ← Hinv − YᵀY, window by window of their rows.
+        for &(r0, r1) in &wslabs {
+            let ww = self.rows_win(&w.buf, n, r0, r1)?;
+            let qw = self.rows_win(&q, k, r0, r1)?;
+            let mut g = Gemm::new(
+                "gemm_update",
+                (r0, r1),
+                (0, n),
+                (0, k),
+                Operand::new(qw, 0, k),
+                Operand::new(yw, 0, n),
+            )
+            .named("structured_w");
+            g.c = Some(Operand::new(ww, 0, n));
+            g.alpha = -1.0;
+            g.beta = 1.0;
+            g.record(&mut b)?;
+        }
+        for (r0, r1) in self.row_slabs(n, n, 1, usize::MAX)? {
+            let hw = self.rows_win(&hinv.buf, n, r0, r1)?;
+            let mut g = Gemm::new(
+                "gemm_update",
+                (r0, r1),
+                (0, n),
+                (0, k),
+                Operand::new(yw, 0, n).t(),
+                Operand::new(yw, 0, n),
+            )
+            .named("structured_hinv");
+            g.c = Some(Operand::new(hw, 0, n));
+            g.alpha = -1.0;
+            g.beta = 1.0;
+            g.record(&mut b)?;
+        }
+        // What the algebra makes zero is zero, not a rounding residue.
+        self.record_zero_cols(&mut b, &w.buf, (rows, n), &sbuf, k)?;
+        self.record_zero_cols(&mut b, &hinv.buf, (n, n), &sbuf, k)?;
+        self.record_zero_rows(&mut b, &hinv.buf, (n, n), removed, &sbuf)?;
+        b.submit()?;
+        Ok(f32::from_bits(self.read_words(&loss, 1)?[0]) as f64)
+    }
+
+    /// §11 compaction: a gather of the kept rows and columns.
+    pub(crate) fn compact(
+        &self,
+        w: &WgpuTensor,
+        rows: Option<&[usize]>,
+        cols: Option<&[usize]>,
+    ) -> Result<WgpuTensor> {
+        let (nr, nc) = check::compact(shape(w), rows, cols)?;
+        let out = self.tensor("compacted weight", nr, nc)?;
+        let rbuf = rows.map(|r| self.index_list(r)).transpose()?;
+        let cbuf = cols.map(|c| self.index_list(c)).transpose()?;
+        let mut b = self.batch();
+        self.record_gather(
+            &mut b,
+            &w.buf,
+            shape(w),
+            Pick::kept(rows, rbuf.as_ref(), w.rows),
+            Pick::kept(cols, cbuf.as_ref(), w.cols),
+            &out.buf,
+        )?;
+        b.submit()?;
+        Ok(out)
+    }
+}
