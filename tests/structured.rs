@@ -505,3 +505,112 @@ fn bad_structured_input_is_refused_and_nothing_is_written() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     refused(&args, "needs output gradients", dir.path());
 }
+
+/// The done-when of the structured issue: the default layer at 0.3 on both GPU backends (on
+/// lavapipe where there is no GPU) keeps what the reference keeps, with the same sizes and
+/// errors within the layer tolerance.
+#[test]
+fn both_gpu_backends_prune_the_default_layer_as_the_reference_does() {
+    let run = |backend: &str| {
+        json(&prunebench(&[
+            "prune",
+            "--backend",
+            backend,
+            "--method",
+            "structured",
+            "--sparsity",
+            "0.3",
+            "--json",
+        ]))
+    };
+    let want = run("cpu");
+    for backend in ["wgpu", "cubecl-wgpu"] {
+        let got = run(backend);
+        assert_eq!(
+            got["structured"]["config"], want["structured"]["config"],
+            "{backend}: kept sets"
+        );
+        for (g, w) in got["linears"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want["linears"].as_array().unwrap())
+        {
+            let (a, b) = (
+                g["recon_error"].as_f64().unwrap(),
+                w["recon_error"].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= prunebench_harness::verify::LAYER_RECON_REL_SPARSEGPT * b,
+                "{backend} {}: {a} vs {b}",
+                g["name"]
+            );
+        }
+        let (a, b) = (
+            got["structured"]["obs_loss"].as_f64().unwrap(),
+            want["structured"]["obs_loss"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-2 * b, "{backend}: OBS loss {a} vs {b}");
+    }
+}
+
+#[test]
+fn a_refit_after_structured_pruning_lowers_the_block_errors_and_keeps_the_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("layer.safetensors");
+    let r = json(&prunebench(&[
+        "prune",
+        "--backend",
+        "cpu",
+        "--samples",
+        "4",
+        "--tokens",
+        "64",
+        "--method",
+        "structured",
+        "--structure",
+        "ffn=0.3,attn=0.25",
+        "--refit",
+        "norm,masklora:8",
+        "--refit-steps",
+        "30",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    for l in r["linears"].as_array().unwrap() {
+        let f = &l["refit"];
+        let (before, after) = (
+            f["error_before"].as_f64().unwrap(),
+            f["error_after"].as_f64().unwrap(),
+        );
+        // A producer's error is all in its removed rows, which no re-fit of the kept ones can
+        // touch (each row's output is its own); the consumers' kept columns do compensate.
+        let consumer = l["name"] == "o_proj" || l["name"] == "down_proj";
+        assert!(
+            after < before || (!consumer && after <= before * (1.0 + 1e-9)),
+            "{}: {before} -> {after}",
+            l["name"]
+        );
+    }
+    let c = &r["structured"]["config"];
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f = c["intermediate_size"].as_u64().unwrap() as usize;
+    let heads = c["num_attention_heads"].as_u64().unwrap() as usize;
+    assert_eq!(
+        st.tensor("model.layers.0.mlp.up_proj.weight")
+            .unwrap()
+            .shape(),
+        &[f, 256]
+    );
+    assert_eq!(
+        st.tensor("model.layers.0.self_attn.o_proj.weight")
+            .unwrap()
+            .shape(),
+        &[256, heads * 32]
+    );
+    assert!(st
+        .tensor("model.layers.0.post_attention_layernorm.weight")
+        .is_ok());
+}

@@ -103,6 +103,17 @@ macro_rules! conformance {
                 check(&["RECON_ERROR"]);
             }
             #[test]
+            fn structured() {
+                check(&[
+                    "GRAD_SUM",
+                    "HINV_EXPLICIT",
+                    "OBS_SALIENCY",
+                    "TAYLOR_SALIENCY",
+                    "STRUCTURED_UPDATE",
+                    "COMPACT",
+                ]);
+            }
+            #[test]
             fn ceiling_probes() {
                 check_probes(&$make);
             }

@@ -251,10 +251,13 @@ fn print_table(r: &LayerReport) {
     if let Some(s) = &r.structured {
         let c = &s.config;
         println!(
-            "structured ({} saliency, compensate {:?}): removed {} of {} parameters ({:.2}%): \
+            "structured ({} saliency, compensate {}): removed {} of {} parameters ({:.2}%): \
              intermediate {} -> {}, heads {} -> {}, KV heads {} -> {}{}",
             s.saliency,
-            s.compensate,
+            match s.compensate {
+                prunebench_harness::Compensate::Obs => "obs",
+                prunebench_harness::Compensate::None => "none",
+            },
             s.parameters_removed,
             s.parameters_total,
             100.0 * s.fraction_removed,

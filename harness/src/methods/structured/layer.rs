@@ -4,7 +4,7 @@
 
 use prunebench_kernels::ops::GBLM_GRAD_SCALE;
 use prunebench_kernels::{Backend, Mask, Matrix, TaylorInputs};
-use prunebench_models::config::LinearSpec;
+use prunebench_models::config::{InputGroup, LinearSpec};
 use prunebench_models::LayerWeights;
 
 use crate::error::{Context, HarnessError, Result};
@@ -16,6 +16,7 @@ use crate::prune::stats::{self, GradStat, GroupStats};
 use crate::prune::{
     Calibration, GroupReport, LayerReport, LayerRun, LinearReport, Progress, PruneConfig, Purpose,
 };
+use crate::refit::{refit_group, GroupRefit, Member};
 
 use super::config::{Compensate, Saliency, StructuredConfig};
 use super::geometry::{complement, Geometry, Kind};
@@ -117,13 +118,7 @@ fn check(
             ));
         }
     }
-    if !cfg.refit.items.is_empty() {
-        return Err(HarnessError::Config(
-            "--refit after --method structured is not available yet: the compacted layer is \
-             written without a re-fit"
-                .into(),
-        ));
-    }
+    cfg.refit.check(layer)?;
     Ok(())
 }
 
@@ -409,22 +404,28 @@ pub(crate) fn prune_layer<B: Backend>(
     let mut linear_reports = Vec::new();
     let mut group_reports = Vec::new();
     let (mut pruned_out, mut masks, mut compacted) = (Vec::new(), Vec::new(), Vec::new());
+    let mut group_refits: Vec<(InputGroup, GroupRefit)> = Vec::new();
+    let mut norms_out = Vec::new();
     for block in [&mut attn, &mut ffn] {
-        let cuts = cut_block(b, &cx, &geom, block)?;
-        for cut in cuts {
+        let mut cuts = cut_block(b, &cx, &geom, block)?;
+        let mut all_stages: Vec<Stages> = cuts.iter().map(|_| Stages::default()).collect();
+        let refits = refit_cuts(b, &cx, layer, &mut cuts, &mut all_stages, calib)?;
+        for (cut, stages) in cuts.into_iter().zip(all_stages) {
             let l = cut.spec;
+            let refit = refits.iter().find(|(g, _)| *g == l.input).map(|(_, r)| r);
             let linear = LinearOnDevice {
                 spec: l,
                 original: cut.original,
                 pruned: &cut.masked,
                 dtype: layer.dtype_of(l.name),
-                col_scale: None,
+                col_scale: refit.and_then(|r| r.col_scale.as_deref()),
             };
             let outcome = Pruned {
                 mask: cut.mask,
                 obs_loss: cut.obs_loss,
             };
-            let mut stages = Stages::default();
+            let mut stages = stages;
+            let linear_refit = refit.and_then(|r| r.linears.get(member_index(l)).cloned());
             let mut small = None;
             if keep {
                 stages
@@ -440,6 +441,7 @@ pub(crate) fn prune_layer<B: Backend>(
             }
             let done = evaluate_linear(b, &cx, linear, outcome, cut.h, stages, keep)?;
             let mut report: LinearReport = done.report;
+            report.refit = linear_refit;
             let shape = (
                 cut.kept_rows.as_ref().map_or(l.rows, Vec::len),
                 cut.kept_cols.as_ref().map_or(l.cols, Vec::len),
@@ -459,6 +461,16 @@ pub(crate) fn prune_layer<B: Backend>(
             }
             linear_reports.push(report);
             ticker.tick(&format!("{}: pruned", l.name));
+        }
+        for (g, r) in refits {
+            if let (Some(n), Some(orig)) = (&r.norm, layer.norm(g)) {
+                norms_out.push(prunebench_models::NormWeight {
+                    group: g,
+                    data: n.weights.clone(),
+                    dtype: orig.dtype,
+                });
+            }
+            group_refits.push((g, r));
         }
     }
     let attn_removed = attn.removed.clone();
@@ -482,8 +494,15 @@ pub(crate) fn prune_layer<B: Backend>(
                 ready: st.ready,
                 stages: st.stages.0,
                 dead_columns: dead,
-                norm_refit: None,
-                refit_skipped: Vec::new(),
+                norm_refit: group_refits
+                    .iter()
+                    .find(|(g, _)| *g == st.group)
+                    .and_then(|(_, r)| r.norm.clone()),
+                refit_skipped: group_refits
+                    .iter()
+                    .find(|(g, _)| *g == st.group)
+                    .map(|(_, r)| r.skipped.clone())
+                    .unwrap_or_default(),
             });
         }
     }
@@ -527,7 +546,7 @@ pub(crate) fn prune_layer<B: Backend>(
         report,
         pruned: pruned_out,
         masks,
-        norms: Vec::new(),
+        norms: norms_out,
         compacted,
     })
 }
@@ -654,4 +673,68 @@ fn structured_report(
         rounds_run,
         cut_margins: margins.into_iter().filter(|(_, m)| m.is_finite()).collect(),
     }
+}
+
+/// §12 after the removal (`--refit`): each input group's members re-fitted with the removed rows
+/// and columns as their mask, so nothing removed comes back and the compaction still holds.
+fn refit_cuts<B: Backend>(
+    b: &B,
+    cx: &LayerCx<'_>,
+    layer: &LayerWeights,
+    cuts: &mut [Cut<'_, B>],
+    stages: &mut [Stages],
+    calib: &Calibration<'_>,
+) -> Result<Vec<(InputGroup, GroupRefit)>> {
+    if cx.cfg.refit.items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let layer_parameters: usize = layer.linears.iter().map(|(l, _)| l.rows * l.cols).sum();
+    let mut groups: Vec<InputGroup> = Vec::new();
+    for c in cuts.iter() {
+        if !groups.contains(&c.spec.input) {
+            groups.push(c.spec.input);
+        }
+    }
+    let mut out = Vec::new();
+    for g in groups {
+        let h = cuts
+            .iter()
+            .find(|c| c.spec.input == g)
+            .map(|c| c.h)
+            .expect("a member");
+        let mut members: Vec<Member<'_, B>> = cuts
+            .iter_mut()
+            .zip(stages.iter_mut())
+            .filter(|(c, _)| c.spec.input == g)
+            .map(|(c, st)| Member {
+                spec: c.spec,
+                original: c.original,
+                pruned: &mut c.masked,
+                mask: &c.mask,
+                stages: st,
+            })
+            .collect();
+        let r = refit_group(
+            b,
+            cx,
+            g,
+            &mut members,
+            h,
+            layer.norm(g),
+            calib.source.tokens(),
+            layer_parameters,
+        )?;
+        out.push((g, r));
+    }
+    Ok(out)
+}
+
+/// The position of linear `l` among its group's members in a re-fit (members keep layer order).
+fn member_index(l: &LinearSpec) -> usize {
+    let order: &[&str] = match l.input {
+        InputGroup::AttnIn => &["q_proj", "k_proj", "v_proj"],
+        InputGroup::MlpIn => &["gate_proj", "up_proj"],
+        InputGroup::AttnOut | InputGroup::MlpAct => &[],
+    };
+    order.iter().position(|n| *n == l.name).unwrap_or(0)
 }
