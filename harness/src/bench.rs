@@ -319,8 +319,23 @@ pub fn bench_layer<B: Backend>(
         params.insert("refit".into(), items.join("+"));
         format!(",refit={}", items.join("+"))
     };
+    // Structured runs also differ by their budget and saliency.
+    let structured = if cfg.method == crate::method::Method::Structured {
+        let s = &cfg.structured;
+        let budget = match s.budget {
+            crate::methods::structured::Budget::Layer => "layer".to_string(),
+            crate::methods::structured::Budget::PerKind { ffn, attn } => {
+                format!("ffn={ffn}+attn={attn}")
+            }
+        };
+        params.insert("structure".into(), budget.clone());
+        params.insert("saliency".into(), s.saliency.name().into());
+        format!(",structure={budget},saliency={}", s.saliency.name())
+    } else {
+        String::new()
+    };
     let key = format!(
-        "LAYER(model={},method={},sparsity={},samples={samples},tokens={tokens},linears={linears}{refit})",
+        "LAYER(model={},method={},sparsity={},samples={samples},tokens={tokens},linears={linears}{structured}{refit})",
         layer.model.name, cfg.method, cfg.sparsity,
     );
     let mut prune_times = Vec::new();

@@ -205,10 +205,21 @@ impl SelectionArgs {
         for &method in methods {
             for &sparsity in sparsities {
                 let nm = matches!(sparsity, prunebench_kernels::Sparsity::NM { .. });
-                if method == prunebench_harness::Method::Structured && nm {
+                if method != prunebench_harness::Method::Structured {
+                    out.push(self.layer_config(method, sparsity)?);
                     continue;
                 }
+                if nm {
+                    continue;
+                }
+                // One budget, where the kinds compete (attention groups may keep everything),
+                // and the same fraction of each kind, so attention removal is always covered.
+                let p = sparsity.fraction();
                 out.push(self.layer_config(method, sparsity)?);
+                let mut per_kind = self.layer_config(method, sparsity)?;
+                per_kind.structured.budget =
+                    prunebench_harness::Budget::PerKind { ffn: p, attn: p };
+                out.push(per_kind);
             }
         }
         Ok(out)

@@ -110,8 +110,14 @@ fn print_case(r: &CaseReport) {
 }
 
 fn print_layer(v: &LayerVerification) {
+    let structure = match v.backend_report.structured.as_ref().map(|s| s.budget) {
+        Some(prunebench_harness::Budget::PerKind { ffn, attn }) => {
+            format!(" (ffn={ffn}, attn={attn})")
+        }
+        _ => String::new(),
+    };
     println!(
-        "layer {} {} {} at {}: {}",
+        "layer {} {} {} at {}{structure}: {}",
         v.backend_report.model,
         v.backend_report.layer,
         v.method,
@@ -133,6 +139,13 @@ fn print_layer(v: &LayerVerification) {
             l.recon_tolerance,
             if l.pass { "ok" } else { "FAIL" }
         );
+        if let Some(e) = l.compacted_nmse {
+            println!(
+                "  {:<10} compacted weight nmse {e:.2e} <= {:.0e}",
+                "",
+                prunebench_harness::verify::LAYER_COMPACT_NMSE
+            );
+        }
     }
 }
 
