@@ -2,6 +2,10 @@
 //! bf16 checkpoint pruned and written back, and every kind of bad input giving one clear
 //! message, a non-zero exit, no panic and no output file.
 
+mod common;
+
+use common::{json, prunebench};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -11,23 +15,6 @@ use prunebench_models::checkpoint::write_checkpoint;
 use prunebench_models::config::{lookup, ModelConfig};
 use prunebench_models::synthetic::synthetic_layer;
 use prunebench_models::{DType, LayerWeights};
-
-fn prunebench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prunebench"))
-        .args(args)
-        .output()
-        .expect("run prunebench")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
 
 /// A quick prune on the CPU reference: 2 samples of 8 tokens.
 const QUICK: [&str; 7] = [

@@ -2,20 +2,16 @@
 //! written weights keep the mask and the norms are written; bad re-fit arguments are refused
 //! with exit 2 and nothing written.
 
+mod common;
+
+use common::prunebench;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use prunebench_models::checkpoint::{write_checkpoint, Checkpoint};
 use prunebench_models::config::lookup;
 use prunebench_models::synthetic::synthetic_layer;
 use prunebench_models::{DType, InputGroup};
-
-fn prunebench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prunebench"))
-        .args(args)
-        .output()
-        .expect("run prunebench")
-}
 
 const QUICK: [&str; 9] = [
     "prune",

@@ -4,8 +4,11 @@
 //! alternatives on the synthetic layer, `--out` writes the compacted tensors and the config
 //! delta, and bad input is refused with exit 2 and nothing written.
 
+mod common;
+
+use common::{json, prunebench};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use prunebench_harness::{
     prune_layer, AttnUnit, Budget, Calibration, LayerRun, Method, PruneConfig, StructuredConfig,
@@ -14,23 +17,6 @@ use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::{Backend, Matrix, Sparsity};
 use prunebench_models::config::{lookup, InputGroup, ModelConfig};
 use prunebench_models::synthetic::{synthetic_layer, CalibrationSource, SyntheticCalibration};
-
-fn prunebench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prunebench"))
-        .args(args)
-        .output()
-        .expect("run prunebench")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
 
 /// A LLaMA-shaped layer with three KV groups of two query heads, and an FFN width that is no
 /// multiple of a rounding unit.

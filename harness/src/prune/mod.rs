@@ -13,6 +13,7 @@ pub(crate) mod records;
 pub(crate) mod stages;
 pub(crate) mod stats;
 
+use records::RunContext;
 pub use records::{
     Calibration, GroupReport, LayerReport, LayerRun, LinearReport, Progress, PruneConfig, Purpose,
     StageTime,
@@ -204,29 +205,18 @@ pub fn prune_layer<B: Backend>(
         });
     }
 
-    let sum = |p: Purpose| -> f64 {
-        group_reports
-            .iter()
-            .flat_map(|g| g.stages.iter())
-            .chain(linear_reports.iter().flat_map(|l| l.stages.iter()))
-            .filter(|s| s.purpose == p)
-            .map(|s| s.seconds)
-            .sum()
-    };
-    let report = LayerReport {
-        model: layer.model.name.clone(),
-        layer: layer.layer,
-        method: cfg.method,
-        sparsity: cfg.sparsity.to_string(),
-        backend: b.info().clone(),
-        calibration: calib.source.describe(),
-        prune_seconds: sum(Purpose::Prune),
-        evaluate_seconds: sum(Purpose::Evaluate),
-        groups: group_reports,
-        linears: linear_reports,
-        wall_seconds: t_wall.elapsed().as_secs_f64(),
-        structured: None,
-    };
+    let report = LayerReport::assemble(
+        RunContext {
+            layer,
+            cfg,
+            backend: b.info(),
+            calibration: calib.source.describe(),
+            started: t_wall,
+        },
+        group_reports,
+        linear_reports,
+        None,
+    );
     Ok(LayerRun {
         report,
         pruned: pruned_out,

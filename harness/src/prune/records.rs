@@ -163,3 +163,47 @@ pub struct LayerRun {
     /// when the weights were asked for; `pruned` then holds the masked-dense ones.
     pub compacted: Vec<(LinearSpec, Matrix)>,
 }
+
+/// What every layer run reports beside its groups and linears.
+pub(crate) struct RunContext<'a> {
+    pub layer: &'a prunebench_models::LayerWeights,
+    pub cfg: &'a PruneConfig,
+    pub backend: &'a prunebench_kernels::BackendInfo,
+    pub calibration: String,
+    pub started: std::time::Instant,
+}
+
+impl LayerReport {
+    /// The layer's record, the device time summed per purpose over every group and linear
+    /// stage.
+    pub(crate) fn assemble(
+        cx: RunContext<'_>,
+        groups: Vec<GroupReport>,
+        linears: Vec<LinearReport>,
+        structured: Option<StructuredReport>,
+    ) -> LayerReport {
+        let sum = |p: Purpose| -> f64 {
+            groups
+                .iter()
+                .flat_map(|g| g.stages.iter())
+                .chain(linears.iter().flat_map(|l| l.stages.iter()))
+                .filter(|s| s.purpose == p)
+                .map(|s| s.seconds)
+                .fold(0.0, |a, b| a + b)
+        };
+        LayerReport {
+            model: cx.layer.model.name.clone(),
+            layer: cx.layer.layer,
+            method: cx.cfg.method,
+            sparsity: cx.cfg.sparsity.to_string(),
+            backend: cx.backend.clone(),
+            calibration: cx.calibration,
+            prune_seconds: sum(Purpose::Prune),
+            evaluate_seconds: sum(Purpose::Evaluate),
+            groups,
+            linears,
+            wall_seconds: cx.started.elapsed().as_secs_f64(),
+            structured,
+        }
+    }
+}

@@ -11,6 +11,7 @@ use crate::error::{Context, HarnessError, Result};
 use crate::methods::Pruned;
 use crate::prune::context::{LayerCx, Ticker};
 use crate::prune::evaluate::{evaluate_linear, LinearOnDevice};
+use crate::prune::records::RunContext;
 use crate::prune::stages::Stages;
 use crate::prune::stats::{self, GradStat, GroupStats};
 use crate::prune::{
@@ -519,29 +520,18 @@ pub(crate) fn prune_layer<B: Backend>(
         },
     );
 
-    let sum = |p: Purpose| -> f64 {
-        group_reports
-            .iter()
-            .flat_map(|g| g.stages.iter())
-            .chain(linear_reports.iter().flat_map(|l| l.stages.iter()))
-            .filter(|s| s.purpose == p)
-            .map(|s| s.seconds)
-            .sum()
-    };
-    let report = LayerReport {
-        model: layer.model.name.clone(),
-        layer: layer.layer,
-        method: cfg.method,
-        sparsity: cfg.sparsity.to_string(),
-        backend: b.info().clone(),
-        calibration: calib.source.describe(),
-        prune_seconds: sum(Purpose::Prune),
-        evaluate_seconds: sum(Purpose::Evaluate),
-        groups: group_reports,
-        linears: linear_reports,
-        wall_seconds: t_wall.elapsed().as_secs_f64(),
-        structured: Some(structured),
-    };
+    let report = LayerReport::assemble(
+        RunContext {
+            layer,
+            cfg,
+            backend: b.info(),
+            calibration: calib.source.describe(),
+            started: t_wall,
+        },
+        group_reports,
+        linear_reports,
+        Some(structured),
+    );
     Ok(LayerRun {
         report,
         pruned: pruned_out,
