@@ -47,7 +47,9 @@ fn run(b: &WgpuBackend, prefixes: &[&str]) -> usize {
 
 const ALL: &[&str] = &[""];
 /// All but the factor, whose 64-row Cholesky blocks of a 200-column H need 51 KB (and so the
-/// damped solve built on it), and the LoRA ops, whose A (rank x cols) is bound whole.
+/// damped solve built on it), the LoRA ops, whose A (rank x cols) is bound whole, and §11's
+/// saliency and update, whose |S| rows of Hinv are bound whole (their own tests split W and
+/// Hinv at a cap those rows fit).
 const ROW_SPLIT: &[&str] = &[
     "ACT_STAT",
     "HESSIAN",
@@ -56,7 +58,9 @@ const ROW_SPLIT: &[&str] = &[
     "MASK",
     "APPLY_MASK",
     "PRUNE_",
-    "OBS_",
+    "OBS_UNSTRUCTURED",
+    "OBS_NM",
+    "OBS_GIVEN",
     "RECON_",
     "COMPRESS",
     "MATMUL",

@@ -309,14 +309,14 @@ impl Ctx {
     }
 
     /// Records out[s] = scale · Σ_c part(s, c) for the `nseg` x `count` partials in `part`,
-    /// in windows of its rows.
+    /// in windows of its rows; `origin` is the element of `out`'s buffer where out[0] lies.
     fn record_seg_reduce(
         &self,
         b: &mut Batch<'_>,
         part: &wgpu::Buffer,
         nseg: usize,
         count: usize,
-        out: Win<'_>,
+        (out, origin): (Win<'_>, u64),
         scale: f32,
     ) -> Result<()> {
         for (p0, p1) in self.row_slabs(nseg, count.max(1), 1, usize::MAX)? {
@@ -328,7 +328,7 @@ impl Ctx {
                 part_ld: count as u32,
                 count: count as u32,
                 scale,
-                dst_base: out.base(0),
+                dst_base: out.base(origin),
                 ..Default::default()
             };
             let bind = Bind {
@@ -434,8 +434,18 @@ impl Ctx {
         if groups.is_empty() {
             return Ok(out);
         }
-        if width <= SMALL_GROUP {
-            self.saliency_narrow(w, hinv, width, groups, &out)?;
+        // The narrow path reads a group's rows of Hinv and writes its L⁻¹ in single bindings;
+        // where a binding holds less, the wide path's blocked factor splits them.
+        let narrow_fits =
+            self.win_fits((width * w.cols) as u64) && self.win_fits((width * width) as u64);
+        if width <= SMALL_GROUP && narrow_fits {
+            // Every group's L⁻¹ of a batch sits in one binding: as many groups as fit.
+            let per = (self.max_binding / (4 * (width * width) as u64)).max(1) as usize;
+            let mut at = 0;
+            for batch in groups.chunks(per) {
+                self.saliency_narrow(w, hinv, width, batch, (&out, at))?;
+                at += batch.len();
+            }
         } else {
             self.saliency_wide(w, hinv, width, groups, &out)?;
         }
@@ -450,7 +460,7 @@ impl Ctx {
         hinv: &WgpuTensor,
         k: usize,
         groups: &[usize],
-        out: &WgpuTensor,
+        (out, at): (&WgpuTensor, usize),
     ) -> Result<()> {
         let (rows, n, ng) = (w.rows, w.cols, groups.len());
         let gbuf = self.index_list(groups)?;
@@ -530,8 +540,8 @@ impl Ctx {
             }
             off += blocks;
         }
-        let ow = self.whole(&out.buf, ng)?;
-        self.record_seg_reduce(&mut b, &part, ng, total, ow, 0.5)?;
+        let ow = self.win(&out.buf, at as u64, (at + ng) as u64)?;
+        self.record_seg_reduce(&mut b, &part, ng, total, (ow, at as u64), 0.5)?;
         b.submit()?;
         let failed = self.read_words(&stat, 1)?[0];
         if failed != u32::MAX {
@@ -598,7 +608,7 @@ impl Ctx {
             runs.push(run);
         }
         let ow = self.whole(&out.buf, ng)?;
-        self.record_seg_reduce(&mut b, &part, ng, total, ow, 0.5)?;
+        self.record_seg_reduce(&mut b, &part, ng, total, (ow, 0), 0.5)?;
         b.submit()?;
         for run in &runs {
             run.status(self)?.check(k)?;
@@ -680,7 +690,7 @@ impl Ctx {
             }
         }
         let ow = self.whole(&out.buf, nseg)?;
-        self.record_seg_reduce(&mut b, &part, nseg, total, ow, 1.0)?;
+        self.record_seg_reduce(&mut b, &part, nseg, total, (ow, 0), 1.0)?;
         b.submit()?;
         Ok(out)
     }
@@ -758,7 +768,7 @@ impl Ctx {
             g.record(&mut b)?;
         }
         let lw = self.whole(&loss, 1)?;
-        self.record_seg_reduce(&mut b, &part, 1, tiles, lw, 0.5)?;
+        self.record_seg_reduce(&mut b, &part, 1, tiles, (lw, 0), 0.5)?;
 
         // W ← W − Q·Y and Hinv ← Hinv − YᵀY, window by window of their rows.
         for &(r0, r1) in &wslabs {
