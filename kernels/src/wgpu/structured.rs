@@ -399,17 +399,7 @@ impl Ctx {
         for (r0, r1) in self.row_slabs(rows, cols, 1, usize::MAX)? {
             let cw = self.rows_win(&acc.buf, cols, r0, r1)?;
             for &(t0, t1) in &t_slabs {
-                let dyw = self.rows_win(&dy.buf, rows, t0, t1)?;
-                let xw = self.rows_win(&x.buf, cols, t0, t1)?;
-                let mut g = Gemm::new(
-                    "gemm_update",
-                    (r0, r1),
-                    (0, cols),
-                    (t0, t1),
-                    Operand::new(dyw, 0, rows).t(),
-                    Operand::new(xw, 0, cols),
-                )
-                .named("grad_sum_fused");
+                let mut g = self.token_window_gemm("grad_sum_fused", (r0, r1), (t0, t1), dy, x)?;
                 g.c = Some(Operand::new(cw, 0, cols));
                 g.beta = 1.0;
                 g.record(&mut b)?;
