@@ -11,6 +11,9 @@ use prunebench_kernels::ops::{tolerance as tol, GBLM_GRAD_SCALE, PERCDAMP};
 use prunebench_kernels::rng::{heavy_tailed, heavy_tailed_positive};
 use prunebench_kernels::{Backend, KernelError, Matrix, SegmentAxis, TaylorInputs, TaylorKind};
 
+mod structured_common;
+use structured_common::{max_rel, nmse, up};
+
 fn backend() -> CubeWgpuBackend {
     cube_wgpu(None)
         .expect(
@@ -40,38 +43,6 @@ fn both() -> [CubeWgpuBackend; 2] {
     [backend(), split]
 }
 
-/// sum((got − want)²) / sum(want²).
-fn nmse(want: &Matrix, got: &Matrix) -> f64 {
-    assert_eq!(want.shape(), got.shape());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&a, &b) in want.data.iter().zip(&got.data) {
-        num += (b as f64 - a as f64).powi(2);
-        den += (a as f64).powi(2);
-    }
-    if den == 0.0 {
-        num
-    } else {
-        num / den
-    }
-}
-
-/// The largest |got − want| / |want| over the entries (all non-zero in these tests).
-fn max_rel(want: &Matrix, got: &Matrix) -> f64 {
-    assert_eq!(want.shape(), got.shape());
-    want.data
-        .iter()
-        .zip(&got.data)
-        .map(|(&a, &b)| ((b as f64 - a as f64) / a as f64).abs())
-        .fold(0.0, |m: f64, e| {
-            // f64::max drops a NaN: keep it, so that a NaN entry fails.
-            if e.is_nan() || m.is_nan() {
-                f64::NAN
-            } else {
-                m.max(e)
-            }
-        })
-}
-
 fn run_cpu<T>(f: impl FnOnce(&CpuBackend) -> T) -> T {
     f(&CpuBackend::new())
 }
@@ -85,10 +56,6 @@ fn hinv(cols: usize, seed: u64) -> Matrix {
         .unwrap();
     let e = cpu.hinv_explicit(&h, PERCDAMP).unwrap();
     cpu.download(&e.hinv).unwrap()
-}
-
-fn up<B: Backend>(b: &B, m: &Matrix) -> B::Tensor {
-    b.upload(m).unwrap()
 }
 
 #[test]

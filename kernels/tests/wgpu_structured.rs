@@ -12,6 +12,9 @@ use prunebench_kernels::rng::{heavy_tailed, heavy_tailed_positive};
 use prunebench_kernels::wgpu::WgpuBackend;
 use prunebench_kernels::{Backend, KernelError, Matrix};
 
+mod structured_common;
+use structured_common::{max_rel, nmse, up};
+
 fn backend() -> WgpuBackend {
     let b = WgpuBackend::new(None)
         .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver");
@@ -24,38 +27,6 @@ fn backend() -> WgpuBackend {
 /// shapes comes in several windows.
 fn split_backend(bytes: u64) -> WgpuBackend {
     backend().with_max_binding(bytes)
-}
-
-/// sum((got-want)²) / sum(want²).
-fn nmse(want: &Matrix, got: &Matrix) -> f64 {
-    assert_eq!(want.shape(), got.shape());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&a, &b) in want.data.iter().zip(&got.data) {
-        num += (b as f64 - a as f64).powi(2);
-        den += (a as f64).powi(2);
-    }
-    if den == 0.0 {
-        num
-    } else {
-        num / den
-    }
-}
-
-/// The largest |got − want| / |want| (NaN counts as failing).
-fn max_rel(want: &Matrix, got: &Matrix) -> f64 {
-    assert_eq!(want.shape(), got.shape());
-    want.data
-        .iter()
-        .zip(&got.data)
-        .map(|(&a, &b)| (b as f64 - a as f64).abs() / (a as f64).abs().max(f64::MIN_POSITIVE))
-        .fold(
-            0.0,
-            |m: f64, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
-        )
-}
-
-fn up<B: Backend>(b: &B, m: &Matrix) -> B::Tensor {
-    b.upload(m).expect("upload")
 }
 
 fn down<B: Backend>(b: &B, t: &B::Tensor) -> Matrix {

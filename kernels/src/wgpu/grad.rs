@@ -102,6 +102,30 @@ impl Ctx {
         Ok(out)
     }
 
+    /// The plain GEMM dYᵀ·X for the output rows [r0, r1) over the tokens [t0, t1), each
+    /// operand a window of those tokens; the caller sets C and beta.
+    pub(crate) fn token_window_gemm<'a>(
+        &self,
+        name: &'static str,
+        (r0, r1): (usize, usize),
+        (t0, t1): (usize, usize),
+        dy: &'a WgpuTensor,
+        x: &'a WgpuTensor,
+    ) -> Result<Gemm<'a>> {
+        let (rows, cols) = (dy.cols, x.cols);
+        let dyw = self.rows_win(&dy.buf, rows, t0, t1)?;
+        let xw = self.rows_win(&x.buf, cols, t0, t1)?;
+        Ok(Gemm::new(
+            "gemm_update",
+            (r0, r1),
+            (0, cols),
+            (t0, t1),
+            Operand::new(dyw, 0, rows).t(),
+            Operand::new(xw, 0, cols),
+        )
+        .named(name))
+    }
+
     fn fits_binding(&self, elems: usize) -> bool {
         self.win_fits(elems as u64)
     }
@@ -149,17 +173,8 @@ impl Ctx {
         for (r0, r1) in slabs {
             let gw = self.rows_win(&gbuf, cols, 0, r1 - r0)?;
             for (ti, &(t0, t1)) in t_slabs.iter().enumerate() {
-                let dyw = self.rows_win(&dy.buf, rows, t0, t1)?;
-                let xw = self.rows_win(&x.buf, cols, t0, t1)?;
-                let mut g = Gemm::new(
-                    "gemm_update",
-                    (r0, r1),
-                    (0, cols),
-                    (t0, t1),
-                    Operand::new(dyw, 0, rows).t(),
-                    Operand::new(xw, 0, cols),
-                )
-                .named("grad_fallback_gemm");
+                let mut g =
+                    self.token_window_gemm("grad_fallback_gemm", (r0, r1), (t0, t1), dy, x)?;
                 g.c = Some(Operand::new(gw, before(r0 * cols), cols));
                 g.beta = if ti == 0 { 0.0 } else { 1.0 };
                 g.record(&mut b)?;

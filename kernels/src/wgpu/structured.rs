@@ -15,6 +15,7 @@ use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::gemm::{Gemm, Operand, F_B_LOWER, F_STORE};
+use super::hinv::FactorRun;
 use super::mem::WgpuTensor;
 
 /// The widest group factored in one workgroup (structured.wgsl's NB): a 64x64 f32 block is
@@ -143,6 +144,23 @@ fn taylor_kind(k: TaylorKind) -> u32 {
     }
 }
 
+/// Records C −= A·B for the rows [r0, r1) of C (n columns, window `cw`), K = k.
+fn record_downdate(
+    b: &mut Batch<'_>,
+    name: &'static str,
+    (r0, r1): (usize, usize),
+    (n, k): (usize, usize),
+    a: Operand<'_>,
+    bm: Operand<'_>,
+    cw: Win<'_>,
+) -> Result<()> {
+    let mut g = Gemm::new("gemm_update", (r0, r1), (0, n), (0, k), a, bm).named(name);
+    g.c = Some(Operand::new(cw, 0, n));
+    g.alpha = -1.0;
+    g.beta = 1.0;
+    g.record(b)
+}
+
 impl Ctx {
     fn structured(
         &self,
@@ -253,21 +271,11 @@ impl Ctx {
                 continue;
             }
             let mw = self.rows_win(m, cols, r0, r1)?;
-            let p = Params {
-                rows: (r1 - r0) as u32,
-                cols: k as u32,
-                row0: r0 as u32,
-                dst_base: mw.base(0),
-                dst_ld: cols as u32,
-                ..Default::default()
-            };
-            let bind = Bind {
-                dst: Some(mw),
+            let idx = Bind {
                 cidx: Some(cw),
                 ..Default::default()
             };
-            let g = [k.div_ceil(64) as u32, (r1 - r0).div_ceil(4) as u32, 1];
-            self.structured(b, "zero_cols", &p, bind, g)?;
+            self.record_zero(b, "zero_cols", mw, cols, (r0, r1 - r0, k), idx)?;
         }
         Ok(())
     }
@@ -289,23 +297,54 @@ impl Ctx {
                 continue;
             }
             let mw = self.rows_win(m, cols, r0, r1)?;
-            let p = Params {
-                rows: (p1 - p0) as u32,
-                cols: cols as u32,
-                row0: p0 as u32,
-                dst_base: mw.base(0),
-                dst_ld: cols as u32,
-                ..Default::default()
-            };
-            let bind = Bind {
-                dst: Some(mw),
+            let idx = Bind {
                 ridx: Some(rw),
                 ..Default::default()
             };
-            let g = [cols.div_ceil(64) as u32, (p1 - p0).div_ceil(4) as u32, 1];
-            self.structured(b, "zero_rows", &p, bind, g)?;
+            self.record_zero(b, "zero_rows", mw, cols, (p0, p1 - p0, cols), idx)?;
         }
         Ok(())
+    }
+
+    /// Records one `zero_cols` or `zero_rows` dispatch over `rows` x `cols` threads from
+    /// logical row (or list entry) `row0`, into the window `mw` of a matrix with `ld` columns;
+    /// `idx` binds the index list.
+    fn record_zero(
+        &self,
+        b: &mut Batch<'_>,
+        entry: &'static str,
+        mw: Win<'_>,
+        ld: usize,
+        (row0, rows, cols): (usize, usize, usize),
+        idx: Bind<'_>,
+    ) -> Result<()> {
+        let p = Params {
+            rows: rows as u32,
+            cols: cols as u32,
+            row0: row0 as u32,
+            dst_base: mw.base(0),
+            dst_ld: ld as u32,
+            ..Default::default()
+        };
+        let bind = Bind {
+            dst: Some(mw),
+            ..idx
+        };
+        let g = [cols.div_ceil(64) as u32, rows.div_ceil(4) as u32, 1];
+        self.structured(b, entry, &p, bind, g)
+    }
+
+    /// Records the gather of Hinv[S,S] and its factor U (undamped, zero diagonals kept).
+    fn record_block_factor(
+        &self,
+        b: &mut Batch<'_>,
+        hinv: &WgpuTensor,
+        s: Pick<'_>,
+    ) -> Result<FactorRun> {
+        let k = s.len();
+        let block = self.tensor("inverse-Hessian block", k, k)?;
+        self.record_gather(b, &hinv.buf, shape(hinv), s, s, &block.buf)?;
+        self.record_factor(b, &block, 0.0, true)
     }
 
     /// Records out[s] = scale · Σ_c part(s, c) for the `nseg` x `count` partials in `part`,
@@ -360,17 +399,7 @@ impl Ctx {
         for (r0, r1) in self.row_slabs(rows, cols, 1, usize::MAX)? {
             let cw = self.rows_win(&acc.buf, cols, r0, r1)?;
             for &(t0, t1) in &t_slabs {
-                let dyw = self.rows_win(&dy.buf, rows, t0, t1)?;
-                let xw = self.rows_win(&x.buf, cols, t0, t1)?;
-                let mut g = Gemm::new(
-                    "gemm_update",
-                    (r0, r1),
-                    (0, cols),
-                    (t0, t1),
-                    Operand::new(dyw, 0, rows).t(),
-                    Operand::new(xw, 0, cols),
-                )
-                .named("grad_sum_fused");
+                let mut g = self.token_window_gemm("grad_sum_fused", (r0, r1), (t0, t1), dy, x)?;
                 g.c = Some(Operand::new(cw, 0, cols));
                 g.beta = 1.0;
                 g.record(&mut b)?;
@@ -574,13 +603,11 @@ impl Ctx {
         let mut runs = Vec::with_capacity(ng);
         let mut b = self.batch();
         for (gi, &g) in groups.iter().enumerate() {
-            let block = self.tensor("inverse-Hessian block", k, k)?;
             let s = Pick::Range {
                 start: g * k,
                 len: k,
             };
-            self.record_gather(&mut b, &hinv.buf, (n, n), s, s, &block.buf)?;
-            let run = self.record_factor(&mut b, &block, 0.0, true)?;
+            let run = self.record_block_factor(&mut b, hinv, s)?;
             let &(p0, p1) = pslabs
                 .iter()
                 .find(|s| s.0 <= gi && gi < s.1)
@@ -707,10 +734,8 @@ impl Ctx {
         let (rows, n, k) = (w.rows, w.cols, removed.len());
         let sbuf = self.index_list(removed)?;
         let s = Pick::List(removed, &sbuf);
-        let block = self.tensor("inverse-Hessian block", k, k)?;
         let mut b = self.batch();
-        self.record_gather(&mut b, &hinv.buf, (n, n), s, s, &block.buf)?;
-        let run = self.record_factor(&mut b, &block, 0.0, true)?;
+        let run = self.record_block_factor(&mut b, hinv, s)?;
         b.submit()?;
         run.status(self)?.check(k)?;
 
@@ -774,35 +799,14 @@ impl Ctx {
         for &(r0, r1) in &wslabs {
             let ww = self.rows_win(&w.buf, n, r0, r1)?;
             let qw = self.rows_win(&q, k, r0, r1)?;
-            let mut g = Gemm::new(
-                "gemm_update",
-                (r0, r1),
-                (0, n),
-                (0, k),
-                Operand::new(qw, 0, k),
-                Operand::new(yw, 0, n),
-            )
-            .named("structured_w");
-            g.c = Some(Operand::new(ww, 0, n));
-            g.alpha = -1.0;
-            g.beta = 1.0;
-            g.record(&mut b)?;
+            let (qo, yo) = (Operand::new(qw, 0, k), Operand::new(yw, 0, n));
+            record_downdate(&mut b, "structured_w", (r0, r1), (n, k), qo, yo, ww)?;
         }
         for (r0, r1) in self.row_slabs(n, n, 1, usize::MAX)? {
             let hw = self.rows_win(&hinv.buf, n, r0, r1)?;
-            let mut g = Gemm::new(
-                "gemm_update",
-                (r0, r1),
-                (0, n),
-                (0, k),
-                Operand::new(yw, 0, n).t(),
-                Operand::new(yw, 0, n),
-            )
-            .named("structured_hinv");
-            g.c = Some(Operand::new(hw, 0, n));
-            g.alpha = -1.0;
-            g.beta = 1.0;
-            g.record(&mut b)?;
+            let yt = Operand::new(yw, 0, n).t();
+            let yo = Operand::new(yw, 0, n);
+            record_downdate(&mut b, "structured_hinv", (r0, r1), (n, k), yt, yo, hw)?;
         }
         // What the algebra makes zero is zero, not a rounding residue.
         self.record_zero_cols(&mut b, &w.buf, (rows, n), &sbuf, k)?;

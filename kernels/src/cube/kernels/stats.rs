@@ -23,11 +23,7 @@ fn colsumsq_kernel(
     part_row0: u32,
 ) {
     let c = CUBE_POS_X * 32 + UNIT_POS_X;
-    let r0 = CUBE_POS_Y * chunk;
-    let mut r1 = r0 + chunk;
-    if r1 > rows {
-        r1 = rows;
-    }
+    let (r0, r1) = chunk_rows(rows, chunk);
     let mut s = 0.0f32;
     if c < cols {
         let mut r = r0 + UNIT_POS_Y;
@@ -37,17 +33,48 @@ fn colsumsq_kernel(
             r += 8;
         }
     }
+    store_lane_total(s, partial, (part_row0 + CUBE_POS_Y) * cols + c, c < cols);
+}
+
+/// Rows [r0, r1) of the chunk of `chunk` rows at CUBE_POS_Y, cut at `rows`.
+#[cube]
+pub fn chunk_rows(rows: u32, chunk: u32) -> (u32, u32) {
+    let r0 = CUBE_POS_Y * chunk;
+    let mut r1 = r0 + chunk;
+    if r1 > rows {
+        r1 = rows;
+    }
+    (r0, r1)
+}
+
+/// The shares `s` of the 8 row lanes (UNIT_POS_Y) of a 32 x 8 cube added in shared memory;
+/// row lane 0 writes its column lane's total to partial[slot] where `valid`. Every unit of
+/// the cube calls it (it holds a barrier).
+#[cube]
+pub fn store_lane_total(s: f32, partial: &mut Array<f32>, slot: u32, valid: bool) {
     let mut sh = SharedMemory::<f32>::new(256usize);
     sh[(UNIT_POS_Y * 32 + UNIT_POS_X) as usize] = s;
     sync_cube();
-    if UNIT_POS_Y == 0 && c < cols {
+    if UNIT_POS_Y == 0 && valid {
         let mut total = 0.0f32;
         #[unroll]
         for q in 0..8u32 {
             total += sh[(q * 32 + UNIT_POS_X) as usize];
         }
-        partial[((part_row0 + CUBE_POS_Y) * cols + c) as usize] = total;
+        partial[slot as usize] = total;
     }
+}
+
+/// Row chunks of a per-column reduction over the slabs of `t`: enough chunks for
+/// parallelism, few enough that the partials stay small. (rows per chunk, chunks per slab,
+/// chunks in all.)
+pub(super) fn row_chunks(t: &CubeTensor) -> (usize, Vec<usize>, usize) {
+    let chunk = 256.max(t.rows.div_ceil(64));
+    let chunks: Vec<usize> = (0..t.handles.len())
+        .map(|s| t.slabs.range(s).1.div_ceil(chunk))
+        .collect();
+    let parts = chunks.iter().sum();
+    (chunk, chunks, parts)
 }
 
 /// a ← a·keep + (Σ partials)/total, one thread per column.
@@ -87,12 +114,7 @@ pub fn act_stat_update<R: Runtime>(
     if cols == 0 {
         return Ok(());
     }
-    // Enough row chunks for parallelism, few enough that the partials stay small.
-    let chunk = 256.max(x.rows.div_ceil(64));
-    let chunks: Vec<usize> = (0..x.handles.len())
-        .map(|s| x.slabs.range(s).1.div_ceil(chunk))
-        .collect();
-    let parts: usize = chunks.iter().sum();
+    let (chunk, chunks, parts) = row_chunks(x);
     let partial = b.scratch(parts.max(1) * cols)?;
     let mut row0 = 0;
     for (s, h) in x.handles.iter().enumerate() {
@@ -260,7 +282,11 @@ pub fn hessian_update<R: Runtime>(
 
 /// Token ranges that lie inside one slab of each of two row partitions of the same rows:
 /// (first row, length, slab of a, its local row, slab of b, its local row).
-fn segments(a: &Slabs, b: &Slabs, total: usize) -> Vec<(usize, usize, usize, usize, usize, usize)> {
+pub(super) fn segments(
+    a: &Slabs,
+    b: &Slabs,
+    total: usize,
+) -> Vec<(usize, usize, usize, usize, usize, usize)> {
     let mut v = Vec::new();
     let mut t = 0;
     while t < total {

@@ -21,7 +21,7 @@ use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
 use super::fill::{grid, BLOCK};
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
-use super::stats::mirror_lower;
+use super::stats::{chunk_rows, mirror_lower, row_chunks, segments, store_lane_total};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 
@@ -172,11 +172,7 @@ fn colsumsq_at_kernel(
     part_row0: u32,
 ) {
     let g = CUBE_POS_X * 32 + UNIT_POS_X;
-    let r0 = CUBE_POS_Y * chunk;
-    let mut r1 = r0 + chunk;
-    if r1 > rows {
-        r1 = rows;
-    }
+    let (r0, r1) = chunk_rows(rows, chunk);
     let mut s = 0.0f32;
     if g < groups {
         let c = cidx[g as usize];
@@ -187,17 +183,8 @@ fn colsumsq_at_kernel(
             r += 8;
         }
     }
-    let mut sh = SharedMemory::<f32>::new(256usize);
-    sh[(UNIT_POS_Y * 32 + UNIT_POS_X) as usize] = s;
-    sync_cube();
-    if UNIT_POS_Y == 0 && g < groups {
-        let mut total = 0.0f32;
-        #[unroll]
-        for q in 0..8u32 {
-            total += sh[(q * 32 + UNIT_POS_X) as usize];
-        }
-        partial[((part_row0 + CUBE_POS_Y) * groups + g) as usize] = total;
-    }
+    let slot = (part_row0 + CUBE_POS_Y) * groups + g;
+    store_lane_total(s, partial, slot, g < groups);
 }
 
 /// Width-1 OBS saliency: ε_g = ½·Σ_p partial(p, g) / Hinv(c, c). A pivot that is not positive
@@ -323,11 +310,7 @@ fn taylor_cols_kernel(
     #[comptime] kind: u32,
 ) {
     let c = CUBE_POS_X * 32 + UNIT_POS_X;
-    let r0 = CUBE_POS_Y * chunk;
-    let mut r1 = r0 + chunk;
-    if r1 > rows {
-        r1 = rows;
-    }
+    let (r0, r1) = chunk_rows(rows, chunk);
     let mut s = 0.0f32;
     if c < cols {
         let mut r = r0 + UNIT_POS_Y;
@@ -336,17 +319,7 @@ fn taylor_cols_kernel(
             r += 8;
         }
     }
-    let mut sh = SharedMemory::<f32>::new(256usize);
-    sh[(UNIT_POS_Y * 32 + UNIT_POS_X) as usize] = s;
-    sync_cube();
-    if UNIT_POS_Y == 0 && c < cols {
-        let mut total = 0.0f32;
-        #[unroll]
-        for q in 0..8u32 {
-            total += sh[(q * 32 + UNIT_POS_X) as usize];
-        }
-        partial[((part_row0 + CUBE_POS_Y) * cols + c) as usize] = total;
-    }
+    store_lane_total(s, partial, (part_row0 + CUBE_POS_Y) * cols + c, c < cols);
 }
 
 /// out[k] = Σ_{p < parts} Σ_{j < width} part[p·ld + k·width + j], one cube per segment.
@@ -602,13 +575,13 @@ pub fn grad_sum_fused<R: Runtime>(
     }
     // A plain sum is linear in the product, so unlike the squared accumulations every share
     // of the tokens (one per pair of dY and X slabs) adds straight into A: g is never stored.
-    let segs = token_segments(&dy.slabs, &x.slabs, tokens);
+    let segs = segments(&dy.slabs, &x.slabs, tokens);
     for s in 0..acc.handles.len() {
         let (r0, rn) = acc.slabs.range(s);
         if rn == 0 {
             continue;
         }
-        for &(len, sa, la, sb, lb) in &segs {
+        for &(_, len, sa, la, sb, lb) in &segs {
             gemm(
                 b,
                 &Gemm {
@@ -629,21 +602,6 @@ pub fn grad_sum_fused<R: Runtime>(
         }
     }
     Ok(())
-}
-
-/// Row ranges lying inside one slab of each of two partitions of the same rows:
-/// (length, slab of a, its local row, slab of b, its local row).
-fn token_segments(a: &Slabs, b: &Slabs, total: usize) -> Vec<(usize, usize, usize, usize, usize)> {
-    let mut v = Vec::new();
-    let mut t = 0;
-    while t < total {
-        let (sa, la) = a.locate(t);
-        let (sb, lb) = b.locate(t);
-        let len = (a.slab_rows - la).min(b.slab_rows - lb).min(total - t);
-        v.push((len, sa, la, sb, lb));
-        t += len;
-    }
-    v
 }
 
 pub fn hinv_explicit<R: Runtime>(
@@ -795,11 +753,7 @@ fn obs_saliency_columns<R: Runtime>(
         }
     }
     // Row chunks as the activation statistic cuts them: parallel, with few partials.
-    let chunk = 256.max(w.rows.div_ceil(64));
-    let chunks: Vec<usize> = (0..w.handles.len())
-        .map(|s| w.slabs.range(s).1.div_ceil(chunk))
-        .collect();
-    let parts: usize = chunks.iter().sum();
+    let (chunk, chunks, parts) = row_chunks(w);
     let partial = b.scratch(parts.max(1) * ng)?;
     let mut row0 = 0;
     for (s, &slab_chunks) in chunks.iter().enumerate() {
@@ -911,11 +865,7 @@ pub fn taylor_saliency<R: Runtime>(
             (part, 1, 0)
         }
         SegmentAxis::Cols => {
-            let chunk = 256.max(rows.div_ceil(64));
-            let chunks: Vec<usize> = (0..w.handles.len())
-                .map(|s| w.slabs.range(s).1.div_ceil(chunk))
-                .collect();
-            let parts: usize = chunks.iter().sum();
+            let (chunk, chunks, parts) = row_chunks(w);
             let part = b.scratch(parts.max(1) * cols)?;
             let mut row0 = 0;
             for (s, &slab_chunks) in chunks.iter().enumerate() {
