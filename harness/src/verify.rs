@@ -125,7 +125,7 @@ pub fn verify_layer<B: Backend>(
             .then(|| got.compacted.get(i).zip(want.compacted.get(i)))
             .flatten()
             .filter(|((gs, _), (ws, _))| gs == ws && disagreement == 0.0)
-            .map(|((_, gm), (_, wm))| nmse(&gm.data, &wm.data));
+            .map(|((_, gm), (_, wm))| prunebench_kernels::suite::nmse(wm, gm));
         let pass = (g.pruned == w.pruned || tie)
             && compacted_nmse.is_none_or(|e| e <= LAYER_COMPACT_NMSE)
             && disagreement <= mask_tol
@@ -172,19 +172,4 @@ fn structured_tie(got: &LayerReport, want: &LayerReport) -> bool {
     (gc.kept_ffn_channels != wc.kept_ffn_channels && close("ffn"))
         || ((gc.kept_query_heads != wc.kept_query_heads || gc.kept_kv_heads != wc.kept_kv_heads)
             && close("attention"))
-}
-
-/// Σ(a−b)² / Σb² (0 for two zero tensors).
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    if num == 0.0 {
-        0.0
-    } else {
-        num / den.max(f64::MIN_POSITIVE)
-    }
 }

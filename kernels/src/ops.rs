@@ -372,6 +372,14 @@ pub struct TaylorInputs<'a, T> {
     pub width: usize,
 }
 
+// Only references and plain values: copyable whatever T is (a derive would ask T: Copy).
+impl<T> Clone for TaylorInputs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for TaylorInputs<'_, T> {}
+
 /// §11's explicit damped inverse Hessian, from §6's factor.
 #[derive(Debug)]
 pub struct HinvExplicit<T> {

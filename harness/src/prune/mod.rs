@@ -228,7 +228,7 @@ pub fn prune_layer<B: Backend>(
 
 /// Shapes, sparsity and finiteness of the weights, and the method's own configuration, all
 /// before any work.
-fn check_layer(cx: &LayerCx<'_>, layer: &LayerWeights) -> Result<()> {
+pub(crate) fn check_layer(cx: &LayerCx<'_>, layer: &LayerWeights) -> Result<()> {
     let cfg = cx.cfg;
     cfg.sparsity.validate().context(|| cx.at("sparsity"))?;
     for (l, w) in &layer.linears {

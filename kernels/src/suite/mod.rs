@@ -13,7 +13,7 @@ pub use case::{
     small_sparse_cases, small_structured_cases, structured_cases, CaseFormat, LayerDims,
     MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS, TAYLOR_CASE_SAMPLES,
 };
-pub use compare::{compare, tie_aware_mask_mismatches, Check};
+pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
 pub use inputs::CaseInputs;
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};
 

@@ -84,17 +84,11 @@ fn check(
     for kind in [Kind::Attn, Kind::Ffn] {
         let (producers, consumer) = kind.linears();
         for name in producers.iter().chain(std::iter::once(&consumer)) {
-            let (l, w) = find(layer, name)?;
-            if w.shape() != (l.rows, l.cols) {
-                return Err(HarnessError::Config(format!(
-                    "layer {} {}: weight is {}x{}, the model says {}x{}",
-                    layer.layer, l.name, w.rows, w.cols, l.rows, l.cols
-                )));
-            }
-            w.check_finite(&format!("{} weight", l.name))
-                .context(|| cx.at(l.name))?;
+            find(layer, name)?;
         }
     }
+    // Shapes, finiteness and the re-fit options, as for every method.
+    crate::prune::check_layer(cx, layer)?;
     if !geom.heads.is_multiple_of(geom.kv_heads) {
         return Err(HarnessError::Config(format!(
             "{} heads do not split into {} KV groups",
@@ -119,7 +113,6 @@ fn check(
             ));
         }
     }
-    cfg.refit.check(layer)?;
     Ok(())
 }
 
@@ -264,7 +257,7 @@ impl<'l, B: Backend> Block<'l, B> {
                     stats
                         .stages
                         .time(b, "taylor_saliency", Purpose::Prune, &mut || {
-                            out = Some(b.taylor_saliency(TaylorInputs { ..inp })?);
+                            out = Some(b.taylor_saliency(inp)?);
                             Ok(())
                         })
                         .context(|| cx.at(name))?;
@@ -411,7 +404,14 @@ pub(crate) fn prune_layer<B: Backend>(
         let mut cuts = cut_block(b, &cx, &geom, block)?;
         let mut all_stages: Vec<Stages> = cuts.iter().map(|_| Stages::default()).collect();
         let refits = refit_cuts(b, &cx, layer, &mut cuts, &mut all_stages, calib)?;
-        for (cut, stages) in cuts.into_iter().zip(all_stages) {
+        // Each cut's place among its group's members, the order `refit_cuts` gave them.
+        let member: Vec<usize> = (0..cuts.len())
+            .map(|i| {
+                let g = cuts[i].spec.input;
+                cuts[..i].iter().filter(|c| c.spec.input == g).count()
+            })
+            .collect();
+        for ((cut, stages), member) in cuts.into_iter().zip(all_stages).zip(member) {
             let l = cut.spec;
             let refit = refits.iter().find(|(g, _)| *g == l.input).map(|(_, r)| r);
             let linear = LinearOnDevice {
@@ -426,7 +426,7 @@ pub(crate) fn prune_layer<B: Backend>(
                 obs_loss: cut.obs_loss,
             };
             let mut stages = stages;
-            let linear_refit = refit.and_then(|r| r.linears.get(member_index(l)).cloned());
+            let linear_refit = refit.and_then(|r| r.linears.get(member).cloned());
             let mut small = None;
             if keep {
                 stages
@@ -717,14 +717,4 @@ fn refit_cuts<B: Backend>(
         out.push((g, r));
     }
     Ok(out)
-}
-
-/// The position of linear `l` among its group's members in a re-fit (members keep layer order).
-fn member_index(l: &LinearSpec) -> usize {
-    let order: &[&str] = match l.input {
-        InputGroup::AttnIn => &["q_proj", "k_proj", "v_proj"],
-        InputGroup::MlpIn => &["gate_proj", "up_proj"],
-        InputGroup::AttnOut | InputGroup::MlpAct => &[],
-    };
-    order.iter().position(|n| *n == l.name).unwrap_or(0)
 }
