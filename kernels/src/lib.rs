@@ -20,9 +20,10 @@ pub mod cube;
 
 pub use error::KernelError;
 pub use formats::{PackedWeight, WeightFormat};
+pub use ops::nll_from_state;
 pub use ops::{
     Backend, BackendInfo, GradNorm, HinvExplicit, HinvFactor, MaskGroup, MaskPattern, ObsOutcome,
     ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, Sparsity, TaylorInputs, TaylorKind,
-    TimeSource,
+    TimeSource, NO_TARGET,
 };
 pub use tensor::{Mask, Matrix};

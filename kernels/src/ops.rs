@@ -70,6 +70,19 @@ pub mod tolerance {
     /// Re-fit losses and solved scales, relative: a trace of f32 products, and a damped solve
     /// whose condition the 1% damping bounds as for the Hinv factor.
     pub const REFIT_REL: f64 = 1e-3;
+    /// §14's elementwise forward ops (SiLU-gate product, residual add, embedding gather, RoPE
+    /// from f64-computed tables) and RMSNorm, whose f32 sum of d squares adds ~√d·2⁻²⁴
+    /// relative: a few f32 roundings per output, squared ~1e-13; a wrong position, head half
+    /// or row is off by O(1).
+    pub const FORWARD_ELEMENTWISE: f64 = 1e-10;
+    /// §14's GEMM-shaped forward ops (the linear X·Wᵀ and causal attention): f32 sums over
+    /// the inner dimension (cols, or e then the keys with an online softmax), ~1e-6 relative
+    /// per output at worst, as the Hessian's reductions.
+    pub const FORWARD_GEMM: f64 = 1e-8;
+    /// §14's per-token next-token loss from the chunked LM head, relative to max(1, |nll|):
+    /// the logits are f32 GEMM outputs (~1e-6 relative of Σ|h·w|), and the running max and
+    /// exponential sum over the vocabulary add a few f32 roundings.
+    pub const NLL_REL: f64 = 1e-4;
 }
 
 /// How the gradient accumulator combines samples (§2).
@@ -830,6 +843,91 @@ pub trait Backend {
     fn sparse_matmul(&self, _x: &Self::Tensor, _w: &Self::Packed) -> Result<Self::Tensor> {
         unsupported(self.info(), "no compressed-weight product")
     }
+
+    /// §14 linear: Y = X·Wᵀ for X [N, cols] and W [rows, cols] (the HF layout): Y [N, rows].
+    fn linear(&self, _x: &Self::Tensor, _w: &Self::Tensor) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no linear")
+    }
+
+    /// §14 RMSNorm per row (token): y = x / sqrt(mean(x²) + eps) · γ, with γ 1 x d.
+    fn rms_norm(
+        &self,
+        _x: &Self::Tensor,
+        _gamma: &Self::Tensor,
+        _eps: f64,
+    ) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no RMSNorm")
+    }
+
+    /// §14 RoPE in place on x [N, heads·e], HF's `rotate_half` form: for each head and
+    /// i < e/2, (x_i, x_{i+e/2}) ← (x_i·c − x_{i+e/2}·s, x_{i+e/2}·c + x_i·s) with c, s the
+    /// entries (t mod seq, i) of the tables `cos`, `sin` [seq, e/2]: windows of seq rows are
+    /// stacked, each starting at position 0.
+    fn rope(&self, _x: &mut Self::Tensor, _cos: &Self::Tensor, _sin: &Self::Tensor) -> Result<()> {
+        unsupported(self.info(), "no RoPE")
+    }
+
+    /// §14 causal GQA attention over stacked windows of `seq` rows: q [N, heads·e], k and v
+    /// [N, kv_heads·e]; query head h reads KV head ⌊h/r⌋ (r = heads/kv_heads); row t attends
+    /// to rows ≤ t of its own window; softmax(q·kᵀ/√e) in f32 with the max subtracted, never a
+    /// seq x seq matrix in memory. Output [N, heads·e].
+    fn attention(
+        &self,
+        _q: &Self::Tensor,
+        _k: &Self::Tensor,
+        _v: &Self::Tensor,
+        _heads: usize,
+        _kv_heads: usize,
+        _seq: usize,
+    ) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no attention")
+    }
+
+    /// §14 the MLP's activation: silu(gate) ⊙ up, silu(z) = z / (1 + e^−z).
+    fn silu_mul(&self, _gate: &Self::Tensor, _up: &Self::Tensor) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no SiLU-gate product")
+    }
+
+    /// §14 the residual add: x ← x + y.
+    fn add_assign(&self, _x: &mut Self::Tensor, _y: &Self::Tensor) -> Result<()> {
+        unsupported(self.info(), "no residual add")
+    }
+
+    /// §14 embedding gather: rows `ids` of `table` [vocab, d], as [ids.len(), d].
+    fn embed(&self, _table: &Self::Tensor, _ids: &[u32]) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no embedding gather")
+    }
+
+    /// §14 the LM head fused with log-softmax and the next-token loss, one vocabulary chunk
+    /// at a time so that the logits never sit in memory whole: `w_chunk` holds the vocabulary
+    /// rows `offset..offset + w_chunk.rows` of the head; logits l = h·w_chunkᵀ [N, chunk] are
+    /// folded into the running per-row `state` [N, 3] = (m, s, z): m the largest logit so far,
+    /// s = Σ exp(l − m), z the logit of `targets[t]` once its chunk is seen (0 until then, and
+    /// for `NO_TARGET`). `offset == 0` starts the state afresh, whatever it held. See
+    /// [`nll_from_state`].
+    fn lm_head_chunk(
+        &self,
+        _state: &mut Self::Tensor,
+        _h: &Self::Tensor,
+        _w_chunk: &Self::Tensor,
+        _offset: usize,
+        _targets: &[u32],
+    ) -> Result<()> {
+        unsupported(self.info(), "no LM-head loss")
+    }
+}
+
+/// A row of [`Backend::lm_head_chunk`] without a next token (a window's last position).
+pub const NO_TARGET: u32 = u32::MAX;
+
+/// −log softmax(logits)[target] per row from the LM-head state (m, s, z): m + ln s − z, in f64.
+pub fn nll_from_state(state: &Matrix) -> Vec<f64> {
+    (0..state.rows)
+        .map(|t| {
+            let r = state.row(t);
+            r[0] as f64 + (r[1] as f64).ln() - r[2] as f64
+        })
+        .collect()
 }
 
 /// Shape checks shared by every backend, so they all reject the same inputs the same way.
@@ -1129,6 +1227,115 @@ pub mod check {
             }
             ObsSelection::Given(_) => Ok(()),
         }
+    }
+
+    /// §14 linear: X [N, cols] against W [rows, cols].
+    pub fn linear(x: (usize, usize), w: (usize, usize)) -> Result<()> {
+        if x.1 != w.1 {
+            return Err(KernelError::Shape(format!(
+                "linear: X is {}x{} but W is {}x{} (columns must agree)",
+                x.0, x.1, w.0, w.1
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn rms_norm(x: (usize, usize), gamma: (usize, usize), eps: f64) -> Result<()> {
+        same("RMSNorm weight vs X columns", gamma, (1, x.1))?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(KernelError::InvalidArgument(format!(
+                "RMSNorm eps {eps} is not a finite number >= 0"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Returns (seq, head_dim).
+    pub fn rope(
+        x: (usize, usize),
+        cos: (usize, usize),
+        sin: (usize, usize),
+    ) -> Result<(usize, usize)> {
+        same("RoPE sin vs cos table", sin, cos)?;
+        let (seq, e) = (cos.0, 2 * cos.1);
+        if seq == 0 || e == 0 || !x.1.is_multiple_of(e) {
+            return Err(KernelError::Shape(format!(
+                "RoPE: tables {}x{} (head_dim {e}) do not fit rows of {} columns",
+                cos.0, cos.1, x.1
+            )));
+        }
+        window_rows(x.0, seq, "RoPE")?;
+        Ok((seq, e))
+    }
+
+    fn window_rows(rows: usize, seq: usize, what: &str) -> Result<()> {
+        if seq == 0 || !rows.is_multiple_of(seq) {
+            return Err(KernelError::Shape(format!(
+                "{what}: {rows} rows are not whole windows of {seq}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Returns head_dim.
+    pub fn attention(
+        q: (usize, usize),
+        k: (usize, usize),
+        v: (usize, usize),
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<usize> {
+        same("attention V vs K", v, k)?;
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(KernelError::InvalidArgument(format!(
+                "attention: {heads} query heads are not a multiple of {kv_heads} KV heads"
+            )));
+        }
+        if !q.1.is_multiple_of(heads) || q.1 == 0 {
+            return Err(KernelError::Shape(format!(
+                "attention: Q has {} columns, not {heads} heads' worth",
+                q.1
+            )));
+        }
+        let e = q.1 / heads;
+        if k.1 != kv_heads * e || k.0 != q.0 {
+            return Err(KernelError::Shape(format!(
+                "attention: K is {}x{}, expected {}x{} ({kv_heads} KV heads of {e})",
+                k.0,
+                k.1,
+                q.0,
+                kv_heads * e
+            )));
+        }
+        window_rows(q.0, seq, "attention")?;
+        Ok(e)
+    }
+
+    pub fn ids(ids: &[u32], vocab: usize) -> Result<()> {
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(KernelError::InvalidArgument(format!(
+                "token id {id} at position {i} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn lm_head(
+        state: (usize, usize),
+        h: (usize, usize),
+        w: (usize, usize),
+        targets: usize,
+    ) -> Result<()> {
+        linear(h, w)?;
+        same("LM-head state vs rows", state, (h.0, 3))?;
+        if targets != h.0 {
+            return Err(KernelError::Shape(format!(
+                "LM head: {targets} targets for {} rows",
+                h.0
+            )));
+        }
+        Ok(())
     }
 }
 

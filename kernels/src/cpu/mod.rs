@@ -2,6 +2,7 @@
 //! ALGORITHMS.md. The dense linear algebra (GEMM, Cholesky, triangular inverse) goes through
 //! `faer` (see `linalg`) and rows run in parallel with rayon; nothing else is clever.
 
+pub mod forward;
 pub mod linalg;
 pub mod obs;
 pub mod refit;
@@ -608,6 +609,53 @@ impl Backend for CpuBackend {
             }
         }
         Ok(y)
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor> {
+        forward::linear(x, w)
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, gamma: &CpuTensor, eps: f64) -> Result<CpuTensor> {
+        forward::rms_norm(x, gamma, eps)
+    }
+
+    fn rope(&self, x: &mut CpuTensor, cos: &CpuTensor, sin: &CpuTensor) -> Result<()> {
+        forward::rope(x, cos, sin)
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<CpuTensor> {
+        forward::attention(q, k, v, heads, kv_heads, seq)
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        forward::silu_mul(gate, up)
+    }
+
+    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        forward::add_assign(x, y)
+    }
+
+    fn embed(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {
+        forward::embed(table, ids)
+    }
+
+    fn lm_head_chunk(
+        &self,
+        state: &mut CpuTensor,
+        h: &CpuTensor,
+        w_chunk: &CpuTensor,
+        offset: usize,
+        targets: &[u32],
+    ) -> Result<()> {
+        forward::lm_head_chunk(state, h, w_chunk, offset, targets)
     }
 }
 
