@@ -169,7 +169,7 @@ impl CalibrationFile {
     }
 
     /// Wanda's a, checked to be non-negative (it is a sum of squares).
-    pub fn ready_act_stat(&self, group: InputGroup) -> Result<Option<Matrix>> {
+    fn ready_act_stat_inner(&self, group: InputGroup) -> Result<Option<Matrix>> {
         let cols = self.cfg.group_cols(group);
         let name = format!("stat.act.{}", group.name());
         let m = self.matrix(&name, 1, cols, None)?;
@@ -177,7 +177,7 @@ impl CalibrationFile {
     }
 
     /// SparseGPT's H, checked to be symmetric with a non-negative diagonal.
-    pub fn ready_hessian(&self, group: InputGroup) -> Result<Option<Matrix>> {
+    fn ready_hessian_inner(&self, group: InputGroup) -> Result<Option<Matrix>> {
         let cols = self.cfg.group_cols(group);
         let name = format!("stat.hessian.{}", group.name());
         let m = self.matrix(&name, cols, cols, None)?;
@@ -185,7 +185,7 @@ impl CalibrationFile {
     }
 
     /// GBLM's G, checked to be non-negative (it is a norm of gradients).
-    pub fn ready_grad(&self, linear: &LinearSpec) -> Result<Option<Matrix>> {
+    fn ready_grad_inner(&self, linear: &LinearSpec) -> Result<Option<Matrix>> {
         let l = self.own_linear(linear)?;
         let name = format!("stat.grad.{}", l.name);
         let m = self.matrix(&name, l.rows, l.cols, None)?;
@@ -585,5 +585,19 @@ mod stats {
         } else {
             format!("row {row}, column {col}")
         }
+    }
+}
+
+impl crate::ReadyStats for CalibrationFile {
+    fn ready_act_stat(&self, group: InputGroup) -> Result<Option<Matrix>> {
+        self.ready_act_stat_inner(group)
+    }
+
+    fn ready_hessian(&self, group: InputGroup) -> Result<Option<Matrix>> {
+        self.ready_hessian_inner(group)
+    }
+
+    fn ready_grad(&self, linear: &LinearSpec) -> Result<Option<Matrix>> {
+        self.ready_grad_inner(linear)
     }
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 mod dtype;
 pub mod error;
+pub mod gradients;
 pub mod input;
 mod mapped;
 pub mod output;
@@ -16,6 +17,14 @@ pub use config::{InputGroup, LinearSpec, ModelConfig};
 pub use dtype::DType;
 pub use error::{ModelError, Result};
 pub use synthetic::CalibrationSource;
+
+/// Statistics read ready-made instead of accumulated (ALGORITHMS.md §1-§3): a calibration
+/// file's `stat.*` tensors, or a model's gradients file; `None` where the source has none.
+pub trait ReadyStats {
+    fn ready_act_stat(&self, group: InputGroup) -> Result<Option<Matrix>>;
+    fn ready_hessian(&self, group: InputGroup) -> Result<Option<Matrix>>;
+    fn ready_grad(&self, linear: &LinearSpec) -> Result<Option<Matrix>>;
+}
 
 use prunebench_kernels::Matrix;
 

@@ -1,6 +1,7 @@
 //! Calibration files: written from a source and read back sample by sample, in f32 and half
 //! precision, ready statistics, and every inconsistency reported with the tensor at fault.
 
+use prunebench_models::ReadyStats;
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 
 use prunebench_kernels::ops::{OBS_BLOCK, PERCDAMP};
 use prunebench_kernels::{GradNorm, MaskGroup, Matrix, Sparsity, TimeSource};
-use prunebench_models::calibration::CalibrationFile;
 use prunebench_models::config::LinearSpec;
 use prunebench_models::synthetic::CalibrationSource;
 
@@ -59,7 +58,7 @@ impl PruneConfig {
 /// accumulating them.
 pub struct Calibration<'a> {
     pub source: &'a dyn CalibrationSource,
-    pub ready: Option<&'a CalibrationFile>,
+    pub ready: Option<&'a dyn prunebench_models::ReadyStats>,
 }
 
 /// A progress tick: `done` of `total` units, with what is being worked on.
