@@ -5,6 +5,7 @@ pub mod bench;
 pub mod error;
 pub mod method;
 mod methods;
+pub mod model;
 pub mod prune;
 pub mod refit;
 pub mod report;

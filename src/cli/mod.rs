@@ -4,8 +4,11 @@ mod backends;
 mod bench;
 mod devices;
 mod layer_input;
+mod model_input;
+mod perplexity;
 mod progress;
 mod prune;
+mod prune_model;
 mod report;
 mod verify;
 
@@ -27,6 +30,12 @@ enum Command {
     /// Prune one LLaMA decoder layer (synthetic by default) and report time, sparsity and
     /// reconstruction error per linear.
     Prune(PruneArgs),
+    /// Prune a whole checkpoint layer by layer, each layer calibrated on what the pruned
+    /// layers before it compute; perplexity before and after; the pruned model as a Hugging
+    /// Face folder.
+    PruneModel(PruneModelArgs),
+    /// A checkpoint's perplexity on a text (non-overlapping windows, as the seeds' eval_ppl).
+    Perplexity(PerplexityArgs),
     /// Run every op, then whole layers, on a backend and on the CPU reference, and compare.
     Verify(VerifyArgs),
     /// Measure the device's ceilings, time every op and whole layers, verify them against
@@ -87,6 +96,21 @@ pub struct PruneArgs {
     pub layer: LayerArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    /// Write the pruned linears to this safetensors file (each in the dtype it came in), with
+    /// the re-fitted norm weights when `--refit norm` ran. Structured pruning writes the
+    /// compacted linears, and the layer's new sizes to FILE.config.json beside it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The method and its options, shared by `prune` and `prune-model`.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
     /// magnitude, wanda, gblm, sparsegpt or structured.
     #[arg(long, default_value = "sparsegpt")]
     pub method: String,
@@ -117,14 +141,6 @@ pub struct PruneArgs {
     pub refit_seed: u64,
     #[command(flatten)]
     pub structured: StructuredArgs,
-    /// Write the pruned linears to this safetensors file (each in the dtype it came in), with
-    /// the re-fitted norm weights when `--refit norm` ran. Structured pruning writes the
-    /// compacted linears, and the layer's new sizes to FILE.config.json beside it.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `--method structured`'s options (ALGORITHMS.md §11).
@@ -311,6 +327,79 @@ pub fn out_error(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 #[derive(Args, Debug)]
+pub struct PruneModelArgs {
+    /// A Hugging Face LLaMA folder: config.json, safetensors (single or sharded), and
+    /// tokenizer.json for text inputs.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    /// Calibration text, tokenized with the checkpoint's tokenizer.json.
+    #[arg(long)]
+    pub calibration_text: Option<PathBuf>,
+    /// Calibration token ids instead of a text: a JSON list, or raw little-endian u32.
+    #[arg(long)]
+    pub calibration_ids: Option<PathBuf>,
+    /// Calibration windows, drawn at seeded random offsets of the text.
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub nsamples: usize,
+    /// Tokens per window, calibration and evaluation (default min(2048, max_position_embeddings)).
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub seqlen: Option<usize>,
+    /// Seed of the calibration windows' offsets.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    pub seed: u64,
+    /// Evaluation text: perplexity of the dense and of the pruned model.
+    #[arg(long)]
+    pub eval_text: Option<PathBuf>,
+    /// Evaluation token ids instead of a text.
+    #[arg(long)]
+    pub eval_ids: Option<PathBuf>,
+    /// Evaluate at most this many windows (default: every whole window of the text).
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub eval_windows: Option<usize>,
+    /// GBLM-Pruner's gradients of the dense model (baselines/compute_gradients.py).
+    #[arg(long)]
+    pub gradients: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: model_input::DeviceLimitArgs,
+    /// Write the pruned model here as a Hugging Face folder (a new or empty folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    /// A Hugging Face LLaMA folder, dense or pruned.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// The text, tokenized with the checkpoint's tokenizer.json.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Token ids instead of a text: a JSON list, or raw little-endian u32.
+    #[arg(long)]
+    pub token_ids: Option<PathBuf>,
+    /// Tokens per window (default min(2048, max_position_embeddings)).
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub seqlen: Option<usize>,
+    /// Evaluate at most this many windows (default: every whole window).
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub windows: Option<usize>,
+    #[command(flatten)]
+    pub limits: model_input::DeviceLimitArgs,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub layer: LayerArgs,
@@ -377,6 +466,8 @@ pub struct ReportArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prune(a) => prune::run(a),
+        Command::PruneModel(a) => prune_model::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Report(a) => report::run(a),

@@ -19,6 +19,19 @@ impl Bar {
         Self(bar)
     }
 
+    /// A bar for runs of minutes to hours (a whole model), with the time left.
+    pub fn with_eta(prefix: &str) -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}, {eta} left] {wide_bar} {pos}/{len} {msg}",
+            )
+            .expect("static template"),
+        );
+        bar.set_prefix(prefix.to_string());
+        Self(bar)
+    }
+
     pub fn update(&self, p: Progress<'_>) {
         self.0.set_length(p.total);
         self.0.set_position(p.done);

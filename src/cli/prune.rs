@@ -16,7 +16,7 @@ use prunebench_models::checkpoint::{write_layer_with_meta, write_layer_with_norm
 use super::backends::{dispatch, resolve, BackendJob};
 use super::layer_input::LayerInput;
 use super::progress::Bar;
-use super::{PruneArgs, StructuredArgs};
+use super::{MethodArgs, PruneArgs, StructuredArgs};
 
 struct PruneJob<'a> {
     input: &'a LayerInput,
@@ -99,8 +99,8 @@ pub fn config_delta_path(out: &std::path::Path) -> std::path::PathBuf {
     out.with_file_name(name)
 }
 
-pub fn run(a: PruneArgs) -> Result<ExitCode> {
-    // Every argument is checked before any work starts.
+/// The layer method's configuration from its options, each checked before any work.
+pub fn prune_config(a: &MethodArgs) -> Result<PruneConfig> {
     let method = parse_method(&a.method)?;
     let sparsity = Sparsity::parse(&a.sparsity)?;
     let mut cfg = PruneConfig::new(method, sparsity);
@@ -116,6 +116,13 @@ pub fn run(a: PruneArgs) -> Result<ExitCode> {
         lr: a.refit_lr,
         seed: a.refit_seed,
     };
+    Ok(cfg)
+}
+
+pub fn run(a: PruneArgs) -> Result<ExitCode> {
+    // Every argument is checked before any work starts.
+    let cfg = prune_config(&a.method)?;
+    let method = cfg.method;
     let choice = resolve(&a.backend.backend)?;
     let inputs = a.layer.inputs();
     if let Some(out) = &a.out {

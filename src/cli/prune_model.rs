@@ -1,0 +1,250 @@
+//! `prunebench prune-model`: the seeds' sequential loop over a whole checkpoint (ALGORITHMS.md
+//! §14), perplexity before and after, and the pruned model as a Hugging Face folder.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+use prunebench_harness::model::{self, sequential, ForwardOptions, ModelRun, Perplexity, Weights};
+use prunebench_harness::PruneConfig;
+use prunebench_kernels::{Backend, BackendInfo};
+use prunebench_models::checkpoint::Checkpoint;
+use prunebench_models::gradients::GradientsFile;
+use prunebench_models::llama::LlamaConfig;
+use prunebench_models::output::Inputs;
+use prunebench_models::{hf_out, text};
+
+use super::backends::{dispatch, resolve, BackendJob};
+use super::model_input::{open, seqlen, Tokens};
+use super::perplexity::eval_windows;
+use super::progress::Bar;
+use super::prune::{ms, prune_config};
+use super::PruneModelArgs;
+
+struct PruneModelJob<'a> {
+    ckpt: &'a Checkpoint,
+    cfg: &'a LlamaConfig,
+    calibration: &'a [Vec<u32>],
+    eval: Option<&'a [Vec<u32>]>,
+    pcfg: &'a PruneConfig,
+    gradients: Option<&'a GradientsFile>,
+    limit: Option<u64>,
+}
+
+struct Outcome {
+    run: ModelRun,
+    dense: Option<Perplexity>,
+    pruned: Option<Perplexity>,
+    info: BackendInfo,
+}
+
+impl BackendJob for PruneModelJob<'_> {
+    type Output = Outcome;
+    fn run<B: Backend>(self, b: &B) -> Result<Outcome> {
+        let opts = ForwardOptions::default();
+        let budget = match (b.memory_budget(), self.limit) {
+            (Some(a), Some(l)) => Some(a.min(l)),
+            (a, l) => a.or(l),
+        };
+        let seq = self.calibration[0].len();
+        let layer0 = self.ckpt.read_layer(0, &self.cfg.model.linears())?;
+        model::check_memory(budget, self.cfg, seq, &opts, Some((&layer0, self.pcfg)))?;
+        if let Some(e) = self.eval {
+            model::check_memory(budget, self.cfg, e[0].len(), &opts, None)?;
+        }
+        drop(layer0);
+        let backend = b.info().backend.clone();
+        let ppl = |replaced: &HashMap<String, prunebench_kernels::Matrix>, label: &str| {
+            let Some(windows) = self.eval else {
+                return Ok(None);
+            };
+            let w = Weights {
+                ckpt: self.ckpt,
+                replaced,
+            };
+            let bar = Bar::with_eta(&format!("{label} perplexity on {backend}"));
+            let p = model::perplexity(b, &w, self.cfg, windows, &opts, &|p| bar.update(p));
+            bar.finish();
+            p.map(Some)
+        };
+        let dense = ppl(&HashMap::new(), "dense")?;
+        let bar = Bar::with_eta(&format!("{} on {backend}", self.pcfg.method));
+        let run = model::prune_model(
+            b,
+            self.ckpt,
+            self.cfg,
+            self.calibration,
+            self.pcfg,
+            self.gradients,
+            &opts,
+            &|p| bar.update(p),
+        );
+        bar.finish();
+        let run = run?;
+        let pruned = ppl(&run.replaced, "pruned")?;
+        Ok(Outcome {
+            run,
+            dense,
+            pruned,
+            info: b.info().clone(),
+        })
+    }
+}
+
+pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
+    // Every argument and input is checked before any work starts.
+    let pcfg = prune_config(&a.method)?;
+    let (ckpt, cfg) = open(&a.checkpoint)?;
+    let gradients = match &a.gradients {
+        Some(p) => Some(GradientsFile::open(p, &cfg.model)?),
+        None => None,
+    };
+    sequential::check_config(&pcfg, gradients.as_ref())?;
+    let calib_tokens = Tokens::pick(&a.calibration_text, &a.calibration_ids, "calibration")?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "give the calibration text with --calibration-text FILE or its ids with \
+                 --calibration-ids FILE"
+            )
+        })?;
+    let eval_tokens = Tokens::pick(&a.eval_text, &a.eval_ids, "evaluation text")?;
+    let seq = seqlen(a.seqlen, &cfg)?;
+    let choice = resolve(&a.backend.backend)?;
+    let mut inputs = Inputs::new();
+    inputs.folder(
+        &a.checkpoint,
+        &format!("the checkpoint folder {}", a.checkpoint.display()),
+    );
+    for (p, what) in [
+        (Some(calib_tokens.path()), "the calibration text"),
+        (
+            eval_tokens.as_ref().map(Tokens::path),
+            "the evaluation text",
+        ),
+        (a.gradients.as_deref(), "the --gradients file"),
+    ] {
+        if let Some(p) = p {
+            inputs.file(p, &format!("{what} {}", p.display()));
+        }
+    }
+    if let Some(out) = &a.out {
+        hf_out::check_out_dir(&ckpt, out, &inputs).map_err(super::out_error)?;
+    }
+    let ids = calib_tokens.load(&a.checkpoint, &cfg, "--calibration-ids")?;
+    let calibration = text::calibration_windows(&ids, a.nsamples, seq, a.seed)?;
+    if a.nsamples == 0 {
+        bail!("--nsamples must be at least 1");
+    }
+    let eval = match &eval_tokens {
+        Some(t) => {
+            let ids = t.load(&a.checkpoint, &cfg, "--eval-ids")?;
+            Some(eval_windows(&ids, seq, a.eval_windows)?)
+        }
+        None => None,
+    };
+    let job = PruneModelJob {
+        ckpt: &ckpt,
+        cfg: &cfg,
+        calibration: &calibration,
+        eval: eval.as_deref(),
+        pcfg: &pcfg,
+        gradients: gradients.as_ref(),
+        limit: a.limits.max_device_memory.map(|m| m << 20),
+    };
+    let out = dispatch(choice, a.backend.adapter.as_deref(), job)?;
+    if let Some(dir) = &a.out {
+        let config = match out.run.totals.structured_sizes {
+            Some(s) => Some(LlamaConfig::updated_json(
+                &ckpt.config_json()?,
+                s.intermediate_size,
+                s.num_attention_heads,
+                s.num_key_value_heads,
+            )),
+            None => None,
+        };
+        hf_out::write_pruned_checkpoint(&ckpt, dir, &out.run.replaced, config.as_ref(), &inputs)
+            .map_err(super::out_error)?;
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "checkpoint": a.checkpoint,
+            "model": cfg.model,
+            "backend": out.info,
+            "method": pcfg.method,
+            "sparsity": pcfg.sparsity.to_string(),
+            "config": pcfg,
+            "layers": out.run.layers,
+            "totals": out.run.totals,
+            "perplexity": {"dense": out.dense, "pruned": out.pruned},
+            "out": a.out,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_summary(&a, &cfg, &pcfg, &out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(a: &PruneModelArgs, cfg: &LlamaConfig, pcfg: &PruneConfig, o: &Outcome) {
+    let t = &o.run.totals;
+    println!(
+        "{}: {} at {} on {} ({}), {} windows of {} tokens",
+        cfg.model.name,
+        pcfg.method,
+        pcfg.sparsity,
+        o.info.backend,
+        o.info.device,
+        t.calibration_windows,
+        t.seqlen
+    );
+    for r in &o.run.layers {
+        let mean_err =
+            r.linears.iter().map(|l| l.recon_error).sum::<f64>() / r.linears.len().max(1) as f64;
+        let pruned: usize = r.linears.iter().map(|l| l.pruned).sum();
+        let total: usize = r.linears.iter().map(|l| l.rows * l.cols).sum();
+        println!(
+            "layer {:>3}: pruned {:>6.2}%  mean recon err {:.4e}  prune {}  wall {}",
+            r.layer,
+            100.0 * pruned as f64 / total.max(1) as f64,
+            mean_err,
+            ms(r.prune_seconds),
+            ms(r.wall_seconds)
+        );
+    }
+    if let Some(s) = t.structured_sizes {
+        println!(
+            "structured: intermediate {} -> {}, heads {} -> {}, KV heads {} -> {}",
+            cfg.model.intermediate,
+            s.intermediate_size,
+            cfg.model.num_heads,
+            s.num_attention_heads,
+            cfg.model.num_kv_heads,
+            s.num_key_value_heads
+        );
+    }
+    let stages: Vec<String> = t
+        .stages
+        .iter()
+        .map(|s| format!("{} {}", s.stage, ms(s.seconds)))
+        .collect();
+    println!(
+        "total: {} of {} linear parameters pruned ({:.2}%); forward {}, prune {}, wall {}",
+        t.parameters_pruned,
+        t.parameters,
+        100.0 * t.parameters_pruned as f64 / t.parameters.max(1) as f64,
+        ms(t.forward_seconds),
+        ms(t.prune_seconds),
+        ms(t.wall_seconds)
+    );
+    println!("stages (device time over the model): {}", stages.join(", "));
+    if let (Some(d), Some(p)) = (&o.dense, &o.pruned) {
+        println!(
+            "perplexity: dense {:.4}, pruned {:.4} ({} windows of {} tokens)",
+            d.ppl, p.ppl, d.windows, d.seqlen
+        );
+    }
+    if let Some(out) = &a.out {
+        println!("pruned checkpoint written to {}", out.display());
+    }
+}
