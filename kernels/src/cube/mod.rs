@@ -28,7 +28,7 @@ use crate::ops::{
     ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
-use kernels::{elementwise, factor, obs, recon, select, sparse, stats, structured};
+use kernels::{elementwise, factor, forward, obs, recon, select, sparse, stats, structured};
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
@@ -466,5 +466,53 @@ impl<R: Runtime> Backend for CubeBackend<R> {
 
     fn sparse_matmul(&self, x: &CubeTensor, w: &CubePacked) -> Result<CubeTensor> {
         sparse::matmul::sparse_matmul(self, x, w)
+    }
+
+    // §14, the LLaMA forward ops: see [`kernels::forward`].
+    fn linear(&self, x: &CubeTensor, w: &CubeTensor) -> Result<CubeTensor> {
+        forward::linear(self, x, w)
+    }
+
+    fn rms_norm(&self, x: &CubeTensor, gamma: &CubeTensor, eps: f64) -> Result<CubeTensor> {
+        forward::rms_norm(self, x, gamma, eps)
+    }
+
+    fn rope(&self, x: &mut CubeTensor, cos: &CubeTensor, sin: &CubeTensor) -> Result<()> {
+        forward::rope(self, x, cos, sin)
+    }
+
+    fn attention(
+        &self,
+        q: &CubeTensor,
+        k: &CubeTensor,
+        v: &CubeTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<CubeTensor> {
+        forward::attention(self, q, k, v, heads, kv_heads, seq)
+    }
+
+    fn silu_mul(&self, gate: &CubeTensor, up: &CubeTensor) -> Result<CubeTensor> {
+        forward::silu_mul(self, gate, up)
+    }
+
+    fn add_assign(&self, x: &mut CubeTensor, y: &CubeTensor) -> Result<()> {
+        forward::add_assign(self, x, y)
+    }
+
+    fn embed(&self, table: &CubeTensor, ids: &[u32]) -> Result<CubeTensor> {
+        forward::embed(self, table, ids)
+    }
+
+    fn lm_head_chunk(
+        &self,
+        state: &mut CubeTensor,
+        h: &CubeTensor,
+        w_chunk: &CubeTensor,
+        offset: usize,
+        targets: &[u32],
+    ) -> Result<()> {
+        forward::lm_head_chunk(self, state, h, w_chunk, offset, targets)
     }
 }

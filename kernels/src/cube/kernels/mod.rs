@@ -10,6 +10,7 @@ pub mod copy;
 pub mod elementwise;
 pub mod factor;
 pub mod fill;
+pub mod forward;
 pub mod gemm;
 pub mod obs;
 pub mod probe;

@@ -1,0 +1,813 @@
+//! The LLaMA forward ops of ALGORITHMS.md §14 on the device:
+//!
+//! - the linear Y = X·Wᵀ is the shared GEMM with W read transposed (its rows are B's columns);
+//! - RMSNorm is a cube per row: a strided sum of squares, one cube reduction, the scaled row;
+//! - RoPE rotates pairs (x_i, x_{i+e/2}) in place, a thread per pair, with the host's tables;
+//! - attention is causal GQA with an f32 online softmax (see [`attention_kernel`]);
+//! - the SiLU-gate product and the residual add are vectorised elementwise kernels;
+//! - the embedding gather copies table rows bit for bit from the uploaded ids;
+//! - the LM head forms one chunk's logits with the GEMM into a temporary, then a cube per row
+//!   folds them into the running (m, s, z) state as the reference does.
+//!
+//! Tensors split into row slabs are handled slab by slab: the GEMM over the token runs that X
+//! and Y share, attention over groups of whole windows that lie in one slab of each operand
+//! (a window straddling a slab boundary is copied into contiguous scratch first).
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::storage::{arg, same_slabs, CubeTensor};
+use super::super::CubeBackend;
+use super::copy::{copy2d, Rect};
+use super::fill::{grid, vector_slabs, vector_width, BLOCK};
+use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::reduce::{cube_sum, CUBE};
+use super::stats::segments;
+use crate::error::{KernelError, Result};
+use crate::ops::{check, NO_TARGET};
+
+/// The largest head_dim the attention kernel takes: each unit holds its query and its
+/// accumulator (2·e f32) in registers.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Query rows per attention cube (one unit each).
+const ATT_BQ: u32 = 64;
+
+/// The largest key tile of the attention kernel.
+const ATT_MAX_BK: usize = 64;
+
+/// Shared memory the K and V tiles of one attention cube may take: WebGPU's guaranteed 16 KiB.
+const ATT_SHARED_BYTES: usize = 16 * 1024;
+
+/// The largest of `v` over the cube's 256 threads, returned to every thread (plane ops where
+/// the device has them, a shared-memory tree otherwise), as [`cube_sum`].
+#[cube]
+fn cube_max(v: f32, #[comptime] plane: bool) -> f32 {
+    let mut sh = SharedMemory::<f32>::new(CUBE as usize);
+    // Every partial is at least v: starting from it changes no maximum.
+    let mut out = v;
+    if comptime![plane] {
+        let p = plane_max(v);
+        if UNIT_POS_PLANE == 0 {
+            sh[(UNIT_POS / PLANE_DIM) as usize] = p;
+        }
+        sync_cube();
+        let planes = CUBE_DIM / PLANE_DIM;
+        for q in 0..planes {
+            out = f32::max(out, sh[q as usize]);
+        }
+        sync_cube();
+    } else {
+        sh[UNIT_POS as usize] = v;
+        sync_cube();
+        #[unroll]
+        for step in 0..8u32 {
+            let half = comptime![128u32 >> step];
+            if UNIT_POS < half {
+                sh[UNIT_POS as usize] =
+                    f32::max(sh[UNIT_POS as usize], sh[(UNIT_POS + half) as usize]);
+            }
+            sync_cube();
+        }
+        out = f32::max(out, sh[0]);
+        sync_cube();
+    }
+    out
+}
+
+/// y = x / sqrt(mean(x²) + eps) · γ, one cube per row of a slab.
+#[cube(launch_unchecked)]
+fn rms_norm_kernel(
+    x: &Array<f32>,
+    gamma: &Array<f32>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    #[comptime] plane: bool,
+) {
+    // The row is uniform per cube, so the early-out never splits a cube at its barriers.
+    let r = CUBE_POS as u32;
+    if r < rows {
+        let base = r * cols;
+        let mut s = 0.0f32;
+        let mut c = UNIT_POS;
+        while c < cols {
+            let v = x[(base + c) as usize];
+            s += v * v;
+            c += CUBE;
+        }
+        let total = cube_sum(s, plane);
+        let inv = 1.0f32 / f32::sqrt(total / cols as f32 + eps);
+        let mut c = UNIT_POS;
+        while c < cols {
+            let i = (base + c) as usize;
+            y[i] = x[i] * (inv * gamma[c as usize]);
+            c += CUBE;
+        }
+    }
+}
+
+/// RoPE in place, one thread per rotated pair: slab row r is global row row0 + r, at position
+/// (row0 + r) mod seq; pair j of a row is (head j / half, index j mod half).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rope_kernel(
+    x: &mut Array<f32>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    pairs: u32,
+    cols: u32,
+    half: u32,
+    seq: u32,
+    row0: u32,
+) {
+    let i = ABSOLUTE_POS as u32;
+    if i < pairs {
+        let per_row = cols / 2;
+        let r = i / per_row;
+        let j = i % per_row;
+        let c = j % half;
+        let a_at = (r * cols + (j / half) * 2 * half + c) as usize;
+        let b_at = a_at + half as usize;
+        let t = ((row0 + r) % seq * half + c) as usize;
+        let (cs, sn) = (cos[t], sin[t]);
+        let a = x[a_at];
+        let b = x[b_at];
+        x[a_at] = a * cs - b * sn;
+        x[b_at] = b * cs + a * sn;
+    }
+}
+
+/// Causal GQA attention over whole windows of `seq` rows, FlashAttention's online softmax in
+/// f32. A cube takes `bq` consecutive query rows of one window and one query head, a unit per
+/// query holding its scaled query and its output accumulator; the window's keys up to the
+/// tile's last query are walked in tiles of `bk` rows, K and V staged in shared memory, and
+/// each unit folds the keys at or before its own row into its running max m and sum l,
+/// rescaling the accumulator once per tile. The scores of a tile sit in a `bk`-long array per
+/// unit: nothing seq-long is ever stored.
+///
+/// head_dim is comptime (one kernel per distinct e): the per-unit query and accumulator are
+/// then fixed-size arrays that unrolled loops index with constants, i.e. registers, which a
+/// runtime-length array could not be.
+///
+/// Rows are counted from the launch's first window; q_row0, k_row0 and o_row0 are that
+/// window's first row inside the bindings of Q, of K and V, and of the output.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn attention_kernel(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    out: &mut Array<f32>,
+    q_row0: u32,
+    k_row0: u32,
+    o_row0: u32,
+    seq: u32,
+    tiles: u32,
+    qc: u32,
+    kc: u32,
+    group: u32,
+    scale: f32,
+    #[comptime] e: u32,
+    #[comptime] bq: u32,
+    #[comptime] bk: u32,
+) {
+    let tile = CUBE_POS_X;
+    let h = CUBE_POS_Y;
+    let g = h / group;
+    let ws = (tile / tiles) * seq;
+    let q_lo = ws + (tile % tiles) * bq;
+    let mut q_hi = q_lo + bq;
+    if q_hi > ws + seq {
+        q_hi = ws + seq;
+    }
+    // This unit's query and its position in the window (keys 0..=rel of the window).
+    let t = q_lo + UNIT_POS;
+    let rel = t - ws;
+    let active = t < q_hi;
+
+    let mut ks = SharedMemory::<f32>::new(comptime![(bk * e) as usize]);
+    let mut vs = SharedMemory::<f32>::new(comptime![(bk * e) as usize]);
+    let mut qr = Array::<f32>::new(comptime![e as usize]);
+    let mut acc = Array::<f32>::new(comptime![e as usize]);
+    let mut sc = Array::<f32>::new(comptime![bk as usize]);
+    let q_at = (q_row0 + t) * qc + h * e;
+    #[unroll]
+    for d in 0..e {
+        let mut val = 0.0f32;
+        if active {
+            val = q[(q_at + d) as usize] * scale;
+        }
+        qr[d as usize] = val;
+        acc[d as usize] = 0.0;
+    }
+    // A finite stand-in for −∞: the first tile's correction exp(m − max) is 0 all the same.
+    let mut m = f32::new(-3.0e38);
+    let mut l = 0.0f32;
+
+    // Keys ws .. q_hi − 1 of the window (uniform per cube, so every unit meets each barrier).
+    let n_keys = q_hi - ws;
+    let mut kt = 0u32;
+    while kt < n_keys {
+        #[unroll]
+        for step in 0..comptime![(bk * e + bq - 1) / bq] {
+            let i = step * bq + UNIT_POS;
+            if i < comptime![bk * e] {
+                let key = kt + i / e;
+                let mut kv = 0.0f32;
+                let mut vv = 0.0f32;
+                if key < n_keys {
+                    let at = ((k_row0 + ws + key) * kc + g * e + i % e) as usize;
+                    kv = k[at];
+                    vv = v[at];
+                }
+                ks[i as usize] = kv;
+                vs[i as usize] = vv;
+            }
+        }
+        sync_cube();
+        if active && kt <= rel {
+            // Keys kt .. kt + lim − 1 are at or before this query.
+            let mut lim = rel - kt + 1;
+            if lim > bk {
+                lim = bk;
+            }
+            let mut tmax = m;
+            for j in 0..lim {
+                let mut s = 0.0f32;
+                #[unroll]
+                for d in 0..e {
+                    s += qr[d as usize] * ks[(j * e + d) as usize];
+                }
+                sc[j as usize] = s;
+                tmax = f32::max(tmax, s);
+            }
+            let corr = f32::exp(m - tmax);
+            l *= corr;
+            #[unroll]
+            for d in 0..e {
+                acc[d as usize] *= corr;
+            }
+            m = tmax;
+            for j in 0..lim {
+                let p = f32::exp(sc[j as usize] - m);
+                l += p;
+                #[unroll]
+                for d in 0..e {
+                    acc[d as usize] += p * vs[(j * e + d) as usize];
+                }
+            }
+        }
+        sync_cube();
+        kt += bk;
+    }
+    if active {
+        let o_at = (o_row0 + t) * qc + h * e;
+        #[unroll]
+        for d in 0..e {
+            out[(o_at + d) as usize] = acc[d as usize] / l;
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+fn silu_mul_kernel<N: Size>(
+    gate: &Array<Vector<f32, N>>,
+    up: &Array<Vector<f32, N>>,
+    out: &mut Array<Vector<f32, N>>,
+) {
+    let i = ABSOLUTE_POS;
+    if i < out.len() {
+        let g = gate[i];
+        out[i] = g / (Vector::new(1.0) + Vector::exp(Vector::new(0.0) - g)) * up[i];
+    }
+}
+
+#[cube(launch_unchecked)]
+fn add_kernel<N: Size>(x: &mut Array<Vector<f32, N>>, y: &Array<Vector<f32, N>>) {
+    let i = ABSOLUTE_POS;
+    if i < x.len() {
+        x[i] += y[i];
+    }
+}
+
+/// out(r, c) = table(ids[id0 + r] − t_row0, c) for the output rows whose id lies in this table
+/// slab (rows t_row0 .. t_row0 + t_rows); words, so the gathered values are exact.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn embed_kernel(
+    table: &Array<u32>,
+    ids: &Array<u32>,
+    out: &mut Array<u32>,
+    n: u32,
+    d: u32,
+    id0: u32,
+    t_row0: u32,
+    t_rows: u32,
+) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n {
+        let id = ids[(id0 + i / d) as usize];
+        if id >= t_row0 && id - t_row0 < t_rows {
+            out[i as usize] = table[((id - t_row0) * d + i % d) as usize];
+        }
+    }
+}
+
+/// Folds one chunk's logits into the LM-head state, one cube per row: m' = max(m, max l),
+/// s' = s·exp(m − m') + Σ exp(l − m'), z = l[target − offset] when the target is in the chunk.
+/// `restart` starts from (−∞, 0, 0) (`neg_inf` carries the infinity in).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn lm_fold_kernel(
+    logits: &Array<f32>,
+    state: &mut Array<f32>,
+    targets: &Array<u32>,
+    rows: u32,
+    v: u32,
+    l_row0: u32,
+    s_row0: u32,
+    t0: u32,
+    offset: u32,
+    restart: u32,
+    neg_inf: f32,
+    #[comptime] plane: bool,
+) {
+    let r = CUBE_POS as u32;
+    if r < rows {
+        let lb = (l_row0 + r) * v;
+        let sb = ((s_row0 + r) * 3) as usize;
+        let mut m0 = neg_inf;
+        let mut s0 = 0.0f32;
+        if restart == 0 {
+            m0 = state[sb];
+            s0 = state[sb + 1];
+        }
+        let mut mx = m0;
+        let mut c = UNIT_POS;
+        while c < v {
+            mx = f32::max(mx, logits[(lb + c) as usize]);
+            c += CUBE;
+        }
+        // The barriers inside the reductions also order every unit's reads of the state
+        // before unit 0 writes it.
+        let m = cube_max(mx, plane);
+        let mut s = 0.0f32;
+        let mut c = UNIT_POS;
+        while c < v {
+            s += f32::exp(logits[(lb + c) as usize] - m);
+            c += CUBE;
+        }
+        let total = cube_sum(s, plane);
+        if UNIT_POS == 0 {
+            state[sb] = m;
+            state[sb + 1] = s0 * f32::exp(m0 - m) + total;
+            let tg = targets[(t0 + r) as usize];
+            if tg != NO_TARGET && tg >= offset && tg - offset < v {
+                state[sb + 2] = logits[(lb + tg - offset) as usize];
+            } else if restart != 0 {
+                state[sb + 2] = 0.0;
+            }
+        }
+    }
+}
+
+/// Y = X·Wᵀ into `y` (X.rows x W.rows, any slabs): a GEMM per token run that one X slab and
+/// one Y slab share and per slab of W (a block of Y's columns).
+fn linear_into<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, w: &CubeTensor, y: &CubeTensor) {
+    let (k, m) = (x.cols, w.rows);
+    for (_, len, ys, ly, xs, lx) in segments(&y.slabs, &x.slabs, x.rows) {
+        for ws in 0..w.handles.len() {
+            let (w0, wn) = w.slabs.range(ws);
+            if wn == 0 {
+                continue;
+            }
+            gemm(
+                b,
+                &Gemm {
+                    m: len,
+                    n: wn,
+                    k,
+                    a: View::rows(&x.handles[xs], x.slab_len(xs), lx * k, k),
+                    b: View::transposed(&w.handles[ws], w.slab_len(ws), 0, k),
+                    c: View::rows(&y.handles[ys], y.slab_len(ys), ly * m + w0, m),
+                    alpha: 1.0,
+                    beta: None,
+                    lower: None,
+                    b_lower: None,
+                    epi: EPI_STORE,
+                    dot: None,
+                },
+            );
+        }
+    }
+}
+
+pub fn linear<R: Runtime>(
+    b: &CubeBackend<R>,
+    x: &CubeTensor,
+    w: &CubeTensor,
+) -> Result<CubeTensor> {
+    check::linear(x.shape(), w.shape())?;
+    let y = b.alloc_tensor(x.rows, w.rows)?;
+    linear_into(b, x, w, &y);
+    Ok(y)
+}
+
+pub fn rms_norm<R: Runtime>(
+    b: &CubeBackend<R>,
+    x: &CubeTensor,
+    gamma: &CubeTensor,
+    eps: f64,
+) -> Result<CubeTensor> {
+    check::rms_norm(x.shape(), gamma.shape(), eps)?;
+    let y = b.alloc_tensor(x.rows, x.cols)?;
+    same_slabs("RMSNorm output vs X", &y.slabs, &x.slabs)?;
+    for s in 0..x.handles.len() {
+        let rn = x.slabs.range(s).1;
+        if rn == 0 || x.cols == 0 {
+            continue;
+        }
+        // SAFETY: one cube per row of the slab, each thread striding over its columns; γ holds
+        // cols values.
+        unsafe {
+            rms_norm_kernel::launch_unchecked::<R>(
+                &b.client,
+                grid(rn, 1),
+                CubeDim::new_1d(CUBE),
+                arg(&x.handles[s], x.slab_len(s)),
+                arg(&gamma.handles[0], gamma.cols),
+                arg(&y.handles[s], y.slab_len(s)),
+                rn as u32,
+                x.cols as u32,
+                eps as f32,
+                b.plane,
+            );
+        }
+    }
+    Ok(y)
+}
+
+pub fn rope<R: Runtime>(
+    b: &CubeBackend<R>,
+    x: &CubeTensor,
+    cos: &CubeTensor,
+    sin: &CubeTensor,
+) -> Result<()> {
+    let (seq, e) = check::rope(x.shape(), cos.shape(), sin.shape())?;
+    if cos.handles.len() > 1 || sin.handles.len() > 1 {
+        return Err(KernelError::Unsupported(format!(
+            "RoPE: the {seq}x{} tables exceed one binding",
+            e / 2
+        )));
+    }
+    let half = e / 2;
+    for s in 0..x.handles.len() {
+        let (r0, rn) = x.slabs.range(s);
+        let pairs = rn * x.cols / 2;
+        if pairs == 0 {
+            continue;
+        }
+        // SAFETY: one thread per pair of the slab; both halves lie in its row, and the table
+        // entry (position < seq, index < half) inside the seq x half tables.
+        unsafe {
+            rope_kernel::launch_unchecked::<R>(
+                &b.client,
+                grid(pairs, BLOCK),
+                CubeDim::new_1d(BLOCK),
+                arg(&x.handles[s], x.slab_len(s)),
+                arg(&cos.handles[0], seq * half),
+                arg(&sin.handles[0], seq * half),
+                pairs as u32,
+                x.cols as u32,
+                half as u32,
+                seq as u32,
+                r0 as u32,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One attention launch's operands: bindings and the first row of its first window in each.
+struct AttnArgs<'a> {
+    q: (&'a Handle, usize, usize),
+    k: (&'a Handle, usize, usize),
+    v: (&'a Handle, usize),
+    o: (&'a Handle, usize, usize),
+    windows: usize,
+}
+
+/// The attention geometry fixed by the shapes.
+struct AttnShape {
+    heads: usize,
+    group: usize,
+    seq: usize,
+    e: usize,
+    qc: usize,
+    kc: usize,
+    bk: usize,
+}
+
+/// The key tile: 2·bk·e f32 of shared memory within 16 KiB (and the device's limit), at most
+/// 64 keys, a power of two.
+fn key_tile(e: usize, max_shared: usize) -> usize {
+    let bytes = ATT_SHARED_BYTES.min(max_shared.max(8 * e));
+    let mut bk = ATT_MAX_BK;
+    while bk > 1 && 8 * bk * e > bytes {
+        bk /= 2;
+    }
+    bk
+}
+
+fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs<'_>) {
+    let tiles = sh.seq.div_ceil(ATT_BQ as usize);
+    // Cube counts stay below 65 535 per dimension: windows in groups.
+    let per = (65_535 / tiles).max(1);
+    let mut w0 = 0;
+    while w0 < a.windows {
+        let n = per.min(a.windows - w0);
+        let rows = w0 * sh.seq;
+        // SAFETY: each cube reads query rows and key rows of its own window (all inside the
+        // launch's windows, which lie in the given bindings from their first rows) at columns
+        // below qc and kc, and writes the output rows of its queries and head.
+        unsafe {
+            attention_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static((n * tiles) as u32, sh.heads as u32, 1),
+                CubeDim::new_1d(ATT_BQ),
+                arg(a.q.0, a.q.1),
+                arg(a.k.0, a.k.1),
+                arg(a.v.0, a.v.1),
+                arg(a.o.0, a.o.1),
+                (a.q.2 + rows) as u32,
+                (a.k.2 + rows) as u32,
+                (a.o.2 + rows) as u32,
+                sh.seq as u32,
+                tiles as u32,
+                sh.qc as u32,
+                sh.kc as u32,
+                sh.group as u32,
+                (1.0 / (sh.e as f64).sqrt()) as f32,
+                sh.e as u32,
+                ATT_BQ,
+                sh.bk as u32,
+            );
+        }
+        w0 += n;
+    }
+}
+
+/// Rows [r0, r0 + n) of `t` (across its slabs) into a contiguous buffer, or back.
+fn copy_rows<R: Runtime>(
+    b: &CubeBackend<R>,
+    t: &CubeTensor,
+    r0: usize,
+    n: usize,
+    buf: &Handle,
+    to_buf: bool,
+) {
+    let cols = t.cols;
+    for (s, g0, g1) in t.slabs.covering(r0, r0 + n) {
+        let slab = Rect {
+            h: &t.handles[s],
+            len: t.slab_len(s),
+            off: (g0 - t.slabs.range(s).0) * cols,
+            ld: cols,
+        };
+        let flat = Rect {
+            h: buf,
+            len: n * cols,
+            off: (g0 - r0) * cols,
+            ld: cols,
+        };
+        if to_buf {
+            copy2d(b, slab, flat, g1 - g0, cols);
+        } else {
+            copy2d(b, flat, slab, g1 - g0, cols);
+        }
+    }
+}
+
+pub fn attention<R: Runtime>(
+    b: &CubeBackend<R>,
+    q: &CubeTensor,
+    k: &CubeTensor,
+    v: &CubeTensor,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+) -> Result<CubeTensor> {
+    let e = check::attention(q.shape(), k.shape(), v.shape(), heads, kv_heads, seq)?;
+    if e > MAX_HEAD_DIM {
+        return Err(KernelError::Unsupported(format!(
+            "attention: head_dim {e} exceeds the {MAX_HEAD_DIM} the CubeCL kernel holds per \
+             query"
+        )));
+    }
+    same_slabs("attention V vs K", &v.slabs, &k.slabs)?;
+    if heads > 65_535 {
+        return Err(KernelError::Unsupported(format!(
+            "attention: {heads} heads exceed a launch's 65535 cubes per dimension"
+        )));
+    }
+    let out = b.alloc_tensor(q.rows, q.cols)?;
+    let sh = AttnShape {
+        heads,
+        group: heads / kv_heads,
+        seq,
+        e,
+        qc: q.cols,
+        kc: k.cols,
+        bk: key_tile(e, b.max_shared),
+    };
+    let windows = q.rows / seq;
+    let mut w = 0;
+    while w < windows {
+        let r0 = w * seq;
+        let (qs, ql) = q.slabs.locate(r0);
+        let (ks, kl) = k.slabs.locate(r0);
+        let (os, ol) = out.slabs.locate(r0);
+        // Whole windows from here inside the same slab of every operand.
+        let room = (q.slabs.slab_rows - ql)
+            .min(k.slabs.slab_rows - kl)
+            .min(out.slabs.slab_rows - ol);
+        let fit = (room / seq).min(windows - w);
+        if fit > 0 {
+            attention_launch(
+                b,
+                &sh,
+                &AttnArgs {
+                    q: (&q.handles[qs], q.slab_len(qs), ql),
+                    k: (&k.handles[ks], k.slab_len(ks), kl),
+                    v: (&v.handles[ks], v.slab_len(ks)),
+                    o: (&out.handles[os], out.slab_len(os), ol),
+                    windows: fit,
+                },
+            );
+            w += fit;
+            continue;
+        }
+        // A window across a slab boundary: through contiguous copies of its rows.
+        let (qb, kb, vb, ob) = (
+            b.scratch(seq * q.cols)?,
+            b.scratch(seq * k.cols)?,
+            b.scratch(seq * k.cols)?,
+            b.scratch(seq * q.cols)?,
+        );
+        copy_rows(b, q, r0, seq, &qb, true);
+        copy_rows(b, k, r0, seq, &kb, true);
+        copy_rows(b, v, r0, seq, &vb, true);
+        attention_launch(
+            b,
+            &sh,
+            &AttnArgs {
+                q: (&qb, seq * q.cols, 0),
+                k: (&kb, seq * k.cols, 0),
+                v: (&vb, seq * k.cols),
+                o: (&ob, seq * q.cols, 0),
+                windows: 1,
+            },
+        );
+        copy_rows(b, &out, r0, seq, &ob, false);
+        w += 1;
+    }
+    Ok(out)
+}
+
+pub fn silu_mul<R: Runtime>(
+    b: &CubeBackend<R>,
+    gate: &CubeTensor,
+    up: &CubeTensor,
+) -> Result<CubeTensor> {
+    check::same("SiLU-gate product: up vs gate", up.shape(), gate.shape())?;
+    same_slabs("SiLU-gate product: up vs gate", &up.slabs, &gate.slabs)?;
+    let out = b.alloc_tensor(gate.rows, gate.cols)?;
+    same_slabs("SiLU-gate product: output vs gate", &out.slabs, &gate.slabs)?;
+    let v = vector_width(gate.cols);
+    for (s, n, cubes) in vector_slabs(gate, v) {
+        // SAFETY: one thread per vector of three slabs of equal length.
+        unsafe {
+            silu_mul_kernel::launch_unchecked::<R>(
+                &b.client,
+                cubes,
+                CubeDim::new_1d(BLOCK),
+                v,
+                arg(&gate.handles[s], n),
+                arg(&up.handles[s], n),
+                arg(&out.handles[s], n),
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub fn add_assign<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor) -> Result<()> {
+    check::same("residual add", x.shape(), y.shape())?;
+    same_slabs("residual add", &x.slabs, &y.slabs)?;
+    let v = vector_width(x.cols);
+    for (s, n, cubes) in vector_slabs(x, v) {
+        // SAFETY: one thread per vector of two slabs of equal length.
+        unsafe {
+            add_kernel::launch_unchecked::<R>(
+                &b.client,
+                cubes,
+                CubeDim::new_1d(BLOCK),
+                v,
+                arg(&x.handles[s], n),
+                arg(&y.handles[s], n),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn embed<R: Runtime>(
+    b: &CubeBackend<R>,
+    table: &CubeTensor,
+    ids: &[u32],
+) -> Result<CubeTensor> {
+    check::ids(ids, table.rows)?;
+    let d = table.cols;
+    let out = b.alloc_tensor(ids.len(), d)?;
+    if ids.is_empty() || d == 0 {
+        return Ok(out);
+    }
+    let dev = b.scratch_from(ids)?;
+    for os in 0..out.handles.len() {
+        let (o0, on) = out.slabs.range(os);
+        if on == 0 {
+            continue;
+        }
+        for ts in 0..table.handles.len() {
+            let (t0, tn) = table.slabs.range(ts);
+            // SAFETY: one thread per element of the output slab; its id (validated below the
+            // vocabulary) is read only where it lies in this table slab.
+            unsafe {
+                embed_kernel::launch_unchecked::<R>(
+                    &b.client,
+                    grid(on * d, BLOCK),
+                    CubeDim::new_1d(BLOCK),
+                    arg(&table.handles[ts], table.slab_len(ts)),
+                    arg(&dev, ids.len()),
+                    arg(&out.handles[os], out.slab_len(os)),
+                    (on * d) as u32,
+                    d as u32,
+                    o0 as u32,
+                    t0 as u32,
+                    tn as u32,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn lm_head_chunk<R: Runtime>(
+    b: &CubeBackend<R>,
+    state: &CubeTensor,
+    h: &CubeTensor,
+    w_chunk: &CubeTensor,
+    offset: usize,
+    targets: &[u32],
+) -> Result<()> {
+    check::lm_head(state.shape(), h.shape(), w_chunk.shape(), targets.len())?;
+    let (n, v) = (h.rows, w_chunk.rows);
+    if offset + v >= NO_TARGET as usize {
+        return Err(KernelError::InvalidArgument(format!(
+            "LM head: vocabulary rows {offset}..{} do not fit 32-bit token ids",
+            offset + v
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let logits = b.alloc_tensor(n, v)?;
+    linear_into(b, h, w_chunk, &logits);
+    let dev = b.scratch_from(targets)?;
+    for (t, len, ls, ll, ss, sl) in segments(&logits.slabs, &state.slabs, n) {
+        // SAFETY: one cube per row of the run; the logits row (v values) and the state row (3)
+        // lie in their slabs, the target index below n.
+        unsafe {
+            lm_fold_kernel::launch_unchecked::<R>(
+                &b.client,
+                grid(len, 1),
+                CubeDim::new_1d(CUBE),
+                arg(&logits.handles[ls], logits.slab_len(ls)),
+                arg(&state.handles[ss], state.slab_len(ss)),
+                arg(&dev, n),
+                len as u32,
+                v as u32,
+                ll as u32,
+                sl as u32,
+                t as u32,
+                offset as u32,
+                (offset == 0) as u32,
+                f32::NEG_INFINITY,
+                b.plane,
+            );
+        }
+    }
+    Ok(())
+}
