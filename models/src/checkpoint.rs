@@ -11,12 +11,13 @@ use crate::config::{InputGroup, LinearSpec, ModelConfig};
 use crate::dtype::DType;
 use crate::error::{io, ModelError, Result};
 use crate::input::{check_input_dir, input_present, read_input_text};
+use crate::llama::LlamaConfig;
 use crate::mapped::{write_matrices, MappedFile, TensorHeader};
 use crate::output::write_file;
 use crate::LayerWeights;
 use crate::NormWeight;
 
-const INDEX: &str = "model.safetensors.index.json";
+pub(crate) const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
 
 pub struct Checkpoint {
@@ -88,6 +89,90 @@ impl Checkpoint {
     /// The checkpoint's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The model's `config.json` read for the whole-model forward (vocabulary, norm epsilon,
+    /// RoPE, context length, tied embeddings).
+    /// The checkpoint's `config.json` as it is, every key kept (a pruned model's is this with
+    /// the new sizes).
+    pub fn config_json(&self) -> Result<serde_json::Value> {
+        let path = self.dir.join("config.json");
+        let text = read_input_text(&path, "a JSON model config")?;
+        serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+            path,
+            detail: format!("not valid JSON: {e}"),
+        })
+    }
+
+    pub fn llama(&self) -> Result<LlamaConfig> {
+        LlamaConfig::from_hf_config(&self.dir.join("config.json"))
+    }
+
+    /// Every tensor name the checkpoint lists (the index's weight_map, or the single file's
+    /// tensors), sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.weight_map.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.weight_map.contains_key(name)
+    }
+
+    /// The safetensors file tensor `name` lives in.
+    pub fn shard_of(&self, name: &str) -> Option<&Path> {
+        self.weight_map
+            .get(name)
+            .map(|&i| self.files[i].path.as_path())
+    }
+
+    /// The file `name` lives in, or an error naming where it was looked for.
+    fn file_of(&self, name: &str) -> Result<&MappedFile> {
+        self.weight_map
+            .get(name)
+            .map(|&i| &self.files[i])
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                path: self.map_source.clone(),
+            })
+    }
+
+    /// The dtype and shape of tensor `name` (an error for a dtype other than F32, F16, BF16).
+    pub fn tensor_info(&self, name: &str) -> Result<(DType, Vec<usize>)> {
+        let t = self.file_of(name)?.require(name)?;
+        Ok((t.dtype, t.shape))
+    }
+
+    /// Any 1-D or 2-D tensor as f32 (a 1-D one of n values as a 1 x n matrix), checked for
+    /// NaN and Inf, with the dtype it is stored in.
+    pub fn read_tensor(&self, name: &str) -> Result<(Matrix, DType)> {
+        let file = self.file_of(name)?;
+        let t = file.require(name)?;
+        let (rows, cols) = match t.shape[..] {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            _ => {
+                return Err(ModelError::NotAMatrix {
+                    name: name.to_string(),
+                    path: file.path.clone(),
+                    shape: t.shape.clone(),
+                })
+            }
+        };
+        let data = t.read_f32(&file.path, 0, rows * cols, cols)?;
+        Ok((Matrix { rows, cols, data }, t.dtype))
+    }
+
+    /// The mapped safetensors files, in the order the index first names them.
+    pub(crate) fn files(&self) -> &[MappedFile] {
+        &self.files
+    }
+
+    /// The shard index, when the checkpoint is sharded.
+    pub(crate) fn index_path(&self) -> Option<&Path> {
+        (self.map_source.file_name() == Some(std::ffi::OsStr::new(INDEX)))
+            .then_some(self.map_source.as_path())
     }
 
     /// The selected linears of one layer as f32, checked for shape, dtype and finiteness, each

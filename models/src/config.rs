@@ -166,16 +166,28 @@ fn width_within_limit(heads: usize, head_dim: usize) -> std::result::Result<(), 
     }
 }
 
+/// A `config.json` parsed, not yet interpreted.
+pub(crate) fn read_config_json(path: &Path) -> Result<serde_json::Value> {
+    let text = read_input_text(path, "a JSON model config")?;
+    serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+        path: path.to_path_buf(),
+        detail: format!("not valid JSON: {e}"),
+    })
+}
+
 impl ModelConfig {
     /// Reads a Hugging Face `config.json`; the model is named after its folder.
     pub fn from_hf_config(path: &Path) -> Result<ModelConfig> {
-        let text = read_input_text(path, "a JSON model config")?;
+        Self::from_hf_value(&read_config_json(path)?, path)
+    }
+
+    /// The shape keys of a parsed `config.json` read from `path` (named in errors, and the
+    /// model named after its folder).
+    pub fn from_hf_value(v: &serde_json::Value, path: &Path) -> Result<ModelConfig> {
         let bad = |detail: String| ModelError::BadConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let get = |key: &str| -> Result<Option<usize>> {
             let Some(x) = v.get(key).filter(|x| !x.is_null()) else {
                 return Ok(None);

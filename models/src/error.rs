@@ -87,8 +87,25 @@ pub enum ModelError {
         row: usize,
         col: usize,
     },
+    #[error(
+        "tensor {name} in {path} has shape {shape:?}: only a 1-D or 2-D tensor is read as a matrix"
+    )]
+    NotAMatrix {
+        name: String,
+        path: PathBuf,
+        shape: Vec<usize>,
+    },
     #[error("{path}: cannot write: {detail}")]
     Write { path: PathBuf, detail: String },
+    #[error("no tokenizer.json in {dir}: give token ids with --token-ids FILE instead")]
+    NoTokenizer { dir: PathBuf },
+    /// A tokenizer or token-id file that cannot be used.
+    #[error("{path}: {detail}")]
+    BadTokens { path: PathBuf, detail: String },
+    /// Token ids that do not make the windows asked for, or a window length the model
+    /// cannot take.
+    #[error("{0}")]
+    Text(String),
     #[error("{0}")]
     Calibration(String),
 }

@@ -1,6 +1,8 @@
 //! LLaMA layers as prunebench sees them: the family's shapes, seeded synthetic layers and
 //! calibration data shaped like LLaMA activations, Hugging Face safetensors checkpoints read
-//! one layer at a time and written back, and the calibration file format.
+//! one layer at a time and written back, and the calibration file format; for whole models,
+//! the rest of a LLaMA config (RoPE included), token ids and their windows, and a pruned
+//! checkpoint folder written back.
 
 pub mod calibration;
 pub mod checkpoint;
@@ -8,14 +10,18 @@ pub mod config;
 mod dtype;
 pub mod error;
 pub mod gradients;
+pub mod hf_out;
 pub mod input;
+pub mod llama;
 mod mapped;
 pub mod output;
 pub mod synthetic;
+pub mod text;
 
 pub use config::{InputGroup, LinearSpec, ModelConfig};
 pub use dtype::DType;
 pub use error::{ModelError, Result};
+pub use llama::{LlamaConfig, RopeScaling};
 pub use synthetic::CalibrationSource;
 
 /// Statistics read ready-made instead of accumulated (ALGORITHMS.md §1-§3): a calibration

@@ -54,6 +54,31 @@ impl MappedFile {
         self.meta.tensors().into_keys().collect()
     }
 
+    /// The tensor names in the order their data lies in the file.
+    pub fn names_in_file_order(&self) -> Vec<String> {
+        self.meta.offset_keys()
+    }
+
+    /// The tensor `name` as stored, whatever its dtype (for copying it unchanged).
+    pub fn raw(&self, name: &str) -> Result<Option<RawTensor<'_>>> {
+        let Some(info) = self.meta.info(name) else {
+            return Ok(None);
+        };
+        let (a, b) = info.data_offsets;
+        let bytes = self
+            .mmap
+            .get(self.data_start + a..self.data_start + b)
+            .ok_or_else(|| ModelError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("tensor {name} lies past the end of the file"),
+            })?;
+        Ok(Some(RawTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes,
+        }))
+    }
+
     pub fn metadata(&self) -> Option<&HashMap<String, String>> {
         self.meta.metadata().as_ref()
     }
@@ -92,6 +117,13 @@ impl MappedFile {
             path: self.path.clone(),
         })
     }
+}
+
+/// A tensor's stored bytes, in any safetensors dtype.
+pub struct RawTensor<'a> {
+    pub dtype: safetensors::Dtype,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
 }
 
 impl TensorRef<'_> {
@@ -250,21 +282,43 @@ fn header_bytes(
     tensors: &[TensorHeader],
     metadata: HashMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
+    let entries: Vec<(&str, safetensors::Dtype, &[usize])> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype.to_safetensors(), &t.shape[..]))
+        .collect();
+    raw_header_bytes(&entries, metadata)
+}
+
+/// The header of tensors of any safetensors dtype (name, dtype, shape), their data laid out
+/// in the order given, padded as `header_bytes` pads it.
+pub fn raw_header_bytes(
+    tensors: &[(&str, safetensors::Dtype, &[usize])],
+    metadata: HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
     let mut infos = Vec::with_capacity(tensors.len());
     let mut offset = 0usize;
-    for (i, t) in tensors.iter().enumerate() {
-        if tensors[..i].iter().any(|u| u.name == t.name) {
-            return Err(format!("tensor {} is given twice", t.name));
+    let mut seen = std::collections::HashSet::new();
+    for &(name, dtype, shape) in tensors {
+        if !seen.insert(name) {
+            return Err(format!("tensor {name} is given twice"));
         }
-        let bytes = t
-            .elements()
-            .and_then(|n| n.checked_mul(t.dtype.size()))
-            .ok_or_else(|| format!("tensor {} shape {:?} is too large", t.name, t.shape))?;
+        // Counted in bits, as safetensors validates it: some dtypes are narrower than a byte.
+        let bits = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.bitsize()))
+            .ok_or_else(|| format!("tensor {name} shape {shape:?} is too large"))?;
+        if bits % 8 != 0 {
+            return Err(format!(
+                "tensor {name} of {dtype} with shape {shape:?} does not fill whole bytes"
+            ));
+        }
+        let bytes = bits / 8;
         infos.push((
-            t.name.clone(),
+            name.to_string(),
             TensorInfo {
-                dtype: t.dtype.to_safetensors(),
-                shape: t.shape.clone(),
+                dtype,
+                shape: shape.to_vec(),
                 data_offsets: (offset, offset + bytes),
             },
         ));

@@ -196,6 +196,28 @@ pub fn check_folder(target: &Path, inputs: &Inputs) -> Result<()> {
     Ok(())
 }
 
+/// Checks, before any work, that a new folder of outputs can be made at `target`: what
+/// `check_folder` checks, and that it is neither an input folder nor inside one, and absent
+/// or empty (files left there, another model's shards say, would mix with the new ones).
+pub fn check_new_folder(target: &Path, inputs: &Inputs) -> Result<()> {
+    if let Some(what) = inputs.replaced_by(target) {
+        return Err(refuse(
+            target,
+            format!("it is, or lies in, {what}; refusing to write into an input"),
+        ));
+    }
+    if target.is_dir() {
+        let mut entries = fs::read_dir(target).map_err(io_err(target))?;
+        if entries.next().is_some() {
+            return Err(refuse(
+                target,
+                "the folder exists and is not empty; give a new or an empty folder",
+            ));
+        }
+    }
+    check_folder(target, inputs)
+}
+
 /// What the signal handler removes: every temporary that exists now.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 

@@ -521,3 +521,100 @@ fn inputs_that_are_not_regular_files_are_named() {
     std::fs::remove_file(&st).unwrap();
     expect_err(Checkpoint::open(&ck), &["neither model.safetensors nor"]);
 }
+
+#[test]
+fn any_tensor_is_read_by_name() {
+    for shards in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = tiny_checkpoint(dir.path(), DType::BF16, shards);
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        let names = ck.tensor_names();
+        // 7 linears and 2 norms per layer, sorted.
+        assert_eq!(names.len(), 18);
+        assert!(names.windows(2).all(|p| p[0] < p[1]));
+        let q = "model.layers.1.self_attn.q_proj.weight";
+        let norm = "model.layers.0.post_attention_layernorm.weight";
+        assert!(ck.has_tensor(q) && !ck.has_tensor("lm_head.weight"));
+        let shard = ck.shard_of(q).unwrap();
+        assert_eq!(shard.parent().unwrap(), dir.path());
+        assert!(tensors_of(shard).contains(&q.to_string()));
+        assert_eq!(ck.shard_of("lm_head.weight"), None);
+
+        assert_eq!(ck.tensor_info(q).unwrap(), (DType::BF16, vec![256, 256]));
+        let (m, d) = ck.read_tensor(q).unwrap();
+        assert_eq!((m.rows, m.cols, d), (256, 256, DType::BF16));
+        let want = &layers[1].linears[0].1;
+        assert!(m
+            .data
+            .iter()
+            .zip(&want.data)
+            .all(|(a, b)| *a == rounded(*b, DType::BF16)));
+        // A 1-D tensor is a 1 x n matrix.
+        let (m, _) = ck.read_tensor(norm).unwrap();
+        assert_eq!((m.rows, m.cols), (1, 256));
+        let want = &layers[0]
+            .norm(prunebench_models::InputGroup::MlpIn)
+            .unwrap()
+            .data;
+        assert!(m
+            .data
+            .iter()
+            .zip(want)
+            .all(|(a, b)| *a == rounded(*b, DType::BF16)));
+
+        let e = expect_err(ck.read_tensor("lm_head.weight"), &["lm_head.weight"]);
+        assert!(matches!(e, ModelError::MissingTensor { .. }), "{e}");
+        expect_err(ck.tensor_info("lm_head.weight"), &["lm_head.weight"]);
+    }
+}
+
+fn tensors_of(path: &Path) -> Vec<String> {
+    read_raw(path).0.into_keys().collect()
+}
+
+#[test]
+fn a_tensor_of_another_rank_is_not_read_as_a_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_layer_tiny();
+    write_checkpoint(dir.path(), &cfg, &[], DType::F32, 1).unwrap();
+    let data = vec![0u8; 2 * 3 * 4 * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3, 4], &data)
+        .unwrap();
+    safetensors::serialize_to_file(
+        [("conv.weight", view)],
+        None,
+        &dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(ck.tensor_info("conv.weight").unwrap().1, vec![2, 3, 4]);
+    let e = expect_err(
+        ck.read_tensor("conv.weight"),
+        &["conv.weight", "[2, 3, 4]", "1-D or 2-D"],
+    );
+    assert!(matches!(e, ModelError::NotAMatrix { .. }), "{e}");
+}
+
+#[test]
+fn the_llama_config_is_read_from_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_checkpoint(dir.path(), DType::F16, 1);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    // write_checkpoint's config.json has no vocab_size: the whole-model config needs it.
+    let e = ck.llama().unwrap_err().to_string();
+    assert!(
+        e.contains("vocab_size is missing") && e.contains("config.json"),
+        "{e}"
+    );
+    let path = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["vocab_size"] = 1000.into();
+    v["rope_theta"] = 500000.0.into();
+    v["tie_word_embeddings"] = true.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let l = ck.llama().unwrap();
+    assert_eq!(&l.model, ck.config());
+    assert_eq!((l.vocab_size, l.rope_theta), (1000, 500000.0));
+    assert!(l.tie_word_embeddings && l.rope_scaling.is_none());
+}

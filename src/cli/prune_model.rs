@@ -129,7 +129,7 @@ pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
         }
     }
     if let Some(out) = &a.out {
-        hf_out::check_out_dir(&ckpt, out, &inputs).map_err(super::out_error)?;
+        hf_out::check_output_folder(&ckpt, out, &inputs).map_err(super::out_error)?;
     }
     let ids = calib_tokens.load(&a.checkpoint, &cfg, "--calibration-ids")?;
     let calibration = text::calibration_windows(&ids, a.nsamples, seq, a.seed)?;
