@@ -16,7 +16,9 @@ use prunebench_models::llama::LlamaConfig;
 use safetensors::{Dtype, SafeTensors};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/forward")
+        .join(name)
 }
 
 struct Reference {
@@ -55,7 +57,9 @@ impl Reference {
     /// The fixed token ids, one window per row.
     fn windows(&self) -> Vec<Vec<u32>> {
         let (shape, v) = self.values("ids");
-        v.chunks(shape[1]).map(|w| w.iter().map(|&x| x as u32).collect()).collect()
+        v.chunks(shape[1])
+            .map(|w| w.iter().map(|&x| x as u32).collect())
+            .collect()
     }
 }
 
@@ -88,7 +92,11 @@ fn our_trace<B: Backend>(b: &B, model: &str) -> (Vec<Matrix>, Matrix, f64) {
     let gamma = ckpt.read_tensor("model.norm.weight").unwrap().0;
     let cpu = CpuBackend::new();
     let normed = cpu
-        .rms_norm(&cpu.upload(&last).unwrap(), &cpu.upload(&gamma).unwrap(), cfg.rms_norm_eps)
+        .rms_norm(
+            &cpu.upload(&last).unwrap(),
+            &cpu.upload(&gamma).unwrap(),
+            cfg.rms_norm_eps,
+        )
         .unwrap();
     hidden.push(cpu.download(&normed).unwrap());
     let p = perplexity(b, &w, &cfg, &windows, &ForwardOptions::default(), &|_| {}).unwrap();
@@ -117,7 +125,11 @@ fn check_against_transformers(model: &str) {
         let (_, loss) = r.values(&format!("{prec}.loss"));
         let rel = (nll - loss[0]).abs() / loss[0];
         // The bound: perplexity's nll equals transformers' loss to 1e-4 relative.
-        assert!(rel <= 1e-4, "{model} nll {nll} vs {prec} loss {}: {rel:e}", loss[0]);
+        assert!(
+            rel <= 1e-4,
+            "{model} nll {nll} vs {prec} loss {}: {rel:e}",
+            loss[0]
+        );
     }
 }
 
@@ -146,7 +158,11 @@ fn check_gpu<B: Backend>(b: &B, model: &str) {
     let e = rel_rms(&l.data, &to64(&l_ref));
     assert!(e <= 1e-4, "{model} {} logits: {e:e}", b.info().backend);
     let rel = (nll - nll_ref).abs() / nll_ref;
-    assert!(rel <= 1e-5, "{model} {} nll {nll} vs {nll_ref}", b.info().backend);
+    assert!(
+        rel <= 1e-5,
+        "{model} {} nll {nll} vs {nll_ref}",
+        b.info().backend
+    );
 }
 
 #[cfg(feature = "wgpu")]

@@ -12,7 +12,9 @@ use prunebench_models::checkpoint::Checkpoint;
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/forward")
+        .join(name)
 }
 
 fn s(p: &Path) -> &str {
@@ -81,7 +83,10 @@ fn check_written(model: &str, out: &Path, report: &Value, nm: bool) {
             assert!(zeros >= pruned, "{t}: {zeros} zeros, {pruned} pruned");
             if nm {
                 for c in m.data.chunks(4) {
-                    assert!(c.iter().filter(|&&v| v == 0.0).count() >= 2, "{t} is not 2:4");
+                    assert!(
+                        c.iter().filter(|&&v| v == 0.0).count() >= 2,
+                        "{t} is not 2:4"
+                    );
                 }
             }
         }
@@ -127,7 +132,9 @@ fn every_method(backend: &str) {
     let mut seen = Vec::new();
     for sparsity in ["0.5", "2:4"] {
         for method in ["magnitude", "wanda", "gblm", "sparsegpt"] {
-            let out = tmp.path().join(format!("{method}-{}", sparsity.replace(':', "-")));
+            let out = tmp
+                .path()
+                .join(format!("{method}-{}", sparsity.replace(':', "-")));
             let mut extra = vec!["--method", method, "--sparsity", sparsity];
             if method == "gblm" {
                 extra.extend_from_slice(&["--gradients", s(&grads)]);
@@ -175,10 +182,8 @@ fn write_gradients(path: &Path, model: &str) {
             )
         })
         .collect();
-    let meta = std::collections::HashMap::from([(
-        "prunebench.gradients".to_string(),
-        "1".to_string(),
-    )]);
+    let meta =
+        std::collections::HashMap::from([("prunebench.gradients".to_string(), "1".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), path).unwrap();
 }
 
@@ -199,7 +204,10 @@ fn every_method_at_half_and_two_four_on_wgpu_agrees_with_the_cpu() {
         let gpu = prune_model("mha", "wgpu", &extra, None);
         for which in ["dense", "pruned"] {
             let (a, b) = (ppl(&cpu, which), ppl(&gpu, which));
-            assert!((a - b).abs() <= 1e-3 * a, "{method} {sparsity} {which}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-3 * a,
+                "{method} {sparsity} {which}: {a} vs {b}"
+            );
         }
     }
 }
@@ -231,14 +239,23 @@ fn structured_with_uniform_fractions_writes_the_new_sizes() {
     assert_eq!((heads, kv), (4, 2));
     let written = Checkpoint::open(&out).unwrap();
     let c = written.config();
-    assert_eq!((c.intermediate, c.num_heads, c.num_kv_heads), (inter, heads, kv));
     assert_eq!(
-        written.tensor_info("model.layers.2.mlp.down_proj.weight").unwrap().1,
+        (c.intermediate, c.num_heads, c.num_kv_heads),
+        (inter, heads, kv)
+    );
+    assert_eq!(
+        written
+            .tensor_info("model.layers.2.mlp.down_proj.weight")
+            .unwrap()
+            .1,
         vec![96, inter]
     );
     let again = perplexity_of(&out, "cpu");
     let pruned = ppl(&v, "pruned");
-    assert!((again - pruned).abs() <= 1e-6 * pruned, "{again} vs {pruned}");
+    assert!(
+        (again - pruned).abs() <= 1e-6 * pruned,
+        "{again} vs {pruned}"
+    );
 }
 
 /// A copy of a fixture checkpoint with `edit` applied to its config.json and `drop` files
@@ -260,12 +277,21 @@ fn copy_fixture(model: &str, to: &Path, drop: &[&str], edit: impl Fn(&mut Value)
 }
 
 fn refused(args: &[&str], needle: &str, watch: &Path) {
-    let before: Vec<_> = std::fs::read_dir(watch).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(watch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let out = prunebench(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
-    let after: Vec<_> = std::fs::read_dir(watch).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in: {err}"
+    );
+    let after: Vec<_> = std::fs::read_dir(watch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(before, after, "{args:?} left something behind");
 }
 
@@ -287,45 +313,74 @@ fn bad_whole_model_input_is_refused_before_any_work_and_leaves_nothing() {
         v["tie_word_embeddings"] = false.into();
     });
     let out = t.join("out");
-    let base = |ckpt: &Path, text: &Path| -> Vec<String> {
-        [
+    // Each case's own options replace the defaults below (clap refuses a repeated flag).
+    let run = |ckpt: &Path, text: &Path, extra: &[&str], needle: &str| {
+        let mut opts: Vec<(&str, String)> = vec![
+            ("--nsamples", "2".into()),
+            ("--seqlen", "16".into()),
+            ("--backend", "cpu".into()),
+            ("--out", s(&out).into()),
+        ];
+        for pair in extra.chunks(2) {
+            match opts.iter_mut().find(|(k, _)| *k == pair[0]) {
+                Some(o) => o.1 = pair[1].to_string(),
+                None => opts.push((pair[0], pair[1].to_string())),
+            }
+        }
+        let mut a: Vec<String> = [
             "prune-model",
             "--checkpoint",
             s(ckpt),
             "--calibration-text",
             s(text),
-            "--nsamples",
-            "2",
-            "--seqlen",
-            "16",
-            "--backend",
-            "cpu",
-            "--out",
-            s(&out),
         ]
         .map(String::from)
-        .to_vec()
-    };
-    let run = |mut a: Vec<String>, extra: &[&str], needle: &str| {
-        a.extend(extra.iter().map(|s| s.to_string()));
+        .to_vec();
+        for (k, v) in opts {
+            a.push(k.to_string());
+            a.push(v);
+        }
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
         refused(&refs, needle, t);
     };
     let mha = fixture("mha");
-    run(base(&no_tok, &text), &[], "no tokenizer.json");
-    run(base(&mha, &short), &[], "fewer than one window");
-    run(base(&mha, &text), &["--seqlen", "4096"], "max_position_embeddings");
-    run(base(&yarn, &text), &[], "yarn");
-    run(base(&untied, &text), &["--eval-text", s(&text)], "no lm_head.weight");
-    run(base(&mha, &text), &["--max-device-memory", "1"], "device memory");
-    run(base(&mha, &text), &["--method", "gblm"], "--gradients");
-    run(base(&mha, &text), &["--method", "structured"], "--structure");
-    // --out equal to or inside the input folder (the later --out wins).
+    run(&no_tok, &text, &[], "no tokenizer.json");
+    run(&mha, &short, &[], "fewer than one window");
+    run(
+        &mha,
+        &text,
+        &["--seqlen", "4096"],
+        "max_position_embeddings",
+    );
+    run(&yarn, &text, &[], "yarn");
+    run(
+        &untied,
+        &text,
+        &["--eval-text", s(&text)],
+        "no lm_head.weight",
+    );
+    run(&mha, &text, &["--max-device-memory", "1"], "device memory");
+    run(&mha, &text, &["--method", "gblm"], "--gradients");
+    run(&mha, &text, &["--method", "structured"], "--structure");
+    // --out equal to or inside the input folder.
     let inside = mha.join("pruned");
-    run(base(&mha, &text), &["--out", s(&mha)], "");
-    run(base(&mha, &text), &["--out", s(&inside)], "");
+    run(&mha, &text, &["--out", s(&mha)], "input checkpoint folder");
+    run(
+        &mha,
+        &text,
+        &["--out", s(&inside)],
+        "input checkpoint folder",
+    );
     assert!(!inside.exists());
-    let out = prunebench(&["perplexity", "--checkpoint", s(&mha), "--text", s(&short), "--seqlen", "16"]);
+    let out = prunebench(&[
+        "perplexity",
+        "--checkpoint",
+        s(&mha),
+        "--text",
+        s(&short),
+        "--seqlen",
+        "16",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fewer than one window"));
 }

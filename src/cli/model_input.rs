@@ -64,6 +64,12 @@ pub fn seqlen(arg: Option<usize>, cfg: &LlamaConfig) -> Result<usize> {
 pub fn open(dir: &Path) -> Result<(Checkpoint, LlamaConfig)> {
     let ckpt = Checkpoint::open(dir)?;
     let cfg = ckpt.llama()?;
+    let none = Default::default();
+    prunebench_harness::model::Weights {
+        ckpt: &ckpt,
+        replaced: &none,
+    }
+    .head_name(&cfg)?;
     Ok((ckpt, cfg))
 }
 
@@ -74,15 +80,4 @@ pub struct DeviceLimitArgs {
     /// one); the run is refused before any work if one layer does not fit.
     #[arg(long)]
     pub max_device_memory: Option<u64>,
-}
-
-impl DeviceLimitArgs {
-    /// The smaller of the backend's budget and the user's limit.
-    pub fn budget(&self, backend: Option<u64>) -> Option<u64> {
-        let user = self.max_device_memory.map(|m| m << 20);
-        match (backend, user) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
 }

@@ -30,8 +30,7 @@ impl BackendJob for PerplexityJob<'_> {
             (Some(a), Some(l)) => Some(a.min(l)),
             (a, l) => a.or(l),
         };
-        let seq = self.windows[0].len();
-        model::check_memory(budget, self.cfg, seq, &self.opts, None)?;
+        model::check_memory(budget, self.cfg, self.windows, &self.opts, None)?;
         let none = Default::default();
         let w = Weights {
             ckpt: self.ckpt,

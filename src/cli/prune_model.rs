@@ -47,11 +47,16 @@ impl BackendJob for PruneModelJob<'_> {
             (Some(a), Some(l)) => Some(a.min(l)),
             (a, l) => a.or(l),
         };
-        let seq = self.calibration[0].len();
         let layer0 = self.ckpt.read_layer(0, &self.cfg.model.linears())?;
-        model::check_memory(budget, self.cfg, seq, &opts, Some((&layer0, self.pcfg)))?;
+        model::check_memory(
+            budget,
+            self.cfg,
+            self.calibration,
+            &opts,
+            Some((&layer0, self.pcfg)),
+        )?;
         if let Some(e) = self.eval {
-            model::check_memory(budget, self.cfg, e[0].len(), &opts, None)?;
+            model::check_memory(budget, self.cfg, e, &opts, None)?;
         }
         drop(layer0);
         let backend = b.info().backend.clone();

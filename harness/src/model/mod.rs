@@ -27,12 +27,13 @@ use crate::prune::PruneConfig;
 /// own working set, whichever is larger.
 pub fn peak_device_bytes(
     cfg: &LlamaConfig,
+    windows: usize,
     seq: usize,
     opts: &ForwardOptions,
     prune: Option<(&LayerWeights, &PruneConfig)>,
 ) -> u64 {
     let m = &cfg.model;
-    let rows = (opts.windows_per_batch(seq) * seq) as u64;
+    let rows = (opts.windows_per_batch(seq).min(windows.max(1)) * seq) as u64;
     let (d, q, kv, i) = (
         m.hidden as u64,
         (m.num_heads * m.head_dim) as u64,
@@ -52,14 +53,15 @@ pub fn peak_device_bytes(
 pub fn check_memory(
     budget: Option<u64>,
     cfg: &LlamaConfig,
-    seq: usize,
+    windows: &[Vec<u32>],
     opts: &ForwardOptions,
     prune: Option<(&LayerWeights, &PruneConfig)>,
 ) -> Result<()> {
+    let seq = windows.first().map_or(1, Vec::len);
     let Some(budget) = budget else {
         return Ok(());
     };
-    let need = peak_device_bytes(cfg, seq, opts, prune);
+    let need = peak_device_bytes(cfg, windows.len(), seq, opts, prune);
     if need <= budget {
         return Ok(());
     }
