@@ -29,14 +29,20 @@ pub(crate) enum Module {
     Structured,
     /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), and decompression.
     SparseMatmul(u32),
+    /// The forward kernels of §14, attention's per-invocation arrays sized for heads of up to
+    /// this many values (64, 128 or 256); the other kernels are the same in every variant.
+    Forward(u32),
 }
 
 /// The token-block sizes sparse_matmul.wgsl is built for.
 pub(crate) const TOKEN_BLOCKS: [u32; 4] = [1, 2, 4, 8];
 
+/// The head sizes forward.wgsl's attention is built for (the largest is the limit).
+pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
+
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 15] = [
+    pub const ALL: [Module; 18] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -52,6 +58,9 @@ impl Module {
         Module::SparseMatmul(2),
         Module::SparseMatmul(4),
         Module::SparseMatmul(8),
+        Module::Forward(64),
+        Module::Forward(128),
+        Module::Forward(256),
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +77,7 @@ impl Module {
             Module::Refit => "refit",
             Module::Structured => "structured",
             Module::SparseMatmul(_) => "sparse_matmul",
+            Module::Forward(_) => "forward",
         }
     }
 
@@ -85,6 +95,7 @@ impl Module {
             Module::Refit => include_str!("../../shaders/refit.wgsl"),
             Module::Structured => include_str!("../../shaders/structured.wgsl"),
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
+            Module::Forward(emax) => forward_source(emax),
         }
     }
 
@@ -104,6 +115,7 @@ impl Module {
             Module::Refit => &[false, true, false, false, false, true, true],
             Module::Structured => &[true, false, true, true, true, true, false, false],
             Module::SparseMatmul(_) => &[true, true, true, true, true, false],
+            Module::Forward(_) => &[true, true, true, false, true],
         }
     }
 }
@@ -125,6 +137,26 @@ fn sparse_matmul_source(tokens: u32) -> &'static str {
         .iter()
         .position(|&t| t == tokens)
         .unwrap_or_else(|| panic!("no sparse_matmul variant for {tokens} tokens"));
+    &all[i]
+}
+
+/// forward.wgsl with attention's head limit `EMAX` set to `emax`, so that a head of 64 values
+/// does not carry (and, on a GPU, spill) private arrays sized for 256.
+fn forward_source(emax: u32) -> &'static str {
+    const SRC: &str = include_str!("../../shaders/forward.wgsl");
+    const LINE: &str = "const EMAX: u32 = 256u;";
+    static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
+    let all = VARIANTS.get_or_init(|| {
+        assert!(SRC.contains(LINE), "forward.wgsl declares `{LINE}`");
+        HEAD_DIMS
+            .iter()
+            .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))
+            .collect()
+    });
+    let i = HEAD_DIMS
+        .iter()
+        .position(|&e| e == emax)
+        .unwrap_or_else(|| panic!("no forward variant for heads of {emax}"));
     &all[i]
 }
 

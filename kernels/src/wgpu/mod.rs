@@ -3,10 +3,12 @@
 //!
 //! Tensors stay on the device between ops. A tensor larger than one storage binding is bound
 //! as several windows (row slabs, or flat chunks for elementwise kernels) and each kernel runs
-//! once per window, so the only hard size limits are the device's buffer size and memory.
+//! once per window, so the only hard size limits are the device's buffer size and memory
+//! (and, for attention, a window's K and V rows in one binding: see `forward`).
 
 mod device;
 mod exec;
+mod forward;
 mod gemm;
 mod grad;
 mod hinv;
@@ -418,5 +420,52 @@ impl Backend for WgpuBackend {
 
     fn sparse_matmul(&self, x: &WgpuTensor, w: &WgpuPacked) -> Result<WgpuTensor> {
         self.ctx.sparse_matmul(x, w)
+    }
+
+    fn linear(&self, x: &WgpuTensor, w: &WgpuTensor) -> Result<WgpuTensor> {
+        self.ctx.linear(x, w)
+    }
+
+    fn rms_norm(&self, x: &WgpuTensor, gamma: &WgpuTensor, eps: f64) -> Result<WgpuTensor> {
+        self.ctx.rms_norm(x, gamma, eps)
+    }
+
+    fn rope(&self, x: &mut WgpuTensor, cos: &WgpuTensor, sin: &WgpuTensor) -> Result<()> {
+        self.ctx.rope(x, cos, sin)
+    }
+
+    fn attention(
+        &self,
+        q: &WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<WgpuTensor> {
+        self.ctx.attention(q, k, v, heads, kv_heads, seq)
+    }
+
+    fn silu_mul(&self, gate: &WgpuTensor, up: &WgpuTensor) -> Result<WgpuTensor> {
+        self.ctx.silu_mul(gate, up)
+    }
+
+    fn add_assign(&self, x: &mut WgpuTensor, y: &WgpuTensor) -> Result<()> {
+        self.ctx.add_assign(x, y)
+    }
+
+    fn embed(&self, table: &WgpuTensor, ids: &[u32]) -> Result<WgpuTensor> {
+        self.ctx.embed(table, ids)
+    }
+
+    fn lm_head_chunk(
+        &self,
+        state: &mut WgpuTensor,
+        h: &WgpuTensor,
+        w_chunk: &WgpuTensor,
+        offset: usize,
+        targets: &[u32],
+    ) -> Result<()> {
+        self.ctx.lm_head_chunk(state, h, w_chunk, offset, targets)
     }
 }

@@ -1,0 +1,491 @@
+//! The LLaMA forward ops of §14 on the device. The linear X·Wᵀ and the LM head's logits are
+//! gemm.wgsl's `gemm_update` with W read transposed; the rest is forward.wgsl: RMSNorm (a
+//! workgroup per row), RoPE (in place), the causal GQA attention (an online softmax over tiles
+//! of keys, never a seq x seq matrix), the elementwise SiLU-gate product and residual add, the
+//! embedding gather and the LM head's fold of a chunk of logits into the running state.
+//!
+//! Binding limits: every matrix is bound in windows of whole rows (elementwise ops in flat
+//! chunks), so the only tensors that must fit one binding whole are the small ones: RMSNorm's
+//! γ, RoPE's tables, the token ids and targets. Attention binds several whole windows of
+//! `seq` rows at once where they fit; otherwise one window at a time, its queries (and the
+//! output) in slabs of rows and the window's K and V rows up to the slab's last query. A head's
+//! columns are not contiguous in a row, so a binding per KV head would span as many bytes as
+//! all of them: a window whose K (kv_heads·e columns, seq rows) exceeds one binding is refused
+//! with an error instead (LLaMA-2-70B's 4096 x 1024 K window is 16 MiB; the usual limit is
+//! 128 MiB).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{KernelError, Result};
+use crate::ops::check;
+
+use super::exec::{grid, Batch, Ctx, Module, Slot, Win, HEAD_DIMS};
+use super::gemm::{Gemm, Operand};
+use super::mem::WgpuTensor;
+
+/// Query rows per attention workgroup (forward.wgsl's BQ).
+const BQ: usize = 64;
+/// Values in the K (and V) tile of an attention workgroup (KV_FLOATS): bk rows of e values.
+const KV_FLOATS: usize = 2048;
+/// The most keys per tile (BKMAX, the size of each query's score array).
+const BKMAX: usize = 64;
+/// The variant the kernels other than attention run from (they are the same in all).
+const PLAIN: Module = Module::Forward(256);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    a_base: u32,
+    a_ld: u32,
+    b_base: u32,
+    b_ld: u32,
+    c_base: u32,
+    d_base: u32,
+    d_ld: u32,
+    idx_base: u32,
+    seq: u32,
+    heads: u32,
+    group: u32,
+    e: u32,
+    bk: u32,
+    lo: u32,
+    hi: u32,
+    fresh: u32,
+    row_len: u32,
+    scale: f32,
+    eps: f32,
+    q_start: u32,
+    q_stop: u32,
+}
+
+/// The storage bindings of forward.wgsl, unused where `None`.
+#[derive(Default)]
+struct Bind<'a> {
+    in0: Option<Win<'a>>,
+    in1: Option<Win<'a>>,
+    in2: Option<Win<'a>>,
+    dst: Option<Win<'a>>,
+    ids: Option<Win<'a>>,
+}
+
+impl<'a> Bind<'a> {
+    fn slots(&self) -> [Slot<'a>; 5] {
+        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
+        [
+            s(self.in0),
+            s(self.in1),
+            s(self.in2),
+            s(self.dst),
+            s(self.ids),
+        ]
+    }
+}
+
+fn shape(t: &WgpuTensor) -> (usize, usize) {
+    (t.rows, t.cols)
+}
+
+impl Ctx {
+    fn fwd(
+        &self,
+        b: &mut Batch<'_>,
+        m: Module,
+        entry: &'static str,
+        p: &Params,
+        bind: Bind<'_>,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        b.dispatch(m, entry, bytemuck::bytes_of(p), &bind.slots(), groups)
+    }
+
+    fn fwd_max_groups(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// A small operand (table, id list) bound whole, or an error naming it.
+    fn fwd_whole<'a>(&self, what: &str, buf: &'a wgpu::Buffer, elems: usize) -> Result<Win<'a>> {
+        self.whole(buf, elems).map_err(|_| {
+            KernelError::Unsupported(format!(
+                "{what} ({elems} values) must fit one storage binding of {} bytes",
+                self.max_binding
+            ))
+        })
+    }
+
+    /// Records Y = X·Wᵀ into `y` (x.rows x w.rows): windows of X's rows with Y's, each against
+    /// every window of W's rows.
+    fn record_xwt(
+        &self,
+        b: &mut Batch<'_>,
+        x: &WgpuTensor,
+        w: &WgpuTensor,
+        y: &wgpu::Buffer,
+        label: &'static str,
+    ) -> Result<()> {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        let w_slabs = self.row_slabs(m, k, 1, usize::MAX)?;
+        for (n0, n1) in self.row_slabs(n, k.max(m), 1, usize::MAX)? {
+            let xw = self.rows_win(&x.buf, k, n0, n1)?;
+            let yw = self.rows_win(y, m, n0, n1)?;
+            for &(r0, r1) in &w_slabs {
+                let ww = self.rows_win(&w.buf, k, r0, r1)?;
+                let mut g = Gemm::new(
+                    "gemm_update",
+                    (n0, n1),
+                    (r0, r1),
+                    (0, k),
+                    Operand::new(xw, 0, k),
+                    Operand::new(ww, 0, k).t(),
+                )
+                .named(label);
+                g.c = Some(Operand::new(yw, 0, m));
+                g.record(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn linear(&self, x: &WgpuTensor, w: &WgpuTensor) -> Result<WgpuTensor> {
+        check::linear(shape(x), shape(w))?;
+        let y = self.tensor("linear output", x.rows, w.rows)?;
+        let mut b = self.batch();
+        self.record_xwt(&mut b, x, w, &y.buf, "linear")?;
+        b.submit()?;
+        Ok(y)
+    }
+
+    pub(crate) fn rms_norm(
+        &self,
+        x: &WgpuTensor,
+        gamma: &WgpuTensor,
+        eps: f64,
+    ) -> Result<WgpuTensor> {
+        check::rms_norm(shape(x), shape(gamma), eps)?;
+        let (n, d) = shape(x);
+        let y = self.tensor("RMSNorm output", n, d)?;
+        if n == 0 || d == 0 {
+            return Ok(y);
+        }
+        let gw = self.fwd_whole("the RMSNorm weight", &gamma.buf, d)?;
+        let mut b = self.batch();
+        for (r0, r1) in self.row_slabs(n, d, 1, usize::MAX)? {
+            let xw = self.rows_win(&x.buf, d, r0, r1)?;
+            let yw = self.rows_win(&y.buf, d, r0, r1)?;
+            let p = Params {
+                rows: (r1 - r0) as u32,
+                cols: d as u32,
+                row0: r0 as u32,
+                a_base: xw.base(0),
+                b_base: gw.base(0),
+                d_base: yw.base(0),
+                eps: eps as f32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                in0: Some(xw),
+                in1: Some(gw),
+                dst: Some(yw),
+                ..Default::default()
+            };
+            let g = grid((r1 - r0) as u64, self.fwd_max_groups());
+            self.fwd(&mut b, PLAIN, "rms_norm", &p, bind, g)?;
+        }
+        b.submit()?;
+        Ok(y)
+    }
+
+    pub(crate) fn rope(
+        &self,
+        x: &mut WgpuTensor,
+        cos: &WgpuTensor,
+        sin: &WgpuTensor,
+    ) -> Result<()> {
+        let (seq, e) = check::rope(shape(x), shape(cos), shape(sin))?;
+        let (n, cols) = shape(x);
+        if n == 0 {
+            return Ok(());
+        }
+        let half = e / 2;
+        let cw = self.fwd_whole("the RoPE cos table", &cos.buf, seq * half)?;
+        let sw = self.fwd_whole("the RoPE sin table", &sin.buf, seq * half)?;
+        let max_rows = self.fwd_max_groups() as usize * 4;
+        let mut b = self.batch();
+        for (r0, r1) in self.row_slabs(n, cols, 1, max_rows)? {
+            let xw = self.rows_win(&x.buf, cols, r0, r1)?;
+            let p = Params {
+                rows: (r1 - r0) as u32,
+                cols: cols as u32,
+                row0: r0 as u32,
+                b_base: cw.base(0),
+                c_base: sw.base(0),
+                d_base: xw.base(0),
+                seq: seq as u32,
+                e: e as u32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                in1: Some(cw),
+                in2: Some(sw),
+                dst: Some(xw),
+                ..Default::default()
+            };
+            let g = [
+                (cols / 2).div_ceil(64) as u32,
+                (r1 - r0).div_ceil(4) as u32,
+                1,
+            ];
+            self.fwd(&mut b, PLAIN, "rope", &p, bind, g)?;
+        }
+        b.submit()
+    }
+
+    pub(crate) fn attention(
+        &self,
+        q: &WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<WgpuTensor> {
+        let e = check::attention(shape(q), shape(k), shape(v), heads, kv_heads, seq)?;
+        let emax = *HEAD_DIMS.iter().find(|&&m| e <= m as usize).ok_or_else(|| {
+            KernelError::Unsupported(format!(
+                "attention: head_dim {e} is larger than the {} values the WGSL kernel keeps per query",
+                HEAD_DIMS[HEAD_DIMS.len() - 1]
+            ))
+        })?;
+        let (n, qc, kc) = (q.rows, q.cols, k.cols);
+        let out = self.tensor("attention output", n, qc)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        // A window's keys must fit one binding (see the module's comment).
+        if !self.win_fits((seq * kc) as u64) {
+            return Err(KernelError::Unsupported(format!(
+                "attention: a window of {seq} rows of K and V ({kc} columns, {} bytes) does not \
+                 fit one storage binding of {} bytes",
+                seq * kc * 4,
+                self.max_binding
+            )));
+        }
+        let base = Params {
+            a_ld: qc as u32,
+            b_ld: kc as u32,
+            d_ld: qc as u32,
+            seq: seq as u32,
+            heads: heads as u32,
+            group: (heads / kv_heads) as u32,
+            e: e as u32,
+            bk: ((KV_FLOATS / e).min(BKMAX)) as u32,
+            scale: (1.0 / (e as f64).sqrt()) as f32,
+            ..Default::default()
+        };
+        // Dispatches of (first row, query positions [a, b) of each window, windows, and the
+        // rows bound of Q and the output, of K and V).
+        let mut runs = Vec::new();
+        if self.win_fits((seq * qc) as u64) {
+            for (r0, r1) in self.row_slabs(n, qc, seq, usize::MAX)? {
+                runs.push((r0, (0, seq), (r1 - r0) / seq, (r0, r1), (r0, r1)));
+            }
+        } else {
+            // Each window alone, its queries in slabs of rows (whole tiles where they fit).
+            let align = if self.rows_fitting(qc) >= BQ { BQ } else { 1 };
+            let q_slabs = self.row_slabs(seq, qc, align, usize::MAX)?;
+            for w0 in (0..n).step_by(seq) {
+                for &(a, b) in &q_slabs {
+                    runs.push((w0, (a, b), 1, (w0 + a, w0 + b), (w0, w0 + b)));
+                }
+            }
+        }
+        let mut b = self.batch();
+        for (r0, (a, stop), windows, (q0, q1), (k0, k1)) in runs {
+            let qw = self.rows_win(&q.buf, qc, q0, q1)?;
+            let kw = self.rows_win(&k.buf, kc, k0, k1)?;
+            let vw = self.rows_win(&v.buf, kc, k0, k1)?;
+            let ow = self.rows_win(&out.buf, qc, q0, q1)?;
+            let wgs = windows * (stop - a).div_ceil(BQ) * heads;
+            let p = Params {
+                rows: wgs as u32,
+                row0: r0 as u32,
+                a_base: qw.base(0),
+                b_base: kw.base(0),
+                c_base: vw.base(0),
+                d_base: ow.base(0),
+                q_start: a as u32,
+                q_stop: stop as u32,
+                ..base
+            };
+            let bind = Bind {
+                in0: Some(qw),
+                in1: Some(kw),
+                in2: Some(vw),
+                dst: Some(ow),
+                ..Default::default()
+            };
+            let g = grid(wgs as u64, self.fwd_max_groups());
+            self.fwd(&mut b, Module::Forward(emax), "attention", &p, bind, g)?;
+        }
+        b.submit()?;
+        Ok(out)
+    }
+
+    /// Records `entry` over the n elements of `dst` (and `a`, `b`, of the same length), chunk
+    /// by chunk.
+    fn record_elementwise(
+        &self,
+        b: &mut Batch<'_>,
+        entry: &'static str,
+        dst: &wgpu::Buffer,
+        (a, bsrc): (&wgpu::Buffer, Option<&wgpu::Buffer>),
+        n: usize,
+    ) -> Result<()> {
+        for (e0, e1) in self.flat_chunks(n) {
+            let (o0, o1) = (e0 as u64, e1 as u64);
+            let dw = self.win(dst, o0, o1)?;
+            let aw = self.win(a, o0, o1)?;
+            let bw = bsrc.map(|s| self.win(s, o0, o1)).transpose()?;
+            let g = grid((e1 - e0).div_ceil(256) as u64, self.fwd_max_groups());
+            let p = Params {
+                rows: (e1 - e0) as u32,
+                a_base: aw.base(o0),
+                b_base: bw.map_or(0, |w| w.base(o0)),
+                d_base: dw.base(o0),
+                row_len: g[0] * 256,
+                ..Default::default()
+            };
+            let bind = Bind {
+                in0: Some(aw),
+                in1: bw,
+                dst: Some(dw),
+                ..Default::default()
+            };
+            self.fwd(b, PLAIN, entry, &p, bind, g)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn silu_mul(&self, gate: &WgpuTensor, up: &WgpuTensor) -> Result<WgpuTensor> {
+        check::same("SiLU-gate product: up vs gate", shape(up), shape(gate))?;
+        let y = self.tensor("SiLU-gate product", gate.rows, gate.cols)?;
+        let mut b = self.batch();
+        let n = gate.rows * gate.cols;
+        self.record_elementwise(&mut b, "silu_mul", &y.buf, (&gate.buf, Some(&up.buf)), n)?;
+        b.submit()?;
+        Ok(y)
+    }
+
+    pub(crate) fn add_assign(&self, x: &mut WgpuTensor, y: &WgpuTensor) -> Result<()> {
+        check::same("residual add", shape(x), shape(y))?;
+        let mut b = self.batch();
+        let n = x.rows * x.cols;
+        self.record_elementwise(&mut b, "add_assign", &x.buf, (&y.buf, None), n)?;
+        b.submit()
+    }
+
+    pub(crate) fn embed(&self, table: &WgpuTensor, ids: &[u32]) -> Result<WgpuTensor> {
+        check::ids(ids, table.rows)?;
+        let (n, d) = (ids.len(), table.cols);
+        let out = self.tensor("embeddings", n, d)?;
+        if n == 0 || d == 0 {
+            return Ok(out);
+        }
+        let idb = self.upload_words("token ids", ids)?;
+        let iw = self.fwd_whole("the token ids", &idb, n)?;
+        let out_slabs = self.row_slabs(n, d, 1, self.fwd_max_groups() as usize * 4)?;
+        let mut b = self.batch();
+        // Per window of the table's rows, the output windows with an id inside it.
+        for (t0, t1) in self.row_slabs(table.rows, d, 1, usize::MAX)? {
+            let tw = self.rows_win(&table.buf, d, t0, t1)?;
+            for &(o0, o1) in &out_slabs {
+                let inside = |&id: &u32| (t0..t1).contains(&(id as usize));
+                if !ids[o0..o1].iter().any(inside) {
+                    continue;
+                }
+                let ow = self.rows_win(&out.buf, d, o0, o1)?;
+                let p = Params {
+                    rows: (o1 - o0) as u32,
+                    cols: d as u32,
+                    row0: o0 as u32,
+                    a_base: tw.base(0),
+                    d_base: ow.base(0),
+                    idx_base: iw.base(0),
+                    lo: t0 as u32,
+                    hi: t1 as u32,
+                    ..Default::default()
+                };
+                let bind = Bind {
+                    in0: Some(tw),
+                    dst: Some(ow),
+                    ids: Some(iw),
+                    ..Default::default()
+                };
+                let g = [d.div_ceil(64) as u32, (o1 - o0).div_ceil(4) as u32, 1];
+                self.fwd(&mut b, PLAIN, "embed", &p, bind, g)?;
+            }
+        }
+        b.submit()?;
+        Ok(out)
+    }
+
+    /// The logits h·w_chunkᵀ go to a scratch [N, chunk] through the GEMM (the caller sizes
+    /// the chunk; it is windowed by rows like any matrix), then `lm_fold` takes one workgroup
+    /// per row.
+    pub(crate) fn lm_head_chunk(
+        &self,
+        state: &mut WgpuTensor,
+        h: &WgpuTensor,
+        w_chunk: &WgpuTensor,
+        offset: usize,
+        targets: &[u32],
+    ) -> Result<()> {
+        check::lm_head(shape(state), shape(h), shape(w_chunk), targets.len())?;
+        let (n, v) = (h.rows, w_chunk.rows);
+        if n == 0 {
+            return Ok(());
+        }
+        let elems = n
+            .checked_mul(v)
+            .ok_or_else(|| KernelError::Shape(format!("{n}x{v} logits overflow")))?;
+        let logits = self.scratch("LM-head logits", elems)?;
+        let tb = self.upload_words("next-token targets", targets)?;
+        let tw = self.fwd_whole("the next-token targets", &tb, n)?;
+        // Every real target is below NO_TARGET = u32::MAX, so clamping the chunk's vocabulary
+        // rows there loses none.
+        let lim = u32::MAX as usize;
+        let (lo, hi) = (offset.min(lim), offset.saturating_add(v).min(lim));
+        let mut b = self.batch();
+        self.record_xwt(&mut b, h, w_chunk, &logits, "lm_head_logits")?;
+        for (r0, r1) in self.row_slabs(n, v.max(3), 1, usize::MAX)? {
+            let lw = self.rows_win(&logits, v, r0, r1)?;
+            let sw = self.rows_win(&state.buf, 3, r0, r1)?;
+            let p = Params {
+                rows: (r1 - r0) as u32,
+                cols: v as u32,
+                row0: r0 as u32,
+                a_base: lw.base(0),
+                d_base: sw.base(0),
+                idx_base: tw.base(0),
+                lo: lo as u32,
+                hi: hi as u32,
+                fresh: (offset == 0) as u32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                in0: Some(lw),
+                dst: Some(sw),
+                ids: Some(tw),
+                ..Default::default()
+            };
+            let g = grid((r1 - r0) as u64, self.fwd_max_groups());
+            self.fwd(&mut b, PLAIN, "lm_fold", &p, bind, g)?;
+        }
+        b.submit()
+    }
+}
