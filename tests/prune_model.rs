@@ -429,3 +429,81 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// The whole path on a synthetic model, as the README shows it: write one, prune it on the
+/// CPU reference and on wgpu with ready token ids, and evaluate what was written.
+#[test]
+fn a_synthetic_model_prunes_and_evaluates_from_token_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("syn");
+    let made = prunebench(&[
+        "synthetic-model",
+        "--layers",
+        "2",
+        "--vocab",
+        "300",
+        "--out",
+        s(&model),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let ids = model.join("token_ids.json");
+    let backends: &[&str] = if cfg!(feature = "wgpu") {
+        &["cpu", "wgpu"]
+    } else {
+        &["cpu"]
+    };
+    let mut pruned = Vec::new();
+    for backend in backends {
+        let out = tmp.path().join(format!("out-{backend}"));
+        let v = json(&prunebench(&[
+            "prune-model",
+            "--checkpoint",
+            s(&model),
+            "--calibration-ids",
+            s(&ids),
+            "--eval-ids",
+            s(&ids),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "64",
+            "--eval-windows",
+            "4",
+            "--method",
+            "sparsegpt",
+            "--sparsity",
+            "2:4",
+            "--backend",
+            backend,
+            "--out",
+            s(&out),
+            "--json",
+        ]));
+        let p = ppl(&v, "pruned");
+        let again = json(&prunebench(&[
+            "perplexity",
+            "--checkpoint",
+            s(&out),
+            "--token-ids",
+            s(&ids),
+            "--seqlen",
+            "64",
+            "--windows",
+            "4",
+            "--backend",
+            backend,
+            "--json",
+        ]))["perplexity"]["ppl"]
+            .as_f64()
+            .unwrap();
+        assert!((again - p).abs() <= 1e-6 * p, "{backend}: {again} vs {p}");
+        pruned.push(p);
+    }
+    if let [cpu, gpu] = pruned[..] {
+        assert!((cpu - gpu).abs() <= 1e-2 * cpu, "cpu {cpu} vs wgpu {gpu}");
+    }
+}

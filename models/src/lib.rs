@@ -16,6 +16,7 @@ pub mod llama;
 mod mapped;
 pub mod output;
 pub mod synthetic;
+pub mod synthetic_model;
 pub mod text;
 
 pub use config::{InputGroup, LinearSpec, ModelConfig};

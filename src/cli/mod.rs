@@ -10,6 +10,7 @@ mod progress;
 mod prune;
 mod prune_model;
 mod report;
+mod synthetic_model;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ enum Command {
     /// layers before it compute; perplexity before and after; the pruned model as a Hugging
     /// Face folder.
     PruneModel(PruneModelArgs),
+    /// Write a seeded synthetic LLaMA as a Hugging Face folder, with token ids to run
+    /// prune-model and perplexity on.
+    SyntheticModel(SyntheticModelArgs),
     /// A checkpoint's perplexity on a text (non-overlapping windows, as the seeds' eval_ppl).
     Perplexity(PerplexityArgs),
     /// Run every op, then whole layers, on a backend and on the CPU reference, and compare.
@@ -374,6 +378,31 @@ pub struct PruneModelArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SyntheticModelArgs {
+    /// Model shape (tiny, llama-7b, ...; see prune --model).
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Decoder layers (default: the shape's own count).
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub layers: Option<usize>,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub vocab: usize,
+    /// Seed of the weights and token ids.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    pub seed: u64,
+    /// Token ids written to token_ids.json beside the weights.
+    #[arg(long, default_value_t = 16384, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    pub tokens: usize,
+    /// Weight dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// The folder to write (new or empty).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct PerplexityArgs {
     /// A Hugging Face LLaMA folder, dense or pruned.
     #[arg(long)]
@@ -468,6 +497,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(a) => prune::run(a),
         Command::PruneModel(a) => prune_model::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::SyntheticModel(a) => synthetic_model::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Report(a) => report::run(a),
