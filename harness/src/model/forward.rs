@@ -153,7 +153,11 @@ impl<B: Backend> LayerOnDevice<B> {
         let q = lin("q_proj")?;
         let k = lin("k_proj")?;
         let (q_rows, k_rows) = (b.shape(&q).0, b.shape(&k).0);
-        if q_rows % e != 0 || k_rows % e != 0 || k_rows == 0 || (q_rows / e) % (k_rows / e) != 0 {
+        if !q_rows.is_multiple_of(e)
+            || !k_rows.is_multiple_of(e)
+            || k_rows == 0
+            || !(q_rows / e).is_multiple_of(k_rows / e)
+        {
             return Err(HarnessError::Config(format!(
                 "layer {layer}: q_proj has {q_rows} rows and k_proj {k_rows}, not whole heads of \
                  head_dim {e} with the query heads a multiple of the KV heads"
