@@ -75,3 +75,86 @@ fn bench_writes_a_results_file_report_reads() {
     let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
     assert!(md.contains("SCORE_WANDA") && md.contains("LAYER_WANDA"));
 }
+
+/// Whole-model records: the fixture checkpoint pruned per method through the sequential loop,
+/// timed with its stages and work, and a "Whole models" section in the report.
+#[test]
+fn bench_times_whole_models_and_the_report_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpu.json");
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward");
+    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args(["bench", "--backend", "cpu", "--op", "ACT_STAT", "--methods"])
+        .args([
+            "wanda,sparsegpt,gblm",
+            "--sparsities",
+            "0.5",
+            "--repeats",
+            "2",
+        ])
+        .args([
+            "--warmup",
+            "1",
+            "--layer-repeats",
+            "1",
+            "--samples",
+            "4",
+            "--tokens",
+            "32",
+        ])
+        .arg("--checkpoint")
+        .arg(fx.join("gqa"))
+        .arg("--model-text")
+        .arg(fx.join("text.txt"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    // gblm without --gradients is skipped, and says so.
+    assert!(err.contains("gblm 0.5: skipped"), "{err}");
+    let file = ResultsFile::read(&out).unwrap();
+    let models: Vec<_> = file
+        .records
+        .iter()
+        .filter(|r| r.kind == prunebench_harness::results::RecordKind::Model)
+        .collect();
+    assert_eq!(
+        models.len(),
+        2,
+        "{:?}",
+        models.iter().map(|r| &r.key).collect::<Vec<_>>()
+    );
+    for r in &models {
+        assert!(
+            r.median_s.unwrap() > 0.0 && r.flops > 0 && r.bytes > 0,
+            "{}",
+            r.key
+        );
+        assert!(
+            r.key.contains("layers=3") && r.key.contains("seqlen=32"),
+            "{}",
+            r.key
+        );
+        assert!(!r.stages.is_empty(), "{}", r.key);
+    }
+    let report = dir.path().join("report");
+    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Whole models") && md.contains("MODEL_SPARSEGPT"),
+        "{md}"
+    );
+}

@@ -449,3 +449,116 @@ fn layer_work(
         cases.iter().map(|c| c.flops()).sum(),
     )
 }
+
+/// Times a whole model pruned per method (ALGORITHMS.md §14): `repeats` runs of the
+/// sequential loop, the wall time of the loop as the record's time, the device time per stage
+/// summed over the model as `stages`; bytes and flops the layers' pruning work (the op work
+/// model, per layer) plus the two forwards of every layer over the calibration tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_model<B: Backend>(
+    b: &B,
+    ckpt: &prunebench_models::checkpoint::Checkpoint,
+    cfg: &prunebench_models::llama::LlamaConfig,
+    calibration: &[Vec<u32>],
+    pcfg: &PruneConfig,
+    gradients: Option<&prunebench_models::gradients::GradientsFile>,
+    repeats: usize,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<Record> {
+    use crate::model::{prune_model, ForwardOptions};
+    let info = b.info();
+    let seq = calibration.first().map_or(0, Vec::len);
+    let samples = calibration.len();
+    let mut params = BTreeMap::new();
+    params.insert("model".to_string(), cfg.model.name.clone());
+    params.insert("method".into(), pcfg.method.name().into());
+    params.insert("sparsity".into(), pcfg.sparsity.to_string());
+    params.insert("nsamples".into(), samples.to_string());
+    params.insert("seqlen".into(), seq.to_string());
+    params.insert("layers".into(), cfg.model.num_layers.to_string());
+    let structure = match pcfg.structured.budget {
+        crate::methods::structured::Budget::PerKind { ffn, attn }
+            if pcfg.method == crate::method::Method::Structured =>
+        {
+            params.insert("structure".into(), format!("ffn={ffn}+attn={attn}"));
+            format!(",structure=ffn={ffn}+attn={attn}")
+        }
+        _ => String::new(),
+    };
+    let key = format!(
+        "MODEL(model={},method={},sparsity={},nsamples={samples},seqlen={seq},layers={}{structure})",
+        cfg.model.name, pcfg.method, pcfg.sparsity, cfg.model.num_layers
+    );
+    let mut walls = Vec::new();
+    let mut stage_times: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut source = String::new();
+    let (mut bytes, mut flops) = (0u64, 0u64);
+    let opts = ForwardOptions::default();
+    for _ in 0..repeats.max(1) {
+        let run = prune_model(b, ckpt, cfg, calibration, pcfg, gradients, &opts, progress)?;
+        walls.push(run.totals.wall_seconds);
+        for s in run
+            .totals
+            .stages
+            .iter()
+            .filter(|s| s.purpose == Purpose::Prune)
+        {
+            stage_times
+                .entry(s.stage.clone())
+                .or_default()
+                .push(s.seconds);
+            source = source_name(s.source).into();
+        }
+        (bytes, flops) = (0, 0);
+        for (i, r) in run.layers.iter().enumerate() {
+            let layer = ckpt.read_layer(i, &cfg.model.linears())?;
+            let (lb, lf) = layer_work(&layer, pcfg, r, samples, seq);
+            bytes += lb;
+            flops += lf;
+        }
+        let params_per_layer: u64 = cfg
+            .model
+            .linears()
+            .iter()
+            .map(|l| (l.rows * l.cols) as u64)
+            .sum();
+        let tokens = (samples * seq) as u64;
+        let m = &cfg.model;
+        let attn = 2 * tokens * (seq as u64 + 1) * (m.num_heads * m.head_dim) as u64;
+        let layers = m.num_layers as u64;
+        flops += layers * 2 * (2 * params_per_layer * tokens + attn);
+        bytes += layers * 2 * 4 * params_per_layer;
+    }
+    let (median, min, max) = summarize(&walls).expect("at least one run");
+    let mut rec = Record {
+        key,
+        kind: RecordKind::Model,
+        op: format!("MODEL_{}", pcfg.method.name().to_uppercase()),
+        params,
+        backend: info.backend.clone(),
+        device: info.device.clone(),
+        status: Status::Unverified,
+        detail: "wall time of the whole sequential loop (forwards, statistics, pruning, \
+                 transfers); `stages`: device time per stage summed over the layers"
+            .into(),
+        median_s: Some(median),
+        min_s: Some(min),
+        max_s: Some(max),
+        repeats: walls.len(),
+        time_source: source,
+        bytes,
+        flops,
+        gbps: None,
+        tflops: None,
+        bound: Bound::Compute,
+        peak_fraction: None,
+        checks: Vec::new(),
+        stages: stage_times
+            .into_iter()
+            .map(|(k, v)| (k, summarize(&v).expect("non-empty").0))
+            .collect(),
+        payoff: None,
+    };
+    rec.derive_rates(&Ceilings::default());
+    Ok(rec)
+}

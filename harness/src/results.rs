@@ -65,6 +65,8 @@ pub struct TimingPolicy {
 pub enum RecordKind {
     Op,
     Layer,
+    /// A whole model through the sequential loop (§14).
+    Model,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

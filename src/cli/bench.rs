@@ -21,8 +21,17 @@ use super::layer_input::LayerInput;
 use super::progress::Bar;
 use super::BenchArgs;
 
+/// The whole model the whole-model records prune, with its calibration windows.
+struct WholeModel {
+    ckpt: prunebench_models::checkpoint::Checkpoint,
+    cfg: prunebench_models::llama::LlamaConfig,
+    windows: Vec<Vec<u32>>,
+    gradients: Option<prunebench_models::gradients::GradientsFile>,
+}
+
 struct BenchJob<'a> {
     args: &'a BenchArgs,
+    model: Option<WholeModel>,
     input: &'a LayerInput,
     cases: Vec<OpCase>,
     opts: BenchOptions,
@@ -71,6 +80,36 @@ impl BackendJob for BenchJob<'_> {
             let mut rec = rec?;
             rec.derive_rates(&ceilings);
             records.push(rec);
+        }
+        if let Some(m) = &self.model {
+            for cfg in self
+                .args
+                .select
+                .layer_configs(&self.methods, &self.sparsities)?
+            {
+                let (method, sparsity) = (cfg.method, cfg.sparsity);
+                if let Err(e) =
+                    prunebench_harness::model::sequential::check_config(&cfg, m.gradients.as_ref())
+                {
+                    eprintln!("whole model, {method} {sparsity}: skipped ({e})");
+                    continue;
+                }
+                let bar = Bar::with_eta(&format!("bench model {method} {sparsity}"));
+                let rec = prunebench_harness::bench::bench_model(
+                    b,
+                    &m.ckpt,
+                    &m.cfg,
+                    &m.windows,
+                    &cfg,
+                    m.gradients.as_ref(),
+                    self.args.layer_repeats,
+                    &|p| bar.update(p),
+                );
+                bar.finish();
+                let mut rec = rec?;
+                rec.derive_rates(&ceilings);
+                records.push(rec);
+            }
         }
         let source = records
             .iter()
@@ -158,6 +197,45 @@ fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The whole-model records' inputs, when --model-text or --model-ids is given (with
+/// --checkpoint), checked before any work.
+fn whole_model(a: &BenchArgs) -> Result<Option<WholeModel>> {
+    let Some(tokens) =
+        super::model_input::Tokens::pick(&a.model_text, &a.model_ids, "whole-model calibration")?
+    else {
+        if a.gradients.is_some() {
+            bail!(
+                "--gradients applies to the whole-model records: give --model-text or --model-ids"
+            );
+        }
+        return Ok(None);
+    };
+    let Some(dir) = &a.layer.checkpoint else {
+        bail!("the whole-model records prune the --checkpoint model: give --checkpoint DIR");
+    };
+    let (ckpt, cfg) = super::model_input::open(dir)?;
+    prunebench_models::text::check_seqlen(a.layer.tokens, &cfg)?;
+    let ids = tokens.load(dir, &cfg, "--model-ids")?;
+    let windows = prunebench_models::text::calibration_windows(
+        &ids,
+        a.layer.samples,
+        a.layer.tokens,
+        a.layer.seed,
+    )?;
+    let gradients = match &a.gradients {
+        Some(p) => Some(prunebench_models::gradients::GradientsFile::open(
+            p, &cfg.model,
+        )?),
+        None => None,
+    };
+    Ok(Some(WholeModel {
+        ckpt,
+        cfg,
+        windows,
+        gradients,
+    }))
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.dry_run {
         return dry_run(&a);
@@ -176,6 +254,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         // folder can be checked now (and is created at the end).
         None => super::check_out_folder(Path::new(DEFAULT_DIR), &inputs)?,
     }
+    let model = whole_model(&a)?;
     let input = LayerInput::load(&a.layer)?;
     let cases = with_dense_baselines(
         a.select.filter(
@@ -192,6 +271,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     let job = BenchJob {
         args: &a,
+        model,
         input: &input,
         cases,
         opts: BenchOptions {

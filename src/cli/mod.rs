@@ -470,6 +470,17 @@ pub struct BenchArgs {
     /// Results file (default results/<backend>-<device>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Whole-model records: prune the --checkpoint model per method and sparsity through the
+    /// sequential loop, on --samples windows of --tokens of this text (tokenized with the
+    /// checkpoint's tokenizer.json).
+    #[arg(long)]
+    pub model_text: Option<PathBuf>,
+    /// The same with ready token ids (a JSON list or raw little-endian u32).
+    #[arg(long)]
+    pub model_ids: Option<PathBuf>,
+    /// GBLM-Pruner's gradients for the whole-model records (without them gblm is skipped).
+    #[arg(long)]
+    pub gradients: Option<PathBuf>,
     /// Run nothing: print each case's bytes, flops and arithmetic intensity, and the time the
     /// roofline predicts from --copy-gbps and --fma-tflops.
     #[arg(long)]

@@ -122,11 +122,21 @@ fn build(report: &Report, charts: &[Chart]) -> Vec<Block> {
         }
     }
     b.extend(payoff_section(report, charts));
-    for (section, layer) in [("Ops", false), ("Whole layers", true)] {
+    let kind = |op: &str| {
+        if op.starts_with("LAYER_") {
+            1
+        } else if op.starts_with("MODEL_") {
+            2
+        } else {
+            0
+        }
+    };
+    for (section, want) in [("Ops", 0), ("Whole layers", 1), ("Whole models", 2)] {
+        let layer = want > 0;
         let ops: Vec<(&String, &Vec<String>)> = report
             .ops
             .iter()
-            .filter(|(op, _)| op.starts_with("LAYER_") == layer)
+            .filter(|(op, _)| kind(op) == want)
             .collect();
         if ops.is_empty() {
             continue;
