@@ -363,20 +363,49 @@ pub fn bench_layer<B: Backend>(
         }
         (bytes, flops) = layer_work(layer, cfg, r, samples, tokens);
     }
-    let (median, min, max) = summarize(&prune_times).expect("at least one run");
+    Ok(timed_record(
+        key,
+        RecordKind::Layer,
+        format!("LAYER_{}", cfg.method.name().to_uppercase()),
+        params,
+        info,
+        "time of the pruning stages (statistics included); see `stages`",
+        &prune_times,
+        source,
+        (bytes, flops),
+        stage_times,
+    ))
+}
+
+/// A whole-layer or whole-model record from its repeated times and per-stage times (their
+/// medians): unverified, with rates derived without ceilings (the caller adds them).
+#[allow(clippy::too_many_arguments)]
+fn timed_record(
+    key: String,
+    kind: RecordKind,
+    op: String,
+    params: BTreeMap<String, String>,
+    info: &prunebench_kernels::BackendInfo,
+    detail: &str,
+    times: &[f64],
+    source: String,
+    (bytes, flops): (u64, u64),
+    stage_times: BTreeMap<String, Vec<f64>>,
+) -> Record {
+    let (median, min, max) = summarize(times).expect("at least one run");
     let mut rec = Record {
         key,
-        kind: RecordKind::Layer,
-        op: format!("LAYER_{}", cfg.method.name().to_uppercase()),
+        kind,
+        op,
         params,
         backend: info.backend.clone(),
         device: info.device.clone(),
         status: Status::Unverified,
-        detail: "time of the pruning stages (statistics included); see `stages`".into(),
+        detail: detail.into(),
         median_s: Some(median),
         min_s: Some(min),
         max_s: Some(max),
-        repeats: prune_times.len(),
+        repeats: times.len(),
         time_source: source,
         bytes,
         flops,
@@ -392,7 +421,7 @@ pub fn bench_layer<B: Backend>(
         payoff: None,
     };
     rec.derive_rates(&Ceilings::default());
-    Ok(rec)
+    rec
 }
 
 /// Bytes and flops of a layer's pruning stages, summed from the op work model.
@@ -529,36 +558,17 @@ pub fn bench_model<B: Backend>(
         flops += layers * 2 * (2 * params_per_layer * tokens + attn);
         bytes += layers * 2 * 4 * params_per_layer;
     }
-    let (median, min, max) = summarize(&walls).expect("at least one run");
-    let mut rec = Record {
+    Ok(timed_record(
         key,
-        kind: RecordKind::Model,
-        op: format!("MODEL_{}", pcfg.method.name().to_uppercase()),
+        RecordKind::Model,
+        format!("MODEL_{}", pcfg.method.name().to_uppercase()),
         params,
-        backend: info.backend.clone(),
-        device: info.device.clone(),
-        status: Status::Unverified,
-        detail: "wall time of the whole sequential loop (forwards, statistics, pruning, \
-                 transfers); `stages`: device time per stage summed over the layers"
-            .into(),
-        median_s: Some(median),
-        min_s: Some(min),
-        max_s: Some(max),
-        repeats: walls.len(),
-        time_source: source,
-        bytes,
-        flops,
-        gbps: None,
-        tflops: None,
-        bound: Bound::Compute,
-        peak_fraction: None,
-        checks: Vec::new(),
-        stages: stage_times
-            .into_iter()
-            .map(|(k, v)| (k, summarize(&v).expect("non-empty").0))
-            .collect(),
-        payoff: None,
-    };
-    rec.derive_rates(&Ceilings::default());
-    Ok(rec)
+        info,
+        "wall time of the whole sequential loop (forwards, statistics, pruning, transfers); \
+         `stages`: device time per stage summed over the layers",
+        &walls,
+        source,
+        (bytes, flops),
+        stage_times,
+    ))
 }
