@@ -8,7 +8,9 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 use common::{device_time, for_each_backend, Visit};
-use prunebench_kernels::suite::{self, model_cases, structured_cases, CaseInputs, OpCase};
+use prunebench_kernels::suite::{
+    self, forward_cases, model_cases, structured_cases, CaseInputs, OpCase,
+};
 use prunebench_kernels::Backend;
 
 const INPUT_SETS: usize = 3;
@@ -70,6 +72,7 @@ fn ops(c: &mut Criterion) {
     let cases = model_cases(&shapes, tokens)
         .into_iter()
         .chain(structured_cases(&model.layer_dims(), tokens))
+        .chain(forward_cases(&model.forward_dims(), tokens))
         .filter(|c| {
             filter
                 .as_ref()

@@ -684,6 +684,56 @@ fn verify_on_the_reference_passes_and_reports() {
     assert!(text.contains("layers 1 passed, 0 failed"), "{text}");
 }
 
+/// `--op` selects the forward ops as any other: the odd shapes, then the model's pass over one
+/// window of `--tokens` (the tiny model's 4096-token vocabulary in one chunk); `bench
+/// --dry-run` lists LLaMA 3's at 2048 tokens with the vocabulary in chunks of 4096.
+#[test]
+fn verify_and_bench_select_the_forward_ops() {
+    let out = prunebench(&[
+        "verify",
+        "--backend",
+        "cpu",
+        "--op",
+        "LM_HEAD",
+        "--methods",
+        "none",
+        "--tokens",
+        "16",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "LM_HEAD(chunk=128,n=13,vocab=300,cols=37)",
+        "LM_HEAD(chunk=4096,n=16,vocab=4096,cols=256)",
+        "ops 5 passed, 0 failed",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    let out = prunebench(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--dry-run",
+        "--model",
+        "llama3-8b",
+        "--tokens",
+        "2048",
+        "--op",
+        "n=2048",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "ATTENTION(heads=32,kv_heads=8,head_dim=128,seq=2048,n=2048)",
+        "ROPE(heads=8,head_dim=128,seq=2048,theta=500000,n=2048)",
+        "LM_HEAD(chunk=4096,n=2048,vocab=128256,cols=4096)",
+        "EMBED(n=2048,vocab=128256,cols=4096)",
+        "LINEAR(n=2048,rows=14336,cols=4096)",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+}
+
 /// The GPU backends through the command line (on lavapipe where there is no GPU): the same
 /// layer, the same pruned counts, reconstruction errors within the layer tolerance of the
 /// reference's.

@@ -114,6 +114,21 @@ macro_rules! conformance {
                 ]);
             }
             #[test]
+            fn forward() {
+                // §14's LLaMA forward ops; a backend without one fails here (unsupported is
+                // not passed on these shapes).
+                check(&[
+                    "LINEAR",
+                    "RMS_NORM",
+                    "ROPE",
+                    "ATTENTION",
+                    "SILU_MUL",
+                    "RESIDUAL_ADD",
+                    "EMBED",
+                    "LM_HEAD",
+                ]);
+            }
+            #[test]
             fn ceiling_probes() {
                 check_probes(&$make);
             }

@@ -277,6 +277,27 @@ impl ModelConfig {
         }
     }
 
+    /// The sizes of the whole forward pass (§14), for the suite's forward op cases: the layer's,
+    /// the vocabulary and the RoPE base. The config does not carry the last two, so they come
+    /// from the family: LLaMA 3's 128256 tokens at θ = 500000 for a name with `llama3` or
+    /// `llama-3` in it, the training script's 4096 tokens for `tiny`, LLaMA 1 and 2's 32000 at
+    /// θ = 10000 otherwise.
+    pub fn forward_dims(&self) -> prunebench_kernels::suite::ForwardDims {
+        let name = self.name.to_ascii_lowercase();
+        let (vocab, rope_theta) = if name.contains("llama3") || name.contains("llama-3") {
+            (128_256, 500_000.0)
+        } else if name == "tiny" {
+            (4096, 10_000.0)
+        } else {
+            (32_000, 10_000.0)
+        };
+        prunebench_kernels::suite::ForwardDims {
+            layer: self.layer_dims(),
+            vocab,
+            rope_theta,
+        }
+    }
+
     pub fn linear(&self, name: &str) -> Result<LinearSpec> {
         self.linears()
             .into_iter()
@@ -343,6 +364,18 @@ mod tests {
             .into_iter()
             .map(|l| (l.name, l.rows, l.cols))
             .collect()
+    }
+
+    #[test]
+    fn forward_dims_by_family() {
+        let f = |name: &str| {
+            let d = lookup(name).unwrap().forward_dims();
+            (d.vocab, d.rope_theta, d.layer.kv_heads)
+        };
+        assert_eq!(f("llama-7b"), (32_000, 10_000.0, 32));
+        assert_eq!(f("llama2-70b"), (32_000, 10_000.0, 8));
+        assert_eq!(f("llama3-8b"), (128_256, 500_000.0, 8));
+        assert_eq!(f("tiny"), (4096, 10_000.0, 4));
     }
 
     #[test]

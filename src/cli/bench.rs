@@ -13,7 +13,7 @@ use prunebench_harness::bench::{
 use prunebench_harness::results::{
     utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
-use prunebench_kernels::suite::{model_cases, structured_cases, OpCase};
+use prunebench_kernels::suite::{forward_cases, model_cases, structured_cases, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
 
 use super::backends::{dispatch, resolve, BackendJob};
@@ -171,7 +171,8 @@ fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
     );
     let cases = model_cases(&shapes, a.layer.tokens)
         .into_iter()
-        .chain(structured_cases(&cfg.layer_dims(), a.layer.tokens));
+        .chain(structured_cases(&cfg.layer_dims(), a.layer.tokens))
+        .chain(forward_cases(&cfg.forward_dims(), a.layer.tokens));
     for c in a.select.filter(cases)? {
         let (b, f) = (c.bytes() as f64, c.flops() as f64);
         let memory = a.copy_gbps.map(|g| b / (g * 1e9));
@@ -262,6 +263,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 .into_iter()
                 .chain(structured_cases(
                     &input.layer.model.layer_dims(),
+                    a.layer.tokens,
+                ))
+                .chain(forward_cases(
+                    &input.layer.model.forward_dims(),
                     a.layer.tokens,
                 )),
         )?,

@@ -11,7 +11,8 @@ use prunebench_harness::verify::{verify_layer, LayerVerification};
 use prunebench_harness::Method;
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::suite::{
-    model_cases, small_cases, structured_cases, verify_case, CaseReport, OpCase, Outcome,
+    forward_cases, model_cases, small_cases, structured_cases, verify_case, CaseReport, OpCase,
+    Outcome,
 };
 use prunebench_kernels::{Backend, BackendInfo, Sparsity};
 
@@ -164,6 +165,10 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
                 .chain(model_cases(&input.shapes(), a.layer.tokens))
                 .chain(structured_cases(
                     &input.layer.model.layer_dims(),
+                    a.layer.tokens,
+                ))
+                .chain(forward_cases(
+                    &input.layer.model.forward_dims(),
                     a.layer.tokens,
                 )),
         )?

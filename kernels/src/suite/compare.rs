@@ -10,7 +10,9 @@ use super::inputs::{compress_input, CaseInputs};
 use super::run::CaseOutput;
 use crate::cpu::CpuBackend;
 use crate::formats;
-use crate::ops::{tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind};
+use crate::ops::{
+    nll_from_state, tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind,
+};
 use crate::tensor::{Mask, Matrix};
 
 /// One figure of a comparison.
@@ -359,7 +361,35 @@ pub fn compare(
         }
         // A gather is exact (and a wrong shape is an infinite error).
         Op::Compact { .. } => vec![value_check("w", want, got, 0.0)],
+        Op::Linear | Op::Attention { .. } => vec![value_check("y", want, got, tol::FORWARD_GEMM)],
+        Op::RmsNorm | Op::SiluMul => vec![value_check("y", want, got, tol::FORWARD_ELEMENTWISE)],
+        Op::Rope { .. } | Op::ResidualAdd => {
+            vec![value_check("x", want, got, tol::FORWARD_ELEMENTWISE)]
+        }
+        // A gather of f32 rows is exact.
+        Op::Embed => vec![value_check("y", want, got, 0.0)],
+        Op::LmHead { .. } => vec![nll_check(want, got)],
     }
+}
+
+/// The LM head's per-row loss m + ln s − z from both states: the largest |Δnll| / max(1, |nll|)
+/// over the rows (rows without a target included: their nll is the log-sum-exp alone).
+fn nll_check(want: &CaseOutput, got: &CaseOutput) -> Check {
+    let e = match (want.value("state"), got.value("state")) {
+        (Some(a), Some(b)) if a.shape() == b.shape() => nll_from_state(a)
+            .iter()
+            .zip(nll_from_state(b))
+            .map(|(&w, g)| (g - w).abs() / w.abs().max(1.0))
+            .fold(0.0, |m: f64, e| {
+                if e.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(e)
+                }
+            }),
+        _ => f64::INFINITY,
+    };
+    Check::new("nll", "max_relative", e, tol::NLL_REL)
 }
 
 fn dead_check(want: &CaseOutput, got: &CaseOutput) -> Check {
