@@ -732,6 +732,30 @@ fn verify_and_bench_select_the_forward_ops() {
     ] {
         assert!(text.contains(want), "{want} in {text}");
     }
+    // A checkpoint's vocabulary and RoPE base come from its config.json (320 tokens,
+    // rope_parameters' θ = 500000).
+    let gqa = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/forward/gqa");
+    let out = prunebench(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--dry-run",
+        "--checkpoint",
+        gqa,
+        "--tokens",
+        "32",
+        "--op",
+        "n=32",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "ROPE(heads=6,head_dim=16,seq=32,theta=500000,n=32)",
+        "EMBED(n=32,vocab=320,cols=96)",
+        "LM_HEAD(chunk=4096,n=32,vocab=320,cols=96)",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
 }
 
 /// The GPU backends through the command line (on lavapipe where there is no GPU): the same

@@ -278,10 +278,11 @@ impl ModelConfig {
     }
 
     /// The sizes of the whole forward pass (§14), for the suite's forward op cases: the layer's,
-    /// the vocabulary and the RoPE base. The config does not carry the last two, so they come
-    /// from the family: LLaMA 3's 128256 tokens at θ = 500000 for a name with `llama3` or
-    /// `llama-3` in it, the training script's 4096 tokens for `tiny`, LLaMA 1 and 2's 32000 at
-    /// θ = 10000 otherwise.
+    /// the vocabulary and the RoPE base. The shapes do not carry the last two (a checkpoint's
+    /// `LlamaConfig::forward_dims` reads them from its config.json), so here they come from the
+    /// family: LLaMA 3's 128256 tokens at θ = 500000 for a name with `llama3` or `llama-3` in
+    /// it, the training script's 4096 tokens for `tiny`, LLaMA 1 and 2's 32000 at θ = 10000
+    /// otherwise.
     pub fn forward_dims(&self) -> prunebench_kernels::suite::ForwardDims {
         let name = self.name.to_ascii_lowercase();
         let (vocab, rope_theta) = if name.contains("llama3") || name.contains("llama-3") {

@@ -105,6 +105,17 @@ impl LlamaConfig {
         })
     }
 
+    /// The forward pass's sizes for the suite's forward op cases: the layer's, the vocabulary
+    /// and the RoPE base (the cases' tables are the default frequencies: a `llama3` scaling
+    /// changes the values, not the work).
+    pub fn forward_dims(&self) -> prunebench_kernels::suite::ForwardDims {
+        prunebench_kernels::suite::ForwardDims {
+            layer: self.model.layer_dims(),
+            vocab: self.vocab_size,
+            rope_theta: self.rope_theta,
+        }
+    }
+
     /// θ_i for i in 0..head_dim/2 in f64, as transformers computes them: the default
     /// θ_i = 1 / rope_theta^(2i / head_dim), then for `llama3` each wavelength λ = 2π/θ_i
     /// shorter than original_max_position_embeddings / high_freq_factor is kept, one longer

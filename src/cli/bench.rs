@@ -162,7 +162,8 @@ fn default_out(backend: &str, device: &str) -> PathBuf {
 
 /// The work model of every case the arguments select, and the roofline's prediction.
 fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
-    let (cfg, _) = LayerInput::model(&a.layer)?;
+    let (cfg, checkpoint) = LayerInput::model(&a.layer)?;
+    let forward = super::layer_input::forward_dims(&cfg, checkpoint.as_ref());
     let linears = prunebench_models::config::parse_linears(&cfg, &a.layer.linears)?;
     let shapes = super::layer_input::distinct_shapes(&linears);
     println!(
@@ -172,7 +173,7 @@ fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
     let cases = model_cases(&shapes, a.layer.tokens)
         .into_iter()
         .chain(structured_cases(&cfg.layer_dims(), a.layer.tokens))
-        .chain(forward_cases(&cfg.forward_dims(), a.layer.tokens));
+        .chain(forward_cases(&forward, a.layer.tokens));
     for c in a.select.filter(cases)? {
         let (b, f) = (c.bytes() as f64, c.flops() as f64);
         let memory = a.copy_gbps.map(|g| b / (g * 1e9));
@@ -265,10 +266,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                     &input.layer.model.layer_dims(),
                     a.layer.tokens,
                 ))
-                .chain(forward_cases(
-                    &input.layer.model.forward_dims(),
-                    a.layer.tokens,
-                )),
+                .chain(forward_cases(&input.forward, a.layer.tokens)),
         )?,
     );
     if cases.is_empty() && methods.is_empty() {

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 
 use prunebench_harness::Calibration;
+use prunebench_kernels::suite::ForwardDims;
 use prunebench_models::calibration::CalibrationFile;
 use prunebench_models::checkpoint::Checkpoint;
 use prunebench_models::config::{self, parse_linears, ModelConfig};
@@ -14,6 +15,8 @@ use super::LayerArgs;
 
 pub struct LayerInput {
     pub layer: LayerWeights,
+    /// The forward pass's sizes for the forward op cases.
+    pub forward: ForwardDims,
     synthetic: Option<SyntheticCalibration>,
     file: Option<CalibrationFile>,
 }
@@ -47,6 +50,7 @@ impl LayerInput {
 
     pub fn load(args: &LayerArgs) -> Result<Self> {
         let (cfg, checkpoint) = Self::model(args)?;
+        let forward = forward_dims(&cfg, checkpoint.as_ref());
         if args.layer >= cfg.num_layers {
             bail!(
                 "layer {} is out of range: {} has {} layers (0-{})",
@@ -87,6 +91,7 @@ impl LayerInput {
         };
         Ok(Self {
             layer,
+            forward,
             synthetic,
             file,
         })
@@ -110,6 +115,14 @@ impl LayerInput {
             (None, None) => unreachable!("load always sets one calibration"),
         }
     }
+}
+
+/// The forward pass's sizes: a checkpoint's vocabulary and RoPE base from its config.json
+/// where it has them (a layer-only config may not), else the family's.
+pub fn forward_dims(cfg: &ModelConfig, checkpoint: Option<&Checkpoint>) -> ForwardDims {
+    checkpoint
+        .and_then(|ck| ck.llama().ok())
+        .map_or_else(|| cfg.forward_dims(), |l| l.forward_dims())
 }
 
 pub fn distinct_shapes<'a>(

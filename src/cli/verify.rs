@@ -167,10 +167,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
                     &input.layer.model.layer_dims(),
                     a.layer.tokens,
                 ))
-                .chain(forward_cases(
-                    &input.layer.model.forward_dims(),
-                    a.layer.tokens,
-                )),
+                .chain(forward_cases(&input.forward, a.layer.tokens)),
         )?
     };
     if cases.is_empty() && methods.is_empty() {
