@@ -334,7 +334,11 @@ impl<B: Backend> Head<B> {
         let name = w.head_name(cfg)?;
         let head = w.tensor(name)?;
         let norm = w.tensor(FINAL_NORM)?;
-        let step = opts.head_chunk.max(1);
+        // A chunk also stays within 64 MiB, so it fits one storage binding at any width.
+        let step = opts
+            .head_chunk
+            .min(prunebench_kernels::suite::lm_head_chunk_rows(head.cols))
+            .max(1);
         let mut chunks = Vec::new();
         for start in (0..head.rows).step_by(step) {
             let rows = step.min(head.rows - start);
