@@ -81,8 +81,9 @@ Pipeline
   ``training.json`` is computed from the *saved* bf16 model loaded back with
   ``LlamaForCausalLM.from_pretrained(out, dtype=float32)``: the exact token
   stream of ``evaluation.txt`` (tokenizer from ``out``, no special tokens)
-  cut into non-overlapping ``--ctx`` windows (a trailing partial window of at
-  least 2 tokens is kept), mean next-token NLL over all predicted positions,
+  cut into the n // ctx whole non-overlapping ``--ctx`` windows (the remainder
+  dropped, as the seeds' ``eval_ppl`` and ``prunebench perplexity`` cut it),
+  mean next-token NLL over all predicted positions,
   exponentiated.  The unigram perplexity is over the same predicted
   positions, with probabilities from train-split token counts with add-one
   smoothing over the whole vocabulary.
@@ -230,8 +231,10 @@ def encode(tokenizer, text):
 
 
 def eval_windows(ids, ctx, max_windows=0):
-    wins = [ids[s:s + ctx] for s in range(0, len(ids), ctx)]
-    wins = [w for w in wins if len(w) >= 2]
+    # Whole windows only, the remainder dropped: the seeds' eval_ppl (and prunebench's
+    # perplexity). Before this, a trailing partial window of at least 2 tokens was kept; the
+    # committed models/tiny-llama/training.json was made that way (README, "The tiny LLaMA").
+    wins = [ids[s:s + ctx] for s in range(0, len(ids) - ctx + 1, ctx)]
     if max_windows > 0:
         wins = wins[:max_windows]
     return wins
@@ -246,10 +249,7 @@ def eval_perplexity(model, ids, ctx, batch, max_windows=0):
     wins = eval_windows(ids, ctx, max_windows)
     nll, count = 0.0, 0
     with torch.no_grad():
-        full = [w for w in wins if len(w) == ctx]
-        rest = [w for w in wins if len(w) != ctx]
-        groups = [torch.stack(full[i:i + batch]) for i in range(0, len(full), batch)]
-        groups += [w.unsqueeze(0) for w in rest]
+        groups = [torch.stack(wins[i:i + batch]) for i in range(0, len(wins), batch)]
         for x in groups:
             logits = model(input_ids=x).logits.float()
             lp = F.log_softmax(logits[:, :-1], dim=-1)
@@ -450,8 +450,8 @@ def main(argv=None):
         "eval_ppl": eval_ppl,
         "eval_tokens": n_eval,
         "unigram_ppl": uni_ppl,
-        "eval_definition": "saved bf16 weights loaded as float32; non-overlapping "
-                           f"{args.ctx}-token windows of evaluation.txt "
+        "eval_definition": "saved bf16 weights loaded as float32; the whole non-overlapping "
+                           f"{args.ctx}-token windows of evaluation.txt, the remainder dropped "
                            "(no special tokens); mean NLL of all predicted positions",
         "tokens": {"train": len(train_ids), "calibration": len(calib_ids),
                    "evaluation": len(eval_ids)},
