@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod formats;
+pub mod host;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

@@ -9,10 +9,12 @@
 
 pub mod forward;
 pub mod perplexity;
+pub mod preflight;
 pub mod sequential;
 
 pub use forward::{ForwardOptions, Weights};
 pub use perplexity::{perplexity, Perplexity};
+pub use preflight::check_tensors;
 pub use sequential::{prune_model, ModelRun};
 
 use prunebench_models::llama::LlamaConfig;

@@ -106,9 +106,11 @@ impl CalibrationSource for CapturedCalibration {
 /// captured group inputs, f32.
 pub fn host_bytes(cfg: &LlamaConfig, windows: usize, seq: usize) -> u64 {
     let m = &cfg.model;
-    let tokens = (windows * seq) as u64;
+    // Saturating: the user's counts reach here, and a wrapped product would pass the check.
+    let tokens = (windows as u64).saturating_mul(seq as u64);
     let attn = (m.num_heads * m.head_dim) as u64;
-    4 * tokens * (2 * m.hidden as u64 + attn + m.hidden as u64 + m.intermediate as u64)
+    let per_token = 4 * (2 * m.hidden as u64 + attn + m.hidden as u64 + m.intermediate as u64);
+    tokens.saturating_mul(per_token)
 }
 
 /// Refuses, before any work, what the loop cannot do with one LlamaConfig for the result.
