@@ -55,7 +55,7 @@ pub struct RefitConfig {
     pub seed: u64,
 }
 
-/// Defaults chosen on the synthetic layers (README): PERP trains 20 steps of 128-sample
+/// Defaults chosen on the synthetic layers (docs/CLI.md): PERP trains 20 steps of 128-sample
 /// batches at lr 5e-4 on the model's loss; layer-wise from H every step sees all of the
 /// calibration at once, and a larger rate in fewer steps reaches the same plateau.
 pub const DEFAULT_STEPS: usize = 100;
