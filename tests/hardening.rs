@@ -4,21 +4,14 @@
 //! on a headless machine. Each refusal is one `error:` line, exit 2, with the input's bytes
 //! unchanged and nothing left in the output's folder.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::{fixture, s};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/forward")
-        .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Runs prunebench with plain progress lines on stderr, so a test can tell whether any work
 /// (a perplexity pass, a layer) started before a refusal.
