@@ -46,7 +46,7 @@ pub fn peak_device_bytes(
     let head = 4 * (rows * opts.head_chunk as u64 + opts.head_chunk as u64 * d + 2 * rows * d);
     let forward = forward::layer_bytes(cfg) + acts.max(head);
     let pruning = prune.map_or(0, |(layer, pcfg)| {
-        crate::prune::working_set_bytes(layer, pcfg, seq)
+        crate::methods::working_set_bytes(layer, pcfg, seq)
     });
     forward.max(pruning)
 }
