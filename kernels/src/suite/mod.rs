@@ -5,6 +5,7 @@
 
 mod case;
 mod compare;
+mod families;
 mod inputs;
 mod run;
 
@@ -15,6 +16,7 @@ pub use case::{
     ObsKind, Op, OpCase, MATMUL_TOKENS, RMS_NORM_CASE_EPS, TAYLOR_CASE_SAMPLES,
 };
 pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
+pub use families::Family;
 pub use inputs::{rope_tables, CaseInputs};
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};
 
