@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::families::{forward, Family};
+
 use crate::formats::{self, WeightFormat};
 use crate::ops::{
     unstructured_k, GradNorm, LoraForm, MaskGroup, MaskPattern, ScoreKind, SegmentAxis, Sparsity,
@@ -257,19 +259,6 @@ fn norm_name(n: GradNorm) -> &'static str {
 /// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
 pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
 
-/// The RMSNorm ε of every RMS_NORM case: LLaMA 2's and 3's `rms_norm_eps`.
-pub const RMS_NORM_CASE_EPS: f64 = 1e-5;
-
-/// The vocabulary rows of one LM-head chunk for hidden size `d`: at most 4096, and at most
-/// 64 MiB of f32 (half the 128 MiB storage binding some Vulkan drivers cap at, so that a chunk
-/// always binds whole): 4096 rows at d = 4096, 2048 at d = 8192; a multiple of 64 rows.
-pub fn lm_head_chunk_rows(d: usize) -> usize {
-    const MAX_ROWS: usize = 4096;
-    const MAX_BYTES: usize = 64 << 20;
-    let fit = MAX_BYTES / (4 * d.max(1)) / 64 * 64;
-    fit.clamp(64, MAX_ROWS)
-}
-
 /// The calibration samples N behind a Taylor case's statistics: Ḡ = sum / N and
 /// F = l2 accumulator / (c²·N) (§11).
 pub const TAYLOR_CASE_SAMPLES: usize = 4;
@@ -316,6 +305,13 @@ impl OpCase {
 
     /// The op's name without shape, e.g. `PRUNE_WANDA`; what `--op` filters match first.
     pub fn op_name(&self) -> String {
+        match self.op.family() {
+            Family::Forward => forward::op_name(self.op),
+            _ => self.op_name_by_op(),
+        }
+    }
+
+    fn op_name_by_op(&self) -> String {
         match self.op {
             Op::ActStat => "ACT_STAT".into(),
             Op::Hessian => "HESSIAN".into(),
@@ -345,22 +341,23 @@ impl OpCase {
             Op::TaylorSaliency { .. } => "TAYLOR_SALIENCY".into(),
             Op::StructuredUpdate { .. } => "STRUCTURED_UPDATE".into(),
             Op::Compact { .. } => "COMPACT".into(),
-            Op::Linear => "LINEAR".into(),
-            Op::RmsNorm => "RMS_NORM".into(),
-            Op::Rope { .. } => "ROPE".into(),
-            Op::Attention { .. } => "ATTENTION".into(),
-            Op::SiluMul => "SILU_MUL".into(),
-            Op::ResidualAdd => "RESIDUAL_ADD".into(),
-            Op::Embed => "EMBED".into(),
-            Op::LmHead { .. } => "LM_HEAD".into(),
+            op => unreachable!("{op:?} is named by its family"),
         }
     }
 
     /// The canonical string, e.g. `PRUNE_WANDA(pattern=2:4,rows=4096,cols=11008)`: the filter
     /// and the key of results.
     pub fn name(&self) -> String {
+        let params = match self.op.family() {
+            Family::Forward => forward::params(self),
+            _ => self.params_by_op(),
+        };
+        format!("{}({params})", self.op_name())
+    }
+
+    fn params_by_op(&self) -> String {
         let (r, c, t, b) = (self.rows, self.cols, self.tokens, self.batch);
-        let params = match self.op {
+        match self.op {
             Op::ActStat | Op::Hessian => format!("cols={c},tokens={t},batch={b}"),
             Op::GradFused(_) | Op::GradSum => format!("rows={r},cols={c},tokens={t}"),
             Op::Mask(p) | Op::Prune(_, p) => format!("pattern={},rows={r},cols={c}", p.label()),
@@ -401,32 +398,21 @@ impl OpCase {
                 kept_label(rows),
                 kept_label(cols)
             ),
-            Op::Linear => format!("n={t},rows={r},cols={c}"),
-            Op::RmsNorm | Op::SiluMul | Op::ResidualAdd => format!("n={t},cols={c}"),
-            Op::Rope {
-                heads,
-                head_dim,
-                seq,
-                theta,
-            } => format!("heads={heads},head_dim={head_dim},seq={seq},theta={theta},n={t}"),
-            Op::Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                seq,
-            } => format!("heads={heads},kv_heads={kv_heads},head_dim={head_dim},seq={seq},n={t}"),
-            Op::Embed => format!("n={t},vocab={r},cols={c}"),
-            Op::LmHead { chunk } => format!("chunk={chunk},n={t},vocab={r},cols={c}"),
             _ => format!("rows={r},cols={c}"),
-        };
-        format!("{}({params})", self.op_name())
+        }
     }
 
     /// Bytes a device must move at the least (f32 tensors, 1-bit masks): each input read once,
     /// each output written once.
     pub fn bytes(&self) -> u64 {
+        match self.op.family() {
+            Family::Forward => forward::bytes(self),
+            _ => self.bytes_by_op(),
+        }
+    }
+
+    fn bytes_by_op(&self) -> u64 {
         let (r, c) = (self.rows as u64, self.cols as u64);
-        let n = self.tokens as u64;
         let x = (self.tokens * self.batch) as u64 * c;
         let mask = r * c.div_ceil(32) * 4;
         let f = 4u64;
@@ -494,35 +480,7 @@ impl OpCase {
                 let (kr, kc) = (rows.map_or(r, |k| k as u64), cols.map_or(c, |k| k as u64));
                 f * 2 * kr * kc + 4 * (rows.map_or(0, |k| k as u64) + cols.map_or(0, |k| k as u64))
             }
-            // X and W read, Y written.
-            Op::Linear => f * (n * c + r * c + n * r),
-            // X read, Y written, γ read.
-            Op::RmsNorm => f * (2 * n * c + c),
-            // X read and written in place, the cos and sin tables (seq x e/2 each) read.
-            Op::Rope {
-                heads,
-                head_dim,
-                seq,
-                ..
-            } => f * (2 * n * (heads * head_dim) as u64 + (seq * head_dim) as u64),
-            // Q read and the output written, K and V read once (a flash kernel streams them
-            // through on-chip memory; the scores never reach device memory).
-            Op::Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                ..
-            } => f * 2 * n * ((heads + kv_heads) * head_dim) as u64,
-            // Gate and up read, the product written; x and y read, x written.
-            Op::SiluMul | Op::ResidualAdd => f * 3 * n * c,
-            // The gathered rows read and written, the ids read.
-            Op::Embed => f * (2 * n * c + n),
-            // W read once over its chunks; each chunk's call reads h and the targets and reads
-            // and writes the [N, 3] state.
-            Op::LmHead { chunk } => {
-                let calls = self.rows.div_ceil(chunk.max(1)) as u64;
-                f * (r * c + calls * (n * c + n + 2 * 3 * n))
-            }
+            op => unreachable!("{op:?} is modelled by its family"),
         }
     }
 
@@ -569,8 +527,14 @@ impl OpCase {
 
     /// Floating-point operations of the math as ALGORITHMS.md counts them.
     pub fn flops(&self) -> u64 {
+        match self.op.family() {
+            Family::Forward => forward::flops(self),
+            _ => self.flops_by_op(),
+        }
+    }
+
+    fn flops_by_op(&self) -> u64 {
         let (r, c) = (self.rows as u64, self.cols as u64);
-        let n = self.tokens as u64;
         let tokens = (self.tokens * self.batch) as u64;
         match self.op {
             Op::ActStat => 2 * tokens * c,
@@ -629,38 +593,16 @@ impl OpCase {
                 k * k * k / 3 + k * k * c + r * k * k + 2 * r * k + 2 * r * k * c + c * c * k
             }
             Op::Compact { .. } => 0,
-            Op::Linear => 2 * n * r * c,
-            // Per entry a square and an add for the mean, then the two multiplies by 1/rms
-            // and γ (the per-row root and division not counted).
-            Op::RmsNorm => 4 * n * c,
-            // Per rotated pair four multiplies and two adds: three per entry.
-            Op::Rope {
-                heads, head_dim, ..
-            } => 3 * n * (heads * head_dim) as u64,
-            // Causal, per window of seq rows: the query at position p scores p + 1 keys (q·k,
-            // 2e) and sums as many rows of V (2e), so a window costs
-            // 4e·Σ_{p<seq}(p + 1) = 4e·seq(seq + 1)/2 per head, and N = windows·seq rows cost
-            // 4·N·(seq + 1)/2·heads·e = 2·N·(seq + 1)·heads·e. The softmax's max, exp and sum
-            // (a few per score) are not counted, as in FLOP counts of attention generally.
-            Op::Attention {
-                heads,
-                head_dim,
-                seq,
-                ..
-            } => 2 * n * (seq as u64 + 1) * (heads * head_dim) as u64,
-            // silu(g)·u = g / (1 + e^−g) · u: the exp (counted as one), add, divide, multiply.
-            Op::SiluMul => 4 * n * c,
-            Op::ResidualAdd => n * c,
-            Op::Embed => 0,
-            // The logits h·Wᵀ over the whole vocabulary, then per logit the running max, the
-            // subtraction, the exp (counted as one) and the sum.
-            Op::LmHead { .. } => 2 * n * c * r + 4 * n * r,
+            op => unreachable!("{op:?} is modelled by its family"),
         }
     }
 
     /// Whether the op's cost is dominated by arithmetic (scored against the FMA peak) rather
     /// than memory traffic (scored against bandwidth).
     pub fn compute_bound(&self) -> bool {
+        if self.op.family() == Family::Forward {
+            return forward::compute_bound(self);
+        }
         match self.op {
             // From 64 tokens a dense f16 product does 64 flops per weight byte: past the
             // balance point of current GPUs' f32 units.
@@ -671,13 +613,6 @@ impl OpCase {
             // Between k/8 and k/4 flops per byte for k removed columns (the two GEMMs against
             // W and Hinv, both read and written): from k = 128.
             Op::StructuredUpdate { width, removed } => width * removed >= 128,
-            // About N/2 flops per byte for N rows of X against an f32 weight (the weight's
-            // bytes dominate), so past the f32 balance from 64 rows as the product cases; the
-            // LM head the same, N/2 over (1 + N/chunk).
-            Op::Linear | Op::LmHead { .. } => self.tokens >= 64,
-            // (seq + 1)·heads / (4·(heads + kv_heads)) flops per byte, at least (seq + 1)/8:
-            // 16 from seq = 128.
-            Op::Attention { seq, .. } => seq >= 128,
             op => matches!(
                 op,
                 Op::Hessian
@@ -787,7 +722,7 @@ pub fn small_cases() -> Vec<OpCase> {
     v.extend(small_sparse_cases());
     v.extend(small_refit_cases());
     v.extend(small_structured_cases());
-    v.extend(small_forward_cases());
+    v.extend(forward::small_forward_cases());
     v
 }
 
@@ -987,127 +922,6 @@ pub fn structured_cases(dims: &LayerDims, tokens: usize) -> Vec<OpCase> {
     v
 }
 
-fn forward(op: Op, n: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(op, rows, cols).tokens(n, 1)
-}
-
-/// RoPE on `windows` stacked windows of `seq` rows of `heads` heads of `head_dim`.
-fn rope(heads: usize, head_dim: usize, seq: usize, windows: usize, theta: f64) -> OpCase {
-    let op = Op::Rope {
-        heads,
-        head_dim,
-        seq,
-        theta,
-    };
-    forward(op, windows * seq, 1, heads * head_dim)
-}
-
-/// Causal attention on `windows` stacked windows of `seq` rows; `cols` is Q's width.
-fn attention(
-    (heads, kv_heads, head_dim): (usize, usize, usize),
-    seq: usize,
-    windows: usize,
-) -> OpCase {
-    let op = Op::Attention {
-        heads,
-        kv_heads,
-        head_dim,
-        seq,
-    };
-    forward(op, windows * seq, 1, heads * head_dim)
-}
-
-fn lm_head(n: usize, vocab: usize, d: usize, chunk: usize) -> OpCase {
-    forward(Op::LmHead { chunk }, n, vocab, d)
-}
-
-/// The forward ops of §14 on odd shapes: one row, widths that are not multiples of 64 (37,
-/// 130, 300), X past a 64-row tile, seq not a multiple of 16 (13, 37, 70), seq = 1 (every
-/// position 0, attention returns V), three windows stacked, GQA with 6 heads over 3 KV heads of
-/// 16, MQA, e = 128 once, a table with repeated ids, and LM heads of three chunks with the last
-/// one short, of one chunk, and with rows without a target.
-pub fn small_forward_cases() -> Vec<OpCase> {
-    use Op::{Embed, Linear, ResidualAdd, RmsNorm, SiluMul};
-    let (llama, llama3) = (10_000.0, 500_000.0);
-    vec![
-        forward(Linear, 1, 13, 37),
-        forward(Linear, 3, 13, 300),
-        forward(Linear, 17, 1, 300),
-        forward(Linear, 67, 130, 129),
-        forward(RmsNorm, 1, 1, 37),
-        forward(RmsNorm, 13, 1, 300),
-        forward(RmsNorm, 3, 1, 4100),
-        rope(6, 16, 13, 3, llama),
-        rope(3, 16, 1, 4, llama),
-        rope(1, 128, 37, 1, llama3),
-        rope(2, 32, 70, 2, llama3),
-        attention((6, 3, 16), 13, 3),
-        attention((6, 3, 16), 1, 4),
-        attention((1, 1, 16), 1, 1),
-        attention((4, 1, 32), 37, 1),
-        attention((2, 2, 128), 70, 2),
-        forward(SiluMul, 1, 1, 37),
-        forward(SiluMul, 13, 1, 300),
-        forward(SiluMul, 3, 1, 1000),
-        forward(ResidualAdd, 1, 1, 37),
-        forward(ResidualAdd, 13, 1, 300),
-        forward(Embed, 13, 50, 37),
-        forward(Embed, 1, 1000, 300),
-        forward(Embed, 40, 7, 130),
-        lm_head(13, 300, 37, 128),
-        lm_head(5, 77, 300, 32),
-        lm_head(1, 1000, 130, 1000),
-        lm_head(67, 250, 64, 100),
-    ]
-}
-
-/// The sizes of a model's forward pass beyond one layer's: the vocabulary (embedding table
-/// and LM head) and the RoPE base.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ForwardDims {
-    pub layer: LayerDims,
-    pub vocab: usize,
-    pub rope_theta: f64,
-}
-
-/// The forward ops of one model's pass over one window of `seq` tokens (N = seq): the linear
-/// of every distinct weight shape of the layer, RMSNorm of the hidden state, RoPE on the
-/// queries and keys, causal attention, the SiLU-gate product, the residual add, the embedding
-/// gather and the LM head over the whole vocabulary in chunks of [`lm_head_chunk_rows`].
-pub fn forward_cases(dims: &ForwardDims, seq: usize) -> Vec<OpCase> {
-    use Op::{Embed, Linear, ResidualAdd, RmsNorm, SiluMul};
-    let ForwardDims {
-        layer:
-            LayerDims {
-                hidden: d,
-                intermediate: f,
-                heads,
-                kv_heads: g,
-                head_dim: e,
-            },
-        vocab,
-        rope_theta,
-    } = *dims;
-    let n = seq;
-    let mut v: Vec<OpCase> = [(heads * e, d), (g * e, d), (d, heads * e), (f, d), (d, f)]
-        .into_iter()
-        .map(|(rows, cols)| forward(Linear, n, rows, cols))
-        .collect();
-    v.extend([
-        forward(RmsNorm, n, 1, d),
-        rope(heads, e, seq, 1, rope_theta),
-        rope(g, e, seq, 1, rope_theta),
-        attention((heads, g, e), seq, 1),
-        forward(SiluMul, n, 1, f),
-        forward(ResidualAdd, n, 1, d),
-        forward(Embed, n, vocab, d),
-        lm_head(n, vocab, d, lm_head_chunk_rows(d)),
-    ]);
-    let mut seen = std::collections::BTreeSet::new();
-    v.retain(|c| seen.insert(c.name()));
-    v
-}
-
 /// The compressed formats on odd shapes: columns that are not a multiple of a kernel unit,
 /// a single row, N = 3 and N past one token block, a row with no kept entry, a fully dense
 /// bitmap, 2:4 groups that keep fewer than two (kept zeros), each pruner's mask.
@@ -1244,6 +1058,7 @@ pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::families::llama::{LLAMA2_70B, LLAMA3_8B, LLAMA_7B};
     use super::*;
 
     #[test]
@@ -1257,28 +1072,6 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), n, "duplicate case names");
     }
-
-    const LLAMA_7B: LayerDims = LayerDims {
-        hidden: 4096,
-        intermediate: 11008,
-        heads: 32,
-        kv_heads: 32,
-        head_dim: 128,
-    };
-    const LLAMA3_8B: LayerDims = LayerDims {
-        hidden: 4096,
-        intermediate: 14336,
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-    };
-    const LLAMA2_70B: LayerDims = LayerDims {
-        hidden: 8192,
-        intermediate: 28672,
-        heads: 64,
-        kv_heads: 8,
-        head_dim: 128,
-    };
 
     #[test]
     fn structured_cases_cut_the_layer_into_its_groups() {
@@ -1374,141 +1167,6 @@ mod tests {
             20,
         );
         assert_eq!((c.flops(), c.bytes()), (0, 4 * 2 * 4 * 20 + 4 * 4));
-    }
-
-    #[test]
-    fn forward_cases_follow_the_model_and_fit_a_binding() {
-        let names = |d: &ForwardDims| -> Vec<String> {
-            forward_cases(d, 2048).iter().map(|c| c.name()).collect()
-        };
-        let llama3 = ForwardDims {
-            layer: LLAMA3_8B,
-            vocab: 128_256,
-            rope_theta: 500_000.0,
-        };
-        let gqa = names(&llama3);
-        for want in [
-            "LINEAR(n=2048,rows=4096,cols=4096)",
-            "LINEAR(n=2048,rows=1024,cols=4096)",
-            "LINEAR(n=2048,rows=14336,cols=4096)",
-            "LINEAR(n=2048,rows=4096,cols=14336)",
-            "RMS_NORM(n=2048,cols=4096)",
-            "ROPE(heads=32,head_dim=128,seq=2048,theta=500000,n=2048)",
-            "ROPE(heads=8,head_dim=128,seq=2048,theta=500000,n=2048)",
-            "ATTENTION(heads=32,kv_heads=8,head_dim=128,seq=2048,n=2048)",
-            "SILU_MUL(n=2048,cols=14336)",
-            "RESIDUAL_ADD(n=2048,cols=4096)",
-            "EMBED(n=2048,vocab=128256,cols=4096)",
-            "LM_HEAD(chunk=4096,n=2048,vocab=128256,cols=4096)",
-        ] {
-            assert!(
-                gqa.contains(&want.to_string()),
-                "{want} missing from {gqa:#?}"
-            );
-        }
-        // Multi-head attention: q and k have as many heads, one RoPE case.
-        let mha = names(&ForwardDims {
-            layer: LLAMA_7B,
-            vocab: 32_000,
-            rope_theta: 10_000.0,
-        });
-        assert_eq!(mha.iter().filter(|n| n.starts_with("ROPE")).count(), 1);
-        assert!(mha.contains(&"EMBED(n=2048,vocab=32000,cols=4096)".to_string()));
-        assert!(mha.contains(&"LM_HEAD(chunk=4096,n=2048,vocab=32000,cols=4096)".to_string()));
-        // At d = 8192 a chunk of 4096 rows would be 128 MiB, over what a binding holds.
-        assert_eq!(lm_head_chunk_rows(8192), 2048);
-        assert_eq!(lm_head_chunk_rows(256), 4096);
-        // Every LM-head chunk binds whole with room to spare, and at LLaMA-7B and LLaMA-3-8B
-        // sizes every activation of the 2048-token cases does too (up to 2048 x 14336 f32 =
-        // 112 MiB). The weights past 128 MiB (the FFN's, the embedding table) and LLaMA-2-70B's
-        // FFN activations do not: the backends window those.
-        const BINDING: u64 = 128 << 20;
-        for d in [LLAMA_7B, LLAMA3_8B, LLAMA2_70B] {
-            let dims = ForwardDims {
-                layer: d,
-                vocab: 128_256,
-                rope_theta: 10_000.0,
-            };
-            for c in forward_cases(&dims, 2048) {
-                let activation = 4 * (c.tokens * c.cols.max(c.rows)) as u64;
-                match c.op {
-                    Op::LmHead { chunk } => {
-                        assert!(4 * (chunk * c.cols) as u64 <= BINDING / 2, "{}", c.name());
-                    }
-                    Op::Embed => {}
-                    _ if d != LLAMA2_70B => assert!(activation < BINDING, "{}", c.name()),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn small_forward_cases_pass_the_shape_checks() {
-        let cases = small_forward_cases();
-        let mut short_last_chunk = 0;
-        for c in &cases {
-            match c.op {
-                Op::Rope {
-                    heads,
-                    head_dim,
-                    seq,
-                    ..
-                } => {
-                    let table = (seq, head_dim / 2);
-                    let got = crate::ops::check::rope((c.tokens, c.cols), table, table).unwrap();
-                    assert_eq!((got, heads * head_dim), ((seq, head_dim), c.cols));
-                }
-                Op::Attention {
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    seq,
-                } => {
-                    let kv = (c.tokens, kv_heads * head_dim);
-                    let q = (c.tokens, c.cols);
-                    let e = crate::ops::check::attention(q, kv, kv, heads, kv_heads, seq).unwrap();
-                    assert_eq!(e, head_dim);
-                }
-                Op::LmHead { chunk } if c.rows > chunk && c.rows % chunk != 0 => {
-                    short_last_chunk += 1;
-                }
-                _ => {}
-            }
-        }
-        assert!(short_last_chunk >= 2);
-        let names: Vec<String> = cases.iter().map(|c| c.name()).collect();
-        for want in [
-            "ATTENTION(heads=6,kv_heads=3,head_dim=16,seq=13,n=39)",
-            "ATTENTION(heads=6,kv_heads=3,head_dim=16,seq=1,n=4)",
-            "ATTENTION(heads=2,kv_heads=2,head_dim=128,seq=70,n=140)",
-            "LM_HEAD(chunk=128,n=13,vocab=300,cols=37)",
-            "LINEAR(n=1,rows=13,cols=37)",
-        ] {
-            assert!(names.contains(&want.to_string()), "{want}");
-        }
-    }
-
-    #[test]
-    fn forward_work_model() {
-        // Attention against the count it stands for: at position p a query scores p + 1 keys
-        // (2e each) and sums as many rows of V (2e each), per head.
-        let a = attention((6, 3, 16), 13, 3);
-        let per_window: u64 = (0..13u64).map(|p| 4 * 16 * (p + 1) * 6).sum();
-        assert_eq!(a.flops(), 3 * per_window);
-        assert_eq!(a.bytes(), 4 * 2 * 39 * (6 + 3) * 16);
-        assert!(!a.compute_bound());
-        assert!(attention((32, 8, 128), 2048, 1).compute_bound());
-        // Three chunk calls (128, 128, 44 rows), each reading h and the targets and reading and
-        // writing the state; W read once.
-        let h = lm_head(13, 300, 37, 128);
-        assert_eq!(h.bytes(), 4 * (300 * 37 + 3 * (13 * 37 + 13 + 6 * 13)));
-        assert_eq!(h.flops(), 2 * 13 * 37 * 300 + 4 * 13 * 300);
-        let l = forward(Op::Linear, 3, 13, 300);
-        assert_eq!(l.flops(), 2 * 3 * 13 * 300);
-        assert_eq!(l.bytes(), 4 * (3 * 300 + 13 * 300 + 3 * 13));
-        let e = forward(Op::Embed, 40, 7, 130);
-        assert_eq!((e.flops(), e.bytes()), (0, 4 * (2 * 40 * 130 + 40)));
     }
 
     #[test]

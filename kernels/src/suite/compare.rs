@@ -6,13 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::case::{ObsKind, Op, OpCase};
+use super::families::{forward, Family};
 use super::inputs::{compress_input, CaseInputs};
 use super::run::CaseOutput;
 use crate::cpu::CpuBackend;
 use crate::formats;
-use crate::ops::{
-    nll_from_state, tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind,
-};
+use crate::ops::{tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind};
 use crate::tensor::{Mask, Matrix};
 
 /// One figure of a comparison.
@@ -28,7 +27,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(what: &str, metric: &str, error: f64, tolerance: f64) -> Self {
+    pub(super) fn new(what: &str, metric: &str, error: f64, tolerance: f64) -> Self {
         Self {
             what: what.into(),
             metric: metric.into(),
@@ -103,7 +102,12 @@ fn relative(want: f64, got: f64) -> f64 {
     }
 }
 
-fn value_check(what: &'static str, want: &CaseOutput, got: &CaseOutput, tolerance: f64) -> Check {
+pub(super) fn value_check(
+    what: &'static str,
+    want: &CaseOutput,
+    got: &CaseOutput,
+    tolerance: f64,
+) -> Check {
     let e = match (want.value(what), got.value(what)) {
         (Some(a), Some(b)) => nmse(a, b),
         _ => f64::INFINITY,
@@ -187,6 +191,18 @@ const SCORE_TIE_REL: f64 = 1e-5;
 
 /// The checks of one case: reference output `want`, backend output `got`.
 pub fn compare(
+    case: &OpCase,
+    inputs: &CaseInputs,
+    want: &CaseOutput,
+    got: &CaseOutput,
+) -> Vec<Check> {
+    match case.op.family() {
+        Family::Forward => forward::compare(case, want, got),
+        _ => compare_by_op(case, inputs, want, got),
+    }
+}
+
+fn compare_by_op(
     case: &OpCase,
     inputs: &CaseInputs,
     want: &CaseOutput,
@@ -361,35 +377,8 @@ pub fn compare(
         }
         // A gather is exact (and a wrong shape is an infinite error).
         Op::Compact { .. } => vec![value_check("w", want, got, 0.0)],
-        Op::Linear | Op::Attention { .. } => vec![value_check("y", want, got, tol::FORWARD_GEMM)],
-        Op::RmsNorm | Op::SiluMul => vec![value_check("y", want, got, tol::FORWARD_ELEMENTWISE)],
-        Op::Rope { .. } | Op::ResidualAdd => {
-            vec![value_check("x", want, got, tol::FORWARD_ELEMENTWISE)]
-        }
-        // A gather of f32 rows is exact.
-        Op::Embed => vec![value_check("y", want, got, 0.0)],
-        Op::LmHead { .. } => vec![nll_check(want, got)],
+        op => unreachable!("{op:?} is compared by its family"),
     }
-}
-
-/// The LM head's per-row loss m + ln s − z from both states: the largest |Δnll| / max(1, |nll|)
-/// over the rows (rows without a target included: their nll is the log-sum-exp alone).
-fn nll_check(want: &CaseOutput, got: &CaseOutput) -> Check {
-    let e = match (want.value("state"), got.value("state")) {
-        (Some(a), Some(b)) if a.shape() == b.shape() => nll_from_state(a)
-            .iter()
-            .zip(nll_from_state(b))
-            .map(|(&w, g)| (g - w).abs() / w.abs().max(1.0))
-            .fold(0.0, |m: f64, e| {
-                if e.is_nan() || m.is_nan() {
-                    f64::NAN
-                } else {
-                    m.max(e)
-                }
-            }),
-        _ => f64::INFINITY,
-    };
-    Check::new("nll", "max_relative", e, tol::NLL_REL)
 }
 
 fn dead_check(want: &CaseOutput, got: &CaseOutput) -> Check {

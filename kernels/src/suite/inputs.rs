@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::case::{MaskSource, ObsKind, Op, OpCase, TAYLOR_CASE_SAMPLES};
+use super::families::{forward, Family};
 use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::formats::{self, PackedWeight};
 use crate::ops::{
     Backend, LoraForm, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, GBLM_GRAD_SCALE,
-    NO_TARGET, OBS_BLOCK, PERCDAMP,
+    OBS_BLOCK, PERCDAMP,
 };
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use crate::tensor::{Mask, Matrix};
@@ -62,8 +63,14 @@ impl CaseInputs {
     }
 
     pub fn generate(case: &OpCase) -> Result<Self> {
+        match case.op.family() {
+            Family::Forward => forward::inputs(case),
+            _ => Self::generate_by_op(case),
+        }
+    }
+
+    fn generate_by_op(case: &OpCase) -> Result<Self> {
         let (r, c, s) = (case.rows, case.cols, case.seed);
-        let n = case.tokens;
         let xrows = case.tokens * case.batch;
         let mut inp = CaseInputs::default();
         match case.op {
@@ -262,207 +269,10 @@ impl CaseInputs {
                 inp.packed = Some(formats::compress(&w, &m, format.storage())?);
                 inp.tensors = vec![("x", heavy_tailed(n, sc, s + 2))];
             }
-            Op::Linear => {
-                inp.tensors = vec![
-                    ("x", heavy_tailed(n, c, s)),
-                    ("w", scaled(heavy_tailed(r, c, s + 1), 0.02)),
-                ];
-            }
-            Op::RmsNorm => {
-                // Every third row so small that ε is most of its mean square: an ε left out
-                // or added twice moves those rows by O(1).
-                let mut x = heavy_tailed(n, c, s);
-                for t in (2..n).step_by(3) {
-                    for v in &mut x.data[t * c..(t + 1) * c] {
-                        *v *= 1e-4;
-                    }
-                }
-                inp.tensors = vec![("x", x), ("gamma", heavy_tailed_positive(1, c, s + 1))];
-            }
-            Op::Rope {
-                head_dim,
-                seq,
-                theta,
-                ..
-            } => {
-                let (cos, sin) = rope_tables(theta, head_dim, seq);
-                inp.tensors = vec![("x", heavy_tailed(n, c, s)), ("cos", cos), ("sin", sin)];
-            }
-            Op::Attention {
-                kv_heads, head_dim, ..
-            } => {
-                let kc = kv_heads * head_dim;
-                inp.tensors = vec![
-                    ("q", attention_operand(n, c, head_dim, s)),
-                    ("k", attention_operand(n, kc, head_dim, s + 1)),
-                    ("v", heavy_tailed(n, kc, s + 2)),
-                ];
-            }
-            Op::SiluMul => {
-                inp.tensors = vec![
-                    ("gate", heavy_tailed(n, c, s)),
-                    ("up", heavy_tailed(n, c, s + 1)),
-                ];
-            }
-            Op::ResidualAdd => {
-                inp.tensors = vec![
-                    ("x", heavy_tailed(n, c, s)),
-                    ("y", heavy_tailed(n, c, s + 1)),
-                ];
-            }
-            Op::Embed => {
-                // Seeded draws, the first the table's last row (which an off-by-one reads past)
-                // and the second its first.
-                let mut rng = Rng::new(s + 1);
-                let mut ids: Vec<u32> = (0..n).map(|_| rng.below(r) as u32).collect();
-                for (i, id) in [r - 1, 0].into_iter().enumerate().take(n) {
-                    ids[i] = id as u32;
-                }
-                inp.token_ids = vec![("ids", ids)];
-                inp.tensors = vec![("table", heavy_tailed_tall(r, c, s)?)];
-            }
-            Op::LmHead { chunk } => {
-                inp.token_ids = vec![("targets", lm_head_targets(n, r, chunk, s + 2))];
-                // h as the final RMSNorm leaves it (unit RMS per row); W scaled so that the
-                // logits have a standard deviation of a few units, as a trained model's (their
-                // Student-t tails reach tens: some rows' softmax is nearly one-hot).
-                let h = unit_rms_rows(heavy_tailed(n, c, s));
-                let w = heavy_tailed_tall(r, c, s + 1)?;
-                let k = (LOGIT_STD / logit_std(&h, &w)) as f32;
-                inp.tensors = vec![
-                    ("h", h),
-                    ("w", scaled(w, k)),
-                    // Whatever the state held before: the first chunk starts it afresh.
-                    ("state", heavy_tailed(n, 3, s + 3)),
-                ];
-            }
+            op => unreachable!("{op:?}'s inputs are made by its family"),
         }
         Ok(inp)
     }
-}
-
-/// The RoPE tables cos and sin [seq, e/2] for base `theta`: entry (p, i) of position p and
-/// frequency θ^(−2i/e), the angle and both functions in f64, stored as f32 (HF's
-/// `rotate_half` convention, without any model's frequency scaling).
-pub fn rope_tables(theta: f64, head_dim: usize, seq: usize) -> (Matrix, Matrix) {
-    let half = head_dim / 2;
-    let angle = |p: usize, i: usize| p as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64);
-    (
-        Matrix::from_fn(seq, half, |p, i| angle(p, i).cos() as f32),
-        Matrix::from_fn(seq, half, |p, i| angle(p, i).sin() as f32),
-    )
-}
-
-/// A heavy-tailed matrix of many rows (an embedding table, an LM head) as `heavy_tailed`
-/// draws it, Student-t(3) entries with 3% of the columns 10-100x larger, but in blocks of 4096
-/// rows in parallel, each block's entries from its own stream (the column scales shared): the
-/// 525M values of LLaMA 3's 128256 x 4096 head take about a minute on one core. Fewer rows
-/// are `heavy_tailed` itself.
-fn heavy_tailed_tall(rows: usize, cols: usize, seed: u64) -> Result<Matrix> {
-    use rayon::prelude::*;
-    const BLOCK: usize = 4096;
-    if rows <= BLOCK {
-        return Ok(heavy_tailed(rows, cols, seed));
-    }
-    let mut rng = Rng::new(seed);
-    let col_scale: Vec<f64> = (0..cols)
-        .map(|_| {
-            if rng.uniform() < 0.03 {
-                10.0 + 90.0 * rng.uniform()
-            } else {
-                0.5 + rng.uniform()
-            }
-        })
-        .collect();
-    let mut data = vec![0.0f32; rows * cols];
-    data.par_chunks_mut(BLOCK * cols.max(1))
-        .enumerate()
-        .for_each(|(i, part)| {
-            let mut rng = Rng::derive(seed, &[i as u64]);
-            for (k, v) in part.iter_mut().enumerate() {
-                let x = (rng.student_t(3) * col_scale[k % cols]) as f32;
-                *v = if x == 0.0 { f32::MIN_POSITIVE } else { x };
-            }
-        });
-    Matrix::new(rows, cols, data)
-}
-
-/// The standard deviation an LM-head case's logits are scaled to (a trained LLaMA's are of a
-/// few units).
-const LOGIT_STD: f64 = 3.0;
-
-/// The standard deviation of h·Wᵀ over up to 16 rows of h and 512 rows of W, in f64.
-fn logit_std(h: &Matrix, w: &Matrix) -> f64 {
-    let logits: Vec<f64> = (0..h.rows.min(16))
-        .flat_map(|t| {
-            (0..w.rows.min(512)).map(move |j| {
-                h.row(t)
-                    .iter()
-                    .zip(w.row(j))
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum::<f64>()
-            })
-        })
-        .collect();
-    let n = logits.len().max(1) as f64;
-    let mean = logits.iter().sum::<f64>() / n;
-    let var = logits.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n;
-    var.sqrt().max(f64::MIN_POSITIVE)
-}
-
-/// Each row scaled to a root mean square of 1.
-fn unit_rms_rows(mut m: Matrix) -> Matrix {
-    let c = m.cols.max(1);
-    for row in m.data.chunks_mut(c) {
-        let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / c as f64;
-        let k = (1.0 / ms.sqrt()) as f32;
-        for v in row {
-            *v *= k;
-        }
-    }
-    m
-}
-
-/// Queries or keys whose scores q·k/√e spread over a few units, as a trained model's: each
-/// head's slice of a heavy-tailed row scaled to a root mean square of √2. The scores then have
-/// a standard deviation of 1 to 2 on the cases' shapes, and the largest softmax weight of a
-/// query over ten or more keys is mostly between 0.1 and 0.8: neither uniform nor one-hot.
-fn attention_operand(rows: usize, cols: usize, head_dim: usize, seed: u64) -> Matrix {
-    let mut m = heavy_tailed(rows, cols, seed);
-    let target = std::f64::consts::SQRT_2;
-    for head in m.data.chunks_mut(head_dim.max(1)) {
-        let ms = head.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / head.len() as f64;
-        let k = (target / ms.sqrt()) as f32;
-        for v in head {
-            *v *= k;
-        }
-    }
-    m
-}
-
-/// Seeded next-token targets in 0..vocab: the first rows name the vocabulary's last entry
-/// (in the last, short chunk), the last of the first chunk and the first of the second, so
-/// that both sides of a chunk boundary are read; every fifth row has no target (`NO_TARGET`,
-/// as a window's last position).
-fn lm_head_targets(rows: usize, vocab: usize, chunk: usize, seed: u64) -> Vec<u32> {
-    let mut rng = Rng::new(seed);
-    let mut t: Vec<u32> = (0..rows)
-        .map(|i| {
-            if i % 5 == 4 {
-                NO_TARGET
-            } else {
-                rng.below(vocab) as u32
-            }
-        })
-        .collect();
-    let mut edges = vec![vocab - 1];
-    if chunk < vocab {
-        edges.extend([chunk - 1, chunk]);
-    }
-    for (i, e) in edges.into_iter().enumerate().take(rows.min(4)) {
-        t[i] = e as u32;
-    }
-    t
 }
 
 /// A dense weight, its pruned copy and the mask (half of every row, by magnitude).
@@ -579,7 +389,7 @@ pub fn compress_input(inp: &CaseInputs) -> (&Matrix, &Mask) {
     )
 }
 
-fn scaled(mut m: Matrix, k: f32) -> Matrix {
+pub(super) fn scaled(mut m: Matrix, k: f32) -> Matrix {
     for v in &mut m.data {
         *v *= k;
     }

@@ -2,7 +2,8 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP, RMS_NORM_CASE_EPS, TAYLOR_CASE_SAMPLES};
+use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP, TAYLOR_CASE_SAMPLES};
+use super::families::{forward, Family};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
@@ -181,56 +182,8 @@ pub enum Prepared<B: Backend> {
         cols: Option<Vec<usize>>,
         out: Option<B::Tensor>,
     },
-    Linear {
-        x: B::Tensor,
-        w: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    RmsNorm {
-        x: B::Tensor,
-        gamma: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    /// In place: the benches' repeats rotate the same rows again, which keeps their norms.
-    Rope {
-        x: B::Tensor,
-        cos: B::Tensor,
-        sin: B::Tensor,
-    },
-    Attention {
-        q: B::Tensor,
-        k: B::Tensor,
-        v: B::Tensor,
-        heads: usize,
-        kv_heads: usize,
-        seq: usize,
-        out: Option<B::Tensor>,
-    },
-    SiluMul {
-        gate: B::Tensor,
-        up: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    /// In place: the benches' repeats add y again.
-    ResidualAdd {
-        x: B::Tensor,
-        y: B::Tensor,
-    },
-    Embed {
-        table: B::Tensor,
-        ids: Vec<u32>,
-        out: Option<B::Tensor>,
-    },
-    /// Every chunk of W in its own tensor, run through `lm_head_chunk` in order; the first
-    /// starts the state afresh, so each run (the benches' repeats too) computes it whole.
-    LmHead {
-        state: B::Tensor,
-        h: B::Tensor,
-        chunks: Vec<B::Tensor>,
-        chunk: usize,
-        targets: Vec<u32>,
-        ran: bool,
-    },
+    /// A forward op's tensors.
+    Forward(forward::Prepared<B>),
 }
 
 /// What a run produced, on the host.
@@ -259,6 +212,13 @@ fn score_of<'a, T>(kind: ScoreKind, act: &'a T, grad: &'a T) -> Score<'a, T> {
 }
 
 pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
+    match case.op.family() {
+        Family::Forward => Ok(Prepared::Forward(forward::prepare(b, case, inp)?)),
+        _ => prepare_by_op(b, case, inp),
+    }
+}
+
+fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
     let up = |name: &str| b.upload(inp.get(name));
     let up_if = |name: &str, present: bool| present.then(|| up(name)).transpose();
     Ok(match case.op {
@@ -435,76 +395,8 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
             cols: inp.index("cols").map(<[usize]>::to_vec),
             out: None,
         },
-        Op::Linear => Prepared::Linear {
-            x: up("x")?,
-            w: up("w")?,
-            out: None,
-        },
-        Op::RmsNorm => Prepared::RmsNorm {
-            x: up("x")?,
-            gamma: up("gamma")?,
-            out: None,
-        },
-        Op::Rope { .. } => Prepared::Rope {
-            x: up("x")?,
-            cos: up("cos")?,
-            sin: up("sin")?,
-        },
-        Op::Attention {
-            heads,
-            kv_heads,
-            seq,
-            ..
-        } => Prepared::Attention {
-            q: up("q")?,
-            k: up("k")?,
-            v: up("v")?,
-            heads,
-            kv_heads,
-            seq,
-            out: None,
-        },
-        Op::SiluMul => Prepared::SiluMul {
-            gate: up("gate")?,
-            up: up("up")?,
-            out: None,
-        },
-        Op::ResidualAdd => Prepared::ResidualAdd {
-            x: up("x")?,
-            y: up("y")?,
-        },
-        Op::Embed => Prepared::Embed {
-            table: up("table")?,
-            ids: inp.token_ids("ids").to_vec(),
-            out: None,
-        },
-        Op::LmHead { chunk } => Prepared::LmHead {
-            state: up("state")?,
-            h: up("h")?,
-            chunks: upload_row_chunks(b, inp.get("w"), chunk)?,
-            chunk,
-            targets: inp.token_ids("targets").to_vec(),
-            ran: false,
-        },
+        op => unreachable!("{op:?} is prepared by its family"),
     })
-}
-
-/// Rows [i·chunk, (i + 1)·chunk) of `w` as tensor i, the last one short where `chunk` does not
-/// divide the rows; each copied on the host only while it is uploaded.
-fn upload_row_chunks<B: Backend>(b: &B, w: &Matrix, chunk: usize) -> Result<Vec<B::Tensor>> {
-    if chunk == 0 {
-        return Err(crate::error::KernelError::InvalidArgument(
-            "an LM-head case needs chunks of at least one row".into(),
-        ));
-    }
-    (0..w.rows)
-        .step_by(chunk)
-        .map(|r0| {
-            let r1 = (r0 + chunk).min(w.rows);
-            let part = Matrix::new(r1 - r0, w.cols, w.data[r0 * w.cols..r1 * w.cols].to_vec())?;
-            b.upload(&part)
-        })
-        .collect()
 }
 
 /// Runs the op once; in-place ops update their state, so call `prepare` again for a fresh run.
@@ -702,58 +594,19 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             *out = Some(b.compact(w, rows.as_deref(), cols.as_deref())?);
             Ok(())
         }
-        Prepared::Linear { x, w, out } => {
-            *out = Some(b.linear(x, w)?);
-            Ok(())
-        }
-        Prepared::RmsNorm { x, gamma, out } => {
-            *out = Some(b.rms_norm(x, gamma, RMS_NORM_CASE_EPS)?);
-            Ok(())
-        }
-        Prepared::Rope { x, cos, sin } => b.rope(x, cos, sin),
-        Prepared::Attention {
-            q,
-            k,
-            v,
-            heads,
-            kv_heads,
-            seq,
-            out,
-        } => {
-            *out = Some(b.attention(q, k, v, *heads, *kv_heads, *seq)?);
-            Ok(())
-        }
-        Prepared::SiluMul { gate, up, out } => {
-            *out = Some(b.silu_mul(gate, up)?);
-            Ok(())
-        }
-        Prepared::ResidualAdd { x, y } => b.add_assign(x, y),
-        Prepared::Embed { table, ids, out } => {
-            *out = Some(b.embed(table, ids)?);
-            Ok(())
-        }
-        Prepared::LmHead {
-            state,
-            h,
-            chunks,
-            chunk,
-            targets,
-            ran,
-        } => {
-            for (i, w) in chunks.iter().enumerate() {
-                b.lm_head_chunk(state, h, w, i * *chunk, targets)?;
-            }
-            *ran = true;
-            Ok(())
-        }
+        Prepared::Forward(p) => forward::execute(b, p),
     }
+}
+
+/// The error of a `collect` before any `execute`.
+pub(super) fn never_ran() -> crate::error::KernelError {
+    crate::error::KernelError::InvalidArgument("collect called before execute".into())
 }
 
 pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
     let mut o = CaseOutput::default();
-    let never_ran =
-        || crate::error::KernelError::InvalidArgument("collect called before execute".into());
     match p {
+        Prepared::Forward(p) => return forward::collect(b, p),
         Prepared::ActStat { act, .. } => o.values.push(("act", b.download(act)?)),
         Prepared::Hessian { h, .. } => o.values.push(("h", b.download(h)?)),
         Prepared::GradAccumulate { acc, .. } | Prepared::GradFused { acc, .. } => {
@@ -844,23 +697,6 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Compact { out, .. } => {
             o.values
                 .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::Linear { out, .. }
-        | Prepared::RmsNorm { out, .. }
-        | Prepared::Attention { out, .. }
-        | Prepared::SiluMul { out, .. }
-        | Prepared::Embed { out, .. } => {
-            o.values
-                .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::Rope { x, .. } | Prepared::ResidualAdd { x, .. } => {
-            o.values.push(("x", b.download(x)?))
-        }
-        Prepared::LmHead { state, ran, .. } => {
-            if !*ran {
-                return Err(never_ran());
-            }
-            o.values.push(("state", b.download(state)?));
         }
     }
     Ok(o)

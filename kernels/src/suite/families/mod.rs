@@ -4,6 +4,8 @@
 
 use super::case::{small_cases, Op, OpCase};
 
+pub(super) mod forward;
+
 /// A family of ops that share their inputs' kind and their place in the pruning pipeline
 /// (ALGORITHMS.md's sections).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +89,40 @@ impl Op {
             | Op::LmHead { .. } => Family::Forward,
         }
     }
+}
+
+/// For a family's matches over `Op`: the dispatch by [`Op::family`] sends a family its own
+/// ops only, so another family's op there is a bug in that dispatch.
+fn not_in_family(op: Op, family: Family) -> ! {
+    unreachable!("{op:?} reached the {} family", family.name())
+}
+
+/// Real layer sizes for the families' case-list tests.
+#[cfg(test)]
+pub(super) mod llama {
+    use crate::suite::LayerDims;
+
+    pub const LLAMA_7B: LayerDims = LayerDims {
+        hidden: 4096,
+        intermediate: 11008,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+    };
+    pub const LLAMA3_8B: LayerDims = LayerDims {
+        hidden: 4096,
+        intermediate: 14336,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+    };
+    pub const LLAMA2_70B: LayerDims = LayerDims {
+        hidden: 8192,
+        intermediate: 28672,
+        heads: 64,
+        kv_heads: 8,
+        head_dim: 128,
+    };
 }
 
 #[cfg(test)]
