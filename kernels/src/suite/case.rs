@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::families::{forward, Family};
+use super::families::{forward, stats, Family};
 
 use crate::formats::{self, WeightFormat};
 use crate::ops::{
@@ -249,13 +249,6 @@ pub struct OpCase {
     pub seed: u64,
 }
 
-fn norm_name(n: GradNorm) -> &'static str {
-    match n {
-        GradNorm::L2 => "L2",
-        GradNorm::L1 => "L1",
-    }
-}
-
 /// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
 pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
 
@@ -306,6 +299,7 @@ impl OpCase {
     /// The op's name without shape, e.g. `PRUNE_WANDA`; what `--op` filters match first.
     pub fn op_name(&self) -> String {
         match self.op.family() {
+            Family::Stats => stats::op_name(self.op),
             Family::Forward => forward::op_name(self.op),
             _ => self.op_name_by_op(),
         }
@@ -313,10 +307,6 @@ impl OpCase {
 
     fn op_name_by_op(&self) -> String {
         match self.op {
-            Op::ActStat => "ACT_STAT".into(),
-            Op::Hessian => "HESSIAN".into(),
-            Op::GradAccumulate(n) => format!("GRAD_ACC_{}", norm_name(n)),
-            Op::GradFused(n) => format!("GRAD_FUSED_{}", norm_name(n)),
             Op::Score(k) => format!("SCORE_{}", k.name().to_uppercase()),
             Op::Mask(_) => "MASK".into(),
             Op::ApplyMask => "APPLY_MASK".into(),
@@ -349,6 +339,7 @@ impl OpCase {
     /// and the key of results.
     pub fn name(&self) -> String {
         let params = match self.op.family() {
+            Family::Stats => stats::params(self),
             Family::Forward => forward::params(self),
             _ => self.params_by_op(),
         };
@@ -356,10 +347,9 @@ impl OpCase {
     }
 
     fn params_by_op(&self) -> String {
-        let (r, c, t, b) = (self.rows, self.cols, self.tokens, self.batch);
+        let (r, c, t) = (self.rows, self.cols, self.tokens);
         match self.op {
-            Op::ActStat | Op::Hessian => format!("cols={c},tokens={t},batch={b}"),
-            Op::GradFused(_) | Op::GradSum => format!("rows={r},cols={c},tokens={t}"),
+            Op::GradSum => format!("rows={r},cols={c},tokens={t}"),
             Op::Mask(p) | Op::Prune(_, p) => format!("pattern={},rows={r},cols={c}", p.label()),
             Op::HinvFactor => format!("cols={c}"),
             Op::Obs(k) => {
@@ -406,6 +396,7 @@ impl OpCase {
     /// each output written once.
     pub fn bytes(&self) -> u64 {
         match self.op.family() {
+            Family::Stats => stats::bytes(self),
             Family::Forward => forward::bytes(self),
             _ => self.bytes_by_op(),
         }
@@ -413,14 +404,9 @@ impl OpCase {
 
     fn bytes_by_op(&self) -> u64 {
         let (r, c) = (self.rows as u64, self.cols as u64);
-        let x = (self.tokens * self.batch) as u64 * c;
         let mask = r * c.div_ceil(32) * 4;
         let f = 4u64;
         match self.op {
-            Op::ActStat => f * (x + 2 * c),
-            Op::Hessian => f * (x + 2 * c * c),
-            Op::GradAccumulate(_) => f * 3 * r * c,
-            Op::GradFused(_) => f * (self.tokens as u64 * (r + c) + 2 * r * c),
             Op::Score(ScoreKind::Magnitude) => f * 2 * r * c,
             Op::Score(ScoreKind::Wanda) => f * (2 * r * c + c),
             Op::Score(ScoreKind::Gblm) => f * (3 * r * c + c),
@@ -528,6 +514,7 @@ impl OpCase {
     /// Floating-point operations of the math as ALGORITHMS.md counts them.
     pub fn flops(&self) -> u64 {
         match self.op.family() {
+            Family::Stats => stats::flops(self),
             Family::Forward => forward::flops(self),
             _ => self.flops_by_op(),
         }
@@ -535,12 +522,7 @@ impl OpCase {
 
     fn flops_by_op(&self) -> u64 {
         let (r, c) = (self.rows as u64, self.cols as u64);
-        let tokens = (self.tokens * self.batch) as u64;
         match self.op {
-            Op::ActStat => 2 * tokens * c,
-            Op::Hessian => 2 * tokens * c * c,
-            Op::GradAccumulate(_) => 3 * r * c,
-            Op::GradFused(_) => 2 * r * c * self.tokens as u64 + 3 * r * c,
             Op::Score(ScoreKind::Magnitude) | Op::Mask(_) | Op::ApplyMask => 0,
             Op::Score(ScoreKind::Wanda) | Op::Prune(ScoreKind::Wanda, _) => r * c,
             Op::Score(ScoreKind::Gblm) | Op::Prune(ScoreKind::Gblm, _) => 3 * r * c,
@@ -600,9 +582,14 @@ impl OpCase {
     /// Whether the op's cost is dominated by arithmetic (scored against the FMA peak) rather
     /// than memory traffic (scored against bandwidth).
     pub fn compute_bound(&self) -> bool {
-        if self.op.family() == Family::Forward {
-            return forward::compute_bound(self);
+        match self.op.family() {
+            Family::Stats => stats::compute_bound(self),
+            Family::Forward => forward::compute_bound(self),
+            _ => self.compute_bound_by_op(),
         }
+    }
+
+    fn compute_bound_by_op(&self) -> bool {
         match self.op {
             // From 64 tokens a dense f16 product does 64 flops per weight byte: past the
             // balance point of current GPUs' f32 units.
@@ -615,9 +602,7 @@ impl OpCase {
             Op::StructuredUpdate { width, removed } => width * removed >= 128,
             op => matches!(
                 op,
-                Op::Hessian
-                    | Op::GradFused(_)
-                    | Op::HinvFactor
+                Op::HinvFactor
                     | Op::Obs(_)
                     | Op::ReconError
                     | Op::RefitBase
@@ -659,25 +644,16 @@ const NM48: MaskPattern = MaskPattern::NM { n: 4, m: 8 };
 /// Small odd shapes for correctness: a single row, sizes that are not multiples of any
 /// workgroup size, an OBS block that ends early, N:M with m = 4 and 8.
 pub fn small_cases() -> Vec<OpCase> {
-    use GradNorm::{L1, L2};
     use ScoreKind::{Gblm, Magnitude, Wanda};
-    let mut v = vec![
-        OpCase::new(Op::ActStat, 1, 37).tokens(7, 3),
-        OpCase::new(Op::ActStat, 1, 300).tokens(33, 2),
-        OpCase::new(Op::Hessian, 1, 37).tokens(7, 3),
-        OpCase::new(Op::Hessian, 1, 130).tokens(65, 1),
-        OpCase::new(Op::GradAccumulate(L2), 1, 37),
-        OpCase::new(Op::GradAccumulate(L1), 13, 300),
-        OpCase::new(Op::GradFused(L2), 13, 37).tokens(7, 1),
-        OpCase::new(Op::GradFused(L1), 1, 130).tokens(65, 1),
-        OpCase::new(Op::GradFused(L2), 67, 129).tokens(33, 1),
+    let mut v = stats::small_stats_cases();
+    v.extend([
         OpCase::new(Op::ApplyMask, 13, 300),
         OpCase::new(Op::HinvFactor, 1, 37).tokens(80, 1),
         OpCase::new(Op::HinvFactor, 1, 200).tokens(300, 1),
         // Past 256 columns: a GPU factor's second outer block.
         OpCase::new(Op::HinvFactor, 1, 300).tokens(400, 1),
         OpCase::new(Op::ReconError, 13, 200).tokens(300, 1),
-    ];
+    ]);
     for k in [Magnitude, Wanda, Gblm] {
         v.push(OpCase::new(Op::Score(k), 1, 37));
         v.push(OpCase::new(Op::Score(k), 13, 300));

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::case::{MaskSource, ObsKind, Op, OpCase, TAYLOR_CASE_SAMPLES};
-use super::families::{forward, Family};
+use super::families::{forward, stats, Family};
 use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::formats::{self, PackedWeight};
@@ -64,6 +64,7 @@ impl CaseInputs {
 
     pub fn generate(case: &OpCase) -> Result<Self> {
         match case.op.family() {
+            Family::Stats => stats::inputs(case),
             Family::Forward => forward::inputs(case),
             _ => Self::generate_by_op(case),
         }
@@ -71,36 +72,8 @@ impl CaseInputs {
 
     fn generate_by_op(case: &OpCase) -> Result<Self> {
         let (r, c, s) = (case.rows, case.cols, case.seed);
-        let xrows = case.tokens * case.batch;
         let mut inp = CaseInputs::default();
         match case.op {
-            Op::ActStat => {
-                inp.seen = 3;
-                inp.tensors = vec![
-                    ("act", heavy_tailed_positive(1, c, s)),
-                    ("x", heavy_tailed(xrows, c, s + 1)),
-                ];
-            }
-            Op::Hessian => {
-                inp.seen = 2;
-                inp.tensors = vec![
-                    ("h", hessian_of(&correlated(case.tokens * 2, c, s), 2)?),
-                    ("x", heavy_tailed(xrows, c, s + 1)),
-                ];
-            }
-            Op::GradAccumulate(_) => {
-                inp.tensors = vec![
-                    ("acc", heavy_tailed_positive(r, c, s)),
-                    ("g", scaled(heavy_tailed(r, c, s + 1), 1e-3)),
-                ];
-            }
-            Op::GradFused(_) => {
-                inp.tensors = vec![
-                    ("acc", heavy_tailed_positive(r, c, s)),
-                    ("dy", scaled(heavy_tailed(case.tokens, r, s + 1), 1e-3)),
-                    ("x", heavy_tailed(case.tokens, c, s + 2)),
-                ];
-            }
             Op::Score(_) | Op::Prune(..) => {
                 inp.tensors = vec![
                     ("w", scaled(heavy_tailed(r, c, s), 0.02)),
@@ -398,7 +371,7 @@ pub(super) fn scaled(mut m: Matrix, k: f32) -> Matrix {
 
 /// Calibration-like rows: a low-rank mix of heavy-tailed latents plus heavy-tailed noise, so
 /// H has the correlated structure and spread diagonal that make the factor hard.
-fn correlated(tokens: usize, cols: usize, seed: u64) -> Matrix {
+pub(super) fn correlated(tokens: usize, cols: usize, seed: u64) -> Matrix {
     let rank = 8.min(cols);
     let z = heavy_tailed(tokens, rank, seed);
     let mix = heavy_tailed(rank, cols, seed + 100);
@@ -476,7 +449,7 @@ fn random_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
 }
 
 /// H of §3 from one batch of `samples` samples stacked in `x`, by the reference, as f32.
-fn hessian_of(x: &Matrix, samples: usize) -> Result<Matrix> {
+pub(super) fn hessian_of(x: &Matrix, samples: usize) -> Result<Matrix> {
     let cpu = CpuBackend::new();
     let mut h = cpu.zeros(x.cols, x.cols)?;
     cpu.hessian_update(&mut h, 0, &cpu.upload(x)?, samples)?;

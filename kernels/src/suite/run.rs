@@ -3,42 +3,21 @@
 //! is), `collect` downloads what the comparison needs.
 
 use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP, TAYLOR_CASE_SAMPLES};
-use super::families::{forward, Family};
+use super::families::{forward, stats, Family};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    AdamStep, Backend, GradNorm, HinvExplicit, HinvFactor, LoraForm, LoraGrad, LoraInputs,
-    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, TaylorInputs,
-    TaylorKind, GBLM_GRAD_SCALE,
+    AdamStep, Backend, HinvExplicit, HinvFactor, LoraForm, LoraGrad, LoraInputs, MaskPattern,
+    ObsOutcome, ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, TaylorInputs, TaylorKind,
+    GBLM_GRAD_SCALE,
 };
 use crate::tensor::{Mask, Matrix};
 
 /// A case's device tensors, by op.
 pub enum Prepared<B: Backend> {
-    ActStat {
-        act: B::Tensor,
-        x: B::Tensor,
-        seen: usize,
-        batch: usize,
-    },
-    Hessian {
-        h: B::Tensor,
-        x: B::Tensor,
-        seen: usize,
-        batch: usize,
-    },
-    GradAccumulate {
-        acc: B::Tensor,
-        g: B::Tensor,
-        norm: GradNorm,
-    },
-    GradFused {
-        acc: B::Tensor,
-        dy: B::Tensor,
-        x: B::Tensor,
-        norm: GradNorm,
-    },
+    /// A statistics op's tensors.
+    Stats(stats::Prepared<B>),
     Score {
         w: B::Tensor,
         act: B::Tensor,
@@ -213,6 +192,7 @@ fn score_of<'a, T>(kind: ScoreKind, act: &'a T, grad: &'a T) -> Score<'a, T> {
 
 pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
     match case.op.family() {
+        Family::Stats => Ok(Prepared::Stats(stats::prepare(b, case, inp)?)),
         Family::Forward => Ok(Prepared::Forward(forward::prepare(b, case, inp)?)),
         _ => prepare_by_op(b, case, inp),
     }
@@ -222,29 +202,6 @@ fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<P
     let up = |name: &str| b.upload(inp.get(name));
     let up_if = |name: &str, present: bool| present.then(|| up(name)).transpose();
     Ok(match case.op {
-        Op::ActStat => Prepared::ActStat {
-            act: up("act")?,
-            x: up("x")?,
-            seen: inp.seen,
-            batch: case.batch,
-        },
-        Op::Hessian => Prepared::Hessian {
-            h: up("h")?,
-            x: up("x")?,
-            seen: inp.seen,
-            batch: case.batch,
-        },
-        Op::GradAccumulate(norm) => Prepared::GradAccumulate {
-            acc: up("acc")?,
-            g: up("g")?,
-            norm,
-        },
-        Op::GradFused(norm) => Prepared::GradFused {
-            acc: up("acc")?,
-            dy: up("dy")?,
-            x: up("x")?,
-            norm,
-        },
         Op::Score(kind) => Prepared::Score {
             w: up("w")?,
             act: up("act")?,
@@ -402,15 +359,7 @@ fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<P
 /// Runs the op once; in-place ops update their state, so call `prepare` again for a fresh run.
 pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
     match p {
-        Prepared::ActStat {
-            act,
-            x,
-            seen,
-            batch,
-        } => b.act_stat_update(act, *seen, x, *batch),
-        Prepared::Hessian { h, x, seen, batch } => b.hessian_update(h, *seen, x, *batch),
-        Prepared::GradAccumulate { acc, g, norm } => b.grad_accumulate(acc, g, *norm),
-        Prepared::GradFused { acc, dy, x, norm } => b.grad_accumulate_fused(acc, dy, x, *norm),
+        Prepared::Stats(p) => stats::execute(b, p),
         Prepared::Score {
             w,
             act,
@@ -607,11 +556,7 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
     let mut o = CaseOutput::default();
     match p {
         Prepared::Forward(p) => return forward::collect(b, p),
-        Prepared::ActStat { act, .. } => o.values.push(("act", b.download(act)?)),
-        Prepared::Hessian { h, .. } => o.values.push(("h", b.download(h)?)),
-        Prepared::GradAccumulate { acc, .. } | Prepared::GradFused { acc, .. } => {
-            o.values.push(("acc", b.download(acc)?))
-        }
+        Prepared::Stats(p) => return stats::collect(b, p),
         Prepared::Score { out, .. } => {
             o.values
                 .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
