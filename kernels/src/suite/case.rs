@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::families::{forward, stats, Family};
+use super::families::{forward, refit, stats, Family};
 
 use crate::formats::{self, WeightFormat};
 use crate::ops::{
@@ -249,9 +249,6 @@ pub struct OpCase {
     pub seed: u64,
 }
 
-/// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
-pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
-
 /// The calibration samples N behind a Taylor case's statistics: Ḡ = sum / N and
 /// F = l2 accumulator / (c²·N) (§11).
 pub const TAYLOR_CASE_SAMPLES: usize = 4;
@@ -300,6 +297,7 @@ impl OpCase {
     pub fn op_name(&self) -> String {
         match self.op.family() {
             Family::Stats => stats::op_name(self.op),
+            Family::Refit => refit::op_name(self.op),
             Family::Forward => forward::op_name(self.op),
             _ => self.op_name_by_op(),
         }
@@ -318,13 +316,6 @@ impl OpCase {
             Op::ReconError => "RECON_ERROR".into(),
             Op::Compress(..) => "COMPRESS".into(),
             Op::Matmul { .. } => "MATMUL".into(),
-            Op::RefitBase => "REFIT_BASE".into(),
-            Op::LoraGrad(f, _) => format!("LORA_GRAD_{}", f.name().to_uppercase()),
-            Op::AdamW => "ADAMW".into(),
-            Op::LoraMerge(f, _) => format!("LORA_MERGE_{}", f.name().to_uppercase()),
-            Op::RowScale => "ROW_SCALE".into(),
-            Op::NormSystem => "NORM_SYSTEM".into(),
-            Op::SpdSolve => "SPD_SOLVE".into(),
             Op::GradSum => "GRAD_SUM".into(),
             Op::HinvExplicit => "HINV_EXPLICIT".into(),
             Op::ObsSaliency { .. } => "OBS_SALIENCY".into(),
@@ -340,6 +331,7 @@ impl OpCase {
     pub fn name(&self) -> String {
         let params = match self.op.family() {
             Family::Stats => stats::params(self),
+            Family::Refit => refit::params(self),
             Family::Forward => forward::params(self),
             _ => self.params_by_op(),
         };
@@ -370,10 +362,7 @@ impl OpCase {
                 };
                 format!("format={}{how},n={n},rows={r},cols={c}", format.name())
             }
-            Op::LoraGrad(_, rank) | Op::LoraMerge(_, rank) => {
-                format!("rank={rank},rows={r},cols={c}")
-            }
-            Op::SpdSolve | Op::HinvExplicit => format!("cols={c}"),
+            Op::HinvExplicit => format!("cols={c}"),
             Op::ObsSaliency { width } => format!("width={width},rows={r},cols={c}"),
             Op::TaylorSaliency { kind, axis, width } => format!(
                 "kind={},axis={},width={width},rows={r},cols={c}",
@@ -397,6 +386,7 @@ impl OpCase {
     pub fn bytes(&self) -> u64 {
         match self.op.family() {
             Family::Stats => stats::bytes(self),
+            Family::Refit => refit::bytes(self),
             Family::Forward => forward::bytes(self),
             _ => self.bytes_by_op(),
         }
@@ -432,18 +422,6 @@ impl OpCase {
                 let kept = self.kept().unwrap_or(sr * sc);
                 packed_bytes(format.storage(), sr, sc, kept) + f * (n * (sr + sc)) as u64
             }
-            Op::RefitBase => f * (4 * r * c + c * c),
-            // W_p or the mask, Δ, ΔH, H, B, A in; ∂B, ∂A out (Ḡ stays in the kernel's tiles or
-            // makes one round trip, which the model does not count).
-            Op::LoraGrad(_, k) => {
-                let k = k as u64;
-                f * (3 * r * c + c * c + 2 * k * (r + c)) + mask
-            }
-            Op::AdamW => f * 7 * r * c,
-            Op::LoraMerge(_, k) => f * (2 * r * c + k as u64 * (r + c)) + mask,
-            Op::RowScale => f * (3 * r * c + c * c + r),
-            Op::NormSystem => f * (4 * r * c + 2 * c * c + c),
-            Op::SpdSolve => f * (c * c + 2 * c),
             Op::GradSum => f * (self.tokens as u64 * (r + c) + 2 * r * c),
             Op::HinvExplicit => f * 2 * c * c,
             // W, each group's diagonal block of Hinv (c/width blocks of width²), the scores.
@@ -515,6 +493,7 @@ impl OpCase {
     pub fn flops(&self) -> u64 {
         match self.op.family() {
             Family::Stats => stats::flops(self),
+            Family::Refit => refit::flops(self),
             Family::Forward => forward::flops(self),
             _ => self.flops_by_op(),
         }
@@ -538,16 +517,6 @@ impl OpCase {
                 let (sr, sc) = format.stored_shape(self.rows, self.cols);
                 2 * n as u64 * self.kept().unwrap_or(sr * sc) as u64
             }
-            Op::RefitBase => 2 * r * c * c,
-            // B·A, D·H, ∂B and ∂A.
-            Op::LoraGrad(_, k) => 2 * r * c * c + 6 * k as u64 * r * c,
-            Op::AdamW => 12 * r * c,
-            Op::LoraMerge(_, k) => 2 * k as u64 * r * c,
-            Op::RowScale => 2 * r * c * c + 4 * r * c,
-            // Two linears: ŴᵀŴ (a SYRK, half a GEMM) and (W − Ŵ)·H each.
-            Op::NormSystem => 2 * (r * c * c + 2 * r * c * c),
-            // Cholesky c³/3 and two triangular solves.
-            Op::SpdSolve => c * c * c / 3 + 2 * c * c,
             // The product dYᵀX and the add.
             Op::GradSum => 2 * r * c * self.tokens as u64 + r * c,
             // Cholesky c³/3, triangular inverse c³/3, L⁻ᵀL⁻¹ c³/3.
@@ -584,6 +553,7 @@ impl OpCase {
     pub fn compute_bound(&self) -> bool {
         match self.op.family() {
             Family::Stats => stats::compute_bound(self),
+            Family::Refit => refit::compute_bound(self),
             Family::Forward => forward::compute_bound(self),
             _ => self.compute_bound_by_op(),
         }
@@ -602,16 +572,7 @@ impl OpCase {
             Op::StructuredUpdate { width, removed } => width * removed >= 128,
             op => matches!(
                 op,
-                Op::HinvFactor
-                    | Op::Obs(_)
-                    | Op::ReconError
-                    | Op::RefitBase
-                    | Op::LoraGrad(..)
-                    | Op::RowScale
-                    | Op::NormSystem
-                    | Op::SpdSolve
-                    | Op::GradSum
-                    | Op::HinvExplicit
+                Op::HinvFactor | Op::Obs(_) | Op::ReconError | Op::GradSum | Op::HinvExplicit
             ),
         }
     }
@@ -696,59 +657,9 @@ pub fn small_cases() -> Vec<OpCase> {
             .block(256),
     );
     v.extend(small_sparse_cases());
-    v.extend(small_refit_cases());
+    v.extend(refit::small_refit_cases());
     v.extend(small_structured_cases());
     v.extend(forward::small_forward_cases());
-    v
-}
-
-/// The re-fit ops on odd shapes: a single row, widths that are not a multiple of any tile, a
-/// rank above a tile's width, rank 1.
-pub fn small_refit_cases() -> Vec<OpCase> {
-    let mut v = vec![
-        OpCase::new(Op::RefitBase, 13, 200).tokens(300, 1),
-        OpCase::new(Op::RefitBase, 1, 37).tokens(80, 1),
-        OpCase::new(Op::AdamW, 13, 37),
-        OpCase::new(Op::AdamW, 1, 300),
-        OpCase::new(Op::RowScale, 13, 200).tokens(300, 1),
-        OpCase::new(Op::RowScale, 1, 37).tokens(80, 1),
-        OpCase::new(Op::NormSystem, 13, 200).tokens(300, 1),
-        OpCase::new(Op::NormSystem, 1, 37).tokens(80, 1),
-        OpCase::new(Op::SpdSolve, 1, 37).tokens(80, 1),
-        OpCase::new(Op::SpdSolve, 1, 300).tokens(400, 1),
-    ];
-    for form in [LoraForm::Mask, LoraForm::Scale] {
-        for (rank, rows, cols) in [(4, 13, 200), (1, 1, 37), (17, 37, 130)] {
-            v.push(OpCase::new(Op::LoraGrad(form, rank), rows, cols).tokens(300, 1));
-            v.push(OpCase::new(Op::LoraMerge(form, rank), rows, cols));
-        }
-    }
-    v
-}
-
-/// The re-fit ops on a model's linear shapes at PERP's rank 16.
-pub fn refit_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
-    let mut v = Vec::new();
-    let mut input_cols: Vec<usize> = shapes.iter().map(|s| s.1).collect();
-    input_cols.sort_unstable();
-    input_cols.dedup();
-    for &c in &input_cols {
-        v.push(OpCase::new(Op::SpdSolve, 1, c).tokens(tokens, 1));
-    }
-    for &(r, c) in shapes {
-        v.push(OpCase::new(Op::RefitBase, r, c).tokens(tokens, 1));
-        v.push(OpCase::new(Op::AdamW, r, 16));
-        v.push(OpCase::new(Op::AdamW, 16, c));
-        v.push(OpCase::new(Op::RowScale, r, c).tokens(tokens, 1));
-        v.push(OpCase::new(Op::NormSystem, r, c).tokens(tokens, 1));
-        for form in [LoraForm::Mask, LoraForm::Scale] {
-            v.push(OpCase::new(Op::LoraGrad(form, 16), r, c).tokens(tokens, 1));
-            v.push(OpCase::new(Op::LoraMerge(form, 16), r, c));
-        }
-    }
-    // Shapes with the same rows share their AdamW case over B.
-    let mut seen = std::collections::BTreeSet::new();
-    v.retain(|c| seen.insert(c.name()));
     v
 }
 
@@ -1028,7 +939,7 @@ pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
         ));
     }
     v.extend(matmul_cases(shapes));
-    v.extend(refit_cases(shapes, tokens));
+    v.extend(refit::refit_cases(shapes, tokens));
     v
 }
 

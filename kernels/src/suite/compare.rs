@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::case::{ObsKind, Op, OpCase};
-use super::families::{forward, stats, Family};
+use super::families::{forward, refit, stats, Family};
 use super::inputs::{compress_input, CaseInputs};
 use super::run::CaseOutput;
 use crate::cpu::CpuBackend;
@@ -98,7 +98,7 @@ pub(super) fn elementwise_checks(
     ]
 }
 
-fn relative(want: f64, got: f64) -> f64 {
+pub(super) fn relative(want: f64, got: f64) -> f64 {
     if want == got {
         0.0
     } else {
@@ -202,6 +202,7 @@ pub fn compare(
 ) -> Vec<Check> {
     match case.op.family() {
         Family::Stats => stats::compare(case, want, got),
+        Family::Refit => refit::compare(case, inputs, want, got),
         Family::Forward => forward::compare(case, want, got),
         _ => compare_by_op(case, inputs, want, got),
     }
@@ -299,52 +300,6 @@ fn compare_by_op(
         },
         Op::Compress(..) => compress_checks(inputs, want, got),
         Op::Matmul { .. } => matmul_checks(inputs, want, got),
-        Op::RefitBase => vec![
-            value_check("delta", want, got, tol::ELEMENTWISE),
-            value_check("delta_h", want, got, tol::REFIT_GEMM),
-        ],
-        Op::LoraGrad(..) => vec![
-            value_check("db", want, got, tol::REFIT_GEMM),
-            value_check("da", want, got, tol::REFIT_GEMM),
-            Check::new(
-                "loss",
-                "relative",
-                match (want.loss, got.loss) {
-                    (Some(a), Some(b)) => relative(a, b),
-                    _ => f64::INFINITY,
-                },
-                tol::REFIT_REL,
-            ),
-        ],
-        Op::AdamW => ["param", "m", "v"]
-            .into_iter()
-            .map(|w| value_check(w, want, got, tol::ELEMENTWISE))
-            .collect(),
-        Op::LoraMerge(..) => {
-            let mask = inputs.mask.as_ref().expect("merge case has a mask");
-            // The mask survives bit for bit: no pruned entry written, no kept entry dropped.
-            let broken = got.value("w").map_or(f64::INFINITY, |w| {
-                (0..w.data.len())
-                    .filter(|&i| {
-                        let pruned = mask.get(i / w.cols, i % w.cols);
-                        (w.data[i] != 0.0) == pruned
-                    })
-                    .count() as f64
-            });
-            vec![
-                value_check("w", want, got, tol::ELEMENTWISE),
-                Check::new("mask kept", "mismatches", broken, 0.0),
-            ]
-        }
-        Op::RowScale => vec![
-            value_check("scales", want, got, tol::REFIT_GEMM),
-            value_check("w", want, got, tol::REFIT_GEMM),
-        ],
-        Op::NormSystem => vec![
-            value_check("m", want, got, tol::REFIT_GEMM),
-            value_check("rhs", want, got, tol::REFIT_GEMM),
-        ],
-        Op::SpdSolve => vec![value_check("x", want, got, tol::HINV_FACTOR)],
         // The fused GEMM's plain-sum epilogue: the same f32 reduction as GRAD_FUSED's.
         Op::GradSum => vec![value_check("acc", want, got, tol::REDUCTION)],
         Op::HinvExplicit => vec![

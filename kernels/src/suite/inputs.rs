@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::case::{MaskSource, ObsKind, Op, OpCase, TAYLOR_CASE_SAMPLES};
-use super::families::{forward, stats, Family};
+use super::families::{forward, refit, stats, Family};
 use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::formats::{self, PackedWeight};
 use crate::ops::{
-    Backend, LoraForm, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, GBLM_GRAD_SCALE,
-    OBS_BLOCK, PERCDAMP,
+    Backend, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, GBLM_GRAD_SCALE, OBS_BLOCK,
+    PERCDAMP,
 };
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use crate::tensor::{Mask, Matrix};
@@ -65,6 +65,7 @@ impl CaseInputs {
     pub fn generate(case: &OpCase) -> Result<Self> {
         match case.op.family() {
             Family::Stats => stats::inputs(case),
+            Family::Refit => refit::inputs(case),
             Family::Forward => forward::inputs(case),
             _ => Self::generate_by_op(case),
         }
@@ -131,56 +132,6 @@ impl CaseInputs {
                 inp.mask = Some((*mask).clone());
                 inp.tensors = vec![("w", (*w).clone())];
             }
-            Op::RefitBase | Op::RowScale => {
-                let (w, wp, _) = refit_weight(r, c, s);
-                let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
-                inp.tensors = vec![("w", w), ("wp", wp), ("h", h)];
-            }
-            Op::LoraGrad(form, k) => {
-                let (w, wp, mask) = refit_weight(r, c, s);
-                let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
-                let cpu = CpuBackend::new();
-                let (wpt, wt, ht) = (cpu.upload(&wp)?, cpu.upload(&w)?, cpu.upload(&h)?);
-                let base = match form {
-                    LoraForm::Mask => Some(&wpt),
-                    LoraForm::Scale => None,
-                };
-                let (delta, delta_h) = cpu.refit_base(base, &wt, &ht)?;
-                let (b, a) = lora_factors(form, r, c, k, s);
-                inp.mask = Some(mask);
-                inp.tensors = vec![
-                    ("wp", wp),
-                    ("h", h),
-                    ("delta", cpu.download(&delta)?),
-                    ("delta_h", cpu.download(&delta_h)?),
-                    ("b", b),
-                    ("a", a),
-                ];
-            }
-            Op::LoraMerge(form, k) => {
-                let (_, wp, mask) = refit_weight(r, c, s);
-                let (b, a) = lora_factors(form, r, c, k, s);
-                inp.mask = Some(mask);
-                inp.tensors = vec![("wp", wp), ("b", b), ("a", a)];
-            }
-            Op::AdamW => {
-                inp.tensors = vec![
-                    ("param", scaled(heavy_tailed(r, c, s), 0.01)),
-                    ("grad", scaled(heavy_tailed(r, c, s + 1), 1e-3)),
-                    ("m", scaled(heavy_tailed(r, c, s + 2), 1e-4)),
-                    ("v", scaled(heavy_tailed_positive(r, c, s + 3), 1e-8)),
-                ];
-            }
-            Op::NormSystem => {
-                let (w1, wp1, _) = refit_weight(r, c, s);
-                let (w2, wp2, _) = refit_weight(r, c, s + 10);
-                let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
-                inp.tensors = vec![("w1", w1), ("wp1", wp1), ("w2", w2), ("wp2", wp2), ("h", h)];
-            }
-            Op::SpdSolve => {
-                let m = hessian_of(&correlated(case.tokens, c, s), 1)?;
-                inp.tensors = vec![("m", m), ("rhs", heavy_tailed(1, c, s + 1))];
-            }
             Op::GradSum => {
                 // The sum of earlier samples, of the size one sample adds (each term a dot of
                 // `tokens` products), so that an error in the new term cannot hide under it.
@@ -246,45 +197,6 @@ impl CaseInputs {
         }
         Ok(inp)
     }
-}
-
-/// A dense weight, its pruned copy and the mask (half of every row, by magnitude).
-fn refit_weight(rows: usize, cols: usize, seed: u64) -> (Matrix, Matrix, Mask) {
-    let w = scaled(heavy_tailed(rows, cols, seed), 0.02);
-    let mut mask = Mask::empty(rows, cols);
-    let mut wp = w.clone();
-    for r in 0..rows {
-        let mut order: Vec<usize> = (0..cols).collect();
-        order.sort_by(|&a, &b| w.get(r, a).abs().total_cmp(&w.get(r, b).abs()));
-        for &c in &order[..cols / 2] {
-            mask.set(r, c, true);
-            wp.data[r * cols + c] = 0.0;
-        }
-    }
-    (w, wp, mask)
-}
-
-/// B and A away from their initial values (B = 0 would make ∂A vanish): the mask form's near
-/// PEFT's scale, the scale form's near 1/√r so that B·A ≈ 1.
-fn lora_factors(
-    form: LoraForm,
-    rows: usize,
-    cols: usize,
-    rank: usize,
-    seed: u64,
-) -> (Matrix, Matrix) {
-    let mut b = scaled(heavy_tailed(rows, rank, seed + 20), 0.01);
-    let mut a = scaled(
-        heavy_tailed(rank, cols, seed + 21),
-        1.0 / (cols as f32).sqrt(),
-    );
-    if form == LoraForm::Scale {
-        let base = 1.0 / (rank as f32).sqrt();
-        for v in b.data.iter_mut().chain(a.data.iter_mut()) {
-            *v = base + 0.1 * base * (*v).clamp(-3.0, 3.0);
-        }
-    }
-    (b, a)
 }
 
 type PrunedWeight = (Arc<Matrix>, Arc<Mask>);

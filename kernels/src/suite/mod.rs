@@ -10,15 +10,16 @@ mod inputs;
 mod run;
 
 pub use case::{
-    matmul_cases, model_cases, packed_bytes, refit_cases, small_cases, small_refit_cases,
-    small_sparse_cases, small_structured_cases, structured_cases, CaseFormat, LayerDims,
-    MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS, TAYLOR_CASE_SAMPLES,
+    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases,
+    small_structured_cases, structured_cases, CaseFormat, LayerDims, MaskSource, ObsKind, Op,
+    OpCase, MATMUL_TOKENS, TAYLOR_CASE_SAMPLES,
 };
 pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
 pub use families::forward::{
     forward_cases, lm_head_chunk_rows, rope_tables, small_forward_cases, ForwardDims,
     RMS_NORM_CASE_EPS,
 };
+pub use families::refit::{refit_cases, small_refit_cases};
 pub use families::Family;
 pub use inputs::CaseInputs;
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};

@@ -2,15 +2,14 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP, TAYLOR_CASE_SAMPLES};
-use super::families::{forward, stats, Family};
+use super::case::{ObsKind, Op, OpCase, TAYLOR_CASE_SAMPLES};
+use super::families::{forward, refit, stats, Family};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    AdamStep, Backend, HinvExplicit, HinvFactor, LoraForm, LoraGrad, LoraInputs, MaskPattern,
-    ObsOutcome, ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, TaylorInputs, TaylorKind,
-    GBLM_GRAD_SCALE,
+    Backend, HinvExplicit, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score,
+    ScoreKind, SegmentAxis, TaylorInputs, TaylorKind, GBLM_GRAD_SCALE,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -18,6 +17,8 @@ use crate::tensor::{Mask, Matrix};
 pub enum Prepared<B: Backend> {
     /// A statistics op's tensors.
     Stats(stats::Prepared<B>),
+    /// A re-fit op's tensors.
+    Refit(refit::Prepared<B>),
     Score {
         w: B::Tensor,
         act: B::Tensor,
@@ -69,55 +70,6 @@ pub enum Prepared<B: Backend> {
     Matmul {
         x: B::Tensor,
         w: B::Packed,
-        out: Option<B::Tensor>,
-    },
-    RefitBase {
-        wp: B::Tensor,
-        w: B::Tensor,
-        h: B::Tensor,
-        out: Option<(B::Tensor, B::Tensor)>,
-    },
-    LoraGrad {
-        form: LoraForm,
-        wp: B::Tensor,
-        mask: B::Mask,
-        delta: B::Tensor,
-        delta_h: B::Tensor,
-        h: B::Tensor,
-        b: B::Tensor,
-        a: B::Tensor,
-        s: f64,
-        norm: f64,
-        out: Option<LoraGrad<B::Tensor>>,
-    },
-    AdamW {
-        param: B::Tensor,
-        grad: B::Tensor,
-        m: B::Tensor,
-        v: B::Tensor,
-    },
-    LoraMerge {
-        form: LoraForm,
-        wp: B::Tensor,
-        mask: B::Mask,
-        b: B::Tensor,
-        a: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    RowScale {
-        w_hat: B::Tensor,
-        w: B::Tensor,
-        h: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    NormSystem {
-        pairs: Vec<(B::Tensor, B::Tensor)>,
-        h: B::Tensor,
-        out: Option<(B::Tensor, B::Tensor)>,
-    },
-    SpdSolve {
-        m: B::Tensor,
-        rhs: B::Tensor,
         out: Option<B::Tensor>,
     },
     GradSum {
@@ -193,6 +145,7 @@ fn score_of<'a, T>(kind: ScoreKind, act: &'a T, grad: &'a T) -> Score<'a, T> {
 pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
     match case.op.family() {
         Family::Stats => Ok(Prepared::Stats(stats::prepare(b, case, inp)?)),
+        Family::Refit => Ok(Prepared::Refit(refit::prepare(b, case, inp)?)),
         Family::Forward => Ok(Prepared::Forward(forward::prepare(b, case, inp)?)),
         _ => prepare_by_op(b, case, inp),
     }
@@ -262,55 +215,6 @@ fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<P
             w: b.upload_packed(inp.packed.as_ref().expect("product case has a weight"))?,
             out: None,
         },
-        Op::RefitBase => Prepared::RefitBase {
-            wp: up("wp")?,
-            w: up("w")?,
-            h: up("h")?,
-            out: None,
-        },
-        Op::LoraGrad(form, _) => Prepared::LoraGrad {
-            form,
-            wp: up("wp")?,
-            mask: b.upload_mask(inp.mask.as_ref().expect("re-fit case has a mask"))?,
-            delta: up("delta")?,
-            delta_h: up("delta_h")?,
-            h: up("h")?,
-            b: up("b")?,
-            a: up("a")?,
-            s: form.scale(),
-            norm: case.refit_norm(),
-            out: None,
-        },
-        Op::AdamW => Prepared::AdamW {
-            param: up("param")?,
-            grad: up("grad")?,
-            m: up("m")?,
-            v: up("v")?,
-        },
-        Op::LoraMerge(form, _) => Prepared::LoraMerge {
-            form,
-            wp: up("wp")?,
-            mask: b.upload_mask(inp.mask.as_ref().expect("re-fit case has a mask"))?,
-            b: up("b")?,
-            a: up("a")?,
-            out: None,
-        },
-        Op::RowScale => Prepared::RowScale {
-            w_hat: up("wp")?,
-            w: up("w")?,
-            h: up("h")?,
-            out: None,
-        },
-        Op::NormSystem => Prepared::NormSystem {
-            pairs: vec![(up("wp1")?, up("w1")?), (up("wp2")?, up("w2")?)],
-            h: up("h")?,
-            out: None,
-        },
-        Op::SpdSolve => Prepared::SpdSolve {
-            m: up("m")?,
-            rhs: up("rhs")?,
-            out: None,
-        },
         Op::GradSum => Prepared::GradSum {
             acc: up("acc")?,
             dy: up("dy")?,
@@ -360,6 +264,7 @@ fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<P
 pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
     match p {
         Prepared::Stats(p) => stats::execute(b, p),
+        Prepared::Refit(p) => refit::execute(b, p),
         Prepared::Score {
             w,
             act,
@@ -426,65 +331,6 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
         }
         Prepared::Matmul { x, w, out } => {
             *out = Some(b.sparse_matmul(x, w)?);
-            Ok(())
-        }
-        Prepared::RefitBase { wp, w, h, out } => {
-            *out = Some(b.refit_base(Some(wp), w, h)?);
-            Ok(())
-        }
-        Prepared::LoraGrad {
-            form,
-            wp,
-            mask,
-            delta,
-            delta_h,
-            h,
-            b: lb,
-            a,
-            s,
-            norm,
-            out,
-        } => {
-            *out = Some(b.lora_grad(LoraInputs {
-                form: *form,
-                wp,
-                mask,
-                delta,
-                delta_h,
-                h,
-                b: lb,
-                a,
-                s: *s,
-                norm: *norm,
-            })?);
-            Ok(())
-        }
-        Prepared::AdamW { param, grad, m, v } => {
-            let (lr, t) = ADAMW_CASE_STEP;
-            b.adamw_step(param, grad, m, v, AdamStep::new(lr, t))
-        }
-        Prepared::LoraMerge {
-            form,
-            wp,
-            mask,
-            b: lb,
-            a,
-            out,
-        } => {
-            *out = Some(b.lora_merge(wp, mask, lb, a, *form, form.scale())?);
-            Ok(())
-        }
-        Prepared::RowScale { w_hat, w, h, out } => {
-            *out = Some(b.row_scale(w_hat, w, h)?);
-            Ok(())
-        }
-        Prepared::NormSystem { pairs, h, out } => {
-            let refs: Vec<(&B::Tensor, &B::Tensor)> = pairs.iter().map(|(a, c)| (a, c)).collect();
-            *out = Some(b.norm_system(&refs, h)?);
-            Ok(())
-        }
-        Prepared::SpdSolve { m, rhs, out } => {
-            *out = Some(b.spd_solve(m, rhs, crate::ops::PERCDAMP)?);
             Ok(())
         }
         Prepared::GradSum { acc, dy, x } => b.grad_sum_fused(acc, dy, x),
@@ -557,6 +403,7 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
     match p {
         Prepared::Forward(p) => return forward::collect(b, p),
         Prepared::Stats(p) => return stats::collect(b, p),
+        Prepared::Refit(p) => return refit::collect(b, p),
         Prepared::Score { out, .. } => {
             o.values
                 .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
@@ -590,39 +437,6 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Matmul { out, .. } => {
             o.values
                 .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::RefitBase { out, .. } | Prepared::NormSystem { out, .. } => {
-            let (x, y) = out.as_ref().ok_or_else(never_ran)?;
-            let names = match p {
-                Prepared::RefitBase { .. } => ("delta", "delta_h"),
-                _ => ("m", "rhs"),
-            };
-            o.values.push((names.0, b.download(x)?));
-            o.values.push((names.1, b.download(y)?));
-        }
-        Prepared::LoraGrad { out, .. } => {
-            let g = out.as_ref().ok_or_else(never_ran)?;
-            o.values.push(("db", b.download(&g.db)?));
-            o.values.push(("da", b.download(&g.da)?));
-            o.loss = Some(g.loss);
-        }
-        Prepared::AdamW { param, m, v, .. } => {
-            o.values.push(("param", b.download(param)?));
-            o.values.push(("m", b.download(m)?));
-            o.values.push(("v", b.download(v)?));
-        }
-        Prepared::LoraMerge { out, .. } => {
-            o.values
-                .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::RowScale { w_hat, out, .. } => {
-            o.values.push(("w", b.download(w_hat)?));
-            o.values
-                .push(("scales", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::SpdSolve { out, .. } => {
-            o.values
-                .push(("x", b.download(out.as_ref().ok_or_else(never_ran)?)?));
         }
         Prepared::GradSum { acc, .. } => o.values.push(("acc", b.download(acc)?)),
         Prepared::HinvExplicit { out, .. } => {

@@ -5,6 +5,7 @@
 use super::case::{small_cases, Op, OpCase};
 
 pub(super) mod forward;
+pub(super) mod refit;
 pub(super) mod stats;
 
 /// A family of ops that share their inputs' kind and their place in the pruning pipeline
