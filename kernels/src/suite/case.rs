@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::families::{forward, refit, stats, Family};
+use super::families::{forward, refit, stats, structured, Family};
 
 use crate::formats::{self, WeightFormat};
 use crate::ops::{
@@ -249,21 +249,6 @@ pub struct OpCase {
     pub seed: u64,
 }
 
-/// The calibration samples N behind a Taylor case's statistics: Ḡ = sum / N and
-/// F = l2 accumulator / (c²·N) (§11).
-pub const TAYLOR_CASE_SAMPLES: usize = 4;
-
-fn axis_name(a: SegmentAxis) -> &'static str {
-    match a {
-        SegmentAxis::Rows => "rows",
-        SegmentAxis::Cols => "cols",
-    }
-}
-
-fn kept_label(k: Option<usize>) -> String {
-    k.map_or_else(|| "all".into(), |k| k.to_string())
-}
-
 impl OpCase {
     /// 1/(T·rows), the mean-squared error's normalisation (§12).
     pub fn refit_norm(&self) -> f64 {
@@ -298,11 +283,14 @@ impl OpCase {
         match self.op.family() {
             Family::Stats => stats::op_name(self.op),
             Family::Refit => refit::op_name(self.op),
+            Family::Structured => structured::op_name(self.op),
             Family::Forward => forward::op_name(self.op),
             _ => self.op_name_by_op(),
         }
     }
 
+    /// The masks, obs and sparse families, not yet in modules of their own (`families/`): their
+    /// names, parameters and work model stay in these `*_by_op` matches until they move.
     fn op_name_by_op(&self) -> String {
         match self.op {
             Op::Score(k) => format!("SCORE_{}", k.name().to_uppercase()),
@@ -316,12 +304,6 @@ impl OpCase {
             Op::ReconError => "RECON_ERROR".into(),
             Op::Compress(..) => "COMPRESS".into(),
             Op::Matmul { .. } => "MATMUL".into(),
-            Op::GradSum => "GRAD_SUM".into(),
-            Op::HinvExplicit => "HINV_EXPLICIT".into(),
-            Op::ObsSaliency { .. } => "OBS_SALIENCY".into(),
-            Op::TaylorSaliency { .. } => "TAYLOR_SALIENCY".into(),
-            Op::StructuredUpdate { .. } => "STRUCTURED_UPDATE".into(),
-            Op::Compact { .. } => "COMPACT".into(),
             op => unreachable!("{op:?} is named by its family"),
         }
     }
@@ -332,6 +314,7 @@ impl OpCase {
         let params = match self.op.family() {
             Family::Stats => stats::params(self),
             Family::Refit => refit::params(self),
+            Family::Structured => structured::params(self),
             Family::Forward => forward::params(self),
             _ => self.params_by_op(),
         };
@@ -339,9 +322,8 @@ impl OpCase {
     }
 
     fn params_by_op(&self) -> String {
-        let (r, c, t) = (self.rows, self.cols, self.tokens);
+        let (r, c) = (self.rows, self.cols);
         match self.op {
-            Op::GradSum => format!("rows={r},cols={c},tokens={t}"),
             Op::Mask(p) | Op::Prune(_, p) => format!("pattern={},rows={r},cols={c}", p.label()),
             Op::HinvFactor => format!("cols={c}"),
             Op::Obs(k) => {
@@ -362,21 +344,6 @@ impl OpCase {
                 };
                 format!("format={}{how},n={n},rows={r},cols={c}", format.name())
             }
-            Op::HinvExplicit => format!("cols={c}"),
-            Op::ObsSaliency { width } => format!("width={width},rows={r},cols={c}"),
-            Op::TaylorSaliency { kind, axis, width } => format!(
-                "kind={},axis={},width={width},rows={r},cols={c}",
-                kind.name(),
-                axis_name(axis)
-            ),
-            Op::StructuredUpdate { width, removed } => {
-                format!("width={width},removed={removed},rows={r},cols={c}")
-            }
-            Op::Compact { rows, cols, width } => format!(
-                "kept_rows={},kept_cols={},width={width},rows={r},cols={c}",
-                kept_label(rows),
-                kept_label(cols)
-            ),
             _ => format!("rows={r},cols={c}"),
         }
     }
@@ -387,6 +354,7 @@ impl OpCase {
         match self.op.family() {
             Family::Stats => stats::bytes(self),
             Family::Refit => refit::bytes(self),
+            Family::Structured => structured::bytes(self),
             Family::Forward => forward::bytes(self),
             _ => self.bytes_by_op(),
         }
@@ -421,28 +389,6 @@ impl OpCase {
                 let (sr, sc) = format.stored_shape(self.rows, self.cols);
                 let kept = self.kept().unwrap_or(sr * sc);
                 packed_bytes(format.storage(), sr, sc, kept) + f * (n * (sr + sc)) as u64
-            }
-            Op::GradSum => f * (self.tokens as u64 * (r + c) + 2 * r * c),
-            Op::HinvExplicit => f * 2 * c * c,
-            // W, each group's diagonal block of Hinv (c/width blocks of width²), the scores.
-            Op::ObsSaliency { width } => {
-                let k = width as u64;
-                f * (r * c + c * k + c / k)
-            }
-            Op::TaylorSaliency { kind, axis, width } => {
-                let stats = kind.needs_mean_grad() as u64 + kind.needs_fisher() as u64;
-                let along = match axis {
-                    SegmentAxis::Rows => r,
-                    SegmentAxis::Cols => c,
-                };
-                f * ((1 + stats) * r * c + along / width as u64)
-            }
-            // W and Hinv read and written in place.
-            Op::StructuredUpdate { .. } => f * (2 * r * c + 2 * c * c),
-            // The kept entries read and written, the index lists read.
-            Op::Compact { rows, cols, .. } => {
-                let (kr, kc) = (rows.map_or(r, |k| k as u64), cols.map_or(c, |k| k as u64));
-                f * 2 * kr * kc + 4 * (rows.map_or(0, |k| k as u64) + cols.map_or(0, |k| k as u64))
             }
             op => unreachable!("{op:?} is modelled by its family"),
         }
@@ -494,6 +440,7 @@ impl OpCase {
         match self.op.family() {
             Family::Stats => stats::flops(self),
             Family::Refit => refit::flops(self),
+            Family::Structured => structured::flops(self),
             Family::Forward => forward::flops(self),
             _ => self.flops_by_op(),
         }
@@ -517,33 +464,6 @@ impl OpCase {
                 let (sr, sc) = format.stored_shape(self.rows, self.cols);
                 2 * n as u64 * self.kept().unwrap_or(sr * sc) as u64
             }
-            // The product dYᵀX and the add.
-            Op::GradSum => 2 * r * c * self.tokens as u64 + r * c,
-            // Cholesky c³/3, triangular inverse c³/3, L⁻ᵀL⁻¹ c³/3.
-            Op::HinvExplicit => c * c * c,
-            // Per group S of k columns: the Cholesky of Hinv[S,S] k³/3, Q = W[:,S]·L⁻ᵀ as a
-            // triangular solve r·k², ½‖Q‖² 2·r·k; c/k groups.
-            Op::ObsSaliency { width } => {
-                let k = width as u64;
-                c * k * k / 3 + r * c * k + 2 * r * c
-            }
-            // Per entry: Ḡ = scale·sum, W·Ḡ, the add (taylor1); F = scale·acc, W·F·W, the add
-            // (taylor2); both, ½·, the difference and the add (taylor_mix).
-            Op::TaylorSaliency { kind, .. } => {
-                let per = match kind {
-                    TaylorKind::Taylor1 => 3,
-                    TaylorKind::Taylor2 => 4,
-                    TaylorKind::TaylorMix => 8,
-                };
-                per * r * c
-            }
-            // k = |S|: the Cholesky of Hinv[S,S] k³/3, Y = L⁻¹·Hinv[S,:] k²·c, Q = W[:,S]·L⁻ᵀ
-            // r·k², ε = ½‖Q‖² 2·r·k, W −= Q·Y 2·r·k·c, Hinv −= YᵀY a SYRK c²·k.
-            Op::StructuredUpdate { width, removed } => {
-                let k = (width * removed) as u64;
-                k * k * k / 3 + k * k * c + r * k * k + 2 * r * k + 2 * r * k * c + c * c * k
-            }
-            Op::Compact { .. } => 0,
             op => unreachable!("{op:?} is modelled by its family"),
         }
     }
@@ -554,6 +474,7 @@ impl OpCase {
         match self.op.family() {
             Family::Stats => stats::compute_bound(self),
             Family::Refit => refit::compute_bound(self),
+            Family::Structured => structured::compute_bound(self),
             Family::Forward => forward::compute_bound(self),
             _ => self.compute_bound_by_op(),
         }
@@ -564,16 +485,7 @@ impl OpCase {
             // From 64 tokens a dense f16 product does 64 flops per weight byte: past the
             // balance point of current GPUs' f32 units.
             Op::Matmul { n, .. } => n >= 64,
-            // About k/4 flops per byte for groups of k columns (the triangular solve against
-            // W's k columns dominates): from k = 64, 16 per byte, past the f32 balance.
-            Op::ObsSaliency { width } => width >= 64,
-            // Between k/8 and k/4 flops per byte for k removed columns (the two GEMMs against
-            // W and Hinv, both read and written): from k = 128.
-            Op::StructuredUpdate { width, removed } => width * removed >= 128,
-            op => matches!(
-                op,
-                Op::HinvFactor | Op::Obs(_) | Op::ReconError | Op::GradSum | Op::HinvExplicit
-            ),
+            op => matches!(op, Op::HinvFactor | Op::Obs(_) | Op::ReconError),
         }
     }
 }
@@ -658,63 +570,9 @@ pub fn small_cases() -> Vec<OpCase> {
     );
     v.extend(small_sparse_cases());
     v.extend(refit::small_refit_cases());
-    v.extend(small_structured_cases());
+    v.extend(structured::small_structured_cases());
     v.extend(forward::small_forward_cases());
     v
-}
-
-fn obs_saliency(width: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(Op::ObsSaliency { width }, rows, cols).tokens(cols + 100, 1)
-}
-
-fn taylor(kind: TaylorKind, axis: SegmentAxis, width: usize, r: usize, c: usize) -> OpCase {
-    OpCase::new(Op::TaylorSaliency { kind, axis, width }, r, c)
-}
-
-fn structured_update(width: usize, removed: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(Op::StructuredUpdate { width, removed }, rows, cols).tokens(cols + 100, 1)
-}
-
-fn compact(kept: (Option<usize>, Option<usize>), width: usize, r: usize, c: usize) -> OpCase {
-    let (rows, cols) = kept;
-    OpCase::new(Op::Compact { rows, cols, width }, r, c)
-}
-
-/// The structured ops of §11 on odd shapes: a single row, widths that are not multiples of any
-/// workgroup (37, 130, 300), three KV groups (72 columns of width 24), single channels (width
-/// 1), removed sets spread over several groups, every Taylor kind on both axes. Hessians from
-/// more tokens than columns, so that Hinv is well conditioned before the damping.
-pub fn small_structured_cases() -> Vec<OpCase> {
-    use SegmentAxis::{Cols, Rows};
-    use TaylorKind::{Taylor1, Taylor2, TaylorMix};
-    vec![
-        OpCase::new(Op::GradSum, 13, 37).tokens(7, 1),
-        OpCase::new(Op::GradSum, 1, 130).tokens(65, 1),
-        OpCase::new(Op::GradSum, 67, 300).tokens(33, 1),
-        OpCase::new(Op::HinvExplicit, 1, 37).tokens(80, 1),
-        OpCase::new(Op::HinvExplicit, 1, 130).tokens(230, 1),
-        OpCase::new(Op::HinvExplicit, 1, 300).tokens(400, 1),
-        obs_saliency(1, 13, 37),
-        obs_saliency(24, 13, 72),
-        obs_saliency(13, 1, 130),
-        obs_saliency(60, 37, 300),
-        taylor(Taylor1, Rows, 1, 13, 37),
-        taylor(Taylor1, Cols, 24, 13, 72),
-        taylor(Taylor2, Rows, 13, 39, 37),
-        taylor(Taylor2, Cols, 1, 1, 300),
-        taylor(TaylorMix, Rows, 24, 72, 130),
-        taylor(TaylorMix, Cols, 37, 13, 37),
-        taylor(TaylorMix, Rows, 1, 1, 37),
-        // One KV group of three; five single channels; one row; four groups of twenty.
-        structured_update(24, 1, 13, 72),
-        structured_update(1, 5, 13, 37),
-        structured_update(13, 3, 1, 130),
-        structured_update(20, 4, 37, 300),
-        compact((Some(5), None), 1, 13, 37),
-        compact((None, Some(20)), 1, 13, 37),
-        compact((None, Some(130)), 10, 1, 300),
-        compact((Some(48), Some(24)), 24, 72, 72),
-    ]
 }
 
 /// The sizes of one decoder layer that §11's groups are cut from: d = `hidden`, F =
@@ -726,87 +584,6 @@ pub struct LayerDims {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-}
-
-/// Greedy rounds of §11's `obs` compensation by default.
-const STRUCTURED_ROUNDS: usize = 8;
-
-/// The structured ops on one model's layer, at a 50% cut: the gradient sums and Taylor
-/// saliencies of every linear shape with its producer or consumer groups (heads of e rows or
-/// columns, single FFN channels), the explicit Hinv of both consumers' inputs, the OBS saliency
-/// of o's KV groups (e·r columns) and query heads (e) and of down's channels, the first of
-/// eight greedy rounds' updates on o and down, and compaction of each linear to its kept half.
-pub fn structured_cases(dims: &LayerDims, tokens: usize) -> Vec<OpCase> {
-    use SegmentAxis::{Cols, Rows};
-    use TaylorKind::{Taylor1, Taylor2, TaylorMix};
-    let LayerDims {
-        hidden: d,
-        intermediate: f,
-        heads,
-        kv_heads: g,
-        head_dim: e,
-    } = *dims;
-    let r = heads / g.max(1);
-    let (q, kv, o, up, down) = ((heads * e, d), (g * e, d), (d, heads * e), (f, d), (d, f));
-    let with_tokens = |c: OpCase| c.tokens(tokens, 1);
-    let mut v = Vec::new();
-    for (rows, cols) in [q, kv, o, up, down] {
-        v.push(with_tokens(OpCase::new(Op::GradSum, rows, cols)));
-    }
-    v.push(with_tokens(OpCase::new(Op::HinvExplicit, 1, o.1)));
-    v.push(with_tokens(OpCase::new(Op::HinvExplicit, 1, f)));
-    // The first greedy round removes ⌈(groups to remove) / rounds⌉ of half the groups. Each
-    // consumer's saliencies and update are listed together: they share the inverse.
-    let first_round = |groups: usize| (groups / 2).div_ceil(STRUCTURED_ROUNDS).max(1);
-    for width in [e * r, e] {
-        v.push(with_tokens(OpCase::new(
-            Op::ObsSaliency { width },
-            o.0,
-            o.1,
-        )));
-    }
-    v.push(with_tokens(OpCase::new(
-        Op::StructuredUpdate {
-            width: e * r,
-            removed: first_round(g),
-        },
-        o.0,
-        o.1,
-    )));
-    v.push(with_tokens(OpCase::new(
-        Op::ObsSaliency { width: 1 },
-        down.0,
-        down.1,
-    )));
-    v.push(with_tokens(OpCase::new(
-        Op::StructuredUpdate {
-            width: 1,
-            removed: first_round(f),
-        },
-        down.0,
-        down.1,
-    )));
-    v.extend([
-        taylor(TaylorMix, Rows, e, q.0, q.1),
-        taylor(TaylorMix, Rows, e, kv.0, kv.1),
-        taylor(TaylorMix, Cols, e, o.0, o.1),
-        taylor(TaylorMix, Rows, 1, up.0, up.1),
-        taylor(TaylorMix, Cols, 1, down.0, down.1),
-        taylor(Taylor1, Cols, e, o.0, o.1),
-        taylor(Taylor2, Rows, 1, up.0, up.1),
-    ]);
-    // Half the KV groups kept (their q rows, k/v rows and o columns), half the FFN channels.
-    let half = |n: usize, width: usize| Some((n / width / 2).max(1) * width);
-    v.extend([
-        compact((half(q.0, e * r), None), e * r, q.0, q.1),
-        compact((half(kv.0, e), None), e, kv.0, kv.1),
-        compact((None, half(o.1, e * r)), e * r, o.0, o.1),
-        compact((half(up.0, 1), None), 1, up.0, up.1),
-        compact((None, half(down.1, 1)), 1, down.0, down.1),
-    ]);
-    let mut seen = std::collections::BTreeSet::new();
-    v.retain(|c| seen.insert(c.name()));
-    v
 }
 
 /// The compressed formats on odd shapes: columns that are not a multiple of a kernel unit,
@@ -945,7 +722,6 @@ pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::families::llama::{LLAMA2_70B, LLAMA3_8B, LLAMA_7B};
     use super::*;
 
     #[test]
@@ -958,102 +734,6 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "duplicate case names");
-    }
-
-    #[test]
-    fn structured_cases_cut_the_layer_into_its_groups() {
-        let names = |d: &LayerDims| -> Vec<String> {
-            structured_cases(d, 128).iter().map(|c| c.name()).collect()
-        };
-        let gqa = names(&LLAMA3_8B);
-        for want in [
-            // o's KV groups (e·r = 4·128 columns) and query heads; down's channels.
-            "OBS_SALIENCY(width=512,rows=4096,cols=4096)",
-            "OBS_SALIENCY(width=128,rows=4096,cols=4096)",
-            "OBS_SALIENCY(width=1,rows=4096,cols=14336)",
-            // The first of 8 rounds at 50%: 1 of 8 KV groups, ⌈7168/8⌉ channels.
-            "STRUCTURED_UPDATE(width=512,removed=1,rows=4096,cols=4096)",
-            "STRUCTURED_UPDATE(width=1,removed=896,rows=4096,cols=14336)",
-            "TAYLOR_SALIENCY(kind=taylor_mix,axis=rows,width=128,rows=1024,cols=4096)",
-            "TAYLOR_SALIENCY(kind=taylor_mix,axis=cols,width=1,rows=4096,cols=14336)",
-            "COMPACT(kept_rows=2048,kept_cols=all,width=512,rows=4096,cols=4096)",
-            "COMPACT(kept_rows=512,kept_cols=all,width=128,rows=1024,cols=4096)",
-            "COMPACT(kept_rows=all,kept_cols=7168,width=1,rows=4096,cols=14336)",
-            "GRAD_SUM(rows=1024,cols=4096,tokens=128)",
-            "HINV_EXPLICIT(cols=14336)",
-        ] {
-            assert!(
-                gqa.contains(&want.to_string()),
-                "{want} missing from {gqa:#?}"
-            );
-        }
-        // Multi-head attention: a KV group is one head, so the two o widths are one case.
-        let mha = names(&LLAMA_7B);
-        assert!(mha.contains(&"STRUCTURED_UPDATE(width=128,removed=2,rows=4096,cols=4096)".into()));
-        assert_eq!(
-            mha.iter().filter(|n| n.starts_with("OBS_SALIENCY")).count(),
-            2
-        );
-        assert!(names(&LLAMA2_70B)
-            .contains(&"OBS_SALIENCY(width=1024,rows=8192,cols=8192)".to_string()));
-        for d in [LLAMA_7B, LLAMA3_8B, LLAMA2_70B] {
-            let cases = structured_cases(&d, 128);
-            assert!(cases.len() <= 25, "{} structured cases", cases.len());
-            for c in &cases {
-                // Every group fits its axis, so no case is refused by the op's own checks.
-                let fits = match c.op {
-                    Op::ObsSaliency { width } => c.cols % width == 0,
-                    Op::TaylorSaliency { axis, width, .. } => match axis {
-                        SegmentAxis::Rows => c.rows % width == 0,
-                        SegmentAxis::Cols => c.cols % width == 0,
-                    },
-                    Op::StructuredUpdate { width, removed } => {
-                        c.cols % width == 0 && removed > 0 && removed < c.cols / width
-                    }
-                    Op::Compact { rows, cols, width } => [(rows, c.rows), (cols, c.cols)]
-                        .iter()
-                        .all(|&(k, n)| k.is_none_or(|k| k > 0 && k < n && k % width == 0)),
-                    Op::GradSum | Op::HinvExplicit => true,
-                    _ => false,
-                };
-                assert!(fits, "{}", c.name());
-            }
-        }
-    }
-
-    #[test]
-    fn structured_work_model() {
-        // Width 1: a third of a flop per 1x1 "Cholesky", then a pass over W and Hinv's
-        // diagonal.
-        let one = OpCase::new(Op::ObsSaliency { width: 1 }, 10, 20);
-        assert_eq!(one.flops(), 20 / 3 + 3 * 200);
-        assert_eq!(one.bytes(), 4 * (200 + 20 + 20));
-        assert!(!one.compute_bound());
-        let heads = OpCase::new(Op::ObsSaliency { width: 128 }, 4096, 4096);
-        assert!(heads.compute_bound());
-        // 2 groups of 3: k = 6 over 12 columns of 5 rows.
-        let u = OpCase::new(
-            Op::StructuredUpdate {
-                width: 3,
-                removed: 2,
-            },
-            5,
-            12,
-        );
-        assert_eq!(
-            u.flops(),
-            216 / 3 + 36 * 12 + 5 * 36 + 2 * 5 * 6 + 2 * 5 * 6 * 12 + 144 * 6
-        );
-        let c = OpCase::new(
-            Op::Compact {
-                rows: Some(4),
-                cols: None,
-                width: 2,
-            },
-            10,
-            20,
-        );
-        assert_eq!((c.flops(), c.bytes()), (0, 4 * 2 * 4 * 20 + 4 * 4));
     }
 
     #[test]

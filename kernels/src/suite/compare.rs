@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::case::{ObsKind, Op, OpCase};
-use super::families::{forward, refit, stats, Family};
+use super::families::{forward, refit, stats, structured, Family};
 use super::inputs::{compress_input, CaseInputs};
 use super::run::CaseOutput;
 use crate::cpu::CpuBackend;
@@ -203,6 +203,7 @@ pub fn compare(
     match case.op.family() {
         Family::Stats => stats::compare(case, want, got),
         Family::Refit => refit::compare(case, inputs, want, got),
+        Family::Structured => structured::compare(case, inputs, want, got),
         Family::Forward => forward::compare(case, want, got),
         _ => compare_by_op(case, inputs, want, got),
     }
@@ -300,82 +301,17 @@ fn compare_by_op(
         },
         Op::Compress(..) => compress_checks(inputs, want, got),
         Op::Matmul { .. } => matmul_checks(inputs, want, got),
-        // The fused GEMM's plain-sum epilogue: the same f32 reduction as GRAD_FUSED's.
-        Op::GradSum => vec![value_check("acc", want, got, tol::REDUCTION)],
-        Op::HinvExplicit => vec![
-            value_check("hinv", want, got, tol::HINV_EXPLICIT),
-            dead_check(want, got),
-        ],
-        Op::ObsSaliency { .. } | Op::TaylorSaliency { .. } => vec![per_score_check(want, got)],
-        Op::StructuredUpdate { .. } => {
-            let removed = inputs
-                .index("removed")
-                .expect("an update case has removed columns");
-            vec![
-                value_check("w", want, got, tol::STRUCTURED_UPDATE),
-                value_check("hinv", want, got, tol::STRUCTURED_UPDATE),
-                Check::new(
-                    "loss",
-                    "relative",
-                    match (want.loss, got.loss) {
-                        (Some(a), Some(b)) => relative(a, b),
-                        _ => f64::INFINITY,
-                    },
-                    tol::SALIENCY_REL,
-                ),
-                Check::new(
-                    "zero where removed",
-                    "mismatches",
-                    removed_nonzeros(got, removed),
-                    0.0,
-                ),
-            ]
-        }
-        // A gather is exact (and a wrong shape is an infinite error).
-        Op::Compact { .. } => vec![value_check("w", want, got, 0.0)],
         op => unreachable!("{op:?} is compared by its family"),
     }
 }
 
-fn dead_check(want: &CaseOutput, got: &CaseOutput) -> Check {
+pub(super) fn dead_check(want: &CaseOutput, got: &CaseOutput) -> Check {
     Check::new(
         "dead columns",
         "mismatches",
         if want.dead == got.dead { 0.0 } else { 1.0 },
         0.0,
     )
-}
-
-/// Saliencies rank groups against each other, so each score is held to its own relative
-/// error: a norm over all of them would hide a wrong small group among large ones.
-fn per_score_check(want: &CaseOutput, got: &CaseOutput) -> Check {
-    let e = match (want.value("scores"), got.value("scores")) {
-        (Some(a), Some(b)) => max_relative(a, b),
-        _ => f64::INFINITY,
-    };
-    Check::new("scores", "max_relative", e, tol::SALIENCY_REL)
-}
-
-/// Entries of W's removed columns and of Hinv's removed rows and columns that are not exactly
-/// 0 (the op promises exact zeros, not a rounding residue); a missing output counts as all.
-fn removed_nonzeros(got: &CaseOutput, removed: &[usize]) -> f64 {
-    let (Some(w), Some(hinv)) = (got.value("w"), got.value("hinv")) else {
-        return f64::INFINITY;
-    };
-    let n = hinv.cols;
-    if hinv.rows != n || w.cols != n || removed.iter().any(|&c| c >= n) {
-        return f64::INFINITY;
-    }
-    let in_w = (0..w.rows)
-        .flat_map(|r| removed.iter().map(move |&c| w.get(r, c)))
-        .filter(|&v| v != 0.0)
-        .count();
-    let in_hinv = removed
-        .iter()
-        .flat_map(|&i| (0..n).flat_map(move |j| [hinv.get(i, j), hinv.get(j, i)]))
-        .filter(|&v| v != 0.0)
-        .count();
-    (in_w + in_hinv) as f64
 }
 
 /// Compression is exact: the device buffers equal the reference's word for word, and the

@@ -6,14 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::case::{MaskSource, ObsKind, Op, OpCase, TAYLOR_CASE_SAMPLES};
-use super::families::{forward, refit, stats, Family};
+use super::case::{MaskSource, ObsKind, Op, OpCase};
+use super::families::{forward, refit, stats, structured, Family};
 use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::formats::{self, PackedWeight};
 use crate::ops::{
-    Backend, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, GBLM_GRAD_SCALE, OBS_BLOCK,
-    PERCDAMP,
+    Backend, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, OBS_BLOCK, PERCDAMP,
 };
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use crate::tensor::{Mask, Matrix};
@@ -66,6 +65,7 @@ impl CaseInputs {
         match case.op.family() {
             Family::Stats => stats::inputs(case),
             Family::Refit => refit::inputs(case),
+            Family::Structured => structured::inputs(case),
             Family::Forward => forward::inputs(case),
             _ => Self::generate_by_op(case),
         }
@@ -88,14 +88,7 @@ impl CaseInputs {
                 inp.mask = Some(random_mask(r, c, s + 1));
                 inp.tensors = vec![("w", w)];
             }
-            Op::HinvFactor | Op::HinvExplicit => {
-                let mut x = correlated(case.tokens, c, s);
-                let dead = c / 2;
-                for t in 0..x.rows {
-                    x.data[t * c + dead] = 0.0;
-                }
-                inp.tensors = vec![("h", hessian_of(&x, 1)?)];
-            }
+            Op::HinvFactor => inp.tensors = vec![("h", hessian_with_dead_column(case)?)],
             Op::Obs(kind) => {
                 let w = scaled(heavy_tailed(r, c, s), 0.02);
                 let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
@@ -131,61 +124,6 @@ impl CaseInputs {
                 let (w, mask) = pruned_weight(source, r, c, s)?;
                 inp.mask = Some((*mask).clone());
                 inp.tensors = vec![("w", (*w).clone())];
-            }
-            Op::GradSum => {
-                // The sum of earlier samples, of the size one sample adds (each term a dot of
-                // `tokens` products), so that an error in the new term cannot hide under it.
-                let earlier = 1e-3 * (case.tokens as f32).sqrt();
-                inp.tensors = vec![
-                    ("acc", scaled(heavy_tailed(r, c, s), earlier)),
-                    ("dy", scaled(heavy_tailed(case.tokens, r, s + 1), 1e-3)),
-                    ("x", heavy_tailed(case.tokens, c, s + 2)),
-                ];
-            }
-            Op::ObsSaliency { .. } => {
-                let w = scaled(heavy_tailed(r, c, s), 0.02);
-                let hinv = hinv_of(case.tokens, c, s + 1)?;
-                inp.tensors = vec![("w", w), ("hinv", (*hinv).clone())];
-            }
-            Op::StructuredUpdate { width, removed } => {
-                let w = scaled(heavy_tailed(r, c, s), 0.02);
-                let hinv = hinv_of(case.tokens, c, s + 1)?;
-                let groups = spread_choice(c / width, removed, s + 2);
-                let cols = groups
-                    .iter()
-                    .flat_map(|&g| g * width..(g + 1) * width)
-                    .collect();
-                inp.indices = vec![("removed", cols)];
-                inp.tensors = vec![("w", w), ("hinv", (*hinv).clone())];
-            }
-            Op::TaylorSaliency { kind, .. } => {
-                let n = TAYLOR_CASE_SAMPLES as f32;
-                let w = scaled(heavy_tailed(r, c, s), 0.02);
-                // Ḡ about 1e-3 and F about 0.1, so that W·Ḡ and ½·W·F·W are of one size for
-                // |W| ~ 0.02: taylor_mix's difference depends on both, and neither statistic
-                // can be read wrongly (or not at all) without moving the scores.
-                let mut tensors = vec![("w", w)];
-                if kind.needs_mean_grad() {
-                    tensors.push(("grad_sum", scaled(heavy_tailed(r, c, s + 1), 1e-3 * n)));
-                }
-                if kind.needs_fisher() {
-                    let acc = 0.1 * GBLM_GRAD_SCALE * GBLM_GRAD_SCALE * n;
-                    tensors.push(("grad_sq", scaled(heavy_tailed_positive(r, c, s + 2), acc)));
-                }
-                inp.tensors = tensors;
-            }
-            Op::Compact { rows, cols, width } => {
-                let mut lists = Vec::new();
-                for (role, kept, len, seed) in [("rows", rows, r, s + 1), ("cols", cols, c, s + 2)]
-                {
-                    if let Some(k) = kept {
-                        let groups = random_choice(len / width, k / width, seed);
-                        let idx = groups.iter().flat_map(|&g| g * width..(g + 1) * width);
-                        lists.push((role, idx.collect()));
-                    }
-                }
-                inp.indices = lists;
-                inp.tensors = vec![("w", heavy_tailed(r, c, s))];
             }
             Op::Matmul { format, mask, n } => {
                 let (sr, sc) = format.stored_shape(r, c);
@@ -299,65 +237,16 @@ pub(super) fn correlated(tokens: usize, cols: usize, seed: u64) -> Matrix {
     x
 }
 
-/// The reference's explicit damped inverse (§11) of the Hessian of `tokens` calibration-like
-/// rows from `seed`, as f32. At model widths the inverse costs the reference minutes, and the
-/// saliency and update cases of one width (listed next to each other) share it: the last few
-/// are kept, as many as the benches rotate input sets.
-fn hinv_of(tokens: usize, cols: usize, seed: u64) -> Result<Arc<Matrix>> {
-    type Cached = Vec<((usize, usize, u64), Arc<Matrix>)>;
-    static CACHE: OnceLock<Mutex<Cached>> = OnceLock::new();
-    const KEEP: usize = 3;
-    let key = (tokens, cols, seed);
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some((_, hit)) = cache
-        .lock()
-        .expect("cache lock")
-        .iter()
-        .find(|(k, _)| *k == key)
-    {
-        return Ok(hit.clone());
+/// H (§3) of `case.tokens` calibration-like rows with column c/2 dead (zero in every row), as
+/// the factor and inverse cases take it.
+pub(super) fn hessian_with_dead_column(case: &OpCase) -> Result<Matrix> {
+    let (c, s) = (case.cols, case.seed);
+    let mut x = correlated(case.tokens, c, s);
+    let dead = c / 2;
+    for t in 0..x.rows {
+        x.data[t * c + dead] = 0.0;
     }
-    let cpu = CpuBackend::new();
-    let h = hessian_of(&correlated(tokens, cols, seed), 1)?;
-    let hinv = cpu.hinv_explicit(&cpu.upload(&h)?, PERCDAMP)?;
-    let made = Arc::new(cpu.download(&hinv.hinv)?);
-    // Small ones regenerate in moments.
-    if cols >= 1024 {
-        let mut kept = cache.lock().expect("cache lock");
-        kept.push((key, made.clone()));
-        if kept.len() > KEEP {
-            kept.remove(0);
-        }
-    }
-    Ok(made)
-}
-
-/// `k` of the groups 0..n, sorted, from `seed`; no two neighbours where k ≤ (n + 1)/2, so that
-/// a removed set is several separate runs rather than one.
-fn spread_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
-    if k == 0 || 2 * k > n + 1 {
-        return random_choice(n, k, seed);
-    }
-    // k sorted distinct picks from n − k + 1 slots, the i-th shifted by i: gaps of at least 2.
-    random_choice(n - k + 1, k, seed)
-        .into_iter()
-        .enumerate()
-        .map(|(i, g)| g + i)
-        .collect()
-}
-
-/// `k` distinct indices of 0..n, sorted, from `seed` (a partial Fisher-Yates shuffle).
-fn random_choice(n: usize, k: usize, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let mut all: Vec<usize> = (0..n).collect();
-    let k = k.min(n);
-    for i in 0..k {
-        let j = i + rng.below(n - i);
-        all.swap(i, j);
-    }
-    let mut chosen = all[..k].to_vec();
-    chosen.sort_unstable();
-    chosen
+    hessian_of(&x, 1)
 }
 
 /// H of §3 from one batch of `samples` samples stacked in `x`, by the reference, as f32.

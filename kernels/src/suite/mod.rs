@@ -10,9 +10,8 @@ mod inputs;
 mod run;
 
 pub use case::{
-    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases,
-    small_structured_cases, structured_cases, CaseFormat, LayerDims, MaskSource, ObsKind, Op,
-    OpCase, MATMUL_TOKENS, TAYLOR_CASE_SAMPLES,
+    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases, CaseFormat,
+    LayerDims, MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
 };
 pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
 pub use families::forward::{
@@ -20,6 +19,7 @@ pub use families::forward::{
     RMS_NORM_CASE_EPS,
 };
 pub use families::refit::{refit_cases, small_refit_cases};
+pub use families::structured::{small_structured_cases, structured_cases, TAYLOR_CASE_SAMPLES};
 pub use families::Family;
 pub use inputs::CaseInputs;
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};

@@ -2,14 +2,13 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{ObsKind, Op, OpCase, TAYLOR_CASE_SAMPLES};
-use super::families::{forward, refit, stats, Family};
+use super::case::{ObsKind, Op, OpCase};
+use super::families::{forward, refit, stats, structured, Family};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    Backend, HinvExplicit, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score,
-    ScoreKind, SegmentAxis, TaylorInputs, TaylorKind, GBLM_GRAD_SCALE,
+    Backend, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, ScoreKind,
 };
 use crate::tensor::{Mask, Matrix};
 
@@ -19,6 +18,8 @@ pub enum Prepared<B: Backend> {
     Stats(stats::Prepared<B>),
     /// A re-fit op's tensors.
     Refit(refit::Prepared<B>),
+    /// A structured-pruning op's tensors.
+    Structured(structured::Prepared<B>),
     Score {
         w: B::Tensor,
         act: B::Tensor,
@@ -72,47 +73,6 @@ pub enum Prepared<B: Backend> {
         w: B::Packed,
         out: Option<B::Tensor>,
     },
-    GradSum {
-        acc: B::Tensor,
-        dy: B::Tensor,
-        x: B::Tensor,
-    },
-    HinvExplicit {
-        h: B::Tensor,
-        out: Option<HinvExplicit<B::Tensor>>,
-    },
-    ObsSaliency {
-        w: B::Tensor,
-        hinv: B::Tensor,
-        width: usize,
-        groups: Vec<usize>,
-        out: Option<B::Tensor>,
-    },
-    TaylorSaliency {
-        w: B::Tensor,
-        grad_sum: Option<B::Tensor>,
-        grad_sq: Option<B::Tensor>,
-        kind: TaylorKind,
-        axis: SegmentAxis,
-        width: usize,
-        out: Option<B::Tensor>,
-    },
-    /// The update zeroes Hinv[S,S], so a second run on its own output would fail: from the
-    /// second run on (the benches' repeats), W and Hinv are first restored from `start` by a
-    /// device copy, which those timings include.
-    StructuredUpdate {
-        w: B::Tensor,
-        hinv: B::Tensor,
-        start: (B::Tensor, B::Tensor),
-        removed: Vec<usize>,
-        out: Option<f64>,
-    },
-    Compact {
-        w: B::Tensor,
-        rows: Option<Vec<usize>>,
-        cols: Option<Vec<usize>>,
-        out: Option<B::Tensor>,
-    },
     /// A forward op's tensors.
     Forward(forward::Prepared<B>),
 }
@@ -146,6 +106,7 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
     match case.op.family() {
         Family::Stats => Ok(Prepared::Stats(stats::prepare(b, case, inp)?)),
         Family::Refit => Ok(Prepared::Refit(refit::prepare(b, case, inp)?)),
+        Family::Structured => Ok(Prepared::Structured(structured::prepare(b, case, inp)?)),
         Family::Forward => Ok(Prepared::Forward(forward::prepare(b, case, inp)?)),
         _ => prepare_by_op(b, case, inp),
     }
@@ -153,7 +114,6 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
 
 fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
     let up = |name: &str| b.upload(inp.get(name));
-    let up_if = |name: &str, present: bool| present.then(|| up(name)).transpose();
     Ok(match case.op {
         Op::Score(kind) => Prepared::Score {
             w: up("w")?,
@@ -215,47 +175,6 @@ fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<P
             w: b.upload_packed(inp.packed.as_ref().expect("product case has a weight"))?,
             out: None,
         },
-        Op::GradSum => Prepared::GradSum {
-            acc: up("acc")?,
-            dy: up("dy")?,
-            x: up("x")?,
-        },
-        Op::HinvExplicit => Prepared::HinvExplicit {
-            h: up("h")?,
-            out: None,
-        },
-        Op::ObsSaliency { width } => Prepared::ObsSaliency {
-            w: up("w")?,
-            hinv: up("hinv")?,
-            width,
-            groups: (0..case.cols / width.max(1)).collect(),
-            out: None,
-        },
-        Op::TaylorSaliency { kind, axis, width } => Prepared::TaylorSaliency {
-            w: up("w")?,
-            grad_sum: up_if("grad_sum", kind.needs_mean_grad())?,
-            grad_sq: up_if("grad_sq", kind.needs_fisher())?,
-            kind,
-            axis,
-            width,
-            out: None,
-        },
-        Op::StructuredUpdate { .. } => Prepared::StructuredUpdate {
-            w: up("w")?,
-            hinv: up("hinv")?,
-            start: (up("w")?, up("hinv")?),
-            removed: inp
-                .index("removed")
-                .expect("an update case has removed columns")
-                .to_vec(),
-            out: None,
-        },
-        Op::Compact { .. } => Prepared::Compact {
-            w: up("w")?,
-            rows: inp.index("rows").map(<[usize]>::to_vec),
-            cols: inp.index("cols").map(<[usize]>::to_vec),
-            out: None,
-        },
         op => unreachable!("{op:?} is prepared by its family"),
     })
 }
@@ -265,6 +184,7 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
     match p {
         Prepared::Stats(p) => stats::execute(b, p),
         Prepared::Refit(p) => refit::execute(b, p),
+        Prepared::Structured(p) => structured::execute(b, p),
         Prepared::Score {
             w,
             act,
@@ -333,62 +253,6 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             *out = Some(b.sparse_matmul(x, w)?);
             Ok(())
         }
-        Prepared::GradSum { acc, dy, x } => b.grad_sum_fused(acc, dy, x),
-        Prepared::HinvExplicit { h, out } => {
-            *out = Some(b.hinv_explicit(h, crate::ops::PERCDAMP)?);
-            Ok(())
-        }
-        Prepared::ObsSaliency {
-            w,
-            hinv,
-            width,
-            groups,
-            out,
-        } => {
-            *out = Some(b.obs_saliency(w, hinv, *width, groups)?);
-            Ok(())
-        }
-        Prepared::TaylorSaliency {
-            w,
-            grad_sum,
-            grad_sq,
-            kind,
-            axis,
-            width,
-            out,
-        } => {
-            let n = TAYLOR_CASE_SAMPLES as f64;
-            let c = GBLM_GRAD_SCALE as f64;
-            *out = Some(b.taylor_saliency(TaylorInputs {
-                w,
-                grad_sum: grad_sum.as_ref(),
-                grad_sq: grad_sq.as_ref(),
-                grad_scale: 1.0 / n,
-                fisher_scale: 1.0 / (c * c * n),
-                kind: *kind,
-                axis: *axis,
-                width: *width,
-            })?);
-            Ok(())
-        }
-        Prepared::StructuredUpdate {
-            w,
-            hinv,
-            start,
-            removed,
-            out,
-        } => {
-            if out.is_some() {
-                b.copy(w, &start.0)?;
-                b.copy(hinv, &start.1)?;
-            }
-            *out = Some(b.structured_update(w, hinv, removed)?);
-            Ok(())
-        }
-        Prepared::Compact { w, rows, cols, out } => {
-            *out = Some(b.compact(w, rows.as_deref(), cols.as_deref())?);
-            Ok(())
-        }
         Prepared::Forward(p) => forward::execute(b, p),
     }
 }
@@ -404,6 +268,7 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Forward(p) => return forward::collect(b, p),
         Prepared::Stats(p) => return stats::collect(b, p),
         Prepared::Refit(p) => return refit::collect(b, p),
+        Prepared::Structured(p) => return structured::collect(b, p),
         Prepared::Score { out, .. } => {
             o.values
                 .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
@@ -437,25 +302,6 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Matmul { out, .. } => {
             o.values
                 .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::GradSum { acc, .. } => o.values.push(("acc", b.download(acc)?)),
-        Prepared::HinvExplicit { out, .. } => {
-            let f = out.as_ref().ok_or_else(never_ran)?;
-            o.values.push(("hinv", b.download(&f.hinv)?));
-            o.dead = Some(f.dead.clone());
-        }
-        Prepared::ObsSaliency { out, .. } | Prepared::TaylorSaliency { out, .. } => {
-            o.values
-                .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::StructuredUpdate { w, hinv, out, .. } => {
-            o.loss = Some(out.ok_or_else(never_ran)?);
-            o.values.push(("w", b.download(w)?));
-            o.values.push(("hinv", b.download(hinv)?));
-        }
-        Prepared::Compact { out, .. } => {
-            o.values
-                .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
         }
     }
     Ok(o)

@@ -7,6 +7,7 @@ use super::case::{small_cases, Op, OpCase};
 pub(super) mod forward;
 pub(super) mod refit;
 pub(super) mod stats;
+pub(super) mod structured;
 
 /// A family of ops that share their inputs' kind and their place in the pruning pipeline
 /// (ALGORITHMS.md's sections).
