@@ -1,20 +1,18 @@
 //! Every op of the suite's small, odd-shaped cases on every backend compiled in, against the
-//! CPU reference. Written once; `conformance!` instantiates it per backend. A backend whose
-//! device cannot be found fails here with a message, never skips.
+//! CPU reference. Written once per op family; `conformance!` instantiates it per backend, one
+//! test per family of `Family::ALL`, so an op added to the table is run on every backend with
+//! its family. A backend whose device cannot be found fails here with a message, never skips.
+
+use std::collections::BTreeSet;
 
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::suite::{small_cases, verify_cases};
+use prunebench_kernels::suite::{small_cases, verify_cases, Family, Op, OpCase};
 use prunebench_kernels::Backend;
 
-/// Runs the small cases whose name starts with one of `prefixes` and fails listing every case
-/// that did not pass (an unsupported case is a failure here: these shapes are tiny).
-pub fn run_cases<B: Backend>(backend: &B, prefixes: &[&str]) {
-    let cases: Vec<_> = small_cases()
-        .into_iter()
-        .filter(|c| prefixes.iter().any(|p| c.op_name().starts_with(p)))
-        .collect();
-    assert!(!cases.is_empty(), "no case matches {prefixes:?}");
-    let failures = verify_cases(backend, &cases);
+/// Runs `cases` and fails listing every case that did not pass (an unsupported case is a
+/// failure here: these shapes are tiny).
+pub fn run_cases<B: Backend>(backend: &B, cases: &[OpCase]) {
+    let failures = verify_cases(backend, cases);
     assert!(
         failures.is_empty(),
         "{} on {}: {} of {} cases failed:\n{}",
@@ -24,6 +22,13 @@ pub fn run_cases<B: Backend>(backend: &B, prefixes: &[&str]) {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Every small case of `family`.
+pub fn run_family<B: Backend>(backend: &B, family: Family) {
+    let cases = family.small_cases();
+    assert!(!cases.is_empty(), "no case of family {}", family.name());
+    run_cases(backend, &cases);
 }
 
 /// The ceiling probes: the copy is exact, the FMA chains match their closed form (a chain of
@@ -59,81 +64,121 @@ pub fn check_probes<B: Backend>(backend: &B) {
     }
 }
 
-/// One test per op family for the backend `$make` builds.
+/// Every family with the name of its test: `conformance!` makes one test of each per backend,
+/// and `every_op_is_run_on_every_backend` holds this list to `Family::ALL` and the op table.
+macro_rules! each_family {
+    ($then:ident) => {
+        $then! {
+            stats: Stats,
+            masks: Masks,
+            obs: Obs,
+            sparse: Sparse,
+            refit: Refit,
+            structured: Structured,
+            forward: Forward,
+        }
+    };
+}
+
+macro_rules! family_tests {
+    ($($test:ident: $family:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check(Family::$family);
+            }
+        )*
+    };
+}
+
+macro_rules! family_list {
+    ($($test:ident: $family:ident,)*) => {
+        &[$(Family::$family),*]
+    };
+}
+
+/// The families each backend's `conformance!` runs.
+const TESTED: &[Family] = each_family!(family_list);
+
+/// One test per op family for the backend `$make` builds, and the ceiling probes.
 #[macro_export]
 macro_rules! conformance {
     ($name:ident, $make:expr) => {
         mod $name {
             use super::*;
-            fn check(prefixes: &[&str]) {
+            fn check(family: Family) {
                 let backend = $make;
-                run_cases(&backend, prefixes);
+                run_family(&backend, family);
             }
-            #[test]
-            fn statistics() {
-                check(&["ACT_STAT", "HESSIAN"]);
-            }
-            #[test]
-            fn gradients() {
-                check(&["GRAD_ACC", "GRAD_FUSED"]);
-            }
-            #[test]
-            fn scores() {
-                check(&["SCORE_"]);
-            }
-            #[test]
-            fn masks() {
-                check(&["MASK", "APPLY_MASK"]);
-            }
-            #[test]
-            fn fused_prune() {
-                check(&["PRUNE_"]);
-            }
-            #[test]
-            fn hinv_factor() {
-                check(&["HINV_FACTOR"]);
-            }
-            #[test]
-            fn obs() {
-                // §7's three, named whole: §11's OBS_SALIENCY shares their prefix.
-                check(&["OBS_UNSTRUCTURED", "OBS_NM", "OBS_GIVEN"]);
-            }
-            #[test]
-            fn recon_error() {
-                check(&["RECON_ERROR"]);
-            }
-            #[test]
-            fn structured() {
-                check(&[
-                    "GRAD_SUM",
-                    "HINV_EXPLICIT",
-                    "OBS_SALIENCY",
-                    "TAYLOR_SALIENCY",
-                    "STRUCTURED_UPDATE",
-                    "COMPACT",
-                ]);
-            }
-            #[test]
-            fn forward() {
-                // §14's LLaMA forward ops; a backend without one fails here (unsupported is
-                // not passed on these shapes).
-                check(&[
-                    "LINEAR",
-                    "RMS_NORM",
-                    "ROPE",
-                    "ATTENTION",
-                    "SILU_MUL",
-                    "RESIDUAL_ADD",
-                    "EMBED",
-                    "LM_HEAD",
-                ]);
-            }
+            each_family!(family_tests);
             #[test]
             fn ceiling_probes() {
                 check_probes(&$make);
             }
         }
     };
+}
+
+/// The kinds of op, numbered: a kind added to `Op` does not compile here until it is
+/// numbered (and `OP_KINDS` raised), and then fails the coverage test below until a small case
+/// of a tested family runs it.
+const OP_KINDS: usize = 34;
+
+fn kind(op: &Op) -> usize {
+    match op {
+        Op::ActStat => 0,
+        Op::Hessian => 1,
+        Op::GradAccumulate(_) => 2,
+        Op::GradFused(_) => 3,
+        Op::Score(_) => 4,
+        Op::Mask(_) => 5,
+        Op::ApplyMask => 6,
+        Op::Prune(..) => 7,
+        Op::HinvFactor => 8,
+        Op::Obs(_) => 9,
+        Op::ReconError => 10,
+        Op::Compress(..) => 11,
+        Op::Matmul { .. } => 12,
+        Op::RefitBase => 13,
+        Op::LoraGrad(..) => 14,
+        Op::AdamW => 15,
+        Op::LoraMerge(..) => 16,
+        Op::RowScale => 17,
+        Op::NormSystem => 18,
+        Op::SpdSolve => 19,
+        Op::GradSum => 20,
+        Op::HinvExplicit => 21,
+        Op::ObsSaliency { .. } => 22,
+        Op::TaylorSaliency { .. } => 23,
+        Op::StructuredUpdate { .. } => 24,
+        Op::Compact { .. } => 25,
+        Op::Linear => 26,
+        Op::RmsNorm => 27,
+        Op::Rope { .. } => 28,
+        Op::Attention { .. } => 29,
+        Op::SiluMul => 30,
+        Op::ResidualAdd => 31,
+        Op::Embed => 32,
+        Op::LmHead { .. } => 33,
+    }
+}
+
+/// Every family has its test on every backend, and every kind of op has a small case in a
+/// tested family: what `conformance!` runs covers the whole op table.
+#[test]
+fn every_op_is_run_on_every_backend() {
+    let tested: BTreeSet<Family> = TESTED.iter().copied().collect();
+    let all: BTreeSet<Family> = Family::ALL.into_iter().collect();
+    assert_eq!(tested, all, "families without a conformance test");
+    assert_eq!(TESTED.len(), all.len(), "a family tested twice");
+    let run: BTreeSet<usize> = small_cases()
+        .iter()
+        .filter(|c| tested.contains(&c.op.family()))
+        .map(|c| kind(&c.op))
+        .collect();
+    let missing: Vec<usize> = (0..OP_KINDS).filter(|k| !run.contains(k)).collect();
+    assert!(missing.is_empty(), "op kinds no backend runs: {missing:?}");
+    assert!(run.iter().all(|&k| k < OP_KINDS), "OP_KINDS is too small");
 }
 
 // The reference against itself: proves the cases, runner and comparisons hold together.
@@ -159,7 +204,7 @@ fn cubecl_cuda() {
     match cube_cuda(0) {
         Ok(backend) => {
             assert_eq!(backend.info().backend, "cubecl-cuda");
-            run_cases(&backend, &[""]);
+            run_cases(&backend, &small_cases());
         }
         Err(KernelError::Unsupported(msg)) if status == "CUDA: no driver found" => {
             assert_eq!(msg, "CUDA: no driver found (libcuda could not be loaded)");

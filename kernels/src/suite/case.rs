@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::families::{forward, refit, stats, structured, Family};
+
 use crate::formats::{self, WeightFormat};
 use crate::ops::{
     unstructured_k, GradNorm, LoraForm, MaskGroup, MaskPattern, ScoreKind, SegmentAxis, Sparsity,
@@ -247,44 +249,6 @@ pub struct OpCase {
     pub seed: u64,
 }
 
-fn norm_name(n: GradNorm) -> &'static str {
-    match n {
-        GradNorm::L2 => "L2",
-        GradNorm::L1 => "L1",
-    }
-}
-
-/// The AdamW step every ADAMW case takes: the third, at PERP's learning rate.
-pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
-
-/// The RMSNorm ε of every RMS_NORM case: LLaMA 2's and 3's `rms_norm_eps`.
-pub const RMS_NORM_CASE_EPS: f64 = 1e-5;
-
-/// The vocabulary rows of one LM-head chunk for hidden size `d`: at most 4096, and at most
-/// 64 MiB of f32 (half the 128 MiB storage binding some Vulkan drivers cap at, so that a chunk
-/// always binds whole): 4096 rows at d = 4096, 2048 at d = 8192; a multiple of 64 rows.
-pub fn lm_head_chunk_rows(d: usize) -> usize {
-    const MAX_ROWS: usize = 4096;
-    const MAX_BYTES: usize = 64 << 20;
-    let fit = MAX_BYTES / (4 * d.max(1)) / 64 * 64;
-    fit.clamp(64, MAX_ROWS)
-}
-
-/// The calibration samples N behind a Taylor case's statistics: Ḡ = sum / N and
-/// F = l2 accumulator / (c²·N) (§11).
-pub const TAYLOR_CASE_SAMPLES: usize = 4;
-
-fn axis_name(a: SegmentAxis) -> &'static str {
-    match a {
-        SegmentAxis::Rows => "rows",
-        SegmentAxis::Cols => "cols",
-    }
-}
-
-fn kept_label(k: Option<usize>) -> String {
-    k.map_or_else(|| "all".into(), |k| k.to_string())
-}
-
 impl OpCase {
     /// 1/(T·rows), the mean-squared error's normalisation (§12).
     pub fn refit_norm(&self) -> f64 {
@@ -316,11 +280,19 @@ impl OpCase {
 
     /// The op's name without shape, e.g. `PRUNE_WANDA`; what `--op` filters match first.
     pub fn op_name(&self) -> String {
+        match self.op.family() {
+            Family::Stats => stats::op_name(self.op),
+            Family::Refit => refit::op_name(self.op),
+            Family::Structured => structured::op_name(self.op),
+            Family::Forward => forward::op_name(self.op),
+            _ => self.op_name_by_op(),
+        }
+    }
+
+    /// The masks, obs and sparse families, not yet in modules of their own (`families/`): their
+    /// names, parameters and work model stay in these `*_by_op` matches until they move.
+    fn op_name_by_op(&self) -> String {
         match self.op {
-            Op::ActStat => "ACT_STAT".into(),
-            Op::Hessian => "HESSIAN".into(),
-            Op::GradAccumulate(n) => format!("GRAD_ACC_{}", norm_name(n)),
-            Op::GradFused(n) => format!("GRAD_FUSED_{}", norm_name(n)),
             Op::Score(k) => format!("SCORE_{}", k.name().to_uppercase()),
             Op::Mask(_) => "MASK".into(),
             Op::ApplyMask => "APPLY_MASK".into(),
@@ -332,37 +304,26 @@ impl OpCase {
             Op::ReconError => "RECON_ERROR".into(),
             Op::Compress(..) => "COMPRESS".into(),
             Op::Matmul { .. } => "MATMUL".into(),
-            Op::RefitBase => "REFIT_BASE".into(),
-            Op::LoraGrad(f, _) => format!("LORA_GRAD_{}", f.name().to_uppercase()),
-            Op::AdamW => "ADAMW".into(),
-            Op::LoraMerge(f, _) => format!("LORA_MERGE_{}", f.name().to_uppercase()),
-            Op::RowScale => "ROW_SCALE".into(),
-            Op::NormSystem => "NORM_SYSTEM".into(),
-            Op::SpdSolve => "SPD_SOLVE".into(),
-            Op::GradSum => "GRAD_SUM".into(),
-            Op::HinvExplicit => "HINV_EXPLICIT".into(),
-            Op::ObsSaliency { .. } => "OBS_SALIENCY".into(),
-            Op::TaylorSaliency { .. } => "TAYLOR_SALIENCY".into(),
-            Op::StructuredUpdate { .. } => "STRUCTURED_UPDATE".into(),
-            Op::Compact { .. } => "COMPACT".into(),
-            Op::Linear => "LINEAR".into(),
-            Op::RmsNorm => "RMS_NORM".into(),
-            Op::Rope { .. } => "ROPE".into(),
-            Op::Attention { .. } => "ATTENTION".into(),
-            Op::SiluMul => "SILU_MUL".into(),
-            Op::ResidualAdd => "RESIDUAL_ADD".into(),
-            Op::Embed => "EMBED".into(),
-            Op::LmHead { .. } => "LM_HEAD".into(),
+            op => unreachable!("{op:?} is named by its family"),
         }
     }
 
     /// The canonical string, e.g. `PRUNE_WANDA(pattern=2:4,rows=4096,cols=11008)`: the filter
     /// and the key of results.
     pub fn name(&self) -> String {
-        let (r, c, t, b) = (self.rows, self.cols, self.tokens, self.batch);
-        let params = match self.op {
-            Op::ActStat | Op::Hessian => format!("cols={c},tokens={t},batch={b}"),
-            Op::GradFused(_) | Op::GradSum => format!("rows={r},cols={c},tokens={t}"),
+        let params = match self.op.family() {
+            Family::Stats => stats::params(self),
+            Family::Refit => refit::params(self),
+            Family::Structured => structured::params(self),
+            Family::Forward => forward::params(self),
+            _ => self.params_by_op(),
+        };
+        format!("{}({params})", self.op_name())
+    }
+
+    fn params_by_op(&self) -> String {
+        let (r, c) = (self.rows, self.cols);
+        match self.op {
             Op::Mask(p) | Op::Prune(_, p) => format!("pattern={},rows={r},cols={c}", p.label()),
             Op::HinvFactor => format!("cols={c}"),
             Op::Obs(k) => {
@@ -383,58 +344,27 @@ impl OpCase {
                 };
                 format!("format={}{how},n={n},rows={r},cols={c}", format.name())
             }
-            Op::LoraGrad(_, rank) | Op::LoraMerge(_, rank) => {
-                format!("rank={rank},rows={r},cols={c}")
-            }
-            Op::SpdSolve | Op::HinvExplicit => format!("cols={c}"),
-            Op::ObsSaliency { width } => format!("width={width},rows={r},cols={c}"),
-            Op::TaylorSaliency { kind, axis, width } => format!(
-                "kind={},axis={},width={width},rows={r},cols={c}",
-                kind.name(),
-                axis_name(axis)
-            ),
-            Op::StructuredUpdate { width, removed } => {
-                format!("width={width},removed={removed},rows={r},cols={c}")
-            }
-            Op::Compact { rows, cols, width } => format!(
-                "kept_rows={},kept_cols={},width={width},rows={r},cols={c}",
-                kept_label(rows),
-                kept_label(cols)
-            ),
-            Op::Linear => format!("n={t},rows={r},cols={c}"),
-            Op::RmsNorm | Op::SiluMul | Op::ResidualAdd => format!("n={t},cols={c}"),
-            Op::Rope {
-                heads,
-                head_dim,
-                seq,
-                theta,
-            } => format!("heads={heads},head_dim={head_dim},seq={seq},theta={theta},n={t}"),
-            Op::Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                seq,
-            } => format!("heads={heads},kv_heads={kv_heads},head_dim={head_dim},seq={seq},n={t}"),
-            Op::Embed => format!("n={t},vocab={r},cols={c}"),
-            Op::LmHead { chunk } => format!("chunk={chunk},n={t},vocab={r},cols={c}"),
             _ => format!("rows={r},cols={c}"),
-        };
-        format!("{}({params})", self.op_name())
+        }
     }
 
     /// Bytes a device must move at the least (f32 tensors, 1-bit masks): each input read once,
     /// each output written once.
     pub fn bytes(&self) -> u64 {
+        match self.op.family() {
+            Family::Stats => stats::bytes(self),
+            Family::Refit => refit::bytes(self),
+            Family::Structured => structured::bytes(self),
+            Family::Forward => forward::bytes(self),
+            _ => self.bytes_by_op(),
+        }
+    }
+
+    fn bytes_by_op(&self) -> u64 {
         let (r, c) = (self.rows as u64, self.cols as u64);
-        let n = self.tokens as u64;
-        let x = (self.tokens * self.batch) as u64 * c;
         let mask = r * c.div_ceil(32) * 4;
         let f = 4u64;
         match self.op {
-            Op::ActStat => f * (x + 2 * c),
-            Op::Hessian => f * (x + 2 * c * c),
-            Op::GradAccumulate(_) => f * 3 * r * c,
-            Op::GradFused(_) => f * (self.tokens as u64 * (r + c) + 2 * r * c),
             Op::Score(ScoreKind::Magnitude) => f * 2 * r * c,
             Op::Score(ScoreKind::Wanda) => f * (2 * r * c + c),
             Op::Score(ScoreKind::Gblm) => f * (3 * r * c + c),
@@ -460,69 +390,7 @@ impl OpCase {
                 let kept = self.kept().unwrap_or(sr * sc);
                 packed_bytes(format.storage(), sr, sc, kept) + f * (n * (sr + sc)) as u64
             }
-            Op::RefitBase => f * (4 * r * c + c * c),
-            // W_p or the mask, Δ, ΔH, H, B, A in; ∂B, ∂A out (Ḡ stays in the kernel's tiles or
-            // makes one round trip, which the model does not count).
-            Op::LoraGrad(_, k) => {
-                let k = k as u64;
-                f * (3 * r * c + c * c + 2 * k * (r + c)) + mask
-            }
-            Op::AdamW => f * 7 * r * c,
-            Op::LoraMerge(_, k) => f * (2 * r * c + k as u64 * (r + c)) + mask,
-            Op::RowScale => f * (3 * r * c + c * c + r),
-            Op::NormSystem => f * (4 * r * c + 2 * c * c + c),
-            Op::SpdSolve => f * (c * c + 2 * c),
-            Op::GradSum => f * (self.tokens as u64 * (r + c) + 2 * r * c),
-            Op::HinvExplicit => f * 2 * c * c,
-            // W, each group's diagonal block of Hinv (c/width blocks of width²), the scores.
-            Op::ObsSaliency { width } => {
-                let k = width as u64;
-                f * (r * c + c * k + c / k)
-            }
-            Op::TaylorSaliency { kind, axis, width } => {
-                let stats = kind.needs_mean_grad() as u64 + kind.needs_fisher() as u64;
-                let along = match axis {
-                    SegmentAxis::Rows => r,
-                    SegmentAxis::Cols => c,
-                };
-                f * ((1 + stats) * r * c + along / width as u64)
-            }
-            // W and Hinv read and written in place.
-            Op::StructuredUpdate { .. } => f * (2 * r * c + 2 * c * c),
-            // The kept entries read and written, the index lists read.
-            Op::Compact { rows, cols, .. } => {
-                let (kr, kc) = (rows.map_or(r, |k| k as u64), cols.map_or(c, |k| k as u64));
-                f * 2 * kr * kc + 4 * (rows.map_or(0, |k| k as u64) + cols.map_or(0, |k| k as u64))
-            }
-            // X and W read, Y written.
-            Op::Linear => f * (n * c + r * c + n * r),
-            // X read, Y written, γ read.
-            Op::RmsNorm => f * (2 * n * c + c),
-            // X read and written in place, the cos and sin tables (seq x e/2 each) read.
-            Op::Rope {
-                heads,
-                head_dim,
-                seq,
-                ..
-            } => f * (2 * n * (heads * head_dim) as u64 + (seq * head_dim) as u64),
-            // Q read and the output written, K and V read once (a flash kernel streams them
-            // through on-chip memory; the scores never reach device memory).
-            Op::Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                ..
-            } => f * 2 * n * ((heads + kv_heads) * head_dim) as u64,
-            // Gate and up read, the product written; x and y read, x written.
-            Op::SiluMul | Op::ResidualAdd => f * 3 * n * c,
-            // The gathered rows read and written, the ids read.
-            Op::Embed => f * (2 * n * c + n),
-            // W read once over its chunks; each chunk's call reads h and the targets and reads
-            // and writes the [N, 3] state.
-            Op::LmHead { chunk } => {
-                let calls = self.rows.div_ceil(chunk.max(1)) as u64;
-                f * (r * c + calls * (n * c + n + 2 * 3 * n))
-            }
+            op => unreachable!("{op:?} is modelled by its family"),
         }
     }
 
@@ -569,14 +437,18 @@ impl OpCase {
 
     /// Floating-point operations of the math as ALGORITHMS.md counts them.
     pub fn flops(&self) -> u64 {
+        match self.op.family() {
+            Family::Stats => stats::flops(self),
+            Family::Refit => refit::flops(self),
+            Family::Structured => structured::flops(self),
+            Family::Forward => forward::flops(self),
+            _ => self.flops_by_op(),
+        }
+    }
+
+    fn flops_by_op(&self) -> u64 {
         let (r, c) = (self.rows as u64, self.cols as u64);
-        let n = self.tokens as u64;
-        let tokens = (self.tokens * self.batch) as u64;
         match self.op {
-            Op::ActStat => 2 * tokens * c,
-            Op::Hessian => 2 * tokens * c * c,
-            Op::GradAccumulate(_) => 3 * r * c,
-            Op::GradFused(_) => 2 * r * c * self.tokens as u64 + 3 * r * c,
             Op::Score(ScoreKind::Magnitude) | Op::Mask(_) | Op::ApplyMask => 0,
             Op::Score(ScoreKind::Wanda) | Op::Prune(ScoreKind::Wanda, _) => r * c,
             Op::Score(ScoreKind::Gblm) | Op::Prune(ScoreKind::Gblm, _) => 3 * r * c,
@@ -592,107 +464,28 @@ impl OpCase {
                 let (sr, sc) = format.stored_shape(self.rows, self.cols);
                 2 * n as u64 * self.kept().unwrap_or(sr * sc) as u64
             }
-            Op::RefitBase => 2 * r * c * c,
-            // B·A, D·H, ∂B and ∂A.
-            Op::LoraGrad(_, k) => 2 * r * c * c + 6 * k as u64 * r * c,
-            Op::AdamW => 12 * r * c,
-            Op::LoraMerge(_, k) => 2 * k as u64 * r * c,
-            Op::RowScale => 2 * r * c * c + 4 * r * c,
-            // Two linears: ŴᵀŴ (a SYRK, half a GEMM) and (W − Ŵ)·H each.
-            Op::NormSystem => 2 * (r * c * c + 2 * r * c * c),
-            // Cholesky c³/3 and two triangular solves.
-            Op::SpdSolve => c * c * c / 3 + 2 * c * c,
-            // The product dYᵀX and the add.
-            Op::GradSum => 2 * r * c * self.tokens as u64 + r * c,
-            // Cholesky c³/3, triangular inverse c³/3, L⁻ᵀL⁻¹ c³/3.
-            Op::HinvExplicit => c * c * c,
-            // Per group S of k columns: the Cholesky of Hinv[S,S] k³/3, Q = W[:,S]·L⁻ᵀ as a
-            // triangular solve r·k², ½‖Q‖² 2·r·k; c/k groups.
-            Op::ObsSaliency { width } => {
-                let k = width as u64;
-                c * k * k / 3 + r * c * k + 2 * r * c
-            }
-            // Per entry: Ḡ = scale·sum, W·Ḡ, the add (taylor1); F = scale·acc, W·F·W, the add
-            // (taylor2); both, ½·, the difference and the add (taylor_mix).
-            Op::TaylorSaliency { kind, .. } => {
-                let per = match kind {
-                    TaylorKind::Taylor1 => 3,
-                    TaylorKind::Taylor2 => 4,
-                    TaylorKind::TaylorMix => 8,
-                };
-                per * r * c
-            }
-            // k = |S|: the Cholesky of Hinv[S,S] k³/3, Y = L⁻¹·Hinv[S,:] k²·c, Q = W[:,S]·L⁻ᵀ
-            // r·k², ε = ½‖Q‖² 2·r·k, W −= Q·Y 2·r·k·c, Hinv −= YᵀY a SYRK c²·k.
-            Op::StructuredUpdate { width, removed } => {
-                let k = (width * removed) as u64;
-                k * k * k / 3 + k * k * c + r * k * k + 2 * r * k + 2 * r * k * c + c * c * k
-            }
-            Op::Compact { .. } => 0,
-            Op::Linear => 2 * n * r * c,
-            // Per entry a square and an add for the mean, then the two multiplies by 1/rms
-            // and γ (the per-row root and division not counted).
-            Op::RmsNorm => 4 * n * c,
-            // Per rotated pair four multiplies and two adds: three per entry.
-            Op::Rope {
-                heads, head_dim, ..
-            } => 3 * n * (heads * head_dim) as u64,
-            // Causal, per window of seq rows: the query at position p scores p + 1 keys (q·k,
-            // 2e) and sums as many rows of V (2e), so a window costs
-            // 4e·Σ_{p<seq}(p + 1) = 4e·seq(seq + 1)/2 per head, and N = windows·seq rows cost
-            // 4·N·(seq + 1)/2·heads·e = 2·N·(seq + 1)·heads·e. The softmax's max, exp and sum
-            // (a few per score) are not counted, as in FLOP counts of attention generally.
-            Op::Attention {
-                heads,
-                head_dim,
-                seq,
-                ..
-            } => 2 * n * (seq as u64 + 1) * (heads * head_dim) as u64,
-            // silu(g)·u = g / (1 + e^−g) · u: the exp (counted as one), add, divide, multiply.
-            Op::SiluMul => 4 * n * c,
-            Op::ResidualAdd => n * c,
-            Op::Embed => 0,
-            // The logits h·Wᵀ over the whole vocabulary, then per logit the running max, the
-            // subtraction, the exp (counted as one) and the sum.
-            Op::LmHead { .. } => 2 * n * c * r + 4 * n * r,
+            op => unreachable!("{op:?} is modelled by its family"),
         }
     }
 
     /// Whether the op's cost is dominated by arithmetic (scored against the FMA peak) rather
     /// than memory traffic (scored against bandwidth).
     pub fn compute_bound(&self) -> bool {
+        match self.op.family() {
+            Family::Stats => stats::compute_bound(self),
+            Family::Refit => refit::compute_bound(self),
+            Family::Structured => structured::compute_bound(self),
+            Family::Forward => forward::compute_bound(self),
+            _ => self.compute_bound_by_op(),
+        }
+    }
+
+    fn compute_bound_by_op(&self) -> bool {
         match self.op {
             // From 64 tokens a dense f16 product does 64 flops per weight byte: past the
             // balance point of current GPUs' f32 units.
             Op::Matmul { n, .. } => n >= 64,
-            // About k/4 flops per byte for groups of k columns (the triangular solve against
-            // W's k columns dominates): from k = 64, 16 per byte, past the f32 balance.
-            Op::ObsSaliency { width } => width >= 64,
-            // Between k/8 and k/4 flops per byte for k removed columns (the two GEMMs against
-            // W and Hinv, both read and written): from k = 128.
-            Op::StructuredUpdate { width, removed } => width * removed >= 128,
-            // About N/2 flops per byte for N rows of X against an f32 weight (the weight's
-            // bytes dominate), so past the f32 balance from 64 rows as the product cases; the
-            // LM head the same, N/2 over (1 + N/chunk).
-            Op::Linear | Op::LmHead { .. } => self.tokens >= 64,
-            // (seq + 1)·heads / (4·(heads + kv_heads)) flops per byte, at least (seq + 1)/8:
-            // 16 from seq = 128.
-            Op::Attention { seq, .. } => seq >= 128,
-            op => matches!(
-                op,
-                Op::Hessian
-                    | Op::GradFused(_)
-                    | Op::HinvFactor
-                    | Op::Obs(_)
-                    | Op::ReconError
-                    | Op::RefitBase
-                    | Op::LoraGrad(..)
-                    | Op::RowScale
-                    | Op::NormSystem
-                    | Op::SpdSolve
-                    | Op::GradSum
-                    | Op::HinvExplicit
-            ),
+            op => matches!(op, Op::HinvFactor | Op::Obs(_) | Op::ReconError),
         }
     }
 }
@@ -724,25 +517,16 @@ const NM48: MaskPattern = MaskPattern::NM { n: 4, m: 8 };
 /// Small odd shapes for correctness: a single row, sizes that are not multiples of any
 /// workgroup size, an OBS block that ends early, N:M with m = 4 and 8.
 pub fn small_cases() -> Vec<OpCase> {
-    use GradNorm::{L1, L2};
     use ScoreKind::{Gblm, Magnitude, Wanda};
-    let mut v = vec![
-        OpCase::new(Op::ActStat, 1, 37).tokens(7, 3),
-        OpCase::new(Op::ActStat, 1, 300).tokens(33, 2),
-        OpCase::new(Op::Hessian, 1, 37).tokens(7, 3),
-        OpCase::new(Op::Hessian, 1, 130).tokens(65, 1),
-        OpCase::new(Op::GradAccumulate(L2), 1, 37),
-        OpCase::new(Op::GradAccumulate(L1), 13, 300),
-        OpCase::new(Op::GradFused(L2), 13, 37).tokens(7, 1),
-        OpCase::new(Op::GradFused(L1), 1, 130).tokens(65, 1),
-        OpCase::new(Op::GradFused(L2), 67, 129).tokens(33, 1),
+    let mut v = stats::small_stats_cases();
+    v.extend([
         OpCase::new(Op::ApplyMask, 13, 300),
         OpCase::new(Op::HinvFactor, 1, 37).tokens(80, 1),
         OpCase::new(Op::HinvFactor, 1, 200).tokens(300, 1),
         // Past 256 columns: a GPU factor's second outer block.
         OpCase::new(Op::HinvFactor, 1, 300).tokens(400, 1),
         OpCase::new(Op::ReconError, 13, 200).tokens(300, 1),
-    ];
+    ]);
     for k in [Magnitude, Wanda, Gblm] {
         v.push(OpCase::new(Op::Score(k), 1, 37));
         v.push(OpCase::new(Op::Score(k), 13, 300));
@@ -785,114 +569,10 @@ pub fn small_cases() -> Vec<OpCase> {
             .block(256),
     );
     v.extend(small_sparse_cases());
-    v.extend(small_refit_cases());
-    v.extend(small_structured_cases());
-    v.extend(small_forward_cases());
+    v.extend(refit::small_refit_cases());
+    v.extend(structured::small_structured_cases());
+    v.extend(forward::small_forward_cases());
     v
-}
-
-/// The re-fit ops on odd shapes: a single row, widths that are not a multiple of any tile, a
-/// rank above a tile's width, rank 1.
-pub fn small_refit_cases() -> Vec<OpCase> {
-    let mut v = vec![
-        OpCase::new(Op::RefitBase, 13, 200).tokens(300, 1),
-        OpCase::new(Op::RefitBase, 1, 37).tokens(80, 1),
-        OpCase::new(Op::AdamW, 13, 37),
-        OpCase::new(Op::AdamW, 1, 300),
-        OpCase::new(Op::RowScale, 13, 200).tokens(300, 1),
-        OpCase::new(Op::RowScale, 1, 37).tokens(80, 1),
-        OpCase::new(Op::NormSystem, 13, 200).tokens(300, 1),
-        OpCase::new(Op::NormSystem, 1, 37).tokens(80, 1),
-        OpCase::new(Op::SpdSolve, 1, 37).tokens(80, 1),
-        OpCase::new(Op::SpdSolve, 1, 300).tokens(400, 1),
-    ];
-    for form in [LoraForm::Mask, LoraForm::Scale] {
-        for (rank, rows, cols) in [(4, 13, 200), (1, 1, 37), (17, 37, 130)] {
-            v.push(OpCase::new(Op::LoraGrad(form, rank), rows, cols).tokens(300, 1));
-            v.push(OpCase::new(Op::LoraMerge(form, rank), rows, cols));
-        }
-    }
-    v
-}
-
-/// The re-fit ops on a model's linear shapes at PERP's rank 16.
-pub fn refit_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
-    let mut v = Vec::new();
-    let mut input_cols: Vec<usize> = shapes.iter().map(|s| s.1).collect();
-    input_cols.sort_unstable();
-    input_cols.dedup();
-    for &c in &input_cols {
-        v.push(OpCase::new(Op::SpdSolve, 1, c).tokens(tokens, 1));
-    }
-    for &(r, c) in shapes {
-        v.push(OpCase::new(Op::RefitBase, r, c).tokens(tokens, 1));
-        v.push(OpCase::new(Op::AdamW, r, 16));
-        v.push(OpCase::new(Op::AdamW, 16, c));
-        v.push(OpCase::new(Op::RowScale, r, c).tokens(tokens, 1));
-        v.push(OpCase::new(Op::NormSystem, r, c).tokens(tokens, 1));
-        for form in [LoraForm::Mask, LoraForm::Scale] {
-            v.push(OpCase::new(Op::LoraGrad(form, 16), r, c).tokens(tokens, 1));
-            v.push(OpCase::new(Op::LoraMerge(form, 16), r, c));
-        }
-    }
-    // Shapes with the same rows share their AdamW case over B.
-    let mut seen = std::collections::BTreeSet::new();
-    v.retain(|c| seen.insert(c.name()));
-    v
-}
-
-fn obs_saliency(width: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(Op::ObsSaliency { width }, rows, cols).tokens(cols + 100, 1)
-}
-
-fn taylor(kind: TaylorKind, axis: SegmentAxis, width: usize, r: usize, c: usize) -> OpCase {
-    OpCase::new(Op::TaylorSaliency { kind, axis, width }, r, c)
-}
-
-fn structured_update(width: usize, removed: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(Op::StructuredUpdate { width, removed }, rows, cols).tokens(cols + 100, 1)
-}
-
-fn compact(kept: (Option<usize>, Option<usize>), width: usize, r: usize, c: usize) -> OpCase {
-    let (rows, cols) = kept;
-    OpCase::new(Op::Compact { rows, cols, width }, r, c)
-}
-
-/// The structured ops of §11 on odd shapes: a single row, widths that are not multiples of any
-/// workgroup (37, 130, 300), three KV groups (72 columns of width 24), single channels (width
-/// 1), removed sets spread over several groups, every Taylor kind on both axes. Hessians from
-/// more tokens than columns, so that Hinv is well conditioned before the damping.
-pub fn small_structured_cases() -> Vec<OpCase> {
-    use SegmentAxis::{Cols, Rows};
-    use TaylorKind::{Taylor1, Taylor2, TaylorMix};
-    vec![
-        OpCase::new(Op::GradSum, 13, 37).tokens(7, 1),
-        OpCase::new(Op::GradSum, 1, 130).tokens(65, 1),
-        OpCase::new(Op::GradSum, 67, 300).tokens(33, 1),
-        OpCase::new(Op::HinvExplicit, 1, 37).tokens(80, 1),
-        OpCase::new(Op::HinvExplicit, 1, 130).tokens(230, 1),
-        OpCase::new(Op::HinvExplicit, 1, 300).tokens(400, 1),
-        obs_saliency(1, 13, 37),
-        obs_saliency(24, 13, 72),
-        obs_saliency(13, 1, 130),
-        obs_saliency(60, 37, 300),
-        taylor(Taylor1, Rows, 1, 13, 37),
-        taylor(Taylor1, Cols, 24, 13, 72),
-        taylor(Taylor2, Rows, 13, 39, 37),
-        taylor(Taylor2, Cols, 1, 1, 300),
-        taylor(TaylorMix, Rows, 24, 72, 130),
-        taylor(TaylorMix, Cols, 37, 13, 37),
-        taylor(TaylorMix, Rows, 1, 1, 37),
-        // One KV group of three; five single channels; one row; four groups of twenty.
-        structured_update(24, 1, 13, 72),
-        structured_update(1, 5, 13, 37),
-        structured_update(13, 3, 1, 130),
-        structured_update(20, 4, 37, 300),
-        compact((Some(5), None), 1, 13, 37),
-        compact((None, Some(20)), 1, 13, 37),
-        compact((None, Some(130)), 10, 1, 300),
-        compact((Some(48), Some(24)), 24, 72, 72),
-    ]
 }
 
 /// The sizes of one decoder layer that §11's groups are cut from: d = `hidden`, F =
@@ -904,208 +584,6 @@ pub struct LayerDims {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-}
-
-/// Greedy rounds of §11's `obs` compensation by default.
-const STRUCTURED_ROUNDS: usize = 8;
-
-/// The structured ops on one model's layer, at a 50% cut: the gradient sums and Taylor
-/// saliencies of every linear shape with its producer or consumer groups (heads of e rows or
-/// columns, single FFN channels), the explicit Hinv of both consumers' inputs, the OBS saliency
-/// of o's KV groups (e·r columns) and query heads (e) and of down's channels, the first of
-/// eight greedy rounds' updates on o and down, and compaction of each linear to its kept half.
-pub fn structured_cases(dims: &LayerDims, tokens: usize) -> Vec<OpCase> {
-    use SegmentAxis::{Cols, Rows};
-    use TaylorKind::{Taylor1, Taylor2, TaylorMix};
-    let LayerDims {
-        hidden: d,
-        intermediate: f,
-        heads,
-        kv_heads: g,
-        head_dim: e,
-    } = *dims;
-    let r = heads / g.max(1);
-    let (q, kv, o, up, down) = ((heads * e, d), (g * e, d), (d, heads * e), (f, d), (d, f));
-    let with_tokens = |c: OpCase| c.tokens(tokens, 1);
-    let mut v = Vec::new();
-    for (rows, cols) in [q, kv, o, up, down] {
-        v.push(with_tokens(OpCase::new(Op::GradSum, rows, cols)));
-    }
-    v.push(with_tokens(OpCase::new(Op::HinvExplicit, 1, o.1)));
-    v.push(with_tokens(OpCase::new(Op::HinvExplicit, 1, f)));
-    // The first greedy round removes ⌈(groups to remove) / rounds⌉ of half the groups. Each
-    // consumer's saliencies and update are listed together: they share the inverse.
-    let first_round = |groups: usize| (groups / 2).div_ceil(STRUCTURED_ROUNDS).max(1);
-    for width in [e * r, e] {
-        v.push(with_tokens(OpCase::new(
-            Op::ObsSaliency { width },
-            o.0,
-            o.1,
-        )));
-    }
-    v.push(with_tokens(OpCase::new(
-        Op::StructuredUpdate {
-            width: e * r,
-            removed: first_round(g),
-        },
-        o.0,
-        o.1,
-    )));
-    v.push(with_tokens(OpCase::new(
-        Op::ObsSaliency { width: 1 },
-        down.0,
-        down.1,
-    )));
-    v.push(with_tokens(OpCase::new(
-        Op::StructuredUpdate {
-            width: 1,
-            removed: first_round(f),
-        },
-        down.0,
-        down.1,
-    )));
-    v.extend([
-        taylor(TaylorMix, Rows, e, q.0, q.1),
-        taylor(TaylorMix, Rows, e, kv.0, kv.1),
-        taylor(TaylorMix, Cols, e, o.0, o.1),
-        taylor(TaylorMix, Rows, 1, up.0, up.1),
-        taylor(TaylorMix, Cols, 1, down.0, down.1),
-        taylor(Taylor1, Cols, e, o.0, o.1),
-        taylor(Taylor2, Rows, 1, up.0, up.1),
-    ]);
-    // Half the KV groups kept (their q rows, k/v rows and o columns), half the FFN channels.
-    let half = |n: usize, width: usize| Some((n / width / 2).max(1) * width);
-    v.extend([
-        compact((half(q.0, e * r), None), e * r, q.0, q.1),
-        compact((half(kv.0, e), None), e, kv.0, kv.1),
-        compact((None, half(o.1, e * r)), e * r, o.0, o.1),
-        compact((half(up.0, 1), None), 1, up.0, up.1),
-        compact((None, half(down.1, 1)), 1, down.0, down.1),
-    ]);
-    let mut seen = std::collections::BTreeSet::new();
-    v.retain(|c| seen.insert(c.name()));
-    v
-}
-
-fn forward(op: Op, n: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(op, rows, cols).tokens(n, 1)
-}
-
-/// RoPE on `windows` stacked windows of `seq` rows of `heads` heads of `head_dim`.
-fn rope(heads: usize, head_dim: usize, seq: usize, windows: usize, theta: f64) -> OpCase {
-    let op = Op::Rope {
-        heads,
-        head_dim,
-        seq,
-        theta,
-    };
-    forward(op, windows * seq, 1, heads * head_dim)
-}
-
-/// Causal attention on `windows` stacked windows of `seq` rows; `cols` is Q's width.
-fn attention(
-    (heads, kv_heads, head_dim): (usize, usize, usize),
-    seq: usize,
-    windows: usize,
-) -> OpCase {
-    let op = Op::Attention {
-        heads,
-        kv_heads,
-        head_dim,
-        seq,
-    };
-    forward(op, windows * seq, 1, heads * head_dim)
-}
-
-fn lm_head(n: usize, vocab: usize, d: usize, chunk: usize) -> OpCase {
-    forward(Op::LmHead { chunk }, n, vocab, d)
-}
-
-/// The forward ops of §14 on odd shapes: one row, widths that are not multiples of 64 (37,
-/// 130, 300), X past a 64-row tile, seq not a multiple of 16 (13, 37, 70), seq = 1 (every
-/// position 0, attention returns V), three windows stacked, GQA with 6 heads over 3 KV heads of
-/// 16, MQA, e = 128 once, a table with repeated ids, and LM heads of three chunks with the last
-/// one short, of one chunk, and with rows without a target.
-pub fn small_forward_cases() -> Vec<OpCase> {
-    use Op::{Embed, Linear, ResidualAdd, RmsNorm, SiluMul};
-    let (llama, llama3) = (10_000.0, 500_000.0);
-    vec![
-        forward(Linear, 1, 13, 37),
-        forward(Linear, 3, 13, 300),
-        forward(Linear, 17, 1, 300),
-        forward(Linear, 67, 130, 129),
-        forward(RmsNorm, 1, 1, 37),
-        forward(RmsNorm, 13, 1, 300),
-        forward(RmsNorm, 3, 1, 4100),
-        rope(6, 16, 13, 3, llama),
-        rope(3, 16, 1, 4, llama),
-        rope(1, 128, 37, 1, llama3),
-        rope(2, 32, 70, 2, llama3),
-        attention((6, 3, 16), 13, 3),
-        attention((6, 3, 16), 1, 4),
-        attention((1, 1, 16), 1, 1),
-        attention((4, 1, 32), 37, 1),
-        attention((2, 2, 128), 70, 2),
-        forward(SiluMul, 1, 1, 37),
-        forward(SiluMul, 13, 1, 300),
-        forward(SiluMul, 3, 1, 1000),
-        forward(ResidualAdd, 1, 1, 37),
-        forward(ResidualAdd, 13, 1, 300),
-        forward(Embed, 13, 50, 37),
-        forward(Embed, 1, 1000, 300),
-        forward(Embed, 40, 7, 130),
-        lm_head(13, 300, 37, 128),
-        lm_head(5, 77, 300, 32),
-        lm_head(1, 1000, 130, 1000),
-        lm_head(67, 250, 64, 100),
-    ]
-}
-
-/// The sizes of a model's forward pass beyond one layer's: the vocabulary (embedding table
-/// and LM head) and the RoPE base.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ForwardDims {
-    pub layer: LayerDims,
-    pub vocab: usize,
-    pub rope_theta: f64,
-}
-
-/// The forward ops of one model's pass over one window of `seq` tokens (N = seq): the linear
-/// of every distinct weight shape of the layer, RMSNorm of the hidden state, RoPE on the
-/// queries and keys, causal attention, the SiLU-gate product, the residual add, the embedding
-/// gather and the LM head over the whole vocabulary in chunks of [`lm_head_chunk_rows`].
-pub fn forward_cases(dims: &ForwardDims, seq: usize) -> Vec<OpCase> {
-    use Op::{Embed, Linear, ResidualAdd, RmsNorm, SiluMul};
-    let ForwardDims {
-        layer:
-            LayerDims {
-                hidden: d,
-                intermediate: f,
-                heads,
-                kv_heads: g,
-                head_dim: e,
-            },
-        vocab,
-        rope_theta,
-    } = *dims;
-    let n = seq;
-    let mut v: Vec<OpCase> = [(heads * e, d), (g * e, d), (d, heads * e), (f, d), (d, f)]
-        .into_iter()
-        .map(|(rows, cols)| forward(Linear, n, rows, cols))
-        .collect();
-    v.extend([
-        forward(RmsNorm, n, 1, d),
-        rope(heads, e, seq, 1, rope_theta),
-        rope(g, e, seq, 1, rope_theta),
-        attention((heads, g, e), seq, 1),
-        forward(SiluMul, n, 1, f),
-        forward(ResidualAdd, n, 1, d),
-        forward(Embed, n, vocab, d),
-        lm_head(n, vocab, d, lm_head_chunk_rows(d)),
-    ]);
-    let mut seen = std::collections::BTreeSet::new();
-    v.retain(|c| seen.insert(c.name()));
-    v
 }
 
 /// The compressed formats on odd shapes: columns that are not a multiple of a kernel unit,
@@ -1238,7 +716,7 @@ pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
         ));
     }
     v.extend(matmul_cases(shapes));
-    v.extend(refit_cases(shapes, tokens));
+    v.extend(refit::refit_cases(shapes, tokens));
     v
 }
 
@@ -1256,259 +734,6 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "duplicate case names");
-    }
-
-    const LLAMA_7B: LayerDims = LayerDims {
-        hidden: 4096,
-        intermediate: 11008,
-        heads: 32,
-        kv_heads: 32,
-        head_dim: 128,
-    };
-    const LLAMA3_8B: LayerDims = LayerDims {
-        hidden: 4096,
-        intermediate: 14336,
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-    };
-    const LLAMA2_70B: LayerDims = LayerDims {
-        hidden: 8192,
-        intermediate: 28672,
-        heads: 64,
-        kv_heads: 8,
-        head_dim: 128,
-    };
-
-    #[test]
-    fn structured_cases_cut_the_layer_into_its_groups() {
-        let names = |d: &LayerDims| -> Vec<String> {
-            structured_cases(d, 128).iter().map(|c| c.name()).collect()
-        };
-        let gqa = names(&LLAMA3_8B);
-        for want in [
-            // o's KV groups (e·r = 4·128 columns) and query heads; down's channels.
-            "OBS_SALIENCY(width=512,rows=4096,cols=4096)",
-            "OBS_SALIENCY(width=128,rows=4096,cols=4096)",
-            "OBS_SALIENCY(width=1,rows=4096,cols=14336)",
-            // The first of 8 rounds at 50%: 1 of 8 KV groups, ⌈7168/8⌉ channels.
-            "STRUCTURED_UPDATE(width=512,removed=1,rows=4096,cols=4096)",
-            "STRUCTURED_UPDATE(width=1,removed=896,rows=4096,cols=14336)",
-            "TAYLOR_SALIENCY(kind=taylor_mix,axis=rows,width=128,rows=1024,cols=4096)",
-            "TAYLOR_SALIENCY(kind=taylor_mix,axis=cols,width=1,rows=4096,cols=14336)",
-            "COMPACT(kept_rows=2048,kept_cols=all,width=512,rows=4096,cols=4096)",
-            "COMPACT(kept_rows=512,kept_cols=all,width=128,rows=1024,cols=4096)",
-            "COMPACT(kept_rows=all,kept_cols=7168,width=1,rows=4096,cols=14336)",
-            "GRAD_SUM(rows=1024,cols=4096,tokens=128)",
-            "HINV_EXPLICIT(cols=14336)",
-        ] {
-            assert!(
-                gqa.contains(&want.to_string()),
-                "{want} missing from {gqa:#?}"
-            );
-        }
-        // Multi-head attention: a KV group is one head, so the two o widths are one case.
-        let mha = names(&LLAMA_7B);
-        assert!(mha.contains(&"STRUCTURED_UPDATE(width=128,removed=2,rows=4096,cols=4096)".into()));
-        assert_eq!(
-            mha.iter().filter(|n| n.starts_with("OBS_SALIENCY")).count(),
-            2
-        );
-        assert!(names(&LLAMA2_70B)
-            .contains(&"OBS_SALIENCY(width=1024,rows=8192,cols=8192)".to_string()));
-        for d in [LLAMA_7B, LLAMA3_8B, LLAMA2_70B] {
-            let cases = structured_cases(&d, 128);
-            assert!(cases.len() <= 25, "{} structured cases", cases.len());
-            for c in &cases {
-                // Every group fits its axis, so no case is refused by the op's own checks.
-                let fits = match c.op {
-                    Op::ObsSaliency { width } => c.cols % width == 0,
-                    Op::TaylorSaliency { axis, width, .. } => match axis {
-                        SegmentAxis::Rows => c.rows % width == 0,
-                        SegmentAxis::Cols => c.cols % width == 0,
-                    },
-                    Op::StructuredUpdate { width, removed } => {
-                        c.cols % width == 0 && removed > 0 && removed < c.cols / width
-                    }
-                    Op::Compact { rows, cols, width } => [(rows, c.rows), (cols, c.cols)]
-                        .iter()
-                        .all(|&(k, n)| k.is_none_or(|k| k > 0 && k < n && k % width == 0)),
-                    Op::GradSum | Op::HinvExplicit => true,
-                    _ => false,
-                };
-                assert!(fits, "{}", c.name());
-            }
-        }
-    }
-
-    #[test]
-    fn structured_work_model() {
-        // Width 1: a third of a flop per 1x1 "Cholesky", then a pass over W and Hinv's
-        // diagonal.
-        let one = OpCase::new(Op::ObsSaliency { width: 1 }, 10, 20);
-        assert_eq!(one.flops(), 20 / 3 + 3 * 200);
-        assert_eq!(one.bytes(), 4 * (200 + 20 + 20));
-        assert!(!one.compute_bound());
-        let heads = OpCase::new(Op::ObsSaliency { width: 128 }, 4096, 4096);
-        assert!(heads.compute_bound());
-        // 2 groups of 3: k = 6 over 12 columns of 5 rows.
-        let u = OpCase::new(
-            Op::StructuredUpdate {
-                width: 3,
-                removed: 2,
-            },
-            5,
-            12,
-        );
-        assert_eq!(
-            u.flops(),
-            216 / 3 + 36 * 12 + 5 * 36 + 2 * 5 * 6 + 2 * 5 * 6 * 12 + 144 * 6
-        );
-        let c = OpCase::new(
-            Op::Compact {
-                rows: Some(4),
-                cols: None,
-                width: 2,
-            },
-            10,
-            20,
-        );
-        assert_eq!((c.flops(), c.bytes()), (0, 4 * 2 * 4 * 20 + 4 * 4));
-    }
-
-    #[test]
-    fn forward_cases_follow_the_model_and_fit_a_binding() {
-        let names = |d: &ForwardDims| -> Vec<String> {
-            forward_cases(d, 2048).iter().map(|c| c.name()).collect()
-        };
-        let llama3 = ForwardDims {
-            layer: LLAMA3_8B,
-            vocab: 128_256,
-            rope_theta: 500_000.0,
-        };
-        let gqa = names(&llama3);
-        for want in [
-            "LINEAR(n=2048,rows=4096,cols=4096)",
-            "LINEAR(n=2048,rows=1024,cols=4096)",
-            "LINEAR(n=2048,rows=14336,cols=4096)",
-            "LINEAR(n=2048,rows=4096,cols=14336)",
-            "RMS_NORM(n=2048,cols=4096)",
-            "ROPE(heads=32,head_dim=128,seq=2048,theta=500000,n=2048)",
-            "ROPE(heads=8,head_dim=128,seq=2048,theta=500000,n=2048)",
-            "ATTENTION(heads=32,kv_heads=8,head_dim=128,seq=2048,n=2048)",
-            "SILU_MUL(n=2048,cols=14336)",
-            "RESIDUAL_ADD(n=2048,cols=4096)",
-            "EMBED(n=2048,vocab=128256,cols=4096)",
-            "LM_HEAD(chunk=4096,n=2048,vocab=128256,cols=4096)",
-        ] {
-            assert!(
-                gqa.contains(&want.to_string()),
-                "{want} missing from {gqa:#?}"
-            );
-        }
-        // Multi-head attention: q and k have as many heads, one RoPE case.
-        let mha = names(&ForwardDims {
-            layer: LLAMA_7B,
-            vocab: 32_000,
-            rope_theta: 10_000.0,
-        });
-        assert_eq!(mha.iter().filter(|n| n.starts_with("ROPE")).count(), 1);
-        assert!(mha.contains(&"EMBED(n=2048,vocab=32000,cols=4096)".to_string()));
-        assert!(mha.contains(&"LM_HEAD(chunk=4096,n=2048,vocab=32000,cols=4096)".to_string()));
-        // At d = 8192 a chunk of 4096 rows would be 128 MiB, over what a binding holds.
-        assert_eq!(lm_head_chunk_rows(8192), 2048);
-        assert_eq!(lm_head_chunk_rows(256), 4096);
-        // Every LM-head chunk binds whole with room to spare, and at LLaMA-7B and LLaMA-3-8B
-        // sizes every activation of the 2048-token cases does too (up to 2048 x 14336 f32 =
-        // 112 MiB). The weights past 128 MiB (the FFN's, the embedding table) and LLaMA-2-70B's
-        // FFN activations do not: the backends window those.
-        const BINDING: u64 = 128 << 20;
-        for d in [LLAMA_7B, LLAMA3_8B, LLAMA2_70B] {
-            let dims = ForwardDims {
-                layer: d,
-                vocab: 128_256,
-                rope_theta: 10_000.0,
-            };
-            for c in forward_cases(&dims, 2048) {
-                let activation = 4 * (c.tokens * c.cols.max(c.rows)) as u64;
-                match c.op {
-                    Op::LmHead { chunk } => {
-                        assert!(4 * (chunk * c.cols) as u64 <= BINDING / 2, "{}", c.name());
-                    }
-                    Op::Embed => {}
-                    _ if d != LLAMA2_70B => assert!(activation < BINDING, "{}", c.name()),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn small_forward_cases_pass_the_shape_checks() {
-        let cases = small_forward_cases();
-        let mut short_last_chunk = 0;
-        for c in &cases {
-            match c.op {
-                Op::Rope {
-                    heads,
-                    head_dim,
-                    seq,
-                    ..
-                } => {
-                    let table = (seq, head_dim / 2);
-                    let got = crate::ops::check::rope((c.tokens, c.cols), table, table).unwrap();
-                    assert_eq!((got, heads * head_dim), ((seq, head_dim), c.cols));
-                }
-                Op::Attention {
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    seq,
-                } => {
-                    let kv = (c.tokens, kv_heads * head_dim);
-                    let q = (c.tokens, c.cols);
-                    let e = crate::ops::check::attention(q, kv, kv, heads, kv_heads, seq).unwrap();
-                    assert_eq!(e, head_dim);
-                }
-                Op::LmHead { chunk } if c.rows > chunk && c.rows % chunk != 0 => {
-                    short_last_chunk += 1;
-                }
-                _ => {}
-            }
-        }
-        assert!(short_last_chunk >= 2);
-        let names: Vec<String> = cases.iter().map(|c| c.name()).collect();
-        for want in [
-            "ATTENTION(heads=6,kv_heads=3,head_dim=16,seq=13,n=39)",
-            "ATTENTION(heads=6,kv_heads=3,head_dim=16,seq=1,n=4)",
-            "ATTENTION(heads=2,kv_heads=2,head_dim=128,seq=70,n=140)",
-            "LM_HEAD(chunk=128,n=13,vocab=300,cols=37)",
-            "LINEAR(n=1,rows=13,cols=37)",
-        ] {
-            assert!(names.contains(&want.to_string()), "{want}");
-        }
-    }
-
-    #[test]
-    fn forward_work_model() {
-        // Attention against the count it stands for: at position p a query scores p + 1 keys
-        // (2e each) and sums as many rows of V (2e each), per head.
-        let a = attention((6, 3, 16), 13, 3);
-        let per_window: u64 = (0..13u64).map(|p| 4 * 16 * (p + 1) * 6).sum();
-        assert_eq!(a.flops(), 3 * per_window);
-        assert_eq!(a.bytes(), 4 * 2 * 39 * (6 + 3) * 16);
-        assert!(!a.compute_bound());
-        assert!(attention((32, 8, 128), 2048, 1).compute_bound());
-        // Three chunk calls (128, 128, 44 rows), each reading h and the targets and reading and
-        // writing the state; W read once.
-        let h = lm_head(13, 300, 37, 128);
-        assert_eq!(h.bytes(), 4 * (300 * 37 + 3 * (13 * 37 + 13 + 6 * 13)));
-        assert_eq!(h.flops(), 2 * 13 * 37 * 300 + 4 * 13 * 300);
-        let l = forward(Op::Linear, 3, 13, 300);
-        assert_eq!(l.flops(), 2 * 3 * 13 * 300);
-        assert_eq!(l.bytes(), 4 * (3 * 300 + 13 * 300 + 3 * 13));
-        let e = forward(Op::Embed, 40, 7, 130);
-        assert_eq!((e.flops(), e.bytes()), (0, 4 * (2 * 40 * 130 + 40)));
     }
 
     #[test]

@@ -6,13 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::case::{ObsKind, Op, OpCase};
+use super::families::{forward, refit, stats, structured, Family};
 use super::inputs::{compress_input, CaseInputs};
 use super::run::CaseOutput;
 use crate::cpu::CpuBackend;
 use crate::formats;
-use crate::ops::{
-    nll_from_state, tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind,
-};
+use crate::ops::{tolerance as tol, Backend, MaskGroup, MaskPattern, Score, ScoreKind};
 use crate::tensor::{Mask, Matrix};
 
 /// One figure of a comparison.
@@ -28,7 +27,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(what: &str, metric: &str, error: f64, tolerance: f64) -> Self {
+    pub(super) fn new(what: &str, metric: &str, error: f64, tolerance: f64) -> Self {
         Self {
             what: what.into(),
             metric: metric.into(),
@@ -84,7 +83,11 @@ pub fn max_relative(want: &Matrix, got: &Matrix) -> f64 {
         })
 }
 
-fn elementwise_checks(what: &'static str, want: &CaseOutput, got: &CaseOutput) -> Vec<Check> {
+pub(super) fn elementwise_checks(
+    what: &'static str,
+    want: &CaseOutput,
+    got: &CaseOutput,
+) -> Vec<Check> {
     let e = match (want.value(what), got.value(what)) {
         (Some(a), Some(b)) => max_relative(a, b),
         _ => f64::INFINITY,
@@ -95,7 +98,7 @@ fn elementwise_checks(what: &'static str, want: &CaseOutput, got: &CaseOutput) -
     ]
 }
 
-fn relative(want: f64, got: f64) -> f64 {
+pub(super) fn relative(want: f64, got: f64) -> f64 {
     if want == got {
         0.0
     } else {
@@ -103,7 +106,12 @@ fn relative(want: f64, got: f64) -> f64 {
     }
 }
 
-fn value_check(what: &'static str, want: &CaseOutput, got: &CaseOutput, tolerance: f64) -> Check {
+pub(super) fn value_check(
+    what: &'static str,
+    want: &CaseOutput,
+    got: &CaseOutput,
+    tolerance: f64,
+) -> Check {
     let e = match (want.value(what), got.value(what)) {
         (Some(a), Some(b)) => nmse(a, b),
         _ => f64::INFINITY,
@@ -192,12 +200,23 @@ pub fn compare(
     want: &CaseOutput,
     got: &CaseOutput,
 ) -> Vec<Check> {
+    match case.op.family() {
+        Family::Stats => stats::compare(case, want, got),
+        Family::Refit => refit::compare(case, inputs, want, got),
+        Family::Structured => structured::compare(case, inputs, want, got),
+        Family::Forward => forward::compare(case, want, got),
+        _ => compare_by_op(case, inputs, want, got),
+    }
+}
+
+fn compare_by_op(
+    case: &OpCase,
+    inputs: &CaseInputs,
+    want: &CaseOutput,
+    got: &CaseOutput,
+) -> Vec<Check> {
     let missing_mask = || Check::new("mask", "mismatches", f64::INFINITY, 0.0);
     match case.op {
-        Op::ActStat => vec![value_check("act", want, got, tol::REDUCTION)],
-        Op::Hessian => vec![value_check("h", want, got, tol::REDUCTION)],
-        Op::GradAccumulate(_) => elementwise_checks("acc", want, got),
-        Op::GradFused(_) => vec![value_check("acc", want, got, tol::REDUCTION)],
         Op::Score(_) => elementwise_checks("scores", want, got),
         // Selection on identical f32 scores has one right answer.
         Op::Mask(_) => match (&want.mask, &got.mask) {
@@ -282,155 +301,17 @@ pub fn compare(
         },
         Op::Compress(..) => compress_checks(inputs, want, got),
         Op::Matmul { .. } => matmul_checks(inputs, want, got),
-        Op::RefitBase => vec![
-            value_check("delta", want, got, tol::ELEMENTWISE),
-            value_check("delta_h", want, got, tol::REFIT_GEMM),
-        ],
-        Op::LoraGrad(..) => vec![
-            value_check("db", want, got, tol::REFIT_GEMM),
-            value_check("da", want, got, tol::REFIT_GEMM),
-            Check::new(
-                "loss",
-                "relative",
-                match (want.loss, got.loss) {
-                    (Some(a), Some(b)) => relative(a, b),
-                    _ => f64::INFINITY,
-                },
-                tol::REFIT_REL,
-            ),
-        ],
-        Op::AdamW => ["param", "m", "v"]
-            .into_iter()
-            .map(|w| value_check(w, want, got, tol::ELEMENTWISE))
-            .collect(),
-        Op::LoraMerge(..) => {
-            let mask = inputs.mask.as_ref().expect("merge case has a mask");
-            // The mask survives bit for bit: no pruned entry written, no kept entry dropped.
-            let broken = got.value("w").map_or(f64::INFINITY, |w| {
-                (0..w.data.len())
-                    .filter(|&i| {
-                        let pruned = mask.get(i / w.cols, i % w.cols);
-                        (w.data[i] != 0.0) == pruned
-                    })
-                    .count() as f64
-            });
-            vec![
-                value_check("w", want, got, tol::ELEMENTWISE),
-                Check::new("mask kept", "mismatches", broken, 0.0),
-            ]
-        }
-        Op::RowScale => vec![
-            value_check("scales", want, got, tol::REFIT_GEMM),
-            value_check("w", want, got, tol::REFIT_GEMM),
-        ],
-        Op::NormSystem => vec![
-            value_check("m", want, got, tol::REFIT_GEMM),
-            value_check("rhs", want, got, tol::REFIT_GEMM),
-        ],
-        Op::SpdSolve => vec![value_check("x", want, got, tol::HINV_FACTOR)],
-        // The fused GEMM's plain-sum epilogue: the same f32 reduction as GRAD_FUSED's.
-        Op::GradSum => vec![value_check("acc", want, got, tol::REDUCTION)],
-        Op::HinvExplicit => vec![
-            value_check("hinv", want, got, tol::HINV_EXPLICIT),
-            dead_check(want, got),
-        ],
-        Op::ObsSaliency { .. } | Op::TaylorSaliency { .. } => vec![per_score_check(want, got)],
-        Op::StructuredUpdate { .. } => {
-            let removed = inputs
-                .index("removed")
-                .expect("an update case has removed columns");
-            vec![
-                value_check("w", want, got, tol::STRUCTURED_UPDATE),
-                value_check("hinv", want, got, tol::STRUCTURED_UPDATE),
-                Check::new(
-                    "loss",
-                    "relative",
-                    match (want.loss, got.loss) {
-                        (Some(a), Some(b)) => relative(a, b),
-                        _ => f64::INFINITY,
-                    },
-                    tol::SALIENCY_REL,
-                ),
-                Check::new(
-                    "zero where removed",
-                    "mismatches",
-                    removed_nonzeros(got, removed),
-                    0.0,
-                ),
-            ]
-        }
-        // A gather is exact (and a wrong shape is an infinite error).
-        Op::Compact { .. } => vec![value_check("w", want, got, 0.0)],
-        Op::Linear | Op::Attention { .. } => vec![value_check("y", want, got, tol::FORWARD_GEMM)],
-        Op::RmsNorm | Op::SiluMul => vec![value_check("y", want, got, tol::FORWARD_ELEMENTWISE)],
-        Op::Rope { .. } | Op::ResidualAdd => {
-            vec![value_check("x", want, got, tol::FORWARD_ELEMENTWISE)]
-        }
-        // A gather of f32 rows is exact.
-        Op::Embed => vec![value_check("y", want, got, 0.0)],
-        Op::LmHead { .. } => vec![nll_check(want, got)],
+        op => unreachable!("{op:?} is compared by its family"),
     }
 }
 
-/// The LM head's per-row loss m + ln s − z from both states: the largest |Δnll| / max(1, |nll|)
-/// over the rows (rows without a target included: their nll is the log-sum-exp alone).
-fn nll_check(want: &CaseOutput, got: &CaseOutput) -> Check {
-    let e = match (want.value("state"), got.value("state")) {
-        (Some(a), Some(b)) if a.shape() == b.shape() => nll_from_state(a)
-            .iter()
-            .zip(nll_from_state(b))
-            .map(|(&w, g)| (g - w).abs() / w.abs().max(1.0))
-            .fold(0.0, |m: f64, e| {
-                if e.is_nan() || m.is_nan() {
-                    f64::NAN
-                } else {
-                    m.max(e)
-                }
-            }),
-        _ => f64::INFINITY,
-    };
-    Check::new("nll", "max_relative", e, tol::NLL_REL)
-}
-
-fn dead_check(want: &CaseOutput, got: &CaseOutput) -> Check {
+pub(super) fn dead_check(want: &CaseOutput, got: &CaseOutput) -> Check {
     Check::new(
         "dead columns",
         "mismatches",
         if want.dead == got.dead { 0.0 } else { 1.0 },
         0.0,
     )
-}
-
-/// Saliencies rank groups against each other, so each score is held to its own relative
-/// error: a norm over all of them would hide a wrong small group among large ones.
-fn per_score_check(want: &CaseOutput, got: &CaseOutput) -> Check {
-    let e = match (want.value("scores"), got.value("scores")) {
-        (Some(a), Some(b)) => max_relative(a, b),
-        _ => f64::INFINITY,
-    };
-    Check::new("scores", "max_relative", e, tol::SALIENCY_REL)
-}
-
-/// Entries of W's removed columns and of Hinv's removed rows and columns that are not exactly
-/// 0 (the op promises exact zeros, not a rounding residue); a missing output counts as all.
-fn removed_nonzeros(got: &CaseOutput, removed: &[usize]) -> f64 {
-    let (Some(w), Some(hinv)) = (got.value("w"), got.value("hinv")) else {
-        return f64::INFINITY;
-    };
-    let n = hinv.cols;
-    if hinv.rows != n || w.cols != n || removed.iter().any(|&c| c >= n) {
-        return f64::INFINITY;
-    }
-    let in_w = (0..w.rows)
-        .flat_map(|r| removed.iter().map(move |&c| w.get(r, c)))
-        .filter(|&v| v != 0.0)
-        .count();
-    let in_hinv = removed
-        .iter()
-        .flat_map(|&i| (0..n).flat_map(move |j| [hinv.get(i, j), hinv.get(j, i)]))
-        .filter(|&v| v != 0.0)
-        .count();
-    (in_w + in_hinv) as f64
 }
 
 /// Compression is exact: the device buffers equal the reference's word for word, and the

@@ -5,17 +5,23 @@
 
 mod case;
 mod compare;
+mod families;
 mod inputs;
 mod run;
 
 pub use case::{
-    forward_cases, lm_head_chunk_rows, matmul_cases, model_cases, packed_bytes, refit_cases,
-    small_cases, small_forward_cases, small_refit_cases, small_sparse_cases,
-    small_structured_cases, structured_cases, CaseFormat, ForwardDims, LayerDims, MaskSource,
-    ObsKind, Op, OpCase, MATMUL_TOKENS, RMS_NORM_CASE_EPS, TAYLOR_CASE_SAMPLES,
+    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases, CaseFormat,
+    LayerDims, MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
 };
 pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
-pub use inputs::{rope_tables, CaseInputs};
+pub use families::forward::{
+    forward_cases, lm_head_chunk_rows, rope_tables, small_forward_cases, ForwardDims,
+    RMS_NORM_CASE_EPS,
+};
+pub use families::refit::{refit_cases, small_refit_cases};
+pub use families::structured::{small_structured_cases, structured_cases, TAYLOR_CASE_SAMPLES};
+pub use families::Family;
+pub use inputs::CaseInputs;
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};
 
 use serde::{Deserialize, Serialize};

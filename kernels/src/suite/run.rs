@@ -2,42 +2,24 @@
 //! `prepare` uploads the inputs, `execute` runs the op on the device (in place where the op
 //! is), `collect` downloads what the comparison needs.
 
-use super::case::{ObsKind, Op, OpCase, ADAMW_CASE_STEP, RMS_NORM_CASE_EPS, TAYLOR_CASE_SAMPLES};
+use super::case::{ObsKind, Op, OpCase};
+use super::families::{forward, refit, stats, structured, Family};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
-    AdamStep, Backend, GradNorm, HinvExplicit, HinvFactor, LoraForm, LoraGrad, LoraInputs,
-    MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, ScoreKind, SegmentAxis, TaylorInputs,
-    TaylorKind, GBLM_GRAD_SCALE,
+    Backend, HinvFactor, MaskPattern, ObsOutcome, ObsSelection, ReconError, Score, ScoreKind,
 };
 use crate::tensor::{Mask, Matrix};
 
 /// A case's device tensors, by op.
 pub enum Prepared<B: Backend> {
-    ActStat {
-        act: B::Tensor,
-        x: B::Tensor,
-        seen: usize,
-        batch: usize,
-    },
-    Hessian {
-        h: B::Tensor,
-        x: B::Tensor,
-        seen: usize,
-        batch: usize,
-    },
-    GradAccumulate {
-        acc: B::Tensor,
-        g: B::Tensor,
-        norm: GradNorm,
-    },
-    GradFused {
-        acc: B::Tensor,
-        dy: B::Tensor,
-        x: B::Tensor,
-        norm: GradNorm,
-    },
+    /// A statistics op's tensors.
+    Stats(stats::Prepared<B>),
+    /// A re-fit op's tensors.
+    Refit(refit::Prepared<B>),
+    /// A structured-pruning op's tensors.
+    Structured(structured::Prepared<B>),
     Score {
         w: B::Tensor,
         act: B::Tensor,
@@ -91,146 +73,8 @@ pub enum Prepared<B: Backend> {
         w: B::Packed,
         out: Option<B::Tensor>,
     },
-    RefitBase {
-        wp: B::Tensor,
-        w: B::Tensor,
-        h: B::Tensor,
-        out: Option<(B::Tensor, B::Tensor)>,
-    },
-    LoraGrad {
-        form: LoraForm,
-        wp: B::Tensor,
-        mask: B::Mask,
-        delta: B::Tensor,
-        delta_h: B::Tensor,
-        h: B::Tensor,
-        b: B::Tensor,
-        a: B::Tensor,
-        s: f64,
-        norm: f64,
-        out: Option<LoraGrad<B::Tensor>>,
-    },
-    AdamW {
-        param: B::Tensor,
-        grad: B::Tensor,
-        m: B::Tensor,
-        v: B::Tensor,
-    },
-    LoraMerge {
-        form: LoraForm,
-        wp: B::Tensor,
-        mask: B::Mask,
-        b: B::Tensor,
-        a: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    RowScale {
-        w_hat: B::Tensor,
-        w: B::Tensor,
-        h: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    NormSystem {
-        pairs: Vec<(B::Tensor, B::Tensor)>,
-        h: B::Tensor,
-        out: Option<(B::Tensor, B::Tensor)>,
-    },
-    SpdSolve {
-        m: B::Tensor,
-        rhs: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    GradSum {
-        acc: B::Tensor,
-        dy: B::Tensor,
-        x: B::Tensor,
-    },
-    HinvExplicit {
-        h: B::Tensor,
-        out: Option<HinvExplicit<B::Tensor>>,
-    },
-    ObsSaliency {
-        w: B::Tensor,
-        hinv: B::Tensor,
-        width: usize,
-        groups: Vec<usize>,
-        out: Option<B::Tensor>,
-    },
-    TaylorSaliency {
-        w: B::Tensor,
-        grad_sum: Option<B::Tensor>,
-        grad_sq: Option<B::Tensor>,
-        kind: TaylorKind,
-        axis: SegmentAxis,
-        width: usize,
-        out: Option<B::Tensor>,
-    },
-    /// The update zeroes Hinv[S,S], so a second run on its own output would fail: from the
-    /// second run on (the benches' repeats), W and Hinv are first restored from `start` by a
-    /// device copy, which those timings include.
-    StructuredUpdate {
-        w: B::Tensor,
-        hinv: B::Tensor,
-        start: (B::Tensor, B::Tensor),
-        removed: Vec<usize>,
-        out: Option<f64>,
-    },
-    Compact {
-        w: B::Tensor,
-        rows: Option<Vec<usize>>,
-        cols: Option<Vec<usize>>,
-        out: Option<B::Tensor>,
-    },
-    Linear {
-        x: B::Tensor,
-        w: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    RmsNorm {
-        x: B::Tensor,
-        gamma: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    /// In place: the benches' repeats rotate the same rows again, which keeps their norms.
-    Rope {
-        x: B::Tensor,
-        cos: B::Tensor,
-        sin: B::Tensor,
-    },
-    Attention {
-        q: B::Tensor,
-        k: B::Tensor,
-        v: B::Tensor,
-        heads: usize,
-        kv_heads: usize,
-        seq: usize,
-        out: Option<B::Tensor>,
-    },
-    SiluMul {
-        gate: B::Tensor,
-        up: B::Tensor,
-        out: Option<B::Tensor>,
-    },
-    /// In place: the benches' repeats add y again.
-    ResidualAdd {
-        x: B::Tensor,
-        y: B::Tensor,
-    },
-    Embed {
-        table: B::Tensor,
-        ids: Vec<u32>,
-        out: Option<B::Tensor>,
-    },
-    /// Every chunk of W in its own tensor, run through `lm_head_chunk` in order; the first
-    /// starts the state afresh, so each run (the benches' repeats too) computes it whole.
-    LmHead {
-        state: B::Tensor,
-        h: B::Tensor,
-        chunks: Vec<B::Tensor>,
-        chunk: usize,
-        targets: Vec<u32>,
-        ran: bool,
-    },
+    /// A forward op's tensors.
+    Forward(forward::Prepared<B>),
 }
 
 /// What a run produced, on the host.
@@ -259,32 +103,18 @@ fn score_of<'a, T>(kind: ScoreKind, act: &'a T, grad: &'a T) -> Score<'a, T> {
 }
 
 pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
+    match case.op.family() {
+        Family::Stats => Ok(Prepared::Stats(stats::prepare(b, case, inp)?)),
+        Family::Refit => Ok(Prepared::Refit(refit::prepare(b, case, inp)?)),
+        Family::Structured => Ok(Prepared::Structured(structured::prepare(b, case, inp)?)),
+        Family::Forward => Ok(Prepared::Forward(forward::prepare(b, case, inp)?)),
+        _ => prepare_by_op(b, case, inp),
+    }
+}
+
+fn prepare_by_op<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Prepared<B>> {
     let up = |name: &str| b.upload(inp.get(name));
-    let up_if = |name: &str, present: bool| present.then(|| up(name)).transpose();
     Ok(match case.op {
-        Op::ActStat => Prepared::ActStat {
-            act: up("act")?,
-            x: up("x")?,
-            seen: inp.seen,
-            batch: case.batch,
-        },
-        Op::Hessian => Prepared::Hessian {
-            h: up("h")?,
-            x: up("x")?,
-            seen: inp.seen,
-            batch: case.batch,
-        },
-        Op::GradAccumulate(norm) => Prepared::GradAccumulate {
-            acc: up("acc")?,
-            g: up("g")?,
-            norm,
-        },
-        Op::GradFused(norm) => Prepared::GradFused {
-            acc: up("acc")?,
-            dy: up("dy")?,
-            x: up("x")?,
-            norm,
-        },
         Op::Score(kind) => Prepared::Score {
             w: up("w")?,
             act: up("act")?,
@@ -345,180 +175,16 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
             w: b.upload_packed(inp.packed.as_ref().expect("product case has a weight"))?,
             out: None,
         },
-        Op::RefitBase => Prepared::RefitBase {
-            wp: up("wp")?,
-            w: up("w")?,
-            h: up("h")?,
-            out: None,
-        },
-        Op::LoraGrad(form, _) => Prepared::LoraGrad {
-            form,
-            wp: up("wp")?,
-            mask: b.upload_mask(inp.mask.as_ref().expect("re-fit case has a mask"))?,
-            delta: up("delta")?,
-            delta_h: up("delta_h")?,
-            h: up("h")?,
-            b: up("b")?,
-            a: up("a")?,
-            s: form.scale(),
-            norm: case.refit_norm(),
-            out: None,
-        },
-        Op::AdamW => Prepared::AdamW {
-            param: up("param")?,
-            grad: up("grad")?,
-            m: up("m")?,
-            v: up("v")?,
-        },
-        Op::LoraMerge(form, _) => Prepared::LoraMerge {
-            form,
-            wp: up("wp")?,
-            mask: b.upload_mask(inp.mask.as_ref().expect("re-fit case has a mask"))?,
-            b: up("b")?,
-            a: up("a")?,
-            out: None,
-        },
-        Op::RowScale => Prepared::RowScale {
-            w_hat: up("wp")?,
-            w: up("w")?,
-            h: up("h")?,
-            out: None,
-        },
-        Op::NormSystem => Prepared::NormSystem {
-            pairs: vec![(up("wp1")?, up("w1")?), (up("wp2")?, up("w2")?)],
-            h: up("h")?,
-            out: None,
-        },
-        Op::SpdSolve => Prepared::SpdSolve {
-            m: up("m")?,
-            rhs: up("rhs")?,
-            out: None,
-        },
-        Op::GradSum => Prepared::GradSum {
-            acc: up("acc")?,
-            dy: up("dy")?,
-            x: up("x")?,
-        },
-        Op::HinvExplicit => Prepared::HinvExplicit {
-            h: up("h")?,
-            out: None,
-        },
-        Op::ObsSaliency { width } => Prepared::ObsSaliency {
-            w: up("w")?,
-            hinv: up("hinv")?,
-            width,
-            groups: (0..case.cols / width.max(1)).collect(),
-            out: None,
-        },
-        Op::TaylorSaliency { kind, axis, width } => Prepared::TaylorSaliency {
-            w: up("w")?,
-            grad_sum: up_if("grad_sum", kind.needs_mean_grad())?,
-            grad_sq: up_if("grad_sq", kind.needs_fisher())?,
-            kind,
-            axis,
-            width,
-            out: None,
-        },
-        Op::StructuredUpdate { .. } => Prepared::StructuredUpdate {
-            w: up("w")?,
-            hinv: up("hinv")?,
-            start: (up("w")?, up("hinv")?),
-            removed: inp
-                .index("removed")
-                .expect("an update case has removed columns")
-                .to_vec(),
-            out: None,
-        },
-        Op::Compact { .. } => Prepared::Compact {
-            w: up("w")?,
-            rows: inp.index("rows").map(<[usize]>::to_vec),
-            cols: inp.index("cols").map(<[usize]>::to_vec),
-            out: None,
-        },
-        Op::Linear => Prepared::Linear {
-            x: up("x")?,
-            w: up("w")?,
-            out: None,
-        },
-        Op::RmsNorm => Prepared::RmsNorm {
-            x: up("x")?,
-            gamma: up("gamma")?,
-            out: None,
-        },
-        Op::Rope { .. } => Prepared::Rope {
-            x: up("x")?,
-            cos: up("cos")?,
-            sin: up("sin")?,
-        },
-        Op::Attention {
-            heads,
-            kv_heads,
-            seq,
-            ..
-        } => Prepared::Attention {
-            q: up("q")?,
-            k: up("k")?,
-            v: up("v")?,
-            heads,
-            kv_heads,
-            seq,
-            out: None,
-        },
-        Op::SiluMul => Prepared::SiluMul {
-            gate: up("gate")?,
-            up: up("up")?,
-            out: None,
-        },
-        Op::ResidualAdd => Prepared::ResidualAdd {
-            x: up("x")?,
-            y: up("y")?,
-        },
-        Op::Embed => Prepared::Embed {
-            table: up("table")?,
-            ids: inp.token_ids("ids").to_vec(),
-            out: None,
-        },
-        Op::LmHead { chunk } => Prepared::LmHead {
-            state: up("state")?,
-            h: up("h")?,
-            chunks: upload_row_chunks(b, inp.get("w"), chunk)?,
-            chunk,
-            targets: inp.token_ids("targets").to_vec(),
-            ran: false,
-        },
+        op => unreachable!("{op:?} is prepared by its family"),
     })
-}
-
-/// Rows [i·chunk, (i + 1)·chunk) of `w` as tensor i, the last one short where `chunk` does not
-/// divide the rows; each copied on the host only while it is uploaded.
-fn upload_row_chunks<B: Backend>(b: &B, w: &Matrix, chunk: usize) -> Result<Vec<B::Tensor>> {
-    if chunk == 0 {
-        return Err(crate::error::KernelError::InvalidArgument(
-            "an LM-head case needs chunks of at least one row".into(),
-        ));
-    }
-    (0..w.rows)
-        .step_by(chunk)
-        .map(|r0| {
-            let r1 = (r0 + chunk).min(w.rows);
-            let part = Matrix::new(r1 - r0, w.cols, w.data[r0 * w.cols..r1 * w.cols].to_vec())?;
-            b.upload(&part)
-        })
-        .collect()
 }
 
 /// Runs the op once; in-place ops update their state, so call `prepare` again for a fresh run.
 pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
     match p {
-        Prepared::ActStat {
-            act,
-            x,
-            seen,
-            batch,
-        } => b.act_stat_update(act, *seen, x, *batch),
-        Prepared::Hessian { h, x, seen, batch } => b.hessian_update(h, *seen, x, *batch),
-        Prepared::GradAccumulate { acc, g, norm } => b.grad_accumulate(acc, g, *norm),
-        Prepared::GradFused { acc, dy, x, norm } => b.grad_accumulate_fused(acc, dy, x, *norm),
+        Prepared::Stats(p) => stats::execute(b, p),
+        Prepared::Refit(p) => refit::execute(b, p),
+        Prepared::Structured(p) => structured::execute(b, p),
         Prepared::Score {
             w,
             act,
@@ -587,178 +253,22 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
             *out = Some(b.sparse_matmul(x, w)?);
             Ok(())
         }
-        Prepared::RefitBase { wp, w, h, out } => {
-            *out = Some(b.refit_base(Some(wp), w, h)?);
-            Ok(())
-        }
-        Prepared::LoraGrad {
-            form,
-            wp,
-            mask,
-            delta,
-            delta_h,
-            h,
-            b: lb,
-            a,
-            s,
-            norm,
-            out,
-        } => {
-            *out = Some(b.lora_grad(LoraInputs {
-                form: *form,
-                wp,
-                mask,
-                delta,
-                delta_h,
-                h,
-                b: lb,
-                a,
-                s: *s,
-                norm: *norm,
-            })?);
-            Ok(())
-        }
-        Prepared::AdamW { param, grad, m, v } => {
-            let (lr, t) = ADAMW_CASE_STEP;
-            b.adamw_step(param, grad, m, v, AdamStep::new(lr, t))
-        }
-        Prepared::LoraMerge {
-            form,
-            wp,
-            mask,
-            b: lb,
-            a,
-            out,
-        } => {
-            *out = Some(b.lora_merge(wp, mask, lb, a, *form, form.scale())?);
-            Ok(())
-        }
-        Prepared::RowScale { w_hat, w, h, out } => {
-            *out = Some(b.row_scale(w_hat, w, h)?);
-            Ok(())
-        }
-        Prepared::NormSystem { pairs, h, out } => {
-            let refs: Vec<(&B::Tensor, &B::Tensor)> = pairs.iter().map(|(a, c)| (a, c)).collect();
-            *out = Some(b.norm_system(&refs, h)?);
-            Ok(())
-        }
-        Prepared::SpdSolve { m, rhs, out } => {
-            *out = Some(b.spd_solve(m, rhs, crate::ops::PERCDAMP)?);
-            Ok(())
-        }
-        Prepared::GradSum { acc, dy, x } => b.grad_sum_fused(acc, dy, x),
-        Prepared::HinvExplicit { h, out } => {
-            *out = Some(b.hinv_explicit(h, crate::ops::PERCDAMP)?);
-            Ok(())
-        }
-        Prepared::ObsSaliency {
-            w,
-            hinv,
-            width,
-            groups,
-            out,
-        } => {
-            *out = Some(b.obs_saliency(w, hinv, *width, groups)?);
-            Ok(())
-        }
-        Prepared::TaylorSaliency {
-            w,
-            grad_sum,
-            grad_sq,
-            kind,
-            axis,
-            width,
-            out,
-        } => {
-            let n = TAYLOR_CASE_SAMPLES as f64;
-            let c = GBLM_GRAD_SCALE as f64;
-            *out = Some(b.taylor_saliency(TaylorInputs {
-                w,
-                grad_sum: grad_sum.as_ref(),
-                grad_sq: grad_sq.as_ref(),
-                grad_scale: 1.0 / n,
-                fisher_scale: 1.0 / (c * c * n),
-                kind: *kind,
-                axis: *axis,
-                width: *width,
-            })?);
-            Ok(())
-        }
-        Prepared::StructuredUpdate {
-            w,
-            hinv,
-            start,
-            removed,
-            out,
-        } => {
-            if out.is_some() {
-                b.copy(w, &start.0)?;
-                b.copy(hinv, &start.1)?;
-            }
-            *out = Some(b.structured_update(w, hinv, removed)?);
-            Ok(())
-        }
-        Prepared::Compact { w, rows, cols, out } => {
-            *out = Some(b.compact(w, rows.as_deref(), cols.as_deref())?);
-            Ok(())
-        }
-        Prepared::Linear { x, w, out } => {
-            *out = Some(b.linear(x, w)?);
-            Ok(())
-        }
-        Prepared::RmsNorm { x, gamma, out } => {
-            *out = Some(b.rms_norm(x, gamma, RMS_NORM_CASE_EPS)?);
-            Ok(())
-        }
-        Prepared::Rope { x, cos, sin } => b.rope(x, cos, sin),
-        Prepared::Attention {
-            q,
-            k,
-            v,
-            heads,
-            kv_heads,
-            seq,
-            out,
-        } => {
-            *out = Some(b.attention(q, k, v, *heads, *kv_heads, *seq)?);
-            Ok(())
-        }
-        Prepared::SiluMul { gate, up, out } => {
-            *out = Some(b.silu_mul(gate, up)?);
-            Ok(())
-        }
-        Prepared::ResidualAdd { x, y } => b.add_assign(x, y),
-        Prepared::Embed { table, ids, out } => {
-            *out = Some(b.embed(table, ids)?);
-            Ok(())
-        }
-        Prepared::LmHead {
-            state,
-            h,
-            chunks,
-            chunk,
-            targets,
-            ran,
-        } => {
-            for (i, w) in chunks.iter().enumerate() {
-                b.lm_head_chunk(state, h, w, i * *chunk, targets)?;
-            }
-            *ran = true;
-            Ok(())
-        }
+        Prepared::Forward(p) => forward::execute(b, p),
     }
+}
+
+/// The error of a `collect` before any `execute`.
+pub(super) fn never_ran() -> crate::error::KernelError {
+    crate::error::KernelError::InvalidArgument("collect called before execute".into())
 }
 
 pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
     let mut o = CaseOutput::default();
-    let never_ran =
-        || crate::error::KernelError::InvalidArgument("collect called before execute".into());
     match p {
-        Prepared::ActStat { act, .. } => o.values.push(("act", b.download(act)?)),
-        Prepared::Hessian { h, .. } => o.values.push(("h", b.download(h)?)),
-        Prepared::GradAccumulate { acc, .. } | Prepared::GradFused { acc, .. } => {
-            o.values.push(("acc", b.download(acc)?))
-        }
+        Prepared::Forward(p) => return forward::collect(b, p),
+        Prepared::Stats(p) => return stats::collect(b, p),
+        Prepared::Refit(p) => return refit::collect(b, p),
+        Prepared::Structured(p) => return structured::collect(b, p),
         Prepared::Score { out, .. } => {
             o.values
                 .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
@@ -792,75 +302,6 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Matmul { out, .. } => {
             o.values
                 .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::RefitBase { out, .. } | Prepared::NormSystem { out, .. } => {
-            let (x, y) = out.as_ref().ok_or_else(never_ran)?;
-            let names = match p {
-                Prepared::RefitBase { .. } => ("delta", "delta_h"),
-                _ => ("m", "rhs"),
-            };
-            o.values.push((names.0, b.download(x)?));
-            o.values.push((names.1, b.download(y)?));
-        }
-        Prepared::LoraGrad { out, .. } => {
-            let g = out.as_ref().ok_or_else(never_ran)?;
-            o.values.push(("db", b.download(&g.db)?));
-            o.values.push(("da", b.download(&g.da)?));
-            o.loss = Some(g.loss);
-        }
-        Prepared::AdamW { param, m, v, .. } => {
-            o.values.push(("param", b.download(param)?));
-            o.values.push(("m", b.download(m)?));
-            o.values.push(("v", b.download(v)?));
-        }
-        Prepared::LoraMerge { out, .. } => {
-            o.values
-                .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::RowScale { w_hat, out, .. } => {
-            o.values.push(("w", b.download(w_hat)?));
-            o.values
-                .push(("scales", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::SpdSolve { out, .. } => {
-            o.values
-                .push(("x", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::GradSum { acc, .. } => o.values.push(("acc", b.download(acc)?)),
-        Prepared::HinvExplicit { out, .. } => {
-            let f = out.as_ref().ok_or_else(never_ran)?;
-            o.values.push(("hinv", b.download(&f.hinv)?));
-            o.dead = Some(f.dead.clone());
-        }
-        Prepared::ObsSaliency { out, .. } | Prepared::TaylorSaliency { out, .. } => {
-            o.values
-                .push(("scores", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::StructuredUpdate { w, hinv, out, .. } => {
-            o.loss = Some(out.ok_or_else(never_ran)?);
-            o.values.push(("w", b.download(w)?));
-            o.values.push(("hinv", b.download(hinv)?));
-        }
-        Prepared::Compact { out, .. } => {
-            o.values
-                .push(("w", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::Linear { out, .. }
-        | Prepared::RmsNorm { out, .. }
-        | Prepared::Attention { out, .. }
-        | Prepared::SiluMul { out, .. }
-        | Prepared::Embed { out, .. } => {
-            o.values
-                .push(("y", b.download(out.as_ref().ok_or_else(never_ran)?)?));
-        }
-        Prepared::Rope { x, .. } | Prepared::ResidualAdd { x, .. } => {
-            o.values.push(("x", b.download(x)?))
-        }
-        Prepared::LmHead { state, ran, .. } => {
-            if !*ran {
-                return Err(never_ran());
-            }
-            o.values.push(("state", b.download(state)?));
         }
     }
     Ok(o)

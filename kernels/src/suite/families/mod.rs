@@ -1,0 +1,145 @@
+//! The op families: every op belongs to one, and the conformance tests, `verify` and the
+//! benches select ops by family, so an op added to the table is checked on every backend
+//! without a list of names to extend.
+
+use super::case::{small_cases, Op, OpCase};
+
+pub(super) mod forward;
+pub(super) mod refit;
+pub(super) mod stats;
+pub(super) mod structured;
+
+/// A family of ops that share their inputs' kind and their place in the pruning pipeline
+/// (ALGORITHMS.md's sections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// §3-§5: the activation statistics, the Hessian and the gradient accumulators.
+    Stats,
+    /// §4-§5: scores, mask selection, applying a mask, and the fused prune.
+    Masks,
+    /// §6-§8: the inverse-Hessian factor, SparseGPT's OBS updates, the reconstruction error.
+    Obs,
+    /// §13: compressed weights and their products.
+    Sparse,
+    /// §12: the re-fit ops.
+    Refit,
+    /// §11: the structured-pruning ops.
+    Structured,
+    /// §14: the LLaMA forward ops.
+    Forward,
+}
+
+impl Family {
+    pub const ALL: [Family; 7] = [
+        Family::Stats,
+        Family::Masks,
+        Family::Obs,
+        Family::Sparse,
+        Family::Refit,
+        Family::Structured,
+        Family::Forward,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Stats => "stats",
+            Family::Masks => "masks",
+            Family::Obs => "obs",
+            Family::Sparse => "sparse",
+            Family::Refit => "refit",
+            Family::Structured => "structured",
+            Family::Forward => "forward",
+        }
+    }
+
+    /// The family's share of [`small_cases`]: the small, odd-shaped correctness cases.
+    pub fn small_cases(self) -> Vec<OpCase> {
+        small_cases()
+            .into_iter()
+            .filter(|c| c.op.family() == self)
+            .collect()
+    }
+}
+
+impl Op {
+    /// The family the op belongs to: the one place an op is assigned.
+    pub fn family(&self) -> Family {
+        match self {
+            Op::ActStat | Op::Hessian | Op::GradAccumulate(_) | Op::GradFused(_) => Family::Stats,
+            Op::Score(_) | Op::Mask(_) | Op::ApplyMask | Op::Prune(..) => Family::Masks,
+            Op::HinvFactor | Op::Obs(_) | Op::ReconError => Family::Obs,
+            Op::Compress(..) | Op::Matmul { .. } => Family::Sparse,
+            Op::RefitBase
+            | Op::LoraGrad(..)
+            | Op::AdamW
+            | Op::LoraMerge(..)
+            | Op::RowScale
+            | Op::NormSystem
+            | Op::SpdSolve => Family::Refit,
+            Op::GradSum
+            | Op::HinvExplicit
+            | Op::ObsSaliency { .. }
+            | Op::TaylorSaliency { .. }
+            | Op::StructuredUpdate { .. }
+            | Op::Compact { .. } => Family::Structured,
+            Op::Linear
+            | Op::RmsNorm
+            | Op::Rope { .. }
+            | Op::Attention { .. }
+            | Op::SiluMul
+            | Op::ResidualAdd
+            | Op::Embed
+            | Op::LmHead { .. } => Family::Forward,
+        }
+    }
+}
+
+/// For a family's matches over `Op`: the dispatch by [`Op::family`] sends a family its own
+/// ops only, so another family's op there is a bug in that dispatch.
+fn not_in_family(op: Op, family: Family) -> ! {
+    unreachable!("{op:?} reached the {} family", family.name())
+}
+
+/// Real layer sizes for the families' case-list tests.
+#[cfg(test)]
+pub(super) mod llama {
+    use crate::suite::LayerDims;
+
+    pub const LLAMA_7B: LayerDims = LayerDims {
+        hidden: 4096,
+        intermediate: 11008,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+    };
+    pub const LLAMA3_8B: LayerDims = LayerDims {
+        hidden: 4096,
+        intermediate: 14336,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+    };
+    pub const LLAMA2_70B: LayerDims = LayerDims {
+        hidden: 8192,
+        intermediate: 28672,
+        heads: 64,
+        kv_heads: 8,
+        head_dim: 128,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_small_cases() {
+        for f in Family::ALL {
+            assert!(
+                !f.small_cases().is_empty(),
+                "{} has no small case",
+                f.name()
+            );
+        }
+    }
+}
