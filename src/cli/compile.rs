@@ -12,17 +12,19 @@ use clap::Args;
 use serde::Serialize;
 
 use prunebench_harness::prune::prune_layer;
+use prunebench_harness::Progress;
 use prunebench_kernels::cube::compile_only::{
     self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc,
     Target, TARGETS,
 };
 use prunebench_kernels::suite::{
-    forward_cases, model_cases, run_once, small_cases, structured_cases, CaseInputs, OpCase,
+    forward_cases, model_cases, run_once, small_cases, structured_cases, OpCase,
 };
 
 mod table;
 
 use super::layer_input::LayerInput;
+use super::progress::Bar;
 use super::{LayerArgs, SelectionArgs};
 
 #[derive(Args, Debug)]
@@ -149,21 +151,36 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
         );
     }
     let mut records = Vec::new();
-    for case in &cases {
-        let name = case.name();
-        match CaseInputs::generate(case) {
-            Ok(inputs) => record(
-                &name,
-                &backends,
-                |b| run_once(b, case, &inputs).map(drop).map_err(Into::into),
-                &mut records,
-            ),
-            Err(e) => record(
-                &name,
-                &backends,
-                |_| Err(anyhow::anyhow!("inputs: {e}")),
-                &mut records,
-            ),
+    // Generating the inputs (random weights, reference Hessians and factors) is nearly all
+    // of the time at model shapes, and cases are independent: a batch is generated in
+    // parallel, then run one case at a time so that each launch is counted for its case.
+    let total = (cases.len() + layer_runs.len()) as u64;
+    let bar = Bar::new("compile");
+    let mut done = 0u64;
+    for chunk in cases.chunks(compile_only::input_batch()) {
+        bar.update(Progress {
+            what: &chunk[0].name(),
+            done,
+            total,
+        });
+        let inputs = compile_only::generate_inputs(chunk);
+        for (case, inputs) in chunk.iter().zip(inputs) {
+            done += 1;
+            let name = case.name();
+            match inputs {
+                Ok(inputs) => record(
+                    &name,
+                    &backends,
+                    |b| run_once(b, case, &inputs).map(drop).map_err(Into::into),
+                    &mut records,
+                ),
+                Err(e) => record(
+                    &name,
+                    &backends,
+                    |_| Err(anyhow::anyhow!("inputs: {e}")),
+                    &mut records,
+                ),
+            }
         }
     }
     for cfg in &layer_runs {
@@ -171,6 +188,12 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
             "LAYER(model={},method={},sparsity={})",
             input.layer.model.name, cfg.method, cfg.sparsity
         );
+        bar.update(Progress {
+            what: &name,
+            done,
+            total,
+        });
+        done += 1;
         record(
             &name,
             &backends,
@@ -182,6 +205,7 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
             &mut records,
         );
     }
+    bar.finish();
     let mut kernels = Vec::new();
     for &t in &targets {
         let mut sources = compile_only::kernels(t);

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::CubeBackend;
 use crate::ops::BackendInfo;
+use crate::suite::{CaseInputs, OpCase};
 pub use nvrtc::{parse_ptxas, Nvrtc, NvrtcMissing, Resources};
 pub use server::{CompileOnlyDevice, CompileOnlyRuntime, KernelSource};
 pub use target::{occupancy, target, Target, TARGETS};
@@ -47,6 +48,18 @@ pub fn kernels(t: &Target) -> Vec<KernelSource> {
 /// The launches on `t` since the last call, as (index into [`kernels`], cubes).
 pub fn take_launches(t: &Target) -> Vec<(usize, u64)> {
     server::take_launches(t)
+}
+
+/// How many cases' inputs [`generate_inputs`] is best given at once: one per worker thread.
+pub fn input_batch() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// The inputs of `cases`, generated in parallel (at model shapes generating them is nearly all
+/// of a compile-only run's time; the runs themselves must stay one at a time so that each
+/// launch is counted for its case).
+pub fn generate_inputs(cases: &[OpCase]) -> Vec<crate::error::Result<CaseInputs>> {
+    cases.par_iter().map(CaseInputs::generate).collect()
 }
 
 /// One kernel compiled for one target.

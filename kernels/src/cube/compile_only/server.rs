@@ -292,9 +292,16 @@ impl ComputeServer for CompileOnlyServer {
         self.cursor += 1;
         // Host memory: an allocation fails only when the process runs out, as it would anyway.
         let reserved = self.memory.reserve(size).expect("host allocation");
+        let binding = memory.clone().binding();
         self.memory
             .bind(reserved, memory, self.cursor)
             .expect("binding a fresh reservation");
+        // Pages are reused: without this a buffer would read back an earlier one's bytes (a
+        // mask with bits past its last column, say), where the device would have written.
+        self.memory
+            .get_resource(binding, None, None)
+            .expect("a bound handle")
+            .zero();
     }
 
     fn logger(&self) -> Arc<ServerLogger> {

@@ -29,6 +29,14 @@ impl HostSlice {
         out
     }
 
+    /// Sets the slice's bytes to zero.
+    pub fn zero(&self) {
+        let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (self.range.offset as usize).min(page.len());
+        let end = (start + self.range.size as usize).min(page.len());
+        page[start..end].fill(0);
+    }
+
     /// Copies `data` to the start of the slice, as much as fits.
     pub fn write(&self, data: &[u8]) {
         let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
