@@ -53,13 +53,23 @@ fn without_nvrtc_it_says_how_to_get_it() {
 fn kernels_compile_and_the_json_has_every_field() {
     let Some(cuda) = cuda_path() else { return };
     let out = prunebench(&[
-        "compile", "--cuda-path", &cuda, "--methods", "none", "--op", "ROPE", "--json",
+        "compile",
+        "--cuda-path",
+        &cuda,
+        "--methods",
+        "none",
+        "--op",
+        "ROPE",
+        "--json",
     ]);
     let v = json(&out);
     let kernels = v["kernels"].as_array().unwrap();
     assert!(!kernels.is_empty());
     for arch in ["sm_90a", "sm_80"] {
-        assert!(kernels.iter().any(|k| k["arch"] == arch), "no {arch} kernel");
+        assert!(
+            kernels.iter().any(|k| k["arch"] == arch),
+            "no {arch} kernel"
+        );
     }
     for k in kernels {
         for field in [
@@ -83,7 +93,10 @@ fn kernels_compile_and_the_json_has_every_field() {
         assert_eq!(c["status"], "ok", "{c}");
         assert!(c["launches"].as_u64().unwrap() > 0, "{c}");
         let (min, med, max) = (&c["cubes_min"], &c["cubes_median"], &c["cubes_max"]);
-        assert!(min.as_u64() <= med.as_u64() && med.as_u64() <= max.as_u64(), "{c}");
+        assert!(
+            min.as_u64() <= med.as_u64() && med.as_u64() <= max.as_u64(),
+            "{c}"
+        );
         assert!(c["waves"].as_f64().unwrap() > 0.0, "{c}");
     }
 }
@@ -111,7 +124,10 @@ fn a_broken_kernel_is_reported_with_its_nvrtc_error_and_exit_1() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("extra_source - on sm_90a: error"), "{stdout}");
+    assert!(
+        stdout.contains("extra_source - on sm_90a: error"),
+        "{stdout}"
+    );
     assert!(stdout.contains("undeclared_name"), "{stdout}");
     // The op's own kernels still compiled.
     assert!(

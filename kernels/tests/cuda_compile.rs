@@ -61,7 +61,14 @@ fn every_kernel_of_the_op_table_compiles_for_sm_90a_and_sm_80() {
         let failed: Vec<String> = reports
             .iter()
             .filter(|r| !r.ok())
-            .map(|r| format!("{} {}: {}", r.name, r.variant, r.error.as_deref().unwrap_or("")))
+            .map(|r| {
+                format!(
+                    "{} {}: {}",
+                    r.name,
+                    r.variant,
+                    r.error.as_deref().unwrap_or("")
+                )
+            })
             .collect();
         assert!(
             failed.is_empty(),
@@ -73,8 +80,17 @@ fn every_kernel_of_the_op_table_compiles_for_sm_90a_and_sm_80() {
         );
         for r in &reports {
             let occ = r.occupancy.unwrap();
-            assert!(occ > 0.0 && occ <= 1.0, "{} {}: occupancy {occ}", r.name, t.name);
-            assert!(r.registers.unwrap() > 0, "{}: no registers reported", r.name);
+            assert!(
+                occ > 0.0 && occ <= 1.0,
+                "{} {}: occupancy {occ}",
+                r.name,
+                t.name
+            );
+            assert!(
+                r.registers.unwrap() > 0,
+                "{}: no registers reported",
+                r.name
+            );
         }
         println!("{}: {} kernels compiled", t.name, reports.len());
     }

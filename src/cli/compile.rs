@@ -14,8 +14,8 @@ use serde::Serialize;
 use prunebench_harness::prune::prune_layer;
 use prunebench_harness::Progress;
 use prunebench_kernels::cube::compile_only::{
-    self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc,
-    Target, TARGETS,
+    self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc, Target,
+    TARGETS,
 };
 use prunebench_kernels::suite::{
     forward_cases, model_cases, run_once, small_cases, structured_cases, OpCase,
@@ -53,6 +53,8 @@ pub struct CompileArgs {
 
 #[derive(Serialize)]
 struct CompileOutput {
+    /// Read by `prunebench report` for its "CUDA resources" section.
+    schema: &'static str,
     nvrtc: String,
     model: String,
     kernels: Vec<KernelReport>,
@@ -114,9 +116,9 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
     let targets = targets(&a.arch)?;
     let nvrtc = Nvrtc::load(a.cuda_path.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let extra = match &a.extra_source {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        ),
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => None,
     };
     let methods = a.select.methods()?;
@@ -147,7 +149,11 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
             "running {} op cases and {} layer runs through the compile-only runtime ({})",
             cases.len(),
             layer_runs.len(),
-            targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+            targets
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let mut records = Vec::new();
@@ -225,6 +231,7 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
         kernels.extend(compile_all(&nvrtc, t, &sources));
     }
     let out = CompileOutput {
+        schema: prunebench_harness::report::cuda::SCHEMA,
         nvrtc: format!(
             "NVRTC {}.{} ({})",
             nvrtc.version.0,

@@ -88,9 +88,8 @@ impl Nvrtc {
                 .unwrap_or_default();
             let _ = cudarc::nvrtc::result::destroy_program(program);
             match compiled {
-                Ok(()) => parse_ptxas(&log).ok_or_else(|| {
-                    format!("no ptxas resource report in the NVRTC log:\n{log}")
-                }),
+                Ok(()) => parse_ptxas(&log)
+                    .ok_or_else(|| format!("no ptxas resource report in the NVRTC log:\n{log}")),
                 Err(e) => Err(format!("{e:?}\n{}", log.trim_end())),
             }
         }
@@ -101,7 +100,8 @@ impl Nvrtc {
 /// to its soname, so no LD_LIBRARY_PATH is needed (NVRTC finds its builtins through its
 /// `$ORIGIN` rpath).
 fn preload(root: &Path) {
-    let Ok(dir) = std::fs::read_dir(root.join("lib")).or_else(|_| std::fs::read_dir(root.join("lib64")))
+    let Ok(dir) =
+        std::fs::read_dir(root.join("lib")).or_else(|_| std::fs::read_dir(root.join("lib64")))
     else {
         return;
     };

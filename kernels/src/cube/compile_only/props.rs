@@ -61,17 +61,11 @@ pub fn device_properties(t: &Target) -> (DeviceProperties, CompilationOptions) {
         num_cpu_cores: None,
         max_vector_size: VectorSize::MAX,
     };
-    let mut p = DeviceProperties::new(
-        Default::default(),
-        memory,
-        hardware,
-        TimingMethod::System,
-    );
+    let mut p = DeviceProperties::new(Default::default(), memory, hardware, TimingMethod::System);
     register_supported_types(&mut p);
     p.register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);
-    let atomic = |kind, width| {
-        Type::new(StorageType::Atomic(ElemType::Float(kind))).with_vector_size(width)
-    };
+    let atomic =
+        |kind, width| Type::new(StorageType::Atomic(ElemType::Float(kind))).with_vector_size(width);
     if version >= 60 {
         p.register_atomic_type_usage(
             atomic(FloatKind::F64, 1),
@@ -93,7 +87,10 @@ pub fn device_properties(t: &Target) -> (DeviceProperties, CompilationOptions) {
     }
     if version >= 75 {
         for kind in [FloatKind::F16, FloatKind::BF16] {
-            p.features.matmul.ldmatrix.insert(ElemType::Float(kind).into());
+            p.features
+                .matmul
+                .ldmatrix
+                .insert(ElemType::Float(kind).into());
         }
         options.supports_features.fast_tanh = CUDA_VERSION >= 12080;
     }
@@ -115,7 +112,10 @@ pub fn device_properties(t: &Target) -> (DeviceProperties, CompilationOptions) {
         options.supports_features.clusters = true;
         options.supports_features.elect_sync = true;
         for kind in [FloatKind::F16, FloatKind::BF16] {
-            p.features.matmul.stmatrix.insert(ElemType::Float(kind).into());
+            p.features
+                .matmul
+                .stmatrix
+                .insert(ElemType::Float(kind).into());
         }
         for width in [2, 4] {
             p.register_atomic_type_usage(

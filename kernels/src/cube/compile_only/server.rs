@@ -17,16 +17,16 @@ use cubecl::ir::TargetProperties;
 use cubecl::prelude::*;
 use cubecl::profile::ProfileDuration;
 use cubecl::server::{
-    Binding, ComputeServer, CopyDescriptor, IoError, KernelArguments, ProfileError,
-    ProfilingToken, ServerCommunication, ServerError, ServerUtilities,
+    Binding, ComputeServer, CopyDescriptor, IoError, KernelArguments, ProfileError, ProfilingToken,
+    ServerCommunication, ServerError, ServerUtilities,
 };
 use cubecl::stream_id::StreamId;
 use cubecl::zspace::{striding::has_pitched_row_major_strides, Shape, Strides};
 use cubecl::{CubeTask, MemoryConfiguration, MemoryUsage};
-use cubecl_runtime::id::KernelId;
 use cubecl_common::backtrace::BackTrace;
 use cubecl_cpp::shared::CompilationOptions;
 use cubecl_runtime::allocator::PitchedMemoryLayoutPolicy;
+use cubecl_runtime::id::KernelId;
 use cubecl_runtime::logging::ServerLogger;
 use cubecl_runtime::memory_management::{
     ManagedMemoryHandle, MemoryAllocationMode, MemoryManagement, MemoryManagementOptions,
@@ -220,9 +220,9 @@ fn io(e: IoError) -> ServerError {
 impl CompileOnlyServer {
     /// The bytes behind `binding`: `len` of them from its start.
     fn bytes(&mut self, binding: Binding, len: usize) -> Result<Vec<u8>, IoError> {
-        let r = self
-            .memory
-            .get_resource(binding.memory, binding.offset_start, binding.offset_end)?;
+        let r =
+            self.memory
+                .get_resource(binding.memory, binding.offset_start, binding.offset_end)?;
         Ok(r.read(len))
     }
 
