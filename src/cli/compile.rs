@@ -40,6 +40,9 @@ pub struct CompileArgs {
     pub layer: LayerArgs,
     #[command(flatten)]
     pub select: SelectionArgs,
+    /// Skip the op cases (whole layers only).
+    #[arg(long)]
+    pub skip_ops: bool,
     /// Print the results as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -124,21 +127,28 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
     let methods = a.select.methods()?;
     let sparsities = a.select.sparsities()?;
     let input = LayerInput::load(&a.layer)?;
-    let cases: Vec<OpCase> = a.select.filter(
-        small_cases()
-            .into_iter()
-            .chain(model_cases(&input.shapes(), a.layer.tokens))
-            .chain(structured_cases(
-                &input.layer.model.layer_dims(),
-                a.layer.tokens,
-            ))
-            .chain(forward_cases(&input.forward, a.layer.tokens)),
-    )?;
+    let cases: Vec<OpCase> = if a.skip_ops {
+        vec![]
+    } else {
+        a.select.filter(
+            small_cases()
+                .into_iter()
+                .chain(model_cases(&input.shapes(), a.layer.tokens))
+                .chain(structured_cases(
+                    &input.layer.model.layer_dims(),
+                    a.layer.tokens,
+                ))
+                .chain(forward_cases(&input.forward, a.layer.tokens)),
+        )?
+    };
     let layer_runs = if a.select.op.is_some() {
         vec![]
     } else {
         a.select.layer_configs(&methods, &sparsities)?
     };
+    if cases.is_empty() && layer_runs.is_empty() {
+        bail!("nothing to compile: --skip-ops with --methods none");
+    }
     let backends: Vec<_> = targets
         .iter()
         .map(|&t| (t, compile_only::compile_only(t)))
