@@ -14,7 +14,7 @@ VENV needs torch, transformers (5.x; 4.56 or later), tokenizers and safetensors.
 needs ``--gradients``, the dense model's gradient statistic from
 ``baselines/compute_gradients.py`` (the file prunebench's ``--gradients`` reads). Token ids
 may be given instead of texts (``--calibration-ids``, ``--eval-ids``: a ``.json`` list, or
-raw little-endian uint32 for any other name, as models/TEXT.md).
+raw little-endian uint32 for any other name, as docs/FORMATS.md).
 
 What it does, as the seeds (locuslab/wanda and VILA-Lab/GBLM-Pruner, ``lib/prune.py`` and
 ``lib/eval.py``; SparseGPT's ``fasterprune``)
@@ -23,7 +23,7 @@ What it does, as the seeds (locuslab/wanda and VILA-Lab/GBLM-Pruner, ``lib/prune
   the tokenizer's special tokens (``add_special_tokens=True``, what ``tokenizer(text)`` does),
   truncation and padding off: the ids prunebench reads.
 * Calibration: ``--nsamples`` windows of ``--seqlen`` ids at SplitMix64 offsets from
-  ``--seed`` (models/TEXT.md; bit for bit prunebench's windows), in place of the seeds'
+  ``--seed`` (docs/FORMATS.md; bit for bit prunebench's windows), in place of the seeds'
   random C4 windows.
 * Evaluation (``eval_ppl``): ids[i*T:(i+1)*T] for i < n // T (the remainder dropped), the first
   ``--eval-windows`` of them if given; nll = the mean over every predicted position (T - 1 per
@@ -57,7 +57,7 @@ What it does, as the seeds (locuslab/wanda and VILA-Lab/GBLM-Pruner, ``lib/prune
 
 Output
 ------
-A prunebench results file (``prunebench.results/1``, README "Results files") with no timing
+A prunebench results file (``prunebench.results/1``, docs/FORMATS.md "Results files") with no timing
 records and one ``quality`` record per model evaluated: ``key``
 ``PERPLEXITY(model=..,method=..,sparsity=..,nsamples=..,seqlen=..,seed=..)`` (the dense model:
 ``method=dense``, no sparsity or calibration), ``method``, ``params``, ``backend`` (``pytorch``),
@@ -117,7 +117,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ---- token ids and windows (models/TEXT.md) ------------------------------------------------
+# ---- token ids and windows (docs/FORMATS.md) ------------------------------------------------
 
 def read_ids(text_path, ids_path, checkpoint, what):
     if (text_path is None) == (ids_path is None):

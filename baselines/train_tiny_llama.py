@@ -233,7 +233,7 @@ def encode(tokenizer, text):
 def eval_windows(ids, ctx, max_windows=0):
     # Whole windows only, the remainder dropped: the seeds' eval_ppl (and prunebench's
     # perplexity). Before this, a trailing partial window of at least 2 tokens was kept; the
-    # committed models/tiny-llama/training.json was made that way (README, "The tiny LLaMA").
+    # committed models/tiny-llama/training.json was made that way (models/tiny-llama/README.md).
     wins = [ids[s:s + ctx] for s in range(0, len(ids) - ctx + 1, ctx)]
     if max_windows > 0:
         wins = wins[:max_windows]

@@ -189,11 +189,11 @@ lines = []
 w = lines.append
 w("# Pruning quality on the committed tiny LLaMA: prunebench and the PyTorch reference")
 w("")
-w(f"`{model}` (README, \"The tiny LLaMA\"): 4.87M parameters, 4 layers, hidden 256, "
+w(f"`{model}` (models/tiny-llama/README.md): 4.87M parameters, 4 layers, hidden 256, "
   "intermediate 688, 8 heads in 2 KV groups, vocabulary 4096, bf16, trained on the Python "
   "3.11 documentation. Calibration: "
   f"{nsamples} windows of {seqlen} tokens of `calibration.txt` at SplitMix64 offsets from seed "
-  f"{seed} (models/TEXT.md), the same windows for every run; evaluation: every whole "
+  f"{seed} (docs/FORMATS.md), the same windows for every run; evaluation: every whole "
   f"{seqlen}-token window of `evaluation.txt` ({dense['windows']} windows, {dense['tokens']} "
   "predicted tokens), perplexity as the seeds' `eval_ppl`. GBLM-Pruner's gradients come from "
   "`baselines/compute_gradients.py` on the same calibration windows, one file for both sides.")

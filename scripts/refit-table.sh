@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The re-fit table of the README: the mean and worst reconstruction error over the seven
+# The re-fit table of docs/CLI.md: the mean and worst reconstruction error over the seven
 # linears of the default synthetic layer, per method and sparsity, without and with PERP's
 # re-fit. Usage: scripts/refit-table.sh PRUNEBENCH_BINARY [BACKEND]
 set -euo pipefail

@@ -5,12 +5,12 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    // Before anything else, and before any thread: it sets an environment variable.
+    prunebench_kernels::host::quiet_display_probes();
+    let (args, inputs) = cli::parse();
     remove_temporaries_on_signals();
-    match cli::run(args) {
+    match cli::run(args, &inputs) {
         Ok(code) => code,
         Err(e) => {
             // One clear line (with its causes), never a backtrace.

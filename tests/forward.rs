@@ -4,9 +4,11 @@
 //! bf16. The CPU reference must reproduce transformers' hidden states, logits and loss; each
 //! GPU backend must reproduce the CPU reference.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::collections::HashMap;
+
+use common::fixture;
 use prunebench_harness::model::perplexity::trace;
 use prunebench_harness::model::{perplexity, ForwardOptions, Weights};
 use prunebench_kernels::cpu::CpuBackend;
@@ -14,12 +16,6 @@ use prunebench_kernels::{Backend, Matrix};
 use prunebench_models::checkpoint::Checkpoint;
 use prunebench_models::llama::LlamaConfig;
 use safetensors::{Dtype, SafeTensors};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/forward")
-        .join(name)
-}
 
 struct Reference {
     bytes: Vec<u8>,

@@ -5,21 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{json, prunebench};
+use common::{fixture, json, prunebench, s};
 use prunebench_models::checkpoint::Checkpoint;
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/forward")
-        .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A small run: 4 calibration windows of 32 tokens, 4 evaluation windows.
 fn prune_model(model: &str, backend: &str, extra: &[&str], out: Option<&Path>) -> Value {

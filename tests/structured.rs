@@ -476,7 +476,10 @@ fn bad_structured_input_is_refused_and_nothing_is_written() {
             with(&["--model", "llama-7b", "--attn-unit", "query_head"]),
             "r = 1",
         ),
-        (with(&["--round-to", "0"]), "--round-to must be at least 1"),
+        (
+            with(&["--round-to", "0"]),
+            "--round-to <ROUND_TO>': must be at least 1",
+        ),
         (with(&["--sparsity", "2:4"]), "not the N:M pattern"),
     ];
     for (args, needle) in cases {

@@ -13,7 +13,8 @@ use prunebench_kernels::suite::{self, CaseInputs, OpCase, Outcome};
 use prunebench_kernels::{Backend, KernelError, Matrix, TimeSource};
 
 use crate::error::Result;
-use crate::prune::{prune_layer, Calibration, Progress, PruneConfig, Purpose};
+use crate::methods::prune_layer;
+use crate::prune::{Calibration, Progress, PruneConfig, Purpose};
 use crate::results::{summarize, Bound, Ceilings, Payoff, Record, RecordKind, Status};
 use prunebench_models::LayerWeights;
 
@@ -323,8 +324,8 @@ pub fn bench_layer<B: Backend>(
     let structured = if cfg.method == crate::method::Method::Structured {
         let s = &cfg.structured;
         let budget = match s.budget {
-            crate::methods::structured::Budget::Layer => "layer".to_string(),
-            crate::methods::structured::Budget::PerKind { ffn, attn } => {
+            crate::Budget::Layer => "layer".to_string(),
+            crate::Budget::PerKind { ffn, attn } => {
                 format!("ffn={ffn}+attn={attn}")
             }
         };
@@ -459,10 +460,10 @@ fn layer_work(
                 })));
             }
             m => {
-                if first && m.needs_act_stat() {
+                if first && cfg.needs().act {
                     cases.extend(std::iter::repeat_n(c(Op::ActStat), samples));
                 }
-                if m.needs_grads() {
+                if cfg.needs().grads {
                     cases.extend(std::iter::repeat_n(
                         c(Op::GradFused(cfg.grad_norm)),
                         samples,
@@ -506,7 +507,7 @@ pub fn bench_model<B: Backend>(
     params.insert("seqlen".into(), seq.to_string());
     params.insert("layers".into(), cfg.model.num_layers.to_string());
     let structure = match pcfg.structured.budget {
-        crate::methods::structured::Budget::PerKind { ffn, attn }
+        crate::Budget::PerKind { ffn, attn }
             if pcfg.method == crate::method::Method::Structured =>
         {
             params.insert("structure".into(), format!("ffn={ffn}+attn={attn}"));

@@ -7,16 +7,16 @@ pub mod method;
 mod methods;
 pub mod model;
 pub mod prune;
-pub mod refit;
 pub mod report;
 pub mod results;
 pub mod verify;
 
 pub use error::{HarnessError, Result};
-pub use method::{Method, Needs};
-pub use methods::structured::config as structured;
-pub use methods::structured::{
-    AttnUnit, Budget, Compensate, ConfigDelta, Saliency, StructuredConfig, StructuredReport,
-};
-pub use prune::{prune_layer, Calibration, LayerRun, Progress, PruneConfig};
+pub use method::Method;
+pub use methods::{prune_layer, working_set_bytes};
+pub use prune::records::structured;
+pub use prune::records::structured::{AttnUnit, Budget, Compensate, Saliency, StructuredConfig};
+pub use prune::records::structured_report::{ConfigDelta, StructuredReport};
+pub use prune::refit;
+pub use prune::{Calibration, LayerRun, Needs, Progress, PruneConfig, Scope};
 pub use refit::{RefitConfig, RefitItem};

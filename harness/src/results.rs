@@ -1,6 +1,6 @@
 //! The results file: one JSON document per `prunebench bench` run (or baseline run), holding
 //! the device, the ceilings measured on it, and one flat record per (op or layer, parameters,
-//! backend, device). The schema is versioned by `schema`; the README documents every field.
+//! backend, device). The schema is versioned by `schema`; docs/FORMATS.md documents every field.
 
 use std::collections::BTreeMap;
 use std::path::Path;

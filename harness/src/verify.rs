@@ -9,7 +9,8 @@ use prunebench_models::LayerWeights;
 
 use crate::error::Result;
 use crate::method::Method;
-use crate::prune::{prune_layer, Calibration, LayerReport, Progress, PruneConfig};
+use crate::methods::prune_layer;
+use crate::prune::{Calibration, LayerReport, Progress, PruneConfig};
 
 /// Fraction of mask entries allowed to differ from the reference. The backend accumulates
 /// statistics in f32 (the reference in f64), so scores differ by ~1e-6 relative and only

@@ -10,17 +10,27 @@ pub(crate) const COMPUTE_BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
     .union(wgpu::Backends::METAL)
     .union(wgpu::Backends::DX12);
 
+/// An instance of the compute APIs only. GL is left out at creation, not only when adapters
+/// are listed: creating a GL instance opens EGL, which probes the display stack and, on a
+/// headless machine, prints "error: XDG_RUNTIME_DIR is invalid or not set" for nothing.
 pub(crate) fn instance() -> wgpu::Instance {
+    instance_of(COMPUTE_BACKENDS)
+}
+
+fn instance_of(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // WGPU_BACKEND, where set, narrows the choice further.
+    desc.backends &= backends;
     // Buffer creation past the driver's memory budget fails as out-of-memory instead of
     // paging or crashing (Vulkan with VK_EXT_memory_budget).
     desc.memory_budget_thresholds.for_resource_creation = Some(95);
     wgpu::Instance::new(desc)
 }
 
-/// Every adapter wgpu sees, GL included (probing GL can print display noise, so this is for
-/// listings and error messages only).
-pub(crate) fn all_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+/// Every adapter wgpu sees, GL included, from an instance of its own (probing GL can print
+/// display noise, so this is for the `devices` listing and error messages only).
+pub(crate) fn all_adapters() -> Vec<wgpu::Adapter> {
+    let instance = instance_of(wgpu::Backends::all());
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
 }
 
@@ -34,7 +44,7 @@ pub(crate) fn compute_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> 
 pub(crate) fn choose(instance: &wgpu::Instance, name: Option<&str>) -> Result<wgpu::Adapter> {
     let mut usable = compute_adapters(instance);
     let seen = || {
-        all_adapters(instance)
+        all_adapters()
             .iter()
             .map(|a| {
                 let i = a.get_info();

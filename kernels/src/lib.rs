@@ -1,9 +1,10 @@
-//! The pruning op set of ALGORITHMS.md §1-§7, as one trait ([`ops::Backend`]), with a CPU
+//! The op set of ALGORITHMS.md (§1-§7, §11-§14), as one trait ([`ops::Backend`]), with a CPU
 //! reference that accumulates in f64 ([`cpu::CpuBackend`]) against which every GPU backend is
 //! verified, and the GPU backends themselves behind cargo features.
 
 pub mod error;
 pub mod formats;
+pub mod host;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

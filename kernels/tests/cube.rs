@@ -129,7 +129,7 @@ fn multi_slab_cases() -> Vec<OpCase> {
 #[test]
 fn split_tensors_match_the_reference() {
     let b = backend()
-        .with_slab_limit(64 * 300 * 4)
+        .with_binding_limit(64 * 300 * 4)
         .with_poisoned_outputs(true);
     assert!(b.slabs(150, 296).unwrap().count() >= 3);
     assert!(b.slabs(200, 200).unwrap().count() >= 3);
@@ -186,7 +186,7 @@ fn poisoned_outputs_are_fully_written() {
 #[test]
 fn tensor_above_128_mib_is_split_and_correct() {
     let limit = 128u64 << 20;
-    let b = backend().with_slab_limit(limit);
+    let b = backend().with_binding_limit(limit);
     let (rows, cols) = (8256, 4096);
     assert!(rows as u64 * cols as u64 * 4 > limit);
     assert_eq!(b.slabs(rows, cols).unwrap().count(), 2);
@@ -225,7 +225,7 @@ fn too_large_for_the_device_is_refused_before_any_work() {
 /// paired slab by slab.
 #[test]
 fn operands_with_different_slabs_are_refused() {
-    let split = backend().with_slab_limit(64 * 300 * 4);
+    let split = backend().with_binding_limit(64 * 300 * 4);
     let whole = backend();
     let mut w = split
         .upload(&Matrix::from_fn(150, 300, |r, c| (r * c) as f32))
@@ -636,7 +636,7 @@ fn bad_compressions_and_products_get_the_reference_errors() {
 fn refit_ops_on_split_tensors_match_the_reference() {
     use prunebench_kernels::ops::LoraForm::{Mask as MaskForm, Scale};
     let b = backend()
-        .with_slab_limit(64 * 300 * 4)
+        .with_binding_limit(64 * 300 * 4)
         .with_poisoned_outputs(true);
     assert!(b.slabs(150, 130).unwrap().count() == 2);
     let mut cases = vec![

@@ -36,7 +36,7 @@ const NARROW_SPLIT_BYTES: u64 = 64 * 96 * 4;
 fn split_backend(bytes: u64) -> CubeWgpuBackend {
     cube_wgpu(None)
         .expect("no Vulkan adapter for CubeCL")
-        .with_slab_limit(bytes)
+        .with_binding_limit(bytes)
         .with_poisoned_outputs(true)
 }
 

@@ -27,7 +27,7 @@ fn backend() -> CubeWgpuBackend {
 fn split_backend() -> CubeWgpuBackend {
     cube_wgpu(None)
         .expect("no Vulkan adapter for CubeCL")
-        .with_slab_limit(64 * 300 * 4)
+        .with_binding_limit(64 * 300 * 4)
         .with_poisoned_outputs(true)
 }
 

@@ -85,7 +85,7 @@ const REFIT: &[&str] = &[
 fn tensors_split_across_bindings_match_the_reference() {
     // 128 KiB: H, U (200 x 200 is 160 KB) and the OBS weights' factor come in several
     // windows; the factor's outer blocks shrink to one 64-column block.
-    let b = backend().with_max_binding(128 << 10);
+    let b = backend().with_binding_limit(128 << 10);
     assert!(run(&b, ALL) > 0);
     assert!(
         b.split_ops() > 0,
@@ -94,7 +94,7 @@ fn tensors_split_across_bindings_match_the_reference() {
     // 8 KiB: weights of 13 x 300 in slabs of 6 rows, the fused gradient's tokens in windows,
     // H in slabs of 15 rows, OBS sub-blocks of 9 columns (N:M: 8), products' tokens in
     // windows of 6.
-    let b = backend().with_max_binding(8 << 10);
+    let b = backend().with_binding_limit(8 << 10);
     assert_eq!(b.max_binding(), 8 << 10);
     assert!(run(&b, ROW_SPLIT) > 0);
     assert!(
@@ -105,8 +105,7 @@ fn tensors_split_across_bindings_match_the_reference() {
 
 #[test]
 fn every_output_entry_is_written() {
-    let b = backend();
-    b.set_poison(true);
+    let b = backend().with_poisoned_outputs(true);
     run(&b, ALL);
 }
 
@@ -183,8 +182,9 @@ fn shape_errors_are_errors() {
 /// range of D·H), so the gradient's epilogue runs on the last window only.
 #[test]
 fn lora_ops_split_across_bindings_match_the_reference() {
-    let b = backend().with_max_binding(8 << 10);
-    b.set_poison(true);
+    let b = backend()
+        .with_binding_limit(8 << 10)
+        .with_poisoned_outputs(true);
     let reference = CpuBackend::new();
     for form in [LoraForm::Mask, LoraForm::Scale] {
         for (rank, rows, cols) in [(4, 40, 200), (17, 37, 100)] {
@@ -366,7 +366,7 @@ fn every_sparse_case_runs_and_matches_the_reference() {
 /// start mid-word.
 #[test]
 fn compressed_weights_split_across_bindings_match_the_reference() {
-    let b = backend().with_max_binding(8 << 10);
+    let b = backend().with_binding_limit(8 << 10);
     let reference = CpuBackend::new();
     let holes = MaskSource::Holes(0.6);
     let two_four = MaskSource::Wanda(prunebench_kernels::Sparsity::NM { n: 2, m: 4 });

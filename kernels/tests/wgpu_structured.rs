@@ -19,14 +19,13 @@ fn backend() -> WgpuBackend {
     let b = WgpuBackend::new(None)
         .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver");
     // Fresh outputs start as NaN, so an entry a kernel forgets to write fails the comparison.
-    b.set_poison(true);
-    b
+    b.with_poisoned_outputs(true)
 }
 
 /// The same backend with storage bindings capped at `bytes`, so every tensor of the test
 /// shapes comes in several windows.
 fn split_backend(bytes: u64) -> WgpuBackend {
-    backend().with_max_binding(bytes)
+    backend().with_binding_limit(bytes)
 }
 
 fn down<B: Backend>(b: &B, t: &B::Tensor) -> Matrix {

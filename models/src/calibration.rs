@@ -1,6 +1,6 @@
 //! The calibration file: one safetensors file holding, for one layer, calibration inputs per
 //! input group, output gradients per linear, and optionally ready statistics that replace
-//! accumulating them. The format is specified in CALIBRATION.md next to this crate.
+//! accumulating them. The format is specified in docs/FORMATS.md.
 //!
 //! | tensor                   | shape                   | meaning                          |
 //! |--------------------------|-------------------------|----------------------------------|

@@ -1,6 +1,6 @@
 //! A pruned model written back as a Hugging Face checkpoint folder that loads wherever the
 //! input did: the input's files, its sharding and tensor names, each tensor in its own dtype,
-//! only the replaced tensors re-encoded. TEXT.md describes the folder.
+//! only the replaced tensors re-encoded. docs/FORMATS.md describes the folder.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -134,7 +134,8 @@ pub fn write_pruned_checkpoint(
         )));
     }
     let shards = plan_shards(input, replaced, out)?;
-    let copies = files_to_copy(input, &shards, config_json.is_some())?;
+    let shard_names: Vec<&str> = shards.iter().map(|s| s.name.as_str()).collect();
+    let copies = files_to_copy(input, &shard_names, config_json.is_some())?;
 
     let dir = PartialDir::create(out)?;
     for (from, name) in &copies {
@@ -150,7 +151,7 @@ pub fn write_pruned_checkpoint(
         let updated = updated_index(index, &shards)?;
         write_json(&dir.path().join(INDEX), &updated)?;
     }
-    dir.commit(inputs)
+    dir.commit_new(inputs)
 }
 
 /// Every output shard's tensors, the replacements checked for dtype, shape and values.
@@ -274,11 +275,26 @@ fn replacement<'a>(
     })
 }
 
-/// The top-level files copied as they are: (source, file name). Checked here, before anything
-/// is written, so that an unreadable one stops the run at once.
+/// Refuses, before any work, a checkpoint whose pruned copy could not be written for a file
+/// of its own: every top-level file the copy takes is opened now (a dangling link, a FIFO,
+/// an unreadable file), and the error names that file, not the output.
+pub fn check_files_to_copy(input: &Checkpoint) -> Result<()> {
+    let names: Vec<String> = input
+        .files()
+        .iter()
+        .filter_map(|f| f.path.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    files_to_copy(input, &names, false).map(drop)
+}
+
+/// The top-level files copied as they are: (source, file name), all but the shards named in
+/// `shards`. Checked here, before anything is written, so that an unreadable one stops the
+/// run at once.
 fn files_to_copy(
     input: &Checkpoint,
-    shards: &[Shard],
+    shards: &[&str],
     new_config: bool,
 ) -> Result<Vec<(PathBuf, String)>> {
     let dir = input.dir();
@@ -288,7 +304,7 @@ fn files_to_copy(
         let e = e.map_err(io(dir))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let skip = shards.iter().any(|s| s.name == name)
+        let skip = shards.contains(&name.as_str())
             || name == INDEX
             || is_other_weights(&name)
             || (new_config && name == "config.json")

@@ -22,6 +22,11 @@ use crate::error::{ModelError, Result};
 /// while a temporary exists. Unset in normal use.
 pub const HOLD_ENV: &str = "PRUNEBENCH_TEST_HOLD_PARTIAL_MS";
 
+/// Test hook: when set to a number of milliseconds, a `PartialDir` complete under its temporary
+/// name waits that long before `commit_new` moves it into place, so that a test can run two
+/// writers of one folder at once. Unset in normal use.
+pub const HOLD_DIR_ENV: &str = "PRUNEBENCH_TEST_HOLD_PARTIAL_DIR_MS";
+
 /// The longest file name most file systems accept (NAME_MAX), in bytes.
 const NAME_MAX: usize = 255;
 
@@ -360,7 +365,11 @@ impl Drop for PartialFile {
 }
 
 fn hold_for_tests() {
-    if let Some(ms) = std::env::var(HOLD_ENV).ok().and_then(|v| v.parse().ok()) {
+    hold(HOLD_ENV);
+}
+
+fn hold(var: &str) {
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
@@ -438,6 +447,36 @@ impl PartialDir {
     }
 }
 
+impl PartialDir {
+    /// Puts a new folder in place in one step, or nothing at all: the temporary is renamed to
+    /// the target, which must be absent or an empty folder at that moment. A rename never
+    /// replaces a folder that holds anything, so when another run filled the target since the
+    /// start, this one is refused whole and its files are removed, instead of being mixed in.
+    pub fn commit_new(mut self, inputs: &Inputs) -> Result<()> {
+        hold(HOLD_DIR_ENV);
+        check_not_input(&self.target, inputs)?;
+        if self.target.exists() && !self.target.is_dir() {
+            return Err(refuse(&self.target, "it exists and is not a folder"));
+        }
+        let mut live = live();
+        match fs::rename(&self.tmp, &self.target) {
+            Ok(()) => {
+                live.retain(|p| p != &self.tmp);
+                self.tmp = PathBuf::new();
+                Ok(())
+            }
+            Err(e) if self.target.is_dir() => Err(refuse(
+                &self.target,
+                format!(
+                    "the folder is no longer empty (another run wrote there since this one \
+                     started); nothing of this run was put there ({e})"
+                ),
+            )),
+            Err(e) => Err(refuse(&self.target, e.to_string())),
+        }
+    }
+}
+
 impl Drop for PartialDir {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
@@ -498,6 +537,31 @@ mod tests {
         assert!(err.contains("it is a folder"), "{err}");
         assert_eq!(entries(dir.path()), vec!["report"]);
         assert_eq!(entries(&target), vec!["b.html"]);
+    }
+
+    #[test]
+    fn a_new_folder_is_put_in_place_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model");
+        // Absent, then empty: both take the whole folder.
+        for make_empty in [false, true] {
+            if make_empty {
+                fs::remove_dir_all(&target).unwrap();
+                fs::create_dir(&target).unwrap();
+            }
+            let d = PartialDir::create(&target).unwrap();
+            fs::write(d.path().join("config.json"), "{}").unwrap();
+            d.commit_new(&Inputs::new()).unwrap();
+            assert_eq!(entries(&target), vec!["config.json"]);
+        }
+        // Filled by another writer since the start: refused, the other's files untouched,
+        // this one's temporary gone.
+        let d = PartialDir::create(&target).unwrap();
+        fs::write(d.path().join("tokenizer.json"), "{}").unwrap();
+        let err = d.commit_new(&Inputs::new()).unwrap_err().to_string();
+        assert!(err.contains("no longer empty"), "{err}");
+        assert_eq!(entries(&target), vec!["config.json"]);
+        assert_eq!(entries(dir.path()), vec!["model"]);
     }
 
     #[test]

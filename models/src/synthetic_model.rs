@@ -42,6 +42,24 @@ fn token_ids(n: usize, vocab: usize, rng: &mut Rng) -> Vec<u32> {
 }
 
 impl SyntheticModel {
+    /// Host bytes `write` holds at its peak: every weight in f32 (the layers are drawn before
+    /// the file is streamed out), the token ids and their JSON text (at most 8 bytes an id).
+    /// Saturates rather than wraps for sizes no machine has.
+    pub fn host_bytes(&self) -> u64 {
+        let c = &self.cfg;
+        let per_layer: u64 = c
+            .linears()
+            .iter()
+            .map(|l| (l.rows as u64).saturating_mul(l.cols as u64))
+            .fold(2 * c.hidden as u64, u64::saturating_add);
+        let weights = (c.num_layers as u64)
+            .saturating_mul(per_layer)
+            .saturating_add((2 * self.vocab as u64 + 1).saturating_mul(c.hidden as u64));
+        weights
+            .saturating_mul(4)
+            .saturating_add((self.tokens as u64).saturating_mul(12))
+    }
+
     /// Writes the folder `dir` (which must not exist yet or be empty) in `dtype`.
     pub fn write(&self, dir: &Path, dtype: DType) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;

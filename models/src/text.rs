@@ -1,6 +1,6 @@
 //! Text as the whole-model runs see it: token ids from a checkpoint's `tokenizer.json` or from a
 //! file of ids, cut into the calibration windows (seeded random offsets) and the evaluation
-//! windows (consecutive, as the seeds' `eval_ppl`). TEXT.md documents the file formats and
+//! windows (consecutive, as the seeds' `eval_ppl`). docs/FORMATS.md documents the file formats and
 //! the window rules, so that another implementation draws the same windows.
 
 use std::io::Read;
@@ -161,7 +161,7 @@ fn at_least_one_window(n: usize, seqlen: usize) -> Result<()> {
     Ok(())
 }
 
-/// The SplitMix64 generator (Steele, Lea and Flood 2014), as specified in TEXT.md.
+/// The SplitMix64 generator (Steele, Lea and Flood 2014), as specified in docs/FORMATS.md.
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -175,7 +175,7 @@ impl SplitMix64 {
 }
 
 /// `nsamples` calibration windows of `seqlen` tokens at seeded random offsets, exactly (a
-/// Python script in TEXT.md reproduces it bit for bit): with n = ids.len() and T = seqlen
+/// Python script in docs/FORMATS.md reproduces it bit for bit): with n = ids.len() and T = seqlen
 /// (n ≥ T, else an error), state = seed, and for each window in turn
 ///
 /// ```text
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn splitmix64_matches_the_reference_sequence() {
         // The published first outputs for seed 1234567 (Rosetta Code, "Pseudo-random
-        // numbers/Splitmix64"), which TEXT.md's Python steps give too.
+        // numbers/Splitmix64"), which docs/FORMATS.md's Python steps give too.
         let mut r = SplitMix64(1234567);
         assert_eq!(
             [r.next(), r.next(), r.next()],
@@ -265,7 +265,7 @@ mod tests {
         assert!(calibration_windows(&ids, 0, 16, 0).unwrap().is_empty());
     }
 
-    /// `[w[0] for w in calibration_windows(list(range(1000)), 4, 16, 0)]` with TEXT.md's
+    /// `[w[0] for w in calibration_windows(list(range(1000)), 4, 16, 0)]` with docs/FORMATS.md's
     /// Python, and `(..., 3, 100, 42)`.
     const PY_OFFSETS_SEED0: [u32; 4] = [295, 370, 304, 214];
     const PY_OFFSETS_SEED42: [u32; 3] = [421, 333, 550];

@@ -15,6 +15,7 @@ use prunebench_harness::results::{
 };
 use prunebench_kernels::suite::{forward_cases, model_cases, structured_cases, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
+use prunebench_models::output::Inputs;
 
 use super::backends::{dispatch, resolve, BackendJob};
 use super::layer_input::LayerInput;
@@ -238,7 +239,7 @@ fn whole_model(a: &BenchArgs) -> Result<Option<WholeModel>> {
     }))
 }
 
-pub fn run(a: BenchArgs) -> Result<ExitCode> {
+pub fn run(a: BenchArgs, inputs: &Inputs) -> Result<ExitCode> {
     if a.dry_run {
         return dry_run(&a);
     }
@@ -249,12 +250,11 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let inputs = a.layer.inputs();
     match &a.out {
-        Some(out) => super::check_out_file(out, &inputs)?,
+        Some(out) => super::check_out_file(out, inputs)?,
         // The default file's name depends on the device, known only after the run; its
         // folder can be checked now (and is created at the end).
-        None => super::check_out_folder(Path::new(DEFAULT_DIR), &inputs)?,
+        None => super::check_out_folder(Path::new(DEFAULT_DIR), inputs)?,
     }
     let model = whole_model(&a)?;
     let input = LayerInput::load(&a.layer)?;
@@ -294,7 +294,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.out.is_none() {
         std::fs::create_dir_all(DEFAULT_DIR)
             .map_err(|e| super::out_error(format!("{DEFAULT_DIR}: {e}")))?;
-        super::check_out_file(&out, &inputs)?;
+        super::check_out_file(&out, inputs)?;
     }
     results.write(&out)?;
     print_summary(&results);

@@ -5,8 +5,10 @@ mod bench;
 #[cfg(feature = "cuda")]
 mod compile;
 mod devices;
+mod inputs;
 mod layer_input;
 mod model_input;
+mod numbers;
 mod perplexity;
 mod progress;
 mod prune;
@@ -18,7 +20,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use prunebench_models::output::{self, Inputs};
 
 #[derive(Parser, Debug)]
@@ -65,24 +67,24 @@ pub struct LayerArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Decoder layer index.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = numbers::count(0, numbers::MAX_LAYERS - 1))]
     pub layer: usize,
     /// A Hugging Face model folder (config.json and safetensors, single or sharded); without
     /// it a seeded synthetic layer is used.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// A calibration safetensors file (see README); without it synthetic LLaMA-like
+    /// A calibration safetensors file (see docs/FORMATS.md); without it synthetic LLaMA-like
     /// activations and gradients are generated.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Synthetic calibration samples (the papers use 128).
-    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_WINDOWS))]
     pub samples: usize,
     /// Tokens per synthetic calibration sample (the papers use 2048).
-    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_SEQLEN))]
     pub tokens: usize,
     /// Seed of the synthetic layer and calibration.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = numbers::seed)]
     pub seed: u64,
     /// Linears to prune: all, or a list such as q_proj,k_proj,v_proj.
     #[arg(long, default_value = "all")]
@@ -126,7 +128,9 @@ pub struct MethodArgs {
     pub method: String,
     /// A fraction in [0, 1) (unstructured) or N:M such as 2:4. For structured: the fraction
     /// of the layer's linear parameters to remove.
-    #[arg(long, default_value = "0.5", allow_negative_numbers = true)]
+    // Hyphen values, not only negative numbers: "-0:4" must reach the sparsity's own check
+    // rather than be taken for an unknown flag.
+    #[arg(long, default_value = "0.5", allow_hyphen_values = true)]
     pub sparsity: String,
     /// Unstructured comparison group: row or matrix (default: matrix for magnitude, row for
     /// wanda and gblm, as in their papers' code).
@@ -140,14 +144,14 @@ pub struct MethodArgs {
     #[arg(long, default_value = "none")]
     pub refit: String,
     /// AdamW steps of each LoRA re-fit.
-    #[arg(long, default_value_t = prunebench_harness::refit::DEFAULT_STEPS, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = prunebench_harness::refit::DEFAULT_STEPS, allow_negative_numbers = true, value_parser = numbers::count(0, numbers::MAX_REPEATS))]
     pub refit_steps: usize,
     /// Peak learning rate of the LoRA re-fits (linear warm-up over 10% of the steps, then
     /// linear decay to 0).
     #[arg(long, default_value_t = prunebench_harness::refit::DEFAULT_LR, allow_negative_numbers = true)]
     pub refit_lr: f64,
     /// Seed of MaskLoRA's initial A.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = numbers::seed)]
     pub refit_seed: u64,
     #[command(flatten)]
     pub structured: StructuredArgs,
@@ -172,10 +176,10 @@ pub struct StructuredArgs {
     #[arg(long, default_value = "obs")]
     pub compensate: String,
     /// Greedy rounds; each re-scores the remaining groups after the last update.
-    #[arg(long, default_value_t = prunebench_harness::structured::DEFAULT_ROUNDS, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = prunebench_harness::structured::DEFAULT_ROUNDS, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_REPEATS))]
     pub rounds: usize,
     /// The kept FFN width is rounded to a multiple of this (1 disables).
-    #[arg(long, default_value_t = prunebench_harness::structured::DEFAULT_ROUND_TO, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = prunebench_harness::structured::DEFAULT_ROUND_TO, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_SIZE))]
     pub round_to: usize,
 }
 
@@ -280,45 +284,6 @@ impl SelectionArgs {
     }
 }
 
-// Numeric options accept negative-looking values (`allow_negative_numbers`), so that "-1"
-// reaches these parsers and gets a message about the value, rather than clap taking it for an
-// unknown flag ("unexpected argument '-1' found").
-
-/// A count, index or seed: a whole number, 0 or more.
-fn whole_number<T: std::str::FromStr<Err = std::num::ParseIntError>>(s: &str) -> Result<T, String> {
-    if s.starts_with('-') {
-        return Err("must not be negative".into());
-    }
-    s.parse()
-        .map_err(|e: std::num::ParseIntError| match e.kind() {
-            std::num::IntErrorKind::PosOverflow => "too large".into(),
-            _ => "expected a whole number, 0 or more".into(),
-        })
-}
-
-/// A rate: a finite number above 0.
-fn positive_number(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        Ok(_) => Err("must be a finite number above 0".into()),
-        Err(_) => Err("expected a number above 0".into()),
-    }
-}
-
-impl LayerArgs {
-    /// The files and folders this layer is read from, which no output may replace.
-    pub fn inputs(&self) -> Inputs {
-        let mut inputs = Inputs::new();
-        if let Some(dir) = &self.checkpoint {
-            inputs.folder(dir, &format!("the checkpoint folder {}", dir.display()));
-        }
-        if let Some(f) = &self.calibration {
-            inputs.file(f, &format!("the --calibration file {}", f.display()));
-        }
-        inputs
-    }
-}
-
 /// Fails before any work unless `out` can be written: its folder exists and is writable, it
 /// is not a folder, device or FIFO, and it is none of `inputs`. The same check every output
 /// goes through again when it is written.
@@ -353,13 +318,13 @@ pub struct PruneModelArgs {
     #[arg(long)]
     pub calibration_ids: Option<PathBuf>,
     /// Calibration windows, drawn at seeded random offsets of the text.
-    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_WINDOWS))]
     pub nsamples: usize,
     /// Tokens per window, calibration and evaluation (default min(2048, max_position_embeddings)).
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_SEQLEN))]
     pub seqlen: Option<usize>,
     /// Seed of the calibration windows' offsets.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = numbers::seed)]
     pub seed: u64,
     /// Evaluation text: perplexity of the dense and of the pruned model.
     #[arg(long)]
@@ -368,7 +333,7 @@ pub struct PruneModelArgs {
     #[arg(long)]
     pub eval_ids: Option<PathBuf>,
     /// Evaluate at most this many windows (default: every whole window of the text).
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_EVAL_WINDOWS))]
     pub eval_windows: Option<usize>,
     /// GBLM-Pruner's gradients of the dense model (baselines/compute_gradients.py).
     #[arg(long)]
@@ -389,16 +354,16 @@ pub struct SyntheticModelArgs {
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Decoder layers (default: the shape's own count).
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_LAYERS))]
     pub layers: Option<usize>,
     /// Vocabulary size.
-    #[arg(long, default_value_t = 512, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true, value_parser = numbers::count(2, numbers::MAX_SIZE))]
     pub vocab: usize,
     /// Seed of the weights and token ids.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole_number::<u64>)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = numbers::seed)]
     pub seed: u64,
     /// Token ids written to token_ids.json beside the weights.
-    #[arg(long, default_value_t = 16384, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 16384, allow_negative_numbers = true, value_parser = numbers::count(2, numbers::MAX_SYNTHETIC_TOKENS))]
     pub tokens: usize,
     /// Weight dtype: f32, f16 or bf16.
     #[arg(long, default_value = "bf16")]
@@ -422,10 +387,10 @@ pub struct PerplexityArgs {
     #[arg(long)]
     pub token_ids: Option<PathBuf>,
     /// Tokens per window (default min(2048, max_position_embeddings)).
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_SEQLEN))]
     pub seqlen: Option<usize>,
     /// Evaluate at most this many windows (default: every whole window).
-    #[arg(long, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_EVAL_WINDOWS))]
     pub windows: Option<usize>,
     #[command(flatten)]
     pub limits: model_input::DeviceLimitArgs,
@@ -459,16 +424,16 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub select: SelectionArgs,
     /// Timed repetitions per op (the median is reported).
-    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_REPEATS))]
     pub repeats: usize,
     /// Untimed runs before timing.
-    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = numbers::count(0, numbers::MAX_REPEATS))]
     pub warmup: usize,
     /// Independent input sets rotated between repetitions (defeats caches).
-    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_INPUT_SETS))]
     pub input_sets: usize,
     /// Whole-layer repetitions per method and sparsity.
-    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = whole_number::<usize>)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = numbers::count(1, numbers::MAX_REPEATS))]
     pub layer_repeats: usize,
     /// Time without comparing against the CPU reference (for sizes where it is too slow).
     #[arg(long)]
@@ -492,10 +457,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Copy bandwidth for --dry-run predictions, GB/s.
-    #[arg(long, requires = "dry_run", allow_negative_numbers = true, value_parser = positive_number)]
+    #[arg(long, requires = "dry_run", allow_negative_numbers = true, value_parser = numbers::positive_number)]
     pub copy_gbps: Option<f64>,
     /// f32 FMA rate for --dry-run predictions, TFLOP/s.
-    #[arg(long, requires = "dry_run", allow_negative_numbers = true, value_parser = positive_number)]
+    #[arg(long, requires = "dry_run", allow_negative_numbers = true, value_parser = numbers::positive_number)]
     pub fma_tflops: Option<f64>,
 }
 
@@ -509,15 +474,25 @@ pub struct ReportArgs {
     pub out: PathBuf,
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The parsed command line, and the registry of every file and folder it names to be read
+/// (see `inputs`), taken before any work.
+pub fn parse() -> (Cli, Inputs) {
+    let cmd = Cli::command();
+    let matches = cmd.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let inputs = inputs::registry(&cmd, &matches);
+    (cli, inputs)
+}
+
+pub fn run(cli: Cli, inputs: &Inputs) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Prune(a) => prune::run(a),
-        Command::PruneModel(a) => prune_model::run(a),
+        Command::Prune(a) => prune::run(a, inputs),
+        Command::PruneModel(a) => prune_model::run(a, inputs),
         Command::Perplexity(a) => perplexity::run(a),
-        Command::SyntheticModel(a) => synthetic_model::run(a),
+        Command::SyntheticModel(a) => synthetic_model::run(a, inputs),
         Command::Verify(a) => verify::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Report(a) => report::run(a),
+        Command::Bench(a) => bench::run(a, inputs),
+        Command::Report(a) => report::run(a, inputs),
         Command::Devices => devices::run(),
         #[cfg(feature = "cuda")]
         Command::Compile(a) => compile::run(a),

@@ -59,17 +59,12 @@ pub fn seqlen(arg: Option<usize>, cfg: &LlamaConfig) -> Result<usize> {
     Ok(t)
 }
 
-/// Opens the checkpoint and its full config, refusing an unknown rope scaling and the like
-/// before any work.
+/// Opens the checkpoint and its full config, refusing an unknown rope scaling, a missing or
+/// misshapen tensor and the like before any work.
 pub fn open(dir: &Path) -> Result<(Checkpoint, LlamaConfig)> {
     let ckpt = Checkpoint::open(dir)?;
     let cfg = ckpt.llama()?;
-    let none = Default::default();
-    prunebench_harness::model::Weights {
-        ckpt: &ckpt,
-        replaced: &none,
-    }
-    .head_name(&cfg)?;
+    prunebench_harness::model::check_tensors(&ckpt, &cfg)?;
     Ok((ckpt, cfg))
 }
 
@@ -78,6 +73,7 @@ pub fn open(dir: &Path) -> Result<(Checkpoint, LlamaConfig)> {
 pub struct DeviceLimitArgs {
     /// Plan for a device with at most this much memory, in MiB (a smaller GPU than this
     /// one); the run is refused before any work if one layer does not fit.
-    #[arg(long)]
+    // Held in bytes: the parser scales the MiB with checked arithmetic.
+    #[arg(long, value_name = "MIB", allow_negative_numbers = true, value_parser = super::numbers::mebibytes)]
     pub max_device_memory: Option<u64>,
 }

@@ -49,7 +49,8 @@ impl BackendJob for PerplexityJob<'_> {
 pub fn eval_windows(ids: &[u32], seq: usize, limit: Option<usize>) -> Result<Vec<Vec<u32>>> {
     let mut w = text::eval_windows(ids, seq)?;
     if let Some(n) = limit {
-        w.truncate(n.max(1));
+        // n ≥ 1: its parser refuses 0 rather than read it as "one" or "all".
+        w.truncate(n);
     }
     Ok(w)
 }
@@ -68,7 +69,7 @@ pub fn run(a: PerplexityArgs) -> Result<ExitCode> {
         cfg: &cfg,
         windows: &windows,
         opts: ForwardOptions::default(),
-        limit: a.limits.max_device_memory.map(|m| m << 20),
+        limit: a.limits.max_device_memory,
         label: "perplexity",
     };
     let (p, info) = dispatch(choice, a.backend.adapter.as_deref(), job)?;

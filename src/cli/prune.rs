@@ -12,6 +12,7 @@ use prunebench_harness::{
 };
 use prunebench_kernels::{Backend, GradNorm, MaskGroup, Sparsity};
 use prunebench_models::checkpoint::{write_layer_with_meta, write_layer_with_norms};
+use prunebench_models::output::Inputs;
 
 use super::backends::{dispatch, resolve, BackendJob};
 use super::layer_input::LayerInput;
@@ -119,16 +120,15 @@ pub fn prune_config(a: &MethodArgs) -> Result<PruneConfig> {
     Ok(cfg)
 }
 
-pub fn run(a: PruneArgs) -> Result<ExitCode> {
+pub fn run(a: PruneArgs, inputs: &Inputs) -> Result<ExitCode> {
     // Every argument is checked before any work starts.
     let cfg = prune_config(&a.method)?;
     let method = cfg.method;
     let choice = resolve(&a.backend.backend)?;
-    let inputs = a.layer.inputs();
     if let Some(out) = &a.out {
-        super::check_out_file(out, &inputs)?;
+        super::check_out_file(out, inputs)?;
         if method == Method::Structured {
-            super::check_out_file(&config_delta_path(out), &inputs)?;
+            super::check_out_file(&config_delta_path(out), inputs)?;
         }
     }
     let input = LayerInput::load(&a.layer)?;

@@ -97,7 +97,7 @@ impl BackendJob for PruneModelJob<'_> {
     }
 }
 
-pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
+pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
     // Every argument and input is checked before any work starts.
     let pcfg = prune_config(&a.method)?;
     let (ckpt, cfg) = open(&a.checkpoint)?;
@@ -116,31 +116,13 @@ pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
     let eval_tokens = Tokens::pick(&a.eval_text, &a.eval_ids, "evaluation text")?;
     let seq = seqlen(a.seqlen, &cfg)?;
     let choice = resolve(&a.backend.backend)?;
-    let mut inputs = Inputs::new();
-    inputs.folder(
-        &a.checkpoint,
-        &format!("the checkpoint folder {}", a.checkpoint.display()),
-    );
-    for (p, what) in [
-        (Some(calib_tokens.path()), "the calibration text"),
-        (
-            eval_tokens.as_ref().map(Tokens::path),
-            "the evaluation text",
-        ),
-        (a.gradients.as_deref(), "the --gradients file"),
-    ] {
-        if let Some(p) = p {
-            inputs.file(p, &format!("{what} {}", p.display()));
-        }
-    }
     if let Some(out) = &a.out {
-        hf_out::check_output_folder(&ckpt, out, &inputs).map_err(super::out_error)?;
+        hf_out::check_output_folder(&ckpt, out, inputs).map_err(super::out_error)?;
+        hf_out::check_files_to_copy(&ckpt)?;
     }
     let ids = calib_tokens.load(&a.checkpoint, &cfg, "--calibration-ids")?;
     let calibration = text::calibration_windows(&ids, a.nsamples, seq, a.seed)?;
-    if a.nsamples == 0 {
-        bail!("--nsamples must be at least 1");
-    }
+    check_host_memory(&cfg, a.nsamples, seq)?;
     let eval = match &eval_tokens {
         Some(t) => {
             let ids = t.load(&a.checkpoint, &cfg, "--eval-ids")?;
@@ -155,7 +137,7 @@ pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
         eval: eval.as_deref(),
         pcfg: &pcfg,
         gradients: gradients.as_ref(),
-        limit: a.limits.max_device_memory.map(|m| m << 20),
+        limit: a.limits.max_device_memory,
     };
     let out = dispatch(choice, a.backend.adapter.as_deref(), job)?;
     if let Some(dir) = &a.out {
@@ -168,7 +150,7 @@ pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
             )),
             None => None,
         };
-        hf_out::write_pruned_checkpoint(&ckpt, dir, &out.run.replaced, config.as_ref(), &inputs)
+        hf_out::write_pruned_checkpoint(&ckpt, dir, &out.run.replaced, config.as_ref(), inputs)
             .map_err(super::out_error)?;
     }
     if a.json {
@@ -189,6 +171,23 @@ pub fn run(a: PruneModelArgs) -> Result<ExitCode> {
         print_summary(&a, &cfg, &pcfg, &out);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a run whose hidden states and captured inputs (kept on the host between layers)
+/// would not fit the memory the system has available.
+fn check_host_memory(cfg: &LlamaConfig, windows: usize, seq: usize) -> Result<()> {
+    let need = sequential::host_bytes(cfg, windows, seq);
+    match prunebench_kernels::host::available_memory() {
+        Some(available) if need > available => bail!(
+            "{} windows of {seq} tokens of {} keep {:.1} GiB of hidden states on the host, and \
+             {:.1} GiB of memory is available: use fewer --nsamples or a shorter --seqlen",
+            windows,
+            cfg.model.name,
+            need as f64 / (1u64 << 30) as f64,
+            available as f64 / (1u64 << 30) as f64
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn print_summary(a: &PruneModelArgs, cfg: &LlamaConfig, pcfg: &PruneConfig, o: &Outcome) {

@@ -9,14 +9,10 @@ use prunebench_models::output::Inputs;
 
 use super::ReportArgs;
 
-pub fn run(a: ReportArgs) -> Result<ExitCode> {
-    let mut inputs = Inputs::new();
-    for r in &a.results {
-        inputs.file(r, &format!("the results file {}", r.display()));
-    }
-    super::check_out_folder(&a.out, &inputs)?;
+pub fn run(a: ReportArgs, inputs: &Inputs) -> Result<ExitCode> {
+    super::check_out_folder(&a.out, inputs)?;
     let report = Report::load(&a.results)?;
-    report.write(&a.out, &inputs).map_err(super::out_error)?;
+    report.write(&a.out, inputs).map_err(super::out_error)?;
     println!(
         "report of {} run(s) written to {} (report.md, report.html)",
         report.runs.len(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use prunebench_models::config::lookup;
-use prunebench_models::output::{Inputs, PartialDir};
+use prunebench_models::output::{check_new_folder, Inputs, PartialDir};
 use prunebench_models::synthetic_model::{SyntheticModel, TOKEN_IDS};
 use prunebench_models::DType;
 
@@ -21,41 +21,40 @@ fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
-pub fn run(a: SyntheticModelArgs) -> Result<ExitCode> {
+pub fn run(a: SyntheticModelArgs, inputs: &Inputs) -> Result<ExitCode> {
+    // The counts are bounded by their parsers (the checkpoint reader's limits on layers and
+    // vocabulary); what they add up to is checked here, before the folder is made.
     let mut cfg = lookup(&a.model)?;
     if let Some(n) = a.layers {
-        if n == 0 {
-            bail!("--layers must be at least 1");
-        }
         cfg.num_layers = n;
     }
-    if a.vocab < 2 {
-        bail!("--vocab must be at least 2");
-    }
-    if a.tokens < 2 {
-        bail!("--tokens must be at least 2");
-    }
     let dtype = parse_dtype(&a.dtype)?;
-    if a.out.exists()
-        && std::fs::read_dir(&a.out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        bail!(
-            "--out {}: exists and is not an empty folder",
-            a.out.display()
-        );
-    }
+    check_new_folder(&a.out, inputs).map_err(super::out_error)?;
     let model = SyntheticModel {
         cfg,
         vocab: a.vocab,
         seed: a.seed,
         tokens: a.tokens,
     };
+    let need = model.host_bytes();
+    if let Some(available) = prunebench_kernels::host::available_memory() {
+        if need > available {
+            bail!(
+                "a synthetic {} with {} layers and a vocabulary of {} needs about {} of memory \
+                 to write, and {} is available: give fewer --layers, a smaller --vocab or \
+                 fewer --tokens",
+                a.model,
+                model.cfg.num_layers,
+                a.vocab,
+                gib(need),
+                gib(available)
+            );
+        }
+    }
     // Written to a temporary folder and renamed: an error or a signal leaves nothing.
     let partial = PartialDir::create(&a.out).map_err(super::out_error)?;
     model.write(partial.path(), dtype)?;
-    partial.commit(&Inputs::new()).map_err(super::out_error)?;
+    partial.commit_new(inputs).map_err(super::out_error)?;
     println!(
         "synthetic {} ({} layers, vocabulary {}, {}, seed {}) written to {}; token ids in {}",
         a.model,
@@ -67,4 +66,8 @@ pub fn run(a: SyntheticModelArgs) -> Result<ExitCode> {
         a.out.join(TOKEN_IDS).display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

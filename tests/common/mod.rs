@@ -1,7 +1,9 @@
 //! What the command-line tests share: running the built binary, and its JSON.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[allow(dead_code)] // not every test file runs the binary
 pub fn prunebench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prunebench"))
         .args(args)
@@ -19,4 +21,18 @@ pub fn json(out: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// A file or folder of the forward fixtures (tests/fixtures/forward).
+#[allow(dead_code)] // not every test file runs on the fixtures
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/forward")
+        .join(name)
+}
+
+/// A path as a command-line argument.
+#[allow(dead_code)]
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
 }

@@ -1,24 +1,28 @@
 //! GBLM-Pruner (ALGORITHMS.md §2, §4): Wanda's score plus the gradient statistic G of each
 //! linear, finalised here from the pass's accumulator (√A for l2) unless it came ready.
 
-use prunebench_kernels::{Backend, Score};
+use prunebench_kernels::{Backend, Score, ScoreKind};
 use prunebench_models::config::LinearSpec;
 
 use crate::error::{Context, Result};
-use crate::method::Needs;
 use crate::prune::context::LayerCx;
+use crate::prune::evaluate::Pruned;
 use crate::prune::records::Purpose;
 use crate::prune::stages::Stages;
 use crate::prune::stats::{GradStat, GroupStats};
+use crate::prune::Needs;
 
-use super::{prune_by_score, GroupStep, Pruned};
+use super::spec::MethodSpec;
+use super::step::{prune_by_score, GroupStep};
 
-pub(crate) const NEEDS: Needs = Needs {
-    act: true,
-    grads: true,
-    hessian: false,
-    mean_grad: false,
-    ready_grads: true,
+pub(crate) const SPEC: MethodSpec = MethodSpec {
+    needs: |_| Needs {
+        act: true,
+        grads: true,
+        ..Needs::DEFAULT
+    },
+    score: Some(ScoreKind::Gblm),
+    ..MethodSpec::DEFAULT
 };
 
 pub(crate) struct Gblm;
@@ -52,6 +56,14 @@ impl<B: Backend> GroupStep<B> for Gblm {
                 &finalised
             }
         };
-        prune_by_score(b, cx, l, w, Score::Gblm { act, grad }, stages)
+        prune_by_score(
+            b,
+            cx,
+            l,
+            w,
+            Score::Gblm { act, grad },
+            SPEC.default_group,
+            stages,
+        )
     }
 }

@@ -1,22 +1,21 @@
 //! Magnitude pruning (ALGORITHMS.md §4): |W|, no calibration statistic.
 
-use prunebench_kernels::{Backend, Score};
+use prunebench_kernels::{Backend, MaskGroup, Score, ScoreKind};
 use prunebench_models::config::LinearSpec;
 
 use crate::error::Result;
-use crate::method::Needs;
 use crate::prune::context::LayerCx;
+use crate::prune::evaluate::Pruned;
 use crate::prune::stages::Stages;
 use crate::prune::stats::GroupStats;
 
-use super::{prune_by_score, GroupStep, Pruned};
+use super::spec::MethodSpec;
+use super::step::{prune_by_score, GroupStep};
 
-pub(crate) const NEEDS: Needs = Needs {
-    act: false,
-    grads: false,
-    hessian: false,
-    mean_grad: false,
-    ready_grads: true,
+pub(crate) const SPEC: MethodSpec = MethodSpec {
+    score: Some(ScoreKind::Magnitude),
+    default_group: MaskGroup::Matrix,
+    ..MethodSpec::DEFAULT
 };
 
 pub(crate) struct Magnitude;
@@ -31,6 +30,6 @@ impl<B: Backend> GroupStep<B> for Magnitude {
         w: &mut B::Tensor,
         stages: &mut Stages,
     ) -> Result<Pruned<B::Mask>> {
-        prune_by_score(b, cx, l, w, Score::Magnitude, stages)
+        prune_by_score(b, cx, l, w, Score::Magnitude, SPEC.default_group, stages)
     }
 }

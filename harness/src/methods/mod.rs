@@ -1,85 +1,118 @@
-//! One module per pruning method. A method declares the statistics it needs
-//! ([`crate::method::Needs`]) and implements [`GroupStep`]: what it does once per input group,
-//! and how it prunes each of the group's linears on the device. `prune::prune_layer` runs the
-//! statistics pass before it and the evaluation after it, so a method knows nothing of either.
+//! The method registry: one module per pruning method, each with its entry ([`MethodSpec`]:
+//! what it needs, its score, its default comparison group, its configuration check, and
+//! whether it runs per input group or over the whole layer), and the layer run that
+//! dispatches on it. The methods build on the layer toolkit (`crate::prune`), which knows
+//! none of them.
 
 pub(crate) mod gblm;
 pub(crate) mod magnitude;
+mod per_group;
 pub(crate) mod sparsegpt;
+mod spec;
+mod step;
 pub mod structured;
 pub(crate) mod wanda;
 
-use prunebench_kernels::{Backend, MaskPattern, Score};
-use prunebench_models::config::LinearSpec;
+use prunebench_kernels::{Backend, MaskGroup, MaskPattern, ScoreKind, Sparsity};
+use prunebench_models::LayerWeights;
 
-use crate::error::{Context, Result};
+use crate::error::Result;
 use crate::method::Method;
 use crate::prune::context::LayerCx;
-use crate::prune::records::Purpose;
-use crate::prune::stages::Stages;
-use crate::prune::stats::GroupStats;
+use crate::prune::memory::{check_memory, working_set, Footprint, Scope};
+use crate::prune::{Calibration, LayerRun, Needs, Progress, PruneConfig};
 
-/// What a method leaves for one linear: the device mask of pruned entries and, for OBS, the
-/// summed loss.
-pub(crate) struct Pruned<M> {
-    pub mask: M,
-    pub obs_loss: Option<f64>,
-}
+pub(crate) use spec::MethodSpec;
+use step::GroupStep;
 
-/// A method's work on one input group, whose statistics the pass has gathered.
-pub(crate) trait GroupStep<B: Backend> {
-    /// Work shared by the group's linears, before any of them (SparseGPT's factor).
-    fn prepare(&mut self, _b: &B, _cx: &LayerCx<'_>, _stats: &mut GroupStats<B>) -> Result<()> {
-        Ok(())
-    }
-
-    /// Prunes member `i` of the group, `w` in place; its stage times go to `stages`.
-    fn prune_linear(
-        &mut self,
-        b: &B,
-        cx: &LayerCx<'_>,
-        stats: &GroupStats<B>,
-        member: (usize, &LinearSpec),
-        w: &mut B::Tensor,
-        stages: &mut Stages,
-    ) -> Result<Pruned<B::Mask>>;
-
-    /// Columns the group's statistics showed dead (SparseGPT: zero Hessian diagonal).
-    fn dead_columns(&self) -> usize {
-        0
-    }
-}
-
-/// The step of `method`, fresh for each group.
-pub(crate) fn group_step<'s, B: Backend + 's>(method: Method) -> Box<dyn GroupStep<B> + 's> {
+/// The registry entry of `method`.
+pub(crate) fn spec(method: Method) -> &'static MethodSpec {
     match method {
-        Method::Magnitude => Box::new(magnitude::Magnitude),
-        Method::Wanda => Box::new(wanda::Wanda),
-        Method::Gblm => Box::new(gblm::Gblm),
-        Method::Sparsegpt => Box::new(sparsegpt::SparseGpt::<B>::default()),
-        Method::Structured => unreachable!("structured pruning runs over the whole layer"),
+        Method::Magnitude => &magnitude::SPEC,
+        Method::Wanda => &wanda::SPEC,
+        Method::Gblm => &gblm::SPEC,
+        Method::Sparsegpt => &sparsegpt::SPEC,
+        Method::Structured => &structured::SPEC,
     }
 }
 
-/// §4+§5 for the mask-based methods: score, select by the method's pattern, apply.
-fn prune_by_score<B: Backend>(
+/// The step of a per-group method, fresh for each group; a whole-layer method has none.
+fn group_step<'s, B: Backend + 's>(method: Method) -> Option<Box<dyn GroupStep<B> + 's>> {
+    match method {
+        Method::Magnitude => Some(Box::new(magnitude::Magnitude)),
+        Method::Wanda => Some(Box::new(wanda::Wanda)),
+        Method::Gblm => Some(Box::new(gblm::Gblm)),
+        Method::Sparsegpt => Some(Box::new(sparsegpt::SparseGpt::<B>::default())),
+        Method::Structured => None,
+    }
+}
+
+impl Method {
+    /// The score a mask-based method ranks by (see [`MethodSpec::score`]).
+    pub fn score_kind(&self) -> Option<ScoreKind> {
+        spec(*self).score
+    }
+
+    /// The comparison group of unstructured masks (see [`MethodSpec::default_group`]).
+    pub fn default_group(&self) -> MaskGroup {
+        spec(*self).default_group
+    }
+
+    pub fn mask_pattern(&self, sparsity: Sparsity, group: Option<MaskGroup>) -> MaskPattern {
+        MaskPattern::new(sparsity, group.unwrap_or(self.default_group()))
+    }
+
+    /// Whether the method runs per input group or over the whole layer.
+    pub fn scope(&self) -> Scope {
+        spec(*self).scope
+    }
+}
+
+impl PruneConfig {
+    /// The statistics this configuration's method needs.
+    pub fn needs(&self) -> Needs {
+        (spec(self.method).needs)(self)
+    }
+
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            needs: self.needs(),
+            scope: self.method.scope(),
+        }
+    }
+}
+
+/// Device bytes the layer needs at its peak: one input group's statistics and linears at a
+/// time, or every group's for a whole-layer method.
+pub fn working_set_bytes(layer: &LayerWeights, cfg: &PruneConfig, tokens: usize) -> u64 {
+    working_set(layer, cfg, cfg.footprint(), tokens)
+}
+
+/// Prunes every linear of `layer` with `cfg` on backend `b`. `keep` asks for the pruned
+/// weights back on the host (for writing or verification).
+pub fn prune_layer<B: Backend>(
     b: &B,
-    cx: &LayerCx<'_>,
-    l: &LinearSpec,
-    w: &mut B::Tensor,
-    score: Score<'_, B::Tensor>,
-    stages: &mut Stages,
-) -> Result<Pruned<B::Mask>> {
-    let pattern: MaskPattern = cx.cfg.method.mask_pattern(cx.cfg.sparsity, cx.cfg.group);
-    let mut mask = None;
-    stages
-        .time(b, "prune_scored", Purpose::Prune, &mut || {
-            mask = Some(b.prune_scored(w, score, pattern)?);
-            Ok(())
-        })
-        .context(|| cx.at(l.name))?;
-    Ok(Pruned {
-        mask: mask.expect("mask produced"),
-        obs_loss: None,
-    })
+    layer: &LayerWeights,
+    calib: &Calibration<'_>,
+    cfg: &PruneConfig,
+    keep: bool,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<LayerRun> {
+    let spec = spec(cfg.method);
+    match spec.scope {
+        Scope::PerGroup => {
+            let new_step = || group_step::<B>(cfg.method).expect("a per-group method's step");
+            per_group::prune_layer(b, layer, calib, cfg, keep, progress, spec, &new_step)
+        }
+        Scope::WholeLayer => {
+            // The memory check comes first here: the whole-layer run checks its
+            // configuration and the layer's shapes against its own geometry.
+            let cx = LayerCx {
+                layer: layer.layer,
+                cfg,
+            };
+            check_memory(b, &cx, layer, calib, cfg.footprint())?;
+            structured::prune_layer(b, layer, calib, cfg, keep, progress)
+        }
+    }
 }

@@ -5,20 +5,23 @@ use prunebench_kernels::{Backend, HinvFactor, ObsSelection, Sparsity};
 use prunebench_models::config::LinearSpec;
 
 use crate::error::{Context, HarnessError, Result};
-use crate::method::Needs;
 use crate::prune::context::LayerCx;
+use crate::prune::evaluate::Pruned;
 use crate::prune::records::{PruneConfig, Purpose};
 use crate::prune::stages::Stages;
 use crate::prune::stats::GroupStats;
+use crate::prune::Needs;
 
-use super::{GroupStep, Pruned};
+use super::spec::MethodSpec;
+use super::step::GroupStep;
 
-pub(crate) const NEEDS: Needs = Needs {
-    act: false,
-    grads: false,
-    hessian: true,
-    mean_grad: false,
-    ready_grads: true,
+pub(crate) const SPEC: MethodSpec = MethodSpec {
+    needs: |_| Needs {
+        hessian: true,
+        ..Needs::DEFAULT
+    },
+    check_config,
+    ..MethodSpec::DEFAULT
 };
 
 /// An N:M pattern is chosen within each OBS block, so the block must hold whole groups of M.

@@ -1,22 +1,25 @@
 //! Wanda (ALGORITHMS.md §4): |W| scaled by the input's activation norm, √a per column.
 
-use prunebench_kernels::{Backend, Score};
+use prunebench_kernels::{Backend, Score, ScoreKind};
 use prunebench_models::config::LinearSpec;
 
 use crate::error::Result;
-use crate::method::Needs;
 use crate::prune::context::LayerCx;
+use crate::prune::evaluate::Pruned;
 use crate::prune::stages::Stages;
 use crate::prune::stats::GroupStats;
+use crate::prune::Needs;
 
-use super::{prune_by_score, GroupStep, Pruned};
+use super::spec::MethodSpec;
+use super::step::{prune_by_score, GroupStep};
 
-pub(crate) const NEEDS: Needs = Needs {
-    act: true,
-    grads: false,
-    hessian: false,
-    mean_grad: false,
-    ready_grads: true,
+pub(crate) const SPEC: MethodSpec = MethodSpec {
+    needs: |_| Needs {
+        act: true,
+        ..Needs::DEFAULT
+    },
+    score: Some(ScoreKind::Wanda),
+    ..MethodSpec::DEFAULT
 };
 
 pub(crate) struct Wanda;
@@ -32,6 +35,14 @@ impl<B: Backend> GroupStep<B> for Wanda {
         stages: &mut Stages,
     ) -> Result<Pruned<B::Mask>> {
         let act = stats.act.as_ref().expect("the pass gathers act for wanda");
-        prune_by_score(b, cx, l, w, Score::Wanda { act }, stages)
+        prune_by_score(
+            b,
+            cx,
+            l,
+            w,
+            Score::Wanda { act },
+            SPEC.default_group,
+            stages,
+        )
     }
 }

@@ -9,10 +9,12 @@
 
 pub mod forward;
 pub mod perplexity;
+pub mod preflight;
 pub mod sequential;
 
 pub use forward::{ForwardOptions, Weights};
 pub use perplexity::{perplexity, Perplexity};
+pub use preflight::check_tensors;
 pub use sequential::{prune_model, ModelRun};
 
 use prunebench_models::llama::LlamaConfig;
@@ -44,7 +46,7 @@ pub fn peak_device_bytes(
     let head = 4 * (rows * opts.head_chunk as u64 + opts.head_chunk as u64 * d + 2 * rows * d);
     let forward = forward::layer_bytes(cfg) + acts.max(head);
     let pruning = prune.map_or(0, |(layer, pcfg)| {
-        crate::prune::working_set_bytes(layer, pcfg, seq)
+        crate::methods::working_set_bytes(layer, pcfg, seq)
     });
     forward.max(pruning)
 }

@@ -17,7 +17,8 @@ use super::forward::{embed, layer_pass, Captured, ForwardOptions, LayerOnDevice,
 use super::perplexity::window_len;
 use crate::error::{HarnessError, Result};
 use crate::method::Method;
-use crate::prune::{prune_layer, Calibration, LayerReport, Progress, PruneConfig, StageTime};
+use crate::methods::prune_layer;
+use crate::prune::{Calibration, LayerReport, Progress, PruneConfig, StageTime};
 
 /// A pruned model: the per-layer reports, every tensor the run replaced (HF names, rounded to
 /// the checkpoint's dtype, as written), and the time per stage over the model.
@@ -106,9 +107,11 @@ impl CalibrationSource for CapturedCalibration {
 /// captured group inputs, f32.
 pub fn host_bytes(cfg: &LlamaConfig, windows: usize, seq: usize) -> u64 {
     let m = &cfg.model;
-    let tokens = (windows * seq) as u64;
+    // Saturating: the user's counts reach here, and a wrapped product would pass the check.
+    let tokens = (windows as u64).saturating_mul(seq as u64);
     let attn = (m.num_heads * m.head_dim) as u64;
-    4 * tokens * (2 * m.hidden as u64 + attn + m.hidden as u64 + m.intermediate as u64)
+    let per_token = 4 * (2 * m.hidden as u64 + attn + m.hidden as u64 + m.intermediate as u64);
+    tokens.saturating_mul(per_token)
 }
 
 /// Refuses, before any work, what the loop cannot do with one LlamaConfig for the result.
@@ -211,10 +214,12 @@ pub fn prune_model<B: Backend>(
         let run = prune_layer(b, &weights, &calib, pcfg, true, &|_| {})?;
         drop(source);
         prune_s += tp.elapsed().as_secs_f64();
-        let out = if pcfg.method == Method::Structured {
-            &run.compacted
-        } else {
+        // A run that compacts writes the compacted linears; its masked-dense ones in `pruned`
+        // are for verification.
+        let out = if run.compacted.is_empty() {
             &run.pruned
+        } else {
+            &run.compacted
         };
         for (l, m) in out {
             let name = l.hf_tensor_name(layer);

@@ -1,6 +1,9 @@
 //! What every step of a layer run shares: the backend-independent configuration, where
 //! errors happened, and the progress count.
 
+use prunebench_kernels::Matrix;
+use prunebench_models::config::{InputGroup, LinearSpec};
+
 use super::records::{Progress, PruneConfig};
 
 pub(crate) struct LayerCx<'a> {
@@ -44,4 +47,15 @@ impl<'a> Ticker<'a> {
     pub fn skip(&mut self, units: u64) {
         self.done += units;
     }
+}
+
+/// The layer's input groups in the order their first linear appears.
+pub(crate) fn ordered_groups(linears: &[(LinearSpec, Matrix)]) -> Vec<InputGroup> {
+    let mut groups: Vec<InputGroup> = Vec::new();
+    for (l, _) in linears {
+        if !groups.contains(&l.input) {
+            groups.push(l.input);
+        }
+    }
+    groups
 }

@@ -8,11 +8,18 @@ use prunebench_models::config::LinearSpec;
 use prunebench_models::DType;
 
 use crate::error::{Context, HarnessError, Result};
-use crate::methods::Pruned;
 
 use super::context::LayerCx;
 use super::records::{LinearReport, Purpose};
+use super::refit::scale_columns;
 use super::stages::Stages;
+
+/// What a method leaves for one linear: the device mask of pruned entries and, for OBS, the
+/// summed loss.
+pub(crate) struct Pruned<M> {
+    pub mask: M,
+    pub obs_loss: Option<f64>,
+}
 
 /// A linear's record, and its pruned weights (as written) and mask when the caller keeps them.
 pub(crate) struct Evaluated {
@@ -56,7 +63,7 @@ pub(crate) fn evaluate_linear<B: Backend>(
         check_in_range(cx, l, linear.dtype, &w.data)?;
         linear.dtype.round_trip(&mut w.data);
         let mut effective = w.clone();
-        crate::refit::scale_columns(&mut effective, c, false);
+        scale_columns(&mut effective, c, false);
         let on_device = b.upload(&effective).context(|| cx.at(l.name))?;
         (recon(&on_device, &mut stages)?, None, Some(w))
     } else if linear.dtype == DType::F32 {

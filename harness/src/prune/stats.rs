@@ -7,11 +7,45 @@ use prunebench_kernels::{Backend, Matrix};
 use prunebench_models::config::{InputGroup, LinearSpec};
 
 use crate::error::{Context, HarnessError, Result};
-use crate::method::Needs;
 
 use super::context::{LayerCx, Ticker};
 use super::records::{Calibration, Purpose};
 use super::stages::Stages;
+
+/// The calibration statistics a method prunes with (ALGORITHMS.md §1-§3). The statistics pass
+/// gathers these and H, which the evaluation always needs; `hessian` says H is also the
+/// method's own input, so its time counts as pruning rather than evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// §1's activation statistic a.
+    pub act: bool,
+    /// §2's gradient statistic G per linear (needs output gradients).
+    pub grads: bool,
+    /// §11's plain gradient sum Σ_s dY_sᵀX_s per linear, whose mean is Ḡ.
+    pub mean_grad: bool,
+    pub hessian: bool,
+    /// Whether a calibration file's ready final G may stand in for accumulating §2's
+    /// statistic (GBLM's G; the structured Taylor scores need the accumulator itself).
+    pub ready_grads: bool,
+}
+
+impl Needs {
+    /// Nothing but the weights (magnitude); a method names what it adds. A ready G may stand
+    /// in unless the method says it needs the accumulator.
+    pub const DEFAULT: Needs = Needs {
+        act: false,
+        grads: false,
+        mean_grad: false,
+        hessian: false,
+        ready_grads: true,
+    };
+}
+
+impl Default for Needs {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// A gradient statistic of one linear (§2): final G read from the calibration file, or the
 /// accumulator A that the method finalises.

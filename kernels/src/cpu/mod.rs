@@ -203,15 +203,7 @@ impl Backend for CpuBackend {
     /// in f32, the reference holds f64 (twice that), and the factor (two) and the
     /// reconstruction error (one) keep further cols² temporaries. Unknown off Linux.
     fn memory_budget(&self) -> Option<u64> {
-        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kb: u64 = info
-            .lines()
-            .find(|l| l.starts_with("MemAvailable:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kb * 1024 / 3)
+        crate::host::available_memory().map(|b| b / 3)
     }
 
     fn act_stat_update(

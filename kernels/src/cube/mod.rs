@@ -143,7 +143,7 @@ impl<R: Runtime> CubeBackend<R> {
     /// Splits tensors into slabs of at most `bytes` (never above the device's binding limit):
     /// the large-tensor path, exercised on small tensors. Tensors made before the change keep
     /// their slabs, so do this before uploading anything.
-    pub fn with_slab_limit(mut self, bytes: u64) -> Self {
+    pub fn with_binding_limit(mut self, bytes: u64) -> Self {
         self.slab_limit = bytes.clamp(4 * ROW_ALIGN as u64, self.max_binding);
         self
     }

@@ -62,8 +62,7 @@ pub(crate) fn describe(adapter: &wgpu::Adapter, limits: &wgpu::Limits) -> Backen
 
 /// Every adapter wgpu sees, GL included, with the limits that matter here.
 pub fn list_adapters() -> Vec<BackendInfo> {
-    let instance = adapter::instance();
-    adapter::all_adapters(&instance)
+    adapter::all_adapters()
         .iter()
         .map(|a| describe(a, &a.limits()))
         .collect()

@@ -48,7 +48,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-/// The smallest binding limit `with_max_binding` accepts.
+/// The smallest binding limit `with_binding_limit` accepts.
 pub const MIN_BINDING: u64 = 8 << 10;
 
 pub struct WgpuBackend {
@@ -77,7 +77,7 @@ impl WgpuBackend {
     /// Caps storage bindings at `bytes` (below the device's limit), so the paths that split
     /// large tensors across bindings can be exercised with small ones. At least 8 KiB: the
     /// selection histogram (2048 counters) is always bound whole.
-    pub fn with_max_binding(mut self, bytes: u64) -> Self {
+    pub fn with_binding_limit(mut self, bytes: u64) -> Self {
         self.ctx.max_binding = bytes
             .max(MIN_BINDING)
             .min(self.ctx.limits.max_storage_buffer_binding_size);
@@ -92,8 +92,9 @@ impl WgpuBackend {
     /// Test support: fills every fresh output and scratch buffer with NaN (masks with all
     /// bits set) instead of zeros, so that an entry a kernel forgets to write is caught.
     #[doc(hidden)]
-    pub fn set_poison(&self, on: bool) {
+    pub fn with_poisoned_outputs(self, on: bool) -> Self {
         self.ctx.poison.store(on, Ordering::Relaxed);
+        self
     }
 
     /// Test support: how many ops so far had to split a tensor across several bindings.

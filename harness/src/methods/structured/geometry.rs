@@ -4,7 +4,7 @@
 use prunebench_kernels::SegmentAxis;
 use prunebench_models::config::ModelConfig;
 
-use super::config::AttnUnit;
+use crate::prune::records::structured::AttnUnit;
 
 /// The two kinds of group, each a block with one consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 
 use crate::error::{HarnessError, Result};
 
-use super::config::{AttnUnit, Budget, StructuredConfig};
 use super::geometry::{Geometry, Kind};
+use crate::prune::records::structured::{AttnUnit, Budget, StructuredConfig};
 
 /// Groups to remove per kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use prunebench_models::config::ModelConfig;
 
 use crate::prune::PruneConfig;
 
-use super::config::{AttnUnit, Compensate, Saliency};
 use super::geometry::{Geometry, Kind};
-use super::report::StructuredReport;
 use super::select;
+use crate::prune::records::structured::{AttnUnit, Compensate, Saliency};
+use crate::prune::records::structured_report::StructuredReport;
 
 pub(crate) fn work_cases(
     model: &ModelConfig,

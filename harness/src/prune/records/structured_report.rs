@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{AttnUnit, Budget, Compensate};
+use super::structured::{AttnUnit, Budget, Compensate};
 
 /// The layer's sizes after pruning, in HF `config.json` names, and the kept indices.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

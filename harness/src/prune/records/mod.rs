@@ -1,5 +1,10 @@
 //! What a layer run is configured with and what it reports: the JSON schema of `prune --json`
-//! and of the layer records in results files.
+//! and of the layer records in results files. Every method's options and records are here,
+//! below the methods, so that the toolkit and the methods share one schema.
+
+pub mod refit;
+pub mod structured;
+pub mod structured_report;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,8 +14,10 @@ use prunebench_models::config::LinearSpec;
 use prunebench_models::synthetic::CalibrationSource;
 
 use crate::method::Method;
-use crate::methods::structured::{StructuredConfig, StructuredReport};
-use crate::refit::{LinearRefit, NormRefit, RefitConfig};
+
+use refit::{LinearRefit, NormRefit, RefitConfig};
+use structured::StructuredConfig;
+use structured_report::StructuredReport;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PruneConfig {
@@ -27,16 +34,6 @@ pub struct PruneConfig {
     /// `--method structured`'s options (§11); the other methods ignore them.
     #[serde(default)]
     pub structured: StructuredConfig,
-}
-
-impl PruneConfig {
-    /// The statistics this configuration's method needs.
-    pub fn needs(&self) -> crate::method::Needs {
-        match self.method {
-            Method::Structured => crate::methods::structured::needs(&self.structured),
-            m => m.needs(),
-        }
-    }
 }
 
 impl PruneConfig {
@@ -161,48 +158,4 @@ pub struct LayerRun {
     /// Structured pruning: the compacted linears at their new shapes (rounded to their dtype),
     /// when the weights were asked for; `pruned` then holds the masked-dense ones.
     pub compacted: Vec<(LinearSpec, Matrix)>,
-}
-
-/// What every layer run reports beside its groups and linears.
-pub(crate) struct RunContext<'a> {
-    pub layer: &'a prunebench_models::LayerWeights,
-    pub cfg: &'a PruneConfig,
-    pub backend: &'a prunebench_kernels::BackendInfo,
-    pub calibration: String,
-    pub started: std::time::Instant,
-}
-
-impl LayerReport {
-    /// The layer's record, the device time summed per purpose over every group and linear
-    /// stage.
-    pub(crate) fn assemble(
-        cx: RunContext<'_>,
-        groups: Vec<GroupReport>,
-        linears: Vec<LinearReport>,
-        structured: Option<StructuredReport>,
-    ) -> LayerReport {
-        let sum = |p: Purpose| -> f64 {
-            groups
-                .iter()
-                .flat_map(|g| g.stages.iter())
-                .chain(linears.iter().flat_map(|l| l.stages.iter()))
-                .filter(|s| s.purpose == p)
-                .map(|s| s.seconds)
-                .fold(0.0, |a, b| a + b)
-        };
-        LayerReport {
-            model: cx.layer.model.name.clone(),
-            layer: cx.layer.layer,
-            method: cx.cfg.method,
-            sparsity: cx.cfg.sparsity.to_string(),
-            backend: cx.backend.clone(),
-            calibration: cx.calibration,
-            prune_seconds: sum(Purpose::Prune),
-            evaluate_seconds: sum(Purpose::Evaluate),
-            groups,
-            linears,
-            wall_seconds: cx.started.elapsed().as_secs_f64(),
-            structured,
-        }
-    }
 }

@@ -3,7 +3,7 @@
 use prunebench_kernels::Backend;
 use prunebench_models::config::LinearSpec;
 
-use super::{scale_columns, Member};
+use super::member::{scale_columns, Member};
 use crate::error::{Context, HarnessError, Result};
 use crate::prune::context::LayerCx;
 use crate::prune::records::Purpose;
