@@ -46,7 +46,8 @@ pub fn is_compile_file(text: &str) -> bool {
 }
 
 pub fn read(path: &Path) -> Result<Option<CudaCompile>> {
-    let text = read_input_text(path, "a JSON file")?;
+    // Worded as for a results file: the same paths are given to `report` for either.
+    let text = read_input_text(path, "a results JSON file")?;
     if !is_compile_file(&text) {
         return Ok(None);
     }
