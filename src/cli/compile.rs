@@ -156,6 +156,12 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
     let quiet = a.json;
     if !quiet {
         eprintln!(
+            "NVRTC {}.{} from {}",
+            nvrtc.version.0,
+            nvrtc.version.1,
+            nvrtc.cuda_path.display()
+        );
+        eprintln!(
             "running {} op cases and {} layer runs through the compile-only runtime ({})",
             cases.len(),
             layer_runs.len(),
@@ -242,12 +248,8 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
     }
     let out = CompileOutput {
         schema: prunebench_harness::report::cuda::SCHEMA,
-        nvrtc: format!(
-            "NVRTC {}.{} ({})",
-            nvrtc.version.0,
-            nvrtc.version.1,
-            nvrtc.cuda_path.display()
-        ),
+        // The version only: the file is committed, and the toolkit's folder is this machine's.
+        nvrtc: format!("NVRTC {}.{}", nvrtc.version.0, nvrtc.version.1),
         model: input.layer.model.name.clone(),
         kernels,
         cases: records,
