@@ -50,11 +50,19 @@ fi
 for d in /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
+# CubeCL compiles its CUDA kernels at run time with NVRTC and the CUDA headers: the bundle's
+# (from PyPI wheels, scripts/cuda-toolkit.sh) where the machine has no toolkit of its own.
+if [ -z "${CUDA_PATH:-}" ] && [ ! -f /usr/local/cuda/include/cuda_runtime.h ] \
+    && [ -f "$bundle/cuda/site/nvidia/cu13/include/cuda_runtime.h" ]; then
+    export CUDA_PATH="$bundle/cuda/site/nvidia/cu13"
+    export LD_LIBRARY_PATH="$CUDA_PATH/lib:${LD_LIBRARY_PATH:-}"
+fi
 
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
     python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)' 2>&1
+    echo "CUDA_PATH=${CUDA_PATH:-} (NVRTC and headers CubeCL compiles with)"
     "$pb" devices 2>&1
 } > "$out/environment.txt"
 cat "$out/environment.txt"

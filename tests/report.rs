@@ -517,3 +517,54 @@ fn a_failed_report_leaves_no_part_of_itself() {
     assert!(names_in(&fresh).contains(&"report.html".to_string()));
     assert_eq!(names_in(dir.path()), ["fresh", "report", "wgpu.json"]);
 }
+
+/// A `prunebench compile` file among the results gives "CUDA resources": each kernel with
+/// every architecture's figures side by side, the lowest occupancy first, a failure marked.
+#[test]
+fn compile_files_give_cuda_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = write(
+        dir.path(),
+        "gpu.json",
+        &fixture("wgpu", "NVIDIA H200", 1.0, 4000.0, 50.0),
+    );
+    let kernel = |name: &str, arch: &str, regs: u32, spill: u32, occ: f64, status: &str| {
+        serde_json::json!({
+            "name": name, "variant": "0a1b2c3d", "arch": arch, "cube_dim": [256, 1, 1],
+            "registers": regs, "shared_bytes": 1024, "spill_bytes": spill,
+            "occupancy": occ, "status": status, "error": null
+        })
+    };
+    let compile = serde_json::json!({
+        "schema": prunebench_harness::report::cuda::SCHEMA,
+        "nvrtc": "NVRTC 13.5",
+        "model": "llama-7b",
+        "kernels": [
+            kernel("fill_kernel", "sm_90a", 16, 0, 1.0, "ok"),
+            kernel("fill_kernel", "sm_80", 16, 0, 1.0, "ok"),
+            kernel("attention_kernel", "sm_90a", 255, 752, 0.125, "ok"),
+            kernel("attention_kernel", "sm_80", 0, 0, 0.0, "error"),
+        ],
+        "cases": []
+    });
+    let cfile = dir.path().join("compile.json");
+    std::fs::write(&cfile, compile.to_string()).unwrap();
+    let out = dir.path().join("report");
+    Report::load(&[results, cfile])
+        .unwrap()
+        .write(&out, &Inputs::new())
+        .unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "## CUDA resources",
+        "llama-7b",
+        "sm_90a: 2 kernels, 0 failed, 1 spilling; lowest occupancy 12% (`attention_kernel`)",
+        "sm_80: 2 kernels, 1 failed, 0 spilling",
+        "| kernel | variant | cube dim | sm_90a | sm_80 |",
+        "| `attention_kernel` | 0a1b2c3d | 256x1x1 | 255 regs, 1024 B shared, 752 B spilled, 12% | **error** |",
+    ] {
+        assert!(md.contains(needle), "report.md lacks '{needle}':\n{md}");
+    }
+    // Worst first.
+    assert!(md.find("`attention_kernel`").unwrap() < md.find("`fill_kernel`").unwrap());
+}

@@ -2,6 +2,8 @@
 
 mod backends;
 mod bench;
+#[cfg(feature = "cuda")]
+mod compile;
 mod devices;
 mod inputs;
 mod layer_input;
@@ -51,6 +53,10 @@ enum Command {
     Report(ReportArgs),
     /// List the backends and adapters prunebench can see.
     Devices,
+    /// Generate every CubeCL kernel as CUDA C++ and compile it with NVRTC for each
+    /// architecture, without a GPU: registers, shared memory, spills, occupancy.
+    #[cfg(feature = "cuda")]
+    Compile(compile::CompileArgs),
 }
 
 /// Which layer, from where, with what calibration.
@@ -488,5 +494,7 @@ pub fn run(cli: Cli, inputs: &Inputs) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::run(a, inputs),
         Command::Report(a) => report::run(a, inputs),
         Command::Devices => devices::run(),
+        #[cfg(feature = "cuda")]
+        Command::Compile(a) => compile::run(a),
     }
 }

@@ -1,6 +1,7 @@
 //! The report's content as a list of blocks, rendered to Markdown and to self-contained HTML.
 
 use super::charts::Chart;
+use super::cuda;
 use super::payoff;
 use super::{fmt_time, params_of, trusted, Report, Run};
 use crate::results::{Bound, Record, Status};
@@ -163,12 +164,35 @@ fn build(report: &Report, charts: &[Chart]) -> Vec<Block> {
             }
         }
     }
+    b.extend(cuda_section(report));
     b.push(Block::Heading(2, "How these results were made".into()));
     for r in &report.runs {
         b.push(Block::Para(format!(
             "{}: `{}` ({} {}, {})",
             r.label, r.file.tool.command, r.file.tool.name, r.file.tool.version, r.file.date
         )));
+    }
+    b
+}
+
+/// "CUDA resources": per kernel, each architecture's registers, shared memory, spills and
+/// theoretical occupancy from `prunebench compile`, lowest occupancy first.
+fn cuda_section(report: &Report) -> Vec<Block> {
+    let mut b = Vec::new();
+    for c in &report.cuda {
+        b.push(Block::Heading(2, "CUDA resources".into()));
+        b.push(Block::Para(format!(
+            "Every CubeCL kernel launched by the op cases at {} shapes (and the whole-layer \
+             runs), generated as CUDA C++ and compiled by {} with ptxas's report, without a \
+             GPU (`prunebench compile`). Occupancy is theoretical: resident warps per SM over \
+             the SM's 64, from registers, shared memory and threads per block.",
+            c.model, c.nvrtc
+        )));
+        b.push(Block::Para(cuda::totals(c).join("; ")));
+        let archs = cuda::archs(c);
+        let mut header: Vec<String> = ["kernel", "variant", "cube dim"].map(String::from).to_vec();
+        header.extend(archs.iter().cloned());
+        b.push(Block::Table(header, cuda::rows(c, &archs)));
     }
     b
 }

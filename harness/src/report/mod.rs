@@ -4,6 +4,7 @@
 //! each compressed weight format's product against dense on the same device.
 
 mod charts;
+pub mod cuda;
 mod markdown;
 mod payoff;
 
@@ -31,6 +32,8 @@ pub struct Report {
     pub runs: Vec<Run>,
     /// Op (or layer) name -> keys in a stable order.
     pub ops: BTreeMap<String, Vec<String>>,
+    /// `prunebench compile` files given among the results: the "CUDA resources" section.
+    pub cuda: Vec<cuda::CudaCompile>,
 }
 
 impl Report {
@@ -39,7 +42,12 @@ impl Report {
             return Err(HarnessError::Config("no results files given".into()));
         }
         let mut runs: Vec<Run> = Vec::new();
+        let mut cuda = Vec::new();
         for p in paths {
+            if let Some(c) = cuda::read(p.as_ref())? {
+                cuda.push(c);
+                continue;
+            }
             let file = ResultsFile::read(p.as_ref())?;
             let mut label = format!("{} · {}", file.device.device, file.device.backend);
             if runs.iter().any(|r| r.label == label) {
@@ -56,7 +64,7 @@ impl Report {
                 }
             }
         }
-        Ok(Report { runs, ops })
+        Ok(Report { runs, ops, cuda })
     }
 
     /// The CPU reference's time for `key` (any run with backend cpu).

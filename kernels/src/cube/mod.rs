@@ -15,6 +15,8 @@
 //! [`storage`]), and every kernel works slab by slab.
 
 mod clock;
+#[cfg(feature = "cuda")]
+pub mod compile_only;
 mod device;
 mod kernels;
 mod storage;

@@ -576,7 +576,10 @@ pub fn compress<R: Runtime>(
         return Err(e);
     }
     if format == WeightFormat::Bitmap {
-        let kept = f.words[total_slot] as usize;
+        // The device's count cannot exceed the entries. Bounding it keeps a count nobody
+        // computed (a compile-only run executes nothing and reads back the initial
+        // u32::MAX) from sizing a buffer beyond the weight itself.
+        let kept = (f.words[total_slot] as usize).min(rows * cols);
         p.values = b.alloc_words("bitmap values", formats::bitmap_value_words(kept))?;
         // Values are or-ed in, and the padding stays zero.
         fill_u32(b, &p.values.handle, p.values.len, 0);

@@ -66,7 +66,10 @@ pub fn f16_to_f32(h: u32) -> f32 {
     }
     let mut v = f32::reinterpret(mag + bias);
     if e == 0u32 {
-        v -= f32::reinterpret(0x3880_0000u32);
+        // 2⁻¹⁴ (bits 0x3880_0000) as a literal: CubeCL's CUDA code generator writes a bit
+        // cast of a constant as `reinterpret_cast<float const&>(uint32(..))`, which NVRTC
+        // rejects (not an lvalue). The literal rounds to 2⁻¹⁴ exactly in f32.
+        v -= 6.103_515_6e-5_f32;
     }
     f32::reinterpret(u32::reinterpret(v) | ((h & 0x8000u32) << 16u32))
 }
