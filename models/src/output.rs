@@ -333,7 +333,7 @@ impl PartialFile {
             .map_err(|e| io_err(&self.target)(e.into_error()))?;
         file.sync_all().map_err(io_err(&self.target))?;
         drop(file);
-        hold_for_tests();
+        hold(HOLD_ENV);
         check_file_kind(&self.target)?;
         let mut live = live();
         fs::rename(&self.tmp, &self.target).map_err(io_err(&self.target))?;
@@ -362,10 +362,6 @@ impl Drop for PartialFile {
             unregister(&self.tmp);
         }
     }
-}
-
-fn hold_for_tests() {
-    hold(HOLD_ENV);
 }
 
 fn hold(var: &str) {
@@ -422,11 +418,7 @@ impl PartialDir {
     /// refusal moves nothing.
     pub fn commit(mut self, inputs: &Inputs) -> Result<()> {
         if !self.target.exists() {
-            let mut live = live();
-            fs::rename(&self.tmp, &self.target).map_err(io_err(&self.target))?;
-            live.retain(|p| p != &self.tmp);
-            self.tmp = PathBuf::new();
-            return Ok(());
+            return self.rename_whole().map_err(io_err(&self.target));
         }
         let names = fs::read_dir(&self.tmp)
             .and_then(|d| {
@@ -458,13 +450,8 @@ impl PartialDir {
         if self.target.exists() && !self.target.is_dir() {
             return Err(refuse(&self.target, "it exists and is not a folder"));
         }
-        let mut live = live();
-        match fs::rename(&self.tmp, &self.target) {
-            Ok(()) => {
-                live.retain(|p| p != &self.tmp);
-                self.tmp = PathBuf::new();
-                Ok(())
-            }
+        match self.rename_whole() {
+            Ok(()) => Ok(()),
             Err(e) if self.target.is_dir() => Err(refuse(
                 &self.target,
                 format!(
@@ -474,6 +461,16 @@ impl PartialDir {
             )),
             Err(e) => Err(refuse(&self.target, e.to_string())),
         }
+    }
+
+    /// Renames the whole temporary to the target, holding the registry so the signal handler
+    /// never removes a folder that is already in place; afterwards nothing is left to `Drop`.
+    fn rename_whole(&mut self) -> std::io::Result<()> {
+        let mut live = live();
+        fs::rename(&self.tmp, &self.target)?;
+        live.retain(|p| p != &self.tmp);
+        self.tmp = PathBuf::new();
+        Ok(())
     }
 }
 

@@ -68,6 +68,21 @@ pub fn open(dir: &Path) -> Result<(Checkpoint, LlamaConfig)> {
     Ok((ckpt, cfg))
 }
 
+/// Refuses, before any work, what would need more host memory than the system reports
+/// available (unknown off Linux: not checked): `what` needs `need` bytes, `advice` says how to
+/// need less.
+pub fn check_host_memory(need: u64, what: &str, advice: &str) -> Result<()> {
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    match prunebench_kernels::host::available_memory() {
+        Some(available) if need > available => bail!(
+            "{what} needs about {} of memory, and {} is available: {advice}",
+            gib(need),
+            gib(available)
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Options shared by the whole-model commands.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceLimitArgs {

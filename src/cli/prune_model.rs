@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use prunebench_harness::model::{self, sequential, ForwardOptions, ModelRun, Perplexity, Weights};
 use prunebench_harness::PruneConfig;
@@ -16,7 +16,7 @@ use prunebench_models::output::Inputs;
 use prunebench_models::{hf_out, text};
 
 use super::backends::{dispatch, resolve, BackendJob};
-use super::model_input::{open, seqlen, Tokens};
+use super::model_input::{check_host_memory, open, seqlen, Tokens};
 use super::perplexity::eval_windows;
 use super::progress::Bar;
 use super::prune::{ms, prune_config};
@@ -115,6 +115,14 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         })?;
     let eval_tokens = Tokens::pick(&a.eval_text, &a.eval_ids, "evaluation text")?;
     let seq = seqlen(a.seqlen, &cfg)?;
+    check_host_memory(
+        sequential::host_bytes(&cfg, a.nsamples, seq),
+        &format!(
+            "keeping the hidden states of {} windows of {seq} tokens of {} on the host",
+            a.nsamples, cfg.model.name
+        ),
+        "use fewer --nsamples or a shorter --seqlen",
+    )?;
     let choice = resolve(&a.backend.backend)?;
     if let Some(out) = &a.out {
         hf_out::check_output_folder(&ckpt, out, inputs).map_err(super::out_error)?;
@@ -122,7 +130,6 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
     }
     let ids = calib_tokens.load(&a.checkpoint, &cfg, "--calibration-ids")?;
     let calibration = text::calibration_windows(&ids, a.nsamples, seq, a.seed)?;
-    check_host_memory(&cfg, a.nsamples, seq)?;
     let eval = match &eval_tokens {
         Some(t) => {
             let ids = t.load(&a.checkpoint, &cfg, "--eval-ids")?;
@@ -171,23 +178,6 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         print_summary(&a, &cfg, &pcfg, &out);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Refuses a run whose hidden states and captured inputs (kept on the host between layers)
-/// would not fit the memory the system has available.
-fn check_host_memory(cfg: &LlamaConfig, windows: usize, seq: usize) -> Result<()> {
-    let need = sequential::host_bytes(cfg, windows, seq);
-    match prunebench_kernels::host::available_memory() {
-        Some(available) if need > available => bail!(
-            "{} windows of {seq} tokens of {} keep {:.1} GiB of hidden states on the host, and \
-             {:.1} GiB of memory is available: use fewer --nsamples or a shorter --seqlen",
-            windows,
-            cfg.model.name,
-            need as f64 / (1u64 << 30) as f64,
-            available as f64 / (1u64 << 30) as f64
-        ),
-        _ => Ok(()),
-    }
 }
 
 fn print_summary(a: &PruneModelArgs, cfg: &LlamaConfig, pcfg: &PruneConfig, o: &Outcome) {

@@ -36,21 +36,14 @@ pub fn run(a: SyntheticModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         seed: a.seed,
         tokens: a.tokens,
     };
-    let need = model.host_bytes();
-    if let Some(available) = prunebench_kernels::host::available_memory() {
-        if need > available {
-            bail!(
-                "a synthetic {} with {} layers and a vocabulary of {} needs about {} of memory \
-                 to write, and {} is available: give fewer --layers, a smaller --vocab or \
-                 fewer --tokens",
-                a.model,
-                model.cfg.num_layers,
-                a.vocab,
-                gib(need),
-                gib(available)
-            );
-        }
-    }
+    super::model_input::check_host_memory(
+        model.host_bytes(),
+        &format!(
+            "writing a synthetic {} with {} layers and a vocabulary of {}",
+            a.model, model.cfg.num_layers, a.vocab
+        ),
+        "give fewer --layers, a smaller --vocab or fewer --tokens",
+    )?;
     // Written to a temporary folder and renamed: an error or a signal leaves nothing.
     let partial = PartialDir::create(&a.out).map_err(super::out_error)?;
     model.write(partial.path(), dtype)?;
@@ -66,8 +59,4 @@ pub fn run(a: SyntheticModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         a.out.join(TOKEN_IDS).display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
