@@ -3,18 +3,13 @@
 //! Statistics the op consumes (H, U) come from the reference, then travel as f32 like any
 //! input, so each backend is tested on exactly the same numbers.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
-
-use super::case::{MaskSource, ObsKind, Op, OpCase};
-use super::families::{forward, refit, stats, structured, Family};
+use super::case::OpCase;
+use super::families::by_family;
 use crate::cpu::CpuBackend;
 use crate::error::Result;
-use crate::formats::{self, PackedWeight};
-use crate::ops::{
-    Backend, MaskGroup, MaskPattern, ObsSelection, Score, Sparsity, OBS_BLOCK, PERCDAMP,
-};
-use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
+use crate::formats::PackedWeight;
+use crate::ops::Backend;
+use crate::rng::{heavy_tailed, Rng};
 use crate::tensor::{Mask, Matrix};
 
 /// The host inputs of one case, by role.
@@ -62,154 +57,8 @@ impl CaseInputs {
     }
 
     pub fn generate(case: &OpCase) -> Result<Self> {
-        match case.op.family() {
-            Family::Stats => stats::inputs(case),
-            Family::Refit => refit::inputs(case),
-            Family::Structured => structured::inputs(case),
-            Family::Forward => forward::inputs(case),
-            _ => Self::generate_by_op(case),
-        }
+        by_family!(case.op.family(), f => f::inputs(case))
     }
-
-    fn generate_by_op(case: &OpCase) -> Result<Self> {
-        let (r, c, s) = (case.rows, case.cols, case.seed);
-        let mut inp = CaseInputs::default();
-        match case.op {
-            Op::Score(_) | Op::Prune(..) => {
-                inp.tensors = vec![
-                    ("w", scaled(heavy_tailed(r, c, s), 0.02)),
-                    ("act", heavy_tailed_positive(1, c, s + 1)),
-                    ("grad", scaled(heavy_tailed_positive(r, c, s + 2), 1e-2)),
-                ];
-            }
-            Op::Mask(_) => inp.tensors = vec![("scores", tied_scores(r, c, s))],
-            Op::ApplyMask => {
-                let w = heavy_tailed(r, c, s);
-                inp.mask = Some(random_mask(r, c, s + 1));
-                inp.tensors = vec![("w", w)];
-            }
-            Op::HinvFactor => inp.tensors = vec![("h", hessian_with_dead_column(case)?)],
-            Op::Obs(kind) => {
-                let w = scaled(heavy_tailed(r, c, s), 0.02);
-                let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
-                let cpu = CpuBackend::new();
-                let f = cpu.hinv_factor(&cpu.upload(&h)?, PERCDAMP)?;
-                inp.dead = f.dead;
-                inp.damp = f.damp;
-                if let ObsKind::Given(p) = kind {
-                    let pattern = MaskPattern::Unstructured {
-                        sparsity: p,
-                        group: MaskGroup::PerRow,
-                    };
-                    let scores = cpu.score(&cpu.upload(&w)?, Score::Magnitude)?;
-                    inp.mask = Some(cpu.select_mask(&scores, pattern)?);
-                }
-                inp.tensors = vec![("w", w), ("u", cpu.download(&f.u)?)];
-            }
-            Op::ReconError => {
-                let w = scaled(heavy_tailed(r, c, s), 0.02);
-                let mut pruned = w.clone();
-                let mask = random_mask(r, c, s + 1);
-                for rr in 0..r {
-                    for cc in 0..c {
-                        if mask.get(rr, cc) {
-                            pruned.data[rr * c + cc] = 0.0;
-                        }
-                    }
-                }
-                let h = hessian_of(&correlated(case.tokens, c, s + 2), 1)?;
-                inp.tensors = vec![("w", w), ("pruned", pruned), ("h", h)];
-            }
-            Op::Compress(_, source) => {
-                let (w, mask) = pruned_weight(source, r, c, s)?;
-                inp.mask = Some((*mask).clone());
-                inp.tensors = vec![("w", (*w).clone())];
-            }
-            Op::Matmul { format, mask, n } => {
-                let (sr, sc) = format.stored_shape(r, c);
-                let (w, m) = pruned_weight(mask, sr, sc, s)?;
-                inp.packed = Some(formats::compress(&w, &m, format.storage())?);
-                inp.tensors = vec![("x", heavy_tailed(n, sc, s + 2))];
-            }
-            op => unreachable!("{op:?}'s inputs are made by its family"),
-        }
-        Ok(inp)
-    }
-}
-
-type PrunedWeight = (Arc<Matrix>, Arc<Mask>);
-
-/// A weight pruned by `source`, its values exactly f16 (so compression round trips bit for
-/// bit). SparseGPT's costs an OBS run on the reference, so every weight is kept for the
-/// process: the product cases at every token count share it.
-fn pruned_weight(source: MaskSource, rows: usize, cols: usize, seed: u64) -> Result<PrunedWeight> {
-    static CACHE: OnceLock<Mutex<HashMap<String, PrunedWeight>>> = OnceLock::new();
-    let key = format!("{}/{rows}x{cols}/{seed}", source.label());
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(hit) = cache.lock().expect("cache lock").get(&key) {
-        return Ok(hit.clone());
-    }
-    let made = make_pruned_weight(source, rows, cols, seed)?;
-    let made = (Arc::new(made.0), Arc::new(made.1));
-    // Only SparseGPT's weights are costly enough to keep; the rest regenerate in moments.
-    if matches!(source, MaskSource::SparseGpt(_)) {
-        cache.lock().expect("cache lock").insert(key, made.clone());
-    }
-    Ok(made)
-}
-
-fn make_pruned_weight(
-    source: MaskSource,
-    rows: usize,
-    cols: usize,
-    seed: u64,
-) -> Result<(Matrix, Mask)> {
-    let cpu = CpuBackend::new();
-    let mut w = formats::round_to_f16(&scaled(heavy_tailed(rows, cols, seed), 0.02));
-    let scored = |score: Score<'_, _>, sp: Sparsity, group: MaskGroup| -> Result<Mask> {
-        let s = cpu.score(&cpu.upload(&w)?, score)?;
-        cpu.select_mask(&s, MaskPattern::new(sp, group))
-    };
-    let mask = match source {
-        MaskSource::None => Mask::empty(rows, cols),
-        MaskSource::Wanda(sp) => {
-            let act = cpu.upload(&heavy_tailed_positive(1, cols, seed + 1))?;
-            scored(Score::Wanda { act: &act }, sp, MaskGroup::PerRow)?
-        }
-        MaskSource::Magnitude(sp) => scored(Score::Magnitude, sp, MaskGroup::Matrix)?,
-        MaskSource::SparseGpt(sp) => {
-            // 256 calibration-like tokens: H is damped to full rank by the 1% of §6.
-            let h = hessian_of(&correlated(256, cols, seed + 1), 1)?;
-            let factor = cpu.hinv_factor(&cpu.upload(&h)?, PERCDAMP)?;
-            let selection = match sp {
-                Sparsity::Unstructured(p) => ObsSelection::Unstructured(p),
-                Sparsity::NM { n, m } => ObsSelection::NM { n, m },
-            };
-            let mut wt = cpu.upload(&w)?;
-            let out = cpu.obs_prune(&mut wt, &factor, selection, OBS_BLOCK)?;
-            w = formats::round_to_f16(&cpu.download(&wt)?);
-            out.mask
-        }
-        MaskSource::Holes(p) => {
-            let mut rng = Rng::new(seed + 1);
-            let mut m = Mask::empty(rows, cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    m.set(r, c, rng.uniform() < p || (rows > 1 && r == rows / 2));
-                }
-            }
-            m
-        }
-    };
-    Ok((w, mask))
-}
-
-/// The weight a case compresses, for the comparison: the mask's kept entries, exactly f16.
-pub fn compress_input(inp: &CaseInputs) -> (&Matrix, &Mask) {
-    (
-        inp.get("w"),
-        inp.mask.as_ref().expect("a compression case has a mask"),
-    )
 }
 
 pub(super) fn scaled(mut m: Matrix, k: f32) -> Matrix {
@@ -257,19 +106,8 @@ pub(super) fn hessian_of(x: &Matrix, samples: usize) -> Result<Matrix> {
     cpu.download(&h)
 }
 
-/// Positive scores where every third row is rounded to a few levels, so that many entries tie
-/// exactly and the tie rule decides.
-fn tied_scores(rows: usize, cols: usize, seed: u64) -> Matrix {
-    let mut m = heavy_tailed_positive(rows, cols, seed);
-    for r in (0..rows).step_by(3) {
-        for v in &mut m.data[r * cols..(r + 1) * cols] {
-            *v = (*v * 2.0).round().max(1.0) / 2.0;
-        }
-    }
-    m
-}
-
-fn random_mask(rows: usize, cols: usize, seed: u64) -> Mask {
+/// Each entry pruned with probability 1/2.
+pub(super) fn random_mask(rows: usize, cols: usize, seed: u64) -> Mask {
     let mut rng = Rng::new(seed);
     let mut m = Mask::empty(rows, cols);
     for r in 0..rows {

@@ -9,17 +9,21 @@ mod families;
 mod inputs;
 mod run;
 
-pub use case::{
-    matmul_cases, model_cases, packed_bytes, small_cases, small_sparse_cases, CaseFormat,
-    LayerDims, MaskSource, ObsKind, Op, OpCase, MATMUL_TOKENS,
-};
+pub use case::{model_cases, small_cases, LayerDims, Op, OpCase};
 pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
 pub use families::forward::{
-    forward_cases, lm_head_chunk_rows, rope_tables, small_forward_cases, ForwardDims,
-    RMS_NORM_CASE_EPS,
+    forward_cases, lm_head_chunk_rows, rope_tables, small_cases as small_forward_cases,
+    ForwardDims, RMS_NORM_CASE_EPS,
 };
-pub use families::refit::{refit_cases, small_refit_cases};
-pub use families::structured::{small_structured_cases, structured_cases, TAYLOR_CASE_SAMPLES};
+pub use families::obs::ObsKind;
+pub use families::refit::{refit_cases, small_cases as small_refit_cases};
+pub use families::sparse::{
+    matmul_cases, packed_bytes, small_cases as small_sparse_cases, CaseFormat, MaskSource,
+    MATMUL_TOKENS,
+};
+pub use families::structured::{
+    small_cases as small_structured_cases, structured_cases, TAYLOR_CASE_SAMPLES,
+};
 pub use families::Family;
 pub use inputs::CaseInputs;
 pub use run::{collect, execute, prepare, CaseOutput, Prepared};

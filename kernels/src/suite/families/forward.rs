@@ -72,7 +72,7 @@ fn lm_head(n: usize, vocab: usize, d: usize, chunk: usize) -> OpCase {
 /// position 0, attention returns V), three windows stacked, GQA with 6 heads over 3 KV heads of
 /// 16, MQA, e = 128 once, a table with repeated ids, and LM heads of three chunks with the last
 /// one short, of one chunk, and with rows without a target.
-pub fn small_forward_cases() -> Vec<OpCase> {
+pub fn small_cases() -> Vec<OpCase> {
     use Op::{Embed, Linear, ResidualAdd, RmsNorm, SiluMul};
     let (llama, llama3) = (10_000.0, 500_000.0);
     vec![
@@ -706,7 +706,12 @@ pub(in crate::suite) fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<Ca
 // ---- Comparison ----
 
 /// The checks of one case: reference output `want`, backend output `got`.
-pub(in crate::suite) fn compare(case: &OpCase, want: &CaseOutput, got: &CaseOutput) -> Vec<Check> {
+pub(in crate::suite) fn compare(
+    case: &OpCase,
+    _inputs: &CaseInputs,
+    want: &CaseOutput,
+    got: &CaseOutput,
+) -> Vec<Check> {
     match case.op {
         Op::Linear | Op::Attention { .. } => vec![value_check("y", want, got, tol::FORWARD_GEMM)],
         Op::RmsNorm | Op::SiluMul => vec![value_check("y", want, got, tol::FORWARD_ELEMENTWISE)],
@@ -814,7 +819,7 @@ mod tests {
 
     #[test]
     fn small_forward_cases_pass_the_shape_checks() {
-        let cases = small_forward_cases();
+        let cases = small_cases();
         let mut short_last_chunk = 0;
         for c in &cases {
             match c.op {

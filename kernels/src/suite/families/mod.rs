@@ -2,12 +2,56 @@
 //! benches select ops by family, so an op added to the table is checked on every backend
 //! without a list of names to extend.
 
-use super::case::{small_cases, Op, OpCase};
+use super::case::{Op, OpCase};
 
 pub(super) mod forward;
+pub(super) mod masks;
+pub(super) mod obs;
 pub(super) mod refit;
+pub(super) mod sparse;
 pub(super) mod stats;
 pub(super) mod structured;
+
+/// The one dispatch from a family to its module: `by_family!(family, f => f::bytes(case))`
+/// evaluates the body with `f` naming the family's module, whose functions share their names
+/// and signatures (`small_cases`, `op_name`, `params`, `bytes`, `flops`, `compute_bound`,
+/// `inputs`, `compare`).
+macro_rules! by_family {
+    ($family:expr, $f:ident => $body:expr) => {{
+        use $crate::suite::families::Family;
+        match $family {
+            Family::Stats => {
+                use $crate::suite::families::stats as $f;
+                $body
+            }
+            Family::Masks => {
+                use $crate::suite::families::masks as $f;
+                $body
+            }
+            Family::Obs => {
+                use $crate::suite::families::obs as $f;
+                $body
+            }
+            Family::Sparse => {
+                use $crate::suite::families::sparse as $f;
+                $body
+            }
+            Family::Refit => {
+                use $crate::suite::families::refit as $f;
+                $body
+            }
+            Family::Structured => {
+                use $crate::suite::families::structured as $f;
+                $body
+            }
+            Family::Forward => {
+                use $crate::suite::families::forward as $f;
+                $body
+            }
+        }
+    }};
+}
+pub(super) use by_family;
 
 /// A family of ops that share their inputs' kind and their place in the pruning pipeline
 /// (ALGORITHMS.md's sections).
@@ -52,12 +96,10 @@ impl Family {
         }
     }
 
-    /// The family's share of [`small_cases`]: the small, odd-shaped correctness cases.
+    /// The family's small, odd-shaped correctness cases: its share of
+    /// [`small_cases`](crate::suite::small_cases).
     pub fn small_cases(self) -> Vec<OpCase> {
-        small_cases()
-            .into_iter()
-            .filter(|c| c.op.family() == self)
-            .collect()
+        by_family!(self, f => f::small_cases())
     }
 }
 
@@ -135,11 +177,12 @@ mod tests {
     #[test]
     fn every_family_has_small_cases() {
         for f in Family::ALL {
-            assert!(
-                !f.small_cases().is_empty(),
-                "{} has no small case",
-                f.name()
-            );
+            let cases = f.small_cases();
+            assert!(!cases.is_empty(), "{} has no small case", f.name());
+            // A family lists its own ops only: the dispatch would send another's elsewhere.
+            for c in cases {
+                assert_eq!(c.op.family(), f, "{} listed by {}", c.name(), f.name());
+            }
         }
     }
 }

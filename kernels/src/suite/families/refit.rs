@@ -23,7 +23,7 @@ pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
 
 /// The re-fit ops on odd shapes: a single row, widths that are not a multiple of any tile, a
 /// rank above a tile's width, rank 1.
-pub fn small_refit_cases() -> Vec<OpCase> {
+pub fn small_cases() -> Vec<OpCase> {
     let mut v = vec![
         OpCase::new(Op::RefitBase, 13, 200).tokens(300, 1),
         OpCase::new(Op::RefitBase, 1, 37).tokens(80, 1),

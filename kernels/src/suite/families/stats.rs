@@ -18,7 +18,7 @@ const FAMILY: Family = Family::Stats;
 
 /// Odd shapes: widths that are not multiples of any workgroup (37, 129, 130, 300), several
 /// samples per update, a single row of gradients.
-pub(in crate::suite) fn small_stats_cases() -> Vec<OpCase> {
+pub fn small_cases() -> Vec<OpCase> {
     use GradNorm::{L1, L2};
     vec![
         OpCase::new(Op::ActStat, 1, 37).tokens(7, 3),
@@ -235,7 +235,12 @@ pub(in crate::suite) fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<Ca
 // ---- Comparison ----
 
 /// The checks of one case: reference output `want`, backend output `got`.
-pub(in crate::suite) fn compare(case: &OpCase, want: &CaseOutput, got: &CaseOutput) -> Vec<Check> {
+pub(in crate::suite) fn compare(
+    case: &OpCase,
+    _inputs: &CaseInputs,
+    want: &CaseOutput,
+    got: &CaseOutput,
+) -> Vec<Check> {
     match case.op {
         Op::ActStat => vec![value_check("act", want, got, tol::REDUCTION)],
         Op::Hessian => vec![value_check("h", want, got, tol::REDUCTION)],

@@ -59,7 +59,7 @@ fn compact(kept: (Option<usize>, Option<usize>), width: usize, r: usize, c: usiz
 /// workgroup (37, 130, 300), three KV groups (72 columns of width 24), single channels (width
 /// 1), removed sets spread over several groups, every Taylor kind on both axes. Hessians from
 /// more tokens than columns, so that Hinv is well conditioned before the damping.
-pub fn small_structured_cases() -> Vec<OpCase> {
+pub fn small_cases() -> Vec<OpCase> {
     use SegmentAxis::{Cols, Rows};
     use TaylorKind::{Taylor1, Taylor2, TaylorMix};
     vec![
