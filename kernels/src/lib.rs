@@ -6,6 +6,7 @@ pub mod error;
 pub mod formats;
 pub mod host;
 pub mod ops;
+pub mod plan;
 pub mod rng;
 pub mod tensor;
 

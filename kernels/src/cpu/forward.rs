@@ -146,7 +146,13 @@ pub fn lm_head_chunk(
     offset: usize,
     targets: &[u32],
 ) -> Result<()> {
-    check::lm_head(state.shape(), h.shape(), w_chunk.shape(), targets.len())?;
+    check::lm_head(
+        state.shape(),
+        h.shape(),
+        w_chunk.shape(),
+        offset,
+        targets.len(),
+    )?;
     let logits = linear(h, w_chunk)?;
     let v = w_chunk.rows;
     state

@@ -51,6 +51,8 @@ pub struct CubeBackend<R: Runtime> {
     pub(crate) plane: bool,
     /// Shared memory per cube, in bytes.
     pub(crate) max_shared: usize,
+    /// The device's largest cube count per grid dimension (x, y, z).
+    pub(crate) max_cube_count: (u32, u32, u32),
     /// Fill every newly allocated output and scratch buffer with NaN (all bits set).
     pub(crate) poison: bool,
     /// The device clock on wgpu (see [`clock`]); None where CubeCL's profiler is used.
@@ -101,6 +103,7 @@ impl<R: Runtime> CubeBackend<R> {
     fn from_client(client: ComputeClient<R>, mut info: BackendInfo, budget: Option<u64>) -> Self {
         let props = client.properties();
         let hw = &props.hardware;
+        let max_cube_count = hw.max_cube_count;
         let max_binding = props.memory.max_page_size.min(MAX_SLAB_BYTES);
         let max_shared = hw.max_shared_memory_size;
         let plane = client
@@ -135,6 +138,7 @@ impl<R: Runtime> CubeBackend<R> {
             max_binding,
             plane,
             max_shared,
+            max_cube_count,
             poison: false,
             clock: None,
         }

@@ -19,78 +19,7 @@ use crate::tensor::{Mask, Matrix};
 /// Slab heights are multiples of this (the Cholesky and triangular-inverse block size).
 pub const ROW_ALIGN: usize = 64;
 
-/// How a `rows x row_bytes` array is cut into slabs of whole rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Slabs {
-    pub rows: usize,
-    /// Rows per slab (the last one may have fewer).
-    pub slab_rows: usize,
-}
-
-impl Slabs {
-    /// The partition for `rows` rows of `cols` f32 under `limit` bytes per slab.
-    pub fn new(rows: usize, cols: usize, limit: u64) -> Result<Self> {
-        let row_bytes = (cols.max(1) * 4) as u64;
-        if rows as u64 * row_bytes <= limit {
-            return Ok(Self {
-                rows,
-                slab_rows: rows.max(1),
-            });
-        }
-        let fit = (limit / row_bytes) as usize / ROW_ALIGN * ROW_ALIGN;
-        if fit == 0 {
-            return Err(KernelError::Unsupported(format!(
-                "{ROW_ALIGN} rows of {cols} columns exceed the device's largest binding \
-                 ({limit} bytes)"
-            )));
-        }
-        Ok(Self {
-            rows,
-            slab_rows: fit,
-        })
-    }
-
-    pub fn count(&self) -> usize {
-        self.rows.div_ceil(self.slab_rows).max(1)
-    }
-
-    /// First row and row count of slab `s`.
-    pub fn range(&self, s: usize) -> (usize, usize) {
-        let r0 = s * self.slab_rows;
-        (r0, self.slab_rows.min(self.rows.saturating_sub(r0)))
-    }
-
-    /// The slab holding row `r` and the row's index inside it.
-    pub fn locate(&self, r: usize) -> (usize, usize) {
-        (r / self.slab_rows, r % self.slab_rows)
-    }
-
-    /// Slabs intersecting rows [r0, r1), as (slab, first global row, last global row + 1).
-    pub fn covering(&self, r0: usize, r1: usize) -> Vec<(usize, usize, usize)> {
-        let mut v = Vec::new();
-        let mut r = r0;
-        while r < r1 {
-            let s = r / self.slab_rows;
-            let end = ((s + 1) * self.slab_rows).min(r1);
-            v.push((s, r, end));
-            r = end;
-        }
-        v
-    }
-}
-
-/// Kernels pair slab i of one operand with slab i of another: operands split differently
-/// (made by backends with different slab limits) are refused rather than misread.
-pub fn same_slabs(what: &str, a: &Slabs, b: &Slabs) -> Result<()> {
-    if a != b {
-        return Err(KernelError::InvalidArgument(format!(
-            "{what}: the operands are split into different slabs ({} vs {} rows per slab); \
-             use tensors made by one backend",
-            a.slab_rows, b.slab_rows
-        )));
-    }
-    Ok(())
-}
+pub use crate::plan::{same_slabs, Slabs};
 
 /// A device f32 matrix: row-major, split into row slabs (one handle each).
 #[derive(Clone, Debug)]
@@ -196,7 +125,7 @@ impl<R: Runtime> CubeBackend<R> {
 
     /// The slab partition of a `rows x cols` f32 array on this backend.
     pub(crate) fn slabs_for(&self, rows: usize, cols: usize) -> Result<Slabs> {
-        Slabs::new(rows, cols, self.slab_limit)
+        Slabs::new(rows, cols, self.slab_limit, ROW_ALIGN, usize::MAX)
     }
 
     /// An uninitialised buffer of `n` f32 (or u32) for scratch use; at least one element. It is
@@ -474,20 +403,4 @@ fn check_bitmap_offsets(p: &PackedWeight) -> Result<()> {
         k = hi;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slabs_split_on_whole_aligned_rows() {
-        let s = Slabs::new(200, 100, 64 * 400 * 2).unwrap();
-        assert_eq!(s.slab_rows, 128);
-        assert_eq!(s.count(), 2);
-        assert_eq!(s.range(1), (128, 72));
-        assert_eq!(s.covering(100, 200), vec![(0, 100, 128), (1, 128, 200)]);
-        assert_eq!(Slabs::new(10, 10, 1 << 20).unwrap().count(), 1);
-        assert!(Slabs::new(1000, 1 << 20, 1 << 20).is_err());
-    }
 }

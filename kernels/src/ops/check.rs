@@ -376,6 +376,7 @@ pub fn lm_head(
     state: (usize, usize),
     h: (usize, usize),
     w: (usize, usize),
+    offset: usize,
     targets: usize,
 ) -> Result<()> {
     linear(h, w)?;
@@ -386,5 +387,30 @@ pub fn lm_head(
             h.0
         )));
     }
-    Ok(())
+    // Token ids are u32 with NO_TARGET = u32::MAX marking rows without one, so every
+    // vocabulary row a chunk holds must have an id below it.
+    match offset.checked_add(w.0) {
+        Some(end) if end <= NO_TARGET as usize => Ok(()),
+        _ => Err(KernelError::InvalidArgument(format!(
+            "LM head: vocabulary rows {offset}..{} do not fit 32-bit token ids",
+            offset.saturating_add(w.0)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk whose last vocabulary row would need the id NO_TARGET (or past it) is refused
+    /// by the one check every backend calls; one that ends just below it is accepted.
+    #[test]
+    fn lm_head_chunks_must_fit_32_bit_token_ids() {
+        let last = NO_TARGET as usize;
+        assert!(lm_head((2, 3), (2, 8), (4, 8), last - 4, 2).is_ok());
+        for offset in [last - 3, last, usize::MAX - 1] {
+            let e = lm_head((2, 3), (2, 8), (4, 8), offset, 2).unwrap_err();
+            assert!(e.to_string().contains("32-bit token ids"), "{e}");
+        }
+    }
 }

@@ -373,6 +373,12 @@ impl Ctx {
         }
     }
 
+    /// The device's largest workgroup count per grid dimension: the bound of every launch
+    /// grid ([`grid`]) and of the row slabs of kernels that take a row per workgroup.
+    pub(crate) fn max_groups(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension
+    }
+
     pub fn split_noted(&self, parts: usize) {
         if parts > 1 {
             self.splits.fetch_add(1, Ordering::Relaxed);
@@ -394,13 +400,8 @@ pub(crate) struct Batch<'c> {
     arenas: Vec<Arena>,
 }
 
-/// Splits a workgroup count over x and y so neither exceeds the per-dimension limit; kernels
-/// rebuild the linear index from workgroup_id and num_workgroups.
-pub(crate) fn grid(n: u64, max: u32) -> [u32; 3] {
-    let n = n.max(1);
-    let x = n.min(max as u64);
-    [x as u32, n.div_ceil(x) as u32, 1]
-}
+/// The launch grid of the shared plan: x then y, each within the device's limit.
+pub(crate) use crate::plan::grid;
 
 impl<'c> Batch<'c> {
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
@@ -471,7 +472,7 @@ impl<'c> Batch<'c> {
         if groups.contains(&0) {
             return Ok(());
         }
-        let max = self.ctx.limits.max_compute_workgroups_per_dimension;
+        let max = self.ctx.max_groups();
         if groups.iter().any(|&g| g > max) {
             return Err(KernelError::Unsupported(format!(
                 "{}::{entry} needs a grid of {groups:?} workgroups, the device allows {max} per dimension",

@@ -101,10 +101,6 @@ impl Ctx {
         b.dispatch(m, entry, bytemuck::bytes_of(p), &bind.slots(), groups)
     }
 
-    fn fwd_max_groups(&self) -> u32 {
-        self.limits.max_compute_workgroups_per_dimension
-    }
-
     /// A small operand (table, id list) bound whole, or an error naming it.
     fn fwd_whole<'a>(&self, what: &str, buf: &'a wgpu::Buffer, elems: usize) -> Result<Win<'a>> {
         self.whole(buf, elems).map_err(|_| {
@@ -193,7 +189,7 @@ impl Ctx {
                 dst: Some(yw),
                 ..Default::default()
             };
-            let g = grid((r1 - r0) as u64, self.fwd_max_groups());
+            let g = grid((r1 - r0) as u64, self.max_groups());
             self.fwd(&mut b, PLAIN, "rms_norm", &p, bind, g)?;
         }
         b.submit()?;
@@ -214,7 +210,7 @@ impl Ctx {
         let half = e / 2;
         let cw = self.fwd_whole("the RoPE cos table", &cos.buf, seq * half)?;
         let sw = self.fwd_whole("the RoPE sin table", &sin.buf, seq * half)?;
-        let max_rows = self.fwd_max_groups() as usize * 4;
+        let max_rows = self.max_groups() as usize * 4;
         let mut b = self.batch();
         for (r0, r1) in self.row_slabs(n, cols, 1, max_rows)? {
             let xw = self.rows_win(&x.buf, cols, r0, r1)?;
@@ -329,7 +325,7 @@ impl Ctx {
                 dst: Some(ow),
                 ..Default::default()
             };
-            let g = grid(wgs as u64, self.fwd_max_groups());
+            let g = grid(wgs as u64, self.max_groups());
             self.fwd(&mut b, Module::Forward(emax), "attention", &p, bind, g)?;
         }
         b.submit()?;
@@ -351,7 +347,7 @@ impl Ctx {
             let dw = self.win(dst, o0, o1)?;
             let aw = self.win(a, o0, o1)?;
             let bw = bsrc.map(|s| self.win(s, o0, o1)).transpose()?;
-            let g = grid((e1 - e0).div_ceil(256) as u64, self.fwd_max_groups());
+            let g = grid((e1 - e0).div_ceil(256) as u64, self.max_groups());
             let p = Params {
                 rows: (e1 - e0) as u32,
                 a_base: aw.base(o0),
@@ -398,7 +394,7 @@ impl Ctx {
         }
         let idb = self.upload_words("token ids", ids)?;
         let iw = self.fwd_whole("the token ids", &idb, n)?;
-        let out_slabs = self.row_slabs(n, d, 1, self.fwd_max_groups() as usize * 4)?;
+        let out_slabs = self.row_slabs(n, d, 1, self.max_groups() as usize * 4)?;
         let mut b = self.batch();
         // Per window of the table's rows, the output windows with an id inside it.
         for (t0, t1) in self.row_slabs(table.rows, d, 1, usize::MAX)? {
@@ -445,7 +441,13 @@ impl Ctx {
         offset: usize,
         targets: &[u32],
     ) -> Result<()> {
-        check::lm_head(shape(state), shape(h), shape(w_chunk), targets.len())?;
+        check::lm_head(
+            shape(state),
+            shape(h),
+            shape(w_chunk),
+            offset,
+            targets.len(),
+        )?;
         let (n, v) = (h.rows, w_chunk.rows);
         if n == 0 {
             return Ok(());
@@ -456,10 +458,8 @@ impl Ctx {
         let logits = self.scratch("LM-head logits", elems)?;
         let tb = self.upload_words("next-token targets", targets)?;
         let tw = self.fwd_whole("the next-token targets", &tb, n)?;
-        // Every real target is below NO_TARGET = u32::MAX, so clamping the chunk's vocabulary
-        // rows there loses none.
-        let lim = u32::MAX as usize;
-        let (lo, hi) = (offset.min(lim), offset.saturating_add(v).min(lim));
+        // The check bounds offset + v by NO_TARGET = u32::MAX: both ends fit u32.
+        let (lo, hi) = (offset, offset + v);
         let mut b = self.batch();
         self.record_xwt(&mut b, h, w_chunk, &logits, "lm_head_logits")?;
         for (r0, r1) in self.row_slabs(n, v.max(3), 1, usize::MAX)? {
@@ -483,7 +483,7 @@ impl Ctx {
                 ids: Some(tw),
                 ..Default::default()
             };
-            let g = grid((r1 - r0) as u64, self.fwd_max_groups());
+            let g = grid((r1 - r0) as u64, self.max_groups());
             self.fwd(&mut b, PLAIN, "lm_fold", &p, bind, g)?;
         }
         b.submit()

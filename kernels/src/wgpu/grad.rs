@@ -38,10 +38,7 @@ impl Ctx {
             let dw = self.win(dst, (d0 + e0) as u64, (d0 + e1) as u64)?;
             let sw = self.win(src, (s0 + e0) as u64, (s0 + e1) as u64)?;
             let n4 = (e1 - e0).div_ceil(4);
-            let g = grid(
-                n4.div_ceil(256) as u64,
-                self.limits.max_compute_workgroups_per_dimension,
-            );
+            let g = grid(n4.div_ceil(256) as u64, self.max_groups());
             let p = GradParams {
                 n4: n4 as u32,
                 dst_base: dw.base((d0 + e0) as u64) / 4,

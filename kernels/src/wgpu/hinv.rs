@@ -231,7 +231,7 @@ impl Ctx {
         let temp_w = self.whole(&temp, NB * n)?;
         // Windows are whole 64-row blocks, so a diagonal block never straddles two.
         let slabs = self.row_slabs(n, n, NB, usize::MAX)?;
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
         let base = CholParams {
             n: n as u32,
             percdamp: percdamp as f32,

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::error::{KernelError, Result};
+use crate::plan::{self, Slabs};
 use crate::tensor::{Mask, Matrix};
 
 use super::exec::{Ctx, Win};
@@ -211,8 +212,8 @@ impl Ctx {
         (self.binding_room() / (cols.max(1) * 4) as u64) as usize
     }
 
-    /// Row ranges of a `rows x cols` matrix, each fitting one binding, each a multiple of
-    /// `align` rows (but the last), at most `max_rows` rows.
+    /// Row ranges of a `rows x cols` matrix, each fitting one binding (the shared plan's
+    /// [`Slabs`]): each a multiple of `align` rows (but the last), at most `max_rows` rows.
     pub(crate) fn row_slabs(
         &self,
         rows: usize,
@@ -220,20 +221,7 @@ impl Ctx {
         align: usize,
         max_rows: usize,
     ) -> Result<Vec<(usize, usize)>> {
-        let row_bytes = (cols.max(1) * 4) as u64;
-        let fit = (self.binding_room() / row_bytes) as usize;
-        let mut per = fit.min(max_rows);
-        per -= per % align;
-        if per == 0 {
-            return Err(KernelError::Unsupported(format!(
-                "{align} rows of {cols} columns do not fit one storage binding of {} bytes",
-                self.max_binding
-            )));
-        }
-        let v: Vec<(usize, usize)> = (0..rows.max(1))
-            .step_by(per)
-            .map(|r0| (r0, (r0 + per).min(rows)))
-            .collect();
+        let v = Slabs::new(rows, cols, self.binding_room(), align, max_rows)?.bounds();
         self.split_noted(v.len());
         Ok(v)
     }
@@ -241,11 +229,7 @@ impl Ctx {
     /// Flat element ranges of `n` values, each fitting one binding, boundaries on 64 values
     /// (so vec4 windows stay aligned).
     pub(crate) fn flat_chunks(&self, n: usize) -> Vec<(usize, usize)> {
-        let per = ((self.binding_room() / 4) as usize / 64 * 64).max(64);
-        let v: Vec<(usize, usize)> = (0..n.max(1))
-            .step_by(per)
-            .map(|e0| (e0, (e0 + per).min(n)))
-            .collect();
+        let v = plan::flat_chunks(n, self.binding_room(), 64);
         self.split_noted(v.len());
         v
     }

@@ -91,7 +91,7 @@ impl Ctx {
             ObsSelection::Unstructured(_) => Some(self.group_scratch(rows)?),
             _ => None,
         };
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
 
         let mut b = self.batch();
         match selection {

@@ -40,10 +40,7 @@ impl Ctx {
                 None => None,
             };
             let n4 = (e1 - e0).div_ceil(4);
-            let g = grid(
-                n4.div_ceil(256) as u64,
-                self.limits.max_compute_workgroups_per_dimension,
-            );
+            let g = grid(n4.div_ceil(256) as u64, self.max_groups());
             let p = ProbeParams {
                 n4: n4 as u32,
                 dst_base: dw.base(e0 as u64) / 4,

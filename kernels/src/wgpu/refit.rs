@@ -279,7 +279,7 @@ impl Ctx {
             bc2: bc2 as f32,
             ..Default::default()
         };
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
         let mut b = self.batch();
         for (e0, e1) in self.flat_chunks(n) {
             let (e0w, e1w) = (e0 as u64, e1 as u64);
@@ -384,7 +384,7 @@ impl Ctx {
         let den = self.scratch("row-scale denominators", part_len)?;
         let (num_w, den_w) = (self.whole(&num, part_len)?, self.whole(&den, part_len)?);
         let s_w = self.whole(&scales.buf, rows)?;
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
         let mut b = self.batch();
         for &(r0, r1) in &slabs {
             let n_rows = r1 - r0;

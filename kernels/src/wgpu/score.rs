@@ -22,9 +22,6 @@ struct ScoreParams {
     wpr: u32,
 }
 
-/// Rows per slab for kernels whose grid has a row per workgroup row.
-pub(crate) const MAX_GRID_ROWS: usize = 65535;
-
 impl Ctx {
     pub(crate) fn score(&self, w: &WgpuTensor, score: Score<'_, WgpuTensor>) -> Result<WgpuTensor> {
         check::score((w.rows, w.cols), &score, |t: &WgpuTensor| (t.rows, t.cols))?;
@@ -40,7 +37,7 @@ impl Ctx {
             None => Slot::Unused,
         };
         let mut b = self.batch();
-        for (r0, r1) in self.row_slabs(rows, cols, 1, MAX_GRID_ROWS)? {
+        for (r0, r1) in self.row_slabs(rows, cols, 1, self.max_groups() as usize)? {
             let origin = (r0 * cols) as u64;
             let ww = self.rows_win(&w.buf, cols, r0, r1)?;
             let ow = self.rows_win(&out.buf, cols, r0, r1)?;
@@ -86,7 +83,7 @@ impl Ctx {
     ) -> Result<()> {
         let (rows, cols) = (w.rows, w.cols);
         let wpr = mask.wpr();
-        for (r0, r1) in self.row_slabs(rows, cols, 1, MAX_GRID_ROWS)? {
+        for (r0, r1) in self.row_slabs(rows, cols, 1, self.max_groups() as usize)? {
             let ww = self.rows_win(&w.buf, cols, r0, r1)?;
             let mw = self.rows_win(&mask.buf, wpr, r0, r1)?;
             let p = ScoreParams {

@@ -9,7 +9,6 @@ use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::mem::{WgpuMask, WgpuTensor};
-use super::score::MAX_GRID_ROWS;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
@@ -133,10 +132,7 @@ impl Ctx {
                 ..Default::default()
             };
             let [s, g, m] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
-            let g2 = grid(
-                (r1 - r0) as u64,
-                self.limits.max_compute_workgroups_per_dimension,
-            );
+            let g2 = grid((r1 - r0) as u64, self.max_groups());
             b.dispatch(
                 Module::Select,
                 "row_select",
@@ -159,7 +155,7 @@ impl Ctx {
     ) -> Result<()> {
         let aux = self.aux_slot(ks)?;
         let cols = ks.src.cols;
-        for (r0, r1) in self.row_slabs(ks.src.rows, cols, 1, MAX_GRID_ROWS)? {
+        for (r0, r1) in self.row_slabs(ks.src.rows, cols, 1, self.max_groups() as usize)? {
             let mut p = SelParams {
                 c1: cols as u32,
                 k: n as u32,
@@ -225,7 +221,7 @@ impl Ctx {
         };
         let first = self.sel_slots(ks, mask, slabs[0].0, slabs[0].1, &mut base.clone())?;
         one(b, "sel_init", &base, [1, 1, 1], first)?;
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
         if k > 0 {
             for shift in DIGIT_SHIFTS {
                 for &(r0, r1) in &slabs {

@@ -10,7 +10,6 @@ use crate::tensor::Mask;
 
 use super::exec::{grid, Ctx, Module, Slot, Win, TOKEN_BLOCKS};
 use super::mem::{WgpuMask, WgpuTensor};
-use super::score::MAX_GRID_ROWS;
 
 /// A compressed weight on the device, in the layout of [`PackedWeight`].
 #[derive(Debug)]
@@ -124,7 +123,7 @@ impl Ctx {
             rows,
             cols.max(max_row_words(format, cols)),
             1,
-            MAX_GRID_ROWS,
+            self.max_groups() as usize,
         )?;
         // Windows of W and the mask over rows [r0, r1), and the parameters they give.
         let base = |r0: usize, r1: usize| -> Result<_> {
@@ -144,7 +143,7 @@ impl Ctx {
             };
             Ok((ww, mw, p))
         };
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
         let packed = match format {
             WeightFormat::Dense | WeightFormat::TwoFour => {
                 let values = self.scratch("packed values", rows * vpr)?;
@@ -360,9 +359,9 @@ impl Ctx {
         let (rows, cols) = (w.rows, w.cols);
         let out = self.tensor("decompressed weight", rows, cols)?;
         let per_row = cols.max(max_row_words(w.format, cols));
-        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        let maxg = self.max_groups();
         let mut b = self.batch();
-        for (r0, r1) in self.row_slabs(rows, per_row, 1, MAX_GRID_ROWS)? {
+        for (r0, r1) in self.row_slabs(rows, per_row, 1, self.max_groups() as usize)? {
             let mut p = ReadParams {
                 ldy: cols as u32,
                 ..Default::default()
@@ -394,7 +393,7 @@ impl Ctx {
         let (n, rows, cols) = (x.rows, w.rows, w.cols);
         let tb = token_block(n);
         let y = self.tensor("product", n, rows)?;
-        let max_blocks = self.limits.max_compute_workgroups_per_dimension as usize;
+        let max_blocks = self.max_groups() as usize;
         // Token windows hold whole rows of X and of Y.
         let tokens = self.row_slabs(n, cols.max(rows), 1, max_blocks * tb as usize)?;
         let weights = self.row_slabs(

@@ -179,10 +179,6 @@ impl Ctx {
         )
     }
 
-    fn max_groups(&self) -> u32 {
-        self.limits.max_compute_workgroups_per_dimension
-    }
-
     /// An index list as u32 words on the device (the checks keep every index below 2³²).
     fn index_list(&self, idx: &[usize]) -> Result<wgpu::Buffer> {
         let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();

@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 
 use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
-use super::fill::{grid, BLOCK};
+use super::fill::BLOCK;
 use crate::error::Result;
 
 /// dst[d_off + i·d_ld + j] = src[s_off + i·s_ld + j] for i < rows, j < cols.
@@ -53,7 +53,7 @@ pub fn copy2d<R: Runtime>(
     unsafe {
         copy2d_kernel::launch_unchecked::<R>(
             &b.client,
-            grid(rows * cols, BLOCK),
+            b.grid(rows * cols, BLOCK),
             CubeDim::new_1d(BLOCK),
             arg(src.h, src.len),
             arg(dst.h, dst.len),
@@ -129,7 +129,7 @@ pub fn first_nonfinite<R: Runtime>(
         unsafe {
             nonfinite_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(n, BLOCK),
+                b.grid(n, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&t.handles[s], n),
                 arg(&first, slots),

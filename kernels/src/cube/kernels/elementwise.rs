@@ -5,7 +5,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
-use super::fill::{grid, vector_slabs, vector_width, BLOCK};
+use super::fill::{vector_width, BLOCK};
 use crate::error::Result;
 use crate::ops::{check, GradNorm, Score, GBLM_GRAD_SCALE};
 
@@ -163,7 +163,7 @@ pub fn score<R: Runtime>(
     }
     let out = b.alloc_tensor(w.rows, w.cols)?;
     let v = vector_width(w.cols);
-    for (s, n, cubes) in vector_slabs(w, v) {
+    for (s, n, cubes) in b.vector_slabs(w, v) {
         // Unused statistics are bound to W: the kernel of that kind never reads them.
         let act_h = act.map_or(&w.handles[s], |a| &a.handles[0]);
         let act_n = act.map_or(n, |a| a.cols);
@@ -198,7 +198,7 @@ pub fn grad_accumulate<R: Runtime>(
     check::same("gradient accumulator vs g", acc.shape(), g.shape())?;
     same_slabs("gradient accumulator vs g", &acc.slabs, &g.slabs)?;
     let v = vector_width(acc.cols);
-    for (s, n, cubes) in vector_slabs(acc, v) {
+    for (s, n, cubes) in b.vector_slabs(acc, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             grad_acc_kernel::launch_unchecked::<R>(
@@ -230,7 +230,7 @@ pub fn grad_accumulate_slab<R: Runtime>(
     unsafe {
         grad_acc_kernel::launch_unchecked::<R>(
             &b.client,
-            grid(n / v, BLOCK),
+            b.grid(n / v, BLOCK),
             CubeDim::new_1d(BLOCK),
             v,
             arg(&acc.handles[s], n),
@@ -248,7 +248,7 @@ pub fn grad_finalize<R: Runtime>(
 ) -> Result<CubeTensor> {
     let out = b.alloc_tensor(acc.rows, acc.cols)?;
     let v = vector_width(acc.cols);
-    for (s, n, cubes) in vector_slabs(acc, v) {
+    for (s, n, cubes) in b.vector_slabs(acc, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             grad_finalize_kernel::launch_unchecked::<R>(
@@ -269,7 +269,7 @@ pub fn apply_mask<R: Runtime>(b: &CubeBackend<R>, w: &CubeTensor, mask: &CubeMas
     check::same("mask vs W", (mask.rows, mask.cols), w.shape())?;
     same_slabs("mask vs W", &mask.slabs, &w.slabs)?;
     let v = vector_width(w.cols);
-    for (s, n, cubes) in vector_slabs(w, v) {
+    for (s, n, cubes) in b.vector_slabs(w, v) {
         // SAFETY: one thread per vector; its row and word lie inside the matching mask slab.
         unsafe {
             apply_mask_kernel::launch_unchecked::<R>(
@@ -293,7 +293,7 @@ pub fn sub<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor) -> Re
     same_slabs("difference operands", &x.slabs, &y.slabs)?;
     let out = b.alloc_tensor(x.rows, x.cols)?;
     let v = vector_width(x.cols);
-    for (s, n, cubes) in vector_slabs(x, v) {
+    for (s, n, cubes) in b.vector_slabs(x, v) {
         // SAFETY: one thread per vector of three slabs of equal length.
         unsafe {
             sub_kernel::launch_unchecked::<R>(
@@ -326,7 +326,7 @@ pub fn zero_columns<R: Runtime>(b: &CubeBackend<R>, w: &CubeTensor, dead: &[usiz
         unsafe {
             zero_columns_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(rows * list.len(), BLOCK),
+                b.grid(rows * list.len(), BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&w.handles[s], w.slab_len(s)),
                 arg(&dead_h, list.len()),

@@ -18,7 +18,7 @@ use cubecl::server::Handle;
 use super::super::storage::{arg, f32_bytes, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, first_nonfinite, Rect};
-use super::fill::{grid, BLOCK};
+use super::fill::BLOCK;
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{sum, CUBE};
 use crate::error::{KernelError, Result};
@@ -230,7 +230,7 @@ pub fn hinv_factor<R: Runtime>(
         unsafe {
             diag_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(rn, BLOCK),
+                b.grid(rn, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&h.handles[s], h.slab_len(s)),
                 arg(&d, n),
@@ -504,7 +504,7 @@ fn reverse<R: Runtime>(
             unsafe {
                 reverse_kernel::launch_unchecked::<R>(
                     &b.client,
-                    grid(cnt * n, BLOCK),
+                    b.grid(cnt * n, BLOCK),
                     CubeDim::new_1d(BLOCK),
                     arg(&src.handles[ss], src.slab_len(ss)),
                     arg(&dst.handles[ds], dst.slab_len(ds)),

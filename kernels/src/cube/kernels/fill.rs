@@ -6,29 +6,42 @@ use cubecl::server::Handle;
 
 use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
+use crate::plan;
 
 /// Threads per cube of the elementwise kernels.
 pub const BLOCK: u32 = 256;
 
-/// A cube count covering `units` threads of `BLOCK` per cube; rows of cubes wrap at the
-/// per-dimension limit, and kernels index with `ABSOLUTE_POS`, which spans every dimension.
-pub fn grid(units: usize, per_cube: u32) -> CubeCount {
-    let cubes = units.div_ceil(per_cube as usize).max(1) as u64;
-    let x = cubes.min(65_535);
-    let y = cubes.div_ceil(x);
-    CubeCount::Static(x as u32, y as u32, 1)
-}
+impl<R: Runtime> CubeBackend<R> {
+    /// A cube count covering `units` threads of `per_cube` per cube (at least one cube), laid
+    /// over x then y within the device's per-dimension limits (the shared plan's grid);
+    /// kernels index with `ABSOLUTE_POS`, which spans every dimension.
+    pub(crate) fn grid(&self, units: usize, per_cube: u32) -> CubeCount {
+        let cubes = units.div_ceil(per_cube.max(1) as usize) as u64;
+        let [x, y, z] = plan::grid(cubes, self.max_cube_count.0);
+        CubeCount::Static(x, y, z)
+    }
 
-/// The non-empty slabs of `t` as (slab, scalar length, cube count covering it in vectors of
-/// `v`): what every vectorised elementwise launch loops over.
-pub fn vector_slabs(
-    t: &CubeTensor,
-    v: usize,
-) -> impl Iterator<Item = (usize, usize, CubeCount)> + '_ {
-    (0..t.handles.len())
-        .map(move |s| (s, t.slab_len(s)))
-        .filter(|&(_, n)| n > 0)
-        .map(move |(s, n)| (s, n, grid(n / v, BLOCK)))
+    /// One cube per row of `rows` (none for no row), laid out as [`Self::grid`]; kernels
+    /// rebuild the row from `CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X`.
+    pub(crate) fn row_grid(&self, rows: usize) -> CubeCount {
+        if rows == 0 {
+            return CubeCount::Static(1, 0, 1);
+        }
+        self.grid(rows, 1)
+    }
+
+    /// The non-empty slabs of `t` as (slab, scalar length, cube count covering it in vectors
+    /// of `v`): what every vectorised elementwise launch loops over.
+    pub(crate) fn vector_slabs<'t>(
+        &'t self,
+        t: &'t CubeTensor,
+        v: usize,
+    ) -> impl Iterator<Item = (usize, usize, CubeCount)> + 't {
+        (0..t.handles.len())
+            .map(move |s| (s, t.slab_len(s)))
+            .filter(|&(_, n)| n > 0)
+            .map(move |(s, n)| (s, n, self.grid(n / v, BLOCK)))
+    }
 }
 
 /// The widest vector (4, 2 or 1 f32) that divides `n`, for the memory-bound kernels.
@@ -57,7 +70,7 @@ pub fn fill_u32<R: Runtime>(b: &CubeBackend<R>, h: &Handle, n: usize, value: u32
     unsafe {
         fill_kernel::launch_unchecked::<R>(
             &b.client,
-            grid(n / v, BLOCK),
+            b.grid(n / v, BLOCK),
             CubeDim::new_1d(BLOCK),
             v,
             arg(h, n),
@@ -80,7 +93,7 @@ pub fn copy_u32<R: Runtime>(b: &CubeBackend<R>, src: &Handle, dst: &Handle, n: u
     unsafe {
         copy_u32_kernel::launch_unchecked::<R>(
             &b.client,
-            grid(n, BLOCK),
+            b.grid(n, BLOCK),
             CubeDim::new_1d(BLOCK),
             arg(src, n),
             arg(dst, n),

@@ -19,12 +19,13 @@ use cubecl::server::Handle;
 use super::super::storage::{arg, same_slabs, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, Rect};
-use super::fill::{grid, vector_slabs, vector_width, BLOCK};
+use super::fill::{vector_width, BLOCK};
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, CUBE};
 use super::stats::segments;
 use crate::error::{KernelError, Result};
 use crate::ops::{check, NO_TARGET};
+use crate::plan;
 
 /// The largest head_dim the attention kernel takes: each unit holds its query and its
 /// accumulator (2·e f32) in registers.
@@ -434,7 +435,7 @@ pub fn rms_norm<R: Runtime>(
         unsafe {
             rms_norm_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(rn, 1),
+                b.grid(rn, 1),
                 CubeDim::new_1d(CUBE),
                 arg(&x.handles[s], x.slab_len(s)),
                 arg(&gamma.handles[0], gamma.cols),
@@ -474,7 +475,7 @@ pub fn rope<R: Runtime>(
         unsafe {
             rope_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(pairs, BLOCK),
+                b.grid(pairs, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&x.handles[s], x.slab_len(s)),
                 arg(&cos.handles[0], seq * half),
@@ -523,8 +524,8 @@ fn key_tile(e: usize, max_shared: usize) -> usize {
 
 fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs<'_>) {
     let tiles = sh.seq.div_ceil(ATT_BQ as usize);
-    // Cube counts stay below 65 535 per dimension: windows in groups.
-    let per = (65_535 / tiles).max(1);
+    // Cube counts stay within the device's x limit: windows in groups.
+    let per = plan::items_per_launch(tiles, b.max_cube_count.0);
     let mut w0 = 0;
     while w0 < a.windows {
         let n = per.min(a.windows - w0);
@@ -607,9 +608,10 @@ pub fn attention<R: Runtime>(
         )));
     }
     same_slabs("attention V vs K", &v.slabs, &k.slabs)?;
-    if heads > 65_535 {
+    let max_y = b.max_cube_count.1;
+    if heads > max_y as usize {
         return Err(KernelError::Unsupported(format!(
-            "attention: {heads} heads exceed a launch's 65535 cubes per dimension"
+            "attention: {heads} heads exceed a launch's {max_y} cubes per dimension"
         )));
     }
     let out = b.alloc_tensor(q.rows, q.cols)?;
@@ -686,7 +688,7 @@ pub fn silu_mul<R: Runtime>(
     let out = b.alloc_tensor(gate.rows, gate.cols)?;
     same_slabs("SiLU-gate product: output vs gate", &out.slabs, &gate.slabs)?;
     let v = vector_width(gate.cols);
-    for (s, n, cubes) in vector_slabs(gate, v) {
+    for (s, n, cubes) in b.vector_slabs(gate, v) {
         // SAFETY: one thread per vector of three slabs of equal length.
         unsafe {
             silu_mul_kernel::launch_unchecked::<R>(
@@ -707,7 +709,7 @@ pub fn add_assign<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor
     check::same("residual add", x.shape(), y.shape())?;
     same_slabs("residual add", &x.slabs, &y.slabs)?;
     let v = vector_width(x.cols);
-    for (s, n, cubes) in vector_slabs(x, v) {
+    for (s, n, cubes) in b.vector_slabs(x, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             add_kernel::launch_unchecked::<R>(
@@ -747,7 +749,7 @@ pub fn embed<R: Runtime>(
             unsafe {
                 embed_kernel::launch_unchecked::<R>(
                     &b.client,
-                    grid(on * d, BLOCK),
+                    b.grid(on * d, BLOCK),
                     CubeDim::new_1d(BLOCK),
                     arg(&table.handles[ts], table.slab_len(ts)),
                     arg(&dev, ids.len()),
@@ -772,14 +774,14 @@ pub fn lm_head_chunk<R: Runtime>(
     offset: usize,
     targets: &[u32],
 ) -> Result<()> {
-    check::lm_head(state.shape(), h.shape(), w_chunk.shape(), targets.len())?;
+    check::lm_head(
+        state.shape(),
+        h.shape(),
+        w_chunk.shape(),
+        offset,
+        targets.len(),
+    )?;
     let (n, v) = (h.rows, w_chunk.rows);
-    if offset + v >= NO_TARGET as usize {
-        return Err(KernelError::InvalidArgument(format!(
-            "LM head: vocabulary rows {offset}..{} do not fit 32-bit token ids",
-            offset + v
-        )));
-    }
     if n == 0 {
         return Ok(());
     }
@@ -792,7 +794,7 @@ pub fn lm_head_chunk<R: Runtime>(
         unsafe {
             lm_fold_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(len, 1),
+                b.grid(len, 1),
                 CubeDim::new_1d(CUBE),
                 arg(&logits.handles[ls], logits.slab_len(ls)),
                 arg(&state.handles[ss], state.slab_len(ss)),

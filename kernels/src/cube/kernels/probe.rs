@@ -5,7 +5,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::{arg, same_slabs, CubeTensor};
 use super::super::CubeBackend;
-use super::fill::{vector_slabs, vector_width, BLOCK};
+use super::fill::{vector_width, BLOCK};
 use crate::error::Result;
 use crate::ops::{check, FMA_PROBE_ADD, FMA_PROBE_MUL};
 
@@ -36,7 +36,7 @@ pub fn copy<R: Runtime>(b: &CubeBackend<R>, dst: &CubeTensor, src: &CubeTensor) 
     check::same("copy destination vs source", dst.shape(), src.shape())?;
     same_slabs("copy destination vs source", &dst.slabs, &src.slabs)?;
     let v = vector_width(src.cols);
-    for (s, n, cubes) in vector_slabs(src, v) {
+    for (s, n, cubes) in b.vector_slabs(src, v) {
         // SAFETY: one thread per vector of two slabs of equal length.
         unsafe {
             copy_kernel::launch_unchecked::<R>(
@@ -54,7 +54,7 @@ pub fn copy<R: Runtime>(b: &CubeBackend<R>, dst: &CubeTensor, src: &CubeTensor) 
 
 pub fn fma_probe<R: Runtime>(b: &CubeBackend<R>, t: &CubeTensor, iters: u32) -> Result<()> {
     let v = vector_width(t.cols);
-    for (s, n, cubes) in vector_slabs(t, v) {
+    for (s, n, cubes) in b.vector_slabs(t, v) {
         // SAFETY: one thread per vector of the slab, guarded by its length.
         unsafe {
             fma_kernel::launch_unchecked::<R>(

@@ -19,7 +19,7 @@ use super::super::CubeBackend;
 use super::copy::gather_rows;
 use super::elementwise::sub;
 use super::factor::hinv_factor;
-use super::fill::{grid, vector_slabs, vector_width, BLOCK};
+use super::fill::{vector_width, BLOCK};
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::sum;
 use super::stats::mirror_lower;
@@ -180,8 +180,8 @@ fn whole<R: Runtime>(b: &CubeBackend<R>, t: &CubeTensor) -> Result<(Handle, usiz
     Ok((h, len))
 }
 
-fn launch_1d(n: usize) -> (CubeCount, CubeDim) {
-    (grid(n, BLOCK), CubeDim::new_1d(BLOCK))
+fn launch_1d<R: Runtime>(b: &CubeBackend<R>, n: usize) -> (CubeCount, CubeDim) {
+    (b.grid(n, BLOCK), CubeDim::new_1d(BLOCK))
 }
 
 /// C (rows x cols, slabs like X) = X·H over every slab of H, on the shared GEMM.
@@ -228,7 +228,7 @@ pub fn refit_base<R: Runtime>(
         None => {
             let out = b.alloc_tensor(rows, cols)?;
             let v = vector_width(cols);
-            for (s, n, cubes) in vector_slabs(w, v) {
+            for (s, n, cubes) in b.vector_slabs(w, v) {
                 // SAFETY: one thread per vector of two slabs of equal length.
                 unsafe {
                     negate_kernel::launch_unchecked::<R>(
@@ -415,7 +415,7 @@ pub fn adamw_step<R: Runtime>(
     let bc1 = 1.0 - st.beta1.powi(st.t as i32);
     let bc2 = 1.0 - st.beta2.powi(st.t as i32);
     let w = vector_width(param.cols);
-    for (s, n, cubes) in vector_slabs(param, w) {
+    for (s, n, cubes) in b.vector_slabs(param, w) {
         // SAFETY: one thread per vector of four slabs of equal length.
         unsafe {
             adamw_kernel::launch_unchecked::<R>(
@@ -467,7 +467,7 @@ pub fn lora_merge<R: Runtime>(
         if len == 0 {
             continue;
         }
-        let (cubes, dim) = launch_1d(len);
+        let (cubes, dim) = launch_1d(b, len);
         // SAFETY: one thread per element of the slab; its mask word, B row and A column exist.
         unsafe {
             merge_kernel::launch_unchecked::<R>(
@@ -557,7 +557,7 @@ pub fn row_scale<R: Runtime>(
             );
         }
     }
-    let (cubes, dim) = launch_1d(rows);
+    let (cubes, dim) = launch_1d(b, rows);
     // SAFETY: one thread per row; the partials hold `slots` pairs per row.
     unsafe {
         row_scales_kernel::launch_unchecked::<R>(
@@ -576,7 +576,7 @@ pub fn row_scale<R: Runtime>(
         if len == 0 {
             continue;
         }
-        let (cubes, dim) = launch_1d(len);
+        let (cubes, dim) = launch_1d(b, len);
         // SAFETY: one thread per element of the slab; its row's scale exists.
         unsafe {
             scale_rows_kernel::launch_unchecked::<R>(
@@ -707,7 +707,7 @@ pub fn norm_system<R: Runtime>(
             },
         );
     }
-    let (cubes, dim) = launch_1d(cols);
+    let (cubes, dim) = launch_1d(b, cols);
     // SAFETY: one thread per column; the partials hold `slots` rows of `cols`.
     unsafe {
         col_sums_kernel::launch_unchecked::<R>(
@@ -738,7 +738,7 @@ pub fn spd_solve<R: Runtime>(
     let d = b.scratch(n)?;
     for s in 0..m.handles.len() {
         let (r0, rn) = m.slabs.range(s);
-        let (cubes, dim) = launch_1d(rn);
+        let (cubes, dim) = launch_1d(b, rn);
         // SAFETY: one thread per row of the slab, reading its diagonal element.
         unsafe {
             diag_kernel::launch_unchecked::<R>(
@@ -763,7 +763,7 @@ pub fn spd_solve<R: Runtime>(
     for s in 0..m.handles.len() {
         let (r0, rn) = m.slabs.range(s);
         let len = rn * n;
-        let (cubes, dim) = launch_1d(len);
+        let (cubes, dim) = launch_1d(b, len);
         // SAFETY: one thread per element of two slabs of equal length.
         unsafe {
             damp_kernel::launch_unchecked::<R>(

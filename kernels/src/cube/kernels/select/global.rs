@@ -9,7 +9,7 @@ use super::super::super::storage::{arg, CubeMask, CubeTensor};
 use super::super::super::CubeBackend;
 use super::super::reduce::{cube_exclusive_scan, CUBE};
 use super::keys::{cube_index, digit, find_bin, load_key, write_row_mask};
-use super::{row_grid, BINS};
+use super::BINS;
 use crate::error::{KernelError, Result};
 
 /// One digit pass of the global selection: a shared histogram per cube over a grid-stride of
@@ -299,7 +299,7 @@ pub fn select_global<R: Runtime>(
         unsafe {
             row_eq_count_kernel::launch_unchecked::<R>(
                 &b.client,
-                row_grid(srows),
+                b.row_grid(srows),
                 CubeDim::new_1d(CUBE),
                 arg(xh, xl),
                 arg(ah, al),
@@ -337,7 +337,7 @@ pub fn select_global<R: Runtime>(
         unsafe {
             row_mask_kernel::launch_unchecked::<R>(
                 &b.client,
-                row_grid(srows),
+                b.row_grid(srows),
                 CubeDim::new_1d(CUBE),
                 arg(xh, xl),
                 arg(ah, al),

@@ -39,12 +39,6 @@ const BINS: u32 = 2048;
 /// some slack for the runtime's own use.
 const SELECT_SHARED: usize = BINS as usize * 4 + CUBE as usize * 4 + 1024;
 
-/// A 2D cube grid with one cube per row.
-pub(crate) fn row_grid(rows: usize) -> CubeCount {
-    let x = rows.clamp(1, 65_535);
-    CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1)
-}
-
 /// The score source of a tensor: its kind code, the activation statistic, the gradient.
 pub(crate) struct Source<'a> {
     pub x: &'a CubeTensor,

@@ -6,7 +6,6 @@ use cubecl::prelude::*;
 
 use super::super::super::storage::{arg, CubeMask};
 use super::super::super::CubeBackend;
-use super::super::fill::grid;
 use super::super::reduce::CUBE;
 use super::keys::load_key;
 use super::Source;
@@ -113,7 +112,7 @@ pub fn n_m<R: Runtime>(
         unsafe {
             nm_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(threads, CUBE),
+                b.grid(threads, CUBE),
                 CubeDim::new_1d(CUBE),
                 arg(xb.0, xb.1),
                 arg(ab.0, ab.1),

@@ -7,7 +7,7 @@ use super::super::super::storage::{arg, CubeMask};
 use super::super::super::CubeBackend;
 use super::super::reduce::CUBE;
 use super::keys::{cube_index, load_key, row_threshold, write_row_mask};
-use super::{row_grid, Source, SELECT_SHARED};
+use super::{Source, SELECT_SHARED};
 use crate::error::Result;
 
 /// Per-row selection, one cube per row: the k lowest of every row (optionally fused with
@@ -109,7 +109,7 @@ pub fn per_row<R: Runtime>(
         unsafe {
             row_select_kernel::launch_unchecked::<R>(
                 &b.client,
-                row_grid(rows),
+                b.row_grid(rows),
                 CubeDim::new_1d(CUBE),
                 arg(xb.0, xb.1),
                 arg(ab.0, ab.1),

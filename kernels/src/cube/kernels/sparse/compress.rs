@@ -15,9 +15,8 @@ use cubecl::prelude::*;
 
 use super::super::super::storage::{arg, same_slabs, CubeMask, CubePacked, CubeTensor, Words};
 use super::super::super::CubeBackend;
-use super::super::fill::{fill_u32, grid, BLOCK};
+use super::super::fill::{fill_u32, BLOCK};
 use super::super::reduce::{cube_exclusive_scan, CUBE};
-use super::super::select::row_grid;
 use super::half::{f16_from_f32_bits, f16_to_f32_bits};
 use super::{half_at, row_cube, valid_bits};
 use crate::error::{KernelError, Result};
@@ -480,7 +479,7 @@ pub fn compress<R: Runtime>(
                 unsafe {
                     compress_dense_kernel::launch_unchecked::<R>(
                         &b.client,
-                        grid(n * gpr, BLOCK),
+                        b.grid(n * gpr, BLOCK),
                         CubeDim::new_1d(BLOCK),
                         4,
                         arg(&w.handles[s], w.slab_len(s)),
@@ -512,7 +511,7 @@ pub fn compress<R: Runtime>(
                 unsafe {
                     compress_two_four_kernel::launch_unchecked::<R>(
                         &b.client,
-                        grid(n * units, BLOCK),
+                        b.grid(n * units, BLOCK),
                         CubeDim::new_1d(BLOCK),
                         4,
                         arg(&w.handles[s], w.slab_len(s)),
@@ -539,7 +538,7 @@ pub fn compress<R: Runtime>(
                 unsafe {
                     bitmap_bits_kernel::launch_unchecked::<R>(
                         &b.client,
-                        row_grid(n),
+                        b.row_grid(n),
                         CubeDim::new_1d(CUBE),
                         arg(&w.handles[s], w.slab_len(s)),
                         arg(&mask.handles[s], mask.slab_len(s)),
@@ -589,7 +588,7 @@ pub fn compress<R: Runtime>(
             unsafe {
                 bitmap_values_kernel::launch_unchecked::<R>(
                     &b.client,
-                    row_grid(n),
+                    b.row_grid(n),
                     CubeDim::new_1d(CUBE),
                     arg(&w.handles[s], w.slab_len(s)),
                     arg(&p.meta.handle, p.meta.len),
@@ -625,7 +624,7 @@ pub fn decompress<R: Runtime>(b: &CubeBackend<R>, p: &CubePacked) -> Result<Cube
             match p.format {
                 WeightFormat::Dense => decompress_dense_kernel::launch_unchecked::<R>(
                     &b.client,
-                    grid(n * cols.div_ceil(8), BLOCK),
+                    b.grid(n * cols.div_ceil(8), BLOCK),
                     CubeDim::new_1d(BLOCK),
                     4,
                     vals,
@@ -636,7 +635,7 @@ pub fn decompress<R: Runtime>(b: &CubeBackend<R>, p: &CubePacked) -> Result<Cube
                 ),
                 WeightFormat::TwoFour => decompress_two_four_kernel::launch_unchecked::<R>(
                     &b.client,
-                    grid(n * (cols / 4), BLOCK),
+                    b.grid(n * (cols / 4), BLOCK),
                     CubeDim::new_1d(BLOCK),
                     vals,
                     meta,
@@ -647,7 +646,7 @@ pub fn decompress<R: Runtime>(b: &CubeBackend<R>, p: &CubePacked) -> Result<Cube
                 ),
                 WeightFormat::Bitmap => decompress_bitmap_kernel::launch_unchecked::<R>(
                     &b.client,
-                    row_grid(n),
+                    b.row_grid(n),
                     CubeDim::new_1d(CUBE),
                     vals,
                     meta,

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 
 use super::super::super::storage::arg;
 use super::super::super::CubeBackend;
-use super::super::fill::{grid, BLOCK};
+use super::super::fill::BLOCK;
 use crate::error::Result;
 
 /// The f16 bits of the f32 with bits `x`, rounded to nearest even: the `half` crate's
@@ -104,7 +104,7 @@ impl<R: Runtime> CubeBackend<R> {
         unsafe {
             convert_kernel::launch_unchecked::<R>(
                 &self.client,
-                grid(n, BLOCK),
+                self.grid(n, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&src, n),
                 arg(&out, n),

@@ -9,7 +9,7 @@ pub mod compress;
 pub mod half;
 pub mod matmul;
 
-/// Linear cube index over a 2D grid of cubes (one cube per row, rows past 65535).
+/// Linear cube index over a 2D grid of cubes (one cube per row, rows past the device's x limit).
 #[cube]
 pub fn row_cube() -> u32 {
     CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X

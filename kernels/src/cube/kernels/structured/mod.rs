@@ -18,7 +18,7 @@ use cubecl::server::Handle;
 use super::super::storage::{arg, same_slabs, CubeTensor, Slabs};
 use super::super::CubeBackend;
 use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
-use super::fill::{grid, BLOCK};
+use super::fill::BLOCK;
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::stats::{chunk_rows, mirror_lower, row_chunks, segments, store_lane_total};
@@ -271,7 +271,7 @@ fn gather<R: Runtime>(
             unsafe {
                 gather_kernel::launch_unchecked::<R>(
                     &b.client,
-                    grid(cnt * nc, BLOCK),
+                    b.grid(cnt * nc, BLOCK),
                     CubeDim::new_1d(BLOCK),
                     arg(&src.handles[ss], src.slab_len(ss)),
                     arg(&dst.handles[ds], dst.slab_len(ds)),
@@ -313,7 +313,7 @@ fn zero<R: Runtime>(
         unsafe {
             zero_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(cnt * nc, BLOCK),
+                b.grid(cnt * nc, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&t.handles[s], t.slab_len(s)),
                 arg(rh, rlen),

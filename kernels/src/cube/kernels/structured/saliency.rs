@@ -251,7 +251,7 @@ fn obs_saliency_columns<R: Runtime>(
         unsafe {
             diag_at_kernel::launch_unchecked::<R>(
                 &b.client,
-                grid(cnt, BLOCK),
+                b.grid(cnt, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&hinv.handles[s], hinv.slab_len(s)),
                 arg(&d, ng),
@@ -296,7 +296,7 @@ fn obs_saliency_columns<R: Runtime>(
     unsafe {
         obs1_kernel::launch_unchecked::<R>(
             &b.client,
-            grid(ng, BLOCK),
+            b.grid(ng, BLOCK),
             CubeDim::new_1d(BLOCK),
             arg(&partial, parts.max(1) * ng),
             arg(&d, ng),
@@ -357,7 +357,7 @@ pub fn taylor_saliency<R: Runtime>(
                 unsafe {
                     taylor_rows_kernel::launch_unchecked::<R>(
                         &b.client,
-                        grid(rn, 1),
+                        b.grid(rn, 1),
                         CubeDim::new_1d(CUBE),
                         arg(&w.handles[s], len),
                         arg(&stat(inp.grad_sum, s), len),
@@ -418,7 +418,7 @@ pub fn taylor_saliency<R: Runtime>(
     unsafe {
         segment_sum_kernel::launch_unchecked::<R>(
             &b.client,
-            grid(segments, 1),
+            b.grid(segments, 1),
             CubeDim::new_1d(CUBE),
             arg(&part, part_len),
             arg(&out.handles[0], segments),

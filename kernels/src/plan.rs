@@ -1,0 +1,168 @@
+//! Host-side planning written once for both GPU backends: how a tensor is cut into parts that
+//! each fit one storage binding, how a flat array is cut into chunks, and how a launch's
+//! workgroups are laid over a grid whose dimensions the device bounds. The backends only map a
+//! planned range onto their own storage (wgpu: a window of one buffer; CubeCL: one handle per
+//! slab) and their own launch call.
+
+use crate::error::{KernelError, Result};
+
+/// A cut of `rows` rows into slabs of `slab_rows` rows each (the last may be shorter).
+///
+/// The cut depends only on its arguments, so two tensors of one shape planned under one limit
+/// are cut alike and kernels may pair slab i with slab i.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slabs {
+    pub rows: usize,
+    /// Rows per slab (the last one may have fewer).
+    pub slab_rows: usize,
+}
+
+impl Slabs {
+    /// Slabs of rows of `cols` f32, each at most `room` bytes and `max_rows` rows. When they
+    /// do not all fit one slab, every slab's height is a multiple of `align` rows, so that a
+    /// block of `align` rows (a kernel's tile, a factor's block) never straddles two slabs.
+    pub fn new(rows: usize, cols: usize, room: u64, align: usize, max_rows: usize) -> Result<Self> {
+        let row_bytes = (cols.max(1) * 4) as u64;
+        let fit = (room / row_bytes).min(max_rows as u64) as usize;
+        if rows <= fit {
+            return Ok(Self {
+                rows,
+                slab_rows: rows.max(1),
+            });
+        }
+        let align = align.max(1);
+        let slab_rows = fit / align * align;
+        if slab_rows == 0 {
+            return Err(KernelError::Unsupported(format!(
+                "{align} rows of {cols} columns do not fit one storage binding of {room} bytes"
+            )));
+        }
+        Ok(Self { rows, slab_rows })
+    }
+
+    pub fn count(&self) -> usize {
+        self.rows.div_ceil(self.slab_rows).max(1)
+    }
+
+    /// First row and row count of slab `s`.
+    pub fn range(&self, s: usize) -> (usize, usize) {
+        let r0 = s * self.slab_rows;
+        (r0, self.slab_rows.min(self.rows.saturating_sub(r0)))
+    }
+
+    /// Every slab as its rows [r0, r1); one empty slab for zero rows.
+    pub fn bounds(&self) -> Vec<(usize, usize)> {
+        (0..self.count())
+            .map(|s| {
+                let (r0, n) = self.range(s);
+                (r0, r0 + n)
+            })
+            .collect()
+    }
+
+    /// The slab holding row `r` and the row's index inside it.
+    pub fn locate(&self, r: usize) -> (usize, usize) {
+        (r / self.slab_rows, r % self.slab_rows)
+    }
+
+    /// Slabs intersecting rows [r0, r1), as (slab, first global row, last global row + 1).
+    pub fn covering(&self, r0: usize, r1: usize) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
+        let mut r = r0;
+        while r < r1 {
+            let s = r / self.slab_rows;
+            let end = ((s + 1) * self.slab_rows).min(r1);
+            v.push((s, r, end));
+            r = end;
+        }
+        v
+    }
+}
+
+/// Kernels pair slab i of one operand with slab i of another: operands split differently
+/// (made by backends with different binding limits) are refused rather than misread.
+pub fn same_slabs(what: &str, a: &Slabs, b: &Slabs) -> Result<()> {
+    if a != b {
+        return Err(KernelError::InvalidArgument(format!(
+            "{what}: the operands are split into different slabs ({} vs {} rows per slab); \
+             use tensors made by one backend",
+            a.slab_rows, b.slab_rows
+        )));
+    }
+    Ok(())
+}
+
+/// Element ranges [e0, e1) of a flat array of `n` values, each at most `room` bytes, their
+/// boundaries on multiples of `granule` values (so vector views of a chunk stay aligned).
+pub fn flat_chunks(n: usize, room: u64, granule: usize) -> Vec<(usize, usize)> {
+    let granule = granule.max(1);
+    let per = ((room / 4) as usize / granule * granule).max(granule);
+    (0..n.max(1))
+        .step_by(per)
+        .map(|e0| (e0, (e0 + per).min(n)))
+        .collect()
+}
+
+/// A launch of `groups` workgroups laid over x and then y, neither above `max_per_dim` (the
+/// device's limit per grid dimension); kernels rebuild the linear index from their position
+/// and the grid's x size, and skip the few past `groups` in the last row.
+pub fn grid(groups: u64, max_per_dim: u32) -> [u32; 3] {
+    let groups = groups.max(1);
+    let x = groups.min(max_per_dim.max(1) as u64);
+    [x as u32, groups.div_ceil(x) as u32, 1]
+}
+
+/// How many items of `groups_each` workgroups one launch takes along a grid dimension of at
+/// most `max_per_dim` (at least one, so a caller always progresses): e.g. attention's windows,
+/// each `tiles` query tiles.
+pub fn items_per_launch(groups_each: usize, max_per_dim: u32) -> usize {
+    (max_per_dim as usize / groups_each.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slabs_are_aligned_and_cover_every_row() {
+        // 64·400·2 bytes hold 128 rows of 100 columns (aligned to 64) of 200.
+        let s = Slabs::new(200, 100, 64 * 400 * 2, 64, usize::MAX).unwrap();
+        assert_eq!(s.slab_rows, 128);
+        assert_eq!(s.bounds(), vec![(0, 128), (128, 200)]);
+        assert_eq!(s.locate(130), (1, 2));
+        assert_eq!(s.covering(100, 150), vec![(0, 100, 128), (1, 128, 150)]);
+        // What fits whole is one slab whatever the alignment.
+        assert_eq!(
+            Slabs::new(10, 10, 1 << 20, 64, usize::MAX).unwrap().count(),
+            1
+        );
+        assert!(Slabs::new(1000, 1 << 20, 1 << 20, 64, usize::MAX).is_err());
+        // A row cap splits what would fit.
+        let capped = Slabs::new(10, 1, 1 << 20, 1, 4).unwrap();
+        assert_eq!(capped.bounds(), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(
+            Slabs::new(0, 5, 1 << 20, 1, 4).unwrap().bounds(),
+            vec![(0, 0)]
+        );
+    }
+
+    #[test]
+    fn chunks_are_granular_and_cover_every_value() {
+        assert_eq!(
+            flat_chunks(300, 128 * 4, 64),
+            vec![(0, 128), (128, 256), (256, 300)]
+        );
+        assert_eq!(flat_chunks(0, 1024, 64), vec![(0, 0)]);
+        // A room below one granule still progresses.
+        assert_eq!(flat_chunks(100, 8, 64), vec![(0, 64), (64, 100)]);
+    }
+
+    #[test]
+    fn grids_stay_within_the_device_limit() {
+        assert_eq!(grid(0, 65_535), [1, 1, 1]);
+        assert_eq!(grid(70_000, 65_535), [65_535, 2, 1]);
+        assert_eq!(grid(70_000, i32::MAX as u32), [70_000, 1, 1]);
+        assert_eq!(items_per_launch(4, 65_535), 16_383);
+        assert_eq!(items_per_launch(100_000, 65_535), 1);
+    }
+}
