@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn work_model_counts_the_math() {
         let h = OpCase::new(Op::Hessian, 1, 4096).tokens(2048, 1);
-        assert_eq!(h.flops(), 2 * 2048 * 4096 * 4096);
+        // The SYRK's one triangle, not the full product's 2·T·c².
+        assert_eq!(h.flops(), 2048 * 4096 * 4097);
+        let f = OpCase::new(Op::HinvFactor, 1, 4096);
+        assert_eq!(f.flops(), 2 * 4096u64.pow(3) / 3);
         let s = OpCase::new(Op::Score(ScoreKind::Magnitude), 10, 20);
         assert_eq!(s.bytes(), 4 * 2 * 200);
     }

@@ -78,13 +78,15 @@ pub(in crate::suite) fn bytes(case: &OpCase) -> u64 {
     }
 }
 
-/// Floating-point operations of the math as ALGORITHMS.md counts them.
+/// Floating-point operations the kernels do (the convention in KERNELS.md).
 pub(in crate::suite) fn flops(case: &OpCase) -> u64 {
     let (r, c) = (case.rows as u64, case.cols as u64);
     let tokens = (case.tokens * case.batch) as u64;
     match case.op {
         Op::ActStat => 2 * tokens * c,
-        Op::Hessian => 2 * tokens * c * c,
+        // A SYRK: each of the c·(c+1)/2 entries of one triangle costs 2 flops per token; the
+        // other triangle is a mirror (KERNELS.md, the work model's convention).
+        Op::Hessian => tokens * c * (c + 1),
         Op::GradAccumulate(_) => 3 * r * c,
         Op::GradFused(_) => 2 * r * c * case.tokens as u64 + 3 * r * c,
         op => not_in_family(op, FAMILY),
