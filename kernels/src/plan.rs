@@ -92,6 +92,27 @@ pub fn same_slabs(what: &str, a: &Slabs, b: &Slabs) -> Result<()> {
     Ok(())
 }
 
+/// Row runs [t, t + len) of the first `total` rows that lie inside one slab of each of two
+/// cuts of the same rows: (first row, length, slab of a, its local row, slab of b, its local
+/// row). What a product over rows split two ways (dYᵀX over tokens, a residual add) launches
+/// once per run.
+pub fn aligned_runs(
+    a: &Slabs,
+    b: &Slabs,
+    total: usize,
+) -> Vec<(usize, usize, usize, usize, usize, usize)> {
+    let mut v = Vec::new();
+    let mut t = 0;
+    while t < total {
+        let (sa, la) = a.locate(t);
+        let (sb, lb) = b.locate(t);
+        let len = (a.slab_rows - la).min(b.slab_rows - lb).min(total - t);
+        v.push((t, len, sa, la, sb, lb));
+        t += len;
+    }
+    v
+}
+
 /// Element ranges [e0, e1) of a flat array of `n` values, each at most `room` bytes, their
 /// boundaries on multiples of `granule` values (so vector views of a chunk stay aligned).
 pub fn flat_chunks(n: usize, room: u64, granule: usize) -> Vec<(usize, usize)> {
@@ -143,6 +164,22 @@ mod tests {
         assert_eq!(
             Slabs::new(0, 5, 1 << 20, 1, 4).unwrap().bounds(),
             vec![(0, 0)]
+        );
+    }
+
+    #[test]
+    fn aligned_runs_stay_inside_one_slab_of_each_cut() {
+        let a = Slabs::new(200, 1, 64 * 4, 64, usize::MAX).unwrap();
+        let b = Slabs::new(200, 1, 100 * 4, 1, usize::MAX).unwrap();
+        let runs = aligned_runs(&a, &b, 150);
+        assert_eq!(
+            runs,
+            vec![
+                (0, 64, 0, 0, 0, 0),
+                (64, 36, 1, 0, 0, 64),
+                (100, 28, 1, 36, 1, 0),
+                (128, 22, 2, 0, 1, 28),
+            ]
         );
     }
 

@@ -30,7 +30,7 @@ use crate::ops::{
     ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
-use kernels::{elementwise, factor, forward, obs, recon, select, sparse, stats, structured};
+use kernels::{factor, forward, grad, obs, recon, score, select, sparse, stats, structured};
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
@@ -265,7 +265,7 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     }
 
     fn grad_accumulate(&self, acc: &mut CubeTensor, g: &CubeTensor, norm: GradNorm) -> Result<()> {
-        elementwise::grad_accumulate(self, acc, g, norm)
+        grad::grad_accumulate(self, acc, g, norm)
     }
 
     fn grad_accumulate_fused(
@@ -275,11 +275,11 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         x: &CubeTensor,
         norm: GradNorm,
     ) -> Result<()> {
-        stats::grad_accumulate_fused(self, acc, dy, x, norm)
+        grad::grad_accumulate_fused(self, acc, dy, x, norm)
     }
 
     fn grad_finalize(&self, acc: &CubeTensor, norm: GradNorm) -> Result<CubeTensor> {
-        elementwise::grad_finalize(self, acc, norm)
+        grad::grad_finalize(self, acc, norm)
     }
 
     fn hessian_update(
@@ -293,7 +293,7 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     }
 
     fn score(&self, w: &CubeTensor, score: Score<'_, CubeTensor>) -> Result<CubeTensor> {
-        elementwise::score(self, w, score)
+        score::score(self, w, score)
     }
 
     fn select_mask(&self, scores: &CubeTensor, pattern: MaskPattern) -> Result<CubeMask> {
@@ -301,7 +301,7 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     }
 
     fn apply_mask(&self, w: &mut CubeTensor, mask: &CubeMask) -> Result<()> {
-        elementwise::apply_mask(self, w, mask)
+        score::apply_mask(self, w, mask)
     }
 
     /// Per-row and N:M patterns: one kernel scores, selects and zeroes (scores are never

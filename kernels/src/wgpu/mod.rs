@@ -8,10 +8,10 @@
 
 mod device;
 mod exec;
+mod factor;
 mod forward;
 mod gemm;
 mod grad;
-mod hinv;
 mod mem;
 mod obs;
 mod probe;

@@ -2,7 +2,7 @@
 //! dispatch (the plain-sum gradient, UᵀU, Q = W[:,S]·Uᵀ with its squared sum, Y = U·Hinv[S,:]
 //! and the two downdates); gathers, zeros, the Taylor sums and the batched factors of narrow
 //! groups are structured.wgsl. Solves with Hinv[S,S] go through a triangular factor of its
-//! inverse: U from §6's factorisation (cholesky.wgsl) of the gathered block, undamped and with
+//! inverse: U from §6's factorisation (factor.wgsl) of the gathered block, undamped and with
 //! zero diagonals kept, so that Hinv[S,S]⁻¹ = UᵀU; then Q = W[:,S]·Uᵀ and Y = U·Hinv[S,:] give
 //! ε_S = ½‖Q‖², Q·Y = W[:,S]·Hinv[S,S]⁻¹·Hinv[S,:] and YᵀY = Hinv[:,S]·Hinv[S,S]⁻¹·Hinv[S,:]
 //! (the reference's L⁻¹ is another such factor: the products are the same). Groups of at most
@@ -14,8 +14,8 @@ use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
+use super::factor::FactorRun;
 use super::gemm::{Gemm, Operand, F_B_LOWER, F_STORE};
-use super::hinv::FactorRun;
 use super::mem::WgpuTensor;
 
 /// The widest group factored in one workgroup (structured.wgsl's NB): a 64x64 f32 block is

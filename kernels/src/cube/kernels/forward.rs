@@ -22,10 +22,10 @@ use super::copy::{copy2d, Rect};
 use super::fill::{vector_width, BLOCK};
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, CUBE};
-use super::stats::segments;
 use crate::error::{KernelError, Result};
 use crate::ops::{check, NO_TARGET};
 use crate::plan;
+use crate::plan::aligned_runs;
 
 /// The largest head_dim the attention kernel takes: each unit holds its query and its
 /// accumulator (2·e f32) in registers.
@@ -378,7 +378,7 @@ fn lm_fold_kernel(
 /// one Y slab share and per slab of W (a block of Y's columns).
 fn linear_into<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, w: &CubeTensor, y: &CubeTensor) {
     let (k, m) = (x.cols, w.rows);
-    for (_, len, ys, ly, xs, lx) in segments(&y.slabs, &x.slabs, x.rows) {
+    for (_, len, ys, ly, xs, lx) in aligned_runs(&y.slabs, &x.slabs, x.rows) {
         for ws in 0..w.handles.len() {
             let (w0, wn) = w.slabs.range(ws);
             if wn == 0 {
@@ -788,7 +788,7 @@ pub fn lm_head_chunk<R: Runtime>(
     let logits = b.alloc_tensor(n, v)?;
     linear_into(b, h, w_chunk, &logits);
     let dev = b.scratch_from(targets)?;
-    for (t, len, ls, ll, ss, sl) in segments(&logits.slabs, &state.slabs, n) {
+    for (t, len, ls, ll, ss, sl) in aligned_runs(&logits.slabs, &state.slabs, n) {
         // SAFETY: one cube per row of the run; the logits row (v values) and the state row (3)
         // lie in their slabs, the target index below n.
         unsafe {

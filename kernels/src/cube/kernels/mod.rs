@@ -7,16 +7,17 @@
 #![allow(clippy::collapsible_if, clippy::manual_div_ceil)]
 
 pub mod copy;
-pub mod elementwise;
 pub mod factor;
 pub mod fill;
 pub mod forward;
 pub mod gemm;
+pub mod grad;
 pub mod obs;
 pub mod probe;
 pub mod recon;
 pub mod reduce;
 pub mod refit;
+pub mod score;
 pub mod select;
 pub mod sparse;
 pub mod stats;

@@ -6,9 +6,9 @@ use cubecl::prelude::*;
 
 use super::super::storage::CubeTensor;
 use super::super::CubeBackend;
-use super::elementwise::sub;
 use super::gemm::{gemm, tile_shape, Gemm, View, EPI_DOT};
 use super::reduce::sum;
+use super::score::sub;
 use crate::error::Result;
 use crate::ops::{check, ReconError};
 

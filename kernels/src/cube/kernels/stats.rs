@@ -1,15 +1,14 @@
 //! Calibration statistics: the activation statistic of §1 (a tiled column reduction), the
 //! Hessian of §3 (a SYRK on the tiled GEMM with the running-mean rescale in its epilogue, then
-//! a mirror of the lower triangle) and the fused gradient accumulation of §2(b).
+//! a mirror of the lower triangle).
 
 use cubecl::prelude::*;
 
-use super::super::storage::{arg, CubeTensor, Slabs};
+use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
-use super::elementwise::grad_accumulate_slab;
-use super::gemm::{gemm, Gemm, View, EPI_GRAD_L1, EPI_GRAD_L2, EPI_STORE};
+use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use crate::error::Result;
-use crate::ops::{check, GradNorm, GBLM_GRAD_SCALE};
+use crate::ops::check;
 
 /// Σ x² per column over one chunk of rows: 32 columns x 8 row lanes per cube, coalesced along
 /// the row, then the 8 lanes reduced in shared memory.
@@ -277,95 +276,5 @@ pub fn hessian_update<R: Runtime>(
         }
     }
     mirror_lower(b, h);
-    Ok(())
-}
-
-/// Token ranges that lie inside one slab of each of two row partitions of the same rows:
-/// (first row, length, slab of a, its local row, slab of b, its local row).
-pub(super) fn segments(
-    a: &Slabs,
-    b: &Slabs,
-    total: usize,
-) -> Vec<(usize, usize, usize, usize, usize, usize)> {
-    let mut v = Vec::new();
-    let mut t = 0;
-    while t < total {
-        let (sa, la) = a.locate(t);
-        let (sb, lb) = b.locate(t);
-        let len = (a.slab_rows - la).min(b.slab_rows - lb).min(total - t);
-        v.push((t, len, sa, la, sb, lb));
-        t += len;
-    }
-    v
-}
-
-pub fn grad_accumulate_fused<R: Runtime>(
-    b: &CubeBackend<R>,
-    acc: &CubeTensor,
-    dy: &CubeTensor,
-    x: &CubeTensor,
-    norm: GradNorm,
-) -> Result<()> {
-    check::fused_grad(acc.shape(), dy.shape(), x.shape())?;
-    let (rows, cols, tokens) = (dy.cols, x.cols, x.rows);
-    if tokens == 0 {
-        return Ok(());
-    }
-    let segs = segments(&dy.slabs, &x.slabs, tokens);
-    let epi = match norm {
-        GradNorm::L2 => EPI_GRAD_L2,
-        GradNorm::L1 => EPI_GRAD_L1,
-    };
-    for s in 0..acc.handles.len() {
-        let (r0, rn) = acc.slabs.range(s);
-        if rn == 0 {
-            continue;
-        }
-        let c = View::rows(&acc.handles[s], acc.slab_len(s), 0, cols);
-        if let [(_, len, sa, la, sb, lb)] = segs[..] {
-            // The fused path: g = dYᵀX tile by tile, squared (or abs) into A, never stored.
-            gemm(
-                b,
-                &Gemm {
-                    m: rn,
-                    n: cols,
-                    k: len,
-                    a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
-                    b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
-                    c,
-                    alpha: GBLM_GRAD_SCALE,
-                    beta: None,
-                    lower: None,
-                    b_lower: None,
-                    epi,
-                    dot: None,
-                },
-            );
-        } else {
-            // dY or X spans several bindings: the square needs the whole sum over tokens, so g
-            // is accumulated for this slab of rows in a scratch buffer first, then squared in.
-            let g = b.scratch(acc.slab_len(s))?;
-            for (i, &(_, len, sa, la, sb, lb)) in segs.iter().enumerate() {
-                gemm(
-                    b,
-                    &Gemm {
-                        m: rn,
-                        n: cols,
-                        k: len,
-                        a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
-                        b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
-                        c: View::rows(&g, acc.slab_len(s), 0, cols),
-                        alpha: 1.0,
-                        beta: if i == 0 { None } else { Some(1.0) },
-                        lower: None,
-                        b_lower: None,
-                        epi: EPI_STORE,
-                        dot: None,
-                    },
-                );
-            }
-            grad_accumulate_slab(b, acc, s, &g, norm);
-        }
-    }
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use cubecl::prelude::*;
 
-use super::super::elementwise::{score_scalar, SCORE_GBLM, SCORE_MAGNITUDE, SCORE_WANDA};
 use super::super::reduce::{cube_exclusive_scan, CUBE};
+use super::super::score::{score_scalar, SCORE_GBLM, SCORE_MAGNITUDE, SCORE_WANDA};
 use super::{BINS, SRC_OBS};
 
 /// Maps f32 bits to a u32 whose unsigned order is the IEEE total order (what `total_cmp`, the

@@ -18,8 +18,8 @@ use cubecl::server::Handle;
 
 use super::super::storage::{same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
-use super::elementwise::{apply_mask, score, score_parts, SCORE_GBLM};
 use super::reduce::CUBE;
+use super::score::{apply_mask, score, score_parts, SCORE_GBLM};
 use crate::error::Result;
 use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
 
@@ -30,7 +30,7 @@ mod row;
 
 pub use global::select_global;
 
-/// Where the scores come from (the `SCORE_*` codes of elementwise are the fused sources).
+/// Where the scores come from (the `SCORE_*` codes of `score.rs` are the fused sources).
 pub const SRC_PLAIN: u32 = 3;
 pub const SRC_OBS: u32 = 4;
 

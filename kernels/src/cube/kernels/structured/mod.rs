@@ -21,9 +21,10 @@ use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
 use super::fill::BLOCK;
 use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
-use super::stats::{chunk_rows, mirror_lower, row_chunks, segments, store_lane_total};
+use super::stats::{chunk_rows, mirror_lower, row_chunks, store_lane_total};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
+use crate::plan::aligned_runs;
 
 mod saliency;
 pub use saliency::{obs_saliency, taylor_saliency};
@@ -417,7 +418,7 @@ pub fn grad_sum_fused<R: Runtime>(
     }
     // A plain sum is linear in the product, so unlike the squared accumulations every share
     // of the tokens (one per pair of dY and X slabs) adds straight into A: g is never stored.
-    let segs = segments(&dy.slabs, &x.slabs, tokens);
+    let segs = aligned_runs(&dy.slabs, &x.slabs, tokens);
     for s in 0..acc.handles.len() {
         let (r0, rn) = acc.slabs.range(s);
         if rn == 0 {

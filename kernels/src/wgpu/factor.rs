@@ -1,5 +1,5 @@
 //! The damped inverse-Hessian factor (§6) on the device; the algorithm is described at the
-//! top of cholesky.wgsl. Everything runs on the GPU; the host only reads back the status
+//! top of factor.wgsl. Everything runs on the GPU; the host only reads back the status
 //! words (failed pivot, first non-finite entry), λ and the dead-column flags at the end.
 
 use bytemuck::{Pod, Zeroable};
@@ -11,7 +11,7 @@ use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::gemm::{Gemm, Operand, F_B_LOWER, F_LOWER};
 use super::mem::WgpuTensor;
 
-/// The Cholesky block width (cholesky.wgsl's NB): a 64x64 f32 block is 16 KiB of workgroup
+/// The Cholesky block width (factor.wgsl's NB): a 64x64 f32 block is 16 KiB of workgroup
 /// memory.
 const NB: usize = 64;
 /// The outer block: updates of the columns right of it are deferred and applied as one SYRK
@@ -71,7 +71,7 @@ impl Bufs<'_> {
 }
 
 /// A factorisation recorded into a batch: U = chol_upper((H + λI)⁻¹) in `u` once it has run,
-/// and the status words `stat` (see cholesky.wgsl).
+/// and the status words `stat` (see factor.wgsl).
 pub(crate) struct FactorRun {
     pub u: WgpuTensor,
     stat: wgpu::Buffer,
@@ -150,7 +150,7 @@ impl Ctx {
                 ..Default::default()
             };
             b.dispatch(
-                Module::Cholesky,
+                Module::Factor,
                 "diag_extract",
                 bytemuck::bytes_of(&p),
                 &[
@@ -243,7 +243,7 @@ impl Ctx {
                     p: &CholParams,
                     slots: [Slot<'_>; 7],
                     g: [u32; 3]| {
-            b.dispatch(Module::Cholesky, entry, bytemuck::bytes_of(p), &slots, g)
+            b.dispatch(Module::Factor, entry, bytemuck::bytes_of(p), &slots, g)
         };
 
         // Dead columns, λ, non-finite entries.

@@ -1,5 +1,6 @@
-//! The memory-bound elementwise ops of §2(a), §2 finalisation, §4 and §5 (apply), vectorised
-//! over 4, 2 or 1 f32 (the widest that divides the row), one thread per vector.
+//! The scores of §4 and applying a mask (§5), with the small elementwise helpers other ops
+//! share (a difference, zeroed columns): memory-bound, vectorised over 4, 2 or 1 f32 (the
+//! widest that divides the row), one thread per vector.
 
 use cubecl::prelude::*;
 
@@ -7,7 +8,7 @@ use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::{vector_width, BLOCK};
 use crate::error::Result;
-use crate::ops::{check, GradNorm, Score, GBLM_GRAD_SCALE};
+use crate::ops::{check, Score};
 
 /// Score kinds as comptime codes: each kind compiles its own kernel.
 pub const SCORE_MAGNITUDE: u32 = 0;
@@ -61,40 +62,6 @@ fn score_kernel<N: Size>(
             } else {
                 out[i] = a * s + a * grad[i];
             }
-        }
-    }
-}
-
-#[cube(launch_unchecked)]
-fn grad_acc_kernel<N: Size>(
-    acc: &mut Array<Vector<f32, N>>,
-    g: &Array<Vector<f32, N>>,
-    scale: f32,
-    #[comptime] l1: bool,
-) {
-    let i = ABSOLUTE_POS;
-    if i < acc.len() {
-        let v = g[i] * Vector::new(scale);
-        if comptime![l1] {
-            acc[i] += Vector::abs(v);
-        } else {
-            acc[i] += v * v;
-        }
-    }
-}
-
-#[cube(launch_unchecked)]
-fn grad_finalize_kernel<N: Size>(
-    acc: &Array<Vector<f32, N>>,
-    out: &mut Array<Vector<f32, N>>,
-    #[comptime] l2: bool,
-) {
-    let i = ABSOLUTE_POS;
-    if i < out.len() {
-        if comptime![l2] {
-            out[i] = Vector::sqrt(acc[i]);
-        } else {
-            out[i] = acc[i];
         }
     }
 }
@@ -182,83 +149,6 @@ pub fn score<R: Runtime>(
                 arg(&out.handles[s], n),
                 (w.cols / v) as u32,
                 kind,
-            );
-        }
-    }
-    Ok(out)
-}
-
-/// A ← A + (c·g)² or |c·g| over matching slabs (also the epilogue of the split fused path).
-pub fn grad_accumulate<R: Runtime>(
-    b: &CubeBackend<R>,
-    acc: &CubeTensor,
-    g: &CubeTensor,
-    norm: GradNorm,
-) -> Result<()> {
-    check::same("gradient accumulator vs g", acc.shape(), g.shape())?;
-    same_slabs("gradient accumulator vs g", &acc.slabs, &g.slabs)?;
-    let v = vector_width(acc.cols);
-    for (s, n, cubes) in b.vector_slabs(acc, v) {
-        // SAFETY: one thread per vector of two slabs of equal length.
-        unsafe {
-            grad_acc_kernel::launch_unchecked::<R>(
-                &b.client,
-                cubes,
-                CubeDim::new_1d(BLOCK),
-                v,
-                arg(&acc.handles[s], n),
-                arg(&g.handles[s], n),
-                GBLM_GRAD_SCALE,
-                norm == GradNorm::L1,
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The same update with g given as a raw slab-sized buffer (the split fused path).
-pub fn grad_accumulate_slab<R: Runtime>(
-    b: &CubeBackend<R>,
-    acc: &CubeTensor,
-    s: usize,
-    g: &cubecl::server::Handle,
-    norm: GradNorm,
-) {
-    let n = acc.slab_len(s);
-    let v = vector_width(acc.cols);
-    // SAFETY: `g` holds at least the slab's n values.
-    unsafe {
-        grad_acc_kernel::launch_unchecked::<R>(
-            &b.client,
-            b.grid(n / v, BLOCK),
-            CubeDim::new_1d(BLOCK),
-            v,
-            arg(&acc.handles[s], n),
-            arg(g, n),
-            GBLM_GRAD_SCALE,
-            norm == GradNorm::L1,
-        );
-    }
-}
-
-pub fn grad_finalize<R: Runtime>(
-    b: &CubeBackend<R>,
-    acc: &CubeTensor,
-    norm: GradNorm,
-) -> Result<CubeTensor> {
-    let out = b.alloc_tensor(acc.rows, acc.cols)?;
-    let v = vector_width(acc.cols);
-    for (s, n, cubes) in b.vector_slabs(acc, v) {
-        // SAFETY: one thread per vector of two slabs of equal length.
-        unsafe {
-            grad_finalize_kernel::launch_unchecked::<R>(
-                &b.client,
-                cubes,
-                CubeDim::new_1d(BLOCK),
-                v,
-                arg(&acc.handles[s], n),
-                arg(&out.handles[s], n),
-                norm == GradNorm::L2,
             );
         }
     }
