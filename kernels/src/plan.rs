@@ -101,14 +101,84 @@ pub fn aligned_runs(
     b: &Slabs,
     total: usize,
 ) -> Vec<(usize, usize, usize, usize, usize, usize)> {
+    common_pieces(total, &[a, b])
+        .into_iter()
+        .map(|(t, end)| {
+            let ((sa, la), (sb, lb)) = (a.locate(t), b.locate(t));
+            (t, end - t, sa, la, sb, lb)
+        })
+        .collect()
+}
+
+/// Cuts [0, len) where any of `cuts` has a slab boundary: every piece lies inside one slab of
+/// each (a cut with fewer rows than `len` covers the rest as one slab).
+pub fn common_pieces(len: usize, cuts: &[&Slabs]) -> Vec<(usize, usize)> {
     let mut v = Vec::new();
     let mut t = 0;
-    while t < total {
-        let (sa, la) = a.locate(t);
-        let (sb, lb) = b.locate(t);
-        let len = (a.slab_rows - la).min(b.slab_rows - lb).min(total - t);
-        v.push((t, len, sa, la, sb, lb));
-        t += len;
+    while t < len {
+        let end = cuts
+            .iter()
+            .map(|s| (t / s.slab_rows + 1) * s.slab_rows)
+            .fold(len, usize::min);
+        v.push((t, end));
+        t = end;
+    }
+    v
+}
+
+/// How one GEMM operand is stored: its rows cut into slabs, and whether the operand is the
+/// transpose of what is stored (then the stored rows index the operand's columns).
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    pub slabs: &'a Slabs,
+    pub trans: bool,
+}
+
+/// One launch of a split GEMM C[m x n] (op)= A[m x k]·B[k x n]: the rows of C (`m`), its
+/// columns (`n`) and the depth (`k`) it covers, each range inside one slab of every operand
+/// that stores it. `first` marks the first depth piece of its block of C: it alone applies
+/// the caller's β; the later ones accumulate onto it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPiece {
+    pub m: (usize, usize),
+    pub n: (usize, usize),
+    pub k: (usize, usize),
+    pub first: bool,
+}
+
+/// The launches of a GEMM whose operands are cut into slabs, in a fixed order (the depth
+/// pieces of a block in increasing k), so a split product sums in the same order every run.
+pub fn gemm_pieces(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Stored,
+    b: Stored,
+    c: &Slabs,
+) -> Vec<GemmPiece> {
+    let m_cuts: Vec<&Slabs> = [Some(c), (!a.trans).then_some(a.slabs)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let k_cuts: Vec<&Slabs> = [a.trans.then_some(a.slabs), (!b.trans).then_some(b.slabs)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let n_cuts: Vec<&Slabs> = b.trans.then_some(b.slabs).into_iter().collect();
+    let ks = common_pieces(k.max(1), &k_cuts);
+    let mut v = Vec::new();
+    for &mr in &common_pieces(m, &m_cuts) {
+        for &nr in &common_pieces(n, &n_cuts) {
+            for (i, &kr) in ks.iter().enumerate() {
+                let kr = if k == 0 { (0, 0) } else { kr };
+                v.push(GemmPiece {
+                    m: mr,
+                    n: nr,
+                    k: kr,
+                    first: i == 0,
+                });
+            }
+        }
     }
     v
 }
@@ -179,6 +249,55 @@ mod tests {
                 (64, 36, 1, 0, 0, 64),
                 (100, 28, 1, 36, 1, 0),
                 (128, 22, 2, 0, 1, 28),
+            ]
+        );
+    }
+
+    #[test]
+    fn gemm_pieces_respect_every_operands_slabs() {
+        // C = X·Wᵀ: X (70 x 8) in slabs of 32 rows, W (50 x 8, stored as rows of n) in slabs
+        // of 20, C (70 x 50) in slabs of 64.
+        let x = Slabs::new(70, 8, 32 * 32, 1, usize::MAX).unwrap();
+        let w = Slabs::new(50, 8, 20 * 32, 1, usize::MAX).unwrap();
+        let c = Slabs::new(70, 50, 64 * 200, 1, usize::MAX).unwrap();
+        let a = Stored {
+            slabs: &x,
+            trans: false,
+        };
+        let b = Stored {
+            slabs: &w,
+            trans: true,
+        };
+        let pieces = gemm_pieces(70, 50, 8, a, b, &c);
+        let ms: Vec<_> = pieces.iter().map(|p| p.m).collect();
+        assert!(ms.contains(&(32, 64)) && ms.contains(&(64, 70)));
+        assert_eq!(pieces.len(), 3 * 3);
+        assert!(pieces.iter().all(|p| p.k == (0, 8) && p.first));
+        // A depth split: Xᵀ·Y over tokens cut two ways accumulates in increasing k.
+        let t1 = Slabs::new(100, 4, 40 * 16, 1, usize::MAX).unwrap();
+        let t2 = Slabs::new(100, 6, 30 * 24, 1, usize::MAX).unwrap();
+        let one = Slabs::new(4, 6, 1 << 20, 1, usize::MAX).unwrap();
+        let a = Stored {
+            slabs: &t1,
+            trans: true,
+        };
+        let b = Stored {
+            slabs: &t2,
+            trans: false,
+        };
+        let ks: Vec<_> = gemm_pieces(4, 6, 100, a, b, &one)
+            .iter()
+            .map(|p| (p.k, p.first))
+            .collect();
+        assert_eq!(
+            ks,
+            vec![
+                ((0, 30), true),
+                ((30, 40), false),
+                ((40, 60), false),
+                ((60, 80), false),
+                ((80, 90), false),
+                ((90, 100), false),
             ]
         );
     }

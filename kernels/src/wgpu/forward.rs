@@ -20,7 +20,7 @@ use crate::error::{KernelError, Result};
 use crate::ops::check;
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win, HEAD_DIMS};
-use super::gemm::{Gemm, Operand};
+use super::gemm::{Mat, Product};
 use super::mem::WgpuTensor;
 
 /// Query rows per attention workgroup (forward.wgsl's BQ).
@@ -121,30 +121,14 @@ impl Ctx {
         y: &wgpu::Buffer,
         label: &'static str,
     ) -> Result<()> {
-        let (n, k, m) = (x.rows, x.cols, w.rows);
-        if n == 0 || m == 0 {
-            return Ok(());
-        }
-        let w_slabs = self.row_slabs(m, k, 1, usize::MAX)?;
-        for (n0, n1) in self.row_slabs(n, k.max(m), 1, usize::MAX)? {
-            let xw = self.rows_win(&x.buf, k, n0, n1)?;
-            let yw = self.rows_win(y, m, n0, n1)?;
-            for &(r0, r1) in &w_slabs {
-                let ww = self.rows_win(&w.buf, k, r0, r1)?;
-                let mut g = Gemm::new(
-                    "gemm_update",
-                    (n0, n1),
-                    (r0, r1),
-                    (0, k),
-                    Operand::new(xw, 0, k),
-                    Operand::new(ww, 0, k).t(),
-                )
-                .named(label);
-                g.c = Some(Operand::new(yw, 0, m));
-                g.record(b)?;
-            }
-        }
-        Ok(())
+        let (xm, wm) = (Mat::of(x), Mat::of(w));
+        self.record_gemm_split(
+            b,
+            Product::store(label),
+            xm,
+            wm.t(),
+            Mat::new(y, x.rows, w.rows),
+        )
     }
 
     pub(crate) fn linear(&self, x: &WgpuTensor, w: &WgpuTensor) -> Result<WgpuTensor> {

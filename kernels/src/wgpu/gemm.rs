@@ -4,8 +4,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
+use crate::plan::{gemm_pieces, Slabs, Stored};
 
-use super::exec::{Batch, Module, Slot, Win};
+use super::exec::{Batch, Ctx, Module, Slot, Win};
 
 pub(crate) const F_LOWER: u32 = 1;
 pub(crate) const F_MIRROR: u32 = 2;
@@ -263,4 +264,127 @@ pub(crate) fn reduce_parts(
         ],
         [1, 1, 1],
     )
+}
+
+/// A whole row-major matrix in one buffer as an operand of [`Ctx::record_gemm_split`], or its
+/// transpose.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub cols: usize,
+    pub trans: bool,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(buf: &'a wgpu::Buffer, rows: usize, cols: usize) -> Self {
+        Self {
+            buf,
+            rows,
+            cols,
+            trans: false,
+        }
+    }
+    pub fn of(t: &'a super::mem::WgpuTensor) -> Self {
+        Self::new(&t.buf, t.rows, t.cols)
+    }
+    pub fn t(mut self) -> Self {
+        self.trans = true;
+        self
+    }
+}
+
+/// What a split product computes beyond its operands: C = alpha·A·B (+ beta·C), and the
+/// triangle flags (`F_LOWER`, `F_B_LOWER`), which hold in the product's own coordinates, so
+/// every piece keeps them as they are.
+#[derive(Clone, Copy)]
+pub(crate) struct Product {
+    pub alpha: f32,
+    /// 0 leaves C unread.
+    pub beta: f32,
+    pub flags: u32,
+    pub label: &'static str,
+}
+
+impl Product {
+    /// C = A·B, C not read.
+    pub fn store(label: &'static str) -> Self {
+        Self {
+            alpha: 1.0,
+            beta: 0.0,
+            flags: 0,
+            label,
+        }
+    }
+
+    /// C ← C − A·B.
+    pub fn downdate(label: &'static str) -> Self {
+        Self {
+            alpha: -1.0,
+            beta: 1.0,
+            ..Self::store(label)
+        }
+    }
+}
+
+impl Ctx {
+    /// The binding-sized cut of a matrix's rows: what one window may hold.
+    fn window_slabs(&self, m: &Mat<'_>) -> Result<Slabs> {
+        Slabs::new(m.rows, m.cols, self.binding_room(), 1, usize::MAX)
+    }
+
+    /// The operand over the window of the stored rows a piece reads: rows `r` of the operand,
+    /// or its columns `cl` when it is read transposed.
+    fn operand_window<'m>(
+        &self,
+        m: &Mat<'m>,
+        r: (usize, usize),
+        cl: (usize, usize),
+    ) -> Result<Operand<'m>> {
+        let (s0, s1) = if m.trans { cl } else { r };
+        let o = Operand::new(self.rows_win(m.buf, m.cols, s0, s1)?, 0, m.cols);
+        Ok(if m.trans { o.t() } else { o })
+    }
+
+    /// Records C (op)= alpha·op(A)·op(B) (+ beta·C) over whole matrices of any size: one
+    /// `gemm_update` per piece of the shared plan ([`gemm_pieces`]), each operand bound as
+    /// the window of the rows the piece reads, later depth pieces accumulating onto the first.
+    pub(crate) fn record_gemm_split(
+        &self,
+        b: &mut Batch<'_>,
+        p: Product,
+        a: Mat<'_>,
+        bm: Mat<'_>,
+        c: Mat<'_>,
+    ) -> Result<()> {
+        let k = if a.trans { a.rows } else { a.cols };
+        let (sa, sb, sc) = (
+            self.window_slabs(&a)?,
+            self.window_slabs(&bm)?,
+            self.window_slabs(&c)?,
+        );
+        let stored = |m: &Mat<'_>, s| Stored {
+            slabs: s,
+            trans: m.trans,
+        };
+        let pieces = gemm_pieces(c.rows, c.cols, k, stored(&a, &sa), stored(&bm, &sb), &sc);
+        self.split_noted(pieces.len());
+        for pc in pieces {
+            let mut g = Gemm::new(
+                "gemm_update",
+                pc.m,
+                pc.n,
+                pc.k,
+                self.operand_window(&a, pc.m, pc.k)?,
+                self.operand_window(&bm, pc.k, pc.n)?,
+            )
+            .named(p.label);
+            g.c = Some(self.operand_window(&c, pc.m, pc.n)?);
+            g.alpha = p.alpha;
+            g.beta = if pc.first { p.beta } else { 1.0 };
+            g.flags = p.flags;
+            g.record(b)?;
+        }
+        Ok(())
+    }
 }

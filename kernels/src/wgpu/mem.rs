@@ -202,7 +202,7 @@ impl Ctx {
     }
 
     /// Bytes a window may cover, leaving room for the alignment of its start.
-    fn binding_room(&self) -> u64 {
+    pub(crate) fn binding_room(&self) -> u64 {
         self.max_binding
             .saturating_sub(self.limits.min_storage_buffer_offset_alignment.max(16) as u64 + 16)
     }

@@ -15,7 +15,8 @@ use crate::ops::{check, AdamStep, LoraForm, LoraGrad, LoraInputs};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::gemm::{
-    reduce_parts, Gemm, Operand, F_B_LOWER, F_DELTA, F_FINAL, F_LOWER, F_MERGE_SCALE, F_P_MASK,
+    reduce_parts, Gemm, Mat, Operand, Product, F_B_LOWER, F_DELTA, F_FINAL, F_LOWER, F_MERGE_SCALE,
+    F_P_MASK,
 };
 use super::mem::{WgpuMask, WgpuTensor};
 
@@ -596,47 +597,17 @@ impl Ctx {
         }
         let x = self.tensor("solution", 1, n)?;
         let y = self.scratch("half-way solution", n)?;
-        let (rhs_w, y_w, x_w) = (
-            self.whole(&rhs.buf, n)?,
-            self.whole(&y, n)?,
-            self.whole(&x.buf, n)?,
-        );
         let mut b = self.batch();
         // U with (M + λI)⁻¹ = UᵀU, dead columns left as they are.
         let run = self.record_factor(&mut b, m, percdamp, true)?;
-        let slabs = self.row_slabs(n, n, 1, usize::MAX)?;
-        // y = rhs·Uᵀ: y_j = Σ_{k >= j} U(j,k) rhs_k, a window of U's rows per slab of outputs.
-        for &(s0, s1) in &slabs {
-            let uw = self.rows_win(&run.u.buf, n, s0, s1)?;
-            let mut g = Gemm::new(
-                "gemm_update",
-                (0, 1),
-                (s0, s1),
-                (0, n),
-                Operand::new(rhs_w, 0, n),
-                Operand::new(uw, 0, n).t(),
-            )
-            .named("solve_ut");
-            g.c = Some(Operand::new(y_w, 0, n));
-            g.flags = F_B_LOWER;
-            g.record(&mut b)?;
-        }
-        // x = y·U, summed over the windows of U's rows.
-        for (si, &(s0, s1)) in slabs.iter().enumerate() {
-            let uw = self.rows_win(&run.u.buf, n, s0, s1)?;
-            let mut g = Gemm::new(
-                "gemm_update",
-                (0, 1),
-                (0, n),
-                (s0, s1),
-                Operand::new(y_w, 0, n),
-                Operand::new(uw, 0, n),
-            )
-            .named("solve_u");
-            g.c = Some(Operand::new(x_w, 0, n));
-            g.beta = if si == 0 { 0.0 } else { 1.0 };
-            g.record(&mut b)?;
-        }
+        // y = rhs·Uᵀ (y_j = Σ_{k >= j} U(j,k) rhs_k: Uᵀ lower triangular), then x = y·U.
+        let (u, ym) = (Mat::of(&run.u), Mat::new(&y, 1, n));
+        let solve_ut = Product {
+            flags: F_B_LOWER,
+            ..Product::store("solve_ut")
+        };
+        self.record_gemm_split(&mut b, solve_ut, Mat::of(rhs), u.t(), ym)?;
+        self.record_gemm_split(&mut b, Product::store("solve_u"), ym, u, Mat::of(&x))?;
         b.submit()?;
         let status = run.status(self)?;
         if status.mean() == 0.0 {

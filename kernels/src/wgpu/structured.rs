@@ -15,7 +15,7 @@ use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::factor::FactorRun;
-use super::gemm::{Gemm, Operand, F_B_LOWER, F_STORE};
+use super::gemm::{Gemm, Mat, Operand, Product, F_B_LOWER, F_STORE};
 use super::mem::WgpuTensor;
 
 /// The widest group factored in one workgroup (structured.wgsl's NB): a 64x64 f32 block is
@@ -142,23 +142,6 @@ fn taylor_kind(k: TaylorKind) -> u32 {
         TaylorKind::Taylor2 => 1,
         TaylorKind::TaylorMix => 2,
     }
-}
-
-/// Records C −= A·B for the rows [r0, r1) of C (n columns, window `cw`), K = k.
-fn record_downdate(
-    b: &mut Batch<'_>,
-    name: &'static str,
-    (r0, r1): (usize, usize),
-    (n, k): (usize, usize),
-    a: Operand<'_>,
-    bm: Operand<'_>,
-    cw: Win<'_>,
-) -> Result<()> {
-    let mut g = Gemm::new("gemm_update", (r0, r1), (0, n), (0, k), a, bm).named(name);
-    g.c = Some(Operand::new(cw, 0, n));
-    g.alpha = -1.0;
-    g.beta = 1.0;
-    g.record(b)
 }
 
 impl Ctx {
@@ -791,19 +774,14 @@ impl Ctx {
         let lw = self.whole(&loss, 1)?;
         self.record_seg_reduce(&mut b, &part, 1, tiles, (lw, 0), 0.5)?;
 
-        // W ← W − Q·Y and Hinv ← Hinv − YᵀY, window by window of their rows.
-        for &(r0, r1) in &wslabs {
-            let ww = self.rows_win(&w.buf, n, r0, r1)?;
-            let qw = self.rows_win(&q, k, r0, r1)?;
-            let (qo, yo) = (Operand::new(qw, 0, k), Operand::new(yw, 0, n));
-            record_downdate(&mut b, "structured_w", (r0, r1), (n, k), qo, yo, ww)?;
-        }
-        for (r0, r1) in self.row_slabs(n, n, 1, usize::MAX)? {
-            let hw = self.rows_win(&hinv.buf, n, r0, r1)?;
-            let yt = Operand::new(yw, 0, n).t();
-            let yo = Operand::new(yw, 0, n);
-            record_downdate(&mut b, "structured_hinv", (r0, r1), (n, k), yt, yo, hw)?;
-        }
+        // W ← W − Q·Y and Hinv ← Hinv − YᵀY.
+        let (qm, ym) = (Mat::new(&q, rows, k), Mat::new(&y, k, n));
+        let (w_down, h_down) = (
+            Product::downdate("structured_w"),
+            Product::downdate("structured_hinv"),
+        );
+        self.record_gemm_split(&mut b, w_down, qm, ym, Mat::of(w))?;
+        self.record_gemm_split(&mut b, h_down, ym.t(), ym, Mat::of(hinv))?;
         // What the algebra makes zero is zero, not a rounding residue.
         self.record_zero_cols(&mut b, &w.buf, (rows, n), &sbuf, k)?;
         self.record_zero_cols(&mut b, &hinv.buf, (n, n), &sbuf, k)?;

@@ -20,7 +20,7 @@ use super::super::storage::{arg, same_slabs, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, Rect};
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::gemm::{gemm_split, Of, Product};
 use super::reduce::{cube_sum, CUBE};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, NO_TARGET};
@@ -377,32 +377,7 @@ fn lm_fold_kernel(
 /// Y = X·Wᵀ into `y` (X.rows x W.rows, any slabs): a GEMM per token run that one X slab and
 /// one Y slab share and per slab of W (a block of Y's columns).
 fn linear_into<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, w: &CubeTensor, y: &CubeTensor) {
-    let (k, m) = (x.cols, w.rows);
-    for (_, len, ys, ly, xs, lx) in aligned_runs(&y.slabs, &x.slabs, x.rows) {
-        for ws in 0..w.handles.len() {
-            let (w0, wn) = w.slabs.range(ws);
-            if wn == 0 {
-                continue;
-            }
-            gemm(
-                b,
-                &Gemm {
-                    m: len,
-                    n: wn,
-                    k,
-                    a: View::rows(&x.handles[xs], x.slab_len(xs), lx * k, k),
-                    b: View::transposed(&w.handles[ws], w.slab_len(ws), 0, k),
-                    c: View::rows(&y.handles[ys], y.slab_len(ys), ly * m + w0, m),
-                    alpha: 1.0,
-                    beta: None,
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
-        }
-    }
+    gemm_split(b, Product::default(), Of::rows(x), Of::transposed(w), y);
 }
 
 pub fn linear<R: Runtime>(

@@ -17,9 +17,10 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::super::storage::arg;
+use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
 use super::reduce::cube_sum;
+use crate::plan::{gemm_pieces, Stored};
 
 const BK: u32 = 16;
 
@@ -324,6 +325,107 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
             b.plane,
             tm as u32,
             tn as u32,
+        );
+    }
+}
+
+/// A whole tensor as an operand of [`gemm_split`], or its transpose.
+#[derive(Clone, Copy)]
+pub struct Of<'a> {
+    pub t: &'a CubeTensor,
+    pub trans: bool,
+}
+
+impl<'a> Of<'a> {
+    pub fn rows(t: &'a CubeTensor) -> Self {
+        Self { t, trans: false }
+    }
+    pub fn transposed(t: &'a CubeTensor) -> Self {
+        Self { t, trans: true }
+    }
+
+    fn stored(&self) -> Stored<'a> {
+        Stored {
+            slabs: &self.t.slabs,
+            trans: self.trans,
+        }
+    }
+
+    /// The view whose (0, 0) is the operand's (r0, c0): stored row r0 (c0 when transposed)
+    /// lies in one slab, as the plan's pieces guarantee.
+    fn view(&self, r0: usize, c0: usize) -> View<'a> {
+        let (row, col) = if self.trans { (c0, r0) } else { (r0, c0) };
+        let (s, local) = self.t.slabs.locate(row);
+        let (h, len, ld) = (&self.t.handles[s], self.t.slab_len(s), self.t.cols);
+        let off = local * ld + col;
+        if self.trans {
+            View::transposed(h, len, off, ld)
+        } else {
+            View::rows(h, len, off, ld)
+        }
+    }
+}
+
+/// What a split product computes beyond its operands, in the whole product's coordinates:
+/// C = alpha·A·B (+ beta·C), a lower-triangle restriction of C (i + shift >= j) and a
+/// lower-triangular B (B(k, j) = 0 for k + shift < j).
+#[derive(Clone, Copy)]
+pub struct Product {
+    pub alpha: f32,
+    pub beta: Option<f32>,
+    pub lower: Option<i64>,
+    pub b_lower: Option<i64>,
+}
+
+impl Default for Product {
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            beta: None,
+            lower: None,
+            b_lower: None,
+        }
+    }
+}
+
+/// C (op)= alpha·A·B over whole tensors cut into slabs: one launch per piece of the shared
+/// plan ([`gemm_pieces`]), later depth pieces accumulating onto the first, the triangle
+/// restrictions carried into each piece's coordinates and the pieces they leave empty skipped.
+pub fn gemm_split<R: Runtime>(
+    b: &CubeBackend<R>,
+    p: Product,
+    a: Of<'_>,
+    bm: Of<'_>,
+    c: &CubeTensor,
+) {
+    let k = if a.trans { a.t.rows } else { a.t.cols };
+    let pieces = gemm_pieces(c.rows, c.cols, k, a.stored(), bm.stored(), &c.slabs);
+    for pc in pieces {
+        let ((m0, m1), (n0, mut n1), (k0, k1)) = (pc.m, pc.n, pc.k);
+        if let Some(shift) = p.lower {
+            // Row i reaches column i + shift: nothing right of the block's last row's reach.
+            n1 = n1.min((m1 as i64 + shift).max(0) as usize);
+        }
+        if m1 <= m0 || n1 <= n0 {
+            continue;
+        }
+        let local = |shift: i64, origin: usize| shift + origin as i64 - n0 as i64;
+        gemm(
+            b,
+            &Gemm {
+                m: m1 - m0,
+                n: n1 - n0,
+                k: k1 - k0,
+                a: a.view(m0, k0),
+                b: bm.view(k0, n0),
+                c: Of::rows(c).view(m0, n0),
+                alpha: p.alpha,
+                beta: if pc.first { p.beta } else { Some(1.0) },
+                lower: p.lower.map(|s| local(s, m0)),
+                b_lower: p.b_lower.map(|s| local(s, k0)),
+                epi: EPI_STORE,
+                dot: None,
+            },
         );
     }
 }

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
-use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::gemm::{gemm_split, Of, Product};
 use crate::error::Result;
 use crate::ops::check;
 
@@ -236,45 +236,17 @@ pub fn hessian_update<R: Runtime>(
     batch: usize,
 ) -> Result<()> {
     check::hessian(h.shape(), x.shape(), batch)?;
-    let n = x.cols;
     let total = (seen + batch) as f64;
     let keep = (seen as f64 / total) as f32;
-    let alpha = (2.0 / total) as f32;
-    for xs in 0..x.handles.len() {
-        let xrows = x.slabs.range(xs).1;
-        if xrows == 0 {
-            continue;
-        }
-        let xv = x.slab_len(xs);
-        // The rescale applies once, with the first slab of tokens; n = 0 samples so far means
-        // H is not read at all (as BLAS treats beta = 0).
-        let beta = match (xs, seen) {
-            (0, 0) => None,
-            (0, _) => Some(keep),
-            _ => Some(1.0),
-        };
-        for hs in 0..h.handles.len() {
-            let (h0, hn) = h.slabs.range(hs);
-            // Lower triangle only: this slab's rows need the columns up to its last row.
-            gemm(
-                b,
-                &Gemm {
-                    m: hn,
-                    n: h0 + hn,
-                    k: xrows,
-                    a: View::transposed(&x.handles[xs], xv, h0, n),
-                    b: View::rows(&x.handles[xs], xv, 0, n),
-                    c: View::rows(&h.handles[hs], h.slab_len(hs), 0, n),
-                    alpha,
-                    beta,
-                    lower: Some(h0 as i64),
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
-        }
-    }
+    // The lower triangle of XᵀX (a SYRK), rescaling the running mean once with the first
+    // tokens; no sample so far means H is not read at all (as BLAS treats beta = 0).
+    let p = Product {
+        alpha: (2.0 / total) as f32,
+        beta: (seen > 0).then_some(keep),
+        lower: Some(0),
+        b_lower: None,
+    };
+    gemm_split(b, p, Of::transposed(x), Of::rows(x), h);
     mirror_lower(b, h);
     Ok(())
 }

@@ -19,7 +19,7 @@ use super::super::CubeBackend;
 use super::copy::gather_rows;
 use super::factor::hinv_factor;
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View, EPI_STORE};
 use super::reduce::sum;
 use super::score::sub;
 use super::stats::mirror_lower;
@@ -186,30 +186,7 @@ fn launch_1d<R: Runtime>(b: &CubeBackend<R>, n: usize) -> (CubeCount, CubeDim) {
 
 /// C (rows x cols, slabs like X) = X·H over every slab of H, on the shared GEMM.
 fn times_h<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, h: &CubeTensor, c: &CubeTensor) {
-    let cols = x.cols;
-    for s in 0..x.handles.len() {
-        let rows = x.slabs.range(s).1;
-        for hs in 0..h.handles.len() {
-            let (h0, hn) = h.slabs.range(hs);
-            gemm(
-                b,
-                &Gemm {
-                    m: rows,
-                    n: cols,
-                    k: hn,
-                    a: View::rows(&x.handles[s], x.slab_len(s), h0, cols),
-                    b: View::rows(&h.handles[hs], h.slab_len(hs), 0, cols),
-                    c: View::rows(&c.handles[s], c.slab_len(s), 0, cols),
-                    alpha: 1.0,
-                    beta: if hs == 0 { None } else { Some(1.0) },
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
-        }
-    }
+    gemm_split(b, Product::default(), Of::rows(x), Of::rows(h), c);
 }
 
 pub fn refit_base<R: Runtime>(
@@ -785,49 +762,14 @@ pub fn spd_solve<R: Runtime>(
         return Err(KernelError::NotPositiveDefinite { column });
     }
     let u = f.u;
-    // y = rhs·Uᵀ, by the slabs of U (its rows are y's columns); U(j, k) = 0 for k < j.
-    let y = b.scratch(n)?;
-    for s in 0..u.handles.len() {
-        let (u0, un) = u.slabs.range(s);
-        gemm(
-            b,
-            &Gemm {
-                m: 1,
-                n: un,
-                k: n,
-                a: View::rows(&rhs.handles[0], n, 0, n),
-                b: View::transposed(&u.handles[s], u.slab_len(s), 0, n),
-                c: View::rows(&y, n, u0, n),
-                alpha: 1.0,
-                beta: None,
-                lower: None,
-                b_lower: Some(-(u0 as i64)),
-                epi: EPI_STORE,
-                dot: None,
-            },
-        );
-    }
-    // x = y·U, K over the slabs of U.
+    // y = rhs·Uᵀ (Uᵀ lower triangular: U(j, k) = 0 for k < j), then x = y·U.
+    let y = b.alloc_tensor(1, n)?;
+    let lower_b = Product {
+        b_lower: Some(0),
+        ..Product::default()
+    };
+    gemm_split(b, lower_b, Of::rows(rhs), Of::transposed(&u), &y);
     let x = b.alloc_tensor(1, n)?;
-    for s in 0..u.handles.len() {
-        let (u0, un) = u.slabs.range(s);
-        gemm(
-            b,
-            &Gemm {
-                m: 1,
-                n,
-                k: un,
-                a: View::rows(&y, n, u0, n),
-                b: View::rows(&u.handles[s], u.slab_len(s), 0, n),
-                c: View::rows(&x.handles[0], n, 0, n),
-                alpha: 1.0,
-                beta: if s == 0 { None } else { Some(1.0) },
-                lower: None,
-                b_lower: None,
-                epi: EPI_STORE,
-                dot: None,
-            },
-        );
-    }
+    gemm_split(b, Product::default(), Of::rows(&y), Of::rows(&u), &x);
     Ok(x)
 }

@@ -19,7 +19,7 @@ use super::super::storage::{arg, same_slabs, CubeTensor, Slabs};
 use super::super::CubeBackend;
 use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
 use super::fill::BLOCK;
-use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::stats::{chunk_rows, mirror_lower, row_chunks, store_lane_total};
 use crate::error::{KernelError, Result};
@@ -600,35 +600,12 @@ pub fn structured_update<R: Runtime>(
 
     // Hinv −= YᵀY in full (the same products in the same order for (i, j) and (j, i), so a
     // symmetric Hinv stays exactly symmetric): K over Y's slabs.
-    for hs_ in 0..hinv.handles.len() {
-        let (h0, hn) = hinv.slabs.range(hs_);
-        if hn == 0 {
-            continue;
-        }
-        for ys in 0..y.handles.len() {
-            let (_, yn) = y.slabs.range(ys);
-            if yn == 0 {
-                continue;
-            }
-            gemm(
-                b,
-                &Gemm {
-                    m: hn,
-                    n,
-                    k: yn,
-                    a: View::transposed(&y.handles[ys], y.slab_len(ys), h0, n),
-                    b: View::rows(&y.handles[ys], y.slab_len(ys), 0, n),
-                    c: View::rows(&hinv.handles[hs_], hinv.slab_len(hs_), 0, n),
-                    alpha: -1.0,
-                    beta: Some(1.0),
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
-        }
-    }
+    let downdate = Product {
+        alpha: -1.0,
+        beta: Some(1.0),
+        ..Product::default()
+    };
+    gemm_split(b, downdate, Of::transposed(&y), Of::rows(&y), hinv);
 
     // What the algebra makes zero is zero, not a rounding residue.
     zero(b, w, all(w.rows), s_sel)?;
