@@ -8,9 +8,7 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 use common::{device_time, for_each_backend, Visit};
-use prunebench_kernels::suite::{
-    self, forward_cases, model_cases, structured_cases, CaseInputs, OpCase,
-};
+use prunebench_kernels::suite::{self, model_cases, CaseInputs, ModelShapes, OpCase};
 use prunebench_kernels::Backend;
 
 const INPUT_SETS: usize = 3;
@@ -65,14 +63,18 @@ fn ops(c: &mut Criterion) {
     let filter = std::env::var("PRUNEBENCH_BENCH_OPS")
         .ok()
         .map(|f| f.to_ascii_uppercase());
-    let mut shapes: Vec<(usize, usize)> =
+    let mut linears: Vec<(usize, usize)> =
         model.linears().iter().map(|l| (l.rows, l.cols)).collect();
-    shapes.sort_unstable();
-    shapes.dedup();
-    let cases = model_cases(&shapes, tokens)
+    linears.sort_unstable();
+    linears.dedup();
+    let shapes = ModelShapes {
+        linears,
+        layer: model.layer_dims(),
+        forward: model.forward_dims(),
+        tokens,
+    };
+    let cases = model_cases(&shapes)
         .into_iter()
-        .chain(structured_cases(&model.layer_dims(), tokens))
-        .chain(forward_cases(&model.forward_dims(), tokens))
         .filter(|c| {
             filter
                 .as_ref()

@@ -1,5 +1,5 @@
 //! A check on LLaMA-sized shapes (ignored by default: minutes on a software adapter): every
-//! op of `model_cases` for one 4096 x 4096 linear, against the CPU reference, with the
+//! op cut from the linear shapes alone (`Family::model_cases`) for one 4096 x 4096 linear, against the CPU reference, with the
 //! backend's time for each. Run with
 //! `cargo test -p prunebench-kernels --features wgpu --test wgpu_large -- --ignored --nocapture`;
 //! `PRUNEBENCH_OPS=HESSIAN,OBS_` restricts it to ops whose names start with those prefixes,
@@ -9,7 +9,9 @@
 #![cfg(feature = "wgpu")]
 
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::suite::{execute, model_cases, prepare, verify_case, CaseInputs, Outcome};
+use prunebench_kernels::suite::{
+    execute, prepare, verify_case, CaseInputs, Family, ForwardDims, LayerDims, ModelShapes, Outcome,
+};
 use prunebench_kernels::wgpu::WgpuBackend;
 use prunebench_kernels::Backend;
 
@@ -32,7 +34,33 @@ fn llama_shapes_against_the_reference() {
     );
     let profile = std::env::var("PRUNEBENCH_PROFILE").is_ok_and(|v| v == "1");
     let mut failed = Vec::new();
-    for case in model_cases(&[shape], 128) {
+    // The families whose model cases are cut from the linear shapes alone; the layer's and
+    // the forward pass's sizes (LLaMA-7B's) are not read by them.
+    let layer = LayerDims {
+        hidden: 4096,
+        intermediate: 11008,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+    };
+    let shapes = ModelShapes {
+        linears: vec![shape],
+        layer,
+        forward: ForwardDims {
+            layer,
+            vocab: 32000,
+            rope_theta: 10000.0,
+        },
+        tokens: 128,
+    };
+    let per_linear = [
+        Family::Stats,
+        Family::Masks,
+        Family::Obs,
+        Family::Sparse,
+        Family::Refit,
+    ];
+    for case in per_linear.into_iter().flat_map(|f| f.model_cases(&shapes)) {
         if !filter.is_empty()
             && !filter
                 .iter()

@@ -13,7 +13,7 @@ use prunebench_harness::bench::{
 use prunebench_harness::results::{
     utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
-use prunebench_kernels::suite::{forward_cases, model_cases, structured_cases, OpCase};
+use prunebench_kernels::suite::{model_cases, ModelShapes, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
 use prunebench_models::output::Inputs;
 
@@ -171,10 +171,12 @@ fn dry_run(a: &BenchArgs) -> Result<ExitCode> {
         "{:<66} {:>10} {:>12} {:>8} {:>7} {:>11}",
         "case", "MB", "GFLOP", "flop/B", "bound", "predicted"
     );
-    let cases = model_cases(&shapes, a.layer.tokens)
-        .into_iter()
-        .chain(structured_cases(&cfg.layer_dims(), a.layer.tokens))
-        .chain(forward_cases(&forward, a.layer.tokens));
+    let cases = model_cases(&ModelShapes {
+        linears: shapes,
+        layer: cfg.layer_dims(),
+        forward,
+        tokens: a.layer.tokens,
+    });
     for c in a.select.filter(cases)? {
         let (b, f) = (c.bytes() as f64, c.flops() as f64);
         let memory = a.copy_gbps.map(|g| b / (g * 1e9));
@@ -259,15 +261,8 @@ pub fn run(a: BenchArgs, inputs: &Inputs) -> Result<ExitCode> {
     let model = whole_model(&a)?;
     let input = LayerInput::load(&a.layer)?;
     let cases = with_dense_baselines(
-        a.select.filter(
-            model_cases(&input.shapes(), a.layer.tokens)
-                .into_iter()
-                .chain(structured_cases(
-                    &input.layer.model.layer_dims(),
-                    a.layer.tokens,
-                ))
-                .chain(forward_cases(&input.forward, a.layer.tokens)),
-        )?,
+        a.select
+            .filter(model_cases(&input.model_shapes(a.layer.tokens)))?,
     );
     if cases.is_empty() && methods.is_empty() {
         bail!("nothing to bench: no op case selected and --methods none");

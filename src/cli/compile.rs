@@ -17,9 +17,7 @@ use prunebench_kernels::cube::compile_only::{
     self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc, Target,
     TARGETS,
 };
-use prunebench_kernels::suite::{
-    forward_cases, model_cases, run_once, small_cases, structured_cases, OpCase,
-};
+use prunebench_kernels::suite::{model_cases, run_once, small_cases, OpCase};
 
 mod table;
 
@@ -133,12 +131,7 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
         a.select.filter(
             small_cases()
                 .into_iter()
-                .chain(model_cases(&input.shapes(), a.layer.tokens))
-                .chain(structured_cases(
-                    &input.layer.model.layer_dims(),
-                    a.layer.tokens,
-                ))
-                .chain(forward_cases(&input.forward, a.layer.tokens)),
+                .chain(model_cases(&input.model_shapes(a.layer.tokens))),
         )?
     };
     let layer_runs = if a.select.op.is_some() {

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 
 use prunebench_harness::Calibration;
-use prunebench_kernels::suite::ForwardDims;
+use prunebench_kernels::suite::{ForwardDims, ModelShapes};
 use prunebench_models::calibration::CalibrationFile;
 use prunebench_models::checkpoint::Checkpoint;
 use prunebench_models::config::{self, parse_linears, ModelConfig};
@@ -100,6 +100,16 @@ impl LayerInput {
     /// The distinct (rows, cols) of the selected linears: the shapes op cases run on.
     pub fn shapes(&self) -> Vec<(usize, usize)> {
         distinct_shapes(self.layer.linears.iter().map(|(l, _)| l))
+    }
+
+    /// What the op cases at this layer's sizes are cut from, at `tokens` per sample.
+    pub fn model_shapes(&self, tokens: usize) -> ModelShapes {
+        ModelShapes {
+            linears: self.shapes(),
+            layer: self.layer.model.layer_dims(),
+            forward: self.forward,
+            tokens,
+        }
     }
 
     pub fn calibration(&self) -> Calibration<'_> {

@@ -11,8 +11,7 @@ use prunebench_harness::verify::{verify_layer, LayerVerification};
 use prunebench_harness::Method;
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::suite::{
-    forward_cases, model_cases, small_cases, structured_cases, verify_case, CaseReport, OpCase,
-    Outcome,
+    model_cases, small_cases, verify_case, CaseReport, OpCase, Outcome,
 };
 use prunebench_kernels::{Backend, BackendInfo, Sparsity};
 
@@ -162,12 +161,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         a.select.filter(
             small_cases()
                 .into_iter()
-                .chain(model_cases(&input.shapes(), a.layer.tokens))
-                .chain(structured_cases(
-                    &input.layer.model.layer_dims(),
-                    a.layer.tokens,
-                ))
-                .chain(forward_cases(&input.forward, a.layer.tokens)),
+                .chain(model_cases(&input.model_shapes(a.layer.tokens))),
         )?
     };
     if cases.is_empty() && methods.is_empty() {

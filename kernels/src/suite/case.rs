@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::families::{by_family, masks, obs, refit, sparse, Family};
+use super::families::forward::ForwardDims;
+use super::families::{by_family, Family};
 
 pub use super::families::obs::ObsKind;
 pub use super::families::sparse::{CaseFormat, MaskSource};
@@ -198,29 +199,33 @@ pub struct LayerDims {
     pub head_dim: usize,
 }
 
-/// Every op on the given weight shapes (a model's distinct linear shapes), with `tokens`
-/// calibration tokens per sample: what `verify --model` and the benches run.
-pub fn model_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
-    use GradNorm::L2;
-    let mut v = Vec::new();
-    let mut input_cols: Vec<usize> = shapes.iter().map(|s| s.1).collect();
-    input_cols.sort_unstable();
-    input_cols.dedup();
-    for &c in &input_cols {
-        v.push(OpCase::new(Op::ActStat, 1, c).tokens(tokens, 1));
-        v.push(OpCase::new(Op::Hessian, 1, c).tokens(tokens, 1));
-        v.push(OpCase::new(Op::HinvFactor, 1, c).tokens(tokens, 1));
+/// What the cases at a model's sizes are cut from: one layer's distinct linear shapes (out x
+/// in), its sizes, the forward pass's sizes, and the calibration tokens per sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelShapes {
+    pub linears: Vec<(usize, usize)>,
+    pub layer: LayerDims,
+    pub forward: ForwardDims,
+    pub tokens: usize,
+}
+
+impl ModelShapes {
+    /// The distinct input widths of the linears (the columns the statistics are taken over).
+    pub fn input_cols(&self) -> Vec<usize> {
+        let mut cols: Vec<usize> = self.linears.iter().map(|s| s.1).collect();
+        cols.sort_unstable();
+        cols.dedup();
+        cols
     }
-    for &(r, c) in shapes {
-        v.push(OpCase::new(Op::GradAccumulate(L2), r, c));
-        v.push(OpCase::new(Op::GradFused(L2), r, c).tokens(tokens, 1));
-        v.extend(masks::layer_mask_cases(r, c));
-        v.extend(obs::layer_obs_cases(r, c, tokens));
-        v.extend(sparse::layer_compress_cases(r, c));
-    }
-    v.extend(sparse::matmul_cases(shapes));
-    v.extend(refit::refit_cases(shapes, tokens));
-    v
+}
+
+/// Every family's cases at a model's sizes, in the order of [`Family::ALL`]: what `verify
+/// --model`, the benches and `compile` run.
+pub fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    Family::ALL
+        .into_iter()
+        .flat_map(|f| f.model_cases(m))
+        .collect()
 }
 
 #[cfg(test)]

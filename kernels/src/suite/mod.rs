@@ -9,7 +9,7 @@ mod families;
 mod inputs;
 mod run;
 
-pub use case::{model_cases, small_cases, LayerDims, Op, OpCase};
+pub use case::{model_cases, small_cases, LayerDims, ModelShapes, Op, OpCase};
 pub use compare::{compare, nmse, tie_aware_mask_mismatches, Check};
 pub use families::forward::{
     forward_cases, lm_head_chunk_rows, rope_tables, small_cases as small_forward_cases,

@@ -10,7 +10,7 @@ use super::{not_in_family, Family};
 use crate::error::Result;
 use crate::ops::{nll_from_state, tolerance as tol, Backend, NO_TARGET};
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
-use crate::suite::case::{LayerDims, Op, OpCase};
+use crate::suite::case::{LayerDims, ModelShapes, Op, OpCase};
 use crate::suite::compare::{value_check, Check};
 use crate::suite::inputs::{scaled, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
@@ -152,6 +152,11 @@ pub fn forward_cases(dims: &ForwardDims, seq: usize) -> Vec<OpCase> {
     let mut seen = std::collections::BTreeSet::new();
     v.retain(|c| seen.insert(c.name()));
     v
+}
+
+/// At a model's shapes.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    forward_cases(&m.forward, m.tokens)
 }
 
 // ---- Names and work model ----

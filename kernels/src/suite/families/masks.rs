@@ -8,7 +8,7 @@ use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::ops::{Backend, MaskGroup, MaskPattern, Score, ScoreKind};
 use crate::rng::{heavy_tailed, heavy_tailed_positive};
-use crate::suite::case::{Op, OpCase};
+use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{
     elementwise_checks, mask_disagreement, nmse_where, tie_aware_mask_mismatches, value_check,
     Check,
@@ -21,21 +21,21 @@ const FAMILY: Family = Family::Masks;
 
 // ---- The cases ----
 
-pub(in crate::suite) fn row(p: f64) -> MaskPattern {
+fn row(p: f64) -> MaskPattern {
     MaskPattern::Unstructured {
         sparsity: p,
         group: MaskGroup::PerRow,
     }
 }
 
-pub(in crate::suite) fn matrix(p: f64) -> MaskPattern {
+fn matrix(p: f64) -> MaskPattern {
     MaskPattern::Unstructured {
         sparsity: p,
         group: MaskGroup::Matrix,
     }
 }
 
-pub(in crate::suite) const NM24: MaskPattern = MaskPattern::NM { n: 2, m: 4 };
+const NM24: MaskPattern = MaskPattern::NM { n: 2, m: 4 };
 const NM48: MaskPattern = MaskPattern::NM { n: 4, m: 8 };
 
 /// Odd shapes: a single row, widths that are not multiples of any workgroup or mask word
@@ -66,22 +66,24 @@ pub fn small_cases() -> Vec<OpCase> {
     v
 }
 
-/// Every mask op on one weight shape, at 50% per row and over the matrix and at 2:4, as the
-/// methods prune.
-pub(in crate::suite) fn layer_mask_cases(rows: usize, cols: usize) -> Vec<OpCase> {
+/// At a model's shapes: every mask op on each linear shape, at 50% per row and over the
+/// matrix and at 2:4, as the methods prune.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
     use ScoreKind::{Gblm, Magnitude, Wanda};
-    let mut v: Vec<OpCase> = [Magnitude, Wanda, Gblm]
-        .into_iter()
-        .map(|k| OpCase::new(Op::Score(k), rows, cols))
-        .collect();
-    for p in [row(0.5), matrix(0.5), NM24] {
-        v.push(OpCase::new(Op::Mask(p), rows, cols));
-    }
-    v.push(OpCase::new(Op::ApplyMask, rows, cols));
-    v.push(OpCase::new(Op::Prune(Magnitude, matrix(0.5)), rows, cols));
-    for k in [Wanda, Gblm] {
-        v.push(OpCase::new(Op::Prune(k, row(0.5)), rows, cols));
-        v.push(OpCase::new(Op::Prune(k, NM24), rows, cols));
+    let mut v = Vec::new();
+    for &(rows, cols) in &m.linears {
+        for k in [Magnitude, Wanda, Gblm] {
+            v.push(OpCase::new(Op::Score(k), rows, cols));
+        }
+        for p in [row(0.5), matrix(0.5), NM24] {
+            v.push(OpCase::new(Op::Mask(p), rows, cols));
+        }
+        v.push(OpCase::new(Op::ApplyMask, rows, cols));
+        v.push(OpCase::new(Op::Prune(Magnitude, matrix(0.5)), rows, cols));
+        for k in [Wanda, Gblm] {
+            v.push(OpCase::new(Op::Prune(k, row(0.5)), rows, cols));
+            v.push(OpCase::new(Op::Prune(k, NM24), rows, cols));
+        }
     }
     v
 }

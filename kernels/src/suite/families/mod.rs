@@ -2,7 +2,7 @@
 //! benches select ops by family, so an op added to the table is checked on every backend
 //! without a list of names to extend.
 
-use super::case::{Op, OpCase};
+use super::case::{ModelShapes, Op, OpCase};
 
 pub(super) mod forward;
 pub(super) mod masks;
@@ -14,7 +14,7 @@ pub(super) mod structured;
 
 /// The one dispatch from a family to its module: `by_family!(family, f => f::bytes(case))`
 /// evaluates the body with `f` naming the family's module, whose functions share their names
-/// and signatures (`small_cases`, `op_name`, `params`, `bytes`, `flops`, `compute_bound`,
+/// and signatures (`small_cases`, `model_cases`, `op_name`, `params`, `bytes`, `flops`, `compute_bound`,
 /// `inputs`, `compare`).
 macro_rules! by_family {
     ($family:expr, $f:ident => $body:expr) => {{
@@ -100,6 +100,12 @@ impl Family {
     /// [`small_cases`](crate::suite::small_cases).
     pub fn small_cases(self) -> Vec<OpCase> {
         by_family!(self, f => f::small_cases())
+    }
+
+    /// The family's cases at a model's sizes: its share of
+    /// [`model_cases`](crate::suite::model_cases).
+    pub fn model_cases(self, m: &ModelShapes) -> Vec<OpCase> {
+        by_family!(self, f => f::model_cases(m))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::ops::{
     ReconError, Score, PERCDAMP,
 };
 use crate::rng::heavy_tailed;
-use crate::suite::case::{Op, OpCase};
+use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{dead_check, mask_disagreement, relative, value_check, Check};
 use crate::suite::inputs::{
     correlated, hessian_of, hessian_with_dead_column, random_mask, scaled, CaseInputs,
@@ -70,14 +70,21 @@ pub fn small_cases() -> Vec<OpCase> {
     v
 }
 
-/// SparseGPT on one weight shape with `tokens` calibration tokens, unstructured and 2:4, and
-/// the error it leaves.
-pub(in crate::suite) fn layer_obs_cases(rows: usize, cols: usize, tokens: usize) -> Vec<OpCase> {
-    let mut v: Vec<OpCase> = [ObsKind::Unstructured(0.5), ObsKind::NM { n: 2, m: 4 }]
+/// At a model's shapes: the factor of every distinct input width; SparseGPT on each linear
+/// shape, unstructured and 2:4, and the error it leaves.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    let t = m.tokens;
+    let mut v: Vec<OpCase> = m
+        .input_cols()
         .into_iter()
-        .map(|kind| OpCase::new(Op::Obs(kind), rows, cols).tokens(tokens, 1))
+        .map(|c| OpCase::new(Op::HinvFactor, 1, c).tokens(t, 1))
         .collect();
-    v.push(OpCase::new(Op::ReconError, rows, cols).tokens(tokens, 1));
+    for &(rows, cols) in &m.linears {
+        for kind in [ObsKind::Unstructured(0.5), ObsKind::NM { n: 2, m: 4 }] {
+            v.push(OpCase::new(Op::Obs(kind), rows, cols).tokens(t, 1));
+        }
+        v.push(OpCase::new(Op::ReconError, rows, cols).tokens(t, 1));
+    }
     v
 }
 

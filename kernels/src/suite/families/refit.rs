@@ -8,7 +8,7 @@ use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::ops::{tolerance as tol, AdamStep, Backend, LoraForm, LoraGrad, LoraInputs};
 use crate::rng::{heavy_tailed, heavy_tailed_positive};
-use crate::suite::case::{Op, OpCase};
+use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{relative, value_check, Check};
 use crate::suite::inputs::{correlated, hessian_of, scaled, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
@@ -69,6 +69,11 @@ pub fn refit_cases(shapes: &[(usize, usize)], tokens: usize) -> Vec<OpCase> {
     let mut seen = std::collections::BTreeSet::new();
     v.retain(|c| seen.insert(c.name()));
     v
+}
+
+/// At a model's shapes.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    refit_cases(&m.linears, m.tokens)
 }
 
 // ---- Names and work model ----

@@ -16,7 +16,7 @@ use crate::ops::{
     Sparsity, OBS_BLOCK, PERCDAMP,
 };
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
-use crate::suite::case::{Op, OpCase};
+use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{value_check, Check};
 use crate::suite::inputs::{correlated, hessian_of, scaled, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
@@ -256,28 +256,24 @@ pub fn matmul_cases(shapes: &[(usize, usize)]) -> Vec<OpCase> {
     v
 }
 
-/// Compression of one weight shape into each format its columns allow, from the pruner whose
-/// pattern the format serves.
-pub(in crate::suite) fn layer_compress_cases(rows: usize, cols: usize) -> Vec<OpCase> {
-    let mut v = vec![OpCase::new(
-        Op::Compress(WeightFormat::Dense, MaskSource::None),
-        rows,
-        cols,
-    )];
-    if cols.is_multiple_of(4) {
-        let two_four = MaskSource::Wanda(S24);
-        v.push(OpCase::new(
-            Op::Compress(WeightFormat::TwoFour, two_four),
-            rows,
-            cols,
-        ));
+/// At a model's shapes: compression of each linear shape into each format its columns allow
+/// (from the pruner whose pattern the format serves), then every product case.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    let mut v = Vec::new();
+    for &(rows, cols) in &m.linears {
+        let mut formats = vec![(WeightFormat::Dense, MaskSource::None)];
+        if cols.is_multiple_of(4) {
+            formats.push((WeightFormat::TwoFour, MaskSource::Wanda(S24)));
+        }
+        let half = Sparsity::Unstructured(0.5);
+        formats.push((WeightFormat::Bitmap, MaskSource::Wanda(half)));
+        v.extend(
+            formats
+                .into_iter()
+                .map(|(f, source)| OpCase::new(Op::Compress(f, source), rows, cols)),
+        );
     }
-    let bitmap = MaskSource::Wanda(Sparsity::Unstructured(0.5));
-    v.push(OpCase::new(
-        Op::Compress(WeightFormat::Bitmap, bitmap),
-        rows,
-        cols,
-    ));
+    v.extend(matmul_cases(&m.linears));
     v
 }
 

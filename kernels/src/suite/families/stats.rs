@@ -7,7 +7,7 @@ use super::{not_in_family, Family};
 use crate::error::Result;
 use crate::ops::{tolerance as tol, Backend, GradNorm};
 use crate::rng::{heavy_tailed, heavy_tailed_positive};
-use crate::suite::case::{Op, OpCase};
+use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{elementwise_checks, value_check, Check};
 use crate::suite::inputs::{correlated, hessian_of, scaled, CaseInputs};
 use crate::suite::run::CaseOutput;
@@ -31,6 +31,21 @@ pub fn small_cases() -> Vec<OpCase> {
         OpCase::new(Op::GradFused(L1), 1, 130).tokens(65, 1),
         OpCase::new(Op::GradFused(L2), 67, 129).tokens(33, 1),
     ]
+}
+
+/// At a model's shapes: the statistics of every distinct input width, the gradient
+/// accumulators of every linear shape.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    let mut v = Vec::new();
+    for c in m.input_cols() {
+        v.push(OpCase::new(Op::ActStat, 1, c).tokens(m.tokens, 1));
+        v.push(OpCase::new(Op::Hessian, 1, c).tokens(m.tokens, 1));
+    }
+    for &(r, c) in &m.linears {
+        v.push(OpCase::new(Op::GradAccumulate(GradNorm::L2), r, c));
+        v.push(OpCase::new(Op::GradFused(GradNorm::L2), r, c).tokens(m.tokens, 1));
+    }
+    v
 }
 
 // ---- Names and work model ----

@@ -13,7 +13,7 @@ use crate::ops::{
     GBLM_GRAD_SCALE, PERCDAMP,
 };
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
-use crate::suite::case::{LayerDims, Op, OpCase};
+use crate::suite::case::{LayerDims, ModelShapes, Op, OpCase};
 use crate::suite::compare::{dead_check, max_relative, relative, value_check, Check};
 use crate::suite::inputs::{correlated, hessian_of, hessian_with_dead_column, scaled, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
@@ -171,6 +171,11 @@ pub fn structured_cases(dims: &LayerDims, tokens: usize) -> Vec<OpCase> {
     let mut seen = std::collections::BTreeSet::new();
     v.retain(|c| seen.insert(c.name()));
     v
+}
+
+/// At a model's shapes.
+pub(in crate::suite) fn model_cases(m: &ModelShapes) -> Vec<OpCase> {
+    structured_cases(&m.layer, m.tokens)
 }
 
 // ---- Names and work model ----
