@@ -433,47 +433,13 @@ fn layer_work(
     samples: usize,
     tokens: usize,
 ) -> (u64, u64) {
-    use crate::method::Method;
-    use prunebench_kernels::suite::{ObsKind, Op};
-    if let Some(s) = &report.structured {
-        let cases = crate::methods::structured::work_cases(&layer.model, cfg, s, samples, tokens);
-        return (
-            cases.iter().map(|c| c.bytes()).sum(),
-            cases.iter().map(|c| c.flops()).sum(),
-        );
-    }
-    let mut cases: Vec<OpCase> = Vec::new();
-    let mut seen_groups = Vec::new();
-    for (l, _) in &layer.linears {
-        let first = !seen_groups.contains(&l.input);
-        seen_groups.push(l.input);
-        let c = |op| OpCase::new(op, l.rows, l.cols).tokens(tokens, 1);
-        match cfg.method {
-            Method::Sparsegpt => {
-                if first {
-                    cases.extend(std::iter::repeat_n(c(Op::Hessian), samples));
-                    cases.push(c(Op::HinvFactor));
-                }
-                cases.push(c(Op::Obs(match cfg.sparsity {
-                    prunebench_kernels::Sparsity::Unstructured(p) => ObsKind::Unstructured(p),
-                    prunebench_kernels::Sparsity::NM { n, m } => ObsKind::NM { n, m },
-                })));
-            }
-            m => {
-                if first && cfg.needs().act {
-                    cases.extend(std::iter::repeat_n(c(Op::ActStat), samples));
-                }
-                if cfg.needs().grads {
-                    cases.extend(std::iter::repeat_n(
-                        c(Op::GradFused(cfg.grad_norm)),
-                        samples,
-                    ));
-                }
-                let kind = m.score_kind().expect("mask method");
-                cases.push(c(Op::Prune(kind, m.mask_pattern(cfg.sparsity, cfg.group))));
-            }
-        }
-    }
+    let cases = crate::methods::layer_work(&crate::methods::LayerWork {
+        layer,
+        cfg,
+        report,
+        samples,
+        tokens,
+    });
     (
         cases.iter().map(|c| c.bytes()).sum(),
         cases.iter().map(|c| c.flops()).sum(),

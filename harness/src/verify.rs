@@ -12,26 +12,7 @@ use crate::method::Method;
 use crate::methods::prune_layer;
 use crate::prune::{Calibration, LayerReport, Progress, PruneConfig};
 
-/// Fraction of mask entries allowed to differ from the reference. The backend accumulates
-/// statistics in f32 (the reference in f64), so scores differ by ~1e-6 relative and only
-/// entries that close to a row's threshold can flip: far fewer than 1 in 10⁴.
-pub const LAYER_MASK_DISAGREEMENT: f64 = 1e-4;
-/// SparseGPT chooses masks on weights its own f32 updates produced, and a flip early in a
-/// block changes later updates of that row: allow 1 in 10³.
-pub const LAYER_MASK_DISAGREEMENT_SPARSEGPT: f64 = 1e-3;
-/// Relative difference of the reconstruction error figure.
-pub const LAYER_RECON_REL: f64 = 1e-3;
-pub const LAYER_RECON_REL_SPARSEGPT: f64 = 1e-2;
-/// After a LoRA re-fit: AdamW divides each update by the root of the second moment, so f32
-/// rounding in early gradients moves every later step a little; over the default 100 steps the
-/// final error differs from the f64 run by well under 1%; allow 2%.
-pub const LAYER_RECON_REL_REFIT: f64 = 2e-2;
-/// The LoRA loss at step 0, before any update: one f32 trace against f64.
-pub const REFIT_FIRST_LOSS_REL: f64 = 1e-3;
-/// Structured pruning's compacted weights against the reference's, normalised squared error:
-/// the consumer carries up to `rounds` f32 structured updates (each within
-/// `tolerance::STRUCTURED_UPDATE`), the producers are copied exactly.
-pub const LAYER_COMPACT_NMSE: f64 = 1e-4;
+pub use crate::methods::tolerance::*;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinearVerification {
@@ -80,18 +61,16 @@ pub fn verify_layer<B: Backend>(
 ) -> Result<LayerVerification> {
     let got = prune_layer(b, layer, calib, cfg, true, progress)?;
     let want = prune_layer(&CpuBackend::new(), layer, calib, cfg, true, progress)?;
-    let sparsegpt = cfg.method == Method::Sparsegpt;
-    let structured = cfg.method == Method::Structured;
-    // Structured kept sets must agree exactly, unless the reference's own cut came within the
-    // saliency tolerance of a tie: then either side of it is right.
+    let tolerance = crate::methods::tolerance_of(cfg.method);
+    // A method whose kept groups must agree exactly does so unless the reference's own cut came
+    // within the saliency tolerance of a tie: then either side of it is right.
     let tie = structured_tie(&got.report, &want.report);
-    let (mask_tol, mut recon_tol) = if structured {
-        (if tie { 1.0 } else { 0.0 }, LAYER_RECON_REL_SPARSEGPT)
-    } else if sparsegpt {
-        (LAYER_MASK_DISAGREEMENT_SPARSEGPT, LAYER_RECON_REL_SPARSEGPT)
-    } else {
-        (LAYER_MASK_DISAGREEMENT, LAYER_RECON_REL)
+    let mask_tol = match tolerance.mask_disagreement {
+        Some(fraction) => fraction,
+        None if tie => 1.0,
+        None => 0.0,
     };
+    let mut recon_tol = tolerance.recon_rel;
     if !cfg.refit.items.is_empty() {
         recon_tol = recon_tol.max(LAYER_RECON_REL_REFIT);
     }
@@ -122,9 +101,11 @@ pub fn verify_layer<B: Backend>(
         let loss_rel = first_loss(g)
             .zip(first_loss(w))
             .map(|(a, b)| (a - b).abs() / b.abs().max(f64::MIN_POSITIVE));
-        let compacted_nmse = structured
-            .then(|| got.compacted.get(i).zip(want.compacted.get(i)))
-            .flatten()
+        // Compacted weights exist where the method compacts (structured pruning).
+        let compacted_nmse = got
+            .compacted
+            .get(i)
+            .zip(want.compacted.get(i))
             .filter(|((gs, _), (ws, _))| gs == ws && disagreement == 0.0)
             .map(|((_, gm), (_, wm))| prunebench_kernels::suite::nmse(wm, gm));
         let pass = (g.pruned == w.pruned || tie)

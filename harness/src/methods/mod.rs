@@ -11,6 +11,7 @@ pub(crate) mod sparsegpt;
 mod spec;
 mod step;
 pub mod structured;
+pub mod tolerance;
 pub(crate) mod wanda;
 
 use prunebench_kernels::{Backend, MaskGroup, MaskPattern, ScoreKind, Sparsity};
@@ -22,7 +23,7 @@ use crate::prune::context::LayerCx;
 use crate::prune::memory::{check_memory, working_set, Footprint, Scope};
 use crate::prune::{Calibration, LayerRun, Needs, Progress, PruneConfig};
 
-pub(crate) use spec::MethodSpec;
+pub(crate) use spec::{LayerWork, MethodSpec};
 use step::GroupStep;
 
 /// The registry entry of `method`.
@@ -34,6 +35,16 @@ pub(crate) fn spec(method: Method) -> &'static MethodSpec {
         Method::Sparsegpt => &sparsegpt::SPEC,
         Method::Structured => &structured::SPEC,
     }
+}
+
+/// What `verify` holds the method's layer to.
+pub(crate) fn tolerance_of(method: Method) -> spec::LayerTolerance {
+    spec(method).tolerance
+}
+
+/// The op cases of one layer's pruning run: its bench records' bytes and flops.
+pub(crate) fn layer_work(run: &spec::LayerWork<'_>) -> Vec<prunebench_kernels::suite::OpCase> {
+    (spec(run.cfg.method).work)(run)
 }
 
 /// The step of a per-group method, fresh for each group; a whole-layer method has none.

@@ -1,6 +1,7 @@
 //! SparseGPT (ALGORITHMS.md §6-§7): once per input group the damped inverse-Hessian factor,
 //! then per linear the blocked OBS prune with its updates of the remaining weights.
 
+use prunebench_kernels::suite::{ObsKind, Op, OpCase};
 use prunebench_kernels::{Backend, HinvFactor, ObsSelection, Sparsity};
 use prunebench_models::config::LinearSpec;
 
@@ -12,8 +13,9 @@ use crate::prune::stages::Stages;
 use crate::prune::stats::GroupStats;
 use crate::prune::Needs;
 
-use super::spec::MethodSpec;
+use super::spec::{LayerTolerance, LayerWork, MethodSpec};
 use super::step::GroupStep;
+use super::tolerance::{LAYER_MASK_DISAGREEMENT_SPARSEGPT, LAYER_RECON_REL_SPARSEGPT};
 
 pub(crate) const SPEC: MethodSpec = MethodSpec {
     needs: |_| Needs {
@@ -21,8 +23,30 @@ pub(crate) const SPEC: MethodSpec = MethodSpec {
         ..Needs::DEFAULT
     },
     check_config,
+    tolerance: LayerTolerance {
+        mask_disagreement: Some(LAYER_MASK_DISAGREEMENT_SPARSEGPT),
+        recon_rel: LAYER_RECON_REL_SPARSEGPT,
+    },
+    work,
     ..MethodSpec::DEFAULT
 };
+
+/// Per input group, H from every sample and its factor; per linear, the blocked OBS prune.
+fn work(run: &LayerWork<'_>) -> Vec<OpCase> {
+    let selection = match run.cfg.sparsity {
+        Sparsity::Unstructured(p) => ObsKind::Unstructured(p),
+        Sparsity::NM { n, m } => ObsKind::NM { n, m },
+    };
+    let mut cases = Vec::new();
+    for (first, l) in run.linears() {
+        if first {
+            cases.extend(std::iter::repeat_n(l.case(Op::Hessian), run.samples));
+            cases.push(l.case(Op::HinvFactor));
+        }
+        cases.push(l.case(Op::Obs(selection)));
+    }
+    cases
+}
 
 /// An N:M pattern is chosen within each OBS block, so the block must hold whole groups of M.
 pub(crate) fn check_config(cfg: &PruneConfig) -> Result<()> {

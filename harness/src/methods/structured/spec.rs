@@ -5,14 +5,29 @@ use crate::error::{HarnessError, Result};
 use crate::prune::records::structured::{Saliency, StructuredConfig};
 use crate::prune::{Needs, PruneConfig, Scope};
 
-use crate::methods::spec::MethodSpec;
+use crate::methods::spec::{LayerTolerance, LayerWork, MethodSpec};
+use crate::methods::tolerance::LAYER_RECON_REL_SPARSEGPT;
+use prunebench_kernels::suite::OpCase;
 
 pub(crate) const SPEC: MethodSpec = MethodSpec {
     needs: |cfg| needs(&cfg.structured),
     check_config,
     scope: Scope::WholeLayer,
+    tolerance: LayerTolerance {
+        mask_disagreement: None,
+        recon_rel: LAYER_RECON_REL_SPARSEGPT,
+    },
+    work,
     ..MethodSpec::DEFAULT
 };
+
+/// The layer's ops as its report records them (groups, rounds, compaction).
+fn work(run: &LayerWork<'_>) -> Vec<OpCase> {
+    let report = run.report.structured.as_ref();
+    report.map_or_else(Vec::new, |s| {
+        super::work_cases(&run.layer.model, run.cfg, s, run.samples, run.tokens)
+    })
+}
 
 /// What the statistics pass gathers: H of every input (the consumers' for the saliency and
 /// update, all of them for the evaluation), and for Taylor saliencies the gradient statistics.
