@@ -2,8 +2,8 @@
 // head's logits run in gemm.wgsl):
 //   rms_norm: one workgroup per row, a tree reduction of the sum of squares;
 //   rope: one invocation per (row, head, i < e/2) pair, in place;
-//   attention: causal GQA with an online softmax, a tile of BQ query rows of one head per
-//     workgroup, tiles of K and V rows of its KV head in workgroup memory;
+//   attention: causal GQA as FlashAttention-2's forward, a tile of BQ query rows of one head
+//     per workgroup, register tiles of S and O, tiles of K and V in workgroup memory;
 //   silu_mul, add_assign: elementwise over flat chunks;
 //   embed: rows of the table gathered by token id, one window of the table's rows at a time;
 //   lm_fold: one workgroup per row folding a chunk of logits into the running (m, s, z).
@@ -27,7 +27,6 @@ struct Params {
     heads: u32,      // attention: query heads
     group: u32,      // attention: query heads per KV head
     e: u32,          // rope, attention: head_dim
-    bk: u32,         // attention: keys per tile
     lo: u32,         // embed: the table rows bound, [lo, hi); lm_fold: the chunk's vocabulary rows
     hi: u32,
     fresh: u32,      // lm_fold: the first chunk (offset 0) starts the state afresh
@@ -120,24 +119,38 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---- attention ----
 
-const BQ: u32 = 64u;        // query rows per workgroup, one invocation each
+const BQ: u32 = 64u;        // query rows per workgroup
+const BK: u32 = 32u;        // keys per tile
+const DC: u32 = 16u;        // depth of one step of the S = Q·Kᵀ tile
 const EMAX: u32 = 256u;     // the largest head_dim of this variant (the host picks 64, 128, 256)
-const KV_FLOATS: u32 = 2048u; // the K (and V) tile: bk rows of e values, bk <= KV_FLOATS / e
-const BKMAX: u32 = 64u;     // bk <= BKMAX
+const OC: u32 = EMAX / 16u; // output columns per invocation: tx, tx + 16, …
+const VC_FLOATS: u32 = 2048u;
+const VR: u32 = VC_FLOATS / EMAX; // V rows per step of the O += P·V update
 
-var<workgroup> ks: array<f32, KV_FLOATS>;
-var<workgroup> vs: array<f32, KV_FLOATS>;
+// Rows padded by one value, so the 16 lanes that read one column of different rows hit
+// different banks.
+var<workgroup> qc: array<f32, BQ * (DC + 1u)>;
+var<workgroup> kc: array<f32, BK * (DC + 1u)>;
+var<workgroup> ps: array<f32, BQ * (BK + 1u)>;
+var<workgroup> vc: array<f32, VC_FLOATS>;
+var<workgroup> row_m: array<f32, BQ>;
+var<workgroup> row_l: array<f32, BQ>;
+var<workgroup> row_c: array<f32, BQ>;
 
 // Causal GQA over stacked windows of seq rows, for the query positions [q_start, q_stop) of
 // the windows starting at row0: q in in0 (a_ld = heads·e columns), k and v in in1 and in2
 // (b_ld = kv_heads·e columns, the same bases), the output in dst (d_ld = heads·e). With
 // T = ⌈(q_stop − q_start)/BQ⌉ tiles per window, workgroup wg (of rows) takes query head
-// h = wg mod heads, tile (wg / heads) mod T of window (wg / heads) / T; its invocation i is
-// the query at position q_start + BQ·tile + i of the window, with q·scale and its accumulator
-// in private arrays. Tiles of bk keys of KV head h / group pass through workgroup
-// memory, up to the tile's last query (later keys are never loaded); per tile each query forms
-// its scores, then rescales its running max m, sum l and accumulator (the online softmax).
-@compute @workgroup_size(64, 1, 1)
+// h = wg mod heads, tile (wg / heads) mod T of window (wg / heads) / T: BQ query rows.
+// FlashAttention-2's loop: per tile of BK keys of KV head h / group (up to the tile's last
+// query; later keys are never loaded), S = Q·Kᵀ as a register tile of 4 x 2 per invocation
+// over depth steps of DC staged in workgroup memory; the scores through workgroup memory to
+// one invocation per row, which updates the row's running max m and sum l (the online
+// softmax) and leaves P = exp(S − m) and the rescale factor; then every invocation rescales
+// its register tile of O (4 rows x OC columns) and adds P·V over steps of VR rows of V. Every
+// private array is indexed by constant-bound loops only, so it stays in registers; O is
+// divided by l once at the end.
+@compute @workgroup_size(256, 1, 1)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let wg = wid.y * nwg.x + wid.x;
@@ -149,57 +162,114 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let q0 = P.q_start + (rest % tiles) * BQ;
     let q_end = min(q0 + BQ, P.q_stop);
     let e = P.e;
+    let q_col = h * e;
     let kv_col = (h / P.group) * e;
-    let tq = q0 + lid.x;
-    let live = tq < q_end;
+    let t = lid.x;
+    let ty = t / 16u;
+    let tx = t % 16u;
 
-    var q: array<f32, EMAX>;
-    var acc: array<f32, EMAX>;
-    var sc: array<f32, BKMAX>;
-    if (live) {
-        let qa = P.a_base + (w0 + tq) * P.a_ld + h * e;
-        for (var d = 0u; d < e; d++) { q[d] = in0[qa + d] * P.scale; }
+    var o: array<f32, 4u * OC>;
+    for (var i = 0u; i < 4u * OC; i++) { o[i] = 0.0; }
+    if (t < BQ) {
+        row_m[t] = LOWEST;
+        row_l[t] = 0.0;
     }
-    var m = 0.0;
-    var l = 0.0;
-    var started = false;
-    for (var k0 = 0u; k0 < q_end; k0 += P.bk) {
-        let nk = min(P.bk, q_end - k0);
-        workgroupBarrier();
-        for (var i = lid.x; i < nk * e; i += BQ) {
-            let ka = (w0 + k0 + i / e) * P.b_ld + kv_col + i % e;
-            ks[i] = in1[P.b_base + ka];
-            vs[i] = in2[P.c_base + ka];
-        }
-        workgroupBarrier();
-        if (live && k0 <= tq) {
-            let c = min(nk, tq - k0 + 1u);
-            var tmax = LOWEST;
-            for (var j = 0u; j < c; j++) {
-                var s = 0.0;
-                for (var d = 0u; d < e; d++) { s = fma(q[d], ks[j * e + d], s); }
-                sc[j] = s;
-                tmax = max(tmax, s);
+    for (var k0 = 0u; k0 < q_end; k0 += BK) {
+        let nk = min(BK, q_end - k0);
+        var s: array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) { s[i] = 0.0; }
+        for (var d0 = 0u; d0 < e; d0 += DC) {
+            workgroupBarrier();
+            for (var i = t; i < BQ * DC; i += 256u) {
+                let r = i / DC;
+                let d = d0 + i % DC;
+                var v = 0.0;
+                if (q0 + r < q_end && d < e) { v = in0[P.a_base + (w0 + q0 + r) * P.a_ld + q_col + d]; }
+                qc[r * (DC + 1u) + i % DC] = v;
             }
-            var m_new = tmax;
-            if (started) {
-                m_new = max(m, tmax);
-                let corr = exp(m - m_new);
-                l = l * corr;
-                for (var d = 0u; d < e; d++) { acc[d] = acc[d] * corr; }
+            for (var i = t; i < BK * DC; i += 256u) {
+                let r = i / DC;
+                let d = d0 + i % DC;
+                var v = 0.0;
+                if (r < nk && d < e) { v = in1[P.b_base + (w0 + k0 + r) * P.b_ld + kv_col + d]; }
+                kc[r * (DC + 1u) + i % DC] = v;
             }
-            started = true;
-            m = m_new;
-            for (var j = 0u; j < c; j++) {
-                let p = exp(sc[j] - m);
-                l += p;
-                for (var d = 0u; d < e; d++) { acc[d] = fma(p, vs[j * e + d], acc[d]); }
+            workgroupBarrier();
+            for (var d = 0u; d < DC; d++) {
+                for (var i = 0u; i < 4u; i++) {
+                    let a = qc[(ty * 4u + i) * (DC + 1u) + d];
+                    for (var j = 0u; j < 2u; j++) {
+                        s[i * 2u + j] = fma(a, kc[(tx * 2u + j) * (DC + 1u) + d], s[i * 2u + j]);
+                    }
+                }
             }
         }
+        // Masked scores (past the tile, after the query, or a padding row) are LOWEST.
+        for (var i = 0u; i < 4u; i++) {
+            for (var j = 0u; j < 2u; j++) {
+                let r = ty * 4u + i;
+                let c = tx * 2u + j;
+                let live = c < nk && k0 + c <= q0 + r && q0 + r < q_end;
+                ps[r * (BK + 1u) + c] = select(LOWEST, s[i * 2u + j] * P.scale, live);
+            }
+        }
+        workgroupBarrier();
+        if (t < BQ) {
+            let base = t * (BK + 1u);
+            var mx = LOWEST;
+            for (var c = 0u; c < BK; c++) { mx = max(mx, ps[base + c]); }
+            let m_old = row_m[t];
+            let m_new = max(m_old, mx);
+            var sum = 0.0;
+            for (var c = 0u; c < BK; c++) {
+                let sc = ps[base + c];
+                var p = 0.0;
+                if (sc > LOWEST) { p = exp(sc - m_new); }
+                ps[base + c] = p;
+                sum += p;
+            }
+            var corr = 1.0;
+            if (m_old > LOWEST) { corr = exp(m_old - m_new); }
+            row_l[t] = row_l[t] * corr + sum;
+            row_m[t] = m_new;
+            row_c[t] = corr;
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < 4u; i++) {
+            let corr = row_c[ty * 4u + i];
+            for (var j = 0u; j < OC; j++) { o[i * OC + j] = o[i * OC + j] * corr; }
+        }
+        for (var v0 = 0u; v0 < nk; v0 += VR) {
+            let nv = min(VR, nk - v0);
+            workgroupBarrier();
+            for (var i = t; i < VR * e; i += 256u) {
+                let r = i / e;
+                var v = 0.0;
+                if (r < nv) { v = in2[P.c_base + (w0 + k0 + v0 + r) * P.b_ld + kv_col + i % e]; }
+                vc[r * EMAX + i % e] = v;
+            }
+            workgroupBarrier();
+            for (var kk = 0u; kk < nv; kk++) {
+                for (var i = 0u; i < 4u; i++) {
+                    let p = ps[(ty * 4u + i) * (BK + 1u) + v0 + kk];
+                    for (var j = 0u; j < OC; j++) {
+                        o[i * OC + j] = fma(p, vc[kk * EMAX + tx + 16u * j], o[i * OC + j]);
+                    }
+                }
+            }
+        }
     }
-    if (live) {
-        let oa = P.d_base + (w0 + tq) * P.d_ld + h * e;
-        for (var d = 0u; d < e; d++) { dst[oa + d] = acc[d] / l; }
+    workgroupBarrier();
+    for (var i = 0u; i < 4u; i++) {
+        let r = ty * 4u + i;
+        if (q0 + r < q_end) {
+            let inv = 1.0 / row_l[r];
+            let oa = P.d_base + (w0 + q0 + r) * P.d_ld + q_col;
+            for (var j = 0u; j < OC; j++) {
+                let col = tx + 16u * j;
+                if (col < e) { dst[oa + col] = o[i * OC + j] * inv; }
+            }
+        }
     }
 }
 

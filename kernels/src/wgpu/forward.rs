@@ -25,10 +25,6 @@ use super::mem::WgpuTensor;
 
 /// Query rows per attention workgroup (forward.wgsl's BQ).
 const BQ: usize = 64;
-/// Values in the K (and V) tile of an attention workgroup (KV_FLOATS): bk rows of e values.
-const KV_FLOATS: usize = 2048;
-/// The most keys per tile (BKMAX, the size of each query's score array).
-const BKMAX: usize = 64;
 /// The variant the kernels other than attention run from (they are the same in all).
 const PLAIN: Module = Module::Forward(256);
 
@@ -50,7 +46,6 @@ struct Params {
     heads: u32,
     group: u32,
     e: u32,
-    bk: u32,
     lo: u32,
     hi: u32,
     fresh: u32,
@@ -263,7 +258,6 @@ impl Ctx {
             heads: heads as u32,
             group: (heads / kv_heads) as u32,
             e: e as u32,
-            bk: ((KV_FLOATS / e).min(BKMAX)) as u32,
             scale: (1.0 / (e as f64).sqrt()) as f32,
             ..Default::default()
         };

@@ -27,18 +27,21 @@ use crate::ops::{check, NO_TARGET};
 use crate::plan;
 use crate::plan::aligned_runs;
 
-/// The largest head_dim the attention kernel takes: each unit holds its query and its
-/// accumulator (2·e f32) in registers.
+/// The largest head_dim the attention kernel takes: each unit holds 4 rows of ⌈e/16⌉ output
+/// columns in registers (64 f32 at 256).
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// Query rows per attention cube (one unit each).
+/// Query rows per attention cube (of 256 units: 16 x 16, each 4 rows of the tile).
 const ATT_BQ: u32 = 64;
-
-/// The largest key tile of the attention kernel.
-const ATT_MAX_BK: usize = 64;
-
-/// Shared memory the K and V tiles of one attention cube may take: WebGPU's guaranteed 16 KiB.
-const ATT_SHARED_BYTES: usize = 16 * 1024;
+/// Keys per tile of the attention loop.
+const ATT_BK: u32 = 32;
+/// Depth of one step of the S = Q·Kᵀ tile.
+const ATT_DC: u32 = 16;
+/// Shared memory for the V rows of one step of O += P·V, in f32: 8 rows of a 256-wide head,
+/// 32 of a 64-wide one. With the Q and K steps and P, the cube takes under 24 KiB.
+const ATT_VC_FLOATS: u32 = 2048;
+/// A finite stand-in for −∞: masked scores, and a row's max before its first key.
+const ATT_LOWEST: f32 = -3.0e38;
 
 /// The largest of `v` over the cube's 256 threads, returned to every thread (plane ops where
 /// the device has them, a shared-memory tree otherwise), as [`cube_sum`].
@@ -140,20 +143,19 @@ fn rope_kernel(
     }
 }
 
-/// Causal GQA attention over whole windows of `seq` rows, FlashAttention's online softmax in
-/// f32. A cube takes `bq` consecutive query rows of one window and one query head, a unit per
-/// query holding its scaled query and its output accumulator; the window's keys up to the
-/// tile's last query are walked in tiles of `bk` rows, K and V staged in shared memory, and
-/// each unit folds the keys at or before its own row into its running max m and sum l,
-/// rescaling the accumulator once per tile. The scores of a tile sit in a `bk`-long array per
-/// unit: nothing seq-long is ever stored.
+/// Causal GQA over whole windows of `seq` rows, as FlashAttention-2's forward: a cube of 256
+/// units per (query tile of [`ATT_BQ`] rows of one window, query head). Per tile of
+/// [`ATT_BK`] keys of the head's KV group (up to the tile's last query; later keys are never
+/// loaded): S = Q·Kᵀ as a 4 x 2 register tile per unit over depth steps of [`ATT_DC`] staged
+/// in shared memory; the scores through shared memory to one unit per row, which updates the
+/// row's running max m and sum l and leaves P = exp(S − m) and the rescale factor; then every
+/// unit rescales its register tile of O (4 rows x ⌈e/16⌉ columns: tx, tx + 16, …) and adds
+/// P·V over steps of V rows staged in shared memory. Every local array is indexed by unrolled
+/// comptime loops only, so it stays in registers; O is divided by l once at the end.
 ///
-/// head_dim is comptime (one kernel per distinct e): the per-unit query and accumulator are
-/// then fixed-size arrays that unrolled loops index with constants, i.e. registers, which a
-/// runtime-length array could not be.
-///
-/// Rows are counted from the launch's first window; q_row0, k_row0 and o_row0 are that
-/// window's first row inside the bindings of Q, of K and V, and of the output.
+/// head_dim is comptime (one kernel per distinct e), so those loops unroll. Rows are counted
+/// from the launch's first window; q_row0, k_row0 and o_row0 are that window's first row
+/// inside the bindings of Q, of K and V, and of the output.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attention_kernel(
@@ -171,103 +173,190 @@ fn attention_kernel(
     group: u32,
     scale: f32,
     #[comptime] e: u32,
-    #[comptime] bq: u32,
-    #[comptime] bk: u32,
 ) {
+    let oc = comptime![e.div_ceil(16)];
+    let ld_v = comptime![16 * e.div_ceil(16)];
+    let vr = comptime![ATT_VC_FLOATS / (16 * e.div_ceil(16))];
     let tile = CUBE_POS_X;
     let h = CUBE_POS_Y;
     let g = h / group;
     let ws = (tile / tiles) * seq;
-    let q_lo = ws + (tile % tiles) * bq;
-    let mut q_hi = q_lo + bq;
-    if q_hi > ws + seq {
-        q_hi = ws + seq;
+    // Window-relative query rows [q0, q_end) and keys [0, q_end).
+    let q0 = (tile % tiles) * ATT_BQ;
+    let mut q_end = q0 + ATT_BQ;
+    if q_end > seq {
+        q_end = seq;
     }
-    // This unit's query and its position in the window (keys 0..=rel of the window).
-    let t = q_lo + UNIT_POS;
-    let rel = t - ws;
-    let active = t < q_hi;
+    let t = UNIT_POS;
+    let ty = t / 16;
+    let tx = t % 16;
 
-    let mut ks = SharedMemory::<f32>::new(comptime![(bk * e) as usize]);
-    let mut vs = SharedMemory::<f32>::new(comptime![(bk * e) as usize]);
-    let mut qr = Array::<f32>::new(comptime![e as usize]);
-    let mut acc = Array::<f32>::new(comptime![e as usize]);
-    let mut sc = Array::<f32>::new(comptime![bk as usize]);
-    let q_at = (q_row0 + t) * qc + h * e;
+    let mut qs = SharedMemory::<f32>::new(comptime![(ATT_BQ * (ATT_DC + 1)) as usize]);
+    let mut ks = SharedMemory::<f32>::new(comptime![(ATT_BK * (ATT_DC + 1)) as usize]);
+    let mut ps = SharedMemory::<f32>::new(comptime![(ATT_BQ * (ATT_BK + 1)) as usize]);
+    let mut vs = SharedMemory::<f32>::new(comptime![ATT_VC_FLOATS as usize]);
+    let mut row_m = SharedMemory::<f32>::new(comptime![ATT_BQ as usize]);
+    let mut row_l = SharedMemory::<f32>::new(comptime![ATT_BQ as usize]);
+    let mut row_c = SharedMemory::<f32>::new(comptime![ATT_BQ as usize]);
+    let mut o = Array::<f32>::new(comptime![(4 * e.div_ceil(16)) as usize]);
+    let mut sc = Array::<f32>::new(8usize);
     #[unroll]
-    for d in 0..e {
-        let mut val = 0.0f32;
-        if active {
-            val = q[(q_at + d) as usize] * scale;
-        }
-        qr[d as usize] = val;
-        acc[d as usize] = 0.0;
+    for i in 0..comptime![4 * e.div_ceil(16)] {
+        o[i as usize] = 0.0;
     }
-    // A finite stand-in for −∞: the first tile's correction exp(m − max) is 0 all the same.
-    let mut m = f32::new(-3.0e38);
-    let mut l = 0.0f32;
+    if t < ATT_BQ {
+        row_m[t as usize] = f32::new(ATT_LOWEST);
+        row_l[t as usize] = 0.0;
+    }
 
-    // Keys ws .. q_hi − 1 of the window (uniform per cube, so every unit meets each barrier).
-    let n_keys = q_hi - ws;
-    let mut kt = 0u32;
-    while kt < n_keys {
-        #[unroll]
-        for step in 0..comptime![(bk * e + bq - 1) / bq] {
-            let i = step * bq + UNIT_POS;
-            if i < comptime![bk * e] {
-                let key = kt + i / e;
-                let mut kv = 0.0f32;
-                let mut vv = 0.0f32;
-                if key < n_keys {
-                    let at = ((k_row0 + ws + key) * kc + g * e + i % e) as usize;
-                    kv = k[at];
-                    vv = v[at];
-                }
-                ks[i as usize] = kv;
-                vs[i as usize] = vv;
-            }
+    let q_col = h * e;
+    let kv_col = g * e;
+    let mut k0 = 0u32;
+    while k0 < q_end {
+        let mut nk = q_end - k0;
+        if nk > ATT_BK {
+            nk = ATT_BK;
         }
-        sync_cube();
-        if active && kt <= rel {
-            // Keys kt .. kt + lim − 1 are at or before this query.
-            let mut lim = rel - kt + 1;
-            if lim > bk {
-                lim = bk;
-            }
-            let mut tmax = m;
-            for j in 0..lim {
-                let mut s = 0.0f32;
-                #[unroll]
-                for d in 0..e {
-                    s += qr[d as usize] * ks[(j * e + d) as usize];
-                }
-                sc[j as usize] = s;
-                tmax = f32::max(tmax, s);
-            }
-            let corr = f32::exp(m - tmax);
-            l *= corr;
+        #[unroll]
+        for i in 0..8u32 {
+            sc[i as usize] = 0.0;
+        }
+        let mut d0 = 0u32;
+        while d0 < e {
+            sync_cube();
             #[unroll]
-            for d in 0..e {
-                acc[d as usize] *= corr;
-            }
-            m = tmax;
-            for j in 0..lim {
-                let p = f32::exp(sc[j as usize] - m);
-                l += p;
-                #[unroll]
-                for d in 0..e {
-                    acc[d as usize] += p * vs[(j * e + d) as usize];
+            for step in 0..comptime![ATT_BQ * ATT_DC / 256] {
+                let i = step * 256 + t;
+                let r = i / ATT_DC;
+                let d = d0 + i % ATT_DC;
+                let mut val = 0.0f32;
+                if q0 + r < q_end && d < e {
+                    val = q[((q_row0 + ws + q0 + r) * qc + q_col + d) as usize];
                 }
+                qs[(r * (ATT_DC + 1) + i % ATT_DC) as usize] = val;
+            }
+            #[unroll]
+            for step in 0..comptime![ATT_BK * ATT_DC / 256] {
+                let i = step * 256 + t;
+                let r = i / ATT_DC;
+                let d = d0 + i % ATT_DC;
+                let mut val = 0.0f32;
+                if r < nk && d < e {
+                    val = k[((k_row0 + ws + k0 + r) * kc + kv_col + d) as usize];
+                }
+                ks[(r * (ATT_DC + 1) + i % ATT_DC) as usize] = val;
+            }
+            sync_cube();
+            #[unroll]
+            for d in 0..ATT_DC {
+                #[unroll]
+                for i in 0..4u32 {
+                    let a = qs[((ty * 4 + i) * (ATT_DC + 1) + d) as usize];
+                    #[unroll]
+                    for j in 0..2u32 {
+                        let kv = ks[((tx * 2 + j) * (ATT_DC + 1) + d) as usize];
+                        sc[(i * 2 + j) as usize] += a * kv;
+                    }
+                }
+            }
+            d0 += ATT_DC;
+        }
+        // Masked scores (past the tile, after the query, or a padding row) are ATT_LOWEST.
+        #[unroll]
+        for i in 0..4u32 {
+            #[unroll]
+            for j in 0..2u32 {
+                let r = ty * 4 + i;
+                let c = tx * 2 + j;
+                let mut val = f32::new(ATT_LOWEST);
+                if c < nk && k0 + c <= q0 + r && q0 + r < q_end {
+                    val = sc[(i * 2 + j) as usize] * scale;
+                }
+                ps[(r * (ATT_BK + 1) + c) as usize] = val;
             }
         }
         sync_cube();
-        kt += bk;
-    }
-    if active {
-        let o_at = (o_row0 + t) * qc + h * e;
+        if t < ATT_BQ {
+            let base = t * (ATT_BK + 1);
+            let mut mx = f32::new(ATT_LOWEST);
+            for c in 0..ATT_BK {
+                mx = f32::max(mx, ps[(base + c) as usize]);
+            }
+            let m_old = row_m[t as usize];
+            let m_new = f32::max(m_old, mx);
+            let mut sum = 0.0f32;
+            for c in 0..ATT_BK {
+                let s = ps[(base + c) as usize];
+                let mut p = 0.0f32;
+                if s > ATT_LOWEST {
+                    p = f32::exp(s - m_new);
+                }
+                ps[(base + c) as usize] = p;
+                sum += p;
+            }
+            let mut corr = 1.0f32;
+            if m_old > ATT_LOWEST {
+                corr = f32::exp(m_old - m_new);
+            }
+            row_l[t as usize] = row_l[t as usize] * corr + sum;
+            row_m[t as usize] = m_new;
+            row_c[t as usize] = corr;
+        }
+        sync_cube();
         #[unroll]
-        for d in 0..e {
-            out[(o_at + d) as usize] = acc[d as usize] / l;
+        for i in 0..4u32 {
+            let corr = row_c[(ty * 4 + i) as usize];
+            #[unroll]
+            for j in 0..oc {
+                o[(i * oc + j) as usize] *= corr;
+            }
+        }
+        let mut v0 = 0u32;
+        while v0 < nk {
+            let mut nv = nk - v0;
+            if nv > vr {
+                nv = vr;
+            }
+            sync_cube();
+            let mut i = t;
+            while i < vr * e {
+                let r = i / e;
+                let mut val = 0.0f32;
+                if r < nv {
+                    val = v[((k_row0 + ws + k0 + v0 + r) * kc + kv_col + i % e) as usize];
+                }
+                vs[(r * ld_v + i % e) as usize] = val;
+                i += 256;
+            }
+            sync_cube();
+            for kk in 0..nv {
+                #[unroll]
+                for i in 0..4u32 {
+                    let p = ps[((ty * 4 + i) * (ATT_BK + 1) + v0 + kk) as usize];
+                    #[unroll]
+                    for j in 0..oc {
+                        o[(i * oc + j) as usize] += p * vs[(kk * ld_v + tx + 16 * j) as usize];
+                    }
+                }
+            }
+            v0 += vr;
+        }
+        k0 += ATT_BK;
+    }
+    sync_cube();
+    #[unroll]
+    for i in 0..4u32 {
+        let r = ty * 4 + i;
+        if q0 + r < q_end {
+            let inv = 1.0 / row_l[r as usize];
+            let o_at = (o_row0 + ws + q0 + r) * qc + q_col;
+            #[unroll]
+            for j in 0..oc {
+                let col = tx + 16 * j;
+                if col < e {
+                    out[(o_at + col) as usize] = o[(i * oc + j) as usize] * inv;
+                }
+            }
         }
     }
 }
@@ -483,18 +572,6 @@ struct AttnShape {
     e: usize,
     qc: usize,
     kc: usize,
-    bk: usize,
-}
-
-/// The key tile: 2·bk·e f32 of shared memory within 16 KiB (and the device's limit), at most
-/// 64 keys, a power of two.
-fn key_tile(e: usize, max_shared: usize) -> usize {
-    let bytes = ATT_SHARED_BYTES.min(max_shared.max(8 * e));
-    let mut bk = ATT_MAX_BK;
-    while bk > 1 && 8 * bk * e > bytes {
-        bk /= 2;
-    }
-    bk
 }
 
 fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs<'_>) {
@@ -512,7 +589,7 @@ fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs
             attention_kernel::launch_unchecked::<R>(
                 &b.client,
                 CubeCount::Static((n * tiles) as u32, sh.heads as u32, 1),
-                CubeDim::new_1d(ATT_BQ),
+                CubeDim::new_1d(256),
                 arg(a.q.0, a.q.1),
                 arg(a.k.0, a.k.1),
                 arg(a.v.0, a.v.1),
@@ -527,8 +604,6 @@ fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs
                 sh.group as u32,
                 (1.0 / (sh.e as f64).sqrt()) as f32,
                 sh.e as u32,
-                ATT_BQ,
-                sh.bk as u32,
             );
         }
         w0 += n;
@@ -597,7 +672,6 @@ pub fn attention<R: Runtime>(
         e,
         qc: q.cols,
         kc: k.cols,
-        bk: key_tile(e, b.max_shared),
     };
     let windows = q.rows / seq;
     let mut w = 0;
