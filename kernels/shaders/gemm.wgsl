@@ -53,8 +53,12 @@ const TN: u32 = 64u;
 const TK: u32 = 16u;
 
 // [k][m] and [k][n] as vec4s, so the inner loop reads a thread's 4 rows (4 columns) at once.
-var<workgroup> As: array<vec4<f32>, 256>;
-var<workgroup> Bs: array<vec4<f32>, 256>;
+// Each k row is padded by one vec4 (AW = TM/4 + 1): the 16 invocations that store one row of
+// A (or a transposed B) at consecutive k then hit at most 2 threads per bank, not 16.
+const AW: u32 = TM / 4u + 1u;
+const BW: u32 = TN / 4u + 1u;
+var<workgroup> As: array<vec4<f32>, 272>;
+var<workgroup> Bs: array<vec4<f32>, 272>;
 
 fn a_at(i: u32, k: u32) -> f32 {
     var off: u32;
@@ -92,19 +96,19 @@ fn mainloop(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
             let gk = kt + kk;
             var v = 0.0;
             if (gi < P.m_hi && gk < P.k_hi) { v = a_at(gi, gk); }
-            As[(kk * TM + mi) / 4u][mi % 4u] = v;
+            As[kk * AW + mi / 4u][mi % 4u] = v;
             var nj: u32;
             if (P.b_trans != 0u) { nj = e / TK; kk = e % TK; } else { kk = e / TN; nj = e % TN; }
             let gj = o.y + nj;
             let gk2 = kt + kk;
             var w = 0.0;
             if (gj < P.n_hi && gk2 < P.k_hi) { w = b_at(gk2, gj); }
-            Bs[(kk * TN + nj) / 4u][nj % 4u] = w;
+            Bs[kk * BW + nj / 4u][nj % 4u] = w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let av = As[kk * (TM / 4u) + lid.y];
-            let bv = Bs[kk * (TN / 4u) + lid.x];
+            let av = As[kk * AW + lid.y];
+            let bv = Bs[kk * BW + lid.x];
             for (var r = 0u; r < 4u; r++) {
                 acc[r * 4u] = fma(av[r], bv.x, acc[r * 4u]);
                 acc[r * 4u + 1u] = fma(av[r], bv.y, acc[r * 4u + 1u]);
@@ -336,7 +340,7 @@ fn mainloop_lora(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
             let gi = o.x + mi;
             var v = 0.0;
             if (gi < P.m_hi && gk < P.k_hi) { v = p_at(gi, gk) * d[l]; }
-            As[(kk * TM + mi) / 4u][mi % 4u] = v;
+            As[kk * AW + mi / 4u][mi % 4u] = v;
         }
         for (var l = 0u; l < 4u; l++) {
             let e = t + l * 256u;
@@ -346,12 +350,12 @@ fn mainloop_lora(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
             let gk2 = kt + kb;
             var w = 0.0;
             if (gj < P.n_hi && gk2 < P.k_hi) { w = b_at(gk2, gj); }
-            Bs[(kb * TN + nj) / 4u][nj % 4u] = w;
+            Bs[kb * BW + nj / 4u][nj % 4u] = w;
         }
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
-            let av = As[k * (TM / 4u) + lid.y];
-            let bv = Bs[k * (TN / 4u) + lid.x];
+            let av = As[k * AW + lid.y];
+            let bv = Bs[k * BW + lid.x];
             for (var r = 0u; r < 4u; r++) {
                 acc[r * 4u] = fma(av[r], bv.x, acc[r * 4u]);
                 acc[r * 4u + 1u] = fma(av[r], bv.y, acc[r * 4u + 1u]);

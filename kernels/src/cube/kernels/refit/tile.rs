@@ -120,8 +120,10 @@ fn refit_tile_kernel(
         kb = k;
     }
 
-    let mut sa = SharedMemory::<f32>::new(comptime![(BK * tm) as usize]);
-    let mut sb = SharedMemory::<f32>::new(comptime![(BK * tn) as usize]);
+    // Rows of the staged tiles padded by one value: the 16 units that store one row of A (or of
+    // a transposed B) at consecutive k hit at most 2 per bank, not 16.
+    let mut sa = SharedMemory::<f32>::new(comptime![(BK * (tm + 1)) as usize]);
+    let mut sb = SharedMemory::<f32>::new(comptime![(BK * (tn + 1)) as usize]);
     let mut acc = Array::<f32>::new(comptime![(rm * rn) as usize]);
     #[unroll]
     for q in 0..rm * rn {
@@ -165,7 +167,7 @@ fn refit_tile_kernel(
                     }
                 }
             }
-            sa[(kk * tm + ii) as usize] = v;
+            sa[(kk * (tm + 1) + ii) as usize] = v;
         }
         #[unroll]
         for l in 0..rn {
@@ -178,7 +180,7 @@ fn refit_tile_kernel(
             if gj < n && gk < k {
                 v = bm[(b_off + gk * b_ld + gj) as usize];
             }
-            sb[(kk * tn + jj) as usize] = v;
+            sb[(kk * (tn + 1) + jj) as usize] = v;
         }
         sync_cube();
         #[unroll]
@@ -187,11 +189,11 @@ fn refit_tile_kernel(
             let mut br = Array::<f32>::new(comptime![rn as usize]);
             #[unroll]
             for q in 0..rm {
-                ar[q as usize] = sa[(kk * tm + ty + 16 * q) as usize];
+                ar[q as usize] = sa[(kk * (tm + 1) + ty + 16 * q) as usize];
             }
             #[unroll]
             for q in 0..rn {
-                br[q as usize] = sb[(kk * tn + tx + 16 * q) as usize];
+                br[q as usize] = sb[(kk * (tn + 1) + tx + 16 * q) as usize];
             }
             #[unroll]
             for ii in 0..rm {
