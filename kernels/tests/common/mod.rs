@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod structured;
 
 use prunebench_kernels::{Backend, Matrix};
 
