@@ -8,6 +8,7 @@
 pub mod backends;
 pub mod structured;
 
+use prunebench_kernels::suite::{small_cases, verify_cases, OpCase};
 use prunebench_kernels::{Backend, Matrix};
 
 /// Test functions that call the generic bodies of the same names in the enclosing file for
@@ -72,4 +73,26 @@ pub fn up<B: Backend>(b: &B, m: &Matrix) -> B::Tensor {
 
 pub fn down<B: Backend>(b: &B, t: &B::Tensor) -> Matrix {
     b.download(t).expect("download")
+}
+
+/// Runs `cases` on `b` and on the reference and fails listing every case that did not pass
+/// (an unsupported case is a failure here: these shapes are small).
+pub fn run_cases<B: Backend>(b: &B, cases: &[OpCase]) {
+    let failures = verify_cases(b, cases);
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {} cases failed:\n{}",
+        b.info().backend,
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// The small cases whose op name starts with one of `prefixes`.
+pub fn small_cases_named(prefixes: &[&str]) -> Vec<OpCase> {
+    small_cases()
+        .into_iter()
+        .filter(|c| prefixes.iter().any(|p| c.op_name().starts_with(p)))
+        .collect()
 }
