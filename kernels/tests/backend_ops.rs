@@ -388,8 +388,8 @@ fn lora_ops_in_windows<B: TestBackend>() {
     b.assert_split_seen();
 }
 
-/// The re-fit ops at `SPLIT_BYTES`: W, H, Ŵ, the norm system and the moments split in 64-row
-/// bindings, with outputs poisoned, and the LoRA ops at `rank`.
+/// The re-fit cases for `SPLIT_BYTES`, where W, H, Ŵ, the norm system and the moments come
+/// in 64-row bindings; the LoRA ops at each of `ranks`.
 fn refit_cases_split(ranks: &[usize]) -> Vec<OpCase> {
     use LoraForm::{Mask as MaskForm, Scale};
     let mut cases = vec![
