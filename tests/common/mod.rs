@@ -1,5 +1,8 @@
 //! What the command-line tests share: running the built binary, and its JSON.
 
+/// What the `cli*.rs` files share.
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

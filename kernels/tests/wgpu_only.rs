@@ -1,0 +1,34 @@
+//! What only the wgpu backend has: the adapter list with each adapter's limits, and the
+//! binding cap it reports.
+
+#![cfg(feature = "wgpu")]
+
+use prunebench_kernels::wgpu::{list_adapters, WgpuBackend, MIN_BINDING};
+
+fn backend() -> WgpuBackend {
+    WgpuBackend::new(None)
+        .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver")
+}
+
+#[test]
+fn adapters_are_listed_with_their_limits() {
+    let all = list_adapters();
+    assert!(
+        all.iter().any(|a| a.api != "Gl"),
+        "no compute adapter listed: {all:?}"
+    );
+    for a in &all {
+        assert!(a
+            .limits
+            .iter()
+            .any(|(k, v)| k == "max_storage_buffer_binding_size" && *v > 0));
+    }
+}
+
+/// The cap in force is the one asked for, never below the 8 KiB the selection histogram
+/// (2048 counters, always bound whole) needs.
+#[test]
+fn the_binding_cap_is_the_one_asked_for() {
+    assert_eq!(backend().with_binding_limit(8 << 10).max_binding(), 8 << 10);
+    assert_eq!(backend().with_binding_limit(1).max_binding(), MIN_BINDING);
+}
