@@ -453,7 +453,7 @@ mod cubecl_wgpu {
         windows: [
             // CubeCL's slabs are whole 64-row blocks (`cube::ROW_ALIGN`), and 8 KiB holds
             // fewer than 64 rows of these widths: it refuses the tensors themselves, cleanly.
-            #[should_panic(expected = "exceed the device's largest binding")]
+            #[should_panic(expected = "do not fit one storage binding")]
         ]
     );
 }
