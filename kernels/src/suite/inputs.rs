@@ -59,6 +59,38 @@ impl CaseInputs {
     pub fn generate(case: &OpCase) -> Result<Self> {
         by_family!(case.op.family(), f => f::inputs(case))
     }
+
+    /// The case's inputs at their shapes, with the values that the reference would compute
+    /// (Hessians, factors, inverses, SparseGPT's weights, the re-fit residuals) replaced by
+    /// stand-ins that cost nothing: for runs that never read the values, such as the
+    /// compile-only runtime, where at model sizes the reference's statistics would take
+    /// minutes per case. Random tensors are drawn as usual.
+    pub fn generate_shapes_only(case: &OpCase) -> Result<Self> {
+        SHAPES_ONLY.with(|f| f.set(true));
+        let made = Self::generate(case);
+        SHAPES_ONLY.with(|f| f.set(false));
+        made
+    }
+}
+
+thread_local! {
+    static SHAPES_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the inputs being generated on this thread need their shapes only (see
+/// [`CaseInputs::generate_shapes_only`]).
+pub(super) fn shapes_only() -> bool {
+    SHAPES_ONLY.with(|f| f.get())
+}
+
+/// A stand-in for a statistic the reference computes: the identity of size n (positive
+/// definite, so any consumer's own checks pass).
+pub(super) fn identity(n: usize) -> Matrix {
+    let mut m = Matrix::zeros(n, n);
+    for i in 0..n {
+        m.data[i * n + i] = 1.0;
+    }
+    m
 }
 
 pub(super) fn scaled(mut m: Matrix, k: f32) -> Matrix {
@@ -100,6 +132,9 @@ pub(super) fn hessian_with_dead_column(case: &OpCase) -> Result<Matrix> {
 
 /// H of §3 from one batch of `samples` samples stacked in `x`, by the reference, as f32.
 pub(super) fn hessian_of(x: &Matrix, samples: usize) -> Result<Matrix> {
+    if shapes_only() {
+        return Ok(identity(x.cols));
+    }
     let cpu = CpuBackend::new();
     let mut h = cpu.zeros(x.cols, x.cols)?;
     cpu.hessian_update(&mut h, 0, &cpu.upload(x)?, samples)?;
@@ -116,4 +151,30 @@ pub(super) fn random_mask(rows: usize, cols: usize, seed: u64) -> Mask {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::small_cases;
+
+    /// Shape-only inputs stand in for the real ones: every tensor, mask, index list and id
+    /// list of every small case at the same shape, and the flag is off again afterwards.
+    #[test]
+    fn shape_only_inputs_have_the_real_shapes() {
+        for case in small_cases() {
+            let real = CaseInputs::generate(&case).unwrap();
+            let quick = CaseInputs::generate_shapes_only(&case).unwrap();
+            assert!(!shapes_only());
+            let shapes = |i: &CaseInputs| {
+                let t: Vec<_> = i.tensors.iter().map(|(n, m)| (*n, m.shape())).collect();
+                let m = i.mask.as_ref().map(|m| (m.rows, m.cols));
+                let p = i.packed.as_ref().map(|p| (p.format, p.rows, p.cols));
+                let idx: Vec<_> = i.indices.iter().map(|(n, v)| (*n, v.len())).collect();
+                let ids: Vec<_> = i.token_ids.iter().map(|(n, v)| (*n, v.len())).collect();
+                (t, m, p, idx, ids)
+            };
+            assert_eq!(shapes(&real), shapes(&quick), "{}", case.name());
+        }
+    }
 }

@@ -55,11 +55,15 @@ pub fn input_batch() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-/// The inputs of `cases`, generated in parallel (at model shapes generating them is nearly all
-/// of a compile-only run's time; the runs themselves must stay one at a time so that each
-/// launch is counted for its case).
+/// The inputs of `cases` at their shapes only (no kernel runs here, so no value is read; the
+/// reference's statistics would be nearly all of a run's time at model sizes), generated in
+/// parallel; the runs themselves stay one at a time so that each launch is counted for its
+/// case.
 pub fn generate_inputs(cases: &[OpCase]) -> Vec<crate::error::Result<CaseInputs>> {
-    cases.par_iter().map(CaseInputs::generate).collect()
+    cases
+        .par_iter()
+        .map(CaseInputs::generate_shapes_only)
+        .collect()
 }
 
 /// One kernel compiled for one target.

@@ -10,7 +10,7 @@ use crate::ops::{tolerance as tol, AdamStep, Backend, LoraForm, LoraGrad, LoraIn
 use crate::rng::{heavy_tailed, heavy_tailed_positive};
 use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{relative, value_check, Check};
-use crate::suite::inputs::{correlated, hessian_of, scaled, CaseInputs};
+use crate::suite::inputs::{correlated, hessian_of, scaled, shapes_only, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
 use crate::tensor::{Mask, Matrix};
 
@@ -171,20 +171,28 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
         Op::LoraGrad(form, k) => {
             let (w, wp, mask) = refit_weight(r, c, s);
             let h = hessian_of(&correlated(case.tokens, c, s + 1), 1)?;
-            let cpu = CpuBackend::new();
-            let (wpt, wt, ht) = (cpu.upload(&wp)?, cpu.upload(&w)?, cpu.upload(&h)?);
-            let base = match form {
-                LoraForm::Mask => Some(&wpt),
-                LoraForm::Scale => None,
+            // Δ and Δ·H as the reference forms them (Δ·H stands in as Δ when only shapes
+            // are wanted: it is an r x c² product).
+            let (delta, delta_h) = if shapes_only() {
+                let delta = heavy_tailed(r, c, s + 3);
+                (delta.clone(), delta)
+            } else {
+                let cpu = CpuBackend::new();
+                let (wpt, wt, ht) = (cpu.upload(&wp)?, cpu.upload(&w)?, cpu.upload(&h)?);
+                let base = match form {
+                    LoraForm::Mask => Some(&wpt),
+                    LoraForm::Scale => None,
+                };
+                let (delta, delta_h) = cpu.refit_base(base, &wt, &ht)?;
+                (cpu.download(&delta)?, cpu.download(&delta_h)?)
             };
-            let (delta, delta_h) = cpu.refit_base(base, &wt, &ht)?;
             let (b, a) = lora_factors(form, r, c, k, s);
             inp.mask = Some(mask);
             inp.tensors = vec![
                 ("wp", wp),
                 ("h", h),
-                ("delta", cpu.download(&delta)?),
-                ("delta_h", cpu.download(&delta_h)?),
+                ("delta", delta),
+                ("delta_h", delta_h),
                 ("b", b),
                 ("a", a),
             ];

@@ -18,7 +18,7 @@ use crate::ops::{
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{value_check, Check};
-use crate::suite::inputs::{correlated, hessian_of, scaled, CaseInputs};
+use crate::suite::inputs::{correlated, hessian_of, scaled, shapes_only, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
 use crate::tensor::{Mask, Matrix};
 
@@ -386,7 +386,7 @@ fn pruned_weight(source: MaskSource, rows: usize, cols: usize, seed: u64) -> Res
     let made = make_pruned_weight(source, rows, cols, seed)?;
     let made = (Arc::new(made.0), Arc::new(made.1));
     // Only SparseGPT's weights are costly enough to keep; the rest regenerate in moments.
-    if matches!(source, MaskSource::SparseGpt(_)) {
+    if matches!(source, MaskSource::SparseGpt(_)) && !shapes_only() {
         cache.lock().expect("cache lock").insert(key, made.clone());
     }
     Ok(made)
@@ -411,6 +411,11 @@ fn make_pruned_weight(
             scored(Score::Wanda { act: &act }, sp, MaskGroup::PerRow)?
         }
         MaskSource::Magnitude(sp) => scored(Score::Magnitude, sp, MaskGroup::Matrix)?,
+        // Where only shapes are wanted, SparseGPT's mask is magnitude's (its OBS run on the
+        // reference is r·c² flops): the same counts per block are not needed by any kernel.
+        MaskSource::SparseGpt(sp) if shapes_only() => {
+            scored(Score::Magnitude, sp, MaskGroup::PerRow)?
+        }
         MaskSource::SparseGpt(sp) => {
             // 256 calibration-like tokens: H is damped to full rank by the 1% of §6.
             let h = hessian_of(&correlated(256, cols, seed + 1), 1)?;
