@@ -4,7 +4,7 @@
 //   rope: one invocation per (row, head, i < e/2) pair, in place;
 //   attention: causal GQA as FlashAttention-2's forward, a tile of BQ query rows of one head
 //     per workgroup, register tiles of S and O, tiles of K and V in workgroup memory;
-//   silu_mul, add_assign: elementwise over flat chunks;
+//   silu_mul, residual_add: elementwise over flat chunks;
 //   embed: rows of the table gathered by token id, one window of the table's rows at a time;
 //   lm_fold: one workgroup per row folding a chunk of logits into the running (m, s, z).
 // Bases are window-relative indices of a matrix's logical origin (u32 wrap-around arithmetic,
@@ -291,7 +291,7 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // dst[i] += in0[i], i < rows.
 @compute @workgroup_size(256, 1, 1)
-fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn residual_add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * P.row_len + gid.x;
     if (i >= P.rows) { return; }
     dst[P.d_base + i] = dst[P.d_base + i] + in0[P.a_base + i];

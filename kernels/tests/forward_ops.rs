@@ -344,8 +344,8 @@ fn check_elementwise<B: Backend>(b: &B, cases: &[(usize, usize, f32)]) {
             tolerance::FORWARD_ELEMENTWISE,
         );
         let (mut xc, mut xg) = (up(&cpu, &g), up(b, &g));
-        cpu.add_assign(&mut xc, &up(&cpu, &u)).unwrap();
-        b.add_assign(&mut xg, &up(b, &u)).unwrap();
+        cpu.residual_add(&mut xc, &up(&cpu, &u)).unwrap();
+        b.residual_add(&mut xg, &up(b, &u)).unwrap();
         // One f32 addition is the f64 sum rounded once: exact.
         let e = max_rel(&down(&cpu, &xc), &down(b, &xg));
         assert_eq!(e, 0.0, "residual add {r}x{c}: max relative error {e:e}");
@@ -616,7 +616,7 @@ fn shape_errors<B: Backend>(b: &B) -> Vec<String> {
     out.push(err(b.attention(&q, &k, &k, 2, 1, 4)));
     out.push(err(b.attention(&q, &k, &k, 2, 1, 0)));
     out.push(err(b.silu_mul(&z(3, 4), &z(4, 3))));
-    out.push(err(b.add_assign(&mut z(3, 4), &z(3, 5))));
+    out.push(err(b.residual_add(&mut z(3, 4), &z(3, 5))));
     out.push(err(b.embed(&z(5, 4), &[0, 5])));
     let (h, w) = (z(4, 6), z(10, 6));
     let t = [0, 1, 2, NO_TARGET];
@@ -673,7 +673,7 @@ fn refusals<B: Backend>(b: &B) -> Vec<(String, String)> {
     ));
     let y = t(4, 5, 9);
     out.push(refused("SiLU shapes", b.silu_mul(&x, &y)));
-    out.push(refused("add shapes", b.add_assign(&mut t(4, 6, 1), &y)));
+    out.push(refused("add shapes", b.residual_add(&mut t(4, 6, 1), &y)));
     out.push(refused("embed id", b.embed(&x, &[0, 4])));
     // LM head: W columns, state shape, target count.
     let w6 = t(7, 6, 11);

@@ -242,7 +242,7 @@ fn embed_and_residual_add() {
     );
     assert!(b.embed(&table, &[3]).is_err());
     let mut x = t(1, 2, &[1., 2.]);
-    b.add_assign(&mut x, &t(1, 2, &[0.5, -2.])).unwrap();
+    b.residual_add(&mut x, &t(1, 2, &[0.5, -2.])).unwrap();
     assert_eq!(x.data, vec![1.5, 0.]);
 }
 
@@ -378,10 +378,10 @@ impl Backend for Faulty {
         Ok(y)
     }
     /// Misses the last entry.
-    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+    fn residual_add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         self.has_forward()?;
         let last = x.data[x.data.len() - 1];
-        self.cpu.add_assign(x, y)?;
+        self.cpu.residual_add(x, y)?;
         *x.data.last_mut().unwrap() = last;
         Ok(())
     }

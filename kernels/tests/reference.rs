@@ -545,7 +545,7 @@ impl Backend for Faulty {
         self.0.sparse_matmul(x, &p)
     }
     /// The last token of the sample left out (a loop bound off by one).
-    fn grad_sum_fused(
+    fn grad_sum(
         &self,
         acc: &mut CpuTensor,
         dy: &CpuTensor,
@@ -556,7 +556,7 @@ impl Backend for Faulty {
             cols: t.cols,
             data: t.data[..(t.rows - 1) * t.cols].to_vec(),
         };
-        self.0.grad_sum_fused(acc, &drop_last(dy), &drop_last(x))
+        self.0.grad_sum(acc, &drop_last(dy), &drop_last(x))
     }
     /// The damping forgotten.
     fn hinv_explicit(

@@ -446,7 +446,7 @@ fn gradient_sum_adds_every_samples_product() {
     for s in 0..3 {
         let dy = from_matrix(&heavy_tailed(t, rows, 20 + s));
         let x = from_matrix(&heavy_tailed(t, cols, 40 + s));
-        b.grad_sum_fused(&mut acc, &dy, &x).unwrap();
+        b.grad_sum(&mut acc, &dy, &x).unwrap();
         for r in 0..rows {
             for c in 0..cols {
                 want.data[r * cols + c] += (0..t)
@@ -552,11 +552,11 @@ fn bad_structured_inputs_are_refused() {
     let mut acc = b.zeros(4, 12).unwrap();
     let x = b.zeros(2, 12).unwrap();
     bad_shape(
-        b.grad_sum_fused(&mut acc, &b.zeros(3, 4).unwrap(), &x),
+        b.grad_sum(&mut acc, &b.zeros(3, 4).unwrap(), &x),
         "dY has 3 tokens but X has 2",
     );
     bad_shape(
-        b.grad_sum_fused(&mut acc, &b.zeros(2, 5).unwrap(), &x),
+        b.grad_sum(&mut acc, &b.zeros(2, 5).unwrap(), &x),
         "gradient accumulator vs dYᵀX",
     );
     bad_shape(

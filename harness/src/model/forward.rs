@@ -204,7 +204,7 @@ impl<B: Backend> LayerOnDevice<B> {
             .context(cx("attention"))?;
         drop((q, k, v));
         let o = b.linear(&att, &self.o).context(cx("o_proj"))?;
-        b.add_assign(x, &o).context(cx("residual"))?;
+        b.residual_add(x, &o).context(cx("residual"))?;
         drop(o);
         let h2 = b
             .rms_norm(x, &self.norm_post, eps)
@@ -214,7 +214,7 @@ impl<B: Backend> LayerOnDevice<B> {
         let a = b.silu_mul(&g, &u).context(cx("SiLU-gate product"))?;
         drop((g, u));
         let d = b.linear(&a, &self.down).context(cx("down_proj"))?;
-        b.add_assign(x, &d).context(cx("residual"))?;
+        b.residual_add(x, &d).context(cx("residual"))?;
         if !capture {
             return Ok(None);
         }

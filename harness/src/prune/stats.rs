@@ -285,7 +285,7 @@ fn accumulate_grads<B: Backend>(
         if let Some(sum) = sum {
             stats.member_stages[i]
                 .time(b, "grad_sum", Purpose::Prune, &mut || {
-                    b.grad_sum_fused(sum, &dyt, xt)
+                    b.grad_sum(sum, &dyt, xt)
                 })
                 .context(|| cx.at(l.name))?;
         }

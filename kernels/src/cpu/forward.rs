@@ -120,7 +120,7 @@ pub fn silu_mul(gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
     Ok(y)
 }
 
-pub fn add_assign(x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+pub fn residual_add(x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
     check::same("residual add", x.shape(), y.shape())?;
     x.data
         .par_iter_mut()

@@ -504,7 +504,7 @@ impl Backend for CpuBackend {
         refit::spd_solve(m, rhs, percdamp)
     }
 
-    fn grad_sum_fused(&self, acc: &mut CpuTensor, dy: &CpuTensor, x: &CpuTensor) -> Result<()> {
+    fn grad_sum(&self, acc: &mut CpuTensor, dy: &CpuTensor, x: &CpuTensor) -> Result<()> {
         check::fused_grad(acc.shape(), dy.shape(), x.shape())?;
         let (t, rows, cols) = (x.rows, dy.cols, x.cols);
         gemm(
@@ -631,8 +631,8 @@ impl Backend for CpuBackend {
         forward::silu_mul(gate, up)
     }
 
-    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
-        forward::add_assign(x, y)
+    fn residual_add(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        forward::residual_add(x, y)
     }
 
     fn embed(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor> {

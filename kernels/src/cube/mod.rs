@@ -401,8 +401,8 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     }
 
     // §11, the structured-pruning ops: see [`kernels::structured`].
-    fn grad_sum_fused(&self, acc: &mut CubeTensor, dy: &CubeTensor, x: &CubeTensor) -> Result<()> {
-        structured::grad_sum_fused(self, acc, dy, x)
+    fn grad_sum(&self, acc: &mut CubeTensor, dy: &CubeTensor, x: &CubeTensor) -> Result<()> {
+        structured::grad_sum(self, acc, dy, x)
     }
 
     fn hinv_explicit(&self, h: &CubeTensor, percdamp: f64) -> Result<HinvExplicit<CubeTensor>> {
@@ -503,8 +503,8 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         forward::silu_mul(self, gate, up)
     }
 
-    fn add_assign(&self, x: &mut CubeTensor, y: &CubeTensor) -> Result<()> {
-        forward::add_assign(self, x, y)
+    fn residual_add(&self, x: &mut CubeTensor, y: &CubeTensor) -> Result<()> {
+        forward::residual_add(self, x, y)
     }
 
     fn embed(&self, table: &CubeTensor, ids: &[u32]) -> Result<CubeTensor> {

@@ -242,7 +242,7 @@ pub trait Backend {
 
     /// §11: A ← A + dYᵀX for one sample (the plain sum whose mean is Ḡ), without
     /// materialising dYᵀX: the fused GEMM of §2(b) with a plain-sum epilogue.
-    fn grad_sum_fused(
+    fn grad_sum(
         &self,
         _acc: &mut Self::Tensor,
         _dy: &Self::Tensor,
@@ -377,7 +377,7 @@ pub trait Backend {
     }
 
     /// §14 the residual add: x ← x + y.
-    fn add_assign(&self, _x: &mut Self::Tensor, _y: &Self::Tensor) -> Result<()> {
+    fn residual_add(&self, _x: &mut Self::Tensor, _y: &Self::Tensor) -> Result<()> {
         unsupported(self.info(), "no residual add")
     }
 

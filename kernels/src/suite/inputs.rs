@@ -64,23 +64,16 @@ impl CaseInputs {
     /// (Hessians, factors, inverses, SparseGPT's weights, the re-fit residuals) replaced by
     /// stand-ins that cost nothing: for runs that never read the values, such as the
     /// compile-only runtime, where at model sizes the reference's statistics would take
-    /// minutes per case. Random tensors are drawn as usual.
+    /// minutes per case. Random draws are zeros (drawing them is most of the rest).
     pub fn generate_shapes_only(case: &OpCase) -> Result<Self> {
-        SHAPES_ONLY.with(|f| f.set(true));
-        let made = Self::generate(case);
-        SHAPES_ONLY.with(|f| f.set(false));
-        made
+        crate::rng::skipping_draws(|| Self::generate(case))
     }
-}
-
-thread_local! {
-    static SHAPES_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the inputs being generated on this thread need their shapes only (see
 /// [`CaseInputs::generate_shapes_only`]).
 pub(super) fn shapes_only() -> bool {
-    SHAPES_ONLY.with(|f| f.get())
+    crate::rng::draws_skipped()
 }
 
 /// A stand-in for a statistic the reference computes: the identity of size n (positive
@@ -103,6 +96,9 @@ pub(super) fn scaled(mut m: Matrix, k: f32) -> Matrix {
 /// Calibration-like rows: a low-rank mix of heavy-tailed latents plus heavy-tailed noise, so
 /// H has the correlated structure and spread diagonal that make the factor hard.
 pub(super) fn correlated(tokens: usize, cols: usize, seed: u64) -> Matrix {
+    if shapes_only() {
+        return heavy_tailed(tokens, cols, seed);
+    }
     let rank = 8.min(cols);
     let z = heavy_tailed(tokens, rank, seed);
     let mix = heavy_tailed(rank, cols, seed + 100);

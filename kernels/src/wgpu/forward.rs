@@ -355,11 +355,11 @@ impl Ctx {
         Ok(y)
     }
 
-    pub(crate) fn add_assign(&self, x: &mut WgpuTensor, y: &WgpuTensor) -> Result<()> {
+    pub(crate) fn residual_add(&self, x: &mut WgpuTensor, y: &WgpuTensor) -> Result<()> {
         check::same("residual add", shape(x), shape(y))?;
         let mut b = self.batch();
         let n = x.rows * x.cols;
-        self.record_elementwise(&mut b, "add_assign", &x.buf, (&y.buf, None), n)?;
+        self.record_elementwise(&mut b, "residual_add", &x.buf, (&y.buf, None), n)?;
         b.submit()
     }
 

@@ -350,8 +350,8 @@ impl Backend for WgpuBackend {
         self.ctx.spd_solve(m, rhs, percdamp)
     }
 
-    fn grad_sum_fused(&self, acc: &mut WgpuTensor, dy: &WgpuTensor, x: &WgpuTensor) -> Result<()> {
-        self.ctx.grad_sum_fused(acc, dy, x)
+    fn grad_sum(&self, acc: &mut WgpuTensor, dy: &WgpuTensor, x: &WgpuTensor) -> Result<()> {
+        self.ctx.grad_sum(acc, dy, x)
     }
 
     fn hinv_explicit(&self, h: &WgpuTensor, percdamp: f64) -> Result<HinvExplicit<WgpuTensor>> {
@@ -451,8 +451,8 @@ impl Backend for WgpuBackend {
         self.ctx.silu_mul(gate, up)
     }
 
-    fn add_assign(&self, x: &mut WgpuTensor, y: &WgpuTensor) -> Result<()> {
-        self.ctx.add_assign(x, y)
+    fn residual_add(&self, x: &mut WgpuTensor, y: &WgpuTensor) -> Result<()> {
+        self.ctx.residual_add(x, y)
     }
 
     fn embed(&self, table: &WgpuTensor, ids: &[u32]) -> Result<WgpuTensor> {

@@ -362,7 +362,7 @@ impl Ctx {
 
     /// §11: A ← A + dYᵀX. The plain sum is linear in the tokens, so (unlike §2's squared
     /// epilogue) a batch too large for one binding just adds its token windows one by one.
-    pub(crate) fn grad_sum_fused(
+    pub(crate) fn grad_sum(
         &self,
         acc: &mut WgpuTensor,
         dy: &WgpuTensor,
@@ -378,7 +378,7 @@ impl Ctx {
         for (r0, r1) in self.row_slabs(rows, cols, 1, usize::MAX)? {
             let cw = self.rows_win(&acc.buf, cols, r0, r1)?;
             for &(t0, t1) in &t_slabs {
-                let mut g = self.token_window_gemm("grad_sum_fused", (r0, r1), (t0, t1), dy, x)?;
+                let mut g = self.token_window_gemm("grad_sum", (r0, r1), (t0, t1), dy, x)?;
                 g.c = Some(Operand::new(cw, 0, cols));
                 g.beta = 1.0;
                 g.record(&mut b)?;

@@ -754,7 +754,7 @@ pub fn silu_mul<R: Runtime>(
     Ok(out)
 }
 
-pub fn add_assign<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor) -> Result<()> {
+pub fn residual_add<R: Runtime>(b: &CubeBackend<R>, x: &CubeTensor, y: &CubeTensor) -> Result<()> {
     check::same("residual add", x.shape(), y.shape())?;
     same_slabs("residual add", &x.slabs, &y.slabs)?;
     let v = vector_width(x.cols);

@@ -662,7 +662,7 @@ pub(in crate::suite) fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Resul
             *out = Some(b.silu_mul(gate, up)?);
             Ok(())
         }
-        Prepared::ResidualAdd { x, y } => b.add_assign(x, y),
+        Prepared::ResidualAdd { x, y } => b.residual_add(x, y),
         Prepared::Embed { table, ids, out } => {
             *out = Some(b.embed(table, ids)?);
             Ok(())

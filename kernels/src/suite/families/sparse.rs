@@ -406,16 +406,19 @@ fn make_pruned_weight(
     };
     let mask = match source {
         MaskSource::None => Mask::empty(rows, cols),
+        // Where only shapes are wanted, every pruner's mask is a regular one of its pattern:
+        // scoring and selecting at model sizes costs seconds per case, SparseGPT's OBS run on
+        // the reference r·c² flops, and no kernel reads which entries were chosen.
+        MaskSource::Wanda(sp) | MaskSource::Magnitude(sp) | MaskSource::SparseGpt(sp)
+            if shapes_only() =>
+        {
+            regular_mask(sp, rows, cols)
+        }
         MaskSource::Wanda(sp) => {
             let act = cpu.upload(&heavy_tailed_positive(1, cols, seed + 1))?;
             scored(Score::Wanda { act: &act }, sp, MaskGroup::PerRow)?
         }
         MaskSource::Magnitude(sp) => scored(Score::Magnitude, sp, MaskGroup::Matrix)?,
-        // Where only shapes are wanted, SparseGPT's mask is magnitude's (its OBS run on the
-        // reference is r·c² flops): the same counts per block are not needed by any kernel.
-        MaskSource::SparseGpt(sp) if shapes_only() => {
-            scored(Score::Magnitude, sp, MaskGroup::PerRow)?
-        }
         MaskSource::SparseGpt(sp) => {
             // 256 calibration-like tokens: H is damped to full rank by the 1% of §6.
             let h = hessian_of(&correlated(256, cols, seed + 1), 1)?;
@@ -441,6 +444,22 @@ fn make_pruned_weight(
         }
     };
     Ok((w, mask))
+}
+
+/// The first entries of every row (unstructured: as many as a per-row pruner takes) or of every
+/// group of M (N:M) pruned.
+fn regular_mask(sp: Sparsity, rows: usize, cols: usize) -> Mask {
+    let mut m = Mask::empty(rows, cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            let pruned = match sp {
+                Sparsity::Unstructured(p) => c < unstructured_k(p, cols),
+                Sparsity::NM { n, m } => c % m < n && c / m < cols / m,
+            };
+            m.set(r, c, pruned);
+        }
+    }
+    m
 }
 
 /// The weight a case compresses, for the comparison: the mask's kept entries, exactly f16.

@@ -536,7 +536,7 @@ pub(in crate::suite) fn prepare<B: Backend>(
 /// Runs the op once; the gradient sum adds in place, the update restores its start first.
 pub(in crate::suite) fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
     match p {
-        Prepared::GradSum { acc, dy, x } => b.grad_sum_fused(acc, dy, x),
+        Prepared::GradSum { acc, dy, x } => b.grad_sum(acc, dy, x),
         Prepared::HinvExplicit { h, out } => {
             *out = Some(b.hinv_explicit(h, crate::ops::PERCDAMP)?);
             Ok(())

@@ -405,7 +405,7 @@ fn block_inverse<R: Runtime>(
     invert_lower(b, &a, &dinv)
 }
 
-pub fn grad_sum_fused<R: Runtime>(
+pub fn grad_sum<R: Runtime>(
     b: &CubeBackend<R>,
     acc: &CubeTensor,
     dy: &CubeTensor,
