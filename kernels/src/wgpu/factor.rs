@@ -202,7 +202,7 @@ impl Ctx {
 
     /// Records the §6 factorisation of the square `h` (n >= 1) into `b`. With `keep_dead`
     /// zero diagonal entries are not replaced by 1, so the factor is that of the plain
-    /// (H + λI)⁻¹; percdamp is taken as it is.
+    /// (H + λI)⁻¹; percdamp is taken as it is. The steps are [`FactorPass`]'s.
     pub(crate) fn record_factor(
         &self,
         b: &mut Batch<'_>,
@@ -222,69 +222,116 @@ impl Ctx {
         let mut header = vec![0u32; 4 + n];
         header[1] = u32::MAX;
         let stat = self.upload_words("factor status", &header)?;
-        let bufs = Bufs {
-            small: self.whole(&small, NB * NB)?,
-            panel: self.whole(&panel, panel_len)?,
-            dvec: self.whole(&dvec, n)?,
-            stat: self.whole(&stat, 4 + n)?,
-        };
-        let temp_w = self.whole(&temp, NB * n)?;
-        // Windows are whole 64-row blocks, so a diagonal block never straddles two.
-        let slabs = self.row_slabs(n, n, NB, usize::MAX)?;
-        let maxg = self.max_groups();
-        let base = CholParams {
-            n: n as u32,
-            percdamp: percdamp as f32,
-            keep_dead: keep_dead as u32,
-            ..Default::default()
-        };
-        let chol = |b: &mut Batch<'_>,
-                    entry: &'static str,
-                    p: &CholParams,
-                    slots: [Slot<'_>; 7],
-                    g: [u32; 3]| {
-            b.dispatch(Module::Factor, entry, bytemuck::bytes_of(p), &slots, g)
-        };
+        {
+            let pass = FactorPass {
+                ctx: self,
+                h,
+                u: &u,
+                bufs: Bufs {
+                    small: self.whole(&small, NB * NB)?,
+                    panel: self.whole(&panel, panel_len)?,
+                    dvec: self.whole(&dvec, n)?,
+                    stat: self.whole(&stat, 4 + n)?,
+                },
+                temp: self.whole(&temp, NB * n)?,
+                // Windows are whole 64-row blocks, so a diagonal block never straddles two.
+                slabs: self.row_slabs(n, n, NB, usize::MAX)?,
+                maxg: self.max_groups(),
+                outer,
+                n,
+                base: CholParams {
+                    n: n as u32,
+                    percdamp: percdamp as f32,
+                    keep_dead: keep_dead as u32,
+                    ..Default::default()
+                },
+            };
+            pass.scan(b)?;
+            pass.copy_in(b)?;
+            pass.cholesky(b)?;
+            pass.invert(b)?;
+            pass.reverse_out(b)?;
+        }
+        Ok(FactorRun { u, stat, n })
+    }
+}
 
-        // Dead columns, λ, non-finite entries.
-        for &(r0, r1) in &slabs {
-            let hw = self.rows_win(&h.buf, n, r0, r1)?;
+/// One factorisation being recorded: its buffers and windows, and its steps in order.
+struct FactorPass<'a> {
+    ctx: &'a Ctx,
+    h: &'a WgpuTensor,
+    /// A = J (H + λI) J, factored and inverted in place, then U.
+    u: &'a WgpuTensor,
+    bufs: Bufs<'a>,
+    /// A 64-row block row of L⁻¹ under construction.
+    temp: Win<'a>,
+    slabs: Vec<(usize, usize)>,
+    maxg: u32,
+    /// Columns of an outer block of the Cholesky (a multiple of NB).
+    outer: usize,
+    n: usize,
+    base: CholParams,
+}
+
+impl<'a> FactorPass<'a> {
+    fn dispatch(
+        &self,
+        b: &mut Batch<'_>,
+        entry: &'static str,
+        p: &CholParams,
+        slots: [Slot<'_>; 7],
+        g: [u32; 3],
+    ) -> Result<()> {
+        b.dispatch(Module::Factor, entry, bytemuck::bytes_of(p), &slots, g)
+    }
+
+    /// Dead columns, λ, non-finite entries.
+    fn scan(&self, b: &mut Batch<'_>) -> Result<()> {
+        let n = self.n;
+        for &(r0, r1) in &self.slabs {
+            let hw = self.ctx.rows_win(&self.h.buf, n, r0, r1)?;
             let p = CholParams {
                 rows: (r1 - r0) as u32,
                 row0: r0 as u32,
                 h_base: hw.base(0),
-                ..base
+                ..self.base
             };
-            chol(
+            self.dispatch(
                 b,
                 "diag_extract",
                 &p,
-                bufs.slots(None, None, Some(hw)),
+                self.bufs.slots(None, None, Some(hw)),
                 [(r1 - r0).div_ceil(256) as u32, 1, 1],
             )?;
-            chol(
+            self.dispatch(
                 b,
                 "nonfinite_scan",
                 &p,
-                bufs.slots(None, None, Some(hw)),
-                grid(((r1 - r0) * n).div_ceil(4096) as u64, maxg),
+                self.bufs.slots(None, None, Some(hw)),
+                grid(((r1 - r0) * n).div_ceil(4096) as u64, self.maxg),
             )?;
         }
-        chol(
+        self.dispatch(
             b,
             "damp_stats",
-            &base,
-            bufs.slots(None, None, None),
+            &self.base,
+            self.bufs.slots(None, None, None),
             [1, 1, 1],
         )?;
 
+        Ok(())
+    }
+
+    /// A = J (H + λI) J, lower triangle, from H's lower triangle.
+    fn copy_in(&self, b: &mut Batch<'_>) -> Result<()> {
+        let n = self.n;
         // A = J (H + λI) J, lower triangle, from H's lower triangle: A rows [p0, p1) read H
         // rows n-1-y for the columns y whose mirror row lies in the H window [q0, q1).
-        for &(p0, p1) in &slabs {
-            let aw = self.rows_win(&u.buf, n, p0, p1)?;
-            for &(q0, q1) in &slabs {
+        for &(p0, p1) in &self.slabs {
+            let aw = self.ctx.rows_win(&self.u.buf, n, p0, p1)?;
+            for &(q0, q1) in &self.slabs {
                 let (y0, y1) = (n - q1, n - q0);
-                let hw = self.rows_win(&h.buf, n, q0, q1)?;
+                let hw = self.ctx.rows_win(&self.h.buf, n, q0, q1)?;
                 let p = CholParams {
                     a_base: aw.base(0),
                     h_base: hw.base(0),
@@ -292,134 +339,154 @@ impl Ctx {
                     hi: p1 as u32,
                     clo: y0 as u32,
                     chi: y1 as u32,
-                    ..base
+                    ..self.base
                 };
                 let g = [
                     (y1 - y0).div_ceil(32) as u32,
                     (p1 - p0).div_ceil(32) as u32,
                     1,
                 ];
-                chol(b, "copy_in", &p, bufs.slots(Some(aw), None, Some(hw)), g)?;
+                self.dispatch(
+                    b,
+                    "copy_in",
+                    &p,
+                    self.bufs.slots(Some(aw), None, Some(hw)),
+                    g,
+                )?;
             }
         }
+        Ok(())
+    }
 
-        // Blocked right-looking Cholesky of A in place, in outer blocks [o0, o1) of 64-column
-        // blocks: updates inside the outer block are applied at once, those right of it once
-        // per outer block from its panel (rows from o0, stride `outer`).
-        let syrk = |b: &mut Batch<'_>,
-                    c0: usize,
-                    cols_to: usize,
-                    pcol: usize,
-                    depth: usize,
-                    o0: usize|
-         -> Result<()> {
-            // A(c0 + i, c0 + j) -= sum_k P(c0 + i, k) P(c0 + j, k), j < cols_to - c0, lower.
-            for &s in &slabs {
-                let Some((r0, r1)) = intersect(s, (c0, n)) else {
-                    continue;
-                };
-                let aw = self.rows_win(&u.buf, n, r0, r1)?;
-                let panel_op = Operand::new(bufs.panel, ((c0 - o0) * outer + pcol) as u64, outer);
-                let mut g = Gemm::new(
-                    "gemm_update",
-                    (r0 - c0, r1 - c0),
-                    (0, (r1 - c0).min(cols_to - c0)),
-                    (0, depth),
-                    panel_op,
-                    panel_op.t(),
-                )
-                .named(if depth > NB {
-                    "chol_outer_syrk"
-                } else {
-                    "chol_inner_syrk"
-                });
-                g.c = Some(Operand::new(aw, (c0 * n + c0) as u64, n));
-                g.flags = F_LOWER;
-                g.alpha = -1.0;
-                g.beta = 1.0;
-                g.record(b)?;
-            }
-            Ok(())
-        };
-        for o0 in (0..n).step_by(outer) {
-            let o1 = (o0 + outer).min(n);
+    /// A(c0 + i, c0 + j) −= Σ_k P(c0 + i, k) P(c0 + j, k) for j below `cols_to − c0`, lower
+    /// triangle: the panel's update of the trailing rows from c0.
+    fn syrk(
+        &self,
+        b: &mut Batch<'_>,
+        c0: usize,
+        cols_to: usize,
+        pcol: usize,
+        depth: usize,
+        o0: usize,
+    ) -> Result<()> {
+        let (n, outer) = (self.n, self.outer);
+        for &s in &self.slabs {
+            let Some((r0, r1)) = intersect(s, (c0, n)) else {
+                continue;
+            };
+            let aw = self.ctx.rows_win(&self.u.buf, n, r0, r1)?;
+            let panel_op = Operand::new(self.bufs.panel, ((c0 - o0) * outer + pcol) as u64, outer);
+            let mut g = Gemm::new(
+                "gemm_update",
+                (r0 - c0, r1 - c0),
+                (0, (r1 - c0).min(cols_to - c0)),
+                (0, depth),
+                panel_op,
+                panel_op.t(),
+            )
+            .named(if depth > NB {
+                "chol_outer_syrk"
+            } else {
+                "chol_inner_syrk"
+            });
+            g.c = Some(Operand::new(aw, (c0 * n + c0) as u64, n));
+            g.flags = F_LOWER;
+            g.alpha = -1.0;
+            g.beta = 1.0;
+            g.record(b)?;
+        }
+        Ok(())
+    }
+
+    /// Blocked right-looking Cholesky of A in place, in outer blocks [o0, o1) of 64-column
+    /// blocks: updates inside the outer block are applied at once, those right of it once per
+    /// outer block from its panel (rows from o0, stride `outer`).
+    fn cholesky(&self, b: &mut Batch<'_>) -> Result<()> {
+        let n = self.n;
+        for o0 in (0..n).step_by(self.outer) {
+            let o1 = (o0 + self.outer).min(n);
             for k0 in (o0..o1).step_by(NB) {
                 let k1 = (k0 + NB).min(n);
-                let dw = self.rows_win(&u.buf, n, k0, k1)?;
+                let dw = self.ctx.rows_win(&self.u.buf, n, k0, k1)?;
                 let p = CholParams {
                     a_base: dw.base(0),
                     k0: k0 as u32,
                     nb: (k1 - k0) as u32,
                     plo: o0 as u32,
-                    pld: outer as u32,
+                    pld: self.outer as u32,
                     pcol: (k0 - o0) as u32,
-                    ..base
+                    ..self.base
                 };
-                chol(
+                self.dispatch(
                     b,
                     "chol_diag",
                     &p,
-                    bufs.slots(Some(dw), None, None),
+                    self.bufs.slots(Some(dw), None, None),
                     [1, 1, 1],
                 )?;
                 if k1 == n {
                     break;
                 }
-                for &s in &slabs {
+                for &s in &self.slabs {
                     let Some((r0, r1)) = intersect(s, (k1, n)) else {
                         continue;
                     };
-                    let aw = self.rows_win(&u.buf, n, r0, r1)?;
+                    let aw = self.ctx.rows_win(&self.u.buf, n, r0, r1)?;
                     let pp = CholParams {
                         rows: (r1 - r0) as u32,
                         row0: r0 as u32,
                         a_base: aw.base(0),
                         ..p
                     };
-                    chol(
+                    self.dispatch(
                         b,
                         "chol_panel",
                         &pp,
-                        bufs.slots(Some(aw), None, None),
-                        grid((r1 - r0).div_ceil(64) as u64, maxg),
+                        self.bufs.slots(Some(aw), None, None),
+                        grid((r1 - r0).div_ceil(64) as u64, self.maxg),
                     )?;
                 }
                 if k1 < o1 {
-                    syrk(b, k1, o1, k0 - o0, k1 - k0, o0)?;
+                    self.syrk(b, k1, o1, k0 - o0, k1 - k0, o0)?;
                 }
             }
             if o1 < n {
-                syrk(b, o1, n, 0, o1 - o0, o0)?;
+                self.syrk(b, o1, n, 0, o1 - o0, o0)?;
             }
         }
+        Ok(())
+    }
 
+    /// M = L⁻¹ in place, a block row at a time.
+    fn invert(&self, b: &mut Batch<'_>) -> Result<()> {
+        let n = self.n;
         // M = L⁻¹ in place, a block row at a time: M_ii = L_ii⁻¹, then
         // M[i, :i] = -M_ii (L[i, :i] M[:i, :i]).
         for i0 in (0..n).step_by(NB) {
             let i1 = (i0 + NB).min(n);
-            let rw = self.rows_win(&u.buf, n, i0, i1)?;
+            let rw = self.ctx.rows_win(&self.u.buf, n, i0, i1)?;
             let p = CholParams {
                 a_base: rw.base(0),
                 k0: i0 as u32,
                 nb: (i1 - i0) as u32,
-                ..base
+                ..self.base
             };
-            chol(
+            self.dispatch(
                 b,
                 "trinv_diag",
                 &p,
-                bufs.slots(Some(rw), None, None),
+                self.bufs.slots(Some(rw), None, None),
                 [1, 1, 1],
             )?;
             if i0 == 0 {
                 continue;
             }
             let mut first = true;
-            for &s in &slabs {
+            for &s in &self.slabs {
                 let Some((k_lo, k_hi)) = intersect(s, (0, i0)) else {
                     continue;
                 };
-                let kw = self.rows_win(&u.buf, n, k_lo, k_hi)?;
+                let kw = self.ctx.rows_win(&self.u.buf, n, k_lo, k_hi)?;
                 // Logical rows 0..nb are A rows i0..; columns and k are A's own.
                 let mut g = Gemm::new(
                     "gemm_update",
@@ -430,7 +497,7 @@ impl Ctx {
                     Operand::new(kw, 0, n),
                 )
                 .named("trinv_row_gemm");
-                g.c = Some(Operand::new(temp_w, 0, n));
+                g.c = Some(Operand::new(self.temp, 0, n));
                 g.flags = F_B_LOWER;
                 g.beta = if first { 0.0 } else { 1.0 };
                 g.record(b)?;
@@ -441,44 +508,49 @@ impl Ctx {
                 (0, i1 - i0),
                 (0, i0),
                 (0, i1 - i0),
-                Operand::new(bufs.small, 0, NB),
-                Operand::new(temp_w, 0, n),
+                Operand::new(self.bufs.small, 0, NB),
+                Operand::new(self.temp, 0, n),
             )
             .named("trinv_scale_gemm");
             g.c = Some(Operand::new(rw, (i0 * n) as u64, n));
             g.alpha = -1.0;
             g.record(b)?;
         }
+        Ok(())
+    }
 
+    /// U = J M J.
+    fn reverse_out(&self, b: &mut Batch<'_>) -> Result<()> {
+        let n = self.n;
         // U = J M J: row x of the top half swaps with row n-1-x.
         let half = n.div_ceil(2);
-        for &s in &slabs {
+        for &s in &self.slabs {
             let Some((x0, x1)) = intersect(s, (0, half)) else {
                 continue;
             };
-            let aw = self.rows_win(&u.buf, n, x0, x1)?;
-            for &q in &slabs {
+            let aw = self.ctx.rows_win(&self.u.buf, n, x0, x1)?;
+            for &q in &self.slabs {
                 // Rows x whose mirror n-1-x lies in q.
                 let Some((y0, y1)) = intersect((x0, x1), (n - q.1, n - q.0)) else {
                     continue;
                 };
-                let a2w = self.rows_win(&u.buf, n, q.0, q.1)?;
+                let a2w = self.ctx.rows_win(&self.u.buf, n, q.0, q.1)?;
                 let p = CholParams {
                     a_base: aw.base(0),
                     a2_base: a2w.base(0),
                     lo: y0 as u32,
                     hi: y1 as u32,
-                    ..base
+                    ..self.base
                 };
-                chol(
+                self.dispatch(
                     b,
                     "reverse_out",
                     &p,
-                    bufs.slots(Some(aw), Some(a2w), None),
+                    self.bufs.slots(Some(aw), Some(a2w), None),
                     [n.div_ceil(256) as u32, (y1 - y0) as u32, 1],
                 )?;
             }
         }
-        Ok(FactorRun { u, stat, n })
+        Ok(())
     }
 }
