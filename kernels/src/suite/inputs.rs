@@ -87,6 +87,11 @@ pub(super) fn identity(n: usize) -> Matrix {
 }
 
 pub(super) fn scaled(mut m: Matrix, k: f32) -> Matrix {
+    // Shape-only draws are zeros, which scale to themselves: the pass would only touch
+    // their untouched pages.
+    if shapes_only() {
+        return m;
+    }
     for v in &mut m.data {
         *v *= k;
     }
