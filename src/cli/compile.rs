@@ -166,9 +166,9 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
         );
     }
     let mut records = Vec::new();
-    // Generating the inputs (random weights, reference Hessians and factors) is nearly all
-    // of the time at model shapes, and cases are independent: a batch is generated in
-    // parallel, then run one case at a time so that each launch is counted for its case.
+    // The inputs (at their shapes only: model-sized allocations, no draws or reference
+    // statistics) are independent between cases: a batch is generated in parallel, then run
+    // one case at a time so that each launch is counted for its case.
     let total = (cases.len() + layer_runs.len()) as u64;
     let bar = Bar::new("compile");
     let mut done = 0u64;
