@@ -2,6 +2,8 @@
 //! reference that accumulates in f64 ([`cpu::CpuBackend`]) against which every GPU backend is
 //! verified, and the GPU backends themselves behind cargo features.
 
+#[cfg(any(feature = "wgpu", feature = "cubecl"))]
+pub mod compose;
 pub mod error;
 pub mod formats;
 pub mod host;

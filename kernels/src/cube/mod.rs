@@ -23,6 +23,7 @@ mod storage;
 
 use cubecl::prelude::*;
 
+use crate::compose;
 use crate::error::{KernelError, Result};
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
@@ -429,7 +430,7 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         hinv: &mut CubeTensor,
         removed: &[usize],
     ) -> Result<f64> {
-        structured::structured_update(self, w, hinv, removed)
+        compose::structured_update(&structured::Steps::new(self), w, hinv, removed)
     }
 
     fn compact(
@@ -438,7 +439,7 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         rows: Option<&[usize]>,
         cols: Option<&[usize]>,
     ) -> Result<CubeTensor> {
-        structured::compact(self, w, rows, cols)
+        compose::compact(&structured::Steps::new(self), w, rows, cols)
     }
 
     fn copy(&self, dst: &mut CubeTensor, src: &CubeTensor) -> Result<()> {

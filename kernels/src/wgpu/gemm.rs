@@ -316,15 +316,6 @@ impl Product {
             label,
         }
     }
-
-    /// C ← C − A·B.
-    pub fn downdate(label: &'static str) -> Self {
-        Self {
-            alpha: -1.0,
-            beta: 1.0,
-            ..Self::store(label)
-        }
-    }
 }
 
 impl Ctx {

@@ -31,6 +31,7 @@ pub use device::{list_adapters, list_compute_adapters};
 pub use mem::{WgpuMask, WgpuTensor};
 pub use sparse::WgpuPacked;
 
+use crate::compose;
 use crate::error::{KernelError, Result};
 use crate::formats::{PackedWeight, WeightFormat};
 use crate::ops::{
@@ -378,7 +379,7 @@ impl Backend for WgpuBackend {
         hinv: &mut WgpuTensor,
         removed: &[usize],
     ) -> Result<f64> {
-        self.ctx.structured_update(w, hinv, removed)
+        compose::structured_update(&structured::Steps::new(&self.ctx), w, hinv, removed)
     }
 
     fn compact(
@@ -387,7 +388,7 @@ impl Backend for WgpuBackend {
         rows: Option<&[usize]>,
         cols: Option<&[usize]>,
     ) -> Result<WgpuTensor> {
-        self.ctx.compact(w, rows, cols)
+        compose::compact(&structured::Steps::new(&self.ctx), w, rows, cols)
     }
 
     fn copy(&self, dst: &mut WgpuTensor, src: &WgpuTensor) -> Result<()> {

@@ -8,8 +8,11 @@
 //! (the reference's L⁻¹ is another such factor: the products are the same). Groups of at most
 //! 64 columns are factored many at once, one workgroup each, with L⁻¹ of Hinv[S,S] = LLᵀ.
 
+use std::cell::RefCell;
+
 use bytemuck::{Pod, Zeroable};
 
+use crate::compose::{self, InverseFactor, Lines};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 
@@ -100,14 +103,6 @@ enum Pick<'a> {
 impl<'a> Pick<'a> {
     fn all(len: usize) -> Self {
         Pick::Range { start: 0, len }
-    }
-
-    /// A kept-index list where there is one, else all `len`.
-    fn kept(idx: Option<&'a [usize]>, buf: Option<&'a wgpu::Buffer>, len: usize) -> Self {
-        match (idx, buf) {
-            (Some(v), Some(buf)) => Pick::List(v, buf),
-            _ => Pick::all(len),
-        }
     }
 
     fn len(&self) -> usize {
@@ -700,117 +695,196 @@ impl Ctx {
         b.submit()?;
         Ok(out)
     }
+}
 
-    /// §11 compensation for the removed columns S. The factor runs (and is checked) first,
-    /// so W and Hinv stay as they were when Hinv[S,S] is not positive definite.
-    pub(crate) fn structured_update(
-        &self,
-        w: &mut WgpuTensor,
-        hinv: &mut WgpuTensor,
-        removed: &[usize],
-    ) -> Result<f64> {
-        check::structured_update(shape(w), shape(hinv), removed)?;
-        let (rows, n, k) = (w.rows, w.cols, removed.len());
-        let sbuf = self.index_list(removed)?;
-        let s = Pick::List(removed, &sbuf);
-        let mut b = self.batch();
-        let run = self.record_block_factor(&mut b, hinv, s)?;
-        b.submit()?;
-        run.status(self)?.check(k)?;
+/// The composites' primitives ([`crate::compose::Steps`]) on wgpu: everything is recorded
+/// into one batch, submitted where a value is read back (the block factor's status, a sum of
+/// squares) and at the end; index lists are kept until then.
+pub(crate) struct Steps<'c> {
+    ctx: &'c Ctx,
+    batch: RefCell<Option<Batch<'c>>>,
+    lists: RefCell<Vec<wgpu::Buffer>>,
+}
 
-        let ws = self.scratch("removed weight columns", rows * k)?;
-        let hs = self.scratch("removed inverse-Hessian rows", k * n)?;
-        let y = self.scratch("Y = U·Hinv[S,:]", k * n)?;
-        let q = self.scratch("Q = W[:,S]·Uᵀ", rows * k)?;
-        let (uw, hsw, yw) = (
-            self.whole(&run.u.buf, k * k)?,
-            self.whole(&hs, k * n)?,
-            self.whole(&y, k * n)?,
-        );
-        let mut b = self.batch();
-        self.record_gather(&mut b, &w.buf, (rows, n), Pick::all(rows), s, &ws)?;
-        self.record_gather(&mut b, &hinv.buf, (n, n), s, Pick::all(n), &hs)?;
-        let mut g = Gemm::new(
-            "gemm_update",
-            (0, k),
-            (0, n),
-            (0, k),
-            Operand::new(uw, 0, k),
-            Operand::new(hsw, 0, n),
-        )
-        .named("structured_y");
-        g.c = Some(Operand::new(yw, 0, n));
-        g.record(&mut b)?;
-
-        // Q in the row windows of W (Q's rows are shorter, so they fit where W's do), and the
-        // loss from the same pass.
-        let wslabs = self.row_slabs(rows, n, 1, usize::MAX)?;
-        let tiles: usize = wslabs
-            .iter()
-            .map(|s| (s.1 - s.0).div_ceil(TILE) * k.div_ceil(TILE))
-            .sum();
-        let part = self.scratch("loss partials", tiles.max(1))?;
-        let loss = self.scratch("loss", 1)?;
-        let pw = self.whole(&part, tiles.max(1))?;
-        let mut off = 0;
-        for &(r0, r1) in &wslabs {
-            let wsw = self.rows_win(&ws, k, r0, r1)?;
-            let qw = self.rows_win(&q, k, r0, r1)?;
-            let mut g = Gemm::new(
-                "gemm_sumsq",
-                (r0, r1),
-                (0, k),
-                (0, k),
-                Operand::new(wsw, 0, k),
-                Operand::new(uw, 0, k).t(),
-            )
-            .named("structured_q");
-            g.flags = F_B_LOWER | F_STORE;
-            g.c = Some(Operand::new(qw, 0, k));
-            g.part = Some((pw, off as u32));
-            off += g.tiles().0 as usize * g.tiles().1 as usize;
-            g.record(&mut b)?;
+impl<'c> Steps<'c> {
+    pub fn new(ctx: &'c Ctx) -> Self {
+        Self {
+            ctx,
+            batch: RefCell::new(None),
+            lists: RefCell::new(Vec::new()),
         }
-        let lw = self.whole(&loss, 1)?;
-        self.record_seg_reduce(&mut b, &part, 1, tiles, (lw, 0), 0.5)?;
-
-        // W ← W − Q·Y and Hinv ← Hinv − YᵀY.
-        let (qm, ym) = (Mat::new(&q, rows, k), Mat::new(&y, k, n));
-        let (w_down, h_down) = (
-            Product::downdate("structured_w"),
-            Product::downdate("structured_hinv"),
-        );
-        self.record_gemm_split(&mut b, w_down, qm, ym, Mat::of(w))?;
-        self.record_gemm_split(&mut b, h_down, ym.t(), ym, Mat::of(hinv))?;
-        // What the algebra makes zero is zero, not a rounding residue.
-        self.record_zero_cols(&mut b, &w.buf, (rows, n), &sbuf, k)?;
-        self.record_zero_cols(&mut b, &hinv.buf, (n, n), &sbuf, k)?;
-        self.record_zero_rows(&mut b, &hinv.buf, (n, n), removed, &sbuf)?;
-        b.submit()?;
-        Ok(f32::from_bits(self.read_words(&loss, 1)?[0]) as f64)
     }
 
-    /// §11 compaction: a gather of the kept rows and columns.
-    pub(crate) fn compact(
+    fn record<T>(&self, f: impl FnOnce(&mut Batch<'c>) -> Result<T>) -> Result<T> {
+        let mut slot = self.batch.borrow_mut();
+        f(slot.get_or_insert_with(|| self.ctx.batch()))
+    }
+
+    /// An index list on the device, kept until the batch that reads it is submitted.
+    fn list(&self, idx: &[usize]) -> Result<wgpu::Buffer> {
+        let buf = self.ctx.index_list(idx)?;
+        self.lists.borrow_mut().push(buf.clone());
+        Ok(buf)
+    }
+
+    fn pick<'a>(&self, lines: Lines<'a>, buf: Option<&'a wgpu::Buffer>) -> Pick<'a> {
+        match (lines, buf) {
+            (Lines::List(v), Some(b)) => Pick::List(v, b),
+            _ => Pick::all(lines.len()),
+        }
+    }
+
+    fn list_of(&self, lines: Lines<'_>) -> Result<Option<wgpu::Buffer>> {
+        match lines {
+            Lines::List(v) if !v.is_empty() => self.list(v).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn mat<'a>(o: &compose::Operand<'a, WgpuTensor>) -> Mat<'a> {
+    let m = Mat::of(o.t);
+    if o.trans {
+        m.t()
+    } else {
+        m
+    }
+}
+
+fn product_of(p: compose::Product) -> Product {
+    Product {
+        alpha: p.alpha,
+        beta: p.beta.unwrap_or(0.0),
+        flags: if p.b_lower { F_B_LOWER } else { 0 },
+        label: p.label,
+    }
+}
+
+impl compose::Steps for Steps<'_> {
+    type Tensor = WgpuTensor;
+
+    fn shape(t: &WgpuTensor) -> (usize, usize) {
+        shape(t)
+    }
+
+    fn alloc(&self, what: &'static str, rows: usize, cols: usize) -> Result<WgpuTensor> {
+        self.ctx.tensor(what, rows, cols)
+    }
+
+    fn gather(
         &self,
-        w: &WgpuTensor,
-        rows: Option<&[usize]>,
-        cols: Option<&[usize]>,
-    ) -> Result<WgpuTensor> {
-        let (nr, nc) = check::compact(shape(w), rows, cols)?;
-        let out = self.tensor("compacted weight", nr, nc)?;
-        let rbuf = rows.map(|r| self.index_list(r)).transpose()?;
-        let cbuf = cols.map(|c| self.index_list(c)).transpose()?;
-        let mut b = self.batch();
-        self.record_gather(
-            &mut b,
-            &w.buf,
-            shape(w),
-            Pick::kept(rows, rbuf.as_ref(), w.rows),
-            Pick::kept(cols, cbuf.as_ref(), w.cols),
-            &out.buf,
-        )?;
-        b.submit()?;
-        Ok(out)
+        src: &WgpuTensor,
+        rows: Lines<'_>,
+        cols: Lines<'_>,
+        dst: &WgpuTensor,
+    ) -> Result<()> {
+        let (rb, cb) = (self.list_of(rows)?, self.list_of(cols)?);
+        let (rp, cp) = (self.pick(rows, rb.as_ref()), self.pick(cols, cb.as_ref()));
+        self.record(|b| {
+            self.ctx
+                .record_gather(b, &src.buf, shape(src), rp, cp, &dst.buf)
+        })
+    }
+
+    fn zero_columns(&self, t: &WgpuTensor, cols: &[usize]) -> Result<()> {
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let buf = self.list(cols)?;
+        self.record(|b| {
+            self.ctx
+                .record_zero_cols(b, &t.buf, shape(t), &buf, cols.len())
+        })
+    }
+
+    fn zero_rows(&self, t: &WgpuTensor, rows: &[usize]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let buf = self.list(rows)?;
+        self.record(|b| self.ctx.record_zero_rows(b, &t.buf, shape(t), rows, &buf))
+    }
+
+    fn product(
+        &self,
+        p: compose::Product,
+        a: compose::Operand<'_, WgpuTensor>,
+        bm: compose::Operand<'_, WgpuTensor>,
+        c: &WgpuTensor,
+    ) -> Result<()> {
+        self.record(|b| {
+            self.ctx
+                .record_gemm_split(b, product_of(p), mat(&a), mat(&bm), Mat::of(c))
+        })
+    }
+
+    /// gemm_sumsq per window of A's and C's rows, B bound whole: the squares are summed in
+    /// the product's epilogue (one partial per tile) and the partials in one more dispatch.
+    fn product_sum_squares(
+        &self,
+        p: compose::Product,
+        a: &WgpuTensor,
+        bm: compose::Operand<'_, WgpuTensor>,
+        c: &WgpuTensor,
+    ) -> Result<f64> {
+        let ctx = self.ctx;
+        let (rows, depth, width) = (a.rows, a.cols, c.cols);
+        let bw = ctx.whole(&bm.t.buf, bm.t.rows * bm.t.cols)?;
+        let slabs = ctx.row_slabs(rows, depth.max(width), 1, usize::MAX)?;
+        let tiles: usize = slabs
+            .iter()
+            .map(|s| (s.1 - s.0).div_ceil(TILE) * width.div_ceil(TILE))
+            .sum();
+        let part = ctx.scratch("sum-of-squares partials", tiles.max(1))?;
+        let total = ctx.scratch("sum of squares", 1)?;
+        let pw = ctx.whole(&part, tiles.max(1))?;
+        let tw = ctx.whole(&total, 1)?;
+        self.record(|b| {
+            let mut off = 0;
+            for &(r0, r1) in &slabs {
+                let aw = ctx.rows_win(&a.buf, depth, r0, r1)?;
+                let cw = ctx.rows_win(&c.buf, width, r0, r1)?;
+                let bo = Operand::new(bw, 0, bm.t.cols);
+                let mut g = Gemm::new(
+                    "gemm_sumsq",
+                    (r0, r1),
+                    (0, width),
+                    (0, depth),
+                    Operand::new(aw, 0, depth),
+                    if bm.trans { bo.t() } else { bo },
+                )
+                .named(p.label);
+                g.flags = product_of(p).flags | F_STORE;
+                g.alpha = p.alpha;
+                g.c = Some(Operand::new(cw, 0, width));
+                g.part = Some((pw, off as u32));
+                off += g.tiles().0 as usize * g.tiles().1 as usize;
+                g.record(b)?;
+            }
+            ctx.record_seg_reduce(b, &part, 1, tiles, (tw, 0), 1.0)
+        })?;
+        self.submit()?;
+        Ok(f32::from_bits(ctx.read_words(&total, 1)?[0]) as f64)
+    }
+
+    /// U from §6's factorisation of the gathered block, undamped and with zero diagonals
+    /// kept (Hinv[S,S]⁻¹ = UᵀU, U upper triangular).
+    fn inverse_factor(&self, hinv: &WgpuTensor, s: &[usize]) -> Result<InverseFactor<WgpuTensor>> {
+        let buf = self.list(s)?;
+        let run = self.record(|b| self.ctx.record_block_factor(b, hinv, Pick::List(s, &buf)))?;
+        self.submit()?;
+        run.status(self.ctx)?.check(s.len())?;
+        Ok(InverseFactor {
+            x: run.u,
+            upper: true,
+        })
+    }
+
+    fn submit(&self) -> Result<()> {
+        if let Some(b) = self.batch.borrow_mut().take() {
+            b.submit()?;
+        }
+        self.lists.borrow_mut().clear();
+        Ok(())
     }
 }

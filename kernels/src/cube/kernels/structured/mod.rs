@@ -22,6 +22,7 @@ use super::fill::BLOCK;
 use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::stats::{chunk_rows, mirror_lower, row_chunks, store_lane_total};
+use crate::compose::{self, InverseFactor, Lines};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 use crate::plan::aligned_runs;
@@ -496,146 +497,139 @@ pub fn hinv_explicit<R: Runtime>(
     })
 }
 
-pub fn structured_update<R: Runtime>(
-    b: &CubeBackend<R>,
-    w: &CubeTensor,
-    hinv: &CubeTensor,
-    removed: &[usize],
-) -> Result<f64> {
-    check::structured_update(w.shape(), hinv.shape(), removed)?;
-    let (n, k) = (w.cols, removed.len());
-    let idx = upload_indices(b, removed)?;
-    let s_sel = Sel::List {
-        idx: removed,
-        dev: &idx,
-    };
-    let all = |len| Sel::Range { first: 0, len };
-
-    // X = L⁻¹ of Hinv[S,S]; nothing is changed before the factor is known to exist.
-    let fail = b.scratch_from(&[u32::MAX])?;
-    let x = block_inverse(b, hinv, s_sel, &fail, 1, 0)?;
-    let failed = b.read_u32(&fail, 1)?[0];
-    if failed != u32::MAX {
-        return Err(KernelError::NotPositiveDefinite {
-            column: failed as usize,
-        });
-    }
-
-    // Y = L⁻¹·Hinv[S,:] (k x n): rows of Y in one slab of Y and of X at a time, K over the
-    // slabs of Hinv[S,:] and only up to the last row (X is lower triangular).
-    let hs = b.alloc_tensor(k, n)?;
-    gather(b, hinv, s_sel, all(n), &hs)?;
-    let y = b.alloc_tensor(k, n)?;
-    let mut r = 0;
-    while r < k {
-        let (ys, yl) = y.slabs.locate(r);
-        let (xs, xl) = x.slabs.locate(r);
-        let len = (y.slabs.slab_rows - yl)
-            .min(x.slabs.slab_rows - xl)
-            .min(k - r);
-        let (lo, hi) = (r, r + len);
-        for ss in 0..hs.handles.len() {
-            let (h0, hn) = hs.slabs.range(ss);
-            if hn == 0 || h0 >= hi {
-                continue;
-            }
-            gemm(
-                b,
-                &Gemm {
-                    m: hi - lo,
-                    n,
-                    k: hn.min(hi - h0),
-                    a: View::rows(&x.handles[xs], x.slab_len(xs), xl * k + h0, k),
-                    b: View::rows(&hs.handles[ss], hs.slab_len(ss), 0, n),
-                    c: View::rows(&y.handles[ys], y.slab_len(ys), yl * n, n),
-                    alpha: 1.0,
-                    beta: if ss == 0 { None } else { Some(1.0) },
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
-        }
-        r = hi;
-    }
-    drop(hs);
-
-    // Per slab of W: Q = W[:,S]·L⁻ᵀ, its squares summed, W −= Q·Y (K over Y's slabs).
-    let part = b.scratch(w.handles.len() * SUMSQ_CUBES)?;
-    for s in 0..w.handles.len() {
-        let (r0, rn) = w.slabs.range(s);
-        let q = b.scratch(rn * k)?;
-        if rn > 0 {
-            let ws = b.alloc_tensor(rn, k)?;
-            gather(b, w, Sel::Range { first: r0, len: rn }, s_sel, &ws)?;
-            let a = View::rows(&ws.handles[0], rn * k, 0, k);
-            times_linv_t(b, a, rn, &x, &q, rn * k);
-            for ys in 0..y.handles.len() {
-                let (y0, yn) = y.slabs.range(ys);
-                if yn == 0 {
-                    continue;
-                }
-                gemm(
-                    b,
-                    &Gemm {
-                        m: rn,
-                        n,
-                        k: yn,
-                        a: View::rows(&q, rn * k, y0, k),
-                        b: View::rows(&y.handles[ys], y.slab_len(ys), 0, n),
-                        c: View::rows(&w.handles[s], w.slab_len(s), 0, n),
-                        alpha: -1.0,
-                        beta: Some(1.0),
-                        lower: None,
-                        b_lower: None,
-                        epi: EPI_STORE,
-                        dot: None,
-                    },
-                );
-            }
-        }
-        sumsq(b, &q, rn * k, &part, s * SUMSQ_CUBES);
-    }
-
-    // Hinv −= YᵀY in full (the same products in the same order for (i, j) and (j, i), so a
-    // symmetric Hinv stays exactly symmetric): K over Y's slabs.
-    let downdate = Product {
-        alpha: -1.0,
-        beta: Some(1.0),
-        ..Product::default()
-    };
-    gemm_split(b, downdate, Of::transposed(&y), Of::rows(&y), hinv);
-
-    // What the algebra makes zero is zero, not a rounding residue.
-    zero(b, w, all(w.rows), s_sel)?;
-    zero(b, hinv, all(n), s_sel)?;
-    zero(b, hinv, s_sel, all(n))?;
-    Ok(0.5 * sum(b, &part, w.handles.len() * SUMSQ_CUBES)?)
+/// The composites' primitives ([`crate::compose::Steps`]) on CubeCL: launches are queued on
+/// the client's stream in order, so there is nothing to submit.
+pub struct Steps<'a, R: Runtime> {
+    b: &'a CubeBackend<R>,
 }
 
-pub fn compact<R: Runtime>(
-    b: &CubeBackend<R>,
-    w: &CubeTensor,
-    rows: Option<&[usize]>,
-    cols: Option<&[usize]>,
-) -> Result<CubeTensor> {
-    let (nr, nc) = check::compact(w.shape(), rows, cols)?;
-    let out = b.alloc_tensor(nr, nc)?;
-    let rdev = rows.map(|r| upload_indices(b, r)).transpose()?;
-    let cdev = cols.map(|c| upload_indices(b, c)).transpose()?;
-    fn sel<'a>(list: Option<&'a [usize]>, dev: &'a Option<Handle>, len: usize) -> Sel<'a> {
-        match (list, dev) {
-            (Some(idx), Some(dev)) => Sel::List { idx, dev },
-            _ => Sel::Range { first: 0, len },
-        }
+impl<'a, R: Runtime> Steps<'a, R> {
+    pub fn new(b: &'a CubeBackend<R>) -> Self {
+        Self { b }
     }
-    gather(
-        b,
-        w,
-        sel(rows, &rdev, w.rows),
-        sel(cols, &cdev, w.cols),
-        &out,
-    )?;
-    Ok(out)
+
+    /// A choice of lines as [`Sel`], with its list uploaded into `dev`.
+    fn sel<'s>(&self, lines: Lines<'s>, dev: &'s mut Option<Handle>) -> Result<Sel<'s>> {
+        Ok(match lines {
+            Lines::All(len) => Sel::Range { first: 0, len },
+            Lines::List(idx) => Sel::List {
+                idx,
+                dev: dev.insert(upload_indices(self.b, idx)?),
+            },
+        })
+    }
+}
+
+fn of<'a>(o: &compose::Operand<'a, CubeTensor>) -> Of<'a> {
+    if o.trans {
+        Of::transposed(o.t)
+    } else {
+        Of::rows(o.t)
+    }
+}
+
+impl<R: Runtime> compose::Steps for Steps<'_, R> {
+    type Tensor = CubeTensor;
+
+    fn shape(t: &CubeTensor) -> (usize, usize) {
+        t.shape()
+    }
+
+    fn alloc(&self, _what: &'static str, rows: usize, cols: usize) -> Result<CubeTensor> {
+        self.b.alloc_tensor(rows, cols)
+    }
+
+    fn gather(
+        &self,
+        src: &CubeTensor,
+        rows: Lines<'_>,
+        cols: Lines<'_>,
+        dst: &CubeTensor,
+    ) -> Result<()> {
+        let (mut rd, mut cd) = (None, None);
+        let (rs, cs) = (self.sel(rows, &mut rd)?, self.sel(cols, &mut cd)?);
+        gather(self.b, src, rs, cs, dst)
+    }
+
+    fn zero_columns(&self, t: &CubeTensor, cols: &[usize]) -> Result<()> {
+        let mut dev = None;
+        let cs = self.sel(Lines::List(cols), &mut dev)?;
+        zero(
+            self.b,
+            t,
+            Sel::Range {
+                first: 0,
+                len: t.rows,
+            },
+            cs,
+        )
+    }
+
+    fn zero_rows(&self, t: &CubeTensor, rows: &[usize]) -> Result<()> {
+        let mut dev = None;
+        let rs = self.sel(Lines::List(rows), &mut dev)?;
+        zero(
+            self.b,
+            t,
+            rs,
+            Sel::Range {
+                first: 0,
+                len: t.cols,
+            },
+        )
+    }
+
+    fn product(
+        &self,
+        p: compose::Product,
+        a: compose::Operand<'_, CubeTensor>,
+        bm: compose::Operand<'_, CubeTensor>,
+        c: &CubeTensor,
+    ) -> Result<()> {
+        let product = Product {
+            alpha: p.alpha,
+            beta: p.beta,
+            lower: None,
+            b_lower: p.b_lower.then_some(0),
+        };
+        gemm_split(self.b, product, of(&a), of(&bm), c);
+        Ok(())
+    }
+
+    /// The product, then a grid-strided sum of squares per slab of C and one sum of the
+    /// partials.
+    fn product_sum_squares(
+        &self,
+        p: compose::Product,
+        a: &CubeTensor,
+        bm: compose::Operand<'_, CubeTensor>,
+        c: &CubeTensor,
+    ) -> Result<f64> {
+        self.product(p, compose::Operand::of(a), bm, c)?;
+        let part = self.b.scratch(c.handles.len() * SUMSQ_CUBES)?;
+        for s in 0..c.handles.len() {
+            let (_, rn) = c.slabs.range(s);
+            sumsq(self.b, &c.handles[s], rn * c.cols, &part, s * SUMSQ_CUBES);
+        }
+        sum(self.b, &part, c.handles.len() * SUMSQ_CUBES)
+    }
+
+    /// X = L⁻¹ for the lower Cholesky factor L of the gathered block (X lower triangular).
+    fn inverse_factor(&self, hinv: &CubeTensor, s: &[usize]) -> Result<InverseFactor<CubeTensor>> {
+        let mut dev = None;
+        let sel = self.sel(Lines::List(s), &mut dev)?;
+        let fail = self.b.scratch_from(&[u32::MAX])?;
+        let x = block_inverse(self.b, hinv, sel, &fail, 1, 0)?;
+        let failed = self.b.read_u32(&fail, 1)?[0];
+        if failed != u32::MAX {
+            return Err(KernelError::NotPositiveDefinite {
+                column: failed as usize,
+            });
+        }
+        Ok(InverseFactor { x, upper: false })
+    }
+
+    fn submit(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -1,0 +1,190 @@
+//! Composite ops written once for both GPU backends, over the primitives each backend maps
+//! to its own storage and kernels ([`Steps`]): gathers and zeros by index lists, products of
+//! whole tensors (split across bindings by [`crate::plan::gemm_pieces`] inside each backend),
+//! a product with a sum-of-squares epilogue, and the triangular factor of a gathered block's
+//! inverse. What a composite does, in which order, and what it refuses is decided here;
+//! fused kernels (the OBS loop, the LoRA epilogues, compression) stay per backend.
+
+use crate::error::Result;
+use crate::ops::check;
+
+/// Rows or columns of a tensor: all `n` of them, or a sorted list of distinct indices.
+#[derive(Clone, Copy, Debug)]
+pub enum Lines<'a> {
+    All(usize),
+    List(&'a [usize]),
+}
+
+impl Lines<'_> {
+    pub fn len(&self) -> usize {
+        match *self {
+            Lines::All(n) => n,
+            Lines::List(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A whole tensor as a product's operand, or its transpose.
+pub struct Operand<'a, T> {
+    pub t: &'a T,
+    pub trans: bool,
+}
+
+impl<'a, T> Operand<'a, T> {
+    pub fn of(t: &'a T) -> Self {
+        Self { t, trans: false }
+    }
+
+    pub fn transposed(t: &'a T) -> Self {
+        Self { t, trans: true }
+    }
+}
+
+/// C = alpha·op(A)·op(B) (+ beta·C when `beta` is set); `b_lower`: op(B) is lower triangular,
+/// so a backend may skip its zero half. `label` names the launches in timings and errors.
+#[derive(Clone, Copy, Debug)]
+pub struct Product {
+    pub alpha: f32,
+    pub beta: Option<f32>,
+    pub b_lower: bool,
+    pub label: &'static str,
+}
+
+impl Product {
+    /// C = A·B, C not read.
+    pub fn store(label: &'static str) -> Self {
+        Self {
+            alpha: 1.0,
+            beta: None,
+            b_lower: false,
+            label,
+        }
+    }
+
+    /// C ← C − A·B.
+    pub fn downdate(label: &'static str) -> Self {
+        Self {
+            alpha: -1.0,
+            beta: Some(1.0),
+            ..Self::store(label)
+        }
+    }
+}
+
+/// A triangular X with (Hinv[S,S])⁻¹ = XᵀX; which triangle depends on the backend's factor
+/// route (the products below are the same either way).
+pub struct InverseFactor<T> {
+    pub x: T,
+    pub upper: bool,
+}
+
+/// What a backend provides for the composites. Work may be queued and run later; it runs,
+/// in the order given, no later than the next call that returns a value read from the
+/// device, or [`Steps::submit`]. A composite that returns early with an error leaves queued
+/// work unsubmitted, so nothing it queued changes a tensor.
+pub trait Steps {
+    type Tensor;
+
+    fn shape(t: &Self::Tensor) -> (usize, usize);
+    fn alloc(&self, what: &'static str, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// dst = src[rows, cols], bit for bit.
+    fn gather(
+        &self,
+        src: &Self::Tensor,
+        rows: Lines<'_>,
+        cols: Lines<'_>,
+        dst: &Self::Tensor,
+    ) -> Result<()>;
+    /// t[:, cols] = 0.
+    fn zero_columns(&self, t: &Self::Tensor, cols: &[usize]) -> Result<()>;
+    /// t[rows, :] = 0.
+    fn zero_rows(&self, t: &Self::Tensor, rows: &[usize]) -> Result<()>;
+    fn product(
+        &self,
+        p: Product,
+        a: Operand<'_, Self::Tensor>,
+        b: Operand<'_, Self::Tensor>,
+        c: &Self::Tensor,
+    ) -> Result<()>;
+    /// C = A·op(B) (`p.beta` unset) and Σ C², read back; A is not transposed.
+    fn product_sum_squares(
+        &self,
+        p: Product,
+        a: &Self::Tensor,
+        b: Operand<'_, Self::Tensor>,
+        c: &Self::Tensor,
+    ) -> Result<f64>;
+    /// X for the block Hinv[S,S] (its factor's failure is the error, before anything changed).
+    fn inverse_factor(
+        &self,
+        hinv: &Self::Tensor,
+        s: &[usize],
+    ) -> Result<InverseFactor<Self::Tensor>>;
+    /// Runs what is queued.
+    fn submit(&self) -> Result<()>;
+}
+
+/// §11 compensation for the removed columns S (see `Backend::structured_update`): with X from
+/// [`Steps::inverse_factor`], Y = X·Hinv[S,:] and Q = W[:,S]·Xᵀ give ε_S = ½‖Q‖²,
+/// W ← W − Q·Y and Hinv ← Hinv − YᵀY; then what the algebra makes zero is set to zero, not
+/// left as a rounding residue. The factor runs (and is checked) first, so W and Hinv stay as
+/// they were when Hinv[S,S] is not positive definite.
+pub fn structured_update<S: Steps>(
+    steps: &S,
+    w: &S::Tensor,
+    hinv: &S::Tensor,
+    removed: &[usize],
+) -> Result<f64> {
+    let (rows, n) = S::shape(w);
+    check::structured_update((rows, n), S::shape(hinv), removed)?;
+    let k = removed.len();
+    let s = Lines::List(removed);
+    let f = steps.inverse_factor(hinv, removed)?;
+
+    let ws = steps.alloc("removed weight columns", rows, k)?;
+    steps.gather(w, Lines::All(rows), s, &ws)?;
+    let hs = steps.alloc("removed inverse-Hessian rows", k, n)?;
+    steps.gather(hinv, s, Lines::All(n), &hs)?;
+    let y = steps.alloc("Y = X·Hinv[S,:]", k, n)?;
+    let of = Operand::of;
+    steps.product(Product::store("structured_y"), of(&f.x), of(&hs), &y)?;
+    let q = steps.alloc("Q = W[:,S]·Xᵀ", rows, k)?;
+    let q_product = Product {
+        // Xᵀ is lower triangular when X is upper.
+        b_lower: f.upper,
+        ..Product::store("structured_q")
+    };
+    let sum_sq = steps.product_sum_squares(q_product, &ws, Operand::transposed(&f.x), &q)?;
+
+    // Both downdates take the same products in the same order for (i, j) and (j, i), so a
+    // symmetric Hinv stays exactly symmetric.
+    steps.product(Product::downdate("structured_w"), of(&q), of(&y), w)?;
+    let yt = Operand::transposed(&y);
+    steps.product(Product::downdate("structured_hinv"), yt, of(&y), hinv)?;
+    steps.zero_columns(w, removed)?;
+    steps.zero_columns(hinv, removed)?;
+    steps.zero_rows(hinv, removed)?;
+    steps.submit()?;
+    Ok(0.5 * sum_sq)
+}
+
+/// §11 compaction: the kept rows and columns of W (all where `None`), gathered.
+pub fn compact<S: Steps>(
+    steps: &S,
+    w: &S::Tensor,
+    rows: Option<&[usize]>,
+    cols: Option<&[usize]>,
+) -> Result<S::Tensor> {
+    let (r, c) = S::shape(w);
+    let (nr, nc) = check::compact((r, c), rows, cols)?;
+    let out = steps.alloc("compacted weight", nr, nc)?;
+    let row_lines = rows.map_or(Lines::All(r), Lines::List);
+    let col_lines = cols.map_or(Lines::All(c), Lines::List);
+    steps.gather(w, row_lines, col_lines, &out)?;
+    steps.submit()?;
+    Ok(out)
+}
