@@ -5,8 +5,8 @@
 //! inverse. What a composite does, in which order, and what it refuses is decided here;
 //! fused kernels (the OBS loop, the LoRA epilogues, compression) stay per backend.
 
-use crate::error::Result;
-use crate::ops::check;
+use crate::error::{KernelError, Result};
+use crate::ops::{check, unstructured_k, ObsOutcome, ObsSelection};
 
 /// Rows or columns of a tensor: all `n` of them, or a sorted list of distinct indices.
 #[derive(Clone, Copy, Debug)]
@@ -187,4 +187,71 @@ pub fn compact<S: Steps>(
     steps.gather(w, row_lines, col_lines, &out)?;
     steps.submit()?;
     Ok(out)
+}
+
+/// SparseGPT's blocked OBS prune (§7) as a backend runs it: the state of one prune (the
+/// weights, the factor, the output mask, the backend's scratch), stepped by [`obs_prune`].
+pub trait ObsSteps: Sized {
+    type Mask;
+
+    /// The shapes of W and U.
+    fn shapes(&self) -> ((usize, usize), (usize, usize));
+    fn dead(&self) -> &[usize];
+    fn mask_shape(m: &Self::Mask) -> (usize, usize);
+    /// The columns one in-block launch takes in blocks of `block`: at most `block` and whole
+    /// N:M groups; the backend's refusal where it can hold none (checked before any work).
+    fn sub_block(&mut self, block: usize, sel: &ObsSelection<'_, Self::Mask>) -> Result<usize>;
+    /// The output mask (the given one copied, else empty) and W's dead columns zeroed.
+    fn begin(&mut self, sel: &ObsSelection<'_, Self::Mask>) -> Result<()>;
+    /// Block [i1, i2) starts: whatever of U the backend stages for it.
+    fn block(&mut self, i1: usize, i2: usize) -> Result<()>;
+    /// The unstructured choice for block [i1, i2): its `k` lowest W²/diag(U)².
+    fn select(&mut self, i1: usize, i2: usize, k: usize) -> Result<()>;
+    /// The in-block loop over columns [j1, j2) of block [i1, ..) (N:M decisions as it goes
+    /// under `nm`), then W[:, j2:] −= Err·U[j1:j2, j2:].
+    fn columns(&mut self, i1: usize, j: (usize, usize), nm: Option<(usize, usize)>) -> Result<()>;
+    /// The mask and the summed loss, after everything queued has run.
+    fn finish(self) -> Result<ObsOutcome<Self::Mask>>;
+}
+
+/// §7's blocked loop, the same on every backend: per column block the selection (adaptive
+/// unstructured), then per sub-block the in-block loop and the lazy update of every column to
+/// its right. A block wider than the backend's sub-block runs as several with their lazy
+/// updates in between, which is the same arithmetic reordered: decisions are still per block.
+pub fn obs_prune<S: ObsSteps>(
+    mut steps: S,
+    selection: ObsSelection<'_, S::Mask>,
+    block: usize,
+) -> Result<ObsOutcome<S::Mask>> {
+    let (w, u) = steps.shapes();
+    let (rows, cols) = w;
+    check::obs(w, u, &selection, block)?;
+    if let ObsSelection::Given(m) = selection {
+        check::same("given mask vs W", S::mask_shape(m), w)?;
+    }
+    if let Some(&j) = steps.dead().iter().find(|&&j| j >= cols) {
+        return Err(KernelError::InvalidArgument(format!(
+            "dead column {j} is outside W's {cols} columns"
+        )));
+    }
+    let sub = steps.sub_block(block, &selection)?;
+    steps.begin(&selection)?;
+    if rows == 0 || cols == 0 {
+        return steps.finish();
+    }
+    let nm = match selection {
+        ObsSelection::NM { n, m } => Some((n, m)),
+        _ => None,
+    };
+    for i1 in (0..cols).step_by(block) {
+        let i2 = (i1 + block).min(cols);
+        steps.block(i1, i2)?;
+        if let ObsSelection::Unstructured(p) = selection {
+            steps.select(i1, i2, unstructured_k(p, rows * (i2 - i1)))?;
+        }
+        for j1 in (i1..i2).step_by(sub) {
+            steps.columns(i1, (j1, (j1 + sub).min(i2)), nm)?;
+        }
+    }
+    steps.finish()
 }

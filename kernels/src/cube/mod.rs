@@ -328,7 +328,7 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         selection: ObsSelection<'_, CubeMask>,
         block: usize,
     ) -> Result<ObsOutcome<CubeMask>> {
-        obs::obs_prune(self, w, factor, selection, block)
+        compose::obs_prune(obs::ObsRun::new(self, w, factor), selection, block)
     }
 
     fn recon_error(

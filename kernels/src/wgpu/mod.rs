@@ -282,7 +282,7 @@ impl Backend for WgpuBackend {
         selection: ObsSelection<'_, WgpuMask>,
         block: usize,
     ) -> Result<ObsOutcome<WgpuMask>> {
-        self.ctx.obs_prune(w, factor, selection, block)
+        compose::obs_prune(obs::ObsRun::new(&self.ctx, w, factor), selection, block)
     }
 
     fn recon_error(

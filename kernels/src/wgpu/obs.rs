@@ -7,13 +7,14 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::compose;
 use crate::error::{KernelError, Result};
-use crate::ops::{check, unstructured_k, HinvFactor, ObsOutcome, ObsSelection};
+use crate::ops::{HinvFactor, ObsOutcome, ObsSelection};
 
-use super::exec::{grid, Ctx, Module, Slot};
+use super::exec::{grid, Batch, Ctx, Module, Slot};
 use super::gemm::{before, Gemm, Operand};
 use super::mem::{WgpuMask, WgpuTensor};
-use super::select::{KeyKind, KeySource};
+use super::select::{GroupScratch, KeyKind, KeySource};
 
 /// obs.wgsl's SB: columns of one in-block dispatch.
 const SUB: usize = 128;
@@ -38,29 +39,102 @@ struct ObsParams {
     m: u32,
 }
 
-impl Ctx {
-    pub(crate) fn obs_prune(
-        &self,
-        w: &mut WgpuTensor,
-        factor: &HinvFactor<WgpuTensor>,
-        selection: ObsSelection<'_, WgpuMask>,
-        block: usize,
-    ) -> Result<ObsOutcome<WgpuMask>> {
-        let u = &factor.u;
-        check::obs((w.rows, w.cols), (u.rows, u.cols), &selection, block)?;
-        let (rows, cols) = (w.rows, w.cols);
-        if let ObsSelection::Given(m) = selection {
-            check::same("given mask vs W", (m.rows, m.cols), (rows, cols))?;
+/// One OBS prune on wgpu ([`compose::ObsSteps`]): everything is recorded into one batch,
+/// submitted when the loss is read back. The in-block loop takes sub-blocks of at most
+/// [`SUB`] columns whose rows of U fit one binding, per slab of W's rows, each slab's lazy
+/// update right after its loop (the error scratch holds one slab).
+pub(crate) struct ObsRun<'c, 'a> {
+    ctx: &'c Ctx,
+    w: &'a WgpuTensor,
+    factor: &'a HinvFactor<WgpuTensor>,
+    state: Option<ObsState<'c>>,
+}
+
+/// What [`ObsRun::begin`] allocates.
+struct ObsState<'c> {
+    batch: Batch<'c>,
+    mask: WgpuMask,
+    diag: wgpu::Buffer,
+    loss: wgpu::Buffer,
+    err: wgpu::Buffer,
+    dead: wgpu::Buffer,
+    slabs: Vec<(usize, usize)>,
+    scratch: Option<GroupScratch>,
+}
+
+impl<'c, 'a> ObsRun<'c, 'a> {
+    pub fn new(ctx: &'c Ctx, w: &'a WgpuTensor, factor: &'a HinvFactor<WgpuTensor>) -> Self {
+        Self {
+            ctx,
+            w,
+            factor,
+            state: None,
         }
-        if let Some(&j) = factor.dead.iter().find(|&&j| j >= cols) {
-            return Err(KernelError::InvalidArgument(format!(
-                "dead column {j} is outside W's {cols} columns"
-            )));
+    }
+
+    fn state(&mut self) -> &mut ObsState<'c> {
+        self.state.as_mut().expect("the OBS run has begun")
+    }
+
+    /// zero_dead per slab: W's dead columns set to zero before anything reads them.
+    fn zero_dead(&mut self) -> Result<()> {
+        let (ctx, w) = (self.ctx, self.w);
+        let cols = w.cols;
+        let st = self.state();
+        let (loss_w, diag_w, dead_w) = (
+            ctx.whole(&st.loss, w.rows)?,
+            ctx.whole(&st.diag, cols)?,
+            ctx.whole(&st.dead, cols)?,
+        );
+        for &(r0, r1) in &st.slabs {
+            let ww = ctx.rows_win(&w.buf, cols, r0, r1)?;
+            let p = ObsParams {
+                rows: (r1 - r0) as u32,
+                cols: cols as u32,
+                w_base: ww.base((r0 * cols) as u64),
+                ..Default::default()
+            };
+            st.batch.dispatch(
+                Module::Obs,
+                "zero_dead",
+                bytemuck::bytes_of(&p),
+                &[
+                    Slot::Win(ww),
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Unused,
+                    Slot::Win(loss_w),
+                    Slot::Win(diag_w),
+                    Slot::Win(dead_w),
+                ],
+                [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
+            )?;
         }
+        Ok(())
+    }
+}
+
+impl compose::ObsSteps for ObsRun<'_, '_> {
+    type Mask = WgpuMask;
+
+    fn shapes(&self) -> ((usize, usize), (usize, usize)) {
+        let u = &self.factor.u;
+        ((self.w.rows, self.w.cols), (u.rows, u.cols))
+    }
+
+    fn dead(&self) -> &[usize] {
+        &self.factor.dead
+    }
+
+    fn mask_shape(m: &WgpuMask) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    fn sub_block(&mut self, block: usize, sel: &ObsSelection<'_, WgpuMask>) -> Result<usize> {
         // Sub-blocks hold whole N:M groups, and their rows of U fit one binding (always, but
         // for artificially small binding limits).
-        let width = SUB.min(self.rows_fitting(cols));
-        let sub = match selection {
+        let width = SUB.min(self.ctx.rows_fitting(self.w.cols));
+        let sub = match *sel {
             ObsSelection::NM { m, .. } => width / m * m,
             _ => width,
         };
@@ -70,144 +144,144 @@ impl Ctx {
             )));
         }
         if sub < SUB.min(block) {
-            self.split_noted(2);
+            self.ctx.split_noted(2);
         }
-        let mask = self.mask(rows, cols)?;
-        let wpr = mask.wpr();
-        let diag = self.diag_of(u)?;
-        let loss = self.alloc("OBS loss per row", rows, None)?;
-        let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
+        Ok(sub)
+    }
+
+    fn begin(&mut self, sel: &ObsSelection<'_, WgpuMask>) -> Result<()> {
+        let (ctx, (rows, cols)) = (self.ctx, (self.w.rows, self.w.cols));
+        let mask = ctx.mask(rows, cols)?;
+        let slabs = ctx.row_slabs(rows, cols, 1, usize::MAX)?;
         let max_rows = slabs.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
-        let err = self.scratch("OBS errors", max_rows * SUB)?;
         let mut dead_flags = vec![0u32; cols];
-        for &j in &factor.dead {
+        for &j in &self.factor.dead {
             dead_flags[j] = 1;
         }
-        let dead = self.upload_words("dead columns", &dead_flags)?;
-        let diag_w = self.whole(&diag, cols)?;
-        let dead_w = self.whole(&dead, cols)?;
-        let loss_w = self.whole(&loss, rows)?;
-        let sc = match selection {
-            ObsSelection::Unstructured(_) => Some(self.group_scratch(rows)?),
-            _ => None,
-        };
-        let maxg = self.max_groups();
+        let mut batch = ctx.batch();
+        match *sel {
+            ObsSelection::Given(m) => batch.copy(&m.buf, &mask.buf, mask.buf.size()),
+            _ => batch.clear(&mask.buf),
+        }
+        self.state = Some(ObsState {
+            batch,
+            mask,
+            diag: ctx.diag_of(&self.factor.u)?,
+            loss: ctx.alloc("OBS loss per row", rows, None)?,
+            err: ctx.scratch("OBS errors", max_rows * SUB)?,
+            dead: ctx.upload_words("dead columns", &dead_flags)?,
+            slabs,
+            scratch: match sel {
+                ObsSelection::Unstructured(_) => Some(ctx.group_scratch(rows)?),
+                _ => None,
+            },
+        });
+        if !self.factor.dead.is_empty() {
+            self.zero_dead()?;
+        }
+        Ok(())
+    }
 
-        let mut b = self.batch();
-        match selection {
-            ObsSelection::Given(m) => b.copy(&m.buf, &mask.buf, mask.buf.size()),
-            _ => b.clear(&mask.buf),
-        }
-        if !factor.dead.is_empty() {
-            for &(r0, r1) in &slabs {
-                let ww = self.rows_win(&w.buf, cols, r0, r1)?;
-                let p = ObsParams {
-                    rows: (r1 - r0) as u32,
-                    cols: cols as u32,
-                    w_base: ww.base((r0 * cols) as u64),
-                    ..Default::default()
-                };
-                b.dispatch(
-                    Module::Obs,
-                    "zero_dead",
-                    bytemuck::bytes_of(&p),
-                    &[
-                        Slot::Win(ww),
-                        Slot::Unused,
-                        Slot::Unused,
-                        Slot::Unused,
-                        Slot::Win(loss_w),
-                        Slot::Win(diag_w),
-                        Slot::Win(dead_w),
-                    ],
-                    [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
-                )?;
-            }
-        }
-        for i1 in (0..cols).step_by(block) {
-            let i2 = (i1 + block).min(cols);
-            if let (ObsSelection::Unstructured(p), Some(sc)) = (selection, &sc) {
-                let ks = KeySource {
-                    src: w,
-                    kind: KeyKind::Obs,
-                    aux: Some(&diag),
-                    grad: None,
-                    write_w: false,
-                };
-                self.select_group(
-                    &mut b,
-                    &ks,
-                    &mask,
-                    sc,
-                    i1,
-                    i2,
-                    unstructured_k(p, rows * (i2 - i1)),
-                    false,
-                )?;
-            }
-            let (nm, n, m) = match selection {
-                ObsSelection::NM { n, m } => (1, n, m),
-                _ => (0, 0, 1),
+    fn block(&mut self, _i1: usize, _i2: usize) -> Result<()> {
+        // U is read in place, a window of its rows per sub-block.
+        Ok(())
+    }
+
+    fn select(&mut self, i1: usize, i2: usize, k: usize) -> Result<()> {
+        let (ctx, w) = (self.ctx, self.w);
+        let st = self.state();
+        let ks = KeySource {
+            src: w,
+            kind: KeyKind::Obs,
+            aux: Some(&st.diag),
+            grad: None,
+            write_w: false,
+        };
+        let sc = st.scratch.as_ref().expect("unstructured scratch");
+        ctx.select_group(&mut st.batch, &ks, &st.mask, sc, i1, i2, k, false)
+    }
+
+    fn columns(
+        &mut self,
+        _i1: usize,
+        (j1, j2): (usize, usize),
+        nm: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let (ctx, w, u) = (self.ctx, self.w, &self.factor.u);
+        let (rows, cols) = (w.rows, w.cols);
+        let maxg = ctx.max_groups();
+        let st = self.state();
+        let wpr = st.mask.wpr();
+        let (nm, n, m) = nm.map_or((0, 0, 1), |(n, m)| (1, n, m));
+        let uw = ctx.rows_win(&u.buf, cols, j1, j2)?;
+        let (loss_w, diag_w, dead_w) = (
+            ctx.whole(&st.loss, rows)?,
+            ctx.whole(&st.diag, cols)?,
+            ctx.whole(&st.dead, cols)?,
+        );
+        for &(r0, r1) in &st.slabs {
+            let ww = ctx.rows_win(&w.buf, cols, r0, r1)?;
+            let mw = ctx.rows_win(&st.mask.buf, wpr, r0, r1)?;
+            let ew = ctx.rows_win(&st.err, SUB, 0, r1 - r0)?;
+            let p = ObsParams {
+                rows: (r1 - r0) as u32,
+                cols: cols as u32,
+                j1: j1 as u32,
+                cnt: (j2 - j1) as u32,
+                w_base: ww.base((r0 * cols) as u64),
+                u_base: uw.base(0),
+                m_base: mw.base((r0 * wpr) as u64),
+                wpr: wpr as u32,
+                err_base: ew.base(0),
+                row0: r0 as u32,
+                nm,
+                n: n as u32,
+                m: m as u32,
             };
-            for j1 in (i1..i2).step_by(sub) {
-                let j2 = (j1 + sub).min(i2);
-                let uw = self.rows_win(&u.buf, cols, j1, j2)?;
-                for &(r0, r1) in &slabs {
-                    let ww = self.rows_win(&w.buf, cols, r0, r1)?;
-                    let mw = self.rows_win(&mask.buf, wpr, r0, r1)?;
-                    let ew = self.rows_win(&err, SUB, 0, r1 - r0)?;
-                    let p = ObsParams {
-                        rows: (r1 - r0) as u32,
-                        cols: cols as u32,
-                        j1: j1 as u32,
-                        cnt: (j2 - j1) as u32,
-                        w_base: ww.base((r0 * cols) as u64),
-                        u_base: uw.base(0),
-                        m_base: mw.base((r0 * wpr) as u64),
-                        wpr: wpr as u32,
-                        err_base: ew.base(0),
-                        row0: r0 as u32,
-                        nm,
-                        n: n as u32,
-                        m: m as u32,
-                    };
-                    b.dispatch(
-                        Module::Obs,
-                        "obs_block",
-                        bytemuck::bytes_of(&p),
-                        &[
-                            Slot::Win(ww),
-                            Slot::Win(uw),
-                            Slot::Win(mw),
-                            Slot::Win(ew),
-                            Slot::Win(loss_w),
-                            Slot::Win(diag_w),
-                            Slot::Win(dead_w),
-                        ],
-                        grid((r1 - r0).div_ceil(ROWS_PER_GROUP) as u64, maxg),
-                    )?;
-                    if j2 < cols {
-                        // W[r0:r1, j2:] -= Err1 · U[j1:j2, j2:], logical (i, j) = W(i, j2 + j).
-                        let mut g = Gemm::new(
-                            "gemm_update",
-                            (r0, r1),
-                            (0, cols - j2),
-                            (0, j2 - j1),
-                            Operand::new(ew, before(r0 * SUB), SUB),
-                            Operand::new(uw, (j1 * cols + j2) as u64, cols),
-                        )
-                        .named("obs_lazy_update");
-                        g.c = Some(Operand::new(ww, j2 as u64, cols));
-                        g.alpha = -1.0;
-                        g.beta = 1.0;
-                        g.record(&mut b)?;
-                    }
-                }
+            st.batch.dispatch(
+                Module::Obs,
+                "obs_block",
+                bytemuck::bytes_of(&p),
+                &[
+                    Slot::Win(ww),
+                    Slot::Win(uw),
+                    Slot::Win(mw),
+                    Slot::Win(ew),
+                    Slot::Win(loss_w),
+                    Slot::Win(diag_w),
+                    Slot::Win(dead_w),
+                ],
+                grid((r1 - r0).div_ceil(ROWS_PER_GROUP) as u64, maxg),
+            )?;
+            if j2 < cols {
+                // W[r0:r1, j2:] -= Err1 · U[j1:j2, j2:], logical (i, j) = W(i, j2 + j).
+                let mut g = Gemm::new(
+                    "gemm_update",
+                    (r0, r1),
+                    (0, cols - j2),
+                    (0, j2 - j1),
+                    Operand::new(ew, before(r0 * SUB), SUB),
+                    Operand::new(uw, (j1 * cols + j2) as u64, cols),
+                )
+                .named("obs_lazy_update");
+                g.c = Some(Operand::new(ww, j2 as u64, cols));
+                g.alpha = -1.0;
+                g.beta = 1.0;
+                g.record(&mut st.batch)?;
             }
         }
-        b.submit()?;
-        let per_row = self.read_words(&loss, rows)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<ObsOutcome<WgpuMask>> {
+        let rows = self.w.rows;
+        let st = self.state.take().expect("the OBS run has begun");
+        st.batch.submit()?;
+        let per_row = self.ctx.read_words(&st.loss, rows)?;
         let total: f64 = per_row.iter().map(|&v| f32::from_bits(v) as f64).sum();
-        Ok(ObsOutcome { mask, loss: total })
+        Ok(ObsOutcome {
+            mask: st.mask,
+            loss: total,
+        })
     }
 }

@@ -24,8 +24,9 @@ use super::gemm::{gemm, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::score::zero_columns;
 use super::select::{select_global, SRC_OBS};
+use crate::compose;
 use crate::error::{KernelError, Result};
-use crate::ops::{check, unstructured_k, HinvFactor, ObsOutcome, ObsSelection};
+use crate::ops::{HinvFactor, ObsOutcome, ObsSelection};
 
 /// Largest OBS block the in-block kernel takes (its diag and U chunks live in shared memory).
 pub const MAX_BLOCK: usize = 1024;
@@ -260,162 +261,247 @@ fn obs_block_kernel(
     }
 }
 
-pub fn obs_prune<R: Runtime>(
-    b: &CubeBackend<R>,
-    w: &CubeTensor,
-    factor: &HinvFactor<CubeTensor>,
-    selection: ObsSelection<'_, CubeMask>,
+/// One OBS prune on CubeCL ([`compose::ObsSteps`]): a block is one in-block launch (its
+/// width in registers, up to [`MAX_BLOCK`]), its rows of U gathered first; launches queue on
+/// the client's stream and the loss partials are summed at the end.
+pub struct ObsRun<'a, R: Runtime> {
+    b: &'a CubeBackend<R>,
+    w: &'a CubeTensor,
+    factor: &'a HinvFactor<CubeTensor>,
+    /// The block width the launches are compiled for, and their layout.
     block: usize,
-) -> Result<ObsOutcome<CubeMask>> {
-    let u = &factor.u;
-    check::obs(w.shape(), u.shape(), &selection, block)?;
-    if let ObsSelection::Given(m) = selection {
-        check::same("given mask vs W", (m.rows, m.cols), w.shape())?;
-        same_slabs("given mask vs W", &m.slabs, &w.slabs)?;
-    }
-    if let Some(&j) = factor.dead.iter().find(|&&j| j >= w.cols) {
-        return Err(KernelError::InvalidArgument(format!(
-            "dead column {j} is outside W's {} columns",
-            w.cols
-        )));
-    }
-    let (rows, cols) = w.shape();
-    let block = block.min(cols.max(1));
-    if block > MAX_BLOCK {
-        return Err(KernelError::Unsupported(format!(
-            "OBS block size {block} is above this backend's {MAX_BLOCK}"
-        )));
-    }
-    let lay = Layout::new(block);
-    let (nm, n, m) = match selection {
-        ObsSelection::NM { n, m } => (true, n, m),
-        _ => (false, 0, 1),
-    };
-    if nm && lay.rows_per_cube as usize * m > NM_STAGE {
-        return Err(KernelError::Unsupported(format!(
-            "N:M with M = {m} and OBS block {block} stages more than {NM_STAGE} weights per cube"
-        )));
-    }
-    // What the in-block kernel keeps in shared memory (U chunk, diag, errors, mask words,
-    // staged N:M weights, the loss reduction): refuse rather than exceed the device's limit.
-    let rp = lay.rows_per_cube as usize;
-    let shared = 4
-        * (lay.chunk as usize * block
-            + block
-            + rp
-            + rp * lay.words as usize
-            + if nm { rp * m } else { 1 }
-            + CUBE as usize);
-    if shared > b.max_shared {
-        return Err(KernelError::Unsupported(format!(
-            "the OBS block kernel for block {block} needs {shared} bytes of shared memory, the \
-             device has {}",
-            b.max_shared
-        )));
-    }
-    let mask = match selection {
-        ObsSelection::Given(given) => {
-            let out = b.alloc_mask(rows, cols)?;
-            for s in 0..given.handles.len() {
-                copy_u32(b, &given.handles[s], &out.handles[s], given.slab_len(s));
-            }
-            out
+    lay: Layout,
+    state: Option<ObsState>,
+}
+
+/// What [`ObsRun::begin`] allocates.
+struct ObsState {
+    mask: CubeMask,
+    /// Cubes per slab of W, the loss partials (a slot per cube and block) and the next one.
+    cubes: Vec<usize>,
+    loss: Handle,
+    loss_len: usize,
+    loss_off: usize,
+    /// The block's rows of U, its diagonal, and the errors of each slab of W.
+    ub: Handle,
+    dg: Handle,
+    errs: Vec<Handle>,
+}
+
+impl<'a, R: Runtime> ObsRun<'a, R> {
+    pub fn new(
+        b: &'a CubeBackend<R>,
+        w: &'a CubeTensor,
+        factor: &'a HinvFactor<CubeTensor>,
+    ) -> Self {
+        Self {
+            b,
+            w,
+            factor,
+            block: 1,
+            lay: Layout::new(1),
+            state: None,
         }
-        _ => b.empty_mask(rows, cols)?,
-    };
-    zero_columns(b, w, &factor.dead)?;
-    if rows == 0 || cols == 0 {
-        return Ok(ObsOutcome { mask, loss: 0.0 });
     }
 
-    let nblocks = cols.div_ceil(block);
-    let cubes: Vec<usize> = (0..w.handles.len())
-        .map(|s| w.slabs.range(s).1.div_ceil(rp))
-        .collect();
-    let per_block: usize = cubes.iter().sum();
-    let loss = b.scratch(nblocks * per_block)?;
-    let ub = b.scratch(block * cols)?;
-    let dg = b.scratch(block)?;
-    let errs: Vec<Handle> = (0..w.handles.len())
-        .map(|s| b.scratch(w.slabs.range(s).1 * block))
-        .collect::<Result<_>>()?;
-    let wpr = mask.words_per_row();
+    fn state(&mut self) -> &mut ObsState {
+        self.state.as_mut().expect("the OBS run has begun")
+    }
 
-    let mut loss_off = 0;
-    for kb in 0..nblocks {
-        let i1 = kb * block;
-        let i2 = (i1 + block).min(cols);
-        let cnt = i2 - i1;
-        gather_rows(b, u, i1, i2, &ub);
-        // diag(U1): the diagonal of the gathered rows, stride cols + 1 from column i1.
+    /// The loss partials, the staged block and the error rows: none for an empty W.
+    fn scratch(&self, mask: CubeMask) -> Result<ObsState> {
+        let (b, w, block) = (self.b, self.w, self.block);
+        let (rows, cols) = w.shape();
+        let rp = self.lay.rows_per_cube as usize;
+        let cubes: Vec<usize> = (0..w.handles.len())
+            .map(|s| w.slabs.range(s).1.div_ceil(rp))
+            .collect();
+        let loss_len = if rows == 0 || cols == 0 {
+            1
+        } else {
+            cols.div_ceil(block) * cubes.iter().sum::<usize>()
+        };
+        Ok(ObsState {
+            mask,
+            loss: b.scratch(loss_len)?,
+            loss_len,
+            loss_off: 0,
+            ub: b.scratch(block * cols.max(1))?,
+            dg: b.scratch(block)?,
+            errs: (0..w.handles.len())
+                .map(|s| b.scratch(w.slabs.range(s).1.max(1) * block))
+                .collect::<Result<_>>()?,
+            cubes,
+        })
+    }
+}
+
+impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
+    type Mask = CubeMask;
+
+    fn shapes(&self) -> ((usize, usize), (usize, usize)) {
+        (self.w.shape(), self.factor.u.shape())
+    }
+
+    fn dead(&self) -> &[usize] {
+        &self.factor.dead
+    }
+
+    fn mask_shape(m: &CubeMask) -> (usize, usize) {
+        (m.rows, m.cols)
+    }
+
+    /// The whole block in one launch, refused where the kernel's registers, staging or shared
+    /// memory cannot hold it.
+    fn sub_block(&mut self, block: usize, sel: &ObsSelection<'_, CubeMask>) -> Result<usize> {
+        let block = block.min(self.w.cols.max(1));
+        if block > MAX_BLOCK {
+            return Err(KernelError::Unsupported(format!(
+                "OBS block size {block} is above this backend's {MAX_BLOCK}"
+            )));
+        }
+        let lay = Layout::new(block);
+        let rp = lay.rows_per_cube as usize;
+        let m = match *sel {
+            ObsSelection::NM { m, .. } => Some(m),
+            _ => None,
+        };
+        if let Some(m) = m.filter(|&m| rp * m > NM_STAGE) {
+            return Err(KernelError::Unsupported(format!(
+                "N:M with M = {m} and OBS block {block} stages more than {NM_STAGE} weights per cube"
+            )));
+        }
+        // What the in-block kernel keeps in shared memory (U chunk, diag, errors, mask words,
+        // staged N:M weights, the loss reduction): refuse rather than exceed the device's limit.
+        let shared = 4
+            * (lay.chunk as usize * block
+                + block
+                + rp
+                + rp * lay.words as usize
+                + m.map_or(1, |m| rp * m)
+                + CUBE as usize);
+        if shared > self.b.max_shared {
+            return Err(KernelError::Unsupported(format!(
+                "the OBS block kernel for block {block} needs {shared} bytes of shared memory, the \
+                 device has {}",
+                self.b.max_shared
+            )));
+        }
+        (self.block, self.lay) = (block, lay);
+        Ok(block)
+    }
+
+    fn begin(&mut self, sel: &ObsSelection<'_, CubeMask>) -> Result<()> {
+        let (b, w) = (self.b, self.w);
+        let mask = match *sel {
+            ObsSelection::Given(given) => {
+                same_slabs("given mask vs W", &given.slabs, &w.slabs)?;
+                let out = b.alloc_mask(w.rows, w.cols)?;
+                for s in 0..given.handles.len() {
+                    copy_u32(b, &given.handles[s], &out.handles[s], given.slab_len(s));
+                }
+                out
+            }
+            _ => b.empty_mask(w.rows, w.cols)?,
+        };
+        zero_columns(b, w, &self.factor.dead)?;
+        self.state = Some(self.scratch(mask)?);
+        Ok(())
+    }
+
+    /// U[i1:i2, :] gathered into one buffer (U may be split into slabs; a block may straddle
+    /// two), and diag(U1) out of it: stride cols + 1 from column i1.
+    fn block(&mut self, i1: usize, i2: usize) -> Result<()> {
+        let (b, u, block) = (self.b, &self.factor.u, self.block);
+        let cols = u.cols;
+        let st = self.state.as_ref().expect("the OBS run has begun");
+        gather_rows(b, u, i1, i2, &st.ub);
         copy2d(
             b,
             Rect {
-                h: &ub,
+                h: &st.ub,
                 len: block * cols,
                 off: i1,
                 ld: cols + 1,
             },
             Rect {
-                h: &dg,
+                h: &st.dg,
                 len: block,
                 off: 0,
                 ld: 1,
             },
-            cnt,
+            i2 - i1,
             1,
         );
-        if let ObsSelection::Unstructured(p) = selection {
-            let k = unstructured_k(p, rows * cnt);
-            select_global(b, w, Some((&dg, block)), i1, cnt, k, SRC_OBS, &mask, true)?;
-        }
+        Ok(())
+    }
+
+    fn select(&mut self, i1: usize, i2: usize, k: usize) -> Result<()> {
+        let (b, w, block) = (self.b, self.w, self.block);
+        let st = self.state.as_ref().expect("the OBS run has begun");
+        let dg = Some((&st.dg, block));
+        select_global(b, w, dg, i1, i2 - i1, k, SRC_OBS, &st.mask, true)
+    }
+
+    fn columns(
+        &mut self,
+        i1: usize,
+        (j1, j2): (usize, usize),
+        nm: Option<(usize, usize)>,
+    ) -> Result<()> {
+        debug_assert_eq!(i1, j1, "a CubeCL block is one sub-block");
+        let (b, w, block, lay) = (self.b, self.w, self.block, self.lay);
+        let (cols, cnt) = (w.cols, j2 - j1);
+        let (n, m) = nm.unwrap_or((0, 1));
+        let st = self.state();
+        let wpr = st.mask.words_per_row();
         for s in 0..w.handles.len() {
             let srows = w.slabs.range(s).1;
             if srows == 0 {
                 continue;
             }
             // SAFETY: each cube owns rows [x·rp, x·rp + rp) of the slab (checked against
-            // srows) and columns [i1, i2) of W, its mask words and its error rows; U1 comes
+            // srows) and columns [j1, j2) of W, its mask words and its error rows; U1 comes
             // from the gathered block rows; the loss slot loss_off + x is this cube's own.
             unsafe {
                 obs_block_kernel::launch_unchecked::<R>(
                     &b.client,
-                    CubeCount::Static(cubes[s] as u32, 1, 1),
+                    CubeCount::Static(st.cubes[s] as u32, 1, 1),
                     CubeDim::new_1d(CUBE),
                     arg(&w.handles[s], w.slab_len(s)),
-                    arg(&ub, block * cols),
-                    arg(&mask.handles[s], mask.slab_len(s)),
-                    arg(&errs[s], srows * block),
-                    arg(&dg, block),
-                    arg(&loss, nblocks * per_block),
+                    arg(&st.ub, block * cols),
+                    arg(&st.mask.handles[s], st.mask.slab_len(s)),
+                    arg(&st.errs[s], srows * block),
+                    arg(&st.dg, block),
+                    arg(&st.loss, st.loss_len),
                     srows as u32,
                     cols as u32,
                     wpr as u32,
-                    i1 as u32,
+                    j1 as u32,
                     cnt as u32,
-                    loss_off as u32,
+                    st.loss_off as u32,
                     lay.lanes,
                     lay.slots,
                     block as u32,
                     lay.chunk,
                     lay.words,
-                    nm,
+                    nm.is_some(),
                     n as u32,
                     m as u32,
                     b.plane,
                 );
             }
-            loss_off += cubes[s];
-            if i2 < cols {
+            st.loss_off += st.cubes[s];
+            if j2 < cols {
                 gemm(
                     b,
                     &Gemm {
                         m: srows,
-                        n: cols - i2,
+                        n: cols - j2,
                         k: cnt,
-                        a: View::rows(&errs[s], srows * block, 0, block),
-                        b: View::rows(&ub, block * cols, i2, cols),
-                        c: View::rows(&w.handles[s], w.slab_len(s), i2, cols),
+                        a: View::rows(&st.errs[s], srows * block, 0, block),
+                        b: View::rows(&st.ub, block * cols, j2, cols),
+                        c: View::rows(&w.handles[s], w.slab_len(s), j2, cols),
                         alpha: -1.0,
                         beta: Some(1.0),
                         lower: None,
@@ -426,7 +512,19 @@ pub fn obs_prune<R: Runtime>(
                 );
             }
         }
+        Ok(())
     }
-    let total = sum(b, &loss, loss_off)?;
-    Ok(ObsOutcome { mask, loss: total })
+
+    fn finish(mut self) -> Result<ObsOutcome<CubeMask>> {
+        let st = self.state.take().expect("the OBS run has begun");
+        let loss = if st.loss_off == 0 {
+            0.0
+        } else {
+            sum(self.b, &st.loss, st.loss_off)?
+        };
+        Ok(ObsOutcome {
+            mask: st.mask,
+            loss,
+        })
+    }
 }
