@@ -12,7 +12,7 @@ use clap::Args;
 use serde::Serialize;
 
 use prunebench_harness::prune_layer;
-use prunebench_harness::Progress;
+use prunebench_harness::{Progress, PruneConfig};
 use prunebench_kernels::cube::compile_only::{
     self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc, Target,
     TARGETS,
@@ -165,80 +165,8 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
                 .join(", ")
         );
     }
-    let mut records = Vec::new();
-    // The inputs (at their shapes only: model-sized allocations, no draws or reference
-    // statistics) are independent between cases: a batch is generated in parallel, then run
-    // one case at a time so that each launch is counted for its case.
-    let total = (cases.len() + layer_runs.len()) as u64;
-    let bar = Bar::new("compile");
-    let mut done = 0u64;
-    for chunk in cases.chunks(compile_only::input_batch()) {
-        bar.update(Progress {
-            what: &chunk[0].name(),
-            done,
-            total,
-        });
-        let inputs = compile_only::generate_inputs(chunk);
-        for (case, inputs) in chunk.iter().zip(inputs) {
-            done += 1;
-            let name = case.name();
-            match inputs {
-                Ok(inputs) => record(
-                    &name,
-                    &backends,
-                    |b| run_once(b, case, &inputs).map(drop).map_err(Into::into),
-                    &mut records,
-                ),
-                Err(e) => record(
-                    &name,
-                    &backends,
-                    |_| Err(anyhow::anyhow!("inputs: {e}")),
-                    &mut records,
-                ),
-            }
-        }
-    }
-    for cfg in &layer_runs {
-        let name = format!(
-            "LAYER(model={},method={},sparsity={})",
-            input.layer.model.name, cfg.method, cfg.sparsity
-        );
-        bar.update(Progress {
-            what: &name,
-            done,
-            total,
-        });
-        done += 1;
-        record(
-            &name,
-            &backends,
-            |b| {
-                prune_layer(b, &input.layer, &input.calibration(), cfg, false, &|_| {})
-                    .map(drop)
-                    .map_err(Into::into)
-            },
-            &mut records,
-        );
-    }
-    bar.finish();
-    let mut kernels = Vec::new();
-    for &t in &targets {
-        let mut sources = compile_only::kernels(t);
-        if let Some(src) = &extra {
-            sources.push(KernelSource {
-                name: "extra_source".into(),
-                variant: "-".into(),
-                id: "--extra-source".into(),
-                cube_dim: [1, 1, 1],
-                dynamic_shared: 0,
-                source: Ok(src.clone()),
-            });
-        }
-        if !quiet {
-            eprintln!("compiling {} kernels for {}", sources.len(), t.name);
-        }
-        kernels.extend(compile_all(&nvrtc, t, &sources));
-    }
+    let records = run_all(&cases, &layer_runs, &backends, &input);
+    let kernels = compile_targets(&nvrtc, &targets, extra.as_deref(), quiet);
     let out = CompileOutput {
         schema: prunebench_harness::report::cuda::SCHEMA,
         // The version only: the file is committed, and the toolkit's folder is this machine's.
@@ -263,6 +191,101 @@ pub fn run(a: CompileArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Every op case, then every whole-layer run, through the compile-only backends: one record
+/// per case (its launches, or why it failed), with a progress bar.
+fn run_all(
+    cases: &[OpCase],
+    layer_runs: &[PruneConfig],
+    backends: &[(&'static Target, CompileOnlyBackend)],
+    input: &LayerInput,
+) -> Vec<CaseRecord> {
+    let mut records = Vec::new();
+    // The inputs (at their shapes only: model-sized allocations, no draws or reference
+    // statistics) are independent between cases: a batch is generated in parallel, then run
+    // one case at a time so that each launch is counted for its case.
+    let total = (cases.len() + layer_runs.len()) as u64;
+    let bar = Bar::new("compile");
+    let mut done = 0u64;
+    for chunk in cases.chunks(compile_only::input_batch()) {
+        bar.update(Progress {
+            what: &chunk[0].name(),
+            done,
+            total,
+        });
+        let inputs = compile_only::generate_inputs(chunk);
+        for (case, inputs) in chunk.iter().zip(inputs) {
+            done += 1;
+            let name = case.name();
+            match inputs {
+                Ok(inputs) => record(
+                    &name,
+                    backends,
+                    |b| run_once(b, case, &inputs).map(drop).map_err(Into::into),
+                    &mut records,
+                ),
+                Err(e) => record(
+                    &name,
+                    backends,
+                    |_| Err(anyhow::anyhow!("inputs: {e}")),
+                    &mut records,
+                ),
+            }
+        }
+    }
+    for cfg in layer_runs {
+        let name = format!(
+            "LAYER(model={},method={},sparsity={})",
+            input.layer.model.name, cfg.method, cfg.sparsity
+        );
+        bar.update(Progress {
+            what: &name,
+            done,
+            total,
+        });
+        done += 1;
+        record(
+            &name,
+            backends,
+            |b| {
+                prune_layer(b, &input.layer, &input.calibration(), cfg, false, &|_| {})
+                    .map(drop)
+                    .map_err(Into::into)
+            },
+            &mut records,
+        );
+    }
+    bar.finish();
+    records
+}
+
+/// The kernels the runs generated, and the extra source, compiled by NVRTC per target.
+fn compile_targets(
+    nvrtc: &Nvrtc,
+    targets: &[&'static Target],
+    extra: Option<&str>,
+    quiet: bool,
+) -> Vec<KernelReport> {
+    let mut kernels = Vec::new();
+    for &t in targets {
+        let mut sources = compile_only::kernels(t);
+        if let Some(src) = extra {
+            sources.push(KernelSource {
+                name: "extra_source".into(),
+                variant: "-".into(),
+                id: "--extra-source".into(),
+                cube_dim: [1, 1, 1],
+                dynamic_shared: 0,
+                source: Ok(src.to_string()),
+            });
+        }
+        if !quiet {
+            eprintln!("compiling {} kernels for {}", sources.len(), t.name);
+        }
+        kernels.extend(compile_all(nvrtc, t, &sources));
+    }
+    kernels
 }
 
 impl CompileOutput {

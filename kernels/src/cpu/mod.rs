@@ -111,32 +111,37 @@ unsafe fn fma_chains_avx2(v: &mut [f32; FMA_LANES], iters: u32) {
     }
 }
 
-/// Σ over rows of X of x², per column, in f64.
+/// Σ over rows of X of x², per column, in f64. The rows are cut into at most
+/// [`SUM_PIECES`] pieces by the shape alone and the pieces' sums added in order, so the
+/// result is the same bits on every run (rayon's adaptive fold/reduce is not).
 fn column_sumsq(x: &CpuTensor) -> Vec<f64> {
-    let cols = x.cols;
-    x.data
-        .par_chunks(cols.max(1) * 64)
-        .fold(
-            || vec![0.0; cols],
-            |mut acc, rows| {
-                for row in rows.chunks(cols) {
-                    for (a, v) in acc.iter_mut().zip(row) {
-                        *a += v * v;
-                    }
+    let cols = x.cols.max(1);
+    let piece_rows = x.rows.div_ceil(SUM_PIECES).max(64);
+    let pieces: Vec<Vec<f64>> = x
+        .data
+        .par_chunks(cols * piece_rows)
+        .map(|rows| {
+            let mut acc = vec![0.0; x.cols];
+            for row in rows.chunks(cols) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v * v;
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0; cols],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0; x.cols];
+    for p in pieces {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
 }
+
+/// The most pieces a reference reduction is cut into: enough to keep every core busy, few
+/// enough that their partial results stay small.
+const SUM_PIECES: usize = 64;
 
 fn accumulate(acc: &mut [f64], g: &[f64], norm: GradNorm) {
     let c = GBLM_GRAD_SCALE as f64;
@@ -155,7 +160,13 @@ fn accumulate(acc: &mut [f64], g: &[f64], norm: GradNorm) {
 fn quadratic_trace(d: &[f64], rows: usize, h: &[f64], n: usize) -> f64 {
     let mut g = vec![0.0; n * n];
     linalg::gram_update(&mut g, n, d, rows, 1.0, 0.0);
-    g.par_iter().zip(h.par_iter()).map(|(a, b)| a * b).sum()
+    // Row sums in parallel, added in order: the same bits on every run.
+    let rows: Vec<f64> = g
+        .par_chunks(n.max(1))
+        .zip(h.par_chunks(n.max(1)))
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>())
+        .collect();
+    rows.iter().sum()
 }
 
 impl Backend for CpuBackend {

@@ -106,6 +106,202 @@ fn token_block(n: usize) -> u32 {
         .unwrap_or(TOKEN_BLOCKS[TOKEN_BLOCKS.len() - 1])
 }
 
+/// One compression on wgpu: W and its mask, cut into slabs of rows that every packed
+/// buffer's window holds, and the flags where the kernels report the first value f16 cannot
+/// hold and the first group that is not 2:4.
+struct PackJob<'a> {
+    ctx: &'a Ctx,
+    w: &'a WgpuTensor,
+    mask: &'a WgpuMask,
+    format: WeightFormat,
+    /// Values and metadata words per row, mask words per row.
+    vpr: usize,
+    cpr: usize,
+    mwpr: usize,
+    slabs: Vec<(usize, usize)>,
+    flags: wgpu::Buffer,
+}
+
+impl<'a> PackJob<'a> {
+    /// Windows of W and the mask over rows [r0, r1), and the parameters they give.
+    fn base(&self, r0: usize, r1: usize) -> Result<(Win<'a>, Win<'a>, PackParams)> {
+        let (ctx, cols, mwpr) = (self.ctx, self.w.cols, self.mwpr);
+        let ww = ctx.rows_win(&self.w.buf, cols, r0, r1)?;
+        let mw = ctx.rows_win(&self.mask.buf, mwpr, r0, r1)?;
+        let p = PackParams {
+            rows: (r1 - r0) as u32,
+            cols: cols as u32,
+            row0: r0 as u32,
+            w_base: ww.base((r0 * cols) as u64),
+            m_base: mw.base((r0 * mwpr) as u64),
+            mwpr: mwpr as u32,
+            vpr: self.vpr as u32,
+            cpr: self.cpr as u32,
+            nrows: self.w.rows as u32,
+            ..Default::default()
+        };
+        Ok((ww, mw, p))
+    }
+
+    /// Dense and 2:4: fixed words per row, one pass.
+    fn fixed(&self) -> Result<WgpuPacked> {
+        let (ctx, format, rows) = (self.ctx, self.format, self.w.rows);
+        let (vpr, cpr) = (self.vpr, self.cpr);
+        let values = ctx.scratch("packed values", rows * vpr)?;
+        let meta = match format {
+            WeightFormat::TwoFour => Some(ctx.scratch("2:4 codes", rows * cpr)?),
+            _ => None,
+        };
+        let entry = match format {
+            WeightFormat::Dense => "pack_dense",
+            _ => "pack_two_four",
+        };
+        let flags_w = ctx.whole(&self.flags, 4)?;
+        let mut b = ctx.batch();
+        for &(r0, r1) in &self.slabs {
+            let (ww, mw, mut p) = self.base(r0, r1)?;
+            let vw = ctx.rows_win(&values, vpr, r0, r1)?;
+            p.v_base = vw.base((r0 * vpr) as u64);
+            let cw = match &meta {
+                Some(m) => {
+                    let cw = ctx.rows_win(m, cpr, r0, r1)?;
+                    p.c_base = cw.base((r0 * cpr) as u64);
+                    Slot::Win(cw)
+                }
+                None => Slot::Unused,
+            };
+            let slots = [
+                Slot::Win(ww),
+                Slot::Win(mw),
+                Slot::Win(vw),
+                Slot::Unused,
+                cw,
+                Slot::Unused,
+                Slot::Win(flags_w),
+            ];
+            let groups = [vpr.div_ceil(256) as u32, (r1 - r0) as u32, 1];
+            b.dispatch(
+                Module::SparsePack,
+                entry,
+                bytemuck::bytes_of(&p),
+                &slots,
+                groups,
+            )?;
+        }
+        b.submit()?;
+        Ok(WgpuPacked {
+            format,
+            rows,
+            cols: self.w.cols,
+            values,
+            value_words: rows * vpr,
+            meta,
+            offsets: None,
+            host_offsets: Vec::new(),
+        })
+    }
+
+    /// Bitmap: the bits and per-row counts, their scan into offsets (read back: the kept count
+    /// sizes the values, the offsets place each slab's window), then the values scattered.
+    fn bitmap(&self) -> Result<WgpuPacked> {
+        let (ctx, rows, cpr) = (self.ctx, self.w.rows, self.cpr);
+        let maxg = ctx.max_groups();
+        let bits = ctx.scratch("bitmap bits", rows * cpr)?;
+        let offsets = ctx.scratch("bitmap offsets", rows + 1)?;
+        let offs_w = ctx.whole(&offsets, rows + 1)?;
+        let mut b = ctx.batch();
+        for &(r0, r1) in &self.slabs {
+            let (_, mw, mut p) = self.base(r0, r1)?;
+            let bw = ctx.rows_win(&bits, cpr, r0, r1)?;
+            p.c_base = bw.base((r0 * cpr) as u64);
+            let slots = [
+                Slot::Unused,
+                Slot::Win(mw),
+                Slot::Unused,
+                Slot::Unused,
+                Slot::Win(bw),
+                Slot::Win(offs_w),
+                Slot::Unused,
+            ];
+            let groups = grid((r1 - r0) as u64, maxg);
+            b.dispatch(
+                Module::SparsePack,
+                "bitmap_bits",
+                bytemuck::bytes_of(&p),
+                &slots,
+                groups,
+            )?;
+        }
+        let p = PackParams {
+            nrows: rows as u32,
+            ..Default::default()
+        };
+        let mut slots = [Slot::Unused; 7];
+        slots[5] = Slot::Win(offs_w);
+        b.dispatch(
+            Module::SparsePack,
+            "bitmap_scan",
+            bytemuck::bytes_of(&p),
+            &slots,
+            [1, 1, 1],
+        )?;
+        b.submit()?;
+        let host_offsets = ctx.read_words(&offsets, rows + 1)?;
+        let value_words = formats::bitmap_value_words(host_offsets[rows] as usize);
+        let values = ctx.scratch("bitmap values", value_words)?;
+        let flags_w = ctx.whole(&self.flags, 4)?;
+        let mut b = ctx.batch();
+        // Words shared by two threads are or-ed together.
+        b.clear(&values);
+        for &(r0, r1) in &self.slabs {
+            let (ww, _, mut p) = self.base(r0, r1)?;
+            let vw = ctx.bitmap_values_win(&values, &host_offsets, r0, r1)?;
+            p.v_base = vw.base(0);
+            let bw = ctx.rows_win(&bits, cpr, r0, r1)?;
+            p.c_base = bw.base((r0 * cpr) as u64);
+            let slots = [
+                Slot::Win(ww),
+                Slot::Unused,
+                Slot::Unused,
+                Slot::Win(vw),
+                Slot::Win(bw),
+                Slot::Win(offs_w),
+                Slot::Win(flags_w),
+            ];
+            let groups = grid((r1 - r0) as u64, maxg);
+            let params = bytemuck::bytes_of(&p);
+            b.dispatch(Module::SparsePack, "bitmap_scatter", params, &slots, groups)?;
+        }
+        b.submit()?;
+        Ok(WgpuPacked {
+            format: self.format,
+            rows,
+            cols: self.w.cols,
+            values,
+            value_words,
+            meta: Some(bits),
+            offsets: Some(offsets),
+            host_offsets,
+        })
+    }
+
+    /// The kernels' reports as the reference's errors: it reports the first bad value before
+    /// any 2:4 group.
+    fn check_flags(&self) -> Result<()> {
+        let cols = self.w.cols;
+        let f = self.ctx.read_words(&self.flags, 2)?;
+        if f[0] != NONE {
+            let i = f[0] as usize;
+            return Err(formats::outside_f16(i / cols, i % cols));
+        }
+        if f[1] != NONE {
+            let i = f[1] as usize;
+            return Err(formats::not_two_four(i / (cols / 4), i % (cols / 4)));
+        }
+        Ok(())
+    }
+}
+
 impl Ctx {
     pub(crate) fn compress(
         &self,
@@ -116,184 +312,23 @@ impl Ctx {
         formats::check_compress((w.rows, w.cols), (mask.rows, mask.cols), format)?;
         let (rows, cols) = (w.rows, w.cols);
         let (vpr, cpr) = row_words(format, cols);
-        let mwpr = Mask::words_per_row(cols);
-        let flags = self.upload_words("compression flags", &[NONE; 4])?;
-        let flags_w = self.whole(&flags, 4)?;
-        let slabs = self.row_slabs(
-            rows,
-            cols.max(max_row_words(format, cols)),
-            1,
-            self.max_groups() as usize,
-        )?;
-        // Windows of W and the mask over rows [r0, r1), and the parameters they give.
-        let base = |r0: usize, r1: usize| -> Result<_> {
-            let ww = self.rows_win(&w.buf, cols, r0, r1)?;
-            let mw = self.rows_win(&mask.buf, mwpr, r0, r1)?;
-            let p = PackParams {
-                rows: (r1 - r0) as u32,
-                cols: cols as u32,
-                row0: r0 as u32,
-                w_base: ww.base((r0 * cols) as u64),
-                m_base: mw.base((r0 * mwpr) as u64),
-                mwpr: mwpr as u32,
-                vpr: vpr as u32,
-                cpr: cpr as u32,
-                nrows: rows as u32,
-                ..Default::default()
-            };
-            Ok((ww, mw, p))
+        let width = cols.max(max_row_words(format, cols));
+        let job = PackJob {
+            ctx: self,
+            w,
+            mask,
+            format,
+            vpr,
+            cpr,
+            mwpr: Mask::words_per_row(cols),
+            slabs: self.row_slabs(rows, width, 1, self.max_groups() as usize)?,
+            flags: self.upload_words("compression flags", &[NONE; 4])?,
         };
-        let maxg = self.max_groups();
         let packed = match format {
-            WeightFormat::Dense | WeightFormat::TwoFour => {
-                let values = self.scratch("packed values", rows * vpr)?;
-                let meta = match format {
-                    WeightFormat::TwoFour => Some(self.scratch("2:4 codes", rows * cpr)?),
-                    _ => None,
-                };
-                let mut b = self.batch();
-                for &(r0, r1) in &slabs {
-                    let (ww, mw, mut p) = base(r0, r1)?;
-                    let vw = self.rows_win(&values, vpr, r0, r1)?;
-                    p.v_base = vw.base((r0 * vpr) as u64);
-                    let cw = match &meta {
-                        Some(m) => {
-                            let cw = self.rows_win(m, cpr, r0, r1)?;
-                            p.c_base = cw.base((r0 * cpr) as u64);
-                            Slot::Win(cw)
-                        }
-                        None => Slot::Unused,
-                    };
-                    let entry = match format {
-                        WeightFormat::Dense => "pack_dense",
-                        _ => "pack_two_four",
-                    };
-                    b.dispatch(
-                        Module::SparsePack,
-                        entry,
-                        bytemuck::bytes_of(&p),
-                        &[
-                            Slot::Win(ww),
-                            Slot::Win(mw),
-                            Slot::Win(vw),
-                            Slot::Unused,
-                            cw,
-                            Slot::Unused,
-                            Slot::Win(flags_w),
-                        ],
-                        [vpr.div_ceil(256) as u32, (r1 - r0) as u32, 1],
-                    )?;
-                }
-                b.submit()?;
-                WgpuPacked {
-                    format,
-                    rows,
-                    cols,
-                    values,
-                    value_words: rows * vpr,
-                    meta,
-                    offsets: None,
-                    host_offsets: Vec::new(),
-                }
-            }
-            WeightFormat::Bitmap => {
-                let bits = self.scratch("bitmap bits", rows * cpr)?;
-                let offsets = self.scratch("bitmap offsets", rows + 1)?;
-                let offs_w = self.whole(&offsets, rows + 1)?;
-                let mut b = self.batch();
-                for &(r0, r1) in &slabs {
-                    let (_, mw, mut p) = base(r0, r1)?;
-                    let bw = self.rows_win(&bits, cpr, r0, r1)?;
-                    p.c_base = bw.base((r0 * cpr) as u64);
-                    b.dispatch(
-                        Module::SparsePack,
-                        "bitmap_bits",
-                        bytemuck::bytes_of(&p),
-                        &[
-                            Slot::Unused,
-                            Slot::Win(mw),
-                            Slot::Unused,
-                            Slot::Unused,
-                            Slot::Win(bw),
-                            Slot::Win(offs_w),
-                            Slot::Unused,
-                        ],
-                        grid((r1 - r0) as u64, maxg),
-                    )?;
-                }
-                let p = PackParams {
-                    nrows: rows as u32,
-                    ..Default::default()
-                };
-                b.dispatch(
-                    Module::SparsePack,
-                    "bitmap_scan",
-                    bytemuck::bytes_of(&p),
-                    &[
-                        Slot::Unused,
-                        Slot::Unused,
-                        Slot::Unused,
-                        Slot::Unused,
-                        Slot::Unused,
-                        Slot::Win(offs_w),
-                        Slot::Unused,
-                    ],
-                    [1, 1, 1],
-                )?;
-                b.submit()?;
-                // The kept count sizes the values; the offsets place each slab's window.
-                let host_offsets = self.read_words(&offsets, rows + 1)?;
-                let kept = host_offsets[rows] as usize;
-                let value_words = formats::bitmap_value_words(kept);
-                let values = self.scratch("bitmap values", value_words)?;
-                let mut b = self.batch();
-                // Words shared by two threads are or-ed together.
-                b.clear(&values);
-                for &(r0, r1) in &slabs {
-                    let (ww, _, mut p) = base(r0, r1)?;
-                    let vw = self.bitmap_values_win(&values, &host_offsets, r0, r1)?;
-                    p.v_base = vw.base(0);
-                    let bw = self.rows_win(&bits, cpr, r0, r1)?;
-                    p.c_base = bw.base((r0 * cpr) as u64);
-                    b.dispatch(
-                        Module::SparsePack,
-                        "bitmap_scatter",
-                        bytemuck::bytes_of(&p),
-                        &[
-                            Slot::Win(ww),
-                            Slot::Unused,
-                            Slot::Unused,
-                            Slot::Win(vw),
-                            Slot::Win(bw),
-                            Slot::Win(offs_w),
-                            Slot::Win(flags_w),
-                        ],
-                        grid((r1 - r0) as u64, maxg),
-                    )?;
-                }
-                b.submit()?;
-                WgpuPacked {
-                    format,
-                    rows,
-                    cols,
-                    values,
-                    value_words,
-                    meta: Some(bits),
-                    offsets: Some(offsets),
-                    host_offsets,
-                }
-            }
+            WeightFormat::Dense | WeightFormat::TwoFour => job.fixed()?,
+            WeightFormat::Bitmap => job.bitmap()?,
         };
-        // The reference reports the first bad value before any 2:4 group.
-        let f = self.read_words(&flags, 2)?;
-        if f[0] != NONE {
-            let i = f[0] as usize;
-            return Err(formats::outside_f16(i / cols, i % cols));
-        }
-        if f[1] != NONE {
-            let i = f[1] as usize;
-            return Err(formats::not_two_four(i / (cols / 4), i % (cols / 4)));
-        }
+        job.check_flags()?;
         Ok(packed)
     }
 

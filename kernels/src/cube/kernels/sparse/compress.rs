@@ -437,152 +437,148 @@ fn none<R: Runtime>(b: &CubeBackend<R>) -> Result<Words> {
     })
 }
 
-pub fn compress<R: Runtime>(
-    b: &CubeBackend<R>,
-    w: &CubeTensor,
-    mask: &CubeMask,
-    format: WeightFormat,
-) -> Result<CubePacked> {
-    formats::check_compress(w.shape(), (mask.rows, mask.cols), format)?;
-    same_slabs("mask vs W", &w.slabs, &mask.slabs)?;
-    let (rows, cols) = w.shape();
-    if rows as u64 * cols as u64 > u32::MAX as u64 {
-        return Err(KernelError::Unsupported(format!(
-            "a {rows}x{cols} weight has more entries than 32-bit value indices address"
-        )));
-    }
-    let slabs = w.handles.len();
-    let total_slot = 2 * slabs;
-    let flags = b.scratch_from(&vec![u32::MAX; 2 * slabs + 1])?;
-    let nflags = 2 * slabs + 1;
-    let limit = F16_LIMIT.to_bits();
-    let units = formats::bitmap_words_per_row(cols);
-    let mut p = CubePacked {
-        format,
-        rows,
-        cols,
-        values: none(b)?,
-        meta: none(b)?,
-        offsets: none(b)?,
-    };
-    let parts: Vec<(usize, (usize, usize))> = (0..slabs)
-        .map(|s| (s, w.slabs.range(s)))
-        .filter(|&(_, (_, n))| n > 0)
-        .collect();
-    match format {
-        WeightFormat::Dense => {
-            let gpr = cols.div_ceil(8);
-            p.values = b.alloc_words("dense f16 values", rows * gpr * 4)?;
-            for &(s, (r0, n)) in &parts {
-                // SAFETY: one thread per 8 columns of the slab's rows; reads its row of W and
-                // mask word, writes its vec4 at the slab's rows of the output.
-                unsafe {
-                    compress_dense_kernel::launch_unchecked::<R>(
-                        &b.client,
-                        b.grid(n * gpr, BLOCK),
-                        CubeDim::new_1d(BLOCK),
-                        4,
-                        arg(&w.handles[s], w.slab_len(s)),
-                        arg(&mask.handles[s], mask.slab_len(s)),
-                        arg(&p.values.handle, p.values.len),
-                        arg(&flags, nflags),
-                        n as u32,
-                        cols as u32,
-                        mask.words_per_row() as u32,
-                        (r0 * gpr) as u32,
-                        limit,
-                        (2 * s) as u32,
-                    );
-                }
-            }
-        }
-        WeightFormat::TwoFour => {
-            p.values = b.alloc_words(
-                "2:4 values",
-                rows * formats::two_four_value_words_per_row(cols),
-            )?;
-            p.meta = b.alloc_words(
-                "2:4 codes",
-                rows * formats::two_four_code_words_per_row(cols),
-            )?;
-            for &(s, (r0, n)) in &parts {
-                // SAFETY: one thread per 32-column unit of the slab's rows; it writes that
-                // unit's 8 value words and its code word.
-                unsafe {
-                    compress_two_four_kernel::launch_unchecked::<R>(
-                        &b.client,
-                        b.grid(n * units, BLOCK),
-                        CubeDim::new_1d(BLOCK),
-                        4,
-                        arg(&w.handles[s], w.slab_len(s)),
-                        arg(&mask.handles[s], mask.slab_len(s)),
-                        arg(&p.values.handle, p.values.len),
-                        arg(&p.meta.handle, p.meta.len),
-                        arg(&flags, nflags),
-                        n as u32,
-                        cols as u32,
-                        r0 as u32,
-                        limit,
-                        (2 * s) as u32,
-                    );
-                }
-            }
-        }
-        WeightFormat::Bitmap => {
-            p.meta = b.alloc_words("bitmap bits", rows * units)?;
-            p.offsets = b.alloc_words("bitmap offsets", rows + 1)?;
-            let counts = b.scratch(rows)?;
-            for &(s, (r0, n)) in &parts {
-                // SAFETY: one cube per row of the slab; it writes the row's bit words and
-                // count.
-                unsafe {
-                    bitmap_bits_kernel::launch_unchecked::<R>(
-                        &b.client,
-                        b.row_grid(n),
-                        CubeDim::new_1d(CUBE),
-                        arg(&w.handles[s], w.slab_len(s)),
-                        arg(&mask.handles[s], mask.slab_len(s)),
-                        arg(&p.meta.handle, p.meta.len),
-                        arg(&counts, rows),
-                        arg(&flags, nflags),
-                        n as u32,
-                        cols as u32,
-                        r0 as u32,
-                        limit,
-                        (2 * s) as u32,
-                    );
-                }
-            }
-            // SAFETY: one cube reads the rows' counts and writes the rows + 1 offsets.
+/// One compression on CubeCL: W and its mask, the slabs that hold rows, and the flags where
+/// the kernels report the first value f16 cannot hold and the first group that is not 2:4
+/// (two words per slab, then the bitmap's kept total).
+struct PackJob<'a, R: Runtime> {
+    b: &'a CubeBackend<R>,
+    w: &'a CubeTensor,
+    mask: &'a CubeMask,
+    flags: cubecl::server::Handle,
+    nflags: usize,
+    total_slot: usize,
+    parts: Vec<(usize, (usize, usize))>,
+    limit: u32,
+}
+
+impl<R: Runtime> PackJob<'_, R> {
+    /// One vec4 of eight f16 per 8 columns.
+    fn dense(&self, p: &mut CubePacked) -> Result<()> {
+        let (b, w, mask, flags, nflags) = (self.b, self.w, self.mask, &self.flags, self.nflags);
+        let (rows, cols, limit) = (w.rows, w.cols, self.limit);
+        let parts = &self.parts;
+        let gpr = cols.div_ceil(8);
+        p.values = b.alloc_words("dense f16 values", rows * gpr * 4)?;
+        for &(s, (r0, n)) in parts {
+            // SAFETY: one thread per 8 columns of the slab's rows; reads its row of W and
+            // mask word, writes its vec4 at the slab's rows of the output.
             unsafe {
-                bitmap_offsets_kernel::launch_unchecked::<R>(
+                compress_dense_kernel::launch_unchecked::<R>(
                     &b.client,
-                    CubeCount::Static(1, 1, 1),
-                    CubeDim::new_1d(CUBE),
-                    arg(&counts, rows),
-                    arg(&p.offsets.handle, p.offsets.len),
-                    arg(&flags, nflags),
-                    rows as u32,
-                    total_slot as u32,
+                    b.grid(n * gpr, BLOCK),
+                    CubeDim::new_1d(BLOCK),
+                    4,
+                    arg(&w.handles[s], w.slab_len(s)),
+                    arg(&mask.handles[s], mask.slab_len(s)),
+                    arg(&p.values.handle, p.values.len),
+                    arg(flags, nflags),
+                    n as u32,
+                    cols as u32,
+                    mask.words_per_row() as u32,
+                    (r0 * gpr) as u32,
+                    limit,
+                    (2 * s) as u32,
                 );
             }
         }
+        Ok(())
     }
-    let f = Flags {
-        words: b.read_u32(&flags, nflags)?,
-    };
-    if let Some(e) = f.error(w) {
-        return Err(e);
+
+    /// Eight value words and one code word per 32-column unit.
+    fn two_four(&self, p: &mut CubePacked) -> Result<()> {
+        let (b, w, mask, flags, nflags) = (self.b, self.w, self.mask, &self.flags, self.nflags);
+        let (rows, cols, limit) = (w.rows, w.cols, self.limit);
+        let units = formats::bitmap_words_per_row(cols);
+        let parts = &self.parts;
+        p.values = b.alloc_words(
+            "2:4 values",
+            rows * formats::two_four_value_words_per_row(cols),
+        )?;
+        p.meta = b.alloc_words(
+            "2:4 codes",
+            rows * formats::two_four_code_words_per_row(cols),
+        )?;
+        for &(s, (r0, n)) in parts {
+            // SAFETY: one thread per 32-column unit of the slab's rows; it writes that
+            // unit's 8 value words and its code word.
+            unsafe {
+                compress_two_four_kernel::launch_unchecked::<R>(
+                    &b.client,
+                    b.grid(n * units, BLOCK),
+                    CubeDim::new_1d(BLOCK),
+                    4,
+                    arg(&w.handles[s], w.slab_len(s)),
+                    arg(&mask.handles[s], mask.slab_len(s)),
+                    arg(&p.values.handle, p.values.len),
+                    arg(&p.meta.handle, p.meta.len),
+                    arg(flags, nflags),
+                    n as u32,
+                    cols as u32,
+                    r0 as u32,
+                    limit,
+                    (2 * s) as u32,
+                );
+            }
+        }
+        Ok(())
     }
-    if format == WeightFormat::Bitmap {
-        // The device's count cannot exceed the entries. Bounding it keeps a count nobody
-        // computed (a compile-only run executes nothing and reads back the initial
-        // u32::MAX) from sizing a buffer beyond the weight itself.
+
+    /// The bitmap's bits, per-row counts and their scan into offsets.
+    fn bitmap_bits(&self, p: &mut CubePacked) -> Result<()> {
+        let (b, w, mask, flags, nflags) = (self.b, self.w, self.mask, &self.flags, self.nflags);
+        let (rows, cols, limit, total_slot) = (w.rows, w.cols, self.limit, self.total_slot);
+        let units = formats::bitmap_words_per_row(cols);
+        let parts = &self.parts;
+        p.meta = b.alloc_words("bitmap bits", rows * units)?;
+        p.offsets = b.alloc_words("bitmap offsets", rows + 1)?;
+        let counts = b.scratch(rows)?;
+        for &(s, (r0, n)) in parts {
+            // SAFETY: one cube per row of the slab; it writes the row's bit words and
+            // count.
+            unsafe {
+                bitmap_bits_kernel::launch_unchecked::<R>(
+                    &b.client,
+                    b.row_grid(n),
+                    CubeDim::new_1d(CUBE),
+                    arg(&w.handles[s], w.slab_len(s)),
+                    arg(&mask.handles[s], mask.slab_len(s)),
+                    arg(&p.meta.handle, p.meta.len),
+                    arg(&counts, rows),
+                    arg(flags, nflags),
+                    n as u32,
+                    cols as u32,
+                    r0 as u32,
+                    limit,
+                    (2 * s) as u32,
+                );
+            }
+        }
+        // SAFETY: one cube reads the rows' counts and writes the rows + 1 offsets.
+        unsafe {
+            bitmap_offsets_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(CUBE),
+                arg(&counts, rows),
+                arg(&p.offsets.handle, p.offsets.len),
+                arg(flags, nflags),
+                rows as u32,
+                total_slot as u32,
+            );
+        }
+        Ok(())
+    }
+
+    /// The bitmap's values, once the flags' kept total has been read back.
+    fn bitmap_values(&self, p: &mut CubePacked, f: &Flags) -> Result<()> {
+        let (b, w, total_slot) = (self.b, self.w, self.total_slot);
+        let (rows, cols) = w.shape();
+        let parts = &self.parts;
         let kept = (f.words[total_slot] as usize).min(rows * cols);
         p.values = b.alloc_words("bitmap values", formats::bitmap_value_words(kept))?;
         // Values are or-ed in, and the padding stays zero.
         fill_u32(b, &p.values.handle, p.values.len, 0);
-        for &(s, (r0, n)) in &parts {
+        for &(s, (r0, n)) in parts {
             // SAFETY: one cube per row of the slab; its values go to the halves
             // offsets[r]..offsets[r + 1], inside the buffer sized from the total.
             unsafe {
@@ -600,6 +596,60 @@ pub fn compress<R: Runtime>(
                 );
             }
         }
+        Ok(())
+    }
+}
+
+pub fn compress<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    mask: &CubeMask,
+    format: WeightFormat,
+) -> Result<CubePacked> {
+    formats::check_compress(w.shape(), (mask.rows, mask.cols), format)?;
+    same_slabs("mask vs W", &w.slabs, &mask.slabs)?;
+    let (rows, cols) = w.shape();
+    if rows as u64 * cols as u64 > u32::MAX as u64 {
+        return Err(KernelError::Unsupported(format!(
+            "a {rows}x{cols} weight has more entries than 32-bit value indices address"
+        )));
+    }
+    let slabs = w.handles.len();
+    let nflags = 2 * slabs + 1;
+    let job = PackJob {
+        b,
+        w,
+        mask,
+        flags: b.scratch_from(&vec![u32::MAX; nflags])?,
+        nflags,
+        total_slot: 2 * slabs,
+        parts: (0..slabs)
+            .map(|s| (s, w.slabs.range(s)))
+            .filter(|&(_, (_, n))| n > 0)
+            .collect(),
+        limit: F16_LIMIT.to_bits(),
+    };
+    let mut p = CubePacked {
+        format,
+        rows,
+        cols,
+        values: none(b)?,
+        meta: none(b)?,
+        offsets: none(b)?,
+    };
+    match format {
+        WeightFormat::Dense => job.dense(&mut p)?,
+        WeightFormat::TwoFour => job.two_four(&mut p)?,
+        WeightFormat::Bitmap => job.bitmap_bits(&mut p)?,
+    }
+    let f = Flags {
+        words: b.read_u32(&job.flags, nflags)?,
+    };
+    if let Some(e) = f.error(w) {
+        return Err(e);
+    }
+    if format == WeightFormat::Bitmap {
+        job.bitmap_values(&mut p, &f)?;
     }
     Ok(p)
 }
