@@ -255,3 +255,30 @@ pub fn obs_prune<S: ObsSteps>(
     }
     steps.finish()
 }
+
+/// §15 linear backward for Y = X·Wᵀ: dX = dY·W and dW = dYᵀ·X, two products of whole tensors
+/// (the GEMM core, split across bindings by the plan).
+pub fn linear_backward<S: Steps>(
+    steps: &S,
+    x: &S::Tensor,
+    w: &S::Tensor,
+    dy: &S::Tensor,
+) -> Result<(S::Tensor, S::Tensor)> {
+    let (x_shape, w_shape) = (S::shape(x), S::shape(w));
+    check::linear_backward(x_shape, w_shape, S::shape(dy))?;
+    let ((n, cols), rows) = (x_shape, w_shape.0);
+    let dx = steps.alloc("dX", n, cols)?;
+    let dw = steps.alloc("dW", rows, cols)?;
+    if n > 0 && rows > 0 && cols > 0 {
+        let of = Operand::of;
+        steps.product(Product::store("linear_backward_dx"), of(dy), of(w), &dx)?;
+        let dyt = Operand::transposed(dy);
+        steps.product(Product::store("linear_backward_dw"), dyt, of(x), &dw)?;
+    } else {
+        // An empty product still defines its output: zeros.
+        steps.zero_rows(&dx, &(0..n).collect::<Vec<_>>())?;
+        steps.zero_rows(&dw, &(0..rows).collect::<Vec<_>>())?;
+    }
+    steps.submit()?;
+    Ok((dx, dw))
+}

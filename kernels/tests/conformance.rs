@@ -76,6 +76,7 @@ macro_rules! each_family {
             refit: Refit,
             structured: Structured,
             forward: Forward,
+            backward: Backward,
         }
     };
 }
@@ -122,7 +123,7 @@ macro_rules! conformance {
 /// The kinds of op, numbered: a kind added to `Op` does not compile here until it is
 /// numbered (and `OP_KINDS` raised), and then fails the coverage test below until a small case
 /// of a tested family runs it.
-const OP_KINDS: usize = 34;
+const OP_KINDS: usize = 39;
 
 fn kind(op: &Op) -> usize {
     match op {
@@ -160,6 +161,11 @@ fn kind(op: &Op) -> usize {
         Op::ResidualAdd => 31,
         Op::Embed => 32,
         Op::LmHead { .. } => 33,
+        Op::LinearBackward => 34,
+        Op::RmsNormBackward => 35,
+        Op::RopeBackward { .. } => 36,
+        Op::SiluMulBackward => 37,
+        Op::EmbedBackward => 38,
     }
 }
 

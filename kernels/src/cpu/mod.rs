@@ -2,6 +2,7 @@
 //! ALGORITHMS.md. The dense linear algebra (GEMM, Cholesky, triangular inverse) goes through
 //! `faer` (see `linalg`) and rows run in parallel with rayon; nothing else is clever.
 
+pub mod backward;
 pub mod forward;
 pub mod linalg;
 pub mod obs;
@@ -659,6 +660,42 @@ impl Backend for CpuBackend {
         targets: &[u32],
     ) -> Result<()> {
         forward::lm_head_chunk(state, h, w_chunk, offset, targets)
+    }
+
+    fn linear_backward(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        dy: &CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        backward::linear_backward(x, w, dy)
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        dy: &CpuTensor,
+        eps: f64,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        backward::rms_norm_backward(x, gamma, dy, eps)
+    }
+
+    fn rope_backward(&self, dx: &mut CpuTensor, cos: &CpuTensor, sin: &CpuTensor) -> Result<()> {
+        backward::rope_backward(dx, cos, sin)
+    }
+
+    fn silu_mul_backward(
+        &self,
+        gate: &CpuTensor,
+        up: &CpuTensor,
+        da: &CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        backward::silu_mul_backward(gate, up, da)
+    }
+
+    fn embed_backward(&self, dh: &CpuTensor, ids: &[u32], vocab: usize) -> Result<CpuTensor> {
+        backward::embed_backward(dh, ids, vocab)
     }
 }
 

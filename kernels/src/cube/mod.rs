@@ -522,4 +522,13 @@ impl<R: Runtime> Backend for CubeBackend<R> {
     ) -> Result<()> {
         forward::lm_head_chunk(self, state, h, w_chunk, offset, targets)
     }
+
+    fn linear_backward(
+        &self,
+        x: &CubeTensor,
+        w: &CubeTensor,
+        dy: &CubeTensor,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        compose::linear_backward(&structured::Steps::new(self), x, w, dy)
+    }
 }

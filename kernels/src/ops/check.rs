@@ -372,6 +372,43 @@ pub fn ids(ids: &[u32], vocab: usize) -> Result<()> {
     Ok(())
 }
 
+/// §15 linear backward: X [N, cols], W [rows, cols], dY [N, rows].
+pub fn linear_backward(x: (usize, usize), w: (usize, usize), dy: (usize, usize)) -> Result<()> {
+    linear(x, w)?;
+    same("linear backward: dY vs X·Wᵀ", dy, (x.0, w.0))
+}
+
+/// §15 RMSNorm backward: the forward's checks, and dy shaped as x.
+pub fn rms_norm_backward(
+    x: (usize, usize),
+    gamma: (usize, usize),
+    dy: (usize, usize),
+    eps: f64,
+) -> Result<()> {
+    rms_norm(x, gamma, eps)?;
+    same("RMSNorm backward: dy vs x", dy, x)
+}
+
+/// §15 SiLU-gate backward: gate, up and da of one shape.
+pub fn silu_mul_backward(
+    gate: (usize, usize),
+    up: (usize, usize),
+    da: (usize, usize),
+) -> Result<()> {
+    same("SiLU-gate backward: up vs gate", up, gate)?;
+    same("SiLU-gate backward: da vs gate", da, gate)
+}
+
+/// §15 embedding backward: one id per row of dh, each inside the vocabulary.
+pub fn embed_backward(dh: (usize, usize), ids: &[u32], vocab: usize) -> Result<()> {
+    same(
+        "embedding backward: dh rows vs ids",
+        (dh.0, 1),
+        (ids.len(), 1),
+    )?;
+    self::ids(ids, vocab)
+}
+
 pub fn lm_head(
     state: (usize, usize),
     h: (usize, usize),

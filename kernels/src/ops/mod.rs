@@ -403,6 +403,65 @@ pub trait Backend {
     ) -> Result<()> {
         unsupported(self.info(), "no LM-head loss")
     }
+
+    // §15, the backward pass: each op takes the forward's inputs and the gradient of its
+    // output, and returns the gradients of its inputs.
+
+    /// §15 linear backward for Y = X·Wᵀ (X [N, cols], W [rows, cols], dY [N, rows]):
+    /// (dX = dY·W [N, cols], dW = dYᵀ·X [rows, cols]).
+    fn linear_backward(
+        &self,
+        _x: &Self::Tensor,
+        _w: &Self::Tensor,
+        _dy: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        unsupported(self.info(), "no linear backward")
+    }
+
+    /// §15 RMSNorm backward: with r = (mean(x²) + eps)^(−1/2) per row and g = γ ⊙ dy,
+    /// dx = r·g − (r³/d)·x·Σ_j g_j·x_j, and dγ = Σ_rows dy ⊙ x·r (1 x d): (dx, dγ).
+    fn rms_norm_backward(
+        &self,
+        _x: &Self::Tensor,
+        _gamma: &Self::Tensor,
+        _dy: &Self::Tensor,
+        _eps: f64,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        unsupported(self.info(), "no RMSNorm backward")
+    }
+
+    /// §15 RoPE backward in place on dx (the tables and layout of [`Backend::rope`]): the
+    /// transposed rotation, (d_i, d_{i+e/2}) ← (d_i·c + d_{i+e/2}·s, d_{i+e/2}·c − d_i·s).
+    fn rope_backward(
+        &self,
+        _dx: &mut Self::Tensor,
+        _cos: &Self::Tensor,
+        _sin: &Self::Tensor,
+    ) -> Result<()> {
+        unsupported(self.info(), "no RoPE backward")
+    }
+
+    /// §15 SiLU-gate backward for a = silu(g) ⊙ u: (dg, du) with du = da ⊙ silu(g) and
+    /// dg = da ⊙ u ⊙ σ(g)·(1 + g·(1 − σ(g))).
+    fn silu_mul_backward(
+        &self,
+        _gate: &Self::Tensor,
+        _up: &Self::Tensor,
+        _da: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        unsupported(self.info(), "no SiLU-gate backward")
+    }
+
+    /// §15 embedding backward: dE [vocab, d] with row v the sum of the rows t of dh whose
+    /// ids[t] = v, in token order (deterministic: no atomics), zero for ids never seen.
+    fn embed_backward(
+        &self,
+        _dh: &Self::Tensor,
+        _ids: &[u32],
+        _vocab: usize,
+    ) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no embedding backward")
+    }
 }
 
 /// A row of [`Backend::lm_head_chunk`] without a next token (a window's last position).

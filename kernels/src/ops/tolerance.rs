@@ -61,3 +61,11 @@ pub const FORWARD_GEMM: f64 = 1e-8;
 /// the logits are f32 GEMM outputs (~1e-6 relative of Σ|h·w|), and the running max and
 /// exponential sum over the vocabulary add a few f32 roundings.
 pub const NLL_REL: f64 = 1e-4;
+/// §15's elementwise backward ops (RMSNorm's dx, RoPE's transposed rotation, the SiLU-gate's
+/// dg and du, the embedding's per-id sums): a few f32 roundings per output, and RMSNorm's two
+/// f32 row sums over d terms, as the forward's; a wrong sign or half is off by O(1).
+pub const BACKWARD_ELEMENTWISE: f64 = 1e-10;
+/// §15's reductions over the tokens (RMSNorm's dγ) and GEMM-shaped gradients (the linear's
+/// dX = dY·W and dW = dYᵀ·X): f32 sums over N or rows terms, ~1e-6 relative at worst, as
+/// the forward's GEMMs.
+pub const BACKWARD_GEMM: f64 = 1e-8;

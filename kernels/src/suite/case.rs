@@ -105,6 +105,21 @@ pub enum Op {
     LmHead {
         chunk: usize,
     },
+    /// §15: dX and dW of the linear Y = X·Wᵀ for X [`tokens`, cols] and W [rows, cols].
+    LinearBackward,
+    /// §15: RMSNorm's dx and dγ for `tokens` rows of `cols`, at [`RMS_NORM_CASE_EPS`].
+    RmsNormBackward,
+    /// §15: RoPE's transposed rotation, as [`Op::Rope`].
+    RopeBackward {
+        heads: usize,
+        head_dim: usize,
+        seq: usize,
+        theta: f64,
+    },
+    /// §15: the SiLU-gate product's dg and du.
+    SiluMulBackward,
+    /// §15: the embedding's gradient, a `rows`-row table from `tokens` rows of dh.
+    EmbedBackward,
 }
 
 /// One op on one shape. `rows x cols` is the weight (out x in); `tokens` is T per sample and

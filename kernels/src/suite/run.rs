@@ -3,7 +3,7 @@
 //! is), `collect` downloads what the comparison needs.
 
 use super::case::OpCase;
-use super::families::{forward, masks, obs, refit, sparse, stats, structured, Family};
+use super::families::{backward, forward, masks, obs, refit, sparse, stats, structured, Family};
 use super::inputs::CaseInputs;
 use crate::error::Result;
 use crate::formats::PackedWeight;
@@ -19,6 +19,7 @@ pub enum Prepared<B: Backend> {
     Refit(refit::Prepared<B>),
     Structured(structured::Prepared<B>),
     Forward(forward::Prepared<B>),
+    Backward(backward::Prepared<B>),
 }
 
 /// What a run produced, on the host.
@@ -48,6 +49,7 @@ pub fn prepare<B: Backend>(b: &B, case: &OpCase, inp: &CaseInputs) -> Result<Pre
         Family::Refit => Prepared::Refit(refit::prepare(b, case, inp)?),
         Family::Structured => Prepared::Structured(structured::prepare(b, case, inp)?),
         Family::Forward => Prepared::Forward(forward::prepare(b, case, inp)?),
+        Family::Backward => Prepared::Backward(backward::prepare(b, case, inp)?),
     })
 }
 
@@ -61,6 +63,7 @@ pub fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
         Prepared::Refit(p) => refit::execute(b, p),
         Prepared::Structured(p) => structured::execute(b, p),
         Prepared::Forward(p) => forward::execute(b, p),
+        Prepared::Backward(p) => backward::execute(b, p),
     }
 }
 
@@ -79,5 +82,6 @@ pub fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<CaseOutput> {
         Prepared::Refit(p) => refit::collect(b, p),
         Prepared::Structured(p) => structured::collect(b, p),
         Prepared::Forward(p) => forward::collect(b, p),
+        Prepared::Backward(p) => backward::collect(b, p),
     }
 }

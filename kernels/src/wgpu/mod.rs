@@ -470,4 +470,13 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         self.ctx.lm_head_chunk(state, h, w_chunk, offset, targets)
     }
+
+    fn linear_backward(
+        &self,
+        x: &WgpuTensor,
+        w: &WgpuTensor,
+        dy: &WgpuTensor,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        compose::linear_backward(&structured::Steps::new(&self.ctx), x, w, dy)
+    }
 }

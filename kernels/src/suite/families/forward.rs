@@ -305,15 +305,10 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
             ];
         }
         Op::RmsNorm => {
-            // Every third row so small that ε is most of its mean square: an ε left out
-            // or added twice moves those rows by O(1).
-            let mut x = heavy_tailed(n, c, s);
-            for t in (2..n).step_by(3) {
-                for v in &mut x.data[t * c..(t + 1) * c] {
-                    *v *= 1e-4;
-                }
-            }
-            inp.tensors = vec![("x", x), ("gamma", heavy_tailed_positive(1, c, s + 1))];
+            inp.tensors = vec![
+                ("x", rms_norm_input(n, c, s)),
+                ("gamma", heavy_tailed_positive(1, c, s + 1)),
+            ];
         }
         Op::Rope {
             head_dim,
@@ -347,14 +342,7 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
             ];
         }
         Op::Embed => {
-            // Seeded draws, the first the table's last row (which an off-by-one reads past)
-            // and the second its first.
-            let mut rng = Rng::new(s + 1);
-            let mut ids: Vec<u32> = (0..n).map(|_| rng.below(r) as u32).collect();
-            for (i, id) in [r - 1, 0].into_iter().enumerate().take(n) {
-                ids[i] = id as u32;
-            }
-            inp.token_ids = vec![("ids", ids)];
+            inp.token_ids = vec![("ids", embed_ids(n, r, s + 1))];
             inp.tensors = vec![("table", heavy_tailed_tall(r, c, s)?)];
         }
         Op::LmHead { chunk } => {
@@ -375,6 +363,29 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
         op => not_in_family(op, FAMILY),
     }
     Ok(inp)
+}
+
+/// RMSNorm's input: heavy-tailed rows, every third so small that ε is most of its mean
+/// square, so that an ε left out or added twice moves those rows by O(1).
+pub(in crate::suite) fn rms_norm_input(n: usize, c: usize, seed: u64) -> Matrix {
+    let mut x = heavy_tailed(n, c, seed);
+    for t in (2..n).step_by(3) {
+        for v in &mut x.data[t * c..(t + 1) * c] {
+            *v *= 1e-4;
+        }
+    }
+    x
+}
+
+/// `n` seeded token ids below `vocab`: the first the table's last row (which an off-by-one
+/// reads past) and the second its first.
+pub(in crate::suite) fn embed_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    let mut ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    for (i, id) in [vocab - 1, 0].into_iter().enumerate().take(n) {
+        ids[i] = id as u32;
+    }
+    ids
 }
 
 /// The RoPE tables cos and sin [seq, e/2] for base `theta`: entry (p, i) of position p and

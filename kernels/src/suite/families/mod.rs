@@ -4,6 +4,7 @@
 
 use super::case::{ModelShapes, Op, OpCase};
 
+pub(super) mod backward;
 pub(super) mod forward;
 pub(super) mod masks;
 pub(super) mod obs;
@@ -48,6 +49,10 @@ macro_rules! by_family {
                 use $crate::suite::families::forward as $f;
                 $body
             }
+            Family::Backward => {
+                use $crate::suite::families::backward as $f;
+                $body
+            }
         }
     }};
 }
@@ -71,10 +76,12 @@ pub enum Family {
     Structured,
     /// §14: the LLaMA forward ops.
     Forward,
+    /// §15: the LLaMA backward ops.
+    Backward,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 8] = [
         Family::Stats,
         Family::Masks,
         Family::Obs,
@@ -82,6 +89,7 @@ impl Family {
         Family::Refit,
         Family::Structured,
         Family::Forward,
+        Family::Backward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +101,7 @@ impl Family {
             Family::Refit => "refit",
             Family::Structured => "structured",
             Family::Forward => "forward",
+            Family::Backward => "backward",
         }
     }
 
@@ -138,6 +147,11 @@ impl Op {
             | Op::ResidualAdd
             | Op::Embed
             | Op::LmHead { .. } => Family::Forward,
+            Op::LinearBackward
+            | Op::RmsNormBackward
+            | Op::RopeBackward { .. }
+            | Op::SiluMulBackward
+            | Op::EmbedBackward => Family::Backward,
         }
     }
 }

@@ -1,0 +1,144 @@
+//! The backward ops of ALGORITHMS.md §15 in f64, as the spec states them: each takes the
+//! forward's inputs and the gradient of its output. Checked against central finite
+//! differences of the forward in `kernels/tests/backward_reference.rs`.
+
+use rayon::prelude::*;
+
+use super::linalg::{gemm, View};
+use super::CpuTensor;
+use crate::error::Result;
+use crate::ops::check;
+
+/// (dX = dY·W, dW = dYᵀ·X) for Y = X·Wᵀ.
+pub fn linear_backward(
+    x: &CpuTensor,
+    w: &CpuTensor,
+    dy: &CpuTensor,
+) -> Result<(CpuTensor, CpuTensor)> {
+    check::linear_backward(x.shape(), w.shape(), dy.shape())?;
+    let (n, cols, rows) = (x.rows, x.cols, w.rows);
+    let mut dx = CpuTensor::zeros(n, cols);
+    gemm(
+        n,
+        rows,
+        cols,
+        1.0,
+        &dy.data,
+        View::rows(0, rows),
+        &w.data,
+        View::rows(0, cols),
+        0.0,
+        &mut dx.data,
+        View::rows(0, cols),
+    );
+    let mut dw = CpuTensor::zeros(rows, cols);
+    gemm(
+        rows,
+        n,
+        cols,
+        1.0,
+        &dy.data,
+        View::transposed(0, rows),
+        &x.data,
+        View::rows(0, cols),
+        0.0,
+        &mut dw.data,
+        View::rows(0, cols),
+    );
+    Ok((dx, dw))
+}
+
+/// (dx, dγ): per row r = (mean(x²) + eps)^(−1/2), g = γ ⊙ dy,
+/// dx = r·g − (r³/d)·x·Σ_j g_j·x_j; dγ = Σ_rows dy ⊙ x·r, the rows added in order.
+pub fn rms_norm_backward(
+    x: &CpuTensor,
+    gamma: &CpuTensor,
+    dy: &CpuTensor,
+    eps: f64,
+) -> Result<(CpuTensor, CpuTensor)> {
+    check::rms_norm_backward(x.shape(), gamma.shape(), dy.shape(), eps)?;
+    let d = x.cols;
+    let inv: Vec<f64> = x
+        .data
+        .par_chunks(d.max(1))
+        .map(|row| 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + eps).sqrt())
+        .collect();
+    let mut dx = CpuTensor::zeros(x.rows, d);
+    dx.data
+        .par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(t, out)| {
+            let (xr, dyr, r) = (&x.data[t * d..][..d], &dy.data[t * d..][..d], inv[t]);
+            let dot: f64 = (0..d).map(|j| gamma.data[j] * dyr[j] * xr[j]).sum();
+            let k = r * r * r / d as f64 * dot;
+            for j in 0..d {
+                out[j] = r * gamma.data[j] * dyr[j] - k * xr[j];
+            }
+        });
+    let mut dgamma = CpuTensor::zeros(1, d);
+    for (t, &r) in inv.iter().enumerate() {
+        let (xr, dyr) = (&x.data[t * d..][..d], &dy.data[t * d..][..d]);
+        for j in 0..d {
+            dgamma.data[j] += dyr[j] * xr[j] * r;
+        }
+    }
+    Ok((dx, dgamma))
+}
+
+/// The transposed rotation of [`super::forward::rope`], in place.
+pub fn rope_backward(dx: &mut CpuTensor, cos: &CpuTensor, sin: &CpuTensor) -> Result<()> {
+    let (seq, e) = check::rope(dx.shape(), cos.shape(), sin.shape())?;
+    let half = e / 2;
+    let cols = dx.cols;
+    dx.data
+        .par_chunks_mut(cols)
+        .enumerate()
+        .for_each(|(t, row)| {
+            let p = t % seq;
+            let (c, s) = (&cos.data[p * half..][..half], &sin.data[p * half..][..half]);
+            for head in row.chunks_mut(e) {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * c[i] + b * s[i];
+                    head[i + half] = b * c[i] - a * s[i];
+                }
+            }
+        });
+    Ok(())
+}
+
+/// (dg, du) for a = silu(g) ⊙ u.
+pub fn silu_mul_backward(
+    gate: &CpuTensor,
+    up: &CpuTensor,
+    da: &CpuTensor,
+) -> Result<(CpuTensor, CpuTensor)> {
+    check::silu_mul_backward(gate.shape(), up.shape(), da.shape())?;
+    let mut dg = gate.clone();
+    let mut du = gate.clone();
+    dg.data
+        .par_iter_mut()
+        .zip(du.data.par_iter_mut())
+        .zip(up.data.par_iter().zip(&da.data))
+        .for_each(|((g, u_out), (u, a))| {
+            let z = *g;
+            let sig = 1.0 / (1.0 + (-z).exp());
+            *u_out = a * z * sig;
+            *g = a * u * sig * (1.0 + z * (1.0 - sig));
+        });
+    Ok((dg, du))
+}
+
+/// dE [vocab, d]: each token's row of dh added to its id's row, tokens in order.
+pub fn embed_backward(dh: &CpuTensor, ids: &[u32], vocab: usize) -> Result<CpuTensor> {
+    check::embed_backward(dh.shape(), ids, vocab)?;
+    let d = dh.cols;
+    let mut de = CpuTensor::zeros(vocab, d);
+    for (t, &id) in ids.iter().enumerate() {
+        let row = &mut de.data[id as usize * d..][..d];
+        for (o, v) in row.iter_mut().zip(&dh.data[t * d..][..d]) {
+            *o += v;
+        }
+    }
+    Ok(de)
+}
