@@ -347,3 +347,22 @@ fn lm_fold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
 }
+
+// §15: the LM head's dlogits in place of a chunk's logits (dst, rows of cols = the chunk's
+// vocabulary entries lo..lo + cols) for rows r in [row0, row0 + rows):
+// scale·(exp(l − lse[r]) − [lo + v = target[r]]), zero for rows without a target (u32 max).
+// in1 holds the per-row log-sum-exp over the whole vocabulary, ids the targets.
+@compute @workgroup_size(64, 4, 1)
+fn lm_loss_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x >= P.cols || gid.y >= P.rows) { return; }
+    let r = P.row0 + gid.y;
+    let tgt = ids[P.idx_base + r];
+    let i = P.d_base + r * P.cols + gid.x;
+    if (tgt == 0xFFFFFFFFu) {
+        dst[i] = 0.0;
+        return;
+    }
+    var hit = 0.0;
+    if (P.lo + gid.x == tgt) { hit = 1.0; }
+    dst[i] = P.scale * (exp(dst[i] - in1[P.b_base + r]) - hit);
+}

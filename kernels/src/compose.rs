@@ -124,6 +124,16 @@ pub trait Steps {
         hinv: &Self::Tensor,
         s: &[usize],
     ) -> Result<InverseFactor<Self::Tensor>>;
+    /// The LM head's dlogits in place of a chunk's logits (`Backend::lm_head_backward_chunk`):
+    /// scale·(exp(l − lse_t) − [offset + v = targets[t]]), zero for rows without a target.
+    fn loss_gradient(
+        &self,
+        logits: &Self::Tensor,
+        lse: &Self::Tensor,
+        targets: &[u32],
+        offset: usize,
+        scale: f64,
+    ) -> Result<()>;
     /// Runs what is queued.
     fn submit(&self) -> Result<()>;
 }
@@ -281,4 +291,49 @@ pub fn linear_backward<S: Steps>(
     }
     steps.submit()?;
     Ok((dx, dw))
+}
+
+/// §15 the LM head's backward for one vocabulary chunk (`Backend::lm_head_backward_chunk`): the
+/// chunk's logits h·Wᵀ, turned into dlogits in place, then dh += dlogits·W and
+/// dW = dlogitsᵀ·h; only this chunk's logits are ever in memory.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_backward_chunk<S: Steps>(
+    steps: &S,
+    dh: &S::Tensor,
+    h: &S::Tensor,
+    w_chunk: &S::Tensor,
+    offset: usize,
+    targets: &[u32],
+    lse: &S::Tensor,
+    scale: f64,
+) -> Result<S::Tensor> {
+    let ((n, d), v) = (S::shape(h), S::shape(w_chunk).0);
+    check::lm_head_backward(
+        S::shape(dh),
+        (n, d),
+        S::shape(w_chunk),
+        offset,
+        targets.len(),
+        S::shape(lse),
+    )?;
+    let dw = steps.alloc("LM-head chunk dW", v, d)?;
+    if n == 0 || d == 0 || v == 0 {
+        steps.zero_rows(&dw, &(0..v).collect::<Vec<_>>())?;
+        steps.submit()?;
+        return Ok(dw);
+    }
+    let of = Operand::of;
+    let logits = steps.alloc("LM-head chunk logits", n, v)?;
+    let logits_product = Product::store("lm_head_backward_logits");
+    steps.product(logits_product, of(h), Operand::transposed(w_chunk), &logits)?;
+    steps.loss_gradient(&logits, lse, targets, offset, scale)?;
+    let accumulate = Product {
+        beta: Some(1.0),
+        ..Product::store("lm_head_backward_dh")
+    };
+    steps.product(accumulate, of(&logits), of(w_chunk), dh)?;
+    let dw_product = Product::store("lm_head_backward_dw");
+    steps.product(dw_product, Operand::transposed(&logits), of(h), &dw)?;
+    steps.submit()?;
+    Ok(dw)
 }

@@ -123,7 +123,7 @@ macro_rules! conformance {
 /// The kinds of op, numbered: a kind added to `Op` does not compile here until it is
 /// numbered (and `OP_KINDS` raised), and then fails the coverage test below until a small case
 /// of a tested family runs it.
-const OP_KINDS: usize = 39;
+const OP_KINDS: usize = 40;
 
 fn kind(op: &Op) -> usize {
     match op {
@@ -166,6 +166,7 @@ fn kind(op: &Op) -> usize {
         Op::RopeBackward { .. } => 36,
         Op::SiluMulBackward => 37,
         Op::EmbedBackward => 38,
+        Op::LmHeadBackward { .. } => 39,
     }
 }
 

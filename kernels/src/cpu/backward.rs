@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::linalg::{gemm, View};
 use super::CpuTensor;
 use crate::error::Result;
-use crate::ops::check;
+use crate::ops::{check, NO_TARGET};
 
 /// (dX = dY·W, dW = dYᵀ·X) for Y = X·Wᵀ.
 pub fn linear_backward(
@@ -141,4 +141,76 @@ pub fn embed_backward(dh: &CpuTensor, ids: &[u32], vocab: usize) -> Result<CpuTe
         }
     }
     Ok(de)
+}
+
+/// The chunk's dlogits (see `Backend::lm_head_backward_chunk`), dh += dlogits·W and the
+/// chunk's dW = dlogitsᵀ·h.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_backward_chunk(
+    dh: &mut CpuTensor,
+    h: &CpuTensor,
+    w_chunk: &CpuTensor,
+    offset: usize,
+    targets: &[u32],
+    lse: &CpuTensor,
+    scale: f64,
+) -> Result<CpuTensor> {
+    check::lm_head_backward(
+        dh.shape(),
+        h.shape(),
+        w_chunk.shape(),
+        offset,
+        targets.len(),
+        lse.shape(),
+    )?;
+    let mut dlogits = super::forward::linear(h, w_chunk)?;
+    let v = w_chunk.rows;
+    dlogits
+        .data
+        .par_chunks_mut(v.max(1))
+        .enumerate()
+        .for_each(|(t, row)| {
+            let target = targets[t];
+            for (j, l) in row.iter_mut().enumerate() {
+                *l = if target == NO_TARGET {
+                    0.0
+                } else {
+                    let hit = if offset + j == target as usize {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    scale * ((*l - lse.data[t]).exp() - hit)
+                };
+            }
+        });
+    let (n, d) = h.shape();
+    gemm(
+        n,
+        v,
+        d,
+        1.0,
+        &dlogits.data,
+        View::rows(0, v),
+        &w_chunk.data,
+        View::rows(0, d),
+        1.0,
+        &mut dh.data,
+        View::rows(0, d),
+    );
+    let mut dw = CpuTensor::zeros(v, d);
+    gemm(
+        v,
+        n,
+        d,
+        1.0,
+        &dlogits.data,
+        View::transposed(0, v),
+        &h.data,
+        View::rows(0, d),
+        0.0,
+        &mut dw.data,
+        View::rows(0, d),
+    );
+    Ok(dw)
 }

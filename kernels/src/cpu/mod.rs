@@ -697,6 +697,19 @@ impl Backend for CpuBackend {
     fn embed_backward(&self, dh: &CpuTensor, ids: &[u32], vocab: usize) -> Result<CpuTensor> {
         backward::embed_backward(dh, ids, vocab)
     }
+
+    fn lm_head_backward_chunk(
+        &self,
+        dh: &mut CpuTensor,
+        h: &CpuTensor,
+        w_chunk: &CpuTensor,
+        offset: usize,
+        targets: &[u32],
+        lse: &CpuTensor,
+        scale: f64,
+    ) -> Result<CpuTensor> {
+        backward::lm_head_backward_chunk(dh, h, w_chunk, offset, targets, lse, scale)
+    }
 }
 
 #[cfg(test)]

@@ -523,6 +523,20 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         forward::lm_head_chunk(self, state, h, w_chunk, offset, targets)
     }
 
+    fn lm_head_backward_chunk(
+        &self,
+        dh: &mut CubeTensor,
+        h: &CubeTensor,
+        w_chunk: &CubeTensor,
+        offset: usize,
+        targets: &[u32],
+        lse: &CubeTensor,
+        scale: f64,
+    ) -> Result<CubeTensor> {
+        let steps = structured::Steps::new(self);
+        compose::lm_head_backward_chunk(&steps, dh, h, w_chunk, offset, targets, lse, scale)
+    }
+
     fn linear_backward(
         &self,
         x: &CubeTensor,

@@ -409,6 +409,20 @@ pub fn embed_backward(dh: (usize, usize), ids: &[u32], vocab: usize) -> Result<(
     self::ids(ids, vocab)
 }
 
+/// §15 LM-head backward: dh shaped as h, the chunk and targets as the forward's, lse [N, 1].
+pub fn lm_head_backward(
+    dh: (usize, usize),
+    h: (usize, usize),
+    w: (usize, usize),
+    offset: usize,
+    targets: usize,
+    lse: (usize, usize),
+) -> Result<()> {
+    lm_head((h.0, 3), h, w, offset, targets)?;
+    same("LM-head backward: dh vs h", dh, h)?;
+    same("LM-head backward: lse vs rows of h", lse, (h.0, 1))
+}
+
 pub fn lm_head(
     state: (usize, usize),
     h: (usize, usize),

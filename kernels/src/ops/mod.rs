@@ -452,6 +452,26 @@ pub trait Backend {
         unsupported(self.info(), "no SiLU-gate backward")
     }
 
+    /// §15 the LM head's backward with the loss, one vocabulary chunk at a time as the forward
+    /// (`w_chunk` holds the head's rows `offset..offset + w_chunk.rows`): with `lse` [N, 1] the
+    /// forward's per-row log-sum-exp over the whole vocabulary (m + ln s of its state) and
+    /// `scale` the loss's 1/(T − 1), dlogits(t, v) = scale·(exp(h_t·w_v − lse_t) −
+    /// [offset + v = targets[t]]), zero for rows whose target is `NO_TARGET`; dh += dlogits·w_chunk
+    /// and the chunk's dW = dlogitsᵀ·h is returned. The logits exist a chunk at a time only.
+    #[allow(clippy::too_many_arguments)]
+    fn lm_head_backward_chunk(
+        &self,
+        _dh: &mut Self::Tensor,
+        _h: &Self::Tensor,
+        _w_chunk: &Self::Tensor,
+        _offset: usize,
+        _targets: &[u32],
+        _lse: &Self::Tensor,
+        _scale: f64,
+    ) -> Result<Self::Tensor> {
+        unsupported(self.info(), "no LM-head backward")
+    }
+
     /// §15 embedding backward: dE [vocab, d] with row v the sum of the rows t of dh whose
     /// ids[t] = v, in token order (deterministic: no atomics), zero for ids never seen.
     fn embed_backward(

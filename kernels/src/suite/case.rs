@@ -120,6 +120,11 @@ pub enum Op {
     SiluMulBackward,
     /// §15: the embedding's gradient, a `rows`-row table from `tokens` rows of dh.
     EmbedBackward,
+    /// §15: the LM head's backward with the loss over a `rows`-entry vocabulary in chunks of
+    /// `chunk` rows, from `tokens` rows of h of `cols`.
+    LmHeadBackward {
+        chunk: usize,
+    },
 }
 
 /// One op on one shape. `rows x cols` is the weight (out x in); `tokens` is T per sample and

@@ -466,4 +466,50 @@ impl Ctx {
         }
         b.submit()
     }
+
+    /// Records the LM head's dlogits in place of a chunk's logits [N, v] (see
+    /// `compose::Steps::loss_gradient`): `lse` [N, 1] and the targets bound whole, the logits
+    /// in windows of rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_loss_gradient(
+        &self,
+        b: &mut Batch<'_>,
+        logits: &WgpuTensor,
+        lse: &WgpuTensor,
+        targets: &wgpu::Buffer,
+        offset: usize,
+        scale: f64,
+    ) -> Result<()> {
+        let (n, v) = shape(logits);
+        if n == 0 || v == 0 {
+            return Ok(());
+        }
+        let lw = self.fwd_whole("the per-row log-sum-exp", &lse.buf, n)?;
+        let tw = self.fwd_whole("the next-token targets", targets, n)?;
+        let max_rows = self.max_groups() as usize * 4;
+        for (r0, r1) in self.row_slabs(n, v, 1, max_rows)? {
+            let dw = self.rows_win(&logits.buf, v, r0, r1)?;
+            let p = Params {
+                rows: (r1 - r0) as u32,
+                cols: v as u32,
+                row0: r0 as u32,
+                b_base: lw.base(0),
+                d_base: dw.base(0),
+                idx_base: tw.base(0),
+                // The check bounds offset + v by NO_TARGET = u32::MAX.
+                lo: offset as u32,
+                scale: scale as f32,
+                ..Default::default()
+            };
+            let bind = Bind {
+                in1: Some(lw),
+                dst: Some(dw),
+                ids: Some(tw),
+                ..Default::default()
+            };
+            let g = [v.div_ceil(64) as u32, (r1 - r0).div_ceil(4) as u32, 1];
+            self.fwd(b, PLAIN, "lm_loss_grad", &p, bind, g)?;
+        }
+        Ok(())
+    }
 }

@@ -471,6 +471,20 @@ impl Backend for WgpuBackend {
         self.ctx.lm_head_chunk(state, h, w_chunk, offset, targets)
     }
 
+    fn lm_head_backward_chunk(
+        &self,
+        dh: &mut WgpuTensor,
+        h: &WgpuTensor,
+        w_chunk: &WgpuTensor,
+        offset: usize,
+        targets: &[u32],
+        lse: &WgpuTensor,
+        scale: f64,
+    ) -> Result<WgpuTensor> {
+        let steps = structured::Steps::new(&self.ctx);
+        compose::lm_head_backward_chunk(&steps, dh, h, w_chunk, offset, targets, lse, scale)
+    }
+
     fn linear_backward(
         &self,
         x: &WgpuTensor,

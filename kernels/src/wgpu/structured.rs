@@ -880,6 +880,22 @@ impl compose::Steps for Steps<'_> {
         })
     }
 
+    fn loss_gradient(
+        &self,
+        logits: &WgpuTensor,
+        lse: &WgpuTensor,
+        targets: &[u32],
+        offset: usize,
+        scale: f64,
+    ) -> Result<()> {
+        let buf = self.ctx.upload_words("next-token targets", targets)?;
+        self.lists.borrow_mut().push(buf.clone());
+        self.record(|b| {
+            self.ctx
+                .record_loss_gradient(b, logits, lse, &buf, offset, scale)
+        })
+    }
+
     fn submit(&self) -> Result<()> {
         if let Some(b) = self.batch.borrow_mut().take() {
             b.submit()?;

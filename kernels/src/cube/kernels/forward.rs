@@ -862,3 +862,78 @@ pub fn lm_head_chunk<R: Runtime>(
     }
     Ok(())
 }
+
+/// §15: the LM head's dlogits in place of a run of `rows` rows of a chunk's logits (row i at
+/// local row l_row0 + i, global row t0 + i; v entries each, vocabulary offset `offset`):
+/// scale·(exp(l − lse) − [offset + j = target]), zero for rows without a target.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn lm_loss_grad_kernel(
+    logits: &mut Array<f32>,
+    lse: &Array<f32>,
+    targets: &Array<u32>,
+    rows: u32,
+    v: u32,
+    l_row0: u32,
+    s_row0: u32,
+    t0: u32,
+    offset: u32,
+    scale: f32,
+) {
+    let idx = ABSOLUTE_POS as u32;
+    if idx < rows * v {
+        let i = idx / v;
+        let j = idx % v;
+        let target = targets[(t0 + i) as usize];
+        let at = ((l_row0 + i) * v + j) as usize;
+        if target == u32::MAX {
+            logits[at] = 0.0;
+        } else {
+            let mut hit = 0.0f32;
+            if offset + j == target {
+                hit = 1.0;
+            }
+            logits[at] = scale * (f32::exp(logits[at] - lse[(s_row0 + i) as usize]) - hit);
+        }
+    }
+}
+
+/// The LM head's dlogits in place of a chunk's logits [N, v] (see
+/// `compose::Steps::loss_gradient`): one thread per logit, over runs of rows that lie in one
+/// slab of the logits and of lse.
+pub fn loss_gradient<R: Runtime>(
+    b: &CubeBackend<R>,
+    logits: &CubeTensor,
+    lse: &CubeTensor,
+    targets: &[u32],
+    offset: usize,
+    scale: f64,
+) -> Result<()> {
+    let (n, v) = logits.shape();
+    if n == 0 || v == 0 {
+        return Ok(());
+    }
+    let dev = b.scratch_from(targets)?;
+    for (t, len, ls, ll, ss, sl) in aligned_runs(&logits.slabs, &lse.slabs, n) {
+        // SAFETY: one thread per logit of the run's rows, which lie in slab ls of the logits
+        // and slab ss of lse; the targets' index is below n.
+        unsafe {
+            lm_loss_grad_kernel::launch_unchecked::<R>(
+                &b.client,
+                b.grid(len * v, BLOCK),
+                CubeDim::new_1d(BLOCK),
+                arg(&logits.handles[ls], logits.slab_len(ls)),
+                arg(&lse.handles[ss], lse.slab_len(ss)),
+                arg(&dev, n),
+                len as u32,
+                v as u32,
+                ll as u32,
+                sl as u32,
+                t as u32,
+                offset as u32,
+                scale as f32,
+            );
+        }
+    }
+    Ok(())
+}

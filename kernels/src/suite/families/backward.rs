@@ -4,7 +4,10 @@
 //! odd shapes and a model's pass), their work model, their inputs, how they run on a backend
 //! and how their outputs are compared with the reference's.
 
-use super::forward::{embed_ids, rms_norm_input, rope_tables, ForwardDims, RMS_NORM_CASE_EPS};
+use super::forward::{
+    embed_ids, lm_head_chunk_rows, lm_head_operands, rms_norm_input, rope_tables,
+    upload_row_chunks, ForwardDims, RMS_NORM_CASE_EPS,
+};
 use super::{not_in_family, Family};
 use crate::error::Result;
 use crate::ops::{tolerance as tol, Backend};
@@ -13,6 +16,7 @@ use crate::suite::case::{LayerDims, ModelShapes, Op, OpCase};
 use crate::suite::compare::{value_check, Check};
 use crate::suite::inputs::{scaled, CaseInputs};
 use crate::suite::run::{never_ran, CaseOutput};
+use crate::tensor::Matrix;
 
 const FAMILY: Family = Family::Backward;
 
@@ -31,6 +35,15 @@ fn rope(heads: usize, head_dim: usize, seq: usize, windows: usize, theta: f64) -
         theta,
     };
     backward(op, windows * seq, 1, heads * head_dim)
+}
+
+fn lm_head(n: usize, vocab: usize, d: usize, chunk: usize) -> OpCase {
+    backward(Op::LmHeadBackward { chunk }, n, vocab, d)
+}
+
+/// The loss's 1/(T − 1) for a window of `n` tokens (1 for a single token).
+fn loss_scale(n: usize) -> f64 {
+    1.0 / n.saturating_sub(1).max(1) as f64
 }
 
 /// The backward ops of §15 on the forward's odd shapes: one token, widths that are not
@@ -57,6 +70,10 @@ pub fn small_cases() -> Vec<OpCase> {
         backward(EmbedBackward, 13, 50, 37),
         backward(EmbedBackward, 1, 1000, 300),
         backward(EmbedBackward, 40, 7, 130),
+        lm_head(13, 300, 37, 128),
+        lm_head(5, 77, 300, 32),
+        lm_head(1, 1000, 130, 1000),
+        lm_head(67, 250, 64, 100),
     ]
 }
 
@@ -88,6 +105,7 @@ pub fn backward_cases(dims: &ForwardDims, seq: usize) -> Vec<OpCase> {
         rope(g, e, seq, 1, rope_theta),
         backward(SiluMulBackward, n, 1, f),
         backward(EmbedBackward, n, vocab, d),
+        lm_head(n, vocab, d, lm_head_chunk_rows(d)),
     ]);
     let mut seen = std::collections::BTreeSet::new();
     v.retain(|c| seen.insert(c.name()));
@@ -109,6 +127,7 @@ pub(in crate::suite) fn op_name(op: Op) -> String {
         Op::RopeBackward { .. } => "ROPE_BACKWARD".into(),
         Op::SiluMulBackward => "SILU_MUL_BACKWARD".into(),
         Op::EmbedBackward => "EMBED_BACKWARD".into(),
+        Op::LmHeadBackward { .. } => "LM_HEAD_BACKWARD".into(),
         op => not_in_family(op, FAMILY),
     }
 }
@@ -126,6 +145,7 @@ pub(in crate::suite) fn params(case: &OpCase) -> String {
             theta,
         } => format!("heads={heads},head_dim={head_dim},seq={seq},theta={theta},n={t}"),
         Op::EmbedBackward => format!("n={t},vocab={r},cols={c}"),
+        Op::LmHeadBackward { chunk } => format!("chunk={chunk},n={t},vocab={r},cols={c}"),
         op => not_in_family(op, FAMILY),
     }
 }
@@ -151,6 +171,13 @@ pub(in crate::suite) fn bytes(case: &OpCase) -> u64 {
         Op::SiluMulBackward => f * 5 * n * c,
         // dh and the ids read, the whole table of gradients written.
         Op::EmbedBackward => f * (n * c + n + r * c),
+        // W read and dW written once over the chunks; each chunk's call reads h, the targets
+        // and lse, and reads and writes dh (the chunk's logits are the composite's scratch,
+        // which a fused kernel would not need).
+        Op::LmHeadBackward { chunk } => {
+            let calls = case.rows.div_ceil(chunk.max(1)) as u64;
+            f * (2 * r * c + calls * (3 * n * c + 2 * n))
+        }
         op => not_in_family(op, FAMILY),
     }
 }
@@ -173,6 +200,9 @@ pub(in crate::suite) fn flops(case: &OpCase) -> u64 {
         Op::SiluMulBackward => 10 * n * c,
         // One add per entry of dh.
         Op::EmbedBackward => n * c,
+        // The logits, dh += dlogits·W and dW = dlogitsᵀ·h, and per logit the exp, the
+        // subtraction of lse, the target's one and the scale.
+        Op::LmHeadBackward { .. } => 6 * n * c * r + 4 * n * r,
         op => not_in_family(op, FAMILY),
     }
 }
@@ -182,7 +212,7 @@ pub(in crate::suite) fn compute_bound(case: &OpCase) -> bool {
     match case.op {
         // Twice the forward's flops over about twice its bytes: N/2 flops per byte, past the
         // f32 balance from 64 rows, as the forward linear.
-        Op::LinearBackward => case.tokens >= 64,
+        Op::LinearBackward | Op::LmHeadBackward { .. } => case.tokens >= 64,
         // A few flops per entry moved.
         Op::RmsNormBackward | Op::RopeBackward { .. } | Op::SiluMulBackward | Op::EmbedBackward => {
             false
@@ -233,9 +263,44 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
             inp.token_ids = vec![("ids", embed_ids(n, r, s + 1))];
             inp.tensors = vec![("dh", heavy_tailed(n, c, s))];
         }
+        Op::LmHeadBackward { chunk } => {
+            let (h, w, targets) = lm_head_operands(n, r, c, chunk, s)?;
+            let lse = log_sum_exp(&h, &w);
+            inp.token_ids = vec![("targets", targets)];
+            inp.tensors = vec![
+                ("h", h),
+                ("w", w),
+                ("lse", lse),
+                // What the layers above added before: the head's dh adds to it.
+                ("dh", heavy_tailed(n, c, s + 3)),
+            ];
+        }
         op => not_in_family(op, FAMILY),
     }
     Ok(inp)
+}
+
+/// Each row's log-sum-exp of h·Wᵀ over the whole vocabulary, in f64 from the f32 inputs, as
+/// the forward's state leaves it (m + ln s).
+fn log_sum_exp(h: &Matrix, w: &Matrix) -> Matrix {
+    use rayon::prelude::*;
+    let lse: Vec<f32> = (0..h.rows)
+        .into_par_iter()
+        .map(|t| {
+            let logits: Vec<f64> = (0..w.rows)
+                .map(|v| {
+                    h.row(t)
+                        .iter()
+                        .zip(w.row(v))
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum()
+                })
+                .collect();
+            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            (m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln()) as f32
+        })
+        .collect();
+    Matrix::from_fn(h.rows, 1, |t, _| lse[t])
 }
 
 // ---- Running on a backend ----
@@ -271,6 +336,18 @@ pub enum Prepared<B: Backend> {
         ids: Vec<u32>,
         vocab: usize,
         out: Option<B::Tensor>,
+    },
+    /// Every chunk of W in its own tensor, run in order; dh accumulates (the benches' repeats
+    /// add to it again), and each run replaces the chunks' dW.
+    LmHeadBackward {
+        dh: B::Tensor,
+        h: B::Tensor,
+        chunks: Vec<B::Tensor>,
+        chunk: usize,
+        targets: Vec<u32>,
+        lse: B::Tensor,
+        scale: f64,
+        out: Option<Vec<B::Tensor>>,
     },
 }
 
@@ -310,6 +387,16 @@ pub(in crate::suite) fn prepare<B: Backend>(
             vocab: case.rows,
             out: None,
         },
+        Op::LmHeadBackward { chunk } => Prepared::LmHeadBackward {
+            dh: up("dh")?,
+            h: up("h")?,
+            chunks: upload_row_chunks(b, inp.get("w"), chunk)?,
+            chunk,
+            targets: inp.token_ids("targets").to_vec(),
+            lse: up("lse")?,
+            scale: loss_scale(case.tokens),
+            out: None,
+        },
         op => not_in_family(op, FAMILY),
     })
 }
@@ -331,6 +418,23 @@ pub(in crate::suite) fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Resul
             vocab,
             out,
         } => *out = Some(b.embed_backward(dh, ids, *vocab)?),
+        Prepared::LmHeadBackward {
+            dh,
+            h,
+            chunks,
+            chunk,
+            targets,
+            lse,
+            scale,
+            out,
+        } => {
+            let mut dws = Vec::with_capacity(chunks.len());
+            for (i, w) in chunks.iter().enumerate() {
+                let offset = i * *chunk;
+                dws.push(b.lm_head_backward_chunk(dh, h, w, offset, targets, lse, *scale)?);
+            }
+            *out = Some(dws);
+        }
     }
     Ok(())
 }
@@ -351,8 +455,27 @@ pub(in crate::suite) fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<Ca
         Prepared::EmbedBackward { out, .. } => o
             .values
             .push(("dtable", b.download(out.as_ref().ok_or_else(never_ran)?)?)),
+        Prepared::LmHeadBackward { dh, out, .. } => {
+            let dws = out.as_ref().ok_or_else(never_ran)?;
+            o.values.push(("dh", b.download(dh)?));
+            o.values.push(("dw", stack_rows(b, dws)?));
+        }
     }
     Ok(o)
+}
+
+/// The chunks' dW downloaded and stacked into the head's [vocab, d].
+fn stack_rows<B: Backend>(b: &B, parts: &[B::Tensor]) -> Result<Matrix> {
+    let mut rows = 0;
+    let mut data = Vec::new();
+    let mut cols = 0;
+    for p in parts {
+        let m = b.download(p)?;
+        rows += m.rows;
+        cols = m.cols;
+        data.extend_from_slice(&m.data);
+    }
+    Matrix::new(rows, cols, data)
 }
 
 // ---- Comparison ----
@@ -380,6 +503,12 @@ pub(in crate::suite) fn compare(
             check("dup", tol::BACKWARD_ELEMENTWISE),
         ],
         Op::EmbedBackward => vec![check("dtable", tol::BACKWARD_ELEMENTWISE)],
+        Op::LmHeadBackward { .. } => {
+            vec![
+                check("dh", tol::BACKWARD_GEMM),
+                check("dw", tol::BACKWARD_GEMM),
+            ]
+        }
         op => not_in_family(op, FAMILY),
     }
 }
@@ -408,6 +537,7 @@ mod tests {
             "ROPE_BACKWARD(heads=8,head_dim=128,seq=2048,theta=500000,n=2048)",
             "SILU_MUL_BACKWARD(n=2048,cols=14336)",
             "EMBED_BACKWARD(n=2048,vocab=128256,cols=4096)",
+            "LM_HEAD_BACKWARD(chunk=4096,n=2048,vocab=128256,cols=4096)",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
         }

@@ -346,16 +346,11 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
             inp.tensors = vec![("table", heavy_tailed_tall(r, c, s)?)];
         }
         Op::LmHead { chunk } => {
-            inp.token_ids = vec![("targets", lm_head_targets(n, r, chunk, s + 2))];
-            // h as the final RMSNorm leaves it (unit RMS per row); W scaled so that the
-            // logits have a standard deviation of a few units, as a trained model's (their
-            // Student-t tails reach tens: some rows' softmax is nearly one-hot).
-            let h = unit_rms_rows(heavy_tailed(n, c, s));
-            let w = heavy_tailed_tall(r, c, s + 1)?;
-            let k = (LOGIT_STD / logit_std(&h, &w)) as f32;
+            let (h, w, targets) = lm_head_operands(n, r, c, chunk, s)?;
+            inp.token_ids = vec![("targets", targets)];
             inp.tensors = vec![
                 ("h", h),
-                ("w", scaled(w, k)),
+                ("w", w),
                 // Whatever the state held before: the first chunk starts it afresh.
                 ("state", heavy_tailed(n, 3, s + 3)),
             ];
@@ -432,6 +427,23 @@ fn heavy_tailed_tall(rows: usize, cols: usize, seed: u64) -> Result<Matrix> {
             }
         });
     Matrix::new(rows, cols, data)
+}
+
+/// An LM-head case's h [n, d], W [vocab, d] and targets: h as the final RMSNorm leaves it
+/// (unit RMS per row); W scaled so that the logits have a standard deviation of a few units,
+/// as a trained model's (their Student-t tails reach tens: some rows' softmax is nearly
+/// one-hot).
+pub(in crate::suite) fn lm_head_operands(
+    n: usize,
+    vocab: usize,
+    d: usize,
+    chunk: usize,
+    seed: u64,
+) -> Result<(Matrix, Matrix, Vec<u32>)> {
+    let h = unit_rms_rows(heavy_tailed(n, d, seed));
+    let w = heavy_tailed_tall(vocab, d, seed + 1)?;
+    let k = (LOGIT_STD / logit_std(&h, &w)) as f32;
+    Ok((h, scaled(w, k), lm_head_targets(n, vocab, chunk, seed + 2)))
 }
 
 /// The standard deviation an LM-head case's logits are scaled to (a trained LLaMA's are of a
@@ -629,7 +641,11 @@ pub(in crate::suite) fn prepare<B: Backend>(
 
 /// Rows [i·chunk, (i + 1)·chunk) of `w` as tensor i, the last one short where `chunk` does not
 /// divide the rows; each copied on the host only while it is uploaded.
-fn upload_row_chunks<B: Backend>(b: &B, w: &Matrix, chunk: usize) -> Result<Vec<B::Tensor>> {
+pub(in crate::suite) fn upload_row_chunks<B: Backend>(
+    b: &B,
+    w: &Matrix,
+    chunk: usize,
+) -> Result<Vec<B::Tensor>> {
     if chunk == 0 {
         return Err(crate::error::KernelError::InvalidArgument(
             "an LM-head case needs chunks of at least one row".into(),

@@ -151,7 +151,8 @@ impl Op {
             | Op::RmsNormBackward
             | Op::RopeBackward { .. }
             | Op::SiluMulBackward
-            | Op::EmbedBackward => Family::Backward,
+            | Op::EmbedBackward
+            | Op::LmHeadBackward { .. } => Family::Backward,
         }
     }
 }

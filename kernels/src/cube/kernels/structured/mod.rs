@@ -629,6 +629,17 @@ impl<R: Runtime> compose::Steps for Steps<'_, R> {
         Ok(InverseFactor { x, upper: false })
     }
 
+    fn loss_gradient(
+        &self,
+        logits: &CubeTensor,
+        lse: &CubeTensor,
+        targets: &[u32],
+        offset: usize,
+        scale: f64,
+    ) -> Result<()> {
+        super::forward::loss_gradient(self.b, logits, lse, targets, offset, scale)
+    }
+
     fn submit(&self) -> Result<()> {
         Ok(())
     }
