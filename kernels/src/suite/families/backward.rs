@@ -307,31 +307,31 @@ fn log_sum_exp(h: &Matrix, w: &Matrix) -> Matrix {
 
 /// A backward case's device tensors, by op.
 pub enum Prepared<B: Backend> {
-    LinearBackward {
+    Linear {
         x: B::Tensor,
         w: B::Tensor,
         dy: B::Tensor,
         out: Option<(B::Tensor, B::Tensor)>,
     },
-    RmsNormBackward {
+    RmsNorm {
         x: B::Tensor,
         gamma: B::Tensor,
         dy: B::Tensor,
         out: Option<(B::Tensor, B::Tensor)>,
     },
     /// In place: the benches' repeats rotate the same rows back again, which keeps their norms.
-    RopeBackward {
+    Rope {
         dx: B::Tensor,
         cos: B::Tensor,
         sin: B::Tensor,
     },
-    SiluMulBackward {
+    SiluMul {
         gate: B::Tensor,
         up: B::Tensor,
         da: B::Tensor,
         out: Option<(B::Tensor, B::Tensor)>,
     },
-    EmbedBackward {
+    Embed {
         dh: B::Tensor,
         ids: Vec<u32>,
         vocab: usize,
@@ -339,7 +339,7 @@ pub enum Prepared<B: Backend> {
     },
     /// Every chunk of W in its own tensor, run in order; dh accumulates (the benches' repeats
     /// add to it again), and each run replaces the chunks' dW.
-    LmHeadBackward {
+    LmHead {
         dh: B::Tensor,
         h: B::Tensor,
         chunks: Vec<B::Tensor>,
@@ -358,36 +358,36 @@ pub(in crate::suite) fn prepare<B: Backend>(
 ) -> Result<Prepared<B>> {
     let up = |name: &str| b.upload(inp.get(name));
     Ok(match case.op {
-        Op::LinearBackward => Prepared::LinearBackward {
+        Op::LinearBackward => Prepared::Linear {
             x: up("x")?,
             w: up("w")?,
             dy: up("dy")?,
             out: None,
         },
-        Op::RmsNormBackward => Prepared::RmsNormBackward {
+        Op::RmsNormBackward => Prepared::RmsNorm {
             x: up("x")?,
             gamma: up("gamma")?,
             dy: up("dy")?,
             out: None,
         },
-        Op::RopeBackward { .. } => Prepared::RopeBackward {
+        Op::RopeBackward { .. } => Prepared::Rope {
             dx: up("dx")?,
             cos: up("cos")?,
             sin: up("sin")?,
         },
-        Op::SiluMulBackward => Prepared::SiluMulBackward {
+        Op::SiluMulBackward => Prepared::SiluMul {
             gate: up("gate")?,
             up: up("up")?,
             da: up("da")?,
             out: None,
         },
-        Op::EmbedBackward => Prepared::EmbedBackward {
+        Op::EmbedBackward => Prepared::Embed {
             dh: up("dh")?,
             ids: inp.token_ids("ids").to_vec(),
             vocab: case.rows,
             out: None,
         },
-        Op::LmHeadBackward { chunk } => Prepared::LmHeadBackward {
+        Op::LmHeadBackward { chunk } => Prepared::LmHead {
             dh: up("dh")?,
             h: up("h")?,
             chunks: upload_row_chunks(b, inp.get("w"), chunk)?,
@@ -404,21 +404,19 @@ pub(in crate::suite) fn prepare<B: Backend>(
 /// Runs the op once; RoPE's backward updates its input in place.
 pub(in crate::suite) fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Result<()> {
     match p {
-        Prepared::LinearBackward { x, w, dy, out } => *out = Some(b.linear_backward(x, w, dy)?),
-        Prepared::RmsNormBackward { x, gamma, dy, out } => {
+        Prepared::Linear { x, w, dy, out } => *out = Some(b.linear_backward(x, w, dy)?),
+        Prepared::RmsNorm { x, gamma, dy, out } => {
             *out = Some(b.rms_norm_backward(x, gamma, dy, RMS_NORM_CASE_EPS)?)
         }
-        Prepared::RopeBackward { dx, cos, sin } => b.rope_backward(dx, cos, sin)?,
-        Prepared::SiluMulBackward { gate, up, da, out } => {
-            *out = Some(b.silu_mul_backward(gate, up, da)?)
-        }
-        Prepared::EmbedBackward {
+        Prepared::Rope { dx, cos, sin } => b.rope_backward(dx, cos, sin)?,
+        Prepared::SiluMul { gate, up, da, out } => *out = Some(b.silu_mul_backward(gate, up, da)?),
+        Prepared::Embed {
             dh,
             ids,
             vocab,
             out,
         } => *out = Some(b.embed_backward(dh, ids, *vocab)?),
-        Prepared::LmHeadBackward {
+        Prepared::LmHead {
             dh,
             h,
             chunks,
@@ -448,14 +446,14 @@ pub(in crate::suite) fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<Ca
         Result::Ok(())
     };
     match p {
-        Prepared::LinearBackward { out, .. } => pair(("dx", "dw"), out)?,
-        Prepared::RmsNormBackward { out, .. } => pair(("dx", "dgamma"), out)?,
-        Prepared::SiluMulBackward { out, .. } => pair(("dgate", "dup"), out)?,
-        Prepared::RopeBackward { dx, .. } => o.values.push(("dx", b.download(dx)?)),
-        Prepared::EmbedBackward { out, .. } => o
+        Prepared::Linear { out, .. } => pair(("dx", "dw"), out)?,
+        Prepared::RmsNorm { out, .. } => pair(("dx", "dgamma"), out)?,
+        Prepared::SiluMul { out, .. } => pair(("dgate", "dup"), out)?,
+        Prepared::Rope { dx, .. } => o.values.push(("dx", b.download(dx)?)),
+        Prepared::Embed { out, .. } => o
             .values
             .push(("dtable", b.download(out.as_ref().ok_or_else(never_ran)?)?)),
-        Prepared::LmHeadBackward { dh, out, .. } => {
+        Prepared::LmHead { dh, out, .. } => {
             let dws = out.as_ref().ok_or_else(never_ran)?;
             o.values.push(("dh", b.download(dh)?));
             o.values.push(("dw", stack_rows(b, dws)?));
