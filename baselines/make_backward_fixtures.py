@@ -14,15 +14,19 @@ Each op's forward is transformers' own where it has one that stays in float64:
 ``apply_rotary_pos_emb`` (rotate_half), the SiLU of ``ACT2FN`` as LlamaMLP applies it
 (``act(gate) * up``), ``F.linear``, ``F.embedding`` and the loss of LlamaForCausalLM
 (``F.cross_entropy`` over the shifted labels, mean over the T − 1 predicted positions).
-LlamaRMSNorm casts to float32 inside, so its formula is written out here in float64, term for
-term as transformers writes it. The incoming gradient dY is a seeded normal draw; the
+LlamaRMSNorm and ``eager_attention_forward`` cast to float32 inside (the norm's input, the
+softmax), so their steps are written out here in float64, term for term as transformers
+writes them (attention with its own ``repeat_kv`` for the KV groups and an additive causal
+mask). The incoming gradient dY is a seeded normal draw; the
 gradients are autograd's of sum(dY * forward(inputs)).
 
 Tensors written (float64; ids as int64), prefixed by op:
 ``linear.{x,w,dy,dx,dw}``, ``rms_norm.{x,gamma,dy,dx,dgamma}`` (eps in the metadata),
 ``rope.{cos,sin,dy,dx}`` (tables [seq, e/2], rows [windows·seq, heads·e]; heads and seq in
 the metadata), ``silu_mul.{gate,up,da,dgate,dup}``, ``embed.{ids,dh,dtable}`` (vocab in the
-metadata), ``lm_head.{h,w,ids,lse,dh,dw}`` (one window; the loss in the metadata).
+metadata), ``lm_head.{h,w,ids,lse,dh,dw}`` (one window; the loss in the metadata),
+``attention.{q,k,v,do,o,lse,dq,dk,dv}`` (rows [windows·seq, heads·e]; three KV groups of
+three query heads; heads, kv_heads and seq in the metadata).
 """
 
 import argparse
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers.activations import ACT2FN
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 SEED = 0
 RMS_EPS = 1e-5
@@ -119,6 +123,34 @@ def main():
                 "lm_head.lse": torch.logsumexp(logits.detach(), dim=-1, keepdim=True),
                 "lm_head.dh": hl.grad, "lm_head.dw": wl.grad})
     meta["lm_head.loss"] = loss.item()
+
+    # Causal GQA attention: two windows of 7 positions, 9 query heads over 3 KV heads of 4.
+    windows, seq, heads, kv_heads, e = 2, 7, 9, 3, 4
+    r = heads // kv_heads
+    mask = torch.full((seq, seq), torch.finfo(f64).min, dtype=f64).triu(1)
+
+    def split(rows, nh):
+        return rows.reshape(windows, seq, nh, e).transpose(1, 2)
+
+    def attention(q, k, v):
+        # eager_attention_forward's steps, its float32 softmax in float64.
+        ks, vs = repeat_kv(split(k, kv_heads), r), repeat_kv(split(v, kv_heads), r)
+        scores = torch.matmul(split(q, heads), ks.transpose(2, 3)) * e ** -0.5 + mask
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs, vs).transpose(1, 2).reshape(windows * seq, heads * e)
+        lse = torch.logsumexp(scores, dim=-1).transpose(1, 2).reshape(windows * seq, heads)
+        return out, lse
+
+    q = torch.randn(windows * seq, heads * e, dtype=f64)
+    k = torch.randn(windows * seq, kv_heads * e, dtype=f64)
+    v = torch.randn(windows * seq, kv_heads * e, dtype=f64)
+    d_o = torch.randn(windows * seq, heads * e, dtype=f64)
+    o, lse = attention(q, k, v)
+    dq, dk, dv = grads(lambda *a: attention(*a)[0], [q, k, v], d_o)
+    out.update({"attention.q": q, "attention.k": k, "attention.v": v, "attention.do": d_o,
+                "attention.o": o, "attention.lse": lse, "attention.dq": dq,
+                "attention.dk": dk, "attention.dv": dv})
+    meta["attention.heads"], meta["attention.kv_heads"], meta["attention.seq"] = heads, kv_heads, seq
 
     out = {k: v.contiguous() for k, v in out.items()}
     save_file(out, args.out, metadata={"prunebench.fixture": json.dumps(meta, sort_keys=True)})

@@ -150,3 +150,30 @@ fn lm_head_matches_the_causal_lm_loss_gradient() {
     same("LM head dh", &dh, &f.get("lm_head.dh"));
     same("LM head dW", &dw, &f.get("lm_head.dw"));
 }
+
+#[test]
+fn attention_matches_autograd_with_three_kv_groups() {
+    let (f, b) = (Fixture::open(), CpuBackend::new());
+    let (heads, kv_heads, seq) = (
+        f.meta("attention.heads") as usize,
+        f.meta("attention.kv_heads") as usize,
+        f.meta("attention.seq") as usize,
+    );
+    let (q, k, v) = (
+        f.get("attention.q"),
+        f.get("attention.k"),
+        f.get("attention.v"),
+    );
+    let (o, lse) = b
+        .attention_with_lse(&q, &k, &v, heads, kv_heads, seq)
+        .unwrap();
+    same("attention O", &o, &f.get("attention.o"));
+    same("attention L", &lse, &f.get("attention.lse"));
+    let d_o = f.get("attention.do");
+    let (dq, dk, dv) = b
+        .attention_backward(&q, &k, &v, &o, &lse, &d_o, heads, kv_heads, seq)
+        .unwrap();
+    same("attention dQ", &dq, &f.get("attention.dq"));
+    same("attention dK", &dk, &f.get("attention.dk"));
+    same("attention dV", &dv, &f.get("attention.dv"));
+}

@@ -212,3 +212,29 @@ fn lm_head_backward_is_the_gradient_of_the_loss() {
     check_gradient("dh", &h, &dh, |h| lm_loss(h, &w, &targets, scale));
     check_gradient("dW", &w, &dw, |w| lm_loss(&h, w, &targets, scale));
 }
+
+#[test]
+fn attention_backward_is_the_gradient_of_causal_gqa_attention() {
+    let b = cpu();
+    // Three KV groups of three query heads each over two windows of four positions; one
+    // window of one token (P = 1: only dV gets a gradient from it); plain multi-head.
+    for (heads, kv_heads, e, seq, windows) in [(9, 3, 4, 4, 2), (2, 1, 4, 1, 1), (2, 2, 6, 5, 1)] {
+        let n = windows * seq;
+        let q = random(n, heads * e, 16);
+        let k = random(n, kv_heads * e, 17);
+        let v = random(n, kv_heads * e, 18);
+        let d_o = random(n, heads * e, 19);
+        let (o, lse) = b
+            .attention_with_lse(&q, &k, &v, heads, kv_heads, seq)
+            .unwrap();
+        let (dq, dk, dv) = b
+            .attention_backward(&q, &k, &v, &o, &lse, &d_o, heads, kv_heads, seq)
+            .unwrap();
+        let f = |q: &CpuTensor, k: &CpuTensor, v: &CpuTensor| {
+            dot(&d_o, &b.attention(q, k, v, heads, kv_heads, seq).unwrap())
+        };
+        check_gradient("dQ", &q, &dq, |q| f(q, &k, &v));
+        check_gradient("dK", &k, &dk, |k| f(&q, k, &v));
+        check_gradient("dV", &v, &dv, |v| f(&q, &k, v));
+    }
+}

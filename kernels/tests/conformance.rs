@@ -123,7 +123,7 @@ macro_rules! conformance {
 /// The kinds of op, numbered: a kind added to `Op` does not compile here until it is
 /// numbered (and `OP_KINDS` raised), and then fails the coverage test below until a small case
 /// of a tested family runs it.
-const OP_KINDS: usize = 40;
+const OP_KINDS: usize = 41;
 
 fn kind(op: &Op) -> usize {
     match op {
@@ -167,6 +167,7 @@ fn kind(op: &Op) -> usize {
         Op::SiluMulBackward => 37,
         Op::EmbedBackward => 38,
         Op::LmHeadBackward { .. } => 39,
+        Op::AttentionBackward { .. } => 40,
     }
 }
 

@@ -214,3 +214,74 @@ pub fn lm_head_backward_chunk(
     );
     Ok(dw)
 }
+
+/// (dQ, dK, dV) of causal GQA attention as the spec states FlashAttention-2's backward, with
+/// P recomputed from L and D = rowsum(dO ⊙ O); windows in parallel, everything within a
+/// window in order, so dK and dV (summed over a group's query heads) are the same bits on
+/// every run.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    o: &CpuTensor,
+    lse: &CpuTensor,
+    d_o: &CpuTensor,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
+    let e = check::attention_backward(
+        q.shape(),
+        k.shape(),
+        v.shape(),
+        o.shape(),
+        lse.shape(),
+        d_o.shape(),
+        heads,
+        kv_heads,
+        seq,
+    )?;
+    let (n, qc, kc) = (q.rows, q.cols, k.cols);
+    let (r, scale) = (heads / kv_heads, 1.0 / (e as f64).sqrt());
+    let (mut dq, mut dk, mut dv) = (
+        CpuTensor::zeros(n, qc),
+        CpuTensor::zeros(n, kc),
+        CpuTensor::zeros(n, kc),
+    );
+    dq.data
+        .par_chunks_mut(seq * qc)
+        .zip(dk.data.par_chunks_mut(seq * kc))
+        .zip(dv.data.par_chunks_mut(seq * kc))
+        .enumerate()
+        .for_each(|(wi, ((dqw, dkw), dvw))| {
+            let row0 = wi * seq;
+            let at = |m, t, col| head(m, row0 + t, col, e);
+            for h in 0..heads {
+                let g = h / r;
+                for t in 0..seq {
+                    let (qt, dot) = (at(q, t, h * e), at(d_o, t, h * e));
+                    let big_d: f64 = dot.iter().zip(at(o, t, h * e)).map(|(a, b)| a * b).sum();
+                    let l = lse.data[(row0 + t) * heads + h];
+                    for j in 0..=t {
+                        let (kj, vj) = (at(k, j, g * e), at(v, j, g * e));
+                        let s = qt.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale;
+                        let p = (s - l).exp();
+                        let dp: f64 = dot.iter().zip(vj).map(|(a, b)| a * b).sum();
+                        let ds = p * (dp - big_d);
+                        for c in 0..e {
+                            dqw[t * qc + h * e + c] += ds * kj[c] * scale;
+                            dkw[j * kc + g * e + c] += ds * qt[c] * scale;
+                            dvw[j * kc + g * e + c] += p * dot[c];
+                        }
+                    }
+                }
+            }
+        });
+    Ok((dq, dk, dv))
+}
+
+/// The `e` values of row `row` from column `col`: one head's slice.
+fn head(m: &CpuTensor, row: usize, col: usize, e: usize) -> &[f64] {
+    &m.data[row * m.cols + col..][..e]
+}

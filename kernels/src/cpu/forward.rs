@@ -74,15 +74,29 @@ pub fn attention(
     kv_heads: usize,
     seq: usize,
 ) -> Result<CpuTensor> {
+    Ok(attention_with_lse(q, k, v, heads, kv_heads, seq)?.0)
+}
+
+/// The output and each row's and head's log-sum-exp of its scaled scores.
+pub fn attention_with_lse(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+) -> Result<(CpuTensor, CpuTensor)> {
     let e = check::attention(q.shape(), k.shape(), v.shape(), heads, kv_heads, seq)?;
     let r = heads / kv_heads;
     let scale = 1.0 / (e as f64).sqrt();
     let (qc, kc) = (q.cols, k.cols);
     let mut out = CpuTensor::zeros(q.rows, qc);
+    let mut lse = CpuTensor::zeros(q.rows, heads);
     out.data
         .par_chunks_mut(qc)
+        .zip(lse.data.par_chunks_mut(heads))
         .enumerate()
-        .for_each(|(t, orow)| {
+        .for_each(|(t, (orow, lrow))| {
             let start = t - t % seq;
             let mut scores = vec![0.0; t - start + 1];
             for h in 0..heads {
@@ -98,6 +112,7 @@ pub fn attention(
                     *sc = (*sc - m).exp();
                     z += *sc;
                 }
+                lrow[h] = m + z.ln();
                 let oh = &mut orow[h * e..][..e];
                 for (j, &p) in scores.iter().enumerate() {
                     let vj = &v.data[(start + j) * kc + g * e..][..e];
@@ -107,7 +122,7 @@ pub fn attention(
                 }
             }
         });
-    Ok(out)
+    Ok((out, lse))
 }
 
 pub fn silu_mul(gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {

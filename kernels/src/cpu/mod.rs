@@ -694,6 +694,33 @@ impl Backend for CpuBackend {
         backward::silu_mul_backward(gate, up, da)
     }
 
+    fn attention_with_lse(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        forward::attention_with_lse(q, k, v, heads, kv_heads, seq)
+    }
+
+    fn attention_backward(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        o: &CpuTensor,
+        lse: &CpuTensor,
+        d_o: &CpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
+        backward::attention_backward(q, k, v, o, lse, d_o, heads, kv_heads, seq)
+    }
+
     fn embed_backward(&self, dh: &CpuTensor, ids: &[u32], vocab: usize) -> Result<CpuTensor> {
         backward::embed_backward(dh, ids, vocab)
     }

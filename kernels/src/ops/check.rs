@@ -409,6 +409,27 @@ pub fn embed_backward(dh: (usize, usize), ids: &[u32], vocab: usize) -> Result<(
     self::ids(ids, vocab)
 }
 
+/// §15 attention backward: the forward's shapes, o and dO shaped as q, L [N, heads].
+/// Returns head_dim.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: (usize, usize),
+    k: (usize, usize),
+    v: (usize, usize),
+    o: (usize, usize),
+    lse: (usize, usize),
+    d_o: (usize, usize),
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+) -> Result<usize> {
+    let e = attention(q, k, v, heads, kv_heads, seq)?;
+    same("attention backward: O vs Q", o, q)?;
+    same("attention backward: dO vs Q", d_o, q)?;
+    same("attention backward: L vs rows x heads", lse, (q.0, heads))?;
+    Ok(e)
+}
+
 /// §15 LM-head backward: dh shaped as h, the chunk and targets as the forward's, lse [N, 1].
 pub fn lm_head_backward(
     dh: (usize, usize),

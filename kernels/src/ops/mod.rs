@@ -472,6 +472,41 @@ pub trait Backend {
         unsupported(self.info(), "no LM-head backward")
     }
 
+    /// §15 causal GQA attention as [`Backend::attention`], also returning what its backward
+    /// recomputes the probabilities from: L [N, heads], each row's and head's log-sum-exp of
+    /// the scaled scores q·kᵀ/√e over the keys it attends to.
+    fn attention_with_lse(
+        &self,
+        _q: &Self::Tensor,
+        _k: &Self::Tensor,
+        _v: &Self::Tensor,
+        _heads: usize,
+        _kv_heads: usize,
+        _seq: usize,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        unsupported(self.info(), "no attention log-sum-exp")
+    }
+
+    /// §15 attention backward, FlashAttention-2's: from the forward's q, k, v, its output o
+    /// and log-sum-exp L, and dO, with P = exp(q·kᵀ/√e − L) recomputed (never a seq x seq
+    /// matrix in memory), D = rowsum(dO ⊙ O), dS = P ⊙ (dO·Vᵀ − D): (dQ = dS·K/√e,
+    /// dK = dSᵀ·Q/√e, dV = Pᵀ·dO), dK and dV of a KV head summed over its query heads.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        _q: &Self::Tensor,
+        _k: &Self::Tensor,
+        _v: &Self::Tensor,
+        _o: &Self::Tensor,
+        _lse: &Self::Tensor,
+        _d_o: &Self::Tensor,
+        _heads: usize,
+        _kv_heads: usize,
+        _seq: usize,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)> {
+        unsupported(self.info(), "no attention backward")
+    }
+
     /// §15 embedding backward: dE [vocab, d] with row v the sum of the rows t of dh whose
     /// ids[t] = v, in token order (deterministic: no atomics), zero for ids never seen.
     fn embed_backward(

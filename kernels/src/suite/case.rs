@@ -120,6 +120,14 @@ pub enum Op {
     SiluMulBackward,
     /// §15: the embedding's gradient, a `rows`-row table from `tokens` rows of dh.
     EmbedBackward,
+    /// §15: causal GQA attention's dQ, dK and dV (FlashAttention-2's backward), as
+    /// [`Op::Attention`].
+    AttentionBackward {
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        seq: usize,
+    },
     /// §15: the LM head's backward with the loss over a `rows`-entry vocabulary in chunks of
     /// `chunk` rows, from `tokens` rows of h of `cols`.
     LmHeadBackward {

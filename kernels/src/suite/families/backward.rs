@@ -5,10 +5,11 @@
 //! and how their outputs are compared with the reference's.
 
 use super::forward::{
-    embed_ids, lm_head_chunk_rows, lm_head_operands, rms_norm_input, rope_tables,
-    upload_row_chunks, ForwardDims, RMS_NORM_CASE_EPS,
+    attention_operand, embed_ids, lm_head_chunk_rows, lm_head_operands, rms_norm_input,
+    rope_tables, upload_row_chunks, ForwardDims, RMS_NORM_CASE_EPS,
 };
 use super::{not_in_family, Family};
+use crate::cpu::CpuBackend;
 use crate::error::Result;
 use crate::ops::{tolerance as tol, Backend};
 use crate::rng::{heavy_tailed, heavy_tailed_positive};
@@ -33,6 +34,21 @@ fn rope(heads: usize, head_dim: usize, seq: usize, windows: usize, theta: f64) -
         head_dim,
         seq,
         theta,
+    };
+    backward(op, windows * seq, 1, heads * head_dim)
+}
+
+/// Attention's backward on `windows` stacked windows of `seq` rows; `cols` is Q's width.
+fn attention(
+    (heads, kv_heads, head_dim): (usize, usize, usize),
+    seq: usize,
+    windows: usize,
+) -> OpCase {
+    let op = Op::AttentionBackward {
+        heads,
+        kv_heads,
+        head_dim,
+        seq,
     };
     backward(op, windows * seq, 1, heads * head_dim)
 }
@@ -70,6 +86,11 @@ pub fn small_cases() -> Vec<OpCase> {
         backward(EmbedBackward, 13, 50, 37),
         backward(EmbedBackward, 1, 1000, 300),
         backward(EmbedBackward, 40, 7, 130),
+        attention((6, 3, 16), 13, 3),
+        attention((9, 3, 16), 37, 1),
+        attention((6, 3, 16), 1, 4),
+        attention((4, 1, 32), 70, 1),
+        attention((2, 2, 128), 70, 2),
         lm_head(13, 300, 37, 128),
         lm_head(5, 77, 300, 32),
         lm_head(1, 1000, 130, 1000),
@@ -105,6 +126,7 @@ pub fn backward_cases(dims: &ForwardDims, seq: usize) -> Vec<OpCase> {
         rope(g, e, seq, 1, rope_theta),
         backward(SiluMulBackward, n, 1, f),
         backward(EmbedBackward, n, vocab, d),
+        attention((heads, g, e), seq, 1),
         lm_head(n, vocab, d, lm_head_chunk_rows(d)),
     ]);
     let mut seen = std::collections::BTreeSet::new();
@@ -127,6 +149,7 @@ pub(in crate::suite) fn op_name(op: Op) -> String {
         Op::RopeBackward { .. } => "ROPE_BACKWARD".into(),
         Op::SiluMulBackward => "SILU_MUL_BACKWARD".into(),
         Op::EmbedBackward => "EMBED_BACKWARD".into(),
+        Op::AttentionBackward { .. } => "ATTENTION_BACKWARD".into(),
         Op::LmHeadBackward { .. } => "LM_HEAD_BACKWARD".into(),
         op => not_in_family(op, FAMILY),
     }
@@ -145,6 +168,12 @@ pub(in crate::suite) fn params(case: &OpCase) -> String {
             theta,
         } => format!("heads={heads},head_dim={head_dim},seq={seq},theta={theta},n={t}"),
         Op::EmbedBackward => format!("n={t},vocab={r},cols={c}"),
+        Op::AttentionBackward {
+            heads,
+            kv_heads,
+            head_dim,
+            seq,
+        } => format!("heads={heads},kv_heads={kv_heads},head_dim={head_dim},seq={seq},n={t}"),
         Op::LmHeadBackward { chunk } => format!("chunk={chunk},n={t},vocab={r},cols={c}"),
         op => not_in_family(op, FAMILY),
     }
@@ -171,6 +200,14 @@ pub(in crate::suite) fn bytes(case: &OpCase) -> u64 {
         Op::SiluMulBackward => f * 5 * n * c,
         // dh and the ids read, the whole table of gradients written.
         Op::EmbedBackward => f * (n * c + n + r * c),
+        // Q, O and dO read and dQ written; K and V read, dK and dV written (one pass owns dQ,
+        // another dK and dV: each reads Q, K, V, dO and L once more than this minimum).
+        Op::AttentionBackward {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } => f * n * (4 * heads + 4 * kv_heads) as u64 * head_dim as u64 + f * n * heads as u64,
         // W read and dW written once over the chunks; each chunk's call reads h, the targets
         // and lse, and reads and writes dh (the chunk's logits are the composite's scratch,
         // which a fused kernel would not need).
@@ -200,6 +237,15 @@ pub(in crate::suite) fn flops(case: &OpCase) -> u64 {
         Op::SiluMulBackward => 10 * n * c,
         // One add per entry of dh.
         Op::EmbedBackward => n * c,
+        // Causal, per head and window as the forward counts it (2·N·(seq + 1)·heads·e for
+        // each of q·kᵀ and P·V): the backward's five products (the recomputed S, dP = dO·Vᵀ,
+        // dV += Pᵀ·dO, dQ += dS·K, dK += dSᵀ·Q), 5·N·(seq + 1)·heads·e.
+        Op::AttentionBackward {
+            heads,
+            head_dim,
+            seq,
+            ..
+        } => 5 * n * (seq as u64 + 1) * (heads * head_dim) as u64,
         // The logits, dh += dlogits·W and dW = dlogitsᵀ·h, and per logit the exp, the
         // subtraction of lse, the target's one and the scale.
         Op::LmHeadBackward { .. } => 6 * n * c * r + 4 * n * r,
@@ -213,6 +259,8 @@ pub(in crate::suite) fn compute_bound(case: &OpCase) -> bool {
         // Twice the forward's flops over about twice its bytes: N/2 flops per byte, past the
         // f32 balance from 64 rows, as the forward linear.
         Op::LinearBackward | Op::LmHeadBackward { .. } => case.tokens >= 64,
+        // As the forward's: 2.5 times its flops over about twice its bytes.
+        Op::AttentionBackward { seq, .. } => seq >= 128,
         // A few flops per entry moved.
         Op::RmsNormBackward | Op::RopeBackward { .. } | Op::SiluMulBackward | Op::EmbedBackward => {
             false
@@ -262,6 +310,37 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
         Op::EmbedBackward => {
             inp.token_ids = vec![("ids", embed_ids(n, r, s + 1))];
             inp.tensors = vec![("dh", heavy_tailed(n, c, s))];
+        }
+        Op::AttentionBackward {
+            heads,
+            kv_heads,
+            head_dim,
+            seq,
+        } => {
+            let kc = kv_heads * head_dim;
+            let q = attention_operand(n, c, head_dim, s);
+            let k = attention_operand(n, kc, head_dim, s + 1);
+            let v = heavy_tailed(n, kc, s + 2);
+            // O and L as the reference's forward computes them (in f64, stored as f32), so
+            // every backend differentiates the same forward.
+            let up = |m: &Matrix| CpuBackend::new().upload(m);
+            let (o, lse) = CpuBackend::new().attention_with_lse(
+                &up(&q)?,
+                &up(&k)?,
+                &up(&v)?,
+                heads,
+                kv_heads,
+                seq,
+            )?;
+            let cpu = CpuBackend::new();
+            inp.tensors = vec![
+                ("q", q),
+                ("k", k),
+                ("v", v),
+                ("o", cpu.download(&o)?),
+                ("lse", cpu.download(&lse)?),
+                ("do", heavy_tailed(n, c, s + 3)),
+            ];
         }
         Op::LmHeadBackward { chunk } => {
             let (h, w, targets) = lm_head_operands(n, r, c, chunk, s)?;
@@ -337,6 +416,18 @@ pub enum Prepared<B: Backend> {
         vocab: usize,
         out: Option<B::Tensor>,
     },
+    Attention {
+        q: B::Tensor,
+        k: B::Tensor,
+        v: B::Tensor,
+        o: B::Tensor,
+        lse: B::Tensor,
+        d_o: B::Tensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+        out: Option<(B::Tensor, B::Tensor, B::Tensor)>,
+    },
     /// Every chunk of W in its own tensor, run in order; dh accumulates (the benches' repeats
     /// add to it again), and each run replaces the chunks' dW.
     LmHead {
@@ -387,6 +478,23 @@ pub(in crate::suite) fn prepare<B: Backend>(
             vocab: case.rows,
             out: None,
         },
+        Op::AttentionBackward {
+            heads,
+            kv_heads,
+            seq,
+            ..
+        } => Prepared::Attention {
+            q: up("q")?,
+            k: up("k")?,
+            v: up("v")?,
+            o: up("o")?,
+            lse: up("lse")?,
+            d_o: up("do")?,
+            heads,
+            kv_heads,
+            seq,
+            out: None,
+        },
         Op::LmHeadBackward { chunk } => Prepared::LmHead {
             dh: up("dh")?,
             h: up("h")?,
@@ -416,6 +524,21 @@ pub(in crate::suite) fn execute<B: Backend>(b: &B, p: &mut Prepared<B>) -> Resul
             vocab,
             out,
         } => *out = Some(b.embed_backward(dh, ids, *vocab)?),
+        Prepared::Attention {
+            q,
+            k,
+            v,
+            o,
+            lse,
+            d_o,
+            heads,
+            kv_heads,
+            seq,
+            out,
+        } => {
+            let (heads, kv_heads, seq) = (*heads, *kv_heads, *seq);
+            *out = Some(b.attention_backward(q, k, v, o, lse, d_o, heads, kv_heads, seq)?)
+        }
         Prepared::LmHead {
             dh,
             h,
@@ -453,6 +576,12 @@ pub(in crate::suite) fn collect<B: Backend>(b: &B, p: &Prepared<B>) -> Result<Ca
         Prepared::Embed { out, .. } => o
             .values
             .push(("dtable", b.download(out.as_ref().ok_or_else(never_ran)?)?)),
+        Prepared::Attention { out, .. } => {
+            let (dq, dk, dv) = out.as_ref().ok_or_else(never_ran)?;
+            o.values.push(("dq", b.download(dq)?));
+            o.values.push(("dk", b.download(dk)?));
+            o.values.push(("dv", b.download(dv)?));
+        }
         Prepared::LmHead { dh, out, .. } => {
             let dws = out.as_ref().ok_or_else(never_ran)?;
             o.values.push(("dh", b.download(dh)?));
@@ -501,6 +630,11 @@ pub(in crate::suite) fn compare(
             check("dup", tol::BACKWARD_ELEMENTWISE),
         ],
         Op::EmbedBackward => vec![check("dtable", tol::BACKWARD_ELEMENTWISE)],
+        Op::AttentionBackward { .. } => vec![
+            check("dq", tol::BACKWARD_GEMM),
+            check("dk", tol::BACKWARD_GEMM),
+            check("dv", tol::BACKWARD_GEMM),
+        ],
         Op::LmHeadBackward { .. } => {
             vec![
                 check("dh", tol::BACKWARD_GEMM),
@@ -535,6 +669,7 @@ mod tests {
             "ROPE_BACKWARD(heads=8,head_dim=128,seq=2048,theta=500000,n=2048)",
             "SILU_MUL_BACKWARD(n=2048,cols=14336)",
             "EMBED_BACKWARD(n=2048,vocab=128256,cols=4096)",
+            "ATTENTION_BACKWARD(heads=32,kv_heads=8,head_dim=128,seq=2048,n=2048)",
             "LM_HEAD_BACKWARD(chunk=4096,n=2048,vocab=128256,cols=4096)",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");

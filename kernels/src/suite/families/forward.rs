@@ -486,7 +486,12 @@ fn unit_rms_rows(mut m: Matrix) -> Matrix {
 /// head's slice of a heavy-tailed row scaled to a root mean square of √2. The scores then have
 /// a standard deviation of 1 to 2 on the cases' shapes, and the largest softmax weight of a
 /// query over ten or more keys is mostly between 0.1 and 0.8: neither uniform nor one-hot.
-fn attention_operand(rows: usize, cols: usize, head_dim: usize, seed: u64) -> Matrix {
+pub(in crate::suite) fn attention_operand(
+    rows: usize,
+    cols: usize,
+    head_dim: usize,
+    seed: u64,
+) -> Matrix {
     let mut m = heavy_tailed(rows, cols, seed);
     let target = std::f64::consts::SQRT_2;
     for head in m.data.chunks_mut(head_dim.max(1)) {

@@ -152,6 +152,7 @@ impl Op {
             | Op::RopeBackward { .. }
             | Op::SiluMulBackward
             | Op::EmbedBackward
+            | Op::AttentionBackward { .. }
             | Op::LmHeadBackward { .. } => Family::Backward,
         }
     }
