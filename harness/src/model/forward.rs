@@ -95,9 +95,9 @@ impl Captured {
 
 /// RoPE's tables for windows of `seq` tokens, on the device.
 pub struct Rope<B: Backend> {
-    cos: B::Tensor,
-    sin: B::Tensor,
-    seq: usize,
+    pub(super) cos: B::Tensor,
+    pub(super) sin: B::Tensor,
+    pub(super) seq: usize,
 }
 
 impl<B: Backend> Rope<B> {
@@ -114,18 +114,18 @@ impl<B: Backend> Rope<B> {
 /// One decoder layer's weights on the device; heads and KV heads from the tensors' shapes, so
 /// a structurally pruned layer runs as it is.
 pub struct LayerOnDevice<B: Backend> {
-    layer: usize,
-    norm_in: B::Tensor,
-    norm_post: B::Tensor,
-    q: B::Tensor,
-    k: B::Tensor,
-    v: B::Tensor,
-    o: B::Tensor,
-    gate: B::Tensor,
-    up: B::Tensor,
-    down: B::Tensor,
-    heads: usize,
-    kv_heads: usize,
+    pub(super) layer: usize,
+    pub(super) norm_in: B::Tensor,
+    pub(super) norm_post: B::Tensor,
+    pub(super) q: B::Tensor,
+    pub(super) k: B::Tensor,
+    pub(super) v: B::Tensor,
+    pub(super) o: B::Tensor,
+    pub(super) gate: B::Tensor,
+    pub(super) up: B::Tensor,
+    pub(super) down: B::Tensor,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
 }
 
 fn norm_name(group: InputGroup, layer: usize) -> String {
@@ -323,10 +323,10 @@ pub fn layer_pass<B: Backend>(
 
 /// The final norm and LM head on the device, in vocabulary chunks.
 pub struct Head<B: Backend> {
-    norm: B::Tensor,
+    pub(super) norm: B::Tensor,
     /// (first vocabulary row, the chunk's rows).
-    chunks: Vec<(usize, B::Tensor)>,
-    vocab: usize,
+    pub(super) chunks: Vec<(usize, B::Tensor)>,
+    pub(super) vocab: usize,
 }
 
 impl<B: Backend> Head<B> {
@@ -358,9 +358,9 @@ impl<B: Backend> Head<B> {
         })
     }
 
-    /// Σ −log p(next token) over every position of the batch that has a next token within
-    /// its window, and how many such positions.
-    pub fn nll(&self, b: &B, x: &Matrix, windows: &[Vec<u32>], eps: f64) -> Result<(f64, usize)> {
+    /// Each row's next token within its window (`NO_TARGET` for a window's last row), checked
+    /// against the vocabulary.
+    pub fn targets(&self, windows: &[Vec<u32>]) -> Result<Vec<u32>> {
         let targets: Vec<u32> = windows
             .iter()
             .flat_map(|w| (0..w.len()).map(move |t| w.get(t + 1).copied().unwrap_or(NO_TARGET)))
@@ -374,6 +374,13 @@ impl<B: Backend> Head<B> {
                 self.vocab
             )));
         }
+        Ok(targets)
+    }
+
+    /// Σ −log p(next token) over every position of the batch that has a next token within
+    /// its window, and how many such positions.
+    pub fn nll(&self, b: &B, x: &Matrix, windows: &[Vec<u32>], eps: f64) -> Result<(f64, usize)> {
+        let targets = self.targets(windows)?;
         let xt = b.upload(x).context(|| "uploading hidden states".into())?;
         let h = b
             .rms_norm(&xt, &self.norm, eps)

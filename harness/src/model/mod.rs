@@ -7,11 +7,13 @@
 //! windows at a time: a layer's weights are then the only thing resident, whatever the
 //! number of windows.
 
+pub mod backward;
 pub mod forward;
 pub mod perplexity;
 pub mod preflight;
 pub mod sequential;
 
+pub use backward::model_backward;
 pub use forward::{ForwardOptions, Weights};
 pub use perplexity::{perplexity, Perplexity};
 pub use preflight::check_tensors;
