@@ -241,6 +241,8 @@ pub(in crate::suite) fn inputs(case: &OpCase) -> Result<CaseInputs> {
 // ---- Running on a backend ----
 
 /// A backward case's device tensors, by op.
+// The variants are named after the `Op`s they prepare, which all end in `Backward`.
+#[allow(clippy::enum_variant_names)]
 pub enum Prepared<B: Backend> {
     LinearBackward {
         x: B::Tensor,
