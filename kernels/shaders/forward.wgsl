@@ -35,6 +35,7 @@ struct Params {
     eps: f32,        // rms_norm
     q_start: u32,    // attention: the query positions [q_start, q_stop) of each window covered
     q_stop: u32,
+    transpose: u32,  // rope: the transposed rotation (the backward pass), sin negated
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -100,6 +101,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // RoPE in place on dst (rows of cols = heads·e values), HF's rotate_half: for the pair
 // (head, i < e/2) of row r at position p = r mod seq, (x_i, x_{i+e/2}) ←
 // (x_i·c − x_{i+e/2}·s, x_{i+e/2}·c + x_i·s) with c, s entry (p, i) of the tables in in1, in2.
+// With `transpose`, s is negated (exactly): the inverse rotation, which is RoPE's backward.
 @compute @workgroup_size(64, 4, 1)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half = P.e / 2u;
@@ -109,7 +111,8 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x % half;
     let ti = (r % P.seq) * half + i;
     let c = in1[P.b_base + ti];
-    let s = in2[P.c_base + ti];
+    var s = in2[P.c_base + ti];
+    if (P.transpose != 0u) { s = -s; }
     let xa = P.d_base + r * P.cols + head * P.e + i;
     let x0 = dst[xa];
     let x1 = dst[xa + half];

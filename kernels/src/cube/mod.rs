@@ -31,7 +31,9 @@ use crate::ops::{
     ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
-use kernels::{factor, forward, grad, obs, recon, score, select, sparse, stats, structured};
+use kernels::{
+    backward, factor, forward, grad, obs, recon, score, select, sparse, stats, structured,
+};
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
@@ -544,5 +546,32 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         dy: &CubeTensor,
     ) -> Result<(CubeTensor, CubeTensor)> {
         compose::linear_backward(&structured::Steps::new(self), x, w, dy)
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &CubeTensor,
+        gamma: &CubeTensor,
+        dy: &CubeTensor,
+        eps: f64,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        backward::rms_norm_backward(self, x, gamma, dy, eps)
+    }
+
+    fn rope_backward(&self, dx: &mut CubeTensor, cos: &CubeTensor, sin: &CubeTensor) -> Result<()> {
+        backward::rope_backward(self, dx, cos, sin)
+    }
+
+    fn silu_mul_backward(
+        &self,
+        gate: &CubeTensor,
+        up: &CubeTensor,
+        da: &CubeTensor,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        backward::silu_mul_backward(self, gate, up, da)
+    }
+
+    fn embed_backward(&self, dh: &CubeTensor, ids: &[u32], vocab: usize) -> Result<CubeTensor> {
+        backward::embed_backward(self, dh, ids, vocab)
     }
 }

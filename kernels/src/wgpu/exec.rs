@@ -32,6 +32,8 @@ pub(crate) enum Module {
     /// The forward kernels of §14, attention's per-invocation arrays sized for heads of up to
     /// this many values (64, 128 or 256); the other kernels are the same in every variant.
     Forward(u32),
+    /// The backward kernels of §15 that are neither GEMMs nor RoPE (which is the forward's).
+    Backward,
 }
 
 /// The token-block sizes sparse_matmul.wgsl is built for.
@@ -42,7 +44,7 @@ pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 18] = [
+    pub const ALL: [Module; 19] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -61,6 +63,7 @@ impl Module {
         Module::Forward(64),
         Module::Forward(128),
         Module::Forward(256),
+        Module::Backward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Module {
             Module::Structured => "structured",
             Module::SparseMatmul(_) => "sparse_matmul",
             Module::Forward(_) => "forward",
+            Module::Backward => "backward",
         }
     }
 
@@ -96,6 +100,7 @@ impl Module {
             Module::Structured => include_str!("../../shaders/structured.wgsl"),
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
             Module::Forward(emax) => forward_source(emax),
+            Module::Backward => include_str!("../../shaders/backward.wgsl"),
         }
     }
 
@@ -116,6 +121,7 @@ impl Module {
             Module::Structured => &[true, false, true, true, true, true, false, false],
             Module::SparseMatmul(_) => &[true, true, true, true, true, false],
             Module::Forward(_) => &[true, true, true, false, true],
+            Module::Backward => &[true, true, true, false, false, true],
         }
     }
 }

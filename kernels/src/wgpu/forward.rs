@@ -54,6 +54,7 @@ struct Params {
     eps: f32,
     q_start: u32,
     q_stop: u32,
+    transpose: u32,
 }
 
 /// The storage bindings of forward.wgsl, unused where `None`.
@@ -97,7 +98,12 @@ impl Ctx {
     }
 
     /// A small operand (table, id list) bound whole, or an error naming it.
-    fn fwd_whole<'a>(&self, what: &str, buf: &'a wgpu::Buffer, elems: usize) -> Result<Win<'a>> {
+    pub(super) fn fwd_whole<'a>(
+        &self,
+        what: &str,
+        buf: &'a wgpu::Buffer,
+        elems: usize,
+    ) -> Result<Win<'a>> {
         self.whole(buf, elems).map_err(|_| {
             KernelError::Unsupported(format!(
                 "{what} ({elems} values) must fit one storage binding of {} bytes",
@@ -181,6 +187,18 @@ impl Ctx {
         cos: &WgpuTensor,
         sin: &WgpuTensor,
     ) -> Result<()> {
+        self.rotate(x, cos, sin, false)
+    }
+
+    /// RoPE's rotation in place, or with `transpose` its inverse (the backward pass): the
+    /// same kernel with the sine negated.
+    pub(super) fn rotate(
+        &self,
+        x: &mut WgpuTensor,
+        cos: &WgpuTensor,
+        sin: &WgpuTensor,
+        transpose: bool,
+    ) -> Result<()> {
         let (seq, e) = check::rope(shape(x), shape(cos), shape(sin))?;
         let (n, cols) = shape(x);
         if n == 0 {
@@ -202,6 +220,7 @@ impl Ctx {
                 d_base: xw.base(0),
                 seq: seq as u32,
                 e: e as u32,
+                transpose: transpose as u32,
                 ..Default::default()
             };
             let bind = Bind {

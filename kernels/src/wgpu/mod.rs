@@ -6,6 +6,7 @@
 //! once per window, so the only hard size limits are the device's buffer size and memory
 //! (and, for attention, a window's K and V rows in one binding: see `forward`).
 
+mod backward;
 mod device;
 mod exec;
 mod factor;
@@ -492,5 +493,32 @@ impl Backend for WgpuBackend {
         dy: &WgpuTensor,
     ) -> Result<(WgpuTensor, WgpuTensor)> {
         compose::linear_backward(&structured::Steps::new(&self.ctx), x, w, dy)
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &WgpuTensor,
+        gamma: &WgpuTensor,
+        dy: &WgpuTensor,
+        eps: f64,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        self.ctx.rms_norm_backward(x, gamma, dy, eps)
+    }
+
+    fn rope_backward(&self, dx: &mut WgpuTensor, cos: &WgpuTensor, sin: &WgpuTensor) -> Result<()> {
+        self.ctx.rope_backward(dx, cos, sin)
+    }
+
+    fn silu_mul_backward(
+        &self,
+        gate: &WgpuTensor,
+        up: &WgpuTensor,
+        da: &WgpuTensor,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        self.ctx.silu_mul_backward(gate, up, da)
+    }
+
+    fn embed_backward(&self, dh: &WgpuTensor, ids: &[u32], vocab: usize) -> Result<WgpuTensor> {
+        self.ctx.embed_backward(dh, ids, vocab)
     }
 }

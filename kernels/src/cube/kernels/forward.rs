@@ -113,7 +113,8 @@ fn rms_norm_kernel(
 }
 
 /// RoPE in place, one thread per rotated pair: slab row r is global row row0 + r, at position
-/// (row0 + r) mod seq; pair j of a row is (head j / half, index j mod half).
+/// (row0 + r) mod seq; pair j of a row is (head j / half, index j mod half). `transposed`
+/// negates the sine (exactly): the inverse rotation, which is RoPE's backward.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn rope_kernel(
@@ -125,6 +126,7 @@ fn rope_kernel(
     half: u32,
     seq: u32,
     row0: u32,
+    #[comptime] transposed: bool,
 ) {
     let i = ABSOLUTE_POS as u32;
     if i < pairs {
@@ -135,7 +137,11 @@ fn rope_kernel(
         let a_at = (r * cols + (j / half) * 2 * half + c) as usize;
         let b_at = a_at + half as usize;
         let t = ((row0 + r) % seq * half + c) as usize;
-        let (cs, sn) = (cos[t], sin[t]);
+        let cs = cos[t];
+        let mut sn = sin[t];
+        if comptime![transposed] {
+            sn = -sn;
+        }
         let a = x[a_at];
         let b = x[b_at];
         x[a_at] = a * cs - b * sn;
@@ -520,6 +526,17 @@ pub fn rope<R: Runtime>(
     cos: &CubeTensor,
     sin: &CubeTensor,
 ) -> Result<()> {
+    rotate(b, x, cos, sin, false)
+}
+
+/// RoPE's rotation in place, or with `transposed` its inverse (the backward pass).
+pub(super) fn rotate<R: Runtime>(
+    b: &CubeBackend<R>,
+    x: &CubeTensor,
+    cos: &CubeTensor,
+    sin: &CubeTensor,
+    transposed: bool,
+) -> Result<()> {
     let (seq, e) = check::rope(x.shape(), cos.shape(), sin.shape())?;
     if cos.handles.len() > 1 || sin.handles.len() > 1 {
         return Err(KernelError::Unsupported(format!(
@@ -549,6 +566,7 @@ pub fn rope<R: Runtime>(
                 half as u32,
                 seq as u32,
                 r0 as u32,
+                transposed,
             );
         }
     }
