@@ -385,8 +385,6 @@ fn log_sum_exp(h: &Matrix, w: &Matrix) -> Matrix {
 // ---- Running on a backend ----
 
 /// A backward case's device tensors, by op.
-// The variants are named after the `Op`s they prepare, which all end in `Backward`.
-#[allow(clippy::enum_variant_names)]
 pub enum Prepared<B: Backend> {
     Linear {
         x: B::Tensor,

@@ -1,0 +1,110 @@
+//! The whole-model backward against the real thing: transformers' autograd in float64 on the
+//! two forward fixtures (tests/fixtures/forward/{mha,gqa}/gradients.safetensors, made by
+//! baselines/make_gradient_fixtures.py): every linear's dW of the causal-LM loss over the two
+//! windows, on a multi-head f32 model and on a GQA model with three KV groups, llama3 RoPE
+//! scaling and tied embeddings in bf16.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::fixture;
+use prunebench_harness::model::{model_backward, ForwardOptions, Weights};
+use prunebench_kernels::cpu::CpuBackend;
+use prunebench_kernels::Backend;
+use prunebench_models::checkpoint::Checkpoint;
+use safetensors::SafeTensors;
+
+/// The reference computes in f64 and hands out f32 tensors; the fixture is f64 autograd stored
+/// as f32: both within f32 rounding (6e-8) of the same values. The bound.
+const REFERENCE_REL_RMS: f64 = 1e-6;
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn rel_rms(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// The backend's dW of every linear and loss against transformers'.
+fn check<B: Backend>(b: &B, model: &str, tol: f64) {
+    let ckpt = Checkpoint::open(&fixture(model)).unwrap();
+    let cfg = ckpt.llama().unwrap();
+    let none = HashMap::new();
+    let w = Weights {
+        ckpt: &ckpt,
+        replaced: &none,
+    };
+    let reference = std::fs::read(fixture(model).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&reference).unwrap();
+    let ids = st.tensor("ids").unwrap();
+    let seq = ids.shape()[1];
+    let windows: Vec<Vec<u32>> = ids
+        .data()
+        .chunks_exact(8 * seq)
+        .map(|w| {
+            w.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect()
+        })
+        .collect();
+    let want_bytes = std::fs::read(fixture(model).join("gradients.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&want_bytes).unwrap();
+    let (mut seen, mut worst) = (0, 0.0f64);
+    let mut grads = |layer: usize, name: &'static str, dw: B::Tensor| {
+        let key = format!("model.layers.{layer}.{}.{name}.weight", group(name));
+        let got = b.download(&dw).unwrap();
+        let e = rel_rms(&got.data, &f32s(want.tensor(&key).unwrap().data()));
+        assert!(e <= tol, "{model} {key}: relative RMS {e:e} from autograd");
+        worst = worst.max(e);
+        seen += 1;
+        Ok(())
+    };
+    let loss = model_backward(
+        b,
+        &w,
+        &cfg,
+        &windows,
+        &ForwardOptions::default(),
+        &mut grads,
+    )
+    .unwrap();
+    assert_eq!(seen, want.len(), "{model}: every linear's dW");
+    eprintln!("{model}: largest relative RMS of a dW from autograd {worst:.2e}");
+    let (_, meta) = SafeTensors::read_metadata(&want_bytes).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["prunebench.fixture"]).unwrap();
+    let want_loss = meta["loss"].as_f64().unwrap();
+    assert!(
+        (loss - want_loss).abs() <= 1e-6 * want_loss,
+        "{model} loss {loss} vs {want_loss}"
+    );
+}
+
+fn group(linear: &str) -> &'static str {
+    match linear {
+        "q_proj" | "k_proj" | "v_proj" | "o_proj" => "self_attn",
+        _ => "mlp",
+    }
+}
+
+#[test]
+fn reference_gradients_match_autograd_multi_head_f32() {
+    check(&CpuBackend::new(), "mha", REFERENCE_REL_RMS);
+}
+
+#[test]
+fn reference_gradients_match_autograd_gqa_llama3_rope_tied_bf16() {
+    check(&CpuBackend::new(), "gqa", REFERENCE_REL_RMS);
+}
