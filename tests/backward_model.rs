@@ -9,9 +9,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::fixture;
-use prunebench_harness::model::{model_backward, ForwardOptions, Weights};
+use prunebench_harness::model::{gblm_gradients, model_backward, ForwardOptions, Weights};
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::Backend;
+use prunebench_kernels::{Backend, GradNorm};
 use prunebench_models::checkpoint::Checkpoint;
 use safetensors::SafeTensors;
 
@@ -37,6 +37,22 @@ fn rel_rms(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// The fixture's two windows of token ids.
+fn windows(model: &str) -> Vec<Vec<u32>> {
+    let reference = std::fs::read(fixture(model).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&reference).unwrap();
+    let ids = st.tensor("ids").unwrap();
+    let seq = ids.shape()[1];
+    ids.data()
+        .chunks_exact(8 * seq)
+        .map(|w| {
+            w.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect()
+        })
+        .collect()
+}
+
 /// The backend's dW of every linear and loss against transformers'.
 fn check<B: Backend>(b: &B, model: &str, tol: f64) {
     let ckpt = Checkpoint::open(&fixture(model)).unwrap();
@@ -46,19 +62,7 @@ fn check<B: Backend>(b: &B, model: &str, tol: f64) {
         ckpt: &ckpt,
         replaced: &none,
     };
-    let reference = std::fs::read(fixture(model).join("reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&reference).unwrap();
-    let ids = st.tensor("ids").unwrap();
-    let seq = ids.shape()[1];
-    let windows: Vec<Vec<u32>> = ids
-        .data()
-        .chunks_exact(8 * seq)
-        .map(|w| {
-            w.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-                .collect()
-        })
-        .collect();
+    let windows = windows(model);
     let want_bytes = std::fs::read(fixture(model).join("gradients.safetensors")).unwrap();
     let want = SafeTensors::deserialize(&want_bytes).unwrap();
     let (mut seen, mut worst) = (0, 0.0f64);
@@ -80,7 +84,12 @@ fn check<B: Backend>(b: &B, model: &str, tol: f64) {
         &mut grads,
     )
     .unwrap();
-    assert_eq!(seen, want.len(), "{model}: every linear's dW");
+    let linears = want
+        .names()
+        .iter()
+        .filter(|n| !n.starts_with("gblm."))
+        .count();
+    assert_eq!(seen, linears, "{model}: every linear's dW");
     eprintln!("{model}: largest relative RMS of a dW from autograd {worst:.2e}");
     let (_, meta) = SafeTensors::read_metadata(&want_bytes).unwrap();
     let meta: serde_json::Value =
@@ -107,4 +116,41 @@ fn reference_gradients_match_autograd_multi_head_f32() {
 #[test]
 fn reference_gradients_match_autograd_gqa_llama3_rope_tied_bf16() {
     check(&CpuBackend::new(), "gqa", REFERENCE_REL_RMS);
+}
+
+/// GBLM-Pruner's statistic over the fixture's two windows, one backward each, against
+/// transformers' (`gblm.` tensors of the fixture).
+fn check_statistic<B: Backend>(b: &B, model: &str, tol: f64) {
+    let ckpt = Checkpoint::open(&fixture(model)).unwrap();
+    let cfg = ckpt.llama().unwrap();
+    let none = HashMap::new();
+    let w = Weights {
+        ckpt: &ckpt,
+        replaced: &none,
+    };
+    let opts = ForwardOptions::default();
+    let stats = gblm_gradients(b, &w, &cfg, &windows(model), GradNorm::L2, &opts, &|_| {}).unwrap();
+    let bytes = std::fs::read(fixture(model).join("gradients.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(stats.tensors.len(), 7 * cfg.model.num_layers);
+    for (name, g) in &stats.tensors {
+        let e = rel_rms(
+            &g.data,
+            &f32s(want.tensor(&format!("gblm.{name}")).unwrap().data()),
+        );
+        assert!(
+            e <= tol,
+            "{model} statistic {name}: relative RMS {e:e} from transformers"
+        );
+    }
+}
+
+#[test]
+fn reference_statistic_matches_transformers_multi_head_f32() {
+    check_statistic(&CpuBackend::new(), "mha", REFERENCE_REL_RMS);
+}
+
+#[test]
+fn reference_statistic_matches_transformers_gqa_llama3_rope_tied_bf16() {
+    check_statistic(&CpuBackend::new(), "gqa", REFERENCE_REL_RMS);
 }

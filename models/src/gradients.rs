@@ -114,3 +114,38 @@ impl ReadyStats for LayerGradients<'_> {
         }))
     }
 }
+
+/// What a gradients file records of the run that made it, as `baselines/compute_gradients.py`
+/// writes it.
+pub struct GradientsMeta<'a> {
+    pub grad_norm: &'a str,
+    pub nsamples: usize,
+    pub seqlen: usize,
+    pub seed: u64,
+    pub grad_scale: f32,
+}
+
+/// Writes the statistic of every linear (HF weight names, f32) with the format's metadata,
+/// through a temporary renamed into place, so no partial file is ever left at `path`.
+pub fn write(path: &Path, tensors: &[(String, Matrix)], meta: &GradientsMeta<'_>) -> Result<()> {
+    let metadata = std::collections::HashMap::from([
+        (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
+        ("grad_norm".to_string(), meta.grad_norm.to_string()),
+        ("nsamples".to_string(), meta.nsamples.to_string()),
+        ("seqlen".to_string(), meta.seqlen.to_string()),
+        ("seed".to_string(), meta.seed.to_string()),
+        ("grad_scale".to_string(), format!("{}", meta.grad_scale)),
+    ]);
+    let all = tensors
+        .iter()
+        .map(|(name, m)| {
+            let header = crate::mapped::TensorHeader::new(
+                name.clone(),
+                crate::DType::F32,
+                vec![m.rows, m.cols],
+            );
+            (header, &m.data[..])
+        })
+        .collect();
+    crate::mapped::write_matrices(path, all, metadata)
+}

@@ -324,9 +324,16 @@ pub fn raw_header_bytes(
         ));
         offset += bytes;
     }
+    // A HashMap serialises in an order that differs from process to process; the metadata
+    // is written sorted instead, so the same tensors give the same bytes on every run. The map
+    // serialises the same way alone as inside the header, so its text is swapped whole.
+    let unsorted = serde_json::to_string(&metadata).map_err(|e| e.to_string())?;
+    let sorted: std::collections::BTreeMap<&String, &String> = metadata.iter().collect();
+    let sorted = serde_json::to_string(&sorted).map_err(|e| e.to_string())?;
     let header = Metadata::new(Some(metadata), infos)
         .map_err(|e| e.to_string())
-        .and_then(|m| serde_json::to_string(&m).map_err(|e| e.to_string()))?;
+        .and_then(|m| serde_json::to_string(&m).map_err(|e| e.to_string()))?
+        .replacen(&unsorted, &sorted, 1);
     let mut header = header.into_bytes();
     header.resize(header.len().next_multiple_of(8), b' ');
     Ok(header)

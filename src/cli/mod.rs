@@ -5,6 +5,7 @@ mod bench;
 #[cfg(feature = "cuda")]
 mod compile;
 mod devices;
+mod gradients;
 mod inputs;
 mod layer_input;
 mod model_input;
@@ -39,6 +40,9 @@ enum Command {
     /// layers before it compute; perplexity before and after; the pruned model as a Hugging
     /// Face folder.
     PruneModel(PruneModelArgs),
+    /// GBLM-Pruner's gradient statistic of a dense checkpoint from the suite's own backward
+    /// pass, one window at a time, written as the file `prune-model --gradients` reads.
+    Gradients(gradients::GradientsArgs),
     /// Write a seeded synthetic LLaMA as a Hugging Face folder, with token ids to run
     /// prune-model and perplexity on.
     SyntheticModel(SyntheticModelArgs),
@@ -488,6 +492,7 @@ pub fn run(cli: Cli, inputs: &Inputs) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Prune(a) => prune::run(a, inputs),
         Command::PruneModel(a) => prune_model::run(a, inputs),
+        Command::Gradients(a) => gradients::run(a, inputs),
         Command::Perplexity(a) => perplexity::run(a),
         Command::SyntheticModel(a) => synthetic_model::run(a, inputs),
         Command::Verify(a) => verify::run(a),

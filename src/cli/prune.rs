@@ -57,7 +57,7 @@ pub fn parse_group(s: Option<&str>) -> Result<Option<MaskGroup>> {
     })
 }
 
-fn parse_norm(s: &str) -> Result<GradNorm> {
+pub fn parse_norm(s: &str) -> Result<GradNorm> {
     match s.trim().to_ascii_lowercase().as_str() {
         "l2" => Ok(GradNorm::L2),
         "l1" => Ok(GradNorm::L1),

@@ -9,12 +9,14 @@
 
 pub mod backward;
 pub mod forward;
+pub mod gradients;
 pub mod perplexity;
 pub mod preflight;
 pub mod sequential;
 
 pub use backward::model_backward;
 pub use forward::{ForwardOptions, Weights};
+pub use gradients::{gblm_gradients, GradientStats, GradientSummary};
 pub use perplexity::{perplexity, Perplexity};
 pub use preflight::check_tensors;
 pub use sequential::{prune_model, ModelRun};

@@ -1,0 +1,103 @@
+//! `prunebench gradients` as a user runs it: GBLM-Pruner's statistic of a checkpoint from the
+//! suite's own backward pass, written as the file `prune-model --gradients` reads, the same
+//! bytes on a second run, and every bad input refused with one line, exit 2 and no file.
+
+mod common;
+
+use common::cli::{fails, refused};
+use common::{fixture, json, prunebench, s};
+use prunebench_models::checkpoint::Checkpoint;
+use prunebench_models::gradients::GradientsFile;
+use safetensors::SafeTensors;
+
+fn args<'a>(ckpt: &'a str, text: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "gradients",
+        "--checkpoint",
+        ckpt,
+        "--calibration-text",
+        text,
+        "--nsamples",
+        "3",
+        "--seqlen",
+        "32",
+        "--backend",
+        "cpu",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn gradients_are_written_as_prune_model_reads_them_and_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, text) = (fixture("gqa"), fixture("text.txt"));
+    let (first, second) = (
+        dir.path().join("g1.safetensors"),
+        dir.path().join("g2.safetensors"),
+    );
+    let mut a = args(s(&ckpt), s(&text), s(&first));
+    a.push("--json");
+    let v = json(&prunebench(&a));
+    assert_eq!(v["summary"]["windows"], 3);
+    assert_eq!(v["summary"]["seqlen"], 32);
+    assert_eq!(v["grad_norm"], "l2");
+    assert!(v["summary"]["mean_loss"].as_f64().unwrap() > 0.0);
+    let cfg = Checkpoint::open(&ckpt).unwrap().llama().unwrap();
+    GradientsFile::open(&first, &cfg.model).expect("prune-model --gradients reads it");
+    let bytes = std::fs::read(&first).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    for (k, want) in [
+        ("nsamples", "3"),
+        ("seqlen", "32"),
+        ("seed", "0"),
+        ("grad_scale", "100"),
+    ] {
+        assert_eq!(meta[k], want, "metadata {k}");
+    }
+    let out = prunebench(&args(s(&ckpt), s(&text), s(&second)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        bytes,
+        std::fs::read(&second).unwrap(),
+        "a second run's file differs"
+    );
+}
+
+#[test]
+fn bad_gradients_inputs_are_refused_before_any_work() {
+    let (ckpt, text) = (fixture("mha"), fixture("text.txt"));
+    let (ckpt, text) = (s(&ckpt), s(&text));
+    let base = ["gradients", "--checkpoint", ckpt, "--backend", "cpu"];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter()
+            .map(|a| a.to_string())
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect()
+    };
+    let run = |a: Vec<String>, needle: &str| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        fails(&a, needle);
+    };
+    run(with(&[]), "give the calibration text");
+    let text_arg = |extra: &[&str]| {
+        let mut v = with(&[]);
+        v.extend(["--calibration-text".to_string(), text.to_string()]);
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    run(text_arg(&["--seqlen", "4096"]), "max_position_embeddings");
+    run(text_arg(&["--grad-norm", "l3"]), "--grad-norm");
+    // --out inside the checkpoint folder: refused, and the folder unchanged.
+    let inside = format!("{ckpt}/grads.safetensors");
+    let mut a = text_arg(&[]);
+    a.extend(["--out".to_string(), inside.clone()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    refused(&a, "--checkpoint folder");
+    assert!(!std::path::Path::new(&inside).exists());
+}
