@@ -84,14 +84,14 @@ impl BackendJob for GradientsJob<'_> {
     }
 }
 
-/// Host bytes: every layer's input hidden states of one window, and two f32 copies of every
-/// linear's statistic (the accumulators and the finished values).
+/// Host bytes: every layer's input hidden states of one window, and one f32 copy of every
+/// linear's statistic (each accumulator is dropped as its finished values replace it).
 fn host_bytes(cfg: &LlamaConfig, seq: usize) -> u64 {
     let m = &cfg.model;
     let params: u64 = m.linears().iter().map(|l| (l.rows * l.cols) as u64).sum();
     let layers = m.num_layers as u64;
     let states = (layers + 1).saturating_mul(seq as u64 * m.hidden as u64 * 4);
-    states.saturating_add(layers.saturating_mul(params).saturating_mul(8))
+    states.saturating_add(layers.saturating_mul(params).saturating_mul(4))
 }
 
 pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
