@@ -101,3 +101,66 @@ fn bad_gradients_inputs_are_refused_before_any_work() {
     refused(&a, "--checkpoint folder");
     assert!(!std::path::Path::new(&inside).exists());
 }
+
+/// `prune-model --method gblm` without `--gradients` computes the statistic on its own
+/// calibration windows first, and prunes exactly as with the file `gradients` writes for
+/// those windows.
+#[test]
+fn prune_model_gblm_computes_its_gradients_as_the_gradients_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, text) = (fixture("mha"), fixture("text.txt"));
+    let grads = dir.path().join("g.safetensors");
+    let windows = ["--nsamples", "2", "--seqlen", "16", "--backend", "cpu"];
+    let mut a = vec![
+        "gradients",
+        "--checkpoint",
+        s(&ckpt),
+        "--calibration-text",
+        s(&text),
+    ];
+    a.extend(windows);
+    a.extend(["--out", s(&grads)]);
+    let out = prunebench(&a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prune = |extra: &[&str]| {
+        let mut a = vec![
+            "prune-model",
+            "--checkpoint",
+            s(&ckpt),
+            "--calibration-text",
+            s(&text),
+        ];
+        a.extend(windows);
+        a.extend(["--method", "gblm", "--json"]);
+        a.extend(extra);
+        json(&prunebench(&a))
+    };
+    let own = prune(&[]);
+    let from_file = prune(&["--gradients", s(&grads)]);
+    assert_eq!(own["gradients"]["windows"], 2);
+    assert!(from_file["gradients"].is_null());
+    for (l, (x, y)) in own["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(from_file["layers"].as_array().unwrap())
+        .enumerate()
+    {
+        for (lx, ly) in x["linears"].as_array().unwrap().iter().zip(ly_of(y)) {
+            assert_eq!(
+                lx["recon_error"], ly["recon_error"],
+                "layer {l} {}",
+                lx["name"]
+            );
+            assert_eq!(lx["pruned"], ly["pruned"], "layer {l} {}", lx["name"]);
+        }
+    }
+}
+
+fn ly_of(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["linears"].as_array().unwrap()
+}

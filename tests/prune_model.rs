@@ -350,7 +350,6 @@ fn bad_whole_model_input_is_refused_before_any_work_and_leaves_nothing() {
         "no lm_head.weight",
     );
     run(&mha, &text, &["--max-device-memory", "1"], "device memory");
-    run(&mha, &text, &["--method", "gblm"], "--gradients");
     run(&mha, &text, &["--method", "structured"], "--structure");
     // --out equal to or inside the input folder.
     let inside = mha.join("pruned");

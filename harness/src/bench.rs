@@ -491,7 +491,8 @@ pub fn bench_model<B: Backend>(
     let (mut bytes, mut flops) = (0u64, 0u64);
     let opts = ForwardOptions::default();
     for _ in 0..repeats.max(1) {
-        let run = prune_model(b, ckpt, cfg, calibration, pcfg, gradients, &opts, progress)?;
+        let grads = gradients.map(|g| g as &dyn crate::model::ModelGradients);
+        let run = prune_model(b, ckpt, cfg, calibration, pcfg, grads, &opts, progress)?;
         walls.push(run.totals.wall_seconds);
         for s in run
             .totals

@@ -90,7 +90,7 @@ impl BackendJob for BenchJob<'_> {
             {
                 let (method, sparsity) = (cfg.method, cfg.sparsity);
                 if let Err(e) =
-                    prunebench_harness::model::sequential::check_config(&cfg, m.gradients.as_ref())
+                    prunebench_harness::model::sequential::check_config(&cfg, m.gradients.is_some())
                 {
                     eprintln!("whole model, {method} {sparsity}: skipped ({e})");
                     continue;

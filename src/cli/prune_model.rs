@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use prunebench_harness::model::{self, sequential, ForwardOptions, ModelRun, Perplexity, Weights};
+use prunebench_harness::model::{
+    self, sequential, ForwardOptions, GradientStats, GradientSummary, ModelGradients, ModelRun,
+    Perplexity, Weights,
+};
 use prunebench_harness::PruneConfig;
 use prunebench_kernels::{Backend, BackendInfo};
 use prunebench_models::checkpoint::Checkpoint;
@@ -34,6 +37,8 @@ struct PruneModelJob<'a> {
 
 struct Outcome {
     run: ModelRun,
+    /// What `gblm` without `--gradients` computed first.
+    gradients: Option<GradientSummary>,
     dense: Option<Perplexity>,
     pruned: Option<Perplexity>,
     info: BackendInfo,
@@ -74,6 +79,17 @@ impl BackendJob for PruneModelJob<'_> {
             p.map(Some)
         };
         let dense = ppl(&HashMap::new(), "dense")?;
+        // gblm without a file: the statistic from the dense model first, on these windows.
+        let computed = if self.pcfg.needs().grads && self.gradients.is_none() {
+            Some(self.dense_gradients(b, &opts)?)
+        } else {
+            None
+        };
+        let grads: Option<&dyn ModelGradients> = match (&computed, self.gradients) {
+            (Some(g), _) => Some(g),
+            (None, Some(f)) => Some(f),
+            (None, None) => None,
+        };
         let bar = Bar::with_eta(&format!("{} on {backend}", self.pcfg.method));
         let run = model::prune_model(
             b,
@@ -81,7 +97,7 @@ impl BackendJob for PruneModelJob<'_> {
             self.cfg,
             self.calibration,
             self.pcfg,
-            self.gradients,
+            grads,
             &opts,
             &|p| bar.update(p),
         );
@@ -90,10 +106,35 @@ impl BackendJob for PruneModelJob<'_> {
         let pruned = ppl(&run.replaced, "pruned")?;
         Ok(Outcome {
             run,
+            gradients: computed.map(|g| g.summary),
             dense,
             pruned,
             info: b.info().clone(),
         })
+    }
+}
+
+impl PruneModelJob<'_> {
+    /// GBLM-Pruner's statistic of the dense model from the suite's backward pass, one window
+    /// at a time over the calibration windows (`prunebench gradients` without the file).
+    fn dense_gradients<B: Backend>(&self, b: &B, opts: &ForwardOptions) -> Result<GradientStats> {
+        let none = HashMap::new();
+        let w = Weights {
+            ckpt: self.ckpt,
+            replaced: &none,
+        };
+        let bar = Bar::with_eta(&format!("gradients on {}", b.info().backend));
+        let stats = model::gblm_gradients(
+            b,
+            &w,
+            self.cfg,
+            self.calibration,
+            self.pcfg.grad_norm,
+            opts,
+            &|p| bar.update(p),
+        );
+        bar.finish();
+        Ok(stats?)
     }
 }
 
@@ -105,7 +146,8 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         Some(p) => Some(GradientsFile::open(p, &cfg.model)?),
         None => None,
     };
-    sequential::check_config(&pcfg, gradients.as_ref())?;
+    // gblm without --gradients computes them first (see `PruneModelJob::dense_gradients`).
+    sequential::check_config(&pcfg, true)?;
     let calib_tokens = Tokens::pick(&a.calibration_text, &a.calibration_ids, "calibration")?
         .ok_or_else(|| {
             anyhow::anyhow!(
@@ -171,6 +213,7 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
             "layers": out.run.layers,
             "totals": out.run.totals,
             "perplexity": {"dense": out.dense, "pruned": out.pruned},
+            "gradients": out.gradients,
             "out": a.out,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -9,7 +9,9 @@
 use std::time::Instant;
 
 use prunebench_kernels::{Backend, GradNorm, Matrix};
+use prunebench_models::gradients::GradientsFile;
 use prunebench_models::llama::LlamaConfig;
+use prunebench_models::{InputGroup, LinearSpec, ReadyStats};
 use serde::Serialize;
 
 use super::backward::model_backward;
@@ -107,4 +109,49 @@ pub fn gblm_gradients<B: Backend>(
             seconds: start.elapsed().as_secs_f64(),
         },
     })
+}
+
+/// Where a whole-model run's GBLM statistic comes from: a gradients file, or the suite's own
+/// backward pass run first.
+pub trait ModelGradients {
+    /// The statistic of one layer's linears, as the layer's pruning pass reads it.
+    fn layer_stats(&self, layer: usize) -> Box<dyn ReadyStats + '_>;
+}
+
+impl ModelGradients for GradientsFile {
+    fn layer_stats(&self, layer: usize) -> Box<dyn ReadyStats + '_> {
+        Box::new(self.layer(layer))
+    }
+}
+
+impl ModelGradients for GradientStats {
+    fn layer_stats(&self, layer: usize) -> Box<dyn ReadyStats + '_> {
+        Box::new(LayerStats { stats: self, layer })
+    }
+}
+
+/// One layer's view of [`GradientStats`]: gradients ready, no activation statistics.
+struct LayerStats<'a> {
+    stats: &'a GradientStats,
+    layer: usize,
+}
+
+impl ReadyStats for LayerStats<'_> {
+    fn ready_act_stat(&self, _group: InputGroup) -> prunebench_models::Result<Option<Matrix>> {
+        Ok(None)
+    }
+
+    fn ready_hessian(&self, _group: InputGroup) -> prunebench_models::Result<Option<Matrix>> {
+        Ok(None)
+    }
+
+    fn ready_grad(&self, linear: &LinearSpec) -> prunebench_models::Result<Option<Matrix>> {
+        let name = linear.hf_tensor_name(self.layer);
+        Ok(self
+            .stats
+            .tensors
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m.clone()))
+    }
 }

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use prunebench_kernels::{Backend, Matrix};
 use prunebench_models::checkpoint::Checkpoint;
-use prunebench_models::gradients::GradientsFile;
 use prunebench_models::llama::LlamaConfig;
-use prunebench_models::{CalibrationSource, InputGroup, LinearSpec, NormWeight, ReadyStats};
+use prunebench_models::{CalibrationSource, InputGroup, LinearSpec, NormWeight};
 use serde::{Deserialize, Serialize};
 
 use super::forward::{embed, layer_pass, Captured, ForwardOptions, LayerOnDevice, Rope, Weights};
+use super::gradients::ModelGradients;
 use super::perplexity::window_len;
 use crate::error::{HarnessError, Result};
 use crate::method::Method;
@@ -114,13 +114,14 @@ pub fn host_bytes(cfg: &LlamaConfig, windows: usize, seq: usize) -> u64 {
     tokens.saturating_mul(per_token)
 }
 
-/// Refuses, before any work, what the loop cannot do with one LlamaConfig for the result.
-pub fn check_config(cfg: &PruneConfig, gradients: Option<&GradientsFile>) -> Result<()> {
+/// Refuses, before any work, what the loop cannot do with one LlamaConfig for the result;
+/// `has_gradients`: GBLM's statistic will be there (a file, or computed first).
+pub fn check_config(cfg: &PruneConfig, has_gradients: bool) -> Result<()> {
     let needs = cfg.needs();
-    if needs.grads && gradients.is_none() {
+    if needs.grads && !has_gradients {
         return Err(HarnessError::Config(
             "gblm needs the dense model's gradients: give --gradients FILE (from \
-             baselines/compute_gradients.py)"
+             `prunebench gradients` or baselines/compute_gradients.py)"
                 .into(),
         ));
     }
@@ -150,11 +151,11 @@ pub fn prune_model<B: Backend>(
     cfg: &LlamaConfig,
     calibration: &[Vec<u32>],
     pcfg: &PruneConfig,
-    gradients: Option<&GradientsFile>,
+    gradients: Option<&dyn ModelGradients>,
     opts: &ForwardOptions,
     progress: &dyn Fn(Progress<'_>),
 ) -> Result<ModelRun> {
-    check_config(pcfg, gradients)?;
+    check_config(pcfg, gradients.is_some())?;
     let t0 = Instant::now();
     let seq = window_len(calibration)?;
     let layers = cfg.model.num_layers;
@@ -206,10 +207,10 @@ pub fn prune_model<B: Backend>(
                 calibration.len()
             ),
         };
-        let ready = gradients.map(|g| g.layer(layer));
+        let ready = gradients.map(|g| g.layer_stats(layer));
         let calib = Calibration {
             source: &source,
-            ready: ready.as_ref().map(|r| r as &dyn ReadyStats),
+            ready: ready.as_deref(),
         };
         let run = prune_layer(b, &weights, &calib, pcfg, true, &|_| {})?;
         drop(source);
