@@ -31,7 +31,8 @@ use crate::ops::{
     ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
-use kernels::{factor, forward, grad, obs, recon, score, select, sparse, stats, structured};
+use kernels::{
+    attention_backward, factor, forward, grad, obs, recon, score, select, sparse, stats, structured};
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
@@ -544,5 +545,35 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         dy: &CubeTensor,
     ) -> Result<(CubeTensor, CubeTensor)> {
         compose::linear_backward(&structured::Steps::new(self), x, w, dy)
+    }
+
+    fn attention_with_lse(
+        &self,
+        q: &CubeTensor,
+        k: &CubeTensor,
+        v: &CubeTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        let (o, lse) = forward::attention_lse(self, q, k, v, heads, kv_heads, seq, true)?;
+        Ok((o, lse.expect("asked for the log-sum-exp")))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &CubeTensor,
+        k: &CubeTensor,
+        v: &CubeTensor,
+        o: &CubeTensor,
+        lse: &CubeTensor,
+        d_o: &CubeTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(CubeTensor, CubeTensor, CubeTensor)> {
+        attention_backward::attention_backward(
+            self, q, k, v, o, lse, d_o, heads, kv_heads, seq,
+        )
     }
 }
