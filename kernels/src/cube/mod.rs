@@ -32,7 +32,8 @@ use crate::ops::{
 };
 use crate::tensor::{Mask, Matrix};
 use kernels::{
-    attention_backward, factor, forward, grad, obs, recon, score, select, sparse, stats, structured};
+    attention_backward, factor, forward, grad, obs, recon, score, select, sparse, stats, structured,
+};
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
 /// Slabs stay below 2 GiB even where the runtime would allow larger pages, so every element
@@ -572,8 +573,6 @@ impl<R: Runtime> Backend for CubeBackend<R> {
         kv_heads: usize,
         seq: usize,
     ) -> Result<(CubeTensor, CubeTensor, CubeTensor)> {
-        attention_backward::attention_backward(
-            self, q, k, v, o, lse, d_o, heads, kv_heads, seq,
-        )
+        attention_backward::attention_backward(self, q, k, v, o, lse, d_o, heads, kv_heads, seq)
     }
 }

@@ -72,13 +72,16 @@ impl Ctx {
             kv_heads,
             seq,
         )?;
-        let emax = *HEAD_DIMS.iter().find(|&&m| e <= m as usize).ok_or_else(|| {
-            KernelError::Unsupported(format!(
-                "attention backward: head_dim {e} is larger than the {} values the WGSL \
+        let emax = *HEAD_DIMS
+            .iter()
+            .find(|&&m| e <= m as usize)
+            .ok_or_else(|| {
+                KernelError::Unsupported(format!(
+                    "attention backward: head_dim {e} is larger than the {} values the WGSL \
                  kernels keep per row",
-                HEAD_DIMS[HEAD_DIMS.len() - 1]
-            ))
-        })?;
+                    HEAD_DIMS[HEAD_DIMS.len() - 1]
+                ))
+            })?;
         let (n, qc, kc) = (q.rows, q.cols, k.cols);
         let dq = self.tensor("attention dQ", n, qc)?;
         let dk = self.tensor("attention dK", n, kc)?;
@@ -115,7 +118,13 @@ impl Ctx {
         };
         let mut b = self.batch();
         for (r0, r1) in self.row_slabs(n, qc, seq, usize::MAX)? {
-            self.record_attention_backward(&mut b, Module::AttentionBackward(emax), &base, &ops, (r0, r1))?;
+            self.record_attention_backward(
+                &mut b,
+                Module::AttentionBackward(emax),
+                &base,
+                &ops,
+                (r0, r1),
+            )?;
         }
         b.submit()?;
         Ok((dq, dk, dv))
@@ -173,7 +182,13 @@ impl Ctx {
             o1_base: dvw.base(0),
             ..p
         };
-        run(b, "attn_dkdv", &pk, slots(Slot::Win(qw), Slot::Win(dkw), Slot::Win(dvw)), wgs)?;
+        run(
+            b,
+            "attn_dkdv",
+            &pk,
+            slots(Slot::Win(qw), Slot::Win(dkw), Slot::Win(dvw)),
+            wgs,
+        )?;
         // dQ: a workgroup per (window, query block, head).
         let wgs = windows * base.blocks as usize * heads;
         let pq = Params {
@@ -181,7 +196,13 @@ impl Ctx {
             o0_base: dqw.base(0),
             ..p
         };
-        run(b, "attn_dq", &pq, slots(Slot::Win(qw), Slot::Win(dqw), Slot::Unused), wgs)
+        run(
+            b,
+            "attn_dq",
+            &pq,
+            slots(Slot::Win(qw), Slot::Win(dqw), Slot::Unused),
+            wgs,
+        )
     }
 }
 

@@ -176,7 +176,10 @@ fn attention_backward_source(emax: u32) -> &'static str {
     const LINE: &str = "const EMAX: u32 = 256u;";
     static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
     let all = VARIANTS.get_or_init(|| {
-        assert!(SRC.contains(LINE), "attention_backward.wgsl declares `{LINE}`");
+        assert!(
+            SRC.contains(LINE),
+            "attention_backward.wgsl declares `{LINE}`"
+        );
         HEAD_DIMS
             .iter()
             .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))

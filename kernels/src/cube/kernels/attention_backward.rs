@@ -345,8 +345,8 @@ fn dq_kernel(
             nk = BLK;
         }
         p_ds(
-            q, k, v, d_o, lse, delta, &mut st, &mut pd, &mut rl, w0, q0, q_end, k0, nk, h,
-            kv_col, heads, kc, scale, e,
+            q, k, v, d_o, lse, delta, &mut st, &mut pd, &mut rl, w0, q0, q_end, k0, nk, h, kv_col,
+            heads, kc, scale, e,
         );
         let mut c0 = 0u32;
         while c0 < nk {
