@@ -406,8 +406,7 @@ fn whole<'a>(t: &'a CubeTensor, what: &str) -> Result<(&'a Handle, usize)> {
 }
 
 /// (dQ, dK, dV) of causal GQA attention from the forward's q, k, v, output o and
-/// log-sum-exp L [N, heads], and dO: D, then the dK/dV and dQ kernels over groups of whole
-/// windows (the cube count's x limit), each group's rows from `row0` in every binding.
+/// log-sum-exp L [N, heads], and dO: D, then the dK/dV and dQ kernels ([`launch_tiles`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<R: Runtime>(
     b: &CubeBackend<R>,
@@ -463,7 +462,7 @@ pub fn attention_backward<R: Runtime>(
     let (q_, k_, v_, o_, l_, g_) = (q_?, k_?, v_?, o_?, l_?, g_?);
     let (dq_, dk_, dv_) = (dq_?, dk_?, dv_?);
     let delta = b.scratch(n * heads)?;
-    let (max_x, max_y, _) = b.max_cube_count;
+    let max_y = b.max_cube_count.1;
     if heads > max_y as usize {
         return Err(KernelError::Unsupported(format!(
             "attention backward: {heads} heads exceed a launch's {max_y} cubes per dimension"
@@ -482,8 +481,48 @@ pub fn attention_backward<R: Runtime>(
             e as u32,
         );
     }
+    let geo = Geometry {
+        seq,
+        heads,
+        kv_heads,
+        e,
+    };
+    launch_tiles(
+        b,
+        &geo,
+        [q_, k_, v_, g_, l_],
+        (&delta, n * heads),
+        [dq_, dk_, dv_],
+    );
+    Ok((dq, dk, dv))
+}
+
+/// The shapes a backward's launches need.
+struct Geometry {
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    e: usize,
+}
+
+/// The dK/dV and dQ kernels over groups of whole windows (the cube count's x limit), each
+/// group's rows from `row0` in every binding: `ins` are Q, K, V, dO and L, `outs` dQ, dK, dV.
+fn launch_tiles<R: Runtime>(
+    b: &CubeBackend<R>,
+    geo: &Geometry,
+    [q_, k_, v_, g_, l_]: [(&Handle, usize); 5],
+    delta: (&Handle, usize),
+    [dq_, dk_, dv_]: [(&Handle, usize); 3],
+) {
+    let Geometry {
+        seq,
+        heads,
+        kv_heads,
+        e,
+    } = *geo;
+    let n = delta.1 / heads;
     let blocks = seq.div_ceil(BLK as usize);
-    let per = plan::items_per_launch(blocks, max_x);
+    let per = plan::items_per_launch(blocks, b.max_cube_count.0);
     let (windows, group) = (n / seq, heads / kv_heads);
     let (rr, scale) = (stage_rows(e), (1.0 / (e as f64).sqrt()) as f32);
     let mut w = 0;
@@ -503,7 +542,7 @@ pub fn attention_backward<R: Runtime>(
                 arg(v_.0, v_.1),
                 arg(g_.0, g_.1),
                 arg(l_.0, l_.1),
-                arg(&delta, n * heads),
+                arg(delta.0, delta.1),
                 arg(dk_.0, dk_.1),
                 arg(dv_.0, dv_.1),
                 (w * seq) as u32,
@@ -524,7 +563,7 @@ pub fn attention_backward<R: Runtime>(
                 arg(v_.0, v_.1),
                 arg(g_.0, g_.1),
                 arg(l_.0, l_.1),
-                arg(&delta, n * heads),
+                arg(delta.0, delta.1),
                 arg(dq_.0, dq_.1),
                 (w * seq) as u32,
                 seq as u32,
@@ -538,5 +577,4 @@ pub fn attention_backward<R: Runtime>(
         }
         w += cnt;
     }
-    Ok((dq, dk, dv))
 }
