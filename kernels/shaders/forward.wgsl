@@ -36,6 +36,8 @@ struct Params {
     q_start: u32,    // attention: the query positions [q_start, q_stop) of each window covered
     q_stop: u32,
     transpose: u32,  // rope: the transposed rotation (the backward pass), sin negated
+    l_base: u32,     // attention: the log-sum-exp output's base (L [rows, heads] in lse_out)
+    l_on: u32,       // attention: 1 to write L = m + ln(l) per (row, head), 0 to skip it
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -45,6 +47,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
 // Token ids (embed) or next-token targets (lm_fold).
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
+// attention's optional log-sum-exp per (row, head), which its backward recomputes P from.
+@group(0) @binding(6) var<storage, read_write> lse_out: array<f32>;
 
 const NO_TARGET: u32 = 0xffffffffu;
 const LOWEST: f32 = -3.40282347e38;
@@ -142,7 +146,8 @@ var<workgroup> row_c: array<f32, BQ>;
 
 // Causal GQA over stacked windows of seq rows, for the query positions [q_start, q_stop) of
 // the windows starting at row0: q in in0 (a_ld = heads·e columns), k and v in in1 and in2
-// (b_ld = kv_heads·e columns, the same bases), the output in dst (d_ld = heads·e). With
+// (b_ld = kv_heads·e columns, the same bases), the output in dst (d_ld = heads·e) and, when
+// l_on, each row's and head's log-sum-exp in lse_out (heads columns from l_base). With
 // T = ⌈(q_stop − q_start)/BQ⌉ tiles per window, workgroup wg (of rows) takes query head
 // h = wg mod heads, tile (wg / heads) mod T of window (wg / heads) / T: BQ query rows.
 // FlashAttention-2's loop: per tile of BK keys of KV head h / group (up to the tile's last
@@ -273,6 +278,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 if (col < e) { dst[oa + col] = o[i * OC + j] * inv; }
             }
         }
+    }
+    // The row's log-sum-exp of its scaled scores: m is their max, l the sum of exp(s − m).
+    if (P.l_on != 0u && t < BQ && q0 + t < q_end) {
+        lse_out[P.l_base + (w0 + q0 + t) * P.heads + h] = row_m[t] + log(row_l[t]);
     }
 }
 

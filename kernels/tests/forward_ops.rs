@@ -272,6 +272,63 @@ fn attention<B: TestBackend>() {
     );
 }
 
+/// `attention_with_lse`: the output as `attention`'s (bit for bit: the same kernel) and L,
+/// each row's and head's log-sum-exp, against the reference's.
+fn check_attention_lse<B: Backend>(b: &B, cases: &[AttnCase]) {
+    let cpu = CpuBackend::new();
+    for &(windows, seq, heads, kv, e, scale) in cases {
+        let n = windows * seq;
+        let q = scaled(heavy_tailed(n, heads * e, 6), scale);
+        let k = scaled(heavy_tailed(n, kv * e, 7), scale);
+        let v = heavy_tailed(n, kv * e, 8);
+        let (_, want) = cpu
+            .attention_with_lse(&up(&cpu, &q), &up(&cpu, &k), &up(&cpu, &v), heads, kv, seq)
+            .unwrap();
+        let (qd, kd, vd) = (up(b, &q), up(b, &k), up(b, &v));
+        let (o, got) = b.attention_with_lse(&qd, &kd, &vd, heads, kv, seq).unwrap();
+        let plain = b.attention(&qd, &kd, &vd, heads, kv, seq).unwrap();
+        let what = format!("{windows} windows of {seq}, {heads} heads / {kv} KV of {e}");
+        assert_eq!(
+            bits(&down(b, &o)),
+            bits(&down(b, &plain)),
+            "attention_with_lse's output vs attention's: {what}"
+        );
+        let got = down(b, &got);
+        assert_eq!((got.rows, got.cols), (n, heads), "L's shape: {what}");
+        assert_close(
+            &format!("attention log-sum-exp: {what}, scale {scale}"),
+            &down(&cpu, &want),
+            &got,
+            tolerance::FORWARD_GEMM,
+        );
+    }
+}
+
+fn attention_lse<B: TestBackend>() {
+    check_attention_lse(
+        &B::fresh(),
+        &[
+            // Three KV groups of two heads over windows longer than a query tile and not a
+            // multiple of it, at full scale (near one-hot rows) and scaled down.
+            (3, 70, 6, 3, 16, 1.0),
+            (3, 37, 6, 3, 16, 0.125),
+            // Windows of one token: L is the query's own scaled score.
+            (3, 1, 4, 4, 32, 1.0),
+            (5, 1, 6, 3, 16, 1.0),
+            // LLaMA's head size, and the largest.
+            (2, 20, 4, 2, 128, 0.125),
+            (1, 9, 2, 1, 256, 0.0625),
+        ],
+    );
+}
+
+fn attention_lse_across_bindings<B: TestBackend>() {
+    // As `attention_across_bindings`: windows cross Q's (and L's) bindings.
+    let b = B::split(NARROW_SPLIT_BYTES);
+    check_attention_lse(&b, &[(3, 37, 6, 3, 16, 0.125), (2, 100, 6, 3, 16, 0.125)]);
+    b.assert_split_seen();
+}
+
 fn attention_across_bindings<B: TestBackend>() {
     let b = B::split(NARROW_SPLIT_BYTES);
     // Three windows of 37: Q (96 columns) split, K and V (48) whole; windows cross Q's
@@ -725,6 +782,8 @@ macro_rules! forward_tests {
             attention_across_bindings,
             attention_with_windows_past_a_binding,
             attention_refuses_head_dims_it_cannot_hold,
+            attention_lse,
+            attention_lse_across_bindings,
             elementwise_ops,
             elementwise_ops_split,
             silu_survives_large_gates,

@@ -32,7 +32,8 @@ use crate::ops::{
 };
 use crate::tensor::{Mask, Matrix};
 use kernels::{
-    backward, factor, forward, grad, obs, recon, score, select, sparse, stats, structured,
+    attention_backward, backward, factor, forward, grad, obs, recon, score, select, sparse, stats,
+    structured,
 };
 pub use storage::{CubeMask, CubePacked, CubeTensor, Slabs, Words, ROW_ALIGN};
 
@@ -573,5 +574,33 @@ impl<R: Runtime> Backend for CubeBackend<R> {
 
     fn embed_backward(&self, dh: &CubeTensor, ids: &[u32], vocab: usize) -> Result<CubeTensor> {
         backward::embed_backward(self, dh, ids, vocab)
+    }
+
+    fn attention_with_lse(
+        &self,
+        q: &CubeTensor,
+        k: &CubeTensor,
+        v: &CubeTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(CubeTensor, CubeTensor)> {
+        let (o, lse) = forward::attention_lse(self, q, k, v, heads, kv_heads, seq, true)?;
+        Ok((o, lse.expect("asked for the log-sum-exp")))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &CubeTensor,
+        k: &CubeTensor,
+        v: &CubeTensor,
+        o: &CubeTensor,
+        lse: &CubeTensor,
+        d_o: &CubeTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(CubeTensor, CubeTensor, CubeTensor)> {
+        attention_backward::attention_backward(self, q, k, v, o, lse, d_o, heads, kv_heads, seq)
     }
 }

@@ -34,6 +34,9 @@ pub(crate) enum Module {
     Forward(u32),
     /// The backward kernels of §15 that are neither GEMMs nor RoPE (which is the forward's).
     Backward,
+    /// attention's backward (§15), its per-invocation accumulators sized for heads of up to
+    /// this many values (64, 128 or 256) as [`Module::Forward`]'s.
+    AttentionBackward(u32),
 }
 
 /// The token-block sizes sparse_matmul.wgsl is built for.
@@ -44,7 +47,7 @@ pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 19] = [
+    pub const ALL: [Module; 22] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -64,6 +67,9 @@ impl Module {
         Module::Forward(128),
         Module::Forward(256),
         Module::Backward,
+        Module::AttentionBackward(64),
+        Module::AttentionBackward(128),
+        Module::AttentionBackward(256),
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +88,7 @@ impl Module {
             Module::SparseMatmul(_) => "sparse_matmul",
             Module::Forward(_) => "forward",
             Module::Backward => "backward",
+            Module::AttentionBackward(_) => "attention_backward",
         }
     }
 
@@ -101,6 +108,7 @@ impl Module {
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
             Module::Forward(emax) => forward_source(emax),
             Module::Backward => include_str!("../../shaders/backward.wgsl"),
+            Module::AttentionBackward(emax) => attention_backward_source(emax),
         }
     }
 
@@ -120,8 +128,9 @@ impl Module {
             Module::Refit => &[false, true, false, false, false, true, true],
             Module::Structured => &[true, false, true, true, true, true, false, false],
             Module::SparseMatmul(_) => &[true, true, true, true, true, false],
-            Module::Forward(_) => &[true, true, true, false, true],
+            Module::Forward(_) => &[true, true, true, false, true, false],
             Module::Backward => &[true, true, true, false, false, true],
+            Module::AttentionBackward(_) => &[true, true, true, true, true, false, false, false],
         }
     }
 }
@@ -163,6 +172,29 @@ fn forward_source(emax: u32) -> &'static str {
         .iter()
         .position(|&e| e == emax)
         .unwrap_or_else(|| panic!("no forward variant for heads of {emax}"));
+    &all[i]
+}
+
+/// attention_backward.wgsl with its head limit `EMAX` set to `emax`, for the reason
+/// [`forward_source`] gives.
+fn attention_backward_source(emax: u32) -> &'static str {
+    const SRC: &str = include_str!("../../shaders/attention_backward.wgsl");
+    const LINE: &str = "const EMAX: u32 = 256u;";
+    static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
+    let all = VARIANTS.get_or_init(|| {
+        assert!(
+            SRC.contains(LINE),
+            "attention_backward.wgsl declares `{LINE}`"
+        );
+        HEAD_DIMS
+            .iter()
+            .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))
+            .collect()
+    });
+    let i = HEAD_DIMS
+        .iter()
+        .position(|&e| e == emax)
+        .unwrap_or_else(|| panic!("no attention backward variant for heads of {emax}"));
     &all[i]
 }
 

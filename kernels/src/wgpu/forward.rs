@@ -55,6 +55,8 @@ struct Params {
     q_start: u32,
     q_stop: u32,
     transpose: u32,
+    l_base: u32,
+    l_on: u32,
 }
 
 /// The storage bindings of forward.wgsl, unused where `None`.
@@ -65,10 +67,11 @@ struct Bind<'a> {
     in2: Option<Win<'a>>,
     dst: Option<Win<'a>>,
     ids: Option<Win<'a>>,
+    lse: Option<Win<'a>>,
 }
 
 impl<'a> Bind<'a> {
-    fn slots(&self) -> [Slot<'a>; 5] {
+    fn slots(&self) -> [Slot<'a>; 6] {
         let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
         [
             s(self.in0),
@@ -76,6 +79,7 @@ impl<'a> Bind<'a> {
             s(self.in2),
             s(self.dst),
             s(self.ids),
+            s(self.lse),
         ]
     }
 }
@@ -248,6 +252,23 @@ impl Ctx {
         kv_heads: usize,
         seq: usize,
     ) -> Result<WgpuTensor> {
+        Ok(self.attention_lse(q, k, v, heads, kv_heads, seq, false)?.0)
+    }
+
+    /// The attention output and, when `with_lse`, L [N, heads]: each row's and head's
+    /// log-sum-exp of its scaled scores, written by the same kernel from its running max and
+    /// sum (the plain forward skips that store).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_lse(
+        &self,
+        q: &WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+        with_lse: bool,
+    ) -> Result<(WgpuTensor, Option<WgpuTensor>)> {
         let e = check::attention(shape(q), shape(k), shape(v), heads, kv_heads, seq)?;
         let emax = *HEAD_DIMS.iter().find(|&&m| e <= m as usize).ok_or_else(|| {
             KernelError::Unsupported(format!(
@@ -257,8 +278,11 @@ impl Ctx {
         })?;
         let (n, qc, kc) = (q.rows, q.cols, k.cols);
         let out = self.tensor("attention output", n, qc)?;
+        let lse = with_lse
+            .then(|| self.tensor("attention log-sum-exp", n, heads))
+            .transpose()?;
         if n == 0 {
-            return Ok(out);
+            return Ok((out, lse));
         }
         // A window's keys must fit one binding (see the module's comment).
         if !self.win_fits((seq * kc) as u64) {
@@ -303,6 +327,11 @@ impl Ctx {
             let kw = self.rows_win(&k.buf, kc, k0, k1)?;
             let vw = self.rows_win(&v.buf, kc, k0, k1)?;
             let ow = self.rows_win(&out.buf, qc, q0, q1)?;
+            // L has fewer columns than Q (heads <= heads·e), so Q's rows fit its binding too.
+            let lw = lse
+                .as_ref()
+                .map(|l| self.rows_win(&l.buf, heads, q0, q1))
+                .transpose()?;
             let wgs = windows * (stop - a).div_ceil(BQ) * heads;
             let p = Params {
                 rows: wgs as u32,
@@ -313,6 +342,8 @@ impl Ctx {
                 d_base: ow.base(0),
                 q_start: a as u32,
                 q_stop: stop as u32,
+                l_base: lw.map_or(0, |w| w.base(0)),
+                l_on: lw.is_some() as u32,
                 ..base
             };
             let bind = Bind {
@@ -320,13 +351,14 @@ impl Ctx {
                 in1: Some(kw),
                 in2: Some(vw),
                 dst: Some(ow),
+                lse: lw,
                 ..Default::default()
             };
             let g = grid(wgs as u64, self.max_groups());
             self.fwd(&mut b, Module::Forward(emax), "attention", &p, bind, g)?;
         }
         b.submit()?;
-        Ok(out)
+        Ok((out, lse))
     }
 
     /// Records `entry` over the n elements of `dst` (and `a`, `b`, of the same length), chunk

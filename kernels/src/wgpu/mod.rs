@@ -6,6 +6,7 @@
 //! once per window, so the only hard size limits are the device's buffer size and memory
 //! (and, for attention, a window's K and V rows in one binding: see `forward`).
 
+mod attention_backward;
 mod backward;
 mod device;
 mod exec;
@@ -520,5 +521,36 @@ impl Backend for WgpuBackend {
 
     fn embed_backward(&self, dh: &WgpuTensor, ids: &[u32], vocab: usize) -> Result<WgpuTensor> {
         self.ctx.embed_backward(dh, ids, vocab)
+    }
+
+    fn attention_with_lse(
+        &self,
+        q: &WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        let (o, lse) = self
+            .ctx
+            .attention_lse(q, k, v, heads, kv_heads, seq, true)?;
+        Ok((o, lse.expect("asked for the log-sum-exp")))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        o: &WgpuTensor,
+        lse: &WgpuTensor,
+        d_o: &WgpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        seq: usize,
+    ) -> Result<(WgpuTensor, WgpuTensor, WgpuTensor)> {
+        self.ctx
+            .attention_backward(q, k, v, o, lse, d_o, heads, kv_heads, seq)
     }
 }

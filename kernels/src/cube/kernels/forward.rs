@@ -160,8 +160,10 @@ fn rope_kernel(
 /// comptime loops only, so it stays in registers; O is divided by l once at the end.
 ///
 /// head_dim is comptime (one kernel per distinct e), so those loops unroll. Rows are counted
-/// from the launch's first window; q_row0, k_row0 and o_row0 are that window's first row
-/// inside the bindings of Q, of K and V, and of the output.
+/// from the launch's first window; q_row0, k_row0, o_row0 and l_row0 are that window's first
+/// row inside the bindings of Q, of K and V, of the output and of L. With `with_lse` (comptime,
+/// so the plain forward carries no trace of it) each row's and head's log-sum-exp is written
+/// to L [rows, heads] (heads = the launch's cube count in y).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attention_kernel(
@@ -169,9 +171,11 @@ fn attention_kernel(
     k: &Array<f32>,
     v: &Array<f32>,
     out: &mut Array<f32>,
+    lse: &mut Array<f32>,
     q_row0: u32,
     k_row0: u32,
     o_row0: u32,
+    l_row0: u32,
     seq: u32,
     tiles: u32,
     qc: u32,
@@ -179,6 +183,7 @@ fn attention_kernel(
     group: u32,
     scale: f32,
     #[comptime] e: u32,
+    #[comptime] with_lse: bool,
 ) {
     let oc = comptime![e.div_ceil(16)];
     let ld_v = comptime![16 * e.div_ceil(16)];
@@ -363,6 +368,13 @@ fn attention_kernel(
                     out[(o_at + col) as usize] = o[(i * oc + j) as usize] * inv;
                 }
             }
+        }
+    }
+    // The row's log-sum-exp of its scaled scores: m is their max, l the sum of exp(s − m).
+    if comptime![with_lse] {
+        if t < ATT_BQ && q0 + t < q_end {
+            let at = (l_row0 + ws + q0 + t) * CUBE_COUNT_Y + h;
+            lse[at as usize] = row_m[t as usize] + f32::ln(row_l[t as usize]);
         }
     }
 }
@@ -579,6 +591,9 @@ struct AttnArgs<'a> {
     k: (&'a Handle, usize, usize),
     v: (&'a Handle, usize),
     o: (&'a Handle, usize, usize),
+    /// L and its first row, or (for the plain forward) a one-value placeholder never written.
+    l: (&'a Handle, usize, usize),
+    with_lse: bool,
     windows: usize,
 }
 
@@ -602,7 +617,7 @@ fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs
         let rows = w0 * sh.seq;
         // SAFETY: each cube reads query rows and key rows of its own window (all inside the
         // launch's windows, which lie in the given bindings from their first rows) at columns
-        // below qc and kc, and writes the output rows of its queries and head.
+        // below qc and kc, and writes the output rows (and L entries) of its queries and head.
         unsafe {
             attention_kernel::launch_unchecked::<R>(
                 &b.client,
@@ -612,9 +627,11 @@ fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs
                 arg(a.k.0, a.k.1),
                 arg(a.v.0, a.v.1),
                 arg(a.o.0, a.o.1),
+                arg(a.l.0, a.l.1),
                 (a.q.2 + rows) as u32,
                 (a.k.2 + rows) as u32,
                 (a.o.2 + rows) as u32,
+                (a.l.2 + rows) as u32,
                 sh.seq as u32,
                 tiles as u32,
                 sh.qc as u32,
@@ -622,6 +639,7 @@ fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs
                 sh.group as u32,
                 (1.0 / (sh.e as f64).sqrt()) as f32,
                 sh.e as u32,
+                a.with_lse,
             );
         }
         w0 += n;
@@ -668,6 +686,22 @@ pub fn attention<R: Runtime>(
     kv_heads: usize,
     seq: usize,
 ) -> Result<CubeTensor> {
+    Ok(attention_lse(b, q, k, v, heads, kv_heads, seq, false)?.0)
+}
+
+/// The attention output and, when `with_lse`, L [N, heads]: each row's and head's
+/// log-sum-exp of its scaled scores, from the same kernel's running max and sum.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_lse<R: Runtime>(
+    b: &CubeBackend<R>,
+    q: &CubeTensor,
+    k: &CubeTensor,
+    v: &CubeTensor,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+    with_lse: bool,
+) -> Result<(CubeTensor, Option<CubeTensor>)> {
     let e = check::attention(q.shape(), k.shape(), v.shape(), heads, kv_heads, seq)?;
     if e > MAX_HEAD_DIM {
         return Err(KernelError::Unsupported(format!(
@@ -683,6 +717,11 @@ pub fn attention<R: Runtime>(
         )));
     }
     let out = b.alloc_tensor(q.rows, q.cols)?;
+    let lse = with_lse
+        .then(|| b.alloc_tensor(q.rows, heads))
+        .transpose()?;
+    // The plain forward binds a placeholder where L would go (the kernel never writes it).
+    let none = if with_lse { None } else { Some(b.scratch(1)?) };
     let sh = AttnShape {
         heads,
         group: heads / kv_heads,
@@ -698,10 +737,19 @@ pub fn attention<R: Runtime>(
         let (qs, ql) = q.slabs.locate(r0);
         let (ks, kl) = k.slabs.locate(r0);
         let (os, ol) = out.slabs.locate(r0);
+        let (l, ll) = match (&lse, &none) {
+            (Some(t), _) => {
+                let (ls, ll) = t.slabs.locate(r0);
+                ((&t.handles[ls], t.slab_len(ls), ll), t.slabs.slab_rows - ll)
+            }
+            (None, Some(h)) => ((h, 1, 0), usize::MAX),
+            (None, None) => unreachable!("a placeholder is made without L"),
+        };
         // Whole windows from here inside the same slab of every operand.
         let room = (q.slabs.slab_rows - ql)
             .min(k.slabs.slab_rows - kl)
-            .min(out.slabs.slab_rows - ol);
+            .min(out.slabs.slab_rows - ol)
+            .min(ll);
         let fit = (room / seq).min(windows - w);
         if fit > 0 {
             attention_launch(
@@ -712,37 +760,63 @@ pub fn attention<R: Runtime>(
                     k: (&k.handles[ks], k.slab_len(ks), kl),
                     v: (&v.handles[ks], v.slab_len(ks)),
                     o: (&out.handles[os], out.slab_len(os), ol),
+                    l,
+                    with_lse,
                     windows: fit,
                 },
             );
             w += fit;
             continue;
         }
-        // A window across a slab boundary: through contiguous copies of its rows.
-        let (qb, kb, vb, ob) = (
-            b.scratch(seq * q.cols)?,
-            b.scratch(seq * k.cols)?,
-            b.scratch(seq * k.cols)?,
-            b.scratch(seq * q.cols)?,
-        );
-        copy_rows(b, q, r0, seq, &qb, true);
-        copy_rows(b, k, r0, seq, &kb, true);
-        copy_rows(b, v, r0, seq, &vb, true);
-        attention_launch(
-            b,
-            &sh,
-            &AttnArgs {
-                q: (&qb, seq * q.cols, 0),
-                k: (&kb, seq * k.cols, 0),
-                v: (&vb, seq * k.cols),
-                o: (&ob, seq * q.cols, 0),
-                windows: 1,
-            },
-        );
-        copy_rows(b, &out, r0, seq, &ob, false);
+        attention_straddling(b, &sh, (q, k, v), (&out, lse.as_ref()), r0, &none)?;
         w += 1;
     }
-    Ok(out)
+    Ok((out, lse))
+}
+
+/// One window across a slab boundary of some operand: through contiguous copies of its rows.
+fn attention_straddling<R: Runtime>(
+    b: &CubeBackend<R>,
+    sh: &AttnShape,
+    (q, k, v): (&CubeTensor, &CubeTensor, &CubeTensor),
+    (out, lse): (&CubeTensor, Option<&CubeTensor>),
+    r0: usize,
+    none: &Option<Handle>,
+) -> Result<()> {
+    let seq = sh.seq;
+    let (qb, kb, vb, ob) = (
+        b.scratch(seq * q.cols)?,
+        b.scratch(seq * k.cols)?,
+        b.scratch(seq * k.cols)?,
+        b.scratch(seq * q.cols)?,
+    );
+    let lb = lse.map(|_| b.scratch(seq * sh.heads)).transpose()?;
+    copy_rows(b, q, r0, seq, &qb, true);
+    copy_rows(b, k, r0, seq, &kb, true);
+    copy_rows(b, v, r0, seq, &vb, true);
+    let l = match (&lb, none) {
+        (Some(h), _) => (h, seq * sh.heads, 0),
+        (None, Some(h)) => (h, 1, 0),
+        (None, None) => unreachable!("a placeholder is made without L"),
+    };
+    attention_launch(
+        b,
+        sh,
+        &AttnArgs {
+            q: (&qb, seq * q.cols, 0),
+            k: (&kb, seq * k.cols, 0),
+            v: (&vb, seq * k.cols),
+            o: (&ob, seq * q.cols, 0),
+            l,
+            with_lse: lb.is_some(),
+            windows: 1,
+        },
+    );
+    copy_rows(b, out, r0, seq, &ob, false);
+    if let (Some(t), Some(h)) = (lse, &lb) {
+        copy_rows(b, t, r0, seq, h, false);
+    }
+    Ok(())
 }
 
 pub fn silu_mul<R: Runtime>(

@@ -6,6 +6,7 @@
 // and integer `div_ceil` is not among the operations CubeCL expands.
 #![allow(clippy::collapsible_if, clippy::manual_div_ceil)]
 
+pub mod attention_backward;
 pub mod backward;
 pub mod copy;
 pub mod factor;

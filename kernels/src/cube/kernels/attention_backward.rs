@@ -1,0 +1,580 @@
+//! The backward of causal GQA attention (§15), FlashAttention-2's, as attention_backward.wgsl
+//! on the wgpu backend:
+//!
+//! - [`delta_kernel`]: D = rowsum(dO ⊙ O) per (row, head), a unit each;
+//! - [`dkdv_kernel`]: a cube per (window and key block, KV head) owns those rows of dK and dV,
+//!   summing over the group's query heads and the query blocks at or after its keys;
+//! - [`dq_kernel`]: a cube per (window and query block, query head) owns those rows of dQ,
+//!   summing over the key blocks up to the diagonal.
+//!
+//! Both tile kernels recompute P = exp(S − L) and dS = P ⊙ (dO·Vᵀ − D) tile by tile in
+//! [`p_ds`] (no seq x seq matrix), and each gradient has one owner, so no atomics: every sum
+//! runs in a fixed order. Every operand must lie in one slab (one binding); a split tensor is
+//! refused with an error.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::storage::{arg, CubeTensor};
+use super::super::CubeBackend;
+use super::fill::BLOCK;
+use super::forward::MAX_HEAD_DIM;
+use crate::error::{KernelError, Result};
+use crate::ops::check;
+use crate::plan;
+
+/// Query rows and keys per tile (equal, so a key block's first query block starts with it).
+const BLK: u32 = 32;
+/// Depth of one step of the S and dO·Vᵀ tiles.
+const DC: u32 = 16;
+/// Floats of one shared array of staged full rows (dO and Q, or K).
+const RC: u32 = 1024;
+
+/// Full rows per staging step for heads of `e`: a power of two (so it divides [`BLK`]) whose
+/// rows of ⌈e/16⌉·16 floats fit [`RC`].
+fn stage_rows(e: usize) -> u32 {
+    let ld = 16 * e.div_ceil(16) as u32;
+    let mut r = BLK;
+    while r * ld > RC {
+        r /= 2;
+    }
+    r
+}
+
+#[cube(launch_unchecked)]
+fn delta_kernel(o: &Array<f32>, d_o: &Array<f32>, delta: &mut Array<f32>, e: u32) {
+    if ABSOLUTE_POS < delta.len() {
+        // Row i / heads, head i % heads: the head's values start at i·e in O and dO.
+        let at = ABSOLUTE_POS as u32 * e;
+        let mut acc = 0.0f32;
+        for c in 0..e {
+            acc += d_o[(at + c) as usize] * o[(at + c) as usize];
+        }
+        delta[ABSOLUTE_POS] = acc;
+    }
+}
+
+/// Leaves P and dS of query rows [q0, q0 + BLK) (live below q_end) of head h against keys
+/// [k0, k0 + nk) of the KV head at kv_col in `pd` (P, then dS, rows of BLK + 1), zero where
+/// masked. `st` stages Q, dO, K and V depth steps (rows padded by one against bank
+/// conflicts), `rl` holds the rows' L then D. Each unit holds a 2 x 2 tile of S and dO·Vᵀ.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn p_ds(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    d_o: &Array<f32>,
+    lse: &Array<f32>,
+    delta: &Array<f32>,
+    st: &mut SharedMemory<f32>,
+    pd: &mut SharedMemory<f32>,
+    rl: &mut SharedMemory<f32>,
+    w0: u32,
+    q0: u32,
+    q_end: u32,
+    k0: u32,
+    nk: u32,
+    h: u32,
+    kv_col: u32,
+    heads: u32,
+    kc: u32,
+    scale: f32,
+    #[comptime] e: u32,
+) {
+    let qc = heads * e;
+    let t = UNIT_POS;
+    let ty = t / 16;
+    let tx = t % 16;
+    let tile = comptime![BLK * (DC + 1)];
+    sync_cube();
+    if t < BLK {
+        let mut l = 0.0f32;
+        let mut d = 0.0f32;
+        if q0 + t < q_end {
+            let at = ((w0 + q0 + t) * heads + h) as usize;
+            l = lse[at];
+            d = delta[at];
+        }
+        rl[t as usize] = l;
+        rl[(BLK + t) as usize] = d;
+    }
+    let mut s = Array::<f32>::new(4usize);
+    let mut dp = Array::<f32>::new(4usize);
+    #[unroll]
+    for i in 0..4u32 {
+        s[i as usize] = 0.0;
+        dp[i as usize] = 0.0;
+    }
+    let mut d0 = 0u32;
+    while d0 < e {
+        sync_cube();
+        #[unroll]
+        for step in 0..comptime![BLK * DC / 256] {
+            let i = step * 256 + t;
+            let r = i / DC;
+            let d = d0 + i % DC;
+            let at = r * (DC + 1) + i % DC;
+            let mut a = 0.0f32;
+            let mut g = 0.0f32;
+            if q0 + r < q_end && d < e {
+                let src = ((w0 + q0 + r) * qc + h * e + d) as usize;
+                a = q[src];
+                g = d_o[src];
+            }
+            st[at as usize] = a;
+            st[(tile + at) as usize] = g;
+            let mut b = 0.0f32;
+            let mut c = 0.0f32;
+            if r < nk && d < e {
+                let src = ((w0 + k0 + r) * kc + kv_col + d) as usize;
+                b = k[src];
+                c = v[src];
+            }
+            st[(2 * tile + at) as usize] = b;
+            st[(3 * tile + at) as usize] = c;
+        }
+        sync_cube();
+        #[unroll]
+        for d in 0..DC {
+            #[unroll]
+            for i in 0..2u32 {
+                let a = st[((ty * 2 + i) * (DC + 1) + d) as usize];
+                let g = st[(tile + (ty * 2 + i) * (DC + 1) + d) as usize];
+                #[unroll]
+                for j in 0..2u32 {
+                    let c = (tx * 2 + j) * (DC + 1) + d;
+                    s[(i * 2 + j) as usize] += a * st[(2 * tile + c) as usize];
+                    dp[(i * 2 + j) as usize] += g * st[(3 * tile + c) as usize];
+                }
+            }
+        }
+        d0 += DC;
+    }
+    let plane = comptime![BLK * (BLK + 1)];
+    #[unroll]
+    for i in 0..2u32 {
+        #[unroll]
+        for j in 0..2u32 {
+            let r = ty * 2 + i;
+            let c = tx * 2 + j;
+            let mut p = 0.0f32;
+            if c < nk && k0 + c <= q0 + r && q0 + r < q_end {
+                p = f32::exp(s[(i * 2 + j) as usize] * scale - rl[r as usize]);
+            }
+            let at = r * (BLK + 1) + c;
+            pd[at as usize] = p;
+            pd[(plane + at) as usize] = p * (dp[(i * 2 + j) as usize] - rl[(BLK + r) as usize]);
+        }
+    }
+    sync_cube();
+}
+
+/// dK and dV of keys [k0, k0 + BLK) of KV head CUBE_POS_Y in one window (CUBE_POS_X: window
+/// and key block): per query head of the group in order, per query block from the key block's
+/// own to the window's end, P and dS from [`p_ds`], then dV += Pᵀ·dO and dK += dSᵀ·Q over
+/// steps of `rr` full rows of dO and Q staged in shared memory. Each unit accumulates keys
+/// ty·2 + i at columns tx + 16·j in registers; dK is scaled by 1/√e once at the end. Rows
+/// are counted from the launch's first window (`row0` in every binding).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn dkdv_kernel(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    d_o: &Array<f32>,
+    lse: &Array<f32>,
+    delta: &Array<f32>,
+    dk: &mut Array<f32>,
+    dv: &mut Array<f32>,
+    row0: u32,
+    seq: u32,
+    blocks: u32,
+    heads: u32,
+    group: u32,
+    scale: f32,
+    #[comptime] e: u32,
+    #[comptime] rr: u32,
+) {
+    let oc = comptime![e.div_ceil(16)];
+    let ld = comptime![16 * e.div_ceil(16)];
+    let plane = comptime![BLK * (BLK + 1)];
+    let qc = heads * e;
+    let kc = heads / group * e;
+    let g = CUBE_POS_Y;
+    let w0 = row0 + (CUBE_POS_X / blocks) * seq;
+    let k0 = (CUBE_POS_X % blocks) * BLK;
+    let mut nk = seq - k0;
+    if nk > BLK {
+        nk = BLK;
+    }
+    let kv_col = g * e;
+    let t = UNIT_POS;
+    let ty = t / 16;
+    let tx = t % 16;
+    let mut st = SharedMemory::<f32>::new(comptime![(4 * BLK * (DC + 1)) as usize]);
+    let mut pd = SharedMemory::<f32>::new(comptime![(2 * BLK * (BLK + 1)) as usize]);
+    let mut rl = SharedMemory::<f32>::new(comptime![(2 * BLK) as usize]);
+    let mut rs = SharedMemory::<f32>::new(comptime![(2 * RC) as usize]);
+    let mut adk = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
+    let mut adv = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
+    #[unroll]
+    for i in 0..comptime![2 * e.div_ceil(16)] {
+        adk[i as usize] = 0.0;
+        adv[i as usize] = 0.0;
+    }
+    for hh in 0..group {
+        let h = g * group + hh;
+        let mut q0 = k0;
+        while q0 < seq {
+            p_ds(
+                q, k, v, d_o, lse, delta, &mut st, &mut pd, &mut rl, w0, q0, seq, k0, nk, h,
+                kv_col, heads, kc, scale, e,
+            );
+            let mut nq = seq - q0;
+            if nq > BLK {
+                nq = BLK;
+            }
+            let mut r0 = 0u32;
+            while r0 < nq {
+                sync_cube();
+                let mut i = t;
+                while i < rr * ld {
+                    let r = i / ld;
+                    let c = i % ld;
+                    let mut a = 0.0f32;
+                    let mut b = 0.0f32;
+                    if r0 + r < nq && c < e {
+                        let at = ((w0 + q0 + r0 + r) * qc + h * e + c) as usize;
+                        a = d_o[at];
+                        b = q[at];
+                    }
+                    rs[i as usize] = a;
+                    rs[(RC + i) as usize] = b;
+                    i += 256;
+                }
+                sync_cube();
+                for x in 0..rr {
+                    #[unroll]
+                    for i in 0..2u32 {
+                        let at = (r0 + x) * (BLK + 1) + ty * 2 + i;
+                        let p = pd[at as usize];
+                        let ds = pd[(plane + at) as usize];
+                        #[unroll]
+                        for j in 0..oc {
+                            let c = x * ld + tx + 16 * j;
+                            adv[(i * oc + j) as usize] += p * rs[c as usize];
+                            adk[(i * oc + j) as usize] += ds * rs[(RC + c) as usize];
+                        }
+                    }
+                }
+                r0 += rr;
+            }
+            q0 += BLK;
+        }
+    }
+    #[unroll]
+    for i in 0..2u32 {
+        let r = ty * 2 + i;
+        if r < nk {
+            let at = (w0 + k0 + r) * kc + kv_col;
+            #[unroll]
+            for j in 0..oc {
+                let col = tx + 16 * j;
+                if col < e {
+                    dk[(at + col) as usize] = adk[(i * oc + j) as usize] * scale;
+                    dv[(at + col) as usize] = adv[(i * oc + j) as usize];
+                }
+            }
+        }
+    }
+}
+
+/// dQ of queries [q0, q0 + BLK) of head CUBE_POS_Y in one window (CUBE_POS_X: window and
+/// query block): per key block up to the block's last query, P and dS from [`p_ds`], then
+/// dQ += dS·K over steps of `rr` full rows of K staged in shared memory; scaled by 1/√e once
+/// at the end.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn dq_kernel(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    d_o: &Array<f32>,
+    lse: &Array<f32>,
+    delta: &Array<f32>,
+    dq: &mut Array<f32>,
+    row0: u32,
+    seq: u32,
+    blocks: u32,
+    heads: u32,
+    group: u32,
+    scale: f32,
+    #[comptime] e: u32,
+    #[comptime] rr: u32,
+) {
+    let oc = comptime![e.div_ceil(16)];
+    let ld = comptime![16 * e.div_ceil(16)];
+    let plane = comptime![BLK * (BLK + 1)];
+    let qc = heads * e;
+    let kc = heads / group * e;
+    let h = CUBE_POS_Y;
+    let w0 = row0 + (CUBE_POS_X / blocks) * seq;
+    let q0 = (CUBE_POS_X % blocks) * BLK;
+    let mut q_end = q0 + BLK;
+    if q_end > seq {
+        q_end = seq;
+    }
+    let kv_col = (h / group) * e;
+    let t = UNIT_POS;
+    let ty = t / 16;
+    let tx = t % 16;
+    let mut st = SharedMemory::<f32>::new(comptime![(4 * BLK * (DC + 1)) as usize]);
+    let mut pd = SharedMemory::<f32>::new(comptime![(2 * BLK * (BLK + 1)) as usize]);
+    let mut rl = SharedMemory::<f32>::new(comptime![(2 * BLK) as usize]);
+    let mut rs = SharedMemory::<f32>::new(comptime![RC as usize]);
+    let mut acc = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
+    #[unroll]
+    for i in 0..comptime![2 * e.div_ceil(16)] {
+        acc[i as usize] = 0.0;
+    }
+    let mut k0 = 0u32;
+    while k0 < q_end {
+        let mut nk = q_end - k0;
+        if nk > BLK {
+            nk = BLK;
+        }
+        p_ds(
+            q, k, v, d_o, lse, delta, &mut st, &mut pd, &mut rl, w0, q0, q_end, k0, nk, h, kv_col,
+            heads, kc, scale, e,
+        );
+        let mut c0 = 0u32;
+        while c0 < nk {
+            sync_cube();
+            let mut i = t;
+            while i < rr * ld {
+                let r = i / ld;
+                let c = i % ld;
+                let mut a = 0.0f32;
+                if c0 + r < nk && c < e {
+                    a = k[((w0 + k0 + c0 + r) * kc + kv_col + c) as usize];
+                }
+                rs[i as usize] = a;
+                i += 256;
+            }
+            sync_cube();
+            for x in 0..rr {
+                #[unroll]
+                for i in 0..2u32 {
+                    let ds = pd[(plane + (ty * 2 + i) * (BLK + 1) + c0 + x) as usize];
+                    #[unroll]
+                    for j in 0..oc {
+                        acc[(i * oc + j) as usize] += ds * rs[(x * ld + tx + 16 * j) as usize];
+                    }
+                }
+            }
+            c0 += rr;
+        }
+        k0 += BLK;
+    }
+    #[unroll]
+    for i in 0..2u32 {
+        let r = ty * 2 + i;
+        if q0 + r < q_end {
+            let at = (w0 + q0 + r) * qc + h * e;
+            #[unroll]
+            for j in 0..oc {
+                let col = tx + 16 * j;
+                if col < e {
+                    dq[(at + col) as usize] = acc[(i * oc + j) as usize] * scale;
+                }
+            }
+        }
+    }
+}
+
+/// The one handle of a tensor that must not be split, with its length.
+fn whole<'a>(t: &'a CubeTensor, what: &str) -> Result<(&'a Handle, usize)> {
+    if t.slabs.count() > 1 {
+        return Err(KernelError::Unsupported(format!(
+            "attention backward: {what} ({}x{}) is split across storage bindings; the CubeCL \
+             kernels take every operand in one binding",
+            t.rows, t.cols
+        )));
+    }
+    Ok((&t.handles[0], t.slab_len(0)))
+}
+
+/// (dQ, dK, dV) of causal GQA attention from the forward's q, k, v, output o and
+/// log-sum-exp L [N, heads], and dO: D, then the dK/dV and dQ kernels ([`launch_tiles`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<R: Runtime>(
+    b: &CubeBackend<R>,
+    q: &CubeTensor,
+    k: &CubeTensor,
+    v: &CubeTensor,
+    o: &CubeTensor,
+    lse: &CubeTensor,
+    d_o: &CubeTensor,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+) -> Result<(CubeTensor, CubeTensor, CubeTensor)> {
+    let sh = |t: &CubeTensor| t.shape();
+    let e = check::attention_backward(
+        sh(q),
+        sh(k),
+        sh(v),
+        sh(o),
+        sh(lse),
+        sh(d_o),
+        heads,
+        kv_heads,
+        seq,
+    )?;
+    if e > MAX_HEAD_DIM {
+        return Err(KernelError::Unsupported(format!(
+            "attention backward: head_dim {e} exceeds the {MAX_HEAD_DIM} the CubeCL kernels \
+             hold per row"
+        )));
+    }
+    let n = q.rows;
+    let (dq, dk, dv) = (
+        b.alloc_tensor(n, q.cols)?,
+        b.alloc_tensor(n, k.cols)?,
+        b.alloc_tensor(n, k.cols)?,
+    );
+    if n == 0 {
+        return Ok((dq, dk, dv));
+    }
+    let [q_, k_, v_, o_, l_, g_, dq_, dk_, dv_] = [
+        (q, "Q"),
+        (k, "K"),
+        (v, "V"),
+        (o, "O"),
+        (lse, "L"),
+        (d_o, "dO"),
+        (&dq, "dQ"),
+        (&dk, "dK"),
+        (&dv, "dV"),
+    ]
+    .map(|(t, what)| whole(t, what));
+    let (q_, k_, v_, o_, l_, g_) = (q_?, k_?, v_?, o_?, l_?, g_?);
+    let (dq_, dk_, dv_) = (dq_?, dk_?, dv_?);
+    let delta = b.scratch(n * heads)?;
+    let max_y = b.max_cube_count.1;
+    if heads > max_y as usize {
+        return Err(KernelError::Unsupported(format!(
+            "attention backward: {heads} heads exceed a launch's {max_y} cubes per dimension"
+        )));
+    }
+    // SAFETY: one unit per (row, head) below delta's length, reading that row's head of O and
+    // dO (both N x heads·e, so row·heads·e + head·e = unit·e).
+    unsafe {
+        delta_kernel::launch_unchecked::<R>(
+            &b.client,
+            b.grid(n * heads, BLOCK),
+            CubeDim::new_1d(BLOCK),
+            arg(o_.0, o_.1),
+            arg(g_.0, g_.1),
+            arg(&delta, n * heads),
+            e as u32,
+        );
+    }
+    let geo = Geometry {
+        seq,
+        heads,
+        kv_heads,
+        e,
+    };
+    launch_tiles(
+        b,
+        &geo,
+        [q_, k_, v_, g_, l_],
+        (&delta, n * heads),
+        [dq_, dk_, dv_],
+    );
+    Ok((dq, dk, dv))
+}
+
+/// The shapes a backward's launches need.
+struct Geometry {
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    e: usize,
+}
+
+/// The dK/dV and dQ kernels over groups of whole windows (the cube count's x limit), each
+/// group's rows from `row0` in every binding: `ins` are Q, K, V, dO and L, `outs` dQ, dK, dV.
+fn launch_tiles<R: Runtime>(
+    b: &CubeBackend<R>,
+    geo: &Geometry,
+    [q_, k_, v_, g_, l_]: [(&Handle, usize); 5],
+    delta: (&Handle, usize),
+    [dq_, dk_, dv_]: [(&Handle, usize); 3],
+) {
+    let Geometry {
+        seq,
+        heads,
+        kv_heads,
+        e,
+    } = *geo;
+    let n = delta.1 / heads;
+    let blocks = seq.div_ceil(BLK as usize);
+    let per = plan::items_per_launch(blocks, b.max_cube_count.0);
+    let (windows, group) = (n / seq, heads / kv_heads);
+    let (rr, scale) = (stage_rows(e), (1.0 / (e as f64).sqrt()) as f32);
+    let mut w = 0;
+    while w < windows {
+        let cnt = per.min(windows - w);
+        let x = (cnt * blocks) as u32;
+        // SAFETY: each cube reads rows of its own window (inside the launch's windows, all
+        // in the bindings given whole) at columns below heads·e and kv_heads·e, and writes
+        // the dK and dV rows of its keys and KV head, or the dQ rows of its queries and head.
+        unsafe {
+            dkdv_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static(x, kv_heads as u32, 1),
+                CubeDim::new_1d(256),
+                arg(q_.0, q_.1),
+                arg(k_.0, k_.1),
+                arg(v_.0, v_.1),
+                arg(g_.0, g_.1),
+                arg(l_.0, l_.1),
+                arg(delta.0, delta.1),
+                arg(dk_.0, dk_.1),
+                arg(dv_.0, dv_.1),
+                (w * seq) as u32,
+                seq as u32,
+                blocks as u32,
+                heads as u32,
+                group as u32,
+                scale,
+                e as u32,
+                rr,
+            );
+            dq_kernel::launch_unchecked::<R>(
+                &b.client,
+                CubeCount::Static(x, heads as u32, 1),
+                CubeDim::new_1d(256),
+                arg(q_.0, q_.1),
+                arg(k_.0, k_.1),
+                arg(v_.0, v_.1),
+                arg(g_.0, g_.1),
+                arg(l_.0, l_.1),
+                arg(delta.0, delta.1),
+                arg(dq_.0, dq_.1),
+                (w * seq) as u32,
+                seq as u32,
+                blocks as u32,
+                heads as u32,
+                group as u32,
+                scale,
+                e as u32,
+                rr,
+            );
+        }
+        w += cnt;
+    }
+}
