@@ -154,3 +154,27 @@ fn reference_statistic_matches_transformers_multi_head_f32() {
 fn reference_statistic_matches_transformers_gqa_llama3_rope_tied_bf16() {
     check_statistic(&CpuBackend::new(), "gqa", REFERENCE_REL_RMS);
 }
+
+/// The GPU backends against the same autograd figures: f32 GEMMs, attention and reductions
+/// through a whole model's backward, the bound.
+const GPU_REL_RMS: f64 = 1e-4;
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_gradients_and_statistic_match_autograd() {
+    let b = prunebench_kernels::wgpu::WgpuBackend::new(None).expect("a Vulkan adapter (lavapipe)");
+    for model in ["mha", "gqa"] {
+        check(&b, model, GPU_REL_RMS);
+        check_statistic(&b, model, GPU_REL_RMS);
+    }
+}
+
+#[cfg(feature = "cubecl")]
+#[test]
+fn cubecl_wgpu_gradients_and_statistic_match_autograd() {
+    let b = prunebench_kernels::cube::cube_wgpu(None).expect("a Vulkan adapter (lavapipe)");
+    for model in ["mha", "gqa"] {
+        check(&b, model, GPU_REL_RMS);
+        check_statistic(&b, model, GPU_REL_RMS);
+    }
+}

@@ -164,3 +164,41 @@ fn prune_model_gblm_computes_its_gradients_as_the_gradients_command() {
 fn ly_of(v: &serde_json::Value) -> &Vec<serde_json::Value> {
     v["linears"].as_array().unwrap()
 }
+
+/// Two runs on one GPU backend write the same bytes: no floating-point atomics anywhere in
+/// the backward (ALGORITHMS.md §15).
+fn same_bytes_twice(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, text) = (fixture("gqa"), fixture("text.txt"));
+    let files: Vec<_> = (0..2)
+        .map(|i| {
+            let out = dir.path().join(format!("g{i}.safetensors"));
+            let mut a = args(s(&ckpt), s(&text), s(&out));
+            let at = a.iter().position(|&x| x == "cpu").unwrap();
+            a[at] = backend;
+            let run = prunebench(&a);
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            std::fs::read(&out).unwrap()
+        })
+        .collect();
+    assert!(
+        files[0] == files[1],
+        "two {backend} runs wrote different files"
+    );
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn gradients_on_wgpu_are_the_same_bytes_twice() {
+    same_bytes_twice("wgpu");
+}
+
+#[cfg(feature = "cubecl")]
+#[test]
+fn gradients_on_cubecl_wgpu_are_the_same_bytes_twice() {
+    same_bytes_twice("cubecl-wgpu");
+}
