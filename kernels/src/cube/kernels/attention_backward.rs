@@ -9,14 +9,15 @@
 //!
 //! Both tile kernels recompute P = exp(S − L) and dS = P ⊙ (dO·Vᵀ − D) tile by tile in
 //! [`p_ds`] (no seq x seq matrix), and each gradient has one owner, so no atomics: every sum
-//! runs in a fixed order. Every operand must lie in one slab (one binding); a split tensor is
-//! refused with an error.
+//! runs in a fixed order. Operands split across slabs run a window at a time through
+//! contiguous copies.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::super::storage::{arg, CubeTensor};
 use super::super::CubeBackend;
+use super::copy::{gather_rows, scatter_rows};
 use super::fill::BLOCK;
 use super::forward::MAX_HEAD_DIM;
 use crate::error::{KernelError, Result};
@@ -393,20 +394,15 @@ fn dq_kernel(
     }
 }
 
-/// The one handle of a tensor that must not be split, with its length.
-fn whole<'a>(t: &'a CubeTensor, what: &str) -> Result<(&'a Handle, usize)> {
-    if t.slabs.count() > 1 {
-        return Err(KernelError::Unsupported(format!(
-            "attention backward: {what} ({}x{}) is split across storage bindings; the CubeCL \
-             kernels take every operand in one binding",
-            t.rows, t.cols
-        )));
-    }
-    Ok((&t.handles[0], t.slab_len(0)))
+/// The one handle of a tensor, with its length, where it lies in one slab.
+fn whole(t: &CubeTensor) -> Option<(&Handle, usize)> {
+    (t.slabs.count() == 1).then(|| (&t.handles[0], t.slab_len(0)))
 }
 
 /// (dQ, dK, dV) of causal GQA attention from the forward's q, k, v, output o and
-/// log-sum-exp L [N, heads], and dO: D, then the dK/dV and dQ kernels ([`launch_tiles`]).
+/// log-sum-exp L [N, heads], and dO: D, then the dK/dV and dQ kernels ([`launch_tiles`]),
+/// over the whole tensors where each lies in one binding, else a window of `seq` rows at a
+/// time through contiguous copies (a window is independent of the others).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<R: Runtime>(
     b: &CubeBackend<R>,
@@ -438,6 +434,12 @@ pub fn attention_backward<R: Runtime>(
              hold per row"
         )));
     }
+    let max_y = b.max_cube_count.1;
+    if heads > max_y as usize {
+        return Err(KernelError::Unsupported(format!(
+            "attention backward: {heads} heads exceed a launch's {max_y} cubes per dimension"
+        )));
+    }
     let n = q.rows;
     let (dq, dk, dv) = (
         b.alloc_tensor(n, q.cols)?,
@@ -447,27 +449,43 @@ pub fn attention_backward<R: Runtime>(
     if n == 0 {
         return Ok((dq, dk, dv));
     }
-    let [q_, k_, v_, o_, l_, g_, dq_, dk_, dv_] = [
-        (q, "Q"),
-        (k, "K"),
-        (v, "V"),
-        (o, "O"),
-        (lse, "L"),
-        (d_o, "dO"),
-        (&dq, "dQ"),
-        (&dk, "dK"),
-        (&dv, "dV"),
-    ]
-    .map(|(t, what)| whole(t, what));
-    let (q_, k_, v_, o_, l_, g_) = (q_?, k_?, v_?, o_?, l_?, g_?);
-    let (dq_, dk_, dv_) = (dq_?, dk_?, dv_?);
-    let delta = b.scratch(n * heads)?;
-    let max_y = b.max_cube_count.1;
-    if heads > max_y as usize {
-        return Err(KernelError::Unsupported(format!(
-            "attention backward: {heads} heads exceed a launch's {max_y} cubes per dimension"
-        )));
+    let geo = Geometry {
+        seq,
+        heads,
+        kv_heads,
+        e,
+    };
+    let ins = [q, k, v, d_o, lse, o];
+    let outs = [&dq, &dk, &dv];
+    match (ins.map(whole), outs.map(whole)) {
+        (
+            [Some(q_), Some(k_), Some(v_), Some(g_), Some(l_), Some(o_)],
+            [Some(a), Some(c), Some(d)],
+        ) => run_whole(b, &geo, n, [q_, k_, v_, g_, l_], o_, [a, c, d])?,
+        _ => by_windows(b, &geo, ins, outs)?,
     }
+    Ok((dq, dk, dv))
+}
+
+/// The shapes a backward's launches need.
+struct Geometry {
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    e: usize,
+}
+
+/// D and both tile kernels over `n` rows whose operands each lie in one handle.
+fn run_whole<R: Runtime>(
+    b: &CubeBackend<R>,
+    geo: &Geometry,
+    n: usize,
+    [q_, k_, v_, g_, l_]: [(&Handle, usize); 5],
+    o_: (&Handle, usize),
+    outs: [(&Handle, usize); 3],
+) -> Result<()> {
+    let (heads, e) = (geo.heads, geo.e);
+    let delta = b.scratch(n * heads)?;
     // SAFETY: one unit per (row, head) below delta's length, reading that row's head of O and
     // dO (both N x heads·e, so row·heads·e + head·e = unit·e).
     unsafe {
@@ -481,28 +499,45 @@ pub fn attention_backward<R: Runtime>(
             e as u32,
         );
     }
-    let geo = Geometry {
-        seq,
-        heads,
-        kv_heads,
-        e,
-    };
-    launch_tiles(
-        b,
-        &geo,
-        [q_, k_, v_, g_, l_],
-        (&delta, n * heads),
-        [dq_, dk_, dv_],
-    );
-    Ok((dq, dk, dv))
+    launch_tiles(b, geo, [q_, k_, v_, g_, l_], (&delta, n * heads), outs);
+    Ok(())
 }
 
-/// The shapes a backward's launches need.
-struct Geometry {
-    seq: usize,
-    heads: usize,
-    kv_heads: usize,
-    e: usize,
+/// A window of `seq` rows at a time: its rows of every operand gathered into contiguous
+/// scratch (one window must fit one binding), the kernels run on them, and dQ, dK and dV
+/// copied back into their slabs.
+fn by_windows<R: Runtime>(
+    b: &CubeBackend<R>,
+    geo: &Geometry,
+    ins: [&CubeTensor; 6],
+    outs: [&CubeTensor; 3],
+) -> Result<()> {
+    let seq = geo.seq;
+    let stage = |t: &CubeTensor| -> Result<(Handle, usize)> {
+        let len = seq * t.cols;
+        Ok((b.scratch(len)?, len))
+    };
+    let ins_w: Vec<(Handle, usize)> = ins.iter().map(|t| stage(t)).collect::<Result<_>>()?;
+    let outs_w: Vec<(Handle, usize)> = outs.iter().map(|t| stage(t)).collect::<Result<_>>()?;
+    for r0 in (0..ins[0].rows).step_by(seq) {
+        for (t, (h, _)) in ins.iter().zip(&ins_w) {
+            gather_rows(b, t, r0, r0 + seq, h);
+        }
+        let w = |i: usize| (&ins_w[i].0, ins_w[i].1);
+        let o = |i: usize| (&outs_w[i].0, outs_w[i].1);
+        run_whole(
+            b,
+            geo,
+            seq,
+            [w(0), w(1), w(2), w(3), w(4)],
+            w(5),
+            [o(0), o(1), o(2)],
+        )?;
+        for (t, (h, _)) in outs.iter().zip(&outs_w) {
+            scatter_rows(b, h, t, r0, r0 + seq);
+        }
+    }
+    Ok(())
 }
 
 /// The dK/dV and dQ kernels over groups of whole windows (the cube count's x limit), each

@@ -111,6 +111,38 @@ fn nonfinite_kernel(x: &Array<f32>, first: &mut Array<Atomic<u32>>, n: u32, slot
     }
 }
 
+/// Rows [r0, r1) of `t` (any slabs) from the contiguous `src`: [`gather_rows`]'s inverse.
+pub fn scatter_rows<R: Runtime>(
+    b: &CubeBackend<R>,
+    src: &Handle,
+    t: &CubeTensor,
+    r0: usize,
+    r1: usize,
+) {
+    let cols = t.cols;
+    let len = (r1 - r0) * cols;
+    for (s, lo, hi) in t.slabs.covering(r0, r1) {
+        let local = lo - t.slabs.range(s).0;
+        copy2d(
+            b,
+            Rect {
+                h: src,
+                len,
+                off: (lo - r0) * cols,
+                ld: cols,
+            },
+            Rect {
+                h: &t.handles[s],
+                len: t.slab_len(s),
+                off: local * cols,
+                ld: cols,
+            },
+            hi - lo,
+            cols,
+        );
+    }
+}
+
 /// The (row, col) of the first non-finite entry of `t`, if any.
 pub fn first_nonfinite<R: Runtime>(
     b: &CubeBackend<R>,
