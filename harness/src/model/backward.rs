@@ -29,14 +29,7 @@ struct Recomputed<B: Backend> {
 }
 
 impl<B: Backend> LayerOnDevice<B> {
-    fn recompute(
-        &self,
-        b: &B,
-        x: &B::Tensor,
-        xh: &Matrix,
-        rope: &Rope<B>,
-        eps: f64,
-    ) -> Result<Recomputed<B>> {
+    fn recompute(&self, b: &B, x: &B::Tensor, rope: &Rope<B>, eps: f64) -> Result<Recomputed<B>> {
         let l = self.layer;
         let cx = |what: &'static str| move || format!("layer {l} (recomputed): {what}");
         let h = b
@@ -50,9 +43,9 @@ impl<B: Backend> LayerOnDevice<B> {
         let (att, lse) = b
             .attention_with_lse(&q, &k, &v, self.heads, self.kv_heads, rope.seq)
             .context(cx("attention"))?;
-        let o = b.linear(&att, &self.o).context(cx("o_proj"))?;
-        let mut x1 = b.upload(xh).context(cx("the layer's input"))?;
-        b.residual_add(&mut x1, &o).context(cx("residual"))?;
+        let mut x1 = b.linear(&att, &self.o).context(cx("o_proj"))?;
+        // x1 = x + o_proj(att), added into the projection's own output: no second upload of x.
+        b.residual_add(&mut x1, x).context(cx("residual"))?;
         let h2 = b
             .rms_norm(&x1, &self.norm_post, eps)
             .context(cx("post-attention norm"))?;
@@ -89,7 +82,7 @@ impl<B: Backend> LayerOnDevice<B> {
         let l = self.layer;
         let cx = |what: &'static str| move || format!("layer {l} backward: {what}");
         let x = b.upload(xh).context(cx("the layer's input"))?;
-        let r = self.recompute(b, &x, xh, rope, eps)?;
+        let r = self.recompute(b, &x, rope, eps)?;
         // x2 = x1 + down(silu(gate(h2)) ⊙ up(h2)): dx flows to x1 unchanged and into the MLP.
         let (da, dw) = b
             .linear_backward(&r.a, &self.down, dx)
