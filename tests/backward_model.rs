@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::fixture;
+use common::{fixture, fixture_windows};
 use prunebench_harness::model::{gblm_gradients, model_backward, ForwardOptions, Weights};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::{Backend, GradNorm};
@@ -37,22 +37,6 @@ fn rel_rms(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// The fixture's two windows of token ids.
-fn windows(model: &str) -> Vec<Vec<u32>> {
-    let reference = std::fs::read(fixture(model).join("reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&reference).unwrap();
-    let ids = st.tensor("ids").unwrap();
-    let seq = ids.shape()[1];
-    ids.data()
-        .chunks_exact(8 * seq)
-        .map(|w| {
-            w.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-                .collect()
-        })
-        .collect()
-}
-
 /// The backend's dW of every linear and loss against transformers'.
 fn check<B: Backend>(b: &B, model: &str, tol: f64) {
     let ckpt = Checkpoint::open(&fixture(model)).unwrap();
@@ -62,7 +46,7 @@ fn check<B: Backend>(b: &B, model: &str, tol: f64) {
         ckpt: &ckpt,
         replaced: &none,
     };
-    let windows = windows(model);
+    let windows = fixture_windows(model);
     let want_bytes = std::fs::read(fixture(model).join("gradients.safetensors")).unwrap();
     let want = SafeTensors::deserialize(&want_bytes).unwrap();
     let (mut seen, mut worst) = (0, 0.0f64);
@@ -129,7 +113,16 @@ fn check_statistic<B: Backend>(b: &B, model: &str, tol: f64) {
         replaced: &none,
     };
     let opts = ForwardOptions::default();
-    let stats = gblm_gradients(b, &w, &cfg, &windows(model), GradNorm::L2, &opts, &|_| {}).unwrap();
+    let stats = gblm_gradients(
+        b,
+        &w,
+        &cfg,
+        &fixture_windows(model),
+        GradNorm::L2,
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
     let bytes = std::fs::read(fixture(model).join("gradients.safetensors")).unwrap();
     let want = SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(stats.tensors.len(), 7 * cfg.model.num_layers);

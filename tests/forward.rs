@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::fixture;
+use common::{fixture, fixture_windows};
 use prunebench_harness::model::perplexity::trace;
 use prunebench_harness::model::{perplexity, ForwardOptions, Weights};
 use prunebench_kernels::cpu::CpuBackend;
@@ -49,14 +49,6 @@ impl Reference {
         };
         (t.shape().to_vec(), v)
     }
-
-    /// The fixed token ids, one window per row.
-    fn windows(&self) -> Vec<Vec<u32>> {
-        let (shape, v) = self.values("ids");
-        v.chunks(shape[1])
-            .map(|w| w.iter().map(|&x| x as u32).collect())
-            .collect()
-    }
 }
 
 /// sqrt(Σ(a−b)²/Σb²): the relative RMS difference.
@@ -82,7 +74,7 @@ fn our_trace<B: Backend>(b: &B, model: &str) -> (Vec<Matrix>, Matrix, f64) {
         ckpt: &ckpt,
         replaced: &none,
     };
-    let windows = Reference::open(model).windows();
+    let windows = fixture_windows(model);
     let (mut hidden, logits) = trace(b, &w, &cfg, &windows).unwrap();
     let last = hidden.pop().unwrap();
     let gamma = ckpt.read_tensor("model.norm.weight").unwrap().0;

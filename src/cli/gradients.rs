@@ -98,13 +98,7 @@ pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
     // Every argument and input is checked before any work starts.
     let norm = parse_norm(&a.grad_norm)?;
     let (ckpt, cfg) = open(&a.checkpoint)?;
-    let tokens =
-        Tokens::pick(&a.calibration_text, &a.calibration_ids, "calibration")?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "give the calibration text with --calibration-text FILE or its ids with \
-                 --calibration-ids FILE"
-            )
-        })?;
+    let tokens = Tokens::calibration(&a.calibration_text, &a.calibration_ids)?;
     let seq = seqlen(a.seqlen, &cfg)?;
     check_file(&a.out, inputs).map_err(super::out_error)?;
     check_host_memory(
@@ -128,7 +122,7 @@ pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
     // Checked again: a folder may have appeared at --out while the run went on.
     check_file(&a.out, inputs).map_err(super::out_error)?;
     let meta = GradientsMeta {
-        grad_norm: norm_name(norm),
+        grad_norm: norm.name(),
         nsamples: windows.len(),
         seqlen: seq,
         seed: a.seed,
@@ -165,11 +159,4 @@ pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn norm_name(norm: GradNorm) -> &'static str {
-    match norm {
-        GradNorm::L2 => "l2",
-        GradNorm::L1 => "l1",
-    }
 }

@@ -30,6 +30,16 @@ impl Tokens {
         })
     }
 
+    /// The calibration text or its ids, which a whole-model command that calibrates needs.
+    pub fn calibration(text: &Option<PathBuf>, ids: &Option<PathBuf>) -> Result<Tokens> {
+        Tokens::pick(text, ids, "calibration")?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "give the calibration text with --calibration-text FILE or its ids with \
+                 --calibration-ids FILE"
+            )
+        })
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             Tokens::Text(p) | Tokens::Ids(p) => p,

@@ -148,13 +148,7 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
     };
     // gblm without --gradients computes them first (see `PruneModelJob::dense_gradients`).
     sequential::check_config(&pcfg, true)?;
-    let calib_tokens = Tokens::pick(&a.calibration_text, &a.calibration_ids, "calibration")?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "give the calibration text with --calibration-text FILE or its ids with \
-                 --calibration-ids FILE"
-            )
-        })?;
+    let calib_tokens = Tokens::calibration(&a.calibration_text, &a.calibration_ids)?;
     let eval_tokens = Tokens::pick(&a.eval_text, &a.eval_ids, "evaluation text")?;
     let seq = seqlen(a.seqlen, &cfg)?;
     check_host_memory(

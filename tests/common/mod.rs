@@ -34,6 +34,24 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The forward fixture's token windows (`ids` of its reference.safetensors, int64, one
+/// window per row).
+#[allow(dead_code)]
+pub fn fixture_windows(model: &str) -> Vec<Vec<u32>> {
+    let bytes = std::fs::read(fixture(model).join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("ids").unwrap();
+    let seq = ids.shape()[1];
+    ids.data()
+        .chunks_exact(8 * seq)
+        .map(|w| {
+            w.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect()
+        })
+        .collect()
+}
+
 /// A path as a command-line argument.
 #[allow(dead_code)]
 pub fn s(p: &Path) -> &str {

@@ -23,6 +23,16 @@ pub enum GradNorm {
     L1,
 }
 
+impl GradNorm {
+    /// The name the command line and the gradients file use: `l2` or `l1`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GradNorm::L2 => "l2",
+            GradNorm::L1 => "l1",
+        }
+    }
+}
+
 /// Which entries compete for the pruned slots in unstructured masks (§5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
