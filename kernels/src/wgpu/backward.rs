@@ -15,7 +15,7 @@ use crate::ops::check;
 use crate::plan::id_lists;
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
-use super::mem::WgpuTensor;
+use super::mem::{shape, WgpuTensor};
 
 /// Rows per block of dγ's first pass (backward.wgsl's RB).
 const RB: usize = 64;
@@ -53,20 +53,8 @@ struct Bind<'a> {
 
 impl<'a> Bind<'a> {
     fn slots(&self) -> [Slot<'a>; 6] {
-        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
-        [
-            s(self.in0),
-            s(self.in1),
-            s(self.in2),
-            s(self.dst),
-            s(self.aux),
-            s(self.ids),
-        ]
+        [self.in0, self.in1, self.in2, self.dst, self.aux, self.ids].map(Slot::from)
     }
-}
-
-fn shape(t: &WgpuTensor) -> (usize, usize) {
-    (t.rows, t.cols)
 }
 
 impl Ctx {

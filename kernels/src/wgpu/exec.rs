@@ -223,6 +223,13 @@ pub(crate) enum Slot<'a> {
     Unused,
 }
 
+/// A window where there is one, else a binding the entry point does not use.
+impl<'a> From<Option<Win<'a>>> for Slot<'a> {
+    fn from(w: Option<Win<'a>>) -> Self {
+        w.map_or(Slot::Unused, Slot::Win)
+    }
+}
+
 pub(crate) struct Ctx {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,

@@ -57,11 +57,10 @@ impl Bufs<'_> {
     where
         Self: 'a,
     {
-        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
         [
-            s(a),
-            s(a2),
-            s(h),
+            Slot::from(a),
+            Slot::from(a2),
+            Slot::from(h),
             Slot::Win(self.small),
             Slot::Win(self.panel),
             Slot::Win(self.dvec),

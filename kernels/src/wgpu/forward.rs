@@ -21,7 +21,7 @@ use crate::ops::check;
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win, HEAD_DIMS};
 use super::gemm::{Mat, Product};
-use super::mem::WgpuTensor;
+use super::mem::{shape, WgpuTensor};
 
 /// Query rows per attention workgroup (forward.wgsl's BQ).
 const BQ: usize = 64;
@@ -72,20 +72,8 @@ struct Bind<'a> {
 
 impl<'a> Bind<'a> {
     fn slots(&self) -> [Slot<'a>; 6] {
-        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
-        [
-            s(self.in0),
-            s(self.in1),
-            s(self.in2),
-            s(self.dst),
-            s(self.ids),
-            s(self.lse),
-        ]
+        [self.in0, self.in1, self.in2, self.dst, self.ids, self.lse].map(Slot::from)
     }
-}
-
-fn shape(t: &WgpuTensor) -> (usize, usize) {
-    (t.rows, t.cols)
 }
 
 impl Ctx {

@@ -18,6 +18,11 @@ pub struct WgpuTensor {
     pub(crate) cols: usize,
 }
 
+/// A tensor's (rows, cols), as the shape checks take it.
+pub(crate) fn shape(t: &WgpuTensor) -> (usize, usize) {
+    (t.rows, t.cols)
+}
+
 /// A bit-packed mask on the device, in the layout of [`Mask`].
 #[derive(Debug)]
 pub struct WgpuMask {

@@ -51,7 +51,7 @@ impl Ctx {
                 add: FMA_PROBE_ADD,
                 pad: 0,
             };
-            let src_slot = sw.map_or(Slot::Unused, Slot::Win);
+            let src_slot = Slot::from(sw);
             b.dispatch(
                 Module::Probe,
                 entry,

@@ -18,7 +18,7 @@ use super::gemm::{
     reduce_parts, Gemm, Mat, Operand, Product, F_B_LOWER, F_DELTA, F_FINAL, F_LOWER, F_MERGE_SCALE,
     F_P_MASK,
 };
-use super::mem::{WgpuMask, WgpuTensor};
+use super::mem::{shape, WgpuMask, WgpuTensor};
 
 /// The GEMM's output tile (gemm.wgsl's TM and TN).
 const TILE: usize = 64;
@@ -46,10 +46,6 @@ struct RefitParams {
     eps: f32,
     bc1: f32,
     bc2: f32,
-}
-
-fn shape(t: &WgpuTensor) -> (usize, usize) {
-    (t.rows, t.cols)
 }
 
 impl Ctx {

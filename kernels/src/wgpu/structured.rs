@@ -19,7 +19,7 @@ use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::factor::FactorRun;
 use super::gemm::{Gemm, Mat, Operand, Product, F_B_LOWER, F_STORE};
-use super::mem::WgpuTensor;
+use super::mem::{shape, WgpuTensor};
 
 /// The widest group factored in one workgroup (structured.wgsl's NB): a 64x64 f32 block is
 /// 16 KiB of workgroup memory.
@@ -77,17 +77,10 @@ struct Bind<'a> {
 
 impl<'a> Bind<'a> {
     fn slots(&self) -> [Slot<'a>; 8] {
-        let s = |w: Option<Win<'a>>| w.map_or(Slot::Unused, Slot::Win);
         [
-            s(self.src),
-            s(self.dst),
-            s(self.ridx),
-            s(self.cidx),
-            s(self.aux1),
-            s(self.aux2),
-            s(self.part),
-            s(self.stat),
+            self.src, self.dst, self.ridx, self.cidx, self.aux1, self.aux2, self.part, self.stat,
         ]
+        .map(Slot::from)
     }
 }
 
@@ -125,10 +118,6 @@ impl<'a> Pick<'a> {
             ),
         }
     }
-}
-
-fn shape(t: &WgpuTensor) -> (usize, usize) {
-    (t.rows, t.cols)
 }
 
 fn taylor_kind(k: TaylorKind) -> u32 {

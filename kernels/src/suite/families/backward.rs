@@ -6,7 +6,7 @@
 
 use super::forward::{
     attention_operand, embed_ids, lm_head_chunk_rows, lm_head_operands, rms_norm_input,
-    rope_tables, upload_row_chunks, ForwardDims, RMS_NORM_CASE_EPS,
+    rope_tables, token_case, upload_row_chunks, windowed, ForwardDims, RMS_NORM_CASE_EPS,
 };
 use super::{not_in_family, Family};
 use crate::cpu::CpuBackend;
@@ -24,7 +24,7 @@ const FAMILY: Family = Family::Backward;
 // ---- The cases ----
 
 fn backward(op: Op, n: usize, rows: usize, cols: usize) -> OpCase {
-    OpCase::new(op, rows, cols).tokens(n, 1)
+    token_case(op, n, rows, cols)
 }
 
 /// RoPE's backward on `windows` stacked windows of `seq` rows of `heads` heads of `head_dim`.
@@ -35,10 +35,10 @@ fn rope(heads: usize, head_dim: usize, seq: usize, windows: usize, theta: f64) -
         seq,
         theta,
     };
-    backward(op, windows * seq, 1, heads * head_dim)
+    windowed(op, windows)
 }
 
-/// Attention's backward on `windows` stacked windows of `seq` rows; `cols` is Q's width.
+/// Attention's backward on `windows` stacked windows of `seq` rows.
 fn attention(
     (heads, kv_heads, head_dim): (usize, usize, usize),
     seq: usize,
@@ -50,7 +50,7 @@ fn attention(
         head_dim,
         seq,
     };
-    backward(op, windows * seq, 1, heads * head_dim)
+    windowed(op, windows)
 }
 
 fn lm_head(n: usize, vocab: usize, d: usize, chunk: usize) -> OpCase {

@@ -33,8 +33,47 @@ pub fn lm_head_chunk_rows(d: usize) -> usize {
 
 // ---- The cases ----
 
-fn forward(op: Op, n: usize, rows: usize, cols: usize) -> OpCase {
+/// A case of `n` token rows against a `rows` x `cols` operand: the forward and backward
+/// families' shape.
+pub(in crate::suite) fn token_case(op: Op, n: usize, rows: usize, cols: usize) -> OpCase {
     OpCase::new(op, rows, cols).tokens(n, 1)
+}
+
+/// RoPE's or attention's case (forward or backward) over `windows` stacked windows of the
+/// op's `seq` rows, each row the op's heads of `head_dim` (for attention, Q's width).
+pub(in crate::suite) fn windowed(op: Op, windows: usize) -> OpCase {
+    let (heads, head_dim, seq) = match op {
+        Op::Rope {
+            heads,
+            head_dim,
+            seq,
+            ..
+        }
+        | Op::RopeBackward {
+            heads,
+            head_dim,
+            seq,
+            ..
+        }
+        | Op::Attention {
+            heads,
+            head_dim,
+            seq,
+            ..
+        }
+        | Op::AttentionBackward {
+            heads,
+            head_dim,
+            seq,
+            ..
+        } => (heads, head_dim, seq),
+        op => unreachable!("{op:?} is not laid out in windows of heads"),
+    };
+    token_case(op, windows * seq, 1, heads * head_dim)
+}
+
+fn forward(op: Op, n: usize, rows: usize, cols: usize) -> OpCase {
+    token_case(op, n, rows, cols)
 }
 
 /// RoPE on `windows` stacked windows of `seq` rows of `heads` heads of `head_dim`.
@@ -45,10 +84,10 @@ fn rope(heads: usize, head_dim: usize, seq: usize, windows: usize, theta: f64) -
         seq,
         theta,
     };
-    forward(op, windows * seq, 1, heads * head_dim)
+    windowed(op, windows)
 }
 
-/// Causal attention on `windows` stacked windows of `seq` rows; `cols` is Q's width.
+/// Causal attention on `windows` stacked windows of `seq` rows.
 fn attention(
     (heads, kv_heads, head_dim): (usize, usize, usize),
     seq: usize,
@@ -60,7 +99,7 @@ fn attention(
         head_dim,
         seq,
     };
-    forward(op, windows * seq, 1, heads * head_dim)
+    windowed(op, windows)
 }
 
 fn lm_head(n: usize, vocab: usize, d: usize, chunk: usize) -> OpCase {
