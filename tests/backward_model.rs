@@ -2,14 +2,17 @@
 //! two forward fixtures (tests/fixtures/forward/{mha,gqa}/gradients.safetensors, made by
 //! baselines/make_gradient_fixtures.py): every linear's dW of the causal-LM loss over the two
 //! windows, on a multi-head f32 model and on a GQA model with three KV groups, llama3 RoPE
-//! scaling and tied embeddings in bf16.
+//! scaling and tied embeddings in bf16. GBLM's statistic and §11's Taylor sums from the same
+//! fixture's per-window figures.
 
 mod common;
 
 use std::collections::HashMap;
 
 use common::{fixture, fixture_windows};
-use prunebench_harness::model::{gblm_gradients, model_backward, ForwardOptions, Weights};
+use prunebench_harness::model::{
+    gblm_gradients, model_backward, model_gradients, ForwardOptions, GradientsFor, Weights,
+};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::{Backend, GradNorm};
 use prunebench_models::checkpoint::Checkpoint;
@@ -138,6 +141,54 @@ fn check_statistic<B: Backend>(b: &B, model: &str, tol: f64) {
     }
 }
 
+/// §11's Taylor sums over the fixture's two windows, one backward each: Σ_w dW_w is twice the
+/// fixture's dW (its loss is the mean over both windows' equal token counts), and the l2
+/// accumulator Σ_w (100·dW_w)² is the square of its GBLM statistic.
+fn check_taylor_sums<B: Backend>(b: &B, model: &str, tol: f64) {
+    let ckpt = Checkpoint::open(&fixture(model)).unwrap();
+    let cfg = ckpt.llama().unwrap();
+    let none = HashMap::new();
+    let w = Weights {
+        ckpt: &ckpt,
+        replaced: &none,
+    };
+    let windows = fixture_windows(model);
+    assert_eq!(windows.len(), 2);
+    let opts = ForwardOptions::default();
+    let stats =
+        model_gradients(b, &w, &cfg, &windows, GradientsFor::Taylor, &opts, &|_| {}).unwrap();
+    let bytes = std::fs::read(fixture(model).join("gradients.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        stats.tensors.is_empty(),
+        "a Taylor pass keeps no GBLM statistic"
+    );
+    assert_eq!(stats.sums.len(), 7 * cfg.model.num_layers);
+    for (name, s) in &stats.sums {
+        let dw: Vec<f32> = f32s(want.tensor(name).unwrap().data())
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect();
+        let e = rel_rms(&s.sum.data, &dw);
+        assert!(e <= tol, "{model} Σ dW of {name}: relative RMS {e:e}");
+        let g = f32s(want.tensor(&format!("gblm.{name}")).unwrap().data());
+        let sq: Vec<f32> = g.iter().map(|v| v * v).collect();
+        // A square doubles a relative error.
+        let e = rel_rms(&s.sq.data, &sq);
+        assert!(
+            e <= 2.0 * tol,
+            "{model} Σ (c·dW)² of {name}: relative RMS {e:e}"
+        );
+    }
+}
+
+#[test]
+fn reference_taylor_sums_match_transformers() {
+    for model in ["mha", "gqa"] {
+        check_taylor_sums(&CpuBackend::new(), model, REFERENCE_REL_RMS);
+    }
+}
+
 #[test]
 fn reference_statistic_matches_transformers_multi_head_f32() {
     check_statistic(&CpuBackend::new(), "mha", REFERENCE_REL_RMS);
@@ -159,6 +210,7 @@ fn wgpu_gradients_and_statistic_match_autograd() {
     for model in ["mha", "gqa"] {
         check(&b, model, GPU_REL_RMS);
         check_statistic(&b, model, GPU_REL_RMS);
+        check_taylor_sums(&b, model, GPU_REL_RMS);
     }
 }
 
@@ -169,5 +221,6 @@ fn cubecl_wgpu_gradients_and_statistic_match_autograd() {
     for model in ["mha", "gqa"] {
         check(&b, model, GPU_REL_RMS);
         check_statistic(&b, model, GPU_REL_RMS);
+        check_taylor_sums(&b, model, GPU_REL_RMS);
     }
 }

@@ -204,6 +204,22 @@ fn every_method_at_half_and_two_four_on_wgpu_agrees_with_the_cpu() {
 
 #[test]
 fn structured_with_uniform_fractions_writes_the_new_sizes() {
+    structured_writes_the_new_sizes("obs");
+}
+
+/// The Taylor saliencies on a whole model: the mean gradient and the Fisher come from the
+/// suite's backward pass over the calibration windows, run first.
+#[test]
+fn structured_with_a_taylor_saliency_computes_the_gradients_first() {
+    for saliency in ["taylor1", "taylor2"] {
+        let v = structured_writes_the_new_sizes(saliency);
+        let g = &v["gradients"];
+        assert_eq!(g["windows"], 4, "{saliency}: {g}");
+        assert!(g["mean_loss"].as_f64().unwrap() > 0.0, "{saliency}: {g}");
+    }
+}
+
+fn structured_writes_the_new_sizes(saliency: &str) -> Value {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("structured");
     let v = prune_model(
@@ -216,6 +232,8 @@ fn structured_with_uniform_fractions_writes_the_new_sizes() {
             "ffn=0.25,attn=0.34",
             "--round-to",
             "8",
+            "--saliency",
+            saliency,
         ],
         Some(&out),
     );
@@ -246,6 +264,7 @@ fn structured_with_uniform_fractions_writes_the_new_sizes() {
         (again - pruned).abs() <= 1e-6 * pruned,
         "{again} vs {pruned}"
     );
+    v
 }
 
 /// A copy of a fixture checkpoint with `edit` applied to its config.json and `drop` files
@@ -351,6 +370,23 @@ fn bad_whole_model_input_is_refused_before_any_work_and_leaves_nothing() {
     );
     run(&mha, &text, &["--max-device-memory", "1"], "device memory");
     run(&mha, &text, &["--method", "structured"], "--structure");
+    // A gradients file holds GBLM's finished statistic, not the Taylor sums.
+    let grads = t.join("grads.safetensors");
+    write_gradients(&grads, "mha");
+    let taylor = [
+        "--method",
+        "structured",
+        "--structure",
+        "ffn=0.25,attn=0.25",
+        "--saliency",
+        "taylor1",
+    ];
+    let mut with_file = taylor.to_vec();
+    with_file.extend_from_slice(&["--gradients", s(&grads)]);
+    run(&mha, &text, &with_file, "a gradients file does not hold");
+    let mut l1 = taylor.to_vec();
+    l1.extend_from_slice(&["--grad-norm", "l1"]);
+    run(&mha, &text, &l1, "--grad-norm l1 does not apply");
     // --out equal to or inside the input folder.
     let inside = mha.join("pruned");
     run(&mha, &text, &["--out", s(&mha)], "input checkpoint folder");

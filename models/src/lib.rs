@@ -31,6 +31,26 @@ pub trait ReadyStats {
     fn ready_act_stat(&self, group: InputGroup) -> Result<Option<Matrix>>;
     fn ready_hessian(&self, group: InputGroup) -> Result<Option<Matrix>>;
     fn ready_grad(&self, linear: &LinearSpec) -> Result<Option<Matrix>>;
+
+    /// §11's Taylor inputs of one linear, summed over the calibration samples; only the
+    /// suite's own gradient pass has them (a statistic file holds the finished G alone).
+    fn ready_grad_sums(&self, _linear: &LinearSpec) -> Result<Option<GradSums>> {
+        Ok(None)
+    }
+
+    /// Whether [`ReadyStats::ready_grad_sums`] gives every linear's sums.
+    fn has_grad_sums(&self) -> bool {
+        false
+    }
+}
+
+/// One linear's gradients summed over N samples (ALGORITHMS.md §11): the plain sum Σ_s g_s,
+/// whose mean is Ḡ, and §2's l2 accumulator Σ_s (c·g_s)², whose mean over c² is the diagonal
+/// Fisher F. Both unfinished, so that the saliency scales them by the sample count.
+#[derive(Clone, Debug)]
+pub struct GradSums {
+    pub sum: Matrix,
+    pub sq: Matrix,
 }
 
 use prunebench_kernels::Matrix;

@@ -89,9 +89,13 @@ impl BackendJob for BenchJob<'_> {
                 .layer_configs(&self.methods, &self.sparsities)?
             {
                 let (method, sparsity) = (cfg.method, cfg.sparsity);
-                if let Err(e) =
-                    prunebench_harness::model::sequential::check_config(&cfg, m.gradients.is_some())
-                {
+                if let Err(e) = prunebench_harness::model::sequential::check_config(
+                    &cfg,
+                    m.gradients
+                        .as_ref()
+                        .map(prunebench_harness::model::ModelGradients::gives)
+                        .unwrap_or_default(),
+                ) {
                     eprintln!("whole model, {method} {sparsity}: skipped ({e})");
                     continue;
                 }

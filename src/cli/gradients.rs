@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use prunebench_harness::model::{gblm_gradients, ForwardOptions, GradientStats, Weights};
+use prunebench_harness::model::{
+    gblm_gradients, ForwardOptions, GradientStats, GradientsFor, Weights,
+};
 use prunebench_kernels::ops::GBLM_GRAD_SCALE;
 use prunebench_kernels::{Backend, BackendInfo, GradNorm};
 use prunebench_models::checkpoint::Checkpoint;
@@ -86,12 +88,10 @@ impl BackendJob for GradientsJob<'_> {
 
 /// Host bytes: every layer's input hidden states of one window, and one f32 copy of every
 /// linear's statistic (each accumulator is dropped as its finished values replace it).
-fn host_bytes(cfg: &LlamaConfig, seq: usize) -> u64 {
+fn host_bytes(cfg: &LlamaConfig, seq: usize, norm: GradNorm) -> u64 {
     let m = &cfg.model;
-    let params: u64 = m.linears().iter().map(|l| (l.rows * l.cols) as u64).sum();
-    let layers = m.num_layers as u64;
-    let states = (layers + 1).saturating_mul(seq as u64 * m.hidden as u64 * 4);
-    states.saturating_add(layers.saturating_mul(params).saturating_mul(4))
+    let states = (m.num_layers as u64 + 1).saturating_mul(seq as u64 * m.hidden as u64 * 4);
+    states.saturating_add(GradientsFor::Gblm(norm).host_bytes(cfg))
 }
 
 pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
@@ -102,7 +102,7 @@ pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
     let seq = seqlen(a.seqlen, &cfg)?;
     check_file(&a.out, inputs).map_err(super::out_error)?;
     check_host_memory(
-        host_bytes(&cfg, seq),
+        host_bytes(&cfg, seq, norm),
         &format!(
             "the gradient statistic of {} with windows of {seq} tokens",
             cfg.model.name

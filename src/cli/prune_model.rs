@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use prunebench_harness::model::{
-    self, sequential, ForwardOptions, GradientStats, GradientSummary, ModelGradients, ModelRun,
-    Perplexity, Weights,
+    self, sequential, ForwardOptions, Gives, GradientStats, GradientSummary, GradientsFor,
+    ModelGradients, ModelRun, Perplexity, Weights,
 };
 use prunebench_harness::PruneConfig;
 use prunebench_kernels::{Backend, BackendInfo};
@@ -79,11 +79,11 @@ impl BackendJob for PruneModelJob<'_> {
             p.map(Some)
         };
         let dense = ppl(&HashMap::new(), "dense")?;
-        // gblm without a file: the statistic from the dense model first, on these windows.
-        let computed = if self.pcfg.needs().grads && self.gradients.is_none() {
-            Some(self.dense_gradients(b, &opts)?)
-        } else {
-            None
+        // gblm or a Taylor saliency without a file: the gradients of the dense model first,
+        // on these windows.
+        let computed = match computed_gradients(self.pcfg, self.gradients.is_some()) {
+            Some(what) => Some(self.dense_gradients(b, &opts, what)?),
+            None => None,
         };
         let grads: Option<&dyn ModelGradients> = match (&computed, self.gradients) {
             (Some(g), _) => Some(g),
@@ -115,26 +115,40 @@ impl BackendJob for PruneModelJob<'_> {
 }
 
 impl PruneModelJob<'_> {
-    /// GBLM-Pruner's statistic of the dense model from the suite's backward pass, one window
-    /// at a time over the calibration windows (`prunebench gradients` without the file).
-    fn dense_gradients<B: Backend>(&self, b: &B, opts: &ForwardOptions) -> Result<GradientStats> {
+    /// The gradients the method reads, of the dense model, from the suite's backward pass one
+    /// window at a time over the calibration windows (`prunebench gradients` without the file).
+    fn dense_gradients<B: Backend>(
+        &self,
+        b: &B,
+        opts: &ForwardOptions,
+        what: GradientsFor,
+    ) -> Result<GradientStats> {
         let none = HashMap::new();
         let w = Weights {
             ckpt: self.ckpt,
             replaced: &none,
         };
         let bar = Bar::with_eta(&format!("gradients on {}", b.info().backend));
-        let stats = model::gblm_gradients(
-            b,
-            &w,
-            self.cfg,
-            self.calibration,
-            self.pcfg.grad_norm,
-            opts,
-            &|p| bar.update(p),
-        );
+        let stats = model::model_gradients(b, &w, self.cfg, self.calibration, what, opts, &|p| {
+            bar.update(p)
+        });
         bar.finish();
         Ok(stats?)
+    }
+}
+
+/// What the suite's gradient pass computes first, where the method reads gradients that no
+/// file gives: GBLM's statistic, or §11's Taylor sums.
+fn computed_gradients(pcfg: &PruneConfig, file: bool) -> Option<GradientsFor> {
+    let needs = pcfg.needs();
+    if file {
+        None
+    } else if needs.taylor_sums() {
+        Some(GradientsFor::Taylor)
+    } else if needs.gblm_statistic() {
+        Some(GradientsFor::Gblm(pcfg.grad_norm))
+    } else {
+        None
     }
 }
 
@@ -146,8 +160,15 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         Some(p) => Some(GradientsFile::open(p, &cfg.model)?),
         None => None,
     };
-    // gblm without --gradients computes them first (see `PruneModelJob::dense_gradients`).
-    sequential::check_config(&pcfg, true)?;
+    // Without --gradients, what the method reads is computed first (`computed_gradients`).
+    let gives = match &gradients {
+        Some(f) => f.gives(),
+        None => Gives {
+            statistic: true,
+            taylor_sums: true,
+        },
+    };
+    sequential::check_config(&pcfg, gives)?;
     let calib_tokens = Tokens::calibration(&a.calibration_text, &a.calibration_ids)?;
     let eval_tokens = Tokens::pick(&a.eval_text, &a.eval_ids, "evaluation text")?;
     let seq = seqlen(a.seqlen, &cfg)?;
@@ -159,6 +180,17 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
         ),
         "use fewer --nsamples or a shorter --seqlen",
     )?;
+    if let Some(what) = computed_gradients(&pcfg, gradients.is_some()) {
+        check_host_memory(
+            what.host_bytes(&cfg)
+                .saturating_add(sequential::host_bytes(&cfg, a.nsamples, seq)),
+            &format!(
+                "the dense model's gradients of every linear of {} beside the hidden states",
+                cfg.model.name
+            ),
+            "give --gradients FILE (gblm), or use fewer --nsamples or a shorter --seqlen",
+        )?;
+    }
     let choice = resolve(&a.backend.backend)?;
     if let Some(out) = &a.out {
         hf_out::check_output_folder(&ckpt, out, inputs).map_err(super::out_error)?;

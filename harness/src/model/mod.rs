@@ -16,7 +16,10 @@ pub mod sequential;
 
 pub use backward::model_backward;
 pub use forward::{ForwardOptions, Weights};
-pub use gradients::{gblm_gradients, GradientStats, GradientSummary, ModelGradients};
+pub use gradients::{
+    gblm_gradients, model_gradients, Gives, GradientStats, GradientSummary, GradientsFor,
+    ModelGradients,
+};
 pub use perplexity::{perplexity, Perplexity};
 pub use preflight::check_tensors;
 pub use sequential::{prune_model, ModelRun};

@@ -13,7 +13,7 @@ use prunebench_models::{CalibrationSource, InputGroup, LinearSpec, NormWeight};
 use serde::{Deserialize, Serialize};
 
 use super::forward::{embed, layer_pass, Captured, ForwardOptions, LayerOnDevice, Rope, Weights};
-use super::gradients::ModelGradients;
+use super::gradients::{Gives, ModelGradients};
 use super::perplexity::window_len;
 use crate::error::{HarnessError, Result};
 use crate::method::Method;
@@ -115,20 +115,22 @@ pub fn host_bytes(cfg: &LlamaConfig, windows: usize, seq: usize) -> u64 {
 }
 
 /// Refuses, before any work, what the loop cannot do with one LlamaConfig for the result;
-/// `has_gradients`: GBLM's statistic will be there (a file, or computed first).
-pub fn check_config(cfg: &PruneConfig, has_gradients: bool) -> Result<()> {
+/// `gives`: what the gradients will hold (a file's, or those computed first).
+pub fn check_config(cfg: &PruneConfig, gives: Gives) -> Result<()> {
+    (crate::methods::spec(cfg.method).check_config)(cfg)?;
     let needs = cfg.needs();
-    if needs.grads && !has_gradients {
+    if needs.gblm_statistic() && !gives.statistic {
         return Err(HarnessError::Config(
             "gblm needs the dense model's gradients: give --gradients FILE (from \
              `prunebench gradients` or baselines/compute_gradients.py)"
                 .into(),
         ));
     }
-    if needs.mean_grad {
+    if needs.taylor_sums() && !gives.taylor_sums {
         return Err(HarnessError::Config(
-            "the Taylor saliencies need output gradients, which a whole-model run does not \
-             have: use --saliency obs"
+            "the Taylor saliencies need the mean gradient and the Fisher of every linear, \
+             which a gradients file does not hold: leave out --gradients, and prune-model \
+             computes them first from the dense model"
                 .into(),
         ));
     }
@@ -155,7 +157,7 @@ pub fn prune_model<B: Backend>(
     opts: &ForwardOptions,
     progress: &dyn Fn(Progress<'_>),
 ) -> Result<ModelRun> {
-    check_config(pcfg, gradients.is_some())?;
+    check_config(pcfg, gradients.map(|g| g.gives()).unwrap_or_default())?;
     let t0 = Instant::now();
     let seq = window_len(calibration)?;
     let layers = cfg.model.num_layers;

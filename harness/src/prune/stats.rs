@@ -41,6 +41,19 @@ impl Needs {
     };
 }
 
+impl Needs {
+    /// GBLM's finished statistic G, which a gradients file may give.
+    pub fn gblm_statistic(&self) -> bool {
+        self.grads && self.ready_grads
+    }
+
+    /// §11's Taylor sums (Σ g and the l2 accumulator), which only output gradients or the
+    /// suite's own gradient pass give.
+    pub fn taylor_sums(&self) -> bool {
+        self.mean_grad || (self.grads && !self.ready_grads)
+    }
+}
+
 impl Default for Needs {
     fn default() -> Self {
         Self::DEFAULT
@@ -112,9 +125,32 @@ pub(crate) fn gather<B: Backend>(
         }
         None => b.zeros(cols, cols).context(|| cx.at(gname))?,
     };
+    // §11's sums from the suite's gradient pass stand in for the whole group's accumulation,
+    // or for none of it.
+    let sums_ready = needs.taylor_sums() && calib.ready.is_some_and(|f| f.has_grad_sums());
     let mut grads = Vec::new();
+    let mut grad_sums = Vec::new();
     for (l, _) in members {
-        let r = match (needs.grads && needs.ready_grads, calib.ready) {
+        if sums_ready {
+            let f = calib.ready.expect("checked above");
+            let s = f.ready_grad_sums(l)?.ok_or_else(|| {
+                HarnessError::Config(format!("the gradient sums have no {}", l.name))
+            })?;
+            ready.push(format!("grad_sums.{}", l.name));
+            let up = |m: &prunebench_kernels::Matrix| b.upload(m).context(|| cx.at(l.name));
+            grads.push(if needs.grads {
+                Some(GradStat::Accumulated(up(&s.sq)?))
+            } else {
+                None
+            });
+            grad_sums.push(if needs.mean_grad {
+                Some(up(&s.sum)?)
+            } else {
+                None
+            });
+            continue;
+        }
+        let r = match (needs.gblm_statistic(), calib.ready) {
             (true, Some(f)) => f.ready_grad(l)?,
             _ => None,
         };
@@ -128,16 +164,13 @@ pub(crate) fn gather<B: Backend>(
             )),
             None => None,
         });
-    }
-    let grad_sums = members
-        .iter()
-        .map(|(l, _)| {
+        grad_sums.push(
             needs
                 .mean_grad
                 .then(|| b.zeros(l.rows, l.cols).context(|| cx.at(l.name)))
-                .transpose()
-        })
-        .collect::<Result<Vec<_>>>()?;
+                .transpose()?,
+        );
+    }
     let mut stats = GroupStats {
         group,
         cols,
@@ -152,11 +185,12 @@ pub(crate) fn gather<B: Backend>(
     let pass = Pass {
         act: ready_act.is_none() && stats.act.is_some(),
         hessian: ready_h.is_none(),
-        grads: stats
-            .grads
-            .iter()
-            .any(|g| matches!(g, Some(GradStat::Accumulated(_))))
-            || needs.mean_grad,
+        grads: !sums_ready
+            && (stats
+                .grads
+                .iter()
+                .any(|g| matches!(g, Some(GradStat::Accumulated(_))))
+                || needs.mean_grad),
         hessian_purpose: if needs.hessian {
             Purpose::Prune
         } else {

@@ -50,20 +50,14 @@ fn check(
     }
     select::check(geom, s, fraction)?;
     if let Saliency::Taylor(k) = s.saliency {
-        if !calib.source.has_output_grads() {
+        let sums_ready = calib.ready.is_some_and(|r| r.has_grad_sums());
+        if !calib.source.has_output_grads() && !sums_ready {
             return Err(HarnessError::Config(format!(
                 "--saliency {} needs output gradients (dY) of every linear, and the calibration \
                  ({}) has none: use --saliency obs, or a calibration with gradients",
                 k.name(),
                 calib.source.describe()
             )));
-        }
-        if cfg.grad_norm != prunebench_kernels::GradNorm::L2 {
-            return Err(HarnessError::Config(
-                "the Taylor saliencies read the l2 gradient accumulator (the diagonal Fisher); \
-                 --grad-norm l1 does not apply to structured pruning"
-                    .into(),
-            ));
         }
     }
     Ok(())

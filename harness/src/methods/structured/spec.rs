@@ -48,6 +48,15 @@ pub(super) fn needs(cfg: &StructuredConfig) -> Needs {
 /// The options themselves, and a fraction rather than an N:M pattern.
 pub(super) fn check_config(cfg: &PruneConfig) -> Result<()> {
     cfg.structured.check()?;
+    if matches!(cfg.structured.saliency, Saliency::Taylor(_))
+        && cfg.grad_norm != prunebench_kernels::GradNorm::L2
+    {
+        return Err(HarnessError::Config(
+            "the Taylor saliencies read the l2 gradient accumulator (the diagonal Fisher); \
+             --grad-norm l1 does not apply to structured pruning"
+                .into(),
+        ));
+    }
     if matches!(cfg.sparsity, prunebench_kernels::Sparsity::NM { .. }) {
         return Err(HarnessError::Config(format!(
             "structured pruning takes a fraction of the layer's parameters, not the N:M pattern {}",
