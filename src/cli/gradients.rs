@@ -86,7 +86,7 @@ impl BackendJob for GradientsJob<'_> {
 
 /// Host bytes: every layer's input hidden states of one window, and one f32 copy of every
 /// linear's statistic (each accumulator is dropped as its finished values replace it).
-fn host_bytes(cfg: &LlamaConfig, seq: usize) -> u64 {
+pub(super) fn host_bytes(cfg: &LlamaConfig, seq: usize) -> u64 {
     let m = &cfg.model;
     let params: u64 = m.linears().iter().map(|l| (l.rows * l.cols) as u64).sum();
     let layers = m.num_layers as u64;
