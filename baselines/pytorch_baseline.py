@@ -10,6 +10,18 @@ Usage:
 Keys match prunebench's canonical case names, e.g. PRUNE_WANDA(pattern=row0.5,rows=4096,cols=11008).
 The ceilings are what PyTorch itself reaches: a device-to-device copy, and an f32 matrix product
 with TF32 off (noted in the file), which is the rate the GEMM-shaped ops are held to.
+
+With --checkpoint DIR and --model-text FILE (or --model-ids FILE), as `prunebench bench` takes
+them, it also times GBLM-Pruner's gradient loop on a whole model: the checkpoint loaded with
+transformers in float32 (its default attention, TF32 off), the --samples windows of --tokens
+drawn from the text with --seed as prunebench draws them (compute_gradients.py's functions),
+per window one forward and backward with labels = input_ids, (100·dW)² accumulated in float32
+for the seven linears of every layer, the square root at the end; --layer-repeats runs, the wall
+time of each (model load excluded), as the record GRADIENTS(model=…,nsamples=…,seqlen=…,
+layers=…,norm=l2) with prunebench's work model. The model stays whole on the device here, where
+prunebench loads one layer at a time. On a CPU shared with other work, PyTorch's threads wait on
+each other: with a busy second core the fixture model's window took 0.5-1.1 s against 17 ms, so
+time on an otherwise idle machine.
 """
 
 import argparse
@@ -23,6 +35,10 @@ import sys
 import time
 
 import torch
+
+# The gradient statistic's windows and constants, shared with the script that computes it.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compute_gradients import LINEARS, InputError, read_ids, window_offsets  # noqa: E402
 
 SCHEMA = "prunebench.results/1"
 GBLM_SCALE = 100.0
@@ -409,6 +425,113 @@ def layer_run(model, method, sparsity, samples, tokens, dev, gen):
     return stages
 
 
+# ---- GBLM's gradient loop on a whole model ---------------------------------------------------
+
+def gradients_work(config, windows, seq):
+    """Bytes and flops of the statistic, prunebench's work model (harness/src/bench.rs,
+    gradients_work), computed the same way so the two records' rates compare. Per window, with
+    P the parameters of a layer's seven linears, D = heads * head_dim, V * H the LM head:
+    linears 2PT forward + 2PT recomputed + 4PT backward (dX and dW) per layer; attention
+    A = 2T(T+1)D forward, A recomputed, 2.5A backward per layer; the head 2VHT forward and 4VHT
+    backward (logits again, dX; no dW). Bytes: f32 weights per pass (linears three times, the
+    head twice) and each linear's f32 accumulator read and written once per window."""
+    h, i = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    d = config.get("head_dim") or h // heads
+    layers, vocab = config["num_hidden_layers"], config["vocab_size"]
+    p = 2 * heads * d * h + 2 * kv * d * h + 3 * i * h
+    t, head = seq, vocab * h
+    attn = 2 * t * (t + 1) * heads * d
+    flops = layers * (8 * p * t + 9 * attn // 2) + 6 * head * t
+    nbytes = 4 * (3 * p * layers + 2 * head) + 2 * 4 * p * layers
+    return nbytes * windows, flops * windows
+
+
+def gradients_inputs(a):
+    """The GRADIENTS record's config.json, ids and window offsets, checked before any work
+    (an InputError says what is wrong)."""
+    from types import SimpleNamespace
+
+    ckpt = a.checkpoint
+    if (a.model_text is None) == (a.model_ids is None):
+        raise InputError("the GRADIENTS record needs exactly one of --model-text and --model-ids")
+    if not os.path.isfile(os.path.join(ckpt, "config.json")):
+        raise InputError(f"--checkpoint {ckpt} has no config.json")
+    for flag, path in (("--model-text", a.model_text), ("--model-ids", a.model_ids)):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"{flag} {path} is not a file")
+    if a.model_text is not None and not os.path.isfile(os.path.join(ckpt, "tokenizer.json")):
+        raise InputError(f"--model-text needs {ckpt}/tokenizer.json (or give --model-ids)")
+    if not 0 <= a.seed < 1 << 64:
+        raise InputError(f"--seed must be a u64, got {a.seed}")
+    with open(os.path.join(ckpt, "config.json")) as f:
+        config = json.load(f)
+    seq, nsamples = a.tokens, a.samples
+    if nsamples < 1 or seq < 2:
+        raise InputError(f"the GRADIENTS record needs --samples >= 1 and --tokens >= 2 (a next-token target), got {nsamples} and {seq}")
+    if seq > config.get("max_position_embeddings", seq):
+        raise InputError(f"--tokens {seq} is above max_position_embeddings {config['max_position_embeddings']}")
+    ids = read_ids(SimpleNamespace(text=a.model_text, token_ids=a.model_ids), ckpt)
+    vocab = config["vocab_size"]
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise InputError(f"{len(bad)} ids outside the vocabulary [0, {vocab}), first {bad[0]}")
+    return config, ids, window_offsets(len(ids), seq, nsamples, a.seed)
+
+
+def gradients_record(a, inputs, dev, dev_name, ceil):
+    """Times GBLM-Pruner's loop on the windows of gradients_inputs; the GRADIENTS record."""
+    config, ids, offsets = inputs
+    ckpt, seq, nsamples = a.checkpoint, a.tokens, a.samples
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).to(dev)
+    model.eval()  # LLaMA has no dropout: the same as GBLM's model.train()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    weights = [layer.get_submodule(n).weight for layer in model.model.layers for n in LINEARS]
+    for w in weights:
+        w.requires_grad_(True)
+    ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
+    windows = [ids_t[o:o + seq].unsqueeze(0) for o in offsets]
+
+    def run(windows):
+        acc = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        # Summed on the device: reading each window's loss would synchronise every window.
+        loss_sum = torch.zeros((), device=dev)
+        for x in windows:
+            out = model(input_ids=x, labels=x, use_cache=False)
+            out.loss.backward()
+            with torch.no_grad():
+                for s, w in zip(acc, weights):
+                    s += torch.square(w.grad.float() * GBLM_SCALE)
+                    w.grad = None
+            loss_sum += out.loss.detach()
+        for s in acc:
+            s.sqrt_()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return loss_sum.item() / len(windows)
+
+    # No untimed run, as prunebench's record has none: the median of the runs is the figure.
+    times = []
+    for _ in range(max(1, a.layer_repeats)):
+        t0 = time.perf_counter()
+        loss = run(windows)
+        times.append(time.perf_counter() - t0)
+    name = os.path.basename(os.path.realpath(ckpt))
+    layers = config["num_hidden_layers"]
+    key = f"GRADIENTS(model={name},nsamples={nsamples},seqlen={seq},layers={layers},norm=l2)"
+    params = {"model": name, "nsamples": str(nsamples), "seqlen": str(seq), "layers": str(layers), "norm": "l2"}
+    b, f = gradients_work(config, nsamples, seq)
+    rec = record(key, "GRADIENTS", params, dev_name, times, b, f, "compute", ceil, "wall_clock", kind="model")
+    rec["detail"] = ("wall time of GBLM-Pruner's loop over every window (forward, backward, "
+                     "accumulation; the model resident, its load excluded)")
+    print(f"{key:<70} {rec['median_s']:.4f} s (mean loss {loss:.4f})", file=sys.stderr)
+    return rec
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", choices=sorted(MODELS))
@@ -422,8 +545,24 @@ def main():
     ap.add_argument("--ops", default="", help="only cases whose name contains this")
     ap.add_argument("--skip-ops", default="", help="comma list of op names not to run (e.g. MASK for very slow N:M loops)")
     ap.add_argument("--methods", default="all", help="layer methods: all, none, or a list")
+    ap.add_argument("--checkpoint", help="a Hugging Face LLaMA folder: the GRADIENTS record on it")
+    ap.add_argument("--model-text", help="the GRADIENTS record's windows: a text, tokenized with the checkpoint's tokenizer.json")
+    ap.add_argument("--model-ids", help="the same with token ids (a JSON list, or raw uint32 LE in a .bin)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the GRADIENTS record's window offsets")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    whole = a.model_text is not None or a.model_ids is not None
+    if whole and a.checkpoint is None:
+        ap.error("--model-text/--model-ids time the --checkpoint model: give --checkpoint DIR")
+    if a.checkpoint is not None and not whole:
+        ap.error("--checkpoint is for the GRADIENTS record: give --model-text or --model-ids")
+    grad_inputs = None
+    if whole:
+        try:
+            grad_inputs = gradients_inputs(a)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
 
     dev = torch.device(a.device)
     gen = torch.Generator(device=dev)
@@ -481,6 +620,9 @@ def main():
             rec["detail"] = "time of the pruning stages (statistics included); see `stages`"
             print(f"{key:<70} {rec['median_s']:.4f} s", file=sys.stderr)
             records.append(rec)
+
+    if grad_inputs is not None:
+        records.append(gradients_record(a, grad_inputs, dev, dev_name, ceil))
 
     out = {
         "schema": SCHEMA,

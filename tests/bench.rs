@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use prunebench_harness::results::{ResultsFile, Status};
+use prunebench_harness::results::{RecordKind, ResultsFile, Status};
 
 #[test]
 fn bench_writes_a_results_file_report_reads() {
@@ -118,7 +118,7 @@ fn bench_times_whole_models_and_the_report_shows_them() {
     let models: Vec<_> = file
         .records
         .iter()
-        .filter(|r| r.kind == prunebench_harness::results::RecordKind::Model)
+        .filter(|r| r.kind == RecordKind::Model && r.op.starts_with("MODEL_"))
         .collect();
     assert_eq!(
         models.len(),
@@ -157,4 +157,83 @@ fn bench_times_whole_models_and_the_report_shows_them() {
         md.contains("## Whole models") && md.contains("MODEL_SPARSEGPT"),
         "{md}"
     );
+}
+
+/// The whole-model GRADIENTS record: GBLM's statistic through the backward pass, once per run
+/// (not per method: here there is none), with its work model and a row under "Whole models".
+#[test]
+fn bench_times_the_gradient_pass_of_a_whole_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cpu.json");
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward");
+    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .args([
+            "bench",
+            "--backend",
+            "cpu",
+            "--op",
+            "ACT_STAT",
+            "--methods",
+            "none",
+        ])
+        .args(["--repeats", "1", "--warmup", "0", "--layer-repeats", "2"])
+        .args(["--samples", "2", "--tokens", "16"])
+        .arg("--checkpoint")
+        .arg(fx.join("gqa"))
+        .arg("--model-text")
+        .arg(fx.join("text.txt"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = ResultsFile::read(&out).unwrap();
+    let grads: Vec<_> = file
+        .records
+        .iter()
+        .filter(|r| r.op == "GRADIENTS")
+        .collect();
+    assert_eq!(grads.len(), 1, "one per run, whatever the methods");
+    let r = grads[0];
+    assert_eq!(
+        r.key,
+        "GRADIENTS(model=gqa,nsamples=2,seqlen=16,layers=3,norm=l2)"
+    );
+    assert_eq!(r.kind, RecordKind::Model);
+    assert_eq!(r.params["norm"], "l2");
+    assert_eq!(r.repeats, 2);
+    assert!(
+        r.median_s.unwrap() > 0.0 && r.tflops.unwrap() > 0.0,
+        "{r:?}"
+    );
+    // The work model by hand for the fixture (hidden 96, 6 heads of 16, 3 KV heads,
+    // intermediate 200, 3 layers, vocabulary 320), T = 16, 2 windows. P = 85248 parameters in
+    // a layer's linears, A = 2·16·17·96 = 52224 attention flops per layer forward.
+    // Flops per window: 3·(8·P·T + 4.5·A) + 6·320·96·T = 36_389_376.
+    // Bytes per window: 4·(3·3·P + 2·320·96) weights + 8·3·P accumulators = 5_360_640.
+    assert_eq!(r.flops, 2 * 36_389_376);
+    assert_eq!(r.bytes, 2 * 5_360_640);
+    let report = dir.path().join("report");
+    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let whole = md.find("## Whole models").expect("a Whole models section");
+    let row = md
+        .find("model=gqa,nsamples=2,seqlen=16,layers=3,norm=l2")
+        .expect("the GRADIENTS row");
+    assert!(row > whole && md[whole..].contains("### GRADIENTS"), "{md}");
 }

@@ -540,3 +540,92 @@ pub fn bench_model<B: Backend>(
         stage_times,
     ))
 }
+
+/// Bytes and flops of GBLM's gradient statistic over `windows` windows of `seq` tokens, the work
+/// model both this suite and the PyTorch baseline (`baselines/pytorch_baseline.py`,
+/// `gradients_work`) use, so the two records' rates compare. With P the parameters of one
+/// layer's seven linears, L layers, D = heads·head_dim, V·H the LM head, per window:
+/// - linears: the forward (2·P·T per layer), the forward recomputed from the layer's stored
+///   input on the way down (2·P·T), and the backward's dX and dW products (4·P·T);
+/// - attention: A = 2·T·(T+1)·D per layer forward (QKᵀ and PV over the causal half, as
+///   `bench_model` counts it), A again recomputed, and the backward's five products of that
+///   size (S again, dV, dP, dQ, dK: 2.5·A);
+/// - the LM head: the logits (2·V·H·T), then in the backward the logits again and dX
+///   (4·V·H·T); the head gets no dW (GBLM scores only the layers' linears).
+///
+/// Bytes: every f32 weight read once per pass (linears three times: forward, recompute,
+/// backward; the head twice), plus each linear's f32 accumulator read and written once per
+/// window. Activations, norms and embeddings are left out: at these sizes they are small beside
+/// the weights, and leaving them out keeps the model the same whatever a backend keeps resident.
+pub fn gradients_work(
+    m: &prunebench_models::ModelConfig,
+    vocab: usize,
+    windows: usize,
+    seq: usize,
+) -> (u64, u64) {
+    let p: u64 = m.linears().iter().map(|l| (l.rows * l.cols) as u64).sum();
+    let (t, layers) = (seq as u64, m.num_layers as u64);
+    let head = (vocab * m.hidden) as u64;
+    let attn = 2 * t * (t + 1) * (m.num_heads * m.head_dim) as u64;
+    // 4.5·A written as 9·T·(T+1)·D / 2 without leaving the integers: A is even.
+    let flops = layers * (8 * p * t + 9 * attn / 2) + 6 * head * t;
+    let bytes = 4 * (3 * p * layers + 2 * head) + 2 * 4 * p * layers;
+    (bytes * windows as u64, flops * windows as u64)
+}
+
+/// Times GBLM-Pruner's gradient statistic of a whole model (ALGORITHMS.md §15): `repeats`
+/// runs of the suite's backward pass over `windows` (one per window, the statistic's l2
+/// accumulation, the final square root), each run's wall time as a time; bytes and flops from
+/// [`gradients_work`].
+pub fn bench_gradients<B: Backend>(
+    b: &B,
+    ckpt: &prunebench_models::checkpoint::Checkpoint,
+    cfg: &prunebench_models::llama::LlamaConfig,
+    windows: &[Vec<u32>],
+    repeats: usize,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<Record> {
+    use crate::model::{gblm_gradients, ForwardOptions, Weights};
+    // The statistic GBLM-Pruner prunes with (its default); `bench` has no option for l1.
+    let norm = prunebench_kernels::GradNorm::L2;
+    let info = b.info();
+    let seq = windows.first().map_or(0, Vec::len);
+    let samples = windows.len();
+    let m = &cfg.model;
+    let mut params = BTreeMap::new();
+    params.insert("model".to_string(), m.name.clone());
+    params.insert("nsamples".into(), samples.to_string());
+    params.insert("seqlen".into(), seq.to_string());
+    params.insert("layers".into(), m.num_layers.to_string());
+    params.insert("norm".into(), norm.name().into());
+    let key = format!(
+        "GRADIENTS(model={},nsamples={samples},seqlen={seq},layers={},norm={})",
+        m.name,
+        m.num_layers,
+        norm.name()
+    );
+    let replaced = Default::default();
+    let w = Weights {
+        ckpt,
+        replaced: &replaced,
+    };
+    let opts = ForwardOptions::default();
+    let mut walls = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let stats = gblm_gradients(b, &w, cfg, windows, norm, &opts, progress)?;
+        walls.push(stats.summary.seconds);
+    }
+    Ok(timed_record(
+        key,
+        RecordKind::Model,
+        "GRADIENTS".into(),
+        params,
+        info,
+        "wall time of the statistic over every window (forward, recomputed forward and backward \
+         per layer, accumulation, transfers)",
+        &walls,
+        source_name(TimeSource::WallClock).into(),
+        gradients_work(m, cfg.vocab_size, samples, seq),
+        BTreeMap::new(),
+    ))
+}

@@ -65,7 +65,8 @@ pub struct TimingPolicy {
 pub enum RecordKind {
     Op,
     Layer,
-    /// A whole model through the sequential loop (§14).
+    /// A whole model: pruned through the sequential loop (§14), or GBLM's gradient statistic
+    /// from the backward pass (§15, op `GRADIENTS`).
     Model,
 }
 

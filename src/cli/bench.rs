@@ -1,5 +1,6 @@
-//! `prunebench bench`: the device's ceilings, every op of the table on the model's shapes, and
-//! whole layers per method, timed on one backend and verified against the CPU reference in the
+//! `prunebench bench`: the device's ceilings, every op of the table on the model's shapes,
+//! whole layers per method, and (given a whole model) GBLM's gradient pass and the model pruned
+//! per method, timed on one backend and verified against the CPU reference in the
 //! same run; one results JSON per run.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ struct WholeModel {
     cfg: prunebench_models::llama::LlamaConfig,
     windows: Vec<Vec<u32>>,
     gradients: Option<prunebench_models::gradients::GradientsFile>,
+    /// Why the GRADIENTS record cannot run (its host accumulators would not fit), if so.
+    no_backward: Option<String>,
 }
 
 struct BenchJob<'a> {
@@ -83,6 +86,25 @@ impl BackendJob for BenchJob<'_> {
             records.push(rec);
         }
         if let Some(m) = &self.model {
+            // The backward pass's cost, once per run: it does not depend on the method.
+            match &m.no_backward {
+                Some(why) => eprintln!("whole model, gradients: skipped ({why})"),
+                None => {
+                    let bar = Bar::with_eta("bench model gradients");
+                    let rec = prunebench_harness::bench::bench_gradients(
+                        b,
+                        &m.ckpt,
+                        &m.cfg,
+                        &m.windows,
+                        self.args.layer_repeats,
+                        &|p| bar.update(p),
+                    );
+                    bar.finish();
+                    let mut rec = rec?;
+                    rec.derive_rates(&ceilings);
+                    records.push(rec);
+                }
+            }
             for cfg in self
                 .args
                 .select
@@ -237,11 +259,21 @@ fn whole_model(a: &BenchArgs) -> Result<Option<WholeModel>> {
         )?),
         None => None,
     };
+    // The statistic's accumulators stay on the host, f32 for every linear of every layer: a
+    // model too large for that skips the GRADIENTS record rather than the whole run.
+    let no_backward = super::model_input::check_host_memory(
+        super::gradients::host_bytes(&cfg, a.layer.tokens, prunebench_kernels::GradNorm::L2),
+        "the GRADIENTS record (an f32 accumulator per linear weight, on the host)",
+        "the other records run without it",
+    )
+    .err()
+    .map(|e| e.to_string());
     Ok(Some(WholeModel {
         ckpt,
         cfg,
         windows,
         gradients,
+        no_backward,
     }))
 }
 

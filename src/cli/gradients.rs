@@ -88,7 +88,7 @@ impl BackendJob for GradientsJob<'_> {
 
 /// Host bytes: every layer's input hidden states of one window, and one f32 copy of every
 /// linear's statistic (each accumulator is dropped as its finished values replace it).
-fn host_bytes(cfg: &LlamaConfig, seq: usize, norm: GradNorm) -> u64 {
+pub(super) fn host_bytes(cfg: &LlamaConfig, seq: usize, norm: GradNorm) -> u64 {
     let m = &cfg.model;
     let states = (m.num_layers as u64 + 1).saturating_mul(seq as u64 * m.hidden as u64 * 4);
     states.saturating_add(GradientsFor::Gblm(norm).host_bytes(cfg))

@@ -445,9 +445,9 @@ pub struct BenchArgs {
     /// Results file (default results/<backend>-<device>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Whole-model records: prune the --checkpoint model per method and sparsity through the
-    /// sequential loop, on --samples windows of --tokens of this text (tokenized with the
-    /// checkpoint's tokenizer.json).
+    /// Whole-model records: time GBLM's gradient pass over the --checkpoint model once, and
+    /// prune it per method and sparsity through the sequential loop, on --samples windows of
+    /// --tokens of this text (tokenized with the checkpoint's tokenizer.json).
     #[arg(long)]
     pub model_text: Option<PathBuf>,
     /// The same with ready token ids (a JSON list or raw little-endian u32).

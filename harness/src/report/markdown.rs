@@ -126,7 +126,7 @@ fn build(report: &Report, charts: &[Chart]) -> Vec<Block> {
     let kind = |op: &str| {
         if op.starts_with("LAYER_") {
             1
-        } else if op.starts_with("MODEL_") {
+        } else if op.starts_with("MODEL_") || op == "GRADIENTS" {
             2
         } else {
             0
