@@ -48,6 +48,8 @@ BLOCK = 128
 # hidden, intermediate, heads, kv_heads (head_dim = hidden / heads), as prunebench's models.
 MODELS = {
     "tiny": (256, 688, 8, 4, 32),
+    # The committed trained model's shapes (models/tiny-llama), timed on synthetic weights.
+    "tiny-llama": (256, 688, 8, 2, 32),
     "llama-7b": (4096, 11008, 32, 32, None),
     "llama-13b": (5120, 13824, 40, 40, None),
     "llama-30b": (6656, 17920, 52, 52, None),

@@ -2,7 +2,10 @@
 # The fidelity table (reports/quality-tiny-llama.md): the committed tiny LLaMA, dense and pruned
 # by every method at 50% and 2:4, by prunebench on the CPU reference and on wgpu and by the
 # PyTorch reference (baselines/prune_reference.py) on the same calibration windows and
-# evaluation text; then structured pruning and PERP's re-fit (prunebench, CPU reference).
+# evaluation text; then structured pruning (OBS and Taylor saliencies) and PERP's re-fit
+# (prunebench, CPU reference). GBLM's gradients: prunebench's columns use the suite's own
+# (`prunebench gradients`), the PyTorch column baselines/compute_gradients.py's; the table
+# gives the two statistics' agreement.
 #
 # Usage: scripts/quality-table.sh PRUNEBENCH PYTHON WORK [OUT_MD [RESULTS]]
 #   PRUNEBENCH  the release binary (target/release/prunebench)
@@ -71,11 +74,26 @@ step() {
 adapter_args=()
 [ -n "$adapter" ] && adapter_args=(--adapter "$adapter")
 
-# GBLM-Pruner's gradients of the dense model, on the calibration windows.
+# GBLM-Pruner's gradients of the dense model, on the calibration windows: PyTorch's for the
+# PyTorch reference, the suite's own (CPU reference) for prunebench's columns, and how far the
+# two statistics are apart.
 grads=$work/gradients.safetensors
 step "$work/runs/gradients.log" "$py" baselines/compute_gradients.py --checkpoint "$model" \
     --text "$calib" --nsamples "$nsamples" --seqlen "$seqlen" --seed "$seed" \
     --threads "$threads" --out "$grads"
+suite_grads=$work/suite-gradients.safetensors
+step "$work/runs/suite-gradients.json" "$bin" gradients --checkpoint "$model" \
+    --calibration-text "$calib" --nsamples "$nsamples" --seqlen "$seqlen" --seed "$seed" \
+    --backend cpu --out "$suite_grads" --json
+step "$work/runs/gradients-agreement.json" "$py" - "$suite_grads" "$grads" <<'PYEOF'
+import json, sys
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+num = sum(float(((a[k].astype("float64") - b[k].astype("float64")) ** 2).sum()) for k in b)
+den = sum(float((b[k].astype("float64") ** 2).sum()) for k in b)
+worst = max(float((((a[k] - b[k]).astype("float64") ** 2).sum() / (b[k].astype("float64") ** 2).sum()) ** 0.5) for k in b)
+print(json.dumps({"tensors": len(b), "rel_rms": (num / den) ** 0.5, "worst_tensor_rel_rms": worst}))
+PYEOF
 
 # The PyTorch reference: dense, and every method at 50% and 2:4.
 step "$work/runs/pytorch.log" "$py" baselines/prune_reference.py --checkpoint "$model" \
@@ -120,7 +138,7 @@ main_rows() {
     for m in magnitude wanda gblm sparsegpt; do
         for sp in 0.5 2:4; do
             g=()
-            [ "$m" = gblm ] && g=(--gradients "$grads")
+            [ "$m" = gblm ] && g=(--gradients "$suite_grads")
             prune "$m-${sp/:/of}.$backend" "$backend" --method "$m" --sparsity "$sp" "${g[@]}"
         done
     done
@@ -129,11 +147,15 @@ main_rows cpu
 for p in 0.2 0.3; do
     prune "structured-$p.cpu" cpu --method structured --structure "ffn=$p,attn=$p" \
         --attn-unit query_head --round-to 8
+    # LLM-Pruner's first-order Taylor saliency: the mean gradient from the suite's backward
+    # pass (computed first by prune-model), then the same OBS update (--compensate obs).
+    prune "structured-taylor1-$p.cpu" cpu --method structured --structure "ffn=$p,attn=$p" \
+        --attn-unit query_head --round-to 8 --saliency taylor1
 done
 for m in magnitude wanda gblm sparsegpt; do
     for sp in 0.5 2:4; do
         g=()
-        [ "$m" = gblm ] && g=(--gradients "$grads")
+        [ "$m" = gblm ] && g=(--gradients "$suite_grads")
         prune "$m-${sp/:/of}-refit.cpu" cpu --method "$m" --sparsity "$sp" "${g[@]}" \
             --refit norm,masklora:16
     done
@@ -195,9 +217,17 @@ w(f"`{model}` (models/tiny-llama/README.md): 4.87M parameters, 4 layers, hidden 
   f"{nsamples} windows of {seqlen} tokens of `calibration.txt` at SplitMix64 offsets from seed "
   f"{seed} (docs/FORMATS.md), the same windows for every run; evaluation: every whole "
   f"{seqlen}-token window of `evaluation.txt` ({dense['windows']} windows, {dense['tokens']} "
-  "predicted tokens), perplexity as the seeds' `eval_ppl`. GBLM-Pruner's gradients come from "
-  "`baselines/compute_gradients.py` on the same calibration windows, one file for both sides.")
+  "predicted tokens), perplexity as the seeds' `eval_ppl`. GBLM-Pruner's gradients on the same "
+  "calibration windows: prunebench's columns use the suite's own backward pass "
+  "(`prunebench gradients --backend cpu`), the PyTorch column `baselines/compute_gradients.py`.")
 w("")
+agree, sg = load("gradients-agreement.json"), load("suite-gradients.json")
+if agree and sg:
+    w(f"The suite's statistic against PyTorch's: {agree['rel_rms']:.1e} relative RMS over all "
+      f"{agree['tensors']} linears (the worst linear {agree['worst_tensor_rel_rms']:.1e}); "
+      f"mean loss {sg['summary']['mean_loss']:.4f}, {sg['summary']['seconds']:.0f} s on the CPU "
+      "reference.")
+    w("")
 w("Columns: **prunebench cpu** = pruned by `prunebench prune-model --backend cpu` (the f64 "
   "reference); **prunebench wgpu** = pruned by `--backend wgpu` (WGSL on lavapipe, f32); both "
   "written with `--out` and evaluated by `prunebench perplexity --backend cpu`, so the two "
@@ -226,19 +256,28 @@ if chk_c and chk_g:
 w("## Further rows (prunebench, CPU reference)")
 w("")
 w("Structured: `--method structured --structure ffn=P,attn=P --attn-unit query_head "
-  "--round-to 8` (OBS saliency and update, 8 rounds; the kept sizes in brackets). Re-fit: "
+  "--round-to 8` (OBS saliency and update, 8 rounds; the kept sizes in brackets); taylor1: "
+  "the same with `--saliency taylor1`, LLM-Pruner's Σ|W·Ḡ| with the mean gradient from the "
+  "suite's backward pass over the calibration windows, and the same OBS update. Re-fit: "
   "each method followed by PERP's `--refit norm,masklora:16` (100 AdamW steps per linear).")
 w("")
 w("| model | perplexity | without re-fit | removed |")
 w("|---|---|---|---|")
-for p in ("0.2", "0.3"):
-    name = f"structured-{p}.cpu"
+structured = [(p, sal) for p in ("0.2", "0.3") for sal in ("obs", "taylor1")]
+
+
+def structured_name(p, sal):
+    return f"structured-{p}.cpu" if sal == "obs" else f"structured-{sal}-{p}.cpu"
+
+
+for p, sal in structured:
+    name = structured_name(p, sal)
     v, q = load(name + ".prune.json"), ppl(name)
     if v:
         t = v["totals"]
         s = t.get("structured_sizes") or {}
         frac = t["parameters_pruned"] / t["parameters"]
-        w(f"| structured ffn={p}, attn={p} (intermediate {s.get('intermediate_size')}, "
+        w(f"| structured {sal} ffn={p}, attn={p} (intermediate {s.get('intermediate_size')}, "
           f"{s.get('num_attention_heads')} heads, {s.get('num_key_value_heads')} KV heads) | "
           f"{cell(q)} | – | {100 * frac:.1f}% of the linears |")
 for m in methods:
@@ -263,8 +302,8 @@ for m in methods:
         r = refq.get((m, sp))
         w(f"| {m} {label} | {secs(wall(name + '.cpu'))} | {secs(wall(name + '.wgpu'))} | "
           f"{secs(r and r.get('prune_seconds'))} |")
-for p in ("0.2", "0.3"):
-    w(f"| structured {p} | {secs(wall(f'structured-{p}.cpu'))} | – | – |")
+for p, sal in structured:
+    w(f"| structured {sal} {p} | {secs(wall(structured_name(p, sal)))} | – | – |")
 for m in methods:
     for sp, label in patterns:
         name = f"{m}-{sp.replace(':', 'of')}-refit"
@@ -298,11 +337,16 @@ def quality(name, prune_json, detail):
     cfg, model_name = v["config"], os.path.basename(os.path.normpath(model))
     method = v["method"]
     sparsity = v["sparsity"]
+    saliency = None
     if method == "structured":
         b = cfg["structured"]["budget"]
         sparsity = "/".join(f"{k}:{b[k]:g}" for k in ("ffn", "attn"))
+        sal = cfg["structured"]["saliency"]  # "obs" or {"taylor": "taylor1"}
+        saliency = sal if isinstance(sal, str) else next(iter(sal.values()))
     refit = ",".join(cfg_item_names(cfg))
     key = [("model", model_name), ("method", method), ("sparsity", sparsity)]
+    if saliency:
+        key.append(("saliency", saliency))
     if refit:
         key.append(("refit", refit.replace(",", "+")))
     if method != "magnitude":
@@ -341,7 +385,8 @@ def cfg_item_names(cfg):
 for backend in ("cpu", "wgpu"):
     names = [f"{m}-{sp.replace(':', 'of')}" for m in methods for sp, _ in patterns]
     if backend == "cpu":
-        names += ["structured-0.2", "structured-0.3"] + [n + "-refit" for n in names]
+        names += [structured_name(p, sal)[:-len(".cpu")] for p, sal in structured]
+        names += [f"{m}-{sp.replace(':', 'of')}-refit" for m in methods for sp, _ in patterns]
     recs = [quality(f"{n}.{backend}", f"{n}.{backend}.prune.json",
                     f"pruned by prunebench prune-model --backend {backend}, evaluated by "
                     "prunebench perplexity --backend cpu") for n in names]
@@ -349,19 +394,19 @@ for backend in ("cpu", "wgpu"):
     if not recs:
         continue
     first = load(f"{names[0]}.{backend}.prune.json")
-    if backend == "cpu":
-        recs.insert(0, {
-            "key": f"PERPLEXITY(model={os.path.basename(os.path.normpath(model))},"
-                   f"method=dense,seqlen={seqlen})",
-            "method": "dense",
-            "params": {"model": os.path.basename(os.path.normpath(model)), "method": "dense",
-                       "seqlen": seqlen, "evaluation": "evaluation.txt",
-                       "eval_windows": str(dense["windows"])},
-            "backend": "cpu", "device": first["backend"]["device"],
-            "windows": dense["windows"], "seqlen": dense["seqlen"], "tokens": dense["tokens"],
-            "nll": dense["nll"], "ppl": dense["ppl"], "sparsity_achieved": 0.0,
-            "prune_seconds": None, "eval_seconds": dense["seconds"],
-            "detail": "the dense checkpoint"})
+    # Every column's models are evaluated by the CPU reference: the dense row is the same.
+    recs.insert(0, {
+        "key": f"PERPLEXITY(model={os.path.basename(os.path.normpath(model))},"
+               f"method=dense,seqlen={seqlen})",
+        "method": "dense",
+        "params": {"model": os.path.basename(os.path.normpath(model)), "method": "dense",
+                   "seqlen": seqlen, "evaluation": "evaluation.txt",
+                   "eval_windows": str(dense["windows"])},
+        "backend": "cpu", "device": first["backend"]["device"],
+        "windows": dense["windows"], "seqlen": dense["seqlen"], "tokens": dense["tokens"],
+        "nll": dense["nll"], "ppl": dense["ppl"], "sparsity_achieved": 0.0,
+        "prune_seconds": None, "eval_seconds": dense["seconds"],
+        "detail": "the dense checkpoint, evaluated by prunebench perplexity --backend cpu"})
     f = {
         "schema": "prunebench.results/1",
         "tool": {"name": "prunebench", "version": os.environ["PB_VERSION"],

@@ -1,7 +1,8 @@
 //! Results files and reports: the schema round-trips, a report built from fixture results of
 //! several devices and backends names every op and device and computes speedups, compressed-
-//! weight products get their "What pruning buys" section, and bad results files give clear
-//! errors.
+//! weight products get their "What pruning buys" section, the summary opens the report with
+//! the pruned models' quality and each run's headline figures, and bad results files give
+//! clear errors.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,8 @@ use std::process::Command;
 use prunebench_harness::bench::attach_payoff;
 use prunebench_harness::report::Report;
 use prunebench_harness::results::{
-    Bound, Ceilings, Record, RecordKind, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
+    Bound, Ceilings, QualityRecord, Record, RecordKind, ResultsFile, Status, TimingPolicy,
+    ToolInfo, SCHEMA,
 };
 use prunebench_kernels::suite::{matmul_cases, OpCase};
 use prunebench_kernels::BackendInfo;
@@ -116,6 +118,7 @@ fn fixture(backend: &str, device: &str, scale: f64, copy: f64, fma: f64) -> Resu
             source: "device_timestamps".into(),
         },
         records,
+        quality: Vec::new(),
     }
 }
 
@@ -567,4 +570,83 @@ fn compile_files_give_cuda_resources() {
     }
     // Worst first.
     assert!(md.find("`attention_kernel`").unwrap() < md.find("`fill_kernel`").unwrap());
+}
+
+fn perplexity(method: &str, sparsity: Option<&str>, ppl: f64) -> QualityRecord {
+    let mut params = BTreeMap::from([
+        ("model".to_string(), "tiny-llama".to_string()),
+        ("method".to_string(), method.to_string()),
+    ]);
+    let mut key = format!("PERPLEXITY(model=tiny-llama,method={method}");
+    if let Some(sp) = sparsity {
+        params.insert("sparsity".into(), sp.into());
+        key += &format!(",sparsity={sp}");
+    }
+    QualityRecord {
+        key: key + ",seqlen=256)",
+        method: method.into(),
+        params,
+        backend: "cpu".into(),
+        device: "CPU".into(),
+        windows: 32,
+        seqlen: 256,
+        tokens: 8160,
+        nll: ppl.ln(),
+        ppl,
+        sparsity_achieved: Some(0.5),
+        prune_seconds: Some(1.0),
+        eval_seconds: Some(2.0),
+        detail: String::new(),
+    }
+}
+
+#[test]
+fn the_summary_opens_the_report_with_quality_and_headlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ours = fixture("cpu", "CPU reference (f64, 2 threads)", 100.0, 14.0, 0.16);
+    ours.records[0].status = Status::Fail;
+    let mut quality = fixture("cpu", "CPU reference (f64, 2 threads)", 1.0, 14.0, 0.16);
+    quality.records.clear();
+    quality.date = "2026-12-06T00:00:00Z".into();
+    quality.quality = vec![
+        perplexity("dense", None, 16.0),
+        perplexity("wanda", Some("0.5"), 18.0),
+    ];
+    let mut torch = quality.clone();
+    torch.device.backend = "pytorch".into();
+    torch.quality = vec![
+        perplexity("dense", None, 16.0),
+        perplexity("wanda", Some("0.5"), 17.6),
+        perplexity("magnitude", Some("0.5"), 20.0),
+    ];
+    let files = [
+        write(dir.path(), "ours.json", &ours),
+        write(dir.path(), "quality.json", &quality),
+        write(dir.path(), "torch.json", &torch),
+    ];
+    // The quality file survives the round trip.
+    assert_eq!(ResultsFile::read(&files[1]).unwrap(), quality);
+    let out = dir.path().join("report");
+    Report::load(&files)
+        .unwrap()
+        .write(&out, &Inputs::new())
+        .unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let summary = md.find("## Summary").expect("a summary");
+    assert!(summary < md.find("## Devices and ceilings").unwrap());
+    assert!(summary < md.find("## Ops").unwrap());
+    let section = &md[summary..md.find("## Devices and ceilings").unwrap()];
+    for needle in [
+        "| wanda 0.5 | 18.000 (+12.5%) | 17.600 (+10.0%) |",
+        "| magnitude 0.5 | – | 20.000 (+25.0%) |",
+        "| dense | 16.000 | 16.000 |",
+        // One of the fixture's two op cases failed verification.
+        "| 1 of 2 (**1 FAIL**) |",
+        "| sparsegpt 0.5 200.000 s |",
+    ] {
+        assert!(
+            section.contains(needle),
+            "the summary lacks '{needle}':\n{section}"
+        );
+    }
 }

@@ -25,6 +25,36 @@ pub struct ResultsFile {
     pub ceilings: Ceilings,
     pub timing: TimingPolicy,
     pub records: Vec<Record>,
+    /// Pruned models' perplexities (a quality run: `scripts/quality-table.sh`,
+    /// `baselines/prune_reference.py`); the report's summary puts them side by side.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<QualityRecord>,
+}
+
+/// One model's perplexity on an evaluation text: dense, or pruned by a method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QualityRecord {
+    /// `PERPLEXITY(model=..,method=..,sparsity=..,...)`: equal keys are the same experiment.
+    pub key: String,
+    pub method: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub backend: String,
+    pub device: String,
+    pub windows: usize,
+    pub seqlen: usize,
+    pub tokens: usize,
+    pub nll: f64,
+    pub ppl: f64,
+    #[serde(default)]
+    pub sparsity_achieved: Option<f64>,
+    /// Wall-clock time of the pruning run and of the evaluation.
+    #[serde(default)]
+    pub prune_seconds: Option<f64>,
+    #[serde(default)]
+    pub eval_seconds: Option<f64>,
+    #[serde(default)]
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -161,6 +161,7 @@ impl BackendJob for BenchJob<'_> {
                 source,
             },
             records,
+            quality: Vec::new(),
         })
     }
 }

@@ -3,10 +3,11 @@
 use super::charts::Chart;
 use super::cuda;
 use super::payoff;
+use super::summary;
 use super::{fmt_time, params_of, trusted, Report, Run};
 use crate::results::{Bound, Record, Status};
 
-enum Block {
+pub(super) enum Block {
     Heading(usize, String),
     Para(String),
     Table(Vec<String>, Vec<Vec<String>>),
@@ -77,8 +78,9 @@ fn build(report: &Report, charts: &[Chart]) -> Vec<Block> {
              × pytorch against the PyTorch baseline on the same device.",
             report.runs.len()
         )),
-        Block::Heading(2, "Devices and ceilings".into()),
     ];
+    b.extend(summary::section(report));
+    b.push(Block::Heading(2, "Devices and ceilings".into()));
     let rows = report
         .runs
         .iter()

@@ -7,6 +7,7 @@ mod charts;
 pub mod cuda;
 mod markdown;
 mod payoff;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +51,9 @@ impl Report {
             }
             let file = ResultsFile::read(p.as_ref())?;
             let mut label = format!("{} · {}", file.device.device, file.device.backend);
+            if file.records.is_empty() && !file.quality.is_empty() {
+                label += " · quality";
+            }
             if runs.iter().any(|r| r.label == label) {
                 label = format!("{label} ({})", file.date);
             }
