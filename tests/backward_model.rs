@@ -14,8 +14,9 @@ use prunebench_harness::model::{
     gblm_gradients, model_backward, model_gradients, ForwardOptions, GradientsFor, Weights,
 };
 use prunebench_kernels::cpu::CpuBackend;
-use prunebench_kernels::{Backend, GradNorm};
+use prunebench_kernels::{Backend, GradNorm, Matrix};
 use prunebench_models::checkpoint::Checkpoint;
+use prunebench_models::llama::LlamaConfig;
 use safetensors::SafeTensors;
 
 /// The reference computes in f64 and hands out f32 tensors; the fixture is f64 autograd stored
@@ -40,11 +41,16 @@ fn rel_rms(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// The backend's dW of every linear and loss against transformers'.
-fn check<B: Backend>(b: &B, model: &str, tol: f64) {
+/// A fixture checkpoint, its config, and no replaced tensors (the dense model).
+fn open(model: &str) -> (Checkpoint, LlamaConfig, HashMap<String, Matrix>) {
     let ckpt = Checkpoint::open(&fixture(model)).unwrap();
     let cfg = ckpt.llama().unwrap();
-    let none = HashMap::new();
+    (ckpt, cfg, HashMap::new())
+}
+
+/// The backend's dW of every linear and loss against transformers'.
+fn check<B: Backend>(b: &B, model: &str, tol: f64) {
+    let (ckpt, cfg, none) = open(model);
     let w = Weights {
         ckpt: &ckpt,
         replaced: &none,
@@ -108,9 +114,7 @@ fn reference_gradients_match_autograd_gqa_llama3_rope_tied_bf16() {
 /// GBLM-Pruner's statistic over the fixture's two windows, one backward each, against
 /// transformers' (`gblm.` tensors of the fixture).
 fn check_statistic<B: Backend>(b: &B, model: &str, tol: f64) {
-    let ckpt = Checkpoint::open(&fixture(model)).unwrap();
-    let cfg = ckpt.llama().unwrap();
-    let none = HashMap::new();
+    let (ckpt, cfg, none) = open(model);
     let w = Weights {
         ckpt: &ckpt,
         replaced: &none,
@@ -145,9 +149,7 @@ fn check_statistic<B: Backend>(b: &B, model: &str, tol: f64) {
 /// fixture's dW (its loss is the mean over both windows' equal token counts), and the l2
 /// accumulator Σ_w (100·dW_w)² is the square of its GBLM statistic.
 fn check_taylor_sums<B: Backend>(b: &B, model: &str, tol: f64) {
-    let ckpt = Checkpoint::open(&fixture(model)).unwrap();
-    let cfg = ckpt.llama().unwrap();
-    let none = HashMap::new();
+    let (ckpt, cfg, none) = open(model);
     let w = Weights {
         ckpt: &ckpt,
         replaced: &none,

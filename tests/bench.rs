@@ -139,20 +139,7 @@ fn bench_times_whole_models_and_the_report_shows_them() {
         );
         assert!(!r.stages.is_empty(), "{}", r.key);
     }
-    let report = dir.path().join("report");
-    let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
-        .arg("report")
-        .arg(&out)
-        .arg("--out")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let md = rendered_report(&out, dir.path());
     assert!(
         md.contains("## Whole models") && md.contains("MODEL_SPARSEGPT"),
         "{md}"
@@ -217,10 +204,20 @@ fn bench_times_the_gradient_pass_of_a_whole_model() {
     // Bytes per window: 4·(3·3·P + 2·320·96) weights + 8·3·P accumulators = 5_360_640.
     assert_eq!(r.flops, 2 * 36_389_376);
     assert_eq!(r.bytes, 2 * 5_360_640);
-    let report = dir.path().join("report");
+    let md = rendered_report(&out, dir.path());
+    let whole = md.find("## Whole models").expect("a Whole models section");
+    let row = md
+        .find("model=gqa,nsamples=2,seqlen=16,layers=3,norm=l2")
+        .expect("the GRADIENTS row");
+    assert!(row > whole && md[whole..].contains("### GRADIENTS"), "{md}");
+}
+
+/// `prunebench report` of one results file, rendered into `dir`/report: its report.md.
+fn rendered_report(results: &std::path::Path, dir: &std::path::Path) -> String {
+    let report = dir.join("report");
     let run = Command::new(env!("CARGO_BIN_EXE_prunebench"))
         .arg("report")
-        .arg(&out)
+        .arg(results)
         .arg("--out")
         .arg(&report)
         .output()
@@ -230,10 +227,5 @@ fn bench_times_the_gradient_pass_of_a_whole_model() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
-    let whole = md.find("## Whole models").expect("a Whole models section");
-    let row = md
-        .find("model=gqa,nsamples=2,seqlen=16,layers=3,norm=l2")
-        .expect("the GRADIENTS row");
-    assert!(row > whole && md[whole..].contains("### GRADIENTS"), "{md}");
+    std::fs::read_to_string(report.join("report.md")).unwrap()
 }
