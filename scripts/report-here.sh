@@ -10,8 +10,9 @@
 #   ADAPTER  a wgpu adapter name substring (default: best)
 # Environment: PYTHON, a Python with PyTorch (default python3; the baseline is skipped if it
 # cannot import torch); BACKENDS (default "cpu wgpu cubecl-wgpu"); SAMPLES (16) and TOKENS
-# (256), the calibration windows; QUALITY, a folder of quality results files
-# (scripts/quality-table.sh's) that the report's summary opens with.
+# (256), the calibration windows; ALSO, folders whose JSON files the report shows beside the
+# runs: quality results (scripts/quality-table.sh's, which the summary opens with) and
+# `prunebench compile` files (the CUDA resources section).
 set -euo pipefail
 out=${1:?usage: report-here.sh OUT_DIR [MODEL] [ADAPTER]}
 model=${2:-tiny}
@@ -43,8 +44,8 @@ if "$python" -c 'import torch' 2> /dev/null; then
 else
     echo "no PyTorch for $python: baseline skipped"
 fi
-quality=()
-if [ -n "${QUALITY:-}" ]; then
-    quality=("$QUALITY"/*.json)
-fi
-"$pb" report "$out"/results/*.json "${quality[@]}" --out "$out"
+also=()
+for d in ${ALSO:-}; do
+    also+=("$d"/*.json)
+done
+"$pb" report "$out"/results/*.json "${also[@]}" --out "$out"
