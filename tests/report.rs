@@ -122,6 +122,15 @@ fn fixture(backend: &str, device: &str, scale: f64, copy: f64, fma: f64) -> Resu
     }
 }
 
+/// The report of `files` written into `out`: its report.md.
+fn rendered(files: &[std::path::PathBuf], out: &Path) -> String {
+    Report::load(files)
+        .unwrap()
+        .write(out, &Inputs::new())
+        .unwrap();
+    std::fs::read_to_string(out.join("report.md")).unwrap()
+}
+
 fn write(dir: &Path, name: &str, f: &ResultsFile) -> std::path::PathBuf {
     let p = dir.join(name);
     f.write(&p).unwrap();
@@ -162,11 +171,7 @@ fn a_report_puts_every_op_and_device_side_by_side() {
         ),
     ];
     let out = dir.path().join("report");
-    Report::load(&files)
-        .unwrap()
-        .write(&out, &Inputs::new())
-        .unwrap();
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let md = rendered(&files, &out);
     for needle in [
         "NVIDIA H200 · cubecl-cuda",
         "NVIDIA H200 · pytorch",
@@ -279,11 +284,7 @@ fn compressed_weight_products_get_what_pruning_buys() {
         ),
     ];
     let out = dir.path().join("report");
-    Report::load(&files)
-        .unwrap()
-        .write(&out, &Inputs::new())
-        .unwrap();
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let md = rendered(&files, &out);
     let section = md
         .split("## What pruning buys")
         .nth(1)
@@ -627,11 +628,7 @@ fn the_summary_opens_the_report_with_quality_and_headlines() {
     // The quality file survives the round trip.
     assert_eq!(ResultsFile::read(&files[1]).unwrap(), quality);
     let out = dir.path().join("report");
-    Report::load(&files)
-        .unwrap()
-        .write(&out, &Inputs::new())
-        .unwrap();
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let md = rendered(&files, &out);
     let summary = md.find("## Summary").expect("a summary");
     assert!(summary < md.find("## Devices and ceilings").unwrap());
     assert!(summary < md.find("## Ops").unwrap());

@@ -12,7 +12,7 @@ use prunebench_harness::bench::{
     attach_payoff, bench_case, bench_layer, measure_ceilings, with_dense_baselines, BenchOptions,
 };
 use prunebench_harness::results::{
-    utc_now, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
+    utc_now, Ceilings, Record, ResultsFile, Status, TimingPolicy, ToolInfo, SCHEMA,
 };
 use prunebench_kernels::suite::{model_cases, ModelShapes, OpCase};
 use prunebench_kernels::{Backend, Sparsity};
@@ -72,18 +72,16 @@ impl BackendJob for BenchJob<'_> {
         {
             let (method, sparsity) = (cfg.method, cfg.sparsity);
             let bar = Bar::new(&format!("bench layer {method} {sparsity}"));
-            let rec = bench_layer(
-                b,
-                &self.input.layer,
-                &self.input.calibration(),
-                &cfg,
-                self.args.layer_repeats,
-                &|p| bar.update(p),
-            );
-            bar.finish();
-            let mut rec = rec?;
-            rec.derive_rates(&ceilings);
-            records.push(rec);
+            records.push(rated(&bar, &ceilings, |progress| {
+                bench_layer(
+                    b,
+                    &self.input.layer,
+                    &self.input.calibration(),
+                    &cfg,
+                    self.args.layer_repeats,
+                    progress,
+                )
+            })?);
         }
         if let Some(m) = &self.model {
             // The backward pass's cost, once per run: it does not depend on the method.
@@ -91,18 +89,16 @@ impl BackendJob for BenchJob<'_> {
                 Some(why) => eprintln!("whole model, gradients: skipped ({why})"),
                 None => {
                     let bar = Bar::with_eta("bench model gradients");
-                    let rec = prunebench_harness::bench::bench_gradients(
-                        b,
-                        &m.ckpt,
-                        &m.cfg,
-                        &m.windows,
-                        self.args.layer_repeats,
-                        &|p| bar.update(p),
-                    );
-                    bar.finish();
-                    let mut rec = rec?;
-                    rec.derive_rates(&ceilings);
-                    records.push(rec);
+                    records.push(rated(&bar, &ceilings, |progress| {
+                        prunebench_harness::bench::bench_gradients(
+                            b,
+                            &m.ckpt,
+                            &m.cfg,
+                            &m.windows,
+                            self.args.layer_repeats,
+                            progress,
+                        )
+                    })?);
                 }
             }
             for cfg in self
@@ -122,20 +118,18 @@ impl BackendJob for BenchJob<'_> {
                     continue;
                 }
                 let bar = Bar::with_eta(&format!("bench model {method} {sparsity}"));
-                let rec = prunebench_harness::bench::bench_model(
-                    b,
-                    &m.ckpt,
-                    &m.cfg,
-                    &m.windows,
-                    &cfg,
-                    m.gradients.as_ref(),
-                    self.args.layer_repeats,
-                    &|p| bar.update(p),
-                );
-                bar.finish();
-                let mut rec = rec?;
-                rec.derive_rates(&ceilings);
-                records.push(rec);
+                records.push(rated(&bar, &ceilings, |progress| {
+                    prunebench_harness::bench::bench_model(
+                        b,
+                        &m.ckpt,
+                        &m.cfg,
+                        &m.windows,
+                        &cfg,
+                        m.gradients.as_ref(),
+                        self.args.layer_repeats,
+                        progress,
+                    )
+                })?);
             }
         }
         let source = records
@@ -164,6 +158,20 @@ impl BackendJob for BenchJob<'_> {
             quality: Vec::new(),
         })
     }
+}
+
+/// A whole-layer or whole-model record timed under `bar`, its rates against the device's
+/// ceilings.
+fn rated(
+    bar: &Bar,
+    ceilings: &Ceilings,
+    time: impl FnOnce(&dyn Fn(prunebench_harness::Progress<'_>)) -> prunebench_harness::Result<Record>,
+) -> Result<Record> {
+    let rec = time(&|p| bar.update(p));
+    bar.finish();
+    let mut rec = rec?;
+    rec.derive_rates(ceilings);
+    Ok(rec)
 }
 
 /// The folder of results files when `--out` is not given.
@@ -263,7 +271,12 @@ fn whole_model(a: &BenchArgs) -> Result<Option<WholeModel>> {
     // The statistic's accumulators stay on the host, f32 for every linear of every layer: a
     // model too large for that skips the GRADIENTS record rather than the whole run.
     let no_backward = super::model_input::check_host_memory(
-        super::gradients::host_bytes(&cfg, a.layer.tokens, prunebench_kernels::GradNorm::L2),
+        super::gradients::host_bytes(
+            &cfg,
+            a.layer.tokens,
+            // What bench_gradients runs: GBLM's default statistic.
+            prunebench_harness::model::GradientsFor::Gblm(prunebench_kernels::GradNorm::L2),
+        ),
         "the GRADIENTS record (an f32 accumulator per linear weight, on the host)",
         "the other records run without it",
     )

@@ -88,10 +88,10 @@ impl BackendJob for GradientsJob<'_> {
 
 /// Host bytes: every layer's input hidden states of one window, and one f32 copy of every
 /// linear's statistic (each accumulator is dropped as its finished values replace it).
-pub(super) fn host_bytes(cfg: &LlamaConfig, seq: usize, norm: GradNorm) -> u64 {
+pub(super) fn host_bytes(cfg: &LlamaConfig, seq: usize, what: GradientsFor) -> u64 {
     let m = &cfg.model;
     let states = (m.num_layers as u64 + 1).saturating_mul(seq as u64 * m.hidden as u64 * 4);
-    states.saturating_add(GradientsFor::Gblm(norm).host_bytes(cfg))
+    states.saturating_add(what.host_bytes(cfg))
 }
 
 pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
@@ -102,7 +102,7 @@ pub fn run(a: GradientsArgs, inputs: &Inputs) -> Result<ExitCode> {
     let seq = seqlen(a.seqlen, &cfg)?;
     check_file(&a.out, inputs).map_err(super::out_error)?;
     check_host_memory(
-        host_bytes(&cfg, seq, norm),
+        host_bytes(&cfg, seq, GradientsFor::Gblm(norm)),
         &format!(
             "the gradient statistic of {} with windows of {seq} tokens",
             cfg.model.name

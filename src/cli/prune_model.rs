@@ -172,8 +172,9 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
     let calib_tokens = Tokens::calibration(&a.calibration_text, &a.calibration_ids)?;
     let eval_tokens = Tokens::pick(&a.eval_text, &a.eval_ids, "evaluation text")?;
     let seq = seqlen(a.seqlen, &cfg)?;
+    let states = sequential::host_bytes(&cfg, a.nsamples, seq);
     check_host_memory(
-        sequential::host_bytes(&cfg, a.nsamples, seq),
+        states,
         &format!(
             "keeping the hidden states of {} windows of {seq} tokens of {} on the host",
             a.nsamples, cfg.model.name
@@ -182,8 +183,7 @@ pub fn run(a: PruneModelArgs, inputs: &Inputs) -> Result<ExitCode> {
     )?;
     if let Some(what) = computed_gradients(&pcfg, gradients.is_some()) {
         check_host_memory(
-            what.host_bytes(&cfg)
-                .saturating_add(sequential::host_bytes(&cfg, a.nsamples, seq)),
+            what.host_bytes(&cfg).saturating_add(states),
             &format!(
                 "the dense model's gradients of every linear of {} beside the hidden states",
                 cfg.model.name

@@ -127,7 +127,7 @@ pub(crate) fn gather<B: Backend>(
     };
     // §11's sums from the suite's gradient pass stand in for the whole group's accumulation,
     // or for none of it.
-    let sums_ready = needs.taylor_sums() && calib.ready.is_some_and(|f| f.has_grad_sums());
+    let sums_ready = needs.taylor_sums() && calib.has_grad_sums();
     let mut grads = Vec::new();
     let mut grad_sums = Vec::new();
     for (l, _) in members {

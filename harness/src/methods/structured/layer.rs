@@ -50,8 +50,7 @@ fn check(
     }
     select::check(geom, s, fraction)?;
     if let Saliency::Taylor(k) = s.saliency {
-        let sums_ready = calib.ready.is_some_and(|r| r.has_grad_sums());
-        if !calib.source.has_output_grads() && !sums_ready {
+        if !calib.source.has_output_grads() && !calib.has_grad_sums() {
             return Err(HarnessError::Config(format!(
                 "--saliency {} needs output gradients (dY) of every linear, and the calibration \
                  ({}) has none: use --saliency obs, or a calibration with gradients",

@@ -58,6 +58,14 @@ pub struct Calibration<'a> {
     pub ready: Option<&'a dyn prunebench_models::ReadyStats>,
 }
 
+impl Calibration<'_> {
+    /// Whether the ready statistics give §11's Taylor sums of every linear (the suite's own
+    /// gradient pass), which stand in for output gradients.
+    pub fn has_grad_sums(&self) -> bool {
+        self.ready.is_some_and(|r| r.has_grad_sums())
+    }
+}
+
 /// A progress tick: `done` of `total` units, with what is being worked on.
 pub struct Progress<'a> {
     pub what: &'a str,
