@@ -7,9 +7,11 @@
 // absent tokens contribute nothing. Within a chunk the lanes of a row take:
 // * dense: every 8th vec4 of values (8 columns each), so the row's loads are contiguous;
 // * 2:4: every 8th vec4 of values (4 groups, 16 columns) and the code word holding them;
-// * bitmap: 8 / TB consecutive bit words (32-column units); a lane's first value is the
-//   row's offset plus the kept counts of the row's earlier chunks and of its lower lanes,
-//   which the lanes exchange through workgroup memory.
+// * bitmap: every 32-column unit (one bit word, read by all 8 lanes), lane j taking columns
+//   j, j + 8, j + 16, j + 24; a kept column's value index is the row's count so far plus the
+//   popcount of the word's bits below it (a ballot prefix without subgroup operations), so
+//   consecutive lanes read consecutive kept values, no lane runs longer than another, and
+//   the lanes need not exchange counts.
 // Weights are decoded in registers (unpack2x16float), products accumulate in f32 per lane,
 // and the 8 partial sums of a row are added in workgroup memory. TB (tokens per block) is
 // substituted by the host per pipeline (1, 2, 4 or 8), so a single token does not pay for 8.
@@ -48,7 +50,6 @@ const UPL: u32 = CHUNK / 256u;  // 32-column units per lane and chunk
 
 var<workgroup> xs: array<vec4<f32>, 512>;  // [TB][CHUNK]
 var<workgroup> red: array<f32, WG * TB>;   // [TB][WG]
-var<workgroup> cnt: array<u32, WG>;
 
 struct Lane {
     tid: u32,
@@ -184,48 +185,29 @@ fn matmul_bitmap(@builtin(workgroup_id) wid: vec3<u32>,
     let l = lane_of(wid, tid);
     var acc: array<f32, TB>;
     let brow = P.c_base + l.row * P.cpr;
-    var k = 0u;  // the row's first value in this chunk
+    var k = 0u;  // the row's first value in the current unit: the same in all 8 lanes
     if (l.live) { k = offs[P.row0 + l.row]; }
     for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
         stage(c0, l.tok0, tid);
-        var bw: array<u32, UPL>;
-        var mine = 0u;
-        if (l.live) {
-            for (var j = 0u; j < UPL; j++) {
-                let col = c0 + 32u * (l.lane * UPL + j);
-                if (col < P.cols) {
-                    bw[j] = codes[brow + col / 32u] & in_row(col);
-                    mine += countOneBits(bw[j]);
-                }
-            }
-        }
-        cnt[tid] = mine;
         workgroupBarrier();
-        var before = 0u;
-        var total = 0u;
-        for (var j = 0u; j < LANES; j++) {
-            let n = cnt[tid - l.lane + j];
-            if (j < l.lane) { before += n; }
-            total += n;
-        }
-        var kk = k + before;
-        // Each value word is loaded once: at an even index, or first if the lane starts odd.
-        var h = vec2<f32>();
-        if ((kk & 1u) == 1u && mine != 0u) { h = unpack2x16float(vals[P.v_base + kk / 2u]); }
-        for (var j = 0u; j < UPL; j++) {
-            var b = bw[j];
-            let unit = 32u * (l.lane * UPL + j);
-            while (b != 0u) {
-                let c = unit + firstTrailingBit(b);
-                b &= b - 1u;
-                let odd = (kk & 1u) == 1u;
-                if (!odd) { h = unpack2x16float(vals[P.v_base + kk / 2u]); }
-                let wk = select(h.x, h.y, odd);
-                for (var t = 0u; t < TB; t++) { acc[t] = fma(wk, xv(t, c), acc[t]); }
-                kk += 1u;
+        if (l.live) {
+            for (var u = 0u; u < CHUNK / 32u; u++) {
+                let col = c0 + 32u * u;
+                if (col >= P.cols) { break; }
+                let bits = codes[brow + col / 32u] & in_row(col);
+                // Lane j takes columns j, j + 8, ... of the unit, so consecutive lanes read
+                // consecutive kept values and every lane takes the same four steps.
+                for (var s = 0u; s < 32u; s += LANES) {
+                    let b = s + l.lane;
+                    if (((bits >> b) & 1u) == 1u) {
+                        let i = k + countOneBits(bits & ((1u << b) - 1u));
+                        let wk = unpack2x16float(vals[P.v_base + i / 2u])[i & 1u];
+                        for (var t = 0u; t < TB; t++) { acc[t] = fma(wk, xv(t, 32u * u + b), acc[t]); }
+                    }
+                }
+                k += countOneBits(bits);
             }
         }
-        k += total;
         workgroupBarrier();
     }
     finish(l, acc);

@@ -232,6 +232,20 @@ pub fn id_lists(ids: &[u32], vocab: usize) -> Vec<u32> {
     lists
 }
 
+/// How a product from a compressed weight (§13) is cut, the same on both GPU backends and in
+/// the work model: from this many tokens it runs as tiles of [`SPARSE_TILE_ROWS`] weight rows
+/// by [`SPARSE_TILE_TOKENS`] tokens, each decoding its weight chunk into a dense tile (so the
+/// weight is read N/64 times, not N/8); below, as blocks of at most 8 tokens that skip what
+/// is pruned. At 128 tokens a 4096-row weight makes 256 tiles, about two waves of 132 SMs.
+pub const SPARSE_TILED_FROM: usize = 128;
+pub const SPARSE_TILE_ROWS: usize = 32;
+pub const SPARSE_TILE_TOKENS: usize = 64;
+
+/// Whether a product over `n` tokens runs as dense tiles.
+pub fn sparse_tiled(n: usize) -> bool {
+    n >= SPARSE_TILED_FROM
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,8 @@ fn compressed_weights_in_windows<B: TestBackend>() {
         (WeightFormat::Bitmap, CaseFormat::Bitmap, holes),
     ] {
         cases.push(OpCase::new(Op::Compress(f, m), 40, 300));
-        for n in [3, 17] {
+        // 150 tokens: the tiled kernels, over windows of a few tokens.
+        for n in [3, 17, 150] {
             let op = Op::Matmul {
                 format: cf,
                 mask: m,
@@ -79,6 +80,10 @@ fn long_rows_and_many_rows_match_the_reference<B: TestBackend>() {
         matmul(TwoFour, Wanda(s24), 12, 40, 1100),
         matmul(Dense, None, 8, 33, 4500),
         matmul(Dense, None, 1, 300, 4200),
+        // The tiled kernels (from 128 tokens) over many 32-column chunks.
+        matmul(Bitmap, Wanda(p(0.5)), 130, 70, 1100),
+        matmul(TwoFour, Wanda(s24), 140, 40, 1100),
+        matmul(Dense, None, 129, 33, 1100),
     ];
     run_cases(&b, &cases);
 }

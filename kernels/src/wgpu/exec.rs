@@ -29,6 +29,8 @@ pub(crate) enum Module {
     Structured,
     /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), and decompression.
     SparseMatmul(u32),
+    /// The product at many tokens: tiles of 32 weight rows by 64 tokens, decoded dense.
+    SparseTiled,
     /// The forward kernels of §14, attention's per-invocation arrays sized for heads of up to
     /// this many values (64, 128 or 256); the other kernels are the same in every variant.
     Forward(u32),
@@ -47,7 +49,7 @@ pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 22] = [
+    pub const ALL: [Module; 23] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -63,6 +65,7 @@ impl Module {
         Module::SparseMatmul(2),
         Module::SparseMatmul(4),
         Module::SparseMatmul(8),
+        Module::SparseTiled,
         Module::Forward(64),
         Module::Forward(128),
         Module::Forward(256),
@@ -86,6 +89,7 @@ impl Module {
             Module::Refit => "refit",
             Module::Structured => "structured",
             Module::SparseMatmul(_) => "sparse_matmul",
+            Module::SparseTiled => "sparse_tiled",
             Module::Forward(_) => "forward",
             Module::Backward => "backward",
             Module::AttentionBackward(_) => "attention_backward",
@@ -106,6 +110,7 @@ impl Module {
             Module::Refit => include_str!("../../shaders/refit.wgsl"),
             Module::Structured => include_str!("../../shaders/structured.wgsl"),
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
+            Module::SparseTiled => include_str!("../../shaders/sparse_tiled.wgsl"),
             Module::Forward(emax) => forward_source(emax),
             Module::Backward => include_str!("../../shaders/backward.wgsl"),
             Module::AttentionBackward(emax) => attention_backward_source(emax),
@@ -127,7 +132,7 @@ impl Module {
             Module::SparsePack => &[true, true, false, false, false, false, false],
             Module::Refit => &[false, true, false, false, false, true, true],
             Module::Structured => &[true, false, true, true, true, true, false, false],
-            Module::SparseMatmul(_) => &[true, true, true, true, true, false],
+            Module::SparseMatmul(_) | Module::SparseTiled => &[true, true, true, true, true, false],
             Module::Forward(_) => &[true, true, true, false, true, false],
             Module::Backward => &[true, true, true, false, false, true],
             Module::AttentionBackward(_) => &[true, true, true, true, true, false, false, false],

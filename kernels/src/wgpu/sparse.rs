@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{KernelError, Result};
 use crate::formats::{self, PackedWeight, WeightFormat};
+use crate::plan;
 use crate::tensor::Mask;
 
 use super::exec::{grid, Ctx, Module, Slot, Win, TOKEN_BLOCKS};
@@ -426,21 +427,31 @@ impl Ctx {
     pub(crate) fn sparse_matmul(&self, x: &WgpuTensor, w: &WgpuPacked) -> Result<WgpuTensor> {
         formats::check_matmul((x.rows, x.cols), (w.rows, w.cols))?;
         let (n, rows, cols) = (x.rows, w.rows, w.cols);
-        let tb = token_block(n);
+        let tiled = plan::sparse_tiled(n);
+        // Tokens and weight rows per workgroup, and the module.
+        let (tb, wg_rows, module) = if tiled {
+            (
+                plan::SPARSE_TILE_TOKENS,
+                plan::SPARSE_TILE_ROWS,
+                Module::SparseTiled,
+            )
+        } else {
+            let tb = token_block(n);
+            (tb as usize, MATMUL_ROWS, Module::SparseMatmul(tb))
+        };
         let y = self.tensor("product", n, rows)?;
         let max_blocks = self.max_groups() as usize;
         // Token windows hold whole rows of X and of Y.
-        let tokens = self.row_slabs(n, cols.max(rows), 1, max_blocks * tb as usize)?;
-        let weights = self.row_slabs(
-            rows,
-            max_row_words(w.format, cols),
-            1,
-            max_blocks * MATMUL_ROWS,
-        )?;
-        let entry = match w.format {
-            WeightFormat::Dense => "matmul_dense",
-            WeightFormat::TwoFour => "matmul_two_four",
-            WeightFormat::Bitmap => "matmul_bitmap",
+        let tokens = self.row_slabs(n, cols.max(rows), 1, max_blocks * tb)?;
+        let weights =
+            self.row_slabs(rows, max_row_words(w.format, cols), 1, max_blocks * wg_rows)?;
+        let entry = match (w.format, tiled) {
+            (WeightFormat::Dense, false) => "matmul_dense",
+            (WeightFormat::TwoFour, false) => "matmul_two_four",
+            (WeightFormat::Bitmap, false) => "matmul_bitmap",
+            (WeightFormat::Dense, true) => "tiled_dense",
+            (WeightFormat::TwoFour, true) => "tiled_two_four",
+            (WeightFormat::Bitmap, true) => "tiled_bitmap",
         };
         let mut b = self.batch();
         for &(t0, t1) in &tokens {
@@ -455,19 +466,21 @@ impl Ctx {
                     ..Default::default()
                 };
                 let [v4, v1, meta, offsets] = self.packed_slots(w, r0, r1, &mut p)?;
-                let v1 = if w.format == WeightFormat::Bitmap {
+                // The blocked dense and 2:4 kernels read their values as vec4s; the tiled ones,
+                // which gather single values, and the bitmap kernels as words.
+                let v1 = if w.format == WeightFormat::Bitmap || tiled {
                     v1
                 } else {
                     Slot::Unused
                 };
                 b.dispatch(
-                    Module::SparseMatmul(tb),
+                    module,
                     entry,
                     bytemuck::bytes_of(&p),
                     &[Slot::Win(xw), v4, v1, meta, offsets, Slot::Win(yw)],
                     [
-                        (r1 - r0).div_ceil(MATMUL_ROWS) as u32,
-                        (t1 - t0).div_ceil(tb as usize) as u32,
+                        (r1 - r0).div_ceil(wg_rows) as u32,
+                        (t1 - t0).div_ceil(tb) as u32,
                         1,
                     ],
                 )?;

@@ -15,6 +15,7 @@ use crate::ops::{
     tolerance as tol, unstructured_k, Backend, MaskGroup, MaskPattern, ObsSelection, Score,
     Sparsity, OBS_BLOCK, PERCDAMP,
 };
+use crate::plan;
 use crate::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use crate::suite::case::{ModelShapes, Op, OpCase};
 use crate::suite::compare::{value_check, Check};
@@ -223,6 +224,13 @@ pub fn small_cases() -> Vec<OpCase> {
         matmul(Bitmap, Magnitude(half), 17, 1, 300),
         matmul(Bitmap, SparseGpt(half), 3, 13, 200),
         matmul(Structured(0.5), None, 3, 13, 300),
+        // From plan::SPARSE_TILED_FROM tokens, the tiled kernels: partial tiles of rows and
+        // tokens, columns past the last 32-column chunk, one row.
+        matmul(Dense, None, 131, 45, 37),
+        matmul(TwoFour, Wanda(S24), 130, 33, 300),
+        matmul(TwoFour, Wanda(s34), 128, 3, 36),
+        matmul(Bitmap, Holes(0.6), 129, 45, 300),
+        matmul(Bitmap, Magnitude(half), 197, 1, 70),
     ]);
     v
 }
@@ -325,13 +333,20 @@ pub(in crate::suite) fn bytes(case: &OpCase) -> u64 {
     }
 }
 
-/// Useful multiply-adds only: a sparse format skips the pruned entries; compression has none.
+/// What the kernels multiply: below [`plan::SPARSE_TILED_FROM`] tokens a sparse format skips
+/// the pruned entries; from there the kernels decode the weight into dense tiles and multiply
+/// every entry, zeros included; compression has no flops.
 pub(in crate::suite) fn flops(case: &OpCase) -> u64 {
     match case.op {
         Op::Compress(..) => 0,
         Op::Matmul { format, n, .. } => {
             let (sr, sc) = format.stored_shape(case.rows, case.cols);
-            2 * n as u64 * case.kept().unwrap_or(sr * sc) as u64
+            let multiplied = if plan::sparse_tiled(n) {
+                sr * sc
+            } else {
+                case.kept().unwrap_or(sr * sc)
+            };
+            2 * n as u64 * multiplied as u64
         }
         op => not_in_family(op, FAMILY),
     }

@@ -7,10 +7,11 @@
 //!   so padding needs no tests;
 //! - L lanes share a row, each taking whole 32-column units of the chunk (one bitmap or code
 //!   word, 4 vec4 of dense values, 2 vec4 of 2:4 values); dense and 2:4 lanes interleave
-//!   units so that neighbouring lanes load neighbouring words, bitmap lanes take consecutive
-//!   units so that a lane's values are consecutive: its first value index is the row's offset
-//!   plus the popcounts before it (the earlier chunks' and the lanes before it in this one,
-//!   through shared memory);
+//!   units so that neighbouring lanes load neighbouring words; bitmap lanes take every unit
+//!   together, lane j its columns j, j + L, ..., a kept column's value index being the row's
+//!   count so far plus the popcount of the unit's bits below it (a ballot prefix without plane
+//!   operations): neighbouring lanes read neighbouring values and no lane runs longer than
+//!   another;
 //! - weights are decoded to f32 in registers, products accumulate in f32 per token, and the
 //!   L lanes of a row are summed through shared memory; tokens past N are not written.
 //!
@@ -23,9 +24,11 @@ use super::super::super::storage::{arg, CubePacked, CubeTensor};
 use super::super::super::CubeBackend;
 use super::super::reduce::CUBE;
 use super::half::f16_to_f32;
+use super::tiled;
 use super::{half_at, valid_bits};
 use crate::error::Result;
 use crate::formats::{self, WeightFormat};
+use crate::plan;
 
 /// X values staged per chunk, for every token block: 16 KiB of shared memory, or half of it
 /// on devices with WebGPU's minimum of 16 KiB per cube.
@@ -209,25 +212,26 @@ fn matmul_two_four_kernel<N: Size>(
                 let u = c0 / 32u32 + j;
                 if u < units {
                     let cw = codes[(r * units + u) as usize];
-                    let v0 = vals[(r * units * 2u32 + u * 2u32) as usize];
-                    let v1 = vals[(r * units * 2u32 + u * 2u32 + 1u32) as usize];
+                    // The unit's two vectors of values one after the other: holding both
+                    // beside eight accumulators spilled on sm_80.
                     #[unroll]
-                    for g in 0..8u32 {
-                        let word = if comptime![g < 4] {
-                            v0[comptime![(g % 4) as usize]]
-                        } else {
-                            v1[comptime![(g % 4) as usize]]
-                        };
-                        let code = (cw >> (g * 4u32)) & 0xFu32;
-                        let lo = f16_to_f32(word & 0xFFFFu32);
-                        let hi = f16_to_f32(word >> 16u32);
-                        let cl = j * 32u32 + g * 4u32;
-                        let c_lo = cl + (code & 3u32);
-                        let c_hi = cl + (code >> 2u32);
+                    for half in 0..2u32 {
+                        let v = vals[(r * units * 2u32 + u * 2u32 + half) as usize];
                         #[unroll]
-                        for t in 0..tb {
-                            acc[t as usize] += lo * xs[(t * ch + c_lo) as usize];
-                            acc[t as usize] += hi * xs[(t * ch + c_hi) as usize];
+                        for e in 0..4u32 {
+                            let g = half * 4u32 + e;
+                            let word = v[e as usize];
+                            let code = (cw >> (g * 4u32)) & 0xFu32;
+                            let lo = f16_to_f32(word & 0xFFFFu32);
+                            let hi = f16_to_f32(word >> 16u32);
+                            let cl = j * 32u32 + g * 4u32;
+                            let c_lo = cl + (code & 3u32);
+                            let c_hi = cl + (code >> 2u32);
+                            #[unroll]
+                            for t in 0..tb {
+                                acc[t as usize] += lo * xs[(t * ch + c_lo) as usize];
+                                acc[t as usize] += hi * xs[(t * ch + c_hi) as usize];
+                            }
                         }
                     }
                 }
@@ -255,16 +259,13 @@ fn matmul_bitmap_kernel(
     #[comptime] stage: u32,
 ) {
     let ch = comptime![stage / tb];
-    let per_lane = comptime![stage / tb / 32 / lanes];
     let mut xs = SharedMemory::<f32>::new(stage as usize);
-    let mut counts = SharedMemory::<u32>::new(CUBE as usize);
     let mut acc = Array::<f32>::new(comptime![tb as usize]);
     #[unroll]
     for t in 0..tb {
         acc[t as usize] = 0.0;
     }
     let lane = UNIT_POS % lanes;
-    let first = UNIT_POS - lane;
     let r = CUBE_POS_X * comptime![CUBE / lanes] + UNIT_POS / lanes;
     let tb0 = CUBE_POS_Y * tb;
     let mut nt = ntok - tb0;
@@ -272,7 +273,7 @@ fn matmul_bitmap_kernel(
         nt = tb;
     }
     let units = (cols + 31u32) / 32u32;
-    // The index of the row's first value not yet consumed by an earlier chunk.
+    // The index of the row's first value in the current unit: the same in every lane.
     let mut base = 0u32;
     if r < rows {
         base = offsets[r as usize];
@@ -280,51 +281,32 @@ fn matmul_bitmap_kernel(
     let chunks = (cols + ch - 1u32) / ch;
     for chunk in 0..chunks {
         let c0 = chunk * ch;
-        let u0 = c0 / 32u32 + lane * per_lane;
         sync_cube();
         stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
-        let mut mine = 0u32;
-        if r < rows {
-            for i in 0..per_lane {
-                let u = u0 + i;
-                if u < units {
-                    mine += u32::count_ones(meta[(r * units + u) as usize] & valid_bits(u, cols));
-                }
-            }
-        }
-        counts[UNIT_POS as usize] = mine;
         sync_cube();
-        let mut before = 0u32;
-        let mut all = 0u32;
-        #[unroll]
-        for j in 0..lanes {
-            let n = counts[(first + j) as usize];
-            if j < lane {
-                before += n;
-            }
-            all += n;
-        }
         if r < rows {
-            let mut k = base + before;
-            for i in 0..per_lane {
-                let u = u0 + i;
+            for i in 0..comptime![stage / tb / 32] {
+                let u = c0 / 32u32 + i;
                 if u < units {
-                    let mut bits = meta[(r * units + u) as usize] & valid_bits(u, cols);
-                    let cl = (lane * per_lane + i) * 32u32;
-                    while bits != 0u32 {
-                        let b = u32::trailing_zeros(bits);
-                        bits &= bits - 1u32;
-                        let wv = f16_to_f32(half_at(vals, k));
-                        #[unroll]
-                        for t in 0..tb {
-                            acc[t as usize] += wv * xs[(t * ch + cl + b) as usize];
+                    let bits = meta[(r * units + u) as usize] & valid_bits(u, cols);
+                    // Lane j takes columns j, j + L, ... of the unit: consecutive lanes read
+                    // consecutive kept values, every lane takes 32/L steps.
+                    #[unroll]
+                    for s in 0..comptime![32 / lanes] {
+                        let b = s * lanes + lane;
+                        if (bits >> b) & 1u32 == 1u32 {
+                            let k = base + u32::count_ones(bits & ((1u32 << b) - 1u32));
+                            let wv = f16_to_f32(half_at(vals, k));
+                            #[unroll]
+                            for t in 0..tb {
+                                acc[t as usize] += wv * xs[(t * ch + i * 32u32 + b) as usize];
+                            }
                         }
-                        k += 1u32;
                     }
+                    base += u32::count_ones(bits);
                 }
             }
         }
-        base += all;
     }
     store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
 }
@@ -344,6 +326,63 @@ fn token_block(n: usize) -> usize {
     n.next_power_of_two().min(MAX_TB)
 }
 
+/// One launch of the tiled kernels (`tiled.rs`): `n` tokens from one X slab into one Y slab.
+fn launch_tiled<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>) {
+    let (rows, cols) = w.shape();
+    let count = CubeCount::Static(
+        rows.div_ceil(plan::SPARSE_TILE_ROWS) as u32,
+        part.n.div_ceil(plan::SPARSE_TILE_TOKENS) as u32,
+        1,
+    );
+    let dim = CubeDim::new_1d(tiled::UNITS);
+    let x = arg(part.x.0, part.x.1);
+    let y = arg(part.y.0, part.y.1);
+    let (x_off, y_off) = ((part.x_row * cols) as u32, (part.y_row * rows) as u32);
+    let (rows, cols, n) = (rows as u32, cols as u32, part.n as u32);
+    let vals = arg(&w.values.handle, w.values.len);
+    // SAFETY: as `launch`: X and Y are read and written inside the part's tokens and the
+    // slabs' columns, the weight inside rows < rows of buffers checked against the layout.
+    unsafe {
+        match w.format {
+            // The vector size is the shared tiles' (quads of 4 rows or tokens).
+            WeightFormat::Dense => tiled::tiled_dense_kernel::launch_unchecked::<R>(
+                &b.client, count, dim, 4, x, vals, y, rows, cols, n, x_off, y_off,
+            ),
+            WeightFormat::TwoFour => tiled::tiled_two_four_kernel::launch_unchecked::<R>(
+                &b.client,
+                count,
+                dim,
+                4,
+                x,
+                vals,
+                arg(&w.meta.handle, w.meta.len),
+                y,
+                rows,
+                cols,
+                n,
+                x_off,
+                y_off,
+            ),
+            WeightFormat::Bitmap => tiled::tiled_bitmap_kernel::launch_unchecked::<R>(
+                &b.client,
+                count,
+                dim,
+                4,
+                x,
+                vals,
+                arg(&w.meta.handle, w.meta.len),
+                arg(&w.offsets.handle, w.offsets.len),
+                y,
+                rows,
+                cols,
+                n,
+                x_off,
+                y_off,
+            ),
+        }
+    }
+}
+
 /// One launch: `n` tokens from one X slab into one Y slab.
 #[derive(Clone, Copy)]
 struct Part<'a> {
@@ -358,7 +397,7 @@ struct Part<'a> {
 fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: usize) {
     let (rows, cols) = w.shape();
     let units = formats::bitmap_words_per_row(cols);
-    // The staged X, the bitmap's lane counts and some room for the runtime.
+    // The staged X, with room to spare for the runtime.
     let stage = if b.max_shared >= 4 * (STAGE + CUBE) as usize + 1024 {
         STAGE
     } else {
@@ -456,6 +495,10 @@ pub fn sparse_matmul<R: Runtime>(
                 y_row: lo - y.slabs.range(ys).0,
                 n: hi - lo,
             };
+            if plan::sparse_tiled(n) {
+                launch_tiled(b, w, &part);
+                continue;
+            }
             // Whole blocks of 8 tokens, then the rest in the smallest block that holds it.
             let full = part.n / MAX_TB * MAX_TB;
             if full > 0 {

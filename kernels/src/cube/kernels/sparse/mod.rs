@@ -8,6 +8,7 @@ use cubecl::prelude::*;
 pub mod compress;
 pub mod half;
 pub mod matmul;
+mod tiled;
 
 /// Linear cube index over a 2D grid of cubes (one cube per row, rows past the device's x limit).
 #[cube]
