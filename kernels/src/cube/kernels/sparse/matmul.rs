@@ -285,26 +285,29 @@ fn matmul_bitmap_kernel(
         stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
         sync_cube();
         if r < rows {
-            for i in 0..comptime![stage / tb / 32] {
+            // The chunk's units that the row has (a short row has fewer than a chunk holds).
+            let mut in_chunk = units - c0 / 32u32;
+            if in_chunk > comptime![stage / tb / 32] {
+                in_chunk = comptime![stage / tb / 32];
+            }
+            for i in 0..in_chunk {
                 let u = c0 / 32u32 + i;
-                if u < units {
-                    let bits = meta[(r * units + u) as usize] & valid_bits(u, cols);
-                    // Lane j takes columns j, j + L, ... of the unit: consecutive lanes read
-                    // consecutive kept values, every lane takes 32/L steps.
-                    #[unroll]
-                    for s in 0..comptime![32 / lanes] {
-                        let b = s * lanes + lane;
-                        if (bits >> b) & 1u32 == 1u32 {
-                            let k = base + u32::count_ones(bits & ((1u32 << b) - 1u32));
-                            let wv = f16_to_f32(half_at(vals, k));
-                            #[unroll]
-                            for t in 0..tb {
-                                acc[t as usize] += wv * xs[(t * ch + i * 32u32 + b) as usize];
-                            }
+                let bits = meta[(r * units + u) as usize] & valid_bits(u, cols);
+                // Lane j takes columns j, j + L, ... of the unit: consecutive lanes read
+                // consecutive kept values, every lane takes 32/L steps.
+                #[unroll]
+                for s in 0..comptime![32 / lanes] {
+                    let b = s * lanes + lane;
+                    if (bits >> b) & 1u32 == 1u32 {
+                        let k = base + u32::count_ones(bits & ((1u32 << b) - 1u32));
+                        let wv = f16_to_f32(half_at(vals, k));
+                        #[unroll]
+                        for t in 0..tb {
+                            acc[t as usize] += wv * xs[(t * ch + i * 32u32 + b) as usize];
                         }
                     }
-                    base += u32::count_ones(bits);
                 }
+                base += u32::count_ones(bits);
             }
         }
     }
