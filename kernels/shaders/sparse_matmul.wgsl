@@ -288,3 +288,153 @@ fn unpack_bitmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         k += total;
     }
 }
+
+// ---- The product at many tokens (from plan::SPARSE_TILED_FROM): load as sparse, compute as
+// dense. The kernels above give a workgroup a block of at most 8 tokens and 16 rows, so
+// the weight is read N/8 times and X rows/16 times. Here a workgroup of 128 invocations owns a
+// tile of TR = 32 weight rows by TT = 64 tokens (the weight read N/64 times, X rows/32 times).
+// Per chunk of KC = 32 columns (one bitmap word, one 2:4 code word) it
+// * stages X[64 tokens, 32 columns] k-major: invocation (k = lane, token quad q) reads its
+//   column of 4 tokens, so 32 neighbouring invocations read one token's 128 contiguous bytes;
+// * decodes W[32 rows, 32 columns] into a dense k-major f32 tile with zeros where pruned, the
+//   same way: invocation (k = lane, row quad) decodes its column of 4 rows; a bitmap row's bit
+//   word is read by all 32 lanes and a kept column's value index is the row's count so far
+//   plus the popcount of the bits below it (a ballot prefix without subgroup operations), so
+//   consecutive lanes read consecutive kept values;
+// * accumulates a 4 x 4 register tile per invocation (rows 4·tr.., tokens 4·tt..) over the
+//   chunk: one vec4 of W and one of X from workgroup memory per 16 FMAs.
+// Tiles are stored as vec4 quads (4 rows, or 4 tokens, of one column k), the quad's slot
+// XOR-ed with k mod 8: each invocation stores whole vec4s, eight consecutive k land in eight
+// different bank groups (conflict-free stores), and a column's quads stay a permutation of
+// its slots (conflict-free loads).
+// The zeros of a decoded tile are multiplied too (a sparse weight saves bytes, not flops, at
+// this size, as in Flash-LLM); the work model counts the dense tile's flops for these products.
+
+const TR: u32 = 32u;   // weight rows per tile
+const TT: u32 = 64u;   // tokens per tile
+const KC: u32 = 32u;   // columns per chunk: one bitmap word, one 2:4 code word
+const DENSE: u32 = 0u;
+const TWO_FOUR: u32 = 1u;
+const BITMAP: u32 = 2u;
+
+var<workgroup> wt: array<vec4<f32>, 256>;  // KC x TR/4 quads of 4 rows
+var<workgroup> xt: array<vec4<f32>, 512>;  // KC x TT/4 quads of 4 tokens
+
+// The slot of quad q of column k (the XOR keeps it inside its column's slots).
+fn slot(k: u32, q: u32) -> u32 {
+    return q ^ (k % 8u);
+}
+
+struct Tile {
+    row0: u32,   // the tile's first weight row in the window
+    tok0: u32,   // its first token in the window
+    lane: u32,   // the column k this invocation stages and decodes
+    wave: u32,   // tid / 32: its first quad
+    tr: u32,     // its register tile: rows 4·tr .. 4·tr + 3
+    tt: u32,     // and tokens 4·tt .. 4·tt + 3
+}
+
+// xt <- X[tok0 .. tok0 + TT, c0 .. c0 + KC), zero outside X.
+fn tile_stage_x(t: Tile, c0: u32) {
+    let col = c0 + t.lane;
+    for (var i = 0u; i < 4u; i++) {
+        let q = t.wave + 4u * i;
+        var v = vec4<f32>();
+        for (var j = 0u; j < 4u; j++) {
+            let tok = t.tok0 + 4u * q + j;
+            if (tok < P.ntok && col < P.cols) { v[j] = x[P.x_base + tok * P.cols + col]; }
+        }
+        xt[t.lane * 16u + slot(t.lane, q)] = v;
+    }
+}
+
+// Dense or 2:4 row `row`'s weight at column `col` (zero where pruned or past the weight).
+fn tile_weight(fmt: u32, row: u32, col: u32) -> f32 {
+    if (row >= P.rows || col >= P.cols) { return 0.0; }
+    if (fmt == DENSE) {
+        // Row r's values start at word r·vpr, two to a word.
+        return half_at(2u * row * P.vpr + col);
+    }
+    // 2:4: the group's word (its two kept values) and its 4-bit code; the second index wins
+    // if both name the same column, as in the reference.
+    let code = (codes[P.c_base + row * P.cpr + col / 32u] >> (4u * ((col / 4u) % 8u))) & 0xfu;
+    let e = col % 4u;
+    let k = 2u * (row * P.vpr + col / 4u);
+    if (e == code >> 2u) { return half_at(k + 1u); }
+    if (e == (code & 3u)) { return half_at(k); }
+    return 0.0;
+}
+
+// A bitmap row's bits for columns [c0, c0 + 32), none past the weight.
+fn tile_bits(row: u32, c0: u32) -> u32 {
+    if (row >= P.rows) { return 0u; }
+    return codes[P.c_base + row * P.cpr + c0 / 32u] & in_row(c0);
+}
+
+// The tiled product in format `fmt`: per chunk, X and the weight decoded into the shared
+// tiles, then a 4 x 4 register tile (acc[j]: rows 4·tr + 0..3 of token 4·tt + j) accumulated
+// from one vec4 of each per 16 FMAs; the rows and tokens that exist written at the end.
+fn tiled(wid: vec3<u32>, tid: u32, fmt: u32) {
+    let t = Tile(wid.x * TR, wid.y * TT, tid % 32u, tid / 32u, tid % 8u, tid / 8u);
+    var acc: array<vec4<f32>, 4>;
+    let below = (1u << t.lane) - 1u;
+    // next[4i + j]: bitmap row 4·(wave + 4i) + j's first value not yet decoded, the same in
+    // all 32 lanes.
+    var next: array<u32, 8>;
+    if (fmt == BITMAP) {
+        for (var n = 0u; n < 8u; n++) {
+            let row = t.row0 + 4u * (t.wave + 4u * (n / 4u)) + n % 4u;
+            if (row < P.rows) { next[n] = offs[P.row0 + row]; }
+        }
+    }
+    for (var c0 = 0u; c0 < P.cols; c0 += KC) {
+        tile_stage_x(t, c0);
+        for (var i = 0u; i < 2u; i++) {
+            let q = t.wave + 4u * i;
+            var v = vec4<f32>();
+            for (var j = 0u; j < 4u; j++) {
+                let row = t.row0 + 4u * q + j;
+                if (fmt == BITMAP) {
+                    let bits = tile_bits(row, c0);
+                    if (((bits >> t.lane) & 1u) == 1u) {
+                        v[j] = half_at(next[4u * i + j] + countOneBits(bits & below));
+                    }
+                    next[4u * i + j] += countOneBits(bits);
+                } else {
+                    v[j] = tile_weight(fmt, row, c0 + t.lane);
+                }
+            }
+            wt[t.lane * 8u + slot(t.lane, q)] = v;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < KC; k++) {
+            let w = wt[k * 8u + slot(k, t.tr)];
+            let xv = xt[k * 16u + slot(k, t.tt)];
+            for (var j = 0u; j < 4u; j++) { acc[j] = fma(w, vec4<f32>(xv[j]), acc[j]); }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let tok = t.tok0 + 4u * t.tt + j;
+        if (tok >= P.ntok) { continue; }
+        for (var i = 0u; i < 4u; i++) {
+            let row = t.row0 + 4u * t.tr + i;
+            if (row < P.rows) { y[P.y_base + tok * P.ldy + row] = acc[j][i]; }
+        }
+    }
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn tiled_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    tiled(wid, tid, DENSE);
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn tiled_two_four(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    tiled(wid, tid, TWO_FOUR);
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn tiled_bitmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    tiled(wid, tid, BITMAP);
+}

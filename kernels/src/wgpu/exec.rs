@@ -27,10 +27,9 @@ pub(crate) enum Module {
     Refit,
     /// The structured-pruning gathers, zeros and segmented sums (§11).
     Structured,
-    /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), and decompression.
+    /// The product's kernels for blocks of this many tokens (1, 2, 4 or 8), the tiled ones for
+    /// many tokens and decompression (the same in every variant).
     SparseMatmul(u32),
-    /// The product at many tokens: tiles of 32 weight rows by 64 tokens, decoded dense.
-    SparseTiled,
     /// The forward kernels of §14, attention's per-invocation arrays sized for heads of up to
     /// this many values (64, 128 or 256); the other kernels are the same in every variant.
     Forward(u32),
@@ -49,7 +48,7 @@ pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 23] = [
+    pub const ALL: [Module; 22] = [
         Module::Gemm,
         Module::Stats,
         Module::Grad,
@@ -65,7 +64,6 @@ impl Module {
         Module::SparseMatmul(2),
         Module::SparseMatmul(4),
         Module::SparseMatmul(8),
-        Module::SparseTiled,
         Module::Forward(64),
         Module::Forward(128),
         Module::Forward(256),
@@ -89,7 +87,6 @@ impl Module {
             Module::Refit => "refit",
             Module::Structured => "structured",
             Module::SparseMatmul(_) => "sparse_matmul",
-            Module::SparseTiled => "sparse_tiled",
             Module::Forward(_) => "forward",
             Module::Backward => "backward",
             Module::AttentionBackward(_) => "attention_backward",
@@ -110,7 +107,6 @@ impl Module {
             Module::Refit => include_str!("../../shaders/refit.wgsl"),
             Module::Structured => include_str!("../../shaders/structured.wgsl"),
             Module::SparseMatmul(tokens) => sparse_matmul_source(tokens),
-            Module::SparseTiled => include_str!("../../shaders/sparse_tiled.wgsl"),
             Module::Forward(emax) => forward_source(emax),
             Module::Backward => include_str!("../../shaders/backward.wgsl"),
             Module::AttentionBackward(emax) => attention_backward_source(emax),
@@ -132,7 +128,7 @@ impl Module {
             Module::SparsePack => &[true, true, false, false, false, false, false],
             Module::Refit => &[false, true, false, false, false, true, true],
             Module::Structured => &[true, false, true, true, true, true, false, false],
-            Module::SparseMatmul(_) | Module::SparseTiled => &[true, true, true, true, true, false],
+            Module::SparseMatmul(_) => &[true, true, true, true, true, false],
             Module::Forward(_) => &[true, true, true, false, true, false],
             Module::Backward => &[true, true, true, false, false, true],
             Module::AttentionBackward(_) => &[true, true, true, true, true, false, false, false],

@@ -430,10 +430,12 @@ impl Ctx {
         let tiled = plan::sparse_tiled(n);
         // Tokens and weight rows per workgroup, and the module.
         let (tb, wg_rows, module) = if tiled {
+            // The tiled kernels are in every token-block variant of the module.
+            let variant = TOKEN_BLOCKS[TOKEN_BLOCKS.len() - 1];
             (
                 plan::SPARSE_TILE_TOKENS,
                 plan::SPARSE_TILE_ROWS,
-                Module::SparseTiled,
+                Module::SparseMatmul(variant),
             )
         } else {
             let tb = token_block(n);

@@ -1,6 +1,6 @@
 //! Y = X·Wᵀ from a compressed weight (§13) at many tokens (from
 //! [`crate::plan::SPARSE_TILED_FROM`]): load as sparse, compute as dense, the design of
-//! `sparse_tiled.wgsl`.
+//! the tiled kernels of `sparse_matmul.wgsl`.
 //!
 //! - A cube of 128 units owns a tile of 32 weight rows by 64 tokens, so the weight is read
 //!   N/64 times and X rows/32 times, where the blocked kernels of `matmul.rs` read them N/8
@@ -110,134 +110,58 @@ fn store(acc: &Array<f32>, y: &mut Array<f32>, y_base: u32, rows: u32, row0: u32
     }
 }
 
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn tiled_dense_kernel<N: Size>(
-    x: &Array<f32>,
-    vals: &Array<u32>,
-    y: &mut Array<f32>,
-    rows: u32,
-    cols: u32,
-    ntok: u32,
-    x_off: u32,
-    y_off: u32,
-) {
-    let mut wt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TR / 4) as usize]);
-    let mut xt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TT / 4) as usize]);
-    let mut acc = Array::<f32>::new(16usize);
-    #[unroll]
-    for q in 0..16u32 {
-        acc[q as usize] = 0.0;
-    }
-    let row0 = CUBE_POS_X * TR;
-    let tok0 = CUBE_POS_Y * TT;
-    let mut nt = ntok - tok0;
-    if nt > TT {
-        nt = TT;
-    }
-    let lane = UNIT_POS % 32u32;
-    let wave = UNIT_POS / 32u32;
-    // Row r's values start at word r·(row words), two to a word, rows padded to 8 columns.
-    let words = (cols + 7u32) / 8u32 * 4u32;
-    let chunks = (cols + KC - 1u32) / KC;
-    for chunk in 0..chunks {
-        let c0 = chunk * KC;
-        stage_x(x, &mut xt, x_off + tok0 * cols, nt, cols, c0);
-        let col = c0 + lane;
-        #[unroll]
-        for i in 0..2u32 {
-            let q = wave + 4u32 * i;
-            let mut v = Vector::<f32, N>::empty();
-            #[unroll]
-            for j in 0..4u32 {
-                let row = row0 + 4u32 * q + j;
-                let mut a = 0.0f32;
-                if row < rows && col < cols {
-                    a = f16_to_f32(half_at(vals, 2u32 * row * words + col));
-                }
-                v[j as usize] = a;
-            }
-            wt[(lane * 8u32 + slot(lane, q)) as usize] = v;
-        }
-        sync_cube();
-        accumulate(&wt, &xt, &mut acc);
-        sync_cube();
-    }
-    store(&acc, y, y_off + tok0 * rows, rows, row0, nt);
-}
+/// The formats of [`tiled_product`].
+const DENSE: u32 = 0;
+const TWO_FOUR: u32 = 1;
+const BITMAP: u32 = 2;
 
-#[cube(launch_unchecked)]
+/// Dense or 2:4 row `row`'s weight at column `col` (zero where pruned or past the weight).
+#[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn tiled_two_four_kernel<N: Size>(
-    x: &Array<f32>,
+fn tile_weight(
     vals: &Array<u32>,
     codes: &Array<u32>,
-    y: &mut Array<f32>,
     rows: u32,
     cols: u32,
-    ntok: u32,
-    x_off: u32,
-    y_off: u32,
-) {
-    let mut wt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TR / 4) as usize]);
-    let mut xt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TT / 4) as usize]);
-    let mut acc = Array::<f32>::new(16usize);
-    #[unroll]
-    for q in 0..16u32 {
-        acc[q as usize] = 0.0;
-    }
-    let row0 = CUBE_POS_X * TR;
-    let tok0 = CUBE_POS_Y * TT;
-    let mut nt = ntok - tok0;
-    if nt > TT {
-        nt = TT;
-    }
-    let lane = UNIT_POS % 32u32;
-    let wave = UNIT_POS / 32u32;
-    let units = (cols + 31u32) / 32u32;
-    let chunks = (cols + KC - 1u32) / KC;
-    for chunk in 0..chunks {
-        let c0 = chunk * KC;
-        stage_x(x, &mut xt, x_off + tok0 * cols, nt, cols, c0);
-        let col = c0 + lane;
-        let e = col % 4u32;
-        #[unroll]
-        for i in 0..2u32 {
-            let q = wave + 4u32 * i;
-            let mut v = Vector::<f32, N>::empty();
-            #[unroll]
-            for j in 0..4u32 {
-                let row = row0 + 4u32 * q + j;
-                let mut a = 0.0f32;
-                if row < rows && col < cols {
-                    // The group's word (its two kept values, 8 words per 32-column unit) and
-                    // its 4-bit code.
-                    let word = vals[(row * units * 8u32 + col / 4u32) as usize];
-                    let code = (codes[(row * units + chunk) as usize]
-                        >> (4u32 * ((col / 4u32) % 8u32)))
-                        & 0xFu32;
-                    if e == (code & 3u32) {
-                        a = f16_to_f32(word & 0xFFFFu32);
-                    }
-                    // The second index wins if both name the same column, as in the reference.
-                    if e == (code >> 2u32) {
-                        a = f16_to_f32(word >> 16u32);
-                    }
-                }
-                v[j as usize] = a;
+    row: u32,
+    col: u32,
+    chunk: u32,
+    #[comptime] format: u32,
+) -> f32 {
+    let mut a = 0.0f32;
+    if row < rows && col < cols {
+        if comptime![format == DENSE] {
+            // Row r's values start at word r·(row words), two to a word, rows padded to 8
+            // columns.
+            let words = (cols + 7u32) / 8u32 * 4u32;
+            a = f16_to_f32(half_at(vals, 2u32 * row * words + col));
+        } else {
+            // 2:4: the group's word (its two kept values, 8 words per 32-column unit) and its
+            // 4-bit code; the second index wins if both name the same column, as in the
+            // reference.
+            let units = (cols + 31u32) / 32u32;
+            let word = vals[(row * units * 8u32 + col / 4u32) as usize];
+            let code =
+                (codes[(row * units + chunk) as usize] >> (4u32 * ((col / 4u32) % 8u32))) & 0xFu32;
+            let e = col % 4u32;
+            if e == (code & 3u32) {
+                a = f16_to_f32(word & 0xFFFFu32);
             }
-            wt[(lane * 8u32 + slot(lane, q)) as usize] = v;
+            if e == (code >> 2u32) {
+                a = f16_to_f32(word >> 16u32);
+            }
         }
-        sync_cube();
-        accumulate(&wt, &xt, &mut acc);
-        sync_cube();
     }
-    store(&acc, y, y_off + tok0 * rows, rows, row0, nt);
+    a
 }
 
-#[cube(launch_unchecked)]
+/// The tiled product in `format`: per chunk, X and the weight decoded into the shared tiles,
+/// then the unit's register tile accumulated; the rows and tokens that exist written at the
+/// end. `meta` is the 2:4 codes or the bitmap's bits, `offsets` the bitmap's row offsets
+/// (either is any array where the format has none: it is never read).
+#[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn tiled_bitmap_kernel<N: Size>(
+fn tiled_product<N: Size>(
     x: &Array<f32>,
     vals: &Array<u32>,
     meta: &Array<u32>,
@@ -248,6 +172,7 @@ pub(super) fn tiled_bitmap_kernel<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    #[comptime] format: u32,
 ) {
     let mut wt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TR / 4) as usize]);
     let mut xt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TT / 4) as usize]);
@@ -265,19 +190,18 @@ pub(super) fn tiled_bitmap_kernel<N: Size>(
     let lane = UNIT_POS % 32u32;
     let wave = UNIT_POS / 32u32;
     let below = (1u32 << lane) - 1u32;
-    // next[4i + j]: the first value not yet decoded of row 4·(wave + 4i) + j, the same in
-    // all 32 lanes.
+    // Bitmap: next[4i + j] is the first value not yet decoded of row 4·(wave + 4i) + j, the
+    // same in all 32 lanes.
     let mut next = Array::<u32>::new(8usize);
-    #[unroll]
-    for i in 0..2u32 {
+    if comptime![format == BITMAP] {
         #[unroll]
-        for j in 0..4u32 {
-            let row = row0 + 4u32 * (wave + 4u32 * i) + j;
+        for n in 0..8u32 {
+            let row = row0 + 4u32 * (wave + 4u32 * (n / 4u32)) + n % 4u32;
             let mut k = 0u32;
             if row < rows {
                 k = offsets[row as usize];
             }
-            next[(4u32 * i + j) as usize] = k;
+            next[n as usize] = k;
         }
     }
     let units = (cols + 31u32) / 32u32;
@@ -292,17 +216,21 @@ pub(super) fn tiled_bitmap_kernel<N: Size>(
             #[unroll]
             for j in 0..4u32 {
                 let row = row0 + 4u32 * q + j;
-                let n = (4u32 * i + j) as usize;
-                let mut bits = 0u32;
-                if row < rows {
-                    bits = meta[(row * units + chunk) as usize] & valid_bits(chunk, cols);
-                }
                 let mut a = 0.0f32;
-                if (bits >> lane) & 1u32 == 1u32 {
-                    a = f16_to_f32(half_at(vals, next[n] + u32::count_ones(bits & below)));
+                if comptime![format == BITMAP] {
+                    let n = (4u32 * i + j) as usize;
+                    let mut bits = 0u32;
+                    if row < rows {
+                        bits = meta[(row * units + chunk) as usize] & valid_bits(chunk, cols);
+                    }
+                    if (bits >> lane) & 1u32 == 1u32 {
+                        a = f16_to_f32(half_at(vals, next[n] + u32::count_ones(bits & below)));
+                    }
+                    next[n] += u32::count_ones(bits);
+                } else {
+                    a = tile_weight(vals, meta, rows, cols, row, c0 + lane, chunk, format);
                 }
                 v[j as usize] = a;
-                next[n] += u32::count_ones(bits);
             }
             wt[(lane * 8u32 + slot(lane, q)) as usize] = v;
         }
@@ -311,4 +239,58 @@ pub(super) fn tiled_bitmap_kernel<N: Size>(
         sync_cube();
     }
     store(&acc, y, y_off + tok0 * rows, rows, row0, nt);
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tiled_dense_kernel<N: Size>(
+    x: &Array<f32>,
+    vals: &Array<u32>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    x_off: u32,
+    y_off: u32,
+) {
+    tiled_product::<N>(
+        x, vals, vals, vals, y, rows, cols, ntok, x_off, y_off, DENSE,
+    );
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tiled_two_four_kernel<N: Size>(
+    x: &Array<f32>,
+    vals: &Array<u32>,
+    codes: &Array<u32>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    x_off: u32,
+    y_off: u32,
+) {
+    tiled_product::<N>(
+        x, vals, codes, codes, y, rows, cols, ntok, x_off, y_off, TWO_FOUR,
+    );
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tiled_bitmap_kernel<N: Size>(
+    x: &Array<f32>,
+    vals: &Array<u32>,
+    meta: &Array<u32>,
+    offsets: &Array<u32>,
+    y: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    x_off: u32,
+    y_off: u32,
+) {
+    tiled_product::<N>(
+        x, vals, meta, offsets, y, rows, cols, ntok, x_off, y_off, BITMAP,
+    );
 }
