@@ -4,7 +4,9 @@
 // * row_select: one workgroup (256 threads) per row: per pass a workgroup-memory histogram of
 //   the keys that still match the prefix, then a scan finds the digit holding the k-th lowest;
 //   after three passes the k-th key T is exact. A last pass prunes every key < T and, among
-//   keys == T, the first ones by column (a running workgroup scan), as a stable sort would.
+//   keys == T, the first ones by column (each tie ranked by popcounts of the chunk's packed
+//   tie bits), as a stable sort would. Mask words are packed from per-invocation flags by
+//   8 invocations: no atomics on them.
 // * Whole-group selection (magnitude over the matrix, SparseGPT's adaptive block): the same
 //   passes split across workgroups (hist_pass merges workgroup histograms into a global one;
 //   pick, one workgroup, finds the digit), then per-row tie counts (row_ties), their
@@ -47,12 +49,13 @@ const BINS: u32 = 2048u;
 
 var<workgroup> hist: array<atomic<u32>, 2048>;
 var<workgroup> scan: array<u32, 256>;
-var<workgroup> words: array<atomic<u32>, 8>;
+// One flag per invocation (a tie, then a pruned column), packed into 8 mask words by 8
+// invocations: no two invocations ever update one word.
+var<workgroup> flags: array<u32, 256>;
+var<workgroup> eq_words: array<u32, 8>;
 var<workgroup> pick_digit: u32;
 var<workgroup> pick_kk: u32;
 var<workgroup> carry: u32;
-var<workgroup> eqcount: atomic<u32>;
-var<workgroup> chunk_eq: u32;
 var<workgroup> quota: u32;
 
 // Orders f32 bit patterns as total_cmp does: negatives reversed below positives.
@@ -128,13 +131,25 @@ fn find_digit(t: u32, kk: u32) {
     workgroupBarrier();
 }
 
+// Word w of `flags` (its 32 flags, bit i from flags[32w + i]). Invocation w starts at flag w,
+// so the 8 packing invocations read 8 different banks at every step.
+fn pack_word(w: u32) -> u32 {
+    var bits = 0u;
+    for (var b = 0u; b < 32u; b++) {
+        let i = (b + w) % 32u;
+        bits = bits | (flags[w * 32u + i] << i);
+    }
+    return bits;
+}
+
 fn clear_hist(t: u32) {
     for (var i = 0u; i < 8u; i++) { atomicStore(&hist[t * 8u + i], 0u); }
 }
 
 // Prunes, in row r, every key < T and the first `ties` keys == T by column, over [c0, c1).
-// Chunks of 256 columns; ties are ranked by a workgroup scan only in the chunk where the
-// quota of ties runs out (before it every tie is pruned, after it none).
+// Chunks of 256 columns: the chunk's ties are packed into words, so each tie's rank among
+// them is the popcount of the tie bits before it (no scan, no atomics), and the pruned
+// columns' bits are packed the same way into the mask words.
 fn write_row(r: u32, t: u32, T: u32, ties: u32) {
     var running = 0u;
     let start = (P.c0 / 32u) * 32u;
@@ -148,31 +163,28 @@ fn write_row(r: u32, t: u32, T: u32, ties: u32) {
             eq = select(0u, 1u, kv == T);
             lt = kv < T;
         }
-        if (t < 8u) { atomicStore(&words[t], 0u); }
-        if (t == 0u) { atomicStore(&eqcount, 0u); }
+        flags[t] = eq;
         workgroupBarrier();
-        if (eq == 1u) { atomicAdd(&eqcount, 1u); }
+        if (t < 8u) { eq_words[t] = pack_word(t); }
         workgroupBarrier();
-        if (t == 0u) { chunk_eq = atomicLoad(&eqcount); }
-        let total = workgroupUniformLoad(&chunk_eq);
-        var take_tie = running + total <= ties;
-        if (running < ties && running + total > ties) {
-            scan[t] = eq;
-            workgroupBarrier();
-            scan256(t);
-            take_tie = running + (scan[t] - eq) < ties;
+        let w = t / 32u;
+        var before = countOneBits(eq_words[w] & ((1u << (t % 32u)) - 1u));
+        var total = 0u;
+        for (var i = 0u; i < 8u; i++) {
+            let n = countOneBits(eq_words[i]);
+            total += n;
+            if (i < w) { before += n; }
         }
+        let take_tie = running + before < ties;
         let prune = inr && (lt || (eq == 1u && take_tie));
-        if (prune) {
-            atomicOr(&words[t / 32u], 1u << (t % 32u));
-            if (P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
-        }
+        flags[t] = select(0u, 1u, prune);
+        if (prune && P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
         workgroupBarrier();
         if (t < 8u) {
             let wcol = base + t * 32u;
             if (wcol < P.c1) {
                 let idx = P.m_base + r * P.wpr + wcol / 32u;
-                let bits = atomicLoad(&words[t]);
+                let bits = pack_word(t);
                 if (P.full_words != 0u) {
                     mask[idx] = bits;
                 } else {
@@ -336,8 +348,6 @@ fn nm_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let c = wid.x * 256u + t;
     let r = wid.y;
     let live = c < P.cols && r < P.rows;
-    if (t < 8u) { atomicStore(&words[t], 0u); }
-    workgroupBarrier();
     var prune = false;
     if (live) {
         let g0 = c - c % P.m;
@@ -348,13 +358,14 @@ fn nm_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             if (kj < kc || (kj == kc && j < c)) { rank += 1u; }
         }
         prune = rank < P.k;
-        if (prune) { atomicOr(&words[t / 32u], 1u << (t % 32u)); }
     }
-    // Every thread of the group has read its neighbours' weights before any is zeroed.
+    flags[t] = select(0u, 1u, prune);
+    // Every thread of the group has read its neighbours' weights before any is zeroed, and
+    // every flag is in place before the words are packed.
     workgroupBarrier();
     if (prune && P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
     let wcol = wid.x * 256u + t * 32u;
     if (t < 8u && r < P.rows && wcol < P.cols) {
-        mask[P.m_base + r * P.wpr + wcol / 32u] = atomicLoad(&words[t]);
+        mask[P.m_base + r * P.wpr + wcol / 32u] = pack_word(t);
     }
 }

@@ -17,6 +17,7 @@ use prunebench_kernels::cube::compile_only::{
     self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc, Target,
     TARGETS,
 };
+use prunebench_kernels::ops::Backend;
 use prunebench_kernels::suite::{model_cases, run_once, small_cases, OpCase};
 
 mod table;
@@ -99,7 +100,11 @@ fn record(
 ) {
     for (t, b) in backends {
         compile_only::take_launches(t);
-        let status = match run(b) {
+        // Launches are queued to the runtime's server: wait until it has taken them all, so
+        // they count for this case, and so that two targets' servers never generate code at
+        // once (CubeCL 0.10's CUDA code generator numbers its temporaries with one counter per
+        // process, reset by every kernel: two at once can both declare `_tmp_0`).
+        let status = match run(b).and_then(|()| b.synchronize().map_err(Into::into)) {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("error: {e:#}"),
         };

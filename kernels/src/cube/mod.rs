@@ -61,6 +61,10 @@ pub struct CubeBackend<R: Runtime> {
     pub(crate) poison: bool,
     /// The device clock on wgpu (see [`clock`]); None where CubeCL's profiler is used.
     clock: Option<clock::WgpuClock>,
+    /// On a runtime that runs no kernel (the compile-only one), buffers above this many bytes
+    /// hold no data: uploads to them are not copied, and they read back as zeros without a
+    /// copy. The host reads back only what it wrote itself or small status words there.
+    pub(crate) data_kept_up_to: Option<u64>,
 }
 
 /// CubeCL's wgpu runtime (Vulkan, Metal, DX12).
@@ -145,6 +149,7 @@ impl<R: Runtime> CubeBackend<R> {
             max_cube_count,
             poison: false,
             clock: None,
+            data_kept_up_to: None,
         }
     }
 

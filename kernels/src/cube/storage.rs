@@ -155,10 +155,20 @@ impl<R: Runtime> CubeBackend<R> {
                 "a buffer of {bytes} bytes exceeds the device's largest binding"
             )));
         }
-        if data.is_empty() {
-            return Ok(self.client.create_from_slice(&[0u8; 4]));
+        Ok(self.device_copy(bytemuck::cast_slice(data)))
+    }
+
+    /// A device buffer holding `bytes` (at least one word); on a runtime that runs no kernel,
+    /// one above `data_kept_up_to` gets its size alone: copying model-sized inputs would be
+    /// nearly all of such a run.
+    fn device_copy(&self, bytes: &[u8]) -> Handle {
+        if bytes.is_empty() {
+            return self.client.create_from_slice(&[0u8; 4]);
         }
-        Ok(self.client.create_from_slice(bytemuck::cast_slice(data)))
+        if self.holds_no_data(bytes.len()) {
+            return self.client.empty(bytes.len());
+        }
+        self.client.create_from_slice(bytes)
     }
 
     /// A new tensor whose contents the caller's kernels will write (poisoned if asked).
@@ -235,12 +245,9 @@ impl<R: Runtime> CubeBackend<R> {
         let handles = (0..slabs.count())
             .map(|s| {
                 let (r0, n) = slabs.range(s);
-                let part = &m.data[r0 * m.cols..(r0 + n) * m.cols];
-                if part.is_empty() {
-                    self.client.create_from_slice(&[0u8; 4])
-                } else {
-                    self.client.create_from_slice(bytemuck::cast_slice(part))
-                }
+                self.device_copy(bytemuck::cast_slice(
+                    &m.data[r0 * m.cols..(r0 + n) * m.cols],
+                ))
             })
             .collect();
         Ok(CubeTensor {
@@ -251,8 +258,17 @@ impl<R: Runtime> CubeBackend<R> {
         })
     }
 
+    /// Whether buffers of `bytes` hold no data on this runtime (see `data_kept_up_to`).
+    fn holds_no_data(&self, bytes: usize) -> bool {
+        matches!(self.data_kept_up_to, Some(kept) if bytes as u64 > kept)
+    }
+
     /// Reads `len` u32 from the device.
     pub(crate) fn read_u32(&self, h: &Handle, len: usize) -> Result<Vec<u32>> {
+        if self.holds_no_data(len * 4) {
+            // Zeroed pages the allocator hands out untouched.
+            return Ok(vec![0; len]);
+        }
         let bytes = self
             .client
             .read_one(h.clone())
@@ -262,6 +278,9 @@ impl<R: Runtime> CubeBackend<R> {
     }
 
     pub(crate) fn read_f32(&self, h: &Handle, len: usize) -> Result<Vec<f32>> {
+        if self.holds_no_data(len * 4) {
+            return Ok(vec![0.0; len]);
+        }
         Ok(self
             .read_u32(h, len)?
             .into_iter()
@@ -270,6 +289,9 @@ impl<R: Runtime> CubeBackend<R> {
     }
 
     pub(crate) fn download_matrix(&self, t: &CubeTensor) -> Result<Matrix> {
+        if self.holds_no_data(t.rows * t.cols * 4) {
+            return Ok(Matrix::zeros(t.rows, t.cols));
+        }
         let mut data = Vec::with_capacity(t.rows * t.cols);
         for (s, h) in t.handles.iter().enumerate() {
             data.extend(self.read_f32(h, t.slab_len(s))?);
@@ -283,12 +305,7 @@ impl<R: Runtime> CubeBackend<R> {
         let handles = (0..slabs.count())
             .map(|s| {
                 let (r0, n) = slabs.range(s);
-                let part = &m.bits[r0 * wpr..(r0 + n) * wpr];
-                if part.is_empty() {
-                    self.client.create_from_slice(&[0u8; 4])
-                } else {
-                    self.client.create_from_slice(bytemuck::cast_slice(part))
-                }
+                self.device_copy(bytemuck::cast_slice(&m.bits[r0 * wpr..(r0 + n) * wpr]))
             })
             .collect();
         Ok(CubeMask {
@@ -359,6 +376,9 @@ impl<R: Runtime> CubeBackend<R> {
     }
 
     pub(crate) fn download_packed_mask(&self, m: &CubeMask) -> Result<Mask> {
+        if self.holds_no_data(m.rows * m.words_per_row() * 4) {
+            return Ok(Mask::empty(m.rows, m.cols));
+        }
         let mut bits = Vec::with_capacity(m.rows * m.words_per_row());
         for (s, h) in m.handles.iter().enumerate() {
             bits.extend(self.read_u32(h, m.slab_len(s))?);

@@ -37,7 +37,10 @@ pub fn compile_only(t: &'static Target) -> CompileOnlyBackend {
         limits: Vec::new(),
     };
     // No memory budget: nothing is allocated on a device.
-    CubeBackend::from_client(client, info, None)
+    let mut b = CubeBackend::from_client(client, info, None);
+    // The storage keeps no bytes above this size anyway (see `storage`).
+    b.data_kept_up_to = Some(storage::KEPT_BYTES);
+    b
 }
 
 /// Every distinct kernel launched so far on `t`, in first-launch order.

@@ -31,6 +31,18 @@ const DC: u32 = 16;
 /// Floats of one shared array of staged full rows (dO and Q, or K).
 const RC: u32 = 1024;
 
+// Each tile kernel's shared memory is one array at these offsets (in floats): CubeCL 0.10
+// places separate shared arrays in an order that varies from run to run, and ptxas then
+// allocated dq_kernel anywhere from 40 to 48 registers, sometimes with a spill.
+/// Q, dO, K and V depth steps, rows of DC + 1.
+const ST_AT: u32 = 0;
+/// P then dS, rows of BLK + 1.
+const PD_AT: u32 = ST_AT + 4 * BLK * (DC + 1);
+/// The rows' L then D.
+const RL_AT: u32 = PD_AT + 2 * BLK * (BLK + 1);
+/// Staged full rows: dO and Q (dK/dV), or K (dQ).
+const RS_AT: u32 = RL_AT + 2 * BLK;
+
 /// Full rows per staging step for heads of `e`: a power of two (so it divides [`BLK`]) whose
 /// rows of ⌈e/16⌉·16 floats fit [`RC`].
 fn stage_rows(e: usize) -> u32 {
@@ -56,9 +68,10 @@ fn delta_kernel(o: &Array<f32>, d_o: &Array<f32>, delta: &mut Array<f32>, e: u32
 }
 
 /// Leaves P and dS of query rows [q0, q0 + BLK) (live below q_end) of head h against keys
-/// [k0, k0 + nk) of the KV head at kv_col in `pd` (P, then dS, rows of BLK + 1), zero where
-/// masked. `st` stages Q, dO, K and V depth steps (rows padded by one against bank
-/// conflicts), `rl` holds the rows' L then D. Each unit holds a 2 x 2 tile of S and dO·Vᵀ.
+/// [k0, k0 + nk) of the KV head at kv_col at [`PD_AT`] of `sm` (P, then dS, rows of BLK + 1),
+/// zero where masked. [`ST_AT`] stages Q, dO, K and V depth steps (rows padded by one against
+/// bank conflicts), [`RL_AT`] holds the rows' L then D. Each unit holds a 2 x 2 tile of S and
+/// dO·Vᵀ.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn p_ds(
@@ -68,9 +81,7 @@ fn p_ds(
     d_o: &Array<f32>,
     lse: &Array<f32>,
     delta: &Array<f32>,
-    st: &mut SharedMemory<f32>,
-    pd: &mut SharedMemory<f32>,
-    rl: &mut SharedMemory<f32>,
+    sm: &mut SharedMemory<f32>,
     w0: u32,
     q0: u32,
     q_end: u32,
@@ -97,8 +108,8 @@ fn p_ds(
             l = lse[at];
             d = delta[at];
         }
-        rl[t as usize] = l;
-        rl[(BLK + t) as usize] = d;
+        sm[(RL_AT + t) as usize] = l;
+        sm[(RL_AT + BLK + t) as usize] = d;
     }
     let mut s = Array::<f32>::new(4usize);
     let mut dp = Array::<f32>::new(4usize);
@@ -123,8 +134,8 @@ fn p_ds(
                 a = q[src];
                 g = d_o[src];
             }
-            st[at as usize] = a;
-            st[(tile + at) as usize] = g;
+            sm[at as usize] = a;
+            sm[(tile + at) as usize] = g;
             let mut b = 0.0f32;
             let mut c = 0.0f32;
             if r < nk && d < e {
@@ -132,21 +143,21 @@ fn p_ds(
                 b = k[src];
                 c = v[src];
             }
-            st[(2 * tile + at) as usize] = b;
-            st[(3 * tile + at) as usize] = c;
+            sm[(2 * tile + at) as usize] = b;
+            sm[(3 * tile + at) as usize] = c;
         }
         sync_cube();
         #[unroll]
         for d in 0..DC {
             #[unroll]
             for i in 0..2u32 {
-                let a = st[((ty * 2 + i) * (DC + 1) + d) as usize];
-                let g = st[(tile + (ty * 2 + i) * (DC + 1) + d) as usize];
+                let a = sm[((ty * 2 + i) * (DC + 1) + d) as usize];
+                let g = sm[(tile + (ty * 2 + i) * (DC + 1) + d) as usize];
                 #[unroll]
                 for j in 0..2u32 {
                     let c = (tx * 2 + j) * (DC + 1) + d;
-                    s[(i * 2 + j) as usize] += a * st[(2 * tile + c) as usize];
-                    dp[(i * 2 + j) as usize] += g * st[(3 * tile + c) as usize];
+                    s[(i * 2 + j) as usize] += a * sm[(2 * tile + c) as usize];
+                    dp[(i * 2 + j) as usize] += g * sm[(3 * tile + c) as usize];
                 }
             }
         }
@@ -161,11 +172,12 @@ fn p_ds(
             let c = tx * 2 + j;
             let mut p = 0.0f32;
             if c < nk && k0 + c <= q0 + r && q0 + r < q_end {
-                p = f32::exp(s[(i * 2 + j) as usize] * scale - rl[r as usize]);
+                p = f32::exp(s[(i * 2 + j) as usize] * scale - sm[(RL_AT + r) as usize]);
             }
             let at = r * (BLK + 1) + c;
-            pd[at as usize] = p;
-            pd[(plane + at) as usize] = p * (dp[(i * 2 + j) as usize] - rl[(BLK + r) as usize]);
+            sm[(PD_AT + at) as usize] = p;
+            sm[(PD_AT + plane + at) as usize] =
+                p * (dp[(i * 2 + j) as usize] - sm[(RL_AT + BLK + r) as usize]);
         }
     }
     sync_cube();
@@ -213,10 +225,7 @@ fn dkdv_kernel(
     let t = UNIT_POS;
     let ty = t / 16;
     let tx = t % 16;
-    let mut st = SharedMemory::<f32>::new(comptime![(4 * BLK * (DC + 1)) as usize]);
-    let mut pd = SharedMemory::<f32>::new(comptime![(2 * BLK * (BLK + 1)) as usize]);
-    let mut rl = SharedMemory::<f32>::new(comptime![(2 * BLK) as usize]);
-    let mut rs = SharedMemory::<f32>::new(comptime![(2 * RC) as usize]);
+    let mut sm = SharedMemory::<f32>::new(comptime![(RS_AT + 2 * RC) as usize]);
     let mut adk = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
     let mut adv = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
     #[unroll]
@@ -229,8 +238,8 @@ fn dkdv_kernel(
         let mut q0 = k0;
         while q0 < seq {
             p_ds(
-                q, k, v, d_o, lse, delta, &mut st, &mut pd, &mut rl, w0, q0, seq, k0, nk, h,
-                kv_col, heads, kc, scale, e,
+                q, k, v, d_o, lse, delta, &mut sm, w0, q0, seq, k0, nk, h, kv_col, heads, kc,
+                scale, e,
             );
             let mut nq = seq - q0;
             if nq > BLK {
@@ -250,8 +259,8 @@ fn dkdv_kernel(
                         a = d_o[at];
                         b = q[at];
                     }
-                    rs[i as usize] = a;
-                    rs[(RC + i) as usize] = b;
+                    sm[(RS_AT + i) as usize] = a;
+                    sm[(RS_AT + RC + i) as usize] = b;
                     i += 256;
                 }
                 sync_cube();
@@ -259,13 +268,13 @@ fn dkdv_kernel(
                     #[unroll]
                     for i in 0..2u32 {
                         let at = (r0 + x) * (BLK + 1) + ty * 2 + i;
-                        let p = pd[at as usize];
-                        let ds = pd[(plane + at) as usize];
+                        let p = sm[(PD_AT + at) as usize];
+                        let ds = sm[(PD_AT + plane + at) as usize];
                         #[unroll]
                         for j in 0..oc {
                             let c = x * ld + tx + 16 * j;
-                            adv[(i * oc + j) as usize] += p * rs[c as usize];
-                            adk[(i * oc + j) as usize] += ds * rs[(RC + c) as usize];
+                            adv[(i * oc + j) as usize] += p * sm[(RS_AT + c) as usize];
+                            adk[(i * oc + j) as usize] += ds * sm[(RS_AT + RC + c) as usize];
                         }
                     }
                 }
@@ -330,10 +339,7 @@ fn dq_kernel(
     let t = UNIT_POS;
     let ty = t / 16;
     let tx = t % 16;
-    let mut st = SharedMemory::<f32>::new(comptime![(4 * BLK * (DC + 1)) as usize]);
-    let mut pd = SharedMemory::<f32>::new(comptime![(2 * BLK * (BLK + 1)) as usize]);
-    let mut rl = SharedMemory::<f32>::new(comptime![(2 * BLK) as usize]);
-    let mut rs = SharedMemory::<f32>::new(comptime![RC as usize]);
+    let mut sm = SharedMemory::<f32>::new(comptime![(RS_AT + RC) as usize]);
     let mut acc = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
     #[unroll]
     for i in 0..comptime![2 * e.div_ceil(16)] {
@@ -346,8 +352,8 @@ fn dq_kernel(
             nk = BLK;
         }
         p_ds(
-            q, k, v, d_o, lse, delta, &mut st, &mut pd, &mut rl, w0, q0, q_end, k0, nk, h, kv_col,
-            heads, kc, scale, e,
+            q, k, v, d_o, lse, delta, &mut sm, w0, q0, q_end, k0, nk, h, kv_col, heads, kc, scale,
+            e,
         );
         let mut c0 = 0u32;
         while c0 < nk {
@@ -360,17 +366,18 @@ fn dq_kernel(
                 if c0 + r < nk && c < e {
                     a = k[((w0 + k0 + c0 + r) * kc + kv_col + c) as usize];
                 }
-                rs[i as usize] = a;
+                sm[(RS_AT + i) as usize] = a;
                 i += 256;
             }
             sync_cube();
             for x in 0..rr {
                 #[unroll]
                 for i in 0..2u32 {
-                    let ds = pd[(plane + (ty * 2 + i) * (BLK + 1) + c0 + x) as usize];
+                    let ds = sm[(PD_AT + plane + (ty * 2 + i) * (BLK + 1) + c0 + x) as usize];
                     #[unroll]
                     for j in 0..oc {
-                        acc[(i * oc + j) as usize] += ds * rs[(x * ld + tx + 16 * j) as usize];
+                        acc[(i * oc + j) as usize] +=
+                            ds * sm[(RS_AT + x * ld + tx + 16 * j) as usize];
                     }
                 }
             }

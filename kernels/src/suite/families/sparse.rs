@@ -414,7 +414,13 @@ fn make_pruned_weight(
     seed: u64,
 ) -> Result<(Matrix, Mask)> {
     let cpu = CpuBackend::new();
-    let mut w = formats::round_to_f16(&scaled(heavy_tailed(rows, cols, seed), 0.02));
+    let w = scaled(heavy_tailed(rows, cols, seed), 0.02);
+    // Zeros where only shapes are wanted, already exact in f16.
+    let mut w = if shapes_only() {
+        w
+    } else {
+        formats::round_to_f16(&w)
+    };
     let scored = |score: Score<'_, _>, sp: Sparsity, group: MaskGroup| -> Result<Mask> {
         let s = cpu.score(&cpu.upload(&w)?, score)?;
         cpu.select_mask(&s, MaskPattern::new(sp, group))

@@ -202,7 +202,11 @@ pub fn write_row_mask(
         let mut less = 0u32;
         let mut eq = 0u32;
         if wi < nwords {
-            for bit in 0..32u32 {
+            // Unit t starts at bit t mod 32: a row cached in shared memory is then read by
+            // the 32 units of a plane from 32 different banks at every step (from bit 0, all
+            // would read one bank: words of 32 keys are 32 floats apart).
+            for b in 0..32u32 {
+                let bit = (b + t) % 32;
                 let c = word * 32 + bit;
                 if c >= col0 && c < end {
                     let key = row_key(x, aux, grad, keys, base, c - col0, col0, src, cached);
