@@ -81,31 +81,82 @@ fn above_diagonal(o: vec2<u32>) -> bool {
     return (P.flags & F_LOWER) != 0u && o.x + TM - 1u < o.y;
 }
 
+// Staging: invocation t stages elements e = t + 256·l (l < 4) of each K step's A and B tiles,
+// (row, k) of A and (column, k) of B chosen so that consecutive invocations read consecutive
+// addresses in either layout.
+fn a_stage_index(e: u32) -> vec2<u32> {
+    if (P.a_trans != 0u) { return vec2<u32>(e % TM, e / TM); }
+    return vec2<u32>(e / TK, e % TK);
+}
+
+fn b_stage_index(e: u32) -> vec2<u32> {
+    if (P.b_trans != 0u) { return vec2<u32>(e / TK, e % TK); }
+    return vec2<u32>(e % TN, e / TN);
+}
+
+fn load_a(o: vec2<u32>, kt: u32, e: u32) -> f32 {
+    let at = a_stage_index(e);
+    let gi = o.x + at.x;
+    let gk = kt + at.y;
+    if (gi < P.m_hi && gk < P.k_hi) { return a_at(gi, gk); }
+    return 0.0;
+}
+
+fn load_b(o: vec2<u32>, kt: u32, e: u32) -> f32 {
+    let at = b_stage_index(e);
+    let gj = o.y + at.x;
+    let gk = kt + at.y;
+    if (gj < P.n_hi && gk < P.k_hi) { return b_at(gk, gj); }
+    return 0.0;
+}
+
+// One K step's staged values held in registers (a.x is element t, a.y t + 256, ...).
+struct Step {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn load_step(o: vec2<u32>, kt: u32, t: u32) -> Step {
+    return Step(
+        vec4<f32>(load_a(o, kt, t), load_a(o, kt, t + 256u), load_a(o, kt, t + 512u),
+                  load_a(o, kt, t + 768u)),
+        vec4<f32>(load_b(o, kt, t), load_b(o, kt, t + 256u), load_b(o, kt, t + 512u),
+                  load_b(o, kt, t + 768u)));
+}
+
+fn put_a(e: u32, v: f32) {
+    let at = a_stage_index(e);
+    As[at.y * AW + at.x / 4u][at.x % 4u] = v;
+}
+
+fn put_b(e: u32, v: f32) {
+    let at = b_stage_index(e);
+    Bs[at.y * BW + at.x / 4u][at.x % 4u] = v;
+}
+
+fn store_step(s: Step, t: u32) {
+    put_a(t, s.a.x);
+    put_a(t + 256u, s.a.y);
+    put_a(t + 512u, s.a.z);
+    put_a(t + 768u, s.a.w);
+    put_b(t, s.b.x);
+    put_b(t + 256u, s.b.y);
+    put_b(t + 512u, s.b.z);
+    put_b(t + 768u, s.b.w);
+}
+
+// Double-buffered through registers: the next K step's global loads are issued before this
+// step's FMAs, so their latency hides behind them, with one set of tiles in workgroup memory.
 fn mainloop(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
     var acc: array<f32, 16>;
     let t = lid.y * 16u + lid.x;
     var k0 = P.k_lo;
     if ((P.flags & F_B_LOWER) != 0u) { k0 = max(k0, o.y); }
+    var next = load_step(o, k0, t);
     for (var kt = k0; kt < P.k_hi; kt += TK) {
-        for (var l = 0u; l < 4u; l++) {
-            let e = t + l * 256u;
-            var mi: u32; var kk: u32;
-            // Consecutive threads read consecutive addresses in either layout.
-            if (P.a_trans != 0u) { kk = e / TM; mi = e % TM; } else { mi = e / TK; kk = e % TK; }
-            let gi = o.x + mi;
-            let gk = kt + kk;
-            var v = 0.0;
-            if (gi < P.m_hi && gk < P.k_hi) { v = a_at(gi, gk); }
-            As[kk * AW + mi / 4u][mi % 4u] = v;
-            var nj: u32;
-            if (P.b_trans != 0u) { nj = e / TK; kk = e % TK; } else { kk = e / TN; nj = e % TN; }
-            let gj = o.y + nj;
-            let gk2 = kt + kk;
-            var w = 0.0;
-            if (gj < P.n_hi && gk2 < P.k_hi) { w = b_at(gk2, gj); }
-            Bs[kk * BW + nj / 4u][nj % 4u] = w;
-        }
+        store_step(next, t);
         workgroupBarrier();
+        if (kt + TK < P.k_hi) { next = load_step(o, kt + TK, t); }
         for (var kk = 0u; kk < TK; kk++) {
             let av = As[kk * AW + lid.y];
             let bv = Bs[kk * BW + lid.x];

@@ -1,7 +1,8 @@
 //! The one tiled GEMM behind every GEMM-shaped part of the op set: C (op)= alpha·A·B with
 //! 64 or 128 square-or-oblong output tiles (comptime), 16-deep K steps staged in shared memory
-//! (8-16 KiB), 256 threads each holding a 4x4 to 8x8 block of accumulators in registers, and
-//! a comptime epilogue:
+//! as quads of 4 rows or columns (8-16 KiB, padded so that vector stores and loads are
+//! conflict-free), 256 threads each holding a 4x4 to 8x8 block of accumulators in registers,
+//! fed by one vector load from shared memory per 16 or 32 FMAs, and a comptime epilogue:
 //!
 //! - `EPI_STORE`: C = alpha·acc (+ beta·C) — Hessian, Cholesky panels and trailing updates,
 //!   triangular inverse, OBS lazy updates, and with beta = 1 the plain gradient sum of §11;
@@ -44,7 +45,7 @@ const B_LOWER: u32 = 16;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn gemm_kernel(
+fn gemm_kernel<N: Size>(
     a: &Array<f32>,
     b: &Array<f32>,
     c: &mut Array<f32>,
@@ -69,10 +70,20 @@ fn gemm_kernel(
     #[comptime] tm: u32,
     #[comptime] tn: u32,
 ) {
-    // 16 x 16 threads; each holds an rm x rn block of the tm x tn output tile, strided by 16
-    // so that shared-memory reads are broadcast (A) and conflict-free (B).
+    // 16 x 16 units; each holds an rm x rn block of the tm x tn output tile: rows
+    // 4·ty + 64·i' + (0..4) and columns 4·tx + 64·j' + (0..4), so that per depth step it reads
+    // its rows and columns from shared memory as rm/4 + rn/4 vectors of 4 (one per 16 FMAs at
+    // 4 x 4, one per 32 at 8 x 8), and neighbouring units store neighbouring columns.
     let rm = comptime![tm / 16];
     let rn = comptime![tn / 16];
+    let qa = comptime![tm / 4];
+    let qb = comptime![tn / 4];
+    // Depth steps of the staged tiles are padded by one quad: the vector stores of 8
+    // consecutive steps to one quad, and the vector loads of 8 consecutive quads of one step,
+    // fall in 8 different 16-byte bank groups. (An XOR swizzle does the same, but its
+    // addresses are not affine in the step: ptxas kept 8 of them per operand in registers.)
+    let pa = comptime![qa + 1];
+    let pb = comptime![qb + 1];
     let tx = UNIT_POS_X;
     let ty = UNIT_POS_Y;
     let t = ty * 16 + tx;
@@ -98,10 +109,9 @@ fn gemm_kernel(
         kb = k;
     }
 
-    // Rows of the staged tiles padded by one value: the 16 units that store one row of A (or of
-    // a transposed B) at consecutive k hit at most 2 per bank, not 16.
-    let mut sa = SharedMemory::<f32>::new(comptime![(BK * (tm + 1)) as usize]);
-    let mut sb = SharedMemory::<f32>::new(comptime![(BK * (tn + 1)) as usize]);
+    // The staged tiles, depth-major: per depth step, quads of 4 rows of A (4 columns of B).
+    let mut sa = SharedMemory::<Vector<f32, N>>::new(comptime![(BK * pa) as usize]);
+    let mut sb = SharedMemory::<Vector<f32, N>>::new(comptime![(BK * pb) as usize]);
     let mut acc = Array::<f32>::new(comptime![(rm * rn) as usize]);
     #[unroll]
     for q in 0..rm * rn {
@@ -109,66 +119,79 @@ fn gemm_kernel(
     }
 
     while kb < k {
+        // A: BK x qa quads, 1 or 2 per unit. Neighbouring units take neighbouring depth steps
+        // of a quad (A stored by rows) or neighbouring quads of a step (A transposed): either
+        // way a plane's loads are runs of consecutive addresses.
         #[unroll]
-        for l in 0..rm {
+        for l in 0..comptime![qa * BK / 256] {
             let idx = t + l * 256;
-            let mut ii = idx / BK;
+            let mut q = idx / BK;
             let mut kk = idx % BK;
             if comptime![flags & A_TRANS != 0] {
-                ii = idx % tm;
-                kk = idx / tm;
+                q = idx % qa;
+                kk = idx / qa;
             }
-            let gi = i0 + ii;
             let gk = kb + kk;
-            let mut v = 0.0f32;
-            if gi < m && gk < k {
-                if comptime![flags & A_TRANS != 0] {
-                    v = a[(a_off + gk * a_ld + gi) as usize];
-                } else {
-                    v = a[(a_off + gi * a_ld + gk) as usize];
+            let mut v = Vector::<f32, N>::empty();
+            #[unroll]
+            for e in 0..4u32 {
+                let gi = i0 + 4 * q + e;
+                let mut x = 0.0f32;
+                if gi < m && gk < k {
+                    if comptime![flags & A_TRANS != 0] {
+                        x = a[(a_off + gk * a_ld + gi) as usize];
+                    } else {
+                        x = a[(a_off + gi * a_ld + gk) as usize];
+                    }
                 }
+                v[e as usize] = x;
             }
-            sa[(kk * (tm + 1) + ii) as usize] = v;
+            sa[(kk * pa + q) as usize] = v;
         }
+        // B: BK x qb quads, the same way round (B stored by rows: neighbouring quads).
         #[unroll]
-        for l in 0..rn {
+        for l in 0..comptime![qb * BK / 256] {
             let idx = t + l * 256;
-            let mut jj = idx % tn;
-            let mut kk = idx / tn;
+            let mut q = idx % qb;
+            let mut kk = idx / qb;
             if comptime![flags & B_TRANS != 0] {
-                jj = idx / BK;
+                q = idx / BK;
                 kk = idx % BK;
             }
-            let gj = j0 + jj;
             let gk = kb + kk;
-            let mut v = 0.0f32;
-            if gj < n && gk < k {
-                if comptime![flags & B_TRANS != 0] {
-                    v = b[(b_off + gj * b_ld + gk) as usize];
-                } else {
-                    v = b[(b_off + gk * b_ld + gj) as usize];
+            let mut v = Vector::<f32, N>::empty();
+            #[unroll]
+            for e in 0..4u32 {
+                let gj = j0 + 4 * q + e;
+                let mut x = 0.0f32;
+                if gj < n && gk < k {
+                    if comptime![flags & B_TRANS != 0] {
+                        x = b[(b_off + gj * b_ld + gk) as usize];
+                    } else {
+                        x = b[(b_off + gk * b_ld + gj) as usize];
+                    }
                 }
+                v[e as usize] = x;
             }
-            sb[(kk * (tn + 1) + jj) as usize] = v;
+            sb[(kk * pb + q) as usize] = v;
         }
         sync_cube();
         #[unroll]
         for kk in 0..BK {
-            let mut ar = Array::<f32>::new(comptime![rm as usize]);
-            let mut br = Array::<f32>::new(comptime![rn as usize]);
             #[unroll]
-            for q in 0..rm {
-                ar[q as usize] = sa[(kk * (tm + 1) + ty + 16 * q) as usize];
-            }
-            #[unroll]
-            for q in 0..rn {
-                br[q as usize] = sb[(kk * (tn + 1) + tx + 16 * q) as usize];
-            }
-            #[unroll]
-            for ii in 0..rm {
+            for ia in 0..comptime![rm / 4] {
+                let av = sa[(kk * pa + ty + 16 * ia) as usize];
                 #[unroll]
-                for jj in 0..rn {
-                    acc[(ii * rn + jj) as usize] += ar[ii as usize] * br[jj as usize];
+                for jb in 0..comptime![rn / 4] {
+                    let bv = sb[(kk * pb + tx + 16 * jb) as usize];
+                    #[unroll]
+                    for e in 0..4u32 {
+                        #[unroll]
+                        for f in 0..4u32 {
+                            let at = (ia * 4 + e) * rn + jb * 4 + f;
+                            acc[at as usize] += av[e as usize] * bv[f as usize];
+                        }
+                    }
                 }
             }
         }
@@ -182,8 +205,8 @@ fn gemm_kernel(
         for ii in 0..rm {
             #[unroll]
             for jj in 0..rn {
-                let i = i0 + ty + 16 * ii;
-                let j = j0 + tx + 16 * jj;
+                let i = i0 + 64 * (ii / 4) + 4 * ty + ii % 4;
+                let j = j0 + 64 * (jj / 4) + 4 * tx + jj % 4;
                 let mut valid = i < m && j < n;
                 if comptime![flags & LOWER != 0] {
                     valid = valid && i as i32 + diag_shift >= j as i32;
@@ -304,6 +327,8 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
             &b.client,
             count,
             CubeDim::new_2d(16, 16),
+            // The vector size of the staged tiles' quads.
+            4,
             arg(g.a.h, g.a.len),
             arg(g.b.h, g.b.len),
             arg(g.c.h, g.c.len),
