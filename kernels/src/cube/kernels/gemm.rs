@@ -51,7 +51,7 @@ fn gemm_kernel<N: Size>(
     c: &mut Array<f32>,
     dot: &mut Array<f32>,
     m: u32,
-    n: u32,
+    ncols: u32,
     k: u32,
     a_off: u32,
     a_ld: u32,
@@ -164,7 +164,7 @@ fn gemm_kernel<N: Size>(
             for e in 0..4u32 {
                 let gj = j0 + 4 * q + e;
                 let mut x = 0.0f32;
-                if gj < n && gk < k {
+                if gj < ncols && gk < k {
                     if comptime![flags & B_TRANS != 0] {
                         x = b[(b_off + gj * b_ld + gk) as usize];
                     } else {
@@ -207,7 +207,7 @@ fn gemm_kernel<N: Size>(
             for jj in 0..rn {
                 let i = i0 + 64 * (ii / 4) + 4 * ty + ii % 4;
                 let j = j0 + 64 * (jj / 4) + 4 * tx + jj % 4;
-                let mut valid = i < m && j < n;
+                let mut valid = i < m && j < ncols;
                 if comptime![flags & LOWER != 0] {
                     valid = valid && i as i32 + diag_shift >= j as i32;
                 }
