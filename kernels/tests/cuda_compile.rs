@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use prunebench_kernels::cube::compile_only::{self, compile_all, Nvrtc, TARGETS};
 use prunebench_kernels::ops::Backend;
 use prunebench_kernels::suite::{run_once, small_cases, CaseInputs};
+use prunebench_kernels::{Mask, Matrix};
 
 fn nvrtc() -> Option<Nvrtc> {
     let required = std::env::var("PRUNEBENCH_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
@@ -112,4 +113,34 @@ fn a_broken_kernel_is_reported_with_the_nvrtc_log() {
         let r = nvrtc.compile(fine, t).unwrap();
         assert!(r.registers > 0 && r.spill_stores == 0, "{r:?}");
     }
+}
+
+/// The compile-only runtime runs no kernel, so only small buffers keep their bytes (the host
+/// reads back its own status words there); model-sized ones are neither copied in nor read
+/// out, and read back as zeros of their shape. No NVRTC needed.
+#[test]
+fn small_buffers_round_trip_and_large_ones_read_back_as_zeros() {
+    let b = compile_only::compile_only(&TARGETS[0]);
+    let small = Matrix::from_fn(7, 33, |r, c| (r * 33 + c) as f32 - 100.5);
+    assert_eq!(
+        b.download(&b.upload(&small).unwrap()).unwrap().data,
+        small.data
+    );
+    // 520 x 520 f32 is 1.08 MB, above the 1 MiB whose bytes are kept.
+    let large = Matrix::from_fn(520, 520, |r, c| 1.0 + (r + c) as f32);
+    let back = b.download(&b.upload(&large).unwrap()).unwrap();
+    assert_eq!((back.rows, back.cols), (520, 520));
+    assert!(back.data.iter().all(|&v| v == 0.0));
+    // Masks likewise: 3000 x 3000 bits is 1.1 MB.
+    let mut mask = Mask::empty(3000, 3000);
+    mask.set(2999, 2999, true);
+    let back = b.download_mask(&b.upload_mask(&mask).unwrap()).unwrap();
+    assert_eq!((back.rows, back.cols), (3000, 3000));
+    assert!(!back.get(2999, 2999));
+    let mut small_mask = Mask::empty(5, 70);
+    small_mask.set(4, 69, true);
+    let back = b
+        .download_mask(&b.upload_mask(&small_mask).unwrap())
+        .unwrap();
+    assert!(back.get(4, 69) && !back.get(0, 0));
 }
