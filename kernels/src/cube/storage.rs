@@ -278,9 +278,6 @@ impl<R: Runtime> CubeBackend<R> {
     }
 
     pub(crate) fn read_f32(&self, h: &Handle, len: usize) -> Result<Vec<f32>> {
-        if self.holds_no_data(len * 4) {
-            return Ok(vec![0.0; len]);
-        }
         Ok(self
             .read_u32(h, len)?
             .into_iter()

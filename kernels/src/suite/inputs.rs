@@ -144,11 +144,11 @@ pub(super) fn hessian_of(x: &Matrix, samples: usize) -> Result<Matrix> {
 
 /// Each entry pruned with probability 1/2.
 pub(super) fn random_mask(rows: usize, cols: usize, seed: u64) -> Mask {
-    let mut rng = Rng::new(seed);
     let mut m = Mask::empty(rows, cols);
     if shapes_only() {
         return m;
     }
+    let mut rng = Rng::new(seed);
     for r in 0..rows {
         for c in 0..cols {
             m.set(r, c, rng.uniform() < 0.5);

@@ -43,6 +43,57 @@ const READ_C: u32 = 4;
 const LOWER: u32 = 8;
 const B_LOWER: u32 = 16;
 
+/// One operand's K step into its staged tile at `base` of `s`: `quads` quads of 4 tile rows
+/// (A's rows or B's columns) per depth step, steps `pitch` vectors apart, zero past `rows` or
+/// `k`. Element
+/// (row r, depth d) lies at off + r·ld + d when `by_rows`, else at off + d·ld + r; neighbouring
+/// units take neighbouring depth steps of a quad in the first layout and neighbouring quads
+/// of a step in the second, so a plane's loads are runs of consecutive addresses either way.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage<N: Size>(
+    x: &Array<f32>,
+    s: &mut SharedMemory<Vector<f32, N>>,
+    #[comptime] base: u32,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    #[comptime] quads: u32,
+    #[comptime] pitch: u32,
+    #[comptime] by_rows: bool,
+) {
+    let t = UNIT_POS_Y * 16 + UNIT_POS_X;
+    #[unroll]
+    for l in 0..comptime![quads * BK / 256] {
+        let idx = t + l * 256;
+        let mut q = idx % quads;
+        let mut kk = idx / quads;
+        if comptime![by_rows] {
+            q = idx / BK;
+            kk = idx % BK;
+        }
+        let gk = kb + kk;
+        let mut v = Vector::<f32, N>::empty();
+        #[unroll]
+        for e in 0..4u32 {
+            let r = origin + 4 * q + e;
+            let mut val = 0.0f32;
+            if r < rows && gk < k {
+                if comptime![by_rows] {
+                    val = x[(off + r * ld + gk) as usize];
+                } else {
+                    val = x[(off + gk * ld + r) as usize];
+                }
+            }
+            v[e as usize] = val;
+        }
+        s[(base + kk * pitch + q) as usize] = v;
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_kernel<N: Size>(
@@ -84,6 +135,10 @@ fn gemm_kernel<N: Size>(
     // addresses are not affine in the step: ptxas kept 8 of them per operand in registers.)
     let pa = comptime![qa + 1];
     let pb = comptime![qb + 1];
+    // Whether the operand's element (row of the tile, depth) lies at off + row·ld + depth: A
+    // stored by rows, B transposed (its rows are C's columns).
+    let a_by_rows = comptime![flags & A_TRANS == 0];
+    let b_by_rows = comptime![flags & B_TRANS != 0];
     let tx = UNIT_POS_X;
     let ty = UNIT_POS_Y;
     let t = ty * 16 + tx;
@@ -109,9 +164,11 @@ fn gemm_kernel<N: Size>(
         kb = k;
     }
 
-    // The staged tiles, depth-major: per depth step, quads of 4 rows of A (4 columns of B).
-    let mut sa = SharedMemory::<Vector<f32, N>>::new(comptime![(BK * pa) as usize]);
-    let mut sb = SharedMemory::<Vector<f32, N>>::new(comptime![(BK * pb) as usize]);
+    // The staged tiles, depth-major: per depth step, quads of 4 rows of A (4 columns of B);
+    // B's from `sb`. One shared array at fixed offsets: CubeCL 0.10 places separate arrays in
+    // an order that varies from run to run, and ptxas's registers then varied by up to 18.
+    let sb = comptime![BK * pa];
+    let mut st = SharedMemory::<Vector<f32, N>>::new(comptime![(BK * (pa + pb)) as usize]);
     let mut acc = Array::<f32>::new(comptime![(rm * rn) as usize]);
     #[unroll]
     for q in 0..rm * rn {
@@ -119,71 +176,21 @@ fn gemm_kernel<N: Size>(
     }
 
     while kb < k {
-        // A: BK x qa quads, 1 or 2 per unit. Neighbouring units take neighbouring depth steps
-        // of a quad (A stored by rows) or neighbouring quads of a step (A transposed): either
-        // way a plane's loads are runs of consecutive addresses.
-        #[unroll]
-        for l in 0..comptime![qa * BK / 256] {
-            let idx = t + l * 256;
-            let mut q = idx / BK;
-            let mut kk = idx % BK;
-            if comptime![flags & A_TRANS != 0] {
-                q = idx % qa;
-                kk = idx / qa;
-            }
-            let gk = kb + kk;
-            let mut v = Vector::<f32, N>::empty();
-            #[unroll]
-            for e in 0..4u32 {
-                let gi = i0 + 4 * q + e;
-                let mut x = 0.0f32;
-                if gi < m && gk < k {
-                    if comptime![flags & A_TRANS != 0] {
-                        x = a[(a_off + gk * a_ld + gi) as usize];
-                    } else {
-                        x = a[(a_off + gi * a_ld + gk) as usize];
-                    }
-                }
-                v[e as usize] = x;
-            }
-            sa[(kk * pa + q) as usize] = v;
-        }
-        // B: BK x qb quads, the same way round (B stored by rows: neighbouring quads).
-        #[unroll]
-        for l in 0..comptime![qb * BK / 256] {
-            let idx = t + l * 256;
-            let mut q = idx % qb;
-            let mut kk = idx / qb;
-            if comptime![flags & B_TRANS != 0] {
-                q = idx / BK;
-                kk = idx % BK;
-            }
-            let gk = kb + kk;
-            let mut v = Vector::<f32, N>::empty();
-            #[unroll]
-            for e in 0..4u32 {
-                let gj = j0 + 4 * q + e;
-                let mut x = 0.0f32;
-                if gj < ncols && gk < k {
-                    if comptime![flags & B_TRANS != 0] {
-                        x = b[(b_off + gj * b_ld + gk) as usize];
-                    } else {
-                        x = b[(b_off + gk * b_ld + gj) as usize];
-                    }
-                }
-                v[e as usize] = x;
-            }
-            sb[(kk * pb + q) as usize] = v;
-        }
+        stage::<N>(
+            a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows,
+        );
+        stage::<N>(
+            b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows,
+        );
         sync_cube();
         #[unroll]
         for kk in 0..BK {
             #[unroll]
             for ia in 0..comptime![rm / 4] {
-                let av = sa[(kk * pa + ty + 16 * ia) as usize];
+                let av = st[(kk * pa + ty + 16 * ia) as usize];
                 #[unroll]
                 for jb in 0..comptime![rn / 4] {
-                    let bv = sb[(kk * pb + tx + 16 * jb) as usize];
+                    let bv = st[(sb + kk * pb + tx + 16 * jb) as usize];
                     #[unroll]
                     for e in 0..4u32 {
                         #[unroll]
