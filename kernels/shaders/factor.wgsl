@@ -2,14 +2,14 @@
 // with J the index reversal, the lower Cholesky factor L of A = J (H + λI) J gives
 // H + λI = R Rᵀ with R = J L J upper, so (H + λI)⁻¹ = R⁻ᵀ R⁻¹ and the upper Cholesky factor
 // of the inverse is U = R⁻¹ = J L⁻¹ J (Cholesky factors with a positive diagonal are unique,
-// so this is the U of the three-step recipe, at half its flops). Steps, all in one buffer:
+// so this is the U of the three-step recipe, at half its flops). Steps, all in one buffer
+// (their order and pieces are planned once for both backends, plan/factor.rs):
 //   diag_extract/nonfinite_scan/damp_stats: dead columns, λ = percdamp·mean(diag);
 //   copy_in: A = J (H + λI) J from H's lower triangle (a transposing tile copy);
-//   per 64-column block: chol_diag (the block, one workgroup, in workgroup memory),
-//   chol_panel (L21 = A21 L11⁻ᵀ, a thread per row), and a SYRK (gemm.wgsl) on the rest of
-//   its outer block of up to 256 columns; per outer block, one SYRK of depth 256 on the whole
-//   trailing matrix (so the trailing matrix is read and written n/256 times, not n/64);
-//   per 64-row block: trinv_diag (L_ii⁻¹) and two GEMMs for the block row of L⁻¹;
+//   per 64-column block: chol_diag (the block factored and inverted by one workgroup in
+//   workgroup memory), then on gemm.wgsl the panel L21 = A21·L_kk⁻ᵀ and the SYRKs (depth 64
+//   inside an outer block of 256 columns, depth 256 on the trailing matrix);
+//   the inverse L⁻¹ by doubling on gemm.wgsl: log2(n/64) levels of two batched products;
 //   reverse_out: U = J L⁻¹ J, an in-place swap of mirrored entries.
 // A non-positive or non-finite pivot stops the factorisation and is reported through `stat`
 // (the host turns it into an error), so no NaN ever leaves.
@@ -21,16 +21,13 @@ struct Params {
     a_base: u32,      // logical origin of A in the a binding (index of A(0,0))
     a2_base: u32,
     h_base: u32,
-    k0: u32,          // block start (chol_diag, chol_panel, trinv_diag)
+    k0: u32,          // chol_diag: block start
     nb: u32,          // block width (<= 64)
     lo: u32,          // copy_in: A rows [lo, hi) x columns [clo, chi); reverse_out: rows [lo, hi)
     hi: u32,
     clo: u32,
     chi: u32,
     percdamp: f32,
-    plo: u32,         // chol_panel: panel row p holds A row plo + p ...
-    pld: u32,         // ... with this stride ...
-    pcol: u32,        // ... and the block's columns from this panel column on
     keep_dead: u32,   // 1: zero diagonal entries stay (a plain damped solve), 0: they become 1
 }
 
@@ -39,11 +36,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> a2: array<f32>;
 @group(0) @binding(3) var<storage, read> h: array<f32>;
 @group(0) @binding(4) var<storage, read_write> small: array<f32>;  // 64 x 64 block
-@group(0) @binding(5) var<storage, read_write> panel: array<f32>;  // L21 of an outer block
-@group(0) @binding(6) var<storage, read_write> dvec: array<f32>;   // H's diagonal, n
+@group(0) @binding(5) var<storage, read_write> dvec: array<f32>;   // H's diagonal, n
 // [0] failed pivot column + 1, [1] first non-finite linear index of H (or 0xffffffff),
 // [2] λ as f32 bits, [3] mean(diag) as f32 bits, [4..4+n) dead-column flags.
-@group(0) @binding(7) var<storage, read_write> stat: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> stat: array<atomic<u32>>;
 
 const NB: u32 = 64u;
 
@@ -152,7 +148,8 @@ fn load_diag_block(t: u32, threads: u32) {
 }
 
 // Cholesky of the diagonal block [k0, k0+nb) in workgroup memory (right-looking, a column at
-// a time); the factor goes back to A and to `small` for the panel solve.
+// a time), then its inverse in place (a row at a time): L_kk⁻¹, zero above its diagonal, goes
+// back to A (it is the diagonal block of L⁻¹) and to `small` for the panel product.
 @compute @workgroup_size(256, 1, 1)
 fn chol_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
@@ -188,59 +185,26 @@ fn chol_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
         }
         workgroupBarrier();
     }
+    // X = L⁻¹ in place, row by row: X_jj = 1/L_jj first, then for i < j
+    // X_ji = −X_jj Σ_{i<=k<j} L_jk X_ki, the sums parked in the free upper triangle at (i, j).
+    if (t < nb) { L[t * NB + t] = 1.0 / L[t * NB + t]; }
+    workgroupBarrier();
+    for (var j = 1u; j < nb; j++) {
+        if (t < j) {
+            var s = 0.0;
+            for (var k = t; k < j; k++) { s = fma(L[j * NB + k], L[k * NB + t], s); }
+            L[t * NB + j] = s;
+        }
+        workgroupBarrier();
+        if (t < j) { L[j * NB + t] = -L[j * NB + j] * L[t * NB + j]; }
+        workgroupBarrier();
+    }
     for (var e = t; e < NB * NB; e += 256u) {
         let i = e / NB;
         let j = e % NB;
-        small[e] = L[e];
-        if (i < nb && j < nb) { a[P.a_base + (k0 + i) * P.n + k0 + j] = L[e]; }
-    }
-}
-
-// L21 = A21 · L11⁻ᵀ for this window's rows below the block: one thread per row, a forward
-// solve against `small`; the result goes to A and to the outer block's `panel` for the SYRKs.
-@compute @workgroup_size(64, 1, 1)
-fn chol_panel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = gid.y * nwg.x * 64u + gid.x;
-    if (r >= P.rows) { return; }
-    let i = P.row0 + r;
-    var x: array<f32, 64>;
-    for (var j = 0u; j < P.nb; j++) {
-        var s = a[P.a_base + i * P.n + P.k0 + j];
-        for (var q = 0u; q < j; q++) { s -= x[q] * small[j * NB + q]; }
-        x[j] = s / small[j * NB + j];
-    }
-    for (var j = 0u; j < P.nb; j++) {
-        a[P.a_base + i * P.n + P.k0 + j] = x[j];
-        panel[(i - P.plo) * P.pld + P.pcol + j] = x[j];
-    }
-}
-
-// L_ii⁻¹ of the diagonal block [k0, k0+nb): thread j solves column j; to A and `small`.
-@compute @workgroup_size(64, 1, 1)
-fn trinv_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = lid.x;
-    let nb = P.nb;
-    let k0 = P.k0;
-    load_diag_block(t, 64u);
-    workgroupBarrier();
-    let j = t;
-    var x: array<f32, 64>;
-    if (j < nb) {
-        x[j] = 1.0 / L[j * NB + j];
-        for (var i = j + 1u; i < nb; i++) {
-            var s = 0.0;
-            for (var p = j; p < i; p++) { s = fma(L[i * NB + p], x[p], s); }
-            x[i] = -s / L[i * NB + i];
-        }
-    }
-    workgroupBarrier();
-    if (j < nb) {
-        for (var i = 0u; i < nb; i++) {
-            var v = 0.0;
-            if (i >= j) { v = x[i]; }
-            small[i * NB + j] = v;
-            a[P.a_base + (k0 + i) * P.n + k0 + j] = v;
-        }
+        let v = select(0.0, L[e], j <= i);
+        small[e] = v;
+        if (i < nb && j < nb) { a[P.a_base + (k0 + i) * P.n + k0 + j] = v; }
     }
 }
 

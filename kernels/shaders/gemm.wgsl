@@ -27,6 +27,7 @@ struct Params {
     s: f32,                    // LoRA scale s
     gscale: f32,               // LoRA gradient scale s * norm
     pld: u32,                  // row/column partials: stride between partial rows
+    za: u32, zb: u32, zc: u32, // gemm_update: element strides between the products of a batch
 }
 
 const F_LOWER: u32 = 1u;       // only C(i,j) with i >= j (SYRK); tiles above the diagonal exit
@@ -37,6 +38,8 @@ const F_L1: u32 = 16u;         // gradient epilogue: |g| instead of g^2
 const F_DELTA: u32 = 32u;      // gemm_delta: also write alpha * A(i,j) into c2
 const F_FINAL: u32 = 64u;      // the last dispatch of a split reduction applies the epilogue
 const F_P_MASK: u32 = 128u;    // aux holds mask words (P = kept flag), else W_p's values
+const F_A_LOWER: u32 = 1024u;  // A(i,k) == 0 for k > i (lower triangular A): stop at the tile's rows
+const F_C_TRANS: u32 = 2048u;  // gemm_update: C(i,j) is stored at c_base + j*ldc + i
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -60,17 +63,21 @@ const BW: u32 = TN / 4u + 1u;
 var<workgroup> As: array<vec4<f32>, 272>;
 var<workgroup> Bs: array<vec4<f32>, 272>;
 
+// The batch member's offsets (element strides times workgroup_id.z): set by gemm_update,
+// zero in every other entry.
+var<private> zoff: vec3<u32>;
+
 fn a_at(i: u32, k: u32) -> f32 {
     var off: u32;
     if (P.a_trans != 0u) { off = k * P.lda + i; } else { off = i * P.lda + k; }
-    var v = a[P.a_base + off];
+    var v = a[P.a_base + zoff.x + off];
     if ((P.flags & F_A_MINUS_P) != 0u) { v = v - a2[P.p_base + off]; }
     return v;
 }
 
 fn b_at(k: u32, j: u32) -> f32 {
-    if (P.b_trans != 0u) { return b[P.b_base + j * P.ldb + k]; }
-    return b[P.b_base + k * P.ldb + j];
+    if (P.b_trans != 0u) { return b[P.b_base + zoff.y + j * P.ldb + k]; }
+    return b[P.b_base + zoff.y + k * P.ldb + j];
 }
 
 fn tile_origin(wid: vec3<u32>) -> vec2<u32> {
@@ -98,7 +105,10 @@ fn load_a(o: vec2<u32>, kt: u32, e: u32) -> f32 {
     let at = a_stage_index(e);
     let gi = o.x + at.x;
     let gk = kt + at.y;
-    if (gi < P.m_hi && gk < P.k_hi) { return a_at(gi, gk); }
+    // A triangular operand's other triangle may hold anything (the triangular inverse keeps
+    // its products there): it is read as the zero it stands for.
+    let tri = (P.flags & F_A_LOWER) != 0u && gk > gi;
+    if (gi < P.m_hi && gk < P.k_hi && !tri) { return a_at(gi, gk); }
     return 0.0;
 }
 
@@ -106,7 +116,8 @@ fn load_b(o: vec2<u32>, kt: u32, e: u32) -> f32 {
     let at = b_stage_index(e);
     let gj = o.y + at.x;
     let gk = kt + at.y;
-    if (gj < P.n_hi && gk < P.k_hi) { return b_at(gk, gj); }
+    let tri = (P.flags & F_B_LOWER) != 0u && gk < gj;
+    if (gj < P.n_hi && gk < P.k_hi && !tri) { return b_at(gk, gj); }
     return 0.0;
 }
 
@@ -152,11 +163,13 @@ fn mainloop(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
     let t = lid.y * 16u + lid.x;
     var k0 = P.k_lo;
     if ((P.flags & F_B_LOWER) != 0u) { k0 = max(k0, o.y); }
+    var k1 = P.k_hi;
+    if ((P.flags & F_A_LOWER) != 0u) { k1 = min(k1, o.x + TM); }
     var next = load_step(o, k0, t);
-    for (var kt = k0; kt < P.k_hi; kt += TK) {
+    for (var kt = k0; kt < k1; kt += TK) {
         store_step(next, t);
         workgroupBarrier();
-        if (kt + TK < P.k_hi) { next = load_step(o, kt + TK, t); }
+        if (kt + TK < k1) { next = load_step(o, kt + TK, t); }
         for (var kk = 0u; kk < TK; kk++) {
             let av = As[kk * AW + lid.y];
             let bv = Bs[kk * BW + lid.x];
@@ -173,9 +186,11 @@ fn mainloop(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
 }
 
 // C = alpha*AB + beta*C (C is not read when beta == 0, so it may hold anything), optionally
-// lower triangle only and mirrored into C(j,i).
+// lower triangle only and mirrored into C(j,i), or stored transposed; workgroup_id.z picks
+// the product of a batch (za, zb, zc apart).
 @compute @workgroup_size(16, 16, 1)
 fn gemm_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    zoff = wid.z * vec3<u32>(P.za, P.zb, P.zc);
     let o = tile_origin(wid);
     if (above_diagonal(o)) { return; }
     let acc = mainloop(o, lid);
@@ -185,7 +200,8 @@ fn gemm_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             let j = o.y + lid.x * 4u + q;
             if (i >= P.m_hi || j >= P.n_hi) { continue; }
             if ((P.flags & F_LOWER) != 0u && i < j) { continue; }
-            let ci = P.c_base + i * P.ldc + j;
+            var ci = P.c_base + zoff.z + i * P.ldc + j;
+            if ((P.flags & F_C_TRANS) != 0u) { ci = P.c_base + zoff.z + j * P.ldc + i; }
             var v = P.alpha * acc[r * 4u + q];
             if (P.beta != 0.0) { v = P.beta * c[ci] + v; }
             c[ci] = v;

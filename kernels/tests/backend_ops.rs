@@ -72,7 +72,7 @@ const REFIT: &[&str] = &[
 
 fn small_cases_split_across_bindings<B: TestBackend>() {
     // 128 KiB: H, U (200 x 200 is 160 KB) and the OBS weights' factor come in several
-    // bindings; the factor's outer blocks shrink to one 64-column block.
+    // bindings; the factor's last doubling step straddles two of them.
     let b = B::plain().with_limit(128 << 10);
     assert!(b.is_split(200, 200));
     run_cases(&b, &small_cases());

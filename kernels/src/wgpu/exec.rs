@@ -15,6 +15,10 @@ use super::timing::Timing;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
     Gemm,
+    /// gemm.wgsl with A and B bound read-write: for products whose operands and output are
+    /// disjoint blocks of one buffer (the triangular inverse), which WebGPU does not let one
+    /// dispatch bind both read-only and read-write.
+    GemmInPlace,
     Stats,
     Grad,
     Score,
@@ -48,8 +52,9 @@ pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 22] = [
+    pub const ALL: [Module; 23] = [
         Module::Gemm,
+        Module::GemmInPlace,
         Module::Stats,
         Module::Grad,
         Module::Score,
@@ -76,6 +81,7 @@ impl Module {
     pub fn name(self) -> &'static str {
         match self {
             Module::Gemm => "gemm",
+            Module::GemmInPlace => "gemm_in_place",
             Module::Stats => "stats",
             Module::Grad => "grad",
             Module::Score => "score",
@@ -96,6 +102,7 @@ impl Module {
     pub fn source(self) -> &'static str {
         match self {
             Module::Gemm => include_str!("../../shaders/gemm.wgsl"),
+            Module::GemmInPlace => gemm_in_place_source(),
             Module::Stats => include_str!("../../shaders/stats.wgsl"),
             Module::Grad => include_str!("../../shaders/grad.wgsl"),
             Module::Score => include_str!("../../shaders/score.wgsl"),
@@ -118,11 +125,12 @@ impl Module {
     pub fn storage(self) -> &'static [bool] {
         match self {
             Module::Gemm => &[true, true, true, false, false, false, true],
+            Module::GemmInPlace => &[false, true, false, false, false, false, true],
             Module::Stats => &[true, false, false],
             Module::Grad => &[false, true],
             Module::Score => &[false, true, true, false, true],
             Module::Select => &[false, true, true, false, false, false, false],
-            Module::Factor => &[false, false, true, false, false, false, false],
+            Module::Factor => &[false, false, true, false, false, false],
             Module::Obs => &[false, true, false, false, false, true, true],
             Module::Probe => &[false, true],
             Module::SparsePack => &[true, true, false, false, false, false, false],
@@ -134,6 +142,25 @@ impl Module {
             Module::AttentionBackward(_) => &[true, true, true, true, true, false, false, false],
         }
     }
+}
+
+/// gemm.wgsl with its A and B bindings read-write (see [`Module::GemmInPlace`]).
+fn gemm_in_place_source() -> &'static str {
+    const SRC: &str = include_str!("../../shaders/gemm.wgsl");
+    static VARIANT: OnceLock<String> = OnceLock::new();
+    VARIANT.get_or_init(|| {
+        let mut s = SRC.to_string();
+        for name in ["a", "b"] {
+            let line = format!("var<storage, read> {name}: array<f32>;");
+            assert!(s.contains(&line), "gemm.wgsl declares `{line}`");
+            s = s.replacen(
+                &line,
+                &format!("var<storage, read_write> {name}: array<f32>;"),
+                1,
+            );
+        }
+        s
+    })
 }
 
 /// sparse_matmul.wgsl with its token block `TB` set to `tokens`: a constant rather than a

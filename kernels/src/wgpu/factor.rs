@@ -8,15 +8,10 @@ use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvFactor};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
-use super::gemm::{Gemm, Operand, F_B_LOWER, F_LOWER};
+use super::gemm::{Batched, Gemm, Operand, F_A_LOWER, F_B_LOWER, F_C_TRANS, F_LOWER};
 use super::mem::WgpuTensor;
-
-/// The Cholesky block width (factor.wgsl's NB): a 64x64 f32 block is 16 KiB of workgroup
-/// memory.
-const NB: usize = 64;
-/// The outer block: updates of the columns right of it are deferred and applied as one SYRK
-/// of this depth, which a GPU runs near its arithmetic peak (depth 64 is memory-bound).
-const OUTER: usize = 256;
+use crate::plan::factor::{cholesky_steps, inverse_levels, CholStep, PairRun, NB};
+use crate::plan::{GemmPiece, Slabs};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
@@ -34,15 +29,11 @@ pub(crate) struct CholParams {
     clo: u32,
     chi: u32,
     percdamp: f32,
-    plo: u32,
-    pld: u32,
-    pcol: u32,
     keep_dead: u32,
 }
 
 struct Bufs<'a> {
     small: Win<'a>,
-    panel: Win<'a>,
     dvec: Win<'a>,
     stat: Win<'a>,
 }
@@ -53,7 +44,7 @@ impl Bufs<'_> {
         a: Option<Win<'a>>,
         a2: Option<Win<'a>>,
         h: Option<Win<'a>>,
-    ) -> [Slot<'a>; 7]
+    ) -> [Slot<'a>; 6]
     where
         Self: 'a,
     {
@@ -62,7 +53,6 @@ impl Bufs<'_> {
             Slot::from(a2),
             Slot::from(h),
             Slot::Win(self.small),
-            Slot::Win(self.panel),
             Slot::Win(self.dvec),
             Slot::Win(self.stat),
         ]
@@ -157,7 +147,6 @@ impl Ctx {
                     Slot::Unused,
                     Slot::Win(hw),
                     Slot::Unused,
-                    Slot::Unused,
                     Slot::Win(dw),
                     Slot::Unused,
                 ],
@@ -212,31 +201,29 @@ impl Ctx {
         let n = h.cols;
         let u = self.tensor("inverse-Hessian factor", n, n)?;
         let small = self.scratch("Cholesky block", NB * NB)?;
-        // The outer block narrows (down to one block) if its panel would not fit a binding.
-        let outer = (OUTER.min(self.rows_fitting(n) / NB * NB)).max(NB);
-        let panel_len = n * outer;
-        let panel = self.scratch("Cholesky panel", panel_len)?;
         let dvec = self.scratch("Hessian diagonal", n)?;
-        let temp = self.scratch("inverse block row", NB * n)?;
         let mut header = vec![0u32; 4 + n];
         header[1] = u32::MAX;
         let stat = self.upload_words("factor status", &header)?;
         {
+            // Windows are whole 64-row blocks, so a diagonal block never straddles two.
+            let slabs = Slabs::new(n, n, self.binding_room(), NB, usize::MAX)?;
             let pass = FactorPass {
                 ctx: self,
                 h,
                 u: &u,
                 bufs: Bufs {
                     small: self.whole(&small, NB * NB)?,
-                    panel: self.whole(&panel, panel_len)?,
                     dvec: self.whole(&dvec, n)?,
                     stat: self.whole(&stat, 4 + n)?,
                 },
-                temp: self.whole(&temp, NB * n)?,
-                // Windows are whole 64-row blocks, so a diagonal block never straddles two.
-                slabs: self.row_slabs(n, n, NB, usize::MAX)?,
+                wins: slabs
+                    .bounds()
+                    .iter()
+                    .map(|&(r0, r1)| self.rows_win(&u.buf, n, r0, r1))
+                    .collect::<Result<_>>()?,
+                slabs,
                 maxg: self.max_groups(),
-                outer,
                 n,
                 base: CholParams {
                     n: n as u32,
@@ -262,12 +249,10 @@ struct FactorPass<'a> {
     /// A = J (H + λI) J, factored and inverted in place, then U.
     u: &'a WgpuTensor,
     bufs: Bufs<'a>,
-    /// A 64-row block row of L⁻¹ under construction.
-    temp: Win<'a>,
-    slabs: Vec<(usize, usize)>,
+    /// The factor's rows cut into windows of whole 64-row blocks, and a window per slab.
+    slabs: Slabs,
+    wins: Vec<Win<'a>>,
     maxg: u32,
-    /// Columns of an outer block of the Cholesky (a multiple of NB).
-    outer: usize,
     n: usize,
     base: CholParams,
 }
@@ -278,7 +263,7 @@ impl<'a> FactorPass<'a> {
         b: &mut Batch<'_>,
         entry: &'static str,
         p: &CholParams,
-        slots: [Slot<'_>; 7],
+        slots: [Slot<'_>; 6],
         g: [u32; 3],
     ) -> Result<()> {
         b.dispatch(Module::Factor, entry, bytemuck::bytes_of(p), &slots, g)
@@ -287,7 +272,7 @@ impl<'a> FactorPass<'a> {
     /// Dead columns, λ, non-finite entries.
     fn scan(&self, b: &mut Batch<'_>) -> Result<()> {
         let n = self.n;
-        for &(r0, r1) in &self.slabs {
+        for (r0, r1) in self.slabs.bounds() {
             let hw = self.ctx.rows_win(&self.h.buf, n, r0, r1)?;
             let p = CholParams {
                 rows: (r1 - r0) as u32,
@@ -326,9 +311,9 @@ impl<'a> FactorPass<'a> {
         let n = self.n;
         // A = J (H + λI) J, lower triangle, from H's lower triangle: A rows [p0, p1) read H
         // rows n-1-y for the columns y whose mirror row lies in the H window [q0, q1).
-        for &(p0, p1) in &self.slabs {
+        for (p0, p1) in self.slabs.bounds() {
             let aw = self.ctx.rows_win(&self.u.buf, n, p0, p1)?;
-            for &(q0, q1) in &self.slabs {
+            for (q0, q1) in self.slabs.bounds() {
                 let (y0, y1) = (n - q1, n - q0);
                 let hw = self.ctx.rows_win(&self.h.buf, n, q0, q1)?;
                 let p = CholParams {
@@ -357,163 +342,149 @@ impl<'a> FactorPass<'a> {
         Ok(())
     }
 
-    /// A(c0 + i, c0 + j) −= Σ_k P(c0 + i, k) P(c0 + j, k) for j below `cols_to − c0`, lower
-    /// triangle: the panel's update of the trailing rows from c0.
-    fn syrk(
-        &self,
-        b: &mut Batch<'_>,
-        c0: usize,
-        cols_to: usize,
-        pcol: usize,
-        depth: usize,
-        o0: usize,
-    ) -> Result<()> {
-        let (n, outer) = (self.n, self.outer);
-        for &s in &self.slabs {
-            let Some((r0, r1)) = intersect(s, (c0, n)) else {
-                continue;
-            };
-            let aw = self.ctx.rows_win(&self.u.buf, n, r0, r1)?;
-            let panel_op = Operand::new(self.bufs.panel, ((c0 - o0) * outer + pcol) as u64, outer);
-            let mut g = Gemm::new(
-                "gemm_update",
-                (r0 - c0, r1 - c0),
-                (0, (r1 - c0).min(cols_to - c0)),
-                (0, depth),
-                panel_op,
-                panel_op.t(),
-            )
-            .named(if depth > NB {
-                "chol_outer_syrk"
-            } else {
-                "chol_inner_syrk"
-            });
-            g.c = Some(Operand::new(aw, (c0 * n + c0) as u64, n));
-            g.flags = F_LOWER;
-            g.alpha = -1.0;
-            g.beta = 1.0;
-            g.record(b)?;
-        }
-        Ok(())
+    /// The window of the slab holding row `r`.
+    fn win_of(&self, r: usize) -> Win<'a> {
+        self.wins[self.slabs.locate(r).0]
     }
 
-    /// Blocked right-looking Cholesky of A in place, in outer blocks [o0, o1) of 64-column
-    /// blocks: updates inside the outer block are applied at once, those right of it once per
-    /// outer block from its panel (rows from o0, stride `outer`).
+    /// An operand of a block product: stored rows from `row0` (the piece's first stored row
+    /// is `row0 + first`), element (0, 0) at `origin`, leading dimension n.
+    fn block(&self, row0: usize, first: usize, origin: usize) -> Operand<'a> {
+        Operand::new(self.win_of(row0 + first), origin as u64, self.n)
+    }
+
+    /// One block product's piece over the factor's buffer (operands and output disjoint
+    /// blocks of it, so A and B are bound read-write).
+    fn record_piece(&self, b: &mut Batch<'_>, g: Gemm<'_>) -> Result<()> {
+        let mut g = g;
+        g.in_place = true;
+        g.record(b)
+    }
+
     fn cholesky(&self, b: &mut Batch<'_>) -> Result<()> {
         let n = self.n;
-        for o0 in (0..n).step_by(self.outer) {
-            let o1 = (o0 + self.outer).min(n);
-            for k0 in (o0..o1).step_by(NB) {
-                let k1 = (k0 + NB).min(n);
-                let dw = self.ctx.rows_win(&self.u.buf, n, k0, k1)?;
-                let p = CholParams {
-                    a_base: dw.base(0),
-                    k0: k0 as u32,
-                    nb: (k1 - k0) as u32,
-                    plo: o0 as u32,
-                    pld: self.outer as u32,
-                    pcol: (k0 - o0) as u32,
-                    ..self.base
-                };
-                self.dispatch(
-                    b,
-                    "chol_diag",
-                    &p,
-                    self.bufs.slots(Some(dw), None, None),
-                    [1, 1, 1],
-                )?;
-                if k1 == n {
-                    break;
-                }
-                for &s in &self.slabs {
-                    let Some((r0, r1)) = intersect(s, (k1, n)) else {
-                        continue;
-                    };
-                    let aw = self.ctx.rows_win(&self.u.buf, n, r0, r1)?;
-                    let pp = CholParams {
-                        rows: (r1 - r0) as u32,
-                        row0: r0 as u32,
-                        a_base: aw.base(0),
-                        ..p
+        for step in cholesky_steps(n, &self.slabs) {
+            match step {
+                CholStep::Diag { k0, w } => {
+                    let dw = self.ctx.rows_win(&self.u.buf, n, k0, k0 + w)?;
+                    let p = CholParams {
+                        a_base: dw.base(0),
+                        k0: k0 as u32,
+                        nb: w as u32,
+                        ..self.base
                     };
                     self.dispatch(
                         b,
-                        "chol_panel",
-                        &pp,
-                        self.bufs.slots(Some(aw), None, None),
-                        grid((r1 - r0).div_ceil(64) as u64, self.maxg),
+                        "chol_diag",
+                        &p,
+                        self.bufs.slots(Some(dw), None, None),
+                        [1, 1, 1],
                     )?;
                 }
-                if k1 < o1 {
-                    self.syrk(b, k1, o1, k0 - o0, k1 - k0, o0)?;
+                CholStep::Panel { k0, w, pieces } => {
+                    // A21 = A21·L_kk⁻ᵀ: B(k, j) = small(j, k).
+                    let r1 = k0 + w;
+                    for pc in pieces {
+                        let at = self.block(r1, pc.m.0, r1 * n + k0);
+                        let mut g = Gemm::new(
+                            "gemm_update",
+                            pc.m,
+                            pc.n,
+                            pc.k,
+                            at,
+                            Operand::new(self.bufs.small, 0, NB).t(),
+                        )
+                        .named("chol_panel_gemm");
+                        g.c = Some(at);
+                        self.record_piece(b, g)?;
+                    }
                 }
-            }
-            if o1 < n {
-                self.syrk(b, o1, n, 0, o1 - o0, o0)?;
+                CholStep::Syrk {
+                    c0,
+                    d0,
+                    depth,
+                    pieces,
+                    ..
+                } => {
+                    for pc in pieces {
+                        let mut g = Gemm::new(
+                            "gemm_update",
+                            pc.m,
+                            pc.n,
+                            pc.k,
+                            self.block(c0, pc.m.0, c0 * n + d0),
+                            self.block(c0, pc.n.0, c0 * n + d0).t(),
+                        )
+                        .named(if depth > NB {
+                            "chol_outer_syrk"
+                        } else {
+                            "chol_inner_syrk"
+                        });
+                        g.c = Some(self.block(c0, pc.m.0, c0 * n + c0));
+                        g.flags = F_LOWER;
+                        g.alpha = -1.0;
+                        g.beta = 1.0;
+                        self.record_piece(b, g)?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// M = L⁻¹ in place, a block row at a time.
+    /// X = L⁻¹ in place by doubling; the diagonal blocks are already inverted (chol_diag).
     fn invert(&self, b: &mut Batch<'_>) -> Result<()> {
+        for runs in inverse_levels(self.n, &self.slabs) {
+            for run in &runs {
+                self.pair_products(b, run)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// T = L21·X11 kept transposed in the pair's upper block, then X21 = −X22·T, for the
+    /// run's pairs at once.
+    fn pair_products(&self, b: &mut Batch<'_>, run: &PairRun) -> Result<()> {
         let n = self.n;
-        // M = L⁻¹ in place, a block row at a time: M_ii = L_ii⁻¹, then
-        // M[i, :i] = -M_ii (L[i, :i] M[:i, :i]).
-        for i0 in (0..n).step_by(NB) {
-            let i1 = (i0 + NB).min(n);
-            let rw = self.ctx.rows_win(&self.u.buf, n, i0, i1)?;
-            let p = CholParams {
-                a_base: rw.base(0),
-                k0: i0 as u32,
-                nb: (i1 - i0) as u32,
-                ..self.base
-            };
-            self.dispatch(
-                b,
-                "trinv_diag",
-                &p,
-                self.bufs.slots(Some(rw), None, None),
-                [1, 1, 1],
-            )?;
-            if i0 == 0 {
-                continue;
-            }
-            let mut first = true;
-            for &s in &self.slabs {
-                let Some((k_lo, k_hi)) = intersect(s, (0, i0)) else {
-                    continue;
-                };
-                let kw = self.ctx.rows_win(&self.u.buf, n, k_lo, k_hi)?;
-                // Logical rows 0..nb are A rows i0..; columns and k are A's own.
-                let mut g = Gemm::new(
-                    "gemm_update",
-                    (0, i1 - i0),
-                    (0, i0),
-                    (k_lo, k_hi),
-                    Operand::new(rw, (i0 * n) as u64, n),
-                    Operand::new(kw, 0, n),
-                )
-                .named("trinv_row_gemm");
-                g.c = Some(Operand::new(self.temp, 0, n));
-                g.flags = F_B_LOWER;
-                g.beta = if first { 0.0 } else { 1.0 };
-                g.record(b)?;
-                first = false;
-            }
+        let (r, s) = (run.r0, run.r0 + run.half);
+        let stride = run.stride(n);
+        let batch = Batched {
+            count: run.count,
+            stride: [stride; 3],
+        };
+        let beta = |pc: &GemmPiece| if pc.first { 0.0 } else { 1.0 };
+        for pc in &run.t_pieces {
             let mut g = Gemm::new(
                 "gemm_update",
-                (0, i1 - i0),
-                (0, i0),
-                (0, i1 - i0),
-                Operand::new(self.bufs.small, 0, NB),
-                Operand::new(self.temp, 0, n),
+                pc.m,
+                pc.n,
+                pc.k,
+                self.block(s, pc.m.0, s * n + r),
+                self.block(r, pc.k.0, r * n + r),
             )
-            .named("trinv_scale_gemm");
-            g.c = Some(Operand::new(rw, (i0 * n) as u64, n));
+            .named("trinv_t_gemm");
+            g.c = Some(self.block(r, pc.n.0, r * n + s));
+            g.flags = F_B_LOWER | F_C_TRANS;
+            g.beta = beta(pc);
+            g.batch = batch;
+            self.record_piece(b, g)?;
+        }
+        for pc in &run.x_pieces {
+            let mut g = Gemm::new(
+                "gemm_update",
+                pc.m,
+                pc.n,
+                pc.k,
+                self.block(s, pc.m.0, s * n + s),
+                self.block(r, pc.n.0, r * n + s).t(),
+            )
+            .named("trinv_x_gemm");
+            g.c = Some(self.block(s, pc.m.0, s * n + r));
+            g.flags = F_A_LOWER;
             g.alpha = -1.0;
-            g.record(b)?;
+            g.beta = beta(pc);
+            g.batch = batch;
+            self.record_piece(b, g)?;
         }
         Ok(())
     }
@@ -523,12 +494,12 @@ impl<'a> FactorPass<'a> {
         let n = self.n;
         // U = J M J: row x of the top half swaps with row n-1-x.
         let half = n.div_ceil(2);
-        for &s in &self.slabs {
+        for s in self.slabs.bounds() {
             let Some((x0, x1)) = intersect(s, (0, half)) else {
                 continue;
             };
             let aw = self.ctx.rows_win(&self.u.buf, n, x0, x1)?;
-            for &q in &self.slabs {
+            for q in self.slabs.bounds() {
                 // Rows x whose mirror n-1-x lies in q.
                 let Some((y0, y1)) = intersect((x0, x1), (n - q.1, n - q.0)) else {
                     continue;

@@ -18,6 +18,8 @@ pub(crate) const F_FINAL: u32 = 64;
 pub(crate) const F_P_MASK: u32 = 128;
 pub(crate) const F_MERGE_SCALE: u32 = 256;
 pub(crate) const F_STORE: u32 = 512;
+pub(crate) const F_A_LOWER: u32 = 1024;
+pub(crate) const F_C_TRANS: u32 = 2048;
 
 const TILE: u32 = 64;
 
@@ -52,6 +54,9 @@ pub(crate) struct GemmParams {
     pub s: f32,
     pub gscale: f32,
     pub pld: u32,
+    pub za: u32,
+    pub zb: u32,
+    pub zc: u32,
 }
 
 /// A GEMM operand: a window, the global element index of its logical (0,0) (wrapping, so it
@@ -113,6 +118,28 @@ pub(crate) struct Gemm<'a> {
     pub pld: usize,
     /// The step's name in kernel profiles.
     pub label: &'static str,
+    /// `gemm_update` only: this many products, the z-th with every operand's origin moved by
+    /// z times its stride (elements of its own window), in one dispatch.
+    pub batch: Batched,
+    /// Bind A and B read-write ([`Module::GemmInPlace`]): operands and output are disjoint
+    /// blocks of one buffer.
+    pub in_place: bool,
+}
+
+/// A batch of equally shaped products laid out at fixed strides (see [`Gemm::batch`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batched {
+    pub count: usize,
+    pub stride: [usize; 3],
+}
+
+impl Default for Batched {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            stride: [0; 3],
+        }
+    }
 }
 
 impl<'a> Gemm<'a> {
@@ -145,6 +172,8 @@ impl<'a> Gemm<'a> {
             gscale: 0.0,
             pld: 0,
             label: entry,
+            batch: Batched::default(),
+            in_place: false,
         }
     }
 
@@ -184,6 +213,9 @@ impl<'a> Gemm<'a> {
             s: self.s,
             gscale: self.gscale,
             pld: self.pld as u32,
+            za: self.batch.stride[0] as u32,
+            zb: self.batch.stride[1] as u32,
+            zc: self.batch.stride[2] as u32,
             ..Default::default()
         };
         if let Some(c) = &self.c {
@@ -216,9 +248,18 @@ impl<'a> Gemm<'a> {
         }
         let slot = |o: &Option<Operand<'a>>| o.map_or(Slot::Unused, |o| Slot::Win(o.win));
         let (gx, gy) = self.tiles();
+        assert!(
+            self.batch.count == 1 || self.entry == "gemm_update",
+            "{}: only gemm_update runs batches",
+            self.label
+        );
         batch.dispatch_as(
             self.label,
-            Module::Gemm,
+            if self.in_place {
+                Module::GemmInPlace
+            } else {
+                Module::Gemm
+            },
             self.entry,
             bytemuck::bytes_of(&p),
             &[
@@ -230,7 +271,7 @@ impl<'a> Gemm<'a> {
                 self.part.map_or(Slot::Unused, |(w, _)| Slot::Win(w)),
                 slot(&self.aux),
             ],
-            [gx, gy, 1],
+            [gx, gy, self.batch.count as u32],
         )
     }
 }

@@ -5,27 +5,27 @@
 //! reference reaches through cholesky → cholesky_inverse → cholesky (both are the unique upper
 //! triangular factor with a positive diagonal). Two n³/3 steps instead of four.
 //!
-//! Cholesky, per 64-column block: one cube factors the diagonal block in shared memory and
-//! inverts it (a non-positive pivot is recorded in a flag, replaced by 1 so nothing turns NaN,
-//! and reported as `NotPositiveDefinite` at the end); the panel is L21 = A21·L11⁻ᵀ on the tiled
-//! GEMM; the trailing update A22 −= L21·L21ᵀ is the GEMM in lower-triangle (SYRK) mode.
-//! Triangular inverse, per 64-row block i: X_i,<i = −L_ii⁻¹ · (L_i,<i · X_<i,<i), two GEMMs
-//! (the first skips the zero upper triangle of X), with L_ii⁻¹ kept from the Cholesky.
+//! The steps, their order and their pieces over slabs are planned once for both GPU backends
+//! (`plan::factor`): per 64-column block, one cube factors the diagonal block in shared
+//! memory and inverts it in place (a non-positive pivot is recorded in a flag, replaced by 1
+//! so nothing turns NaN, and reported as `NotPositiveDefinite` at the end); the panel
+//! L21 = A21·L_kk⁻ᵀ is the tiled GEMM in place; the SYRKs update the rest of the 256-column
+//! outer block at depth 64 and the trailing matrix once per outer block at depth 256. The
+//! inverse X = L⁻¹ is built by doubling: log2(n/64) levels of two batched GEMMs.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::super::storage::{arg, f32_bytes, CubeTensor};
 use super::super::CubeBackend;
-use super::copy::{copy2d, first_nonfinite, Rect};
+use super::copy::first_nonfinite;
 use super::fill::BLOCK;
-use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::gemm::{gemm, Batched, Gemm, View, EPI_STORE};
 use super::reduce::{sum, CUBE};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvFactor};
-
-/// The Cholesky and inverse block size (also the slab row alignment).
-const NB: usize = 64;
+use crate::plan::factor::{cholesky_steps, inverse_levels, CholStep, PairRun, NB};
+use crate::plan::GemmPiece;
 
 /// d[j] = H_jj (1 where H_jj = 0) and dead[j] = (H_jj == 0) for the rows of one slab.
 #[cube(launch_unchecked)]
@@ -87,19 +87,17 @@ fn reverse_kernel(
 }
 
 /// Factors the 64 x 64 diagonal block at (k0, k0) in shared memory (rows past `w` padded with
-/// the identity), writes L11 back and L11⁻¹ to `dinv` block `kb`. Pivots that are not positive
-/// and finite record their column in `fail[slot]` (atomic min) and continue as 1.
+/// the identity) and writes L_kk⁻¹ over it, zero above its diagonal. Pivots that are not
+/// positive and finite record their column in `fail[slot]` (atomic min) and continue as 1.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn chol_block_kernel(
     a: &mut Array<f32>,
-    dinv: &mut Array<f32>,
     fail: &mut Array<Atomic<u32>>,
     local_row0: u32,
     k0: u32,
     w: u32,
     n: u32,
-    kb: u32,
     slot: u32,
 ) {
     let t = UNIT_POS;
@@ -150,15 +148,6 @@ fn chol_block_kernel(
         }
         sync_cube();
     }
-    #[unroll]
-    for q in 0..16u32 {
-        let idx = t + q * CUBE;
-        let i = idx / 64;
-        let j = idx % 64;
-        if i < w && j <= i {
-            a[((local_row0 + i) * n + k0 + j) as usize] = sh[idx as usize];
-        }
-    }
     // Column t of L11⁻¹ by forward substitution; x[k][t] for k > t lives in row t's upper
     // part of `sh` (never read as L), x[t][t] in xd.
     if t < 64 {
@@ -184,7 +173,24 @@ fn chol_block_kernel(
         } else if i == j {
             v = xd[i as usize];
         }
-        dinv[(kb * 4096 + idx) as usize] = v;
+        if i < w && j < w {
+            a[((local_row0 + i) * n + k0 + j) as usize] = v;
+        }
+    }
+}
+
+/// X's diagonal 64 x 64 blocks, lower triangles, from A's (where the Cholesky left L_kk⁻¹), for
+/// the `rows` rows of one slab starting at global row `row0` (a multiple of 64).
+#[cube(launch_unchecked)]
+fn diag_blocks_kernel(a: &Array<f32>, x: &mut Array<f32>, row0: u32, rows: u32, n: u32) {
+    let idx = ABSOLUTE_POS as u32;
+    if idx < rows * 64 {
+        let i = idx / 64;
+        let j = (row0 + i) / 64 * 64 + idx % 64;
+        if j <= row0 + i {
+            let at = (i * n + j) as usize;
+            x[at] = a[at];
+        }
     }
 }
 
@@ -211,7 +217,7 @@ pub fn hinv_factor<R: Runtime>(
     // Working set beyond H: the factor (returned as U) and the inverse, plus thin panels.
     b.check_memory(
         &format!("the inverse-Hessian factor of a {n}x{n} Hessian"),
-        2 * f32_bytes(n, n) + f32_bytes(n, 4 * NB),
+        2 * f32_bytes(n, n),
     )?;
     if let Some((row, col)) = first_nonfinite(b, h)? {
         return Err(KernelError::NonFinite {
@@ -256,7 +262,7 @@ pub fn hinv_factor<R: Runtime>(
 
     // Blocked Cholesky of A in place.
     let fail = b.scratch_from(&[u32::MAX])?;
-    let dinv = cholesky_in_place(b, &a, &fail, 1, 0)?;
+    cholesky_in_place(b, &a, &fail, 1, 0)?;
     let failed = b.read_u32(&fail, 1)?[0];
     if failed != u32::MAX {
         // The elimination ran on the reversed matrix: name the column of H itself.
@@ -265,7 +271,7 @@ pub fn hinv_factor<R: Runtime>(
         });
     }
     // X = L⁻¹; its strict upper triangle stays zero.
-    let x = invert_lower(b, &a, &dinv)?;
+    let x = invert_lower(b, &a)?;
 
     // U = J X J into A's storage.
     reverse(b, &x, &a, None);
@@ -289,195 +295,178 @@ fn check_shared<R: Runtime>(b: &CubeBackend<R>) -> Result<()> {
 }
 
 /// The blocked right-looking Cholesky A = L Lᵀ of the lower triangle of `a` (n x n, any
-/// slabs), in place; the strict upper triangle is neither read nor written. The first column
-/// whose pivot is not positive and finite is recorded in `fail[slot]` (atomic min, so the
-/// caller initialises it to `u32::MAX`) and the elimination goes on with a pivot of 1, so that
-/// nothing turns NaN and the caller can read the flag once, after all its work. Returns the
-/// inverses of the 64 x 64 diagonal blocks of L, which [`invert_lower`] reuses.
+/// slabs), in place, the steps of [`cholesky_steps`]: below its 64 x 64 diagonal blocks `a`
+/// holds L, and on them their inverses L_kk⁻¹ (zero above their diagonal), which
+/// [`invert_lower`] starts from. The strict upper triangle elsewhere is neither read nor
+/// written. The first column whose pivot is not positive and finite is recorded in
+/// `fail[slot]` (atomic min, so the caller initialises it to `u32::MAX`) and the elimination
+/// goes on with a pivot of 1, so that nothing turns NaN and the caller can read the flag once,
+/// after all its work.
 pub fn cholesky_in_place<R: Runtime>(
     b: &CubeBackend<R>,
     a: &CubeTensor,
     fail: &Handle,
     fail_len: usize,
     slot: usize,
-) -> Result<Handle> {
+) -> Result<()> {
     check_shared(b)?;
     let n = a.cols;
-    let nblocks = n.div_ceil(NB);
-    let dinv = b.scratch(nblocks * NB * NB)?;
-    let panel = b.scratch(n * NB)?;
-    for kb in 0..nblocks {
-        let k0 = kb * NB;
-        let k1 = (k0 + NB).min(n);
-        let w = k1 - k0;
-        let (s, local) = a.slabs.locate(k0);
-        // SAFETY: one cube reads and writes the w x w block at (k0, k0), inside slab s since
-        // slabs are multiples of 64 rows, and writes dinv block kb.
-        unsafe {
-            chol_block_kernel::launch_unchecked::<R>(
-                &b.client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(CUBE),
-                arg(&a.handles[s], a.slab_len(s)),
-                arg(&dinv, nblocks * NB * NB),
-                arg(fail, fail_len),
-                local as u32,
-                k0 as u32,
-                w as u32,
-                n as u32,
-                kb as u32,
-                slot as u32,
-            );
-        }
-        if k1 == n {
-            break;
-        }
-        let below = a.slabs.covering(k1, n);
-        // Panel P = A21 · L11⁻ᵀ (rows k1.., NB wide, contiguous), then copied into A21.
-        for &(s, lo, hi) in &below {
-            let local = lo - a.slabs.range(s).0;
-            gemm(
-                b,
-                &Gemm {
-                    m: hi - lo,
-                    n: w,
-                    k: w,
-                    a: View::rows(&a.handles[s], a.slab_len(s), local * n + k0, n),
-                    b: View::transposed(&dinv, nblocks * NB * NB, kb * NB * NB, NB),
-                    c: View::rows(&panel, n * NB, (lo - k1) * NB, NB),
-                    alpha: 1.0,
-                    beta: None,
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
-        }
-        for &(s, lo, hi) in &below {
-            let local = lo - a.slabs.range(s).0;
-            copy2d(
-                b,
-                Rect {
-                    h: &panel,
-                    len: n * NB,
-                    off: (lo - k1) * NB,
-                    ld: NB,
-                },
-                Rect {
-                    h: &a.handles[s],
-                    len: a.slab_len(s),
-                    off: local * n + k0,
-                    ld: n,
-                },
-                hi - lo,
-                w,
-            );
-        }
-        // Trailing update A22 −= P·Pᵀ on the lower triangle.
-        for &(s, lo, hi) in &below {
-            let local = lo - a.slabs.range(s).0;
-            gemm(
-                b,
-                &Gemm {
-                    m: hi - lo,
-                    n: hi - k1,
-                    k: w,
-                    a: View::rows(&panel, n * NB, (lo - k1) * NB, NB),
-                    b: View::transposed(&panel, n * NB, 0, NB),
-                    c: View::rows(&a.handles[s], a.slab_len(s), local * n + k1, n),
-                    alpha: -1.0,
-                    beta: Some(1.0),
-                    lower: Some((lo - k1) as i64),
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                },
-            );
+    let view = |row: usize, col: usize| block_view(a, row, col);
+    for step in cholesky_steps(n, &a.slabs) {
+        match step {
+            CholStep::Diag { k0, w } => {
+                let (s, local) = a.slabs.locate(k0);
+                // SAFETY: one cube reads and writes the w x w block at (k0, k0), inside slab s
+                // since slabs are multiples of 64 rows.
+                unsafe {
+                    chol_block_kernel::launch_unchecked::<R>(
+                        &b.client,
+                        CubeCount::Static(1, 1, 1),
+                        CubeDim::new_1d(CUBE),
+                        arg(&a.handles[s], a.slab_len(s)),
+                        arg(fail, fail_len),
+                        local as u32,
+                        k0 as u32,
+                        w as u32,
+                        n as u32,
+                        slot as u32,
+                    );
+                }
+            }
+            CholStep::Panel { k0, w, pieces } => {
+                // A21 = A21·L_kk⁻ᵀ in place: the panel is one tile wide, so each cube reads
+                // exactly the rows it writes, all before its epilogue.
+                let r1 = k0 + w;
+                let mut dinv = view(k0, k0);
+                dinv.trans = true;
+                for pc in pieces {
+                    let at = view(r1 + pc.m.0, k0);
+                    gemm(b, &piece(&pc, at, dinv, at, 1.0));
+                }
+            }
+            CholStep::Syrk { c0, d0, pieces, .. } => {
+                for pc in pieces {
+                    let mut bt = view(c0 + pc.n.0, d0 + pc.k.0);
+                    bt.trans = true;
+                    let mut g = piece(
+                        &pc,
+                        view(c0 + pc.m.0, d0 + pc.k.0),
+                        bt,
+                        view(c0 + pc.m.0, c0 + pc.n.0),
+                        -1.0,
+                    );
+                    g.beta = Some(1.0);
+                    g.lower = Some(pc.m.0 as i64 - pc.n.0 as i64);
+                    gemm(b, &g);
+                }
+            }
         }
     }
-    Ok(dinv)
+    Ok(())
 }
 
-/// X = L⁻¹ for the lower triangular L in `a` after [`cholesky_in_place`] (its strict upper
-/// triangle is not read), from the diagonal-block inverses `dinv` it returned. X is a new
-/// n x n tensor, lower triangular with exact zeros above the diagonal.
-pub fn invert_lower<R: Runtime>(
-    b: &CubeBackend<R>,
-    a: &CubeTensor,
-    dinv: &Handle,
-) -> Result<CubeTensor> {
+/// Element (row, col) of an n x n tensor as the corner of a row-major view.
+fn block_view(t: &CubeTensor, row: usize, col: usize) -> View<'_> {
+    let (s, local) = t.slabs.locate(row);
+    View::rows(&t.handles[s], t.slab_len(s), local * t.cols + col, t.cols)
+}
+
+/// The launch of one planned piece: C = alpha·A·B (C not read) over its ranges, the views
+/// already at the piece's corner.
+fn piece<'a>(pc: &GemmPiece, a: View<'a>, bm: View<'a>, c: View<'a>, alpha: f32) -> Gemm<'a> {
+    Gemm {
+        m: pc.m.1 - pc.m.0,
+        n: pc.n.1 - pc.n.0,
+        k: pc.k.1 - pc.k.0,
+        a,
+        b: bm,
+        c,
+        alpha,
+        beta: None,
+        lower: None,
+        b_lower: None,
+        epi: EPI_STORE,
+        dot: None,
+        a_lower: None,
+        c_trans: false,
+        batch: Batched::ONE,
+    }
+}
+
+/// X = L⁻¹ for `a` as [`cholesky_in_place`] leaves it, by the doubling of [`inverse_levels`]:
+/// X is a new n x n tensor, lower triangular with exact zeros above the diagonal; each pair's
+/// T = L21·X11 is kept, transposed, in `a`'s upper triangle, which nothing else reads.
+pub fn invert_lower<R: Runtime>(b: &CubeBackend<R>, a: &CubeTensor) -> Result<CubeTensor> {
     let n = a.cols;
-    let nblocks = n.div_ceil(NB);
-    // X = L⁻¹, block row by block row; its strict upper triangle stays zero.
     let x = b.filled_tensor(n, n, 0.0)?;
-    let tmp = b.scratch(NB * n)?;
-    for kb in 0..nblocks {
-        let r0 = kb * NB;
-        let w = (r0 + NB).min(n) - r0;
-        let (xs, xlocal) = x.slabs.locate(r0);
-        copy2d(
-            b,
-            Rect {
-                h: dinv,
-                len: nblocks * NB * NB,
-                off: kb * NB * NB,
-                ld: NB,
-            },
-            Rect {
-                h: &x.handles[xs],
-                len: x.slab_len(xs),
-                off: xlocal * n + r0,
-                ld: n,
-            },
-            w,
-            w,
-        );
-        if kb == 0 {
+    for s in 0..x.handles.len() {
+        let (r0, rn) = x.slabs.range(s);
+        if rn == 0 {
             continue;
         }
-        let (as_, alocal) = a.slabs.locate(r0);
-        // T = L[r0.., :r0] · X[:r0, :r0], K split by the slabs of X; X is lower triangular.
-        for (i, (s, lo, hi)) in x.slabs.covering(0, r0).into_iter().enumerate() {
-            let slocal = lo - x.slabs.range(s).0;
-            gemm(
-                b,
-                &Gemm {
-                    m: w,
-                    n: r0,
-                    k: hi - lo,
-                    a: View::rows(&a.handles[as_], a.slab_len(as_), alocal * n + lo, n),
-                    b: View::rows(&x.handles[s], x.slab_len(s), slocal * n, n),
-                    c: View::rows(&tmp, NB * n, 0, n),
-                    alpha: 1.0,
-                    beta: if i == 0 { None } else { Some(1.0) },
-                    lower: None,
-                    b_lower: Some(lo as i64),
-                    epi: EPI_STORE,
-                    dot: None,
-                },
+        // SAFETY: one thread per element of the slab's rows' diagonal blocks; a and x are
+        // cut alike (one shape, one backend).
+        unsafe {
+            diag_blocks_kernel::launch_unchecked::<R>(
+                &b.client,
+                b.grid(rn * NB, BLOCK),
+                CubeDim::new_1d(BLOCK),
+                arg(&a.handles[s], a.slab_len(s)),
+                arg(&x.handles[s], x.slab_len(s)),
+                r0 as u32,
+                rn as u32,
+                n as u32,
             );
         }
-        // X[r0.., :r0] = −L_ii⁻¹ · T.
-        gemm(
-            b,
-            &Gemm {
-                m: w,
-                n: r0,
-                k: w,
-                a: View::rows(dinv, nblocks * NB * NB, kb * NB * NB, NB),
-                b: View::rows(&tmp, NB * n, 0, n),
-                c: View::rows(&x.handles[xs], x.slab_len(xs), xlocal * n, n),
-                alpha: -1.0,
-                beta: None,
-                lower: None,
-                b_lower: None,
-                epi: EPI_STORE,
-                dot: None,
-            },
-        );
+    }
+    for runs in inverse_levels(n, &a.slabs) {
+        for run in &runs {
+            pair_products(b, a, &x, run);
+        }
     }
     Ok(x)
+}
+
+/// T = L21·X11 (into `a`'s upper block of the pair, transposed), then X21 = −X22·T, for the
+/// run's pairs in one launch each.
+fn pair_products<R: Runtime>(b: &CubeBackend<R>, a: &CubeTensor, x: &CubeTensor, run: &PairRun) {
+    let n = a.cols;
+    let (r, s) = (run.r0, run.r0 + run.half);
+    let view = block_view;
+    let stride = run.stride(n);
+    let batch = Batched {
+        count: run.count,
+        stride: [stride; 3],
+    };
+    for pc in &run.t_pieces {
+        let mut g = piece(
+            pc,
+            view(a, s + pc.m.0, r + pc.k.0),
+            view(x, r + pc.k.0, r + pc.n.0),
+            view(a, r + pc.n.0, s + pc.m.0),
+            1.0,
+        );
+        g.b_lower = Some(pc.k.0 as i64 - pc.n.0 as i64);
+        g.c_trans = true;
+        g.beta = (!pc.first).then_some(1.0);
+        g.batch = batch;
+        gemm(b, &g);
+    }
+    for pc in &run.x_pieces {
+        let mut bt = view(a, r + pc.n.0, s + pc.k.0);
+        bt.trans = true;
+        let mut g = piece(
+            pc,
+            view(x, s + pc.m.0, s + pc.k.0),
+            bt,
+            view(x, s + pc.m.0, r + pc.n.0),
+            -1.0,
+        );
+        g.a_lower = Some(pc.m.0 as i64 - pc.k.0 as i64);
+        g.beta = (!pc.first).then_some(1.0);
+        g.batch = batch;
+        gemm(b, &g);
+    }
 }
 
 /// dst = J src J for n x n matrices with any slabs: with `prep = Some((d, λ))` the damped,

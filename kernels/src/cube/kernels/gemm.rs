@@ -42,6 +42,13 @@ const B_TRANS: u32 = 2;
 const READ_C: u32 = 4;
 const LOWER: u32 = 8;
 const B_LOWER: u32 = 16;
+const A_LOWER: u32 = 32;
+const C_TRANS: u32 = 64;
+
+/// Which triangle of a staged operand reads as zero.
+const TRI_NONE: u32 = 0;
+const TRI_A_LOWER: u32 = 1;
+const TRI_B_LOWER: u32 = 2;
 
 /// One operand's K step into its staged tile at `base` of `s`: `quads` quads of 4 tile rows
 /// (A's rows or B's columns) per depth step, steps `pitch` vectors apart, zero past `rows` or
@@ -64,6 +71,8 @@ fn stage<N: Size>(
     #[comptime] quads: u32,
     #[comptime] pitch: u32,
     #[comptime] by_rows: bool,
+    shift: i32,
+    #[comptime] tri: u32,
 ) {
     let t = UNIT_POS_Y * 16 + UNIT_POS_X;
     #[unroll]
@@ -81,7 +90,16 @@ fn stage<N: Size>(
         for e in 0..4u32 {
             let r = origin + 4 * q + e;
             let mut val = 0.0f32;
-            if r < rows && gk < k {
+            // A triangular operand's other triangle may hold anything (the triangular
+            // inverse keeps its products there): it is read as the zero it stands for.
+            let mut inside = r < rows && gk < k;
+            if comptime![tri == TRI_A_LOWER] {
+                inside = inside && gk as i32 <= r as i32 + shift;
+            }
+            if comptime![tri == TRI_B_LOWER] {
+                inside = inside && gk as i32 + shift >= r as i32;
+            }
+            if inside {
                 if comptime![by_rows] {
                     val = x[(off + r * ld + gk) as usize];
                 } else {
@@ -114,6 +132,10 @@ fn gemm_kernel<N: Size>(
     beta: f32,
     diag_shift: i32,
     tri_shift: i32,
+    a_shift: i32,
+    za: u32,
+    zb: u32,
+    zc: u32,
     dot_base: u32,
     #[comptime] flags: u32,
     #[comptime] epi: u32,
@@ -144,6 +166,10 @@ fn gemm_kernel<N: Size>(
     let t = ty * 16 + tx;
     let i0 = CUBE_POS_Y * tm;
     let j0 = CUBE_POS_X * tn;
+    // The product of a batch this cube computes.
+    let a_off = a_off + CUBE_POS_Z * za;
+    let b_off = b_off + CUBE_POS_Z * zb;
+    let c_off = c_off + CUBE_POS_Z * zc;
 
     // A SYRK tile wholly above the diagonal has nothing to compute (uniform per cube).
     let mut active = true;
@@ -160,8 +186,18 @@ fn gemm_kernel<N: Size>(
             kb = first as u32;
         }
     }
+    let mut kend = k;
+    if comptime![flags & A_LOWER != 0] {
+        // A(i, k) = 0 for k > i + a_shift: this tile's rows end at i0 + tm.
+        let last = i0 as i32 + tm as i32 + a_shift;
+        if last < 0 {
+            kend = 0;
+        } else if last < k as i32 {
+            kend = last as u32;
+        }
+    }
     if !active {
-        kb = k;
+        kb = kend;
     }
 
     // The staged tiles, depth-major: per depth step, quads of 4 rows of A (4 columns of B);
@@ -175,12 +211,22 @@ fn gemm_kernel<N: Size>(
         acc[q as usize] = 0.0;
     }
 
-    while kb < k {
+    let a_tri = comptime![if flags & A_LOWER != 0 {
+        TRI_A_LOWER
+    } else {
+        TRI_NONE
+    }];
+    let b_tri = comptime![if flags & B_LOWER != 0 {
+        TRI_B_LOWER
+    } else {
+        TRI_NONE
+    }];
+    while kb < kend {
         stage::<N>(
-            a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows,
+            a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_shift, a_tri,
         );
         stage::<N>(
-            b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows,
+            b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, tri_shift, b_tri,
         );
         sync_cube();
         #[unroll]
@@ -219,7 +265,10 @@ fn gemm_kernel<N: Size>(
                     valid = valid && i as i32 + diag_shift >= j as i32;
                 }
                 if valid {
-                    let ci = (c_off + i * c_ld + j) as usize;
+                    let mut ci = (c_off + i * c_ld + j) as usize;
+                    if comptime![flags & C_TRANS != 0] {
+                        ci = (c_off + j * c_ld + i) as usize;
+                    }
                     let v = acc[(ii * rn + jj) as usize];
                     if comptime![epi == EPI_STORE] {
                         let mut r = alpha * v;
@@ -282,6 +331,21 @@ impl<'a> View<'a> {
     }
 }
 
+/// A batch of equally shaped products at fixed strides (elements of each operand's binding:
+/// A, B, C).
+#[derive(Clone, Copy, Debug)]
+pub struct Batched {
+    pub count: usize,
+    pub stride: [usize; 3],
+}
+
+impl Batched {
+    pub const ONE: Self = Self {
+        count: 1,
+        stride: [0; 3],
+    };
+}
+
 /// One GEMM launch: C[m x n] (op)= alpha·A[m x k]·B[k x n].
 pub struct Gemm<'a> {
     pub m: usize,
@@ -298,6 +362,13 @@ pub struct Gemm<'a> {
     pub lower: Option<i64>,
     /// B(k, j) is zero for k + shift < j (B lower triangular): K starts at each tile's column.
     pub b_lower: Option<i64>,
+    /// A(i, k) is zero for k > i + shift (A lower triangular): K ends at each tile's last row.
+    pub a_lower: Option<i64>,
+    /// C(i, j) is stored at `off + j·ld + i` (`EPI_STORE` only).
+    pub c_trans: bool,
+    /// This many products in one launch, the z-th with each view's offset moved by z times
+    /// its stride.
+    pub batch: Batched,
     pub epi: u32,
     /// For `EPI_DOT`: the partials buffer and where this launch's tiles (see [`tile_shape`])
     /// start in it.
@@ -324,9 +395,20 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
     if g.b_lower.is_some() {
         flags |= B_LOWER;
     }
+    if g.a_lower.is_some() {
+        flags |= A_LOWER;
+    }
+    if g.c_trans {
+        assert_eq!(g.epi, EPI_STORE, "a transposed C is only stored");
+        flags |= C_TRANS;
+    }
     let (dot_h, dot_len, dot_base) = g.dot.unwrap_or((g.c.h, g.c.len, 0));
     let (tm, tn) = tile_shape(g.m, g.n);
-    let count = CubeCount::Static(g.n.div_ceil(tn) as u32, g.m.div_ceil(tm) as u32, 1);
+    let count = CubeCount::Static(
+        g.n.div_ceil(tn) as u32,
+        g.m.div_ceil(tm) as u32,
+        g.batch.count as u32,
+    );
     // SAFETY: every load and store is guarded by m, n and k against the views, which the
     // callers build inside their bindings; the dot partial index is below tiles().
     unsafe {
@@ -353,6 +435,10 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
             g.beta.unwrap_or(0.0),
             g.lower.unwrap_or(0) as i32,
             g.b_lower.unwrap_or(0) as i32,
+            g.a_lower.unwrap_or(0) as i32,
+            g.batch.stride[0] as u32,
+            g.batch.stride[1] as u32,
+            g.batch.stride[2] as u32,
             dot_base as u32,
             flags,
             g.epi,
@@ -459,6 +545,9 @@ pub fn gemm_split<R: Runtime>(
                 b_lower: p.b_lower.map(|s| local(s, k0)),
                 epi: EPI_STORE,
                 dot: None,
+                a_lower: None,
+                c_trans: false,
+                batch: Batched::ONE,
             },
         );
     }

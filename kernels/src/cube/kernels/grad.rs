@@ -8,7 +8,7 @@ use cubecl::prelude::*;
 use super::super::storage::{arg, same_slabs, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, Gemm, View, EPI_GRAD_L1, EPI_GRAD_L2, EPI_STORE};
+use super::gemm::{gemm, Batched, Gemm, View, EPI_GRAD_L1, EPI_GRAD_L2, EPI_STORE};
 use crate::error::Result;
 use crate::ops::{check, GradNorm, GBLM_GRAD_SCALE};
 use crate::plan::aligned_runs;
@@ -164,6 +164,9 @@ pub fn grad_accumulate_fused<R: Runtime>(
                     b_lower: None,
                     epi,
                     dot: None,
+                    a_lower: None,
+                    c_trans: false,
+                    batch: Batched::ONE,
                 },
             );
         } else {
@@ -186,6 +189,9 @@ pub fn grad_accumulate_fused<R: Runtime>(
                         b_lower: None,
                         epi: EPI_STORE,
                         dot: None,
+                        a_lower: None,
+                        c_trans: false,
+                        batch: Batched::ONE,
                     },
                 );
             }

@@ -20,7 +20,7 @@ use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, gather_rows, Rect};
 use super::fill::copy_u32;
-use super::gemm::{gemm, Gemm, View, EPI_STORE};
+use super::gemm::{gemm, Batched, Gemm, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::score::zero_columns;
 use super::select::{select_global, SRC_OBS};
@@ -508,6 +508,9 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
                         b_lower: None,
                         epi: EPI_STORE,
                         dot: None,
+                        a_lower: None,
+                        c_trans: false,
+                        batch: Batched::ONE,
                     },
                 );
             }

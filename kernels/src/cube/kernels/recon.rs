@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::CubeTensor;
 use super::super::CubeBackend;
-use super::gemm::{gemm, tile_shape, Gemm, View, EPI_DOT};
+use super::gemm::{gemm, tile_shape, Batched, Gemm, View, EPI_DOT};
 use super::reduce::sum;
 use super::score::sub;
 use crate::error::Result;
@@ -53,6 +53,9 @@ fn quadratic_trace<R: Runtime>(b: &CubeBackend<R>, d: &CubeTensor, h: &CubeTenso
                 b_lower: None,
                 epi: EPI_DOT,
                 dot: Some((&partials, total, base)),
+                a_lower: None,
+                c_trans: false,
+                batch: Batched::ONE,
             },
         );
     }

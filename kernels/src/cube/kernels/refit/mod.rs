@@ -19,7 +19,7 @@ use super::super::CubeBackend;
 use super::copy::gather_rows;
 use super::factor::hinv_factor;
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View, EPI_STORE};
+use super::gemm::{gemm, gemm_split, Batched, Gemm, Of, Product, View, EPI_STORE};
 use super::reduce::sum;
 use super::score::sub;
 use super::stats::mirror_lower;
@@ -342,6 +342,9 @@ pub fn lora_grad<R: Runtime>(
                     b_lower: None,
                     epi: EPI_STORE,
                     dot: None,
+                    a_lower: None,
+                    c_trans: false,
+                    batch: Batched::ONE,
                 },
             );
         }
@@ -363,6 +366,9 @@ pub fn lora_grad<R: Runtime>(
                     b_lower: None,
                     epi: EPI_STORE,
                     dot: None,
+                    a_lower: None,
+                    c_trans: false,
+                    batch: Batched::ONE,
                 },
             );
         }

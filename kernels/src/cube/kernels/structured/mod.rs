@@ -19,7 +19,7 @@ use super::super::storage::{arg, same_slabs, CubeTensor, Slabs};
 use super::super::CubeBackend;
 use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
 use super::fill::BLOCK;
-use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View, EPI_STORE};
+use super::gemm::{gemm, gemm_split, Batched, Gemm, Of, Product, View, EPI_STORE};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::stats::{chunk_rows, mirror_lower, row_chunks, store_lane_total};
 use crate::compose::{self, InverseFactor, Lines};
@@ -384,6 +384,9 @@ fn times_linv_t<R: Runtime>(
                 b_lower: None,
                 epi: EPI_STORE,
                 dot: None,
+                a_lower: None,
+                c_trans: false,
+                batch: Batched::ONE,
             },
         );
     }
@@ -402,8 +405,8 @@ fn block_inverse<R: Runtime>(
     let k = s.len();
     let a = b.alloc_tensor(k, k)?;
     gather(b, hinv, s, s, &a)?;
-    let dinv = cholesky_in_place(b, &a, fail, fail_len, slot)?;
-    invert_lower(b, &a, &dinv)
+    cholesky_in_place(b, &a, fail, fail_len, slot)?;
+    invert_lower(b, &a)
 }
 
 pub fn grad_sum<R: Runtime>(
@@ -441,6 +444,9 @@ pub fn grad_sum<R: Runtime>(
                     b_lower: None,
                     epi: EPI_STORE,
                     dot: None,
+                    a_lower: None,
+                    c_trans: false,
+                    batch: Batched::ONE,
                 },
             );
         }
@@ -485,6 +491,9 @@ pub fn hinv_explicit<R: Runtime>(
                     b_lower: None,
                     epi: EPI_STORE,
                     dot: None,
+                    a_lower: None,
+                    c_trans: false,
+                    batch: Batched::ONE,
                 },
             );
         }

@@ -6,6 +6,8 @@
 
 use crate::error::{KernelError, Result};
 
+pub mod factor;
+
 /// A cut of `rows` rows into slabs of `slab_rows` rows each (the last may be shorter).
 ///
 /// The cut depends only on its arguments, so two tensors of one shape planned under one limit
@@ -113,12 +115,19 @@ pub fn aligned_runs(
 /// Cuts [0, len) where any of `cuts` has a slab boundary: every piece lies inside one slab of
 /// each (a cut with fewer rows than `len` covers the rest as one slab).
 pub fn common_pieces(len: usize, cuts: &[&Slabs]) -> Vec<(usize, usize)> {
+    let at_zero: Vec<(&Slabs, usize)> = cuts.iter().map(|&s| (s, 0)).collect();
+    offset_pieces(len, &at_zero)
+}
+
+/// Cuts [0, len) where stored row `row0 + t` of any (slabs, row0) in `cuts` crosses a slab
+/// boundary: for operands that are blocks of larger matrices, their rows starting at row0.
+pub fn offset_pieces(len: usize, cuts: &[(&Slabs, usize)]) -> Vec<(usize, usize)> {
     let mut v = Vec::new();
     let mut t = 0;
     while t < len {
         let end = cuts
             .iter()
-            .map(|s| (t / s.slab_rows + 1) * s.slab_rows)
+            .map(|&(s, r0)| ((r0 + t) / s.slab_rows + 1) * s.slab_rows - r0)
             .fold(len, usize::min);
         v.push((t, end));
         t = end;

@@ -1,0 +1,404 @@
+//! The steps of the inverse-Hessian factor (§6) on the device, planned once for both GPU
+//! backends: the blocked right-looking Cholesky A = L Lᵀ and the triangular inverse X = L⁻¹
+//! by doubling, both in place in one n x n matrix whose rows are cut into slabs. The backends
+//! map each step onto their kernels and bindings.
+//!
+//! Cholesky, per 64-column block k of an outer block of 256 columns: the diagonal block is
+//! factored and inverted by one workgroup (L_kk⁻¹ replaces L_kk: it is X's diagonal block);
+//! the panel L21 = A21·L_kk⁻ᵀ is a GEMM in place; the rest of the outer block's columns are
+//! updated at depth 64 (inner SYRK), and the trailing matrix once per outer block at depth
+//! 256 (outer SYRK), so it is read and written n/256 times, not n/64.
+//!
+//! Inverse, by doubling: with the diagonal blocks already inverted, each level joins pairs of
+//! inverted blocks [r, r+h) and [r+h, r+h+w) into one of 2h rows through two products,
+//!   T = L21·X11 (w x h), kept transposed in the pair's upper block (rows [r, r+h), columns
+//!   [r+h, r+h+w): nothing else reads or writes there), and X21 = −X22·T,
+//! the triangular operands read with their other triangle as zero. Every pair of a level
+//! that lies in one slab is one product of a batch, so a level is two launches where the
+//! matrix fits one binding: log2(n/64) levels, where the row-by-row inverse took n/64 steps
+//! of a 64-row product each.
+
+use super::{offset_pieces, GemmPiece, Slabs};
+
+/// The diagonal block's width: a 64 x 64 f32 block is 16 KiB, what one workgroup may hold
+/// in WebGPU's default limits.
+pub const NB: usize = 64;
+/// The outer block: updates right of it are deferred and applied as one SYRK of this depth.
+pub const OUTER: usize = 256;
+
+/// The launches of a GEMM over blocks of one matrix cut into `slabs`: `m_rows`, `n_rows` and
+/// `k_rows` give the first stored row of each operand whose stored rows run along that
+/// dimension; every piece's rows lie in one slab of each. Later depth pieces of a block
+/// accumulate onto the first.
+pub fn block_pieces(
+    (m, n, k): (usize, usize, usize),
+    slabs: &Slabs,
+    m_rows: &[usize],
+    n_rows: &[usize],
+    k_rows: &[usize],
+) -> Vec<GemmPiece> {
+    let cut = |len: usize, rows: &[usize]| {
+        let cuts: Vec<(&Slabs, usize)> = rows.iter().map(|&r| (slabs, r)).collect();
+        offset_pieces(len, &cuts)
+    };
+    let ks = cut(k.max(1), k_rows);
+    let mut v = Vec::new();
+    for &mr in &cut(m, m_rows) {
+        for &nr in &cut(n, n_rows) {
+            for (i, &kr) in ks.iter().enumerate() {
+                v.push(GemmPiece {
+                    m: mr,
+                    n: nr,
+                    k: if k == 0 { (0, 0) } else { kr },
+                    first: i == 0,
+                });
+            }
+        }
+    }
+    v
+}
+
+/// One step of the blocked Cholesky.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CholStep {
+    /// Factor the diagonal block [k0, k0 + w) and invert it in place: L_kk⁻¹ (zero above
+    /// its diagonal) is left there and in the backend's small block for the panel.
+    Diag { k0: usize, w: usize },
+    /// A[k0+w.., k0..k0+w) = A[k0+w.., k0..k0+w)·L_kk⁻ᵀ in place (a workgroup reads exactly
+    /// the tile it writes: the panel is one tile wide). Pieces: m over the rows below the
+    /// block, n and k over its w columns.
+    Panel {
+        k0: usize,
+        w: usize,
+        pieces: Vec<GemmPiece>,
+    },
+    /// A[c0.., c0..c1) −= P·Pᵀ on the lower triangle, P = A[c0.., d0..d0 + depth). Pieces: m
+    /// over rows from c0, n over columns c0..c1 (P's rows, read transposed), k over depth;
+    /// pieces wholly above the diagonal are left out.
+    Syrk {
+        c0: usize,
+        c1: usize,
+        d0: usize,
+        depth: usize,
+        pieces: Vec<GemmPiece>,
+    },
+}
+
+/// The Cholesky of an n x n matrix cut into `slabs` (whole 64-row blocks), in order.
+pub fn cholesky_steps(n: usize, slabs: &Slabs) -> Vec<CholStep> {
+    let syrk = |c0: usize, c1: usize, d0: usize, depth: usize| {
+        let pieces = block_pieces((n - c0, c1 - c0, depth), slabs, &[c0, c0], &[c0], &[])
+            .into_iter()
+            .filter(|p| p.n.0 < p.m.1)
+            .collect();
+        CholStep::Syrk {
+            c0,
+            c1,
+            d0,
+            depth,
+            pieces,
+        }
+    };
+    let mut v = Vec::new();
+    for o0 in (0..n).step_by(OUTER) {
+        let o1 = (o0 + OUTER).min(n);
+        for k0 in (o0..o1).step_by(NB) {
+            let k1 = (k0 + NB).min(n);
+            let w = k1 - k0;
+            v.push(CholStep::Diag { k0, w });
+            if k1 == n {
+                break;
+            }
+            v.push(CholStep::Panel {
+                k0,
+                w,
+                pieces: block_pieces((n - k1, w, w), slabs, &[k1, k1], &[], &[]),
+            });
+            if k1 < o1 {
+                v.push(syrk(k1, o1, k0, w));
+            }
+        }
+        if o1 < n {
+            v.push(syrk(o1, n, o0, o1 - o0));
+        }
+    }
+    v
+}
+
+/// Pairs of one doubling level computed by one launch per product: `count` pairs from row
+/// `r0`, 2·half rows apart, each of a first block of `half` rows and a second of `w`. The
+/// pieces are the first pair's (one each where its rows lie in one slab, as they do for
+/// every pair of a batch); pair z's operands are [`PairRun::stride`]·z elements further.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairRun {
+    pub r0: usize,
+    pub count: usize,
+    pub half: usize,
+    pub w: usize,
+    /// T = L21·X11 (m = w over L21's rows from r0 + half, n = half over T's stored rows from
+    /// r0 as it is kept transposed, k = half over X11's rows from r0).
+    pub t_pieces: Vec<GemmPiece>,
+    /// X21 = −X22·T (m = w over rows from r0 + half, n = half over T's stored rows from r0,
+    /// k = w along rows of neither).
+    pub x_pieces: Vec<GemmPiece>,
+}
+
+impl PairRun {
+    /// Elements between one pair's blocks and the next's (2·half rows down and right).
+    pub fn stride(&self, n: usize) -> usize {
+        2 * self.half * (n + 1)
+    }
+}
+
+/// The doubling levels of the inverse of an n x n lower triangular matrix cut into `slabs`
+/// whose 64 x 64 diagonal blocks are already inverted: level by level, its runs of pairs.
+pub fn inverse_levels(n: usize, slabs: &Slabs) -> Vec<Vec<PairRun>> {
+    let mut levels = Vec::new();
+    let mut half = NB;
+    while half < n {
+        let mut runs: Vec<PairRun> = Vec::new();
+        for r in (0..n).step_by(2 * half) {
+            if r + half >= n {
+                break;
+            }
+            let w = half.min(n - r - half);
+            let one_slab = slabs.locate(r).0 == slabs.locate(r + half + w - 1).0;
+            if let Some(last) = runs.last_mut() {
+                let joins = one_slab
+                    && w == half
+                    && last.w == half
+                    && last.r0 + last.count * 2 * half == r
+                    && last.t_pieces.len() == 1
+                    && last.x_pieces.len() == 1
+                    && slabs.locate(last.r0).0 == slabs.locate(r).0;
+                if joins {
+                    last.count += 1;
+                    continue;
+                }
+            }
+            runs.push(PairRun {
+                r0: r,
+                count: 1,
+                half,
+                w,
+                t_pieces: block_pieces((w, half, half), slabs, &[r + half], &[r], &[r]),
+                x_pieces: block_pieces((w, half, w), slabs, &[r + half, r + half], &[r], &[]),
+            });
+        }
+        levels.push(runs);
+        half *= 2;
+    }
+    levels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan run on the host in f64: Cholesky then inverse, every step over the pieces as
+    /// the backends launch them (each pair of a run at its stride).
+    fn run_plan(h: &[f64], n: usize, slabs: &Slabs) -> Vec<f64> {
+        let mut a = h.to_vec();
+        let at = |i: usize, j: usize| i * n + j;
+        let mut small = vec![0.0; NB * NB];
+        for step in cholesky_steps(n, slabs) {
+            match step {
+                CholStep::Diag { k0, w } => {
+                    // Factor, then invert in place; zero above the diagonal.
+                    for j in 0..w {
+                        let d = a[at(k0 + j, k0 + j)].sqrt();
+                        a[at(k0 + j, k0 + j)] = d;
+                        for i in j + 1..w {
+                            a[at(k0 + i, k0 + j)] /= d;
+                        }
+                        for l in j + 1..w {
+                            for i in l..w {
+                                a[at(k0 + i, k0 + l)] -=
+                                    a[at(k0 + i, k0 + j)] * a[at(k0 + l, k0 + j)];
+                            }
+                        }
+                    }
+                    let l: Vec<f64> = (0..w * w)
+                        .map(|e| {
+                            let (i, j) = (e / w, e % w);
+                            if j <= i {
+                                a[at(k0 + i, k0 + j)]
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    small.iter_mut().for_each(|v| *v = 0.0);
+                    for j in 0..w {
+                        for i in j..w {
+                            let mut s = if i == j { 1.0 } else { 0.0 };
+                            for p in j..i {
+                                s -= l[i * w + p] * small[p * NB + j];
+                            }
+                            small[i * NB + j] = s / l[i * w + i];
+                        }
+                    }
+                    for i in 0..w {
+                        for j in 0..w {
+                            a[at(k0 + i, k0 + j)] = small[i * NB + j];
+                        }
+                    }
+                }
+                CholStep::Panel { k0, w, pieces } => {
+                    let r1 = k0 + w;
+                    for p in pieces {
+                        for i in p.m.0..p.m.1 {
+                            let row: Vec<f64> = (0..w).map(|q| a[at(r1 + i, k0 + q)]).collect();
+                            for j in p.n.0..p.n.1 {
+                                let s: f64 =
+                                    (p.k.0..p.k.1).map(|q| row[q] * small[j * NB + q]).sum();
+                                a[at(r1 + i, k0 + j)] = s;
+                            }
+                        }
+                    }
+                }
+                CholStep::Syrk { c0, d0, pieces, .. } => {
+                    for p in pieces {
+                        for i in p.m.0..p.m.1 {
+                            for j in p.n.0..p.n.1.min(i + 1) {
+                                let s: f64 = (p.k.0..p.k.1)
+                                    .map(|q| a[at(c0 + i, d0 + q)] * a[at(c0 + j, d0 + q)])
+                                    .sum();
+                                a[at(c0 + i, c0 + j)] -= s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for runs in inverse_levels(n, slabs) {
+            for run in runs {
+                let h = run.half;
+                for z in 0..run.count {
+                    let r = run.r0 + 2 * h * z;
+                    let s = r + h;
+                    // T stored transposed: T(i, j) at (r + j, s + i).
+                    for p in &run.t_pieces {
+                        for i in p.m.0..p.m.1 {
+                            for j in p.n.0..p.n.1 {
+                                let v: f64 = (p.k.0..p.k.1)
+                                    .filter(|&q| q >= j)
+                                    .map(|q| a[at(s + i, r + q)] * a[at(r + q, r + j)])
+                                    .sum();
+                                let c = &mut a[at(r + j, s + i)];
+                                *c = if p.first { v } else { *c + v };
+                            }
+                        }
+                    }
+                    for p in &run.x_pieces {
+                        for i in p.m.0..p.m.1 {
+                            for j in p.n.0..p.n.1 {
+                                let v: f64 = (p.k.0..p.k.1)
+                                    .filter(|&q| q <= i)
+                                    .map(|q| a[at(s + i, s + q)] * a[at(r + j, s + q)])
+                                    .sum();
+                                let c = &mut a[at(s + i, r + j)];
+                                *c = if p.first { -v } else { *c - v };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        a
+    }
+
+    fn spd(n: usize) -> Vec<f64> {
+        let mut x = 0.37f64;
+        let g: Vec<f64> = (0..n * n)
+            .map(|_| {
+                x = (x * 3.7 + 0.11).fract();
+                x - 0.5
+            })
+            .collect();
+        let mut h = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] = (0..n).map(|q| g[i * n + q] * g[j * n + q]).sum::<f64>()
+                    + if i == j { n as f64 } else { 0.0 };
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn the_plan_inverts_the_cholesky_factor() {
+        // Odd sizes, partial last blocks and pairs, slabs that cut pairs (64- and 192-row
+        // slabs) and one slab.
+        for (n, slab_rows) in [(1, 64), (70, 64), (200, 64), (331, 192), (300, 1000)] {
+            let slabs = Slabs {
+                rows: n,
+                slab_rows: slab_rows.min(n.max(1)),
+            };
+            let h = spd(n);
+            let x = run_plan(&h, n, &slabs);
+            // X·L = I on the lower triangle, with L the reference Cholesky factor.
+            let mut l = h.clone();
+            for j in 0..n {
+                l[j * n + j] = l[j * n + j].sqrt();
+                for i in j + 1..n {
+                    l[i * n + j] /= l[j * n + j];
+                }
+                for q in j + 1..n {
+                    for i in q..n {
+                        l[i * n + q] -= l[i * n + j] * l[q * n + j];
+                    }
+                }
+            }
+            for i in 0..n {
+                for j in 0..=i {
+                    let v: f64 = (j..=i).map(|q| x[i * n + q] * l[q * n + j]).sum();
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!(
+                        (v - want).abs() < 1e-9,
+                        "n={n} slab={slab_rows} ({i},{j}): {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_of_a_level_in_one_slab_are_one_launch() {
+        let n = 4096;
+        let one = Slabs {
+            rows: n,
+            slab_rows: n,
+        };
+        let levels = inverse_levels(n, &one);
+        assert_eq!(levels.len(), 6);
+        for runs in &levels {
+            assert_eq!(runs.len(), 1);
+            assert_eq!(runs[0].count * 2 * runs[0].half, n);
+        }
+        // Slabs of 1024 rows: levels below 1024 batch per slab; the top level's pair crosses
+        // slabs and is cut into pieces.
+        let cut = Slabs {
+            rows: n,
+            slab_rows: 1024,
+        };
+        let levels = inverse_levels(n, &cut);
+        assert_eq!(levels[0].len(), 4);
+        let top = &levels[5][0];
+        assert_eq!(top.count, 1);
+        assert!(top.t_pieces.len() > 1 && top.x_pieces.len() > 1);
+        // The Cholesky at 4096: 64 diagonal blocks, 63 panels, 48 inner and 15 outer SYRKs.
+        let steps = cholesky_steps(n, &one);
+        let count = |f: fn(&CholStep) -> bool| steps.iter().filter(|s| f(s)).count();
+        assert_eq!(count(|s| matches!(s, CholStep::Diag { .. })), 64);
+        assert_eq!(count(|s| matches!(s, CholStep::Panel { .. })), 63);
+        assert_eq!(
+            count(|s| matches!(s, CholStep::Syrk { depth, .. } if *depth == NB)),
+            48
+        );
+        assert_eq!(
+            count(|s| matches!(s, CholStep::Syrk { depth, .. } if *depth == OUTER)),
+            15
+        );
+    }
+}
