@@ -17,8 +17,10 @@ use prunebench_kernels::cube::compile_only::{
     self, compile_all, CaseLaunches, CompileOnlyBackend, KernelReport, KernelSource, Nvrtc, Target,
     TARGETS,
 };
+use prunebench_kernels::cube::gemm_tile;
 use prunebench_kernels::ops::Backend;
-use prunebench_kernels::suite::{model_cases, run_once, small_cases, OpCase};
+use prunebench_kernels::plan::factor::{planned_launches, WaveShare};
+use prunebench_kernels::suite::{model_cases, run_once, small_cases, Op, OpCase};
 
 mod table;
 
@@ -69,6 +71,25 @@ struct CaseRecord {
     launches: CaseLaunches,
     /// "ok", or why the case stopped (its later kernels were then never seen).
     status: String,
+    /// HINV_FACTOR: its plan's GEMM-shaped launches on this target's SMs, and the share of
+    /// its flops in those under one wave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    factor_plan: Option<WaveShare>,
+}
+
+/// What of a HINV_FACTOR case's work its plan runs in launches under one wave of `t`: the
+/// launches and flops come from the plan (`plan::factor`), as the backend cuts its matrix and
+/// tiles its GEMMs.
+fn factor_share(b: &CompileOnlyBackend, t: &Target, case: &OpCase) -> Option<WaveShare> {
+    if case.op != Op::HinvFactor {
+        return None;
+    }
+    let n = case.cols;
+    let slabs = b.slabs(n, n).ok()?;
+    Some(WaveShare::of(
+        &planned_launches(n, &slabs, gemm_tile),
+        t.sms as usize,
+    ))
 }
 
 fn targets(list: &str) -> Result<Vec<&'static Target>> {
@@ -114,6 +135,7 @@ fn record(
         cases.push(CaseRecord {
             launches: CaseLaunches::new(name, t, &launches),
             status,
+            factor_plan: None,
         });
     }
 }
@@ -223,6 +245,7 @@ fn run_all(
         for (case, inputs) in chunk.iter().zip(inputs) {
             done += 1;
             let name = case.name();
+            let first = records.len();
             match inputs {
                 Ok(inputs) => record(
                     &name,
@@ -236,6 +259,9 @@ fn run_all(
                     |_| Err(anyhow::anyhow!("inputs: {e}")),
                     &mut records,
                 ),
+            }
+            for (r, (t, b)) in records[first..].iter_mut().zip(backends) {
+                r.factor_plan = factor_share(b, t, case);
             }
         }
     }
@@ -294,10 +320,10 @@ fn compile_targets(
 }
 
 impl CompileOutput {
-    fn cases_view(&self) -> Vec<(&CaseLaunches, &str)> {
+    fn cases_view(&self) -> Vec<(&CaseLaunches, &str, Option<&WaveShare>)> {
         self.cases
             .iter()
-            .map(|c| (&c.launches, c.status.as_str()))
+            .map(|c| (&c.launches, c.status.as_str(), c.factor_plan.as_ref()))
             .collect()
     }
 }

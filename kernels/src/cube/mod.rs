@@ -31,6 +31,7 @@ use crate::ops::{
     ObsSelection, ReconError, Score, TaylorInputs, TimeSource,
 };
 use crate::tensor::{Mask, Matrix};
+pub use kernels::gemm::tile_shape as gemm_tile;
 use kernels::{
     attention_backward, backward, factor, forward, grad, obs, recon, score, select, sparse, stats,
     structured,

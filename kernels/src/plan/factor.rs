@@ -191,6 +191,122 @@ pub fn inverse_levels(n: usize, slabs: &Slabs) -> Vec<Vec<PairRun>> {
     levels
 }
 
+/// One GEMM-shaped launch of the plan: its step, workgroups (cubes) and the flops it does.
+#[derive(Clone, Copy, Debug)]
+pub struct PlannedLaunch {
+    pub step: &'static str,
+    pub groups: usize,
+    pub flops: f64,
+}
+
+/// Every launch of the factor's plan for an n x n matrix, given the output tile a launch of
+/// `count` GEMMs of m x n uses (`tile`): the diagonal blocks (one workgroup, factor and inverse, 2w³/3 flops),
+/// the panels, the SYRKs (their lower-triangle tiles and entries only) and the doubling's
+/// products (the triangle their masks skip not counted). The elementwise passes (scan,
+/// copies) are left out: they are full-grid and move bytes, not flops.
+pub fn planned_launches(
+    n: usize,
+    slabs: &Slabs,
+    tile: impl Fn(usize, usize, usize) -> (usize, usize),
+) -> Vec<PlannedLaunch> {
+    let tiles = |m: usize, c: usize, count: usize| {
+        let (tm, tn) = tile(m, c, count);
+        (m.div_ceil(tm), c.div_ceil(tn), tm, tn)
+    };
+    let mut v = Vec::new();
+    for step in cholesky_steps(n, slabs) {
+        match step {
+            CholStep::Diag { w, .. } => v.push(PlannedLaunch {
+                step: "diagonal block",
+                groups: 1,
+                flops: 2.0 * (w as f64).powi(3) / 3.0,
+            }),
+            CholStep::Panel { pieces, .. } => {
+                for p in pieces {
+                    let (m, c, k) = (p.m.1 - p.m.0, p.n.1 - p.n.0, p.k.1 - p.k.0);
+                    let (gm, gn, _, _) = tiles(m, c, 1);
+                    v.push(PlannedLaunch {
+                        step: "panel",
+                        groups: gm * gn,
+                        flops: 2.0 * (m * c * k) as f64,
+                    });
+                }
+            }
+            CholStep::Syrk { depth, pieces, .. } => {
+                for p in pieces {
+                    let (m, c, k) = (p.m.1 - p.m.0, p.n.1 - p.n.0, p.k.1 - p.k.0);
+                    let (gm, gn, tm, tn) = tiles(m, c, 1);
+                    // Tiles with a row at or below the diagonal (row i reaches column i);
+                    // entries (i, j) with j <= i, in the matrix's coordinates.
+                    let groups = (0..gm)
+                        .map(|r| {
+                            (0..gn)
+                                .filter(|&q| p.n.0 + q * tn < p.m.0 + (r + 1) * tm)
+                                .count()
+                        })
+                        .sum();
+                    let entries: usize = (p.m.0..p.m.1)
+                        .map(|i| (i + 1).clamp(p.n.0, p.n.1) - p.n.0)
+                        .sum();
+                    v.push(PlannedLaunch {
+                        step: if depth > NB {
+                            "outer SYRK"
+                        } else {
+                            "inner SYRK"
+                        },
+                        groups,
+                        flops: 2.0 * (entries * k) as f64,
+                    });
+                }
+            }
+        }
+    }
+    for runs in inverse_levels(n, slabs) {
+        for run in runs {
+            let (h, w) = (run.half as f64, run.w as f64);
+            let pieces = (run.t_pieces.len() + run.x_pieces.len()) as f64;
+            for (p, step) in run
+                .t_pieces
+                .iter()
+                .map(|p| (p, "inverse T"))
+                .chain(run.x_pieces.iter().map(|p| (p, "inverse X21")))
+            {
+                let (gm, gn, _, _) = tiles(p.m.1 - p.m.0, p.n.1 - p.n.0, run.count);
+                // A pair's two products do w·h·(h+1) and h·w·(w+1) flops; pieces share them
+                // evenly (only pairs cut by a slab have more than one).
+                v.push(PlannedLaunch {
+                    step,
+                    groups: gm * gn * run.count,
+                    flops: run.count as f64 * (w * h * (h + 1.0) + h * w * (w + 1.0)) / pieces,
+                });
+            }
+        }
+    }
+    v
+}
+
+/// How much of a plan's work runs in launches of fewer workgroups than `sms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct WaveShare {
+    pub launches: usize,
+    pub launches_under_one_wave: usize,
+    pub flops: f64,
+    /// Of `flops`, what those launches do.
+    pub flops_under_one_wave: f64,
+}
+
+impl WaveShare {
+    pub fn of(launches: &[PlannedLaunch], sms: usize) -> Self {
+        let under = launches.iter().filter(|l| l.groups < sms);
+        Self {
+            launches: launches.len(),
+            launches_under_one_wave: under.clone().count(),
+            flops: launches.iter().map(|l| l.flops).sum(),
+            flops_under_one_wave: under.map(|l| l.flops).sum(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +477,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn planned_flops_are_the_factors() {
+        // Cholesky n³/3 and inverse n³/3, up to lower-order terms, however the slabs cut; the
+        // panels multiply by the triangular L_kk⁻ᵀ as a full block (half their flops are
+        // the zero triangle's).
+        for (n, slab_rows) in [(4096, 4096), (4096, 1024), (1000, 192)] {
+            let slabs = Slabs { rows: n, slab_rows };
+            let launches = planned_launches(n, &slabs, |_, _, _| (64, 64));
+            let total: f64 = launches.iter().map(|l| l.flops).sum();
+            let zeros: f64 = launches
+                .iter()
+                .filter(|l| l.step == "panel")
+                .map(|l| l.flops / 2.0)
+                .sum();
+            let total = total - zeros;
+            let want = 2.0 * (n as f64).powi(3) / 3.0;
+            assert!(
+                (total / want - 1.0).abs() < 0.01,
+                "n={n}: {total} vs {want}"
+            );
+        }
+        // At LLaMA-7B's 4096 columns on 132 SMs with 64 x 64 tiles, what cannot fill a wave
+        // (the diagonal blocks, panels, inner SYRKs and the lowest doubling levels) is a
+        // minority of the work.
+        let n = 4096;
+        let one = Slabs {
+            rows: n,
+            slab_rows: n,
+        };
+        let share = WaveShare::of(&planned_launches(n, &one, |_, _, _| (64, 64)), 132);
+        assert!(share.flops_under_one_wave < 0.1 * share.flops, "{share:?}");
     }
 
     #[test]

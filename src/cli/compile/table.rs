@@ -2,12 +2,17 @@
 //! the cases that cannot fill a GPU, and totals per architecture.
 
 use prunebench_kernels::cube::compile_only::{CaseLaunches, KernelReport, Target};
+use prunebench_kernels::plan::factor::WaveShare;
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-pub fn print(kernels: &[KernelReport], cases: &[(&CaseLaunches, &str)], targets: &[&Target]) {
+pub fn print(
+    kernels: &[KernelReport],
+    cases: &[(&CaseLaunches, &str, Option<&WaveShare>)],
+    targets: &[&Target],
+) {
     println!(
         "{:<34} {:<9} {:<7} {:>14} {:>5} {:>7} {:>6} {:>5} status",
         "kernel", "variant", "arch", "cube dim", "regs", "shared", "spill", "occ"
@@ -34,23 +39,41 @@ pub fn print(kernels: &[KernelReport], cases: &[(&CaseLaunches, &str)], targets:
             println!("    {line}");
         }
     }
-    let failed: Vec<_> = cases.iter().filter(|(_, s)| *s != "ok").collect();
+    let failed: Vec<_> = cases.iter().filter(|(_, s, _)| *s != "ok").collect();
     if !failed.is_empty() {
         println!("\ncases that stopped (their later kernels were not seen):");
-        for (c, s) in failed {
+        for (c, s, _) in failed {
             println!("  {:<64} {:<7} {s}", c.case, c.arch);
         }
     }
     let thin: Vec<_> = cases
         .iter()
-        .filter(|(c, s)| *s == "ok" && c.launches > 0 && c.waves < 1.0)
+        .filter(|(c, s, _)| *s == "ok" && c.launches > 0 && c.waves < 1.0)
         .collect();
     if !thin.is_empty() {
         println!("\ncases whose median launch is under one wave (fewer cubes than SMs):");
-        for (c, _) in thin {
+        for (c, _, _) in thin {
             println!(
                 "  {:<64} {:<7} {:>5} launches, cubes {}/{}/{} (min/median/max), {:.2} waves",
                 c.case, c.arch, c.launches, c.cubes_min, c.cubes_median, c.cubes_max, c.waves
+            );
+        }
+    }
+    let factors: Vec<_> = cases
+        .iter()
+        .filter_map(|(c, _, f)| f.map(|f| (c, f)))
+        .collect();
+    if !factors.is_empty() {
+        println!("\nthe factor's GEMM-shaped launches under one wave, from its plan:");
+        for (c, f) in factors {
+            println!(
+                "  {:<64} {:<7} {:>4} of {:>4} launches, {:>5.1}% of {:.3e} flops",
+                c.case,
+                c.arch,
+                f.launches_under_one_wave,
+                f.launches,
+                100.0 * f.flops_under_one_wave / f.flops.max(1.0),
+                f.flops
             );
         }
     }

@@ -25,11 +25,21 @@ use crate::plan::{gemm_pieces, Stored};
 
 const BK: u32 = 16;
 
-/// The output tile of a launch: 128 rows or columns where the problem has that many (twice
-/// the work per shared-memory load), 64 otherwise.
-pub fn tile_shape(m: usize, n: usize) -> (usize, usize) {
+/// Launches with fewer 128-wide tiles than this (two waves of an H100's 132 SMs) take 64 x 64
+/// tiles instead: four times the cubes, so that the GPU fills.
+pub const FILL_CUBES: usize = 264;
+
+/// The output tile of a launch of `count` products of m x n: 128 rows or columns where the
+/// problem has that many (twice the work per shared-memory load) and the launch still makes
+/// [`FILL_CUBES`] cubes, 64 otherwise.
+pub fn tile_shape(m: usize, n: usize, count: usize) -> (usize, usize) {
     let side = |x: usize| if x >= 128 { 128 } else { 64 };
-    (side(m), side(n))
+    let (tm, tn) = (side(m), side(n));
+    if m.div_ceil(tm) * n.div_ceil(tn) * count < FILL_CUBES {
+        (64, 64)
+    } else {
+        (tm, tn)
+    }
 }
 
 pub const EPI_STORE: u32 = 0;
@@ -403,7 +413,7 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         flags |= C_TRANS;
     }
     let (dot_h, dot_len, dot_base) = g.dot.unwrap_or((g.c.h, g.c.len, 0));
-    let (tm, tn) = tile_shape(g.m, g.n);
+    let (tm, tn) = tile_shape(g.m, g.n, g.batch.count);
     let count = CubeCount::Static(
         g.n.div_ceil(tn) as u32,
         g.m.div_ceil(tm) as u32,

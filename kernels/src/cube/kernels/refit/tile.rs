@@ -393,7 +393,7 @@ pub struct Tile<'a> {
 
 /// Output tiles of an m x n launch.
 pub fn tiles(m: usize, n: usize) -> (usize, usize) {
-    let (tm, tn) = tile_shape(m, n);
+    let (tm, tn) = tile_shape(m, n, 1);
     (m.div_ceil(tm), n.div_ceil(tn))
 }
 
@@ -401,7 +401,7 @@ pub fn launch<R: Runtime>(b: &CubeBackend<R>, g: &Tile<'_>) {
     if g.m == 0 || g.n == 0 {
         return;
     }
-    let (tm, tn) = tile_shape(g.m, g.n);
+    let (tm, tn) = tile_shape(g.m, g.n, 1);
     let (ty, tx) = tiles(g.m, g.n);
     let lora = g.lora.as_ref();
     let mask = lora.map_or(g.a, |l| l.mask);
