@@ -34,6 +34,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read> in2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(5) var<storage, read_write> aux: array<f32>;
+// The same as vec4s, for silu_mul_backward.
+@group(0) @binding(1) var<storage, read> in0_4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> in1_4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> in2_4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> dst4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> aux4: array<vec4<f32>>;
 // The embedding's id lists: offsets (vocabulary + 1) and token positions.
 @group(0) @binding(6) var<storage, read> ids: array<u32>;
 
@@ -118,24 +124,23 @@ fn rms_gamma_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
 // For a = silu(g) ⊙ u, elements i < rows of g (in0), u (in1) and da (in2): du = da·g·σ(g)
 // into aux and dg = da·u·σ(g)·(1 + g·(1 − σ(g))) into dst. σ and 1 − σ both come from
 // exp(−|g|) ≤ 1, so neither overflows nor cancels for gates of either sign.
+// A vec4 per invocation: flat chunks start on multiples of 64 values and windows on 16 bytes,
+// so every base is a whole vec4; a chunk's last vec4 may run into the buffers' padding.
 @compute @workgroup_size(256, 1, 1)
 fn silu_mul_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * P.row_len + gid.x;
-    if (i >= P.rows) { return; }
-    let g = in0[P.a_base + i];
-    let u = in1[P.b_base + i];
-    let a = in2[P.c_base + i];
+    if (i * 4u >= P.rows) { return; }
+    let g = in0_4[P.a_base / 4u + i];
+    let u = in1_4[P.b_base / 4u + i];
+    let a = in2_4[P.c_base / 4u + i];
     let ex = exp(-abs(g));
     let big = 1.0 / (1.0 + ex);
     let small = ex * big;
-    var sig = big;
-    var rest = small;
-    if (g < 0.0) {
-        sig = small;
-        rest = big;
-    }
-    aux[P.e_base + i] = a * g * sig;
-    dst[P.d_base + i] = a * u * sig * (1.0 + g * rest);
+    let neg = g < vec4<f32>(0.0);
+    let sig = select(big, small, neg);
+    let rest = select(small, big, neg);
+    aux4[P.e_base / 4u + i] = a * g * sig;
+    dst4[P.d_base / 4u + i] = a * u * sig * (1.0 + g * rest);
 }
 
 // dE(v, j) for vocabulary rows v in [row0, row0 + rows) (dst, rows of cols): the sum, in

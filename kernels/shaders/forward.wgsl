@@ -45,6 +45,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> in1: array<f32>;
 @group(0) @binding(3) var<storage, read> in2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+// in0, in1 and dst as vec4s, for the elementwise kernels.
+@group(0) @binding(1) var<storage, read> in0_4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> in1_4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> dst4: array<vec4<f32>>;
 // Token ids (embed) or next-token targets (lm_fold).
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
 // attention's optional log-sum-exp per (row, head), which its backward recomputes P from.
@@ -287,26 +291,29 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 // ---- elementwise ----
 
+// The elementwise kernels take a vec4 per invocation: flat chunks start on multiples of 64
+// values and windows on 16 bytes, so every base is a whole vec4, and buffers are padded to
+// whole vec4s, so a chunk's last vec4 may run into the padding (computed, never read).
+
 // dst[i] = silu(g)·u for g = in0[i], u = in1[i], i < rows (the chunk's elements); the sigmoid
 // from exp(−|g|), which never overflows.
 @compute @workgroup_size(256, 1, 1)
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * P.row_len + gid.x;
-    if (i >= P.rows) { return; }
-    let g = in0[P.a_base + i];
-    let u = in1[P.b_base + i];
+    if (i * 4u >= P.rows) { return; }
+    let g = in0_4[P.a_base / 4u + i];
+    let u = in1_4[P.b_base / 4u + i];
     let ex = exp(-abs(g));
-    var sig = 1.0 / (1.0 + ex);
-    if (g < 0.0) { sig = ex / (1.0 + ex); }
-    dst[P.d_base + i] = g * sig * u;
+    let sig = select(1.0 / (1.0 + ex), ex / (1.0 + ex), g < vec4<f32>(0.0));
+    dst4[P.d_base / 4u + i] = g * sig * u;
 }
 
 // dst[i] += in0[i], i < rows.
 @compute @workgroup_size(256, 1, 1)
 fn residual_add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * P.row_len + gid.x;
-    if (i >= P.rows) { return; }
-    dst[P.d_base + i] = dst[P.d_base + i] + in0[P.a_base + i];
+    if (i * 4u >= P.rows) { return; }
+    dst4[P.d_base / 4u + i] = dst4[P.d_base / 4u + i] + in0_4[P.a_base / 4u + i];
 }
 
 // dst(i, :) = table(ids[i], :) for output rows i in [row0, row0 + rows) whose id lies in the

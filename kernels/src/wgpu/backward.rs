@@ -224,7 +224,8 @@ impl Ctx {
                 self.win(&da.buf, o, o1)?,
             );
             let (dgw, duw) = (self.win(&dg.buf, o, o1)?, self.win(&du.buf, o, o1)?);
-            let g = grid((e1 - e0).div_ceil(256) as u64, self.max_groups());
+            // A vec4 per invocation (backward.wgsl's silu_mul_backward).
+            let g = grid((e1 - e0).div_ceil(1024) as u64, self.max_groups());
             let p = Params {
                 rows: (e1 - e0) as u32,
                 a_base: gw.base(o),

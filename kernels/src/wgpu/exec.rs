@@ -99,6 +99,14 @@ impl Module {
         }
     }
 
+    /// The .wgsl file the module is built from (variants share their file).
+    pub fn file(self) -> &'static str {
+        match self {
+            Module::GemmInPlace => "gemm",
+            m => m.name(),
+        }
+    }
+
     pub fn source(self) -> &'static str {
         match self {
             Module::Gemm => include_str!("../../shaders/gemm.wgsl"),

@@ -364,7 +364,8 @@ impl Ctx {
             let dw = self.win(dst, o0, o1)?;
             let aw = self.win(a, o0, o1)?;
             let bw = bsrc.map(|s| self.win(s, o0, o1)).transpose()?;
-            let g = grid((e1 - e0).div_ceil(256) as u64, self.max_groups());
+            // A vec4 per invocation (forward.wgsl's elementwise kernels).
+            let g = grid((e1 - e0).div_ceil(1024) as u64, self.max_groups());
             let p = Params {
                 rows: (e1 - e0) as u32,
                 a_base: aw.base(o0),
@@ -373,6 +374,9 @@ impl Ctx {
                 row_len: g[0] * 256,
                 ..Default::default()
             };
+            debug_assert!([p.a_base, p.b_base, p.d_base]
+                .iter()
+                .all(|b| b.is_multiple_of(4)));
             let bind = Bind {
                 in0: Some(aw),
                 in1: bw,

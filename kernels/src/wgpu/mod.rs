@@ -42,12 +42,12 @@ use crate::ops::{
 };
 use crate::tensor::{Mask, Matrix};
 
-/// Every shader family as (file name, WGSL source), for validation without a device (the
-/// product once per token block).
+/// Every shader family as (file name, WGSL source), for validation without a device (each
+/// variant of a file once: the product per token block, the GEMM bound read-write).
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
     exec::Module::ALL
         .iter()
-        .map(|m| (m.name(), m.source()))
+        .map(|m| (m.file(), m.source()))
         .collect()
 }
 

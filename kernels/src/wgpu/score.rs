@@ -23,6 +23,23 @@ struct ScoreParams {
 }
 
 impl Ctx {
+    /// The vec4 entry (`ENTRY4`, four columns per thread) where rows are whole vec4s from
+    /// vec4-aligned bases, else the scalar one: the entry and the columns per thread.
+    fn elementwise_entry(entry: &'static str, cols: usize, bases: &[u32]) -> (&'static str, usize) {
+        if cols.is_multiple_of(4) && bases.iter().all(|b| b.is_multiple_of(4)) {
+            (
+                match entry {
+                    "score" => "score4",
+                    "apply_mask" => "apply_mask4",
+                    _ => unreachable!("no vec4 entry for {entry}"),
+                },
+                4,
+            )
+        } else {
+            (entry, 1)
+        }
+    }
+
     pub(crate) fn score(&self, w: &WgpuTensor, score: Score<'_, WgpuTensor>) -> Result<WgpuTensor> {
         check::score((w.rows, w.cols), &score, |t: &WgpuTensor| (t.rows, t.cols))?;
         let (rows, cols) = (w.rows, w.cols);
@@ -57,9 +74,11 @@ impl Ctx {
                 }
                 None => Slot::Unused,
             };
+            let (entry, per) =
+                Self::elementwise_entry("score", cols, &[p.w_base, p.o_base, p.g_base]);
             b.dispatch(
                 Module::Score,
-                "score",
+                entry,
                 bytemuck::bytes_of(&p),
                 &[
                     Slot::Win(ww),
@@ -68,7 +87,7 @@ impl Ctx {
                     Slot::Win(ow),
                     Slot::Unused,
                 ],
-                [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
+                [cols.div_ceil(256 * per) as u32, (r1 - r0) as u32, 1],
             )?;
         }
         b.submit()?;
@@ -94,9 +113,10 @@ impl Ctx {
                 wpr: wpr as u32,
                 ..Default::default()
             };
+            let (entry, per) = Self::elementwise_entry("apply_mask", cols, &[p.w_base]);
             b.dispatch(
                 Module::Score,
-                "apply_mask",
+                entry,
                 bytemuck::bytes_of(&p),
                 &[
                     Slot::Win(ww),
@@ -105,7 +125,7 @@ impl Ctx {
                     Slot::Unused,
                     Slot::Win(mw),
                 ],
-                [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
+                [cols.div_ceil(256 * per) as u32, (r1 - r0) as u32, 1],
             )?;
         }
         Ok(())

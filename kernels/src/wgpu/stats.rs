@@ -58,12 +58,18 @@ impl Ctx {
             };
             let slots = [Slot::Win(xw), Slot::Win(part_w), Slot::Win(act_w)];
             let bytes = bytemuck::bytes_of(&p);
+            // Four columns per thread where X's rows are whole vec4s from an aligned base.
+            let (entry, per) = if cols.is_multiple_of(4) && p.x_base.is_multiple_of(4) {
+                ("colsq_partial4", 4)
+            } else {
+                ("colsq_partial", 1)
+            };
             b.dispatch(
                 Module::Stats,
-                "colsq_partial",
+                entry,
                 bytes,
                 &slots,
-                [cols.div_ceil(64) as u32, nchunks as u32, 1],
+                [cols.div_ceil(64 * per) as u32, nchunks as u32, 1],
             )?;
             b.dispatch(
                 Module::Stats,

@@ -42,7 +42,12 @@ const NM48: MaskPattern = MaskPattern::NM { n: 4, m: 8 };
 /// (37, 296, 300), N:M with m = 4 and 8, rows of tied scores where the tie rule decides.
 pub fn small_cases() -> Vec<OpCase> {
     use ScoreKind::{Gblm, Magnitude, Wanda};
-    let mut v = vec![OpCase::new(Op::ApplyMask, 13, 300)];
+    // Widths of whole vec4s (300) and not (37): the WGSL kernels take four columns per thread
+    // on the first.
+    let mut v = vec![
+        OpCase::new(Op::ApplyMask, 13, 300),
+        OpCase::new(Op::ApplyMask, 5, 37),
+    ];
     for k in [Magnitude, Wanda, Gblm] {
         v.push(OpCase::new(Op::Score(k), 1, 37));
         v.push(OpCase::new(Op::Score(k), 13, 300));
