@@ -440,7 +440,18 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
         let (b, w, block) = (self.b, self.w, self.block);
         let st = self.state.as_ref().expect("the OBS run has begun");
         let dg = Some((&st.dg, block));
-        select_global(b, w, dg, i1, i2 - i1, k, SRC_OBS, &st.mask, true)
+        select_global(
+            b,
+            w,
+            dg,
+            None,
+            (i1, i2 - i1),
+            k,
+            SRC_OBS,
+            &st.mask,
+            true,
+            false,
+        )
     }
 
     fn columns(

@@ -184,6 +184,7 @@ fn row_mask_kernel(
     row_base: u32,
     #[comptime] src: u32,
     #[comptime] partial: bool,
+    #[comptime] apply: bool,
 ) {
     let r = cube_index();
     if r < rows {
@@ -205,7 +206,7 @@ fn row_mask_kernel(
             v,
             need,
             src,
-            false,
+            apply,
             partial,
             false,
         );
@@ -214,18 +215,21 @@ fn row_mask_kernel(
 
 /// The k lowest keys of the view (rows of `x`, columns [col0, col0 + ncols)) as a whole, ties
 /// by linear index within the view, written into `mask` (bits outside the view kept when
-/// `partial`). `aux` is the activation statistic or, for `SRC_OBS`, the block's diag(U).
+/// `partial`). `aux` is the activation statistic or, for `SRC_OBS`, the block's diag(U);
+/// `grad` GBLM's gradient statistic (cut into x's slabs). With `apply` the mask pass also
+/// zeroes the pruned entries of x: the fused prune, whose scores are never stored.
 #[allow(clippy::too_many_arguments)]
 pub fn select_global<R: Runtime>(
     b: &CubeBackend<R>,
     x: &CubeTensor,
     aux: Option<(&Handle, usize)>,
-    col0: usize,
-    ncols: usize,
+    grad: Option<&CubeTensor>,
+    (col0, ncols): (usize, usize),
     k: usize,
     src: u32,
     mask: &CubeMask,
     partial: bool,
+    apply: bool,
 ) -> Result<()> {
     let rows = x.rows;
     if rows == 0 || ncols == 0 {
@@ -244,7 +248,8 @@ pub fn select_global<R: Runtime>(
     let bind = |s: usize| {
         let (xh, xl) = (&x.handles[s], x.slab_len(s));
         let (ah, al) = aux.unwrap_or((xh, xl));
-        (xh, xl, ah, al)
+        let (gh, gl) = grad.map_or((xh, xl), |g| (&g.handles[s], g.slab_len(s)));
+        (xh, xl, ah, al, gh, gl)
     };
     if k > 0 {
         for pass in 0..3u32 {
@@ -253,7 +258,7 @@ pub fn select_global<R: Runtime>(
                 if srows == 0 {
                     continue;
                 }
-                let (xh, xl, ah, al) = bind(s);
+                let (xh, xl, ah, al, gh, gl) = bind(s);
                 let cubes = (srows * ncols).div_ceil(CUBE as usize * 16).clamp(1, 1024);
                 // SAFETY: a grid-stride over the view's srows x ncols entries of this slab.
                 unsafe {
@@ -263,7 +268,7 @@ pub fn select_global<R: Runtime>(
                         CubeDim::new_1d(CUBE),
                         arg(xh, xl),
                         arg(ah, al),
-                        arg(xh, xl),
+                        arg(gh, gl),
                         arg(&hist, BINS as usize),
                         arg(&state, 2),
                         srows as u32,
@@ -294,7 +299,7 @@ pub fn select_global<R: Runtime>(
         if srows == 0 {
             continue;
         }
-        let (xh, xl, ah, al) = bind(s);
+        let (xh, xl, ah, al, gh, gl) = bind(s);
         // SAFETY: one cube per row of the slab, reading its row of the view.
         unsafe {
             row_eq_count_kernel::launch_unchecked::<R>(
@@ -303,7 +308,7 @@ pub fn select_global<R: Runtime>(
                 CubeDim::new_1d(CUBE),
                 arg(xh, xl),
                 arg(ah, al),
-                arg(xh, xl),
+                arg(gh, gl),
                 arg(&state, 2),
                 arg(&eqcnt, rows),
                 srows as u32,
@@ -332,8 +337,9 @@ pub fn select_global<R: Runtime>(
         if srows == 0 {
             continue;
         }
-        let (xh, xl, ah, al) = bind(s);
-        // SAFETY: one cube per row of the slab, writing the mask words its view covers.
+        let (xh, xl, ah, al, gh, gl) = bind(s);
+        // SAFETY: one cube per row of the slab, writing the mask words its view covers (and,
+        // with `apply`, zeroing its own pruned entries of x after reading their keys).
         unsafe {
             row_mask_kernel::launch_unchecked::<R>(
                 &b.client,
@@ -341,7 +347,7 @@ pub fn select_global<R: Runtime>(
                 CubeDim::new_1d(CUBE),
                 arg(xh, xl),
                 arg(ah, al),
-                arg(xh, xl),
+                arg(gh, gl),
                 arg(&mask.handles[s], mask.slab_len(s)),
                 arg(&state, 2),
                 arg(&need_row, rows),
@@ -353,6 +359,7 @@ pub fn select_global<R: Runtime>(
                 r0 as u32,
                 src,
                 partial,
+                apply,
             );
         }
     }

@@ -19,7 +19,7 @@ use cubecl::server::Handle;
 use super::super::storage::{same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::reduce::CUBE;
-use super::score::{apply_mask, score, score_parts, SCORE_GBLM};
+use super::score::{score_parts, SCORE_GBLM};
 use crate::error::Result;
 use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
 
@@ -85,7 +85,10 @@ pub fn select_mask<R: Runtime>(
         } => {
             let mask = b.alloc_mask(scores.rows, scores.cols)?;
             let k = unstructured_k(sparsity, scores.rows * scores.cols);
-            select_global(b, scores, None, 0, scores.cols, k, SRC_PLAIN, &mask, false)?;
+            let view = (0, scores.cols);
+            select_global(
+                b, scores, None, None, view, k, SRC_PLAIN, &mask, false, false,
+            )?;
             Ok(mask)
         }
         MaskPattern::NM { n, m } => nm::n_m(b, &src, n, m, false),
@@ -117,12 +120,16 @@ pub fn prune_scored<R: Runtime>(
         } => row::per_row(b, &src, unstructured_k(sparsity, w.cols), true),
         MaskPattern::NM { n, m } => nm::n_m(b, &src, n, m, true),
         MaskPattern::Unstructured {
+            sparsity,
             group: MaskGroup::Matrix,
-            ..
         } => {
-            let s = score(b, w, sc)?;
-            let mask = select_mask(b, &s, pattern)?;
-            apply_mask(b, w, &mask)?;
+            // Keys from W and its statistics in every pass, W zeroed in the mask pass: the
+            // scores are never stored.
+            let mask = b.alloc_mask(w.rows, w.cols)?;
+            let k = unstructured_k(sparsity, w.rows * w.cols);
+            let aux = src.aux.map(|a| (&a.handles[0], a.cols));
+            let view = (0, w.cols);
+            select_global(b, w, aux, src.grad, view, k, kind, &mask, false, true)?;
             Ok(mask)
         }
     }
