@@ -1,8 +1,9 @@
 // SparseGPT's blocked OBS prune (ALGORITHMS.md §7), the in-block part: the sequential loop
-// over the columns of one block runs with rows in parallel. A workgroup owns 16 rows; their
-// block of W (16 x 128) stays in workgroup memory for the whole loop, the rows of U1 arrive
-// 8 at a time as the loop reaches them (so B = 128 needs 12 KiB, not U1's 64 KiB), and each
-// step is a rank-1 update spread over 16 threads per row. The lazy update of the columns to
+// over the columns of one block runs with rows in parallel. A workgroup owns 8 rows (so a
+// 4096-row weight makes 512 workgroups, about four waves of an H100); their block of W
+// (8 x 128) stays in workgroup memory for the whole loop, the rows of U1 arrive 8 at a time
+// as the loop reaches them (so B = 128 needs 8 KiB, not U1's 64 KiB), and each step is a
+// rank-1 update spread over 32 threads per row. The lazy update of the columns to
 // the right of the block is a GEMM (gemm.wgsl). Decisions come from the mask (given, or
 // chosen for the block by select.wgsl's whole-group selection) or, for N:M, are made in the
 // loop on the current weights.
@@ -33,13 +34,14 @@ struct Params {
 @group(0) @binding(7) var<storage, read> dead: array<u32>;    // dead-column flags, cols
 
 const SB: u32 = 128u;
-const RB: u32 = 16u;
+const RB: u32 = 8u;
+const LANES: u32 = 32u;   // threads per row: RB x LANES = 256
 const UC: u32 = 8u;
 
-var<workgroup> w1: array<f32, 2048>;        // RB x SB
+var<workgroup> w1: array<f32, 1024>;        // RB x SB
 var<workgroup> uc: array<f32, 1024>;        // UC x SB rows of U1
-var<workgroup> pr: array<atomic<u32>, 64>;  // RB x 4 words of pruned flags
-var<workgroup> ev: array<f32, 16>;          // this step's error per row
+var<workgroup> pr: array<atomic<u32>, 32>;  // RB x 4 words of pruned flags
+var<workgroup> ev: array<f32, 8>;           // this step's error per row
 
 // W[:, dead] = 0 before anything else.
 @compute @workgroup_size(256, 1, 1)
@@ -58,24 +60,30 @@ fn is_pruned(rl: u32, c: u32) -> bool {
 fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
-    let lane = t % 16u;
-    let rl = t / 16u;
+    let lane = t % LANES;
+    let rl = t / LANES;
     let r = (wid.y * nwg.x + wid.x) * RB + rl;
     let live = r < P.rows;
     let cnt = P.cnt;
-    if (t < 64u) { atomicStore(&pr[t], 0u); }
-    workgroupBarrier();
-    for (var c = lane; c < cnt; c += 16u) {
-        var v = 0.0;
-        if (live) {
-            v = w[P.w_base + r * P.cols + P.j1 + c];
-            if (P.nm == 0u) {
-                let g = P.j1 + c;
-                if (((mask[P.m_base + r * P.wpr + g / 32u] >> (g % 32u)) & 1u) != 0u) {
-                    atomicOr(&pr[rl * 4u + c / 32u], 1u << (c % 32u));
-                }
-            }
+    // The row's pruned flags for block columns 32·lane.., one word per lane (no shared
+    // atomics): the given mask's bits shifted to the block's start, or none for N:M, which
+    // decides in the loop.
+    if (lane < 4u) {
+        var bits = 0u;
+        let c0 = lane * 32u;
+        if (live && P.nm == 0u && c0 < cnt) {
+            let g = P.j1 + c0;
+            let wd = P.m_base + r * P.wpr + g / 32u;
+            let sh = g % 32u;
+            bits = mask[wd] >> sh;
+            if (sh != 0u && g / 32u + 1u < P.wpr) { bits = bits | (mask[wd + 1u] << (32u - sh)); }
+            if (cnt - c0 < 32u) { bits = bits & ((1u << (cnt - c0)) - 1u); }
         }
+        atomicStore(&pr[rl * 4u + lane], bits);
+    }
+    for (var c = lane; c < cnt; c += LANES) {
+        var v = 0.0;
+        if (live) { v = w[P.w_base + r * P.cols + P.j1 + c]; }
         w1[rl * SB + c] = v;
     }
     var lsum = 0.0;
@@ -124,13 +132,13 @@ fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
         workgroupBarrier();
         let e = ev[rl];
-        for (var c = i + 1u + lane; c < cnt; c += 16u) {
+        for (var c = i + 1u + lane; c < cnt; c += LANES) {
             w1[rl * SB + c] = w1[rl * SB + c] - e * uc[ui + c];
         }
     }
     workgroupBarrier();
     if (!live) { return; }
-    for (var c = lane; c < cnt; c += 16u) {
+    for (var c = lane; c < cnt; c += LANES) {
         w[P.w_base + r * P.cols + P.j1 + c] = w1[rl * SB + c];
     }
     if (lane == 0u) { loss[P.row0 + r] = loss[P.row0 + r] + lsum; }
@@ -138,7 +146,7 @@ fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         // This block's bits into the mask words it overlaps (the words past it are kept).
         let wfirst = P.j1 / 32u;
         let wlast = (P.j1 + cnt - 1u) / 32u;
-        for (var wd = wfirst + lane; wd <= wlast; wd += 16u) {
+        for (var wd = wfirst + lane; wd <= wlast; wd += LANES) {
             var bits = 0u;
             var inr = 0u;
             for (var b = 0u; b < 32u; b++) {

@@ -19,7 +19,7 @@ use super::select::{GroupScratch, KeyKind, KeySource};
 /// obs.wgsl's SB: columns of one in-block dispatch.
 const SUB: usize = 128;
 /// obs.wgsl's RB: rows per workgroup.
-const ROWS_PER_GROUP: usize = 16;
+const ROWS_PER_GROUP: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]

@@ -47,8 +47,14 @@ struct Layout {
 
 impl Layout {
     fn new(block: usize) -> Self {
-        // At most 16 weights per thread in registers: enough lanes per row to cover the block.
-        let lanes = block.div_ceil(16).next_power_of_two().min(CUBE as usize);
+        // At most 16 weights per thread in registers, and at least 32 lanes per row: a cube
+        // owns 8 rows or fewer, so a 4096-row weight makes 512 cubes (about four waves of an
+        // H100's 132 SMs; 32 rows per cube made 128, under one) and each step's rank-1
+        // update is spread over more lanes.
+        let lanes = block
+            .div_ceil(16)
+            .next_power_of_two()
+            .clamp(32, CUBE as usize);
         Self {
             lanes: lanes as u32,
             slots: block.div_ceil(lanes) as u32,
