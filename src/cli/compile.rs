@@ -86,8 +86,9 @@ fn factor_share(b: &CompileOnlyBackend, t: &Target, case: &OpCase) -> Option<Wav
     }
     let n = case.cols;
     let slabs = b.slabs(n, n).ok()?;
+    let fill = 2 * t.sms as usize;
     Some(WaveShare::of(
-        &planned_launches(n, &slabs, gemm_tile),
+        &planned_launches(n, &slabs, |m, c, count| gemm_tile(m, c, count, fill)),
         t.sms as usize,
     ))
 }

@@ -54,6 +54,9 @@ pub struct CubeBackend<R: Runtime> {
     pub(crate) max_binding: u64,
     /// Whether plane (warp/subgroup) operations are available: reductions use them then.
     pub(crate) plane: bool,
+    /// Two waves of the device's multiprocessors where it reports them (0 where not): a GEMM
+    /// launch that 128-wide tiles would leave below this takes 64 x 64 tiles.
+    pub(crate) fill_cubes: usize,
     /// Shared memory per cube, in bytes.
     pub(crate) max_shared: usize,
     /// The device's largest cube count per grid dimension (x, y, z).
@@ -115,6 +118,9 @@ impl<R: Runtime> CubeBackend<R> {
         let max_cube_count = hw.max_cube_count;
         let max_binding = props.memory.max_page_size.min(MAX_SLAB_BYTES);
         let max_shared = hw.max_shared_memory_size;
+        let fill_cubes = hw
+            .num_streaming_multiprocessors
+            .map_or(0, |sms| 2 * sms as usize);
         let plane = client
             .features()
             .plane
@@ -146,6 +152,7 @@ impl<R: Runtime> CubeBackend<R> {
             slab_limit: max_binding,
             max_binding,
             plane,
+            fill_cubes,
             max_shared,
             max_cube_count,
             poison: false,

@@ -25,17 +25,14 @@ use crate::plan::{gemm_pieces, Stored};
 
 const BK: u32 = 16;
 
-/// Launches with fewer 128-wide tiles than this (two waves of an H100's 132 SMs) take 64 x 64
-/// tiles instead: four times the cubes, so that the GPU fills.
-pub const FILL_CUBES: usize = 264;
-
 /// The output tile of a launch of `count` products of m x n: 128 rows or columns where the
 /// problem has that many (twice the work per shared-memory load) and the launch still makes
-/// [`FILL_CUBES`] cubes, 64 otherwise.
-pub fn tile_shape(m: usize, n: usize, count: usize) -> (usize, usize) {
+/// `fill` cubes (two waves of the device's multiprocessors, where it reports them), 64 x 64
+/// otherwise: four times the cubes, so that the GPU fills.
+pub fn tile_shape(m: usize, n: usize, count: usize, fill: usize) -> (usize, usize) {
     let side = |x: usize| if x >= 128 { 128 } else { 64 };
     let (tm, tn) = (side(m), side(n));
-    if m.div_ceil(tm) * n.div_ceil(tn) * count < FILL_CUBES {
+    if m.div_ceil(tm) * n.div_ceil(tn) * count < fill {
         (64, 64)
     } else {
         (tm, tn)
@@ -56,7 +53,7 @@ const A_LOWER: u32 = 32;
 const C_TRANS: u32 = 64;
 
 /// Which triangle of a staged operand reads as zero.
-const TRI_NONE: u32 = 0;
+pub(crate) const TRI_NONE: u32 = 0;
 const TRI_A_LOWER: u32 = 1;
 const TRI_B_LOWER: u32 = 2;
 
@@ -68,7 +65,7 @@ const TRI_B_LOWER: u32 = 2;
 /// of a step in the second, so a plane's loads are runs of consecutive addresses either way.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn stage<N: Size>(
+pub(crate) fn stage<N: Size>(
     x: &Array<f32>,
     s: &mut SharedMemory<Vector<f32, N>>,
     #[comptime] base: u32,
@@ -413,7 +410,7 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         flags |= C_TRANS;
     }
     let (dot_h, dot_len, dot_base) = g.dot.unwrap_or((g.c.h, g.c.len, 0));
-    let (tm, tn) = tile_shape(g.m, g.n, g.batch.count);
+    let (tm, tn) = tile_shape(g.m, g.n, g.batch.count, b.fill_cubes);
     let count = CubeCount::Static(
         g.n.div_ceil(tn) as u32,
         g.m.div_ceil(tm) as u32,

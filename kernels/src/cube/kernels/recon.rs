@@ -26,7 +26,7 @@ fn quadratic_trace<R: Runtime>(b: &CubeBackend<R>, d: &CubeTensor, h: &CubeTenso
             if rows == 0 || hn == 0 {
                 continue;
             }
-            let (tm, tn) = tile_shape(rows, n, 1);
+            let (tm, tn) = tile_shape(rows, n, 1, b.fill_cubes);
             let tiles = rows.div_ceil(tm) * n.div_ceil(tn);
             launches.push((ds, hs, rows, h0, hn, total));
             total += tiles;

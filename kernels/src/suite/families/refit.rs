@@ -22,7 +22,7 @@ pub const ADAMW_CASE_STEP: (f64, u32) = (5e-4, 3);
 // ---- The cases ----
 
 /// The re-fit ops on odd shapes: a single row, widths that are not a multiple of any tile, a
-/// rank above a tile's width, rank 1.
+/// rank above a tile's width, rank 1, and rows past one 128-row tile (the GEMM's wider tiles).
 pub fn small_cases() -> Vec<OpCase> {
     let mut v = vec![
         OpCase::new(Op::RefitBase, 13, 200).tokens(300, 1),
@@ -31,6 +31,7 @@ pub fn small_cases() -> Vec<OpCase> {
         OpCase::new(Op::AdamW, 1, 300),
         OpCase::new(Op::RowScale, 13, 200).tokens(300, 1),
         OpCase::new(Op::RowScale, 1, 37).tokens(80, 1),
+        OpCase::new(Op::RowScale, 150, 200).tokens(300, 1),
         OpCase::new(Op::NormSystem, 13, 200).tokens(300, 1),
         OpCase::new(Op::NormSystem, 1, 37).tokens(80, 1),
         OpCase::new(Op::SpdSolve, 1, 37).tokens(80, 1),
@@ -41,6 +42,7 @@ pub fn small_cases() -> Vec<OpCase> {
             v.push(OpCase::new(Op::LoraGrad(form, rank), rows, cols).tokens(300, 1));
             v.push(OpCase::new(Op::LoraMerge(form, rank), rows, cols));
         }
+        v.push(OpCase::new(Op::LoraGrad(form, 4), 150, 200).tokens(300, 1));
     }
     v
 }

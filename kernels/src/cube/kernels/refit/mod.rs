@@ -268,7 +268,7 @@ pub fn lora_grad<R: Runtime>(
     // One loss partial per output tile per (W slab, H slab) launch.
     let per_launch: Vec<usize> = (0..wp.handles.len())
         .map(|s| {
-            let (ty, tx) = tiles(wp.slabs.range(s).1, cols);
+            let (ty, tx) = tiles(b, wp.slabs.range(s).1, cols);
             ty * tx
         })
         .collect();
@@ -492,7 +492,7 @@ pub fn row_scale<R: Runtime>(
     // (num, den) per row per (H slab, column tile); every W slab has the column tiles of
     // its own launch shape, so slots are reserved for the widest count.
     let col_tiles = (0..w_hat.handles.len())
-        .map(|s| tiles(w_hat.slabs.range(s).1, cols).1)
+        .map(|s| tiles(b, w_hat.slabs.range(s).1, cols).1)
         .max()
         .unwrap_or(0);
     let slots = h.handles.len() * col_tiles;
@@ -651,7 +651,7 @@ pub fn norm_system<R: Runtime>(
             let rn = w_hat.slabs.range(s).1;
             for hs in 0..h.handles.len() {
                 launches.push((l, s, hs, slots));
-                slots += tiles(rn, cols).0;
+                slots += tiles(b, rn, cols).0;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The re-fit GEMM: the tiling of [`super::super::gemm`] (64 or 128 square-or-oblong output
-//! tiles, 16-deep K steps in shared memory, 256 threads with a 4x4 to 8x8 register block) with
-//! the A operand formed in its loads and the epilogues §12 needs. A is one of
+//! tiles, 16-deep K steps staged in shared memory as quads of 4 rows or columns, 256 threads
+//! each with a 4x4 to 8x8 register block fed by one vector load per 16 or 32 FMAs) with the A
+//! operand formed in its loads and the epilogues §12 needs. A is one of
 //!
 //! - `A_ROWS` / `A_TRANS`: a strided view, row-major or transposed;
 //! - `A_DIFF`: the difference of two views with the same layout (W − Ŵ, never stored);
@@ -28,7 +29,7 @@ use cubecl::server::Handle;
 
 use super::super::super::storage::arg;
 use super::super::super::CubeBackend;
-use super::super::gemm::tile_shape;
+use super::super::gemm::{stage, tile_shape, TRI_NONE};
 use super::super::reduce::cube_sum;
 
 const BK: u32 = 16;
@@ -60,9 +61,109 @@ fn lora_dot(fb: &Array<f32>, fa: &Array<f32>, bo: u32, j: u32, rank: u32, fa_ld:
     d
 }
 
+/// Element (gi, gk) of the A operand as `amode` forms it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn a_value(
+    a: &Array<f32>,
+    a2: &Array<f32>,
+    mask: &Array<u32>,
+    fb: &Array<f32>,
+    fa: &Array<f32>,
+    gi: u32,
+    gk: u32,
+    a_off: u32,
+    a_ld: u32,
+    k0: u32,
+    wpr: u32,
+    fb_off: u32,
+    rank: u32,
+    fa_ld: u32,
+    #[comptime] amode: u32,
+) -> f32 {
+    let mut v = 0.0f32;
+    if comptime![amode == A_ROWS] {
+        v = a[(a_off + gi * a_ld + gk) as usize];
+    }
+    if comptime![amode == A_TRANS] {
+        v = a[(a_off + gk * a_ld + gi) as usize];
+    }
+    if comptime![amode == A_DIFF] {
+        let q = (a_off + gi * a_ld + gk) as usize;
+        v = a[q] - a2[q];
+    }
+    if comptime![amode == A_LORA_MASK] {
+        let kc = k0 + gk;
+        if !pruned(mask[(gi * wpr + kc / 32) as usize], kc % 32) {
+            v = lora_dot(fb, fa, fb_off + gi * rank, kc, rank, fa_ld);
+        }
+    }
+    if comptime![amode == A_LORA_SCALE] {
+        let p = a[(a_off + gi * a_ld + gk) as usize];
+        if p != 0.0 {
+            v = p * lora_dot(fb, fa, fb_off + gi * rank, k0 + gk, rank, fa_ld);
+        }
+    }
+    v
+}
+
+/// A's K step staged as quads of 4 rows per depth step (as the GEMM's `stage`, with the
+/// element formed per `amode`): neighbouring units take neighbouring depth steps of a quad
+/// (row-major forms) or neighbouring quads of a step (`A_TRANS`), so loads are coalesced.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_a<N: Size>(
+    a: &Array<f32>,
+    a2: &Array<f32>,
+    mask: &Array<u32>,
+    fb: &Array<f32>,
+    fa: &Array<f32>,
+    st: &mut SharedMemory<Vector<f32, N>>,
+    i0: u32,
+    m: u32,
+    kb: u32,
+    k: u32,
+    a_off: u32,
+    a_ld: u32,
+    k0: u32,
+    wpr: u32,
+    fb_off: u32,
+    rank: u32,
+    fa_ld: u32,
+    #[comptime] quads: u32,
+    #[comptime] pitch: u32,
+    #[comptime] amode: u32,
+) {
+    let t = UNIT_POS_Y * 16 + UNIT_POS_X;
+    #[unroll]
+    for l in 0..comptime![quads * BK / 256] {
+        let idx = t + l * 256;
+        let mut q = idx / BK;
+        let mut kk = idx % BK;
+        if comptime![amode == A_TRANS] {
+            q = idx % quads;
+            kk = idx / quads;
+        }
+        let gk = kb + kk;
+        let mut v = Vector::<f32, N>::empty();
+        #[unroll]
+        for e in 0..4u32 {
+            let gi = i0 + 4 * q + e;
+            let mut val = 0.0f32;
+            if gi < m && gk < k {
+                val = a_value(
+                    a, a2, mask, fb, fa, gi, gk, a_off, a_ld, k0, wpr, fb_off, rank, fa_ld, amode,
+                );
+            }
+            v[e as usize] = val;
+        }
+        st[(kk * pitch + q) as usize] = v;
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn refit_tile_kernel(
+fn refit_tile_kernel<N: Size>(
     a: &Array<f32>,
     a2: &Array<f32>,
     mask: &Array<u32>,
@@ -74,7 +175,7 @@ fn refit_tile_kernel(
     c: &mut Array<f32>,
     part: &mut Array<f32>,
     m: u32,
-    n: u32,
+    ncols: u32,
     k: u32,
     a_off: u32,
     a_ld: u32,
@@ -120,10 +221,15 @@ fn refit_tile_kernel(
         kb = k;
     }
 
-    // Rows of the staged tiles padded by one value: the 16 units that store one row of A (or of
-    // a transposed B) at consecutive k hit at most 2 per bank, not 16.
-    let mut sa = SharedMemory::<f32>::new(comptime![(BK * (tm + 1)) as usize]);
-    let mut sb = SharedMemory::<f32>::new(comptime![(BK * (tn + 1)) as usize]);
+    // Staged as the GEMM's: quads of 4 rows of A (columns of B) per depth step, each step
+    // padded by one quad, B's from `sb`, in one shared array at fixed offsets; a unit's block
+    // is rows 4·ty + 64·i by columns 4·tx + 64·j.
+    let qa = comptime![tm / 4];
+    let qb = comptime![tn / 4];
+    let pa = comptime![qa + 1];
+    let pb = comptime![qb + 1];
+    let sb = comptime![BK * pa];
+    let mut st = SharedMemory::<Vector<f32, N>>::new(comptime![(BK * (pa + pb)) as usize]);
     let mut acc = Array::<f32>::new(comptime![(rm * rn) as usize]);
     #[unroll]
     for q in 0..rm * rn {
@@ -131,75 +237,30 @@ fn refit_tile_kernel(
     }
 
     while kb < k {
-        #[unroll]
-        for l in 0..rm {
-            let idx = t + l * 256;
-            let mut ii = idx / BK;
-            let mut kk = idx % BK;
-            if comptime![amode == A_TRANS] {
-                ii = idx % tm;
-                kk = idx / tm;
-            }
-            let gi = i0 + ii;
-            let gk = kb + kk;
-            let mut v = 0.0f32;
-            if gi < m && gk < k {
-                if comptime![amode == A_ROWS] {
-                    v = a[(a_off + gi * a_ld + gk) as usize];
-                }
-                if comptime![amode == A_TRANS] {
-                    v = a[(a_off + gk * a_ld + gi) as usize];
-                }
-                if comptime![amode == A_DIFF] {
-                    let q = (a_off + gi * a_ld + gk) as usize;
-                    v = a[q] - a2[q];
-                }
-                if comptime![amode == A_LORA_MASK] {
-                    let kc = k0 + gk;
-                    if !pruned(mask[(gi * wpr + kc / 32) as usize], kc % 32) {
-                        v = lora_dot(fb, fa, fb_off + gi * rank, kc, rank, fa_ld);
-                    }
-                }
-                if comptime![amode == A_LORA_SCALE] {
-                    let p = a[(a_off + gi * a_ld + gk) as usize];
-                    if p != 0.0 {
-                        v = p * lora_dot(fb, fa, fb_off + gi * rank, k0 + gk, rank, fa_ld);
-                    }
-                }
-            }
-            sa[(kk * (tm + 1) + ii) as usize] = v;
-        }
-        #[unroll]
-        for l in 0..rn {
-            let idx = t + l * 256;
-            let jj = idx % tn;
-            let kk = idx / tn;
-            let gj = j0 + jj;
-            let gk = kb + kk;
-            let mut v = 0.0f32;
-            if gj < n && gk < k {
-                v = bm[(b_off + gk * b_ld + gj) as usize];
-            }
-            sb[(kk * (tn + 1) + jj) as usize] = v;
-        }
+        stage_a::<N>(
+            a, a2, mask, fb, fa, &mut st, i0, m, kb, k, a_off, a_ld, k0, wpr, fb_off, rank, fa_ld,
+            qa, pa, amode,
+        );
+        stage::<N>(
+            bm, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, false, 0i32, TRI_NONE,
+        );
         sync_cube();
         #[unroll]
         for kk in 0..BK {
-            let mut ar = Array::<f32>::new(comptime![rm as usize]);
-            let mut br = Array::<f32>::new(comptime![rn as usize]);
             #[unroll]
-            for q in 0..rm {
-                ar[q as usize] = sa[(kk * (tm + 1) + ty + 16 * q) as usize];
-            }
-            #[unroll]
-            for q in 0..rn {
-                br[q as usize] = sb[(kk * (tn + 1) + tx + 16 * q) as usize];
-            }
-            #[unroll]
-            for ii in 0..rm {
+            for ia in 0..comptime![rm / 4] {
+                let av = st[(kk * pa + ty + 16 * ia) as usize];
                 #[unroll]
-                for jj in 0..rn {
-                    acc[(ii * rn + jj) as usize] += ar[ii as usize] * br[jj as usize];
+                for jb in 0..comptime![rn / 4] {
+                    let bv = st[(sb + kk * pb + tx + 16 * jb) as usize];
+                    #[unroll]
+                    for e in 0..4u32 {
+                        #[unroll]
+                        for f in 0..4u32 {
+                            let at = (ia * 4 + e) * rn + jb * 4 + f;
+                            acc[at as usize] += av[e as usize] * bv[f as usize];
+                        }
+                    }
                 }
             }
         }
@@ -225,9 +286,9 @@ fn refit_tile_kernel(
         for ii in 0..rm {
             #[unroll]
             for jj in 0..rn {
-                let i = i0 + ty + 16 * ii;
-                let j = j0 + tx + 16 * jj;
-                let mut valid = i < m && j < n;
+                let i = i0 + 64 * (ii / 4) + 4 * ty + ii % 4;
+                let j = j0 + 64 * (jj / 4) + 4 * tx + jj % 4;
+                let mut valid = i < m && j < ncols;
                 if comptime![lower] {
                     valid = valid && i as i32 + diag_shift >= j as i32;
                 }
@@ -285,55 +346,106 @@ fn refit_tile_kernel(
         }
     }
     if comptime![epi == E_ROW_DOT] {
-        // Across the 16 threads of a row of the tile, through the A stage (16·tm words):
-        // numerators, then denominators.
+        // Across the 16 units of a row of the tile (one ty), as vectors of a quad's 4 rows
+        // through the staging array: numerators, then denominators.
+        row_sums::<N>(
+            &mut st,
+            &rnum,
+            part,
+            part_base + CUBE_POS_X * part_ld,
+            i0,
+            m,
+            0u32,
+            rm,
+        );
+        sync_cube();
+        row_sums::<N>(
+            &mut st,
+            &rden,
+            part,
+            part_base + CUBE_POS_X * part_ld,
+            i0,
+            m,
+            1u32,
+            rm,
+        );
+    }
+    if comptime![epi == E_COL_DOT] {
+        // Across the 16 units of a column of the tile (one tx), likewise.
         #[unroll]
-        for q in 0..rm {
-            sa[((ty + 16 * q) * 16 + tx) as usize] = rnum[q as usize];
-        }
-        sync_cube();
-        if t < tm {
-            let mut v = 0.0f32;
+        for jb in 0..comptime![rn / 4] {
+            let mut v = Vector::<f32, N>::empty();
             #[unroll]
-            for x in 0..16u32 {
-                v += sa[(t * 16 + x) as usize];
+            for f in 0..4u32 {
+                v[f as usize] = ccol[(jb * 4 + f) as usize];
             }
-            if i0 + t < m {
-                part[(part_base + CUBE_POS_X * part_ld + 2 * (i0 + t)) as usize] = v;
-            }
+            st[(ty * qb + tx + 16 * jb) as usize] = v;
         }
         sync_cube();
-        #[unroll]
-        for q in 0..rm {
-            sa[((ty + 16 * q) * 16 + tx) as usize] = rden[q as usize];
-        }
-        sync_cube();
-        if t < tm {
-            let mut v = 0.0f32;
+        if t < qb {
+            let mut v = st[t as usize];
             #[unroll]
-            for x in 0..16u32 {
-                v += sa[(t * 16 + x) as usize];
+            for y in 1..16u32 {
+                let w = st[(y * qb + t) as usize];
+                #[unroll]
+                for f in 0..4u32 {
+                    v[f as usize] += w[f as usize];
+                }
             }
-            if i0 + t < m {
-                part[(part_base + CUBE_POS_X * part_ld + 2 * (i0 + t) + 1) as usize] = v;
+            #[unroll]
+            for f in 0..4u32 {
+                let j = j0 + 4 * t + f;
+                if j < ncols {
+                    part[(part_base + CUBE_POS_Y * part_ld + j) as usize] = v[f as usize];
+                }
             }
         }
     }
-    if comptime![epi == E_COL_DOT] {
-        // Across the 16 threads of a column of the tile, through the B stage (16·tn words).
+}
+
+/// The row sums of `vals` (rows 4·ty + 64·i + e of the tile, as the epilogue holds them)
+/// across the 16 units that share a ty, through `st`: row i0 + r's sum into
+/// part[base + 2·(i0 + r) + slot].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn row_sums<N: Size>(
+    st: &mut SharedMemory<Vector<f32, N>>,
+    vals: &Array<f32>,
+    part: &mut Array<f32>,
+    base: u32,
+    i0: u32,
+    m: u32,
+    #[comptime] slot: u32,
+    #[comptime] rm: u32,
+) {
+    let tx = UNIT_POS_X;
+    let ty = UNIT_POS_Y;
+    let t = ty * 16 + tx;
+    #[unroll]
+    for ia in 0..comptime![rm / 4] {
+        let mut v = Vector::<f32, N>::empty();
         #[unroll]
-        for q in 0..rn {
-            sb[(ty * tn + tx + 16 * q) as usize] = ccol[q as usize];
+        for e in 0..4u32 {
+            v[e as usize] = vals[(ia * 4 + e) as usize];
         }
-        sync_cube();
-        if t < tn {
-            let mut v = 0.0f32;
+        st[((ty + 16 * ia) * 16 + tx) as usize] = v;
+    }
+    sync_cube();
+    if t < comptime![rm * 4] {
+        let mut v = st[(t * 16) as usize];
+        #[unroll]
+        for x in 1..16u32 {
+            let w = st[(t * 16 + x) as usize];
             #[unroll]
-            for y in 0..16u32 {
-                v += sb[(y * tn + t) as usize];
+            for e in 0..4u32 {
+                v[e as usize] += w[e as usize];
             }
-            if j0 + t < n {
-                part[(part_base + CUBE_POS_Y * part_ld + j0 + t) as usize] = v;
+        }
+        #[unroll]
+        for e in 0..4u32 {
+            let i = i0 + 4 * t + e;
+            if i < m {
+                part[(base + 2 * i + slot) as usize] = v[e as usize];
             }
         }
     }
@@ -391,9 +503,9 @@ pub struct Tile<'a> {
     pub epi: u32,
 }
 
-/// Output tiles of an m x n launch.
-pub fn tiles(m: usize, n: usize) -> (usize, usize) {
-    let (tm, tn) = tile_shape(m, n, 1);
+/// Output tiles of an m x n launch on `b`.
+pub fn tiles<R: Runtime>(b: &CubeBackend<R>, m: usize, n: usize) -> (usize, usize) {
+    let (tm, tn) = tile_shape(m, n, 1, b.fill_cubes);
     (m.div_ceil(tm), n.div_ceil(tn))
 }
 
@@ -401,8 +513,8 @@ pub fn launch<R: Runtime>(b: &CubeBackend<R>, g: &Tile<'_>) {
     if g.m == 0 || g.n == 0 {
         return;
     }
-    let (tm, tn) = tile_shape(g.m, g.n, 1);
-    let (ty, tx) = tiles(g.m, g.n);
+    let (tm, tn) = tile_shape(g.m, g.n, 1, b.fill_cubes);
+    let (ty, tx) = tiles(b, g.m, g.n);
     let lora = g.lora.as_ref();
     let mask = lora.map_or(g.a, |l| l.mask);
     let fb = lora.map_or(g.a, |l| l.fb);
@@ -417,6 +529,8 @@ pub fn launch<R: Runtime>(b: &CubeBackend<R>, g: &Tile<'_>) {
             &b.client,
             CubeCount::Static(tx as u32, ty as u32, 1),
             CubeDim::new_2d(16, 16),
+            // The vector size of the staged tiles' quads.
+            4,
             buf(g.a),
             buf(g.a2.unwrap_or(g.a)),
             buf(mask),
