@@ -3,11 +3,11 @@
 //! by doubling, both in place in one n x n matrix whose rows are cut into slabs. The backends
 //! map each step onto their kernels and bindings.
 //!
-//! Cholesky, per 64-column block k of an outer block of 256 columns: the diagonal block is
-//! factored and inverted by one workgroup (L_kk⁻¹ replaces L_kk: it is X's diagonal block);
-//! the panel L21 = A21·L_kk⁻ᵀ is a GEMM in place; the rest of the outer block's columns are
-//! updated at depth 64 (inner SYRK), and the trailing matrix once per outer block at depth
-//! 256 (outer SYRK), so it is read and written n/256 times, not n/64.
+//! Cholesky, per block k of nb columns (64 on both backends) of an outer block of 256: the
+//! diagonal block is factored and inverted by one workgroup (L_kk⁻¹ replaces L_kk: it is X's
+//! diagonal block); the panel L21 = A21·L_kk⁻ᵀ is a GEMM in place; the rest of the outer
+//! block's columns are updated at depth nb (inner SYRK), and the trailing matrix once per
+//! outer block at depth 256 (outer SYRK), so it is read and written n/256 times, not n/64.
 //!
 //! Inverse, by doubling: with the diagonal blocks already inverted, each level joins pairs of
 //! inverted blocks [r, r+h) and [r+h, r+h+w) into one of 2h rows through two products,
@@ -15,13 +15,16 @@
 //!   [r+h, r+h+w): nothing else reads or writes there), and X21 = −X22·T,
 //! the triangular operands read with their other triangle as zero. Every pair of a level
 //! that lies in one slab is one product of a batch, so a level is two launches where the
-//! matrix fits one binding: log2(n/64) levels, where the row-by-row inverse took n/64 steps
+//! matrix fits one binding: log2(n/nb) levels, where the row-by-row inverse took n/64 steps
 //! of a 64-row product each.
 
 use super::{offset_pieces, GemmPiece, Slabs};
 
-/// The diagonal block's width: a 64 x 64 f32 block is 16 KiB, what one workgroup may hold
-/// in WebGPU's default limits.
+/// The diagonal block's width both backends use: a 64 x 64 f32 block is 16 KiB, what one
+/// workgroup may hold in WebGPU's default limits. The plan takes any width that divides
+/// [`OUTER`]: with 128 the Cholesky's chain of dependent launches would be half as long,
+/// given a diagonal-block kernel for it (64 KiB of f32, or a 2 x 2 of 64-blocks in one
+/// workgroup).
 pub const NB: usize = 64;
 /// The outer block: updates right of it are deferred and applied as one SYRK of this depth.
 pub const OUTER: usize = 256;
@@ -84,8 +87,9 @@ pub enum CholStep {
     },
 }
 
-/// The Cholesky of an n x n matrix cut into `slabs` (whole 64-row blocks), in order.
-pub fn cholesky_steps(n: usize, slabs: &Slabs) -> Vec<CholStep> {
+/// The Cholesky of an n x n matrix cut into `slabs` (whole blocks of `nb` rows, `nb` 64 or
+/// 128), in order.
+pub fn cholesky_steps(n: usize, slabs: &Slabs, nb: usize) -> Vec<CholStep> {
     let syrk = |c0: usize, c1: usize, d0: usize, depth: usize| {
         let pieces = block_pieces((n - c0, c1 - c0, depth), slabs, &[c0, c0], &[c0], &[])
             .into_iter()
@@ -102,8 +106,8 @@ pub fn cholesky_steps(n: usize, slabs: &Slabs) -> Vec<CholStep> {
     let mut v = Vec::new();
     for o0 in (0..n).step_by(OUTER) {
         let o1 = (o0 + OUTER).min(n);
-        for k0 in (o0..o1).step_by(NB) {
-            let k1 = (k0 + NB).min(n);
+        for k0 in (o0..o1).step_by(nb) {
+            let k1 = (k0 + nb).min(n);
             let w = k1 - k0;
             v.push(CholStep::Diag { k0, w });
             if k1 == n {
@@ -151,10 +155,10 @@ impl PairRun {
 }
 
 /// The doubling levels of the inverse of an n x n lower triangular matrix cut into `slabs`
-/// whose 64 x 64 diagonal blocks are already inverted: level by level, its runs of pairs.
-pub fn inverse_levels(n: usize, slabs: &Slabs) -> Vec<Vec<PairRun>> {
+/// whose nb x nb diagonal blocks are already inverted: level by level, its runs of pairs.
+pub fn inverse_levels(n: usize, slabs: &Slabs, nb: usize) -> Vec<Vec<PairRun>> {
     let mut levels = Vec::new();
-    let mut half = NB;
+    let mut half = nb;
     while half < n {
         let mut runs: Vec<PairRun> = Vec::new();
         for r in (0..n).step_by(2 * half) {
@@ -207,6 +211,7 @@ pub struct PlannedLaunch {
 pub fn planned_launches(
     n: usize,
     slabs: &Slabs,
+    nb: usize,
     tile: impl Fn(usize, usize, usize) -> (usize, usize),
 ) -> Vec<PlannedLaunch> {
     let tiles = |m: usize, c: usize, count: usize| {
@@ -214,7 +219,7 @@ pub fn planned_launches(
         (m.div_ceil(tm), c.div_ceil(tn), tm, tn)
     };
     let mut v = Vec::new();
-    for step in cholesky_steps(n, slabs) {
+    for step in cholesky_steps(n, slabs, nb) {
         match step {
             CholStep::Diag { w, .. } => v.push(PlannedLaunch {
                 step: "diagonal block",
@@ -249,7 +254,7 @@ pub fn planned_launches(
                         .map(|i| (i + 1).clamp(p.n.0, p.n.1) - p.n.0)
                         .sum();
                     v.push(PlannedLaunch {
-                        step: if depth > NB {
+                        step: if depth > nb {
                             "outer SYRK"
                         } else {
                             "inner SYRK"
@@ -261,7 +266,7 @@ pub fn planned_launches(
             }
         }
     }
-    for runs in inverse_levels(n, slabs) {
+    for runs in inverse_levels(n, slabs, nb) {
         for run in runs {
             let (h, w) = (run.half as f64, run.w as f64);
             let pieces = (run.t_pieces.len() + run.x_pieces.len()) as f64;
@@ -311,13 +316,16 @@ impl WaveShare {
 mod tests {
     use super::*;
 
+    /// A wider diagonal block, which the plan must handle as well.
+    const WIDE_NB: usize = 128;
+
     /// The plan run on the host in f64: Cholesky then inverse, every step over the pieces as
     /// the backends launch them (each pair of a run at its stride).
-    fn run_plan(h: &[f64], n: usize, slabs: &Slabs) -> Vec<f64> {
+    fn run_plan(h: &[f64], n: usize, slabs: &Slabs, nb: usize) -> Vec<f64> {
         let mut a = h.to_vec();
         let at = |i: usize, j: usize| i * n + j;
-        let mut small = vec![0.0; NB * NB];
-        for step in cholesky_steps(n, slabs) {
+        let mut small = vec![0.0; nb * nb];
+        for step in cholesky_steps(n, slabs, nb) {
             match step {
                 CholStep::Diag { k0, w } => {
                     // Factor, then invert in place; zero above the diagonal.
@@ -349,14 +357,14 @@ mod tests {
                         for i in j..w {
                             let mut s = if i == j { 1.0 } else { 0.0 };
                             for p in j..i {
-                                s -= l[i * w + p] * small[p * NB + j];
+                                s -= l[i * w + p] * small[p * nb + j];
                             }
-                            small[i * NB + j] = s / l[i * w + i];
+                            small[i * nb + j] = s / l[i * w + i];
                         }
                     }
                     for i in 0..w {
                         for j in 0..w {
-                            a[at(k0 + i, k0 + j)] = small[i * NB + j];
+                            a[at(k0 + i, k0 + j)] = small[i * nb + j];
                         }
                     }
                 }
@@ -367,7 +375,7 @@ mod tests {
                             let row: Vec<f64> = (0..w).map(|q| a[at(r1 + i, k0 + q)]).collect();
                             for j in p.n.0..p.n.1 {
                                 let s: f64 =
-                                    (p.k.0..p.k.1).map(|q| row[q] * small[j * NB + q]).sum();
+                                    (p.k.0..p.k.1).map(|q| row[q] * small[j * nb + q]).sum();
                                 a[at(r1 + i, k0 + j)] = s;
                             }
                         }
@@ -387,7 +395,7 @@ mod tests {
                 }
             }
         }
-        for runs in inverse_levels(n, slabs) {
+        for runs in inverse_levels(n, slabs, nb) {
             for run in runs {
                 let h = run.half;
                 for z in 0..run.count {
@@ -444,15 +452,26 @@ mod tests {
 
     #[test]
     fn the_plan_inverts_the_cholesky_factor() {
-        // Odd sizes, partial last blocks and pairs, slabs that cut pairs (64- and 192-row
-        // slabs) and one slab.
-        for (n, slab_rows) in [(1, 64), (70, 64), (200, 64), (331, 192), (300, 1000)] {
+        // Odd sizes, partial last blocks and pairs, slabs that cut pairs (64-, 128- and
+        // 192-row slabs) and one slab, for both block widths.
+        let shapes = [
+            (1, 64, NB),
+            (70, 64, NB),
+            (200, 64, NB),
+            (331, 192, NB),
+            (300, 1000, NB),
+            (1, 128, WIDE_NB),
+            (200, 128, WIDE_NB),
+            (331, 256, WIDE_NB),
+            (300, 1000, WIDE_NB),
+        ];
+        for (n, slab_rows, nb) in shapes {
             let slabs = Slabs {
                 rows: n,
                 slab_rows: slab_rows.min(n.max(1)),
             };
             let h = spd(n);
-            let x = run_plan(&h, n, &slabs);
+            let x = run_plan(&h, n, &slabs, nb);
             // X·L = I on the lower triangle, with L the reference Cholesky factor.
             let mut l = h.clone();
             for j in 0..n {
@@ -472,7 +491,7 @@ mod tests {
                     let want = if i == j { 1.0 } else { 0.0 };
                     assert!(
                         (v - want).abs() < 1e-9,
-                        "n={n} slab={slab_rows} ({i},{j}): {v}"
+                        "n={n} slab={slab_rows} nb={nb} ({i},{j}): {v}"
                     );
                 }
             }
@@ -486,7 +505,7 @@ mod tests {
         // the zero triangle's).
         for (n, slab_rows) in [(4096, 4096), (4096, 1024), (1000, 192)] {
             let slabs = Slabs { rows: n, slab_rows };
-            let launches = planned_launches(n, &slabs, |_, _, _| (64, 64));
+            let launches = planned_launches(n, &slabs, NB, |_, _, _| (64, 64));
             let total: f64 = launches.iter().map(|l| l.flops).sum();
             let zeros: f64 = launches
                 .iter()
@@ -508,7 +527,7 @@ mod tests {
             rows: n,
             slab_rows: n,
         };
-        let share = WaveShare::of(&planned_launches(n, &one, |_, _, _| (64, 64)), 132);
+        let share = WaveShare::of(&planned_launches(n, &one, NB, |_, _, _| (64, 64)), 132);
         assert!(share.flops_under_one_wave < 0.1 * share.flops, "{share:?}");
     }
 
@@ -519,7 +538,7 @@ mod tests {
             rows: n,
             slab_rows: n,
         };
-        let levels = inverse_levels(n, &one);
+        let levels = inverse_levels(n, &one, NB);
         assert_eq!(levels.len(), 6);
         for runs in &levels {
             assert_eq!(runs.len(), 1);
@@ -531,13 +550,13 @@ mod tests {
             rows: n,
             slab_rows: 1024,
         };
-        let levels = inverse_levels(n, &cut);
+        let levels = inverse_levels(n, &cut, NB);
         assert_eq!(levels[0].len(), 4);
         let top = &levels[5][0];
         assert_eq!(top.count, 1);
         assert!(top.t_pieces.len() > 1 && top.x_pieces.len() > 1);
         // The Cholesky at 4096: 64 diagonal blocks, 63 panels, 48 inner and 15 outer SYRKs.
-        let steps = cholesky_steps(n, &one);
+        let steps = cholesky_steps(n, &one, NB);
         let count = |f: fn(&CholStep) -> bool| steps.iter().filter(|s| f(s)).count();
         assert_eq!(count(|s| matches!(s, CholStep::Diag { .. })), 64);
         assert_eq!(count(|s| matches!(s, CholStep::Panel { .. })), 63);

@@ -363,7 +363,7 @@ impl<'a> FactorPass<'a> {
 
     fn cholesky(&self, b: &mut Batch<'_>) -> Result<()> {
         let n = self.n;
-        for step in cholesky_steps(n, &self.slabs) {
+        for step in cholesky_steps(n, &self.slabs, NB) {
             match step {
                 CholStep::Diag { k0, w } => {
                     let dw = self.ctx.rows_win(&self.u.buf, n, k0, k0 + w)?;
@@ -434,7 +434,7 @@ impl<'a> FactorPass<'a> {
 
     /// X = L⁻¹ in place by doubling; the diagonal blocks are already inverted (chol_diag).
     fn invert(&self, b: &mut Batch<'_>) -> Result<()> {
-        for runs in inverse_levels(self.n, &self.slabs) {
+        for runs in inverse_levels(self.n, &self.slabs, NB) {
             for run in &runs {
                 self.pair_products(b, run)?;
             }

@@ -312,7 +312,7 @@ pub fn cholesky_in_place<R: Runtime>(
     check_shared(b)?;
     let n = a.cols;
     let view = |row: usize, col: usize| block_view(a, row, col);
-    for step in cholesky_steps(n, &a.slabs) {
+    for step in cholesky_steps(n, &a.slabs, NB) {
         match step {
             CholStep::Diag { k0, w } => {
                 let (s, local) = a.slabs.locate(k0);
@@ -419,7 +419,7 @@ pub fn invert_lower<R: Runtime>(b: &CubeBackend<R>, a: &CubeTensor) -> Result<Cu
             );
         }
     }
-    for runs in inverse_levels(n, &a.slabs) {
+    for runs in inverse_levels(n, &a.slabs, NB) {
         for run in &runs {
             pair_products(b, a, &x, run);
         }
