@@ -549,7 +549,22 @@ fn compile_files_give_cuda_resources() {
             kernel("attention_kernel", "sm_90a", 255, 752, 0.125, "ok"),
             kernel("attention_kernel", "sm_80", 0, 0, 0.0, "error"),
         ],
-        "cases": []
+        "cases": [
+            {
+                "case": "HINV_FACTOR(cols=4096)", "arch": "sm_90a", "launches": 210,
+                "cubes_min": 1, "cubes_median": 27, "cubes_max": 65536, "waves": 0.2,
+                "status": "ok",
+                "factor_plan": {
+                    "launches": 202, "launches_under_one_wave": 179,
+                    "flops": 4.637e10, "flops_under_one_wave": 2.8286e9
+                }
+            },
+            {
+                "case": "ACT_STAT(cols=37,tokens=7,batch=3)", "arch": "sm_90a", "launches": 2,
+                "cubes_min": 1, "cubes_median": 1, "cubes_max": 1, "waves": 0.01,
+                "status": "ok"
+            }
+        ]
     });
     let cfile = dir.path().join("compile.json");
     std::fs::write(&cfile, compile.to_string()).unwrap();
@@ -566,11 +581,14 @@ fn compile_files_give_cuda_resources() {
         "sm_80: 2 kernels, 1 failed, 0 spilling",
         "| kernel | variant | cube dim | sm_90a | sm_80 |",
         "| `attention_kernel` | 0a1b2c3d | 256x1x1 | 255 regs, 1024 B shared, 752 B spilled, 12% | **error** |",
+        "| case | arch | launches under one wave | their flops |",
+        "| `HINV_FACTOR(cols=4096)` | sm_90a | 179 of 202 | 6.1% of 4.637e10 |",
     ] {
         assert!(md.contains(needle), "report.md lacks '{needle}':\n{md}");
     }
-    // Worst first.
+    // Worst first; cases without a factor plan have no row.
     assert!(md.find("`attention_kernel`").unwrap() < md.find("`fill_kernel`").unwrap());
+    assert!(!md.contains("ACT_STAT"));
 }
 
 fn perplexity(method: &str, sparsity: Option<&str>, ppl: f64) -> QualityRecord {

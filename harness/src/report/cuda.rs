@@ -25,12 +25,54 @@ pub struct CudaKernel {
     pub status: String,
 }
 
+/// From the factor's plan: its GEMM-shaped launches with fewer cubes than the architecture
+/// has SMs, and the share of its flops they do.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FactorPlan {
+    pub launches: usize,
+    pub launches_under_one_wave: usize,
+    pub flops: f64,
+    pub flops_under_one_wave: f64,
+}
+
+/// A case of a `compile` run (only what the report shows is read).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CudaCase {
+    pub case: String,
+    pub arch: String,
+    #[serde(default)]
+    pub factor_plan: Option<FactorPlan>,
+}
+
 /// One `compile` run.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CudaCompile {
     pub nvrtc: String,
     pub model: String,
     pub kernels: Vec<CudaKernel>,
+    #[serde(default)]
+    pub cases: Vec<CudaCase>,
+}
+
+/// One row per HINV_FACTOR case and architecture: its plan's launches under one wave and
+/// their share of the flops.
+pub fn factor_rows(c: &CudaCompile) -> Vec<Vec<String>> {
+    c.cases
+        .iter()
+        .filter_map(|k| {
+            let f = k.factor_plan.as_ref()?;
+            Some(vec![
+                format!("`{}`", k.case),
+                k.arch.clone(),
+                format!("{} of {}", f.launches_under_one_wave, f.launches),
+                format!(
+                    "{:.1}% of {:.3e}",
+                    100.0 * f.flops_under_one_wave / f.flops.max(1.0),
+                    f.flops
+                ),
+            ])
+        })
+        .collect()
 }
 
 /// Whether the JSON text is a `compile` file (read before trying it as a results file).

@@ -195,6 +195,19 @@ fn cuda_section(report: &Report) -> Vec<Block> {
         let mut header: Vec<String> = ["kernel", "variant", "cube dim"].map(String::from).to_vec();
         header.extend(archs.iter().cloned());
         b.push(Block::Table(header, cuda::rows(c, &archs)));
+        let factor = cuda::factor_rows(c);
+        if !factor.is_empty() {
+            b.push(Block::Para(
+                "The inverse-Hessian factor's GEMM-shaped launches with fewer cubes than the \
+                 architecture has SMs, from its plan, and the share of its flops they do (the \
+                 rest of its work fills at least one wave)."
+                    .into(),
+            ));
+            let header = ["case", "arch", "launches under one wave", "their flops"]
+                .map(String::from)
+                .to_vec();
+            b.push(Block::Table(header, factor));
+        }
     }
     b
 }
