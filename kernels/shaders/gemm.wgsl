@@ -361,10 +361,13 @@ fn gemm_sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     if (lid.x == 0u && lid.y == 0u) { part[P.part_off + wid.y * nwg.x + wid.x] = total; }
 }
 
-// Rank chunks of the LoRA factors for one K step: B's 64 rows of the tile x 16 ranks, and A's
-// 16 ranks x 16 columns of the step.
-var<workgroup> Ls: array<f32, 1024>;
-var<workgroup> Las: array<f32, 256>;
+// Rank chunks of the LoRA factors for one K step as vec4s along the rank: B's 64 rows of the
+// tile x 16 ranks (4 vec4s a row), and A's 16 ranks x 16 columns of the step stored by column
+// (a column's 16 ranks as 4 vec4s, padded to 5 so that the 16 columns' loads spread over the
+// banks).
+const LAW: u32 = 5u;
+var<workgroup> Ls: array<vec4<f32>, 256>;
+var<workgroup> Las: array<vec4<f32>, 80>;
 
 // mainloop with the A operand D = P ⊙ (B·A) (rows x cols) formed in the loads: per K step each
 // thread builds the four entries of the 64 x 16 tile it would have loaded (rows t/16 + 16l,
@@ -384,20 +387,22 @@ fn mainloop_lora(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
                 let q = q0 + e % 16u;
                 var v = 0.0;
                 if (gi < P.m_hi && q < P.rank) { v = a[P.a_base + gi * P.lda + q]; }
-                Ls[e] = v;
+                Ls[e / 4u][e % 4u] = v;
             }
-            let q = q0 + t / 16u;
+            let qr = t / 16u;
+            let q = q0 + qr;
             let gk = kt + t % 16u;
             var w = 0.0;
             if (q < P.rank && gk < P.k_hi) { w = a2[P.p_base + q * P.ld2 + gk]; }
-            Las[t] = w;
+            Las[(t % 16u) * LAW + qr / 4u][qr % 4u] = w;
             workgroupBarrier();
-            for (var qq = 0u; qq < 16u; qq++) {
-                let la = Las[qq * 16u + kk];
-                d.x = fma(Ls[mi0 * 16u + qq], la, d.x);
-                d.y = fma(Ls[(mi0 + 16u) * 16u + qq], la, d.y);
-                d.z = fma(Ls[(mi0 + 32u) * 16u + qq], la, d.z);
-                d.w = fma(Ls[(mi0 + 48u) * 16u + qq], la, d.w);
+            // Four ranks at a time: five vec4 loads per 16 FMAs.
+            for (var qv = 0u; qv < 4u; qv++) {
+                let la = Las[kk * LAW + qv];
+                d.x += dot(Ls[mi0 * 4u + qv], la);
+                d.y += dot(Ls[(mi0 + 16u) * 4u + qv], la);
+                d.z += dot(Ls[(mi0 + 32u) * 4u + qv], la);
+                d.w += dot(Ls[(mi0 + 48u) * 4u + qv], la);
             }
             workgroupBarrier();
         }
