@@ -45,9 +45,12 @@ struct Params {
 @group(0) @binding(2) var<storage, read> in1: array<f32>;
 @group(0) @binding(3) var<storage, read> in2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
-// in0, in1 and dst as vec4s, for the elementwise kernels.
+// in0, in1, in2 and dst as vec4s, for the elementwise kernels and the `4` entries. Their
+// indices are formed in elements and divided by 4 last: a base may be a wrapped (logically
+// negative) origin, and only the whole sum is an element's index.
 @group(0) @binding(1) var<storage, read> in0_4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> in1_4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> in2_4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dst4: array<vec4<f32>>;
 // Token ids (embed) or next-token targets (lm_fold).
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
@@ -103,6 +106,30 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let da = P.d_base + r * P.cols;
     for (var j = t; j < P.cols; j += 256u) {
         dst[da + j] = in0[xa + j] * (inv * in1[P.b_base + j]);
+    }
+}
+
+// rms_norm with four columns per thread, where cols and the bases are multiples of 4.
+@compute @workgroup_size(256, 1, 1)
+fn rms_norm4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let wg = wid.y * nwg.x + wid.x;
+    if (wg >= P.rows) { return; }
+    let t = lid.x;
+    let r = P.row0 + wg;
+    let cols = P.cols / 4u;
+    let xa = (P.a_base + r * P.cols) / 4u;
+    var s = 0.0;
+    for (var j = t; j < cols; j += 256u) {
+        let v = in0_4[xa + j];
+        s += dot(v, v);
+    }
+    let ss = wg_sum(t, s);
+    let inv = 1.0 / sqrt(ss / f32(P.cols) + P.eps);
+    let da = (P.d_base + r * P.cols) / 4u;
+    let ga = P.b_base / 4u;
+    for (var j = t; j < cols; j += 256u) {
+        dst4[da + j] = in0_4[xa + j] * (inv * in1_4[ga + j]);
     }
 }
 
@@ -287,6 +314,26 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if (P.l_on != 0u && t < BQ && q0 + t < q_end) {
         lse_out[P.l_base + (w0 + q0 + t) * P.heads + h] = row_m[t] + log(row_l[t]);
     }
+}
+
+// rope with four consecutive pairs per invocation, where e/2 and the bases are multiples of 4.
+@compute @workgroup_size(64, 4, 1)
+fn rope4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let half = P.e / 2u;
+    let quads = half / 4u;
+    if (gid.x >= P.cols / 8u || gid.y >= P.rows) { return; }
+    let r = P.row0 + gid.y;
+    let head = gid.x / quads;
+    let i = (gid.x % quads) * 4u;
+    let ti = (P.b_base + (r % P.seq) * half + i) / 4u;
+    let c = in1_4[ti];
+    var s = in2_4[(P.c_base + (r % P.seq) * half + i) / 4u];
+    if (P.transpose != 0u) { s = -s; }
+    let xa = (P.d_base + r * P.cols + head * P.e + i) / 4u;
+    let x0 = dst4[xa];
+    let x1 = dst4[xa + quads];
+    dst4[xa] = x0 * c - x1 * s;
+    dst4[xa + quads] = x1 * c + x0 * s;
 }
 
 // ---- elementwise ----

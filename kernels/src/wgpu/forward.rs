@@ -167,7 +167,16 @@ impl Ctx {
                 ..Default::default()
             };
             let g = grid((r1 - r0) as u64, self.max_groups());
-            self.fwd(&mut b, PLAIN, "rms_norm", &p, bind, g)?;
+            // Four columns per thread where rows are whole vec4s from aligned bases.
+            let entry = if [d as u32, p.a_base, p.b_base, p.d_base]
+                .iter()
+                .all(|v| v.is_multiple_of(4))
+            {
+                "rms_norm4"
+            } else {
+                "rms_norm"
+            };
+            self.fwd(&mut b, PLAIN, entry, &p, bind, g)?;
         }
         b.submit()?;
         Ok(y)
@@ -221,12 +230,18 @@ impl Ctx {
                 dst: Some(xw),
                 ..Default::default()
             };
+            // Four pairs per invocation where a head's halves are whole vec4s from aligned
+            // bases (every LLaMA head_dim).
+            let wide = [half as u32, cols as u32, p.b_base, p.c_base, p.d_base]
+                .iter()
+                .all(|v| v.is_multiple_of(4));
+            let (entry, pairs) = if wide { ("rope4", 4) } else { ("rope", 1) };
             let g = [
-                (cols / 2).div_ceil(64) as u32,
+                (cols / 2).div_ceil(64 * pairs) as u32,
                 (r1 - r0).div_ceil(4) as u32,
                 1,
             ];
-            self.fwd(&mut b, PLAIN, "rope", &p, bind, g)?;
+            self.fwd(&mut b, PLAIN, entry, &p, bind, g)?;
         }
         b.submit()
     }

@@ -80,6 +80,8 @@ pub fn small_cases() -> Vec<OpCase> {
         rope(6, 16, 13, 3, llama),
         rope(3, 16, 1, 4, llama),
         rope(1, 128, 37, 1, llama3),
+        // Halves of 6: not whole vec4s, the one-pair-per-thread kernel.
+        rope(2, 12, 5, 1, llama),
         backward(SiluMulBackward, 1, 1, 37),
         backward(SiluMulBackward, 13, 1, 300),
         backward(SiluMulBackward, 3, 1, 1000),

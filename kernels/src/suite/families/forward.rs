@@ -126,6 +126,8 @@ pub fn small_cases() -> Vec<OpCase> {
         rope(3, 16, 1, 4, llama),
         rope(1, 128, 37, 1, llama3),
         rope(2, 32, 70, 2, llama3),
+        // Halves of 6: not whole vec4s, the one-pair-per-thread kernel.
+        rope(2, 12, 5, 1, llama),
         attention((6, 3, 16), 13, 3),
         attention((6, 3, 16), 1, 4),
         attention((1, 1, 16), 1, 1),
