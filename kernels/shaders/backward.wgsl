@@ -88,6 +88,35 @@ fn rms_norm_backward(@builtin(workgroup_id) wid: vec3<u32>,
     if (t == 0u) { aux[P.e_base + r] = inv; }
 }
 
+// rms_norm_backward with four columns per thread, where cols and the bases are multiples of 4
+// (indices formed in elements and divided last: a base may be a wrapped origin).
+@compute @workgroup_size(256, 1, 1)
+fn rms_norm_backward4(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let wg = wid.y * nwg.x + wid.x;
+    if (wg >= P.rows) { return; }
+    let t = lid.x;
+    let r = P.row0 + wg;
+    let cols = P.cols / 4u;
+    let xa = (P.a_base + r * P.cols) / 4u;
+    let ya = (P.c_base + r * P.cols) / 4u;
+    let ga = P.b_base / 4u;
+    var s = vec2<f32>(0.0, 0.0);
+    for (var j = t; j < cols; j += 256u) {
+        let v = in0_4[xa + j];
+        s += vec2<f32>(dot(v, v), dot(in1_4[ga + j] * in2_4[ya + j], v));
+    }
+    let tot = wg_sum2(t, s);
+    let inv = 1.0 / sqrt(tot.x / f32(P.cols) + P.eps);
+    let k = inv * inv * inv / f32(P.cols) * tot.y;
+    let da = (P.d_base + r * P.cols) / 4u;
+    for (var j = t; j < cols; j += 256u) {
+        dst4[da + j] = inv * in1_4[ga + j] * in2_4[ya + j] - k * in0_4[xa + j];
+    }
+    if (t == 0u) { aux[P.e_base + r] = inv; }
+}
+
 // dγ's first pass over the rows [row0, row0 + rows) of x (in0), r (in1) and dy (in2): per
 // block b of RB rows and column j, partial(b, j) = Σ dy·x·r over the block's rows in order,
 // into dst (rows of cols). A block that began in the previous window goes on from the partial

@@ -134,7 +134,16 @@ impl Ctx {
                 ..Default::default()
             };
             let g = grid((r1 - r0) as u64, self.max_groups());
-            self.bwd(&mut b, "rms_norm_backward", &p, bind, g)?;
+            // Four columns per thread where rows are whole vec4s from aligned bases.
+            let entry = if [d as u32, p.a_base, p.b_base, p.c_base, p.d_base]
+                .iter()
+                .all(|v| v.is_multiple_of(4))
+            {
+                "rms_norm_backward4"
+            } else {
+                "rms_norm_backward"
+            };
+            self.bwd(&mut b, entry, &p, bind, g)?;
             let (b0, b1) = (r0 / RB, r1.div_ceil(RB));
             let pw = self.rows_win(&partials, d, b0, b1)?;
             let p = Params {
