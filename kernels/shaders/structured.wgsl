@@ -171,7 +171,7 @@ fn finite(v: f32) -> bool {
 // For the groups g = ridx[i] of list entries i < nseg whose rows [g·k, (g+1)·k) (k = cols)
 // lie in this dispatch's window of Hinv rows [row0, row0 + rows) (src, src_ld columns): the
 // lower Cholesky factor L of Hinv[S,S] (right-looking, a column at a time, as chol_diag in
-// cholesky.wgsl) and then L⁻¹ (a column per thread, as trinv_diag), written row-major to
+// factor.wgsl) and then L⁻¹ (a column per thread), written row-major to
 // dst[i·k² ..]. A pivot that is not positive stops the group and is reported in stat[0].
 @compute @workgroup_size(256, 1, 1)
 fn group_factor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
