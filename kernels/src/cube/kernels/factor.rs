@@ -20,7 +20,7 @@ use super::super::storage::{arg, f32_bytes, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::first_nonfinite;
 use super::fill::BLOCK;
-use super::gemm::{gemm, Batched, Gemm, View, EPI_STORE};
+use super::gemm::{gemm, Batched, Gemm, View};
 use super::reduce::{sum, CUBE};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvFactor};
@@ -375,21 +375,8 @@ fn block_view(t: &CubeTensor, row: usize, col: usize) -> View<'_> {
 /// already at the piece's corner.
 fn piece<'a>(pc: &GemmPiece, a: View<'a>, bm: View<'a>, c: View<'a>, alpha: f32) -> Gemm<'a> {
     Gemm {
-        m: pc.m.1 - pc.m.0,
-        n: pc.n.1 - pc.n.0,
-        k: pc.k.1 - pc.k.0,
-        a,
-        b: bm,
-        c,
         alpha,
-        beta: None,
-        lower: None,
-        b_lower: None,
-        epi: EPI_STORE,
-        dot: None,
-        a_lower: None,
-        c_trans: false,
-        batch: Batched::ONE,
+        ..Gemm::store(pc.m.1 - pc.m.0, pc.n.1 - pc.n.0, pc.k.1 - pc.k.0, a, bm, c)
     }
 }
 

@@ -119,6 +119,42 @@ pub(crate) fn stage<N: Size>(
     }
 }
 
+/// One K step of the staged tiles into a unit's rm x rn accumulators (rows 4·ty + 64·i,
+/// columns 4·tx + 64·j): A's quads from `pa` vectors per depth step, B's from `sb` at `pb`
+/// per step, one vector load from shared memory per 16 FMAs (4x4) or 32 (8x8).
+#[cube]
+pub(crate) fn multiply_staged<N: Size>(
+    st: &SharedMemory<Vector<f32, N>>,
+    acc: &mut Array<f32>,
+    #[comptime] pa: u32,
+    #[comptime] pb: u32,
+    #[comptime] sb: u32,
+    #[comptime] rm: u32,
+    #[comptime] rn: u32,
+) {
+    let tx = UNIT_POS_X;
+    let ty = UNIT_POS_Y;
+    #[unroll]
+    for kk in 0..BK {
+        #[unroll]
+        for ia in 0..comptime![rm / 4] {
+            let av = st[(kk * pa + ty + 16 * ia) as usize];
+            #[unroll]
+            for jb in 0..comptime![rn / 4] {
+                let bv = st[(sb + kk * pb + tx + 16 * jb) as usize];
+                #[unroll]
+                for e in 0..4u32 {
+                    #[unroll]
+                    for f in 0..4u32 {
+                        let at = (ia * 4 + e) * rn + jb * 4 + f;
+                        acc[at as usize] += av[e as usize] * bv[f as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_kernel<N: Size>(
@@ -236,25 +272,7 @@ fn gemm_kernel<N: Size>(
             b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, tri_shift, b_tri,
         );
         sync_cube();
-        #[unroll]
-        for kk in 0..BK {
-            #[unroll]
-            for ia in 0..comptime![rm / 4] {
-                let av = st[(kk * pa + ty + 16 * ia) as usize];
-                #[unroll]
-                for jb in 0..comptime![rn / 4] {
-                    let bv = st[(sb + kk * pb + tx + 16 * jb) as usize];
-                    #[unroll]
-                    for e in 0..4u32 {
-                        #[unroll]
-                        for f in 0..4u32 {
-                            let at = (ia * 4 + e) * rn + jb * 4 + f;
-                            acc[at as usize] += av[e as usize] * bv[f as usize];
-                        }
-                    }
-                }
-            }
-        }
+        multiply_staged::<N>(&st, &mut acc, pa, pb, sb, rm, rn);
         sync_cube();
         kb += BK;
     }
@@ -380,6 +398,30 @@ pub struct Gemm<'a> {
     /// For `EPI_DOT`: the partials buffer and where this launch's tiles (see [`tile_shape`])
     /// start in it.
     pub dot: Option<(&'a Handle, usize, usize)>,
+}
+
+impl<'a> Gemm<'a> {
+    /// C = A·B stored, C not read, with no triangle, batch or other epilogue: what a launch
+    /// differs from with struct update syntax.
+    pub fn store(m: usize, n: usize, k: usize, a: View<'a>, b: View<'a>, c: View<'a>) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            a,
+            b,
+            c,
+            alpha: 1.0,
+            beta: None,
+            lower: None,
+            b_lower: None,
+            a_lower: None,
+            c_trans: false,
+            batch: Batched::ONE,
+            epi: EPI_STORE,
+            dot: None,
+        }
+    }
 }
 
 pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
@@ -540,21 +582,18 @@ pub fn gemm_split<R: Runtime>(
         gemm(
             b,
             &Gemm {
-                m: m1 - m0,
-                n: n1 - n0,
-                k: k1 - k0,
-                a: a.view(m0, k0),
-                b: bm.view(k0, n0),
-                c: Of::rows(c).view(m0, n0),
                 alpha: p.alpha,
                 beta: if pc.first { p.beta } else { Some(1.0) },
                 lower: p.lower.map(|s| local(s, m0)),
                 b_lower: p.b_lower.map(|s| local(s, k0)),
-                epi: EPI_STORE,
-                dot: None,
-                a_lower: None,
-                c_trans: false,
-                batch: Batched::ONE,
+                ..Gemm::store(
+                    m1 - m0,
+                    n1 - n0,
+                    k1 - k0,
+                    a.view(m0, k0),
+                    bm.view(k0, n0),
+                    Of::rows(c).view(m0, n0),
+                )
             },
         );
     }

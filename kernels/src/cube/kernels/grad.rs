@@ -8,7 +8,7 @@ use cubecl::prelude::*;
 use super::super::storage::{arg, same_slabs, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, Batched, Gemm, View, EPI_GRAD_L1, EPI_GRAD_L2, EPI_STORE};
+use super::gemm::{gemm, Gemm, View, EPI_GRAD_L1, EPI_GRAD_L2};
 use crate::error::Result;
 use crate::ops::{check, GradNorm, GBLM_GRAD_SCALE};
 use crate::plan::aligned_runs;
@@ -152,21 +152,16 @@ pub fn grad_accumulate_fused<R: Runtime>(
             gemm(
                 b,
                 &Gemm {
-                    m: rn,
-                    n: cols,
-                    k: len,
-                    a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
-                    b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
-                    c,
                     alpha: GBLM_GRAD_SCALE,
-                    beta: None,
-                    lower: None,
-                    b_lower: None,
                     epi,
-                    dot: None,
-                    a_lower: None,
-                    c_trans: false,
-                    batch: Batched::ONE,
+                    ..Gemm::store(
+                        rn,
+                        cols,
+                        len,
+                        View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
+                        View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
+                        c,
+                    )
                 },
             );
         } else {
@@ -177,21 +172,20 @@ pub fn grad_accumulate_fused<R: Runtime>(
                 gemm(
                     b,
                     &Gemm {
-                        m: rn,
-                        n: cols,
-                        k: len,
-                        a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
-                        b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
-                        c: View::rows(&g, acc.slab_len(s), 0, cols),
-                        alpha: 1.0,
                         beta: if i == 0 { None } else { Some(1.0) },
-                        lower: None,
-                        b_lower: None,
-                        epi: EPI_STORE,
-                        dot: None,
-                        a_lower: None,
-                        c_trans: false,
-                        batch: Batched::ONE,
+                        ..Gemm::store(
+                            rn,
+                            cols,
+                            len,
+                            View::transposed(
+                                &dy.handles[sa],
+                                dy.slab_len(sa),
+                                la * rows + r0,
+                                rows,
+                            ),
+                            View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
+                            View::rows(&g, acc.slab_len(s), 0, cols),
+                        )
                     },
                 );
             }

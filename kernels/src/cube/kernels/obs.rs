@@ -20,7 +20,7 @@ use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, gather_rows, Rect};
 use super::fill::copy_u32;
-use super::gemm::{gemm, Batched, Gemm, View, EPI_STORE};
+use super::gemm::{gemm, Gemm, View};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::score::zero_columns;
 use super::select::{select_global, SRC_OBS};
@@ -513,21 +513,16 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
                 gemm(
                     b,
                     &Gemm {
-                        m: srows,
-                        n: cols - j2,
-                        k: cnt,
-                        a: View::rows(&st.errs[s], srows * block, 0, block),
-                        b: View::rows(&st.ub, block * cols, j2, cols),
-                        c: View::rows(&w.handles[s], w.slab_len(s), j2, cols),
                         alpha: -1.0,
                         beta: Some(1.0),
-                        lower: None,
-                        b_lower: None,
-                        epi: EPI_STORE,
-                        dot: None,
-                        a_lower: None,
-                        c_trans: false,
-                        batch: Batched::ONE,
+                        ..Gemm::store(
+                            srows,
+                            cols - j2,
+                            cnt,
+                            View::rows(&st.errs[s], srows * block, 0, block),
+                            View::rows(&st.ub, block * cols, j2, cols),
+                            View::rows(&w.handles[s], w.slab_len(s), j2, cols),
+                        )
                     },
                 );
             }

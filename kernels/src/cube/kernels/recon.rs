@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 
 use super::super::storage::CubeTensor;
 use super::super::CubeBackend;
-use super::gemm::{gemm, tile_shape, Batched, Gemm, View, EPI_DOT};
+use super::gemm::{gemm, tile_shape, Gemm, View, EPI_DOT};
 use super::reduce::sum;
 use super::score::sub;
 use crate::error::Result;
@@ -41,21 +41,16 @@ fn quadratic_trace<R: Runtime>(b: &CubeBackend<R>, d: &CubeTensor, h: &CubeTenso
         gemm(
             b,
             &Gemm {
-                m: rows,
-                n,
-                k: hn,
-                a: View::rows(&d.handles[ds], dl, h0, n),
-                b: View::rows(&h.handles[hs], h.slab_len(hs), 0, n),
-                c: View::rows(&d.handles[ds], dl, 0, n),
-                alpha: 1.0,
-                beta: None,
-                lower: None,
-                b_lower: None,
                 epi: EPI_DOT,
                 dot: Some((&partials, total, base)),
-                a_lower: None,
-                c_trans: false,
-                batch: Batched::ONE,
+                ..Gemm::store(
+                    rows,
+                    n,
+                    hn,
+                    View::rows(&d.handles[ds], dl, h0, n),
+                    View::rows(&h.handles[hs], h.slab_len(hs), 0, n),
+                    View::rows(&d.handles[ds], dl, 0, n),
+                )
             },
         );
     }

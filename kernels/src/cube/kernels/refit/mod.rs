@@ -19,7 +19,7 @@ use super::super::CubeBackend;
 use super::copy::gather_rows;
 use super::factor::hinv_factor;
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, gemm_split, Batched, Gemm, Of, Product, View, EPI_STORE};
+use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View};
 use super::reduce::sum;
 use super::score::sub;
 use super::stats::mirror_lower;
@@ -329,23 +329,14 @@ pub fn lora_grad<R: Runtime>(
             let local = lo - db.slabs.range(ds).0;
             gemm(
                 b,
-                &Gemm {
-                    m: hi - lo,
-                    n: r,
-                    k: cols,
-                    a: View::rows(&g, rn * cols, (lo - r0) * cols, cols),
-                    b: View::transposed(&fa, fa_len, 0, cols),
-                    c: View::rows(&db.handles[ds], db.slab_len(ds), local * r, r),
-                    alpha: 1.0,
-                    beta: None,
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                    a_lower: None,
-                    c_trans: false,
-                    batch: Batched::ONE,
-                },
+                &Gemm::store(
+                    hi - lo,
+                    r,
+                    cols,
+                    View::rows(&g, rn * cols, (lo - r0) * cols, cols),
+                    View::transposed(&fa, fa_len, 0, cols),
+                    View::rows(&db.handles[ds], db.slab_len(ds), local * r, r),
+                ),
             );
         }
         // ∂A += B[r0.., :]ᵀ·Ḡ, split by the slabs of ∂A.
@@ -354,21 +345,15 @@ pub fn lora_grad<R: Runtime>(
             gemm(
                 b,
                 &Gemm {
-                    m: qn,
-                    n: cols,
-                    k: rn,
-                    a: View::transposed(&fb, fb_len, r0 * r + q0, r),
-                    b: View::rows(&g, rn * cols, 0, cols),
-                    c: View::rows(&da.handles[ds], da.slab_len(ds), 0, cols),
-                    alpha: 1.0,
                     beta: if r0 == 0 { None } else { Some(1.0) },
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                    a_lower: None,
-                    c_trans: false,
-                    batch: Batched::ONE,
+                    ..Gemm::store(
+                        qn,
+                        cols,
+                        rn,
+                        View::transposed(&fb, fb_len, r0 * r + q0, r),
+                        View::rows(&g, rn * cols, 0, cols),
+                        View::rows(&da.handles[ds], da.slab_len(ds), 0, cols),
+                    )
                 },
             );
         }

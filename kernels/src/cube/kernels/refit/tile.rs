@@ -29,7 +29,7 @@ use cubecl::server::Handle;
 
 use super::super::super::storage::arg;
 use super::super::super::CubeBackend;
-use super::super::gemm::{stage, tile_shape, TRI_NONE};
+use super::super::gemm::{multiply_staged, stage, tile_shape, TRI_NONE};
 use super::super::reduce::cube_sum;
 
 const BK: u32 = 16;
@@ -245,25 +245,7 @@ fn refit_tile_kernel<N: Size>(
             bm, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, false, 0i32, TRI_NONE,
         );
         sync_cube();
-        #[unroll]
-        for kk in 0..BK {
-            #[unroll]
-            for ia in 0..comptime![rm / 4] {
-                let av = st[(kk * pa + ty + 16 * ia) as usize];
-                #[unroll]
-                for jb in 0..comptime![rn / 4] {
-                    let bv = st[(sb + kk * pb + tx + 16 * jb) as usize];
-                    #[unroll]
-                    for e in 0..4u32 {
-                        #[unroll]
-                        for f in 0..4u32 {
-                            let at = (ia * 4 + e) * rn + jb * 4 + f;
-                            acc[at as usize] += av[e as usize] * bv[f as usize];
-                        }
-                    }
-                }
-            }
-        }
+        multiply_staged::<N>(&st, &mut acc, pa, pb, sb, rm, rn);
         sync_cube();
         kb += BK;
     }
@@ -346,106 +328,97 @@ fn refit_tile_kernel<N: Size>(
         }
     }
     if comptime![epi == E_ROW_DOT] {
-        // Across the 16 units of a row of the tile (one ty), as vectors of a quad's 4 rows
-        // through the staging array: numerators, then denominators.
-        row_sums::<N>(
+        // Across the 16 units that share a ty (the same rows): numerators, then denominators,
+        // interleaved per row in the partials.
+        let base = part_base + CUBE_POS_X * part_ld;
+        quad_sums::<N>(
             &mut st,
             &rnum,
             part,
-            part_base + CUBE_POS_X * part_ld,
+            ty,
+            tx,
+            base,
+            2u32,
             i0,
             m,
-            0u32,
-            rm,
+            comptime![rm / 4],
         );
         sync_cube();
-        row_sums::<N>(
+        quad_sums::<N>(
             &mut st,
             &rden,
             part,
-            part_base + CUBE_POS_X * part_ld,
+            ty,
+            tx,
+            base + 1,
+            2u32,
             i0,
             m,
-            1u32,
-            rm,
+            comptime![rm / 4],
         );
     }
     if comptime![epi == E_COL_DOT] {
-        // Across the 16 units of a column of the tile (one tx), likewise.
-        #[unroll]
-        for jb in 0..comptime![rn / 4] {
-            let mut v = Vector::<f32, N>::empty();
-            #[unroll]
-            for f in 0..4u32 {
-                v[f as usize] = ccol[(jb * 4 + f) as usize];
-            }
-            st[(ty * qb + tx + 16 * jb) as usize] = v;
-        }
-        sync_cube();
-        if t < qb {
-            let mut v = st[t as usize];
-            #[unroll]
-            for y in 1..16u32 {
-                let w = st[(y * qb + t) as usize];
-                #[unroll]
-                for f in 0..4u32 {
-                    v[f as usize] += w[f as usize];
-                }
-            }
-            #[unroll]
-            for f in 0..4u32 {
-                let j = j0 + 4 * t + f;
-                if j < ncols {
-                    part[(part_base + CUBE_POS_Y * part_ld + j) as usize] = v[f as usize];
-                }
-            }
-        }
+        // Across the 16 units that share a tx (the same columns).
+        let base = part_base + CUBE_POS_Y * part_ld;
+        quad_sums::<N>(
+            &mut st,
+            &ccol,
+            part,
+            tx,
+            ty,
+            base,
+            1u32,
+            j0,
+            ncols,
+            comptime![rn / 4],
+        );
     }
 }
 
-/// The row sums of `vals` (rows 4·ty + 64·i + e of the tile, as the epilogue holds them)
-/// across the 16 units that share a ty, through `st`: row i0 + r's sum into
-/// part[base + 2·(i0 + r) + slot].
+/// Sums over the 16 units that hold the same rows (or columns) of the tile: a unit's `vals`
+/// are its quads `own + 16·i` of 4 entries (i < `quads`), `other` its place among the 16.
+/// They go through `st` as vectors; unit t < 16·quads adds quad t's 16 and writes entry
+/// e = origin + 4t + f (below `limit`) to part[base + stride·e].
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn row_sums<N: Size>(
+fn quad_sums<N: Size>(
     st: &mut SharedMemory<Vector<f32, N>>,
     vals: &Array<f32>,
     part: &mut Array<f32>,
+    own: u32,
+    other: u32,
     base: u32,
-    i0: u32,
-    m: u32,
-    #[comptime] slot: u32,
-    #[comptime] rm: u32,
+    #[comptime] stride: u32,
+    origin: u32,
+    limit: u32,
+    #[comptime] quads: u32,
 ) {
-    let tx = UNIT_POS_X;
-    let ty = UNIT_POS_Y;
-    let t = ty * 16 + tx;
+    let t = UNIT_POS_Y * 16 + UNIT_POS_X;
     #[unroll]
-    for ia in 0..comptime![rm / 4] {
+    for i in 0..quads {
         let mut v = Vector::<f32, N>::empty();
         #[unroll]
-        for e in 0..4u32 {
-            v[e as usize] = vals[(ia * 4 + e) as usize];
+        for f in 0..4u32 {
+            v[f as usize] = vals[(i * 4 + f) as usize];
         }
-        st[((ty + 16 * ia) * 16 + tx) as usize] = v;
+        st[((own + 16 * i) * 16 + other) as usize] = v;
     }
     sync_cube();
-    if t < comptime![rm * 4] {
+    if t < comptime![quads * 16] {
         let mut v = st[(t * 16) as usize];
         #[unroll]
         for x in 1..16u32 {
             let w = st[(t * 16 + x) as usize];
             #[unroll]
-            for e in 0..4u32 {
-                v[e as usize] += w[e as usize];
+            for f in 0..4u32 {
+                v[f as usize] += w[f as usize];
             }
         }
         #[unroll]
-        for e in 0..4u32 {
-            let i = i0 + 4 * t + e;
-            if i < m {
-                part[(base + 2 * i + slot) as usize] = v[e as usize];
+        for f in 0..4u32 {
+            let e = origin + 4 * t + f;
+            if e < limit {
+                part[(base + stride * e) as usize] = v[f as usize];
             }
         }
     }

@@ -19,7 +19,7 @@ use super::super::storage::{arg, same_slabs, CubeTensor, Slabs};
 use super::super::CubeBackend;
 use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
 use super::fill::BLOCK;
-use super::gemm::{gemm, gemm_split, Batched, Gemm, Of, Product, View, EPI_STORE};
+use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::stats::{chunk_rows, mirror_lower, row_chunks, store_lane_total};
 use crate::compose::{self, InverseFactor, Lines};
@@ -371,23 +371,14 @@ fn times_linv_t<R: Runtime>(
         }
         gemm(
             b,
-            &Gemm {
+            &Gemm::store(
                 m,
-                n: xn,
-                k: x0 + xn,
+                xn,
+                x0 + xn,
                 a,
-                b: View::transposed(&x.handles[s], x.slab_len(s), 0, k),
-                c: View::rows(q, q_len, x0, k),
-                alpha: 1.0,
-                beta: None,
-                lower: None,
-                b_lower: None,
-                epi: EPI_STORE,
-                dot: None,
-                a_lower: None,
-                c_trans: false,
-                batch: Batched::ONE,
-            },
+                View::transposed(&x.handles[s], x.slab_len(s), 0, k),
+                View::rows(q, q_len, x0, k),
+            ),
         );
     }
 }
@@ -432,21 +423,15 @@ pub fn grad_sum<R: Runtime>(
             gemm(
                 b,
                 &Gemm {
-                    m: rn,
-                    n: cols,
-                    k: len,
-                    a: View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
-                    b: View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
-                    c: View::rows(&acc.handles[s], acc.slab_len(s), 0, cols),
-                    alpha: 1.0,
                     beta: Some(1.0),
-                    lower: None,
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                    a_lower: None,
-                    c_trans: false,
-                    batch: Batched::ONE,
+                    ..Gemm::store(
+                        rn,
+                        cols,
+                        len,
+                        View::transposed(&dy.handles[sa], dy.slab_len(sa), la * rows + r0, rows),
+                        View::rows(&x.handles[sb], x.slab_len(sb), lb * cols, cols),
+                        View::rows(&acc.handles[s], acc.slab_len(s), 0, cols),
+                    )
                 },
             );
         }
@@ -479,21 +464,16 @@ pub fn hinv_explicit<R: Runtime>(
             gemm(
                 b,
                 &Gemm {
-                    m: hn,
-                    n: h0 + hn,
-                    k: un.min(h0 + hn - u0),
-                    a: View::transposed(&u.handles[us], u.slab_len(us), h0, n),
-                    b: View::rows(&u.handles[us], u.slab_len(us), 0, n),
-                    c: View::rows(&hinv.handles[hs], hinv.slab_len(hs), 0, n),
-                    alpha: 1.0,
                     beta: if us == 0 { None } else { Some(1.0) },
                     lower: Some(h0 as i64),
-                    b_lower: None,
-                    epi: EPI_STORE,
-                    dot: None,
-                    a_lower: None,
-                    c_trans: false,
-                    batch: Batched::ONE,
+                    ..Gemm::store(
+                        hn,
+                        h0 + hn,
+                        un.min(h0 + hn - u0),
+                        View::transposed(&u.handles[us], u.slab_len(us), h0, n),
+                        View::rows(&u.handles[us], u.slab_len(us), 0, n),
+                        View::rows(&hinv.handles[hs], hinv.slab_len(hs), 0, n),
+                    )
                 },
             );
         }
