@@ -19,7 +19,7 @@ use prunebench_kernels::cube::compile_only::{
 };
 use prunebench_kernels::cube::gemm_tile;
 use prunebench_kernels::ops::Backend;
-use prunebench_kernels::plan::factor::{planned_launches, WaveShare, NB};
+use prunebench_kernels::plan::factor::{block_width, planned_launches, WaveShare};
 use prunebench_kernels::suite::{model_cases, run_once, small_cases, Op, OpCase};
 
 mod table;
@@ -88,7 +88,9 @@ fn factor_share(b: &CompileOnlyBackend, t: &Target, case: &OpCase) -> Option<Wav
     let slabs = b.slabs(n, n).ok()?;
     let fill = 2 * t.sms as usize;
     Some(WaveShare::of(
-        &planned_launches(n, &slabs, NB, |m, c, count| gemm_tile(m, c, count, fill)),
+        &planned_launches(n, &slabs, block_width(&slabs), |m, c, count| {
+            gemm_tile(m, c, count, fill)
+        }),
         t.sms as usize,
     ))
 }

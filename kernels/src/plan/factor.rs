@@ -3,8 +3,9 @@
 //! by doubling, both in place in one n x n matrix whose rows are cut into slabs. The backends
 //! map each step onto their kernels and bindings.
 //!
-//! Cholesky, per block k of nb columns (64 on both backends) of an outer block of 256: the
-//! diagonal block is factored and inverted by one workgroup (L_kk⁻¹ replaces L_kk: it is X's
+//! Cholesky, per block k of nb columns (128, or 64 where slabs are cut at odd multiples of
+//! 64: [`block_width`]) of an outer block of 256: the diagonal block is factored and inverted
+//! by one workgroup (L_kk⁻¹ replaces L_kk: it is X's
 //! diagonal block); the panel L21 = A21·L_kk⁻ᵀ is a GEMM in place; the rest of the outer
 //! block's columns are updated at depth nb (inner SYRK), and the trailing matrix once per
 //! outer block at depth 256 (outer SYRK), so it is read and written n/256 times, not n/64.
@@ -20,12 +21,26 @@
 
 use super::{offset_pieces, GemmPiece, Slabs};
 
-/// The diagonal block's width both backends use: a 64 x 64 f32 block is 16 KiB, what one
-/// workgroup may hold in WebGPU's default limits. The plan takes any width that divides
-/// [`OUTER`]: with 128 the Cholesky's chain of dependent launches would be half as long,
-/// given a diagonal-block kernel for it (64 KiB of f32, or a 2 x 2 of 64-blocks in one
-/// workgroup).
+/// The narrow diagonal block: a 64 x 64 f32 block is 16 KiB, what one workgroup may hold in
+/// WebGPU's default limits, so the diagonal-block kernels factor and invert 64 columns at a
+/// time in workgroup memory.
 pub const NB: usize = 64;
+/// The wide diagonal block both backends use where the slabs allow it: a 2 x 2 of 64-blocks
+/// factored and inverted by one workgroup (the second 64-block's update and the off-diagonal
+/// products go through global memory, which that workgroup alone touches), so the Cholesky's
+/// chain of dependent launches is three per 128 columns.
+pub const NB_WIDE: usize = 128;
+
+/// The diagonal block width for a matrix cut into `slabs`: [`NB_WIDE`] where every slab
+/// starts on a multiple of it (a diagonal block never straddles two bindings), else [`NB`].
+pub fn block_width(slabs: &Slabs) -> usize {
+    if slabs.bounds().iter().all(|&(r0, _)| r0 % NB_WIDE == 0) {
+        NB_WIDE
+    } else {
+        NB
+    }
+}
+
 /// The outer block: updates right of it are deferred and applied as one SYRK of this depth.
 pub const OUTER: usize = 256;
 
@@ -67,9 +82,13 @@ pub enum CholStep {
     /// Factor the diagonal block [k0, k0 + w) and invert it in place: L_kk⁻¹ (zero above
     /// its diagonal) is left there and in the backend's small block for the panel.
     Diag { k0: usize, w: usize },
-    /// A[k0+w.., k0..k0+w) = A[k0+w.., k0..k0+w)·L_kk⁻ᵀ in place (a workgroup reads exactly
-    /// the tile it writes: the panel is one tile wide). Pieces: m over the rows below the
-    /// block, n and k over its w columns.
+    /// Columns [c_lo, c_hi) of the panel, A[k0+w.., k0+c_lo..k0+c_hi) =
+    /// A[k0+w.., k0..k0+c_hi)·L_kk⁻ᵀ[.., c_lo..c_hi) in place (L_kk⁻¹ is lower, so column j
+    /// of the product reads the panel's columns up to j only). A chunk is at most [`NB`]
+    /// columns, one GEMM tile wide on both backends, so a workgroup reads exactly the tile
+    /// it writes plus columns left of it; the chunks run right to left, so those columns are
+    /// still A21's when they are read. Pieces: m over the rows below the block, n over
+    /// [c_lo, c_hi), k over [0, c_hi).
     Panel {
         k0: usize,
         w: usize,
@@ -88,7 +107,7 @@ pub enum CholStep {
 }
 
 /// The Cholesky of an n x n matrix cut into `slabs` (whole blocks of `nb` rows, `nb` 64 or
-/// 128), in order.
+/// 128: [`block_width`]), in order.
 pub fn cholesky_steps(n: usize, slabs: &Slabs, nb: usize) -> Vec<CholStep> {
     let syrk = |c0: usize, c1: usize, d0: usize, depth: usize| {
         let pieces = block_pieces((n - c0, c1 - c0, depth), slabs, &[c0, c0], &[c0], &[])
@@ -113,11 +132,17 @@ pub fn cholesky_steps(n: usize, slabs: &Slabs, nb: usize) -> Vec<CholStep> {
             if k1 == n {
                 break;
             }
-            v.push(CholStep::Panel {
-                k0,
-                w,
-                pieces: block_pieces((n - k1, w, w), slabs, &[k1, k1], &[], &[]),
-            });
+            for c_lo in (0..w).step_by(NB).rev() {
+                let c_hi = (c_lo + NB).min(w);
+                let pieces = block_pieces((n - k1, c_hi - c_lo, c_hi), slabs, &[k1, k1], &[], &[])
+                    .into_iter()
+                    .map(|p| GemmPiece {
+                        n: (p.n.0 + c_lo, p.n.1 + c_lo),
+                        ..p
+                    })
+                    .collect();
+                v.push(CholStep::Panel { k0, w, pieces });
+            }
             if k1 < o1 {
                 v.push(syrk(k1, o1, k0, w));
             }
@@ -316,9 +341,6 @@ impl WaveShare {
 mod tests {
     use super::*;
 
-    /// A wider diagonal block, which the plan must handle as well.
-    const WIDE_NB: usize = 128;
-
     /// The plan run on the host in f64: Cholesky then inverse, every step over the pieces as
     /// the backends launch them (each pair of a run at its stride).
     fn run_plan(h: &[f64], n: usize, slabs: &Slabs, nb: usize) -> Vec<f64> {
@@ -460,10 +482,10 @@ mod tests {
             (200, 64, NB),
             (331, 192, NB),
             (300, 1000, NB),
-            (1, 128, WIDE_NB),
-            (200, 128, WIDE_NB),
-            (331, 256, WIDE_NB),
-            (300, 1000, WIDE_NB),
+            (1, 128, NB_WIDE),
+            (200, 128, NB_WIDE),
+            (331, 256, NB_WIDE),
+            (300, 1000, NB_WIDE),
         ];
         for (n, slab_rows, nb) in shapes {
             let slabs = Slabs {
@@ -500,23 +522,38 @@ mod tests {
 
     #[test]
     fn planned_flops_are_the_factors() {
-        // Cholesky n³/3 and inverse n³/3, up to lower-order terms, however the slabs cut; the
-        // panels multiply by the triangular L_kk⁻ᵀ as a full block (half their flops are
-        // the zero triangle's).
-        for (n, slab_rows) in [(4096, 4096), (4096, 1024), (1000, 192)] {
+        // Cholesky n³/3 and inverse n³/3, up to lower-order terms, however the slabs cut, for
+        // both block widths; the panels multiply by the triangular L_kk⁻ᵀ as full blocks (the
+        // products with its zero triangle are taken out here).
+        for (n, slab_rows, nb) in [
+            (4096, 4096, NB),
+            (4096, 1024, NB),
+            (1000, 192, NB),
+            (4096, 4096, NB_WIDE),
+            (1000, 256, NB_WIDE),
+        ] {
             let slabs = Slabs { rows: n, slab_rows };
-            let launches = planned_launches(n, &slabs, NB, |_, _, _| (64, 64));
+            let launches = planned_launches(n, &slabs, nb, |_, _, _| (64, 64));
             let total: f64 = launches.iter().map(|l| l.flops).sum();
-            let zeros: f64 = launches
+            let zeros: f64 = cholesky_steps(n, &slabs, nb)
                 .iter()
-                .filter(|l| l.step == "panel")
-                .map(|l| l.flops / 2.0)
+                .filter_map(|s| match s {
+                    CholStep::Panel { pieces, .. } => Some(pieces),
+                    _ => None,
+                })
+                .flatten()
+                .map(|p| {
+                    let above: usize = (p.n.0..p.n.1)
+                        .map(|j| p.k.1.saturating_sub(p.k.0.max(j + 1)))
+                        .sum();
+                    2.0 * ((p.m.1 - p.m.0) * above) as f64
+                })
                 .sum();
             let total = total - zeros;
             let want = 2.0 * (n as f64).powi(3) / 3.0;
             assert!(
                 (total / want - 1.0).abs() < 0.01,
-                "n={n}: {total} vs {want}"
+                "n={n} nb={nb}: {total} vs {want}"
             );
         }
         // At LLaMA-7B's 4096 columns on 132 SMs with 64 x 64 tiles, what cannot fill a wave
@@ -568,5 +605,29 @@ mod tests {
             count(|s| matches!(s, CholStep::Syrk { depth, .. } if *depth == OUTER)),
             15
         );
+        // With 128-wide blocks: 32 diagonal blocks, 31 panels in two 64-column chunks, 16
+        // inner and 15 outer SYRKs, 125 dependent launches where 64-wide blocks take 190 (4
+        // per 128 columns, not 3 per 64), and the inverse has one level fewer.
+        let steps = cholesky_steps(n, &one, NB_WIDE);
+        let count = |f: fn(&CholStep) -> bool| steps.iter().filter(|s| f(s)).count();
+        assert_eq!(count(|s| matches!(s, CholStep::Diag { .. })), 32);
+        assert_eq!(count(|s| matches!(s, CholStep::Panel { .. })), 62);
+        assert_eq!(
+            count(|s| matches!(s, CholStep::Syrk { depth, .. } if *depth == NB_WIDE)),
+            16
+        );
+        assert_eq!(steps.len(), 125);
+        assert_eq!(inverse_levels(n, &one, NB_WIDE).len(), 5);
+    }
+
+    #[test]
+    fn wide_blocks_where_no_slab_would_cut_one() {
+        let slabs = |rows, slab_rows| Slabs { rows, slab_rows };
+        assert_eq!(block_width(&slabs(4096, 4096)), NB_WIDE);
+        assert_eq!(block_width(&slabs(300, 256)), NB_WIDE);
+        assert_eq!(block_width(&slabs(300, 192)), NB);
+        assert_eq!(block_width(&slabs(300, 64)), NB);
+        // One slab of any height holds every block.
+        assert_eq!(block_width(&slabs(200, 200)), NB_WIDE);
     }
 }

@@ -10,7 +10,9 @@ use crate::ops::{check, HinvFactor};
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::gemm::{Batched, Gemm, Operand, F_A_LOWER, F_B_LOWER, F_C_TRANS, F_LOWER};
 use super::mem::WgpuTensor;
-use crate::plan::factor::{cholesky_steps, inverse_levels, CholStep, PairRun, NB};
+use crate::plan::factor::{
+    block_width, cholesky_steps, inverse_levels, CholStep, PairRun, NB, NB_WIDE,
+};
 use crate::plan::{GemmPiece, Slabs};
 
 #[repr(C)]
@@ -200,20 +202,23 @@ impl Ctx {
     ) -> Result<FactorRun> {
         let n = h.cols;
         let u = self.tensor("inverse-Hessian factor", n, n)?;
-        let small = self.scratch("Cholesky block", NB * NB)?;
+        let small = self.scratch("Cholesky block", NB_WIDE * NB_WIDE)?;
         let dvec = self.scratch("Hessian diagonal", n)?;
         let mut header = vec![0u32; 4 + n];
         header[1] = u32::MAX;
         let stat = self.upload_words("factor status", &header)?;
         {
-            // Windows are whole 64-row blocks, so a diagonal block never straddles two.
-            let slabs = Slabs::new(n, n, self.binding_room(), NB, usize::MAX)?;
+            // Windows are whole 128-row blocks where they fit, else 64-row ones, so a diagonal
+            // block never straddles two.
+            let room = self.binding_room();
+            let slabs = Slabs::new(n, n, room, NB_WIDE, usize::MAX)
+                .or_else(|_| Slabs::new(n, n, room, NB, usize::MAX))?;
             let pass = FactorPass {
                 ctx: self,
                 h,
                 u: &u,
                 bufs: Bufs {
-                    small: self.whole(&small, NB * NB)?,
+                    small: self.whole(&small, NB_WIDE * NB_WIDE)?,
                     dvec: self.whole(&dvec, n)?,
                     stat: self.whole(&stat, 4 + n)?,
                 },
@@ -222,6 +227,7 @@ impl Ctx {
                     .iter()
                     .map(|&(r0, r1)| self.rows_win(&u.buf, n, r0, r1))
                     .collect::<Result<_>>()?,
+                nb: block_width(&slabs),
                 slabs,
                 maxg: self.max_groups(),
                 n,
@@ -249,8 +255,10 @@ struct FactorPass<'a> {
     /// A = J (H + λI) J, factored and inverted in place, then U.
     u: &'a WgpuTensor,
     bufs: Bufs<'a>,
-    /// The factor's rows cut into windows of whole 64-row blocks, and a window per slab.
+    /// The factor's rows cut into windows of whole diagonal blocks, and a window per slab.
     slabs: Slabs,
+    /// The diagonal blocks' width (plan::factor::block_width).
+    nb: usize,
     wins: Vec<Win<'a>>,
     maxg: u32,
     n: usize,
@@ -363,7 +371,7 @@ impl<'a> FactorPass<'a> {
 
     fn cholesky(&self, b: &mut Batch<'_>) -> Result<()> {
         let n = self.n;
-        for step in cholesky_steps(n, &self.slabs, NB) {
+        for step in cholesky_steps(n, &self.slabs, self.nb) {
             match step {
                 CholStep::Diag { k0, w } => {
                     let dw = self.ctx.rows_win(&self.u.buf, n, k0, k0 + w)?;
@@ -392,7 +400,7 @@ impl<'a> FactorPass<'a> {
                             pc.n,
                             pc.k,
                             at,
-                            Operand::new(self.bufs.small, 0, NB).t(),
+                            Operand::new(self.bufs.small, 0, NB_WIDE).t(),
                         )
                         .named("chol_panel_gemm");
                         g.c = Some(at);
@@ -415,7 +423,7 @@ impl<'a> FactorPass<'a> {
                             self.block(c0, pc.m.0, c0 * n + d0),
                             self.block(c0, pc.n.0, c0 * n + d0).t(),
                         )
-                        .named(if depth > NB {
+                        .named(if depth > self.nb {
                             "chol_outer_syrk"
                         } else {
                             "chol_inner_syrk"
@@ -434,7 +442,7 @@ impl<'a> FactorPass<'a> {
 
     /// X = L⁻¹ in place by doubling; the diagonal blocks are already inverted (chol_diag).
     fn invert(&self, b: &mut Batch<'_>) -> Result<()> {
-        for runs in inverse_levels(self.n, &self.slabs, NB) {
+        for runs in inverse_levels(self.n, &self.slabs, self.nb) {
             for run in &runs {
                 self.pair_products(b, run)?;
             }

@@ -6,12 +6,12 @@
 //! triangular factor with a positive diagonal). Two n³/3 steps instead of four.
 //!
 //! The steps, their order and their pieces over slabs are planned once for both GPU backends
-//! (`plan::factor`): per 64-column block, one cube factors the diagonal block in shared
-//! memory and inverts it in place (a non-positive pivot is recorded in a flag, replaced by 1
+//! (`plan::factor`): per 128-column block (64 where the slabs are cut at odd multiples of 64),
+//! one cube factors the diagonal block and inverts it in place (a non-positive pivot is recorded in a flag, replaced by 1
 //! so nothing turns NaN, and reported as `NotPositiveDefinite` at the end); the panel
 //! L21 = A21·L_kk⁻ᵀ is the tiled GEMM in place; the SYRKs update the rest of the 256-column
-//! outer block at depth 64 and the trailing matrix once per outer block at depth 256. The
-//! inverse X = L⁻¹ is built by doubling: log2(n/64) levels of two batched GEMMs.
+//! outer block at the block's depth and the trailing matrix once per outer block at depth 256.
+//! The inverse X = L⁻¹ is built by doubling: log2(n/128) levels of two batched GEMMs.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -24,7 +24,7 @@ use super::gemm::{gemm, Batched, Gemm, View};
 use super::reduce::{sum, CUBE};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvFactor};
-use crate::plan::factor::{cholesky_steps, inverse_levels, CholStep, PairRun, NB};
+use crate::plan::factor::{block_width, cholesky_steps, inverse_levels, CholStep, PairRun, NB};
 use crate::plan::GemmPiece;
 
 /// d[j] = H_jj (1 where H_jj = 0) and dead[j] = (H_jj == 0) for the rows of one slab.
@@ -86,23 +86,11 @@ fn reverse_kernel(
     }
 }
 
-/// Factors the 64 x 64 diagonal block at (k0, k0) in shared memory (rows past `w` padded with
-/// the identity) and writes L_kk⁻¹ over it, zero above its diagonal. Pivots that are not
-/// positive and finite record their column in `fail[slot]` (atomic min) and continue as 1.
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-fn chol_block_kernel(
-    a: &mut Array<f32>,
-    fail: &mut Array<Atomic<u32>>,
-    local_row0: u32,
-    k0: u32,
-    w: u32,
-    n: u32,
-    slot: u32,
-) {
+/// The lower triangle of the w x w block of `a` at rows `row0` (slab-local) and columns `col0`
+/// into `sh`, zero above it, rows and columns past `w` the identity.
+#[cube]
+fn load_block(a: &Array<f32>, sh: &mut SharedMemory<f32>, row0: u32, col0: u32, w: u32, n: u32) {
     let t = UNIT_POS;
-    let mut sh = SharedMemory::<f32>::new(4096usize);
-    let mut xd = SharedMemory::<f32>::new(64usize);
     #[unroll]
     for q in 0..16u32 {
         let idx = t + q * CUBE;
@@ -111,20 +99,34 @@ fn chol_block_kernel(
         let mut v = 0.0f32;
         if i < w && j < w {
             if j <= i {
-                v = a[((local_row0 + i) * n + k0 + j) as usize];
+                v = a[((row0 + i) * n + col0 + j) as usize];
             }
         } else if i == j {
             v = 1.0;
         }
         sh[idx as usize] = v;
     }
-    sync_cube();
+}
+
+/// Factors the 64 x 64 block in `sh` (as [`load_block`] leaves it) and leaves Xᵀ there, X =
+/// L⁻¹: sh[p·64 + c] = X(c, p), zero below the diagonal. Pivots that are not positive and
+/// finite record their column of A, `col0 + j`, in `fail[slot]` (atomic min) and continue as 1.
+#[cube]
+fn factor_invert_block(
+    sh: &mut SharedMemory<f32>,
+    xd: &mut SharedMemory<f32>,
+    fail: &mut Array<Atomic<u32>>,
+    w: u32,
+    col0: u32,
+    slot: u32,
+) {
+    let t = UNIT_POS;
     for j in 0..64u32 {
         if t == 0 {
             let mut d = sh[(j * 65) as usize];
             if !(d > 0.0 && d <= 3.4e38) {
                 if j < w {
-                    fail[slot as usize].fetch_min(k0 + j);
+                    fail[slot as usize].fetch_min(col0 + j);
                 }
                 d = 1.0;
             }
@@ -148,8 +150,8 @@ fn chol_block_kernel(
         }
         sync_cube();
     }
-    // Column t of L11⁻¹ by forward substitution; x[k][t] for k > t lives in row t's upper
-    // part of `sh` (never read as L), x[t][t] in xd.
+    // Column t of X by forward substitution; X(k, t) for k > t lives in row t's upper part of
+    // `sh` (never read as L), X(t, t) in xd.
     if t < 64 {
         let xt = 1.0 / sh[(t * 65) as usize];
         xd[t as usize] = xt;
@@ -167,27 +169,160 @@ fn chol_block_kernel(
         let idx = t + q * CUBE;
         let i = idx / 64;
         let j = idx % 64;
-        let mut v = 0.0f32;
         if i > j {
-            v = sh[(j * 64 + i) as usize];
+            sh[idx as usize] = 0.0;
         } else if i == j {
-            v = xd[i as usize];
+            sh[idx as usize] = xd[i as usize];
+        }
+    }
+    sync_cube();
+}
+
+/// X (as Xᵀ in `sh`) over the w x w block of `a` at rows `row0` (slab-local) and columns
+/// `col0`, zero above its diagonal.
+#[cube]
+fn store_block(sh: &SharedMemory<f32>, a: &mut Array<f32>, row0: u32, col0: u32, w: u32, n: u32) {
+    let t = UNIT_POS;
+    #[unroll]
+    for q in 0..16u32 {
+        let idx = t + q * CUBE;
+        let i = idx / 64;
+        let j = idx % 64;
+        let mut v = 0.0f32;
+        if j <= i {
+            v = sh[(j * 64 + i) as usize];
         }
         if i < w && j < w {
-            a[((local_row0 + i) * n + k0 + j) as usize] = v;
+            a[((row0 + i) * n + col0 + j) as usize] = v;
         }
     }
 }
 
-/// X's diagonal 64 x 64 blocks, lower triangles, from A's (where the Cholesky left L_kk⁻¹), for
-/// the `rows` rows of one slab starting at global row `row0` (a multiple of 64).
+/// Factors the w x w diagonal block at (k0, k0), w <= 128, and writes L_kk⁻¹ over it, zero
+/// above its diagonal. Up to 64 columns it is one block in shared memory. Up to 128 it is a
+/// 2 x 2 of 64-blocks [[A11, ·], [A21, A22]], w2 = w − 64 rows in the second:
+///   X11 = L11⁻¹ in shared memory, written to A11;
+///   L21 = A21·X11ᵀ, kept transposed in the block's free upper-right corner U12;
+///   X22 = L22⁻¹ with L22 L22ᵀ = A22 − L21 L21ᵀ, in shared memory, written to A22;
+///   T = L21·X11 over A21 (read no more), then X21 = −X22·T into U12, moved to A21;
+/// then U12 is zeroed again. The off-diagonal products go through global memory, which this
+/// cube alone touches (`sync_storage` orders it), so a cube holds 16 KiB whatever the width.
+/// Pivots that are not positive and finite record their column in `fail[slot]`.
 #[cube(launch_unchecked)]
-fn diag_blocks_kernel(a: &Array<f32>, x: &mut Array<f32>, row0: u32, rows: u32, n: u32) {
+#[allow(clippy::too_many_arguments)]
+fn chol_block_kernel(
+    a: &mut Array<f32>,
+    fail: &mut Array<Atomic<u32>>,
+    local_row0: u32,
+    k0: u32,
+    w: u32,
+    n: u32,
+    slot: u32,
+) {
+    let t = UNIT_POS;
+    let mut sh = SharedMemory::<f32>::new(4096usize);
+    let mut xd = SharedMemory::<f32>::new(64usize);
+    let mut w1 = w;
+    if w1 > 64 {
+        w1 = 64u32;
+    }
+    load_block(a, &mut sh, local_row0, k0, w1, n);
+    sync_cube();
+    factor_invert_block(&mut sh, &mut xd, fail, w1, k0, slot);
+    store_block(&sh, a, local_row0, k0, w1, n);
+    if w > 64 {
+        let w2 = w - 64;
+        let k1 = k0 + 64;
+        let r1 = local_row0 + 64;
+        // U12(c, r) = L21(r, c) = Σ_{p<=c} A21(r, p)·X11(c, p); sh holds X11ᵀ, so lanes
+        // (consecutive c) read consecutive words, and A21(r, p) is one broadcast load.
+        for q in 0..16u32 {
+            let idx = t + q * CUBE;
+            let r = idx / 64;
+            let c = idx % 64;
+            if r < w2 {
+                let mut s = 0.0f32;
+                for p in 0..c + 1 {
+                    s += a[((r1 + r) * n + k0 + p) as usize] * sh[(p * 64 + c) as usize];
+                }
+                a[((local_row0 + c) * n + k1 + r) as usize] = s;
+            }
+        }
+        sync_storage();
+        sync_cube();
+        // A22 − L21 L21ᵀ: entry (i, j) subtracts Σ_p U12(p, i)·U12(p, j).
+        load_block(a, &mut sh, r1, k1, w2, n);
+        for q in 0..16u32 {
+            let idx = t + q * CUBE;
+            let i = idx / 64;
+            let j = idx % 64;
+            if i < w2 && j <= i {
+                let mut s = 0.0f32;
+                for p in 0..64u32 {
+                    let row = (local_row0 + p) * n + k1;
+                    s += a[(row + i) as usize] * a[(row + j) as usize];
+                }
+                sh[idx as usize] -= s;
+            }
+        }
+        sync_cube();
+        factor_invert_block(&mut sh, &mut xd, fail, w2, k1, slot);
+        store_block(&sh, a, r1, k1, w2, n);
+        // T(r, c) = Σ_{p>=c} U12(p, r)·X11(p, c) over A21; X11 is read back from A11.
+        for q in 0..16u32 {
+            let idx = t + q * CUBE;
+            let r = idx / 64;
+            let c = idx % 64;
+            if r < w2 {
+                let mut s = 0.0f32;
+                for p in c..64u32 {
+                    let row = (local_row0 + p) * n;
+                    s += a[(row + k1 + r) as usize] * a[(row + k0 + c) as usize];
+                }
+                a[((r1 + r) * n + k0 + c) as usize] = s;
+            }
+        }
+        sync_storage();
+        sync_cube();
+        // X21(r, c) = −Σ_{q<=r} X22(r, q)·T(q, c), X22(r, q) = sh[q·64 + r] broadcast, T's
+        // rows read along c, into U12 (read no more) transposed; then moved to A21 and U12
+        // zeroed, so no thread holds its outputs across a barrier.
+        for q in 0..16u32 {
+            let idx = t + q * CUBE;
+            let r = idx / 64;
+            let c = idx % 64;
+            if r < w2 {
+                let mut s = 0.0f32;
+                for p in 0..r + 1 {
+                    s += sh[(p * 64 + r) as usize] * a[((r1 + p) * n + k0 + c) as usize];
+                }
+                a[((local_row0 + c) * n + k1 + r) as usize] = -s;
+            }
+        }
+        sync_storage();
+        sync_cube();
+        for q in 0..16u32 {
+            let idx = t + q * CUBE;
+            let r = idx / 64;
+            let c = idx % 64;
+            if r < w2 {
+                let u12 = ((local_row0 + c) * n + k1 + r) as usize;
+                a[((r1 + r) * n + k0 + c) as usize] = a[u12];
+                a[u12] = 0.0;
+            }
+        }
+    }
+}
+
+/// X's diagonal nb x nb blocks, lower triangles, from A's (where the Cholesky left L_kk⁻¹),
+/// for the `rows` rows of one slab starting at global row `row0` (a multiple of nb).
+#[cube(launch_unchecked)]
+fn diag_blocks_kernel(a: &Array<f32>, x: &mut Array<f32>, row0: u32, rows: u32, n: u32, nb: u32) {
     let idx = ABSOLUTE_POS as u32;
-    if idx < rows * 64 {
-        let i = idx / 64;
-        let j = (row0 + i) / 64 * 64 + idx % 64;
-        if j <= row0 + i {
+    if idx < rows * nb {
+        let i = idx / nb;
+        let j = (row0 + i) / nb * nb + idx % nb;
+        if j <= row0 + i && j < n {
             let at = (i * n + j) as usize;
             x[at] = a[at];
         }
@@ -282,7 +417,8 @@ pub fn hinv_factor<R: Runtime>(
     Ok(HinvFactor { u: a, dead, damp })
 }
 
-/// The Cholesky block kernel holds a 64x64 block and its diagonal inverse in shared memory.
+/// The Cholesky block kernel holds a 64x64 block and its diagonal inverse in shared memory
+/// (the 128-wide blocks too: their second 64-block's update goes through global memory).
 fn check_shared<R: Runtime>(b: &CubeBackend<R>) -> Result<()> {
     let shared = 4 * (NB * NB + NB);
     if shared > b.max_shared {
@@ -295,7 +431,7 @@ fn check_shared<R: Runtime>(b: &CubeBackend<R>) -> Result<()> {
 }
 
 /// The blocked right-looking Cholesky A = L Lᵀ of the lower triangle of `a` (n x n, any
-/// slabs), in place, the steps of [`cholesky_steps`]: below its 64 x 64 diagonal blocks `a`
+/// slabs), in place, the steps of [`cholesky_steps`]: below its diagonal blocks (`block_width`) `a`
 /// holds L, and on them their inverses L_kk⁻¹ (zero above their diagonal), which
 /// [`invert_lower`] starts from. The strict upper triangle elsewhere is neither read nor
 /// written. The first column whose pivot is not positive and finite is recorded in
@@ -312,12 +448,12 @@ pub fn cholesky_in_place<R: Runtime>(
     check_shared(b)?;
     let n = a.cols;
     let view = |row: usize, col: usize| block_view(a, row, col);
-    for step in cholesky_steps(n, &a.slabs, NB) {
+    for step in cholesky_steps(n, &a.slabs, block_width(&a.slabs)) {
         match step {
             CholStep::Diag { k0, w } => {
                 let (s, local) = a.slabs.locate(k0);
                 // SAFETY: one cube reads and writes the w x w block at (k0, k0), inside slab s
-                // since slabs are multiples of 64 rows.
+                // since slabs are multiples of the block width (`block_width`).
                 unsafe {
                     chol_block_kernel::launch_unchecked::<R>(
                         &b.client,
@@ -334,14 +470,16 @@ pub fn cholesky_in_place<R: Runtime>(
                 }
             }
             CholStep::Panel { k0, w, pieces } => {
-                // A21 = A21·L_kk⁻ᵀ in place: the panel is one tile wide, so each cube reads
-                // exactly the rows it writes, all before its epilogue.
+                // A chunk of A21 = A21·L_kk⁻ᵀ in place: each cube reads the rows it writes,
+                // the chunk's columns and those left of it (not written by this launch), all
+                // before its epilogue.
                 let r1 = k0 + w;
-                let mut dinv = view(k0, k0);
-                dinv.trans = true;
                 for pc in pieces {
-                    let at = view(r1 + pc.m.0, k0);
-                    gemm(b, &piece(&pc, at, dinv, at, 1.0));
+                    let mut dinv = view(k0 + pc.n.0, k0 + pc.k.0);
+                    dinv.trans = true;
+                    let a21 = view(r1 + pc.m.0, k0 + pc.k.0);
+                    let c = view(r1 + pc.m.0, k0 + pc.n.0);
+                    gemm(b, &piece(&pc, a21, dinv, c, 1.0));
                 }
             }
             CholStep::Syrk { c0, d0, pieces, .. } => {
@@ -385,6 +523,7 @@ fn piece<'a>(pc: &GemmPiece, a: View<'a>, bm: View<'a>, c: View<'a>, alpha: f32)
 /// T = L21·X11 is kept, transposed, in `a`'s upper triangle, which nothing else reads.
 pub fn invert_lower<R: Runtime>(b: &CubeBackend<R>, a: &CubeTensor) -> Result<CubeTensor> {
     let n = a.cols;
+    let nb = block_width(&a.slabs);
     let x = b.filled_tensor(n, n, 0.0)?;
     for s in 0..x.handles.len() {
         let (r0, rn) = x.slabs.range(s);
@@ -396,17 +535,18 @@ pub fn invert_lower<R: Runtime>(b: &CubeBackend<R>, a: &CubeTensor) -> Result<Cu
         unsafe {
             diag_blocks_kernel::launch_unchecked::<R>(
                 &b.client,
-                b.grid(rn * NB, BLOCK),
+                b.grid(rn * nb, BLOCK),
                 CubeDim::new_1d(BLOCK),
                 arg(&a.handles[s], a.slab_len(s)),
                 arg(&x.handles[s], x.slab_len(s)),
                 r0 as u32,
                 rn as u32,
                 n as u32,
+                nb as u32,
             );
         }
     }
-    for runs in inverse_levels(n, &a.slabs, NB) {
+    for runs in inverse_levels(n, &a.slabs, nb) {
         for run in &runs {
             pair_products(b, a, &x, run);
         }
