@@ -40,6 +40,11 @@ const F_FINAL: u32 = 64u;      // the last dispatch of a split reduction applies
 const F_P_MASK: u32 = 128u;    // aux holds mask words (P = kept flag), else W_p's values
 const F_A_LOWER: u32 = 1024u;  // A(i,k) == 0 for k > i (lower triangular A): stop at the tile's rows
 const F_C_TRANS: u32 = 2048u;  // gemm_update: C(i,j) is stored at c_base + j*ldc + i
+// mainloop's operands read four words at a time along their stored rows (the host sets these
+// where the operand's origin, leading dimension, batch stride and first tile coordinate along
+// the row are multiples of 4, so every quad is one aligned vec4 inside the window):
+const F_A_QUAD: u32 = 4096u;
+const F_B_QUAD: u32 = 8192u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -63,6 +68,14 @@ const BW: u32 = TN / 4u + 1u;
 var<workgroup> As: array<vec4<f32>, 272>;
 var<workgroup> Bs: array<vec4<f32>, 272>;
 
+// The A and B bindings' words, one or four at a time (`i` a multiple of 4 for a quad). In the
+// vec4 variant of this file (Module::GemmVec4, made by substituting these four functions and
+// the two declarations) a and b are vec4 arrays and a quad is one vector load; here it is four.
+fn a_word(i: u32) -> f32 { return a[i]; }
+fn b_word(i: u32) -> f32 { return b[i]; }
+fn a_quad(i: u32) -> vec4<f32> { return vec4<f32>(a[i], a[i + 1u], a[i + 2u], a[i + 3u]); }
+fn b_quad(i: u32) -> vec4<f32> { return vec4<f32>(b[i], b[i + 1u], b[i + 2u], b[i + 3u]); }
+
 // The batch member's offsets (element strides times workgroup_id.z): set by gemm_update,
 // zero in every other entry.
 var<private> zoff: vec3<u32>;
@@ -70,14 +83,14 @@ var<private> zoff: vec3<u32>;
 fn a_at(i: u32, k: u32) -> f32 {
     var off: u32;
     if (P.a_trans != 0u) { off = k * P.lda + i; } else { off = i * P.lda + k; }
-    var v = a[P.a_base + zoff.x + off];
+    var v = a_word(P.a_base + zoff.x + off);
     if ((P.flags & F_A_MINUS_P) != 0u) { v = v - a2[P.p_base + off]; }
     return v;
 }
 
 fn b_at(k: u32, j: u32) -> f32 {
-    if (P.b_trans != 0u) { return b[P.b_base + zoff.y + j * P.ldb + k]; }
-    return b[P.b_base + zoff.y + k * P.ldb + j];
+    if (P.b_trans != 0u) { return b_word(P.b_base + zoff.y + j * P.ldb + k); }
+    return b_word(P.b_base + zoff.y + k * P.ldb + j);
 }
 
 fn tile_origin(wid: vec3<u32>) -> vec2<u32> {
@@ -121,18 +134,80 @@ fn load_b(o: vec2<u32>, kt: u32, e: u32) -> f32 {
     return 0.0;
 }
 
-// One K step's staged values held in registers (a.x is element t, a.y t + 256, ...).
+// The staged element of slot l (of 4) of invocation t: t + 256·l with scalar loads, 4t + l
+// with quad loads (four consecutive along the operand's stored rows, see the stage indices).
+fn a_elem(t: u32, l: u32) -> u32 {
+    if ((P.flags & F_A_QUAD) != 0u) { return 4u * t + l; }
+    return t + 256u * l;
+}
+
+fn b_elem(t: u32, l: u32) -> u32 {
+    if ((P.flags & F_B_QUAD) != 0u) { return 4u * t + l; }
+    return t + 256u * l;
+}
+
+// Invocation t's four A elements 4t.. as one quad: read when its first element is inside,
+// then each lane checked as load_a checks it (a quad never crosses its stored row, whose
+// length is a multiple of 4).
+fn load_a_quad(o: vec2<u32>, kt: u32, t: u32) -> vec4<f32> {
+    let at = a_stage_index(4u * t);
+    let gi = o.x + at.x;
+    let gk = kt + at.y;
+    var v = vec4<f32>(0.0);
+    if (gi >= P.m_hi || gk >= P.k_hi) { return v; }
+    var off: u32;
+    if (P.a_trans != 0u) { off = gk * P.lda + gi; } else { off = gi * P.lda + gk; }
+    let q = a_quad(P.a_base + zoff.x + off);
+    let lower = (P.flags & F_A_LOWER) != 0u;
+    for (var l = 0u; l < 4u; l++) {
+        var i = gi;
+        var k = gk;
+        if (P.a_trans != 0u) { i += l; } else { k += l; }
+        if (i < P.m_hi && k < P.k_hi && !(lower && k > i)) { v[l] = q[l]; }
+    }
+    return v;
+}
+
+fn load_b_quad(o: vec2<u32>, kt: u32, t: u32) -> vec4<f32> {
+    let at = b_stage_index(4u * t);
+    let gj = o.y + at.x;
+    let gk = kt + at.y;
+    var v = vec4<f32>(0.0);
+    if (gj >= P.n_hi || gk >= P.k_hi) { return v; }
+    var off: u32;
+    if (P.b_trans != 0u) { off = gj * P.ldb + gk; } else { off = gk * P.ldb + gj; }
+    let q = b_quad(P.b_base + zoff.y + off);
+    let lower = (P.flags & F_B_LOWER) != 0u;
+    for (var l = 0u; l < 4u; l++) {
+        var j = gj;
+        var k = gk;
+        if (P.b_trans != 0u) { k += l; } else { j += l; }
+        if (j < P.n_hi && k < P.k_hi && !(lower && k < j)) { v[l] = q[l]; }
+    }
+    return v;
+}
+
+// One K step's staged values held in registers (slot l holds element a_elem(t, l)).
 struct Step {
     a: vec4<f32>,
     b: vec4<f32>,
 }
 
 fn load_step(o: vec2<u32>, kt: u32, t: u32) -> Step {
-    return Step(
-        vec4<f32>(load_a(o, kt, t), load_a(o, kt, t + 256u), load_a(o, kt, t + 512u),
-                  load_a(o, kt, t + 768u)),
-        vec4<f32>(load_b(o, kt, t), load_b(o, kt, t + 256u), load_b(o, kt, t + 512u),
-                  load_b(o, kt, t + 768u)));
+    var s: Step;
+    if ((P.flags & F_A_QUAD) != 0u) {
+        s.a = load_a_quad(o, kt, t);
+    } else {
+        s.a = vec4<f32>(load_a(o, kt, t), load_a(o, kt, t + 256u), load_a(o, kt, t + 512u),
+                        load_a(o, kt, t + 768u));
+    }
+    if ((P.flags & F_B_QUAD) != 0u) {
+        s.b = load_b_quad(o, kt, t);
+    } else {
+        s.b = vec4<f32>(load_b(o, kt, t), load_b(o, kt, t + 256u), load_b(o, kt, t + 512u),
+                        load_b(o, kt, t + 768u));
+    }
+    return s;
 }
 
 fn put_a(e: u32, v: f32) {
@@ -146,14 +221,10 @@ fn put_b(e: u32, v: f32) {
 }
 
 fn store_step(s: Step, t: u32) {
-    put_a(t, s.a.x);
-    put_a(t + 256u, s.a.y);
-    put_a(t + 512u, s.a.z);
-    put_a(t + 768u, s.a.w);
-    put_b(t, s.b.x);
-    put_b(t + 256u, s.b.y);
-    put_b(t + 512u, s.b.z);
-    put_b(t + 768u, s.b.w);
+    for (var l = 0u; l < 4u; l++) {
+        put_a(a_elem(t, l), s.a[l]);
+        put_b(b_elem(t, l), s.b[l]);
+    }
 }
 
 // Double-buffered through registers: the next K step's global loads are issued before this
@@ -290,7 +361,7 @@ fn p_at(i: u32, k: u32) -> f32 {
 fn lora_ba(i: u32, k: u32) -> f32 {
     var v = 0.0;
     for (var q = 0u; q < P.rank; q++) {
-        v = fma(a[P.a_base + i * P.lda + q], a2[P.p_base + q * P.ld2 + k], v);
+        v = fma(a_word(P.a_base + i * P.lda + q), a2[P.p_base + q * P.ld2 + k], v);
     }
     return v;
 }
@@ -386,7 +457,7 @@ fn mainloop_lora(o: vec2<u32>, lid: vec3<u32>) -> array<f32, 16> {
                 let gi = o.x + e / 16u;
                 let q = q0 + e % 16u;
                 var v = 0.0;
-                if (gi < P.m_hi && q < P.rank) { v = a[P.a_base + gi * P.lda + q]; }
+                if (gi < P.m_hi && q < P.rank) { v = a_word(P.a_base + gi * P.lda + q); }
                 Ls[e / 4u][e % 4u] = v;
             }
             let qr = t / 16u;

@@ -19,6 +19,11 @@ pub(crate) enum Module {
     /// disjoint blocks of one buffer (the triangular inverse), which WebGPU does not let one
     /// dispatch bind both read-only and read-write.
     GemmInPlace,
+    /// gemm.wgsl with A and B bound as vec4 arrays, so that aligned operands load four words
+    /// as one vector (the GEMM's F_A_QUAD and F_B_QUAD); scalar reads pick a component.
+    GemmVec4,
+    /// [`Module::GemmInPlace`] with A and B bound as vec4 arrays.
+    GemmInPlaceVec4,
     Stats,
     Grad,
     Score,
@@ -52,9 +57,11 @@ pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 23] = [
+    pub const ALL: [Module; 25] = [
         Module::Gemm,
         Module::GemmInPlace,
+        Module::GemmVec4,
+        Module::GemmInPlaceVec4,
         Module::Stats,
         Module::Grad,
         Module::Score,
@@ -82,6 +89,8 @@ impl Module {
         match self {
             Module::Gemm => "gemm",
             Module::GemmInPlace => "gemm_in_place",
+            Module::GemmVec4 => "gemm_vec4",
+            Module::GemmInPlaceVec4 => "gemm_in_place_vec4",
             Module::Stats => "stats",
             Module::Grad => "grad",
             Module::Score => "score",
@@ -102,7 +111,7 @@ impl Module {
     /// The .wgsl file the module is built from (variants share their file).
     pub fn file(self) -> &'static str {
         match self {
-            Module::GemmInPlace => "gemm",
+            Module::GemmInPlace | Module::GemmVec4 | Module::GemmInPlaceVec4 => "gemm",
             m => m.name(),
         }
     }
@@ -110,7 +119,9 @@ impl Module {
     pub fn source(self) -> &'static str {
         match self {
             Module::Gemm => include_str!("../../shaders/gemm.wgsl"),
-            Module::GemmInPlace => gemm_in_place_source(),
+            Module::GemmInPlace => gemm_source(true, false),
+            Module::GemmVec4 => gemm_source(false, true),
+            Module::GemmInPlaceVec4 => gemm_source(true, true),
             Module::Stats => include_str!("../../shaders/stats.wgsl"),
             Module::Grad => include_str!("../../shaders/grad.wgsl"),
             Module::Score => include_str!("../../shaders/score.wgsl"),
@@ -133,7 +144,10 @@ impl Module {
     pub fn storage(self) -> &'static [bool] {
         match self {
             Module::Gemm => &[true, true, true, false, false, false, true],
-            Module::GemmInPlace => &[false, true, false, false, false, false, true],
+            Module::GemmInPlace | Module::GemmInPlaceVec4 => {
+                &[false, true, false, false, false, false, true]
+            }
+            Module::GemmVec4 => &[true, true, true, false, false, false, true],
             Module::Stats => &[true, false, false],
             Module::Grad => &[false, true],
             Module::Score => &[false, true, true, false, true],
@@ -152,23 +166,53 @@ impl Module {
     }
 }
 
-/// gemm.wgsl with its A and B bindings read-write (see [`Module::GemmInPlace`]).
-fn gemm_in_place_source() -> &'static str {
+/// gemm.wgsl with its A and B bindings read-write (see [`Module::GemmInPlace`]) and/or bound
+/// as vec4 arrays, their word accessors reading them as such (see [`Module::GemmVec4`]).
+fn gemm_source(in_place: bool, vec4: bool) -> &'static str {
     const SRC: &str = include_str!("../../shaders/gemm.wgsl");
-    static VARIANT: OnceLock<String> = OnceLock::new();
-    VARIANT.get_or_init(|| {
+    static VARIANTS: OnceLock<[String; 3]> = OnceLock::new();
+    let variant = |in_place: bool, vec4: bool| {
         let mut s = SRC.to_string();
+        let mut swap = |from: String, to: String| {
+            assert!(s.contains(&from), "gemm.wgsl declares `{from}`");
+            s = s.replacen(&from, &to, 1);
+        };
         for name in ["a", "b"] {
-            let line = format!("var<storage, read> {name}: array<f32>;");
-            assert!(s.contains(&line), "gemm.wgsl declares `{line}`");
-            s = s.replacen(
-                &line,
-                &format!("var<storage, read_write> {name}: array<f32>;"),
-                1,
+            let access = if in_place { "read_write" } else { "read" };
+            let ty = if vec4 { "vec4<f32>" } else { "f32" };
+            swap(
+                format!("var<storage, read> {name}: array<f32>;"),
+                format!("var<storage, {access}> {name}: array<{ty}>;"),
             );
+            if vec4 {
+                swap(
+                    format!("fn {name}_word(i: u32) -> f32 {{ return {name}[i]; }}"),
+                    format!("fn {name}_word(i: u32) -> f32 {{ return {name}[i >> 2u][i & 3u]; }}"),
+                );
+                swap(
+                    format!(
+                        "fn {name}_quad(i: u32) -> vec4<f32> {{ return vec4<f32>({name}[i], \
+                         {name}[i + 1u], {name}[i + 2u], {name}[i + 3u]); }}"
+                    ),
+                    format!("fn {name}_quad(i: u32) -> vec4<f32> {{ return {name}[i >> 2u]; }}"),
+                );
+            }
         }
         s
-    })
+    };
+    let all = VARIANTS.get_or_init(|| {
+        [
+            variant(true, false),
+            variant(false, true),
+            variant(true, true),
+        ]
+    });
+    match (in_place, vec4) {
+        (true, false) => &all[0],
+        (false, true) => &all[1],
+        (true, true) => &all[2],
+        (false, false) => SRC,
+    }
 }
 
 /// sparse_matmul.wgsl with its token block `TB` set to `tokens`: a constant rather than a

@@ -20,6 +20,10 @@ pub(crate) const F_MERGE_SCALE: u32 = 256;
 pub(crate) const F_STORE: u32 = 512;
 pub(crate) const F_A_LOWER: u32 = 1024;
 pub(crate) const F_C_TRANS: u32 = 2048;
+/// Set by [`Gemm::record`] where [`Gemm::quads`] allows: mainloop reads A (B) four words at a
+/// time on the vec4 variant of the module.
+const F_A_QUAD: u32 = 4096;
+const F_B_QUAD: u32 = 8192;
 
 const TILE: u32 = 64;
 
@@ -189,6 +193,35 @@ impl<'a> Gemm<'a> {
         (w.div_ceil(TILE), h.div_ceil(TILE))
     }
 
+    /// Whether mainloop may read A and B four words at a time, each quad one aligned vec4
+    /// inside the operand's stored row: its origin in the window, leading dimension and batch
+    /// stride multiples of 4, and so the first coordinate along the stored row of every tile
+    /// (k for A by rows and a transposed B, where a lower-triangular B starts a tile's k at
+    /// its first column; m for a transposed A; n for B by rows). A − a2 stays scalar.
+    pub fn quads(&self) -> (bool, bool) {
+        let aligned = |o: &Operand<'_>, stride: usize| {
+            o.win.base(o.origin).is_multiple_of(4)
+                && o.ld.is_multiple_of(4)
+                && (self.batch.count == 1 || stride.is_multiple_of(4))
+        };
+        let k_first = self.k.0.is_multiple_of(4)
+            && (self.flags & F_B_LOWER == 0 || self.n.0.is_multiple_of(4));
+        let a = self.a2.is_none()
+            && aligned(&self.a, self.batch.stride[0])
+            && if self.a.trans {
+                self.m.0.is_multiple_of(4)
+            } else {
+                k_first
+            };
+        let b = aligned(&self.b, self.batch.stride[1])
+            && if self.b.trans {
+                k_first
+            } else {
+                self.n.0.is_multiple_of(4)
+            };
+        (a, b)
+    }
+
     pub fn record(&self, batch: &mut Batch<'_>) -> Result<()> {
         if self.m.1 <= self.m.0 || self.n.1 <= self.n.0 {
             return Ok(());
@@ -246,6 +279,13 @@ impl<'a> Gemm<'a> {
         if let Some((_, off)) = self.part {
             p.part_off = off;
         }
+        let (a_quad, b_quad) = self.quads();
+        if a_quad {
+            p.flags |= F_A_QUAD;
+        }
+        if b_quad {
+            p.flags |= F_B_QUAD;
+        }
         let slot = |o: &Option<Operand<'a>>| o.map_or(Slot::Unused, |o| Slot::Win(o.win));
         let (gx, gy) = self.tiles();
         assert!(
@@ -255,10 +295,11 @@ impl<'a> Gemm<'a> {
         );
         batch.dispatch_as(
             self.label,
-            if self.in_place {
-                Module::GemmInPlace
-            } else {
-                Module::Gemm
+            match (self.in_place, a_quad || b_quad) {
+                (false, false) => Module::Gemm,
+                (true, false) => Module::GemmInPlace,
+                (false, true) => Module::GemmVec4,
+                (true, true) => Module::GemmInPlaceVec4,
             },
             self.entry,
             bytemuck::bytes_of(&p),
