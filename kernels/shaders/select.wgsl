@@ -34,6 +34,7 @@ struct Params {
     write_w: u32,     // 1: zero the pruned source entries (fused prune)
     nelem: u32,       // hist_pass: entries in this window's part of the group
     nrows: u32,       // scan_rows: rows of the whole group
+    chunk: u32,       // hist_pass: entries per workgroup, a multiple of 256 (at most 4096)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -242,7 +243,8 @@ fn sel_init(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
 }
 
-// One digit pass over this window's part of the group: 16 entries per thread.
+// One digit pass over this window's part of the group: `chunk` entries per workgroup, up to 16
+// per thread.
 @compute @workgroup_size(256, 1, 1)
 fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -251,8 +253,8 @@ fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let width = P.c1 - P.c0;
     clear_hist(t);
     workgroupBarrier();
-    let first = (wid.y * nwg.x + wid.x) * 4096u;
-    for (var i = 0u; i < 16u; i++) {
+    let first = (wid.y * nwg.x + wid.x) * P.chunk;
+    for (var i = 0u; i < P.chunk / 256u; i++) {
         let e = first + i * 256u + t;
         if (e < P.nelem) {
             let kv = key(e / width, P.c0 + e % width);

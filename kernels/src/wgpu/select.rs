@@ -30,7 +30,18 @@ struct SelParams {
     write_w: u32,
     nelem: u32,
     nrows: u32,
+    chunk: u32,
 }
+
+/// Entries per workgroup of a histogram pass over `nelem`: 16 per thread where that makes
+/// [`HIST_GROUPS`] workgroups or more, else fewer (down to one per thread) so that it does:
+/// a 4096 x 128 OBS block is 128 workgroups of 4096, under one wave of a large GPU.
+fn hist_chunk(nelem: usize) -> usize {
+    (nelem.div_ceil(HIST_GROUPS).next_multiple_of(256)).clamp(256, 4096)
+}
+
+/// Workgroups a histogram pass aims for: two waves of a GPU with 128 compute units.
+const HIST_GROUPS: usize = 256;
 
 /// How keys are made from the source values (select.wgsl's `key`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -229,11 +240,12 @@ impl Ctx {
                     let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
                     let nelem = (r1 - r0) * width;
                     p.nelem = nelem as u32;
+                    p.chunk = hist_chunk(nelem) as u32;
                     one(
                         b,
                         "hist_pass",
                         &p,
-                        grid(nelem.div_ceil(4096) as u64, maxg),
+                        grid(nelem.div_ceil(p.chunk as usize) as u64, maxg),
                         s,
                     )?;
                 }
@@ -338,5 +350,27 @@ impl Ctx {
             self.apply_mask(w, &mask)?;
         }
         Ok(mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_passes_make_two_waves_where_the_entries_allow() {
+        for nelem in [1, 255, 256, 4097, 65536, 128 * 4096, 4096 * 11008] {
+            let chunk = hist_chunk(nelem);
+            assert!(chunk.is_multiple_of(256) && (256..=4096).contains(&chunk));
+            let groups = nelem.div_ceil(chunk);
+            // 16 entries per thread cap the chunk; below 256 groups only if 256 of one entry
+            // per thread would be too many.
+            assert!(
+                groups >= HIST_GROUPS.min(nelem.div_ceil(256)),
+                "{nelem}: {groups}"
+            );
+        }
+        // A 4096 x 128 OBS block: 256 workgroups of 2048 (it was 128 of 4096).
+        assert_eq!(hist_chunk(4096 * 128), 2048);
     }
 }

@@ -259,7 +259,14 @@ pub fn select_global<R: Runtime>(
                     continue;
                 }
                 let (xh, xl, ah, al, gh, gl) = bind(s);
-                let cubes = (srows * ncols).div_ceil(CUBE as usize * 16).clamp(1, 1024);
+                // 16 keys per unit, but two waves where the device reports its
+                // multiprocessors (a 4096 x 128 OBS block would be 128 cubes: under one wave
+                // of an H100), while every unit has a key.
+                let entries = srows * ncols;
+                let cubes = entries
+                    .div_ceil(CUBE as usize * 16)
+                    .max(b.fill_cubes.min(entries.div_ceil(CUBE as usize)))
+                    .clamp(1, 1024);
                 // SAFETY: a grid-stride over the view's srows x ncols entries of this slab.
                 unsafe {
                     matrix_hist_kernel::launch_unchecked::<R>(
