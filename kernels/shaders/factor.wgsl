@@ -215,15 +215,16 @@ fn store_block(t: u32, r0: u32, s0: u32, w: u32) {
     }
 }
 
-// The diagonal block [k0, k0+nb) factored and inverted by one workgroup: L_kk⁻¹, zero above its
-// diagonal, goes back to A (it is the diagonal block of L⁻¹) and to `small` for the panel
-// product. Up to 64 columns this is one block in workgroup memory. Up to 128 it is a 2 x 2 of
+// The diagonal block [k0, k0+nb) factored and inverted by one workgroup: L_kk⁻¹ goes back to
+// A's lower triangle (it is the diagonal block of L⁻¹) and to `small` for the panel product. Up to 64 columns this is one block in workgroup memory. Up to 128 it is a 2 x 2 of
 // 64-blocks, [[A11, ·], [A21, A22]] with w2 = nb − 64 rows in the second:
 //   X11 = L11⁻¹ (in workgroup memory);
 //   L21 = A21·X11ᵀ, kept transposed in the block's free upper-right corner U12;
 //   X22 = L22⁻¹ with L22 L22ᵀ = A22 − L21 L21ᵀ (in workgroup memory);
-//   X21 = −X22·(L21·X11), the inner product parked in small's free upper-right corner;
-// then U12 and that corner are zeroed again. The off-diagonal products go through global
+//   X21 = −X22·(L21·X11), the inner product parked in small's free upper-right corner.
+// U12 and that corner keep the scratch: no later step reads above a diagonal block's diagonal
+// (the panel's chunks stop at their last column, the inverse masks its triangles). The
+// off-diagonal products go through global
 // memory, which this workgroup alone touches (storageBarrier orders them), so a workgroup
 // holds 16 KiB whatever the width.
 @compute @workgroup_size(256, 1, 1)
@@ -308,13 +309,6 @@ fn chol_diag(@builtin(local_invocation_id) lid: vec3<u32>) {
             a[at(k1 + r, k0 + c)] = -s;
             small[(NB + r) * SMALL + c] = -s;
         }
-    }
-    storageBarrier();
-    for (var e = t; e < NB * NB; e += 256u) {
-        let i = e / NB;
-        let j = e % NB;
-        small[i * SMALL + NB + j] = 0.0;
-        if (j < w2) { a[at(k0 + i, k1 + j)] = 0.0; }
     }
 }
 

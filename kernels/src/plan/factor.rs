@@ -79,8 +79,10 @@ pub fn block_pieces(
 /// One step of the blocked Cholesky.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CholStep {
-    /// Factor the diagonal block [k0, k0 + w) and invert it in place: L_kk⁻¹ (zero above
-    /// its diagonal) is left there and in the backend's small block for the panel.
+    /// Factor the diagonal block [k0, k0 + w) and invert it in place: L_kk⁻¹ is left on its
+    /// lower triangle and in the backend's small block for the panel. Above the diagonal the
+    /// block may hold the kernel's scratch: no later step reads there (the panel's chunks
+    /// stop at their last column, the inverse reads its triangular operands masked).
     Diag { k0: usize, w: usize },
     /// Columns [c_lo, c_hi) of the panel, A[k0+w.., k0+c_lo..k0+c_hi) =
     /// A[k0+w.., k0..k0+c_hi)·L_kk⁻ᵀ[.., c_lo..c_hi) in place (L_kk⁻¹ is lower, so column j

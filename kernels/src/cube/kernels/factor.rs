@@ -198,14 +198,15 @@ fn store_block(sh: &SharedMemory<f32>, a: &mut Array<f32>, row0: u32, col0: u32,
     }
 }
 
-/// Factors the w x w diagonal block at (k0, k0), w <= 128, and writes L_kk⁻¹ over it, zero
-/// above its diagonal. Up to 64 columns it is one block in shared memory. Up to 128 it is a
+/// Factors the w x w diagonal block at (k0, k0), w <= 128, and writes L_kk⁻¹ over its lower
+/// triangle. Up to 64 columns it is one block in shared memory. Up to 128 it is a
 /// 2 x 2 of 64-blocks [[A11, ·], [A21, A22]], w2 = w − 64 rows in the second:
 ///   X11 = L11⁻¹ in shared memory, written to A11;
 ///   L21 = A21·X11ᵀ, kept transposed in the block's free upper-right corner U12;
 ///   X22 = L22⁻¹ with L22 L22ᵀ = A22 − L21 L21ᵀ, in shared memory, written to A22;
-///   T = L21·X11 over A21 (read no more), then X21 = −X22·T into U12, moved to A21;
-/// then U12 is zeroed again. The off-diagonal products go through global memory, which this
+///   T = L21·X11 over A21 (read no more), then X21 = −X22·T into U12, moved to A21.
+/// U12 keeps that scratch: no later step reads above a diagonal block's diagonal (the panel's
+/// chunks stop at their last column, the inverse masks its triangles). The off-diagonal products go through global memory, which this
 /// cube alone touches (`sync_storage` orders it), so a cube holds 16 KiB whatever the width.
 /// Pivots that are not positive and finite record their column in `fail[slot]`.
 #[cube(launch_unchecked)]
@@ -285,8 +286,8 @@ fn chol_block_kernel(
         sync_storage();
         sync_cube();
         // X21(r, c) = −Σ_{q<=r} X22(r, q)·T(q, c), X22(r, q) = sh[q·64 + r] broadcast, T's
-        // rows read along c, into U12 (read no more) transposed; then moved to A21 and U12
-        // zeroed, so no thread holds its outputs across a barrier.
+        // rows read along c, into U12 (read no more) transposed; then moved to A21, so no
+        // thread holds its outputs across a barrier.
         for q in 0..16u32 {
             let idx = t + q * CUBE;
             let r = idx / 64;
@@ -308,7 +309,6 @@ fn chol_block_kernel(
             if r < w2 {
                 let u12 = ((local_row0 + c) * n + k1 + r) as usize;
                 a[((r1 + r) * n + k0 + c) as usize] = a[u12];
-                a[u12] = 0.0;
             }
         }
     }
@@ -432,7 +432,7 @@ fn check_shared<R: Runtime>(b: &CubeBackend<R>) -> Result<()> {
 
 /// The blocked right-looking Cholesky A = L Lᵀ of the lower triangle of `a` (n x n, any
 /// slabs), in place, the steps of [`cholesky_steps`]: below its diagonal blocks (`block_width`) `a`
-/// holds L, and on them their inverses L_kk⁻¹ (zero above their diagonal), which
+/// holds L, and on their lower triangles their inverses L_kk⁻¹ (scratch above), which
 /// [`invert_lower`] starts from. The strict upper triangle elsewhere is neither read nor
 /// written. The first column whose pivot is not positive and finite is recorded in
 /// `fail[slot]` (atomic min, so the caller initialises it to `u32::MAX`) and the elimination
