@@ -34,7 +34,7 @@ struct Params {
     write_w: u32,     // 1: zero the pruned source entries (fused prune)
     nelem: u32,       // hist_pass: entries in this window's part of the group
     nrows: u32,       // scan_rows: rows of the whole group
-    chunk: u32,       // hist_pass: entries per workgroup, a multiple of 256 (at most 4096)
+    chunk: u32,       // hist_pass: entries per workgroup, a multiple of 256 up to 4096
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

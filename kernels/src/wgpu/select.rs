@@ -34,10 +34,11 @@ struct SelParams {
 }
 
 /// Entries per workgroup of a histogram pass over `nelem`: 16 per thread where that makes
-/// [`HIST_GROUPS`] workgroups or more, else fewer (down to one per thread) so that it does:
-/// a 4096 x 128 OBS block is 128 workgroups of 4096, under one wave of a large GPU.
+/// [`HIST_GROUPS`] workgroups or more, else fewer so that it does, down to 4 per thread (each
+/// workgroup clears and merges a 2048-bin histogram, which fewer entries would not pay for).
+/// A 4096 x 128 OBS block was 128 workgroups of 4096, under one wave of a large GPU.
 fn hist_chunk(nelem: usize) -> usize {
-    (nelem.div_ceil(HIST_GROUPS).next_multiple_of(256)).clamp(256, 4096)
+    (nelem.div_ceil(HIST_GROUPS).next_multiple_of(256)).clamp(1024, 4096)
 }
 
 /// Workgroups a histogram pass aims for: two waves of a GPU with 128 compute units.
@@ -361,12 +362,12 @@ mod tests {
     fn histogram_passes_make_two_waves_where_the_entries_allow() {
         for nelem in [1, 255, 256, 4097, 65536, 128 * 4096, 4096 * 11008] {
             let chunk = hist_chunk(nelem);
-            assert!(chunk.is_multiple_of(256) && (256..=4096).contains(&chunk));
+            assert!(chunk.is_multiple_of(256) && (1024..=4096).contains(&chunk));
             let groups = nelem.div_ceil(chunk);
-            // 16 entries per thread cap the chunk; below 256 groups only if 256 of one entry
-            // per thread would be too many.
+            // 16 entries per thread cap the chunk; below 256 groups only where 4 entries per
+            // thread make fewer.
             assert!(
-                groups >= HIST_GROUPS.min(nelem.div_ceil(256)),
+                groups >= HIST_GROUPS.min(nelem.div_ceil(1024)),
                 "{nelem}: {groups}"
             );
         }
