@@ -96,6 +96,14 @@ pub fn arg<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
     unsafe { ArrayArg::from_raw_parts(h.clone(), len.max(1)) }
 }
 
+/// The first `len` f32 (a multiple of 4 where it is read) of a handle as an argument of vectors
+/// of 4, for kernels that read aligned quads of the same binding (at least one vector, so that
+/// an unread binding is still valid).
+pub fn arg_quads<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
+    // SAFETY: as `arg`: the length is what the handle holds, in vectors, rounded down.
+    unsafe { ArrayArg::from_raw_parts(h.clone(), (len / 4).max(1)) }
+}
+
 /// Bytes of a `rows x cols` f32 array.
 pub fn f32_bytes(rows: usize, cols: usize) -> u64 {
     rows as u64 * cols as u64 * 4

@@ -18,7 +18,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::super::storage::{arg, CubeTensor};
+use super::super::storage::{arg, arg_quads, CubeTensor};
 use super::super::CubeBackend;
 use super::reduce::cube_sum;
 use crate::plan::{gemm_pieces, Stored};
@@ -51,6 +51,11 @@ const LOWER: u32 = 8;
 const B_LOWER: u32 = 16;
 const A_LOWER: u32 = 32;
 const C_TRANS: u32 = 64;
+/// The operand is read a quad (4 consecutive tile rows of A, columns of B) per vector load: set
+/// where its quads are aligned vectors (`quad_loads`), for the layouts whose quads are
+/// contiguous (A transposed, B by rows).
+const A_QUADS: u32 = 128;
+const B_QUADS: u32 = 256;
 
 /// Which triangle of a staged operand reads as zero.
 pub(crate) const TRI_NONE: u32 = 0;
@@ -119,6 +124,59 @@ pub(crate) fn stage<N: Size>(
     }
 }
 
+/// [`stage`] for an operand whose element (row r, depth d) lies at off + d·ld + r with off and
+/// ld multiples of 4: a quad's 4 rows are one aligned vector of `x4` (the same binding read as
+/// vectors), loaded once and masked lane by lane as [`stage`] masks its loads.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_quads<N: Size>(
+    x4: &Array<Vector<f32, Const<4>>>,
+    s: &mut SharedMemory<Vector<f32, N>>,
+    #[comptime] base: u32,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    #[comptime] quads: u32,
+    #[comptime] pitch: u32,
+    shift: i32,
+    #[comptime] tri: u32,
+) {
+    let t = UNIT_POS_Y * 16 + UNIT_POS_X;
+    #[unroll]
+    for l in 0..comptime![quads * BK / 256] {
+        let idx = t + l * 256;
+        let q = idx % quads;
+        let kk = idx / quads;
+        let gk = kb + kk;
+        let r0 = origin + 4 * q;
+        let mut g = Vector::<f32, Const<4>>::new(0.0f32);
+        if r0 < rows && gk < k {
+            g = x4[((off + gk * ld + r0) / 4) as usize];
+        }
+        let mut v = Vector::<f32, N>::empty();
+        #[unroll]
+        for e in 0..4u32 {
+            let r = r0 + e;
+            let mut inside = r < rows && gk < k;
+            if comptime![tri == TRI_A_LOWER] {
+                inside = inside && gk as i32 <= r as i32 + shift;
+            }
+            if comptime![tri == TRI_B_LOWER] {
+                inside = inside && gk as i32 + shift >= r as i32;
+            }
+            let mut val = 0.0f32;
+            if inside {
+                val = g[e as usize];
+            }
+            v[e as usize] = val;
+        }
+        s[(base + kk * pitch + q) as usize] = v;
+    }
+}
+
 /// One K step of the staged tiles into a unit's rm x rn accumulators (rows 4·ty + 64·i,
 /// columns 4·tx + 64·j): A's quads from `pa` vectors per depth step, B's from `sb` at `pb`
 /// per step, one vector load from shared memory per 16 FMAs (4x4) or 32 (8x8).
@@ -160,6 +218,8 @@ pub(crate) fn multiply_staged<N: Size>(
 fn gemm_kernel<N: Size>(
     a: &Array<f32>,
     b: &Array<f32>,
+    a4: &Array<Vector<f32, Const<4>>>,
+    b4: &Array<Vector<f32, Const<4>>>,
     c: &mut Array<f32>,
     dot: &mut Array<f32>,
     m: u32,
@@ -265,12 +325,24 @@ fn gemm_kernel<N: Size>(
         TRI_NONE
     }];
     while kb < kend {
-        stage::<N>(
-            a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_shift, a_tri,
-        );
-        stage::<N>(
-            b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, tri_shift, b_tri,
-        );
+        if comptime![flags & A_QUADS != 0] {
+            stage_quads::<N>(
+                a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_shift, a_tri,
+            );
+        } else {
+            stage::<N>(
+                a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_shift, a_tri,
+            );
+        }
+        if comptime![flags & B_QUADS != 0] {
+            stage_quads::<N>(
+                b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, tri_shift, b_tri,
+            );
+        } else {
+            stage::<N>(
+                b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, tri_shift, b_tri,
+            );
+        }
         sync_cube();
         multiply_staged::<N>(&st, &mut acc, pa, pb, sb, rm, rn);
         sync_cube();
@@ -424,6 +496,23 @@ impl<'a> Gemm<'a> {
     }
 }
 
+/// Whether A and B may be staged a quad per vector load ([`stage_quads`]): in the layouts
+/// whose quads are contiguous (A transposed, B by rows: the Hessian's XᵀX and the gradient's
+/// dYᵀX), with the view's offset, leading dimension, batch stride and binding length
+/// multiples of 4 (tile origins and quads are), so every quad is one aligned vector.
+pub fn quad_loads(g: &Gemm<'_>) -> (bool, bool) {
+    let aligned = |v: &View<'_>, stride: usize| {
+        v.off.is_multiple_of(4)
+            && v.ld.is_multiple_of(4)
+            && v.len.is_multiple_of(4)
+            && (g.batch.count == 1 || stride.is_multiple_of(4))
+    };
+    (
+        g.a.trans && aligned(&g.a, g.batch.stride[0]),
+        !g.b.trans && aligned(&g.b, g.batch.stride[1]),
+    )
+}
+
 pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
     if g.m == 0 || g.n == 0 {
         return;
@@ -451,6 +540,13 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         assert_eq!(g.epi, EPI_STORE, "a transposed C is only stored");
         flags |= C_TRANS;
     }
+    let (a_quads, b_quads) = quad_loads(g);
+    if a_quads {
+        flags |= A_QUADS;
+    }
+    if b_quads {
+        flags |= B_QUADS;
+    }
     let (dot_h, dot_len, dot_base) = g.dot.unwrap_or((g.c.h, g.c.len, 0));
     let (tm, tn) = tile_shape(g.m, g.n, g.batch.count, b.fill_cubes);
     let count = CubeCount::Static(
@@ -469,6 +565,8 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
             4,
             arg(g.a.h, g.a.len),
             arg(g.b.h, g.b.len),
+            arg_quads(g.a.h, g.a.len),
+            arg_quads(g.b.h, g.b.len),
             arg(g.c.h, g.c.len),
             arg(dot_h, dot_len),
             g.m as u32,

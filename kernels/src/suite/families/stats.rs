@@ -25,11 +25,14 @@ pub fn small_cases() -> Vec<OpCase> {
         OpCase::new(Op::ActStat, 1, 300).tokens(33, 2),
         OpCase::new(Op::Hessian, 1, 37).tokens(7, 3),
         OpCase::new(Op::Hessian, 1, 130).tokens(65, 1),
+        // Widths that are multiples of 4 (not of a tile): the GEMMs' vector loads.
+        OpCase::new(Op::Hessian, 1, 132).tokens(37, 2),
         OpCase::new(Op::GradAccumulate(L2), 1, 37),
         OpCase::new(Op::GradAccumulate(L1), 13, 300),
         OpCase::new(Op::GradFused(L2), 13, 37).tokens(7, 1),
         OpCase::new(Op::GradFused(L1), 1, 130).tokens(65, 1),
         OpCase::new(Op::GradFused(L2), 67, 129).tokens(33, 1),
+        OpCase::new(Op::GradFused(L2), 20, 68).tokens(37, 1),
     ]
 }
 
