@@ -80,17 +80,37 @@ fn b_quad(i: u32) -> vec4<f32> { return vec4<f32>(b[i], b[i + 1u], b[i + 2u], b[
 // zero in every other entry.
 var<private> zoff: vec3<u32>;
 
+// Where A(i, k) and B(k, j) lie relative to their operand's origin.
+fn a_off(i: u32, k: u32) -> u32 {
+    if (P.a_trans != 0u) { return k * P.lda + i; }
+    return i * P.lda + k;
+}
+
+fn b_off(k: u32, j: u32) -> u32 {
+    if (P.b_trans != 0u) { return j * P.ldb + k; }
+    return k * P.ldb + j;
+}
+
 fn a_at(i: u32, k: u32) -> f32 {
-    var off: u32;
-    if (P.a_trans != 0u) { off = k * P.lda + i; } else { off = i * P.lda + k; }
+    let off = a_off(i, k);
     var v = a_word(P.a_base + zoff.x + off);
     if ((P.flags & F_A_MINUS_P) != 0u) { v = v - a2[P.p_base + off]; }
     return v;
 }
 
 fn b_at(k: u32, j: u32) -> f32 {
-    if (P.b_trans != 0u) { return b_word(P.b_base + zoff.y + j * P.ldb + k); }
-    return b_word(P.b_base + zoff.y + k * P.ldb + j);
+    return b_word(P.b_base + zoff.y + b_off(k, j));
+}
+
+// Whether the loads read A(i, k) (B(k, j)): inside the ranges, and not in the other triangle
+// of a triangular operand, which may hold anything (the triangular inverse keeps its products
+// there) and is read as the zero it stands for.
+fn a_inside(i: u32, k: u32) -> bool {
+    return i < P.m_hi && k < P.k_hi && !((P.flags & F_A_LOWER) != 0u && k > i);
+}
+
+fn b_inside(k: u32, j: u32) -> bool {
+    return j < P.n_hi && k < P.k_hi && !((P.flags & F_B_LOWER) != 0u && k < j);
 }
 
 fn tile_origin(wid: vec3<u32>) -> vec2<u32> {
@@ -118,10 +138,7 @@ fn load_a(o: vec2<u32>, kt: u32, e: u32) -> f32 {
     let at = a_stage_index(e);
     let gi = o.x + at.x;
     let gk = kt + at.y;
-    // A triangular operand's other triangle may hold anything (the triangular inverse keeps
-    // its products there): it is read as the zero it stands for.
-    let tri = (P.flags & F_A_LOWER) != 0u && gk > gi;
-    if (gi < P.m_hi && gk < P.k_hi && !tri) { return a_at(gi, gk); }
+    if (a_inside(gi, gk)) { return a_at(gi, gk); }
     return 0.0;
 }
 
@@ -129,8 +146,7 @@ fn load_b(o: vec2<u32>, kt: u32, e: u32) -> f32 {
     let at = b_stage_index(e);
     let gj = o.y + at.x;
     let gk = kt + at.y;
-    let tri = (P.flags & F_B_LOWER) != 0u && gk < gj;
-    if (gj < P.n_hi && gk < P.k_hi && !tri) { return b_at(gk, gj); }
+    if (b_inside(gk, gj)) { return b_at(gk, gj); }
     return 0.0;
 }
 
@@ -155,15 +171,12 @@ fn load_a_quad(o: vec2<u32>, kt: u32, t: u32) -> vec4<f32> {
     let gk = kt + at.y;
     var v = vec4<f32>(0.0);
     if (gi >= P.m_hi || gk >= P.k_hi) { return v; }
-    var off: u32;
-    if (P.a_trans != 0u) { off = gk * P.lda + gi; } else { off = gi * P.lda + gk; }
-    let q = a_quad(P.a_base + zoff.x + off);
-    let lower = (P.flags & F_A_LOWER) != 0u;
+    let q = a_quad(P.a_base + zoff.x + a_off(gi, gk));
     for (var l = 0u; l < 4u; l++) {
         var i = gi;
         var k = gk;
         if (P.a_trans != 0u) { i += l; } else { k += l; }
-        if (i < P.m_hi && k < P.k_hi && !(lower && k > i)) { v[l] = q[l]; }
+        if (a_inside(i, k)) { v[l] = q[l]; }
     }
     return v;
 }
@@ -174,15 +187,12 @@ fn load_b_quad(o: vec2<u32>, kt: u32, t: u32) -> vec4<f32> {
     let gk = kt + at.y;
     var v = vec4<f32>(0.0);
     if (gj >= P.n_hi || gk >= P.k_hi) { return v; }
-    var off: u32;
-    if (P.b_trans != 0u) { off = gj * P.ldb + gk; } else { off = gk * P.ldb + gj; }
-    let q = b_quad(P.b_base + zoff.y + off);
-    let lower = (P.flags & F_B_LOWER) != 0u;
+    let q = b_quad(P.b_base + zoff.y + b_off(gk, gj));
     for (var l = 0u; l < 4u; l++) {
         var j = gj;
         var k = gk;
         if (P.b_trans != 0u) { k += l; } else { j += l; }
-        if (j < P.n_hi && k < P.k_hi && !(lower && k < j)) { v[l] = q[l]; }
+        if (b_inside(k, j)) { v[l] = q[l]; }
     }
     return v;
 }

@@ -118,7 +118,7 @@ impl Module {
 
     pub fn source(self) -> &'static str {
         match self {
-            Module::Gemm => include_str!("../../shaders/gemm.wgsl"),
+            Module::Gemm => gemm_source(false, false),
             Module::GemmInPlace => gemm_source(true, false),
             Module::GemmVec4 => gemm_source(false, true),
             Module::GemmInPlaceVec4 => gemm_source(true, true),

@@ -322,7 +322,7 @@ fn diag_blocks_kernel(a: &Array<f32>, x: &mut Array<f32>, row0: u32, rows: u32, 
     if idx < rows * nb {
         let i = idx / nb;
         let j = (row0 + i) / nb * nb + idx % nb;
-        if j <= row0 + i && j < n {
+        if j <= row0 + i {
             let at = (i * n + j) as usize;
             x[at] = a[at];
         }

@@ -62,6 +62,21 @@ pub(crate) const TRI_NONE: u32 = 0;
 const TRI_A_LOWER: u32 = 1;
 const TRI_B_LOWER: u32 = 2;
 
+/// Whether a stage reads the operand's element at tile row `r` and depth `gk`: inside the
+/// ranges, and not in the other triangle of a triangular operand, which may hold anything (the
+/// triangular inverse keeps its products there) and is read as the zero it stands for.
+#[cube]
+fn staged_inside(r: u32, gk: u32, rows: u32, k: u32, shift: i32, #[comptime] tri: u32) -> bool {
+    let mut inside = r < rows && gk < k;
+    if comptime![tri == TRI_A_LOWER] {
+        inside = inside && gk as i32 <= r as i32 + shift;
+    }
+    if comptime![tri == TRI_B_LOWER] {
+        inside = inside && gk as i32 + shift >= r as i32;
+    }
+    inside
+}
+
 /// One operand's K step into its staged tile at `base` of `s`: `quads` quads of 4 tile rows
 /// (A's rows or B's columns) per depth step, steps `pitch` vectors apart, zero past `rows` or
 /// `k`. Element
@@ -102,16 +117,7 @@ pub(crate) fn stage<N: Size>(
         for e in 0..4u32 {
             let r = origin + 4 * q + e;
             let mut val = 0.0f32;
-            // A triangular operand's other triangle may hold anything (the triangular
-            // inverse keeps its products there): it is read as the zero it stands for.
-            let mut inside = r < rows && gk < k;
-            if comptime![tri == TRI_A_LOWER] {
-                inside = inside && gk as i32 <= r as i32 + shift;
-            }
-            if comptime![tri == TRI_B_LOWER] {
-                inside = inside && gk as i32 + shift >= r as i32;
-            }
-            if inside {
+            if staged_inside(r, gk, rows, k, shift, tri) {
                 if comptime![by_rows] {
                     val = x[(off + r * ld + gk) as usize];
                 } else {
@@ -159,16 +165,8 @@ pub(crate) fn stage_quads<N: Size>(
         let mut v = Vector::<f32, N>::empty();
         #[unroll]
         for e in 0..4u32 {
-            let r = r0 + e;
-            let mut inside = r < rows && gk < k;
-            if comptime![tri == TRI_A_LOWER] {
-                inside = inside && gk as i32 <= r as i32 + shift;
-            }
-            if comptime![tri == TRI_B_LOWER] {
-                inside = inside && gk as i32 + shift >= r as i32;
-            }
             let mut val = 0.0f32;
-            if inside {
+            if staged_inside(r0 + e, gk, rows, k, shift, tri) {
                 val = g[e as usize];
             }
             v[e as usize] = val;
