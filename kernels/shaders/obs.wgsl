@@ -3,10 +3,17 @@
 // 4096-row weight makes 512 workgroups, about four waves of an H100); their block of W
 // (8 x 128) stays in workgroup memory for the whole loop, the rows of U1 arrive 8 at a time
 // as the loop reaches them (so B = 128 needs 8 KiB, not U1's 64 KiB), and each step is a
-// rank-1 update spread over 32 threads per row. The lazy update of the columns to
-// the right of the block is a GEMM (gemm.wgsl). Decisions come from the mask (given, or
-// chosen for the block by select.wgsl's whole-group selection) or, for N:M, are made in the
-// loop on the current weights.
+// rank-1 update spread over the LANES threads of a row, each owning the columns c with
+// c % LANES == lane. The lazy update of the columns to the right of the block is a GEMM
+// (gemm.wgsl). Decisions come from the mask (given, or chosen for the block by select.wgsl's
+// whole-group selection) or, for N:M, are made in the loop on the current weights.
+//
+// Column i's error is made by its owner and shared with the row's other lanes in one of two
+// ways. Without subgroups (this file as it is): through workgroup memory, two barriers per
+// step. With them (the host's subgroup variant sets SUBGROUPS, LANES to the device's subgroup
+// size and binds each row to one subgroup): a shuffle from the owner lane, no barrier but the
+// one per chunk of U's rows and per N:M group, since a lane only ever touches its own
+// columns of w1.
 
 struct Params {
     rows: u32,        // rows in this window
@@ -35,7 +42,9 @@ struct Params {
 
 const SB: u32 = 128u;
 const RB: u32 = 8u;
-const LANES: u32 = 32u;   // threads per row: RB x LANES = 256
+const LANES: u32 = 32u;   // threads per row: RB x LANES invocations
+const SUBGROUPS: bool = false;
+const WG: u32 = RB * LANES;
 const UC: u32 = 8u;
 
 var<workgroup> w1: array<f32, 1024>;        // RB x SB
@@ -56,7 +65,27 @@ fn is_pruned(rl: u32, c: u32) -> bool {
     return ((atomicLoad(&pr[rl * 4u + c / 32u]) >> (c % 32u)) & 1u) != 0u;
 }
 
-@compute @workgroup_size(256, 1, 1)
+// The subgroup variant replaces these two with subgroupShuffle and subgroupAdd: a value of
+// the row's lane `owner`, and the row's sum (the loss partials each owner lane kept).
+fn from_lane(v: f32, owner: u32) -> f32 { return v; }
+fn row_total(v: f32) -> f32 { return v; }
+
+// Column i's pruning step on row rl: its error e (kept, and returned) and its loss term.
+fn pivot(rl: u32, r: u32, live: bool, i: u32, ui: u32) -> vec2<f32> {
+    let wi = w1[rl * SB + i];
+    var q = wi;
+    if (is_pruned(rl, i)) { q = 0.0; }
+    let d = uc[ui + i];
+    let e = (wi - q) / d;
+    w1[rl * SB + i] = q;
+    if (live) {
+        err[P.err_base + r * SB + i] = e;
+        return vec2<f32>(e, (wi - q) * (wi - q) / (d * d) / 2.0);
+    }
+    return vec2<f32>(e, 0.0);
+}
+
+@compute @workgroup_size(WG, 1, 1)
 fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
@@ -90,13 +119,14 @@ fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     for (var i = 0u; i < cnt; i++) {
         if (i % UC == 0u) {
             workgroupBarrier();
-            for (var e = t; e < UC * SB; e += 256u) {
+            for (var e = t; e < UC * SB; e += WG) {
                 let q = i + e / SB;
                 let c = e % SB;
                 var v = 0.0;
                 if (q < cnt && c < cnt) { v = u[P.u_base + (P.j1 + q) * P.cols + P.j1 + c]; }
                 uc[e] = v;
             }
+            if (SUBGROUPS) { workgroupBarrier(); }
         }
         if (P.nm != 0u && i % P.m == 0u) {
             workgroupBarrier();
@@ -114,28 +144,36 @@ fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                     if (rank < P.n) { atomicOr(&pr[rl * 4u + c / 32u], 1u << (c % 32u)); }
                 }
             }
+            if (SUBGROUPS) { workgroupBarrier(); }
         }
-        workgroupBarrier();
         let ui = (i % UC) * SB;
-        if (lane == 0u) {
-            let wi = w1[rl * SB + i];
-            var q = wi;
-            if (is_pruned(rl, i)) { q = 0.0; }
-            let d = uc[ui + i];
-            let e = (wi - q) / d;
-            ev[rl] = e;
-            w1[rl * SB + i] = q;
-            if (live) {
-                err[P.err_base + r * SB + i] = e;
-                lsum += (wi - q) * (wi - q) / (d * d) / 2.0;
+        // With subgroups column i's owner makes its step; otherwise lane 0 does, after a
+        // barrier, and keeps the row's loss.
+        let owner = select(0u, i % LANES, SUBGROUPS);
+        var e = 0.0;
+        if (SUBGROUPS) {
+            // The owner updated column i in the previous step itself: nothing to wait for.
+            var pe = vec2<f32>(0.0, 0.0);
+            if (lane == owner) { pe = pivot(rl, r, live, i, ui); }
+            lsum += pe.y;
+            e = from_lane(pe.x, owner);
+        } else {
+            workgroupBarrier();
+            if (lane == owner) {
+                let pe = pivot(rl, r, live, i, ui);
+                ev[rl] = pe.x;
+                lsum += pe.y;
             }
+            workgroupBarrier();
+            e = ev[rl];
         }
-        workgroupBarrier();
-        let e = ev[rl];
-        for (var c = i + 1u + lane; c < cnt; c += LANES) {
+        // This lane's columns past i: the first is i + 1 + ((lane - i - 1) mod LANES).
+        let first = i + 1u + (lane + LANES - (i + 1u) % LANES) % LANES;
+        for (var c = first; c < cnt; c += LANES) {
             w1[rl * SB + c] = w1[rl * SB + c] - e * uc[ui + c];
         }
     }
+    lsum = row_total(lsum);
     workgroupBarrier();
     if (!live) { return; }
     for (var c = lane; c < cnt; c += LANES) {

@@ -221,6 +221,17 @@ fn cubecl_cuda() {
     }
 }
 
+/// The OBS in-block step's workgroup-memory path: `wgpu::obs` runs the subgroup one where the
+/// adapter's subgroups all have one width (lavapipe's do), so this runs the other.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_obs_without_subgroups() {
+    let backend = prunebench_kernels::wgpu::WgpuBackend::new(None)
+        .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver")
+        .without_subgroups();
+    run_family(&backend, Family::Obs);
+}
+
 #[cfg(feature = "wgpu")]
 conformance!(
     wgpu,

@@ -4,6 +4,7 @@
 #![cfg(feature = "wgpu")]
 
 use prunebench_kernels::wgpu::{list_adapters, WgpuBackend, MIN_BINDING};
+use prunebench_kernels::Backend;
 
 fn backend() -> WgpuBackend {
     WgpuBackend::new(None)
@@ -31,4 +32,27 @@ fn adapters_are_listed_with_their_limits() {
 fn the_binding_cap_is_the_one_asked_for() {
     assert_eq!(backend().with_binding_limit(8 << 10).max_binding(), 8 << 10);
     assert_eq!(backend().with_binding_limit(1).max_binding(), MIN_BINDING);
+}
+
+/// `info` records which path the OBS in-block step takes, and `without_subgroups` selects the
+/// workgroup-memory one (the conformance tests run the OBS family on both).
+#[test]
+fn the_obs_step_reports_its_subgroup_path() {
+    let lanes = |b: &WgpuBackend| {
+        b.info()
+            .limits
+            .iter()
+            .find(|(k, _)| k == "obs_subgroup_lanes")
+            .map(|&(_, v)| v)
+    };
+    let b = backend();
+    println!(
+        "{}: OBS step subgroup lanes {:?}",
+        b.info().device,
+        b.subgroup_lanes()
+    );
+    assert_eq!(lanes(&b), Some(b.subgroup_lanes().unwrap_or(0) as u64));
+    let b = b.without_subgroups();
+    assert_eq!(b.subgroup_lanes(), None);
+    assert_eq!(lanes(&b), Some(0));
 }

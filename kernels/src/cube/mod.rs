@@ -54,6 +54,9 @@ pub struct CubeBackend<R: Runtime> {
     pub(crate) max_binding: u64,
     /// Whether plane (warp/subgroup) operations are available: reductions use them then.
     pub(crate) plane: bool,
+    /// The plane width where plane operations are available and every plane is that wide:
+    /// the OBS in-block step then gives a row one plane and shares its pivot by a shuffle.
+    pub(crate) plane_lanes: Option<u32>,
     /// Two waves of the device's multiprocessors where it reports them (0 where not): a GEMM
     /// launch that 128-wide tiles would leave below this takes 64 x 64 tiles.
     pub(crate) fill_cubes: usize,
@@ -140,6 +143,8 @@ impl<R: Runtime> CubeBackend<R> {
             ("plane_size_max".to_string(), hw.plane_size_max as u64),
             ("plane_ops".to_string(), plane as u64),
         ]);
+        let plane_lanes =
+            (plane && hw.plane_size_min == hw.plane_size_max).then_some(hw.plane_size_max);
         if let Some(b) = budget {
             if !info.limits.iter().any(|(k, _)| k == "memory_bytes") {
                 info.limits.push(("memory_bytes".to_string(), b));
@@ -152,6 +157,7 @@ impl<R: Runtime> CubeBackend<R> {
             slab_limit: max_binding,
             max_binding,
             plane,
+            plane_lanes,
             fill_cubes,
             max_shared,
             max_cube_count,

@@ -7,10 +7,24 @@ use crate::adapter;
 use crate::error::{KernelError, Result};
 use crate::ops::BackendInfo;
 
-/// Features used where present; none is required. Only pass-level timestamps are: the kernels
-/// are written with workgroup-memory scans rather than subgroup operations, so they build on
-/// adapters without SUBGROUP too (and naga does not yet accept WGSL's `enable subgroups;`).
-const WANTED: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY;
+/// Features used where present; none is required. Pass-level timestamps, and subgroup
+/// operations, which the OBS in-block step uses where every subgroup has the same width
+/// (`subgroup_lanes`). Every kernel has a path without them; naga takes subgroup builtins
+/// without WGSL's `enable subgroups;`, which it does not yet accept.
+const WANTED: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::SUBGROUP);
+
+/// The subgroup width the OBS in-block step may rely on: the device has subgroup operations
+/// and all its subgroups are one of `sizes` wide (a device that picks a width per pipeline
+/// within a range would not give a row exactly one subgroup).
+pub(crate) fn subgroup_lanes(opened: &Opened, sizes: &[u32]) -> Option<u32> {
+    let ai = opened.adapter.get_info();
+    let size = ai.subgroup_min_size;
+    (opened.device.features().contains(wgpu::Features::SUBGROUP)
+        && size == ai.subgroup_max_size
+        && sizes.contains(&size)
+        && 8 * size <= opened.device.limits().max_compute_invocations_per_workgroup)
+        .then_some(size)
+}
 
 /// The description of an adapter that `info()` and `list_adapters()` report.
 pub(crate) fn describe(adapter: &wgpu::Adapter, limits: &wgpu::Limits) -> BackendInfo {

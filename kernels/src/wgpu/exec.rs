@@ -30,6 +30,10 @@ pub(crate) enum Module {
     Select,
     Factor,
     Obs,
+    /// obs.wgsl's in-block step with a row per subgroup of this many lanes, the pivot's error
+    /// shared by a shuffle rather than through workgroup memory and barriers (the device's
+    /// subgroups are all this wide: see [`Ctx::subgroup`]).
+    ObsSubgroup(u32),
     Probe,
     SparsePack,
     /// The re-fit ops' elementwise steps and small reductions (§12).
@@ -55,9 +59,13 @@ pub(crate) const TOKEN_BLOCKS: [u32; 4] = [1, 2, 4, 8];
 /// The head sizes forward.wgsl's attention is built for (the largest is the limit).
 pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
+/// The subgroup sizes obs.wgsl's subgroup variant is built for: a row's 128 columns over at
+/// most 32 lanes, and at least the 4 lanes that load its 4 mask words.
+pub(crate) const SUBGROUP_SIZES: [u32; 4] = [4, 8, 16, 32];
+
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 25] = [
+    pub const ALL: [Module; 29] = [
         Module::Gemm,
         Module::GemmInPlace,
         Module::GemmVec4,
@@ -68,6 +76,10 @@ impl Module {
         Module::Select,
         Module::Factor,
         Module::Obs,
+        Module::ObsSubgroup(4),
+        Module::ObsSubgroup(8),
+        Module::ObsSubgroup(16),
+        Module::ObsSubgroup(32),
         Module::Probe,
         Module::SparsePack,
         Module::Refit,
@@ -97,6 +109,7 @@ impl Module {
             Module::Select => "select",
             Module::Factor => "factor",
             Module::Obs => "obs",
+            Module::ObsSubgroup(_) => "obs_subgroup",
             Module::Probe => "probe",
             Module::SparsePack => "sparse_pack",
             Module::Refit => "refit",
@@ -112,6 +125,7 @@ impl Module {
     pub fn file(self) -> &'static str {
         match self {
             Module::GemmInPlace | Module::GemmVec4 | Module::GemmInPlaceVec4 => "gemm",
+            Module::ObsSubgroup(_) => "obs",
             m => m.name(),
         }
     }
@@ -128,6 +142,7 @@ impl Module {
             Module::Select => include_str!("../../shaders/select.wgsl"),
             Module::Factor => include_str!("../../shaders/factor.wgsl"),
             Module::Obs => include_str!("../../shaders/obs.wgsl"),
+            Module::ObsSubgroup(lanes) => obs_subgroup_source(lanes),
             Module::Probe => include_str!("../../shaders/probe.wgsl"),
             Module::SparsePack => include_str!("../../shaders/sparse_pack.wgsl"),
             Module::Refit => include_str!("../../shaders/refit.wgsl"),
@@ -153,7 +168,7 @@ impl Module {
             Module::Score => &[false, true, true, false, true],
             Module::Select => &[false, true, true, false, false, false, false],
             Module::Factor => &[false, false, true, false, false, false],
-            Module::Obs => &[false, true, false, false, false, true, true],
+            Module::Obs | Module::ObsSubgroup(_) => &[false, true, false, false, false, true, true],
             Module::Probe => &[false, true],
             Module::SparsePack => &[true, true, false, false, false, false, false],
             Module::Refit => &[false, true, false, false, false, true, true],
@@ -215,6 +230,68 @@ fn gemm_source(in_place: bool, vec4: bool) -> &'static str {
     }
 }
 
+/// The source built for `value`, `all[i]` for `values[i]` (`what` names it in the panic for a
+/// value no variant was built for).
+fn variant<'a>(all: &'a [String], values: &[u32], value: u32, what: &str) -> &'a str {
+    let i = values
+        .iter()
+        .position(|&v| v == value)
+        .unwrap_or_else(|| panic!("no variant of {what} {value}"));
+    &all[i]
+}
+
+/// obs.wgsl's subgroup variant for subgroups of `lanes` (see [`Module::ObsSubgroup`]): a row
+/// per subgroup, its lane and row from the subgroup builtins (so nothing assumes how the
+/// device lays subgroups over the workgroup), the error shared by `subgroupShuffle` and the
+/// row's loss summed by `subgroupAdd`.
+fn obs_subgroup_source(lanes: u32) -> &'static str {
+    const SRC: &str = include_str!("../../shaders/obs.wgsl");
+    static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
+    let all = VARIANTS.get_or_init(|| {
+        SUBGROUP_SIZES
+            .iter()
+            .map(|lanes| {
+                let mut s = SRC.to_string();
+                for (from, to) in [
+                    (
+                        "const LANES: u32 = 32u;".to_string(),
+                        format!("const LANES: u32 = {lanes}u;"),
+                    ),
+                    (
+                        "const SUBGROUPS: bool = false;".into(),
+                        "const SUBGROUPS: bool = true;".into(),
+                    ),
+                    (
+                        "fn from_lane(v: f32, owner: u32) -> f32 { return v; }".into(),
+                        "fn from_lane(v: f32, owner: u32) -> f32 { \
+                         return subgroupShuffle(v, owner); }"
+                            .into(),
+                    ),
+                    (
+                        "fn row_total(v: f32) -> f32 { return v; }".into(),
+                        "fn row_total(v: f32) -> f32 { return subgroupAdd(v); }".into(),
+                    ),
+                    (
+                        "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let t = lid.x;\n    \
+                         let lane = t % LANES;\n    let rl = t / LANES;"
+                            .into(),
+                        "@builtin(local_invocation_id) lid: vec3<u32>,\n             \
+                         @builtin(subgroup_invocation_id) sg_lane: u32, \
+                         @builtin(subgroup_id) sg_id: u32) {\n    let t = lid.x;\n    \
+                         let lane = sg_lane;\n    let rl = sg_id;"
+                            .into(),
+                    ),
+                ] {
+                    assert!(s.contains(&from), "obs.wgsl declares `{from}`");
+                    s = s.replacen(&from, &to, 1);
+                }
+                s
+            })
+            .collect()
+    });
+    variant(all, &SUBGROUP_SIZES, lanes, "obs, subgroups of")
+}
+
 /// sparse_matmul.wgsl with its token block `TB` set to `tokens`: a constant rather than a
 /// loop bound, so the accumulators stay in registers and one token does not pay for eight.
 fn sparse_matmul_source(tokens: u32) -> &'static str {
@@ -228,11 +305,7 @@ fn sparse_matmul_source(tokens: u32) -> &'static str {
             .map(|t| SRC.replacen(LINE, &format!("const TB: u32 = {t}u;"), 1))
             .collect()
     });
-    let i = TOKEN_BLOCKS
-        .iter()
-        .position(|&t| t == tokens)
-        .unwrap_or_else(|| panic!("no sparse_matmul variant for {tokens} tokens"));
-    &all[i]
+    variant(all, &TOKEN_BLOCKS, tokens, "sparse_matmul, tokens")
 }
 
 /// forward.wgsl with attention's head limit `EMAX` set to `emax`, so that a head of 64 values
@@ -248,11 +321,7 @@ fn forward_source(emax: u32) -> &'static str {
             .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))
             .collect()
     });
-    let i = HEAD_DIMS
-        .iter()
-        .position(|&e| e == emax)
-        .unwrap_or_else(|| panic!("no forward variant for heads of {emax}"));
-    &all[i]
+    variant(all, &HEAD_DIMS, emax, "forward, heads of")
 }
 
 /// attention_backward.wgsl with its head limit `EMAX` set to `emax`, for the reason
@@ -271,11 +340,7 @@ fn attention_backward_source(emax: u32) -> &'static str {
             .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))
             .collect()
     });
-    let i = HEAD_DIMS
-        .iter()
-        .position(|&e| e == emax)
-        .unwrap_or_else(|| panic!("no attention backward variant for heads of {emax}"));
-    &all[i]
+    variant(all, &HEAD_DIMS, emax, "attention backward, heads of")
 }
 
 /// A range of a buffer bound as one storage binding: elements [start, start + len) of f32 or
@@ -317,6 +382,10 @@ pub(crate) struct Ctx {
     /// The largest storage binding we create (the device's limit, or a smaller test limit).
     pub max_binding: u64,
     pub timestamps: bool,
+    /// The subgroup size the OBS in-block step shares its pivot through
+    /// ([`Module::ObsSubgroup`]): where the device has subgroup operations and all its
+    /// subgroups are one of [`SUBGROUP_SIZES`] wide; `None` runs workgroup-memory sharing.
+    pub subgroup: Option<u32>,
     modules: Mutex<
         HashMap<
             Module,
@@ -371,6 +440,7 @@ impl Ctx {
             dummy_rw: dummy("unused read-write binding"),
             max_binding: limits.max_storage_buffer_binding_size,
             timestamps,
+            subgroup: None,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             errors,

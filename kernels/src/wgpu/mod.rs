@@ -70,11 +70,37 @@ impl WgpuBackend {
         let limits = opened.device.limits();
         let info = device::describe(&opened.adapter, &limits);
         let memory = crate::adapter::device_local_memory(&opened.adapter);
-        Ok(Self {
-            ctx: exec::Ctx::new(opened.device, opened.queue, limits),
-            info,
-            memory,
-        })
+        let subgroup = device::subgroup_lanes(&opened, &exec::SUBGROUP_SIZES);
+        let mut ctx = exec::Ctx::new(opened.device, opened.queue, limits);
+        ctx.subgroup = subgroup;
+        let mut b = Self { ctx, info, memory };
+        b.note_subgroups();
+        Ok(b)
+    }
+
+    /// Runs the OBS in-block step without subgroup operations (its workgroup-memory path),
+    /// as on a device that has none: for comparing the two, and for testing the fallback on
+    /// a device that has them.
+    pub fn without_subgroups(mut self) -> Self {
+        self.ctx.subgroup = None;
+        self.note_subgroups();
+        self
+    }
+
+    /// The subgroup width the OBS in-block step shares its pivot through, `None` where it
+    /// goes through workgroup memory.
+    pub fn subgroup_lanes(&self) -> Option<u32> {
+        self.ctx.subgroup
+    }
+
+    /// `info().limits` says which path the OBS step takes (`obs_subgroup_lanes`, 0 for none),
+    /// so a result records it.
+    fn note_subgroups(&mut self) {
+        const KEY: &str = "obs_subgroup_lanes";
+        self.info.limits.retain(|(k, _)| k != KEY);
+        self.info
+            .limits
+            .push((KEY.into(), self.ctx.subgroup.unwrap_or(0) as u64));
     }
 
     /// Caps storage bindings at `bytes` (below the device's limit), so the paths that split

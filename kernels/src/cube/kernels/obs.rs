@@ -7,8 +7,11 @@
 //! 3. one launch runs the sequential column loop: each cube owns a few rows, each row's B
 //!    weights live in the registers of `lanes` threads, U1 streams through shared memory a
 //!    chunk of rows at a time (the whole 128x128 block, 64 KiB, would not fit everywhere), the
-//!    error of column i is published through shared memory and every lane applies the rank-1
-//!    update to its columns; N:M decisions are taken on the current weights when i % m == 0;
+//!    error of column i is made by the lane that owns the column and every lane applies the
+//!    rank-1 update to its columns; N:M decisions are taken on the current weights when
+//!    i % m == 0. Where a row's lanes are exactly one plane, the error goes from its owner by
+//!    a plane shuffle and a step needs no barrier (a lane only touches its own columns);
+//!    otherwise through shared memory, two barriers per step;
 //! 4. the lazy update W[:, i2:] −= Err1 · U[i1:i2, i2:] is the tiled GEMM.
 //!
 //! The loss is reduced per cube and summed on the device at the end.
@@ -95,6 +98,7 @@ fn obs_block_kernel(
     #[comptime] n: u32,
     #[comptime] m: u32,
     #[comptime] plane: bool,
+    #[comptime] plane_rows: bool,
 ) {
     let rp = comptime![CUBE / lanes];
     let t = UNIT_POS;
@@ -143,6 +147,10 @@ fn obs_block_kernel(
 
     for i in 0..cnt {
         if i % chunk == 0 {
+            if comptime![plane_rows] {
+                // No step ends on a barrier: the lanes may still read the previous chunk.
+                sync_cube();
+            }
             base = i;
             let total = chunk * bmax;
             let mut q = t;
@@ -189,6 +197,7 @@ fn obs_block_kernel(
                 sync_cube();
             }
         }
+        let mut mine = 0.0f32;
         if lane == i % lanes {
             let oslot = i / lanes;
             let mut wi = 0.0f32;
@@ -206,7 +215,10 @@ fn obs_block_kernel(
             }
             let d = dsh[i as usize];
             let e = (wi - qv) / d;
-            errs[rl as usize] = e;
+            mine = e;
+            if !comptime![plane_rows] {
+                errs[rl as usize] = e;
+            }
             if valid {
                 err[(r * bmax + i) as usize] = e;
                 lacc += (wi - qv) * (wi - qv) / (d * d) / 2.0;
@@ -218,8 +230,12 @@ fn obs_block_kernel(
                 }
             }
         }
-        sync_cube();
-        let e = errs[rl as usize];
+        let e = if comptime![plane_rows] {
+            plane_shuffle(mine, i % lanes)
+        } else {
+            sync_cube();
+            errs[rl as usize]
+        };
         let urow = (i - base) * bmax;
         #[unroll]
         for s in 0..slots {
@@ -228,7 +244,9 @@ fn obs_block_kernel(
                 wr[s as usize] -= e * uch[(urow + c) as usize];
             }
         }
-        sync_cube();
+        if !comptime![plane_rows] {
+            sync_cube();
+        }
     }
 
     #[unroll]
@@ -506,6 +524,7 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
                     n as u32,
                     m as u32,
                     b.plane,
+                    b.plane_lanes == Some(lay.lanes),
                 );
             }
             st.loss_off += st.cubes[s];
