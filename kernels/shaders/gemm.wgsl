@@ -76,8 +76,8 @@ fn b_word(i: u32) -> f32 { return b[i]; }
 fn a_quad(i: u32) -> vec4<f32> { return vec4<f32>(a[i], a[i + 1u], a[i + 2u], a[i + 3u]); }
 fn b_quad(i: u32) -> vec4<f32> { return vec4<f32>(b[i], b[i + 1u], b[i + 2u], b[i + 3u]); }
 
-// The batch member's offsets (element strides times workgroup_id.z): set by gemm_update,
-// zero in every other entry.
+// The batch member's offsets (element strides times workgroup_id.z): set by gemm_update and
+// gemm_sumsq, zero in every other entry.
 var<private> zoff: vec3<u32>;
 
 // Where A(i, k) and B(k, j) lie relative to their operand's origin.
@@ -420,11 +420,13 @@ fn sum_tile(lid: vec3<u32>, v: f32) -> f32 {
 const F_STORE: u32 = 512u;      // gemm_sumsq: also write C = alpha*AB
 
 // §11's removal loss ½·‖Q‖² with Q = alpha*AB: one partial Σ Q(i,j)² per workgroup into
-// part[part_off + tile], Q itself into c only with F_STORE (the structured update needs it,
-// the saliency does not), so Q need never reach memory just to be squared.
+// part[part_off + z·pld + tile] for the batch's z-th product (za, zb, zc apart), Q itself
+// into c only with F_STORE (the structured update needs it, the saliency does not), so Q need
+// never reach memory just to be squared.
 @compute @workgroup_size(16, 16, 1)
 fn gemm_sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
+    zoff = wid.z * vec3<u32>(P.za, P.zb, P.zc);
     let o = tile_origin(wid);
     let acc = mainloop(o, lid);
     var s = 0.0;
@@ -435,11 +437,13 @@ fn gemm_sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             if (i >= P.m_hi || j >= P.n_hi) { continue; }
             let v = P.alpha * acc[r * 4u + q];
             s = fma(v, v, s);
-            if ((P.flags & F_STORE) != 0u) { c[P.c_base + i * P.ldc + j] = v; }
+            if ((P.flags & F_STORE) != 0u) { c[P.c_base + zoff.z + i * P.ldc + j] = v; }
         }
     }
     let total = sum_tile(lid, s);
-    if (lid.x == 0u && lid.y == 0u) { part[P.part_off + wid.y * nwg.x + wid.x] = total; }
+    if (lid.x == 0u && lid.y == 0u) {
+        part[P.part_off + wid.z * P.pld + wid.y * nwg.x + wid.x] = total;
+    }
 }
 
 // Rank chunks of the LoRA factors for one K step as vec4s along the rank: B's 64 rows of the

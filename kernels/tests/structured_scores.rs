@@ -192,9 +192,13 @@ fn saliency_cases() -> Vec<SaliencyCase> {
         // Three KV-group-like groups of 24 columns, listed out of order.
         (13, 72, 24, vec![2, 0, 1]),
         (1, 72, 24, vec![1]),
+        // Groups two apart, batched as one product with a stride of two groups, then one.
+        (40, 192, 24, vec![0, 2, 4, 7]),
         // Widths past one workgroup's block: the blocked factorisation.
         (37, 130, 65, vec![1, 0]),
         (40, 192, 96, vec![0, 1]),
+        // Wide groups two apart: one batch of three products, then one.
+        (20, 390, 65, vec![0, 2, 4, 5]),
         (300, 130, 130, vec![0]),
     ]
 }

@@ -7,6 +7,7 @@
 use crate::error::{KernelError, Result};
 
 pub mod factor;
+pub mod groups;
 
 /// A cut of `rows` rows into slabs of `slab_rows` rows each (the last may be shorter).
 ///

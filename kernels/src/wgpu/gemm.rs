@@ -122,8 +122,9 @@ pub(crate) struct Gemm<'a> {
     pub pld: usize,
     /// The step's name in kernel profiles.
     pub label: &'static str,
-    /// `gemm_update` only: this many products, the z-th with every operand's origin moved by
-    /// z times its stride (elements of its own window), in one dispatch.
+    /// `gemm_update` and `gemm_sumsq` only: this many products, the z-th with every
+    /// operand's origin moved by z times its stride (elements of its own window), in one
+    /// dispatch (`gemm_sumsq`'s partials `pld` apart).
     pub batch: Batched,
     /// Bind A and B read-write ([`Module::GemmInPlace`]): operands and output are disjoint
     /// blocks of one buffer.
@@ -289,8 +290,8 @@ impl<'a> Gemm<'a> {
         let slot = |o: &Option<Operand<'a>>| o.map_or(Slot::Unused, |o| Slot::Win(o.win));
         let (gx, gy) = self.tiles();
         assert!(
-            self.batch.count == 1 || self.entry == "gemm_update",
-            "{}: only gemm_update runs batches",
+            self.batch.count == 1 || matches!(self.entry, "gemm_update" | "gemm_sumsq"),
+            "{}: only gemm_update and gemm_sumsq run batches",
             self.label
         );
         batch.dispatch_as(

@@ -18,8 +18,9 @@ use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::factor::FactorRun;
-use super::gemm::{Gemm, Mat, Operand, Product, F_B_LOWER, F_STORE};
+use super::gemm::{Batched, Gemm, Mat, Operand, Product, F_B_LOWER, F_STORE};
 use super::mem::{shape, WgpuTensor};
+use crate::plan::groups::{group_batches, DEFAULT_FILL};
 
 /// The widest group factored in one workgroup (structured.wgsl's NB): a 64x64 f32 block is
 /// 16 KiB of workgroup memory.
@@ -160,8 +161,8 @@ impl Ctx {
     }
 
     /// Records dst = src[rows, cols] for a `src_shape` source (dst is rows.len() x
-    /// cols.len()): per window of source rows, the output rows they feed, in windows of
-    /// their own.
+    /// cols.len(), from row `dst_row0` of its buffer): per window of source rows, the output
+    /// rows they feed, in windows of their own.
     fn record_gather(
         &self,
         b: &mut Batch<'_>,
@@ -169,7 +170,7 @@ impl Ctx {
         (src_rows, src_cols): (usize, usize),
         rows: Pick<'_>,
         cols: Pick<'_>,
-        dst: &wgpu::Buffer,
+        (dst, dst_row0): (&wgpu::Buffer, usize),
     ) -> Result<()> {
         let nc = cols.len();
         if rows.len() == 0 || nc == 0 {
@@ -189,14 +190,14 @@ impl Ctx {
             let sw = self.rows_win(src, src_cols, s0, s1)?;
             for (d0, d1) in self.row_slabs(p1 - p0, nc, 1, max_rows)? {
                 let (d0, d1) = (p0 + d0, p0 + d1);
-                let dw = self.rows_win(dst, nc, d0, d1)?;
+                let dw = self.rows_win(dst, nc, dst_row0 + d0, dst_row0 + d1)?;
                 let p = Params {
                     rows: (d1 - d0) as u32,
                     cols: nc as u32,
                     row0: d0 as u32,
                     src_base: sw.base(0),
                     src_ld: src_cols as u32,
-                    dst_base: dw.base(0),
+                    dst_base: dw.base((dst_row0 * nc) as u64),
                     dst_ld: nc as u32,
                     ridx_on: ridx.is_some() as u32,
                     cidx_on: cidx.is_some() as u32,
@@ -306,7 +307,7 @@ impl Ctx {
     ) -> Result<FactorRun> {
         let k = s.len();
         let block = self.tensor("inverse-Hessian block", k, k)?;
-        self.record_gather(b, &hinv.buf, shape(hinv), s, s, &block.buf)?;
+        self.record_gather(b, &hinv.buf, shape(hinv), s, s, (&block.buf, 0))?;
         self.record_factor(b, &block, 0.0, true)
     }
 
@@ -544,8 +545,10 @@ impl Ctx {
         Ok(())
     }
 
-    /// Wider groups: per group the blocked §6 factorisation of the gathered Hinv[S,S] and
-    /// one GEMM for Q = W[:,S]·Uᵀ whose epilogue keeps only partial sums of Q².
+    /// Wider groups: per group the blocked §6 factorisation of the gathered Hinv[S,S], copied
+    /// beside its batch's others; per batch of groups a fixed step apart
+    /// ([`group_batches`]), one GEMM per window of W's rows for every member's
+    /// Q = W[:,S]·Uᵀ, whose epilogue keeps only partial sums of Q².
     fn saliency_wide(
         &self,
         w: &WgpuTensor,
@@ -563,39 +566,58 @@ impl Ctx {
         let total: usize = tiles.iter().sum();
         let part = self.scratch("saliency partials", ng * total.max(1))?;
         let pslabs = self.row_slabs(ng, total.max(1), 1, usize::MAX)?;
+        // A batch's factors lie side by side in one binding; a batch stays within one window
+        // of the partials' rows.
+        let max_count = (self.max_binding / (4 * (k * k) as u64)).max(1) as usize;
+        let tiles_each = tiles.iter().copied().max().unwrap_or(1);
         let mut runs = Vec::with_capacity(ng);
         let mut b = self.batch();
-        for (gi, &g) in groups.iter().enumerate() {
-            let s = Pick::Range {
-                start: g * k,
-                len: k,
-            };
-            let run = self.record_block_factor(&mut b, hinv, s)?;
-            let &(p0, p1) = pslabs
-                .iter()
-                .find(|s| s.0 <= gi && gi < s.1)
-                .expect("the slabs cover every group");
+        for &(p0, p1) in &pslabs {
             let pw = self.rows_win(&part, total.max(1), p0, p1)?;
-            let uw = self.whole(&run.u.buf, k * k)?;
-            let mut off = gi * total;
-            for (&(r0, r1), &t) in wslabs.iter().zip(&tiles) {
-                let ww = self.rows_win(&w.buf, n, r0, r1)?;
-                let mut gm = Gemm::new(
-                    "gemm_sumsq",
-                    (r0, r1),
-                    (0, k),
-                    (0, k),
-                    Operand::new(ww, (g * k) as u64, n),
-                    Operand::new(uw, 0, k).t(),
-                )
-                .named("obs_saliency");
-                // B(kk, j) = U(j, kk) is 0 for kk < j.
-                gm.flags = F_B_LOWER;
-                gm.part = Some((pw, pw.base(off as u64)));
-                gm.record(&mut b)?;
-                off += t;
+            for batch in group_batches(&groups[p0..p1], tiles_each, DEFAULT_FILL, max_count) {
+                let (first, nb) = (p0 + batch.first, batch.count);
+                // A batch of one reads its factor where it is.
+                let us = (nb > 1)
+                    .then(|| self.scratch("group factors", nb * k * k))
+                    .transpose()?;
+                for z in 0..nb {
+                    let s = Pick::Range {
+                        start: groups[first + z] * k,
+                        len: k,
+                    };
+                    let run = self.record_block_factor(&mut b, hinv, s)?;
+                    if let Some(us) = &us {
+                        let all = Pick::Range { start: 0, len: k };
+                        self.record_gather(&mut b, &run.u.buf, (k, k), all, all, (us, z * k))?;
+                    }
+                    runs.push(run);
+                }
+                let u = us.as_ref().unwrap_or(&runs[runs.len() - 1].u.buf);
+                let uw = self.whole(u, nb * k * k)?;
+                let mut off = first * total;
+                for (&(r0, r1), &t) in wslabs.iter().zip(&tiles) {
+                    let ww = self.rows_win(&w.buf, n, r0, r1)?;
+                    let mut gm = Gemm::new(
+                        "gemm_sumsq",
+                        (r0, r1),
+                        (0, k),
+                        (0, k),
+                        Operand::new(ww, (groups[first] * k) as u64, n),
+                        Operand::new(uw, 0, k).t(),
+                    )
+                    .named("obs_saliency");
+                    // B(kk, j) = U(j, kk) is 0 for kk < j.
+                    gm.flags = F_B_LOWER;
+                    gm.part = Some((pw, pw.base(off as u64)));
+                    gm.batch = Batched {
+                        count: nb,
+                        stride: [batch.step * k, k * k, 0],
+                    };
+                    gm.pld = total;
+                    gm.record(&mut b)?;
+                    off += t;
+                }
             }
-            runs.push(run);
         }
         let ow = self.whole(&out.buf, ng)?;
         self.record_seg_reduce(&mut b, &part, ng, total, (ow, 0), 0.5)?;
@@ -771,7 +793,7 @@ impl compose::Steps for Steps<'_> {
         let (rp, cp) = (self.pick(rows, rb.as_ref()), self.pick(cols, cb.as_ref()));
         self.record(|b| {
             self.ctx
-                .record_gather(b, &src.buf, shape(src), rp, cp, &dst.buf)
+                .record_gather(b, &src.buf, shape(src), rp, cp, (&dst.buf, 0))
         })
     }
 

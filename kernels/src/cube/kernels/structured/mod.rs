@@ -17,15 +17,17 @@ use cubecl::server::Handle;
 
 use super::super::storage::{arg, same_slabs, CubeTensor, Slabs};
 use super::super::CubeBackend;
+use super::copy::{copy2d, Rect};
 use super::factor::{cholesky_in_place, hinv_factor, invert_lower};
 use super::fill::BLOCK;
-use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View};
+use super::gemm::{gemm, gemm_split, Batched, Gemm, Of, Product, View};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::stats::{chunk_rows, mirror_lower, row_chunks, store_lane_total};
 use crate::compose::{self, InverseFactor, Lines};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 use crate::plan::aligned_runs;
+use crate::plan::groups::{group_batches, DEFAULT_FILL};
 
 mod saliency;
 pub use saliency::{obs_saliency, taylor_saliency};
@@ -99,48 +101,55 @@ fn zero_kernel(
     }
 }
 
-/// part[slot0 + cube] = Σ x² over a grid-strided share of the first n values.
+/// For each array z of a batch (grid y), `xz` apart: part[slot0 + z·pz + cube] = Σ x² over a
+/// grid-strided share of its first n values.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn sumsq_kernel(
     x: &Array<f32>,
     part: &mut Array<f32>,
     n: u32,
     slot0: u32,
+    xz: u32,
+    pz: u32,
     #[comptime] plane: bool,
 ) {
-    let stride = CUBE_COUNT as u32 * CUBE;
-    let mut i = CUBE_POS as u32 * CUBE + UNIT_POS;
+    let z = CUBE_POS_Y;
+    let stride = CUBE_COUNT_X * CUBE;
+    let mut i = CUBE_POS_X * CUBE + UNIT_POS;
     let mut s = 0.0f32;
     while i < n {
-        let v = x[i as usize];
+        let v = x[(z * xz + i) as usize];
         s += v * v;
         i += stride;
     }
     let total = cube_sum(s, plane);
     if UNIT_POS == 0 {
-        part[(slot0 + CUBE_POS as u32) as usize] = total;
+        part[(slot0 + z * pz + CUBE_POS_X) as usize] = total;
     }
 }
 
-/// out[slot] = scale · Σ of the first n values, in one cube.
+/// out[slot + z] = scale · Σ of the n values at z·stride, one cube per z.
 #[cube(launch_unchecked)]
 fn sum_into_kernel(
     input: &Array<f32>,
     out: &mut Array<f32>,
     n: u32,
     slot: u32,
+    stride: u32,
     scale: f32,
     #[comptime] plane: bool,
 ) {
+    let z = CUBE_POS_X;
     let mut s = 0.0f32;
     let mut i = UNIT_POS;
     while i < n {
-        s += input[i as usize];
+        s += input[(z * stride + i) as usize];
         i += CUBE;
     }
     let total = cube_sum(s, plane);
     if UNIT_POS == 0 {
-        out[slot as usize] = scale * total;
+        out[(slot + z) as usize] = scale * total;
     }
 }
 
@@ -336,17 +345,30 @@ fn zero<R: Runtime>(
 
 /// part[slot0 .. slot0 + SUMSQ_CUBES] = partial sums of squares of the first n values of x.
 fn sumsq<R: Runtime>(b: &CubeBackend<R>, x: &Handle, n: usize, part: &Handle, slot0: usize) {
-    // SAFETY: SUMSQ_CUBES cubes stride over n values and write their own slot, which the
-    // caller's partials buffer holds.
+    sumsq_batch(b, (x, n), (part, slot0), (1, 0, 0));
+}
+
+/// For z < count: part[slot0 + z·pz ..][..SUMSQ_CUBES] = partial sums of squares of the n
+/// values of x at z·xz.
+fn sumsq_batch<R: Runtime>(
+    b: &CubeBackend<R>,
+    (x, n): (&Handle, usize),
+    (part, slot0): (&Handle, usize),
+    (count, xz, pz): (usize, usize, usize),
+) {
+    // SAFETY: SUMSQ_CUBES cubes per array stride over its n values and write their own slots,
+    // which the caller's partials buffer holds.
     unsafe {
         sumsq_kernel::launch_unchecked::<R>(
             &b.client,
-            CubeCount::Static(SUMSQ_CUBES as u32, 1, 1),
+            CubeCount::Static(SUMSQ_CUBES as u32, count as u32, 1),
             CubeDim::new_1d(CUBE),
-            arg(x, n),
-            arg(part, slot0 + SUMSQ_CUBES),
+            arg(x, (count - 1) * xz + n),
+            arg(part, slot0 + (count - 1) * pz + SUMSQ_CUBES),
             n as u32,
             slot0 as u32,
+            xz as u32,
+            pz as u32,
             b.plane,
         );
     }

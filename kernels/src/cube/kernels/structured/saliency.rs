@@ -180,9 +180,164 @@ pub fn obs_saliency<R: Runtime>(
     if width == 1 {
         return obs_saliency_columns(b, w, hinv, groups, out);
     }
-    let n = w.cols;
     // One failure slot per group, read once after every group's work is queued.
     let fail = b.scratch_from(&vec![u32::MAX; ng])?;
+    // A batch's inverses X = L⁻¹ lie side by side (k·k apart) and its products Q (slab rows
+    // x k, one slab at a time) likewise, each set in one binding.
+    let room = (b.max_binding / 4) as usize;
+    let max_count = (room / (width * width)).min(room / (w.slabs.slab_rows * width).max(1));
+    if max_count == 0 {
+        saliency_per_group(b, w, hinv, width, groups, (&fail, &out))?;
+    } else {
+        saliency_batched(b, w, hinv, (width, max_count), groups, (&fail, &out))?;
+    }
+    if let Some(column) = b.read_u32(&fail, ng)?.into_iter().find(|&c| c != u32::MAX) {
+        return Err(KernelError::NotPositiveDefinite {
+            column: column as usize,
+        });
+    }
+    Ok(out)
+}
+
+/// Groups in batches a fixed step apart (see [`group_batches`]): per batch each group's
+/// X = L⁻¹ copied side by side, then per slab of W one batched GEMM of every member's Q and
+/// one launch of their sums of squares, and one of their totals.
+fn saliency_batched<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    hinv: &CubeTensor,
+    (k, max_count): (usize, usize),
+    groups: &[usize],
+    (fail, out): (&Handle, &CubeTensor),
+) -> Result<()> {
+    let (n, ng, wslabs) = (w.cols, groups.len(), w.handles.len());
+    let tiles_each = w.slabs.slab_rows.div_ceil(64) * k.div_ceil(64);
+    let fill = if b.fill_cubes > 0 {
+        b.fill_cubes
+    } else {
+        DEFAULT_FILL
+    };
+    let parts_each = wslabs * SUMSQ_CUBES;
+    for batch in group_batches(groups, tiles_each, fill, max_count) {
+        let nb = batch.count;
+        let mut xs = None;
+        for z in 0..nb {
+            let gi = batch.first + z;
+            let x = block_inverse(
+                b,
+                hinv,
+                Sel::Range {
+                    first: groups[gi] * k,
+                    len: k,
+                },
+                fail,
+                ng,
+                gi,
+            )?;
+            if nb == 1 && x.handles.len() == 1 {
+                // A batch of one reads its inverse where it is.
+                xs = Some(x.handles[0].clone());
+                continue;
+            }
+            if xs.is_none() {
+                xs = Some(b.scratch(nb * k * k)?);
+            }
+            let dst = xs.as_ref().expect("allocated above");
+            for s in 0..x.handles.len() {
+                let (x0, xn) = x.slabs.range(s);
+                copy2d(
+                    b,
+                    Rect {
+                        h: &x.handles[s],
+                        len: x.slab_len(s),
+                        off: 0,
+                        ld: k,
+                    },
+                    Rect {
+                        h: dst,
+                        len: nb * k * k,
+                        off: z * k * k + x0 * k,
+                        ld: k,
+                    },
+                    xn,
+                    k,
+                );
+            }
+        }
+        let xs = xs.expect("a batch has a member");
+        // Q_z = W[:, S_z]·X_zᵀ for the whole batch in one launch per slab of W (S_z is
+        // contiguous, step·k columns after S_(z-1)), its squares summed per member.
+        let part = b.scratch(nb * parts_each)?;
+        for s in 0..wslabs {
+            let rn = w.slabs.range(s).1;
+            let q = b.scratch(nb * rn.max(1) * k)?;
+            if rn > 0 {
+                gemm(
+                    b,
+                    &Gemm {
+                        batch: Batched {
+                            count: nb,
+                            stride: [batch.step * k, k * k, rn * k],
+                        },
+                        ..Gemm::store(
+                            rn,
+                            k,
+                            k,
+                            View::rows(&w.handles[s], w.slab_len(s), groups[batch.first] * k, n),
+                            View::transposed(&xs, nb * k * k, 0, k),
+                            View::rows(&q, nb * rn * k, 0, k),
+                        )
+                    },
+                );
+            }
+            sumsq_batch(
+                b,
+                (&q, rn * k),
+                (&part, s * SUMSQ_CUBES),
+                (nb, rn.max(1) * k, parts_each),
+            );
+        }
+        half_sums_into(b, (&part, parts_each, nb), (out, batch.first));
+    }
+    Ok(())
+}
+
+/// out[first + z] = ½·Σ of the `each` partials at z·each of `part`, for z < count: the
+/// removal losses of `count` groups from their partial sums of squares.
+fn half_sums_into<R: Runtime>(
+    b: &CubeBackend<R>,
+    (part, each, count): (&Handle, usize, usize),
+    (out, first): (&CubeTensor, usize),
+) {
+    // SAFETY: one cube per group reads its `each` partials inside the count·each buffer and
+    // writes its slot of the output, which holds first + count.
+    unsafe {
+        sum_into_kernel::launch_unchecked::<R>(
+            &b.client,
+            CubeCount::Static(count as u32, 1, 1),
+            CubeDim::new_1d(CUBE),
+            arg(part, count * each),
+            arg(&out.handles[0], out.cols),
+            each as u32,
+            first as u32,
+            each as u32,
+            0.5,
+            b.plane,
+        );
+    }
+}
+
+/// Groups whose inverse or product does not fit one binding: one group at a time, X = L⁻¹ in
+/// its slabs, Q = W[:,S]·Xᵀ slab by slab of W.
+fn saliency_per_group<R: Runtime>(
+    b: &CubeBackend<R>,
+    w: &CubeTensor,
+    hinv: &CubeTensor,
+    width: usize,
+    groups: &[usize],
+    (fail, out): (&Handle, &CubeTensor),
+) -> Result<()> {
+    let (n, ng) = (w.cols, groups.len());
     let part = b.scratch(w.handles.len() * SUMSQ_CUBES)?;
     for (gi, &g) in groups.iter().enumerate() {
         let c0 = g * width;
@@ -193,11 +348,10 @@ pub fn obs_saliency<R: Runtime>(
                 first: c0,
                 len: width,
             },
-            &fail,
+            fail,
             ng,
             gi,
         )?;
-        // Q = W[:,S]·L⁻ᵀ slab by slab (W[:,S] is a view: S is contiguous), its squares summed.
         for s in 0..w.handles.len() {
             let rn = w.slabs.range(s).1;
             let q = b.scratch(rn * width)?;
@@ -207,27 +361,9 @@ pub fn obs_saliency<R: Runtime>(
             }
             sumsq(b, &q, rn * width, &part, s * SUMSQ_CUBES);
         }
-        // SAFETY: one cube sums the partials of every slab into slot gi of the 1 x ng output.
-        unsafe {
-            sum_into_kernel::launch_unchecked::<R>(
-                &b.client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(CUBE),
-                arg(&part, w.handles.len() * SUMSQ_CUBES),
-                arg(&out.handles[0], ng),
-                (w.handles.len() * SUMSQ_CUBES) as u32,
-                gi as u32,
-                0.5,
-                b.plane,
-            );
-        }
+        half_sums_into(b, (&part, w.handles.len() * SUMSQ_CUBES, 1), (out, gi));
     }
-    if let Some(column) = b.read_u32(&fail, ng)?.into_iter().find(|&c| c != u32::MAX) {
-        return Err(KernelError::NotPositiveDefinite {
-            column: column as usize,
-        });
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Width 1: ε_c = ½‖W[:,c]‖² / Hinv[c,c] for every listed column at once (a 1 x 1 Cholesky is
