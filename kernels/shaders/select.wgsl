@@ -6,7 +6,7 @@
 //   after three passes the k-th key T is exact. A last pass prunes every key < T and, among
 //   keys == T, the first ones by column (each tie ranked by popcounts of the chunk's packed
 //   tie bits), as a stable sort would. Mask words are packed from per-invocation flags by
-//   8 invocations: no atomics on them.
+//   8 invocations (in the subgroup variant, from one ballot per subgroup): no atomics on them.
 // * Whole-group selection (magnitude over the matrix, SparseGPT's adaptive block): the same
 //   passes split across workgroups (hist_pass merges workgroup histograms into a global one;
 //   pick, one workgroup, finds the digit), then per-row tie counts (row_ties), their
@@ -53,6 +53,14 @@ var<workgroup> scan: array<u32, 256>;
 // One flag per invocation (a tie, then a pruned column), packed into 8 mask words by 8
 // invocations: no two invocations ever update one word.
 var<workgroup> flags: array<u32, 256>;
+// The subgroup width of the host's subgroup variant, where each subgroup's flags are one
+// ballot (0 here: flags are packed from workgroup memory). In that variant invocation t is
+// subgroup t / SG's lane t % SG, from the subgroup builtins.
+const SG: u32 = 0u;
+// One ballot word per subgroup (256 / SG of them, at most 64).
+var<workgroup> sg_bits: array<u32, 64>;
+// The subgroup variant's ballot: bit l set where lane l's flag is.
+fn ballot(f: bool) -> u32 { return 0u; }
 var<workgroup> eq_words: array<u32, 8>;
 var<workgroup> pick_digit: u32;
 var<workgroup> pick_kk: u32;
@@ -143,6 +151,25 @@ fn pack_word(w: u32) -> u32 {
     return bits;
 }
 
+// Publishes invocation t's flag; every invocation calls it, in uniform control flow.
+fn put_flag(t: u32, f: u32) {
+    if (SG == 0u) {
+        flags[t] = f;
+    } else {
+        let bits = ballot(f != 0u);
+        if (t % max(SG, 1u) == 0u) { sg_bits[t / max(SG, 1u)] = bits; }
+    }
+}
+
+// Word w of the published flags (bit i from invocation 32w + i), after a barrier.
+fn flag_word(w: u32) -> u32 {
+    if (SG == 0u) { return pack_word(w); }
+    let per = 32u / max(SG, 1u);
+    var bits = 0u;
+    for (var j = 0u; j < per; j++) { bits = bits | (sg_bits[w * per + j] << (j * SG)); }
+    return bits;
+}
+
 fn clear_hist(t: u32) {
     for (var i = 0u; i < 8u; i++) { atomicStore(&hist[t * 8u + i], 0u); }
 }
@@ -164,9 +191,9 @@ fn write_row(r: u32, t: u32, T: u32, ties: u32) {
             eq = select(0u, 1u, kv == T);
             lt = kv < T;
         }
-        flags[t] = eq;
+        put_flag(t, eq);
         workgroupBarrier();
-        if (t < 8u) { eq_words[t] = pack_word(t); }
+        if (t < 8u) { eq_words[t] = flag_word(t); }
         workgroupBarrier();
         let w = t / 32u;
         var before = countOneBits(eq_words[w] & ((1u << (t % 32u)) - 1u));
@@ -178,14 +205,14 @@ fn write_row(r: u32, t: u32, T: u32, ties: u32) {
         }
         let take_tie = running + before < ties;
         let prune = inr && (lt || (eq == 1u && take_tie));
-        flags[t] = select(0u, 1u, prune);
+        put_flag(t, select(0u, 1u, prune));
         if (prune && P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
         workgroupBarrier();
         if (t < 8u) {
             let wcol = base + t * 32u;
             if (wcol < P.c1) {
                 let idx = P.m_base + r * P.wpr + wcol / 32u;
-                let bits = pack_word(t);
+                let bits = flag_word(t);
                 if (P.full_words != 0u) {
                     mask[idx] = bits;
                 } else {
@@ -361,13 +388,13 @@ fn nm_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         }
         prune = rank < P.k;
     }
-    flags[t] = select(0u, 1u, prune);
+    put_flag(t, select(0u, 1u, prune));
     // Every thread of the group has read its neighbours' weights before any is zeroed, and
     // every flag is in place before the words are packed.
     workgroupBarrier();
     if (prune && P.write_w != 0u) { src[P.s_base + r * P.cols + c] = 0.0; }
     let wcol = wid.x * 256u + t * 32u;
     if (t < 8u && r < P.rows && wcol < P.cols) {
-        mask[P.m_base + r * P.wpr + wcol / 32u] = pack_word(t);
+        mask[P.m_base + r * P.wpr + wcol / 32u] = flag_word(t);
     }
 }

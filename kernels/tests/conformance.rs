@@ -221,15 +221,30 @@ fn cubecl_cuda() {
     }
 }
 
-/// The OBS in-block step's workgroup-memory path: `wgpu::obs` runs the subgroup one where the
-/// adapter's subgroups all have one width (lavapipe's do), so this runs the other.
+/// The workgroup-memory paths of the OBS in-block step and of the selection's mask packing:
+/// `wgpu::obs` and `wgpu::masks` run the subgroup ones where the adapter's subgroups all have
+/// one width (lavapipe's do), so these run the others.
 #[cfg(feature = "wgpu")]
-#[test]
-fn wgpu_obs_without_subgroups() {
-    let backend = prunebench_kernels::wgpu::WgpuBackend::new(None)
-        .expect("no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver")
-        .without_subgroups();
-    run_family(&backend, Family::Obs);
+mod wgpu_without_subgroups {
+    use super::*;
+
+    fn backend() -> prunebench_kernels::wgpu::WgpuBackend {
+        prunebench_kernels::wgpu::WgpuBackend::new(None)
+            .expect(
+                "no Vulkan adapter found: install mesa-vulkan-drivers (lavapipe) or a GPU driver",
+            )
+            .without_subgroups()
+    }
+
+    #[test]
+    fn obs() {
+        run_family(&backend(), Family::Obs);
+    }
+
+    #[test]
+    fn masks() {
+        run_family(&backend(), Family::Masks);
+    }
 }
 
 #[cfg(feature = "wgpu")]

@@ -34,20 +34,20 @@ fn the_binding_cap_is_the_one_asked_for() {
     assert_eq!(backend().with_binding_limit(1).max_binding(), MIN_BINDING);
 }
 
-/// `info` records which path the OBS in-block step takes, and `without_subgroups` selects the
-/// workgroup-memory one (the conformance tests run the OBS family on both).
+/// `info` records whether the subgroup paths run, and `without_subgroups` selects the
+/// workgroup-memory ones (the conformance tests run the OBS and mask families on both).
 #[test]
-fn the_obs_step_reports_its_subgroup_path() {
+fn the_subgroup_paths_are_reported() {
     let lanes = |b: &WgpuBackend| {
         b.info()
             .limits
             .iter()
-            .find(|(k, _)| k == "obs_subgroup_lanes")
+            .find(|(k, _)| k == "subgroup_lanes")
             .map(|&(_, v)| v)
     };
     let b = backend();
     println!(
-        "{}: OBS step subgroup lanes {:?}",
+        "{}: subgroup lanes {:?}",
         b.info().device,
         b.subgroup_lanes()
     );

@@ -8,12 +8,12 @@ use crate::error::{KernelError, Result};
 use crate::ops::BackendInfo;
 
 /// Features used where present; none is required. Pass-level timestamps, and subgroup
-/// operations, which the OBS in-block step uses where every subgroup has the same width
-/// (`subgroup_lanes`). Every kernel has a path without them; naga takes subgroup builtins
-/// without WGSL's `enable subgroups;`, which it does not yet accept.
+/// operations, which the OBS in-block step and the selection's mask packing use where every
+/// subgroup has the same width (`subgroup_lanes`). Every kernel has a path without them; naga
+/// takes subgroup builtins without WGSL's `enable subgroups;`, which it does not yet accept.
 const WANTED: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::SUBGROUP);
 
-/// The subgroup width the OBS in-block step may rely on: the device has subgroup operations
+/// The subgroup width the subgroup paths may rely on: the device has subgroup operations
 /// and all its subgroups are one of `sizes` wide (a device that picks a width per pipeline
 /// within a range would not give a row exactly one subgroup).
 pub(crate) fn subgroup_lanes(opened: &Opened, sizes: &[u32]) -> Option<u32> {

@@ -34,6 +34,10 @@ pub(crate) enum Module {
     /// shared by a shuffle rather than through workgroup memory and barriers (the device's
     /// subgroups are all this wide: see [`Ctx::subgroup`]).
     ObsSubgroup(u32),
+    /// select.wgsl with the row selection's and N:M's flags packed into mask words by one
+    /// subgroup ballot per subgroup of this many lanes, where the workgroup-memory packing
+    /// reads 32 flags per word (see [`Ctx::subgroup`]).
+    SelectSubgroup(u32),
     Probe,
     SparsePack,
     /// The re-fit ops' elementwise steps and small reductions (§12).
@@ -65,7 +69,7 @@ pub(crate) const SUBGROUP_SIZES: [u32; 4] = [4, 8, 16, 32];
 
 impl Module {
     /// Every module as built, each token-block variant of the product included.
-    pub const ALL: [Module; 29] = [
+    pub const ALL: [Module; 33] = [
         Module::Gemm,
         Module::GemmInPlace,
         Module::GemmVec4,
@@ -74,6 +78,10 @@ impl Module {
         Module::Grad,
         Module::Score,
         Module::Select,
+        Module::SelectSubgroup(4),
+        Module::SelectSubgroup(8),
+        Module::SelectSubgroup(16),
+        Module::SelectSubgroup(32),
         Module::Factor,
         Module::Obs,
         Module::ObsSubgroup(4),
@@ -107,6 +115,7 @@ impl Module {
             Module::Grad => "grad",
             Module::Score => "score",
             Module::Select => "select",
+            Module::SelectSubgroup(_) => "select_subgroup",
             Module::Factor => "factor",
             Module::Obs => "obs",
             Module::ObsSubgroup(_) => "obs_subgroup",
@@ -126,6 +135,7 @@ impl Module {
         match self {
             Module::GemmInPlace | Module::GemmVec4 | Module::GemmInPlaceVec4 => "gemm",
             Module::ObsSubgroup(_) => "obs",
+            Module::SelectSubgroup(_) => "select",
             m => m.name(),
         }
     }
@@ -140,6 +150,7 @@ impl Module {
             Module::Grad => include_str!("../../shaders/grad.wgsl"),
             Module::Score => include_str!("../../shaders/score.wgsl"),
             Module::Select => include_str!("../../shaders/select.wgsl"),
+            Module::SelectSubgroup(lanes) => select_subgroup_source(lanes),
             Module::Factor => include_str!("../../shaders/factor.wgsl"),
             Module::Obs => include_str!("../../shaders/obs.wgsl"),
             Module::ObsSubgroup(lanes) => obs_subgroup_source(lanes),
@@ -166,7 +177,9 @@ impl Module {
             Module::Stats => &[true, false, false],
             Module::Grad => &[false, true],
             Module::Score => &[false, true, true, false, true],
-            Module::Select => &[false, true, true, false, false, false, false],
+            Module::Select | Module::SelectSubgroup(_) => {
+                &[false, true, true, false, false, false, false]
+            }
             Module::Factor => &[false, false, true, false, false, false],
             Module::Obs | Module::ObsSubgroup(_) => &[false, true, false, false, false, true, true],
             Module::Probe => &[false, true],
@@ -240,6 +253,36 @@ fn variant<'a>(all: &'a [String], values: &[u32], value: u32, what: &str) -> &'a
     &all[i]
 }
 
+/// `src` (the file `file`) with each `from` of `subs` replaced once by its `to`.
+fn substituted(src: &str, file: &str, subs: &[(&str, String)]) -> String {
+    let mut s = src.to_string();
+    for (from, to) in subs {
+        assert!(s.contains(from), "{file}.wgsl declares `{from}`");
+        s = s.replacen(from, to, 1);
+    }
+    s
+}
+
+/// `s` (the file `file`) with the subgroup builtins `sg_lane` and `sg_id` added to the
+/// parameters of each entry point of `entries`, whose last parameter is `lid`.
+fn with_subgroup_builtins(mut s: String, file: &str, entries: &[&str]) -> String {
+    const LID: &str = "@builtin(local_invocation_id) lid: vec3<u32>) {";
+    const LID_SUBGROUP: &str = "@builtin(local_invocation_id) lid: vec3<u32>,\n    \
+                                @builtin(subgroup_invocation_id) sg_lane: u32, \
+                                @builtin(subgroup_id) sg_id: u32) {";
+    for entry in entries {
+        let at = s
+            .find(&format!("fn {entry}("))
+            .unwrap_or_else(|| panic!("{file}.wgsl has no entry {entry}"));
+        let end = at
+            + s[at..]
+                .find(LID)
+                .unwrap_or_else(|| panic!("{file}.wgsl: {entry} ends its parameters with lid"));
+        s.replace_range(end..end + LID.len(), LID_SUBGROUP);
+    }
+    s
+}
+
 /// obs.wgsl's subgroup variant for subgroups of `lanes` (see [`Module::ObsSubgroup`]): a row
 /// per subgroup, its lane and row from the subgroup builtins (so nothing assumes how the
 /// device lays subgroups over the workgroup), the error shared by `subgroupShuffle` and the
@@ -251,45 +294,73 @@ fn obs_subgroup_source(lanes: u32) -> &'static str {
         SUBGROUP_SIZES
             .iter()
             .map(|lanes| {
-                let mut s = SRC.to_string();
-                for (from, to) in [
+                let subs = [
                     (
-                        "const LANES: u32 = 32u;".to_string(),
+                        "const LANES: u32 = 32u;",
                         format!("const LANES: u32 = {lanes}u;"),
                     ),
                     (
-                        "const SUBGROUPS: bool = false;".into(),
+                        "const SUBGROUPS: bool = false;",
                         "const SUBGROUPS: bool = true;".into(),
                     ),
                     (
-                        "fn from_lane(v: f32, owner: u32) -> f32 { return v; }".into(),
+                        "fn from_lane(v: f32, owner: u32) -> f32 { return v; }",
                         "fn from_lane(v: f32, owner: u32) -> f32 { \
                          return subgroupShuffle(v, owner); }"
                             .into(),
                     ),
                     (
-                        "fn row_total(v: f32) -> f32 { return v; }".into(),
+                        "fn row_total(v: f32) -> f32 { return v; }",
                         "fn row_total(v: f32) -> f32 { return subgroupAdd(v); }".into(),
                     ),
                     (
-                        "@builtin(local_invocation_id) lid: vec3<u32>) {\n    let t = lid.x;\n    \
-                         let lane = t % LANES;\n    let rl = t / LANES;"
-                            .into(),
-                        "@builtin(local_invocation_id) lid: vec3<u32>,\n             \
-                         @builtin(subgroup_invocation_id) sg_lane: u32, \
-                         @builtin(subgroup_id) sg_id: u32) {\n    let t = lid.x;\n    \
-                         let lane = sg_lane;\n    let rl = sg_id;"
-                            .into(),
+                        "    let lane = t % LANES;\n    let rl = t / LANES;",
+                        "    let lane = sg_lane;\n    let rl = sg_id;".into(),
                     ),
-                ] {
-                    assert!(s.contains(&from), "obs.wgsl declares `{from}`");
-                    s = s.replacen(&from, &to, 1);
-                }
-                s
+                ];
+                with_subgroup_builtins(substituted(SRC, "obs", &subs), "obs", &["obs_block"])
             })
             .collect()
     });
     variant(all, &SUBGROUP_SIZES, lanes, "obs, subgroups of")
+}
+
+/// select.wgsl's subgroup variant for subgroups of `lanes` (see [`Module::SelectSubgroup`]):
+/// the per-invocation flags of the row selection and N:M packed by one ballot per subgroup,
+/// invocation t being subgroup t / lanes's lane t % lanes by the subgroup builtins.
+fn select_subgroup_source(lanes: u32) -> &'static str {
+    const SRC: &str = include_str!("../../shaders/select.wgsl");
+    static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
+    let all = VARIANTS.get_or_init(|| {
+        SUBGROUP_SIZES
+            .iter()
+            .map(|lanes| {
+                let t = "sg_id * SG + sg_lane";
+                let subs = [
+                    ("const SG: u32 = 0u;", format!("const SG: u32 = {lanes}u;")),
+                    (
+                        "fn ballot(f: bool) -> u32 { return 0u; }",
+                        "fn ballot(f: bool) -> u32 { return subgroupBallot(f).x; }".into(),
+                    ),
+                    (
+                        "    let t = lid.x;\n    var prefix",
+                        format!("    let t = {t};\n    var prefix"),
+                    ),
+                    (
+                        "    write_row(r, lid.x, state[0], ties);",
+                        format!("    write_row(r, {t}, state[0], ties);"),
+                    ),
+                    (
+                        "    let t = lid.x;\n    let c = wid.x * 256u + t;",
+                        format!("    let t = {t};\n    let c = wid.x * 256u + t;"),
+                    ),
+                ];
+                let s = substituted(SRC, "select", &subs);
+                with_subgroup_builtins(s, "select", &["row_select", "row_write", "nm_select"])
+            })
+            .collect()
+    });
+    variant(all, &SUBGROUP_SIZES, lanes, "select, subgroups of")
 }
 
 /// sparse_matmul.wgsl with its token block `TB` set to `tokens`: a constant rather than a
@@ -382,9 +453,10 @@ pub(crate) struct Ctx {
     /// The largest storage binding we create (the device's limit, or a smaller test limit).
     pub max_binding: u64,
     pub timestamps: bool,
-    /// The subgroup size the OBS in-block step shares its pivot through
-    /// ([`Module::ObsSubgroup`]): where the device has subgroup operations and all its
-    /// subgroups are one of [`SUBGROUP_SIZES`] wide; `None` runs workgroup-memory sharing.
+    /// The subgroup width the subgroup variants are built for (the OBS in-block step's
+    /// pivot, [`Module::ObsSubgroup`]; selection's ballots, [`Module::SelectSubgroup`]): where
+    /// the device has subgroup operations and all its subgroups are one of
+    /// [`SUBGROUP_SIZES`] wide; `None` runs their workgroup-memory paths.
     pub subgroup: Option<u32>,
     modules: Mutex<
         HashMap<
@@ -453,6 +525,12 @@ impl Ctx {
             queue,
             limits,
         }
+    }
+
+    /// select.wgsl as this device runs it: its subgroup variant where [`Ctx::subgroup`] is
+    /// set.
+    pub fn select_module(&self) -> Module {
+        self.subgroup.map_or(Module::Select, Module::SelectSubgroup)
     }
 
     /// Turns an error wgpu reported since the last check into a `KernelError`.

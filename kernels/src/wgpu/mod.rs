@@ -78,25 +78,25 @@ impl WgpuBackend {
         Ok(b)
     }
 
-    /// Runs the OBS in-block step without subgroup operations (its workgroup-memory path),
-    /// as on a device that has none: for comparing the two, and for testing the fallback on
-    /// a device that has them.
+    /// Runs without subgroup operations (the OBS in-block step and the selection's packing
+    /// take their workgroup-memory paths), as on a device that has none: for comparing the
+    /// two, and for testing the fallbacks on a device that has them.
     pub fn without_subgroups(mut self) -> Self {
         self.ctx.subgroup = None;
         self.note_subgroups();
         self
     }
 
-    /// The subgroup width the OBS in-block step shares its pivot through, `None` where it
-    /// goes through workgroup memory.
+    /// The subgroup width the subgroup paths run at (the OBS in-block step's pivot, the
+    /// selection's ballots), `None` where they go through workgroup memory.
     pub fn subgroup_lanes(&self) -> Option<u32> {
         self.ctx.subgroup
     }
 
-    /// `info().limits` says which path the OBS step takes (`obs_subgroup_lanes`, 0 for none),
-    /// so a result records it.
+    /// `info().limits` says which paths run (`subgroup_lanes`, 0 for the workgroup-memory
+    /// ones), so a result records it.
     fn note_subgroups(&mut self) {
-        const KEY: &str = "obs_subgroup_lanes";
+        const KEY: &str = "subgroup_lanes";
         self.info.limits.retain(|(k, _)| k != KEY);
         self.info
             .limits

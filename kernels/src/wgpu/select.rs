@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::Result;
 use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
 
-use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
+use super::exec::{grid, Batch, Ctx, Slot, Win};
 use super::mem::{WgpuMask, WgpuTensor};
 
 #[repr(C)]
@@ -146,7 +146,7 @@ impl Ctx {
             let [s, g, m] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
             let g2 = grid((r1 - r0) as u64, self.max_groups());
             b.dispatch(
-                Module::Select,
+                self.select_module(),
                 "row_select",
                 bytemuck::bytes_of(&p),
                 &[s, aux, g, m, Slot::Unused, Slot::Unused, Slot::Unused],
@@ -177,7 +177,7 @@ impl Ctx {
             };
             let [s, g, mk] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
             b.dispatch(
-                Module::Select,
+                self.select_module(),
                 "nm_select",
                 bytemuck::bytes_of(&p),
                 &[s, aux, g, mk, Slot::Unused, Slot::Unused, Slot::Unused],
@@ -224,7 +224,7 @@ impl Ctx {
                    groups: [u32; 3],
                    s: [Slot<'_>; 3]| {
             b.dispatch(
-                Module::Select,
+                self.select_module(),
                 entry,
                 bytemuck::bytes_of(p),
                 &[s[0], aux, s[1], s[2], hist, state, Slot::Win(rowcnt)],
