@@ -63,8 +63,9 @@ pub(crate) const TOKEN_BLOCKS: [u32; 4] = [1, 2, 4, 8];
 /// The head sizes forward.wgsl's attention is built for (the largest is the limit).
 pub(crate) const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
-/// The subgroup sizes obs.wgsl's subgroup variant is built for: a row's 128 columns over at
-/// most 32 lanes, and at least the 4 lanes that load its 4 mask words.
+/// The subgroup sizes the subgroup variants are built for: obs.wgsl's rows of 128 columns over
+/// at most 32 lanes, and at least the 4 lanes that load a row's 4 mask words; select.wgsl's
+/// ballots in one word (at most 32 lanes) and at most 64 of them per 256 invocations.
 pub(crate) const SUBGROUP_SIZES: [u32; 4] = [4, 8, 16, 32];
 
 impl Module {
@@ -370,10 +371,15 @@ fn sparse_matmul_source(tokens: u32) -> &'static str {
     const LINE: &str = "const TB: u32 = 8u;";
     static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
     let all = VARIANTS.get_or_init(|| {
-        assert!(SRC.contains(LINE), "sparse_matmul.wgsl declares `{LINE}`");
         TOKEN_BLOCKS
             .iter()
-            .map(|t| SRC.replacen(LINE, &format!("const TB: u32 = {t}u;"), 1))
+            .map(|t| {
+                substituted(
+                    SRC,
+                    "sparse_matmul",
+                    &[(LINE, format!("const TB: u32 = {t}u;"))],
+                )
+            })
             .collect()
     });
     variant(all, &TOKEN_BLOCKS, tokens, "sparse_matmul, tokens")
@@ -386,10 +392,15 @@ fn forward_source(emax: u32) -> &'static str {
     const LINE: &str = "const EMAX: u32 = 256u;";
     static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
     let all = VARIANTS.get_or_init(|| {
-        assert!(SRC.contains(LINE), "forward.wgsl declares `{LINE}`");
         HEAD_DIMS
             .iter()
-            .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))
+            .map(|e| {
+                substituted(
+                    SRC,
+                    "forward",
+                    &[(LINE, format!("const EMAX: u32 = {e}u;"))],
+                )
+            })
             .collect()
     });
     variant(all, &HEAD_DIMS, emax, "forward, heads of")
@@ -402,13 +413,12 @@ fn attention_backward_source(emax: u32) -> &'static str {
     const LINE: &str = "const EMAX: u32 = 256u;";
     static VARIANTS: OnceLock<Vec<String>> = OnceLock::new();
     let all = VARIANTS.get_or_init(|| {
-        assert!(
-            SRC.contains(LINE),
-            "attention_backward.wgsl declares `{LINE}`"
-        );
         HEAD_DIMS
             .iter()
-            .map(|e| SRC.replacen(LINE, &format!("const EMAX: u32 = {e}u;"), 1))
+            .map(|e| {
+                let to = format!("const EMAX: u32 = {e}u;");
+                substituted(SRC, "attention_backward", &[(LINE, to)])
+            })
             .collect()
     });
     variant(all, &HEAD_DIMS, emax, "attention backward, heads of")
@@ -531,6 +541,11 @@ impl Ctx {
     /// set.
     pub fn select_module(&self) -> Module {
         self.subgroup.map_or(Module::Select, Module::SelectSubgroup)
+    }
+
+    /// obs.wgsl as this device runs it, as [`Ctx::select_module`].
+    pub fn obs_module(&self) -> Module {
+        self.subgroup.map_or(Module::Obs, Module::ObsSubgroup)
     }
 
     /// Turns an error wgpu reported since the last check into a `KernelError`.

@@ -239,7 +239,7 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
                 m: m as u32,
             };
             st.batch.dispatch(
-                ctx.subgroup.map_or(Module::Obs, Module::ObsSubgroup),
+                ctx.obs_module(),
                 "obs_block",
                 bytemuck::bytes_of(&p),
                 &[

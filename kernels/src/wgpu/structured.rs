@@ -592,7 +592,10 @@ impl Ctx {
                     }
                     runs.push(run);
                 }
-                let u = us.as_ref().unwrap_or(&runs[runs.len() - 1].u.buf);
+                let u = match &us {
+                    Some(us) => us,
+                    None => &runs.last().expect("a batch has a member").u.buf,
+                };
                 let uw = self.whole(u, nb * k * k)?;
                 let mut off = first * total;
                 for (&(r0, r1), &t) in wslabs.iter().zip(&tiles) {

@@ -183,14 +183,13 @@ pub fn obs_saliency<R: Runtime>(
     // One failure slot per group, read once after every group's work is queued.
     let fail = b.scratch_from(&vec![u32::MAX; ng])?;
     // A batch's inverses X = L⁻¹ lie side by side (k·k apart) and its products Q (slab rows
-    // x k, one slab at a time) likewise, each set in one binding.
+    // x k, one slab at a time) likewise, each set in one binding; a batch of one reads its
+    // inverse as it is, in slabs where it does not fit one binding.
     let room = (b.max_binding / 4) as usize;
-    let max_count = (room / (width * width)).min(room / (w.slabs.slab_rows * width).max(1));
-    if max_count == 0 {
-        saliency_per_group(b, w, hinv, width, groups, (&fail, &out))?;
-    } else {
-        saliency_batched(b, w, hinv, (width, max_count), groups, (&fail, &out))?;
-    }
+    let max_count = (room / (width * width))
+        .min(room / (w.slabs.slab_rows * width).max(1))
+        .max(1);
+    saliency_batched(b, w, hinv, (width, max_count), groups, (&fail, &out))?;
     if let Some(column) = b.read_u32(&fail, ng)?.into_iter().find(|&c| c != u32::MAX) {
         return Err(KernelError::NotPositiveDefinite {
             column: column as usize,
@@ -200,8 +199,8 @@ pub fn obs_saliency<R: Runtime>(
 }
 
 /// Groups in batches a fixed step apart (see [`group_batches`]): per batch each group's
-/// X = L⁻¹ copied side by side, then per slab of W one batched GEMM of every member's Q and
-/// one launch of their sums of squares, and one of their totals.
+/// X = L⁻¹ copied side by side (a batch of one keeps its own), then per slab of W one batched
+/// GEMM of every member's Q and one launch of their sums of squares, and one of their totals.
 fn saliency_batched<R: Runtime>(
     b: &CubeBackend<R>,
     w: &CubeTensor,
@@ -220,7 +219,12 @@ fn saliency_batched<R: Runtime>(
     let parts_each = wslabs * SUMSQ_CUBES;
     for batch in group_batches(groups, tiles_each, fill, max_count) {
         let nb = batch.count;
-        let mut xs = None;
+        let xs = if nb > 1 {
+            Some(b.scratch(nb * k * k)?)
+        } else {
+            None
+        };
+        let mut one = None;
         for z in 0..nb {
             let gi = batch.first + z;
             let x = block_inverse(
@@ -234,15 +238,10 @@ fn saliency_batched<R: Runtime>(
                 ng,
                 gi,
             )?;
-            if nb == 1 && x.handles.len() == 1 {
-                // A batch of one reads its inverse where it is.
-                xs = Some(x.handles[0].clone());
+            let Some(dst) = &xs else {
+                one = Some(x);
                 continue;
-            }
-            if xs.is_none() {
-                xs = Some(b.scratch(nb * k * k)?);
-            }
-            let dst = xs.as_ref().expect("allocated above");
+            };
             for s in 0..x.handles.len() {
                 let (x0, xn) = x.slabs.range(s);
                 copy2d(
@@ -264,7 +263,6 @@ fn saliency_batched<R: Runtime>(
                 );
             }
         }
-        let xs = xs.expect("a batch has a member");
         // Q_z = W[:, S_z]·X_zᵀ for the whole batch in one launch per slab of W (S_z is
         // contiguous, step·k columns after S_(z-1)), its squares summed per member.
         let part = b.scratch(nb * parts_each)?;
@@ -272,23 +270,29 @@ fn saliency_batched<R: Runtime>(
             let rn = w.slabs.range(s).1;
             let q = b.scratch(nb * rn.max(1) * k)?;
             if rn > 0 {
-                gemm(
-                    b,
-                    &Gemm {
-                        batch: Batched {
-                            count: nb,
-                            stride: [batch.step * k, k * k, rn * k],
+                let a = View::rows(&w.handles[s], w.slab_len(s), groups[batch.first] * k, n);
+                if let Some(xs) = &xs {
+                    gemm(
+                        b,
+                        &Gemm {
+                            batch: Batched {
+                                count: nb,
+                                stride: [batch.step * k, k * k, rn * k],
+                            },
+                            ..Gemm::store(
+                                rn,
+                                k,
+                                k,
+                                a,
+                                View::transposed(xs, nb * k * k, 0, k),
+                                View::rows(&q, nb * rn * k, 0, k),
+                            )
                         },
-                        ..Gemm::store(
-                            rn,
-                            k,
-                            k,
-                            View::rows(&w.handles[s], w.slab_len(s), groups[batch.first] * k, n),
-                            View::transposed(&xs, nb * k * k, 0, k),
-                            View::rows(&q, nb * rn * k, 0, k),
-                        )
-                    },
-                );
+                    );
+                } else {
+                    let x = one.as_ref().expect("a batch of one keeps its inverse");
+                    times_linv_t(b, a, rn, x, &q, rn * k);
+                }
             }
             sumsq_batch(
                 b,
@@ -325,45 +329,6 @@ fn half_sums_into<R: Runtime>(
             b.plane,
         );
     }
-}
-
-/// Groups whose inverse or product does not fit one binding: one group at a time, X = L⁻¹ in
-/// its slabs, Q = W[:,S]·Xᵀ slab by slab of W.
-fn saliency_per_group<R: Runtime>(
-    b: &CubeBackend<R>,
-    w: &CubeTensor,
-    hinv: &CubeTensor,
-    width: usize,
-    groups: &[usize],
-    (fail, out): (&Handle, &CubeTensor),
-) -> Result<()> {
-    let (n, ng) = (w.cols, groups.len());
-    let part = b.scratch(w.handles.len() * SUMSQ_CUBES)?;
-    for (gi, &g) in groups.iter().enumerate() {
-        let c0 = g * width;
-        let x = block_inverse(
-            b,
-            hinv,
-            Sel::Range {
-                first: c0,
-                len: width,
-            },
-            fail,
-            ng,
-            gi,
-        )?;
-        for s in 0..w.handles.len() {
-            let rn = w.slabs.range(s).1;
-            let q = b.scratch(rn * width)?;
-            if rn > 0 {
-                let a = View::rows(&w.handles[s], w.slab_len(s), c0, n);
-                times_linv_t(b, a, rn, &x, &q, rn * width);
-            }
-            sumsq(b, &q, rn * width, &part, s * SUMSQ_CUBES);
-        }
-        half_sums_into(b, (&part, w.handles.len() * SUMSQ_CUBES, 1), (out, gi));
-    }
-    Ok(())
 }
 
 /// Width 1: ε_c = ½‖W[:,c]‖² / Hinv[c,c] for every listed column at once (a 1 x 1 Cholesky is
