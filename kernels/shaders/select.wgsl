@@ -8,10 +8,11 @@
 //   tie bits), as a stable sort would. Mask words are packed from per-invocation flags by
 //   8 invocations (in the subgroup variant, from one ballot per subgroup): no atomics on them.
 // * Whole-group selection (magnitude over the matrix, SparseGPT's adaptive block): the same
-//   passes split across workgroups (hist_pass merges workgroup histograms into a global one;
-//   pick, one workgroup, finds the digit), then per-row tie counts (row_ties), their
-//   exclusive scan over rows (scan_rows) and the write (row_write), so ties go to the lower
-//   linear index.
+//   passes split across workgroups (hist_pass merges workgroup histograms into one global
+//   histogram per digit; each workgroup of the next pass scans it to decide the digit), then
+//   per chunk of rows the keys equal to the threshold (chunk_ties) and the write
+//   (chunk_write), which sums the chunks' tie counts before its own, so ties go to the lower
+//   linear index. Five dispatches, each a grid of workgroups.
 // * nm_select: n lowest of every m consecutive columns, one thread per column.
 // Keys are computed on the fly from the source (kind), so the fused prune reads W once per
 // pass and never stores scores; with write_w it also zeroes the pruned weights.
@@ -29,12 +30,15 @@ struct Params {
     k: u32,           // row_select: entries to prune per row; sel_init: for the group; nm: n
     m: u32,
     shift: u32,       // hist_pass/pick: the digit's lowest bit
-    row0: u32,        // global row of the window's first row (row_ties, row_write)
+    chunk0: u32,      // chunk_ties/chunk_write: the group's index of the window's first chunk
     full_words: u32,  // 1: write whole mask words (clears padding); 0: keep bits outside [c0, c1)
     write_w: u32,     // 1: zero the pruned source entries (fused prune)
     nelem: u32,       // hist_pass: entries in this window's part of the group
-    nrows: u32,       // scan_rows: rows of the whole group
+    chunk_rows: u32,  // chunk_ties/chunk_write: rows per chunk
     chunk: u32,       // hist_pass: entries per workgroup, a multiple of 256 up to 4096
+    digit_pass: u32,  // hist_pass: 0, 1, 2 (the digit at bit `shift`)
+    lead: u32,        // 1 in the dispatch over the group's first window: its workgroup 0
+                      // leaves the decided digits in `state` for the next pass
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -42,9 +46,16 @@ struct Params {
 @group(0) @binding(2) var<storage, read> aux: array<f32>;
 @group(0) @binding(3) var<storage, read> grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mask: array<u32>;
+// The 2048-bin histogram of a digit pass: the one hist_pass fills, the last one for
+// chunk_ties (each pass has its own buffer, so a binding is 8 KiB).
 @group(0) @binding(5) var<storage, read_write> ghist: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read_write> state: array<u32>; // [T or prefix, kk]
-@group(0) @binding(7) var<storage, read_write> rowcnt: array<u32>;
+// Slot s = [2s, 2s + 2): the prefix decided by s digit passes and the rank left below it;
+// slot 3 is the threshold T and how many keys equal to T are pruned.
+@group(0) @binding(6) var<storage, read_write> state: array<u32>;
+// The keys equal to T per chunk of rows (chunk_ties, chunk_write); in hist_pass, the
+// previous pass's histogram (a binding shared so that no entry point has more than 7
+// storage bindings, under WebGPU's default 8 per stage).
+@group(0) @binding(7) var<storage, read_write> tiecnt: array<u32>;
 
 const BINS: u32 = 2048u;
 
@@ -65,7 +76,6 @@ var<workgroup> eq_words: array<u32, 8>;
 var<workgroup> pick_digit: u32;
 var<workgroup> pick_kk: u32;
 var<workgroup> carry: u32;
-var<workgroup> quota: u32;
 
 // Orders f32 bit patterns as total_cmp does: negatives reversed below positives.
 fn flip(bits: u32) -> u32 {
@@ -174,11 +184,12 @@ fn clear_hist(t: u32) {
     for (var i = 0u; i < 8u; i++) { atomicStore(&hist[t * 8u + i], 0u); }
 }
 
-// Prunes, in row r, every key < T and the first `ties` keys == T by column, over [c0, c1).
+// Prunes, in row r, every key < T and the first `ties` keys == T by column, over [c0, c1);
+// returns how many keys of the row equal T.
 // Chunks of 256 columns: the chunk's ties are packed into words, so each tie's rank among
 // them is the popcount of the tie bits before it (no scan, no atomics), and the pruned
 // columns' bits are packed the same way into the mask words.
-fn write_row(r: u32, t: u32, T: u32, ties: u32) {
+fn write_row(r: u32, t: u32, T: u32, ties: u32) -> u32 {
     var running = 0u;
     let start = (P.c0 / 32u) * 32u;
     for (var base = start; base < P.c1; base += 256u) {
@@ -228,6 +239,7 @@ fn write_row(r: u32, t: u32, T: u32, ties: u32) {
         running += total;
         workgroupBarrier();
     }
+    return running;
 }
 
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -257,30 +269,54 @@ fn row_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             kk = workgroupUniformLoad(&pick_kk);
         }
     }
-    write_row(r, t, prefix, kk);
+    _ = write_row(r, t, prefix, kk);
 }
 
-// Resets the global histogram and the selection state: prefix 0, k entries to find.
-@compute @workgroup_size(256, 1, 1)
-fn sel_init(@builtin(local_invocation_id) lid: vec3<u32>) {
-    for (var i = lid.x; i < BINS; i += 256u) { atomicStore(&ghist[i], 0u); }
-    if (lid.x == 0u) {
-        state[0] = 0u;
-        state[1] = P.k;
+// The digits decided before pass p (1..=3) and the rank left to find below them: pass p - 1
+// left its prefix and rank in state slot p - 1 (slot 0 is the start: prefix 0, rank k) and
+// its histogram in ghist's p - 1-th 2048 bins, which every workgroup reads and scans for
+// itself (no one-workgroup pick between passes). Workgroup 0 of the group's first window
+// (`lead`) leaves the result in slot p for the pass after. Every invocation calls it.
+fn decided(t: u32, p: u32, lead: bool) -> vec2<u32> {
+    var prefix = 0u;
+    var kk = P.k;
+    if (p >= 2u) {
+        prefix = state[2u * (p - 1u)];
+        kk = state[2u * (p - 1u) + 1u];
     }
+    for (var i = 0u; i < 8u; i++) {
+        var h = 0u;
+        if (p == 3u) { h = atomicLoad(&ghist[t * 8u + i]); } else { h = tiecnt[t * 8u + i]; }
+        atomicStore(&hist[t * 8u + i], h);
+    }
+    workgroupBarrier();
+    find_digit(t, kk);
+    let d = workgroupUniformLoad(&pick_digit);
+    let left = workgroupUniformLoad(&pick_kk);
+    prefix = prefix | (d << pass_shift(p - 1u));
+    if (lead && t == 0u) {
+        state[2u * p] = prefix;
+        state[2u * p + 1u] = left;
+    }
+    return vec2<u32>(prefix, left);
 }
 
-// One digit pass over this window's part of the group: `chunk` entries per workgroup, up to 16
-// per thread.
+// Digit pass `digit_pass` over this window's part of the group: `chunk` entries per
+// workgroup, up to 16 per thread, into the pass's histogram `ghist` (cleared by the host).
 @compute @workgroup_size(256, 1, 1)
 fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
-    let prefix = state[0];
+    let g = wid.y * nwg.x + wid.x;
+    var prefix = 0u;
+    if (P.digit_pass > 0u) {
+        prefix = decided(t, P.digit_pass, P.lead != 0u && g == 0u).x;
+        workgroupBarrier();
+    }
     let width = P.c1 - P.c0;
     clear_hist(t);
     workgroupBarrier();
-    let first = (wid.y * nwg.x + wid.x) * P.chunk;
+    let first = g * P.chunk;
     for (var i = 0u; i < P.chunk / 256u; i++) {
         let e = first + i * 256u + t;
         if (e < P.nelem) {
@@ -295,79 +331,52 @@ fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// Finds the digit of this pass in the global histogram and clears it for the next pass.
+// Per chunk of `chunk_rows` rows: how many keys equal the threshold T (the k-th lowest key,
+// decided from the third histogram here; the lead leaves T and the ties to prune in slot 3).
 @compute @workgroup_size(256, 1, 1)
-fn pick(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn chunk_ties(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
-    for (var i = 0u; i < 8u; i++) {
-        atomicStore(&hist[t * 8u + i], atomicLoad(&ghist[t * 8u + i]));
-        atomicStore(&ghist[t * 8u + i], 0u);
+    let g = row_of(wid, nwg);
+    let T = decided(t, 3u, P.lead != 0u && g == 0u).x;
+    let r0 = g * P.chunk_rows;
+    if (r0 >= P.rows) { return; }
+    let width = P.c1 - P.c0;
+    let n = (min(r0 + P.chunk_rows, P.rows) - r0) * width;
+    var cnt = 0u;
+    for (var e = t; e < n; e += 256u) {
+        if (key(r0 + e / width, P.c0 + e % width) == T) { cnt += 1u; }
     }
-    if (t == 0u) { pick_kk = state[1]; }
-    workgroupBarrier();
-    let kk = workgroupUniformLoad(&pick_kk);
-    find_digit(t, kk);
-    if (t == 0u) {
-        state[0] = state[0] | (pick_digit << P.shift);
-        state[1] = pick_kk;
-    }
-}
-
-// Per row: how many keys equal the threshold T.
-@compute @workgroup_size(256, 1, 1)
-fn row_ties(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r = row_of(wid, nwg);
-    if (r >= P.rows) { return; }
-    let t = lid.x;
-    let T = state[0];
-    var n = 0u;
-    for (var c = P.c0 + t; c < P.c1; c += 256u) {
-        if (key(r, c) == T) { n += 1u; }
-    }
-    scan[t] = n;
+    scan[t] = cnt;
     workgroupBarrier();
     scan256(t);
-    if (t == 0u) { rowcnt[P.row0 + r] = scan[255]; }
+    if (t == 0u) { tiecnt[P.chunk0 + g] = scan[255]; }
 }
 
-// Exclusive scan of rowcnt over the group's rows, one workgroup.
+// The group's mask bits in this chunk's rows: keys below T, and ties while fewer than the
+// group's quota lie before them by linear index (those of earlier chunks summed here, then
+// row by row).
 @compute @workgroup_size(256, 1, 1)
-fn scan_rows(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn chunk_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
-    if (t == 0u) { carry = 0u; }
+    let g = row_of(wid, nwg);
+    let r0 = g * P.chunk_rows;
+    if (r0 >= P.rows) { return; }
+    var s = 0u;
+    for (var i = t; i < P.chunk0 + g; i += 256u) { s += tiecnt[i]; }
+    scan[t] = s;
     workgroupBarrier();
-    for (var base = 0u; base < P.nrows; base += 256u) {
-        let i = base + t;
-        var v = 0u;
-        if (i < P.nrows) { v = rowcnt[i]; }
-        scan[t] = v;
-        workgroupBarrier();
-        scan256(t);
-        let c = carry;
-        if (i < P.nrows) { rowcnt[i] = c + scan[t] - v; }
-        workgroupBarrier();
-        if (t == 0u) { carry = c + scan[255]; }
-        workgroupBarrier();
+    scan256(t);
+    if (t == 0u) { carry = scan[255]; }
+    var before = workgroupUniformLoad(&carry);
+    let T = state[6];
+    let need = state[7];
+    for (var r = r0; r < min(r0 + P.chunk_rows, P.rows); r++) {
+        var ties = 0u;
+        if (need > before) { ties = need - before; }
+        before += write_row(r, t, T, ties);
     }
-}
-
-// The group's mask bits in this window's rows, ties by linear index across rows.
-@compute @workgroup_size(256, 1, 1)
-fn row_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r = row_of(wid, nwg);
-    if (r >= P.rows) { return; }
-    // The tie quota decides where the ranking scan runs, so it must be workgroup-uniform.
-    if (lid.x == 0u) {
-        let kk = state[1];
-        let before = rowcnt[P.row0 + r];
-        var q = 0u;
-        if (kk > before) { q = kk - before; }
-        quota = q;
-    }
-    let ties = workgroupUniformLoad(&quota);
-    write_row(r, lid.x, state[0], ties);
 }
 
 // N:M: thread per column; its rank in its group of m (lower key, then lower column, first).

@@ -8,6 +8,7 @@ use crate::error::{KernelError, Result};
 
 pub mod factor;
 pub mod groups;
+pub mod select;
 
 /// A cut of `rows` rows into slabs of `slab_rows` rows each (the last may be shorter).
 ///

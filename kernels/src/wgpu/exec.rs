@@ -348,8 +348,8 @@ fn select_subgroup_source(lanes: u32) -> &'static str {
                         format!("    let t = {t};\n    var prefix"),
                     ),
                     (
-                        "    write_row(r, lid.x, state[0], ties);",
-                        format!("    write_row(r, {t}, state[0], ties);"),
+                        "    let t = lid.x;\n    let g = row_of(wid, nwg);\n    let r0",
+                        format!("    let t = {t};\n    let g = row_of(wid, nwg);\n    let r0"),
                     ),
                     (
                         "    let t = lid.x;\n    let c = wid.x * 256u + t;",
@@ -357,7 +357,7 @@ fn select_subgroup_source(lanes: u32) -> &'static str {
                     ),
                 ];
                 let s = substituted(SRC, "select", &subs);
-                with_subgroup_builtins(s, "select", &["row_select", "row_write", "nm_select"])
+                with_subgroup_builtins(s, "select", &["row_select", "chunk_write", "nm_select"])
             })
             .collect()
     });

@@ -172,7 +172,7 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
             dead: ctx.upload_words("dead columns", &dead_flags)?,
             slabs,
             scratch: match sel {
-                ObsSelection::Unstructured(_) => Some(ctx.group_scratch(rows)?),
+                ObsSelection::Unstructured(_) => Some(ctx.group_scratch(rows, cols)?),
                 _ => None,
             },
         });

@@ -6,8 +6,9 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
+use crate::plan;
 
-use super::exec::{grid, Batch, Ctx, Slot, Win};
+use super::exec::{grid, Batch, Ctx, Slot};
 use super::mem::{WgpuMask, WgpuTensor};
 
 #[repr(C)]
@@ -25,12 +26,14 @@ struct SelParams {
     k: u32,
     m: u32,
     shift: u32,
-    row0: u32,
+    chunk0: u32,
     full_words: u32,
     write_w: u32,
     nelem: u32,
-    nrows: u32,
+    chunk_rows: u32,
     chunk: u32,
+    digit_pass: u32,
+    lead: u32,
 }
 
 /// Entries per workgroup of a histogram pass over `nelem`: 16 per thread where that makes
@@ -67,24 +70,40 @@ pub(crate) struct KeySource<'a> {
     pub write_w: bool,
 }
 
-/// Scratch of the whole-group selection: the global histogram, the state, per-row counts.
+/// Scratch of the whole-group selection: a global histogram per digit pass (one buffer each,
+/// so that each binds in 8 KiB), the decided digits (select.wgsl's `state`), the tie count of
+/// each chunk of rows.
 pub(crate) struct GroupScratch {
-    hist: wgpu::Buffer,
+    hists: [wgpu::Buffer; 3],
     state: wgpu::Buffer,
-    rowcnt: wgpu::Buffer,
-    rows: usize,
+    ties: wgpu::Buffer,
+    chunks: usize,
 }
 
 const DIGIT_SHIFTS: [u32; 3] = [21, 10, 0];
+const BINS: usize = 2048;
+const STATE_WORDS: usize = 8;
 
 impl Ctx {
-    pub(crate) fn group_scratch(&self, rows: usize) -> Result<GroupScratch> {
+    /// For selections over groups of `rows` rows of a `cols`-column source.
+    pub(crate) fn group_scratch(&self, rows: usize, cols: usize) -> Result<GroupScratch> {
+        let chunks = self.group_chunks(rows, cols)?.iter().map(|w| w.count).sum();
+        let hist = || self.alloc("selection histogram", BINS, None);
         Ok(GroupScratch {
-            hist: self.alloc("selection histogram", 2048, None)?,
-            state: self.alloc("selection state", 4, None)?,
-            rowcnt: self.scratch("selection row counts", rows)?,
-            rows,
+            hists: [hist()?, hist()?, hist()?],
+            state: self.alloc("selection state", STATE_WORDS, None)?,
+            ties: self.scratch("selection tie counts", chunks)?,
+            chunks,
         })
+    }
+
+    /// The chunks of whole rows the tie and write passes take, per window of the source.
+    fn group_chunks(&self, rows: usize, cols: usize) -> Result<Vec<plan::select::WindowChunks>> {
+        let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
+        Ok(plan::select::window_chunks(
+            &slabs,
+            plan::select::chunk_rows(rows),
+        ))
     }
 
     /// Windows and bases of the source rows [r0, r1) (and of `grad`, `mask`).
@@ -106,7 +125,6 @@ impl Ctx {
         p.s_base = sw.base((r0 * cols) as u64);
         p.m_base = mw.base((r0 * wpr) as u64);
         p.wpr = wpr as u32;
-        p.row0 = r0 as u32;
         p.write_w = ks.write_w as u32;
         let grad = match ks.grad {
             Some(g) => {
@@ -189,7 +207,8 @@ impl Ctx {
 
     /// The k lowest keys of the block rows x [c0, c1) as one group, ties to the lower linear
     /// index within the block. `full_words` writes whole mask words (a fresh mask over all
-    /// columns); otherwise only the bits of [c0, c1) change.
+    /// columns); otherwise only the bits of [c0, c1) change. Three histogram passes, the
+    /// chunks' tie counts and the write, each a grid (select.wgsl).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn select_group(
         &self,
@@ -207,64 +226,94 @@ impl Ctx {
         let cols = ks.src.cols;
         let width = c1 - c0;
         let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
-        let hist = Slot::Win(self.whole(&sc.hist, 2048)?);
-        let state = Slot::Win(self.whole(&sc.state, 4)?);
-        let rowcnt: Win<'_> = self.whole(&sc.rowcnt, sc.rows)?;
+        let windows = self.group_chunks(rows, cols)?;
+        let chunks: usize = windows.iter().map(|w| w.count).sum();
+        assert!(
+            chunks <= sc.chunks,
+            "the selection scratch was made for this shape"
+        );
+        let hist =
+            |p: usize| -> Result<Slot<'_>> { Ok(Slot::Win(self.whole(&sc.hists[p], BINS)?)) };
+        let state = Slot::Win(self.whole(&sc.state, STATE_WORDS)?);
+        let ties = Slot::Win(self.whole(&sc.ties, sc.chunks)?);
         let base = SelParams {
             c0: c0 as u32,
             c1: c1 as u32,
             k: k as u32,
             full_words: full_words as u32,
-            nrows: rows as u32,
+            chunk_rows: plan::select::chunk_rows(rows) as u32,
             ..Default::default()
         };
+        // Bindings 5 and 7 by entry point: the pass's histogram and the previous one
+        // (hist_pass), the last histogram and the tie counts (chunk_ties), the tie counts
+        // (chunk_write).
         let one = |b: &mut Batch<'_>,
                    entry: &'static str,
                    p: &SelParams,
                    groups: [u32; 3],
-                   s: [Slot<'_>; 3]| {
+                   s: [Slot<'_>; 3],
+                   (h, w): (Slot<'_>, Slot<'_>)| {
             b.dispatch(
                 self.select_module(),
                 entry,
                 bytemuck::bytes_of(p),
-                &[s[0], aux, s[1], s[2], hist, state, Slot::Win(rowcnt)],
+                &[s[0], aux, s[1], s[2], h, state, w],
                 groups,
             )
         };
-        let first = self.sel_slots(ks, mask, slabs[0].0, slabs[0].1, &mut base.clone())?;
-        one(b, "sel_init", &base, [1, 1, 1], first)?;
+        // With k = 0 nothing is counted: the cleared state's slot 3 (T = 0, no ties) prunes
+        // nothing, whatever the (unwritten) tie counts.
+        for h in &sc.hists {
+            b.clear(h);
+        }
+        b.clear(&sc.state);
         let maxg = self.max_groups();
         if k > 0 {
-            for shift in DIGIT_SHIFTS {
-                for &(r0, r1) in &slabs {
-                    let mut p = SelParams { shift, ..base };
+            for (pass, shift) in DIGIT_SHIFTS.into_iter().enumerate() {
+                for (i, &(r0, r1)) in slabs.iter().enumerate() {
+                    let mut p = SelParams {
+                        shift,
+                        digit_pass: pass as u32,
+                        lead: (i == 0) as u32,
+                        ..base
+                    };
                     let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
                     let nelem = (r1 - r0) * width;
                     p.nelem = nelem as u32;
                     p.chunk = hist_chunk(nelem) as u32;
+                    let prev = match pass {
+                        0 => Slot::Unused,
+                        _ => hist(pass - 1)?,
+                    };
                     one(
                         b,
                         "hist_pass",
                         &p,
                         grid(nelem.div_ceil(p.chunk as usize) as u64, maxg),
                         s,
+                        (hist(pass)?, prev),
                     )?;
                 }
-                let p = SelParams { shift, ..base };
-                one(b, "pick", &p, [1, 1, 1], first)?;
             }
-            for &(r0, r1) in &slabs {
-                let mut p = base;
-                let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
-                one(b, "row_ties", &p, grid((r1 - r0) as u64, maxg), s)?;
+            for (i, w) in windows.iter().enumerate() {
+                let mut p = SelParams {
+                    chunk0: w.first as u32,
+                    lead: (i == 0) as u32,
+                    ..base
+                };
+                let s = self.sel_slots(ks, mask, w.r0, w.r1, &mut p)?;
+                let bind = (hist(2)?, ties);
+                one(b, "chunk_ties", &p, grid(w.count as u64, maxg), s, bind)?;
             }
-            one(b, "scan_rows", &base, [1, 1, 1], first)?;
         }
-        for &(r0, r1) in &slabs {
-            // With k == 0 the ties bound is 0, so the (unwritten) row counts do not matter.
-            let mut p = base;
-            let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
-            one(b, "row_write", &p, grid((r1 - r0) as u64, maxg), s)?;
+        for w in &windows {
+            let mut p = SelParams {
+                chunk0: w.first as u32,
+                ..base
+            };
+            let s = self.sel_slots(ks, mask, w.r0, w.r1, &mut p)?;
+            let bind = (Slot::Unused, ties);
+            one(b, "chunk_write", &p, grid(w.count as u64, maxg), s, bind)?;
         }
         Ok(())
     }
@@ -299,7 +348,7 @@ impl Ctx {
                 sparsity,
                 group: MaskGroup::Matrix,
             } => {
-                let sc = self.group_scratch(rows)?;
+                let sc = self.group_scratch(rows, cols)?;
                 self.select_group(
                     &mut b,
                     ks,

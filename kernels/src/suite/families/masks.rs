@@ -39,7 +39,8 @@ const NM24: MaskPattern = MaskPattern::NM { n: 2, m: 4 };
 const NM48: MaskPattern = MaskPattern::NM { n: 4, m: 8 };
 
 /// Odd shapes: a single row, widths that are not multiples of any workgroup or mask word
-/// (37, 296, 300), N:M with m = 4 and 8, rows of tied scores where the tie rule decides.
+/// (37, 296, 300), N:M with m = 4 and 8, rows of tied scores where the tie rule decides, a
+/// whole-matrix selection over chunks of several rows.
 pub fn small_cases() -> Vec<OpCase> {
     use ScoreKind::{Gblm, Magnitude, Wanda};
     // Widths of whole vec4s (300) and not (37): the WGSL kernels take four columns per thread
@@ -57,6 +58,9 @@ pub fn small_cases() -> Vec<OpCase> {
     }
     v.push(OpCase::new(Op::Mask(row(0.5)), 1, 37));
     v.push(OpCase::new(Op::Mask(matrix(0.5)), 1, 37));
+    // Above 512 rows the whole-matrix selection's chunks hold several rows (4 here: every
+    // third row is tied, so ties carry from chunk to chunk and from row to row in a chunk).
+    v.push(OpCase::new(Op::Mask(matrix(0.22)), 1600, 37));
     v.push(OpCase::new(Op::Mask(NM48), 13, 296));
     v.push(OpCase::new(Op::Mask(MaskPattern::NM { n: 1, m: 4 }), 1, 40));
     for (k, p) in [

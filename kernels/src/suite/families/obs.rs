@@ -63,6 +63,8 @@ pub fn small_cases() -> Vec<OpCase> {
             .tokens(300, 1)
             .block(48),
     );
+    // 600 rows: the block selection's chunks hold two rows.
+    v.push(OpCase::new(Op::Obs(ObsKind::Unstructured(0.6)), 600, 200).tokens(300, 1));
     v.push(
         OpCase::new(Op::Obs(ObsKind::NM { n: 2, m: 4 }), 20, 300)
             .tokens(400, 1)

@@ -1,6 +1,9 @@
 //! Whole-matrix selection (and SparseGPT's per-block selection over a column view): one
-//! global histogram per digit pass with the decided digits in a small device state, then the
-//! ties split over rows in row order and the per-row mask pass.
+//! global histogram per digit pass, each cube of the next pass deciding the digit from it for
+//! itself (the decided digits left in a small device state for the passes after), then the
+//! keys equal to the threshold counted per chunk of rows and the mask pass per chunk, which
+//! sums the counts of the chunks before its own so that ties go to the lower linear index.
+//! Five launches, each a grid of cubes (plan::select cuts the chunks).
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -11,9 +14,55 @@ use super::super::reduce::{cube_exclusive_scan, CUBE};
 use super::keys::{cube_index, digit, find_bin, load_key, write_row_mask};
 use super::BINS;
 use crate::error::{KernelError, Result};
+use crate::plan;
+
+/// Words of the selection state: slot s = [2s, 2s + 2) holds the digits decided by s passes
+/// (right-aligned) and the rank left to find below them; slot 3 the threshold v and how many
+/// keys equal to v are pruned. Slot 0 is the start (no digits, rank k) and is never read.
+const STATE_WORDS: usize = 8;
+
+/// The digits decided by passes 0..pass (pass 1..=3) and the rank left: the previous pass's
+/// histogram (`pass - 1`) scanned in `sh` below the digits and rank it started from (slot
+/// pass - 1, or none and k). With `lead`, unit 0 leaves them in slot `pass` for the next launch.
+#[cube]
+fn decided(
+    hist: &Array<Atomic<u32>>,
+    state: &mut Array<u32>,
+    sh: &SharedMemory<Atomic<u32>>,
+    k: u32,
+    lead: bool,
+    #[comptime] pass: u32,
+) -> (u32, u32) {
+    let t = UNIT_POS;
+    let (_shift, width) = comptime![digit(pass - 1)];
+    let mut res = SharedMemory::<u32>::new(2usize);
+    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+    let mut prefix = 0u32;
+    let mut krem = k;
+    if comptime![pass >= 2] {
+        prefix = state[comptime![2 * (pass - 1)] as usize];
+        krem = state[comptime![2 * (pass - 1) + 1] as usize];
+    }
+    #[unroll]
+    for q in 0..8u32 {
+        let b = t * 8 + q;
+        sh[b as usize].store(hist[(comptime![(pass - 1) * BINS] + b) as usize].load());
+    }
+    sync_cube();
+    find_bin(sh, &mut res, &mut scan, krem);
+    let decided = (prefix << width) | res[0];
+    let left = res[1];
+    if lead && t == 0 {
+        state[comptime![2 * pass] as usize] = decided;
+        state[comptime![2 * pass + 1] as usize] = left;
+    }
+    sync_cube();
+    (decided, left)
+}
 
 /// One digit pass of the global selection: a shared histogram per cube over a grid-stride of
-/// the view's entries whose keys match the digits decided so far, added into the global one.
+/// the view's entries whose keys match the digits decided so far, added into the pass's
+/// global one.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn matrix_hist_kernel(
@@ -21,23 +70,29 @@ fn matrix_hist_kernel(
     aux: &Array<f32>,
     grad: &Array<f32>,
     hist: &mut Array<Atomic<u32>>,
-    state: &Array<u32>,
+    state: &mut Array<u32>,
     rows: u32,
     ld: u32,
     col0: u32,
     ncols: u32,
+    k: u32,
+    lead: u32,
     #[comptime] src: u32,
     #[comptime] pass: u32,
 ) {
     let t = UNIT_POS;
     let (shift, width) = comptime![digit(pass)];
     let sh = SharedMemory::<Atomic<u32>>::new(BINS as usize);
+    let mut prefix = 0u32;
+    if comptime![pass > 0] {
+        let (p, _left) = decided(hist, state, &sh, k, lead == 1 && CUBE_POS == 0, pass);
+        prefix = p;
+    }
     #[unroll]
     for q in 0..8u32 {
         sh[(t + q * CUBE) as usize].store(0u32);
     }
     sync_cube();
-    let prefix = state[0];
     let n = rows * ncols;
     let stride = CUBE_COUNT as u32 * CUBE;
     let mut i = ABSOLUTE_POS as u32;
@@ -60,156 +115,126 @@ fn matrix_hist_kernel(
         let b = t + q * CUBE;
         let cnt = sh[b as usize].load();
         if cnt > 0 {
-            hist[b as usize].fetch_add(cnt);
+            hist[(comptime![pass * BINS] + b) as usize].fetch_add(cnt);
         }
     }
 }
 
-/// Reads a finished histogram: advances the decided digits and the remaining rank in `state`,
-/// and clears the histogram for the next pass. One cube.
-#[cube(launch_unchecked)]
-fn matrix_scan_kernel(
-    hist: &mut Array<Atomic<u32>>,
-    state: &mut Array<u32>,
-    #[comptime] pass: u32,
-) {
-    let t = UNIT_POS;
-    let (_shift, width) = comptime![digit(pass)];
-    let sh = SharedMemory::<Atomic<u32>>::new(BINS as usize);
-    let mut res = SharedMemory::<u32>::new(2usize);
-    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    #[unroll]
-    for q in 0..8u32 {
-        let b = t * 8 + q;
-        sh[b as usize].store(hist[b as usize].load());
-    }
-    let krem = state[1];
-    let prefix = state[0];
-    sync_cube();
-    find_bin(&sh, &mut res, &mut scan, krem);
-    if t == 0 {
-        let mut p = res[0];
-        if comptime![pass > 0] {
-            p = (prefix << width) | res[0];
-        }
-        state[0] = p;
-        state[1] = res[1];
-    }
-    #[unroll]
-    for q in 0..8u32 {
-        hist[(t * 8 + q) as usize].store(0u32);
-    }
-}
-
-/// How many keys of each row view equal the selected v (state[0]).
+/// Per chunk of `chunk_rows` rows of the view: how many keys equal the threshold v (decided
+/// here from the last histogram; the lead cube leaves v and the ties to prune in slot 3).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn row_eq_count_kernel(
+fn chunk_ties_kernel(
     x: &Array<f32>,
     aux: &Array<f32>,
     grad: &Array<f32>,
-    state: &Array<u32>,
-    eqcnt: &mut Array<u32>,
+    hist: &Array<Atomic<u32>>,
+    state: &mut Array<u32>,
+    ties: &mut Array<u32>,
     rows: u32,
     ld: u32,
     col0: u32,
     ncols: u32,
-    row_base: u32,
+    chunk_rows: u32,
+    chunk0: u32,
+    k: u32,
+    lead: u32,
     #[comptime] src: u32,
 ) {
-    let r = cube_index();
-    if r < rows {
-        let v = state[0];
+    let g = cube_index();
+    let sh = SharedMemory::<Atomic<u32>>::new(BINS as usize);
+    let (v, _left) = decided(hist, state, &sh, k, lead == 1 && g == 0, 3u32);
+    let r0 = g * chunk_rows;
+    if r0 < rows {
+        let mut r1 = r0 + chunk_rows;
+        if r1 > rows {
+            r1 = rows;
+        }
+        let n = (r1 - r0) * ncols;
         let mut cnt = 0u32;
-        let mut c = UNIT_POS;
-        while c < ncols {
-            if load_key(x, aux, grad, r * ld + col0 + c, col0 + c, col0, src) == v {
+        let mut e = UNIT_POS;
+        while e < n {
+            let r = r0 + e / ncols;
+            let c = col0 + e % ncols;
+            if load_key(x, aux, grad, r * ld + c, c, col0, src) == v {
                 cnt += 1;
             }
-            c += CUBE;
+            e += CUBE;
         }
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
         let (_excl, total) = cube_exclusive_scan(cnt, &mut scan);
         if UNIT_POS == 0 {
-            eqcnt[(row_base + r) as usize] = total;
+            ties[(chunk0 + g) as usize] = total;
         }
     }
 }
 
-/// Splits the global count of tied entries to prune (state[1]) over the rows in row order:
-/// need_r = clamp(need − ties in earlier rows, 0, ties in row r). One cube.
-#[cube(launch_unchecked)]
-fn rows_need_kernel(eqcnt: &Array<u32>, state: &Array<u32>, need_row: &mut Array<u32>, rows: u32) {
-    let need = state[1];
-    let mut carry = 0u32;
-    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    let rounds = (rows + CUBE - 1) / CUBE;
-    for round in 0..rounds {
-        let r = round * CUBE + UNIT_POS;
-        let mut c = 0u32;
-        if r < rows {
-            c = eqcnt[r as usize];
-        }
-        let (excl, total) = cube_exclusive_scan(c, &mut scan);
-        let before = carry + excl;
-        let mut nr = 0u32;
-        if need > before {
-            nr = need - before;
-            if nr > c {
-                nr = c;
-            }
-        }
-        if r < rows {
-            need_row[r as usize] = nr;
-        }
-        carry += total;
-    }
-}
-
-/// The mask pass of the global selection, one cube per row.
+/// The mask pass of the global selection, one cube per chunk of rows: the ties of the chunks
+/// before it summed, then row by row the keys below v and the ties while the group's quota
+/// lasts.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn row_mask_kernel(
+fn chunk_mask_kernel(
     x: &mut Array<f32>,
     aux: &Array<f32>,
     grad: &Array<f32>,
     mask: &mut Array<u32>,
     state: &Array<u32>,
-    need_row: &Array<u32>,
+    ties: &Array<u32>,
     rows: u32,
     ld: u32,
     wpr: u32,
     col0: u32,
     ncols: u32,
-    row_base: u32,
+    chunk_rows: u32,
+    chunk0: u32,
     #[comptime] src: u32,
     #[comptime] partial: bool,
     #[comptime] apply: bool,
 ) {
-    let r = cube_index();
-    if r < rows {
-        let v = state[0];
-        let need = need_row[(row_base + r) as usize];
-        let keys = SharedMemory::<u32>::new(1usize);
+    let g = cube_index();
+    let r0 = g * chunk_rows;
+    if r0 < rows {
+        let v = state[6];
+        let need = state[7];
+        let mut s = 0u32;
+        let mut i = UNIT_POS;
+        while i < chunk0 + g {
+            s += ties[i as usize];
+            i += CUBE;
+        }
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-        write_row_mask(
-            x,
-            aux,
-            grad,
-            mask,
-            &keys,
-            &mut scan,
-            r * ld + col0,
-            r * wpr,
-            col0,
-            ncols,
-            v,
-            need,
-            src,
-            apply,
-            partial,
-            false,
-        );
+        let (_excl, earlier) = cube_exclusive_scan(s, &mut scan);
+        let mut before = earlier;
+        let keys = SharedMemory::<u32>::new(1usize);
+        let mut r1 = r0 + chunk_rows;
+        if r1 > rows {
+            r1 = rows;
+        }
+        for r in r0..r1 {
+            let mut quota = 0u32;
+            if need > before {
+                quota = need - before;
+            }
+            before += write_row_mask(
+                x,
+                aux,
+                grad,
+                mask,
+                &keys,
+                &mut scan,
+                r * ld + col0,
+                r * wpr,
+                col0,
+                ncols,
+                v,
+                quota,
+                src,
+                apply,
+                partial,
+                false,
+            );
+        }
     }
 }
 
@@ -241,10 +266,12 @@ pub fn select_global<R: Runtime>(
         )));
     }
     let ld = x.cols;
-    let state = b.scratch_from(&[0, k as u32])?;
-    let hist = b.scratch_from(&vec![0u32; BINS as usize])?;
-    let eqcnt = b.scratch(rows)?;
-    let need_row = b.scratch(rows)?;
+    let state = b.scratch_from(&[0; STATE_WORDS])?;
+    let hist = b.scratch_from(&vec![0u32; 3 * BINS as usize])?;
+    let per = plan::select::chunk_rows(rows);
+    let windows = plan::select::window_chunks(&x.slabs.bounds(), per);
+    let chunks: usize = windows.iter().map(|w| w.count).sum();
+    let ties = b.scratch(chunks)?;
     let bind = |s: usize| {
         let (xh, xl) = (&x.handles[s], x.slab_len(s));
         let (ah, al) = aux.unwrap_or((xh, xl));
@@ -277,94 +304,78 @@ pub fn select_global<R: Runtime>(
                         arg(xh, xl),
                         arg(ah, al),
                         arg(gh, gl),
-                        arg(&hist, BINS as usize),
-                        arg(&state, 2),
+                        arg(&hist, 3 * BINS as usize),
+                        arg(&state, STATE_WORDS),
                         srows as u32,
                         ld as u32,
                         col0 as u32,
                         ncols as u32,
+                        k as u32,
+                        (s == 0) as u32,
                         src,
                         pass,
                     );
                 }
             }
-            // SAFETY: one cube over the 2048 bins and the 2-word state.
+        }
+        for (s, w) in windows.iter().enumerate() {
+            if w.count == 0 {
+                continue;
+            }
+            let (xh, xl, ah, al, gh, gl) = bind(s);
+            // SAFETY: one cube per chunk of the slab's rows, reading its rows of the view.
             unsafe {
-                matrix_scan_kernel::launch_unchecked::<R>(
+                chunk_ties_kernel::launch_unchecked::<R>(
                     &b.client,
-                    CubeCount::Static(1, 1, 1),
+                    b.row_grid(w.count),
                     CubeDim::new_1d(CUBE),
-                    arg(&hist, BINS as usize),
-                    arg(&state, 2),
-                    pass,
+                    arg(xh, xl),
+                    arg(ah, al),
+                    arg(gh, gl),
+                    arg(&hist, 3 * BINS as usize),
+                    arg(&state, STATE_WORDS),
+                    arg(&ties, chunks),
+                    (w.r1 - w.r0) as u32,
+                    ld as u32,
+                    col0 as u32,
+                    ncols as u32,
+                    per as u32,
+                    w.first as u32,
+                    k as u32,
+                    (s == 0) as u32,
+                    src,
                 );
             }
         }
     }
-    // With k = 0 the state stays (v = 0, need = 0): no key is below 0 and no tie is taken.
-    for s in 0..x.handles.len() {
-        let (r0, srows) = x.slabs.range(s);
-        if srows == 0 {
+    // With k = 0 the state stays zero (v = 0, need = 0): no key is below 0 and no tie is
+    // taken, whatever the (unwritten) tie counts.
+    for (s, w) in windows.iter().enumerate() {
+        if w.count == 0 {
             continue;
         }
         let (xh, xl, ah, al, gh, gl) = bind(s);
-        // SAFETY: one cube per row of the slab, reading its row of the view.
+        // SAFETY: one cube per chunk of the slab's rows, writing the mask words its rows of
+        // the view cover (and, with `apply`, zeroing its own pruned entries of x after reading
+        // their keys).
         unsafe {
-            row_eq_count_kernel::launch_unchecked::<R>(
+            chunk_mask_kernel::launch_unchecked::<R>(
                 &b.client,
-                b.row_grid(srows),
-                CubeDim::new_1d(CUBE),
-                arg(xh, xl),
-                arg(ah, al),
-                arg(gh, gl),
-                arg(&state, 2),
-                arg(&eqcnt, rows),
-                srows as u32,
-                ld as u32,
-                col0 as u32,
-                ncols as u32,
-                r0 as u32,
-                src,
-            );
-        }
-    }
-    // SAFETY: one cube over the rows' counts.
-    unsafe {
-        rows_need_kernel::launch_unchecked::<R>(
-            &b.client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(CUBE),
-            arg(&eqcnt, rows),
-            arg(&state, 2),
-            arg(&need_row, rows),
-            rows as u32,
-        );
-    }
-    for s in 0..x.handles.len() {
-        let (r0, srows) = x.slabs.range(s);
-        if srows == 0 {
-            continue;
-        }
-        let (xh, xl, ah, al, gh, gl) = bind(s);
-        // SAFETY: one cube per row of the slab, writing the mask words its view covers (and,
-        // with `apply`, zeroing its own pruned entries of x after reading their keys).
-        unsafe {
-            row_mask_kernel::launch_unchecked::<R>(
-                &b.client,
-                b.row_grid(srows),
+                b.row_grid(w.count),
                 CubeDim::new_1d(CUBE),
                 arg(xh, xl),
                 arg(ah, al),
                 arg(gh, gl),
                 arg(&mask.handles[s], mask.slab_len(s)),
-                arg(&state, 2),
-                arg(&need_row, rows),
-                srows as u32,
+                arg(&state, STATE_WORDS),
+                arg(&ties, chunks),
+                (w.r1 - w.r0) as u32,
                 ld as u32,
                 mask.words_per_row() as u32,
                 col0 as u32,
                 ncols as u32,
-                r0 as u32,
+                per as u32,
+                w.first as u32,
                 src,
                 partial,
                 apply,

@@ -169,7 +169,8 @@ pub fn row_threshold(
 /// Writes the mask words of one row view: keys below `v` pruned, and the first `need` keys
 /// equal to `v` in column order. With `apply`, zeroes the pruned entries of `x` (the fused
 /// prune; each thread zeroes only the columns of the words it owns). With `partial`, the view
-/// may start or end inside a word and the bits outside it are kept.
+/// may start or end inside a word and the bits outside it are kept. Returns how many keys of
+/// the row equal `v`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn write_row_mask(
@@ -189,7 +190,7 @@ pub fn write_row_mask(
     #[comptime] apply: bool,
     #[comptime] partial: bool,
     #[comptime] cached: bool,
-) {
+) -> u32 {
     let t = UNIT_POS;
     let end = col0 + ncols;
     let w_first = col0 / 32;
@@ -268,6 +269,7 @@ pub fn write_row_mask(
         }
         carry += total;
     }
+    carry
 }
 
 /// Linear cube index over a 2D grid of cubes (row counts above the per-dimension limit).
