@@ -51,9 +51,9 @@ const LOWER: u32 = 8;
 const B_LOWER: u32 = 16;
 const A_LOWER: u32 = 32;
 const C_TRANS: u32 = 64;
-/// The operand is read a quad (4 consecutive tile rows of A, columns of B) per vector load: set
-/// where its quads are aligned vectors (`quad_loads`), for the layouts whose quads are
-/// contiguous (A transposed, B by rows).
+/// The operand is read by vector loads (`quad_loads`): a quad (4 consecutive tile rows of A,
+/// columns of B) per load where quads are contiguous (A transposed, B by rows), 4 depths of a
+/// row per load in the other layouts.
 const A_QUADS: u32 = 128;
 const B_QUADS: u32 = 256;
 
@@ -165,14 +165,94 @@ pub(crate) fn stage_quads<N: Size>(
         let mut v = Vector::<f32, N>::empty();
         #[unroll]
         for e in 0..4u32 {
-            let mut val = 0.0f32;
-            if staged_inside(r0 + e, gk, rows, k, shift, tri) {
-                val = g[e as usize];
-            }
-            v[e as usize] = val;
+            v[e as usize] = inside_or_zero(g[e as usize], r0 + e, gk, rows, k, shift, tri);
         }
         s[(base + kk * pitch + q) as usize] = v;
     }
+}
+
+/// [`stage`] for an operand whose element (row r, depth d) lies at off + r·ld + d (A by rows,
+/// B transposed) with off and ld multiples of 4 and every K step starting at a multiple of 4:
+/// a unit loads a 4 x 4 block, its quad's 4 rows at 4 consecutive depths (one aligned vector
+/// of `x4` per row), transposes it in registers and stores the 4 depths' quads. Neighbouring
+/// units take neighbouring depths of one row, so a plane's loads are runs of 64 bytes; a
+/// tile of 64 (128) rows is 64 (128) blocks, so a quarter (half) of the units load, each
+/// four vectors where [`stage`] has every unit make four scalar loads.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_depth_quads<N: Size>(
+    x4: &Array<Vector<f32, Const<4>>>,
+    s: &mut SharedMemory<Vector<f32, N>>,
+    #[comptime] base: u32,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    #[comptime] quads: u32,
+    #[comptime] pitch: u32,
+    shift: i32,
+    #[comptime] tri: u32,
+) {
+    let t = UNIT_POS_Y * 16 + UNIT_POS_X;
+    if t < comptime![quads * BK / 4] {
+        let q = t / comptime![BK / 4];
+        let d0 = (t % comptime![BK / 4]) * 4;
+        let gk = kb + d0;
+        let r0 = origin + 4 * q;
+        let g0 = depth_vector(x4, off, ld, r0, rows, gk, k);
+        let g1 = depth_vector(x4, off, ld, r0 + 1, rows, gk, k);
+        let g2 = depth_vector(x4, off, ld, r0 + 2, rows, gk, k);
+        let g3 = depth_vector(x4, off, ld, r0 + 3, rows, gk, k);
+        #[unroll]
+        for i in 0..4u32 {
+            let mut v = Vector::<f32, N>::empty();
+            v[0] = inside_or_zero(g0[i as usize], r0, gk + i, rows, k, shift, tri);
+            v[1] = inside_or_zero(g1[i as usize], r0 + 1, gk + i, rows, k, shift, tri);
+            v[2] = inside_or_zero(g2[i as usize], r0 + 2, gk + i, rows, k, shift, tri);
+            v[3] = inside_or_zero(g3[i as usize], r0 + 3, gk + i, rows, k, shift, tri);
+            s[(base + (d0 + i) * pitch + q) as usize] = v;
+        }
+    }
+}
+
+/// Row r's 4 depths from gk (a multiple of 4, as the row's start is): one aligned vector, or
+/// zeros where the row or its first depth is outside the operand (the binding's length is a
+/// multiple of 4, so a vector whose first depth is inside lies inside it).
+#[cube]
+fn depth_vector(
+    x4: &Array<Vector<f32, Const<4>>>,
+    off: u32,
+    ld: u32,
+    r: u32,
+    rows: u32,
+    gk: u32,
+    k: u32,
+) -> Vector<f32, Const<4>> {
+    let mut g = Vector::<f32, Const<4>>::new(0.0f32);
+    if r < rows && gk < k {
+        g = x4[((off + r * ld + gk) / 4) as usize];
+    }
+    g
+}
+
+/// `v` where the stage reads element (r, gk) ([`staged_inside`]), else the zero it stands for.
+#[cube]
+fn inside_or_zero(
+    v: f32,
+    r: u32,
+    gk: u32,
+    rows: u32,
+    k: u32,
+    shift: i32,
+    #[comptime] tri: u32,
+) -> f32 {
+    let mut out = 0.0f32;
+    if staged_inside(r, gk, rows, k, shift, tri) {
+        out = v;
+    }
+    out
 }
 
 /// One K step of the staged tiles into a unit's rm x rn accumulators (rows 4·ty + 64·i,
@@ -323,7 +403,11 @@ fn gemm_kernel<N: Size>(
         TRI_NONE
     }];
     while kb < kend {
-        if comptime![flags & A_QUADS != 0] {
+        if comptime![flags & A_QUADS != 0 && a_by_rows] {
+            stage_depth_quads::<N>(
+                a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_shift, a_tri,
+            );
+        } else if comptime![flags & A_QUADS != 0] {
             stage_quads::<N>(
                 a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_shift, a_tri,
             );
@@ -332,7 +416,11 @@ fn gemm_kernel<N: Size>(
                 a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_shift, a_tri,
             );
         }
-        if comptime![flags & B_QUADS != 0] {
+        if comptime![flags & B_QUADS != 0 && b_by_rows] {
+            stage_depth_quads::<N>(
+                b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, tri_shift, b_tri,
+            );
+        } else if comptime![flags & B_QUADS != 0] {
             stage_quads::<N>(
                 b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, tri_shift, b_tri,
             );
@@ -494,10 +582,13 @@ impl<'a> Gemm<'a> {
     }
 }
 
-/// Whether A and B may be staged a quad per vector load ([`stage_quads`]): in the layouts
-/// whose quads are contiguous (A transposed, B by rows: the Hessian's XᵀX and the gradient's
-/// dYᵀX), with the view's offset, leading dimension, batch stride and binding length
-/// multiples of 4 (tile origins and quads are), so every quad is one aligned vector.
+/// Whether A and B may be staged by vector loads, with the view's offset, leading dimension,
+/// batch stride and binding length multiples of 4 (tile origins, quads and K steps are), so
+/// every vector is aligned: in the layouts whose quads are contiguous (A transposed, B by
+/// rows: the Hessian's XᵀX and the gradient's dYᵀX) a quad per load ([`stage_quads`]); in
+/// the others (A by rows, B transposed: LINEAR's X·Wᵀ, the factor's SYRKs) 4 depths of a row
+/// per load ([`stage_depth_quads`]), where K steps start at multiples of 4 (a lower-triangular
+/// B starts them at its shift).
 pub fn quad_loads(g: &Gemm<'_>) -> (bool, bool) {
     let aligned = |v: &View<'_>, stride: usize| {
         v.off.is_multiple_of(4)
@@ -505,9 +596,10 @@ pub fn quad_loads(g: &Gemm<'_>) -> (bool, bool) {
             && v.len.is_multiple_of(4)
             && (g.batch.count == 1 || stride.is_multiple_of(4))
     };
+    let b_steps_aligned = g.b_lower.is_none_or(|s| s.rem_euclid(4) == 0);
     (
-        g.a.trans && aligned(&g.a, g.batch.stride[0]),
-        !g.b.trans && aligned(&g.b, g.batch.stride[1]),
+        aligned(&g.a, g.batch.stride[0]),
+        aligned(&g.b, g.batch.stride[1]) && (!g.b.trans || b_steps_aligned),
     )
 }
 
