@@ -64,16 +64,24 @@ pub fn store_lane_total(s: f32, partial: &mut Array<f32>, slot: u32, valid: bool
     }
 }
 
-/// Row chunks of a per-column reduction over the slabs of `t`: enough chunks for
-/// parallelism, few enough that the partials stay small. (rows per chunk, chunks per slab,
-/// chunks in all.)
-pub(super) fn row_chunks(t: &CubeTensor) -> (usize, Vec<usize>, usize) {
-    let chunk = 256.max(t.rows.div_ceil(64));
+/// Row chunks of a per-column reduction of `width` columns (32 per cube) over the slabs of
+/// `t`: at most 64 chunks of 256 rows or more, so the partials stay small, but chunks down to
+/// 32 rows (4 per row lane) where fewer would leave the launch under `fill` cubes (two waves
+/// of the device where it reports them: 256 tokens of 4096 columns were 128 cubes). (rows
+/// per chunk, chunks per slab, chunks in all.)
+pub(super) fn row_chunks(t: &CubeTensor, width: usize, fill: usize) -> (usize, Vec<usize>, usize) {
+    let chunk = chunk_rows_for(t.rows, width, fill);
     let chunks: Vec<usize> = (0..t.handles.len())
         .map(|s| t.slabs.range(s).1.div_ceil(chunk))
         .collect();
     let parts = chunks.iter().sum();
     (chunk, chunks, parts)
+}
+
+/// Rows per chunk of [`row_chunks`].
+fn chunk_rows_for(rows: usize, width: usize, fill: usize) -> usize {
+    let want = fill.div_ceil(width.div_ceil(32).max(1)).max(1);
+    256.max(rows.div_ceil(64)).min(rows.div_ceil(want).max(32))
 }
 
 /// a ← a·keep + (Σ partials)/total, one thread per column.
@@ -113,7 +121,7 @@ pub fn act_stat_update<R: Runtime>(
     if cols == 0 {
         return Ok(());
     }
-    let (chunk, chunks, parts) = row_chunks(x);
+    let (chunk, chunks, parts) = row_chunks(x, cols, b.fill_cubes);
     let partial = b.scratch(parts.max(1) * cols)?;
     let mut row0 = 0;
     for (s, h) in x.handles.iter().enumerate() {
@@ -249,4 +257,24 @@ pub fn hessian_update<R: Runtime>(
     gemm_split(b, p, Of::transposed(x), Of::rows(x), h);
     mirror_lower(b, h);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_rows_for;
+
+    #[test]
+    fn column_reductions_make_two_waves_where_rows_allow() {
+        let cubes = |rows: usize, width: usize, fill| {
+            width.div_ceil(32) * rows.div_ceil(chunk_rows_for(rows, width, fill))
+        };
+        // 256 tokens of 4096 columns: 128 cubes in one chunk; 3 chunks make 384.
+        assert_eq!(cubes(256, 4096, 264), 384);
+        // Wide enough alone, or many rows: at most 64 chunks of 256 rows or more, as before.
+        assert_eq!(cubes(256, 11008, 264), 344);
+        assert_eq!(chunk_rows_for(32768, 4096, 264), 512);
+        // Chunks stay 32 rows or more; a device that reports nothing keeps one chunk here.
+        assert_eq!(chunk_rows_for(40, 64, 264), 32);
+        assert_eq!(chunk_rows_for(256, 4096, 0), 256);
+    }
 }

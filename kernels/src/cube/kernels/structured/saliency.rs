@@ -365,7 +365,7 @@ fn obs_saliency_columns<R: Runtime>(
         }
     }
     // Row chunks as the activation statistic cuts them: parallel, with few partials.
-    let (chunk, chunks, parts) = row_chunks(w);
+    let (chunk, chunks, parts) = row_chunks(w, ng, b.fill_cubes);
     let partial = b.scratch(parts.max(1) * ng)?;
     let mut row0 = 0;
     for (s, &slab_chunks) in chunks.iter().enumerate() {
@@ -477,7 +477,7 @@ pub fn taylor_saliency<R: Runtime>(
             (part, 1, 0)
         }
         SegmentAxis::Cols => {
-            let (chunk, chunks, parts) = row_chunks(w);
+            let (chunk, chunks, parts) = row_chunks(w, cols, b.fill_cubes);
             let part = b.scratch(parts.max(1) * cols)?;
             let mut row0 = 0;
             for (s, &slab_chunks) in chunks.iter().enumerate() {
