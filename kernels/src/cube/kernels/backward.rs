@@ -3,7 +3,8 @@
 //!
 //! - RMSNorm's dx is a cube per row, as the forward: both row sums in one strided loop, two
 //!   cube reductions, then dx, and the row's r into a scratch; dγ is a two-pass column sum,
-//!   the partial sums of blocks of [`RB`] rows per slab, then each column's partials in order;
+//!   the partial sums of blocks of [`gamma_block_rows`] rows per slab, then each column's
+//!   partials in order;
 //! - RoPE's transposed rotation is the forward's kernel with the sine negated;
 //! - the SiLU-gate's dg and du are one vectorised elementwise kernel;
 //! - the embedding's dE is a thread per entry summing its id's rows of dh in token order, as
@@ -21,10 +22,22 @@ use crate::error::Result;
 use crate::ops::check;
 use crate::plan::id_lists;
 
-/// Rows per block of dγ's first pass. Slab heights are multiples of it, so no block spans two
-/// slabs and the blocks (hence dγ's bits) are fixed by the shape alone.
-const RB: u32 = 64;
-const _: () = assert!(ROW_ALIGN.is_multiple_of(RB as usize));
+/// The most rows per block of dγ's first pass.
+const RB: usize = 64;
+const _: () = assert!(ROW_ALIGN.is_multiple_of(RB));
+
+/// Rows per block of dγ's first pass over n rows of d columns: 64, or where that leaves the
+/// pass (a thread per block and column) under `fill` cubes (two waves of the device where it
+/// reports them) the largest of 32, 16 and 8 that makes them, else 8: 256 tokens of 4096
+/// columns were 64 cubes. A divisor of 64, so slab heights are multiples of it, no block spans
+/// two slabs and the blocks (hence dγ's bits) are fixed by the shape and device alone.
+fn gamma_block_rows(n: usize, d: usize, fill: usize) -> usize {
+    let threads = fill * BLOCK as usize;
+    [RB, 32, 16]
+        .into_iter()
+        .find(|&rb| n.div_ceil(rb) * d >= threads)
+        .unwrap_or(8)
+}
 
 /// With r = (mean(x²) + eps)^(−1/2) and g = γ ⊙ dy per row: dx = r·g − (r³/cols)·x·Σ g·x, and
 /// r into `inv`; one cube per row of a slab.
@@ -82,12 +95,13 @@ fn rms_gamma_partials_kernel(
     rows: u32,
     cols: u32,
     n: u32,
+    rb: u32,
 ) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         let j = i % cols;
-        let mut t = (i / cols) * RB;
-        let mut stop = t + RB;
+        let mut t = (i / cols) * rb;
+        let mut stop = t + rb;
         if stop > rows {
             stop = rows;
         }
@@ -184,7 +198,8 @@ fn embed_backward_kernel(
 }
 
 /// dx a cube per row (which also leaves the row's r), then dγ in two passes: per slab the
-/// partial sums of its blocks of [`RB`] rows, then each column's partials, slab after slab.
+/// partial sums of its blocks of [`gamma_block_rows`] rows, then each column's partials, slab
+/// after slab.
 pub fn rms_norm_backward<R: Runtime>(
     b: &CubeBackend<R>,
     x: &CubeTensor,
@@ -201,13 +216,14 @@ pub fn rms_norm_backward<R: Runtime>(
     if d == 0 {
         return Ok((dx, dgamma));
     }
+    let rb = gamma_block_rows(n, d, b.fill_cubes);
     let mut partials = Vec::new();
     for s in 0..x.handles.len() {
         let rn = x.slabs.range(s).1;
         if rn == 0 {
             continue;
         }
-        let blocks = rn.div_ceil(RB as usize);
+        let blocks = rn.div_ceil(rb);
         let (inv, part) = (b.scratch(rn)?, b.scratch(blocks * d)?);
         let len = x.slab_len(s);
         // SAFETY: one cube per row of the slab, each thread striding over its columns; γ
@@ -241,6 +257,7 @@ pub fn rms_norm_backward<R: Runtime>(
                 rn as u32,
                 d as u32,
                 (blocks * d) as u32,
+                rb as u32,
             );
         }
         partials.push((part, blocks));
@@ -366,4 +383,22 @@ pub fn embed_backward<R: Runtime>(
         }
     }
     Ok(de)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gamma_block_rows;
+
+    #[test]
+    fn gamma_partials_make_two_waves_where_rows_allow() {
+        let cubes =
+            |n: usize, d: usize| (n.div_ceil(gamma_block_rows(n, d, 264)) * d).div_ceil(256);
+        // 256 tokens of 4096 columns: 64 cubes in blocks of 64 rows, 512 in blocks of 8.
+        assert_eq!(gamma_block_rows(256, 4096, 264), 8);
+        assert_eq!(cubes(256, 4096), 512);
+        // Enough rows: blocks of 64 as before; a device that reports nothing keeps them.
+        assert_eq!(gamma_block_rows(4096, 4096, 264), 64);
+        assert_eq!(gamma_block_rows(256, 4096, 0), 64);
+        assert_eq!(gamma_block_rows(1024, 4096, 264), 32);
+    }
 }
