@@ -114,22 +114,47 @@ fn digit(kv: u32, shift: u32) -> u32 {
     return (kv >> shift) & select(0x7ffu, 0x3ffu, shift == 0u);
 }
 
-// Inclusive scan of scan[0..256) in place; every thread must call it.
+// Inclusive scan of scan[0..256) in place, its entries written before a barrier; every
+// thread must call it. Runs of 16: 16 invocations each total a run, one makes the runs'
+// exclusive prefix, then each invocation adds its run's prefix and the entries before it in
+// its run. Four barriers where a Hillis-Steele scan takes 16: a barrier costs little on a
+// GPU, but every workgroup of the whole-group selection scans a histogram.
+var<workgroup> runs: array<u32, 16>;
 fn scan256(t: u32) {
-    for (var off = 1u; off < 256u; off = off * 2u) {
-        var v = 0u;
-        if (t >= off) { v = scan[t - off]; }
-        workgroupBarrier();
-        scan[t] = scan[t] + v;
-        workgroupBarrier();
+    if (t < 16u) {
+        var s = 0u;
+        for (var i = 0u; i < 16u; i++) { s += scan[t * 16u + i]; }
+        runs[t] = s;
     }
+    workgroupBarrier();
+    if (t == 0u) {
+        var c = 0u;
+        for (var i = 0u; i < 16u; i++) {
+            let v = runs[i];
+            runs[i] = c;
+            c += v;
+        }
+    }
+    workgroupBarrier();
+    var v = runs[t / 16u];
+    for (var i = t / 16u * 16u; i <= t; i++) { v += scan[i]; }
+    workgroupBarrier();
+    scan[t] = v;
+    workgroupBarrier();
 }
 
 // With `hist` filled: finds the bin holding the kk-th lowest key; sets pick_digit and
 // pick_kk (kk within that bin).
 fn find_digit(t: u32, kk: u32) {
+    var h: array<u32, 8>;
+    for (var i = 0u; i < 8u; i++) { h[i] = atomicLoad(&hist[t * 8u + i]); }
+    find_digit_of(t, h, kk);
+}
+
+// find_digit over the bins t·8 .. t·8 + 8 of invocation t, given in `h`.
+fn find_digit_of(t: u32, h: array<u32, 8>, kk: u32) {
     var s = 0u;
-    for (var i = 0u; i < 8u; i++) { s += atomicLoad(&hist[t * 8u + i]); }
+    for (var i = 0u; i < 8u; i++) { s += h[i]; }
     scan[t] = s;
     workgroupBarrier();
     scan256(t);
@@ -138,13 +163,12 @@ fn find_digit(t: u32, kk: u32) {
     if (excl < kk && kk <= incl) {
         var cum = excl;
         for (var i = 0u; i < 8u; i++) {
-            let h = atomicLoad(&hist[t * 8u + i]);
-            if (cum + h >= kk) {
+            if (cum + h[i] >= kk) {
                 pick_digit = t * 8u + i;
                 pick_kk = kk - cum;
                 break;
             }
-            cum += h;
+            cum += h[i];
         }
     }
     workgroupBarrier();
@@ -284,13 +308,11 @@ fn decided(t: u32, p: u32, lead: bool) -> vec2<u32> {
         prefix = state[2u * (p - 1u)];
         kk = state[2u * (p - 1u) + 1u];
     }
+    var h: array<u32, 8>;
     for (var i = 0u; i < 8u; i++) {
-        var h = 0u;
-        if (p == 3u) { h = atomicLoad(&ghist[t * 8u + i]); } else { h = tiecnt[t * 8u + i]; }
-        atomicStore(&hist[t * 8u + i], h);
+        if (p == 3u) { h[i] = atomicLoad(&ghist[t * 8u + i]); } else { h[i] = tiecnt[t * 8u + i]; }
     }
-    workgroupBarrier();
-    find_digit(t, kk);
+    find_digit_of(t, h, kk);
     let d = workgroupUniformLoad(&pick_digit);
     let left = workgroupUniformLoad(&pick_kk);
     prefix = prefix | (d << pass_shift(p - 1u));
@@ -301,8 +323,8 @@ fn decided(t: u32, p: u32, lead: bool) -> vec2<u32> {
     return vec2<u32>(prefix, left);
 }
 
-// Digit pass `digit_pass` over this window's part of the group: `chunk` entries per
-// workgroup, up to 16 per thread, into the pass's histogram `ghist` (cleared by the host).
+// Digit pass `digit_pass` over this window's part of the group: chunks of `chunk` entries,
+// up to 16 per thread, into the pass's histogram `ghist` (cleared by the host).
 @compute @workgroup_size(256, 1, 1)
 fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -316,12 +338,16 @@ fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let width = P.c1 - P.c0;
     clear_hist(t);
     workgroupBarrier();
-    let first = g * P.chunk;
-    for (var i = 0u; i < P.chunk / 256u; i++) {
-        let e = first + i * 256u + t;
-        if (e < P.nelem) {
-            let kv = key(e / width, P.c0 + e % width);
-            if (matches(kv, prefix, P.shift)) { atomicAdd(&hist[digit(kv, P.shift)], 1u); }
+    // Chunks g, g + G, ...: at most MAX_HIST_GROUPS workgroups, so that deciding the digit
+    // (8 KB read per workgroup) stays small beside the pass.
+    let groups = nwg.x * nwg.y;
+    for (var first = g * P.chunk; first < P.nelem; first += groups * P.chunk) {
+        for (var i = 0u; i < P.chunk / 256u; i++) {
+            let e = first + i * 256u + t;
+            if (e < P.nelem) {
+                let kv = key(e / width, P.c0 + e % width);
+                if (matches(kv, prefix, P.shift)) { atomicAdd(&hist[digit(kv, P.shift)], 1u); }
+            }
         }
     }
     workgroupBarrier();

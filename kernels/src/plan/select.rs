@@ -4,13 +4,27 @@
 //! each workgroup a chunk of whole rows, so a mask word is written by one workgroup and the
 //! ties before a chunk are a sum of the counts of the chunks before it.
 
-/// Chunks a group's rows are cut into at most: two waves of an H100's 132 SMs and more,
-/// while the write pass's sum over earlier chunks stays at two loads per invocation.
+/// Chunks a group's rows are cut into at most: the write pass's sum over earlier chunks stays
+/// at two loads per invocation.
 pub const MAX_CHUNKS: usize = 512;
 
-/// Rows per chunk of a group of `rows` rows: the fewest that make at most [`MAX_CHUNKS`].
-pub fn chunk_rows(rows: usize) -> usize {
-    rows.div_ceil(MAX_CHUNKS).max(1)
+/// Chunks the rows are cut into at least where they allow: two waves of a GPU with 128
+/// compute units (an H100's two waves, 264, are within a chunk of it).
+pub const FILL_CHUNKS: usize = 256;
+
+/// Entries a chunk should hold at least: every workgroup of the tie pass first reads the
+/// 2048-bin histogram (8 KB), which a chunk of fewer keys would not pay for.
+pub const CHUNK_ENTRIES: usize = 2048;
+
+/// Rows per chunk of a group of `rows` rows of `width` columns: [`CHUNK_ENTRIES`] or more
+/// per chunk where that leaves [`FILL_CHUNKS`] chunks, fewer rows where it would not, and
+/// never more than [`MAX_CHUNKS`] chunks. SparseGPT's 4096 x 128 block: 256 chunks of 16
+/// rows; a 4096 x 11008 matrix: 512 chunks of 8 rows.
+pub fn chunk_rows(rows: usize, width: usize) -> usize {
+    let fewest = rows.div_ceil(MAX_CHUNKS).max(1);
+    let want = CHUNK_ENTRIES.div_ceil(width.max(1));
+    let filling = (rows / FILL_CHUNKS).max(1);
+    fewest.max(want.min(filling))
 }
 
 /// The chunks of one window of the group's rows, [r0, r1): its first chunk's index over the
@@ -50,11 +64,21 @@ mod tests {
     #[test]
     fn chunks_cover_every_row_once_and_number_on_across_windows() {
         for rows in [1, 7, 511, 512, 513, 4096, 28672] {
-            let per = chunk_rows(rows);
-            assert!(rows.div_ceil(per) <= MAX_CHUNKS, "{rows}");
-            // The fewest rows per chunk: one fewer would make too many.
-            assert!(per == 1 || rows.div_ceil(per - 1) > MAX_CHUNKS, "{rows}");
+            for width in [1, 37, 128, 4096, 11008] {
+                let per = chunk_rows(rows, width);
+                let chunks = rows.div_ceil(per);
+                assert!(chunks <= MAX_CHUNKS, "{rows} x {width}");
+                // Two waves where the rows allow, or chunks of the entries wanted.
+                assert!(
+                    chunks >= FILL_CHUNKS.min(rows) || per * width >= CHUNK_ENTRIES,
+                    "{rows} x {width}"
+                );
+            }
         }
+        assert_eq!(chunk_rows(4096, 128), 16);
+        assert_eq!(chunk_rows(4096, 11008), 8);
+        assert_eq!(chunk_rows(28672, 8192), 56);
+        assert_eq!(chunk_rows(13, 300), 1);
         let wins = [(0, 10), (10, 25), (25, 26)];
         let ch = window_chunks(&wins, 4);
         assert_eq!(

@@ -47,6 +47,12 @@ fn hist_chunk(nelem: usize) -> usize {
 /// Workgroups a histogram pass aims for: two waves of a GPU with 128 compute units.
 const HIST_GROUPS: usize = 256;
 
+/// Workgroups a histogram pass has at most (8 per compute unit of a large GPU), each taking
+/// every so many chunks: every workgroup of passes 2 and 3 first decides the previous digit
+/// from its 8 KB histogram, which stays small beside the pass this way (at 4096 x 11008, 8 MB
+/// of reads from L2 against 180 MB of W, where a workgroup per chunk read 88 MB).
+const MAX_HIST_GROUPS: usize = 1024;
+
 /// How keys are made from the source values (select.wgsl's `key`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyKind {
@@ -85,9 +91,12 @@ const BINS: usize = 2048;
 const STATE_WORDS: usize = 8;
 
 impl Ctx {
-    /// For selections over groups of `rows` rows of a `cols`-column source.
+    /// For selections over groups of `rows` rows of a `cols`-column source (any columns of
+    /// it: a window's chunks are at most its rows, and the chunks of all windows at most
+    /// `MAX_CHUNKS` and one more per window).
     pub(crate) fn group_scratch(&self, rows: usize, cols: usize) -> Result<GroupScratch> {
-        let chunks = self.group_chunks(rows, cols)?.iter().map(|w| w.count).sum();
+        let windows = self.row_slabs(rows, cols, 1, usize::MAX)?.len();
+        let chunks = rows.min(plan::select::MAX_CHUNKS + windows).max(1);
         let hist = || self.alloc("selection histogram", BINS, None);
         Ok(GroupScratch {
             hists: [hist()?, hist()?, hist()?],
@@ -95,15 +104,6 @@ impl Ctx {
             ties: self.scratch("selection tie counts", chunks)?,
             chunks,
         })
-    }
-
-    /// The chunks of whole rows the tie and write passes take, per window of the source.
-    fn group_chunks(&self, rows: usize, cols: usize) -> Result<Vec<plan::select::WindowChunks>> {
-        let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
-        Ok(plan::select::window_chunks(
-            &slabs,
-            plan::select::chunk_rows(rows),
-        ))
     }
 
     /// Windows and bases of the source rows [r0, r1) (and of `grad`, `mask`).
@@ -226,7 +226,8 @@ impl Ctx {
         let cols = ks.src.cols;
         let width = c1 - c0;
         let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
-        let windows = self.group_chunks(rows, cols)?;
+        let per = plan::select::chunk_rows(rows, width);
+        let windows = plan::select::window_chunks(&slabs, per);
         let chunks: usize = windows.iter().map(|w| w.count).sum();
         assert!(
             chunks <= sc.chunks,
@@ -241,7 +242,7 @@ impl Ctx {
             c1: c1 as u32,
             k: k as u32,
             full_words: full_words as u32,
-            chunk_rows: plan::select::chunk_rows(rows) as u32,
+            chunk_rows: per as u32,
             ..Default::default()
         };
         // Bindings 5 and 7 by entry point: the pass's histogram and the previous one
@@ -289,7 +290,10 @@ impl Ctx {
                         b,
                         "hist_pass",
                         &p,
-                        grid(nelem.div_ceil(p.chunk as usize) as u64, maxg),
+                        grid(
+                            nelem.div_ceil(p.chunk as usize).min(MAX_HIST_GROUPS) as u64,
+                            maxg,
+                        ),
                         s,
                         (hist(pass)?, prev),
                     )?;

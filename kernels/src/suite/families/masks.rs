@@ -58,7 +58,7 @@ pub fn small_cases() -> Vec<OpCase> {
     }
     v.push(OpCase::new(Op::Mask(row(0.5)), 1, 37));
     v.push(OpCase::new(Op::Mask(matrix(0.5)), 1, 37));
-    // Above 512 rows the whole-matrix selection's chunks hold several rows (4 here: every
+    // Above 256 rows the whole-matrix selection's chunks hold several rows (6 here: every
     // third row is tied, so ties carry from chunk to chunk and from row to row in a chunk).
     v.push(OpCase::new(Op::Mask(matrix(0.22)), 1600, 37));
     v.push(OpCase::new(Op::Mask(NM48), 13, 296));

@@ -11,7 +11,7 @@ use cubecl::server::Handle;
 use super::super::super::storage::{arg, CubeMask, CubeTensor};
 use super::super::super::CubeBackend;
 use super::super::reduce::{cube_exclusive_scan, CUBE};
-use super::keys::{cube_index, digit, find_bin, load_key, write_row_mask};
+use super::keys::{cube_index, digit, find_bin_of, load_key, write_row_mask};
 use super::BINS;
 use crate::error::{KernelError, Result};
 use crate::plan;
@@ -22,13 +22,13 @@ use crate::plan;
 const STATE_WORDS: usize = 8;
 
 /// The digits decided by passes 0..pass (pass 1..=3) and the rank left: the previous pass's
-/// histogram (`pass - 1`) scanned in `sh` below the digits and rank it started from (slot
-/// pass - 1, or none and k). With `lead`, unit 0 leaves them in slot `pass` for the next launch.
+/// histogram (`pass - 1`), each unit's 8 bins in registers, scanned below the digits and rank
+/// it started from (slot pass - 1, or none and k). With `lead`, unit 0 leaves them in slot
+/// `pass` for the next launch.
 #[cube]
 fn decided(
     hist: &Array<Atomic<u32>>,
     state: &mut Array<u32>,
-    sh: &SharedMemory<Atomic<u32>>,
     k: u32,
     lead: bool,
     #[comptime] pass: u32,
@@ -43,13 +43,12 @@ fn decided(
         prefix = state[comptime![2 * (pass - 1)] as usize];
         krem = state[comptime![2 * (pass - 1) + 1] as usize];
     }
+    let mut h = Array::<u32>::new(8usize);
     #[unroll]
     for q in 0..8u32 {
-        let b = t * 8 + q;
-        sh[b as usize].store(hist[(comptime![(pass - 1) * BINS] + b) as usize].load());
+        h[q as usize] = hist[(comptime![(pass - 1) * BINS] + t * 8 + q) as usize].load();
     }
-    sync_cube();
-    find_bin(sh, &mut res, &mut scan, krem);
+    find_bin_of(&h, &mut res, &mut scan, krem);
     let decided = (prefix << width) | res[0];
     let left = res[1];
     if lead && t == 0 {
@@ -85,7 +84,7 @@ fn matrix_hist_kernel(
     let sh = SharedMemory::<Atomic<u32>>::new(BINS as usize);
     let mut prefix = 0u32;
     if comptime![pass > 0] {
-        let (p, _left) = decided(hist, state, &sh, k, lead == 1 && CUBE_POS == 0, pass);
+        let (p, _left) = decided(hist, state, k, lead == 1 && CUBE_POS == 0, pass);
         prefix = p;
     }
     #[unroll]
@@ -142,8 +141,7 @@ fn chunk_ties_kernel(
     #[comptime] src: u32,
 ) {
     let g = cube_index();
-    let sh = SharedMemory::<Atomic<u32>>::new(BINS as usize);
-    let (v, _left) = decided(hist, state, &sh, k, lead == 1 && g == 0, 3u32);
+    let (v, _left) = decided(hist, state, k, lead == 1 && g == 0, 3u32);
     let r0 = g * chunk_rows;
     if r0 < rows {
         let mut r1 = r0 + chunk_rows;
@@ -268,7 +266,7 @@ pub fn select_global<R: Runtime>(
     let ld = x.cols;
     let state = b.scratch_from(&[0; STATE_WORDS])?;
     let hist = b.scratch_from(&vec![0u32; 3 * BINS as usize])?;
-    let per = plan::select::chunk_rows(rows);
+    let per = plan::select::chunk_rows(rows, ncols);
     let windows = plan::select::window_chunks(&x.slabs.bounds(), per);
     let chunks: usize = windows.iter().map(|w| w.count).sum();
     let ties = b.scratch(chunks)?;

@@ -92,10 +92,27 @@ pub fn find_bin(
     krem: u32,
 ) {
     let t = UNIT_POS;
+    let mut h = Array::<u32>::new(8usize);
+    #[unroll]
+    for q in 0..8u32 {
+        h[q as usize] = hist[(t * 8 + q) as usize].load();
+    }
+    find_bin_of(&h, res, scan, krem);
+}
+
+/// [`find_bin`] over the counts of unit t's bins t·8 .. t·8 + 8, given in `h`.
+#[cube]
+pub fn find_bin_of(
+    h: &Array<u32>,
+    res: &mut SharedMemory<u32>,
+    scan: &mut SharedMemory<u32>,
+    krem: u32,
+) {
+    let t = UNIT_POS;
     let mut local = 0u32;
     #[unroll]
     for q in 0..8u32 {
-        local += hist[(t * 8 + q) as usize].load();
+        local += h[q as usize];
     }
     let (excl, _total) = cube_exclusive_scan(local, scan);
     if excl < krem && krem <= excl + local {
@@ -103,13 +120,13 @@ pub fn find_bin(
         let mut found = false;
         #[unroll]
         for q in 0..8u32 {
-            let h = hist[(t * 8 + q) as usize].load();
-            if !found && before < krem && krem <= before + h {
+            let c = h[q as usize];
+            if !found && before < krem && krem <= before + c {
                 res[0] = t * 8 + q;
                 res[1] = krem - before;
                 found = true;
             }
-            before += h;
+            before += c;
         }
     }
     sync_cube();
