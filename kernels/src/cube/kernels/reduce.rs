@@ -47,47 +47,30 @@ pub fn cube_sum(v: f32, #[comptime] plane: bool) -> f32 {
 }
 
 /// Exclusive prefix sum of `v` over the cube's 256 threads in thread order, and the total.
-/// The exclusive prefix of `v` over the cube's 256 units, and the cube's total, through
-/// `sh`, 256 words of shared memory the caller allocates once per kernel (each
-/// `SharedMemory::new` is its own allocation, even in a loop body that is unrolled). Runs of
-/// 16: 16 units each total a run, one makes the runs' prefixes, then each unit adds its run's
-/// prefix and the entries before it in its run: four syncs, where a Hillis-Steele scan takes
-/// 18 (the selections scan once per mask word round and per histogram).
+/// A Hillis-Steele scan (8 steps) in `sh`, 256 words of shared memory the caller allocates
+/// once per kernel (each `SharedMemory::new` is its own allocation, even in a loop body that
+/// is unrolled); scans here run once per mask word round, so simplicity wins over a
+/// work-efficient scan.
 #[cube]
 pub fn cube_exclusive_scan(v: u32, sh: &mut SharedMemory<u32>) -> (u32, u32) {
-    let t = UNIT_POS;
-    let mut runs = SharedMemory::<u32>::new(17usize);
-    sh[t as usize] = v;
+    let t = UNIT_POS as usize;
+    sh[t] = v;
     sync_cube();
-    if t < 16 {
-        let mut s = 0u32;
-        #[unroll]
-        for i in 0..16u32 {
-            s += sh[(t * 16 + i) as usize];
+    #[unroll]
+    for step in 0..8u32 {
+        let d = comptime![1u32 << step];
+        let mut add = 0u32;
+        if UNIT_POS >= d {
+            add = sh[t - d as usize];
         }
-        runs[t as usize] = s;
+        sync_cube();
+        sh[t] += add;
+        sync_cube();
     }
+    let incl = sh[t];
+    let total = sh[CUBE as usize - 1];
     sync_cube();
-    if t == 0 {
-        let mut c = 0u32;
-        #[unroll]
-        for i in 0..16u32 {
-            let x = runs[i as usize];
-            runs[i as usize] = c;
-            c += x;
-        }
-        runs[16] = c;
-    }
-    sync_cube();
-    let mut excl = runs[(t / 16) as usize];
-    let mut i = t / 16 * 16;
-    while i < t {
-        excl += sh[i as usize];
-        i += 1;
-    }
-    let total = runs[16];
-    sync_cube();
-    (excl, total)
+    (incl - v, total)
 }
 
 #[cube(launch_unchecked)]
