@@ -588,8 +588,10 @@ impl<'a> Gemm<'a> {
 /// rows: the Hessian's XᵀX and the gradient's dYᵀX) a quad per load ([`stage_quads`]); in
 /// the others (A by rows, B transposed: LINEAR's X·Wᵀ, the factor's SYRKs) 4 depths of a row
 /// per load ([`stage_depth_quads`]), where K steps start at multiples of 4 (a lower-triangular
-/// B starts them at its shift).
-pub fn quad_loads(g: &Gemm<'_>) -> (bool, bool) {
+/// B starts them at its shift) and the operand's side of the tile (`tm` for A, `tn` for B) is
+/// 128. At 64 its 4 x 4 blocks cost 11 to 19 registers (occupancy 62-75% to 50% on sm_90a)
+/// for 8 load instructions per unit in 300; at 128 they take no more than scalar loads.
+pub fn quad_loads(g: &Gemm<'_>, (tm, tn): (usize, usize)) -> (bool, bool) {
     let aligned = |v: &View<'_>, stride: usize| {
         v.off.is_multiple_of(4)
             && v.ld.is_multiple_of(4)
@@ -598,8 +600,8 @@ pub fn quad_loads(g: &Gemm<'_>) -> (bool, bool) {
     };
     let b_steps_aligned = g.b_lower.is_none_or(|s| s.rem_euclid(4) == 0);
     (
-        aligned(&g.a, g.batch.stride[0]),
-        aligned(&g.b, g.batch.stride[1]) && (!g.b.trans || b_steps_aligned),
+        aligned(&g.a, g.batch.stride[0]) && (g.a.trans || tm == 128),
+        aligned(&g.b, g.batch.stride[1]) && (!g.b.trans || (b_steps_aligned && tn == 128)),
     )
 }
 
@@ -630,7 +632,8 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         assert_eq!(g.epi, EPI_STORE, "a transposed C is only stored");
         flags |= C_TRANS;
     }
-    let (a_quads, b_quads) = quad_loads(g);
+    let (tm, tn) = tile_shape(g.m, g.n, g.batch.count, b.fill_cubes);
+    let (a_quads, b_quads) = quad_loads(g, (tm, tn));
     if a_quads {
         flags |= A_QUADS;
     }
@@ -638,7 +641,6 @@ pub fn gemm<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         flags |= B_QUADS;
     }
     let (dot_h, dot_len, dot_base) = g.dot.unwrap_or((g.c.h, g.c.len, 0));
-    let (tm, tn) = tile_shape(g.m, g.n, g.batch.count, b.fill_cubes);
     let count = CubeCount::Static(
         g.n.div_ceil(tn) as u32,
         g.m.div_ceil(tm) as u32,
