@@ -255,6 +255,44 @@ fn inside_or_zero(
     out
 }
 
+/// One operand's K step by the loads its layout and alignment allow: with `vector`,
+/// [`stage_depth_quads`] (by rows) or [`stage_quads`] from `x4`; otherwise [`stage`]'s scalar
+/// loads from `x` (the same binding).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_operand<N: Size>(
+    x: &Array<f32>,
+    x4: &Array<Vector<f32, Const<4>>>,
+    s: &mut SharedMemory<Vector<f32, N>>,
+    #[comptime] base: u32,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    #[comptime] quads: u32,
+    #[comptime] pitch: u32,
+    #[comptime] by_rows: bool,
+    #[comptime] vector: bool,
+    shift: i32,
+    #[comptime] tri: u32,
+) {
+    if comptime![vector && by_rows] {
+        stage_depth_quads::<N>(
+            x4, s, base, off, ld, origin, rows, kb, k, quads, pitch, shift, tri,
+        );
+    } else if comptime![vector] {
+        stage_quads::<N>(
+            x4, s, base, off, ld, origin, rows, kb, k, quads, pitch, shift, tri,
+        );
+    } else {
+        stage::<N>(
+            x, s, base, off, ld, origin, rows, kb, k, quads, pitch, by_rows, shift, tri,
+        );
+    }
+}
+
 /// One K step of the staged tiles into a unit's rm x rn accumulators (rows 4·ty + 64·i,
 /// columns 4·tx + 64·j): A's quads from `pa` vectors per depth step, B's from `sb` at `pb`
 /// per step, one vector load from shared memory per 16 FMAs (4x4) or 32 (8x8).
@@ -403,32 +441,42 @@ fn gemm_kernel<N: Size>(
         TRI_NONE
     }];
     while kb < kend {
-        if comptime![flags & A_QUADS != 0 && a_by_rows] {
-            stage_depth_quads::<N>(
-                a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_shift, a_tri,
-            );
-        } else if comptime![flags & A_QUADS != 0] {
-            stage_quads::<N>(
-                a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_shift, a_tri,
-            );
-        } else {
-            stage::<N>(
-                a, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_shift, a_tri,
-            );
-        }
-        if comptime![flags & B_QUADS != 0 && b_by_rows] {
-            stage_depth_quads::<N>(
-                b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, tri_shift, b_tri,
-            );
-        } else if comptime![flags & B_QUADS != 0] {
-            stage_quads::<N>(
-                b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, tri_shift, b_tri,
-            );
-        } else {
-            stage::<N>(
-                b, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, tri_shift, b_tri,
-            );
-        }
+        stage_operand::<N>(
+            a,
+            a4,
+            &mut st,
+            0u32,
+            a_off,
+            a_ld,
+            i0,
+            m,
+            kb,
+            k,
+            qa,
+            pa,
+            a_by_rows,
+            comptime![flags & A_QUADS != 0],
+            a_shift,
+            a_tri,
+        );
+        stage_operand::<N>(
+            b,
+            b4,
+            &mut st,
+            sb,
+            b_off,
+            b_ld,
+            j0,
+            ncols,
+            kb,
+            k,
+            qb,
+            pb,
+            b_by_rows,
+            comptime![flags & B_QUADS != 0],
+            tri_shift,
+            b_tri,
+        );
         sync_cube();
         multiply_staged::<N>(&st, &mut acc, pa, pb, sb, rm, rn);
         sync_cube();

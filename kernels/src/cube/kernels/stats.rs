@@ -38,7 +38,13 @@ fn colsumsq_kernel(
 /// Rows [r0, r1) of the chunk of `chunk` rows at CUBE_POS_Y, cut at `rows`.
 #[cube]
 pub fn chunk_rows(rows: u32, chunk: u32) -> (u32, u32) {
-    let r0 = CUBE_POS_Y * chunk;
+    rows_of_chunk(CUBE_POS_Y, rows, chunk)
+}
+
+/// Rows [r0, r1) of chunk `g` of `chunk` rows, cut at `rows` (empty past the last chunk).
+#[cube]
+pub fn rows_of_chunk(g: u32, rows: u32, chunk: u32) -> (u32, u32) {
+    let r0 = g * chunk;
     let mut r1 = r0 + chunk;
     if r1 > rows {
         r1 = rows;

@@ -11,6 +11,7 @@ use cubecl::server::Handle;
 use super::super::super::storage::{arg, CubeMask, CubeTensor};
 use super::super::super::CubeBackend;
 use super::super::reduce::{cube_exclusive_scan, CUBE};
+use super::super::stats::rows_of_chunk;
 use super::keys::{cube_index, digit, find_bin_of, load_key, write_row_mask};
 use super::BINS;
 use crate::error::{KernelError, Result};
@@ -142,12 +143,8 @@ fn chunk_ties_kernel(
 ) {
     let g = cube_index();
     let (v, _left) = decided(hist, state, k, lead == 1 && g == 0, 3u32);
-    let r0 = g * chunk_rows;
+    let (r0, r1) = rows_of_chunk(g, rows, chunk_rows);
     if r0 < rows {
-        let mut r1 = r0 + chunk_rows;
-        if r1 > rows {
-            r1 = rows;
-        }
         let n = (r1 - r0) * ncols;
         let mut cnt = 0u32;
         let mut e = UNIT_POS;
@@ -191,7 +188,7 @@ fn chunk_mask_kernel(
     #[comptime] apply: bool,
 ) {
     let g = cube_index();
-    let r0 = g * chunk_rows;
+    let (r0, r1) = rows_of_chunk(g, rows, chunk_rows);
     if r0 < rows {
         let v = state[6];
         let need = state[7];
@@ -205,10 +202,6 @@ fn chunk_mask_kernel(
         let (_excl, earlier) = cube_exclusive_scan(s, &mut scan);
         let mut before = earlier;
         let keys = SharedMemory::<u32>::new(1usize);
-        let mut r1 = r0 + chunk_rows;
-        if r1 > rows {
-            r1 = rows;
-        }
         for r in r0..r1 {
             let mut quota = 0u32;
             if need > before {
