@@ -29,6 +29,12 @@ struct Params {
     nm: u32,          // 1: N:M selection in the loop; 0: decisions from the mask
     n: u32,
     m: u32,
+    sel: u32,         // 1: this dispatch ends the block's selection (the first sub-block)
+    sel_base: u32,    // the block's half of the selection buffer
+    sel_clear: u32,   // the other half, cleared by the lead dispatch for the next block
+    lead: u32,        // 1 in the dispatch over W's first window
+    b0: u32,          // the block's columns [b0, b1) (it may be wider than this sub-block)
+    b1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -39,6 +45,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read> dg: array<f32>;      // diag(U), cols
 @group(0) @binding(7) var<storage, read> dead: array<u32>;    // dead-column flags, cols
+// SparseGPT's block selection (select.wgsl's block_hist and block_candidates made the
+// histograms, the 16-bit digit D, the rank left in it and the candidates).
+@group(0) @binding(8) var<storage, read_write> sel: array<atomic<u32>>;
 
 const SB: u32 = 128u;
 const RB: u32 = 8u;
@@ -51,6 +60,162 @@ var<workgroup> w1: array<f32, 1024>;        // RB x SB
 var<workgroup> uc: array<f32, 1024>;        // UC x SB rows of U1
 var<workgroup> pr: array<atomic<u32>, 32>;  // RB x 4 words of pruned flags
 var<workgroup> ev: array<f32, 8>;           // this step's error per row
+var<workgroup> shist: array<atomic<u32>, 256>;
+var<workgroup> sscan: array<u32, WG>;
+var<workgroup> sflag: array<u32, WG>;
+var<workgroup> spick: vec2<u32>;
+
+// select.wgsl's layout of a block's half of the selection buffer.
+const SEL_HIST_WORDS: u32 = 65796u;
+const SEL_COUNT: u32 = 65792u;
+const SEL_DIGIT: u32 = 65793u;
+const SEL_RANK: u32 = 65794u;
+const SEL_CAND: u32 = 65796u;
+
+fn flip(bits: u32) -> u32 {
+    if ((bits & 0x80000000u) != 0u) { return ~bits; }
+    return bits | 0x80000000u;
+}
+
+// The selection key of W(r, c) (select.wgsl's kind 4: the same expression, so the same key).
+fn obs_key(r: u32, c: u32) -> u32 {
+    let v = w[P.w_base + r * P.cols + c];
+    let d = dg[c];
+    return flip(bitcast<u32>((v * v) / (d * d)));
+}
+
+// Inclusive sum of sscan[0..WG) in place (Hillis-Steele); every invocation calls it.
+fn scan_all(t: u32) {
+    for (var o = 1u; o < WG; o = o * 2u) {
+        workgroupBarrier();
+        var v = sscan[t];
+        if (t >= o) { v += sscan[t - o]; }
+        workgroupBarrier();
+        sscan[t] = v;
+    }
+    workgroupBarrier();
+}
+
+// The bin of shist holding the kk-th lowest and the rank left within it (each invocation
+// sums a run of 256 / WG bins).
+fn pick_bin(t: u32, kk: u32) -> vec2<u32> {
+    let per = 256u / WG;
+    var h = 0u;
+    for (var i = 0u; i < per; i++) { h += atomicLoad(&shist[t * per + i]); }
+    sscan[t] = h;
+    scan_all(t);
+    var cum = sscan[t] - h;
+    if (cum < kk && kk <= sscan[t]) {
+        for (var i = 0u; i < per; i++) {
+            let c = atomicLoad(&shist[t * per + i]);
+            if (cum + c >= kk) {
+                spick = vec2<u32>(t * per + i, kk - cum);
+                break;
+            }
+            cum += c;
+        }
+    }
+    return workgroupUniformLoad(&spick);
+}
+
+// Over the candidates (keys whose top 16 bits are D): a histogram of their bits 15..8, or of
+// bits 7..0 of those whose bits 15..8 are `hi` (hi < 256).
+fn cand_hist(t: u32, n: u32, hi: u32) {
+    for (var i = t; i < 256u; i += WG) { atomicStore(&shist[i], 0u); }
+    workgroupBarrier();
+    for (var i = t; i < n; i += WG) {
+        let lo = atomicLoad(&sel[P.sel_base + SEL_CAND + 2u * i]);
+        if (hi == 256u) {
+            atomicAdd(&shist[lo >> 8u], 1u);
+        } else if ((lo >> 8u) == hi) {
+            atomicAdd(&shist[lo & 255u], 1u);
+        }
+    }
+    workgroupBarrier();
+}
+
+// Mask bits of row r over the block [b0, b1): keys below T, and keys equal to T while fewer
+// than `quota` of the row's lie before them. Returns the row's keys equal to T. Runs of WG
+// columns from a word boundary; a tie's rank is the scan of the tie flags before it; each
+// mask word is packed by one invocation from 32 flags (no atomics on it).
+fn write_row(t: u32, r: u32, T: u32, quota: u32) -> u32 {
+    var running = 0u;
+    for (var base = (P.b0 / 32u) * 32u; base < P.b1; base += WG) {
+        let c = base + t;
+        let inb = c >= P.b0 && c < P.b1;
+        var kv = 0u;
+        if (inb) { kv = obs_key(r, c); }
+        let eq = select(0u, 1u, inb && kv == T);
+        sscan[t] = eq;
+        scan_all(t);
+        let before = running + sscan[t] - eq;
+        sflag[t] = select(0u, 1u, inb && (kv < T || (eq == 1u && before < quota)));
+        running += sscan[WG - 1u];
+        workgroupBarrier();
+        let wcol = base + t * 32u;
+        if (t < WG / 32u && wcol < P.b1) {
+            var bits = 0u;
+            var inr = 0u;
+            for (var b = 0u; b < 32u; b++) {
+                // From bit t: the packing invocations read different banks at every step.
+                let i = (b + t) % 32u;
+                let g = wcol + i;
+                if (g >= P.b0 && g < P.b1) {
+                    inr = inr | (1u << i);
+                    bits = bits | (sflag[t * 32u + i] << i);
+                }
+            }
+            let idx = P.m_base + r * P.wpr + wcol / 32u;
+            mask[idx] = (mask[idx] & ~inr) | bits;
+        }
+        workgroupBarrier();
+    }
+    return running;
+}
+
+// The end of the block's selection, for this workgroup's rows: the threshold T from the
+// candidates (their bits 15..8, then 7..0, radix-selected in workgroup memory), the keys
+// equal to T among the candidates before the first row, then the rows' mask words in order.
+// Every workgroup repeats the candidates' part: a few thousand keys where the first digit
+// leaves a bin of 1/128 octave, the whole block at worst (a block of equal keys).
+fn end_selection(t: u32, g: u32, groups: u32) {
+    let n = atomicLoad(&sel[P.sel_base + SEL_COUNT]);
+    let d = atomicLoad(&sel[P.sel_base + SEL_DIGIT]);
+    let kk = atomicLoad(&sel[P.sel_base + SEL_RANK]);
+    cand_hist(t, n, 256u);
+    let a = pick_bin(t, kk);
+    cand_hist(t, n, a.x);
+    let b = pick_bin(t, a.y);
+    let low = (a.x << 8u) | b.x;
+    let T = (d << 16u) | low;
+    let width = P.b1 - P.b0;
+    let first = (P.row0 + g * RB) * width;
+    var cnt = 0u;
+    for (var i = t; i < n; i += WG) {
+        let lo = atomicLoad(&sel[P.sel_base + SEL_CAND + 2u * i]);
+        let idx = atomicLoad(&sel[P.sel_base + SEL_CAND + 2u * i + 1u]);
+        if (lo == low && idx < first) { cnt += 1u; }
+    }
+    sscan[t] = cnt;
+    scan_all(t);
+    var before = sscan[WG - 1u];
+    workgroupBarrier();
+    for (var rl = 0u; rl < RB; rl++) {
+        let r = g * RB + rl;
+        if (r >= P.rows) { break; }
+        var quota = 0u;
+        if (b.y > before) { quota = b.y - before; }
+        before += write_row(t, r, T, quota);
+    }
+    // The other half, for the next block's histograms (no one reads it in this dispatch).
+    if (P.lead != 0u) {
+        for (var i = g * WG + t; i < SEL_HIST_WORDS; i += groups * WG) {
+            atomicStore(&sel[P.sel_clear + i], 0u);
+        }
+    }
+    // The mask words just written are read back below by this workgroup.
+    storageBarrier();
+}
 
 // W[:, dead] = 0 before anything else.
 @compute @workgroup_size(256, 1, 1)
@@ -94,6 +259,7 @@ fn obs_block(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let r = (wid.y * nwg.x + wid.x) * RB + rl;
     let live = r < P.rows;
     let cnt = P.cnt;
+    if (P.sel != 0u) { end_selection(t, wid.y * nwg.x + wid.x, nwg.x * nwg.y); }
     // The row's pruned flags for block columns 32·lane.., one word per lane (no shared
     // atomics): the given mask's bits shifted to the block's start, or none for N:M, which
     // decides in the loop.

@@ -13,6 +13,8 @@
 //   per chunk of rows the keys equal to the threshold (chunk_ties) and the write
 //   (chunk_write), which sums the chunks' tie counts before its own, so ties go to the lower
 //   linear index. Five dispatches, each a grid of workgroups.
+// * SparseGPT's block selection (block_hist, block_candidates): two dispatches, the end of the
+//   select in obs.wgsl's obs_block (see there).
 // * nm_select: n lowest of every m consecutive columns, one thread per column.
 // Keys are computed on the fly from the source (kind), so the fused prune reads W once per
 // pass and never stores scores; with write_w it also zeroes the pruned weights.
@@ -39,6 +41,9 @@ struct Params {
     digit_pass: u32,  // hist_pass: 0, 1, 2 (the digit at bit `shift`)
     lead: u32,        // 1 in the dispatch over the group's first window: its workgroup 0
                       // leaves the decided digits in `state` for the next pass
+    sel_base: u32,    // block_hist/block_candidates: the block's half of the OBS selection
+                      // buffer (bound at binding 5)
+    row0: u32,        // block_candidates: the group's row of this window's first row
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -402,6 +407,82 @@ fn chunk_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         var ties = 0u;
         if (need > before) { ties = need - before; }
         before += write_row(r, t, T, ties);
+    }
+}
+
+// SparseGPT's block selection in two dispatches. Layout of the block's half of the selection
+// buffer (bound at binding 5, from sel_base; the host's plan::select::obs_sel):
+// [0, 256) the keys' top 8 bits, [256, 65792) their top 16 bits (both histograms, cleared
+// before the block), then the candidate count, the decided 16-bit digit D, the rank left
+// within it, and from SEL_CAND the candidates: the low 16 bits of each key whose top 16 bits
+// are D and its linear index in the block, two words each (room for every key of the block).
+const SEL_FINE: u32 = 256u;
+const SEL_COUNT: u32 = 65792u;
+const SEL_DIGIT: u32 = 65793u;
+const SEL_RANK: u32 = 65794u;
+const SEL_CAND: u32 = 65796u;
+
+// The first digit's histograms: 16 bits in global memory (a workgroup histogram of 65536
+// bins would not fit), the top 8 bits of them merged from a workgroup histogram, so that
+// deciding reads 2 x 256 bins rather than 65536. Integer atomics: the counts, and so the
+// result, do not depend on their order.
+@compute @workgroup_size(256, 1, 1)
+fn block_hist(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let g = wid.y * nwg.x + wid.x;
+    let width = P.c1 - P.c0;
+    atomicStore(&hist[t], 0u);
+    workgroupBarrier();
+    let groups = nwg.x * nwg.y;
+    for (var e = g * 256u + t; e < P.nelem; e += groups * 256u) {
+        let kv = key(e / width, P.c0 + e % width);
+        atomicAdd(&hist[kv >> 24u], 1u);
+        atomicAdd(&ghist[P.sel_base + SEL_FINE + (kv >> 16u)], 1u);
+    }
+    workgroupBarrier();
+    let h = atomicLoad(&hist[t]);
+    if (h != 0u) { atomicAdd(&ghist[P.sel_base + t], h); }
+}
+
+// The bin of 256 (`base`, one per invocation) holding the kk-th lowest key, and the rank
+// left within it: find_digit_of over 8 bins on each of the first 32 invocations.
+fn pick256(t: u32, base: u32, kk: u32) -> vec2<u32> {
+    var h: array<u32, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        h[i] = 0u;
+        if (t < 32u) { h[i] = atomicLoad(&ghist[base + t * 8u + i]); }
+    }
+    find_digit_of(t, h, kk);
+    return vec2<u32>(workgroupUniformLoad(&pick_digit), workgroupUniformLoad(&pick_kk));
+}
+
+// Every workgroup decides the 16-bit digit D holding the k-th lowest key (top 8 bits, then
+// the next 8 within them) and appends its entries whose keys have D as their top 16 bits to
+// the candidates; the lead leaves D and the rank left in the buffer for obs_block. The
+// candidates' order depends on the atomics' but nothing read from them does.
+@compute @workgroup_size(256, 1, 1)
+fn block_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let g = wid.y * nwg.x + wid.x;
+    let b = P.sel_base;
+    let hi = pick256(t, b, P.k);
+    let lo = pick256(t, b + SEL_FINE + hi.x * 256u, hi.y);
+    let d = (hi.x << 8u) | lo.x;
+    if (P.lead != 0u && g == 0u && t == 0u) {
+        atomicStore(&ghist[b + SEL_DIGIT], d);
+        atomicStore(&ghist[b + SEL_RANK], lo.y);
+    }
+    let width = P.c1 - P.c0;
+    let groups = nwg.x * nwg.y;
+    for (var e = g * 256u + t; e < P.nelem; e += groups * 256u) {
+        let kv = key(e / width, P.c0 + e % width);
+        if ((kv >> 16u) == d) {
+            let slot = atomicAdd(&ghist[b + SEL_COUNT], 1u);
+            atomicStore(&ghist[b + SEL_CAND + 2u * slot], kv & 0xffffu);
+            atomicStore(&ghist[b + SEL_CAND + 2u * slot + 1u], P.row0 * width + e);
+        }
     }
 }
 

@@ -19,8 +19,8 @@ use prunebench_kernels::suite::{
     small_cases, small_refit_cases, CaseFormat, MaskSource, ObsKind, Op, OpCase,
 };
 use prunebench_kernels::{
-    Backend, GradNorm, KernelError, Mask, MaskGroup, MaskPattern, Matrix, Score, ScoreKind,
-    Sparsity, WeightFormat,
+    Backend, GradNorm, HinvFactor, KernelError, Mask, MaskGroup, MaskPattern, Matrix,
+    ObsSelection, Score, ScoreKind, Sparsity, WeightFormat,
 };
 
 /// Bindings capped at 64 rows of 300 columns: W, X, H and U of the split shapes are each
@@ -590,6 +590,82 @@ fn damped_solve_keeps_zero_columns_and_solves_a_zero_system_to_zeros<B: TestBack
     assert!(got.data.iter().all(|&x| x == 0.0) && got == want);
 }
 
+// ---- SparseGPT's block selection ----
+
+/// The OBS block selection alone, against the reference bit for bit: with U diagonal (d in
+/// {1/2, 1, 2}) no update reaches another column, so the mask is each block's k lowest w²/d²,
+/// ties to the lower linear index within the block. W takes five levels on a grid of 1/64, so
+/// the keys are exact in f32 and most of them tie: the threshold's bin holds a fifth of the
+/// block. Blocks of one in-block dispatch (128), of no whole number of mask words (48), of
+/// two of WGSL's sub-blocks (256), and one row.
+fn obs_block_selection_breaks_ties_as_the_reference<B: TestBackend>() {
+    let b = B::plain();
+    let cpu = CpuBackend::new();
+    for (rows, cols, block, p) in [
+        (1, 200, 128, 0.5),
+        (37, 300, 48, 0.3),
+        (300, 300, 256, 0.55),
+        (150, 200, 128, 0.5),
+    ] {
+        let w = Matrix::from_fn(rows, cols, |r, c| {
+            let h = (r * 7919 + c * 104_729) % 97;
+            let level = [1.0, 2.0, 3.0, 5.0, 8.0][h % 5] / 64.0;
+            if h % 2 == 0 {
+                level
+            } else {
+                -level
+            }
+        });
+        let u = Matrix::from_fn(cols, cols, |i, j| {
+            if i == j {
+                [0.5, 1.0, 2.0][i % 3]
+            } else {
+                0.0
+            }
+        });
+        let run = |be: &dyn Fn(&Matrix, &Matrix) -> (Mask, Matrix, f64)| be(&w, &u);
+        let (got_mask, got_w, got_loss) = run(&|w, u| {
+            let mut wt = b.upload(w).unwrap();
+            let factor = HinvFactor {
+                u: b.upload(u).unwrap(),
+                dead: vec![],
+                damp: 0.0,
+            };
+            let out = b
+                .obs_prune(&mut wt, &factor, ObsSelection::Unstructured(p), block)
+                .unwrap();
+            (
+                b.download_mask(&out.mask).unwrap(),
+                b.download(&wt).unwrap(),
+                out.loss,
+            )
+        });
+        let (want_mask, want_w, want_loss) = run(&|w, u| {
+            let mut wt = cpu.upload(w).unwrap();
+            let factor = HinvFactor {
+                u: cpu.upload(u).unwrap(),
+                dead: vec![],
+                damp: 0.0,
+            };
+            let out = cpu
+                .obs_prune(&mut wt, &factor, ObsSelection::Unstructured(p), block)
+                .unwrap();
+            (
+                cpu.download_mask(&out.mask).unwrap(),
+                cpu.download(&wt).unwrap(),
+                out.loss,
+            )
+        });
+        let shape = format!("{rows}x{cols}, block {block}, p = {p}");
+        assert!(got_mask == want_mask, "{shape}: the masks differ");
+        assert!(got_w == want_w, "{shape}: the pruned weights differ");
+        assert!(
+            (got_loss - want_loss).abs() <= 1e-5 * want_loss,
+            "{shape}: loss {got_loss} vs {want_loss}"
+        );
+    }
+}
+
 // ---- timing and adapters ----
 
 fn timing_reads_the_device_clock<B: TestBackend>() {
@@ -684,6 +760,7 @@ macro_rules! backend_tests {
             refit_ops_on_split_tensors_match_the_reference,
             refit_shape_errors_are_the_references,
             damped_solve_keeps_zero_columns_and_solves_a_zero_system_to_zeros,
+            obs_block_selection_breaks_ties_as_the_reference,
             timing_reads_the_device_clock,
             adapters_are_chosen_by_name,
         );

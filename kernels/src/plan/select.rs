@@ -57,6 +57,34 @@ pub fn window_chunks(windows: &[(usize, usize)], per: usize) -> Vec<WindowChunks
         .collect()
 }
 
+/// SparseGPT's block selection in two dispatches (a histogram of the keys' top 16 bits, then
+/// the candidates: the keys of the bin holding the k-th lowest), ended inside the in-block
+/// kernel. The layout of one block's half of the selection buffer, in words, the same on
+/// both backends; two halves alternate between the blocks that select, each in-block launch
+/// clearing the other's histograms for the next.
+pub mod block {
+    /// Histogram of the keys' top 8 bits.
+    pub const COARSE: usize = 0;
+    /// Histogram of the keys' top 16 bits (65536 bins).
+    pub const FINE: usize = 256;
+    /// How many candidates were appended.
+    pub const COUNT: usize = FINE + 65536;
+    /// The decided 16-bit digit D.
+    pub const DIGIT: usize = COUNT + 1;
+    /// The rank left within D (1-based).
+    pub const RANK: usize = COUNT + 2;
+    /// Words the in-block kernel clears for the next block: the histograms and the count.
+    pub const CLEARED: usize = COUNT + 4;
+    /// The candidates: the low 16 bits of each key of D and its linear index in the block.
+    pub const CAND: usize = COUNT + 4;
+
+    /// Words of one half for a block of `entries` keys (room for all of them as candidates:
+    /// a block of equal keys is one bin).
+    pub fn half_words(entries: usize) -> usize {
+        CAND + 2 * entries
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,7 +182,9 @@ impl Module {
                 &[false, true, true, false, false, false, false]
             }
             Module::Factor => &[false, false, true, false, false, false],
-            Module::Obs | Module::ObsSubgroup(_) => &[false, true, false, false, false, true, true],
+            Module::Obs | Module::ObsSubgroup(_) => {
+                &[false, true, false, false, false, true, true, false]
+            }
             Module::Probe => &[false, true],
             Module::SparsePack => &[true, true, false, false, false, false, false],
             Module::Refit => &[false, true, false, false, false, true, true],

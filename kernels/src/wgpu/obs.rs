@@ -15,6 +15,7 @@ use super::exec::{grid, Batch, Ctx, Module, Slot};
 use super::gemm::{before, Gemm, Operand};
 use super::mem::{WgpuMask, WgpuTensor};
 use super::select::{GroupScratch, KeyKind, KeySource};
+use crate::plan::select::block;
 
 /// obs.wgsl's SB: columns of one in-block dispatch.
 const SUB: usize = 128;
@@ -37,6 +38,12 @@ struct ObsParams {
     nm: u32,
     n: u32,
     m: u32,
+    sel: u32,
+    sel_base: u32,
+    sel_clear: u32,
+    lead: u32,
+    b0: u32,
+    b1: u32,
 }
 
 /// One OBS prune on wgpu ([`compose::ObsSteps`]): everything is recorded into one batch,
@@ -47,6 +54,8 @@ pub(crate) struct ObsRun<'c, 'a> {
     ctx: &'c Ctx,
     w: &'a WgpuTensor,
     factor: &'a HinvFactor<WgpuTensor>,
+    /// The block width of the run (set by `sub_block`).
+    block: usize,
     state: Option<ObsState<'c>>,
 }
 
@@ -60,6 +69,17 @@ struct ObsState<'c> {
     dead: wgpu::Buffer,
     slabs: Vec<(usize, usize)>,
     scratch: Option<GroupScratch>,
+    block_sel: Option<BlockSel>,
+}
+
+/// SparseGPT's block selection in two dispatches, ended in the in-block kernel
+/// (plan::select::block): the buffer of two halves, which half the next selecting block
+/// takes, and the block whose selection the next in-block dispatch ends.
+struct BlockSel {
+    buf: wgpu::Buffer,
+    half_words: usize,
+    selected: usize,
+    pending: Option<(usize, usize, usize)>,
 }
 
 impl<'c, 'a> ObsRun<'c, 'a> {
@@ -68,6 +88,7 @@ impl<'c, 'a> ObsRun<'c, 'a> {
             ctx,
             w,
             factor,
+            block: 1,
             state: None,
         }
     }
@@ -106,6 +127,7 @@ impl<'c, 'a> ObsRun<'c, 'a> {
                     Slot::Win(loss_w),
                     Slot::Win(diag_w),
                     Slot::Win(dead_w),
+                    Slot::Unused,
                 ],
                 [cols.div_ceil(256) as u32, (r1 - r0) as u32, 1],
             )?;
@@ -146,6 +168,7 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
         if sub < SUB.min(block) {
             self.ctx.split_noted(2);
         }
+        self.block = block;
         Ok(sub)
     }
 
@@ -163,6 +186,26 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
             ObsSelection::Given(m) => batch.copy(&m.buf, &mask.buf, mask.buf.size()),
             _ => batch.clear(&mask.buf),
         }
+        // Two dispatches per block where both halves fit one binding; otherwise (bindings
+        // capped far below the device's) the five of the whole-group selection.
+        let block_sel = match sel {
+            ObsSelection::Unstructured(_) => {
+                let half_words = block::half_words(rows * self.block.min(cols).max(1));
+                if ctx.win_fits(2 * half_words as u64) {
+                    let buf = ctx.alloc("OBS block selection", 2 * half_words, None)?;
+                    batch.clear(&buf);
+                    Some(BlockSel {
+                        buf,
+                        half_words,
+                        selected: 0,
+                        pending: None,
+                    })
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
         self.state = Some(ObsState {
             batch,
             mask,
@@ -172,9 +215,12 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
             dead: ctx.upload_words("dead columns", &dead_flags)?,
             slabs,
             scratch: match sel {
-                ObsSelection::Unstructured(_) => Some(ctx.group_scratch(rows, cols)?),
+                ObsSelection::Unstructured(_) if block_sel.is_none() => {
+                    Some(ctx.group_scratch(rows, cols)?)
+                }
                 _ => None,
             },
+            block_sel,
         });
         if !self.factor.dead.is_empty() {
             self.zero_dead()?;
@@ -197,6 +243,17 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
             grad: None,
             write_w: false,
         };
+        if let Some(bs) = st.block_sel.as_mut() {
+            // k = 0 prunes nothing: the block's bits stay as cleared.
+            if k > 0 {
+                let half = (bs.selected % 2) * bs.half_words;
+                let buf = (&bs.buf, 2 * bs.half_words);
+                ctx.select_block(&mut st.batch, &ks, &st.mask, buf, half, (i1, i2), k)?;
+                bs.selected += 1;
+                bs.pending = Some((i1, i2, half));
+            }
+            return Ok(());
+        }
         let sc = st.scratch.as_ref().expect("unstructured scratch");
         ctx.select_group(&mut st.batch, &ks, &st.mask, sc, i1, i2, k, false)
     }
@@ -219,10 +276,26 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
             ctx.whole(&st.diag, cols)?,
             ctx.whole(&st.dead, cols)?,
         );
-        for &(r0, r1) in &st.slabs {
+        // The first sub-block of a block whose selection is pending ends it.
+        let ending = st
+            .block_sel
+            .as_mut()
+            .and_then(|bs| bs.pending.take().map(|p| (p, bs.half_words)));
+        let sel_w = match st.block_sel.as_ref() {
+            Some(bs) => Slot::Win(ctx.whole(&bs.buf, 2 * bs.half_words)?),
+            None => Slot::Unused,
+        };
+        for (slab, &(r0, r1)) in st.slabs.iter().enumerate() {
             let ww = ctx.rows_win(&w.buf, cols, r0, r1)?;
             let mw = ctx.rows_win(&st.mask.buf, wpr, r0, r1)?;
             let ew = ctx.rows_win(&st.err, SUB, 0, r1 - r0)?;
+            let sel = match ending {
+                Some(((b0, b1, half), hw)) => {
+                    debug_assert_eq!(b0, j1, "a block's selection ends in its first sub-block");
+                    (1, half, hw - half, b0, b1)
+                }
+                None => (0, 0, 0, 0, 0),
+            };
             let p = ObsParams {
                 rows: (r1 - r0) as u32,
                 cols: cols as u32,
@@ -237,6 +310,12 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
                 nm,
                 n: n as u32,
                 m: m as u32,
+                sel: sel.0,
+                sel_base: sel.1 as u32,
+                sel_clear: sel.2 as u32,
+                lead: (slab == 0) as u32,
+                b0: sel.3 as u32,
+                b1: sel.4 as u32,
             };
             st.batch.dispatch(
                 ctx.obs_module(),
@@ -250,6 +329,7 @@ impl compose::ObsSteps for ObsRun<'_, '_> {
                     Slot::Win(loss_w),
                     Slot::Win(diag_w),
                     Slot::Win(dead_w),
+                    sel_w,
                 ],
                 grid((r1 - r0).div_ceil(ROWS_PER_GROUP) as u64, maxg),
             )?;

@@ -34,6 +34,8 @@ struct SelParams {
     chunk: u32,
     digit_pass: u32,
     lead: u32,
+    sel_base: u32,
+    row0: u32,
 }
 
 /// Entries per workgroup of a histogram pass over `nelem`: 16 per thread where that makes
@@ -318,6 +320,52 @@ impl Ctx {
             let s = self.sel_slots(ks, mask, w.r0, w.r1, &mut p)?;
             let bind = (Slot::Unused, ties);
             one(b, "chunk_write", &p, grid(w.count as u64, maxg), s, bind)?;
+        }
+        Ok(())
+    }
+
+    /// SparseGPT's block selection, its two dispatches per window of rows (select.wgsl's
+    /// block_hist and block_candidates) into the half of `sel` at `half` (cleared); obs.wgsl's
+    /// obs_block ends it. The k >= 1 lowest keys of rows x [c0, c1).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn select_block(
+        &self,
+        b: &mut Batch<'_>,
+        ks: &KeySource<'_>,
+        mask: &WgpuMask,
+        sel: (&wgpu::Buffer, usize),
+        half: usize,
+        (c0, c1): (usize, usize),
+        k: usize,
+    ) -> Result<()> {
+        let aux = self.aux_slot(ks)?;
+        let (rows, cols) = (ks.src.rows, ks.src.cols);
+        let width = c1 - c0;
+        let sel_slot = Slot::Win(self.whole(sel.0, sel.1)?);
+        let maxg = self.max_groups();
+        for entry in ["block_hist", "block_candidates"] {
+            for (i, (r0, r1)) in self.row_slabs(rows, cols, 1, usize::MAX)?.into_iter().enumerate() {
+                let nelem = (r1 - r0) * width;
+                let mut p = SelParams {
+                    c0: c0 as u32,
+                    c1: c1 as u32,
+                    k: k as u32,
+                    nelem: nelem as u32,
+                    lead: (i == 0) as u32,
+                    sel_base: half as u32,
+                    row0: r0 as u32,
+                    ..Default::default()
+                };
+                let [s, g, m] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
+                let groups = nelem.div_ceil(hist_chunk(nelem)).min(MAX_HIST_GROUPS);
+                b.dispatch(
+                    self.select_module(),
+                    entry,
+                    bytemuck::bytes_of(&p),
+                    &[s, aux, g, m, sel_slot, Slot::Unused, Slot::Unused],
+                    grid(groups as u64, maxg),
+                )?;
+            }
         }
         Ok(())
     }
