@@ -343,8 +343,8 @@ fn hist_pass(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let width = P.c1 - P.c0;
     clear_hist(t);
     workgroupBarrier();
-    // Chunks g, g + G, ...: at most MAX_HIST_GROUPS workgroups, so that deciding the digit
-    // (8 KB read per workgroup) stays small beside the pass.
+    // Chunks g, g + G, ...: at most plan::select::MAX_HIST_GROUPS workgroups, so that
+    // deciding the digit (8 KB read per workgroup) stays small beside the pass.
     let groups = nwg.x * nwg.y;
     for (var first = g * P.chunk; first < P.nelem; first += groups * P.chunk) {
         for (var i = 0u; i < P.chunk / 256u; i++) {

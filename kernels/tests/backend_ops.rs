@@ -19,8 +19,8 @@ use prunebench_kernels::suite::{
     small_cases, small_refit_cases, CaseFormat, MaskSource, ObsKind, Op, OpCase,
 };
 use prunebench_kernels::{
-    Backend, GradNorm, HinvFactor, KernelError, Mask, MaskGroup, MaskPattern, Matrix,
-    ObsSelection, Score, ScoreKind, Sparsity, WeightFormat,
+    Backend, GradNorm, HinvFactor, KernelError, Mask, MaskGroup, MaskPattern, Matrix, ObsSelection,
+    Score, ScoreKind, Sparsity, WeightFormat,
 };
 
 /// Bindings capped at 64 rows of 300 columns: W, X, H and U of the split shapes are each
@@ -597,15 +597,19 @@ fn damped_solve_keeps_zero_columns_and_solves_a_zero_system_to_zeros<B: TestBack
 /// ties to the lower linear index within the block. W takes five levels on a grid of 1/64, so
 /// the keys are exact in f32 and most of them tie: the threshold's bin holds a fifth of the
 /// block. Blocks of one in-block dispatch (128), of no whole number of mask words (48), of
-/// two of WGSL's sub-blocks (256), and one row.
+/// two of WGSL's sub-blocks (256), and one row; and W split across bindings at a cap that the
+/// selection buffer still fits (the windows' candidates and ties in one list).
 fn obs_block_selection_breaks_ties_as_the_reference<B: TestBackend>() {
-    let b = B::plain();
+    let plain = B::plain();
+    let capped = B::plain().with_limit(1280 << 10);
+    assert!(capped.is_split(600, 800));
     let cpu = CpuBackend::new();
-    for (rows, cols, block, p) in [
-        (1, 200, 128, 0.5),
-        (37, 300, 48, 0.3),
-        (300, 300, 256, 0.55),
-        (150, 200, 128, 0.5),
+    for (rows, cols, block, p, b) in [
+        (1, 200, 128, 0.5, &plain),
+        (37, 300, 48, 0.3, &plain),
+        (300, 300, 256, 0.55, &plain),
+        (150, 200, 128, 0.5, &plain),
+        (600, 800, 48, 0.5, &capped),
     ] {
         let w = Matrix::from_fn(rows, cols, |r, c| {
             let h = (r * 7919 + c * 104_729) % 97;

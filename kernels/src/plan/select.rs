@@ -4,6 +4,29 @@
 //! each workgroup a chunk of whole rows, so a mask word is written by one workgroup and the
 //! ties before a chunk are a sum of the counts of the chunks before it.
 
+/// Workgroups (of 256 invocations) a histogram pass aims for where the device does not say
+/// how many fill it: two waves of a GPU with 128 compute units.
+pub const HIST_FILL: usize = 256;
+
+/// Workgroups a histogram pass has at most (8 per compute unit of a large GPU), each taking
+/// every so many chunks: every workgroup of the later passes first decides the previous digit
+/// from the global histogram (8 KB), which stays small beside the pass this way (at 4096 x
+/// 11008, 8 MB of reads from L2 against 180 MB of W, where a workgroup per 4096 keys read
+/// 88 MB).
+pub const MAX_HIST_GROUPS: usize = 1024;
+
+/// Workgroups of 256 invocations for a histogram pass over `entries` keys on a device that
+/// `fill` workgroups fill twice: 16 keys per invocation, more workgroups where that leaves
+/// fewer than `fill` while each keeps 4 keys per invocation (each clears and merges a
+/// histogram, which fewer keys would not pay for), at most [`MAX_HIST_GROUPS`]. A 4096 x 128
+/// OBS block is `fill` workgroups, not 128.
+pub fn hist_groups(entries: usize, fill: usize) -> usize {
+    entries
+        .div_ceil(256 * 16)
+        .max(fill.min(entries.div_ceil(256 * 4)))
+        .clamp(1, MAX_HIST_GROUPS)
+}
+
 /// Chunks a group's rows are cut into at most: the write pass's sum over earlier chunks stays
 /// at two loads per invocation.
 pub const MAX_CHUNKS: usize = 512;
@@ -88,6 +111,34 @@ pub mod block {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_passes_make_two_waves_where_the_entries_allow() {
+        for fill in [HIST_FILL, 264, 216] {
+            for entries in [
+                1,
+                255,
+                256,
+                4097,
+                65536,
+                128 * 4096,
+                4096 * 11008,
+                28672 * 8192,
+            ] {
+                let groups = hist_groups(entries, fill);
+                assert!((1..=MAX_HIST_GROUPS).contains(&groups));
+                // At most 16 keys per invocation but under the cap, at least 4 where that
+                // still makes `fill` groups.
+                assert!(
+                    groups * 4096 >= entries || groups == MAX_HIST_GROUPS,
+                    "{entries}"
+                );
+                assert!(groups >= fill.min(entries.div_ceil(1024)), "{entries}");
+            }
+        }
+        assert_eq!(hist_groups(4096 * 128, HIST_FILL), 256);
+        assert_eq!(hist_groups(4096 * 11008, 264), MAX_HIST_GROUPS);
+    }
 
     #[test]
     fn chunks_cover_every_row_once_and_number_on_across_windows() {

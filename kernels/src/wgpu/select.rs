@@ -38,22 +38,14 @@ struct SelParams {
     row0: u32,
 }
 
-/// Entries per workgroup of a histogram pass over `nelem`: 16 per thread where that makes
-/// [`HIST_GROUPS`] workgroups or more, else fewer so that it does, down to 4 per thread (each
-/// workgroup clears and merges a 2048-bin histogram, which fewer entries would not pay for).
-/// A 4096 x 128 OBS block was 128 workgroups of 4096, under one wave of a large GPU.
-fn hist_chunk(nelem: usize) -> usize {
-    (nelem.div_ceil(HIST_GROUPS).next_multiple_of(256)).clamp(1024, 4096)
+/// Entries per workgroup of a histogram pass over `nelem` (a multiple of 256), and how many
+/// workgroups: `plan::select::hist_groups` at its default fill (WGSL has no device count of
+/// compute units), each workgroup taking every so many chunks.
+fn hist_plan(nelem: usize) -> (usize, usize) {
+    let groups = plan::select::hist_groups(nelem, plan::select::HIST_FILL);
+    let chunk = nelem.div_ceil(groups).next_multiple_of(256).max(256);
+    (chunk, nelem.div_ceil(chunk).max(1))
 }
-
-/// Workgroups a histogram pass aims for: two waves of a GPU with 128 compute units.
-const HIST_GROUPS: usize = 256;
-
-/// Workgroups a histogram pass has at most (8 per compute unit of a large GPU), each taking
-/// every so many chunks: every workgroup of passes 2 and 3 first decides the previous digit
-/// from its 8 KB histogram, which stays small beside the pass this way (at 4096 x 11008, 8 MB
-/// of reads from L2 against 180 MB of W, where a workgroup per chunk read 88 MB).
-const MAX_HIST_GROUPS: usize = 1024;
 
 /// How keys are made from the source values (select.wgsl's `key`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -283,7 +275,8 @@ impl Ctx {
                     let s = self.sel_slots(ks, mask, r0, r1, &mut p)?;
                     let nelem = (r1 - r0) * width;
                     p.nelem = nelem as u32;
-                    p.chunk = hist_chunk(nelem) as u32;
+                    let (chunk, groups) = hist_plan(nelem);
+                    p.chunk = chunk as u32;
                     let prev = match pass {
                         0 => Slot::Unused,
                         _ => hist(pass - 1)?,
@@ -292,10 +285,7 @@ impl Ctx {
                         b,
                         "hist_pass",
                         &p,
-                        grid(
-                            nelem.div_ceil(p.chunk as usize).min(MAX_HIST_GROUPS) as u64,
-                            maxg,
-                        ),
+                        grid(groups as u64, maxg),
                         s,
                         (hist(pass)?, prev),
                     )?;
@@ -344,7 +334,11 @@ impl Ctx {
         let sel_slot = Slot::Win(self.whole(sel.0, sel.1)?);
         let maxg = self.max_groups();
         for entry in ["block_hist", "block_candidates"] {
-            for (i, (r0, r1)) in self.row_slabs(rows, cols, 1, usize::MAX)?.into_iter().enumerate() {
+            for (i, (r0, r1)) in self
+                .row_slabs(rows, cols, 1, usize::MAX)?
+                .into_iter()
+                .enumerate()
+            {
                 let nelem = (r1 - r0) * width;
                 let mut p = SelParams {
                     c0: c0 as u32,
@@ -357,7 +351,7 @@ impl Ctx {
                     ..Default::default()
                 };
                 let [s, g, m] = self.sel_slots(ks, mask, r0, r1, &mut p)?;
-                let groups = nelem.div_ceil(hist_chunk(nelem)).min(MAX_HIST_GROUPS);
+                let (_, groups) = hist_plan(nelem);
                 b.dispatch(
                     self.select_module(),
                     entry,
@@ -460,19 +454,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_passes_make_two_waves_where_the_entries_allow() {
+    fn the_shaders_block_selection_layout_is_the_plans() {
+        use crate::plan::select::block;
+        let select = include_str!("../../shaders/select.wgsl");
+        let obs = include_str!("../../shaders/obs.wgsl");
+        let words = [
+            ("SEL_FINE", block::FINE, true, false),
+            ("SEL_COUNT", block::COUNT, true, true),
+            ("SEL_DIGIT", block::DIGIT, true, true),
+            ("SEL_RANK", block::RANK, true, true),
+            ("SEL_CAND", block::CAND, true, true),
+            ("SEL_HIST_WORDS", block::CLEARED, false, true),
+        ];
+        for (name, value, in_select, in_obs) in words {
+            let decl = format!("const {name}: u32 = {value}u;");
+            assert_eq!(select.contains(&decl), in_select, "select.wgsl: {decl}");
+            assert_eq!(obs.contains(&decl), in_obs, "obs.wgsl: {decl}");
+        }
+    }
+
+    #[test]
+    fn histogram_chunks_cover_the_entries_in_the_planned_workgroups() {
         for nelem in [1, 255, 256, 4097, 65536, 128 * 4096, 4096 * 11008] {
-            let chunk = hist_chunk(nelem);
-            assert!(chunk.is_multiple_of(256) && (1024..=4096).contains(&chunk));
-            let groups = nelem.div_ceil(chunk);
-            // 16 entries per thread cap the chunk; below 256 groups only where 4 entries per
-            // thread make fewer.
-            assert!(
-                groups >= HIST_GROUPS.min(nelem.div_ceil(1024)),
-                "{nelem}: {groups}"
-            );
+            let (chunk, groups) = hist_plan(nelem);
+            assert!(chunk.is_multiple_of(256) && chunk * groups >= nelem);
+            assert!(groups <= plan::select::hist_groups(nelem, plan::select::HIST_FILL));
         }
         // A 4096 x 128 OBS block: 256 workgroups of 2048 (it was 128 of 4096).
-        assert_eq!(hist_chunk(4096 * 128), 2048);
+        assert_eq!(hist_plan(4096 * 128), (2048, 256));
     }
 }

@@ -22,14 +22,15 @@ use cubecl::server::Handle;
 use super::super::storage::{arg, same_slabs, CubeMask, CubeTensor};
 use super::super::CubeBackend;
 use super::copy::{copy2d, gather_rows, Rect};
-use super::fill::copy_u32;
+use super::fill::{copy_u32, fill_u32};
 use super::gemm::{gemm, Gemm, View};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::score::zero_columns;
-use super::select::{select_global, SRC_OBS};
+use super::select::{end_block_selection, select_block, select_global, write_row_mask, SRC_OBS};
 use crate::compose;
 use crate::error::{KernelError, Result};
 use crate::ops::{HinvFactor, ObsOutcome, ObsSelection};
+use crate::plan::select::block;
 
 /// Largest OBS block the in-block kernel takes (its diag and U chunks live in shared memory).
 pub const MAX_BLOCK: usize = 1024;
@@ -83,12 +84,14 @@ fn obs_block_kernel(
     err: &mut Array<f32>,
     dg: &Array<f32>,
     loss: &mut Array<f32>,
+    sel: &mut Array<Atomic<u32>>,
     rows: u32,
     cols: u32,
     wpr: u32,
     i1: u32,
     cnt: u32,
     loss_off: u32,
+    sel_at: (u32, u32, u32, u32),
     #[comptime] lanes: u32,
     #[comptime] slots: u32,
     #[comptime] bmax: u32,
@@ -99,6 +102,7 @@ fn obs_block_kernel(
     #[comptime] m: u32,
     #[comptime] plane: bool,
     #[comptime] plane_rows: bool,
+    #[comptime] decide: bool,
 ) {
     let rp = comptime![CUBE / lanes];
     let t = UNIT_POS;
@@ -119,6 +123,9 @@ fn obs_block_kernel(
     while q < cnt {
         dsh[q as usize] = dg[q as usize];
         q += CUBE;
+    }
+    if comptime![decide] {
+        end_selection(w, dg, mask, sel, rows, cols, wpr, i1, cnt, sel_at, rp);
     }
     // The block's mask words of this row: fixed decisions (given or chosen before the loop),
     // or empty for N:M, which decides as it goes.
@@ -285,6 +292,71 @@ fn obs_block_kernel(
     }
 }
 
+/// The end of the block's selection for this cube's rows (`sel_at`: the block's half of the
+/// selection buffer, the other half, whether this launch clears it for the next block, the
+/// slab's first row in W): the threshold and quota from the candidates, then row by row the
+/// mask words of the block, ties taken while the quota lasts in linear order. The words are
+/// read back by the cube below.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn end_selection(
+    w: &mut Array<f32>,
+    dg: &Array<f32>,
+    mask: &mut Array<u32>,
+    sel: &mut Array<Atomic<u32>>,
+    rows: u32,
+    cols: u32,
+    wpr: u32,
+    i1: u32,
+    cnt: u32,
+    sel_at: (u32, u32, u32, u32),
+    #[comptime] rp: u32,
+) {
+    let (base, other, lead, row0) = sel_at;
+    let r0 = CUBE_POS_X * rp;
+    let (v, quota, earlier) = end_block_selection(sel, base, (row0 + r0) * cnt);
+    let mut before = earlier;
+    let keys = SharedMemory::<u32>::new(1usize);
+    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+    for rr in 0..rp {
+        let r = r0 + rr;
+        if r < rows {
+            let mut left = 0u32;
+            if quota > before {
+                left = quota - before;
+            }
+            before += write_row_mask(
+                w,
+                dg,
+                dg,
+                mask,
+                &keys,
+                &mut scan,
+                r * cols + i1,
+                r * wpr,
+                i1,
+                cnt,
+                v,
+                left,
+                SRC_OBS,
+                false,
+                true,
+                false,
+            );
+        }
+    }
+    if lead == 1 {
+        // The other half's histograms, for the next block (no one reads them in this launch).
+        let mut i = CUBE_POS_X * CUBE + UNIT_POS;
+        while i < comptime![block::CLEARED as u32] {
+            sel[(other + i) as usize].store(0u32);
+            i += CUBE_COUNT_X * CUBE;
+        }
+    }
+    sync_storage();
+    sync_cube();
+}
+
 /// One OBS prune on CubeCL ([`compose::ObsSteps`]): a block is one in-block launch (its
 /// width in registers, up to [`MAX_BLOCK`]), its rows of U gathered first; launches queue on
 /// the client's stream and the loss partials are summed at the end.
@@ -310,6 +382,18 @@ struct ObsState {
     ub: Handle,
     dg: Handle,
     errs: Vec<Handle>,
+    /// SparseGPT's block selection (two launches, ended in the in-block kernel), or none:
+    /// then `sel` is a word the kernel never reads.
+    block_sel: Option<BlockSel>,
+    sel: Handle,
+}
+
+/// The selection buffer of two halves (plan::select::block), which half the next selecting
+/// block takes, and whether the next in-block launch ends a selection.
+struct BlockSel {
+    half_words: usize,
+    selected: usize,
+    pending: Option<usize>,
 }
 
 impl<'a, R: Runtime> ObsRun<'a, R> {
@@ -356,6 +440,8 @@ impl<'a, R: Runtime> ObsRun<'a, R> {
                 .map(|s| b.scratch(w.slabs.range(s).1.max(1) * block))
                 .collect::<Result<_>>()?,
             cubes,
+            block_sel: None,
+            sel: b.scratch(1)?,
         })
     }
 }
@@ -429,7 +515,22 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
             _ => b.empty_mask(w.rows, w.cols)?,
         };
         zero_columns(b, w, &self.factor.dead)?;
-        self.state = Some(self.scratch(mask)?);
+        let mut st = self.scratch(mask)?;
+        if let ObsSelection::Unstructured(_) = sel {
+            // Two launches per block where the buffer fits one binding; otherwise the five of
+            // the whole-group selection.
+            let half_words = block::half_words(w.rows * self.block);
+            if let Ok(h) = b.scratch(2 * half_words) {
+                fill_u32(b, &h, 2 * half_words, 0);
+                st.sel = h;
+                st.block_sel = Some(BlockSel {
+                    half_words,
+                    selected: 0,
+                    pending: None,
+                });
+            }
+        }
+        self.state = Some(st);
         Ok(())
     }
 
@@ -462,7 +563,18 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
 
     fn select(&mut self, i1: usize, i2: usize, k: usize) -> Result<()> {
         let (b, w, block) = (self.b, self.w, self.block);
-        let st = self.state.as_ref().expect("the OBS run has begun");
+        let st = self.state.as_mut().expect("the OBS run has begun");
+        if let Some(bs) = st.block_sel.as_mut() {
+            // k = 0 prunes nothing: the block's bits stay as cleared.
+            if k > 0 {
+                let half = (bs.selected % 2) * bs.half_words;
+                let sel = (&st.sel, 2 * bs.half_words);
+                select_block(b, w, (&st.dg, block), (i1, i2 - i1), k, sel, half);
+                bs.selected += 1;
+                bs.pending = Some(half);
+            }
+            return Ok(());
+        }
         let dg = Some((&st.dg, block));
         select_global(
             b,
@@ -490,8 +602,15 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
         let (n, m) = nm.unwrap_or((0, 1));
         let st = self.state();
         let wpr = st.mask.words_per_row();
+        let (sel_len, ending) = match st.block_sel.as_mut() {
+            Some(bs) => (
+                2 * bs.half_words,
+                bs.pending.take().map(|h| (h, bs.half_words)),
+            ),
+            None => (1, None),
+        };
         for s in 0..w.handles.len() {
-            let srows = w.slabs.range(s).1;
+            let (row0, srows) = w.slabs.range(s);
             if srows == 0 {
                 continue;
             }
@@ -509,12 +628,21 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
                     arg(&st.errs[s], srows * block),
                     arg(&st.dg, block),
                     arg(&st.loss, st.loss_len),
+                    arg(&st.sel, sel_len),
                     srows as u32,
                     cols as u32,
                     wpr as u32,
                     j1 as u32,
                     cnt as u32,
                     st.loss_off as u32,
+                    ending.map_or((0, 0, 0, 0), |(half, hw)| {
+                        (
+                            half as u32,
+                            (hw - half) as u32,
+                            (s == 0) as u32,
+                            row0 as u32,
+                        )
+                    }),
                     lay.lanes,
                     lay.slots,
                     block as u32,
@@ -525,6 +653,7 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
                     m as u32,
                     b.plane,
                     b.plane_lanes == Some(lay.lanes),
+                    ending.is_some(),
                 );
             }
             st.loss_off += st.cubes[s];

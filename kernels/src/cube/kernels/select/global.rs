@@ -277,15 +277,9 @@ pub fn select_global<R: Runtime>(
                     continue;
                 }
                 let (xh, xl, ah, al, gh, gl) = bind(s);
-                // 16 keys per unit, but two waves where the device reports its
-                // multiprocessors (a 4096 x 128 OBS block would be 128 cubes: under one wave
-                // of an H100), while every unit has 4 keys (each cube clears and merges a
-                // 2048-bin histogram).
+                // Two waves of the device's multiprocessors, 4 to 16 keys per unit.
                 let entries = srows * ncols;
-                let cubes = entries
-                    .div_ceil(CUBE as usize * 16)
-                    .max(b.fill_cubes.min(entries.div_ceil(CUBE as usize * 4)))
-                    .clamp(1, 1024);
+                let cubes = plan::select::hist_groups(entries, b.fill_cubes);
                 // SAFETY: a grid-stride over the view's srows x ncols entries of this slab.
                 unsafe {
                     matrix_hist_kernel::launch_unchecked::<R>(

@@ -23,12 +23,15 @@ use super::score::{score_parts, SCORE_GBLM};
 use crate::error::Result;
 use crate::ops::{check, unstructured_k, MaskGroup, MaskPattern, Score};
 
+mod block;
 mod global;
 mod keys;
 mod nm;
 mod row;
 
+pub use block::{end_block_selection, select_block};
 pub use global::select_global;
+pub use keys::write_row_mask;
 
 /// Where the scores come from (the `SCORE_*` codes of `score.rs` are the fused sources).
 pub const SRC_PLAIN: u32 = 3;
