@@ -627,39 +627,8 @@ fn obs_block_selection_breaks_ties_as_the_reference<B: TestBackend>() {
                 0.0
             }
         });
-        let run = |be: &dyn Fn(&Matrix, &Matrix) -> (Mask, Matrix, f64)| be(&w, &u);
-        let (got_mask, got_w, got_loss) = run(&|w, u| {
-            let mut wt = b.upload(w).unwrap();
-            let factor = HinvFactor {
-                u: b.upload(u).unwrap(),
-                dead: vec![],
-                damp: 0.0,
-            };
-            let out = b
-                .obs_prune(&mut wt, &factor, ObsSelection::Unstructured(p), block)
-                .unwrap();
-            (
-                b.download_mask(&out.mask).unwrap(),
-                b.download(&wt).unwrap(),
-                out.loss,
-            )
-        });
-        let (want_mask, want_w, want_loss) = run(&|w, u| {
-            let mut wt = cpu.upload(w).unwrap();
-            let factor = HinvFactor {
-                u: cpu.upload(u).unwrap(),
-                dead: vec![],
-                damp: 0.0,
-            };
-            let out = cpu
-                .obs_prune(&mut wt, &factor, ObsSelection::Unstructured(p), block)
-                .unwrap();
-            (
-                cpu.download_mask(&out.mask).unwrap(),
-                cpu.download(&wt).unwrap(),
-                out.loss,
-            )
-        });
+        let (got_mask, got_w, got_loss) = pruned_by(b, &w, &u, p, block);
+        let (want_mask, want_w, want_loss) = pruned_by(&cpu, &w, &u, p, block);
         let shape = format!("{rows}x{cols}, block {block}, p = {p}");
         assert!(got_mask == want_mask, "{shape}: the masks differ");
         assert!(got_w == want_w, "{shape}: the pruned weights differ");
@@ -668,6 +637,31 @@ fn obs_block_selection_breaks_ties_as_the_reference<B: TestBackend>() {
             "{shape}: loss {got_loss} vs {want_loss}"
         );
     }
+}
+
+/// SparseGPT's unstructured OBS prune of `w` with the factor `u` on backend `b`: the mask, the
+/// pruned weights and the loss.
+fn pruned_by<B: Backend>(
+    b: &B,
+    w: &Matrix,
+    u: &Matrix,
+    p: f64,
+    block: usize,
+) -> (Mask, Matrix, f64) {
+    let mut wt = b.upload(w).unwrap();
+    let factor = HinvFactor {
+        u: b.upload(u).unwrap(),
+        dead: vec![],
+        damp: 0.0,
+    };
+    let out = b
+        .obs_prune(&mut wt, &factor, ObsSelection::Unstructured(p), block)
+        .unwrap();
+    (
+        b.download_mask(&out.mask).unwrap(),
+        b.download(&wt).unwrap(),
+        out.loss,
+    )
 }
 
 // ---- timing and adapters ----

@@ -105,29 +105,91 @@ pub(crate) fn stage<N: Size>(
     #[unroll]
     for l in 0..comptime![quads * BK / 256] {
         let idx = t + l * 256;
-        let mut q = idx % quads;
-        let mut kk = idx / quads;
-        if comptime![by_rows] {
-            q = idx / BK;
-            kk = idx % BK;
-        }
-        let gk = kb + kk;
-        let mut v = Vector::<f32, N>::empty();
-        #[unroll]
-        for e in 0..4u32 {
-            let r = origin + 4 * q + e;
-            let mut val = 0.0f32;
-            if staged_inside(r, gk, rows, k, shift, tri) {
-                if comptime![by_rows] {
-                    val = x[(off + r * ld + gk) as usize];
-                } else {
-                    val = x[(off + gk * ld + r) as usize];
-                }
-            }
-            v[e as usize] = val;
-        }
-        s[(base + kk * pitch + q) as usize] = v;
+        let (q, kk) = quad_and_depth(idx, quads, by_rows);
+        s[(base + kk * pitch + q) as usize] = scalar_vector::<N>(
+            x, off, ld, origin, rows, kb, k, idx, quads, by_rows, shift, tri,
+        );
     }
+}
+
+/// The quad and depth step of the `idx`-th vector of an operand's staged K step: neighbouring
+/// units take neighbouring depths of a quad (`by_rows`) or neighbouring quads of a depth.
+#[cube]
+fn quad_and_depth(idx: u32, #[comptime] quads: u32, #[comptime] by_rows: bool) -> (u32, u32) {
+    let mut q = idx % quads;
+    let mut kk = idx / quads;
+    if comptime![by_rows] {
+        q = idx / BK;
+        kk = idx % BK;
+    }
+    (q, kk)
+}
+
+/// [`stage`]'s `idx`-th vector: four scalar loads, zero outside the operand.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn scalar_vector<N: Size>(
+    x: &Array<f32>,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    idx: u32,
+    #[comptime] quads: u32,
+    #[comptime] by_rows: bool,
+    shift: i32,
+    #[comptime] tri: u32,
+) -> Vector<f32, N> {
+    let (q, kk) = quad_and_depth(idx, quads, by_rows);
+    let gk = kb + kk;
+    let mut v = Vector::<f32, N>::empty();
+    #[unroll]
+    for e in 0..4u32 {
+        let r = origin + 4 * q + e;
+        let mut val = 0.0f32;
+        if staged_inside(r, gk, rows, k, shift, tri) {
+            if comptime![by_rows] {
+                val = x[(off + r * ld + gk) as usize];
+            } else {
+                val = x[(off + gk * ld + r) as usize];
+            }
+        }
+        v[e as usize] = val;
+    }
+    v
+}
+
+/// [`stage_quads`]'s `idx`-th vector: one aligned vector load, masked lane by lane.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn quad_vector<N: Size>(
+    x4: &Array<Vector<f32, Const<4>>>,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    idx: u32,
+    #[comptime] quads: u32,
+    shift: i32,
+    #[comptime] tri: u32,
+) -> Vector<f32, N> {
+    let (q, kk) = quad_and_depth(idx, quads, false);
+    let gk = kb + kk;
+    let r0 = origin + 4 * q;
+    let mut g = Vector::<f32, Const<4>>::new(0.0f32);
+    if r0 < rows && gk < k {
+        g = x4[((off + gk * ld + r0) / 4) as usize];
+    }
+    let mut v = Vector::<f32, N>::empty();
+    #[unroll]
+    for e in 0..4u32 {
+        v[e as usize] = inside_or_zero(g[e as usize], r0 + e, gk, rows, k, shift, tri);
+    }
+    v
 }
 
 /// [`stage`] for an operand whose element (row r, depth d) lies at off + d·ld + r with off and
@@ -154,20 +216,9 @@ pub(crate) fn stage_quads<N: Size>(
     #[unroll]
     for l in 0..comptime![quads * BK / 256] {
         let idx = t + l * 256;
-        let q = idx % quads;
-        let kk = idx / quads;
-        let gk = kb + kk;
-        let r0 = origin + 4 * q;
-        let mut g = Vector::<f32, Const<4>>::new(0.0f32);
-        if r0 < rows && gk < k {
-            g = x4[((off + gk * ld + r0) / 4) as usize];
-        }
-        let mut v = Vector::<f32, N>::empty();
-        #[unroll]
-        for e in 0..4u32 {
-            v[e as usize] = inside_or_zero(g[e as usize], r0 + e, gk, rows, k, shift, tri);
-        }
-        s[(base + kk * pitch + q) as usize] = v;
+        let (q, kk) = quad_and_depth(idx, quads, false);
+        s[(base + kk * pitch + q) as usize] =
+            quad_vector::<N>(x4, off, ld, origin, rows, kb, k, idx, quads, shift, tri);
     }
 }
 
@@ -290,6 +341,35 @@ fn stage_operand<N: Size>(
         stage::<N>(
             x, s, base, off, ld, origin, rows, kb, k, quads, pitch, by_rows, shift, tri,
         );
+    }
+}
+
+/// The `idx`-th vector of an operand's K step by scalar or column-quad loads, as
+/// [`stage_operand`] would stage it (never depth quads).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn operand_vector<N: Size>(
+    x: &Array<f32>,
+    x4: &Array<Vector<f32, Const<4>>>,
+    off: u32,
+    ld: u32,
+    origin: u32,
+    rows: u32,
+    kb: u32,
+    k: u32,
+    idx: u32,
+    #[comptime] quads: u32,
+    #[comptime] by_rows: bool,
+    #[comptime] vector: bool,
+    shift: i32,
+    #[comptime] tri: u32,
+) -> Vector<f32, N> {
+    if comptime![vector] {
+        quad_vector::<N>(x4, off, ld, origin, rows, kb, k, idx, quads, shift, tri)
+    } else {
+        scalar_vector::<N>(
+            x, off, ld, origin, rows, kb, k, idx, quads, by_rows, shift, tri,
+        )
     }
 }
 
@@ -440,47 +520,67 @@ fn gemm_kernel<N: Size>(
     } else {
         TRI_NONE
     }];
-    while kb < kend {
-        stage_operand::<N>(
-            a,
-            a4,
-            &mut st,
-            0u32,
-            a_off,
-            a_ld,
-            i0,
-            m,
-            kb,
-            k,
-            qa,
-            pa,
-            a_by_rows,
-            comptime![flags & A_QUADS != 0],
-            a_shift,
-            a_tri,
-        );
-        stage_operand::<N>(
-            b,
-            b4,
-            &mut st,
-            sb,
-            b_off,
-            b_ld,
-            j0,
-            ncols,
-            kb,
-            k,
-            qb,
-            pb,
-            b_by_rows,
-            comptime![flags & B_QUADS != 0],
-            tri_shift,
-            b_tri,
-        );
+    let a_vec = comptime![flags & A_QUADS != 0];
+    let b_vec = comptime![flags & B_QUADS != 0];
+    // Double buffering through registers on 64 x 64 tiles: the next K step's global loads are
+    // issued before this step's FMAs and stored to the tiles after them, so their latency
+    // hides behind the multiply. A unit holds one vector of each operand for it (8 registers;
+    // 64-wide sides stage by scalars or column quads, one vector per unit). 128-wide tiles
+    // would hold 16 more beside 100-127 and drop from two cubes per SM to one.
+    let prefetch =
+        comptime![tm == 64 && tn == 64 && !(a_vec && a_by_rows) && !(b_vec && b_by_rows)];
+    // With prefetching the first step is staged before the loop, the others from registers.
+    if comptime![prefetch] {
+        if kb < kend {
+            stage_operand::<N>(
+                a, a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_vec, a_shift,
+                a_tri,
+            );
+            stage_operand::<N>(
+                b, b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, b_vec,
+                tri_shift, b_tri,
+            );
+        }
         sync_cube();
+    }
+    while kb < kend {
+        if comptime![!prefetch] {
+            stage_operand::<N>(
+                a, a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_vec, a_shift,
+                a_tri,
+            );
+            stage_operand::<N>(
+                b, b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, b_vec,
+                tri_shift, b_tri,
+            );
+            sync_cube();
+        }
+        let next = kb + BK;
+        let mut ra = Vector::<f32, N>::empty();
+        let mut rb = Vector::<f32, N>::empty();
+        if comptime![prefetch] {
+            if next < kend {
+                ra = operand_vector::<N>(
+                    a, a4, a_off, a_ld, i0, m, next, k, t, qa, a_by_rows, a_vec, a_shift, a_tri,
+                );
+                rb = operand_vector::<N>(
+                    b, b4, b_off, b_ld, j0, ncols, next, k, t, qb, b_by_rows, b_vec, tri_shift,
+                    b_tri,
+                );
+            }
+        }
         multiply_staged::<N>(&st, &mut acc, pa, pb, sb, rm, rn);
         sync_cube();
-        kb += BK;
+        if comptime![prefetch] {
+            if next < kend {
+                let (q, kk) = quad_and_depth(t, qa, a_by_rows);
+                st[(kk * pa + q) as usize] = ra;
+                let (q, kk) = quad_and_depth(t, qb, b_by_rows);
+                st[(sb + kk * pb + q) as usize] = rb;
+                sync_cube();
+            }
+        }
+        kb = next;
     }
 
     let mut part = 0.0f32;

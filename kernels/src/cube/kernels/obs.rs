@@ -36,6 +36,10 @@ use crate::plan::select::block;
 pub const MAX_BLOCK: usize = 1024;
 /// f32 of U1 held in shared memory at a time.
 const U_CHUNK: usize = 2048;
+/// Shared memory the end of a block's selection adds to the in-block kernel: two candidate
+/// histograms with their scans, the tie count's scan and the mask pass's (1 KiB each, 256
+/// words), and a few words of results.
+const END_SELECTION_SHARED: usize = 6 * 1024 + 64;
 /// f32 of current weights an N:M decision may stage in shared memory.
 const NM_STAGE: usize = 2048;
 
@@ -482,14 +486,21 @@ impl<R: Runtime> compose::ObsSteps for ObsRun<'_, R> {
             )));
         }
         // What the in-block kernel keeps in shared memory (U chunk, diag, errors, mask words,
-        // staged N:M weights, the loss reduction): refuse rather than exceed the device's limit.
+        // staged N:M weights, the loss reduction, the end of an unstructured selection):
+        // refuse rather than exceed the device's limit.
+        let ends_selection = matches!(sel, ObsSelection::Unstructured(_));
         let shared = 4
             * (lay.chunk as usize * block
                 + block
                 + rp
                 + rp * lay.words as usize
                 + m.map_or(1, |m| rp * m)
-                + CUBE as usize);
+                + CUBE as usize)
+            + if ends_selection {
+                END_SELECTION_SHARED
+            } else {
+                0
+            };
         if shared > self.b.max_shared {
             return Err(KernelError::Unsupported(format!(
                 "the OBS block kernel for block {block} needs {shared} bytes of shared memory, the \

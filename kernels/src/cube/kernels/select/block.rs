@@ -24,6 +24,13 @@ const DIGIT: u32 = block::DIGIT as u32;
 const RANK: u32 = block::RANK as u32;
 const CAND: u32 = block::CAND as u32;
 
+/// The key of entry `i` of the block (row-major over its `ncols` columns from `col0`).
+#[cube]
+fn block_key(x: &Array<f32>, aux: &Array<f32>, i: u32, ld: u32, col0: u32, ncols: u32) -> u32 {
+    let c = col0 + i % ncols;
+    load_key(x, aux, aux, (i / ncols) * ld + c, c, col0, SRC_OBS)
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn block_hist_kernel(
@@ -44,8 +51,7 @@ fn block_hist_kernel(
     let stride = CUBE_COUNT as u32 * CUBE;
     let mut i = ABSOLUTE_POS as u32;
     while i < n {
-        let c = col0 + i % ncols;
-        let key = load_key(x, aux, aux, (i / ncols) * ld + c, c, col0, SRC_OBS);
+        let key = block_key(x, aux, i, ld, col0, ncols);
         sh[(key >> 24) as usize].fetch_add(1u32);
         sel[(base + FINE + (key >> 16)) as usize].fetch_add(1u32);
         i += stride;
@@ -112,8 +118,7 @@ fn block_candidates_kernel(
     let stride = CUBE_COUNT as u32 * CUBE;
     let mut i = ABSOLUTE_POS as u32;
     while i < n {
-        let c = col0 + i % ncols;
-        let key = load_key(x, aux, aux, (i / ncols) * ld + c, c, col0, SRC_OBS);
+        let key = block_key(x, aux, i, ld, col0, ncols);
         if key >> 16 == d {
             let slot = sel[(base + COUNT) as usize].fetch_add(1u32);
             sel[(base + CAND + 2 * slot) as usize].store(key & 0xFFFF);
