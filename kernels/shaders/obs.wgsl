@@ -5,8 +5,9 @@
 // as the loop reaches them (so B = 128 needs 8 KiB, not U1's 64 KiB), and each step is a
 // rank-1 update spread over the LANES threads of a row, each owning the columns c with
 // c % LANES == lane. The lazy update of the columns to the right of the block is a GEMM
-// (gemm.wgsl). Decisions come from the mask (given, or chosen for the block by select.wgsl's
-// whole-group selection) or, for N:M, are made in the loop on the current weights.
+// (gemm.wgsl). Decisions come from the mask (given, or chosen for the block: select.wgsl's
+// block_hist and block_candidates, ended here by end_selection in the block's first
+// dispatch) or, for N:M, are made in the loop on the current weights.
 //
 // Column i's error is made by its owner and shared with the row's other lanes in one of two
 // ways. Without subgroups (this file as it is): through workgroup memory, two barriers per

@@ -1,5 +1,7 @@
-//! SparseGPT's blocked OBS prune (§7): per column block, the selection (select.wgsl's
-//! whole-group radix select for the adaptive unstructured mask), then per sub-block of at
+//! SparseGPT's blocked OBS prune (§7): per column block, the adaptive unstructured mask's
+//! selection (select.wgsl's block_hist and block_candidates, ended by the block's first
+//! in-block dispatch; the whole-group radix select where its buffer does not fit one
+//! binding), then per sub-block of at
 //! most 128 columns the in-block loop (obs.wgsl) and the lazy update of every column to its
 //! right (gemm.wgsl). A block wider than 128 runs as several sub-blocks with their lazy
 //! updates in between, which is the same arithmetic reordered: decisions are still made per

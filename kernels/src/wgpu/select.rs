@@ -1,5 +1,6 @@
 //! Mask selection (§5) and the fused prune: radix select per row, whole-group radix select
-//! (magnitude over the matrix; SparseGPT's per-block selection reuses it), N:M in one pass.
+//! (magnitude over the matrix; SparseGPT's per-block selection where its own two dispatches'
+//! buffer does not fit one binding), SparseGPT's block selection, N:M in one pass.
 //! See select.wgsl for the kernels.
 
 use bytemuck::{Pod, Zeroable};

@@ -2,8 +2,11 @@
 //!
 //! 1. the block's rows of U are gathered into one contiguous scratch buffer (U may be split
 //!    into slabs; a block may straddle two), and diag(U1) out of it;
-//! 2. unstructured: the block's floor(p·rows·B) lowest W²/d² are chosen by the global radix
-//!    select over the rows x B view (ties by linear index r·B + c, as the reference);
+//! 2. unstructured: the block's floor(p·rows·B) lowest W²/d² are chosen by two launches
+//!    (select/block.rs: a 16-bit histogram, then the candidates of the threshold's bin) and
+//!    the start of the block's launch below, which finds the threshold among the candidates
+//!    and writes its rows' mask words (ties by linear index r·B + c, as the reference); the
+//!    global radix select where the selection buffer does not fit one binding;
 //! 3. one launch runs the sequential column loop: each cube owns a few rows, each row's B
 //!    weights live in the registers of `lanes` threads, U1 streams through shared memory a
 //!    chunk of rows at a time (the whole 128x128 block, 64 KiB, would not fit everywhere), the

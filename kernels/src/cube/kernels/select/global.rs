@@ -1,4 +1,5 @@
-//! Whole-matrix selection (and SparseGPT's per-block selection over a column view): one
+//! Whole-matrix selection (and SparseGPT's per-block selection over a column view where the
+//! two-launch block selection's buffer does not fit one binding): one
 //! global histogram per digit pass, each cube of the next pass deciding the digit from it for
 //! itself (the decided digits left in a small device state for the passes after), then the
 //! keys equal to the threshold counted per chunk of rows and the mask pass per chunk, which

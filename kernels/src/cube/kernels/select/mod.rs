@@ -5,9 +5,11 @@
 //! a cube-wide prefix sum over the mask words.
 //!
 //! - per row: one cube per row does the passes in shared memory;
-//! - whole matrix (and SparseGPT's per-block selection): a global histogram per pass with the
-//!   running digit in a small device state, then per-row tie counts, a scan over rows, and the
-//!   same per-row mask pass;
+//! - whole matrix: a global histogram per pass with the running digit in a small device
+//!   state, then tie counts per chunk of rows and the same mask pass per chunk (global.rs);
+//! - SparseGPT's block: a 16-bit histogram and the candidates of the threshold's bin, ended
+//!   by the in-block kernel with the same mask pass (block.rs); where its buffer does not fit
+//!   one binding, the whole-matrix selection over the block's columns;
 //! - N:M: one pass, each thread owning lcm(32, m) columns (whole groups and whole mask words).
 //!
 //! Scores come from a comptime source: a score tensor, W with its statistics (the fused prune,
