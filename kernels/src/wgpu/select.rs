@@ -334,12 +334,9 @@ impl Ctx {
         let width = c1 - c0;
         let sel_slot = Slot::Win(self.whole(sel.0, sel.1)?);
         let maxg = self.max_groups();
+        let slabs = self.row_slabs(rows, cols, 1, usize::MAX)?;
         for entry in ["block_hist", "block_candidates"] {
-            for (i, (r0, r1)) in self
-                .row_slabs(rows, cols, 1, usize::MAX)?
-                .into_iter()
-                .enumerate()
-            {
+            for (i, &(r0, r1)) in slabs.iter().enumerate() {
                 let nelem = (r1 - r0) * width;
                 let mut p = SelParams {
                     c0: c0 as u32,
