@@ -29,7 +29,7 @@ use super::fill::{copy_u32, fill_u32};
 use super::gemm::{gemm, Gemm, View};
 use super::reduce::{cube_sum, sum, CUBE};
 use super::score::zero_columns;
-use super::select::{end_block_selection, select_block, select_global, write_row_mask, SRC_OBS};
+use super::select::{end_block_selection, select_block, select_global, write_rows_mask, SRC_OBS};
 use crate::compose;
 use crate::error::{KernelError, Result};
 use crate::ops::{HinvFactor, ObsOutcome, ObsSelection};
@@ -322,36 +322,29 @@ fn end_selection(
     let (base, other, lead, row0) = sel_at;
     let r0 = CUBE_POS_X * rp;
     let (v, quota, earlier) = end_block_selection(sel, base, (row0 + r0) * cnt);
-    let mut before = earlier;
-    let keys = SharedMemory::<u32>::new(1usize);
-    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    for rr in 0..rp {
-        let r = r0 + rr;
-        if r < rows {
-            let mut left = 0u32;
-            if quota > before {
-                left = quota - before;
-            }
-            before += write_row_mask(
-                w,
-                dg,
-                dg,
-                mask,
-                &keys,
-                &mut scan,
-                r * cols + i1,
-                r * wpr,
-                i1,
-                cnt,
-                v,
-                left,
-                SRC_OBS,
-                false,
-                true,
-                false,
-            );
-        }
+    let mut r1 = r0 + rp;
+    if r1 > rows {
+        r1 = rows;
     }
+    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+    write_rows_mask(
+        w,
+        dg,
+        dg,
+        mask,
+        &mut scan,
+        (r0, r1),
+        cols,
+        wpr,
+        i1,
+        cnt,
+        v,
+        quota,
+        earlier,
+        SRC_OBS,
+        false,
+        true,
+    );
     if lead == 1 {
         // The other half's histograms, for the next block (no one reads them in this launch).
         let mut i = CUBE_POS_X * CUBE + UNIT_POS;

@@ -13,7 +13,7 @@ use super::super::super::storage::{arg, CubeMask, CubeTensor};
 use super::super::super::CubeBackend;
 use super::super::reduce::{cube_exclusive_scan, CUBE};
 use super::super::stats::rows_of_chunk;
-use super::keys::{cube_index, digit, find_bin_of, load_key, write_row_mask};
+use super::keys::{cube_index, digit, find_bin_of, load_key, write_rows_mask};
 use super::BINS;
 use crate::error::{KernelError, Result};
 use crate::plan;
@@ -201,32 +201,24 @@ fn chunk_mask_kernel(
         }
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
         let (_excl, earlier) = cube_exclusive_scan(s, &mut scan);
-        let mut before = earlier;
-        let keys = SharedMemory::<u32>::new(1usize);
-        for r in r0..r1 {
-            let mut quota = 0u32;
-            if need > before {
-                quota = need - before;
-            }
-            before += write_row_mask(
-                x,
-                aux,
-                grad,
-                mask,
-                &keys,
-                &mut scan,
-                r * ld + col0,
-                r * wpr,
-                col0,
-                ncols,
-                v,
-                quota,
-                src,
-                apply,
-                partial,
-                false,
-            );
-        }
+        write_rows_mask(
+            x,
+            aux,
+            grad,
+            mask,
+            &mut scan,
+            (r0, r1),
+            ld,
+            wpr,
+            col0,
+            ncols,
+            v,
+            need,
+            earlier,
+            src,
+            apply,
+            partial,
+        );
     }
 }
 

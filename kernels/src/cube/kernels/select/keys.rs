@@ -289,6 +289,58 @@ pub fn write_row_mask(
     carry
 }
 
+/// The mask words of rows [r0, r1) of a view ([`write_row_mask`] row by row, keys from
+/// global memory): keys below `v` pruned, and keys equal to `v` while fewer than `need` lie
+/// before them in linear order, `before` of them lying before row r0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn write_rows_mask(
+    x: &mut Array<f32>,
+    aux: &Array<f32>,
+    grad: &Array<f32>,
+    mask: &mut Array<u32>,
+    scan: &mut SharedMemory<u32>,
+    rows: (u32, u32),
+    ld: u32,
+    wpr: u32,
+    col0: u32,
+    ncols: u32,
+    v: u32,
+    need: u32,
+    before: u32,
+    #[comptime] src: u32,
+    #[comptime] apply: bool,
+    #[comptime] partial: bool,
+) {
+    let (r0, r1) = rows;
+    let keys = SharedMemory::<u32>::new(1usize);
+    let mut before = before;
+    for r in r0..r1 {
+        let mut quota = 0u32;
+        if need > before {
+            quota = need - before;
+        }
+        before += write_row_mask(
+            x,
+            aux,
+            grad,
+            mask,
+            &keys,
+            scan,
+            r * ld + col0,
+            r * wpr,
+            col0,
+            ncols,
+            v,
+            quota,
+            src,
+            apply,
+            partial,
+            false,
+        );
+    }
+}
+
 /// Linear cube index over a 2D grid of cubes (row counts above the per-dimension limit).
 #[cube]
 pub fn cube_index() -> u32 {

@@ -33,7 +33,7 @@ mod row;
 
 pub use block::{end_block_selection, select_block};
 pub use global::select_global;
-pub use keys::write_row_mask;
+pub use keys::write_rows_mask;
 
 /// Where the scores come from (the `SCORE_*` codes of `score.rs` are the fused sources).
 pub const SRC_PLAIN: u32 = 3;
