@@ -529,9 +529,27 @@ fn gemm_kernel<N: Size>(
     // would hold 16 more beside 100-127 and drop from two cubes per SM to one.
     let prefetch =
         comptime![tm == 64 && tn == 64 && !(a_vec && a_by_rows) && !(b_vec && b_by_rows)];
-    // With prefetching the first step is staged before the loop, the others from registers.
+    // With prefetching a step's vectors arrive in registers during the step before (the
+    // first before the loop) and are stored at the top of the loop.
+    let mut ra = Vector::<f32, N>::empty();
+    let mut rb = Vector::<f32, N>::empty();
     if comptime![prefetch] {
         if kb < kend {
+            ra = operand_vector::<N>(
+                a, a4, a_off, a_ld, i0, m, kb, k, t, qa, a_by_rows, a_vec, a_shift, a_tri,
+            );
+            rb = operand_vector::<N>(
+                b, b4, b_off, b_ld, j0, ncols, kb, k, t, qb, b_by_rows, b_vec, tri_shift, b_tri,
+            );
+        }
+    }
+    while kb < kend {
+        if comptime![prefetch] {
+            let (q, kk) = quad_and_depth(t, qa, a_by_rows);
+            st[(kk * pa + q) as usize] = ra;
+            let (q, kk) = quad_and_depth(t, qb, b_by_rows);
+            st[(sb + kk * pb + q) as usize] = rb;
+        } else {
             stage_operand::<N>(
                 a, a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_vec, a_shift,
                 a_tri,
@@ -542,22 +560,7 @@ fn gemm_kernel<N: Size>(
             );
         }
         sync_cube();
-    }
-    while kb < kend {
-        if comptime![!prefetch] {
-            stage_operand::<N>(
-                a, a4, &mut st, 0u32, a_off, a_ld, i0, m, kb, k, qa, pa, a_by_rows, a_vec, a_shift,
-                a_tri,
-            );
-            stage_operand::<N>(
-                b, b4, &mut st, sb, b_off, b_ld, j0, ncols, kb, k, qb, pb, b_by_rows, b_vec,
-                tri_shift, b_tri,
-            );
-            sync_cube();
-        }
         let next = kb + BK;
-        let mut ra = Vector::<f32, N>::empty();
-        let mut rb = Vector::<f32, N>::empty();
         if comptime![prefetch] {
             if next < kend {
                 ra = operand_vector::<N>(
@@ -571,15 +574,6 @@ fn gemm_kernel<N: Size>(
         }
         multiply_staged::<N>(&st, &mut acc, pa, pb, sb, rm, rn);
         sync_cube();
-        if comptime![prefetch] {
-            if next < kend {
-                let (q, kk) = quad_and_depth(t, qa, a_by_rows);
-                st[(kk * pa + q) as usize] = ra;
-                let (q, kk) = quad_and_depth(t, qb, b_by_rows);
-                st[(sb + kk * pb + q) as usize] = rb;
-                sync_cube();
-            }
-        }
         kb = next;
     }
 
