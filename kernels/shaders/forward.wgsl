@@ -1,6 +1,7 @@
 // The LLaMA forward ops of ALGORITHMS.md §14 that are not GEMMs (the linear X·Wᵀ and the LM
 // head's logits run in gemm.wgsl):
-//   rms_norm: one workgroup per row, a tree reduction of the sum of squares;
+//   rms_norm: one workgroup per row (or per part of a row, where rows are few), a tree
+//     reduction of the sum of squares;
 //   rope: one invocation per (row, head, i < e/2) pair, in place;
 //   attention: causal GQA as FlashAttention-2's forward, a tile of BQ query rows of one head
 //     per workgroup, register tiles of S and O, tiles of K and V in workgroup memory;
@@ -38,6 +39,7 @@ struct Params {
     transpose: u32,  // rope: the transposed rotation (the backward pass), sin negated
     l_base: u32,     // attention: the log-sum-exp output's base (L [rows, heads] in lse_out)
     l_on: u32,       // attention: 1 to write L = m + ln(l) per (row, head), 0 to skip it
+    parts: u32,      // rms_norm: workgroups per row (plan::row_parts), each writing a run
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -86,15 +88,24 @@ fn wg_max(t: u32, v: f32) -> f32 {
     return red[0];
 }
 
+// The run [x, y) of `len` values part `part` of P.parts writes (plan::row_part): runs of a
+// multiple of `quad` values, the last shorter.
+fn row_part(part: u32, len: u32, quad: u32) -> vec2<u32> {
+    let run = ((len + P.parts - 1u) / P.parts + quad - 1u) / quad * quad;
+    return vec2<u32>(min(part * run, len), min((part + 1u) * run, len));
+}
+
 // dst(r, :) = x(r, :) / sqrt(mean(x(r, :)²) + eps) · γ for rows r in [row0, row0 + rows):
-// x in in0, γ (1 x cols) in in1, rows of cols values in both x and dst.
+// x in in0, γ (1 x cols) in in1, rows of cols values in both x and dst. P.parts workgroups
+// per row: each sums the whole row (in the same order, so the same factor) and writes its
+// run of columns.
 @compute @workgroup_size(256, 1, 1)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
     let wg = wid.y * nwg.x + wid.x;
-    if (wg >= P.rows) { return; }
+    if (wg >= P.rows * P.parts) { return; }
     let t = lid.x;
-    let r = P.row0 + wg;
+    let r = P.row0 + wg / P.parts;
     let xa = P.a_base + r * P.cols;
     var s = 0.0;
     for (var j = t; j < P.cols; j += 256u) {
@@ -104,7 +115,8 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let ss = wg_sum(t, s);
     let inv = 1.0 / sqrt(ss / f32(P.cols) + P.eps);
     let da = P.d_base + r * P.cols;
-    for (var j = t; j < P.cols; j += 256u) {
+    let run = row_part(wg % P.parts, P.cols, 4u);
+    for (var j = run.x + t; j < run.y; j += 256u) {
         dst[da + j] = in0[xa + j] * (inv * in1[P.b_base + j]);
     }
 }
@@ -114,9 +126,9 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 fn rms_norm4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let wg = wid.y * nwg.x + wid.x;
-    if (wg >= P.rows) { return; }
+    if (wg >= P.rows * P.parts) { return; }
     let t = lid.x;
-    let r = P.row0 + wg;
+    let r = P.row0 + wg / P.parts;
     let cols = P.cols / 4u;
     let xa = (P.a_base + r * P.cols) / 4u;
     var s = 0.0;
@@ -128,7 +140,8 @@ fn rms_norm4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let inv = 1.0 / sqrt(ss / f32(P.cols) + P.eps);
     let da = (P.d_base + r * P.cols) / 4u;
     let ga = P.b_base / 4u;
-    for (var j = t; j < cols; j += 256u) {
+    let run = row_part(wg % P.parts, cols, 1u);
+    for (var j = run.x + t; j < run.y; j += 256u) {
         dst4[da + j] = in0_4[xa + j] * (inv * in1_4[ga + j]);
     }
 }

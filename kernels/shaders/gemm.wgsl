@@ -353,6 +353,23 @@ fn reduce_parts(@builtin(local_invocation_id) lid: vec3<u32>) {
     if (t == 0u) { c[P.c_base] = red[0]; }
 }
 
+// The second pass of a product split over its depth (gemm_update batched over the pieces,
+// piece z's partial at part[z * pld]): C(i,j) = sum over z < count of the partials (+ beta *
+// C), in piece order, so the result does not depend on the order the pieces ran in. One
+// invocation per element of the m_lo..m_hi x n_lo..n_hi block, the grid laid over x then y.
+@compute @workgroup_size(256, 1, 1)
+fn sum_depth_parts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = P.n_hi - P.n_lo;
+    let e = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    if (e >= (P.m_hi - P.m_lo) * w) { return; }
+    var v = 0.0;
+    for (var z = 0u; z < P.count; z++) { v += part[z * P.pld + e]; }
+    let ci = P.c_base + (P.m_lo + e / w) * P.ldc + P.n_lo + e % w;
+    if (P.beta != 0.0) { v = P.beta * c[ci] + v; }
+    c[ci] = v;
+}
+
 // ---- The re-fit products of ALGORITHMS.md §12 ----
 
 const F_MERGE_SCALE: u32 = 256u; // gemm_merge: the scale form W_p ⊙ (B·A)

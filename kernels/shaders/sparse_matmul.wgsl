@@ -13,7 +13,10 @@
 //   consecutive lanes read consecutive kept values, no lane runs longer than another, and
 //   the lanes need not exchange counts.
 // Weights are decoded in registers (unpack2x16float), products accumulate in f32 per lane,
-// and the 8 partial sums of a row are added in workgroup memory. TB (tokens per block) is
+// and the 8 partial sums of a row are added in workgroup memory. Where the workgroups fall
+// short of the device's fill, the columns are split into parts of whole chunks
+// (plan::column_parts, workgroup_id.z), each writing a partial output that gemm.wgsl's
+// sum_depth_parts adds into Y in part order. TB (tokens per block) is
 // substituted by the host per pipeline (1, 2, 4 or 8), so a single token does not pay for 8.
 //
 // Decompression decodes f16 on the bits (exact for subnormals and signed zeros, which must
@@ -31,6 +34,8 @@ struct Params {
     c_base: u32,      // codes / kept-bits at the window's first row
     cpr: u32,         // code / bit words per row
     row0: u32,        // global row of the window's first row (bitmap offsets)
+    per_part: u32,    // product: chunks per part of a column split (plan::column_parts)
+    part_len: u32,    // product: values between the parts' partial outputs in y
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -57,11 +62,19 @@ struct Lane {
     row: u32,     // in the window
     live: bool,   // the row exists
     tok0: u32,
+    y0: u32,      // y at the window's first token and row, in this part's partial output
+    c0: u32,      // the part's columns [c0, c1): whole chunks
+    c1: u32,
 }
 
+// Workgroup (x, y, z): a block of RPW rows, of TB tokens, and a part of the columns (one
+// part, all of them, where the product is not split).
 fn lane_of(wid: vec3<u32>, tid: u32) -> Lane {
     let row = wid.x * RPW + tid / LANES;
-    return Lane(tid, tid % LANES, row, row < P.rows, wid.y * TB);
+    let c0 = min(wid.z * P.per_part * CHUNK, P.cols);
+    let c1 = min(c0 + P.per_part * CHUNK, P.cols);
+    return Lane(tid, tid % LANES, row, row < P.rows, wid.y * TB, P.y_base + wid.z * P.part_len,
+                c0, c1);
 }
 
 // xs <- X[tok0 .. tok0 + TB, c0 .. c0 + CHUNK).
@@ -90,7 +103,7 @@ fn finish(l: Lane, acc: array<f32, TB>) {
         var s = 0.0;
         for (var j = 0u; j < LANES; j++) { s += red[t * WG + first + j]; }
         let tok = l.tok0 + t;
-        if (l.live && tok < P.ntok) { y[P.y_base + tok * P.ldy + l.row] = s; }
+        if (l.live && tok < P.ntok) { y[l.y0 + tok * P.ldy + l.row] = s; }
     }
 }
 
@@ -100,7 +113,7 @@ fn matmul_dense(@builtin(workgroup_id) wid: vec3<u32>,
     let l = lane_of(wid, tid);
     var acc: array<f32, TB>;
     let vrow = P.v_base / 4u + l.row * (P.vpr / 4u);
-    for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
+    for (var c0 = l.c0; c0 < l.c1; c0 += CHUNK) {
         stage(c0, l.tok0, tid);
         workgroupBarrier();
         if (l.live) {
@@ -143,7 +156,7 @@ fn matmul_two_four(@builtin(workgroup_id) wid: vec3<u32>,
     var acc: array<f32, TB>;
     let vrow = P.v_base / 4u + l.row * (P.vpr / 4u);
     let crow = P.c_base + l.row * P.cpr;
-    for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
+    for (var c0 = l.c0; c0 < l.c1; c0 += CHUNK) {
         stage(c0, l.tok0, tid);
         workgroupBarrier();
         if (l.live) {
@@ -186,8 +199,13 @@ fn matmul_bitmap(@builtin(workgroup_id) wid: vec3<u32>,
     var acc: array<f32, TB>;
     let brow = P.c_base + l.row * P.cpr;
     var k = 0u;  // the row's first value in the current unit: the same in all 8 lanes
-    if (l.live) { k = offs[P.row0 + l.row]; }
-    for (var c0 = 0u; c0 < P.cols; c0 += CHUNK) {
+    if (l.live) {
+        k = offs[P.row0 + l.row];
+        // A later part starts after the row's values in the units before its columns
+        // (whole units: the padding is in the last).
+        for (var u = 0u; u < l.c0 / 32u; u++) { k += countOneBits(codes[brow + u]); }
+    }
+    for (var c0 = l.c0; c0 < l.c1; c0 += CHUNK) {
         stage(c0, l.tok0, tid);
         workgroupBarrier();
         if (l.live) {

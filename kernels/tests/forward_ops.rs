@@ -15,6 +15,8 @@ use common::backends::TestBackend;
 use common::{assert_close, bits, down, max_rel, up};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::ops::{nll_from_state, tolerance, NO_TARGET};
+use prunebench_kernels::plan::groups::DEFAULT_FILL;
+use prunebench_kernels::plan::{depth_split, row_parts};
 use prunebench_kernels::rng::{heavy_tailed, Rng};
 use prunebench_kernels::{Backend, KernelError, Matrix};
 
@@ -92,6 +94,19 @@ fn linear_split<B: TestBackend>() {
     );
 }
 
+/// Products with too few output tiles to fill a GPU run as equal depth pieces summed by a
+/// second pass (`plan::depth_split`): three pieces of 344, eight of 256 beside a ragged
+/// tile, and two for one token; the plan is asserted so the cases stay split.
+fn linear_over_depth_pieces<B: TestBackend>() {
+    let shapes = [(37, 1032, 70), (3, 2048, 130), (1, 512, 5)];
+    let pieces: Vec<usize> = shapes
+        .iter()
+        .map(|&(n, cols, rows)| depth_split(n, rows, cols, DEFAULT_FILL))
+        .collect();
+    assert_eq!(pieces, [3, 8, 2]);
+    check_linear(&B::fresh(), &shapes);
+}
+
 fn linear_in_windows<B: TestBackend>() {
     // X, W and Y all come in windows of rows.
     let b = B::split(WINDOW_BYTES);
@@ -137,6 +152,19 @@ fn rms_norm<B: TestBackend>() {
             (130, 96, 0.0),
         ],
     );
+}
+
+/// Rows too few to fill a GPU are normalised by several workgroups each
+/// (`plan::row_parts`), every one summing the whole row and writing its run of columns:
+/// four parts of an odd-length vec4 row, two of a row no vec4 fits, two of 70 rows.
+fn rms_norm_over_row_parts<B: TestBackend>() {
+    let cases = [(3, 4100, 1e-5), (1, 2051, 0.0), (70, 3000, 1e-6)];
+    let parts: Vec<usize> = cases
+        .iter()
+        .map(|&(n, d, _)| row_parts(n, d, DEFAULT_FILL))
+        .collect();
+    assert_eq!(parts, [4, 2, 2]);
+    check_rms_norm(&B::fresh(), &cases);
 }
 
 fn rms_norm_split<B: TestBackend>() {
@@ -774,8 +802,10 @@ macro_rules! forward_tests {
             [],
             linear,
             linear_split,
+            linear_over_depth_pieces,
             rms_norm,
             rms_norm_split,
+            rms_norm_over_row_parts,
             rope,
             rope_split,
             attention,

@@ -13,6 +13,7 @@ use common::backends::TestBackend;
 use common::{bits, run_cases, small_cases_named};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::formats;
+use prunebench_kernels::plan::{self, groups::DEFAULT_FILL};
 use prunebench_kernels::rng::{heavy_tailed, Rng};
 use prunebench_kernels::suite::{small_sparse_cases, CaseFormat, MaskSource, Op, OpCase};
 use prunebench_kernels::{Backend, KernelError, Mask, Matrix, Sparsity, WeightFormat};
@@ -86,6 +87,38 @@ fn long_rows_and_many_rows_match_the_reference<B: TestBackend>() {
         matmul(Dense, None, 129, 33, 1100),
     ];
     run_cases(&b, &cases);
+}
+
+/// Decode-sized products whose workgroups fall short of the device's fill split their
+/// columns into parts summed by a second pass (`plan::column_parts`): a ragged last bitmap
+/// unit, one and eight tokens, rows that are no multiple of a workgroup's. The plan is
+/// asserted for both backends' chunk widths (X staged as 2048 or 4096 values per block) at
+/// 8 rows per workgroup, the fewest either takes.
+fn decode_products_split_over_columns_match_the_reference<B: TestBackend>() {
+    use CaseFormat::{Bitmap, Dense, TwoFour};
+    use MaskSource::{Holes, None, Wanda};
+    let s24 = Sparsity::NM { n: 2, m: 4 };
+    let shapes: [(usize, usize, usize); 3] = [(3, 37, 2100), (1, 37, 8300), (8, 70, 3000)];
+    for &(n, rows, cols) in &shapes {
+        let tb = n.next_power_of_two();
+        for stage in [2048, 4096] {
+            let groups = rows.div_ceil(8) * n.div_ceil(tb);
+            let (parts, _) = plan::column_parts(groups, cols, stage / tb, DEFAULT_FILL);
+            assert!(parts > 1, "{n} x {rows} x {cols} at {stage}");
+        }
+    }
+    let mut cases = Vec::new();
+    for (n, rows, cols) in shapes {
+        for (format, mask) in [
+            (Dense, None),
+            (TwoFour, Wanda(s24)),
+            (Bitmap, Holes(0.6)),
+            (Bitmap, Wanda(Sparsity::Unstructured(0.5))),
+        ] {
+            cases.push(OpCase::new(Op::Matmul { format, mask, n }, rows, cols));
+        }
+    }
+    run_cases(&B::fresh(), &cases);
 }
 
 // ---- f16 rounding and packing ----
@@ -436,6 +469,7 @@ macro_rules! sparse_tests {
             [],
             every_sparse_case_runs_and_matches_the_reference,
             long_rows_and_many_rows_match_the_reference,
+            decode_products_split_over_columns_match_the_reference,
             compression_rounds_as_the_reference,
             compression_rounds_and_packs_like_the_reference,
             bad_input_to_compression_gives_the_references_errors,

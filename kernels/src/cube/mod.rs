@@ -167,6 +167,16 @@ impl<R: Runtime> CubeBackend<R> {
         }
     }
 
+    /// The cubes a launch should make to fill the device twice: two waves of its
+    /// multiprocessors where it reports them, else the shared plan's default.
+    pub(crate) fn fill_or_default(&self) -> usize {
+        if self.fill_cubes > 0 {
+            self.fill_cubes
+        } else {
+            crate::plan::groups::DEFAULT_FILL
+        }
+    }
+
     /// Splits tensors into slabs of at most `bytes` (never above the device's binding limit):
     /// the large-tensor path, exercised on small tensors. Tensors made before the change keep
     /// their slabs, so do this before uploading anything.

@@ -194,6 +194,81 @@ pub fn gemm_pieces(
     v
 }
 
+/// Into how many parts each of a launch's `groups` workgroups' work is split so that the
+/// launch reaches `fill` workgroups: 1 where it does already (or there is no work), else
+/// ⌈fill / groups⌉, at most `max_parts` (at least 1).
+pub fn parts_to_fill(groups: usize, fill: usize, max_parts: usize) -> usize {
+    if groups == 0 || groups >= fill {
+        return 1;
+    }
+    fill.div_ceil(groups).min(max_parts).max(1)
+}
+
+/// Columns each part of a decode-sized sparse product keeps at least, for
+/// [`column_parts`].
+pub const MIN_PART_COLUMNS: usize = 1024;
+
+/// How a sparse product over blocks of at most 8 tokens (§13's decode path) whose `groups`
+/// workgroups leave the device short of `fill` splits its columns: (parts, chunks per part)
+/// over the ⌈cols / chunk⌉ chunks of X it stages, each part at least [`MIN_PART_COLUMNS`]
+/// wide. Every part stages only its own chunks, so X's reads from L2 stay what they were
+/// where fewer rows per workgroup would multiply them; the parts' partial outputs (8 tokens
+/// by the rows) are summed by a second pass in part order, as the depth split's. At LLaMA-7B
+/// 4096 x 4096 and 8 tokens: 256 workgroups of 16 rows, two parts of 2048 columns.
+pub fn column_parts(groups: usize, cols: usize, chunk: usize, fill: usize) -> (usize, usize) {
+    let chunks = cols.div_ceil(chunk.max(1)).max(1);
+    let want = parts_to_fill(groups, fill, cols / MIN_PART_COLUMNS);
+    let per = chunks.div_ceil(want);
+    (chunks.div_ceil(per), per)
+}
+
+/// Output tiles (64 x 64) below which a product is split over its depth, and the bounds on
+/// that split: each piece keeps at least [`MIN_SPLIT_DEPTH`] of the depth (its partial tile,
+/// 16 KB written and read back, stays under a tenth of the 128 KB per 64 of depth it reads),
+/// and at most [`MAX_DEPTH_SPLIT`] pieces.
+pub const MIN_SPLIT_DEPTH: usize = 256;
+pub const MAX_DEPTH_SPLIT: usize = 8;
+
+/// How many depth pieces a product C[m x n] = A[m x k]·B[k x n] runs as, so that a launch of
+/// 64 x 64 tiles reaches `fill` workgroups (two waves of the device, [`groups::DEFAULT_FILL`]
+/// where it does not say): LLaMA-7B's linear at 256 tokens is 256 tiles, a little under two
+/// waves of 132 SMs with one of 8 warps each; two pieces make 512. The pieces run as one
+/// batched launch, each writing its partial product, and a second pass sums them in piece
+/// order, so the result is the same every run. Each piece's depth is a multiple of 4 (the
+/// GEMMs' vector loads stay aligned) and the pieces are equal, so `k` must divide; 1 where
+/// the tiles fill already or no split fits.
+pub fn depth_split(m: usize, n: usize, k: usize, fill: usize) -> usize {
+    let tiles = m.div_ceil(64) * n.div_ceil(64);
+    let want = parts_to_fill(tiles, fill, MAX_DEPTH_SPLIT.min(k / MIN_SPLIT_DEPTH));
+    (2..=want)
+        .rev()
+        .find(|s| k.is_multiple_of(4 * s))
+        .unwrap_or(1)
+}
+
+/// Columns each part of a split row keeps at least (4 per invocation of 256), and the most
+/// parts a row is split into, for [`row_parts`].
+pub const MIN_ROW_PART: usize = 1024;
+pub const MAX_ROW_PARTS: usize = 4;
+
+/// How many workgroups a row-wise normalisation (RMSNorm: a sum over the row, then the row
+/// scaled) gives each of `rows` rows of `cols`, so that a launch reaches `fill` workgroups:
+/// LLaMA-7B at 256 tokens is 256 rows, under two waves of 132 SMs. Every part of a row sums
+/// the whole row in the same order (the same factor, bit for bit, with no second pass) and
+/// writes its own run of columns ([`row_part`]); the extra reads are of a row another
+/// workgroup is reading, so they come from L2. 1 where the rows fill already.
+pub fn row_parts(rows: usize, cols: usize, fill: usize) -> usize {
+    parts_to_fill(rows, fill, MAX_ROW_PARTS.min(cols / MIN_ROW_PART))
+}
+
+/// The columns [c0, c1) part `part` of `parts` writes of a row of `cols`: runs of a multiple
+/// of 4 columns (aligned vec4s where the row is), the last one shorter, some empty at the end
+/// when `cols` is small. The kernels compute the same runs.
+pub fn row_part(part: usize, parts: usize, cols: usize) -> (usize, usize) {
+    let run = cols.div_ceil(parts.max(1)).next_multiple_of(4);
+    ((part * run).min(cols), ((part + 1) * run).min(cols))
+}
+
 /// Element ranges [e0, e1) of a flat array of `n` values, each at most `room` bytes, their
 /// boundaries on multiples of `granule` values (so vector views of a chunk stay aligned).
 pub fn flat_chunks(n: usize, room: u64, granule: usize) -> Vec<(usize, usize)> {
@@ -347,6 +422,54 @@ mod tests {
                 ((90, 100), false),
             ]
         );
+    }
+
+    #[test]
+    fn depth_splits_fill_two_waves_with_equal_aligned_pieces() {
+        // LLaMA-7B's linear at 256 tokens: 256 tiles, under 264; two pieces of 2048.
+        assert_eq!(depth_split(256, 4096, 4096, 264), 2);
+        assert_eq!(depth_split(256, 4096, 11008, 264), 2);
+        // Enough tiles already, or a device that reports nothing beyond the default.
+        assert_eq!(depth_split(2048, 4096, 4096, 264), 1);
+        assert_eq!(depth_split(256, 4096, 4096, groups::DEFAULT_FILL), 1);
+        // Two tiles want eight pieces; 1032 deep allows four of 258, but 1032 is not a
+        // multiple of 16, so three of 344.
+        assert_eq!(depth_split(37, 70, 1032, 256), 3);
+        // Too shallow to split, or no aligned equal cut.
+        assert_eq!(depth_split(37, 70, 511, 256), 1);
+        assert_eq!(depth_split(37, 70, 1030, 256), 1);
+        assert_eq!(depth_split(0, 70, 4096, 256), 1);
+    }
+
+    #[test]
+    fn column_parts_take_whole_chunks_of_at_least_1024_columns() {
+        // 4096 columns in chunks of 512: two parts of four chunks at 256 workgroups.
+        assert_eq!(column_parts(256, 4096, 512, 264), (2, 4));
+        assert_eq!(column_parts(512, 4096, 512, 264), (1, 8));
+        // Five workgroups want 52 parts; 2100 columns allow two, of 2 and 1 chunks.
+        assert_eq!(column_parts(5, 2100, 1024, 256), (2, 2));
+        assert_eq!(column_parts(3, 2100, 512, 256), (2, 3));
+        // Too narrow to split.
+        assert_eq!(column_parts(3, 2047, 512, 256), (1, 4));
+        assert_eq!(parts_to_fill(0, 256, 8), 1);
+        assert_eq!(parts_to_fill(10, 256, 0), 1);
+    }
+
+    #[test]
+    fn row_parts_fill_two_waves_and_cover_each_row_once() {
+        assert_eq!(row_parts(256, 4096, 264), 2);
+        assert_eq!(row_parts(2048, 4096, 264), 1);
+        assert_eq!(row_parts(3, 4100, 256), 4);
+        // Narrow rows stay whole.
+        assert_eq!(row_parts(3, 1000, 256), 1);
+        assert_eq!(row_parts(0, 4096, 256), 1);
+        for (parts, cols) in [(2, 4096), (3, 4096), (4, 4100), (3, 5), (4, 1)] {
+            let runs: Vec<_> = (0..parts).map(|p| row_part(p, parts, cols)).collect();
+            assert_eq!(runs[0].0, 0);
+            assert_eq!(runs[parts - 1].1, cols);
+            assert!(runs.windows(2).all(|w| w[0].1 == w[1].0));
+            assert!(runs.iter().all(|r| r.0 % 4 == 0 || r.0 == cols));
+        }
     }
 
     #[test]

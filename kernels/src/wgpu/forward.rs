@@ -18,6 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{KernelError, Result};
 use crate::ops::check;
+use crate::plan::{self, groups::DEFAULT_FILL};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win, HEAD_DIMS};
 use super::gemm::{Mat, Product};
@@ -57,6 +58,7 @@ struct Params {
     transpose: u32,
     l_base: u32,
     l_on: u32,
+    parts: u32,
 }
 
 /// The storage bindings of forward.wgsl, unused where `None`.
@@ -150,6 +152,7 @@ impl Ctx {
         for (r0, r1) in self.row_slabs(n, d, 1, usize::MAX)? {
             let xw = self.rows_win(&x.buf, d, r0, r1)?;
             let yw = self.rows_win(&y.buf, d, r0, r1)?;
+            let parts = plan::row_parts(r1 - r0, d, DEFAULT_FILL);
             let p = Params {
                 rows: (r1 - r0) as u32,
                 cols: d as u32,
@@ -158,6 +161,7 @@ impl Ctx {
                 b_base: gw.base(0),
                 d_base: yw.base(0),
                 eps: eps as f32,
+                parts: parts as u32,
                 ..Default::default()
             };
             let bind = Bind {
@@ -166,7 +170,7 @@ impl Ctx {
                 dst: Some(yw),
                 ..Default::default()
             };
-            let g = grid((r1 - r0) as u64, self.max_groups());
+            let g = grid(((r1 - r0) * parts) as u64, self.max_groups());
             // Four columns per thread where rows are whole vec4s from aligned bases.
             let entry = if [d as u32, p.a_base, p.b_base, p.d_base]
                 .iter()

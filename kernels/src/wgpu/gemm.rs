@@ -4,9 +4,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
-use crate::plan::{gemm_pieces, Slabs, Stored};
+use crate::plan::groups::DEFAULT_FILL;
+use crate::plan::{depth_split, gemm_pieces, GemmPiece, Slabs, Stored};
 
-use super::exec::{Batch, Ctx, Module, Slot, Win};
+use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 
 pub(crate) const F_LOWER: u32 = 1;
 pub(crate) const F_MIRROR: u32 = 2;
@@ -442,6 +443,13 @@ impl Ctx {
             trans: m.trans,
         };
         let pieces = gemm_pieces(c.rows, c.cols, k, stored(&a, &sa), stored(&bm, &sb), &sc);
+        if let [whole] = pieces[..] {
+            let splits = depth_split(c.rows, c.cols, k, DEFAULT_FILL);
+            let parts = (splits * c.rows * c.cols) as u64;
+            if p.flags == 0 && !c.trans && splits > 1 && self.win_fits(parts) {
+                return self.record_depth_split(b, p, (a, bm, c), whole, splits);
+            }
+        }
         self.split_noted(pieces.len());
         for pc in pieces {
             let mut g = Gemm::new(
@@ -460,5 +468,91 @@ impl Ctx {
             g.record(b)?;
         }
         Ok(())
+    }
+
+    /// Records a product whose operands each fit one window as `splits` equal depth pieces
+    /// ([`depth_split`]): one `gemm_update` batched over the pieces, piece z reading depths
+    /// z·kp.. of A and B (their origins moved along the depth) and storing alpha·A·B into its
+    /// own partial, then `sum_depth_parts` adding the partials into C in piece order.
+    fn record_depth_split(
+        &self,
+        b: &mut Batch<'_>,
+        p: Product,
+        (a, bm, c): (Mat<'_>, Mat<'_>, Mat<'_>),
+        whole: GemmPiece,
+        splits: usize,
+    ) -> Result<()> {
+        let (m, n) = (c.rows, c.cols);
+        let kp = (whole.k.1 - whole.k.0) / splits;
+        let parts = self.scratch("depth-split partial products", splits * m * n)?;
+        let pw = self.whole(&parts, splits * m * n)?;
+        // One piece further along the depth: kp values along a stored row where the depth
+        // runs inside rows (A by rows, B transposed), kp stored rows where it runs across them.
+        let depth_step = |mat: &Mat<'_>, depth_in_row: bool| {
+            if depth_in_row {
+                kp
+            } else {
+                kp * mat.cols
+            }
+        };
+        let mut g = Gemm::new(
+            "gemm_update",
+            (0, m),
+            (0, n),
+            (0, kp),
+            self.operand_window(&a, whole.m, whole.k)?,
+            self.operand_window(&bm, whole.k, whole.n)?,
+        )
+        .named(p.label);
+        g.c = Some(Operand::new(pw, 0, n));
+        g.alpha = p.alpha;
+        g.batch = Batched {
+            count: splits,
+            stride: [depth_step(&a, !a.trans), depth_step(&bm, bm.trans), m * n],
+        };
+        g.record(b)?;
+        let cw = self.operand_window(&c, whole.m, whole.n)?;
+        let out = (cw.win, cw.win.base(0), n);
+        self.record_sum_parts(b, p.label, (pw, splits), out, (m, n), p.beta)
+    }
+
+    /// Records `sum_depth_parts`: C (m x n from element `c_base` of window `c`, leading
+    /// dimension `ldc`) = the sum, in order, of the `count` partials of m·n values at the
+    /// start of `parts` (+ beta·C where beta is not 0).
+    pub(crate) fn record_sum_parts(
+        &self,
+        b: &mut Batch<'_>,
+        label: &'static str,
+        (parts, count): (Win<'_>, usize),
+        (c, c_base, ldc): (Win<'_>, u32, usize),
+        (m, n): (usize, usize),
+        beta: f32,
+    ) -> Result<()> {
+        let sum = GemmParams {
+            m_hi: m as u32,
+            n_hi: n as u32,
+            c_base,
+            ldc: ldc as u32,
+            beta,
+            count: count as u32,
+            pld: (m * n) as u32,
+            ..Default::default()
+        };
+        b.dispatch_as(
+            label,
+            Module::Gemm,
+            "sum_depth_parts",
+            bytemuck::bytes_of(&sum),
+            &[
+                Slot::Unused,
+                Slot::Unused,
+                Slot::Unused,
+                Slot::Win(c),
+                Slot::Unused,
+                Slot::Win(parts),
+                Slot::Unused,
+            ],
+            grid((m * n).div_ceil(256) as u64, self.max_groups()),
+        )
     }
 }

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{KernelError, Result};
 use crate::formats::{self, PackedWeight, WeightFormat};
-use crate::plan;
+use crate::plan::{self, groups::DEFAULT_FILL};
 use crate::tensor::Mask;
 
 use super::exec::{grid, Ctx, Module, Slot, Win, TOKEN_BLOCKS};
@@ -91,10 +91,16 @@ struct ReadParams {
     c_base: u32,
     cpr: u32,
     row0: u32,
+    per_part: u32,
+    part_len: u32,
 }
 
 /// Weight rows per product workgroup (sparse_matmul.wgsl's RPW).
 const MATMUL_ROWS: usize = 16;
+
+/// X values a blocked product workgroup stages per chunk (sparse_matmul.wgsl's 2048): the
+/// chunk is this many over the token block columns.
+const DECODE_STAGE: usize = 2048;
 
 const NONE: u32 = u32::MAX;
 
@@ -460,13 +466,30 @@ impl Ctx {
             let xw = self.rows_win(&x.buf, cols, t0, t1)?;
             let yw = self.rows_win(&y.buf, rows, t0, t1)?;
             for &(r0, r1) in &weights {
+                let (nt, nr) = (t1 - t0, r1 - r0);
+                let groups = nr.div_ceil(wg_rows) * nt.div_ceil(tb);
+                let part_len = nt * nr;
+                let (parts, per_part, scratch) = if tiled {
+                    (1, 0, None)
+                } else {
+                    self.column_split(groups, cols, tb, part_len)?
+                };
+                let out = match &scratch {
+                    Some(buf) => self.whole(buf, parts * part_len)?,
+                    None => yw,
+                };
                 let mut p = ReadParams {
-                    ntok: (t1 - t0) as u32,
+                    ntok: nt as u32,
                     x_base: xw.base((t0 * cols) as u64),
                     y_base: yw.base((t0 * rows + r0) as u64),
                     ldy: rows as u32,
+                    per_part: per_part as u32,
+                    part_len: part_len as u32,
                     ..Default::default()
                 };
+                if scratch.is_some() {
+                    (p.y_base, p.ldy) = (0, nr as u32);
+                }
                 let [v4, v1, meta, offsets] = self.packed_slots(w, r0, r1, &mut p)?;
                 // The blocked dense and 2:4 kernels read their values as vec4s; the tiled ones,
                 // which gather single values, and the bitmap kernels as words.
@@ -479,17 +502,42 @@ impl Ctx {
                     module,
                     entry,
                     bytemuck::bytes_of(&p),
-                    &[Slot::Win(xw), v4, v1, meta, offsets, Slot::Win(yw)],
+                    &[Slot::Win(xw), v4, v1, meta, offsets, Slot::Win(out)],
                     [
-                        (r1 - r0).div_ceil(wg_rows) as u32,
-                        (t1 - t0).div_ceil(tb) as u32,
-                        1,
+                        nr.div_ceil(wg_rows) as u32,
+                        nt.div_ceil(tb) as u32,
+                        parts as u32,
                     ],
                 )?;
+                if scratch.is_some() {
+                    let y_at = (yw, yw.base((t0 * rows + r0) as u64), rows);
+                    self.record_sum_parts(&mut b, entry, (out, parts), y_at, (nt, nr), 0.0)?;
+                }
             }
         }
         b.submit()?;
         Ok(y)
+    }
+
+    /// How a blocked (decode-sized) product launch of `groups` workgroups over `cols`
+    /// columns at token block `tb` splits its columns ([`plan::column_parts`]): (parts,
+    /// chunks per part, the scratch holding the parts' partial outputs of `part_len` values
+    /// each). One part covering every chunk where the workgroups fill the device already or
+    /// the scratch would not fit one binding.
+    fn column_split(
+        &self,
+        groups: usize,
+        cols: usize,
+        tb: usize,
+        part_len: usize,
+    ) -> Result<(usize, usize, Option<wgpu::Buffer>)> {
+        let chunk = DECODE_STAGE / tb;
+        let (parts, per_part) = plan::column_parts(groups, cols, chunk, DEFAULT_FILL);
+        if parts > 1 && self.win_fits((parts * part_len) as u64) {
+            let buf = self.scratch("column-split partial products", parts * part_len)?;
+            return Ok((parts, per_part, Some(buf)));
+        }
+        Ok((1, cols.div_ceil(chunk).max(1), None))
     }
 
     pub(crate) fn upload_packed(&self, p: &PackedWeight) -> Result<WgpuPacked> {

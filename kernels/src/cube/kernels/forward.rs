@@ -79,21 +79,25 @@ fn cube_max(v: f32, #[comptime] plane: bool) -> f32 {
     out
 }
 
-/// y = x / sqrt(mean(x²) + eps) · γ, one cube per row of a slab.
+/// y = x / sqrt(mean(x²) + eps) · γ, `parts` cubes per row of a slab (`plan::row_parts`):
+/// each sums the whole row (in the same order, so the same factor) and writes its run of
+/// columns (`plan::row_part`).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn rms_norm_kernel(
     x: &Array<f32>,
     gamma: &Array<f32>,
     y: &mut Array<f32>,
     rows: u32,
     cols: u32,
+    parts: u32,
     eps: f32,
     #[comptime] plane: bool,
 ) {
     // The row is uniform per cube, so the early-out never splits a cube at its barriers.
-    let r = CUBE_POS as u32;
-    if r < rows {
-        let base = r * cols;
+    let wg = CUBE_POS as u32;
+    if wg < rows * parts {
+        let base = (wg / parts) * cols;
         let mut s = 0.0f32;
         let mut c = UNIT_POS;
         while c < cols {
@@ -103,8 +107,11 @@ fn rms_norm_kernel(
         }
         let total = cube_sum(s, plane);
         let inv = 1.0f32 / f32::sqrt(total / cols as f32 + eps);
-        let mut c = UNIT_POS;
-        while c < cols {
+        let run = ((cols + parts - 1) / parts + 3) / 4 * 4;
+        let first = u32::min((wg % parts) * run, cols);
+        let end = u32::min(first + run, cols);
+        let mut c = first + UNIT_POS;
+        while c < end {
             let i = (base + c) as usize;
             y[i] = x[i] * (inv * gamma[c as usize]);
             c += CUBE;
@@ -507,23 +514,26 @@ pub fn rms_norm<R: Runtime>(
     check::rms_norm(x.shape(), gamma.shape(), eps)?;
     let y = b.alloc_tensor(x.rows, x.cols)?;
     same_slabs("RMSNorm output vs X", &y.slabs, &x.slabs)?;
+    let fill = b.fill_or_default();
     for s in 0..x.handles.len() {
         let rn = x.slabs.range(s).1;
         if rn == 0 || x.cols == 0 {
             continue;
         }
-        // SAFETY: one cube per row of the slab, each thread striding over its columns; γ holds
-        // cols values.
+        let parts = plan::row_parts(rn, x.cols, fill);
+        // SAFETY: `parts` cubes per row of the slab, each thread striding over the row and
+        // then over its part's columns; γ holds cols values.
         unsafe {
             rms_norm_kernel::launch_unchecked::<R>(
                 &b.client,
-                b.grid(rn, 1),
+                b.grid(rn * parts, 1),
                 CubeDim::new_1d(CUBE),
                 arg(&x.handles[s], x.slab_len(s)),
                 arg(&gamma.handles[0], gamma.cols),
                 arg(&y.handles[s], y.slab_len(s)),
                 rn as u32,
                 x.cols as u32,
+                parts as u32,
                 eps as f32,
                 b.plane,
             );

@@ -20,8 +20,9 @@ use cubecl::server::Handle;
 
 use super::super::storage::{arg, arg_quads, CubeTensor};
 use super::super::CubeBackend;
+use super::fill::BLOCK;
 use super::reduce::cube_sum;
-use crate::plan::{gemm_pieces, Stored};
+use crate::plan::{depth_split, gemm_pieces, GemmPiece, Stored};
 
 const BK: u32 = 16;
 
@@ -901,6 +902,14 @@ pub fn gemm_split<R: Runtime>(
 ) {
     let k = if a.trans { a.t.rows } else { a.t.cols };
     let pieces = gemm_pieces(c.rows, c.cols, k, a.stored(), bm.stored(), &c.slabs);
+    if let ([whole], None, None) = (&pieces[..], p.lower, p.b_lower) {
+        let splits = depth_split(c.rows, c.cols, k, b.fill_or_default());
+        if splits > 1 {
+            if let Ok(parts) = b.scratch(splits * c.rows * c.cols) {
+                return gemm_depth_split(b, p, (a, bm, c), *whole, (splits, &parts));
+            }
+        }
+    }
     for pc in pieces {
         let ((m0, m1), (n0, mut n1), (k0, k1)) = (pc.m, pc.n, pc.k);
         if let Some(shift) = p.lower {
@@ -927,6 +936,120 @@ pub fn gemm_split<R: Runtime>(
                     Of::rows(c).view(m0, n0),
                 )
             },
+        );
+    }
+}
+
+/// C = Σ_z parts[z·elems ..] (+ beta·C) over the `elems` = m·n values of C (`n` wide, at
+/// `c_off` with leading dimension `ldc`): the second pass of a product split over its depth,
+/// summed in piece order so the result does not depend on the order the pieces ran in.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn sum_depth_parts_kernel(
+    parts: &Array<f32>,
+    c: &mut Array<f32>,
+    elems: u32,
+    n: u32,
+    c_off: u32,
+    ldc: u32,
+    count: u32,
+    beta: f32,
+    #[comptime] read_c: bool,
+) {
+    let e = ABSOLUTE_POS as u32;
+    if e < elems {
+        let mut v = 0.0f32;
+        for z in 0..count {
+            v += parts[(z * elems + e) as usize];
+        }
+        let ci = (c_off + (e / n) * ldc + e % n) as usize;
+        if comptime![read_c] {
+            v = beta * c[ci] + v;
+        }
+        c[ci] = v;
+    }
+}
+
+/// A product whose operands each lie in one slab as `splits` equal depth pieces
+/// ([`depth_split`]): one GEMM launch batched over the pieces, piece z reading depths z·kp..
+/// of A and B (their views moved along the depth) and storing alpha·A·B into its own partial
+/// of `parts`, then [`sum_depth_parts_kernel`] adding the partials into C in piece order.
+fn gemm_depth_split<R: Runtime>(
+    b: &CubeBackend<R>,
+    p: Product,
+    (a, bm, c): (Of<'_>, Of<'_>, &CubeTensor),
+    whole: GemmPiece,
+    (splits, parts): (usize, &Handle),
+) {
+    let (m, n) = (c.rows, c.cols);
+    let (kp, elems) = ((whole.k.1 - whole.k.0) / splits, m * n);
+    // One piece further along the depth: kp values along a stored row where the depth runs
+    // inside rows (A by rows, B transposed), kp stored rows where it runs across them.
+    let depth_step = |o: &Of<'_>, depth_in_row: bool| {
+        if depth_in_row {
+            kp
+        } else {
+            kp * o.t.cols
+        }
+    };
+    gemm(
+        b,
+        &Gemm {
+            alpha: p.alpha,
+            batch: Batched {
+                count: splits,
+                stride: [depth_step(&a, !a.trans), depth_step(&bm, bm.trans), elems],
+            },
+            ..Gemm::store(
+                m,
+                n,
+                kp,
+                a.view(whole.m.0, whole.k.0),
+                bm.view(whole.k.0, whole.n.0),
+                View::rows(parts, splits * elems, 0, n),
+            )
+        },
+    );
+    let cv = Of::rows(c).view(whole.m.0, whole.n.0);
+    sum_parts(
+        b,
+        (parts, splits),
+        (cv.h, cv.len, cv.off, cv.ld),
+        (m, n),
+        p.beta,
+    );
+}
+
+/// Launches [`sum_depth_parts_kernel`]: C (m x n at `off` with leading dimension `ld` in a
+/// binding of `len`) = the sum of the `count` partials of m·n values in `parts`, in order
+/// (+ beta·C where `beta` is given).
+pub(crate) fn sum_parts<R: Runtime>(
+    b: &CubeBackend<R>,
+    (parts, count): (&Handle, usize),
+    (h, len, off, ld): (&Handle, usize, usize, usize),
+    (m, n): (usize, usize),
+    beta: Option<f32>,
+) {
+    let elems = m * n;
+    if elems == 0 {
+        return;
+    }
+    // SAFETY: one unit per element of C below `elems`; the partials hold count·elems values
+    // and C's m rows of ld from off lie inside its binding of len.
+    unsafe {
+        sum_depth_parts_kernel::launch_unchecked::<R>(
+            &b.client,
+            b.grid(elems, BLOCK),
+            CubeDim::new_1d(BLOCK),
+            arg(parts, count * elems),
+            arg(h, len),
+            elems as u32,
+            n as u32,
+            off as u32,
+            ld as u32,
+            count as u32,
+            beta.unwrap_or(0.0),
+            beta.is_some(),
         );
     }
 }

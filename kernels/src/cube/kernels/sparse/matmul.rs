@@ -13,7 +13,12 @@
 //!   operations): neighbouring lanes read neighbouring values and no lane runs longer than
 //!   another;
 //! - weights are decoded to f32 in registers, products accumulate in f32 per token, and the
-//!   L lanes of a row are summed through shared memory; tokens past N are not written.
+//!   L lanes of a row are summed through shared memory; tokens past N are not written;
+//! - where the cubes fall short of two waves (LLaMA-7B's 4096 rows at 8 tokens make 256),
+//!   the columns are split into parts of whole chunks (`plan::column_parts`, a cube per
+//!   part in z), each part writing its partial outputs to a scratch buffer that a second
+//!   pass sums into Y in part order; a bitmap part starts its value index after the row's
+//!   kept values in the earlier parts' units.
 //!
 //! X and Y may each be split into slabs of tokens: a launch covers the tokens one X slab and
 //! one Y slab share.
@@ -22,6 +27,7 @@ use cubecl::prelude::*;
 
 use super::super::super::storage::{arg, CubePacked, CubeTensor};
 use super::super::super::CubeBackend;
+use super::super::gemm::sum_parts;
 use super::super::reduce::CUBE;
 use super::half::f16_to_f32;
 use super::tiled;
@@ -101,6 +107,19 @@ fn store_rows(
     }
 }
 
+/// The chunks [first, last) of `ch` columns that this cube's part (`CUBE_POS_Z`) of a
+/// column split stages: `per_part` of them (`plan::column_parts`), all where not split.
+#[cube]
+fn part_chunks(cols: u32, ch: u32, per_part: u32) -> (u32, u32) {
+    let chunks = (cols + ch - 1u32) / ch;
+    let first = CUBE_POS_Z * per_part;
+    let mut last = first + per_part;
+    if last > chunks {
+        last = chunks;
+    }
+    (first, last)
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn matmul_dense_kernel<N: Size>(
@@ -112,6 +131,8 @@ fn matmul_dense_kernel<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
     #[comptime] tb: u32,
     #[comptime] lanes: u32,
     #[comptime] stage: u32,
@@ -133,8 +154,8 @@ fn matmul_dense_kernel<N: Size>(
     }
     // Vec4 words per row: 8 columns each.
     let gpr = (cols + 7u32) / 8u32;
-    let chunks = (cols + ch - 1u32) / ch;
-    for chunk in 0..chunks {
+    let (first, last) = part_chunks(cols, ch, per_part);
+    for chunk in first..last {
         let c0 = chunk * ch;
         sync_cube();
         stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
@@ -165,7 +186,8 @@ fn matmul_dense_kernel<N: Size>(
             }
         }
     }
-    store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
+    let y_at = y_off + CUBE_POS_Z * part_len + tb0 * rows;
+    store_rows(&acc, &mut xs, y, y_at, rows, r, nt, tb, lanes);
 }
 
 #[cube(launch_unchecked)]
@@ -180,6 +202,8 @@ fn matmul_two_four_kernel<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
     #[comptime] tb: u32,
     #[comptime] lanes: u32,
     #[comptime] stage: u32,
@@ -200,8 +224,8 @@ fn matmul_two_four_kernel<N: Size>(
         nt = tb;
     }
     let units = (cols + 31u32) / 32u32;
-    let chunks = (cols + ch - 1u32) / ch;
-    for chunk in 0..chunks {
+    let (first, last) = part_chunks(cols, ch, per_part);
+    for chunk in first..last {
         let c0 = chunk * ch;
         sync_cube();
         stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
@@ -238,7 +262,8 @@ fn matmul_two_four_kernel<N: Size>(
             }
         }
     }
-    store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
+    let y_at = y_off + CUBE_POS_Z * part_len + tb0 * rows;
+    store_rows(&acc, &mut xs, y, y_at, rows, r, nt, tb, lanes);
 }
 
 #[cube(launch_unchecked)]
@@ -254,6 +279,8 @@ fn matmul_bitmap_kernel(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
     #[comptime] tb: u32,
     #[comptime] lanes: u32,
     #[comptime] stage: u32,
@@ -274,12 +301,18 @@ fn matmul_bitmap_kernel(
     }
     let units = (cols + 31u32) / 32u32;
     // The index of the row's first value in the current unit: the same in every lane.
+    let (first, last) = part_chunks(cols, ch, per_part);
     let mut base = 0u32;
     if r < rows {
+        // A later part starts after the row's values in the units before its first chunk,
+        // counted by every lane of the row alike (whole units: the padding is in the last).
         base = offsets[r as usize];
+        let skipped = first * comptime![stage / tb / 32];
+        for u in 0..skipped {
+            base += u32::count_ones(meta[(r * units + u) as usize]);
+        }
     }
-    let chunks = (cols + ch - 1u32) / ch;
-    for chunk in 0..chunks {
+    for chunk in first..last {
         let c0 = chunk * ch;
         sync_cube();
         stage_x(x, &mut xs, x_off + tb0 * cols, nt, cols, c0, tb, stage);
@@ -311,7 +344,8 @@ fn matmul_bitmap_kernel(
             }
         }
     }
-    store_rows(&acc, &mut xs, y, y_off + tb0 * rows, rows, r, nt, tb, lanes);
+    let y_at = y_off + CUBE_POS_Z * part_len + tb0 * rows;
+    store_rows(&acc, &mut xs, y, y_at, rows, r, nt, tb, lanes);
 }
 
 /// Lanes per row: up to 32, no more than a chunk has units or than a row has units.
@@ -397,6 +431,25 @@ struct Part<'a> {
     n: usize,
 }
 
+/// How a launch of `groups` cubes over `cols` columns staged in chunks of `ch` splits its
+/// columns ([`plan::column_parts`]): (parts, chunks per part, the scratch holding the parts'
+/// partial outputs of `part_len` values each, summed into Y after the launch). One part
+/// covering every chunk where the cubes fill the device already or no scratch can be had.
+fn column_split<R: Runtime>(
+    b: &CubeBackend<R>,
+    groups: usize,
+    (cols, ch): (usize, usize),
+    part_len: usize,
+) -> (usize, usize, Option<cubecl::server::Handle>) {
+    let (parts, per_part) = plan::column_parts(groups, cols, ch, b.fill_or_default());
+    if parts > 1 {
+        if let Ok(h) = b.scratch(parts * part_len) {
+            return (parts, per_part, Some(h));
+        }
+    }
+    (1, cols.div_ceil(ch).max(1), None)
+}
+
 fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: usize) {
     let (rows, cols) = w.shape();
     let units = formats::bitmap_words_per_row(cols);
@@ -407,20 +460,30 @@ fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: u
         SMALL_STAGE
     };
     let lanes = lanes_for(units, tb, stage);
-    let count = CubeCount::Static(
-        rows.div_ceil(CUBE as usize / lanes as usize) as u32,
-        part.n.div_ceil(tb) as u32,
-        1,
+    let row_blocks = rows.div_ceil(CUBE as usize / lanes as usize);
+    let token_blocks = part.n.div_ceil(tb);
+    let part_len = part.n * rows;
+    let (parts, per_part, scratch) = column_split(
+        b,
+        row_blocks * token_blocks,
+        (cols, stage as usize / tb),
+        part_len,
     );
+    let count = CubeCount::Static(row_blocks as u32, token_blocks as u32, parts as u32);
     let dim = CubeDim::new_1d(CUBE);
     let x = arg(part.x.0, part.x.1);
-    let y = arg(part.y.0, part.y.1);
-    let (x_off, y_off) = ((part.x_row * cols) as u32, (part.y_row * rows) as u32);
+    let (y, y_off) = match &scratch {
+        Some(h) => (arg(h, parts * part_len), 0),
+        None => (arg(part.y.0, part.y.1), (part.y_row * rows) as u32),
+    };
+    let x_off = (part.x_row * cols) as u32;
     let (tb, n) = (tb as u32, part.n as u32);
+    let (per_part, part_len) = (per_part as u32, part_len as u32);
     let vals = arg(&w.values.handle, w.values.len);
     // SAFETY: X reads are guarded by the launch's token count and the column count inside
-    // the X slab; Y writes by the rows and token count inside the Y slab; weight reads stay
-    // in rows < rows of buffers checked against the layout (bitmap offsets against the bits).
+    // the X slab; Y writes by the rows and token count inside the Y slab (or inside the
+    // scratch's parts·n·rows); weight reads stay in rows < rows of buffers checked against
+    // the layout (bitmap offsets against the bits).
     unsafe {
         match w.format {
             WeightFormat::Dense => matmul_dense_kernel::launch_unchecked::<R>(
@@ -436,6 +499,8 @@ fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: u
                 n,
                 x_off,
                 y_off,
+                per_part,
+                part_len,
                 tb,
                 lanes,
                 stage,
@@ -454,6 +519,8 @@ fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: u
                 n,
                 x_off,
                 y_off,
+                per_part,
+                part_len,
                 tb,
                 lanes,
                 stage,
@@ -472,11 +539,18 @@ fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: u
                 n,
                 x_off,
                 y_off,
+                per_part,
+                part_len,
                 tb,
                 lanes,
                 stage,
             ),
         }
+    }
+    if let Some(h) = &scratch {
+        let y_at = part.y_row * rows;
+        let out = (part.y.0, part.y.1, y_at, rows);
+        sum_parts(b, (h, parts), out, (part.n, rows), None);
     }
 }
 

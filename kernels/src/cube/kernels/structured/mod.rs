@@ -27,7 +27,7 @@ use crate::compose::{self, InverseFactor, Lines};
 use crate::error::{KernelError, Result};
 use crate::ops::{check, HinvExplicit, SegmentAxis, TaylorInputs, TaylorKind};
 use crate::plan::aligned_runs;
-use crate::plan::groups::{group_batches, DEFAULT_FILL};
+use crate::plan::groups::group_batches;
 
 mod saliency;
 pub use saliency::{obs_saliency, taylor_saliency};

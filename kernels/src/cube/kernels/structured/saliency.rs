@@ -211,11 +211,7 @@ fn saliency_batched<R: Runtime>(
 ) -> Result<()> {
     let (n, ng, wslabs) = (w.cols, groups.len(), w.handles.len());
     let tiles_each = w.slabs.slab_rows.div_ceil(64) * k.div_ceil(64);
-    let fill = if b.fill_cubes > 0 {
-        b.fill_cubes
-    } else {
-        DEFAULT_FILL
-    };
+    let fill = b.fill_or_default();
     let parts_each = wslabs * SUMSQ_CUBES;
     for batch in group_batches(groups, tiles_each, fill, max_count) {
         let nb = batch.count;
