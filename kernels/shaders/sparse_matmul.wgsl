@@ -327,6 +327,8 @@ fn unpack_bitmap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // its slots (conflict-free loads).
 // The zeros of a decoded tile are multiplied too (a sparse weight saves bytes, not flops, at
 // this size, as in Flash-LLM); the work model counts the dense tile's flops for these products.
+// Where the tiles fall short of the device's fill, the columns are split into parts of whole
+// chunks (workgroup_id.z) whose partial outputs sum_depth_parts adds, as for the kernels above.
 
 const TR: u32 = 32u;   // weight rows per tile
 const TT: u32 = 64u;   // tokens per tile
@@ -398,14 +400,23 @@ fn tiled(wid: vec3<u32>, tid: u32, fmt: u32) {
     let below = (1u << t.lane) - 1u;
     // next[4i + j]: bitmap row 4·(wave + 4i) + j's first value not yet decoded, the same in
     // all 32 lanes.
+    // The part of a column split (workgroup_id.z): whole chunks [c_first, c_end).
+    let c_first = min(wid.z * P.per_part * KC, P.cols);
+    let c_end = min(c_first + P.per_part * KC, P.cols);
     var next: array<u32, 8>;
     if (fmt == BITMAP) {
         for (var n = 0u; n < 8u; n++) {
             let row = t.row0 + 4u * (t.wave + 4u * (n / 4u)) + n % 4u;
-            if (row < P.rows) { next[n] = offs[P.row0 + row]; }
+            if (row < P.rows) {
+                // After the row's values in the units before the part (whole units).
+                next[n] = offs[P.row0 + row];
+                for (var u = 0u; u < c_first / 32u; u++) {
+                    next[n] += countOneBits(codes[P.c_base + row * P.cpr + u]);
+                }
+            }
         }
     }
-    for (var c0 = 0u; c0 < P.cols; c0 += KC) {
+    for (var c0 = c_first; c0 < c_end; c0 += KC) {
         tile_stage_x(t, c0);
         for (var i = 0u; i < 2u; i++) {
             let q = t.wave + 4u * i;
@@ -437,7 +448,7 @@ fn tiled(wid: vec3<u32>, tid: u32, fmt: u32) {
         if (tok >= P.ntok) { continue; }
         for (var i = 0u; i < 4u; i++) {
             let row = t.row0 + 4u * t.tr + i;
-            if (row < P.rows) { y[P.y_base + tok * P.ldy + row] = acc[j][i]; }
+            if (row < P.rows) { y[P.y_base + wid.z * P.part_len + tok * P.ldy + row] = acc[j][i]; }
         }
     }
 }

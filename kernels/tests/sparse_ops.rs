@@ -89,22 +89,40 @@ fn long_rows_and_many_rows_match_the_reference<B: TestBackend>() {
     run_cases(&b, &cases);
 }
 
-/// Decode-sized products whose workgroups fall short of the device's fill split their
-/// columns into parts summed by a second pass (`plan::column_parts`): a ragged last bitmap
-/// unit, one and eight tokens, rows that are no multiple of a workgroup's. The plan is
-/// asserted for both backends' chunk widths (X staged as 2048 or 4096 values per block) at
-/// 8 rows per workgroup, the fewest either takes.
-fn decode_products_split_over_columns_match_the_reference<B: TestBackend>() {
+/// Products whose workgroups fall short of the device's fill split their columns into
+/// parts summed by a second pass (`plan::column_parts`): a ragged last bitmap unit, one and
+/// eight tokens, rows that are no multiple of a workgroup's, a token's row in one staged
+/// chunk, and 130 tokens on the tiled kernels (chunks of 32 columns). The plan is asserted for both backends' chunk widths (the
+/// blocked kernels stage X as 2048 or 4096 values per block) at 8 rows per blocked
+/// workgroup, the fewest either takes.
+fn products_short_of_workgroups_split_over_columns<B: TestBackend>() {
     use CaseFormat::{Bitmap, Dense, TwoFour};
     use MaskSource::{Holes, None, Wanda};
     let s24 = Sparsity::NM { n: 2, m: 4 };
-    let shapes: [(usize, usize, usize); 3] = [(3, 37, 2100), (1, 37, 8300), (8, 70, 3000)];
+    let shapes: [(usize, usize, usize); 5] = [
+        (3, 37, 2100),
+        (1, 37, 8300),
+        (1, 37, 3000),
+        (8, 70, 3000),
+        (130, 70, 2100),
+    ];
     for &(n, rows, cols) in &shapes {
-        let tb = n.next_power_of_two();
-        for stage in [2048, 4096] {
-            let groups = rows.div_ceil(8) * n.div_ceil(tb);
-            let (parts, _) = plan::column_parts(groups, cols, stage / tb, DEFAULT_FILL);
-            assert!(parts > 1, "{n} x {rows} x {cols} at {stage}");
+        let splits = |groups, chunk| plan::column_parts(groups, cols, chunk, DEFAULT_FILL).0 > 1;
+        if plan::sparse_tiled(n) {
+            let tiles =
+                rows.div_ceil(plan::SPARSE_TILE_ROWS) * n.div_ceil(plan::SPARSE_TILE_TOKENS);
+            assert!(splits(tiles, 32), "{n} x {rows} x {cols}");
+        } else {
+            let tb = n.next_power_of_two();
+            // A row in one 4096-value chunk is staged 2048 at a time where it would split.
+            for stage in [2048, 4096] {
+                let groups = rows.div_ceil(8) * n.div_ceil(tb);
+                let one_chunk = stage == 4096 && cols <= stage / tb;
+                assert!(
+                    one_chunk || splits(groups, stage / tb),
+                    "{n} x {rows} x {cols} at {stage}"
+                );
+            }
         }
     }
     let mut cases = Vec::new();
@@ -469,7 +487,7 @@ macro_rules! sparse_tests {
             [],
             every_sparse_case_runs_and_matches_the_reference,
             long_rows_and_many_rows_match_the_reference,
-            decode_products_split_over_columns_match_the_reference,
+            products_short_of_workgroups_split_over_columns,
             compression_rounds_as_the_reference,
             compression_rounds_and_packs_like_the_reference,
             bad_input_to_compression_gives_the_references_errors,

@@ -102,6 +102,9 @@ const MATMUL_ROWS: usize = 16;
 /// chunk is this many over the token block columns.
 const DECODE_STAGE: usize = 2048;
 
+/// Columns per chunk of the tiled kernels (sparse_matmul.wgsl's KC).
+const TILE_CHUNK: usize = 32;
+
 const NONE: u32 = u32::MAX;
 
 /// The product's token block for N tokens: the smallest variant holding them, at most 8.
@@ -469,11 +472,10 @@ impl Ctx {
                 let (nt, nr) = (t1 - t0, r1 - r0);
                 let groups = nr.div_ceil(wg_rows) * nt.div_ceil(tb);
                 let part_len = nt * nr;
-                let (parts, per_part, scratch) = if tiled {
-                    (1, 0, None)
-                } else {
-                    self.column_split(groups, cols, tb, part_len)?
-                };
+                // The staged chunk: a bit or code word's 32 columns in the tiled kernels.
+                let chunk = if tiled { TILE_CHUNK } else { DECODE_STAGE / tb };
+                let (parts, per_part, scratch) =
+                    self.column_split(groups, cols, chunk, part_len)?;
                 let out = match &scratch {
                     Some(buf) => self.whole(buf, parts * part_len)?,
                     None => yw,
@@ -519,19 +521,18 @@ impl Ctx {
         Ok(y)
     }
 
-    /// How a blocked (decode-sized) product launch of `groups` workgroups over `cols`
-    /// columns at token block `tb` splits its columns ([`plan::column_parts`]): (parts,
-    /// chunks per part, the scratch holding the parts' partial outputs of `part_len` values
-    /// each). One part covering every chunk where the workgroups fill the device already or
-    /// the scratch would not fit one binding.
+    /// How a product launch of `groups` workgroups over `cols` columns staged in chunks of
+    /// `chunk` splits its columns ([`plan::column_parts`]): (parts, chunks per part, the
+    /// scratch holding the parts' partial outputs of `part_len` values each). One part
+    /// covering every chunk where the workgroups fill the device already or the scratch
+    /// would not fit one binding.
     fn column_split(
         &self,
         groups: usize,
         cols: usize,
-        tb: usize,
+        chunk: usize,
         part_len: usize,
     ) -> Result<(usize, usize, Option<wgpu::Buffer>)> {
-        let chunk = DECODE_STAGE / tb;
         let (parts, per_part) = plan::column_parts(groups, cols, chunk, DEFAULT_FILL);
         if parts > 1 && self.win_fits((parts * part_len) as u64) {
             let buf = self.scratch("column-split partial products", parts * part_len)?;

@@ -31,7 +31,7 @@ use super::super::gemm::sum_parts;
 use super::super::reduce::CUBE;
 use super::half::f16_to_f32;
 use super::tiled;
-use super::{half_at, valid_bits};
+use super::{half_at, part_chunks, valid_bits};
 use crate::error::Result;
 use crate::formats::{self, WeightFormat};
 use crate::plan;
@@ -105,19 +105,6 @@ fn store_rows(
         }
         t += lanes;
     }
-}
-
-/// The chunks [first, last) of `ch` columns that this cube's part (`CUBE_POS_Z`) of a
-/// column split stages: `per_part` of them (`plan::column_parts`), all where not split.
-#[cube]
-fn part_chunks(cols: u32, ch: u32, per_part: u32) -> (u32, u32) {
-    let chunks = (cols + ch - 1u32) / ch;
-    let first = CUBE_POS_Z * per_part;
-    let mut last = first + per_part;
-    if last > chunks {
-        last = chunks;
-    }
-    (first, last)
 }
 
 #[cube(launch_unchecked)]
@@ -366,16 +353,22 @@ fn token_block(n: usize) -> usize {
 /// One launch of the tiled kernels (`tiled.rs`): `n` tokens from one X slab into one Y slab.
 fn launch_tiled<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>) {
     let (rows, cols) = w.shape();
-    let count = CubeCount::Static(
-        rows.div_ceil(plan::SPARSE_TILE_ROWS) as u32,
-        part.n.div_ceil(plan::SPARSE_TILE_TOKENS) as u32,
-        1,
+    let row_tiles = rows.div_ceil(plan::SPARSE_TILE_ROWS);
+    let token_tiles = part.n.div_ceil(plan::SPARSE_TILE_TOKENS);
+    let split = column_split(
+        b,
+        row_tiles * token_tiles,
+        (cols, tiled::KC as usize),
+        part,
+        rows,
     );
+    let count = CubeCount::Static(row_tiles as u32, token_tiles as u32, split.parts as u32);
     let dim = CubeDim::new_1d(tiled::UNITS);
     let x = arg(part.x.0, part.x.1);
-    let y = arg(part.y.0, part.y.1);
-    let (x_off, y_off) = ((part.x_row * cols) as u32, (part.y_row * rows) as u32);
+    let (y, y_off) = split.output(part, rows);
+    let x_off = (part.x_row * cols) as u32;
     let (rows, cols, n) = (rows as u32, cols as u32, part.n as u32);
+    let (per_part, part_len) = (split.per_part as u32, split.part_len as u32);
     let vals = arg(&w.values.handle, w.values.len);
     // SAFETY: as `launch`: X and Y are read and written inside the part's tokens and the
     // slabs' columns, the weight inside rows < rows of buffers checked against the layout.
@@ -383,7 +376,8 @@ fn launch_tiled<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>)
         match w.format {
             // The vector size is the shared tiles' (quads of 4 rows or tokens).
             WeightFormat::Dense => tiled::tiled_dense_kernel::launch_unchecked::<R>(
-                &b.client, count, dim, 4, x, vals, y, rows, cols, n, x_off, y_off,
+                &b.client, count, dim, 4, x, vals, y, rows, cols, n, x_off, y_off, per_part,
+                part_len,
             ),
             WeightFormat::TwoFour => tiled::tiled_two_four_kernel::launch_unchecked::<R>(
                 &b.client,
@@ -399,6 +393,8 @@ fn launch_tiled<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>)
                 n,
                 x_off,
                 y_off,
+                per_part,
+                part_len,
             ),
             WeightFormat::Bitmap => tiled::tiled_bitmap_kernel::launch_unchecked::<R>(
                 &b.client,
@@ -415,9 +411,12 @@ fn launch_tiled<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>)
                 n,
                 x_off,
                 y_off,
+                per_part,
+                part_len,
             ),
         }
     }
+    split.finish(b, part, rows as usize);
 }
 
 /// One launch: `n` tokens from one X slab into one Y slab.
@@ -431,54 +430,92 @@ struct Part<'a> {
     n: usize,
 }
 
-/// How a launch of `groups` cubes over `cols` columns staged in chunks of `ch` splits its
-/// columns ([`plan::column_parts`]): (parts, chunks per part, the scratch holding the parts'
-/// partial outputs of `part_len` values each, summed into Y after the launch). One part
-/// covering every chunk where the cubes fill the device already or no scratch can be had.
+/// How one launch's columns are split ([`plan::column_parts`]): `parts` of `per_part`
+/// chunks, a cube per part in z, and where there are several, the scratch holding their
+/// partial outputs (`part_len` = the launch's tokens x rows each), summed into Y after.
+struct ColumnSplit {
+    parts: usize,
+    per_part: usize,
+    part_len: usize,
+    scratch: Option<cubecl::server::Handle>,
+}
+
+/// The split of a launch of `groups` cubes over `cols` columns staged in chunks of `ch`:
+/// one part covering every chunk where the cubes fill the device already or no scratch can
+/// be had.
 fn column_split<R: Runtime>(
     b: &CubeBackend<R>,
     groups: usize,
     (cols, ch): (usize, usize),
-    part_len: usize,
-) -> (usize, usize, Option<cubecl::server::Handle>) {
+    part: &Part<'_>,
+    rows: usize,
+) -> ColumnSplit {
+    let part_len = part.n * rows;
     let (parts, per_part) = plan::column_parts(groups, cols, ch, b.fill_or_default());
     if parts > 1 {
         if let Ok(h) = b.scratch(parts * part_len) {
-            return (parts, per_part, Some(h));
+            return ColumnSplit {
+                parts,
+                per_part,
+                part_len,
+                scratch: Some(h),
+            };
         }
     }
-    (1, cols.div_ceil(ch).max(1), None)
+    ColumnSplit {
+        parts: 1,
+        per_part: cols.div_ceil(ch).max(1),
+        part_len,
+        scratch: None,
+    }
+}
+
+impl ColumnSplit {
+    /// Where the launch writes: the scratch from its start, or Y's slab at the launch's
+    /// first token.
+    fn output<R: Runtime>(&self, part: &Part<'_>, rows: usize) -> (ArrayArg<R>, u32) {
+        match &self.scratch {
+            Some(h) => (arg(h, self.parts * self.part_len), 0),
+            None => (arg(part.y.0, part.y.1), (part.y_row * rows) as u32),
+        }
+    }
+
+    /// The parts' partial outputs summed into Y in part order, where the launch was split.
+    fn finish<R: Runtime>(&self, b: &CubeBackend<R>, part: &Part<'_>, rows: usize) {
+        if let Some(h) = &self.scratch {
+            let out = (part.y.0, part.y.1, part.y_row * rows, rows);
+            sum_parts(b, (h, self.parts), out, (part.n, rows), None);
+        }
+    }
 }
 
 fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: usize) {
     let (rows, cols) = w.shape();
     let units = formats::bitmap_words_per_row(cols);
     // The staged X, with room to spare for the runtime.
-    let stage = if b.max_shared >= 4 * (STAGE + CUBE) as usize + 1024 {
+    let mut stage = if b.max_shared >= 4 * (STAGE + CUBE) as usize + 1024 {
         STAGE
     } else {
         SMALL_STAGE
     };
+    let blocks = |stage| rows.div_ceil(CUBE as usize / lanes_for(units, tb, stage) as usize);
+    // A launch short of the device's fill whose rows fit one chunk stages half as much at a
+    // time, so that its columns can be split (a single token over 4096 columns).
+    if cols <= STAGE as usize / tb && blocks(stage) * part.n.div_ceil(tb) < b.fill_or_default() {
+        stage = SMALL_STAGE;
+    }
     let lanes = lanes_for(units, tb, stage);
-    let row_blocks = rows.div_ceil(CUBE as usize / lanes as usize);
+    let row_blocks = blocks(stage);
     let token_blocks = part.n.div_ceil(tb);
-    let part_len = part.n * rows;
-    let (parts, per_part, scratch) = column_split(
-        b,
-        row_blocks * token_blocks,
-        (cols, stage as usize / tb),
-        part_len,
-    );
-    let count = CubeCount::Static(row_blocks as u32, token_blocks as u32, parts as u32);
+    let ch = stage as usize / tb;
+    let split = column_split(b, row_blocks * token_blocks, (cols, ch), part, rows);
+    let count = CubeCount::Static(row_blocks as u32, token_blocks as u32, split.parts as u32);
     let dim = CubeDim::new_1d(CUBE);
     let x = arg(part.x.0, part.x.1);
-    let (y, y_off) = match &scratch {
-        Some(h) => (arg(h, parts * part_len), 0),
-        None => (arg(part.y.0, part.y.1), (part.y_row * rows) as u32),
-    };
+    let (y, y_off) = split.output(part, rows);
     let x_off = (part.x_row * cols) as u32;
     let (tb, n) = (tb as u32, part.n as u32);
-    let (per_part, part_len) = (per_part as u32, part_len as u32);
+    let (per_part, part_len) = (split.per_part as u32, split.part_len as u32);
     let vals = arg(&w.values.handle, w.values.len);
     // SAFETY: X reads are guarded by the launch's token count and the column count inside
     // the X slab; Y writes by the rows and token count inside the Y slab (or inside the
@@ -547,11 +584,7 @@ fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: u
             ),
         }
     }
-    if let Some(h) = &scratch {
-        let y_at = part.y_row * rows;
-        let out = (part.y.0, part.y.1, y_at, rows);
-        sum_parts(b, (h, parts), out, (part.n, rows), None);
-    }
+    split.finish(b, part, rows);
 }
 
 pub fn sparse_matmul<R: Runtime>(

@@ -33,3 +33,16 @@ pub fn valid_bits(u: u32, cols: u32) -> u32 {
 pub fn half_at(vals: &Array<u32>, k: u32) -> u32 {
     (vals[(k >> 1u32) as usize] >> ((k & 1u32) * 16u32)) & 0xFFFFu32
 }
+
+/// The chunks [first, last) of `ch` columns that this cube's part (`CUBE_POS_Z`) of a
+/// column split stages: `per_part` of them (`plan::column_parts`), all where not split.
+#[cube]
+pub fn part_chunks(cols: u32, ch: u32, per_part: u32) -> (u32, u32) {
+    let chunks = (cols + ch - 1u32) / ch;
+    let first = CUBE_POS_Z * per_part;
+    let mut last = first + per_part;
+    if last > chunks {
+        last = chunks;
+    }
+    (first, last)
+}

@@ -18,11 +18,14 @@
 //!   column's quads remain a permutation of its slots for the loads.
 //!
 //! The zeros of a decoded tile are multiplied too; the work model counts the dense tile's flops.
+//! Where the tiles fall short of two waves (a 2048-row weight at 256 tokens is 256 tiles),
+//! the columns are split into parts of whole chunks (`plan::column_parts`, a part per cube
+//! in z) whose partial outputs a second pass sums, as the blocked kernels' are.
 
 use cubecl::prelude::*;
 
 use super::half::f16_to_f32;
-use super::{half_at, valid_bits};
+use super::{half_at, part_chunks, valid_bits};
 use crate::plan;
 
 /// Weight rows and tokens per cube (the host's grid uses the same constants), columns per
@@ -30,7 +33,7 @@ use crate::plan;
 const TR: u32 = plan::SPARSE_TILE_ROWS as u32;
 const TT: u32 = plan::SPARSE_TILE_TOKENS as u32;
 const _: () = assert!(TR == 32 && TT == 64);
-const KC: u32 = 32;
+pub(super) const KC: u32 = 32;
 pub(super) const UNITS: u32 = 128;
 
 /// The slot of quad `q` of column `k` among the column's slots.
@@ -172,6 +175,8 @@ fn tiled_product<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
     #[comptime] format: u32,
 ) {
     let mut wt = SharedMemory::<Vector<f32, N>>::new(comptime![(KC * TR / 4) as usize]);
@@ -192,6 +197,8 @@ fn tiled_product<N: Size>(
     let below = (1u32 << lane) - 1u32;
     // Bitmap: next[4i + j] is the first value not yet decoded of row 4·(wave + 4i) + j, the
     // same in all 32 lanes.
+    let units = (cols + 31u32) / 32u32;
+    let (first, last) = part_chunks(cols, KC, per_part);
     let mut next = Array::<u32>::new(8usize);
     if comptime![format == BITMAP] {
         #[unroll]
@@ -199,14 +206,18 @@ fn tiled_product<N: Size>(
             let row = row0 + 4u32 * (wave + 4u32 * (n / 4u32)) + n % 4u32;
             let mut k = 0u32;
             if row < rows {
+                // A later part of a column split starts after the row's values in the
+                // units (one per chunk) before its first (whole units: the padding is in
+                // the last).
                 k = offsets[row as usize];
+                for u in 0..first {
+                    k += u32::count_ones(meta[(row * units + u) as usize]);
+                }
             }
             next[n as usize] = k;
         }
     }
-    let units = (cols + 31u32) / 32u32;
-    let chunks = (cols + KC - 1u32) / KC;
-    for chunk in 0..chunks {
+    for chunk in first..last {
         let c0 = chunk * KC;
         stage_x(x, &mut xt, x_off + tok0 * cols, nt, cols, c0);
         #[unroll]
@@ -238,7 +249,14 @@ fn tiled_product<N: Size>(
         accumulate(&wt, &xt, &mut acc);
         sync_cube();
     }
-    store(&acc, y, y_off + tok0 * rows, rows, row0, nt);
+    store(
+        &acc,
+        y,
+        y_off + CUBE_POS_Z * part_len + tok0 * rows,
+        rows,
+        row0,
+        nt,
+    );
 }
 
 #[cube(launch_unchecked)]
@@ -252,9 +270,11 @@ pub(super) fn tiled_dense_kernel<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
 ) {
     tiled_product::<N>(
-        x, vals, vals, vals, y, rows, cols, ntok, x_off, y_off, DENSE,
+        x, vals, vals, vals, y, rows, cols, ntok, x_off, y_off, per_part, part_len, DENSE,
     );
 }
 
@@ -270,9 +290,11 @@ pub(super) fn tiled_two_four_kernel<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
 ) {
     tiled_product::<N>(
-        x, vals, codes, codes, y, rows, cols, ntok, x_off, y_off, TWO_FOUR,
+        x, vals, codes, codes, y, rows, cols, ntok, x_off, y_off, per_part, part_len, TWO_FOUR,
     );
 }
 
@@ -289,8 +311,10 @@ pub(super) fn tiled_bitmap_kernel<N: Size>(
     ntok: u32,
     x_off: u32,
     y_off: u32,
+    per_part: u32,
+    part_len: u32,
 ) {
     tiled_product::<N>(
-        x, vals, meta, offsets, y, rows, cols, ntok, x_off, y_off, BITMAP,
+        x, vals, meta, offsets, y, rows, cols, ntok, x_off, y_off, per_part, part_len, BITMAP,
     );
 }
