@@ -1,6 +1,7 @@
 // The backward ops of ALGORITHMS.md §15 that are not GEMMs (the linear's dX and dW run in
 // gemm.wgsl, RoPE's transposed rotation is forward.wgsl's `rope`):
-//   rms_norm_backward: one workgroup per row, both row sums in one tree, dx and the row's r;
+//   rms_norm_backward: one workgroup per row (or per part of a row, where rows are few), both
+//     row sums in one tree, dx and the row's r;
 //   rms_gamma_partials, rms_gamma_sum: dγ as a two-pass column sum, blocks of RB rows then the
 //     blocks in order, so its bits depend on the shape only (no atomics);
 //   silu_mul_backward: elementwise over flat chunks, two outputs;
@@ -26,6 +27,7 @@ struct Params {
     fresh: u32,      // the first of several dispatches summing into one output: start from 0
     row_len: u32,    // threads per grid row (the dispatch's x extent times the group width)
     eps: f32,
+    parts: u32,      // rms_norm_backward: workgroups per row (plan::row_parts), each writing a run
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -42,6 +44,13 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> aux4: array<vec4<f32>>;
 // The embedding's id lists: offsets (vocabulary + 1) and token positions.
 @group(0) @binding(6) var<storage, read> ids: array<u32>;
+
+// The run [x, y) of `len` values part `part` of P.parts writes (plan::row_part): runs of a
+// multiple of `quad` values, the last shorter.
+fn row_part(part: u32, len: u32, quad: u32) -> vec2<u32> {
+    let run = ((len + P.parts - 1u) / P.parts + quad - 1u) / quad * quad;
+    return vec2<u32>(min(part * run, len), min((part + 1u) * run, len));
+}
 
 // Rows per block of dγ's first pass (the host's RB).
 const RB: u32 = 64u;
@@ -62,15 +71,16 @@ fn wg_sum2(t: u32, v: vec2<f32>) -> vec2<f32> {
 
 // For rows r in [row0, row0 + rows): x in in0, γ (1 x cols) in in1, dy in in2. With
 // r = (mean(x²) + eps)^(−1/2) and g = γ ⊙ dy: dx = r·g − (r³/cols)·x·Σ g·x into dst, and r
-// into aux (a column), for dγ's first pass.
+// into aux (a column), for dγ's first pass. P.parts workgroups per row: each sums the whole
+// row (in the same order, so the same r) and writes its run of dx; the first writes r.
 @compute @workgroup_size(256, 1, 1)
 fn rms_norm_backward(@builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_id) lid: vec3<u32>) {
     let wg = wid.y * nwg.x + wid.x;
-    if (wg >= P.rows) { return; }
+    if (wg >= P.rows * P.parts) { return; }
     let t = lid.x;
-    let r = P.row0 + wg;
+    let r = P.row0 + wg / P.parts;
     let xa = P.a_base + r * P.cols;
     let ya = P.c_base + r * P.cols;
     var s = vec2<f32>(0.0, 0.0);
@@ -82,10 +92,11 @@ fn rms_norm_backward(@builtin(workgroup_id) wid: vec3<u32>,
     let inv = 1.0 / sqrt(tot.x / f32(P.cols) + P.eps);
     let k = inv * inv * inv / f32(P.cols) * tot.y;
     let da = P.d_base + r * P.cols;
-    for (var j = t; j < P.cols; j += 256u) {
+    let run = row_part(wg % P.parts, P.cols, 4u);
+    for (var j = run.x + t; j < run.y; j += 256u) {
         dst[da + j] = inv * in1[P.b_base + j] * in2[ya + j] - k * in0[xa + j];
     }
-    if (t == 0u) { aux[P.e_base + r] = inv; }
+    if (t == 0u && wg % P.parts == 0u) { aux[P.e_base + r] = inv; }
 }
 
 // rms_norm_backward with four columns per thread, where cols and the bases are multiples of 4
@@ -95,9 +106,9 @@ fn rms_norm_backward4(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_id) lid: vec3<u32>) {
     let wg = wid.y * nwg.x + wid.x;
-    if (wg >= P.rows) { return; }
+    if (wg >= P.rows * P.parts) { return; }
     let t = lid.x;
-    let r = P.row0 + wg;
+    let r = P.row0 + wg / P.parts;
     let cols = P.cols / 4u;
     let xa = (P.a_base + r * P.cols) / 4u;
     let ya = (P.c_base + r * P.cols) / 4u;
@@ -111,10 +122,11 @@ fn rms_norm_backward4(@builtin(workgroup_id) wid: vec3<u32>,
     let inv = 1.0 / sqrt(tot.x / f32(P.cols) + P.eps);
     let k = inv * inv * inv / f32(P.cols) * tot.y;
     let da = (P.d_base + r * P.cols) / 4u;
-    for (var j = t; j < cols; j += 256u) {
+    let run = row_part(wg % P.parts, cols, 1u);
+    for (var j = run.x + t; j < run.y; j += 256u) {
         dst4[da + j] = inv * in1_4[ga + j] * in2_4[ya + j] - k * in0_4[xa + j];
     }
-    if (t == 0u) { aux[P.e_base + r] = inv; }
+    if (t == 0u && wg % P.parts == 0u) { aux[P.e_base + r] = inv; }
 }
 
 // dγ's first pass over the rows [row0, row0 + rows) of x (in0), r (in1) and dy (in2): per

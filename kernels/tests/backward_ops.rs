@@ -13,6 +13,8 @@ use common::backends::TestBackend;
 use common::{assert_close, bits, down, up};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::ops::tolerance::{BACKWARD_ELEMENTWISE, BACKWARD_GEMM};
+use prunebench_kernels::plan::groups::DEFAULT_FILL;
+use prunebench_kernels::plan::row_parts;
 use prunebench_kernels::rng::{heavy_tailed, heavy_tailed_positive, Rng};
 use prunebench_kernels::{Backend, Matrix};
 
@@ -80,6 +82,22 @@ const RMS: [(usize, usize); 6] = [
 fn rms_norm_backward<B: TestBackend>() {
     let b = B::fresh();
     for (n, d) in RMS {
+        check_rms_norm(&b, n, d);
+    }
+}
+
+/// Rows too few to fill a GPU get several workgroups each (`plan::row_parts`), every one
+/// summing the whole row and writing its run of dx, the first also the row's r (which dγ's
+/// pass reads): four parts of an odd-length vec4 row, two of a row no vec4 fits, two of 70.
+fn rms_norm_backward_over_row_parts<B: TestBackend>() {
+    let cases = [(3, 4100), (1, 2051), (70, 3000)];
+    let parts: Vec<usize> = cases
+        .iter()
+        .map(|&(n, d)| row_parts(n, d, DEFAULT_FILL))
+        .collect();
+    assert_eq!(parts, [4, 2, 2]);
+    let b = B::fresh();
+    for (n, d) in cases {
         check_rms_norm(&b, n, d);
     }
 }
@@ -268,6 +286,7 @@ macro_rules! backward_tests {
             [],
             rms_norm_backward,
             rms_norm_backward_is_deterministic,
+            rms_norm_backward_over_row_parts,
             rms_norm_backward_split,
             rope_backward,
             rope_backward_split,

@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::ops::check;
-use crate::plan::id_lists;
+use crate::plan::{self, groups::DEFAULT_FILL, id_lists};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 use super::mem::{shape, WgpuTensor};
@@ -38,6 +38,7 @@ struct Params {
     fresh: u32,
     row_len: u32,
     eps: f32,
+    parts: u32,
 }
 
 /// The storage bindings of backward.wgsl, unused where `None`.
@@ -118,11 +119,13 @@ impl Ctx {
                 ..Default::default()
             };
             let dxw = self.rows_win(&dx.buf, d, r0, r1)?;
+            let parts = plan::row_parts(r1 - r0, d, DEFAULT_FILL);
             let p = Params {
                 b_base: gw.base(0),
                 d_base: dxw.base(0),
                 e_base: iw.base(0),
                 eps: eps as f32,
+                parts: parts as u32,
                 ..base
             };
             let bind = Bind {
@@ -133,7 +136,7 @@ impl Ctx {
                 aux: Some(iw),
                 ..Default::default()
             };
-            let g = grid((r1 - r0) as u64, self.max_groups());
+            let g = grid(((r1 - r0) * parts) as u64, self.max_groups());
             // Four columns per thread where rows are whole vec4s from aligned bases.
             let entry = if [d as u32, p.a_base, p.b_base, p.c_base, p.d_base]
                 .iter()

@@ -20,7 +20,7 @@ use super::forward::rotate;
 use super::reduce::{cube_sum, CUBE};
 use crate::error::Result;
 use crate::ops::check;
-use crate::plan::id_lists;
+use crate::plan::{self, id_lists};
 
 /// The most rows per block of dγ's first pass.
 const RB: usize = 64;
@@ -40,7 +40,9 @@ fn gamma_block_rows(n: usize, d: usize, fill: usize) -> usize {
 }
 
 /// With r = (mean(x²) + eps)^(−1/2) and g = γ ⊙ dy per row: dx = r·g − (r³/cols)·x·Σ g·x, and
-/// r into `inv`; one cube per row of a slab.
+/// r into `inv`; `parts` cubes per row of a slab (`plan::row_parts`), each summing the whole
+/// row (in the same order, so the same r) and writing its run of dx (`plan::row_part`); the
+/// first writes r.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn rms_norm_backward_kernel(
@@ -51,12 +53,14 @@ fn rms_norm_backward_kernel(
     inv: &mut Array<f32>,
     rows: u32,
     cols: u32,
+    parts: u32,
     eps: f32,
     #[comptime] plane: bool,
 ) {
     // The row is uniform per cube, so the early-out never splits a cube at its barriers.
-    let r = CUBE_POS as u32;
-    if r < rows {
+    let wg = CUBE_POS as u32;
+    if wg < rows * parts {
+        let r = wg / parts;
         let base = r * cols;
         let mut sq = 0.0f32;
         let mut gx = 0.0f32;
@@ -72,13 +76,16 @@ fn rms_norm_backward_kernel(
         let gx_total = cube_sum(gx, plane);
         let ri = 1.0f32 / f32::sqrt(sq_total / cols as f32 + eps);
         let k = ri * ri * ri / cols as f32 * gx_total;
-        let mut c = UNIT_POS;
-        while c < cols {
+        let run = ((cols + parts - 1) / parts + 3) / 4 * 4;
+        let first = u32::min((wg % parts) * run, cols);
+        let end = u32::min(first + run, cols);
+        let mut c = first + UNIT_POS;
+        while c < end {
             let i = (base + c) as usize;
             dx[i] = ri * gamma[c as usize] * dy[i] - k * x[i];
             c += CUBE;
         }
-        if UNIT_POS == 0 {
+        if UNIT_POS == 0 && wg % parts == 0 {
             inv[r as usize] = ri;
         }
     }
@@ -226,12 +233,13 @@ pub fn rms_norm_backward<R: Runtime>(
         let blocks = rn.div_ceil(rb);
         let (inv, part) = (b.scratch(rn)?, b.scratch(blocks * d)?);
         let len = x.slab_len(s);
-        // SAFETY: one cube per row of the slab, each thread striding over its columns; γ
-        // holds cols values, inv one per row.
+        let parts = plan::row_parts(rn, d, b.fill_or_default());
+        // SAFETY: `parts` cubes per row of the slab, each thread striding over the row and
+        // then over its part's columns; γ holds cols values, inv one per row.
         unsafe {
             rms_norm_backward_kernel::launch_unchecked::<R>(
                 &b.client,
-                b.grid(rn, 1),
+                b.grid(rn * parts, 1),
                 CubeDim::new_1d(CUBE),
                 arg(&x.handles[s], len),
                 arg(&gamma.handles[0], d),
@@ -240,6 +248,7 @@ pub fn rms_norm_backward<R: Runtime>(
                 arg(&inv, rn),
                 rn as u32,
                 d as u32,
+                parts as u32,
                 eps as f32,
                 b.plane,
             );
