@@ -217,9 +217,16 @@ pub const MIN_PART_COLUMNS: usize = 1024;
 /// 4096 x 4096 and 8 tokens: 256 workgroups of 16 rows, two parts of 2048 columns.
 pub fn column_parts(groups: usize, cols: usize, chunk: usize, fill: usize) -> (usize, usize) {
     let chunks = cols.div_ceil(chunk.max(1)).max(1);
-    let want = parts_to_fill(groups, fill, cols / MIN_PART_COLUMNS);
-    let per = chunks.div_ceil(want);
+    // At least the parts wanted where the chunks allow (16 chunks for 5 parts: 6 of 3).
+    let per = (chunks / column_parts_wanted(groups, cols, fill)).max(1);
     (chunks.div_ceil(per), per)
+}
+
+/// The parts a launch of `groups` workgroups over `cols` columns wants from
+/// [`column_parts`] (the chunks may allow fewer): a backend that can stage smaller chunks
+/// does so where its chunks are fewer.
+pub fn column_parts_wanted(groups: usize, cols: usize, fill: usize) -> usize {
+    parts_to_fill(groups, fill, cols / MIN_PART_COLUMNS)
 }
 
 /// Output tiles (64 x 64) below which a product is split over its depth, and the bounds on
@@ -235,14 +242,22 @@ pub const MAX_DEPTH_SPLIT: usize = 8;
 /// waves of 132 SMs with one of 8 warps each; two pieces make 512. The pieces run as one
 /// batched launch, each writing its partial product, and a second pass sums them in piece
 /// order, so the result is the same every run. Each piece's depth is a multiple of 4 (the
-/// GEMMs' vector loads stay aligned) and the pieces are equal, so `k` must divide; 1 where
-/// the tiles fill already or no split fits.
+/// GEMMs' vector loads stay aligned) and the pieces are equal, so `k` must divide: the fewest
+/// pieces that reach the fill and divide it, else the most below that do; 1 where the tiles
+/// fill already or no split fits.
 pub fn depth_split(m: usize, n: usize, k: usize, fill: usize) -> usize {
     let tiles = m.div_ceil(64) * n.div_ceil(64);
-    let want = parts_to_fill(tiles, fill, MAX_DEPTH_SPLIT.min(k / MIN_SPLIT_DEPTH));
-    (2..=want)
-        .rev()
-        .find(|s| k.is_multiple_of(4 * s))
+    let cap = MAX_DEPTH_SPLIT.min(k / MIN_SPLIT_DEPTH);
+    let want = parts_to_fill(tiles, fill, cap);
+    if want < 2 {
+        return 1;
+    }
+    // The fewest pieces that reach the fill and cut k evenly (8192 deep wanting 3: 4), else
+    // the most below that do.
+    let even = |s: &usize| k.is_multiple_of(4 * s);
+    (want..=cap)
+        .find(even)
+        .or_else(|| (2..want).rev().find(even))
         .unwrap_or(1)
 }
 
@@ -429,6 +444,8 @@ mod tests {
         // LLaMA-7B's linear at 256 tokens: 256 tiles, under 264; two pieces of 2048.
         assert_eq!(depth_split(256, 4096, 4096, 264), 2);
         assert_eq!(depth_split(256, 4096, 11008, 264), 2);
+        // LLaMA-2-70B's LM-head chunk: 128 tiles want 3 pieces, 8192 cuts evenly into 4.
+        assert_eq!(depth_split(256, 2048, 8192, 264), 4);
         // Enough tiles already, or a device that reports nothing beyond the default.
         assert_eq!(depth_split(2048, 4096, 4096, 264), 1);
         assert_eq!(depth_split(256, 4096, 4096, groups::DEFAULT_FILL), 1);
@@ -445,10 +462,16 @@ mod tests {
     fn column_parts_take_whole_chunks_of_at_least_1024_columns() {
         // 4096 columns in chunks of 512: two parts of four chunks at 256 workgroups.
         assert_eq!(column_parts(256, 4096, 512, 264), (2, 4));
+        // 64 workgroups want 5 parts of 16 chunks: 6, of 3 chunks and the last of 1.
+        assert_eq!(column_parts(64, 8192, 512, 264), (6, 3));
+        // 128 want 3 of 2 chunks: 2 (a backend stages smaller chunks where it can).
+        assert_eq!(column_parts_wanted(128, 8192, 264), 3);
+        assert_eq!(column_parts(128, 8192, 4096, 264), (2, 1));
         assert_eq!(column_parts(512, 4096, 512, 264), (1, 8));
-        // Five workgroups want 52 parts; 2100 columns allow two, of 2 and 1 chunks.
-        assert_eq!(column_parts(5, 2100, 1024, 256), (2, 2));
-        assert_eq!(column_parts(3, 2100, 512, 256), (2, 3));
+        // Five workgroups want 52 parts; 2100 columns allow two, so three of one chunk (the
+        // last 52 columns), or of 2, 2 and 1.
+        assert_eq!(column_parts(5, 2100, 1024, 256), (3, 1));
+        assert_eq!(column_parts(3, 2100, 512, 256), (3, 2));
         // Too narrow to split.
         assert_eq!(column_parts(3, 2047, 512, 256), (1, 4));
         assert_eq!(parts_to_fill(0, 256, 8), 1);

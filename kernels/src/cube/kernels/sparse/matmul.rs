@@ -499,9 +499,11 @@ fn launch<R: Runtime>(b: &CubeBackend<R>, w: &CubePacked, part: &Part<'_>, tb: u
         SMALL_STAGE
     };
     let blocks = |stage| rows.div_ceil(CUBE as usize / lanes_for(units, tb, stage) as usize);
-    // A launch short of the device's fill whose rows fit one chunk stages half as much at a
-    // time, so that its columns can be split (a single token over 4096 columns).
-    if cols <= STAGE as usize / tb && blocks(stage) * part.n.div_ceil(tb) < b.fill_or_default() {
+    // A launch that wants more column parts than it has chunks stages half as much at a time,
+    // so that its columns can be split further (a single token over 4096 or 8192 columns).
+    let groups = blocks(stage) * part.n.div_ceil(tb);
+    let chunks = cols.div_ceil(stage as usize / tb);
+    if plan::column_parts_wanted(groups, cols, b.fill_or_default()) > chunks {
         stage = SMALL_STAGE;
     }
     let lanes = lanes_for(units, tb, stage);
