@@ -76,8 +76,9 @@ fn rms_norm_backward_kernel(
         let gx_total = cube_sum(gx, plane);
         let ri = 1.0f32 / f32::sqrt(sq_total / cols as f32 + eps);
         let k = ri * ri * ri / cols as f32 * gx_total;
+        let part = wg % parts;
         let run = ((cols + parts - 1) / parts + 3) / 4 * 4;
-        let first = u32::min((wg % parts) * run, cols);
+        let first = u32::min(part * run, cols);
         let end = u32::min(first + run, cols);
         let mut c = first + UNIT_POS;
         while c < end {
@@ -85,7 +86,7 @@ fn rms_norm_backward_kernel(
             dx[i] = ri * gamma[c as usize] * dy[i] - k * x[i];
             c += CUBE;
         }
-        if UNIT_POS == 0 && wg % parts == 0 {
+        if UNIT_POS == 0 && part == 0 {
             inv[r as usize] = ri;
         }
     }

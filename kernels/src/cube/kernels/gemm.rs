@@ -964,7 +964,7 @@ fn sum_depth_parts_kernel(
         }
         let ci = (c_off + (e / n) * ldc + e % n) as usize;
         if comptime![read_c] {
-            v = beta * c[ci] + v;
+            v += beta * c[ci];
         }
         c[ci] = v;
     }
