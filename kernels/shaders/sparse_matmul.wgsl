@@ -67,14 +67,28 @@ struct Lane {
     c1: u32,
 }
 
-// Workgroup (x, y, z): a block of RPW rows, of TB tokens, and a part of the columns (one
-// part, all of them, where the product is not split).
+// The columns [x, y) of part z of a column split in chunks of `chunk` columns: P.per_part
+// whole chunks (plan::column_parts; one part, all of them, where the product is not split).
+fn part_columns(z: u32, chunk: u32) -> vec2<u32> {
+    let c0 = min(z * P.per_part * chunk, P.cols);
+    return vec2<u32>(c0, min(c0 + P.per_part * chunk, P.cols));
+}
+
+// How many values a bitmap row keeps before column c (a multiple of 32): the popcount of its
+// bit words from `word0` on. A later part of a column split starts its value index there
+// (whole words: the padding is in the last).
+fn kept_before(word0: u32, c: u32) -> u32 {
+    var k = 0u;
+    for (var u = 0u; u < c / 32u; u++) { k += countOneBits(codes[word0 + u]); }
+    return k;
+}
+
+// Workgroup (x, y, z): a block of RPW rows, of TB tokens, and a part of the columns.
 fn lane_of(wid: vec3<u32>, tid: u32) -> Lane {
     let row = wid.x * RPW + tid / LANES;
-    let c0 = min(wid.z * P.per_part * CHUNK, P.cols);
-    let c1 = min(c0 + P.per_part * CHUNK, P.cols);
+    let cols = part_columns(wid.z, CHUNK);
     return Lane(tid, tid % LANES, row, row < P.rows, wid.y * TB, P.y_base + wid.z * P.part_len,
-                c0, c1);
+                cols.x, cols.y);
 }
 
 // xs <- X[tok0 .. tok0 + TB, c0 .. c0 + CHUNK).
@@ -199,12 +213,7 @@ fn matmul_bitmap(@builtin(workgroup_id) wid: vec3<u32>,
     var acc: array<f32, TB>;
     let brow = P.c_base + l.row * P.cpr;
     var k = 0u;  // the row's first value in the current unit: the same in all 8 lanes
-    if (l.live) {
-        k = offs[P.row0 + l.row];
-        // A later part starts after the row's values in the units before its columns
-        // (whole units: the padding is in the last).
-        for (var u = 0u; u < l.c0 / 32u; u++) { k += countOneBits(codes[brow + u]); }
-    }
+    if (l.live) { k = offs[P.row0 + l.row] + kept_before(brow, l.c0); }
     for (var c0 = l.c0; c0 < l.c1; c0 += CHUNK) {
         stage(c0, l.tok0, tid);
         workgroupBarrier();
@@ -400,23 +409,18 @@ fn tiled(wid: vec3<u32>, tid: u32, fmt: u32) {
     let below = (1u << t.lane) - 1u;
     // next[4i + j]: bitmap row 4·(wave + 4i) + j's first value not yet decoded, the same in
     // all 32 lanes.
-    // The part of a column split (workgroup_id.z): whole chunks [c_first, c_end).
-    let c_first = min(wid.z * P.per_part * KC, P.cols);
-    let c_end = min(c_first + P.per_part * KC, P.cols);
+    // The part of a column split (workgroup_id.z).
+    let part = part_columns(wid.z, KC);
     var next: array<u32, 8>;
     if (fmt == BITMAP) {
         for (var n = 0u; n < 8u; n++) {
             let row = t.row0 + 4u * (t.wave + 4u * (n / 4u)) + n % 4u;
             if (row < P.rows) {
-                // After the row's values in the units before the part (whole units).
-                next[n] = offs[P.row0 + row];
-                for (var u = 0u; u < c_first / 32u; u++) {
-                    next[n] += countOneBits(codes[P.c_base + row * P.cpr + u]);
-                }
+                next[n] = offs[P.row0 + row] + kept_before(P.c_base + row * P.cpr, part.x);
             }
         }
     }
-    for (var c0 = c_first; c0 < c_end; c0 += KC) {
+    for (var c0 = part.x; c0 < part.y; c0 += KC) {
         tile_stage_x(t, c0);
         for (var i = 0u; i < 2u; i++) {
             let q = t.wave + 4u * i;

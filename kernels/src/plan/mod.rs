@@ -261,6 +261,18 @@ pub fn depth_split(m: usize, n: usize, k: usize, fill: usize) -> usize {
         .unwrap_or(1)
 }
 
+/// The element stride that moves a GEMM operand one depth piece of `kp` along (the batch
+/// stride of [`depth_split`]'s launch): kp values along a stored row where the depth runs
+/// inside rows (A by rows, B transposed), kp stored rows of `stored_cols` where it runs
+/// across them.
+pub fn depth_piece_stride(kp: usize, depth_in_row: bool, stored_cols: usize) -> usize {
+    if depth_in_row {
+        kp
+    } else {
+        kp * stored_cols
+    }
+}
+
 /// Columns each part of a split row keeps at least (4 per invocation of 256), and the most
 /// parts a row is split into, for [`row_parts`].
 pub const MIN_ROW_PART: usize = 1024;

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::plan::groups::DEFAULT_FILL;
-use crate::plan::{depth_split, gemm_pieces, GemmPiece, Slabs, Stored};
+use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, GemmPiece, Slabs, Stored};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 
@@ -486,15 +486,8 @@ impl Ctx {
         let kp = (whole.k.1 - whole.k.0) / splits;
         let parts = self.scratch("depth-split partial products", splits * m * n)?;
         let pw = self.whole(&parts, splits * m * n)?;
-        // One piece further along the depth: kp values along a stored row where the depth
-        // runs inside rows (A by rows, B transposed), kp stored rows where it runs across them.
-        let depth_step = |mat: &Mat<'_>, depth_in_row: bool| {
-            if depth_in_row {
-                kp
-            } else {
-                kp * mat.cols
-            }
-        };
+        let depth_step =
+            |mat: &Mat<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, mat.cols);
         let mut g = Gemm::new(
             "gemm_update",
             (0, m),

@@ -16,7 +16,7 @@ use cubecl::server::Handle;
 use super::super::storage::{arg, same_slabs, CubeTensor, ROW_ALIGN};
 use super::super::CubeBackend;
 use super::fill::{fill_u32, vector_width, BLOCK};
-use super::forward::rotate;
+use super::forward::{rotate, row_part};
 use super::reduce::{cube_sum, CUBE};
 use crate::error::Result;
 use crate::ops::check;
@@ -77,9 +77,7 @@ fn rms_norm_backward_kernel(
         let ri = 1.0f32 / f32::sqrt(sq_total / cols as f32 + eps);
         let k = ri * ri * ri / cols as f32 * gx_total;
         let part = wg % parts;
-        let run = ((cols + parts - 1) / parts + 3) / 4 * 4;
-        let first = u32::min(part * run, cols);
-        let end = u32::min(first + run, cols);
+        let (first, end) = row_part(part, parts, cols);
         let mut c = first + UNIT_POS;
         while c < end {
             let i = (base + c) as usize;

@@ -79,6 +79,15 @@ fn cube_max(v: f32, #[comptime] plane: bool) -> f32 {
     out
 }
 
+/// The columns [first, end) part `part` of `parts` writes of a row of `cols`
+/// (`plan::row_part`): runs of a multiple of 4 columns, the last shorter.
+#[cube]
+pub(super) fn row_part(part: u32, parts: u32, cols: u32) -> (u32, u32) {
+    let run = ((cols + parts - 1) / parts + 3) / 4 * 4;
+    let first = u32::min(part * run, cols);
+    (first, u32::min(first + run, cols))
+}
+
 /// y = x / sqrt(mean(x²) + eps) · γ, `parts` cubes per row of a slab (`plan::row_parts`):
 /// each sums the whole row (in the same order, so the same factor) and writes its run of
 /// columns (`plan::row_part`).
@@ -107,9 +116,7 @@ fn rms_norm_kernel(
         }
         let total = cube_sum(s, plane);
         let inv = 1.0f32 / f32::sqrt(total / cols as f32 + eps);
-        let run = ((cols + parts - 1) / parts + 3) / 4 * 4;
-        let first = u32::min((wg % parts) * run, cols);
-        let end = u32::min(first + run, cols);
+        let (first, end) = row_part(wg % parts, parts, cols);
         let mut c = first + UNIT_POS;
         while c < end {
             let i = (base + c) as usize;

@@ -22,7 +22,7 @@ use super::super::storage::{arg, arg_quads, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::BLOCK;
 use super::reduce::cube_sum;
-use crate::plan::{depth_split, gemm_pieces, GemmPiece, Stored};
+use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, GemmPiece, Stored};
 
 const BK: u32 = 16;
 
@@ -983,15 +983,8 @@ fn gemm_depth_split<R: Runtime>(
 ) {
     let (m, n) = (c.rows, c.cols);
     let (kp, elems) = ((whole.k.1 - whole.k.0) / splits, m * n);
-    // One piece further along the depth: kp values along a stored row where the depth runs
-    // inside rows (A by rows, B transposed), kp stored rows where it runs across them.
-    let depth_step = |o: &Of<'_>, depth_in_row: bool| {
-        if depth_in_row {
-            kp
-        } else {
-            kp * o.t.cols
-        }
-    };
+    let depth_step =
+        |o: &Of<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, o.t.cols);
     gemm(
         b,
         &Gemm {

@@ -31,7 +31,7 @@ use super::super::gemm::sum_parts;
 use super::super::reduce::CUBE;
 use super::half::f16_to_f32;
 use super::tiled;
-use super::{half_at, part_chunks, valid_bits};
+use super::{half_at, kept_before, part_chunks, valid_bits};
 use crate::error::Result;
 use crate::formats::{self, WeightFormat};
 use crate::plan;
@@ -291,13 +291,10 @@ fn matmul_bitmap_kernel(
     let (first, last) = part_chunks(cols, ch, per_part);
     let mut base = 0u32;
     if r < rows {
-        // A later part starts after the row's values in the units before its first chunk,
-        // counted by every lane of the row alike (whole units: the padding is in the last).
-        base = offsets[r as usize];
+        // A later part starts after the units before its first chunk, counted by every
+        // lane of the row alike.
         let skipped = first * comptime![stage / tb / 32];
-        for u in 0..skipped {
-            base += u32::count_ones(meta[(r * units + u) as usize]);
-        }
+        base = offsets[r as usize] + kept_before(meta, r * units, skipped);
     }
     for chunk in first..last {
         let c0 = chunk * ch;

@@ -46,3 +46,15 @@ pub fn part_chunks(cols: u32, ch: u32, per_part: u32) -> (u32, u32) {
     }
     (first, last)
 }
+
+/// How many values a bitmap row keeps in its first `words` bit words from `word0`: where a
+/// later part of a column split starts its value index (whole words: the padding is in the
+/// last).
+#[cube]
+pub fn kept_before(meta: &Array<u32>, word0: u32, words: u32) -> u32 {
+    let mut k = 0u32;
+    for u in 0..words {
+        k += u32::count_ones(meta[(word0 + u) as usize]);
+    }
+    k
+}

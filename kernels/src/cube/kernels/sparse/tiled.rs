@@ -25,7 +25,7 @@
 use cubecl::prelude::*;
 
 use super::half::f16_to_f32;
-use super::{half_at, part_chunks, valid_bits};
+use super::{half_at, kept_before, part_chunks, valid_bits};
 use crate::plan;
 
 /// Weight rows and tokens per cube (the host's grid uses the same constants), columns per
@@ -206,13 +206,8 @@ fn tiled_product<N: Size>(
             let row = row0 + 4u32 * (wave + 4u32 * (n / 4u32)) + n % 4u32;
             let mut k = 0u32;
             if row < rows {
-                // A later part of a column split starts after the row's values in the
-                // units (one per chunk) before its first (whole units: the padding is in
-                // the last).
-                k = offsets[row as usize];
-                for u in 0..first {
-                    k += u32::count_ones(meta[(row * units + u) as usize]);
-                }
+                // A later part starts after the units (one per chunk) before its first.
+                k = offsets[row as usize] + kept_before(meta, row * units, first);
             }
             next[n as usize] = k;
         }
