@@ -3,8 +3,8 @@
 //   rms_norm: one workgroup per row (or per part of a row, where rows are few), a tree
 //     reduction of the sum of squares;
 //   rope: one invocation per (row, head, i < e/2) pair, in place;
-//   attention: causal GQA as FlashAttention-2's forward, a tile of BQ query rows of one head
-//     per workgroup, register tiles of S and O, tiles of K and V in workgroup memory;
+//   attention: causal GQA as FlashAttention-2's forward, a tile of 16·rpu query rows of one
+//     head per workgroup, register tiles of S and O, tiles of K and V in workgroup memory;
 //   silu_mul, residual_add: elementwise over flat chunks;
 //   embed: rows of the table gathered by token id, one window of the table's rows at a time;
 //   lm_fold: one workgroup per row folding a chunk of logits into the running (m, s, z).
@@ -40,6 +40,8 @@ struct Params {
     l_base: u32,     // attention: the log-sum-exp output's base (L [rows, heads] in lse_out)
     l_on: u32,       // attention: 1 to write L = m + ln(l) per (row, head), 0 to skip it
     parts: u32,      // rms_norm: workgroups per row (plan::row_parts), each writing a run
+    rpu: u32,        // attention: query rows per invocation, 4, 2 or 1: tiles of 16·rpu rows
+                     // (plan::attention_query_rows)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -170,7 +172,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---- attention ----
 
-const BQ: u32 = 64u;        // query rows per workgroup
+const BQ: u32 = 64u;        // query rows per workgroup at most (rpu = 4)
 const BK: u32 = 32u;        // keys per tile
 const DC: u32 = 16u;        // depth of one step of the S = Q·Kᵀ tile
 const EMAX: u32 = 256u;     // the largest head_dim of this variant (the host picks 64, 128, 256)
@@ -191,28 +193,33 @@ var<workgroup> row_c: array<f32, BQ>;
 // Causal GQA over stacked windows of seq rows, for the query positions [q_start, q_stop) of
 // the windows starting at row0: q in in0 (a_ld = heads·e columns), k and v in in1 and in2
 // (b_ld = kv_heads·e columns, the same bases), the output in dst (d_ld = heads·e) and, when
-// l_on, each row's and head's log-sum-exp in lse_out (heads columns from l_base). With
-// T = ⌈(q_stop − q_start)/BQ⌉ tiles per window, workgroup wg (of rows) takes query head
-// h = wg mod heads, tile (wg / heads) mod T of window (wg / heads) / T: BQ query rows.
+// l_on, each row's and head's log-sum-exp in lse_out (heads columns from l_base). With tiles
+// of bq = 16·rpu query rows and T = ⌈(q_stop − q_start)/bq⌉ tiles per window, workgroup wg
+// (of rows) takes query head h = wg mod heads, tile (wg / heads) mod T of window
+// (wg / heads) / T.
 // FlashAttention-2's loop: per tile of BK keys of KV head h / group (up to the tile's last
-// query; later keys are never loaded), S = Q·Kᵀ as a register tile of 4 x 2 per invocation
+// query; later keys are never loaded), S = Q·Kᵀ as a register tile of rpu x 2 per invocation
 // over depth steps of DC staged in workgroup memory; the scores through workgroup memory to
 // one invocation per row, which updates the row's running max m and sum l (the online
 // softmax) and leaves P = exp(S − m) and the rescale factor; then every invocation rescales
-// its register tile of O (4 rows x OC columns) and adds P·V over steps of VR rows of V. Every
-// private array is indexed by constant-bound loops only, so it stays in registers; O is
-// divided by l once at the end.
+// its register tile of O (rpu rows x OC columns) and adds P·V over steps of VR rows of V. Every
+// private array is indexed by constant-bound loops only (rows past rpu skipped by a uniform
+// continue, so the trip count stays constant), so it stays in registers; O is divided by l
+// once at the end. The arrays keep room for 4 rows whatever rpu: one module serves every tile
+// size, where CubeCL builds a kernel per rpu.
 @compute @workgroup_size(256, 1, 1)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
     let wg = wid.y * nwg.x + wid.x;
     if (wg >= P.rows) { return; }
-    let tiles = (P.q_stop - P.q_start + BQ - 1u) / BQ;
+    let rpu = P.rpu;
+    let bq = 16u * rpu;
+    let tiles = (P.q_stop - P.q_start + bq - 1u) / bq;
     let h = wg % P.heads;
     let rest = wg / P.heads;
     let w0 = P.row0 + (rest / tiles) * P.seq;
-    let q0 = P.q_start + (rest % tiles) * BQ;
-    let q_end = min(q0 + BQ, P.q_stop);
+    let q0 = P.q_start + (rest % tiles) * bq;
+    let q_end = min(q0 + bq, P.q_stop);
     let e = P.e;
     let q_col = h * e;
     let kv_col = (h / P.group) * e;
@@ -222,7 +229,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
     var o: array<f32, 4u * OC>;
     for (var i = 0u; i < 4u * OC; i++) { o[i] = 0.0; }
-    if (t < BQ) {
+    if (t < bq) {
         row_m[t] = LOWEST;
         row_l[t] = 0.0;
     }
@@ -232,7 +239,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         for (var i = 0u; i < 8u; i++) { s[i] = 0.0; }
         for (var d0 = 0u; d0 < e; d0 += DC) {
             workgroupBarrier();
-            for (var i = t; i < BQ * DC; i += 256u) {
+            for (var i = t; i < bq * DC; i += 256u) {
                 let r = i / DC;
                 let d = d0 + i % DC;
                 var v = 0.0;
@@ -249,7 +256,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             workgroupBarrier();
             for (var d = 0u; d < DC; d++) {
                 for (var i = 0u; i < 4u; i++) {
-                    let a = qc[(ty * 4u + i) * (DC + 1u) + d];
+                    if (i >= rpu) { continue; }
+                    let a = qc[(ty * rpu + i) * (DC + 1u) + d];
                     for (var j = 0u; j < 2u; j++) {
                         s[i * 2u + j] = fma(a, kc[(tx * 2u + j) * (DC + 1u) + d], s[i * 2u + j]);
                     }
@@ -258,15 +266,16 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
         // Masked scores (past the tile, after the query, or a padding row) are LOWEST.
         for (var i = 0u; i < 4u; i++) {
+            if (i >= rpu) { continue; }
             for (var j = 0u; j < 2u; j++) {
-                let r = ty * 4u + i;
+                let r = ty * rpu + i;
                 let c = tx * 2u + j;
                 let live = c < nk && k0 + c <= q0 + r && q0 + r < q_end;
                 ps[r * (BK + 1u) + c] = select(LOWEST, s[i * 2u + j] * P.scale, live);
             }
         }
         workgroupBarrier();
-        if (t < BQ) {
+        if (t < bq) {
             let base = t * (BK + 1u);
             var mx = LOWEST;
             for (var c = 0u; c < BK; c++) { mx = max(mx, ps[base + c]); }
@@ -288,7 +297,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
         workgroupBarrier();
         for (var i = 0u; i < 4u; i++) {
-            let corr = row_c[ty * 4u + i];
+            if (i >= rpu) { continue; }
+            let corr = row_c[ty * rpu + i];
             for (var j = 0u; j < OC; j++) { o[i * OC + j] = o[i * OC + j] * corr; }
         }
         for (var v0 = 0u; v0 < nk; v0 += VR) {
@@ -303,7 +313,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             workgroupBarrier();
             for (var kk = 0u; kk < nv; kk++) {
                 for (var i = 0u; i < 4u; i++) {
-                    let p = ps[(ty * 4u + i) * (BK + 1u) + v0 + kk];
+                    if (i >= rpu) { continue; }
+                    let p = ps[(ty * rpu + i) * (BK + 1u) + v0 + kk];
                     for (var j = 0u; j < OC; j++) {
                         o[i * OC + j] = fma(p, vc[kk * EMAX + tx + 16u * j], o[i * OC + j]);
                     }
@@ -313,7 +324,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     workgroupBarrier();
     for (var i = 0u; i < 4u; i++) {
-        let r = ty * 4u + i;
+        if (i >= rpu) { continue; }
+        let r = ty * rpu + i;
         if (q0 + r < q_end) {
             let inv = 1.0 / row_l[r];
             let oa = P.d_base + (w0 + q0 + r) * P.d_ld + q_col;
@@ -324,7 +336,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
     }
     // The row's log-sum-exp of its scaled scores: m is their max, l the sum of exp(s − m).
-    if (P.l_on != 0u && t < BQ && q0 + t < q_end) {
+    if (P.l_on != 0u && t < bq && q0 + t < q_end) {
         lse_out[P.l_base + (w0 + q0 + t) * P.heads + h] = row_m[t] + log(row_l[t]);
     }
 }

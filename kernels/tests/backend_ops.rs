@@ -15,6 +15,7 @@ use common::backends::TestBackend;
 use common::{run_cases, small_cases_named};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::ops::{AdamStep, LoraForm, LoraInputs};
+use prunebench_kernels::plan::{depth_split, groups::DEFAULT_FILL};
 use prunebench_kernels::suite::{
     small_cases, small_refit_cases, CaseFormat, MaskSource, ObsKind, Op, OpCase,
 };
@@ -388,6 +389,20 @@ fn lora_ops_in_windows<B: TestBackend>() {
     b.assert_split_seen();
 }
 
+/// LoRA's gradient products ∂B = Ḡ·Aᵀ (rows x rank) and ∂A = Bᵀ·Ḡ (rank x cols) are narrow
+/// and deep, so they run as depth pieces summed by a second pass (`plan::depth_split`); the
+/// plan is asserted so both stay split: three pieces of 344 of Ḡ's columns, two of 260 rows.
+fn lora_grad_over_depth_pieces<B: TestBackend>() {
+    let (rank, rows, cols) = (5, 520, 1032);
+    assert_eq!(depth_split(rows, rank, cols, DEFAULT_FILL), 3);
+    assert_eq!(depth_split(rank, cols, rows, DEFAULT_FILL), 2);
+    let cases: Vec<OpCase> = [LoraForm::Mask, LoraForm::Scale]
+        .into_iter()
+        .map(|form| OpCase::new(Op::LoraGrad(form, rank), rows, cols).tokens(64, 1))
+        .collect();
+    run_cases(&B::plain(), &cases);
+}
+
 /// The re-fit cases for `SPLIT_BYTES`, where W, H, Ŵ, the norm system and the moments come
 /// in 64-row bindings; the LoRA ops at each of `ranks`.
 fn refit_cases_split(ranks: &[usize]) -> Vec<OpCase> {
@@ -756,6 +771,7 @@ macro_rules! backend_tests {
             shape_errors_are_errors,
             every_refit_case_runs_and_matches_the_reference,
             refit_ops_on_split_tensors_match_the_reference,
+            lora_grad_over_depth_pieces,
             refit_shape_errors_are_the_references,
             damped_solve_keeps_zero_columns_and_solves_a_zero_system_to_zeros,
             obs_block_selection_breaks_ties_as_the_reference,

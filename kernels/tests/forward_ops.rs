@@ -16,7 +16,7 @@ use common::{assert_close, bits, down, max_rel, up};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::ops::{nll_from_state, tolerance, NO_TARGET};
 use prunebench_kernels::plan::groups::DEFAULT_FILL;
-use prunebench_kernels::plan::{depth_split, row_parts};
+use prunebench_kernels::plan::{attention_query_rows, depth_split, row_parts};
 use prunebench_kernels::rng::{heavy_tailed, Rng};
 use prunebench_kernels::{Backend, KernelError, Matrix};
 
@@ -274,13 +274,13 @@ fn attention<B: TestBackend>() {
     check_attention(
         &B::fresh(),
         &[
-            // Three KV groups of two heads, windows longer than a query tile (64) and than a
-            // key tile (64 keys at e = 16), neither a multiple of it; and three windows of
-            // 37 (no multiple of either tile).
+            // Three KV groups of two heads, windows longer than a query tile (16 rows where
+            // tiles are this few) and than a key tile (32), neither a multiple of it; and
+            // three windows of 37 (no multiple of either tile).
             (3, 70, 6, 3, 16, 1.0),
             (3, 37, 6, 3, 16, 1.0),
             (3, 37, 6, 3, 16, 0.125),
-            // Full MHA over a window of 70 (two query tiles, the second partial) and of 130.
+            // Full MHA over a window of 70 (the last query tile partial) and of 130.
             (1, 70, 4, 4, 32, 0.125),
             (1, 130, 4, 4, 32, 1.0),
             // Windows of one row: each query sees only itself.
@@ -298,6 +298,26 @@ fn attention<B: TestBackend>() {
             (1, 256, 32, 32, 128, 1.0),
         ],
     );
+}
+
+/// Query tiles of every size `plan::attention_query_rows` picks (64, 32 or 16 rows: each
+/// invocation's register tile 4, 2 or 1 rows high), chosen by how many tiles fill the device;
+/// the plan is asserted at the default fill so each case keeps its size. Windows are no
+/// multiple of their tile, with GQA groups of four and of two.
+fn attention_over_query_tile_sizes<B: TestBackend>() {
+    let cases: [AttnCase; 3] = [
+        (1, 520, 32, 8, 16, 0.125),
+        (1, 250, 32, 8, 16, 1.0),
+        (2, 37, 6, 3, 16, 1.0),
+    ];
+    let rows: Vec<usize> = cases
+        .iter()
+        .map(|&(w, seq, heads, _, e, _)| attention_query_rows(w, seq, heads, e, DEFAULT_FILL))
+        .collect();
+    assert_eq!(rows, [64, 32, 16]);
+    let b = B::fresh();
+    check_attention(&b, &cases);
+    check_attention_lse(&b, &cases);
 }
 
 /// `attention_with_lse`: the output as `attention`'s (bit for bit: the same kernel) and L,
@@ -372,7 +392,7 @@ fn attention_across_bindings<B: TestBackend>() {
 
 fn attention_with_windows_past_a_binding<B: TestBackend>() {
     // 64 KiB: a 200-row window of Q (4 heads of 32: 100 KB) comes in bindings of whole
-    // 64-row query tiles, and K and V (2 KV heads) in two.
+    // query tiles, and K and V (2 KV heads) in two.
     let b = B::split(64 << 10);
     assert!(b.is_split(400, 128) && b.is_split(400, 64));
     check_attention(&b, &[(2, 200, 4, 2, 32, 1.0)]);
@@ -809,6 +829,7 @@ macro_rules! forward_tests {
             rope,
             rope_split,
             attention,
+            attention_over_query_tile_sizes,
             attention_across_bindings,
             attention_with_windows_past_a_binding,
             attention_refuses_head_dims_it_cannot_hold,

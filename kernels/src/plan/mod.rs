@@ -296,6 +296,41 @@ pub fn row_part(part: usize, parts: usize, cols: usize) -> (usize, usize) {
     ((part * run).min(cols), ((part + 1) * run).min(cols))
 }
 
+/// The query rows an attention tile may take, largest first: 16 per row of invocations
+/// times 4, 2 or 1 rows each (the register tile's height).
+pub const ATTENTION_QUERY_ROWS: [usize; 3] = [64, 32, 16];
+
+/// The widest head that 16-row attention tiles take: at head_dim 128, ptxas gives the CUDA
+/// kernel of one query row per unit 40 registers and a 12-16 byte spill (sm_90a and sm_80),
+/// where 32 and 64 rows spill nothing.
+pub const ATTENTION_16_ROWS_MAX_HEAD: usize = 64;
+
+/// Query rows per attention tile (workgroup) over `windows` windows of `span` query rows,
+/// `heads` query heads of `head_dim`: the largest of [`ATTENTION_QUERY_ROWS`] whose tiles
+/// reach `fill`, else the smallest the head takes (32 rows past
+/// [`ATTENTION_16_ROWS_MAX_HEAD`]). Each tile reads its head's K and V up to its last query
+/// once, so halving the tile doubles those reads, which come from L2 where the tiles of a
+/// head run together; at LLaMA-7B's 32 heads of 128 and 256 tokens, 64-row tiles are 128
+/// workgroups, under one wave of 132 SMs, and 32-row tiles 256. Long sequences keep 64.
+pub fn attention_query_rows(
+    windows: usize,
+    span: usize,
+    heads: usize,
+    head_dim: usize,
+    fill: usize,
+) -> usize {
+    let smallest = if head_dim > ATTENTION_16_ROWS_MAX_HEAD {
+        32
+    } else {
+        16
+    };
+    ATTENTION_QUERY_ROWS
+        .into_iter()
+        .filter(|&rows| rows >= smallest)
+        .find(|&rows| windows * span.div_ceil(rows) * heads >= fill)
+        .unwrap_or(smallest)
+}
+
 /// Element ranges [e0, e1) of a flat array of `n` values, each at most `room` bytes, their
 /// boundaries on multiples of `granule` values (so vector views of a chunk stay aligned).
 pub fn flat_chunks(n: usize, room: u64, granule: usize) -> Vec<(usize, usize)> {
@@ -505,6 +540,21 @@ mod tests {
             assert!(runs.windows(2).all(|w| w[0].1 == w[1].0));
             assert!(runs.iter().all(|r| r.0 % 4 == 0 || r.0 == cols));
         }
+    }
+
+    #[test]
+    fn attention_tiles_shrink_only_until_they_fill() {
+        // LLaMA-7B, 32 heads of 128: 2048 tokens fill with 64 rows; 256 tokens take 32.
+        assert_eq!(attention_query_rows(1, 2048, 32, 128, 264), 64);
+        assert_eq!(attention_query_rows(1, 256, 32, 128, 264), 32);
+        assert_eq!(attention_query_rows(8, 256, 32, 128, 264), 64);
+        // Heads of up to 64 go down to 16 rows.
+        assert_eq!(attention_query_rows(1, 256, 32, 64, 264), 16);
+        assert_eq!(attention_query_rows(1, 256, 32, 64, 256), 32);
+        // Too little work to fill at any size takes the smallest tile the head allows.
+        assert_eq!(attention_query_rows(1, 13, 6, 16, 256), 16);
+        assert_eq!(attention_query_rows(1, 13, 6, 128, 256), 32);
+        assert_eq!(attention_query_rows(0, 0, 6, 16, 256), 16);
     }
 
     #[test]

@@ -24,8 +24,6 @@ use super::exec::{grid, Batch, Ctx, Module, Slot, Win, HEAD_DIMS};
 use super::gemm::{Mat, Product};
 use super::mem::{shape, WgpuTensor};
 
-/// Query rows per attention workgroup (forward.wgsl's BQ).
-const BQ: usize = 64;
 /// The variant the kernels other than attention run from (they are the same in all).
 const PLAIN: Module = Module::Forward(256);
 
@@ -59,6 +57,7 @@ struct Params {
     l_base: u32,
     l_on: u32,
     parts: u32,
+    rpu: u32,
 }
 
 /// The storage bindings of forward.wgsl, unused where `None`.
@@ -300,6 +299,8 @@ impl Ctx {
                 self.max_binding
             )));
         }
+        // Query rows per workgroup, the same in every dispatch.
+        let bq = plan::attention_query_rows(n / seq, seq, heads, e, DEFAULT_FILL);
         let base = Params {
             a_ld: qc as u32,
             b_ld: kc as u32,
@@ -309,6 +310,7 @@ impl Ctx {
             group: (heads / kv_heads) as u32,
             e: e as u32,
             scale: (1.0 / (e as f64).sqrt()) as f32,
+            rpu: (bq / 16) as u32,
             ..Default::default()
         };
         // Dispatches of (first row, query positions [a, b) of each window, windows, and the
@@ -320,7 +322,7 @@ impl Ctx {
             }
         } else {
             // Each window alone, its queries in slabs of rows (whole tiles where they fit).
-            let align = if self.rows_fitting(qc) >= BQ { BQ } else { 1 };
+            let align = if self.rows_fitting(qc) >= bq { bq } else { 1 };
             let q_slabs = self.row_slabs(seq, qc, align, usize::MAX)?;
             for w0 in (0..n).step_by(seq) {
                 for &(a, b) in &q_slabs {
@@ -339,7 +341,7 @@ impl Ctx {
                 .as_ref()
                 .map(|l| self.rows_win(&l.buf, heads, q0, q1))
                 .transpose()?;
-            let wgs = windows * (stop - a).div_ceil(BQ) * heads;
+            let wgs = windows * (stop - a).div_ceil(bq) * heads;
             let p = Params {
                 rows: wgs as u32,
                 row0: r0 as u32,

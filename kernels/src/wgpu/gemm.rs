@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::plan::groups::DEFAULT_FILL;
-use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, GemmPiece, Slabs, Stored};
+use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, Slabs, Stored};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 
@@ -95,6 +95,7 @@ pub(crate) fn before(elems: usize) -> u64 {
 }
 
 /// One GEMM-shaped dispatch; `m`, `n`, `k` are the covered ranges in logical coordinates.
+#[derive(Clone, Copy)]
 pub(crate) struct Gemm<'a> {
     pub entry: &'static str,
     pub m: (usize, usize),
@@ -444,11 +445,22 @@ impl Ctx {
         };
         let pieces = gemm_pieces(c.rows, c.cols, k, stored(&a, &sa), stored(&bm, &sb), &sc);
         if let [whole] = pieces[..] {
-            let splits = depth_split(c.rows, c.cols, k, DEFAULT_FILL);
-            let parts = (splits * c.rows * c.cols) as u64;
-            if p.flags == 0 && !c.trans && splits > 1 && self.win_fits(parts) {
-                return self.record_depth_split(b, p, (a, bm, c), whole, splits);
-            }
+            // One piece: the whole product in one dispatch, or split over its depth where its
+            // tiles fall short of the fill.
+            let mut g = Gemm::new(
+                "gemm_update",
+                whole.m,
+                whole.n,
+                whole.k,
+                self.operand_window(&a, whole.m, whole.k)?,
+                self.operand_window(&bm, whole.k, whole.n)?,
+            )
+            .named(p.label);
+            g.c = Some(self.operand_window(&c, whole.m, whole.n)?);
+            g.alpha = p.alpha;
+            g.beta = p.beta;
+            g.flags = p.flags;
+            return self.record_filling(b, &g);
         }
         self.split_noted(pieces.len());
         for pc in pieces {
@@ -470,43 +482,68 @@ impl Ctx {
         Ok(())
     }
 
-    /// Records a product whose operands each fit one window as `splits` equal depth pieces
-    /// ([`depth_split`]): one `gemm_update` batched over the pieces, piece z reading depths
-    /// z·kp.. of A and B (their origins moved along the depth) and storing alpha·A·B into its
-    /// own partial, then `sum_depth_parts` adding the partials into C in piece order.
-    fn record_depth_split(
-        &self,
-        b: &mut Batch<'_>,
-        p: Product,
-        (a, bm, c): (Mat<'_>, Mat<'_>, Mat<'_>),
-        whole: GemmPiece,
-        splits: usize,
-    ) -> Result<()> {
-        let (m, n) = (c.rows, c.cols);
-        let kp = (whole.k.1 - whole.k.0) / splits;
+    /// Records `g`, a plain `gemm_update` (C = alpha·A·B + beta·C, no triangle, flag or
+    /// batch), as [`depth_split`]'s equal depth pieces where its 64 x 64 tiles fall short of
+    /// the fill and the partials fit one window: one dispatch batched over the pieces, piece z
+    /// reading depths z·kp.. of A and B (their origins moved along the depth) and storing
+    /// alpha·A·B into its own partial, then `sum_depth_parts` adding the partials into C in
+    /// piece order (+ beta·C). Anything else is recorded as it is.
+    pub(crate) fn record_filling(&self, b: &mut Batch<'_>, g: &Gemm<'_>) -> Result<()> {
+        let (m, n, k) = (g.m.1 - g.m.0, g.n.1 - g.n.0, g.k.1 - g.k.0);
+        let c = match g.c {
+            Some(c) if !c.trans => c,
+            _ => return g.record(b),
+        };
+        let plain = g.entry == "gemm_update"
+            && g.flags == 0
+            && g.batch.count == 1
+            && !g.in_place
+            && g.a2.is_none()
+            && g.side.is_none()
+            && g.aux.is_none()
+            && g.c2.is_none()
+            && g.part.is_none();
+        let splits = if plain {
+            depth_split(m, n, k, DEFAULT_FILL)
+        } else {
+            1
+        };
+        if splits < 2 || !self.win_fits((splits * m * n) as u64) {
+            return g.record(b);
+        }
+        let kp = k / splits;
         let parts = self.scratch("depth-split partial products", splits * m * n)?;
         let pw = self.whole(&parts, splits * m * n)?;
         let depth_step =
-            |mat: &Mat<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, mat.cols);
-        let mut g = Gemm::new(
-            "gemm_update",
-            (0, m),
-            (0, n),
-            (0, kp),
-            self.operand_window(&a, whole.m, whole.k)?,
-            self.operand_window(&bm, whole.k, whole.n)?,
-        )
-        .named(p.label);
-        g.c = Some(Operand::new(pw, 0, n));
-        g.alpha = p.alpha;
-        g.batch = Batched {
-            count: splits,
-            stride: [depth_step(&a, !a.trans), depth_step(&bm, bm.trans), m * n],
+            |o: &Operand<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, o.ld);
+        let pieces = Gemm {
+            k: (g.k.0, g.k.0 + kp),
+            // Partial z's (m0, n0) at z·m·n: its logical origin m0·n + n0 before the start.
+            c: Some(Operand::new(pw, before(g.m.0 * n + g.n.0), n)),
+            beta: 0.0,
+            batch: Batched {
+                count: splits,
+                stride: [
+                    depth_step(&g.a, !g.a.trans),
+                    depth_step(&g.b, g.b.trans),
+                    m * n,
+                ],
+            },
+            ..*g
         };
-        g.record(b)?;
-        let cw = self.operand_window(&c, whole.m, whole.n)?;
-        let out = (cw.win, cw.win.base(0), n);
-        self.record_sum_parts(b, p.label, (pw, splits), out, (m, n), p.beta)
+        pieces.record(b)?;
+        let c_base = c
+            .win
+            .base(c.origin)
+            .wrapping_add((g.m.0 * c.ld + g.n.0) as u32);
+        self.record_sum_parts(
+            b,
+            g.label,
+            (pw, splits),
+            (c.win, c_base, c.ld),
+            (m, n),
+            g.beta,
+        )
     }
 
     /// Records `sum_depth_parts`: C (m x n from element `c_base` of window `c`, leading

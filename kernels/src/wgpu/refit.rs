@@ -212,7 +212,8 @@ impl Ctx {
             }
         }
         reduce_parts(&mut b, result_w, 0, parts_w, tiles)?;
-        // ∂B = Ḡ·Aᵀ per slab of rows; ∂A = Bᵀ·Ḡ summed over the slabs.
+        // ∂B = Ḡ·Aᵀ per slab of rows; ∂A = Bᵀ·Ḡ summed over the slabs. Both are narrow (rank
+        // columns or rows) and deep, so each runs over depth pieces where it would not fill.
         for (si, &(r0, r1)) in slabs.iter().enumerate() {
             let gw = self.rows_win(&g.buf, cols, r0, r1)?;
             let bw = self.rows_win(&inp.b.buf, r, r0, r1)?;
@@ -227,7 +228,7 @@ impl Ctx {
             )
             .named("lora_db");
             gm.c = Some(Operand::new(dbw, 0, r));
-            gm.record(&mut b)?;
+            self.record_filling(&mut b, &gm)?;
             let mut gm = Gemm::new(
                 "gemm_update",
                 (0, r),
@@ -239,7 +240,7 @@ impl Ctx {
             .named("lora_da");
             gm.c = Some(Operand::new(da_w, 0, cols));
             gm.beta = if si == 0 { 0.0 } else { 1.0 };
-            gm.record(&mut b)?;
+            self.record_filling(&mut b, &gm)?;
         }
         b.submit()?;
         let v = self.read_words(&result, 1)?;

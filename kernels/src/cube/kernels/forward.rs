@@ -27,12 +27,10 @@ use crate::ops::{check, NO_TARGET};
 use crate::plan;
 use crate::plan::aligned_runs;
 
-/// The largest head_dim the attention kernel takes: each unit holds 4 rows of ⌈e/16⌉ output
-/// columns in registers (64 f32 at 256).
+/// The largest head_dim the attention kernel takes: each unit holds up to 4 rows of ⌈e/16⌉
+/// output columns in registers (64 f32 at 256).
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// Query rows per attention cube (of 256 units: 16 x 16, each 4 rows of the tile).
-const ATT_BQ: u32 = 64;
 /// Keys per tile of the attention loop.
 const ATT_BK: u32 = 32;
 /// Depth of one step of the S = Q·Kᵀ tile.
@@ -164,16 +162,17 @@ fn rope_kernel(
 }
 
 /// Causal GQA over whole windows of `seq` rows, as FlashAttention-2's forward: a cube of 256
-/// units per (query tile of [`ATT_BQ`] rows of one window, query head). Per tile of
+/// units per (query tile of 16·`rpu` rows of one window, query head; `rpu`, the rows of each
+/// unit's register tiles, is 4, 2 or 1 as [`plan::attention_query_rows`] picks). Per tile of
 /// [`ATT_BK`] keys of the head's KV group (up to the tile's last query; later keys are never
-/// loaded): S = Q·Kᵀ as a 4 x 2 register tile per unit over depth steps of [`ATT_DC`] staged
+/// loaded): S = Q·Kᵀ as an rpu x 2 register tile per unit over depth steps of [`ATT_DC`] staged
 /// in shared memory; the scores through shared memory to one unit per row, which updates the
 /// row's running max m and sum l and leaves P = exp(S − m) and the rescale factor; then every
-/// unit rescales its register tile of O (4 rows x ⌈e/16⌉ columns: tx, tx + 16, …) and adds
+/// unit rescales its register tile of O (rpu rows x ⌈e/16⌉ columns: tx, tx + 16, …) and adds
 /// P·V over steps of V rows staged in shared memory. Every local array is indexed by unrolled
 /// comptime loops only, so it stays in registers; O is divided by l once at the end.
 ///
-/// head_dim is comptime (one kernel per distinct e), so those loops unroll. Rows are counted
+/// head_dim and rpu are comptime (one kernel per distinct pair), so those loops unroll. Rows are counted
 /// from the launch's first window; q_row0, k_row0, o_row0 and l_row0 are that window's first
 /// row inside the bindings of Q, of K and V, of the output and of L. With `with_lse` (comptime,
 /// so the plain forward carries no trace of it) each row's and head's log-sum-exp is written
@@ -198,8 +197,10 @@ fn attention_kernel(
     scale: f32,
     #[comptime] e: u32,
     #[comptime] with_lse: bool,
+    #[comptime] rpu: u32,
 ) {
     let oc = comptime![e.div_ceil(16)];
+    let bq = comptime![16 * rpu];
     let ld_v = comptime![16 * e.div_ceil(16)];
     let vr = comptime![ATT_VC_FLOATS / (16 * e.div_ceil(16))];
     let tile = CUBE_POS_X;
@@ -207,8 +208,8 @@ fn attention_kernel(
     let g = h / group;
     let ws = (tile / tiles) * seq;
     // Window-relative query rows [q0, q_end) and keys [0, q_end).
-    let q0 = (tile % tiles) * ATT_BQ;
-    let mut q_end = q0 + ATT_BQ;
+    let q0 = (tile % tiles) * bq;
+    let mut q_end = q0 + bq;
     if q_end > seq {
         q_end = seq;
     }
@@ -216,22 +217,27 @@ fn attention_kernel(
     let ty = t / 16;
     let tx = t % 16;
 
-    let mut qs = SharedMemory::<f32>::new(comptime![(ATT_BQ * (ATT_DC + 1)) as usize]);
-    let mut ks = SharedMemory::<f32>::new(comptime![(ATT_BK * (ATT_DC + 1)) as usize]);
-    let mut ps = SharedMemory::<f32>::new(comptime![(ATT_BQ * (ATT_BK + 1)) as usize]);
-    let mut vs = SharedMemory::<f32>::new(comptime![ATT_VC_FLOATS as usize]);
-    let mut row_m = SharedMemory::<f32>::new(comptime![ATT_BQ as usize]);
-    let mut row_l = SharedMemory::<f32>::new(comptime![ATT_BQ as usize]);
-    let mut row_c = SharedMemory::<f32>::new(comptime![ATT_BQ as usize]);
-    let mut o = Array::<f32>::new(comptime![(4 * e.div_ceil(16)) as usize]);
-    let mut sc = Array::<f32>::new(8usize);
+    // One shared array at fixed offsets (floats): CubeCL 0.10 places separate shared arrays
+    // in an order that varies from run to run, and ptxas's allocation with it (as the
+    // backward's kernels found). Q's and K's depth steps
+    // (rows of ATT_DC + 1), P (rows of ATT_BK + 1), V's rows, and each row's m, l and rescale.
+    let qs_at = comptime![0u32];
+    let ks_at = comptime![qs_at + bq * (ATT_DC + 1)];
+    let ps_at = comptime![ks_at + ATT_BK * (ATT_DC + 1)];
+    let vs_at = comptime![ps_at + bq * (ATT_BK + 1)];
+    let rm_at = comptime![vs_at + ATT_VC_FLOATS];
+    let rl_at = comptime![rm_at + bq];
+    let rc_at = comptime![rm_at + 2 * bq];
+    let mut sm = SharedMemory::<f32>::new(comptime![(rm_at + 3 * bq) as usize]);
+    let mut o = Array::<f32>::new(comptime![(rpu * e.div_ceil(16)) as usize]);
+    let mut sc = Array::<f32>::new(comptime![(2 * rpu) as usize]);
     #[unroll]
-    for i in 0..comptime![4 * e.div_ceil(16)] {
+    for i in 0..comptime![rpu * e.div_ceil(16)] {
         o[i as usize] = 0.0;
     }
-    if t < ATT_BQ {
-        row_m[t as usize] = f32::new(ATT_LOWEST);
-        row_l[t as usize] = 0.0;
+    if t < bq {
+        sm[(rm_at + t) as usize] = f32::new(ATT_LOWEST);
+        sm[(rl_at + t) as usize] = 0.0;
     }
 
     let q_col = h * e;
@@ -243,14 +249,14 @@ fn attention_kernel(
             nk = ATT_BK;
         }
         #[unroll]
-        for i in 0..8u32 {
+        for i in 0..comptime![2 * rpu] {
             sc[i as usize] = 0.0;
         }
         let mut d0 = 0u32;
         while d0 < e {
             sync_cube();
             #[unroll]
-            for step in 0..comptime![ATT_BQ * ATT_DC / 256] {
+            for step in 0..comptime![bq * ATT_DC / 256] {
                 let i = step * 256 + t;
                 let r = i / ATT_DC;
                 let d = d0 + i % ATT_DC;
@@ -258,7 +264,7 @@ fn attention_kernel(
                 if q0 + r < q_end && d < e {
                     val = q[((q_row0 + ws + q0 + r) * qc + q_col + d) as usize];
                 }
-                qs[(r * (ATT_DC + 1) + i % ATT_DC) as usize] = val;
+                sm[(qs_at + (r * (ATT_DC + 1) + i % ATT_DC)) as usize] = val;
             }
             #[unroll]
             for step in 0..comptime![ATT_BK * ATT_DC / 256] {
@@ -269,17 +275,17 @@ fn attention_kernel(
                 if r < nk && d < e {
                     val = k[((k_row0 + ws + k0 + r) * kc + kv_col + d) as usize];
                 }
-                ks[(r * (ATT_DC + 1) + i % ATT_DC) as usize] = val;
+                sm[(ks_at + (r * (ATT_DC + 1) + i % ATT_DC)) as usize] = val;
             }
             sync_cube();
             #[unroll]
             for d in 0..ATT_DC {
                 #[unroll]
-                for i in 0..4u32 {
-                    let a = qs[((ty * 4 + i) * (ATT_DC + 1) + d) as usize];
+                for i in 0..rpu {
+                    let a = sm[(qs_at + ((ty * rpu + i) * (ATT_DC + 1) + d)) as usize];
                     #[unroll]
                     for j in 0..2u32 {
-                        let kv = ks[((tx * 2 + j) * (ATT_DC + 1) + d) as usize];
+                        let kv = sm[(ks_at + ((tx * 2 + j) * (ATT_DC + 1) + d)) as usize];
                         sc[(i * 2 + j) as usize] += a * kv;
                     }
                 }
@@ -288,49 +294,49 @@ fn attention_kernel(
         }
         // Masked scores (past the tile, after the query, or a padding row) are ATT_LOWEST.
         #[unroll]
-        for i in 0..4u32 {
+        for i in 0..rpu {
             #[unroll]
             for j in 0..2u32 {
-                let r = ty * 4 + i;
+                let r = ty * rpu + i;
                 let c = tx * 2 + j;
                 let mut val = f32::new(ATT_LOWEST);
                 if c < nk && k0 + c <= q0 + r && q0 + r < q_end {
                     val = sc[(i * 2 + j) as usize] * scale;
                 }
-                ps[(r * (ATT_BK + 1) + c) as usize] = val;
+                sm[(ps_at + (r * (ATT_BK + 1) + c)) as usize] = val;
             }
         }
         sync_cube();
-        if t < ATT_BQ {
+        if t < bq {
             let base = t * (ATT_BK + 1);
             let mut mx = f32::new(ATT_LOWEST);
             for c in 0..ATT_BK {
-                mx = f32::max(mx, ps[(base + c) as usize]);
+                mx = f32::max(mx, sm[(ps_at + (base + c)) as usize]);
             }
-            let m_old = row_m[t as usize];
+            let m_old = sm[(rm_at + t) as usize];
             let m_new = f32::max(m_old, mx);
             let mut sum = 0.0f32;
             for c in 0..ATT_BK {
-                let s = ps[(base + c) as usize];
+                let s = sm[(ps_at + (base + c)) as usize];
                 let mut p = 0.0f32;
                 if s > ATT_LOWEST {
                     p = f32::exp(s - m_new);
                 }
-                ps[(base + c) as usize] = p;
+                sm[(ps_at + (base + c)) as usize] = p;
                 sum += p;
             }
             let mut corr = 1.0f32;
             if m_old > ATT_LOWEST {
                 corr = f32::exp(m_old - m_new);
             }
-            row_l[t as usize] = row_l[t as usize] * corr + sum;
-            row_m[t as usize] = m_new;
-            row_c[t as usize] = corr;
+            sm[(rl_at + t) as usize] = sm[(rl_at + t) as usize] * corr + sum;
+            sm[(rm_at + t) as usize] = m_new;
+            sm[(rc_at + t) as usize] = corr;
         }
         sync_cube();
         #[unroll]
-        for i in 0..4u32 {
-            let corr = row_c[(ty * 4 + i) as usize];
+        for i in 0..rpu {
+            let corr = sm[(rc_at + (ty * rpu + i)) as usize];
             #[unroll]
             for j in 0..oc {
                 o[(i * oc + j) as usize] *= corr;
@@ -350,17 +356,18 @@ fn attention_kernel(
                 if r < nv {
                     val = v[((k_row0 + ws + k0 + v0 + r) * kc + kv_col + i % e) as usize];
                 }
-                vs[(r * ld_v + i % e) as usize] = val;
+                sm[(vs_at + (r * ld_v + i % e)) as usize] = val;
                 i += 256;
             }
             sync_cube();
             for kk in 0..nv {
                 #[unroll]
-                for i in 0..4u32 {
-                    let p = ps[((ty * 4 + i) * (ATT_BK + 1) + v0 + kk) as usize];
+                for i in 0..rpu {
+                    let p = sm[(ps_at + ((ty * rpu + i) * (ATT_BK + 1) + v0 + kk)) as usize];
                     #[unroll]
                     for j in 0..oc {
-                        o[(i * oc + j) as usize] += p * vs[(kk * ld_v + tx + 16 * j) as usize];
+                        o[(i * oc + j) as usize] +=
+                            p * sm[(vs_at + (kk * ld_v + tx + 16 * j)) as usize];
                     }
                 }
             }
@@ -370,10 +377,10 @@ fn attention_kernel(
     }
     sync_cube();
     #[unroll]
-    for i in 0..4u32 {
-        let r = ty * 4 + i;
+    for i in 0..rpu {
+        let r = ty * rpu + i;
         if q0 + r < q_end {
-            let inv = 1.0 / row_l[r as usize];
+            let inv = 1.0 / sm[(rl_at + r) as usize];
             let o_at = (o_row0 + ws + q0 + r) * qc + q_col;
             #[unroll]
             for j in 0..oc {
@@ -386,9 +393,9 @@ fn attention_kernel(
     }
     // The row's log-sum-exp of its scaled scores: m is their max, l the sum of exp(s − m).
     if comptime![with_lse] {
-        if t < ATT_BQ && q0 + t < q_end {
+        if t < bq && q0 + t < q_end {
             let at = (l_row0 + ws + q0 + t) * CUBE_COUNT_Y + h;
-            lse[at as usize] = row_m[t as usize] + f32::ln(row_l[t as usize]);
+            lse[at as usize] = sm[(rm_at + t) as usize] + f32::ln(sm[(rl_at + t) as usize]);
         }
     }
 }
@@ -622,10 +629,12 @@ struct AttnShape {
     e: usize,
     qc: usize,
     kc: usize,
+    /// Query rows per tile (cube): 64, 32 or 16.
+    q_rows: usize,
 }
 
 fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs<'_>) {
-    let tiles = sh.seq.div_ceil(ATT_BQ as usize);
+    let tiles = sh.seq.div_ceil(sh.q_rows);
     // Cube counts stay within the device's x limit: windows in groups.
     let per = plan::items_per_launch(tiles, b.max_cube_count.0);
     let mut w0 = 0;
@@ -657,6 +666,7 @@ fn attention_launch<R: Runtime>(b: &CubeBackend<R>, sh: &AttnShape, a: &AttnArgs
                 (1.0 / (sh.e as f64).sqrt()) as f32,
                 sh.e as u32,
                 a.with_lse,
+                (sh.q_rows / 16) as u32,
             );
         }
         w0 += n;
@@ -739,6 +749,7 @@ pub fn attention_lse<R: Runtime>(
         .transpose()?;
     // The plain forward binds a placeholder where L would go (the kernel never writes it).
     let none = if with_lse { None } else { Some(b.scratch(1)?) };
+    let windows = q.rows / seq;
     let sh = AttnShape {
         heads,
         group: heads / kv_heads,
@@ -746,8 +757,9 @@ pub fn attention_lse<R: Runtime>(
         e,
         qc: q.cols,
         kc: k.cols,
+        // Every launch (whole windows, or one window through copies) takes the same size.
+        q_rows: plan::attention_query_rows(windows, seq, heads, e, b.fill_or_default()),
     };
-    let windows = q.rows / seq;
     let mut w = 0;
     while w < windows {
         let r0 = w * seq;

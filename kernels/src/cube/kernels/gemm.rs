@@ -22,7 +22,7 @@ use super::super::storage::{arg, arg_quads, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::BLOCK;
 use super::reduce::cube_sum;
-use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, GemmPiece, Stored};
+use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, Stored};
 
 const BK: u32 = 16;
 
@@ -673,6 +673,7 @@ impl Batched {
 }
 
 /// One GEMM launch: C[m x n] (op)= alpha·A[m x k]·B[k x n].
+#[derive(Clone, Copy)]
 pub struct Gemm<'a> {
     pub m: usize,
     pub n: usize,
@@ -903,12 +904,23 @@ pub fn gemm_split<R: Runtime>(
     let k = if a.trans { a.t.rows } else { a.t.cols };
     let pieces = gemm_pieces(c.rows, c.cols, k, a.stored(), bm.stored(), &c.slabs);
     if let ([whole], None, None) = (&pieces[..], p.lower, p.b_lower) {
-        let splits = depth_split(c.rows, c.cols, k, b.fill_or_default());
-        if splits > 1 {
-            if let Ok(parts) = b.scratch(splits * c.rows * c.cols) {
-                return gemm_depth_split(b, p, (a, bm, c), *whole, (splits, &parts));
-            }
-        }
+        // One piece: the whole product in one launch, or split over its depth where its
+        // tiles fall short of the fill.
+        return gemm_filling(
+            b,
+            &Gemm {
+                alpha: p.alpha,
+                beta: p.beta,
+                ..Gemm::store(
+                    whole.m.1 - whole.m.0,
+                    whole.n.1 - whole.n.0,
+                    whole.k.1 - whole.k.0,
+                    a.view(whole.m.0, whole.k.0),
+                    bm.view(whole.k.0, whole.n.0),
+                    Of::rows(c).view(whole.m.0, whole.n.0),
+                )
+            },
+        );
     }
     for pc in pieces {
         let ((m0, m1), (n0, mut n1), (k0, k1)) = (pc.m, pc.n, pc.k);
@@ -970,46 +982,54 @@ fn sum_depth_parts_kernel(
     }
 }
 
-/// A product whose operands each lie in one slab as `splits` equal depth pieces
-/// ([`depth_split`]): one GEMM launch batched over the pieces, piece z reading depths z·kp..
-/// of A and B (their views moved along the depth) and storing alpha·A·B into its own partial
-/// of `parts`, then [`sum_depth_parts_kernel`] adding the partials into C in piece order.
-fn gemm_depth_split<R: Runtime>(
-    b: &CubeBackend<R>,
-    p: Product,
-    (a, bm, c): (Of<'_>, Of<'_>, &CubeTensor),
-    whole: GemmPiece,
-    (splits, parts): (usize, &Handle),
-) {
-    let (m, n) = (c.rows, c.cols);
-    let (kp, elems) = ((whole.k.1 - whole.k.0) / splits, m * n);
-    let depth_step =
-        |o: &Of<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, o.t.cols);
+/// [`gemm`] for a plain product (C = alpha·A·B (+ beta·C), no triangle, batch, transposed C
+/// or other epilogue), as [`depth_split`]'s equal depth pieces where its 64 x 64 tiles fall
+/// short of the fill and the partials' scratch is granted: one launch batched over the
+/// pieces, piece z reading depths z·kp.. of A and B (their views moved along the depth) and
+/// storing alpha·A·B into its own partial, then [`sum_depth_parts_kernel`] adding the
+/// partials into C in piece order (+ beta·C). Anything else launches as it is.
+pub fn gemm_filling<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
+    let plain = g.batch.count == 1
+        && g.lower.is_none()
+        && g.b_lower.is_none()
+        && g.a_lower.is_none()
+        && !g.c_trans
+        && g.epi == EPI_STORE;
+    let (m, n) = (g.m, g.n);
+    let splits = if plain {
+        depth_split(m, n, g.k, b.fill_or_default())
+    } else {
+        1
+    };
+    let parts = match (splits > 1).then(|| b.scratch(splits * m * n)) {
+        Some(Ok(parts)) => parts,
+        _ => return gemm(b, g),
+    };
+    let kp = g.k / splits;
+    let depth_step = |v: &View<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, v.ld);
     gemm(
         b,
         &Gemm {
-            alpha: p.alpha,
+            k: kp,
+            beta: None,
+            c: View::rows(&parts, splits * m * n, 0, n),
             batch: Batched {
                 count: splits,
-                stride: [depth_step(&a, !a.trans), depth_step(&bm, bm.trans), elems],
+                stride: [
+                    depth_step(&g.a, !g.a.trans),
+                    depth_step(&g.b, g.b.trans),
+                    m * n,
+                ],
             },
-            ..Gemm::store(
-                m,
-                n,
-                kp,
-                a.view(whole.m.0, whole.k.0),
-                bm.view(whole.k.0, whole.n.0),
-                View::rows(parts, splits * elems, 0, n),
-            )
+            ..*g
         },
     );
-    let cv = Of::rows(c).view(whole.m.0, whole.n.0);
     sum_parts(
         b,
-        (parts, splits),
-        (cv.h, cv.len, cv.off, cv.ld),
+        (&parts, splits),
+        (g.c.h, g.c.len, g.c.off, g.c.ld),
         (m, n),
-        p.beta,
+        g.beta,
     );
 }
 

@@ -19,7 +19,7 @@ use super::super::CubeBackend;
 use super::copy::gather_rows;
 use super::factor::hinv_factor;
 use super::fill::{vector_width, BLOCK};
-use super::gemm::{gemm, gemm_split, Gemm, Of, Product, View};
+use super::gemm::{gemm_filling, gemm_split, Gemm, Of, Product, View};
 use super::reduce::sum;
 use super::score::sub;
 use super::stats::mirror_lower;
@@ -324,10 +324,11 @@ pub fn lora_grad<R: Runtime>(
             );
             base += tiles_s;
         }
-        // ∂B[r0.., :] = Ḡ·Aᵀ, split by the slabs of ∂B.
+        // ∂B[r0.., :] = Ḡ·Aᵀ, split by the slabs of ∂B. Both products are narrow (rank
+        // columns or rows) and deep, so each runs over depth pieces where it would not fill.
         for (ds, lo, hi) in db.slabs.covering(r0, r0 + rn) {
             let local = lo - db.slabs.range(ds).0;
-            gemm(
+            gemm_filling(
                 b,
                 &Gemm::store(
                     hi - lo,
@@ -342,7 +343,7 @@ pub fn lora_grad<R: Runtime>(
         // ∂A += B[r0.., :]ᵀ·Ḡ, split by the slabs of ∂A.
         for ds in 0..da.handles.len() {
             let (q0, qn) = da.slabs.range(ds);
-            gemm(
+            gemm_filling(
                 b,
                 &Gemm {
                     beta: if r0 == 0 { None } else { Some(1.0) },
