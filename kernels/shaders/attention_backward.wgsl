@@ -3,11 +3,12 @@
 // a seq x seq matrix, and every gradient is owned by one workgroup (no atomics, so the sums
 // run in a fixed order and the result is deterministic):
 //   attn_delta: D = rowsum(dO ⊙ O) per (row, head), an invocation each;
-//   attn_dkdv: a workgroup per (window, KV head, block of BK keys) owns those rows of dK and
-//     dV, summing over the group's query heads and the query blocks at or after its keys;
-//   attn_dq: a workgroup per (window, query head, block of BQ queries) owns those rows of dQ,
-//     summing over the key blocks up to the diagonal.
-// Both tile kernels share `p_ds`, which leaves a BQ x BK tile of P = exp(S − L) and
+//   attn_dkdv: a workgroup per (window, KV head, block of 16·rt keys) owns those rows of dK
+//     and dV, summing over the group's query heads and the query blocks at or after its keys;
+//   attn_dq: a workgroup per (window, query head, block of 16·rt queries) owns those rows of
+//     dQ, summing over the key blocks up to the diagonal.
+// Blocks are 32 or 16 (rt = 2 or 1, plan::attention_backward_block), query and key blocks
+// alike. Both tile kernels share `p_ds`, which leaves a block x block tile of P = exp(S − L) and
 // dS = P ⊙ (dO·Vᵀ − D) in workgroup memory, with S = Q·Kᵀ/√e and dO·Vᵀ as register tiles
 // over depth steps of DC staged as the forward's attention stages Q and K.
 // Bases are window-relative indices of a matrix's logical origin (u32 wrap-around arithmetic,
@@ -32,6 +33,7 @@ struct Params {
     e: u32,         // head_dim
     blocks: u32,    // key (attn_dkdv) or query (attn_dq) blocks per window
     scale: f32,     // 1/sqrt(e)
+    rt: u32,        // rows (and keys) per invocation of the tiles: blocks of 16·rt
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -61,13 +63,14 @@ fn attn_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     deltab[P.d_base + row * P.heads + h] = acc;
 }
 
-const BQ: u32 = 32u;        // query rows per tile
-const BK: u32 = 32u;        // keys per tile (= BQ: a key block's first query block starts with it)
+const BQ: u32 = 32u;        // query rows per tile at most (rt = 2)
+const BK: u32 = 32u;        // keys per tile at most (= BQ: a key block's first query block
+                            // starts with it)
 const DC: u32 = 16u;        // depth of one step of the S and dO·Vᵀ tiles
 const EMAX: u32 = 256u;     // the largest head_dim of this variant (the host picks 64, 128, 256)
 const OC: u32 = EMAX / 16u; // accumulator columns per invocation: tx, tx + 16, …
 const RC: u32 = 1024u;      // floats of one staging array of full rows
-const RR: u32 = RC / EMAX;  // full rows per staging step (divides BQ and BK)
+const RR: u32 = RC / EMAX;  // full rows per staging step (divides every block: 16 or less)
 
 // Rows padded by one value, so the 16 lanes that read one column of different rows hit
 // different banks.
@@ -84,15 +87,19 @@ var<workgroup> row_d: array<f32, BQ>;
 
 // Leaves P and dS of query rows [q0, q0 + BQ) (live below q_end) of head h against keys
 // [k0, k0 + nk) of the KV head at kv_col in ps and dss, zero where masked (after the query,
-// past the keys, a padding row). Window w0. Each invocation holds a 2 x 2 tile of S and of
-// dO·Vᵀ: rows ty·2 + i, keys tx·2 + j. Call in uniform control flow.
+// past the keys, a padding row). Window w0. Each invocation holds an rt x rt tile of S and of
+// dO·Vᵀ: rows ty·rt + i, keys tx·rt + j (the private arrays sized for 2 x 2, the rest skipped
+// by a uniform continue so every loop keeps a constant trip count). Call in uniform control
+// flow.
 fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: u32) {
+    let rt = P.rt;
+    let blk = 16u * rt;
     let ty = t / 16u;
     let tx = t % 16u;
     let e = P.e;
     let q_col = h * e;
     workgroupBarrier();
-    if (t < BQ) {
+    if (t < blk) {
         var l = 0.0;
         var d = 0.0;
         if (q0 + t < q_end) {
@@ -111,7 +118,7 @@ fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: 
     }
     for (var d0 = 0u; d0 < e; d0 += DC) {
         workgroupBarrier();
-        for (var i = t; i < BQ * DC; i += 256u) {
+        for (var i = t; i < blk * DC; i += 256u) {
             let r = i / DC;
             let d = d0 + i % DC;
             var a = 0.0;
@@ -124,7 +131,7 @@ fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: 
             qs[r * (DC + 1u) + i % DC] = a;
             gs[r * (DC + 1u) + i % DC] = g;
         }
-        for (var i = t; i < BK * DC; i += 256u) {
+        for (var i = t; i < blk * DC; i += 256u) {
             let r = i / DC;
             let d = d0 + i % DC;
             var a = 0.0;
@@ -140,10 +147,12 @@ fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: 
         workgroupBarrier();
         for (var d = 0u; d < DC; d++) {
             for (var i = 0u; i < 2u; i++) {
-                let a = qs[(ty * 2u + i) * (DC + 1u) + d];
-                let g = gs[(ty * 2u + i) * (DC + 1u) + d];
+                if (i >= rt) { continue; }
+                let a = qs[(ty * rt + i) * (DC + 1u) + d];
+                let g = gs[(ty * rt + i) * (DC + 1u) + d];
                 for (var j = 0u; j < 2u; j++) {
-                    let c = (tx * 2u + j) * (DC + 1u) + d;
+                    if (j >= rt) { continue; }
+                    let c = (tx * rt + j) * (DC + 1u) + d;
                     s[i * 2u + j] = fma(a, ks[c], s[i * 2u + j]);
                     dp[i * 2u + j] = fma(g, vs[c], dp[i * 2u + j]);
                 }
@@ -151,9 +160,11 @@ fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: 
         }
     }
     for (var i = 0u; i < 2u; i++) {
+        if (i >= rt) { continue; }
         for (var j = 0u; j < 2u; j++) {
-            let r = ty * 2u + i;
-            let c = tx * 2u + j;
+            if (j >= rt) { continue; }
+            let r = ty * rt + i;
+            let c = tx * rt + j;
             let live = c < nk && k0 + c <= q0 + r && q0 + r < q_end;
             var p = 0.0;
             if (live) { p = exp(s[i * 2u + j] * P.scale - row_l[r]); }
@@ -164,10 +175,10 @@ fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: 
     workgroupBarrier();
 }
 
-// dK and dV of keys [k0, k0 + BK) of one KV head in one window: for each query head of the
+// dK and dV of keys [k0, k0 + blk) of one KV head in one window: for each query head of the
 // group in order, for each query block from the key block's own to the window's end,
 // P and dS from `p_ds`, then dV += Pᵀ·dO and dK += dSᵀ·Q over steps of RR full rows of dO
-// and Q staged in workgroup memory. Each invocation accumulates keys ty·2 + i at columns
+// and Q staged in workgroup memory. Each invocation accumulates keys ty·rt + i at columns
 // tx + 16·j in registers (constant-bound loops only); dK is scaled by 1/√e once at the end.
 @compute @workgroup_size(256, 1, 1)
 fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -178,8 +189,10 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let g = wg % kv_heads;
     let rest = wg / kv_heads;
     let w0 = P.row0 + (rest / P.blocks) * P.seq;
-    let k0 = (rest % P.blocks) * BK;
-    let nk = min(BK, P.seq - k0);
+    let rt = P.rt;
+    let blk = 16u * rt;
+    let k0 = (rest % P.blocks) * blk;
+    let nk = min(blk, P.seq - k0);
     let e = P.e;
     let kv_col = g * e;
     let t = lid.x;
@@ -194,9 +207,9 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     for (var hh = 0u; hh < P.group; hh++) {
         let h = g * P.group + hh;
-        for (var q0 = k0; q0 < P.seq; q0 += BQ) {
+        for (var q0 = k0; q0 < P.seq; q0 += blk) {
             p_ds(w0, q0, P.seq, k0, nk, h, kv_col, t);
-            let nq = min(BQ, P.seq - q0);
+            let nq = min(blk, P.seq - q0);
             for (var r0 = 0u; r0 < nq; r0 += RR) {
                 workgroupBarrier();
                 for (var i = t; i < RR * EMAX; i += 256u) {
@@ -215,7 +228,8 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 workgroupBarrier();
                 for (var rr = 0u; rr < RR; rr++) {
                     for (var i = 0u; i < 2u; i++) {
-                        let at = (r0 + rr) * (BK + 1u) + ty * 2u + i;
+                        if (i >= rt) { continue; }
+                        let at = (r0 + rr) * (BK + 1u) + ty * rt + i;
                         let p = ps[at];
                         let ds = dss[at];
                         for (var j = 0u; j < OC; j++) {
@@ -229,7 +243,8 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
     }
     for (var i = 0u; i < 2u; i++) {
-        let r = ty * 2u + i;
+        if (i >= rt) { continue; }
+        let r = ty * rt + i;
         if (r < nk) {
             let at = (w0 + k0 + r) * P.kld + kv_col;
             for (var j = 0u; j < OC; j++) {
@@ -243,9 +258,9 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// dQ of queries [q0, q0 + BQ) of one head in one window: for each key block up to the
+// dQ of queries [q0, q0 + blk) of one head in one window: for each key block up to the
 // block's last query, P and dS from `p_ds`, then dQ += dS·K over steps of RR full rows of K
-// staged in workgroup memory. Each invocation accumulates queries ty·2 + i at columns
+// staged in workgroup memory. Each invocation accumulates queries ty·rt + i at columns
 // tx + 16·j in registers; dQ is scaled by 1/√e once at the end.
 @compute @workgroup_size(256, 1, 1)
 fn attn_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -255,8 +270,10 @@ fn attn_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let h = wg % P.heads;
     let rest = wg / P.heads;
     let w0 = P.row0 + (rest / P.blocks) * P.seq;
-    let q0 = (rest % P.blocks) * BQ;
-    let q_end = min(q0 + BQ, P.seq);
+    let rt = P.rt;
+    let blk = 16u * rt;
+    let q0 = (rest % P.blocks) * blk;
+    let q_end = min(q0 + blk, P.seq);
     let e = P.e;
     let kv_col = (h / P.group) * e;
     let t = lid.x;
@@ -265,8 +282,8 @@ fn attn_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
     var dq: array<f32, 2u * OC>;
     for (var i = 0u; i < 2u * OC; i++) { dq[i] = 0.0; }
-    for (var k0 = 0u; k0 < q_end; k0 += BK) {
-        let nk = min(BK, q_end - k0);
+    for (var k0 = 0u; k0 < q_end; k0 += blk) {
+        let nk = min(blk, q_end - k0);
         p_ds(w0, q0, q_end, k0, nk, h, kv_col, t);
         for (var c0 = 0u; c0 < nk; c0 += RR) {
             workgroupBarrier();
@@ -282,7 +299,8 @@ fn attn_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             workgroupBarrier();
             for (var rr = 0u; rr < RR; rr++) {
                 for (var i = 0u; i < 2u; i++) {
-                    let ds = dss[(ty * 2u + i) * (BK + 1u) + c0 + rr];
+                    if (i >= rt) { continue; }
+                    let ds = dss[(ty * rt + i) * (BK + 1u) + c0 + rr];
                     for (var j = 0u; j < OC; j++) {
                         dq[i * OC + j] = fma(ds, ra[rr * EMAX + tx + 16u * j], dq[i * OC + j]);
                     }
@@ -291,7 +309,8 @@ fn attn_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     for (var i = 0u; i < 2u; i++) {
-        let r = ty * 2u + i;
+        if (i >= rt) { continue; }
+        let r = ty * rt + i;
         if (q0 + r < q_end) {
             let at = P.o0_base + (w0 + q0 + r) * P.qld + h * e;
             for (var j = 0u; j < OC; j++) {

@@ -1,6 +1,6 @@
 //! Causal GQA attention's backward (ALGORITHMS.md §15) on each GPU backend against the f64
 //! reference, written once and instantiated per backend: GQA groups, one-token windows,
-//! windows no multiple of the 32-row tiles, head sizes from 16 to 256, heavy-tailed data,
+//! windows no multiple of the 32- or 16-row blocks, both block sizes, head sizes from 16 to 256, heavy-tailed data,
 //! outputs poisoned with NaN, results bit-identical run to run (no atomics), and the binding
 //! limits: slabs of whole windows on wgpu, refusals where an operand cannot be bound.
 
@@ -13,6 +13,7 @@ use common::backends::TestBackend;
 use common::{assert_close, bits, down, up};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::ops::tolerance;
+use prunebench_kernels::plan::{attention_backward_block, groups::DEFAULT_FILL};
 use prunebench_kernels::rng::heavy_tailed;
 use prunebench_kernels::{Backend, KernelError, Matrix};
 
@@ -98,6 +99,20 @@ fn attention_backward<B: TestBackend>() {
     );
 }
 
+/// Blocks of both sizes `plan::attention_backward_block` picks (32 query rows and keys where
+/// the dK/dV launch fills with them, else 16: each invocation's tiles 2 x 2 or one value),
+/// over windows no multiple of either; the plan is asserted at the default fill so each case
+/// keeps its size.
+fn attention_backward_over_block_sizes<B: TestBackend>() {
+    let cases: [Case; 2] = [(1, 520, 32, 16, 16, 0.125), (2, 37, 6, 3, 16, 1.0)];
+    let blocks: Vec<usize> = cases
+        .iter()
+        .map(|&(w, seq, _, kv, ..)| attention_backward_block(w, seq, kv, DEFAULT_FILL))
+        .collect();
+    assert_eq!(blocks, [32, 16]);
+    check(&B::fresh(), &cases);
+}
+
 fn attention_backward_in_slabs<B: TestBackend>() {
     // Three windows of 37 whose Q (96 columns) fit a binding one at a time: on wgpu a slab
     // each; CubeCL's 64-row slabs cut windows, which then run one at a time through copies.
@@ -125,6 +140,7 @@ mod wgpu {
         prunebench_kernels::wgpu::WgpuBackend,
         [],
         attention_backward,
+        attention_backward_over_block_sizes,
         attention_backward_in_slabs,
         attention_backward_refuses_a_window_past_a_binding,
     );
@@ -136,6 +152,7 @@ mod cubecl_wgpu {
         prunebench_kernels::cube::CubeWgpuBackend,
         [],
         attention_backward,
+        attention_backward_over_block_sizes,
         attention_backward_in_slabs,
     );
 }

@@ -331,6 +331,25 @@ pub fn attention_query_rows(
         .unwrap_or(smallest)
 }
 
+/// Query rows and keys per block of attention's backward (its two tile kernels take the same
+/// block, so a key block's first query block starts with it): 32 where the dK/dV launch, a
+/// workgroup per (window, block of keys, KV head), fills `fill` with them, else 16. Each
+/// block recomputes P and dS for its blocks of the other side, so halving them doubles those
+/// reads of Q, dO, K and V (from L2) but not the flops; at LLaMA-7B's 32 KV heads and 256
+/// tokens, 32-row blocks are 256 workgroups per launch, 16-row ones 512.
+pub fn attention_backward_block(
+    windows: usize,
+    span: usize,
+    kv_heads: usize,
+    fill: usize,
+) -> usize {
+    if windows * span.div_ceil(32) * kv_heads >= fill {
+        32
+    } else {
+        16
+    }
+}
+
 /// Element ranges [e0, e1) of a flat array of `n` values, each at most `room` bytes, their
 /// boundaries on multiples of `granule` values (so vector views of a chunk stay aligned).
 pub fn flat_chunks(n: usize, room: u64, granule: usize) -> Vec<(usize, usize)> {
@@ -555,6 +574,14 @@ mod tests {
         assert_eq!(attention_query_rows(1, 13, 6, 16, 256), 16);
         assert_eq!(attention_query_rows(1, 13, 6, 128, 256), 32);
         assert_eq!(attention_query_rows(0, 0, 6, 16, 256), 16);
+    }
+
+    #[test]
+    fn attention_backward_blocks_halve_only_short_of_the_fill() {
+        assert_eq!(attention_backward_block(1, 2048, 32, 264), 32);
+        assert_eq!(attention_backward_block(1, 256, 32, 264), 16);
+        assert_eq!(attention_backward_block(8, 256, 32, 264), 32);
+        assert_eq!(attention_backward_block(1, 13, 3, 256), 16);
     }
 
     #[test]

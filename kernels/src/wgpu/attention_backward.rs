@@ -13,12 +13,10 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{KernelError, Result};
 use crate::ops::check;
+use crate::plan::{self, groups::DEFAULT_FILL};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, HEAD_DIMS};
 use super::mem::WgpuTensor;
-
-/// Query rows and keys per tile of the kernels (attention_backward.wgsl's BQ and BK).
-const BLOCK: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
@@ -41,6 +39,7 @@ struct Params {
     e: u32,
     blocks: u32,
     scale: f32,
+    rt: u32,
 }
 
 impl Ctx {
@@ -100,6 +99,8 @@ impl Ctx {
             )));
         }
         let delta = self.scratch("attention D", n * heads)?;
+        // Query rows and keys per block, the same in every slab.
+        let block = plan::attention_backward_block(n / seq, seq, kv_heads, DEFAULT_FILL);
         let base = Params {
             qld: qc as u32,
             kld: kc as u32,
@@ -107,8 +108,9 @@ impl Ctx {
             heads: heads as u32,
             group: (heads / kv_heads) as u32,
             e: e as u32,
-            blocks: seq.div_ceil(BLOCK) as u32,
+            blocks: seq.div_ceil(block) as u32,
             scale: (1.0 / (e as f64).sqrt()) as f32,
+            rt: (block / 16) as u32,
             ..Default::default()
         };
         let ops = Operands {

@@ -24,30 +24,35 @@ use crate::error::{KernelError, Result};
 use crate::ops::check;
 use crate::plan;
 
-/// Query rows and keys per tile (equal, so a key block's first query block starts with it).
-const BLK: u32 = 32;
 /// Depth of one step of the S and dO·Vᵀ tiles.
 const DC: u32 = 16;
 /// Floats of one shared array of staged full rows (dO and Q, or K).
 const RC: u32 = 1024;
 
-// Each tile kernel's shared memory is one array at these offsets (in floats): CubeCL 0.10
-// places separate shared arrays in an order that varies from run to run, and ptxas then
-// allocated dq_kernel anywhere from 40 to 48 registers, sometimes with a spill.
-/// Q, dO, K and V depth steps, rows of DC + 1.
-const ST_AT: u32 = 0;
-/// P then dS, rows of BLK + 1.
-const PD_AT: u32 = ST_AT + 4 * BLK * (DC + 1);
+// Each tile kernel's shared memory is one array at these offsets (in floats) for blocks of
+// `blk` query rows and keys (32 or 16, as `plan::attention_backward_block` picks; equal, so a
+// key block's first query block starts with it): CubeCL 0.10 places separate shared arrays in
+// an order that varies from run to run, and ptxas then allocated dq_kernel anywhere from 40
+// to 48 registers, sometimes with a spill. Q, dO, K and V depth steps (rows of DC + 1) start
+// at 0.
+/// P then dS, rows of blk + 1.
+fn pd_at(blk: u32) -> u32 {
+    4 * blk * (DC + 1)
+}
 /// The rows' L then D.
-const RL_AT: u32 = PD_AT + 2 * BLK * (BLK + 1);
+fn rl_at(blk: u32) -> u32 {
+    pd_at(blk) + 2 * blk * (blk + 1)
+}
 /// Staged full rows: dO and Q (dK/dV), or K (dQ).
-const RS_AT: u32 = RL_AT + 2 * BLK;
+fn rs_at(blk: u32) -> u32 {
+    rl_at(blk) + 2 * blk
+}
 
-/// Full rows per staging step for heads of `e`: a power of two (so it divides [`BLK`]) whose
-/// rows of ⌈e/16⌉·16 floats fit [`RC`].
-fn stage_rows(e: usize) -> u32 {
+/// Full rows per staging step for heads of `e` and blocks of `blk`: a power of two (so it
+/// divides the block) whose rows of ⌈e/16⌉·16 floats fit [`RC`].
+fn stage_rows(e: usize, blk: u32) -> u32 {
     let ld = 16 * e.div_ceil(16) as u32;
-    let mut r = BLK;
+    let mut r = blk;
     while r * ld > RC {
         r /= 2;
     }
@@ -67,11 +72,11 @@ fn delta_kernel(o: &Array<f32>, d_o: &Array<f32>, delta: &mut Array<f32>, e: u32
     }
 }
 
-/// Leaves P and dS of query rows [q0, q0 + BLK) (live below q_end) of head h against keys
-/// [k0, k0 + nk) of the KV head at kv_col at [`PD_AT`] of `sm` (P, then dS, rows of BLK + 1),
-/// zero where masked. [`ST_AT`] stages Q, dO, K and V depth steps (rows padded by one against
-/// bank conflicts), [`RL_AT`] holds the rows' L then D. Each unit holds a 2 x 2 tile of S and
-/// dO·Vᵀ.
+/// Leaves P and dS of query rows [q0, q0 + blk) (live below q_end) of head h against keys
+/// [k0, k0 + nk) of the KV head at kv_col at [`pd_at`] of `sm` (P, then dS, rows of blk + 1),
+/// zero where masked. Offset 0 stages Q, dO, K and V depth steps (rows padded by one against
+/// bank conflicts), [`rl_at`] holds the rows' L then D. Each unit holds an rt x rt tile of S
+/// and dO·Vᵀ (rt = blk / 16: 2 x 2 at 32, one value at 16).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn p_ds(
@@ -93,14 +98,18 @@ fn p_ds(
     kc: u32,
     scale: f32,
     #[comptime] e: u32,
+    #[comptime] blk: u32,
 ) {
+    let rt = comptime![blk / 16];
+    let pd = comptime![pd_at(blk)];
+    let rl = comptime![rl_at(blk)];
     let qc = heads * e;
     let t = UNIT_POS;
     let ty = t / 16;
     let tx = t % 16;
-    let tile = comptime![BLK * (DC + 1)];
+    let tile = comptime![blk * (DC + 1)];
     sync_cube();
-    if t < BLK {
+    if t < blk {
         let mut l = 0.0f32;
         let mut d = 0.0f32;
         if q0 + t < q_end {
@@ -108,13 +117,13 @@ fn p_ds(
             l = lse[at];
             d = delta[at];
         }
-        sm[(RL_AT + t) as usize] = l;
-        sm[(RL_AT + BLK + t) as usize] = d;
+        sm[(rl + t) as usize] = l;
+        sm[(rl + blk + t) as usize] = d;
     }
-    let mut s = Array::<f32>::new(4usize);
-    let mut dp = Array::<f32>::new(4usize);
+    let mut s = Array::<f32>::new(comptime![(rt * rt) as usize]);
+    let mut dp = Array::<f32>::new(comptime![(rt * rt) as usize]);
     #[unroll]
-    for i in 0..4u32 {
+    for i in 0..comptime![rt * rt] {
         s[i as usize] = 0.0;
         dp[i as usize] = 0.0;
     }
@@ -122,7 +131,7 @@ fn p_ds(
     while d0 < e {
         sync_cube();
         #[unroll]
-        for step in 0..comptime![BLK * DC / 256] {
+        for step in 0..comptime![blk * DC / 256] {
             let i = step * 256 + t;
             let r = i / DC;
             let d = d0 + i % DC;
@@ -150,44 +159,44 @@ fn p_ds(
         #[unroll]
         for d in 0..DC {
             #[unroll]
-            for i in 0..2u32 {
-                let a = sm[((ty * 2 + i) * (DC + 1) + d) as usize];
-                let g = sm[(tile + (ty * 2 + i) * (DC + 1) + d) as usize];
+            for i in 0..rt {
+                let a = sm[((ty * rt + i) * (DC + 1) + d) as usize];
+                let g = sm[(tile + (ty * rt + i) * (DC + 1) + d) as usize];
                 #[unroll]
-                for j in 0..2u32 {
-                    let c = (tx * 2 + j) * (DC + 1) + d;
-                    s[(i * 2 + j) as usize] += a * sm[(2 * tile + c) as usize];
-                    dp[(i * 2 + j) as usize] += g * sm[(3 * tile + c) as usize];
+                for j in 0..rt {
+                    let c = (tx * rt + j) * (DC + 1) + d;
+                    s[(i * rt + j) as usize] += a * sm[(2 * tile + c) as usize];
+                    dp[(i * rt + j) as usize] += g * sm[(3 * tile + c) as usize];
                 }
             }
         }
         d0 += DC;
     }
-    let plane = comptime![BLK * (BLK + 1)];
+    let plane = comptime![blk * (blk + 1)];
     #[unroll]
-    for i in 0..2u32 {
+    for i in 0..rt {
         #[unroll]
-        for j in 0..2u32 {
-            let r = ty * 2 + i;
-            let c = tx * 2 + j;
+        for j in 0..rt {
+            let r = ty * rt + i;
+            let c = tx * rt + j;
             let mut p = 0.0f32;
             if c < nk && k0 + c <= q0 + r && q0 + r < q_end {
-                p = f32::exp(s[(i * 2 + j) as usize] * scale - sm[(RL_AT + r) as usize]);
+                p = f32::exp(s[(i * rt + j) as usize] * scale - sm[(rl + r) as usize]);
             }
-            let at = r * (BLK + 1) + c;
-            sm[(PD_AT + at) as usize] = p;
-            sm[(PD_AT + plane + at) as usize] =
-                p * (dp[(i * 2 + j) as usize] - sm[(RL_AT + BLK + r) as usize]);
+            let at = r * (blk + 1) + c;
+            sm[(pd + at) as usize] = p;
+            sm[(pd + plane + at) as usize] =
+                p * (dp[(i * rt + j) as usize] - sm[(rl + blk + r) as usize]);
         }
     }
     sync_cube();
 }
 
-/// dK and dV of keys [k0, k0 + BLK) of KV head CUBE_POS_Y in one window (CUBE_POS_X: window
+/// dK and dV of keys [k0, k0 + blk) of KV head CUBE_POS_Y in one window (CUBE_POS_X: window
 /// and key block): per query head of the group in order, per query block from the key block's
 /// own to the window's end, P and dS from [`p_ds`], then dV += Pᵀ·dO and dK += dSᵀ·Q over
 /// steps of `rr` full rows of dO and Q staged in shared memory. Each unit accumulates keys
-/// ty·2 + i at columns tx + 16·j in registers; dK is scaled by 1/√e once at the end. Rows
+/// ty·rt + i (i < rt = blk / 16) at columns tx + 16·j in registers; dK is scaled by 1/√e once at the end. Rows
 /// are counted from the launch's first window (`row0` in every binding).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -208,28 +217,32 @@ fn dkdv_kernel(
     scale: f32,
     #[comptime] e: u32,
     #[comptime] rr: u32,
+    #[comptime] blk: u32,
 ) {
+    let rt = comptime![blk / 16];
+    let pd = comptime![pd_at(blk)];
+    let rs = comptime![rs_at(blk)];
     let oc = comptime![e.div_ceil(16)];
     let ld = comptime![16 * e.div_ceil(16)];
-    let plane = comptime![BLK * (BLK + 1)];
+    let plane = comptime![blk * (blk + 1)];
     let qc = heads * e;
     let kc = heads / group * e;
     let g = CUBE_POS_Y;
     let w0 = row0 + (CUBE_POS_X / blocks) * seq;
-    let k0 = (CUBE_POS_X % blocks) * BLK;
+    let k0 = (CUBE_POS_X % blocks) * blk;
     let mut nk = seq - k0;
-    if nk > BLK {
-        nk = BLK;
+    if nk > blk {
+        nk = blk;
     }
     let kv_col = g * e;
     let t = UNIT_POS;
     let ty = t / 16;
     let tx = t % 16;
-    let mut sm = SharedMemory::<f32>::new(comptime![(RS_AT + 2 * RC) as usize]);
-    let mut adk = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
-    let mut adv = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
+    let mut sm = SharedMemory::<f32>::new(comptime![(rs + 2 * RC) as usize]);
+    let mut adk = Array::<f32>::new(comptime![(rt * e.div_ceil(16)) as usize]);
+    let mut adv = Array::<f32>::new(comptime![(rt * e.div_ceil(16)) as usize]);
     #[unroll]
-    for i in 0..comptime![2 * e.div_ceil(16)] {
+    for i in 0..comptime![rt * e.div_ceil(16)] {
         adk[i as usize] = 0.0;
         adv[i as usize] = 0.0;
     }
@@ -239,11 +252,11 @@ fn dkdv_kernel(
         while q0 < seq {
             p_ds(
                 q, k, v, d_o, lse, delta, &mut sm, w0, q0, seq, k0, nk, h, kv_col, heads, kc,
-                scale, e,
+                scale, e, blk,
             );
             let mut nq = seq - q0;
-            if nq > BLK {
-                nq = BLK;
+            if nq > blk {
+                nq = blk;
             }
             let mut r0 = 0u32;
             while r0 < nq {
@@ -259,33 +272,33 @@ fn dkdv_kernel(
                         a = d_o[at];
                         b = q[at];
                     }
-                    sm[(RS_AT + i) as usize] = a;
-                    sm[(RS_AT + RC + i) as usize] = b;
+                    sm[(rs + i) as usize] = a;
+                    sm[(rs + RC + i) as usize] = b;
                     i += 256;
                 }
                 sync_cube();
                 for x in 0..rr {
                     #[unroll]
-                    for i in 0..2u32 {
-                        let at = (r0 + x) * (BLK + 1) + ty * 2 + i;
-                        let p = sm[(PD_AT + at) as usize];
-                        let ds = sm[(PD_AT + plane + at) as usize];
+                    for i in 0..rt {
+                        let at = (r0 + x) * (blk + 1) + ty * rt + i;
+                        let p = sm[(pd + at) as usize];
+                        let ds = sm[(pd + plane + at) as usize];
                         #[unroll]
                         for j in 0..oc {
                             let c = x * ld + tx + 16 * j;
-                            adv[(i * oc + j) as usize] += p * sm[(RS_AT + c) as usize];
-                            adk[(i * oc + j) as usize] += ds * sm[(RS_AT + RC + c) as usize];
+                            adv[(i * oc + j) as usize] += p * sm[(rs + c) as usize];
+                            adk[(i * oc + j) as usize] += ds * sm[(rs + RC + c) as usize];
                         }
                     }
                 }
                 r0 += rr;
             }
-            q0 += BLK;
+            q0 += blk;
         }
     }
     #[unroll]
-    for i in 0..2u32 {
-        let r = ty * 2 + i;
+    for i in 0..rt {
+        let r = ty * rt + i;
         if r < nk {
             let at = (w0 + k0 + r) * kc + kv_col;
             #[unroll]
@@ -300,7 +313,7 @@ fn dkdv_kernel(
     }
 }
 
-/// dQ of queries [q0, q0 + BLK) of head CUBE_POS_Y in one window (CUBE_POS_X: window and
+/// dQ of queries [q0, q0 + blk) of head CUBE_POS_Y in one window (CUBE_POS_X: window and
 /// query block): per key block up to the block's last query, P and dS from [`p_ds`], then
 /// dQ += dS·K over steps of `rr` full rows of K staged in shared memory; scaled by 1/√e once
 /// at the end.
@@ -322,16 +335,20 @@ fn dq_kernel(
     scale: f32,
     #[comptime] e: u32,
     #[comptime] rr: u32,
+    #[comptime] blk: u32,
 ) {
+    let rt = comptime![blk / 16];
+    let pd = comptime![pd_at(blk)];
+    let rs = comptime![rs_at(blk)];
     let oc = comptime![e.div_ceil(16)];
     let ld = comptime![16 * e.div_ceil(16)];
-    let plane = comptime![BLK * (BLK + 1)];
+    let plane = comptime![blk * (blk + 1)];
     let qc = heads * e;
     let kc = heads / group * e;
     let h = CUBE_POS_Y;
     let w0 = row0 + (CUBE_POS_X / blocks) * seq;
-    let q0 = (CUBE_POS_X % blocks) * BLK;
-    let mut q_end = q0 + BLK;
+    let q0 = (CUBE_POS_X % blocks) * blk;
+    let mut q_end = q0 + blk;
     if q_end > seq {
         q_end = seq;
     }
@@ -339,21 +356,21 @@ fn dq_kernel(
     let t = UNIT_POS;
     let ty = t / 16;
     let tx = t % 16;
-    let mut sm = SharedMemory::<f32>::new(comptime![(RS_AT + RC) as usize]);
-    let mut acc = Array::<f32>::new(comptime![(2 * e.div_ceil(16)) as usize]);
+    let mut sm = SharedMemory::<f32>::new(comptime![(rs + RC) as usize]);
+    let mut acc = Array::<f32>::new(comptime![(rt * e.div_ceil(16)) as usize]);
     #[unroll]
-    for i in 0..comptime![2 * e.div_ceil(16)] {
+    for i in 0..comptime![rt * e.div_ceil(16)] {
         acc[i as usize] = 0.0;
     }
     let mut k0 = 0u32;
     while k0 < q_end {
         let mut nk = q_end - k0;
-        if nk > BLK {
-            nk = BLK;
+        if nk > blk {
+            nk = blk;
         }
         p_ds(
             q, k, v, d_o, lse, delta, &mut sm, w0, q0, q_end, k0, nk, h, kv_col, heads, kc, scale,
-            e,
+            e, blk,
         );
         let mut c0 = 0u32;
         while c0 < nk {
@@ -366,28 +383,27 @@ fn dq_kernel(
                 if c0 + r < nk && c < e {
                     a = k[((w0 + k0 + c0 + r) * kc + kv_col + c) as usize];
                 }
-                sm[(RS_AT + i) as usize] = a;
+                sm[(rs + i) as usize] = a;
                 i += 256;
             }
             sync_cube();
             for x in 0..rr {
                 #[unroll]
-                for i in 0..2u32 {
-                    let ds = sm[(PD_AT + plane + (ty * 2 + i) * (BLK + 1) + c0 + x) as usize];
+                for i in 0..rt {
+                    let ds = sm[(pd + plane + (ty * rt + i) * (blk + 1) + c0 + x) as usize];
                     #[unroll]
                     for j in 0..oc {
-                        acc[(i * oc + j) as usize] +=
-                            ds * sm[(RS_AT + x * ld + tx + 16 * j) as usize];
+                        acc[(i * oc + j) as usize] += ds * sm[(rs + x * ld + tx + 16 * j) as usize];
                     }
                 }
             }
             c0 += rr;
         }
-        k0 += BLK;
+        k0 += blk;
     }
     #[unroll]
-    for i in 0..2u32 {
-        let r = ty * 2 + i;
+    for i in 0..rt {
+        let r = ty * rt + i;
         if q0 + r < q_end {
             let at = (w0 + q0 + r) * qc + h * e;
             #[unroll]
@@ -563,10 +579,11 @@ fn launch_tiles<R: Runtime>(
         e,
     } = *geo;
     let n = delta.1 / heads;
-    let blocks = seq.div_ceil(BLK as usize);
-    let per = plan::items_per_launch(blocks, b.max_cube_count.0);
     let (windows, group) = (n / seq, heads / kv_heads);
-    let (rr, scale) = (stage_rows(e), (1.0 / (e as f64).sqrt()) as f32);
+    let blk = plan::attention_backward_block(windows, seq, kv_heads, b.fill_or_default()) as u32;
+    let blocks = seq.div_ceil(blk as usize);
+    let per = plan::items_per_launch(blocks, b.max_cube_count.0);
+    let (rr, scale) = (stage_rows(e, blk), (1.0 / (e as f64).sqrt()) as f32);
     let mut w = 0;
     while w < windows {
         let cnt = per.min(windows - w);
@@ -595,6 +612,7 @@ fn launch_tiles<R: Runtime>(
                 scale,
                 e as u32,
                 rr,
+                blk,
             );
             dq_kernel::launch_unchecked::<R>(
                 &b.client,
@@ -615,6 +633,7 @@ fn launch_tiles<R: Runtime>(
                 scale,
                 e as u32,
                 rr,
+                blk,
             );
         }
         w += cnt;
