@@ -261,16 +261,18 @@ pub fn depth_split(m: usize, n: usize, k: usize, fill: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// The element stride that moves a GEMM operand one depth piece of `kp` along (the batch
-/// stride of [`depth_split`]'s launch): kp values along a stored row where the depth runs
-/// inside rows (A by rows, B transposed), kp stored rows of `stored_cols` where it runs
-/// across them.
-pub fn depth_piece_stride(kp: usize, depth_in_row: bool, stored_cols: usize) -> usize {
-    if depth_in_row {
-        kp
-    } else {
-        kp * stored_cols
-    }
+/// The batch strides [A, B, C] of [`depth_split`]'s launch over pieces of `kp` of the depth,
+/// each operand given as (stored transposed, leading dimension): kp values along a stored row
+/// where the depth runs inside rows (A by rows, B transposed), kp stored rows where it runs
+/// across them; each piece's partial C `part` values after the last.
+pub fn depth_piece_strides(
+    kp: usize,
+    (a_trans, lda): (bool, usize),
+    (b_trans, ldb): (bool, usize),
+    part: usize,
+) -> [usize; 3] {
+    let step = |depth_in_row: bool, ld: usize| if depth_in_row { kp } else { kp * ld };
+    [step(!a_trans, lda), step(b_trans, ldb), part]
 }
 
 /// Columns each part of a split row keeps at least (4 per invocation of 256), and the most

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::plan::groups::DEFAULT_FILL;
-use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, Slabs, Stored};
+use crate::plan::{depth_piece_strides, depth_split, gemm_pieces, Slabs, Stored};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, Win};
 
@@ -514,8 +514,6 @@ impl Ctx {
         let kp = k / splits;
         let parts = self.scratch("depth-split partial products", splits * m * n)?;
         let pw = self.whole(&parts, splits * m * n)?;
-        let depth_step =
-            |o: &Operand<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, o.ld);
         let pieces = Gemm {
             k: (g.k.0, g.k.0 + kp),
             // Partial z's (m0, n0) at z·m·n: its logical origin m0·n + n0 before the start.
@@ -523,11 +521,7 @@ impl Ctx {
             beta: 0.0,
             batch: Batched {
                 count: splits,
-                stride: [
-                    depth_step(&g.a, !g.a.trans),
-                    depth_step(&g.b, g.b.trans),
-                    m * n,
-                ],
+                stride: depth_piece_strides(kp, (g.a.trans, g.a.ld), (g.b.trans, g.b.ld), m * n),
             },
             ..*g
         };

@@ -22,7 +22,7 @@ use super::super::storage::{arg, arg_quads, CubeTensor};
 use super::super::CubeBackend;
 use super::fill::BLOCK;
 use super::reduce::cube_sum;
-use crate::plan::{depth_piece_stride, depth_split, gemm_pieces, Stored};
+use crate::plan::{depth_piece_strides, depth_split, gemm_pieces, Stored};
 
 const BK: u32 = 16;
 
@@ -1006,7 +1006,6 @@ pub fn gemm_filling<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
         _ => return gemm(b, g),
     };
     let kp = g.k / splits;
-    let depth_step = |v: &View<'_>, depth_in_row: bool| depth_piece_stride(kp, depth_in_row, v.ld);
     gemm(
         b,
         &Gemm {
@@ -1015,11 +1014,7 @@ pub fn gemm_filling<R: Runtime>(b: &CubeBackend<R>, g: &Gemm<'_>) {
             c: View::rows(&parts, splits * m * n, 0, n),
             batch: Batched {
                 count: splits,
-                stride: [
-                    depth_step(&g.a, !g.a.trans),
-                    depth_step(&g.b, g.b.trans),
-                    m * n,
-                ],
+                stride: depth_piece_strides(kp, (g.a.trans, g.a.ld), (g.b.trans, g.b.ld), m * n),
             },
             ..*g
         },
