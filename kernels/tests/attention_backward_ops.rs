@@ -104,7 +104,7 @@ fn attention_backward<B: TestBackend>() {
 /// over windows no multiple of either; the plan is asserted at the default fill so each case
 /// keeps its size.
 fn attention_backward_over_block_sizes<B: TestBackend>() {
-    let cases: [Case; 2] = [(1, 520, 32, 16, 16, 0.125), (2, 37, 6, 3, 16, 1.0)];
+    let cases: [Case; 2] = [(4, 70, 48, 24, 16, 0.125), (2, 37, 6, 3, 16, 1.0)];
     let blocks: Vec<usize> = cases
         .iter()
         .map(|&(w, seq, _, kv, ..)| attention_backward_block(w, seq, kv, DEFAULT_FILL))

@@ -303,11 +303,11 @@ fn attention<B: TestBackend>() {
 /// Query tiles of every size `plan::attention_query_rows` picks (64, 32 or 16 rows: each
 /// invocation's register tile 4, 2 or 1 rows high), chosen by how many tiles fill the device;
 /// the plan is asserted at the default fill so each case keeps its size. Windows are no
-/// multiple of their tile, with GQA groups of four and of two.
+/// multiple of their tile, with GQA groups of four, three and two.
 fn attention_over_query_tile_sizes<B: TestBackend>() {
     let cases: [AttnCase; 3] = [
-        (1, 520, 32, 8, 16, 0.125),
-        (1, 250, 32, 8, 16, 1.0),
+        (4, 70, 32, 8, 16, 0.125),
+        (2, 70, 48, 16, 16, 1.0),
         (2, 37, 6, 3, 16, 1.0),
     ];
     let rows: Vec<usize> = cases
