@@ -34,6 +34,10 @@ struct Params {
     blocks: u32,    // key (attn_dkdv) or query (attn_dq) blocks per window
     scale: f32,     // 1/sqrt(e)
     rt: u32,        // rows (and keys) per invocation of the tiles: blocks of 16·rt
+    parts: u32,     // attn_dkdv: parts each group of query heads is split over
+                    // (plan::attention_group_parts), the workgroups' outermost index
+    per_part: u32,  // attn_dkdv: query heads per part (the last part takes the rest)
+    part_len: u32,  // attn_dkdv: elements from one part's dK (and dV) partial to the next
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -175,16 +179,21 @@ fn p_ds(w0: u32, q0: u32, q_end: u32, k0: u32, nk: u32, h: u32, kv_col: u32, t: 
     workgroupBarrier();
 }
 
-// dK and dV of keys [k0, k0 + blk) of one KV head in one window: for each query head of the
-// group in order, for each query block from the key block's own to the window's end,
-// P and dS from `p_ds`, then dV += Pᵀ·dO and dK += dSᵀ·Q over steps of RR full rows of dO
-// and Q staged in workgroup memory. Each invocation accumulates keys ty·rt + i at columns
+// dK and dV of keys [k0, k0 + blk) of one KV head in one window, over part z of its group's
+// query heads (the whole group where parts = 1): for each query head of the part in order,
+// for each query block from the key block's own to the window's end, P and dS from `p_ds`,
+// then dV += Pᵀ·dO and dK += dSᵀ·Q over steps of RR full rows of dO and Q staged in workgroup
+// memory. Each invocation accumulates keys ty·rt + i at columns
 // tx + 16·j in registers (constant-bound loops only); dK is scaled by 1/√e once at the end.
 @compute @workgroup_size(256, 1, 1)
 fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_id) lid: vec3<u32>) {
-    let wg = wid.y * nwg.x + wid.x;
-    if (wg >= P.rows) { return; }
+    let wg_all = wid.y * nwg.x + wid.x;
+    if (wg_all >= P.rows) { return; }
+    // Part z of the group's query heads, its sums into partial z of dK and dV.
+    let per_z = P.rows / P.parts;
+    let z = wg_all / per_z;
+    let wg = wg_all % per_z;
     let kv_heads = P.heads / P.group;
     let g = wg % kv_heads;
     let rest = wg / kv_heads;
@@ -205,7 +214,9 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         dk[i] = 0.0;
         dv[i] = 0.0;
     }
-    for (var hh = 0u; hh < P.group; hh++) {
+    let h_first = z * P.per_part;
+    let h_end = min(h_first + P.per_part, P.group);
+    for (var hh = h_first; hh < h_end; hh++) {
         let h = g * P.group + hh;
         for (var q0 = k0; q0 < P.seq; q0 += blk) {
             p_ds(w0, q0, P.seq, k0, nk, h, kv_col, t);
@@ -246,7 +257,7 @@ fn attn_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         if (i >= rt) { continue; }
         let r = ty * rt + i;
         if (r < nk) {
-            let at = (w0 + k0 + r) * P.kld + kv_col;
+            let at = z * P.part_len + (w0 + k0 + r) * P.kld + kv_col;
             for (var j = 0u; j < OC; j++) {
                 let col = tx + 16u * j;
                 if (col < e) {

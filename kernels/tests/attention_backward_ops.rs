@@ -13,7 +13,9 @@ use common::backends::TestBackend;
 use common::{assert_close, bits, down, up};
 use prunebench_kernels::cpu::CpuBackend;
 use prunebench_kernels::ops::tolerance;
-use prunebench_kernels::plan::{attention_backward_block, groups::DEFAULT_FILL};
+use prunebench_kernels::plan::{
+    attention_backward_block, attention_group_parts, groups::DEFAULT_FILL,
+};
 use prunebench_kernels::rng::heavy_tailed;
 use prunebench_kernels::{Backend, KernelError, Matrix};
 
@@ -113,6 +115,23 @@ fn attention_backward_over_block_sizes<B: TestBackend>() {
     check(&B::fresh(), &cases);
 }
 
+/// GQA groups split over parts of the dK/dV launch where it would not fill
+/// (`plan::attention_group_parts`): 30 KV heads of 3 query heads in parts of 2 and 1, and one
+/// KV head of 8 in 8 parts of one; each part's sums in a partial, added in part order. The
+/// plans are asserted so the cases stay split.
+fn attention_backward_over_group_parts<B: TestBackend>() {
+    let cases: [Case; 2] = [(1, 70, 90, 30, 16, 0.125), (2, 37, 8, 1, 32, 1.0)];
+    let parts: Vec<(usize, usize)> = cases
+        .iter()
+        .map(|&(w, seq, heads, kv, ..)| {
+            let blk = attention_backward_block(w, seq, kv, DEFAULT_FILL);
+            attention_group_parts(w * seq.div_ceil(blk) * kv, heads / kv, DEFAULT_FILL)
+        })
+        .collect();
+    assert_eq!(parts, [(2, 2), (8, 1)]);
+    check(&B::fresh(), &cases);
+}
+
 fn attention_backward_in_slabs<B: TestBackend>() {
     // Three windows of 37 whose Q (96 columns) fit a binding one at a time: on wgpu a slab
     // each; CubeCL's 64-row slabs cut windows, which then run one at a time through copies.
@@ -141,6 +160,7 @@ mod wgpu {
         [],
         attention_backward,
         attention_backward_over_block_sizes,
+        attention_backward_over_group_parts,
         attention_backward_in_slabs,
         attention_backward_refuses_a_window_past_a_binding,
     );
@@ -153,6 +173,7 @@ mod cubecl_wgpu {
         [],
         attention_backward,
         attention_backward_over_block_sizes,
+        attention_backward_over_group_parts,
         attention_backward_in_slabs,
     );
 }

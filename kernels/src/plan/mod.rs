@@ -352,6 +352,19 @@ pub fn attention_backward_block(
     }
 }
 
+/// How attention's backward splits each KV head's group of `group` query heads over parts of
+/// its dK/dV launch (`cubes` workgroups: windows x key blocks x KV heads) so that the launch
+/// reaches `fill`: (parts, query heads per part), the last part taking the remainder. Each
+/// part sums its heads' shares of dK and dV into a partial, and a second pass adds the
+/// partials in part order (deterministic, no atomics). LLaMA-2-70B at 256 tokens (8 KV heads
+/// of 8 query heads, 16 key blocks): 128 workgroups, 3 parts of 3, 3 and 2 heads. (1, group)
+/// where the launch fills already or there is one head per group.
+pub fn attention_group_parts(cubes: usize, group: usize, fill: usize) -> (usize, usize) {
+    let group = group.max(1);
+    let per = group.div_ceil(parts_to_fill(cubes, fill, group));
+    (group.div_ceil(per), per)
+}
+
 /// Element ranges [e0, e1) of a flat array of `n` values, each at most `room` bytes, their
 /// boundaries on multiples of `granule` values (so vector views of a chunk stay aligned).
 pub fn flat_chunks(n: usize, room: u64, granule: usize) -> Vec<(usize, usize)> {
@@ -584,6 +597,15 @@ mod tests {
         assert_eq!(attention_backward_block(1, 256, 32, 264), 16);
         assert_eq!(attention_backward_block(8, 256, 32, 264), 32);
         assert_eq!(attention_backward_block(1, 13, 3, 256), 16);
+    }
+
+    #[test]
+    fn group_parts_split_the_heads_only_short_of_the_fill() {
+        assert_eq!(attention_group_parts(128, 8, 264), (3, 3));
+        assert_eq!(attention_group_parts(1024, 8, 264), (1, 8));
+        assert_eq!(attention_group_parts(5, 8, 256), (8, 1));
+        assert_eq!(attention_group_parts(5, 1, 256), (1, 1));
+        assert_eq!(attention_group_parts(100, 3, 256), (3, 1));
     }
 
     #[test]

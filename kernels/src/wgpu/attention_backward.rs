@@ -16,6 +16,7 @@ use crate::ops::check;
 use crate::plan::{self, groups::DEFAULT_FILL};
 
 use super::exec::{grid, Batch, Ctx, Module, Slot, HEAD_DIMS};
+use super::gemm::before;
 use super::mem::WgpuTensor;
 
 #[repr(C)]
@@ -40,6 +41,9 @@ struct Params {
     blocks: u32,
     scale: f32,
     rt: u32,
+    parts: u32,
+    per_part: u32,
+    part_len: u32,
 }
 
 impl Ctx {
@@ -160,6 +164,20 @@ impl Ctx {
             d_base: dw.base(0),
             ..*base
         };
+        // The dK/dV launch's workgroups, and the parts each group of query heads is split
+        // over (with their partials of dK and dV) where those fall short of the fill.
+        let inner = windows * base.blocks as usize * (heads / base.group as usize);
+        let (parts, per_part) =
+            plan::attention_group_parts(inner, base.group as usize, DEFAULT_FILL);
+        let split = if parts > 1 {
+            let len = parts * (r1 - r0) * kc;
+            Some([
+                self.scratch("attention dK partials", len)?,
+                self.scratch("attention dV partials", len)?,
+            ])
+        } else {
+            None
+        };
         let slots = |a, o0, o1| {
             let w = Slot::Win;
             [a, w(kw), w(vw), w(gw), w(lw), w(dw), o0, o1]
@@ -176,21 +194,43 @@ impl Ctx {
         };
         let s = slots(Slot::Win(ow), Slot::Unused, Slot::Unused);
         run(b, "attn_delta", &pd, s, ((r1 - r0) * heads).div_ceil(256))?;
-        // dK and dV: a workgroup per (window, key block, KV head).
-        let wgs = windows * base.blocks as usize * (heads / base.group as usize);
+        // dK and dV: a workgroup per (window, key block, KV head), times the parts each group
+        // of query heads is split over where that falls short of the fill: the parts' sums go
+        // to partials of dK and dV, added into them in part order after.
         let pk = Params {
-            rows: wgs as u32,
-            o0_base: dkw.base(0),
-            o1_base: dvw.base(0),
+            rows: (inner * parts) as u32,
+            parts: parts as u32,
+            per_part: per_part as u32,
             ..p
         };
-        run(
-            b,
-            "attn_dkdv",
-            &pk,
-            slots(Slot::Win(qw), Slot::Win(dkw), Slot::Win(dvw)),
-            wgs,
-        )?;
+        if let Some([dk_parts, dv_parts]) = &split {
+            let rows = r1 - r0;
+            let len = parts * rows * kc;
+            let (pkw, pvw) = (self.whole(dk_parts, len)?, self.whole(dv_parts, len)?);
+            // Partial z's row r0 at z·rows·kc: the partials' logical origin r0·kc before
+            // their start.
+            let origin = before(r0 * kc);
+            let pk = Params {
+                o0_base: pkw.base(origin),
+                o1_base: pvw.base(origin),
+                part_len: (rows * kc) as u32,
+                ..pk
+            };
+            let s = slots(Slot::Win(qw), Slot::Win(pkw), Slot::Win(pvw));
+            run(b, "attn_dkdv", &pk, s, inner * parts)?;
+            for (pw, ow) in [(pkw, dkw), (pvw, dvw)] {
+                let out = (ow, ow.base((r0 * kc) as u64), kc);
+                self.record_sum_parts(b, "attn_dkdv", (pw, parts), out, (rows, kc), 0.0)?;
+            }
+        } else {
+            let pk = Params {
+                o0_base: dkw.base(0),
+                o1_base: dvw.base(0),
+                ..pk
+            };
+            let s = slots(Slot::Win(qw), Slot::Win(dkw), Slot::Win(dvw));
+            run(b, "attn_dkdv", &pk, s, inner)?;
+        }
         // dQ: a workgroup per (window, query block, head).
         let wgs = windows * base.blocks as usize * heads;
         let pq = Params {

@@ -20,6 +20,7 @@ use super::super::CubeBackend;
 use super::copy::{gather_rows, scatter_rows};
 use super::fill::BLOCK;
 use super::forward::MAX_HEAD_DIM;
+use super::gemm::sum_parts;
 use crate::error::{KernelError, Result};
 use crate::ops::check;
 use crate::plan;
@@ -193,7 +194,9 @@ fn p_ds(
 }
 
 /// dK and dV of keys [k0, k0 + blk) of KV head CUBE_POS_Y in one window (CUBE_POS_X: window
-/// and key block): per query head of the group in order, per query block from the key block's
+/// and key block), over part CUBE_POS_Z of the group's query heads (`per_part` of them, its
+/// sums at z·`part_len` of dk and dv: one part and 0 where the group is not split): per
+/// query head of the part in order, per query block from the key block's
 /// own to the window's end, P and dS from [`p_ds`], then dV += Pᵀ·dO and dK += dSᵀ·Q over
 /// steps of `rr` full rows of dO and Q staged in shared memory. Each unit accumulates keys
 /// ty·rt + i (i < rt = blk / 16) at columns tx + 16·j in registers; dK is scaled by 1/√e once at the end. Rows
@@ -214,6 +217,8 @@ fn dkdv_kernel(
     blocks: u32,
     heads: u32,
     group: u32,
+    per_part: u32,
+    part_len: u32,
     scale: f32,
     #[comptime] e: u32,
     #[comptime] rr: u32,
@@ -246,7 +251,13 @@ fn dkdv_kernel(
         adk[i as usize] = 0.0;
         adv[i as usize] = 0.0;
     }
-    for hh in 0..group {
+    // Part CUBE_POS_Z's query heads of the group, its sums into partial z of dK and dV.
+    let h_first = CUBE_POS_Z * per_part;
+    let mut h_end = h_first + per_part;
+    if h_end > group {
+        h_end = group;
+    }
+    for hh in h_first..h_end {
         let h = g * group + hh;
         let mut q0 = k0;
         while q0 < seq {
@@ -300,7 +311,7 @@ fn dkdv_kernel(
     for i in 0..rt {
         let r = ty * rt + i;
         if r < nk {
-            let at = (w0 + k0 + r) * kc + kv_col;
+            let at = CUBE_POS_Z * part_len + (w0 + k0 + r) * kc + kv_col;
             #[unroll]
             for j in 0..oc {
                 let col = tx + 16 * j;
@@ -522,8 +533,7 @@ fn run_whole<R: Runtime>(
             e as u32,
         );
     }
-    launch_tiles(b, geo, [q_, k_, v_, g_, l_], (&delta, n * heads), outs);
-    Ok(())
+    launch_tiles(b, geo, [q_, k_, v_, g_, l_], (&delta, n * heads), outs)
 }
 
 /// A window of `seq` rows at a time: its rows of every operand gathered into contiguous
@@ -565,13 +575,16 @@ fn by_windows<R: Runtime>(
 
 /// The dK/dV and dQ kernels over groups of whole windows (the cube count's x limit), each
 /// group's rows from `row0` in every binding: `ins` are Q, K, V, dO and L, `outs` dQ, dK, dV.
+/// Where the dK/dV launch falls short of the fill, each KV head's group of query heads is
+/// split over parts ([`plan::attention_group_parts`]) summing into partials of dK and dV,
+/// which [`sum_parts`] adds into them in part order.
 fn launch_tiles<R: Runtime>(
     b: &CubeBackend<R>,
     geo: &Geometry,
     [q_, k_, v_, g_, l_]: [(&Handle, usize); 5],
     delta: (&Handle, usize),
     [dq_, dk_, dv_]: [(&Handle, usize); 3],
-) {
+) -> Result<()> {
     let Geometry {
         seq,
         heads,
@@ -584,17 +597,30 @@ fn launch_tiles<R: Runtime>(
     let blocks = seq.div_ceil(blk as usize);
     let per = plan::items_per_launch(blocks, b.max_cube_count.0);
     let (rr, scale) = (stage_rows(e, blk), (1.0 / (e as f64).sqrt()) as f32);
+    let fill = b.fill_or_default();
+    let (parts, per_part) = plan::attention_group_parts(windows * blocks * kv_heads, group, fill);
+    let partials = if parts > 1 {
+        Some((b.scratch(parts * dk_.1)?, b.scratch(parts * dv_.1)?))
+    } else {
+        None
+    };
+    // Where dK/dV run in parts, partial z of each at z·len.
+    let (dk_out, dv_out, part_len) = match &partials {
+        Some((pk, pv)) => ((pk, parts * dk_.1), (pv, parts * dv_.1), dk_.1),
+        None => (dk_, dv_, 0),
+    };
     let mut w = 0;
     while w < windows {
         let cnt = per.min(windows - w);
         let x = (cnt * blocks) as u32;
         // SAFETY: each cube reads rows of its own window (inside the launch's windows, all
         // in the bindings given whole) at columns below heads·e and kv_heads·e, and writes
-        // the dK and dV rows of its keys and KV head, or the dQ rows of its queries and head.
+        // the dK and dV rows of its keys and KV head (in its part's partial, each part_len
+        // long), or the dQ rows of its queries and head.
         unsafe {
             dkdv_kernel::launch_unchecked::<R>(
                 &b.client,
-                CubeCount::Static(x, kv_heads as u32, 1),
+                CubeCount::Static(x, kv_heads as u32, parts as u32),
                 CubeDim::new_1d(256),
                 arg(q_.0, q_.1),
                 arg(k_.0, k_.1),
@@ -602,13 +628,15 @@ fn launch_tiles<R: Runtime>(
                 arg(g_.0, g_.1),
                 arg(l_.0, l_.1),
                 arg(delta.0, delta.1),
-                arg(dk_.0, dk_.1),
-                arg(dv_.0, dv_.1),
+                arg(dk_out.0, dk_out.1),
+                arg(dv_out.0, dv_out.1),
                 (w * seq) as u32,
                 seq as u32,
                 blocks as u32,
                 heads as u32,
                 group as u32,
+                per_part as u32,
+                part_len as u32,
                 scale,
                 e as u32,
                 rr,
@@ -638,4 +666,22 @@ fn launch_tiles<R: Runtime>(
         }
         w += cnt;
     }
+    if let Some((pk, pv)) = &partials {
+        let kc = kv_heads * e;
+        sum_parts(
+            b,
+            (pk, parts),
+            (dk_.0, dk_.1, 0, kc),
+            (dk_.1 / kc, kc),
+            None,
+        );
+        sum_parts(
+            b,
+            (pv, parts),
+            (dv_.0, dv_.1, 0, kc),
+            (dv_.1 / kc, kc),
+            None,
+        );
+    }
+    Ok(())
 }
