@@ -424,7 +424,8 @@ impl Ctx {
 
     /// Records C (op)= alpha·op(A)·op(B) (+ beta·C) over whole matrices of any size: one
     /// `gemm_update` per piece of the shared plan ([`gemm_pieces`]), each operand bound as
-    /// the window of the rows the piece reads, later depth pieces accumulating onto the first.
+    /// the window of the rows the piece reads, later depth pieces accumulating onto the first;
+    /// a product in one piece through [`Ctx::record_filling`].
     pub(crate) fn record_gemm_split(
         &self,
         b: &mut Batch<'_>,
@@ -444,25 +445,10 @@ impl Ctx {
             trans: m.trans,
         };
         let pieces = gemm_pieces(c.rows, c.cols, k, stored(&a, &sa), stored(&bm, &sb), &sc);
-        if let [whole] = pieces[..] {
-            // One piece: the whole product in one dispatch, or split over its depth where its
-            // tiles fall short of the fill.
-            let mut g = Gemm::new(
-                "gemm_update",
-                whole.m,
-                whole.n,
-                whole.k,
-                self.operand_window(&a, whole.m, whole.k)?,
-                self.operand_window(&bm, whole.k, whole.n)?,
-            )
-            .named(p.label);
-            g.c = Some(self.operand_window(&c, whole.m, whole.n)?);
-            g.alpha = p.alpha;
-            g.beta = p.beta;
-            g.flags = p.flags;
-            return self.record_filling(b, &g);
-        }
         self.split_noted(pieces.len());
+        // One piece is the whole product: in one dispatch, or split over its depth where its
+        // tiles fall short of the fill.
+        let single = pieces.len() == 1;
         for pc in pieces {
             let mut g = Gemm::new(
                 "gemm_update",
@@ -477,7 +463,11 @@ impl Ctx {
             g.alpha = p.alpha;
             g.beta = if pc.first { p.beta } else { 1.0 };
             g.flags = p.flags;
-            g.record(b)?;
+            if single {
+                self.record_filling(b, &g)?;
+            } else {
+                g.record(b)?;
+            }
         }
         Ok(())
     }

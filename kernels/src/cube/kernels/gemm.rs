@@ -893,7 +893,8 @@ impl Default for Product {
 
 /// C (op)= alpha·A·B over whole tensors cut into slabs: one launch per piece of the shared
 /// plan ([`gemm_pieces`]), later depth pieces accumulating onto the first, the triangle
-/// restrictions carried into each piece's coordinates and the pieces they leave empty skipped.
+/// restrictions carried into each piece's coordinates and the pieces they leave empty skipped;
+/// a product in one piece through [`gemm_filling`].
 pub fn gemm_split<R: Runtime>(
     b: &CubeBackend<R>,
     p: Product,
@@ -903,25 +904,13 @@ pub fn gemm_split<R: Runtime>(
 ) {
     let k = if a.trans { a.t.rows } else { a.t.cols };
     let pieces = gemm_pieces(c.rows, c.cols, k, a.stored(), bm.stored(), &c.slabs);
-    if let ([whole], None, None) = (&pieces[..], p.lower, p.b_lower) {
-        // One piece: the whole product in one launch, or split over its depth where its
-        // tiles fall short of the fill.
-        return gemm_filling(
-            b,
-            &Gemm {
-                alpha: p.alpha,
-                beta: p.beta,
-                ..Gemm::store(
-                    whole.m.1 - whole.m.0,
-                    whole.n.1 - whole.n.0,
-                    whole.k.1 - whole.k.0,
-                    a.view(whole.m.0, whole.k.0),
-                    bm.view(whole.k.0, whole.n.0),
-                    Of::rows(c).view(whole.m.0, whole.n.0),
-                )
-            },
-        );
-    }
+    // One piece is the whole product: in one launch, or split over its depth where its tiles
+    // fall short of the fill (`gemm_filling` keeps triangle-restricted products whole).
+    let launch = if pieces.len() == 1 {
+        gemm_filling
+    } else {
+        gemm
+    };
     for pc in pieces {
         let ((m0, m1), (n0, mut n1), (k0, k1)) = (pc.m, pc.n, pc.k);
         if let Some(shift) = p.lower {
@@ -932,7 +921,7 @@ pub fn gemm_split<R: Runtime>(
             continue;
         }
         let local = |shift: i64, origin: usize| shift + origin as i64 - n0 as i64;
-        gemm(
+        launch(
             b,
             &Gemm {
                 alpha: p.alpha,
