@@ -8,9 +8,9 @@
 //   attn_dq: a workgroup per (window, query head, block of 16·rt queries) owns those rows of
 //     dQ, summing over the key blocks up to the diagonal.
 // Blocks are 32 or 16 (rt = 2 or 1, plan::attention_backward_block), query and key blocks
-// alike. Both tile kernels share `p_ds`, which leaves a block x block tile of P = exp(S − L) and
-// dS = P ⊙ (dO·Vᵀ − D) in workgroup memory, with S = Q·Kᵀ/√e and dO·Vᵀ as register tiles
-// over depth steps of DC staged as the forward's attention stages Q and K.
+// alike. Both tile kernels share `p_ds`, which leaves a block x block tile of
+// P = exp(S − L) and dS = P ⊙ (dO·Vᵀ − D) in workgroup memory, with S = Q·Kᵀ/√e and dO·Vᵀ
+// as register tiles over depth steps of DC staged as the forward's attention stages Q and K.
 // Bases are window-relative indices of a matrix's logical origin (u32 wrap-around arithmetic,
 // as in forward.wgsl), so one dispatch serves a slab of rows bound as a window.
 

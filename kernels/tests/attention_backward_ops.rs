@@ -1,8 +1,9 @@
 //! Causal GQA attention's backward (ALGORITHMS.md §15) on each GPU backend against the f64
-//! reference, written once and instantiated per backend: GQA groups, one-token windows,
-//! windows no multiple of the 32- or 16-row blocks, both block sizes, head sizes from 16 to 256, heavy-tailed data,
-//! outputs poisoned with NaN, results bit-identical run to run (no atomics), and the binding
-//! limits: slabs of whole windows on wgpu, refusals where an operand cannot be bound.
+//! reference, written once and instantiated per backend: GQA groups (whole and split over
+//! parts), one-token windows, windows no multiple of the 32- or 16-row blocks, both block
+//! sizes, head sizes from 16 to 256, heavy-tailed data, outputs poisoned with NaN, results
+//! bit-identical run to run (no atomics), and the binding limits: slabs of whole windows on
+//! wgpu, refusals where an operand cannot be bound.
 
 #![cfg(any(feature = "wgpu", feature = "cubecl"))]
 

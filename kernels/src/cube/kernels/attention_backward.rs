@@ -196,11 +196,11 @@ fn p_ds(
 /// dK and dV of keys [k0, k0 + blk) of KV head CUBE_POS_Y in one window (CUBE_POS_X: window
 /// and key block), over part CUBE_POS_Z of the group's query heads (`per_part` of them, its
 /// sums at z·`part_len` of dk and dv: one part and 0 where the group is not split): per
-/// query head of the part in order, per query block from the key block's
-/// own to the window's end, P and dS from [`p_ds`], then dV += Pᵀ·dO and dK += dSᵀ·Q over
-/// steps of `rr` full rows of dO and Q staged in shared memory. Each unit accumulates keys
-/// ty·rt + i (i < rt = blk / 16) at columns tx + 16·j in registers; dK is scaled by 1/√e once at the end. Rows
-/// are counted from the launch's first window (`row0` in every binding).
+/// query head of the part in order, per query block from the key block's own to the
+/// window's end, P and dS from [`p_ds`], then dV += Pᵀ·dO and dK += dSᵀ·Q over steps of `rr`
+/// full rows of dO and Q staged in shared memory. Each unit accumulates keys ty·rt + i
+/// (i < rt = blk / 16) at columns tx + 16·j in registers; dK is scaled by 1/√e once at the
+/// end. Rows are counted from the launch's first window (`row0` in every binding).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn dkdv_kernel(

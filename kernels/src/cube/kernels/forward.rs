@@ -172,11 +172,11 @@ fn rope_kernel(
 /// P·V over steps of V rows staged in shared memory. Every local array is indexed by unrolled
 /// comptime loops only, so it stays in registers; O is divided by l once at the end.
 ///
-/// head_dim and rpu are comptime (one kernel per distinct pair), so those loops unroll. Rows are counted
-/// from the launch's first window; q_row0, k_row0, o_row0 and l_row0 are that window's first
-/// row inside the bindings of Q, of K and V, of the output and of L. With `with_lse` (comptime,
-/// so the plain forward carries no trace of it) each row's and head's log-sum-exp is written
-/// to L [rows, heads] (heads = the launch's cube count in y).
+/// head_dim and rpu are comptime (one kernel per distinct pair), so those loops unroll. Rows
+/// are counted from the launch's first window; q_row0, k_row0, o_row0 and l_row0 are that
+/// window's first row inside the bindings of Q, of K and V, of the output and of L. With
+/// `with_lse` (comptime, so the plain forward carries no trace of it) each row's and head's
+/// log-sum-exp is written to L [rows, heads] (heads = the launch's cube count in y).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attention_kernel(
